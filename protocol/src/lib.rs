@@ -1,0 +1,15 @@
+//! kiln's shared language: the YAML suite model and its checked plan, the agent ↔ collector
+//! wire types, and the rules that turn step outcomes into verdicts.
+//!
+//! This crate does no I/O of its own (no files, sockets or clocks) so both the agent in the
+//! RAM image and the collector can use it, and every rule in it is tested without a host.
+
+pub mod load;
+pub mod locate;
+pub mod plan;
+pub mod schema;
+pub mod suite;
+pub mod units;
+
+pub use load::{Diagnostic, MAX_SUITE_BYTES, SuiteError, load, load_reader};
+pub use plan::{Check, Plan, PlannedStep};

@@ -1,0 +1,637 @@
+//! From a parsed [`Suite`] to a checked [`Plan`]: the rules serde cannot express (one check
+//! kind per step, unique names, timeouts that fit, sane thresholds, compilable regexes).
+//!
+//! Validation collects every problem with its document path, so a QA engineer sees them all
+//! at once; a suite with any problem yields no plan at all.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::suite::{
+    CHECK_KINDS, CpuCheck, DiskCheck, DiskTarget, ExecCheck, Expect, Limit, MemoryCheck, Memtest,
+    NicCheck, Step, Suite,
+};
+use crate::units::{HumanDuration, SizeSpec};
+
+/// Highest memtest86+ test number (6.10 numbers its tests 0 to 10).
+pub const MEMTEST_MAX_TEST: u8 = 10;
+/// Longest a step or suite name may be.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A problem found after parsing, at a document path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Document path, e.g. `steps[2].disk.min_read_mbps`.
+    pub path: String,
+    /// What is wrong, and what was expected.
+    pub message: String,
+}
+
+/// One check of a plan, by kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// See [`MemoryCheck`].
+    Memory(MemoryCheck),
+    /// See [`CpuCheck`].
+    Cpu(CpuCheck),
+    /// See [`DiskCheck`].
+    Disk(DiskCheck),
+    /// See [`NicCheck`].
+    Nic(NicCheck),
+    /// See [`ExecCheck`].
+    Exec(ExecCheck),
+}
+
+impl Check {
+    /// The YAML key of this kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Memory(_) => "memory",
+            Check::Cpu(_) => "cpu",
+            Check::Disk(_) => "disk",
+            Check::Nic(_) => "nic",
+            Check::Exec(_) => "exec",
+        }
+    }
+
+    /// How long the check runs by its own parameters, when they fix it.
+    pub fn own_duration(&self) -> Option<Duration> {
+        match self {
+            Check::Memory(m) => m.duration.map(HumanDuration::get),
+            Check::Cpu(c) => Some(c.duration.get()),
+            Check::Nic(n) => n.target.as_ref().map(|_| {
+                let one = n.duration.get();
+                if n.direction == crate::suite::Direction::Both {
+                    one * 2
+                } else {
+                    one
+                }
+            }),
+            Check::Disk(_) | Check::Exec(_) => None,
+        }
+    }
+
+    /// The timeout when the suite gives none: the own duration plus half again (at least a
+    /// minute) of margin, or a per-kind allowance when the check's length depends on the node.
+    pub fn default_timeout(&self) -> Duration {
+        match self.own_duration() {
+            Some(own) => own + (own / 2).max(Duration::from_secs(60)),
+            None => match self {
+                Check::Nic(_) => Duration::from_secs(120),
+                Check::Exec(_) => Duration::from_secs(30 * 60),
+                _ => Duration::from_secs(60 * 60),
+            },
+        }
+    }
+
+    /// The pass thresholds, with their field names.
+    pub fn pass_limits(&self) -> Vec<(String, Limit)> {
+        match self {
+            Check::Memory(c) => named(c.pass_limits()),
+            Check::Cpu(c) => named(c.pass_limits()),
+            Check::Disk(c) => named(c.pass_limits()),
+            Check::Nic(c) => named(c.pass_limits()),
+            Check::Exec(c) => exec_limits(&c.metrics),
+        }
+    }
+
+    /// The `degraded:` thresholds, with their field names.
+    pub fn degraded_limits(&self) -> Vec<(String, Limit)> {
+        match self {
+            Check::Memory(c) => named(c.degraded_limits()),
+            Check::Cpu(c) => named(c.degraded_limits()),
+            Check::Disk(c) => named(c.degraded_limits()),
+            Check::Nic(c) => named(c.degraded_limits()),
+            Check::Exec(c) => exec_limits(&c.degraded),
+        }
+    }
+}
+
+fn named(limits: Vec<(&'static str, Limit)>) -> Vec<(String, Limit)> {
+    limits
+        .into_iter()
+        .map(|(field, limit)| (field.to_owned(), limit))
+        .collect()
+}
+
+fn exec_limits(
+    ranges: &std::collections::BTreeMap<String, crate::suite::MetricRange>,
+) -> Vec<(String, Limit)> {
+    ranges
+        .iter()
+        .flat_map(|(metric, range)| {
+            range.limits(metric).into_iter().map(move |limit| {
+                let field = match limit.bound {
+                    crate::suite::Bound::Min => format!("{metric}.min"),
+                    crate::suite::Bound::Max => format!("{metric}.max"),
+                };
+                (field, limit)
+            })
+        })
+        .collect()
+}
+
+/// A step ready to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    /// Position in the suite, from 0.
+    pub index: usize,
+    /// Unique name.
+    pub name: String,
+    /// Hard limit on the step's run time.
+    pub timeout: Duration,
+    /// What to run.
+    pub check: Check,
+}
+
+/// A suite that passed every rule: what the agent runs and the collector records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The suite as written (defaults filled in).
+    pub suite: Suite,
+    /// The memtest86+ stage, when enabled.
+    pub memtest: Option<Memtest>,
+    /// The steps, in order.
+    pub steps: Vec<PlannedStep>,
+}
+
+impl Plan {
+    /// Suite name.
+    pub fn name(&self) -> &str {
+        &self.suite.suite
+    }
+
+    /// What the bill of materials asks, if anything.
+    pub fn expect(&self) -> Option<&Expect> {
+        self.suite.expect.as_ref()
+    }
+
+    /// Sum of the step timeouts: the longest the Linux stage may take.
+    pub fn steps_budget(&self) -> Duration {
+        self.steps.iter().map(|s| s.timeout).sum()
+    }
+
+    /// Longest the whole verify cycle may take: steps plus the memtest stage.
+    pub fn budget(&self) -> Duration {
+        self.steps_budget()
+            + self
+                .memtest
+                .as_ref()
+                .map_or(Duration::ZERO, |m| m.timeout.get())
+    }
+}
+
+/// Checks every rule and builds the plan, or returns every problem found.
+pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
+    let mut v = Validator::default();
+    v.name("suite", &suite.suite);
+    if suite.description.trim().is_empty() {
+        v.problem(
+            "description",
+            "the description is empty; expected a sentence on what the suite is for",
+        );
+    }
+    if let Some(expect) = &suite.expect {
+        v.expect(expect);
+    }
+    if let Some(memtest) = &suite.memtest {
+        v.memtest(memtest);
+    }
+    if suite.steps.is_empty() {
+        v.problem("steps", "no steps; expected at least one step");
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut steps = Vec::new();
+    for (index, step) in suite.steps.iter().enumerate() {
+        let at = format!("steps[{index}]");
+        v.name(&format!("{at}.name"), &step.name);
+        if let Some(first) = seen.insert(step.name.as_str(), index) {
+            seen.insert(step.name.as_str(), first);
+            v.problem(
+                format!("{at}.name"),
+                format!(
+                    "duplicate step name {:?} (steps[{first}] has it); expected unique names",
+                    step.name
+                ),
+            );
+        }
+        if let Some(check) = v.step(&at, step) {
+            let timeout = step
+                .timeout
+                .map_or_else(|| check.default_timeout(), HumanDuration::get);
+            steps.push(PlannedStep {
+                index,
+                name: step.name.clone(),
+                timeout,
+                check,
+            });
+        }
+    }
+    if !v.problems.is_empty() {
+        return Err(v.problems);
+    }
+    let memtest = suite.memtest.clone().filter(|m| m.enabled);
+    Ok(Plan {
+        suite,
+        memtest,
+        steps,
+    })
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn name(&mut self, path: &str, name: &str) {
+        let ok_chars = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._- ".contains(c));
+        if name.trim().is_empty() {
+            self.problem(path, "the name is empty; expected a short name");
+        } else if name.len() > MAX_NAME_LEN {
+            self.problem(
+                path,
+                format!(
+                    "the name is {} characters long; expected at most {MAX_NAME_LEN}",
+                    name.len()
+                ),
+            );
+        } else if !ok_chars {
+            self.problem(
+                path,
+                format!("{name:?} has characters outside letters, digits, space, '.', '_' and '-'"),
+            );
+        }
+    }
+
+    fn regex(&mut self, path: String, pattern: &str) {
+        if let Err(err) = regex_lite::Regex::new(pattern) {
+            self.problem(
+                path,
+                format!("invalid regular expression {pattern:?}: {err}"),
+            );
+        }
+    }
+
+    fn expect(&mut self, expect: &Expect) {
+        if let Some(system) = &expect.system {
+            for (field, value) in [("vendor", &system.vendor), ("product", &system.product)] {
+                if let Some(pattern) = value {
+                    self.regex(format!("expect.system.{field}"), pattern);
+                }
+            }
+        }
+        if let Some(cpu) = &expect.cpu {
+            if let Some(model) = &cpu.model {
+                self.regex("expect.cpu.model".into(), model);
+            }
+            if cpu.min_logical == Some(0) {
+                self.problem(
+                    "expect.cpu.min_logical",
+                    "0 logical CPUs; expected at least 1",
+                );
+            }
+            for (i, flag) in cpu.flags.iter().enumerate() {
+                if flag.is_empty() || !flag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    self.problem(format!("expect.cpu.flags[{i}]"), format!("{flag:?} is not a CPU flag name; expected a /proc/cpuinfo flag like avx2"));
+                }
+            }
+        }
+        for (i, disks) in expect.disks.iter().enumerate() {
+            if let Some(model) = &disks.model {
+                self.regex(format!("expect.disks[{i}].model"), model);
+            }
+        }
+        for (i, nics) in expect.nics.iter().enumerate() {
+            if let Some(driver) = &nics.driver {
+                self.regex(format!("expect.nics[{i}].driver"), driver);
+            }
+        }
+    }
+
+    fn memtest(&mut self, memtest: &Memtest) {
+        if memtest.passes == 0 || memtest.passes > 100 {
+            self.problem(
+                "memtest.passes",
+                format!("{} passes; expected 1 to 100", memtest.passes),
+            );
+        }
+        if memtest.stall_timeout > memtest.timeout {
+            self.problem(
+                "memtest.stall_timeout",
+                format!(
+                    "stall timeout {} is longer than the stage timeout {}; expected at most {}",
+                    memtest.stall_timeout, memtest.timeout, memtest.timeout
+                ),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, test) in memtest.skip_tests.iter().enumerate() {
+            if *test > MEMTEST_MAX_TEST {
+                self.problem(format!("memtest.skip_tests[{i}]"), format!("test #{test} does not exist; expected a test number from 0 to {MEMTEST_MAX_TEST}"));
+            } else if !seen.insert(*test) {
+                self.problem(
+                    format!("memtest.skip_tests[{i}]"),
+                    format!("test #{test} is listed twice"),
+                );
+            }
+        }
+        if seen.len() > usize::from(MEMTEST_MAX_TEST) {
+            self.problem(
+                "memtest.skip_tests",
+                "every test is skipped; expected at least one test to run",
+            );
+        }
+    }
+
+    fn step(&mut self, at: &str, step: &Step) -> Option<Check> {
+        let kinds = step.kinds();
+        let check = match kinds.as_slice() {
+            [] => {
+                self.problem(
+                    at,
+                    format!(
+                        "no check kind; expected exactly one of {}",
+                        CHECK_KINDS.join(", ")
+                    ),
+                );
+                return None;
+            }
+            [_] => {
+                if let Some(c) = &step.memory {
+                    self.memory(&format!("{at}.memory"), c);
+                    Check::Memory(c.clone())
+                } else if let Some(c) = &step.cpu {
+                    self.cpu(&format!("{at}.cpu"), c);
+                    Check::Cpu(c.clone())
+                } else if let Some(c) = &step.disk {
+                    self.disk(&format!("{at}.disk"), c);
+                    Check::Disk(c.clone())
+                } else if let Some(c) = &step.nic {
+                    self.nic(&format!("{at}.nic"), c);
+                    Check::Nic(c.clone())
+                } else {
+                    let c = step.exec.as_ref()?;
+                    self.exec(&format!("{at}.exec"), c);
+                    Check::Exec(c.clone())
+                }
+            }
+            several => {
+                self.problem(
+                    format!("{at}.{}", several[1]),
+                    format!(
+                        "a step with {} check kinds ({}); expected exactly one per step",
+                        several.len(),
+                        several.join(", ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let kind_path = format!("{at}.{}", check.kind());
+        self.thresholds(&kind_path, &check);
+        if let (Some(timeout), Some(own)) = (step.timeout, check.own_duration()) {
+            if timeout.get() < own {
+                let own = HumanDuration(own);
+                self.problem(
+                    format!("{at}.timeout"),
+                    format!("timeout {timeout} is shorter than the step's own duration {own}; expected at least {own}"),
+                );
+            }
+        }
+        Some(check)
+    }
+
+    fn thresholds(&mut self, kind_path: &str, check: &Check) {
+        let pass = check.pass_limits();
+        let degraded = check.degraded_limits();
+        let exec = matches!(check, Check::Exec(_));
+        for (tier, limits) in [(None, &pass), (Some("degraded"), &degraded)] {
+            for (field, limit) in limits.iter() {
+                let path = match (tier, exec) {
+                    (None, false) => format!("{kind_path}.{field}"),
+                    (None, true) => format!("{kind_path}.metrics.{field}"),
+                    (Some(tier), _) => format!("{kind_path}.{tier}.{field}"),
+                };
+                if !limit.value.is_finite() || limit.value < 0.0 {
+                    self.problem(
+                        path,
+                        format!("threshold {} is not a number of zero or more", limit.value),
+                    );
+                } else if limit.metric.ends_with("_pct") && limit.value > 100.0 {
+                    self.problem(
+                        path,
+                        format!(
+                            "{}% is over 100%; expected a percentage from 0 to 100",
+                            limit.value
+                        ),
+                    );
+                }
+            }
+        }
+        // A degraded tier only makes sense stricter than the pass tier.
+        for (field, strict) in &degraded {
+            let Some((_, loose)) = pass
+                .iter()
+                .find(|(_, l)| l.metric == strict.metric && l.bound == strict.bound)
+            else {
+                continue;
+            };
+            let weaker = match strict.bound {
+                crate::suite::Bound::Min => strict.value < loose.value,
+                crate::suite::Bound::Max => strict.value > loose.value,
+            };
+            if weaker {
+                let (word, cmp) = match strict.bound {
+                    crate::suite::Bound::Min => ("at least", "above"),
+                    crate::suite::Bound::Max => ("at most", "below"),
+                };
+                self.problem(
+                    format!("{kind_path}.degraded.{field}"),
+                    format!(
+                        "degraded threshold {} is looser than the pass threshold {}; expected {word} {} (degraded marks results {cmp} failing but short of target)",
+                        strict.value, loose.value, loose.value
+                    ),
+                );
+            }
+        }
+    }
+
+    fn memory(&mut self, at: &str, c: &MemoryCheck) {
+        if c.passes == 0 {
+            self.problem(format!("{at}.passes"), "0 passes; expected at least 1");
+        }
+        if c.patterns.is_empty() {
+            self.problem(
+                format!("{at}.patterns"),
+                "no patterns; expected at least one, or leave the key out for all",
+            );
+        }
+        self.no_duplicates(&format!("{at}.patterns"), &c.patterns, "pattern");
+        if c.threads == Some(0) {
+            self.problem(
+                format!("{at}.threads"),
+                "0 threads; expected at least 1, or leave the key out for one per CPU",
+            );
+        }
+    }
+
+    fn cpu(&mut self, at: &str, c: &CpuCheck) {
+        if c.workloads.is_empty() {
+            self.problem(
+                format!("{at}.workloads"),
+                "no workloads; expected at least one, or leave the key out for all",
+            );
+        }
+        self.no_duplicates(&format!("{at}.workloads"), &c.workloads, "workload");
+        if let Some(cpus) = &c.cpus {
+            if cpus.is_empty() {
+                self.problem(
+                    format!("{at}.cpus"),
+                    "an empty CPU list; expected CPU numbers, or leave the key out for all",
+                );
+            }
+            self.no_duplicates(&format!("{at}.cpus"), cpus, "CPU");
+        }
+    }
+
+    fn disk(&mut self, at: &str, c: &DiskCheck) {
+        match (&c.dir, &c.target) {
+            (None, None) => self.problem(at, "neither `dir` nor `target`; expected `dir` (a scratch file on a mounted filesystem) or `target` (raw devices, destructive)"),
+            (Some(_), Some(_)) => self.problem(format!("{at}.target"), "both `dir` and `target`; expected one of them per step"),
+            (Some(dir), None) => {
+                if !dir.starts_with('/') {
+                    self.problem(format!("{at}.dir"), format!("{dir:?} is not an absolute path; expected a directory like /var/tmp"));
+                }
+                if c.destructive {
+                    self.problem(format!("{at}.destructive"), "`destructive: true` with `dir`; a scratch file is not destructive, expected `target` for raw devices");
+                }
+            }
+            (None, Some(target)) => {
+                if !c.destructive {
+                    self.problem(format!("{at}.target"), "raw devices are overwritten and their data lost; expected `destructive: true` beside `target`");
+                }
+                match target {
+                    DiskTarget::All => {}
+                    DiskTarget::Path(path) | DiskTarget::Glob(path) => {
+                        if !path.starts_with("/dev/") {
+                            self.problem(format!("{at}.target"), format!("{path:?} is not under /dev/; expected a block device like /dev/sdb"));
+                        }
+                    }
+                    DiskTarget::Model(pattern) => self.regex(format!("{at}.target.model"), pattern),
+                }
+            }
+        }
+        let block = c.block_size.bytes();
+        if block % 4096 != 0 || block > 64 << 20 {
+            self.problem(format!("{at}.block_size"), format!("block size {} is not a multiple of 4KiB up to 64MiB; O_DIRECT needs aligned I/O", c.block_size));
+        }
+        if let SizeSpec::Fixed(size) = c.size {
+            if size.bytes() < block {
+                self.problem(
+                    format!("{at}.size"),
+                    format!(
+                        "size {size} is smaller than one block ({}); expected at least one block",
+                        c.block_size
+                    ),
+                );
+            }
+        }
+    }
+
+    fn nic(&mut self, at: &str, c: &NicCheck) {
+        if let Some(names) = &c.interfaces {
+            if names.is_empty() {
+                self.problem(format!("{at}.interfaces"), "an empty interface list; expected names, or leave the key out for every physical interface");
+            }
+            for (i, name) in names.iter().enumerate() {
+                // Linux interface names are at most 15 bytes (IFNAMSIZ - 1) without '/' or spaces.
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                    self.problem(format!("{at}.interfaces[{i}]"), format!("{name:?} is not an interface name; expected up to 15 characters without '/' or spaces"));
+                }
+            }
+        }
+        if let Some(mtu) = c.mtu {
+            if !(68..=65535).contains(&mtu) {
+                self.problem(
+                    format!("{at}.mtu"),
+                    format!("MTU {mtu}; expected 68 to 65535"),
+                );
+            }
+        }
+        if let Some(target) = &c.target {
+            if target != "collector"
+                && !target.starts_with("http://")
+                && !target.starts_with("https://")
+            {
+                self.problem(
+                    format!("{at}.target"),
+                    format!("{target:?}; expected `collector` or an http:// URL"),
+                );
+            }
+        } else if c.min_mbps.is_some() {
+            self.problem(format!("{at}.min_mbps"), "a throughput threshold without a `target` to measure against; expected `target: collector` or a URL");
+        }
+    }
+
+    fn exec(&mut self, at: &str, c: &ExecCheck) {
+        match c.argv.first() {
+            None => self.problem(
+                format!("{at}.argv"),
+                "an empty command; expected the program and its arguments",
+            ),
+            Some(program) if program.is_empty() => self.problem(
+                format!("{at}.argv[0]"),
+                "an empty program name; expected a path or a name on PATH",
+            ),
+            Some(_) => {}
+        }
+        if c.pass_codes.is_empty() {
+            self.problem(
+                format!("{at}.pass_codes"),
+                "no passing exit codes; expected at least one, usually [0]",
+            );
+        }
+        for (tier, ranges) in [("metrics", &c.metrics), ("degraded", &c.degraded)] {
+            for (metric, range) in ranges {
+                if range.min.is_none() && range.max.is_none() {
+                    self.problem(
+                        format!("{at}.{tier}.{metric}"),
+                        "neither `min` nor `max`; expected at least one bound",
+                    );
+                }
+                if let (Some(min), Some(max)) = (range.min, range.max) {
+                    if min > max {
+                        self.problem(
+                            format!("{at}.{tier}.{metric}"),
+                            format!("min {min} is above max {max}; expected min ≤ max"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn no_duplicates<T: PartialEq + std::fmt::Debug>(&mut self, at: &str, items: &[T], what: &str) {
+        for (i, item) in items.iter().enumerate() {
+            if items[..i].contains(item) {
+                self.problem(
+                    format!("{at}[{i}]"),
+                    format!("{what} {item:?} is listed twice"),
+                );
+            }
+        }
+    }
+}
