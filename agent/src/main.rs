@@ -1,1 +1,5 @@
-fn main() {}
+//! `kiln-agent`: runs kiln suites on this host (see [`kiln_agent::cli`]).
+
+fn main() -> std::process::ExitCode {
+    kiln_agent::cli::main()
+}

@@ -1,1 +1,4 @@
-//! kiln collector library.
+//! The kiln collector: the server nodes boot from and report to, and the operator CLI.
+
+pub mod cli;
+pub mod suites;

@@ -10,6 +10,8 @@ pub mod plan;
 pub mod schema;
 pub mod suite;
 pub mod units;
+pub mod verdict;
+pub mod wire;
 
 pub use load::{Diagnostic, MAX_SUITE_BYTES, SuiteError, load, load_reader};
 pub use plan::{Check, Plan, PlannedStep};

@@ -454,14 +454,14 @@ impl Validator {
                 crate::suite::Bound::Max => strict.value > loose.value,
             };
             if weaker {
-                let (word, cmp) = match strict.bound {
-                    crate::suite::Bound::Min => ("at least", "above"),
-                    crate::suite::Bound::Max => ("at most", "below"),
+                let word = match strict.bound {
+                    crate::suite::Bound::Min => "at least",
+                    crate::suite::Bound::Max => "at most",
                 };
                 self.problem(
                     format!("{kind_path}.degraded.{field}"),
                     format!(
-                        "degraded threshold {} is looser than the pass threshold {}; expected {word} {} (degraded marks results {cmp} failing but short of target)",
+                        "degraded threshold {} is looser than the pass threshold {}; expected {word} {}, since degraded is the stricter target",
                         strict.value, loose.value, loose.value
                     ),
                 );
@@ -633,5 +633,36 @@ impl Validator {
                 );
             }
         }
+    }
+}
+
+impl Plan {
+    /// One line for `suite check`: name, steps by kind, and the time budget.
+    pub fn summary(&self) -> String {
+        let kinds: Vec<&str> = self.steps.iter().map(|s| s.check.kind()).collect();
+        let version = self
+            .suite
+            .version
+            .as_deref()
+            .map(|v| format!(" v{v}"))
+            .unwrap_or_default();
+        let memtest = match &self.memtest {
+            Some(m) => format!(
+                "memtest {} pass{} ≤ {}",
+                m.passes,
+                if m.passes == 1 { "" } else { "es" },
+                m.timeout
+            ),
+            None => "memtest off".to_owned(),
+        };
+        format!(
+            "suite {:?}{version}: {} step{} ({}), budget {} (steps {}, {memtest})",
+            self.name(),
+            self.steps.len(),
+            if self.steps.len() == 1 { "" } else { "s" },
+            kinds.join(", "),
+            HumanDuration(self.budget()),
+            HumanDuration(self.steps_budget()),
+        )
     }
 }

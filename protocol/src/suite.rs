@@ -502,8 +502,10 @@ check_kind! {
     }
 }
 
-/// Which raw block devices a destructive disk check writes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+// serde_yaml 0.9 reads externally tagged enums only from YAML tags (`!path /dev/sdb`), which
+// QA engineers do not write; the hand-written Deserialize below reads the mapping form.
+/// Which raw block devices a destructive disk check writes: `all`, or a mapping with one key.
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskTarget {
     /// Every whole disk that is safe to overwrite.
@@ -514,6 +516,71 @@ pub enum DiskTarget {
     Glob(String),
     /// Devices whose model matches a regular expression.
     Model(String),
+}
+
+const DISK_TARGET_EXPECTED: &str =
+    "`all`, or a mapping with one of `path`, `glob` or `model` and a string value";
+
+impl<'de> Deserialize<'de> for DiskTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TargetVisitor;
+        impl<'de> serde::de::Visitor<'de> for TargetVisitor {
+            type Value = DiskTarget;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(DISK_TARGET_EXPECTED)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DiskTarget, E> {
+                if v == "all" {
+                    Ok(DiskTarget::All)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DiskTarget, A::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::invalid_length(0, &self));
+                };
+                let value: String = map.next_value()?;
+                let target = match key.as_str() {
+                    "path" => DiskTarget::Path(value),
+                    "glob" => DiskTarget::Glob(value),
+                    "model" => DiskTarget::Model(value),
+                    other => {
+                        return Err(A::Error::unknown_field(other, &["path", "glob", "model"]));
+                    }
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(A::Error::custom(format!(
+                        "a second key `{extra}`; expected {DISK_TARGET_EXPECTED}"
+                    )));
+                }
+                Ok(target)
+            }
+        }
+        deserializer.deserialize_any(TargetVisitor)
+    }
+}
+
+impl Serialize for DiskTarget {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (key, value) = match self {
+            DiskTarget::All => return serializer.serialize_str("all"),
+            DiskTarget::Path(v) => ("path", v),
+            DiskTarget::Glob(v) => ("glob", v),
+            DiskTarget::Model(v) => ("model", v),
+        };
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(key, value)?;
+        map.end()
+    }
 }
 
 check_kind! {

@@ -1,1 +1,6 @@
-//! integration
+//! Cross-crate integration tests: one binary, one module per area.
+
+// Test helpers outside #[test] functions unwrap too: a panic is the failure report here.
+#![allow(clippy::unwrap_used)]
+
+mod suites;

@@ -1,0 +1,43 @@
+//! The `kiln` command line: argument types and dispatch. Each subcommand group has its own
+//! module; `main.rs` only calls [`main`].
+//!
+//! Exit codes, for every subcommand:
+//! - 0: success;
+//! - 1: the command ran and found a failure (reserved for reports and the lab);
+//! - 2: bad input or usage (a refused suite, a wrong flag) or kiln itself failed.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod suite;
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code for bad input, usage errors and internal failures.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// kiln: hardware validation for racks of servers.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+#[command(after_help = "Exit codes: 0 success; 1 a failure was found; 2 bad input or usage.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check suites and print the suite language's JSON Schema.
+    #[command(subcommand)]
+    Suite(suite::SuiteCommand),
+}
+
+/// Parses the arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Suite(cmd) => suite::run(cmd),
+    };
+    ExitCode::from(code)
+}

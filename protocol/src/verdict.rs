@@ -1,0 +1,227 @@
+//! How measurements become outcomes and outcomes become verdicts.
+//!
+//! The one rule everything here keeps: an incomplete or broken run is never a pass.
+
+use serde::{Deserialize, Serialize};
+
+use crate::suite::Limit;
+use crate::wire::{Fault, Metric, Outcome};
+
+/// The verdict of a stage or a whole run, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every step passed (skips allowed).
+    Pass,
+    /// Every step passed, some short of a `degraded:` target.
+    Degraded,
+    /// Not every planned step finished, or the run never said it finished.
+    Incomplete,
+    /// The harness failed in some step (timeout, crash, interrupt).
+    Error,
+    /// A hardware fault.
+    Fail,
+}
+
+impl Verdict {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Degraded => "degraded",
+            Verdict::Incomplete => "incomplete",
+            Verdict::Error => "error",
+            Verdict::Fail => "fail",
+        }
+    }
+
+    /// Whether the node may go into production on this verdict.
+    pub fn is_good(self) -> bool {
+        matches!(self, Verdict::Pass | Verdict::Degraded)
+    }
+
+    /// The worse of two verdicts: how stage verdicts combine into a run's.
+    pub fn worst(self, other: Verdict) -> Verdict {
+        self.max(other)
+    }
+}
+
+/// The verdict of a run of `planned` steps, from the outcomes of the steps that finished.
+/// `finished` says whether the run reported its end. A fault outranks a harness error, which
+/// outranks missing steps; only a complete run can pass.
+pub fn run_verdict<'a>(
+    planned: usize,
+    outcomes: impl IntoIterator<Item = &'a Outcome>,
+    finished: bool,
+) -> Verdict {
+    let mut count = 0;
+    let mut verdict = Verdict::Pass;
+    for outcome in outcomes {
+        count += 1;
+        let this = match outcome {
+            Outcome::Pass | Outcome::Skip { .. } => Verdict::Pass,
+            Outcome::Degraded { .. } => Verdict::Degraded,
+            Outcome::Fail { .. } => Verdict::Fail,
+            Outcome::Error { .. } => Verdict::Error,
+        };
+        verdict = verdict.worst(this);
+    }
+    if count < planned || !finished {
+        verdict = verdict.worst(Verdict::Incomplete);
+    }
+    verdict
+}
+
+/// The outcome of a check from its faults and metrics against its thresholds: any fault or
+/// missed pass threshold fails; a missed degraded target degrades. A threshold whose metric
+/// was not measured is returned in the second value so the caller can say so.
+pub fn evaluate(
+    faults: Vec<Fault>,
+    metrics: &[Metric],
+    pass: &[(String, Limit)],
+    degraded: &[(String, Limit)],
+) -> (Outcome, Vec<String>) {
+    let mut faults = faults;
+    let mut reasons = Vec::new();
+    let mut unmeasured = Vec::new();
+    let measured = |name: &str| metrics.iter().find(|m| m.name == name);
+    for (tier_is_pass, limits) in [(true, pass), (false, degraded)] {
+        for (field, limit) in limits {
+            let Some(metric) = measured(&limit.metric) else {
+                if tier_is_pass {
+                    unmeasured.push(field.clone());
+                }
+                continue;
+            };
+            if limit.holds(metric.value) {
+                continue;
+            }
+            let relation = match limit.bound {
+                crate::suite::Bound::Min => "below the minimum",
+                crate::suite::Bound::Max => "above the maximum",
+            };
+            let text = format!(
+                "{} {} {} is {relation} {} ({field})",
+                metric.name,
+                trim_number(metric.value),
+                metric.unit,
+                trim_number(limit.value)
+            );
+            if tier_is_pass {
+                faults.push(
+                    Fault::new(format!("threshold.{field}"), text)
+                        .with("metric", &metric.name)
+                        .with("measured", metric.value)
+                        .with("limit", limit.value),
+                );
+            } else {
+                reasons.push(format!("{text}, degraded target"));
+            }
+        }
+    }
+    let outcome = if !faults.is_empty() {
+        Outcome::Fail { faults }
+    } else if !reasons.is_empty() {
+        Outcome::Degraded { reasons }
+    } else {
+        Outcome::Pass
+    };
+    (outcome, unmeasured)
+}
+
+fn trim_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::Bound;
+
+    fn limit(field: &str, value: f64) -> (String, Limit) {
+        (field.to_owned(), Limit::from_field(field, value).unwrap())
+    }
+
+    fn metric(name: &str, value: f64) -> Metric {
+        Metric {
+            name: name.to_owned(),
+            value,
+            unit: "MB/s".to_owned(),
+        }
+    }
+
+    #[test]
+    fn incomplete_runs_never_pass() {
+        let pass = Outcome::Pass;
+        assert_eq!(run_verdict(3, [&pass, &pass], true), Verdict::Incomplete);
+        assert_eq!(run_verdict(2, [&pass, &pass], false), Verdict::Incomplete);
+        assert_eq!(run_verdict(2, [&pass, &pass], true), Verdict::Pass);
+        assert_eq!(run_verdict(1, [], true), Verdict::Incomplete);
+    }
+
+    #[test]
+    fn faults_outrank_errors_which_outrank_missing_steps() {
+        let fail = Outcome::Fail { faults: vec![] };
+        let err = Outcome::Error {
+            message: "timeout".into(),
+        };
+        let degraded = Outcome::Degraded { reasons: vec![] };
+        let skip = Outcome::Skip {
+            reason: "no smartctl".into(),
+        };
+        assert_eq!(run_verdict(5, [&err, &fail], false), Verdict::Fail);
+        assert_eq!(run_verdict(5, [&err], false), Verdict::Error);
+        assert_eq!(run_verdict(2, [&degraded, &skip], true), Verdict::Degraded);
+        assert_eq!(run_verdict(1, [&skip], true), Verdict::Pass);
+    }
+
+    #[test]
+    fn stage_verdicts_combine_to_the_worst() {
+        assert_eq!(Verdict::Pass.worst(Verdict::Fail), Verdict::Fail);
+        assert_eq!(Verdict::Degraded.worst(Verdict::Pass), Verdict::Degraded);
+        assert_eq!(
+            Verdict::Incomplete.worst(Verdict::Degraded),
+            Verdict::Incomplete
+        );
+        assert!(!Verdict::Incomplete.is_good());
+    }
+
+    #[test]
+    fn thresholds_fail_degrade_or_pass() {
+        let pass = [
+            limit("min_read_mbps", 100.0),
+            limit("max_latency_p99_ms", 50.0),
+        ];
+        let degraded = [limit("min_read_mbps", 400.0)];
+        let (o, _) = evaluate(vec![], &[metric("read_mbps", 500.0)], &pass, &degraded);
+        assert_eq!(o, Outcome::Pass);
+        let (o, _) = evaluate(vec![], &[metric("read_mbps", 200.0)], &pass, &degraded);
+        assert!(
+            matches!(o, Outcome::Degraded { ref reasons } if reasons[0].contains("read_mbps 200"))
+        );
+        let (o, unmeasured) = evaluate(vec![], &[metric("read_mbps", 50.0)], &pass, &degraded);
+        let Outcome::Fail { faults } = o else {
+            panic!("expected fail")
+        };
+        assert_eq!(faults[0].code, "threshold.min_read_mbps");
+        assert_eq!(
+            faults[0].message,
+            "read_mbps 50 MB/s is below the minimum 100 (min_read_mbps)"
+        );
+        assert_eq!(unmeasured, vec!["max_latency_p99_ms".to_owned()]);
+    }
+
+    #[test]
+    fn a_fault_fails_even_when_metrics_are_fine() {
+        let (o, _) = evaluate(vec![Fault::new("memory.mismatch", "bit 3")], &[], &[], &[]);
+        assert!(matches!(o, Outcome::Fail { .. }));
+        assert_eq!(
+            Limit::from_field("max_temp_c", 1.0).unwrap().bound,
+            Bound::Max
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! What agents and the collector say to each other, as JSON over HTTP: node identity,
+//! inventory, numbered events, step outcomes with metrics and faults, and the run verdict.
+//!
+//! Every event carries a per-run sequence number so the collector can store a resent batch
+//! once and acknowledge the highest contiguous number it holds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::verdict::Verdict;
+
+/// How a node names itself on first contact. The collector matches any of these to a known
+/// node, so a NIC swap keeps the node's history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeIdentity {
+    /// MAC addresses of every physical NIC, lowercase `aa:bb:cc:dd:ee:ff`.
+    pub macs: Vec<String>,
+    /// SMBIOS system UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// SMBIOS system serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// What the agent found on the node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    /// DMI system identity.
+    pub system: SystemInfo,
+    /// Processors.
+    pub cpu: CpuInfo,
+    /// Memory.
+    pub memory: MemoryInfo,
+    /// Block devices that are whole disks.
+    pub disks: Vec<DiskInfo>,
+    /// Physical network interfaces.
+    pub nics: Vec<NicInfo>,
+    /// Running kernel release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+/// DMI system identity; any field may be unknown on odd hardware or in VMs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemInfo {
+    /// `sys_vendor`.
+    pub vendor: Option<String>,
+    /// `product_name`.
+    pub product: Option<String>,
+    /// `product_serial`.
+    pub serial: Option<String>,
+    /// `product_uuid`.
+    pub uuid: Option<String>,
+    /// `bios_version`.
+    pub bios_version: Option<String>,
+}
+
+/// Processor facts from CPUID and the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuInfo {
+    /// Vendor string (`GenuineIntel`, `AuthenticAMD`).
+    pub vendor: String,
+    /// Brand string.
+    pub brand: String,
+    /// Family, model and stepping as CPUID reports them (display family/model).
+    pub family: u32,
+    /// See `family`.
+    pub model: u32,
+    /// See `family`.
+    pub stepping: u32,
+    /// Logical CPUs online.
+    pub logical: u32,
+    /// Physical cores, when known.
+    pub cores: Option<u32>,
+    /// Sockets, when known.
+    pub sockets: Option<u32>,
+    /// Flags as `/proc/cpuinfo` names them.
+    pub flags: Vec<String>,
+}
+
+/// Memory as the kernel and the SMBIOS tables see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryInfo {
+    /// `MemTotal` in bytes.
+    pub total_bytes: u64,
+    /// Every DIMM slot, populated or not; `None` when dmidecode could not be read.
+    pub dimms: Option<Vec<Dimm>>,
+}
+
+/// One memory slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dimm {
+    /// Slot name (`DIMM_A1`, `B2`).
+    pub locator: String,
+    /// Module size; `None` for an empty slot.
+    pub size_bytes: Option<u64>,
+    /// Memory type (`DDR5`).
+    pub kind: Option<String>,
+    /// Configured speed in MT/s.
+    pub speed_mts: Option<u32>,
+    /// Module manufacturer.
+    pub manufacturer: Option<String>,
+    /// Module serial.
+    pub serial: Option<String>,
+    /// Module part number.
+    pub part: Option<String>,
+}
+
+/// A whole disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskInfo {
+    /// Kernel name (`sda`, `nvme0n1`).
+    pub name: String,
+    /// Device path.
+    pub path: String,
+    /// Model, when the device reports one.
+    pub model: Option<String>,
+    /// Serial, when the device reports one.
+    pub serial: Option<String>,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Spinning disk.
+    pub rotational: bool,
+    /// Transport (`nvme`, `sata`, `sas`, `virtio`, `usb`).
+    pub transport: Option<String>,
+}
+
+/// A physical network interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicInfo {
+    /// Kernel name.
+    pub name: String,
+    /// MAC address, lowercase.
+    pub mac: String,
+    /// Kernel driver.
+    pub driver: Option<String>,
+    /// Link speed in Mb/s, when the link is up and the driver says.
+    pub speed_mbps: Option<u32>,
+    /// PCI address.
+    pub pci: Option<String>,
+    /// MTU.
+    pub mtu: u32,
+    /// Carrier present.
+    pub link_up: bool,
+}
+
+/// A measured value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metric {
+    /// Name, as thresholds name it (`read_mbps`).
+    pub name: String,
+    /// Value.
+    pub value: f64,
+    /// Unit for display (`MB/s`, `°C`).
+    pub unit: String,
+}
+
+/// A hardware fault found by a check: data, not an error of the harness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Stable machine-readable kind, e.g. `memory.mismatch`, `expect.cpu.min_logical`.
+    pub code: String,
+    /// One line for people: what differs, exactly.
+    pub message: String,
+    /// Structured facts (address, expected, actual, device, CPU, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
+}
+
+impl Fault {
+    /// A fault with no details.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            details: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a detail.
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.details.insert(key.to_owned(), value.to_string());
+        self
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Outcome {
+    /// Every threshold met, no fault.
+    Pass,
+    /// Pass thresholds met, but some `degraded:` target missed.
+    Degraded {
+        /// Which targets were missed.
+        reasons: Vec<String>,
+    },
+    /// A hardware fault or a missed pass threshold.
+    Fail {
+        /// What was found.
+        faults: Vec<Fault>,
+    },
+    /// The check could not apply here (no SMART tool, no such device).
+    Skip {
+        /// Why.
+        reason: String,
+    },
+    /// The harness itself failed or was stopped (timeout, Ctrl-C); never a pass.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// Lowercase name as on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Degraded { .. } => "degraded",
+            Outcome::Fail { .. } => "fail",
+            Outcome::Skip { .. } => "skip",
+            Outcome::Error { .. } => "error",
+        }
+    }
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepReport {
+    /// Index of the step in the suite.
+    pub step: u32,
+    /// Step name.
+    pub name: String,
+    /// Check kind (`memory`, …).
+    pub kind: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What was measured.
+    pub metrics: Vec<Metric>,
+    /// Run time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Detail.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something the operator should know.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// One numbered event of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Per-run sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// When it happened, milliseconds since the Unix epoch (node clock).
+    pub at_ms: u64,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventBody {
+    /// The agent began the suite.
+    RunStarted {
+        /// Suite name.
+        suite: String,
+        /// Number of steps planned.
+        steps: u32,
+        /// Agent version.
+        agent: String,
+    },
+    /// A step began.
+    StepStarted {
+        /// Step index.
+        step: u32,
+        /// Step name.
+        name: String,
+        /// Check kind.
+        kind: String,
+    },
+    /// Progress of the running step.
+    Progress {
+        /// Step index.
+        step: u32,
+        /// Done fraction in [0, 1].
+        fraction: f64,
+        /// The live metric as shown on the console (`7.9 GB/s`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+    },
+    /// A log line.
+    Log {
+        /// Step index, when the line belongs to a step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u32>,
+        /// Severity.
+        level: LogLevel,
+        /// The text.
+        line: String,
+    },
+    /// Log lines the agent's bounded spool dropped (oldest first) before they were sent.
+    LogsDropped {
+        /// How many.
+        count: u64,
+    },
+    /// A step ended.
+    StepFinished {
+        /// Its result.
+        report: StepReport,
+    },
+    /// The run ended; the agent sends nothing after this.
+    RunFinished {
+        /// The agent's verdict over all steps.
+        verdict: Verdict,
+    },
+}
+
+impl EventBody {
+    /// Whether a bounded spool may drop this event under pressure (only log lines; outcomes never).
+    pub fn droppable(&self) -> bool {
+        matches!(self, EventBody::Log { .. } | EventBody::Progress { .. })
+    }
+}
+
+/// A batch of events, in sequence order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBatch {
+    /// The events.
+    pub events: Vec<Event>,
+}
+
+/// The collector's answer to a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchAck {
+    /// Highest sequence number stored with every lower one stored too.
+    pub acked: u64,
+}
