@@ -1,0 +1,101 @@
+//! The `kiln` binary as an operator runs it: exit codes, messages, printed schema.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn suite_check_accepts_every_shipped_suite() {
+    let files: Vec<String> = ["smoke", "lab", "burn-in", "memory-only"]
+        .iter()
+        .map(|s| format!("suites/{s}.yaml"))
+        .collect();
+    let mut args = vec!["suite", "check"];
+    args.extend(files.iter().map(String::as_str));
+    let out = kiln(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    assert!(stdout.contains("suites/smoke.yaml: ok: suite \"smoke\" v1: 4 steps (memory, cpu, disk, nic), budget 2m40s"), "{stdout}");
+}
+
+#[test]
+fn suite_check_names_a_typo_and_exits_2() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("typo.yaml");
+    std::fs::write(
+        &file,
+        "suite: t\ndescription: d\nsteps:\n  - name: ok\n    cpu: {}\n  - name: m\n    memory:\n      pattens: [random]\n",
+    )
+    .unwrap();
+    let good = repo().join("suites/smoke.yaml");
+    let out = kiln(&[
+        "suite",
+        "check",
+        good.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let want = format!(
+        "{}:8:7: steps[1].memory: unknown field \"pattens\", expected one of \"size\", \"passes\"",
+        file.display()
+    );
+    assert!(stderr.starts_with(&want), "{stderr}");
+    // The good file is still reported as good: one bad file does not hide the others.
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("smoke.yaml: ok")
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn suite_check_of_a_missing_file_says_why() {
+    let out = kiln(&["suite", "check", "no/such/suite.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.trim(),
+        "no/such/suite.yaml: cannot read the suite: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn suite_schema_prints_the_committed_schema() {
+    let out = kiln(&["suite", "schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    let committed = std::fs::read_to_string(repo().join("suites/schema.json")).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = kiln(&["suite", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = kiln(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
