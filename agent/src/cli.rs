@@ -5,10 +5,17 @@
 //! - 1: a hardware fault: some step failed;
 //! - 2: the harness failed, or bad usage or a refused suite.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use kiln_protocol::verdict::Verdict;
+
+use crate::checks::RunOptions;
+use crate::console::{Console, summary_table};
+use crate::runner::RunReport;
+use crate::stop::Interrupt;
 
 /// Every step passed, was degraded or skipped.
 pub const EXIT_PASS: u8 = 0;
@@ -31,6 +38,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a suite on this host: live progress, then a summary table; exit code per the
+    /// contract below.
+    Run(RunArgs),
     /// Check suite files with the same loader `run` uses; exits 0 when good, 2 when refused.
     Check {
         /// Suite files to check.
@@ -44,6 +54,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check { files } => check(&files),
+        Command::Run(args) => run(&args),
     };
     ExitCode::from(code)
 }
@@ -60,4 +71,78 @@ fn check(files: &[PathBuf]) -> u8 {
         }
     }
     code
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The suite to run.
+    suite: PathBuf,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "FILE.xml")]
+    junit: Option<PathBuf>,
+    /// Allow steps that overwrite raw disks (they must also say `destructive: true`).
+    #[arg(long)]
+    allow_destructive: bool,
+    /// Plain timestamped lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
+}
+
+/// The exit code a verdict maps to.
+pub fn exit_code(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Pass | Verdict::Degraded => EXIT_PASS,
+        Verdict::Fail => EXIT_FAULT,
+        Verdict::Error | Verdict::Incomplete => EXIT_HARNESS,
+    }
+}
+
+fn run(args: &RunArgs) -> u8 {
+    let plan = match crate::suites::load_file(&args.suite) {
+        Ok(plan) => plan,
+        Err(err) => {
+            eprintln!("{:#}", anyhow::Error::from(err));
+            return EXIT_HARNESS;
+        }
+    };
+    let interrupt = Interrupt::new();
+    if let Err(err) = interrupt.install_handler() {
+        eprintln!("{err:#}");
+        return EXIT_HARNESS;
+    }
+    let options = RunOptions {
+        allow_destructive: args.allow_destructive,
+        collector: None,
+    };
+    let console = Arc::new(Console::new(args.plain));
+    let report = crate::runner::run(&plan, &options, &interrupt, console);
+    println!("\n{}", summary_table(&report));
+    let mut code = exit_code(report.verdict);
+    for (path, text) in [
+        (&args.report, report_json(&report)),
+        (&args.junit, crate::report::junit(&report)),
+    ] {
+        if let Some(path) = path {
+            if let Err(err) = write_file(path, &text) {
+                eprintln!("{err:#}");
+                code = EXIT_HARNESS;
+            }
+        }
+    }
+    code
+}
+
+fn report_json(report: &RunReport) -> String {
+    crate::report::json(report)
+}
+
+/// Writes a report through a temporary file and a rename, so a reader never sees half of it.
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }

@@ -1,4 +1,14 @@
 //! kiln-agent: runs a kiln suite on a node, in the RAM image or on any Linux host.
+//!
+//! The [`runner`] drives a checked plan through the [`checks`] registry; heavy work runs on
+//! plain threads pinned per CPU, and every event flows to sinks (the [`console`], reports).
 
+pub mod checks;
 pub mod cli;
+pub mod console;
+pub mod inventory;
+pub mod os;
+pub mod report;
+pub mod runner;
+pub mod stop;
 pub mod suites;

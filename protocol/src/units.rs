@@ -179,14 +179,14 @@ impl fmt::Display for Size {
             ("MiB", 1 << 20),
             ("KiB", 1 << 10),
         ];
-        for (unit, scale) in UNITS {
-            if self.0 >= scale && self.0 % scale == 0 {
-                return write!(f, "{}{unit}", self.0 / scale);
-            }
-        }
+        // The largest unit the size reaches: exact sizes print whole, others to a tenth.
         for (unit, scale) in UNITS {
             if self.0 >= scale {
-                return write!(f, "{:.1}{unit}", self.0 as f64 / scale as f64);
+                return if self.0 % scale == 0 {
+                    write!(f, "{}{unit}", self.0 / scale)
+                } else {
+                    write!(f, "{:.1}{unit}", self.0 as f64 / scale as f64)
+                };
             }
         }
         write!(f, "{}B", self.0)
@@ -440,6 +440,7 @@ mod tests {
             if !shown.contains('.') {
                 prop_assert_eq!(shown.parse::<Size>().unwrap(), size);
             }
+            prop_assert!(shown.len() <= 9, "{shown}");
         }
 
         #[test]

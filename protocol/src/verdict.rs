@@ -100,11 +100,15 @@ pub fn evaluate(
                 crate::suite::Bound::Min => "below the minimum",
                 crate::suite::Bound::Max => "above the maximum",
             };
+            let unit = if metric.unit.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", metric.unit)
+            };
             let text = format!(
-                "{} {} {} is {relation} {} ({field})",
+                "{} {}{unit} is {relation} {} ({field})",
                 metric.name,
                 trim_number(metric.value),
-                metric.unit,
                 trim_number(limit.value)
             );
             if tier_is_pass {

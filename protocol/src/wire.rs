@@ -294,6 +294,11 @@ pub enum EventBody {
         /// Agent version.
         agent: String,
     },
+    /// The node's inventory was checked against the suite's `expect:` block.
+    ExpectChecked {
+        /// `pass`, or `fail` with one fault per difference.
+        outcome: Outcome,
+    },
     /// A step began.
     StepStarted {
         /// Step index.

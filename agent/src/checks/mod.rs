@@ -1,0 +1,106 @@
+//! The check kinds: one module each, one [`CheckKind`] implementation each, listed once in
+//! [`REGISTRY`]. Adding a kind touches its module, its registry line and the suite schema.
+//!
+//! A check returns what it measured and found; hardware faults are data in [`CheckOutput`],
+//! while `Err` means the harness itself could not do its work.
+
+pub mod cpu;
+pub mod disk;
+pub mod exec;
+pub mod memory;
+pub mod nic;
+
+use kiln_protocol::Check;
+use kiln_protocol::wire::{Fault, LogLevel, Metric};
+
+use crate::stop::Stop;
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct CheckOutput {
+    /// Hardware faults (any one fails the step).
+    pub faults: Vec<Fault>,
+    /// Measurements, named as the suite's thresholds name them.
+    pub metrics: Vec<Metric>,
+    /// Set when the check could not apply on this node (the step is a skip, not a pass).
+    pub skip: Option<String>,
+    /// Reasons to call the step degraded beyond the suite's thresholds (built-in targets).
+    pub degraded: Vec<String>,
+}
+
+impl CheckOutput {
+    /// Records a metric.
+    pub fn metric(&mut self, name: &str, value: f64, unit: &str) {
+        self.metrics.push(Metric {
+            name: name.to_owned(),
+            value,
+            unit: unit.to_owned(),
+        });
+    }
+}
+
+/// Where a running check reports progress and log lines; safe to call from worker threads.
+pub trait StepObserver: Sync {
+    /// Fraction done in [0, 1] and the live metric to show (`7.9 GB/s`).
+    fn progress(&self, fraction: f64, status: &str);
+    /// A log line for the step.
+    fn log(&self, level: LogLevel, line: &str);
+}
+
+/// Options the operator gave the run (not the suite).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The operator allowed destructive disk steps (`--allow-destructive` or the boot plan).
+    pub allow_destructive: bool,
+    /// Base URL of the collector, for `nic: {target: collector}`.
+    pub collector: Option<String>,
+}
+
+/// Everything a check may use while it runs.
+pub struct StepContext<'a> {
+    /// When to stop.
+    pub stop: Stop,
+    /// Progress and logs.
+    pub observer: &'a dyn StepObserver,
+    /// Operator options.
+    pub options: &'a RunOptions,
+}
+
+/// One kind of check.
+pub trait CheckKind: Sync {
+    /// The suite key of this kind (`memory`).
+    fn kind(&self) -> &'static str;
+
+    /// Runs the check. Only harness failures are `Err`.
+    fn run(&self, check: &Check, ctx: &StepContext<'_>) -> anyhow::Result<CheckOutput>;
+}
+
+/// Every check kind the agent can run.
+pub static REGISTRY: &[&dyn CheckKind] = &[
+    &memory::Memory,
+    &cpu::Cpu,
+    &disk::Disk,
+    &nic::Nic,
+    &exec::Exec,
+];
+
+/// The implementation of a kind.
+pub fn lookup(kind: &str) -> Option<&'static dyn CheckKind> {
+    REGISTRY.iter().copied().find(|k| k.kind() == kind)
+}
+
+/// The error when a check is handed a plan entry of another kind (a registry bug).
+fn wrong_kind(expected: &str, check: &Check) -> anyhow::Error {
+    anyhow::anyhow!("the {expected} check was handed a {} step", check.kind())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_covers_every_suite_kind_once() {
+        for kind in kiln_protocol::suite::CHECK_KINDS {
+            let n = super::REGISTRY.iter().filter(|k| k.kind() == kind).count();
+            assert_eq!(n, 1, "{kind}");
+        }
+    }
+}

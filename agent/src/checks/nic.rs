@@ -1,0 +1,222 @@
+//! The NIC check: link, speed, duplex, MTU and driver of every physical interface (or the
+//! named ones), and the kernel's error and drop counters as deltas over the step.
+
+use std::time::Duration;
+
+use kiln_protocol::Check;
+use kiln_protocol::wire::{Fault, LogLevel};
+
+use super::{CheckKind, CheckOutput, StepContext, wrong_kind};
+use crate::os::{link_name, read_i64, read_trimmed, read_u64};
+
+/// The NIC check kind.
+pub struct Nic;
+
+/// How long counters are watched when the step measures no throughput.
+const OBSERVE: Duration = Duration::from_secs(3);
+
+/// One interface as sysfs shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interface {
+    /// Kernel name.
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// Driver.
+    pub driver: Option<String>,
+    /// Link speed in Mb/s, when known.
+    pub speed_mbps: Option<u32>,
+    /// `full` or `half`, when known.
+    pub duplex: Option<String>,
+    /// MTU.
+    pub mtu: u32,
+    /// Carrier present.
+    pub link_up: bool,
+    /// PCI (or other bus) address.
+    pub bus: Option<String>,
+}
+
+/// Reads an interface from `sys` (normally `/sys`).
+pub fn read_interface(sys: &str, name: &str) -> Option<Interface> {
+    let dir = format!("{sys}/class/net/{name}");
+    if !std::path::Path::new(&dir).exists() {
+        return None;
+    }
+    let link_up = read_u64(format!("{dir}/carrier")) == Some(1);
+    Some(Interface {
+        name: name.to_owned(),
+        mac: read_trimmed(format!("{dir}/address")).unwrap_or_default(),
+        driver: link_name(format!("{dir}/device/driver")),
+        // The kernel reports -1 (or fails the read) when the speed is unknown or the link down.
+        speed_mbps: read_i64(format!("{dir}/speed"))
+            .filter(|s| *s > 0)
+            .map(|s| s as u32),
+        duplex: read_trimmed(format!("{dir}/duplex")).filter(|d| d != "unknown"),
+        mtu: read_u64(format!("{dir}/mtu")).unwrap_or(0) as u32,
+        link_up,
+        bus: link_name(format!("{dir}/device")),
+    })
+}
+
+/// Interfaces backed by a device (PCI, virtio, USB): not loopback, bridges, veth or tunnels.
+pub fn physical_interfaces(sys: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("{sys}/class/net"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("device").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Receive+transmit errors and drops of an interface.
+fn counters(sys: &str, name: &str) -> (u64, u64) {
+    let stat = |s: &str| read_u64(format!("{sys}/class/net/{name}/statistics/{s}")).unwrap_or(0);
+    (
+        stat("rx_errors") + stat("tx_errors"),
+        stat("rx_dropped") + stat("tx_dropped"),
+    )
+}
+
+impl CheckKind for Nic {
+    fn kind(&self) -> &'static str {
+        "nic"
+    }
+
+    fn run(&self, check: &Check, ctx: &StepContext<'_>) -> anyhow::Result<CheckOutput> {
+        let Check::Nic(spec) = check else {
+            return Err(wrong_kind("nic", check));
+        };
+        let sys = "/sys";
+        let mut out = CheckOutput::default();
+        let names = spec
+            .interfaces
+            .clone()
+            .unwrap_or_else(|| physical_interfaces(sys));
+        if names.is_empty() {
+            out.skip = Some("no physical network interfaces on this node".into());
+            return Ok(out);
+        }
+        let mut interfaces = Vec::new();
+        for name in &names {
+            match read_interface(sys, name) {
+                Some(i) => interfaces.push(i),
+                None => out.faults.push(
+                    Fault::new("nic.missing", format!("interface {name} does not exist"))
+                        .with("interface", name),
+                ),
+            }
+        }
+        let before: Vec<(u64, u64)> = interfaces.iter().map(|i| counters(sys, &i.name)).collect();
+        for i in &interfaces {
+            ctx.observer.log(
+                LogLevel::Info,
+                &format!(
+                    "{}: {} link {}, {} {}, MTU {}, driver {}",
+                    i.name,
+                    i.mac,
+                    if i.link_up { "up" } else { "down" },
+                    i.speed_mbps
+                        .map_or("speed unknown".to_owned(), |s| format!("{s} Mb/s")),
+                    i.duplex.as_deref().unwrap_or("duplex unknown"),
+                    i.mtu,
+                    i.driver.as_deref().unwrap_or("unknown")
+                ),
+            );
+            if spec.link && !i.link_up {
+                out.faults.push(
+                    Fault::new("nic.link_down", format!("{} has no link", i.name))
+                        .with("interface", &i.name),
+                );
+            }
+            if let Some(mtu) = spec.mtu {
+                if i.mtu != mtu {
+                    out.faults.push(
+                        Fault::new(
+                            "nic.mtu",
+                            format!("{} has MTU {}, expected {mtu}", i.name, i.mtu),
+                        )
+                        .with("interface", &i.name)
+                        .with("found", i.mtu),
+                    );
+                }
+            }
+            if i.duplex.as_deref() == Some("half") {
+                out.degraded.push(format!("{} runs half duplex", i.name));
+            }
+        }
+        if spec.target.is_some() {
+            anyhow::bail!(
+                "HTTP throughput measurement is not available in this build of kiln-agent"
+            );
+        }
+        // Watch the counters for a short while so errors that are happening now show up.
+        let window = OBSERVE.min(spec.duration.get());
+        let started = std::time::Instant::now();
+        while started.elapsed() < window && !ctx.stop.should_stop() {
+            ctx.observer.progress(
+                started.elapsed().as_secs_f64() / window.as_secs_f64(),
+                "watching counters",
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let (mut errors, mut drops) = (0, 0);
+        for (i, (e0, d0)) in interfaces.iter().zip(before) {
+            let (e1, d1) = counters(sys, &i.name);
+            errors += e1.saturating_sub(e0);
+            drops += d1.saturating_sub(d0);
+        }
+        out.metric("errors", errors as f64, "");
+        out.metric("drops", drops as f64, "");
+        if let Some(slowest) = interfaces.iter().filter_map(|i| i.speed_mbps).min() {
+            out.metric("speed_mbps", f64::from(slowest), "Mb/s");
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interfaces_are_read_from_sysfs() {
+        let root = std::env::temp_dir().join(format!("kiln-nic-{}", std::process::id()));
+        let eth = root.join("class/net/eth0");
+        std::fs::create_dir_all(eth.join("statistics")).unwrap();
+        std::fs::create_dir_all(root.join("devices/pci0000:00/0000:00:03.0/driver-target/e1000e"))
+            .unwrap();
+        std::os::unix::fs::symlink(
+            root.join("devices/pci0000:00/0000:00:03.0"),
+            eth.join("device"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            root.join("devices/pci0000:00/0000:00:03.0/driver-target/e1000e"),
+            root.join("devices/pci0000:00/0000:00:03.0/driver"),
+        )
+        .unwrap();
+        for (file, value) in [
+            ("address", "52:54:00:12:34:56"),
+            ("carrier", "1"),
+            ("speed", "1000"),
+            ("duplex", "full"),
+            ("mtu", "1500"),
+        ] {
+            std::fs::write(eth.join(file), value).unwrap();
+        }
+        std::fs::create_dir_all(root.join("class/net/lo")).unwrap();
+        std::fs::write(root.join("class/net/lo/speed"), "-1").unwrap();
+        let sys = root.display().to_string();
+        assert_eq!(physical_interfaces(&sys), ["eth0"]);
+        let i = read_interface(&sys, "eth0").unwrap();
+        assert_eq!((i.speed_mbps, i.mtu, i.link_up), (Some(1000), 1500, true));
+        assert_eq!(i.driver.as_deref(), Some("e1000e"));
+        assert_eq!(i.bus.as_deref(), Some("0000:00:03.0"));
+        assert_eq!(read_interface(&sys, "lo").unwrap().speed_mbps, None);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

@@ -1,0 +1,453 @@
+//! Runs a checked plan on this node: inventory and `expect:` first, then each step on its own
+//! thread under its timeout, with the kernel log watched; every event goes to a sink (the
+//! console, and the collector's reporter), and the run ends in a [`RunReport`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::Plan;
+use kiln_protocol::verdict::{Verdict, evaluate, run_verdict};
+use kiln_protocol::wire::{EventBody, Fault, Inventory, LogLevel, Outcome, StepReport};
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{self, CheckOutput, RunOptions, StepContext, StepObserver};
+use crate::os::kmsg::KmsgWatch;
+use crate::stop::{Interrupt, Stop, StopReason};
+
+/// How long a check may take to wind down after its timeout before the runner gives up on it
+/// and moves on (its thread is abandoned; the process exit reaps it).
+const GRACE: Duration = Duration::from_secs(15);
+
+/// Receives every event of a run, from any thread.
+pub trait EventSink: Send + Sync {
+    /// One event.
+    fn emit(&self, body: EventBody);
+}
+
+/// Everything a run found: what the JSON report holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Suite name.
+    pub suite: String,
+    /// Suite version.
+    pub suite_version: Option<String>,
+    /// Host name.
+    pub host: Option<String>,
+    /// kiln-agent version.
+    pub agent: String,
+    /// Start, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// Run time in milliseconds.
+    pub duration_ms: u64,
+    /// The node's inventory.
+    pub inventory: Inventory,
+    /// The `expect:` result, when the suite has one.
+    pub expect: Option<Outcome>,
+    /// Steps that ran, in order.
+    pub steps: Vec<StepReport>,
+    /// Steps planned.
+    pub planned_steps: usize,
+    /// The run's verdict.
+    pub verdict: Verdict,
+    /// Whether the operator interrupted the run.
+    pub interrupted: bool,
+}
+
+struct Observer {
+    sink: Arc<dyn EventSink>,
+    step: u32,
+}
+
+impl StepObserver for Observer {
+    fn progress(&self, fraction: f64, status: &str) {
+        let status = (!status.is_empty()).then(|| status.to_owned());
+        self.sink.emit(EventBody::Progress {
+            step: self.step,
+            fraction: fraction.clamp(0.0, 1.0),
+            status,
+        });
+    }
+
+    fn log(&self, level: LogLevel, line: &str) {
+        self.sink.emit(EventBody::Log {
+            step: Some(self.step),
+            level,
+            line: line.to_owned(),
+        });
+    }
+}
+
+/// Runs `plan` and returns its report. Never panics on hardware faults: they are outcomes.
+pub fn run(
+    plan: &Plan,
+    options: &RunOptions,
+    interrupt: &Interrupt,
+    sink: Arc<dyn EventSink>,
+) -> RunReport {
+    let started = Instant::now();
+    let started_ms = crate::os::now_ms();
+    sink.emit(EventBody::RunStarted {
+        suite: plan.name().to_owned(),
+        steps: plan.steps.len() as u32,
+        agent: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    let inventory = crate::inventory::collect();
+    let log = |level, line: String| {
+        sink.emit(EventBody::Log {
+            step: None,
+            level,
+            line,
+        })
+    };
+    log(
+        LogLevel::Info,
+        format!(
+            "node: {} {} serial {}; {} × {}; {:.1} GiB memory; {} disk(s); {} NIC(s)",
+            inventory.system.vendor.as_deref().unwrap_or("?"),
+            inventory.system.product.as_deref().unwrap_or("?"),
+            inventory.system.serial.as_deref().unwrap_or("?"),
+            inventory.cpu.logical,
+            inventory.cpu.brand,
+            inventory.memory.total_bytes as f64 / f64::from(1u32 << 30),
+            inventory.disks.len(),
+            inventory.nics.len()
+        ),
+    );
+    let expect = plan.expect().map(|expect| {
+        let faults = kiln_protocol::expect::evaluate(expect, &inventory);
+        let outcome = if faults.is_empty() {
+            Outcome::Pass
+        } else {
+            Outcome::Fail { faults }
+        };
+        sink.emit(EventBody::ExpectChecked {
+            outcome: outcome.clone(),
+        });
+        outcome
+    });
+
+    let mut steps = Vec::new();
+    for step in &plan.steps {
+        if interrupt.is_set() {
+            break;
+        }
+        sink.emit(EventBody::StepStarted {
+            step: step.index as u32,
+            name: step.name.clone(),
+            kind: step.check.kind().to_owned(),
+        });
+        let report = run_step(step, options, interrupt, sink.clone());
+        sink.emit(EventBody::StepFinished {
+            report: report.clone(),
+        });
+        steps.push(report);
+    }
+    let interrupted = interrupt.is_set();
+    let planned = plan.steps.len() + usize::from(expect.is_some());
+    let outcomes = expect.iter().chain(steps.iter().map(|s| &s.outcome));
+    let verdict = run_verdict(planned, outcomes, !interrupted);
+    sink.emit(EventBody::RunFinished { verdict });
+    RunReport {
+        suite: plan.name().to_owned(),
+        suite_version: plan.suite.version.clone(),
+        host: crate::os::read_trimmed("/proc/sys/kernel/hostname"),
+        agent: env!("CARGO_PKG_VERSION").to_owned(),
+        started_ms,
+        duration_ms: started.elapsed().as_millis() as u64,
+        inventory,
+        expect,
+        steps,
+        planned_steps: plan.steps.len(),
+        verdict,
+        interrupted,
+    }
+}
+
+fn run_step(
+    step: &kiln_protocol::PlannedStep,
+    options: &RunOptions,
+    interrupt: &Interrupt,
+    sink: Arc<dyn EventSink>,
+) -> StepReport {
+    let started = Instant::now();
+    let stop = Stop::new(step.timeout, interrupt.clone());
+    let observer = Observer {
+        sink: sink.clone(),
+        step: step.index as u32,
+    };
+    let kmsg = KmsgWatch::start();
+    if kmsg.is_none() {
+        observer.log(LogLevel::Info, "kernel log (/dev/kmsg) not readable: machine-check and I/O error lines are not watched");
+    }
+    let result = match checks::lookup(step.check.kind()) {
+        None => Err(anyhow::anyhow!(
+            "this agent has no {} check",
+            step.check.kind()
+        )),
+        Some(kind) => {
+            let check = step.check.clone();
+            let options = options.clone();
+            let thread_stop = stop.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("step-{}", step.index))
+                .spawn(move || {
+                    let ctx = StepContext {
+                        stop: thread_stop,
+                        observer: &observer,
+                        options: &options,
+                    };
+                    kind.run(&check, &ctx)
+                });
+            match handle {
+                Err(err) => Err(anyhow::anyhow!("cannot start the step's thread: {err}")),
+                Ok(handle) => {
+                    let give_up = stop.deadline() + GRACE;
+                    while !handle.is_finished() && Instant::now() < give_up {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if handle.is_finished() {
+                        handle.join().unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!("the {} check panicked", step.check.kind()))
+                        })
+                    } else {
+                        Err(anyhow::anyhow!(
+                            "did not stop within {}s of its timeout; abandoned",
+                            GRACE.as_secs()
+                        ))
+                    }
+                }
+            }
+        }
+    };
+    let kernel_faults = kmsg.map(KmsgWatch::finish).unwrap_or_default();
+    let (outcome, metrics) = match (result, stop.reason()) {
+        (_, Some(StopReason::Interrupted)) => (
+            Outcome::Error {
+                message: "interrupted by the operator".into(),
+            },
+            vec![],
+        ),
+        (_, Some(StopReason::Timeout)) => (
+            Outcome::Error {
+                message: format!(
+                    "timed out after {}",
+                    kiln_protocol::units::HumanDuration(step.timeout)
+                ),
+            },
+            vec![],
+        ),
+        (Err(err), None) => (
+            Outcome::Error {
+                message: format!("{err:#}"),
+            },
+            vec![],
+        ),
+        (Ok(output), None) => finish(step, output, kernel_faults, &sink),
+    };
+    StepReport {
+        step: step.index as u32,
+        name: step.name.clone(),
+        kind: step.check.kind().to_owned(),
+        outcome,
+        metrics,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Turns what a check found into its outcome against the step's thresholds.
+fn finish(
+    step: &kiln_protocol::PlannedStep,
+    output: CheckOutput,
+    kernel: Vec<Fault>,
+    sink: &Arc<dyn EventSink>,
+) -> (Outcome, Vec<kiln_protocol::wire::Metric>) {
+    let CheckOutput {
+        mut faults,
+        metrics,
+        skip,
+        degraded,
+    } = output;
+    faults.extend(kernel);
+    if let Some(reason) = skip {
+        if faults.is_empty() {
+            return (Outcome::Skip { reason }, metrics);
+        }
+    }
+    let (mut outcome, unmeasured) = evaluate(
+        faults,
+        &metrics,
+        &step.check.pass_limits(),
+        &step.check.degraded_limits(),
+    );
+    for field in unmeasured {
+        sink.emit(EventBody::Log {
+            step: Some(step.index as u32),
+            level: LogLevel::Warn,
+            line: format!(
+                "threshold {field} not checked: its metric was not measured on this node"
+            ),
+        });
+    }
+    if !degraded.is_empty() {
+        outcome = match outcome {
+            Outcome::Pass => Outcome::Degraded { reasons: degraded },
+            Outcome::Degraded { mut reasons } => {
+                reasons.extend(degraded);
+                Outcome::Degraded { reasons }
+            }
+            other => other,
+        };
+    }
+    (outcome, metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<EventBody>>);
+
+    impl EventSink for Recorder {
+        fn emit(&self, body: EventBody) {
+            self.0.lock().unwrap().push(body);
+        }
+    }
+
+    fn plan(steps: &str) -> Plan {
+        let text = format!("suite: t\ndescription: runner test\nsteps:\n{steps}");
+        kiln_protocol::load("t.yaml", text.as_bytes()).unwrap()
+    }
+
+    fn exec(name: &str, argv: &str, extra: &str) -> String {
+        format!("  - name: {name}\n{extra}    exec: {{argv: {argv}}}\n")
+    }
+
+    #[test]
+    fn outcomes_combine_into_the_verdict_and_every_event_is_emitted() {
+        let plan = plan(&(exec("ok", "[true]", "") + &exec("bad", "[false]", "")));
+        let sink = Arc::new(Recorder::default());
+        let report = run(
+            &plan,
+            &RunOptions::default(),
+            &Interrupt::new(),
+            sink.clone(),
+        );
+        assert_eq!(report.steps[0].outcome, Outcome::Pass);
+        let Outcome::Fail { faults } = &report.steps[1].outcome else {
+            panic!("{:?}", report.steps[1])
+        };
+        assert_eq!(faults[0].code, "exec.exit_code");
+        assert_eq!(report.verdict, Verdict::Fail);
+        let events = sink.0.lock().unwrap();
+        assert!(matches!(
+            events.first(),
+            Some(EventBody::RunStarted { steps: 2, .. })
+        ));
+        assert!(matches!(
+            events.last(),
+            Some(EventBody::RunFinished {
+                verdict: Verdict::Fail
+            })
+        ));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, EventBody::StepFinished { .. }))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_step_past_its_timeout_is_killed_and_reported_as_an_error() {
+        let plan = plan(&exec("slow", "[sleep, '30']", "    timeout: 1s\n"));
+        let started = Instant::now();
+        let report = run(
+            &plan,
+            &RunOptions::default(),
+            &Interrupt::new(),
+            Arc::new(Recorder::default()),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the sleep was not killed"
+        );
+        assert_eq!(
+            report.steps[0].outcome,
+            Outcome::Error {
+                message: "timed out after 1s".into()
+            }
+        );
+        assert_eq!(report.verdict, Verdict::Error);
+    }
+
+    #[test]
+    fn an_interrupt_stops_the_run_and_still_yields_a_report() {
+        let plan = plan(&(exec("first", "[sleep, '30']", "") + &exec("second", "[true]", "")));
+        let interrupt = Interrupt::new();
+        let trigger = interrupt.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            trigger.trigger();
+        });
+        let report = run(
+            &plan,
+            &RunOptions::default(),
+            &interrupt,
+            Arc::new(Recorder::default()),
+        );
+        assert!(report.interrupted);
+        assert_eq!(report.steps.len(), 1, "the second step must not start");
+        assert_eq!(
+            report.steps[0].outcome,
+            Outcome::Error {
+                message: "interrupted by the operator".into()
+            }
+        );
+        assert_eq!(report.verdict, Verdict::Error);
+    }
+
+    #[test]
+    fn expect_mismatch_fails_the_run_with_that_fault() {
+        let text = "suite: t\ndescription: d\nexpect:\n  cpu: {min_logical: 4096}\nsteps:\n  - name: ok\n    exec: {argv: [true]}\n";
+        let plan = kiln_protocol::load("t.yaml", text.as_bytes()).unwrap();
+        let report = run(
+            &plan,
+            &RunOptions::default(),
+            &Interrupt::new(),
+            Arc::new(Recorder::default()),
+        );
+        let Some(Outcome::Fail { faults }) = &report.expect else {
+            panic!("{:?}", report.expect)
+        };
+        assert_eq!(faults[0].code, "expect.cpu.min_logical");
+        assert_eq!(report.verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn exec_metrics_meet_their_thresholds() {
+        let steps = r#"  - name: tool
+    exec:
+      argv:
+        - sh
+        - -c
+        - "echo '{\"score\": 42}' > \"$KILN_METRICS\""
+      metrics: {score: {min: 50}}
+"#;
+        let report = run(
+            &plan(steps),
+            &RunOptions::default(),
+            &Interrupt::new(),
+            Arc::new(Recorder::default()),
+        );
+        let Outcome::Fail { faults } = &report.steps[0].outcome else {
+            panic!("{:?}", report.steps[0])
+        };
+        assert_eq!(
+            faults[0].message,
+            "score 42 is below the minimum 50 (score.min)"
+        );
+    }
+}

@@ -1,0 +1,418 @@
+//! The bill of materials (`expect:`) checked against a node's inventory. Every difference is a
+//! fault that says exactly what was expected and what was found.
+
+use regex_lite::Regex;
+
+use crate::suite::{Expect, ExpectDisks, ExpectNics};
+use crate::units::Size;
+use crate::wire::{DiskInfo, Fault, Inventory, NicInfo};
+
+/// Every way `inventory` differs from `expect`. Patterns were checked when the suite loaded;
+/// one that still fails to compile is reported as a fault rather than silently matching.
+pub fn evaluate(expect: &Expect, inventory: &Inventory) -> Vec<Fault> {
+    let mut faults = Vec::new();
+    if let Some(system) = &expect.system {
+        let sys = &inventory.system;
+        for (field, pattern, found) in [
+            ("vendor", &system.vendor, &sys.vendor),
+            ("product", &system.product, &sys.product),
+        ] {
+            if let Some(pattern) = pattern {
+                let found = found.as_deref().unwrap_or("");
+                if !matches(pattern, found, &mut faults) {
+                    faults.push(
+                        Fault::new(
+                            format!("expect.system.{field}"),
+                            format!(
+                                "expected system {field} matching /{pattern}/, found {found:?}"
+                            ),
+                        )
+                        .with("expected", pattern)
+                        .with("found", found),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(cpu) = &expect.cpu {
+        let have = &inventory.cpu;
+        if let Some(pattern) = &cpu.model {
+            if !matches(pattern, &have.brand, &mut faults) {
+                faults.push(
+                    Fault::new(
+                        "expect.cpu.model",
+                        format!(
+                            "expected CPU model matching /{pattern}/, found {:?}",
+                            have.brand
+                        ),
+                    )
+                    .with("expected", pattern)
+                    .with("found", &have.brand),
+                );
+            }
+        }
+        if let Some(min) = cpu.min_logical {
+            if have.logical < min {
+                faults.push(
+                    Fault::new(
+                        "expect.cpu.min_logical",
+                        format!("expected ≥ {min} logical CPUs, found {}", have.logical),
+                    )
+                    .with("expected", min)
+                    .with("found", have.logical),
+                );
+            }
+        }
+        let missing: Vec<&str> = cpu
+            .flags
+            .iter()
+            .filter(|f| !have.flags.iter().any(|h| h == *f))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            faults.push(
+                Fault::new(
+                    "expect.cpu.flags",
+                    format!("missing CPU flags: {}", missing.join(", ")),
+                )
+                .with("missing", missing.join(" ")),
+            );
+        }
+    }
+    if let Some(memory) = &expect.memory {
+        let have = &inventory.memory;
+        if let Some(min) = memory.min_total {
+            if have.total_bytes < min.bytes() {
+                faults.push(
+                    Fault::new(
+                        "expect.memory.min_total",
+                        format!("expected ≥ {min} memory, found {}", Size(have.total_bytes)),
+                    )
+                    .with("expected_bytes", min.bytes())
+                    .with("found_bytes", have.total_bytes),
+                );
+            }
+        }
+        if let Some(want) = memory.dimms {
+            match &have.dimms {
+                None => faults.push(Fault::new(
+                    "expect.memory.dimms",
+                    format!("expected {want} DIMMs, but the DIMM table could not be read (dmidecode missing or SMBIOS empty)"),
+                )),
+                Some(slots) => {
+                    let populated = slots.iter().filter(|d| d.size_bytes.is_some()).count();
+                    if populated != want as usize {
+                        let empty: Vec<&str> = slots
+                            .iter()
+                            .filter(|d| d.size_bytes.is_none())
+                            .map(|d| d.locator.as_str())
+                            .collect();
+                        let detail = match empty.as_slice() {
+                            [] => String::new(),
+                            [one] => format!(": slot {one} empty"),
+                            many => format!(": slots {} empty", many.join(", ")),
+                        };
+                        faults.push(
+                            Fault::new(
+                                "expect.memory.dimms",
+                                format!("expected {want} DIMMs, found {populated}{detail}"),
+                            )
+                            .with("expected", want)
+                            .with("found", populated),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for (i, group) in expect.disks.iter().enumerate() {
+        let found: Vec<&DiskInfo> = inventory
+            .disks
+            .iter()
+            .filter(|d| disk_matches(group, d, &mut faults))
+            .collect();
+        if found.len() != group.count as usize {
+            faults.push(
+                Fault::new(
+                    format!("expect.disks[{i}]"),
+                    format!(
+                        "expected {} disk{} {}, found {}{}",
+                        group.count,
+                        plural(group.count as usize),
+                        describe_disks(group),
+                        found.len(),
+                        list(found.iter().map(|d| d.name.as_str()))
+                    ),
+                )
+                .with("expected", group.count)
+                .with("found", found.len()),
+            );
+        }
+    }
+    for (i, group) in expect.nics.iter().enumerate() {
+        let found: Vec<&NicInfo> = inventory
+            .nics
+            .iter()
+            .filter(|n| nic_matches(group, n, &mut faults))
+            .collect();
+        if found.len() != group.count as usize {
+            faults.push(
+                Fault::new(
+                    format!("expect.nics[{i}]"),
+                    format!(
+                        "expected {} NIC{} {}, found {}{}",
+                        group.count,
+                        plural(group.count as usize),
+                        describe_nics(group),
+                        found.len(),
+                        list(found.iter().map(|n| n.name.as_str()))
+                    ),
+                )
+                .with("expected", group.count)
+                .with("found", found.len()),
+            );
+        }
+    }
+    faults.dedup();
+    faults
+}
+
+fn matches(pattern: &str, text: &str, faults: &mut Vec<Fault>) -> bool {
+    match Regex::new(pattern) {
+        Ok(re) => re.is_match(text),
+        Err(err) => {
+            faults.push(Fault::new(
+                "expect.pattern",
+                format!("pattern /{pattern}/ does not compile: {err}"),
+            ));
+            false
+        }
+    }
+}
+
+fn disk_matches(group: &ExpectDisks, disk: &DiskInfo, faults: &mut Vec<Fault>) -> bool {
+    group
+        .model
+        .as_ref()
+        .is_none_or(|p| matches(p, disk.model.as_deref().unwrap_or(""), faults))
+        && group
+            .min_size
+            .is_none_or(|min| disk.size_bytes >= min.bytes())
+        && group.rotational.is_none_or(|r| disk.rotational == r)
+}
+
+fn nic_matches(group: &ExpectNics, nic: &NicInfo, faults: &mut Vec<Fault>) -> bool {
+    group
+        .driver
+        .as_ref()
+        .is_none_or(|p| matches(p, nic.driver.as_deref().unwrap_or(""), faults))
+        && group
+            .min_speed_mbps
+            .is_none_or(|min| nic.speed_mbps.is_some_and(|s| s >= min))
+}
+
+fn describe_disks(group: &ExpectDisks) -> String {
+    let mut parts = Vec::new();
+    if let Some(model) = &group.model {
+        parts.push(format!("model /{model}/"));
+    }
+    if let Some(min) = group.min_size {
+        parts.push(format!("≥ {min}"));
+    }
+    match group.rotational {
+        Some(true) => parts.push("rotational".to_owned()),
+        Some(false) => parts.push("solid-state".to_owned()),
+        None => {}
+    }
+    if parts.is_empty() {
+        "of any kind".to_owned()
+    } else {
+        format!("with {}", parts.join(", "))
+    }
+}
+
+fn describe_nics(group: &ExpectNics) -> String {
+    let mut parts = Vec::new();
+    if let Some(driver) = &group.driver {
+        parts.push(format!("driver /{driver}/"));
+    }
+    if let Some(min) = group.min_speed_mbps {
+        parts.push(format!("link ≥ {min} Mb/s"));
+    }
+    if parts.is_empty() {
+        "of any kind".to_owned()
+    } else {
+        format!("with {}", parts.join(", "))
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::{ExpectCpu, ExpectMemory, ExpectSystem};
+    use crate::wire::{CpuInfo, Dimm, MemoryInfo, SystemInfo};
+
+    fn node() -> Inventory {
+        Inventory {
+            system: SystemInfo {
+                vendor: Some("QEMU".into()),
+                ..Default::default()
+            },
+            cpu: CpuInfo {
+                brand: "QEMU Virtual CPU version 2.5+".into(),
+                logical: 2,
+                flags: vec!["sse2".into(), "avx2".into()],
+                ..Default::default()
+            },
+            memory: MemoryInfo {
+                total_bytes: 256 << 20,
+                dimms: Some(vec![
+                    Dimm {
+                        locator: "A1".into(),
+                        size_bytes: Some(128 << 20),
+                        ..Default::default()
+                    },
+                    Dimm {
+                        locator: "B2".into(),
+                        size_bytes: None,
+                        ..Default::default()
+                    },
+                ]),
+            },
+            disks: vec![DiskInfo {
+                name: "vda".into(),
+                size_bytes: 1 << 30,
+                ..Default::default()
+            }],
+            nics: vec![],
+            kernel: None,
+        }
+    }
+
+    #[test]
+    fn a_matching_node_has_no_faults() {
+        let expect = Expect {
+            cpu: Some(ExpectCpu {
+                min_logical: Some(2),
+                flags: vec!["avx2".into()],
+                model: Some("QEMU".into()),
+            }),
+            disks: vec![ExpectDisks {
+                count: 1,
+                model: None,
+                min_size: Some(Size(512 << 20)),
+                rotational: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(evaluate(&expect, &node()), vec![]);
+    }
+
+    #[test]
+    fn too_few_cpus_is_named_exactly() {
+        let expect = Expect {
+            cpu: Some(ExpectCpu {
+                min_logical: Some(64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let faults = evaluate(&expect, &node());
+        assert_eq!(faults.len(), 1);
+        assert_eq!(faults[0].code, "expect.cpu.min_logical");
+        assert_eq!(faults[0].message, "expected ≥ 64 logical CPUs, found 2");
+    }
+
+    #[test]
+    fn dimm_shortfall_names_the_empty_slot() {
+        let expect = Expect {
+            memory: Some(ExpectMemory {
+                dimms: Some(2),
+                min_total: Some(Size(1 << 30)),
+            }),
+            ..Default::default()
+        };
+        let faults = evaluate(&expect, &node());
+        let messages: Vec<&str> = faults.iter().map(|f| f.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "expected ≥ 1GiB memory, found 256MiB",
+                "expected 2 DIMMs, found 1: slot B2 empty"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_flags_disks_nics_and_vendor_are_all_reported() {
+        let expect = Expect {
+            system: Some(ExpectSystem {
+                vendor: Some("^Dell".into()),
+                product: None,
+            }),
+            cpu: Some(ExpectCpu {
+                flags: vec!["avx512f".into(), "sse2".into()],
+                ..Default::default()
+            }),
+            disks: vec![ExpectDisks {
+                count: 2,
+                model: Some("NVMe".into()),
+                min_size: None,
+                rotational: Some(false),
+            }],
+            nics: vec![ExpectNics {
+                count: 2,
+                min_speed_mbps: Some(25000),
+                driver: None,
+            }],
+            ..Default::default()
+        };
+        let faults = evaluate(&expect, &node());
+        let codes: Vec<&str> = faults.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(
+            codes,
+            [
+                "expect.system.vendor",
+                "expect.cpu.flags",
+                "expect.disks[0]",
+                "expect.nics[0]"
+            ]
+        );
+        assert_eq!(faults[1].message, "missing CPU flags: avx512f");
+        assert_eq!(
+            faults[2].message,
+            "expected 2 disks with model /NVMe/, solid-state, found 0"
+        );
+        assert_eq!(
+            faults[3].message,
+            "expected 2 NICs with link ≥ 25000 Mb/s, found 0"
+        );
+    }
+
+    #[test]
+    fn unknown_dimm_table_is_a_fault_not_a_pass() {
+        let mut inv = node();
+        inv.memory.dimms = None;
+        let expect = Expect {
+            memory: Some(ExpectMemory {
+                dimms: Some(1),
+                min_total: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(evaluate(&expect, &inv)[0].code, "expect.memory.dimms");
+    }
+}
