@@ -41,6 +41,15 @@ enum Command {
     /// Run a suite on this host: live progress, then a summary table; exit code per the
     /// contract below.
     Run(RunArgs),
+    /// Serve the bandwidth endpoints NIC steps measure against, for use without a collector.
+    ServeBandwidth {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        listen: std::net::SocketAddr,
+        /// Stop after this many seconds (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+    },
     /// Check suite files with the same loader `run` uses; exits 0 when good, 2 when refused.
     Check {
         /// Suite files to check.
@@ -55,6 +64,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check { files } => check(&files),
         Command::Run(args) => run(&args),
+        Command::ServeBandwidth { listen, seconds } => serve_bandwidth(listen, seconds),
     };
     ExitCode::from(code)
 }
@@ -89,6 +99,9 @@ struct RunArgs {
     /// Plain timestamped lines even on a terminal.
     #[arg(long)]
     plain: bool,
+    /// The collector's base URL (for `nic: {target: collector}`).
+    #[arg(long, value_name = "URL")]
+    collector: Option<String>,
 }
 
 /// The exit code a verdict maps to.
@@ -115,7 +128,7 @@ fn run(args: &RunArgs) -> u8 {
     }
     let options = RunOptions {
         allow_destructive: args.allow_destructive,
-        collector: None,
+        collector: args.collector.clone(),
     };
     let console = Arc::new(Console::new(args.plain));
     let report = crate::runner::run(&plan, &options, &interrupt, console);
@@ -145,4 +158,46 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(&tmp, text)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+fn serve_bandwidth(listen: std::net::SocketAddr, seconds: u64) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return EXIT_HARNESS;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        println!(
+            "serving /bandwidth/download and /bandwidth/upload on http://{}",
+            listener.local_addr()?
+        );
+        let shutdown = async move {
+            if seconds > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(seconds)) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        };
+        crate::bandwidth::serve(listener, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(()) => EXIT_PASS,
+        Err(err) => {
+            eprintln!("{err:#}");
+            EXIT_HARNESS
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! The [`runner`] drives a checked plan through the [`checks`] registry; heavy work runs on
 //! plain threads pinned per CPU, and every event flows to sinks (the [`console`], reports).
 
+pub mod bandwidth;
 pub mod checks;
 pub mod cli;
 pub mod console;

@@ -49,3 +49,258 @@ fn help_documents_the_exit_codes() {
         "{stdout}"
     );
 }
+
+fn write_suite(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = repo()
+        .join("target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn run_passes_writes_both_reports_and_exits_0() {
+    let dir = scratch_dir("run-pass");
+    let suite = write_suite(
+        &dir,
+        "pass.yaml",
+        &format!(
+            "suite: mini\ndescription: d\nsteps:\n  - name: mem\n    memory: {{size: 16MiB}}\n  - name: load\n    cpu: {{duration: 1s, workloads: [integer]}}\n  - name: file\n    disk: {{dir: {}, size: 4MiB}}\n  - name: tool\n    exec: {{argv: [true]}}\n",
+            dir.display()
+        ),
+    );
+    let (report, junit) = (dir.join("r.json"), dir.join("r.xml"));
+    let out = agent(&[
+        "run",
+        suite.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verdict: pass"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["verdict"], "pass");
+    assert_eq!(json["steps"].as_array().unwrap().len(), 4);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<testsuite name=\"mini\" tests=\"4\" failures=\"0\" errors=\"0\""),
+        "{xml}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_hardware_fault_exits_1_and_a_refused_suite_exits_2() {
+    let dir = scratch_dir("run-fail");
+    let fail = write_suite(
+        &dir,
+        "fail.yaml",
+        "suite: f\ndescription: d\nexpect:\n  cpu: {min_logical: 4096}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n",
+    );
+    let out = agent(&["run", fail.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("expected ≥ 4096 logical CPUs"), "{stdout}");
+    let out = agent(&["run", "tests/bad-suites/two-check-kinds.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn nic_throughput_against_serve_bandwidth_on_loopback() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
+        .args([
+            "serve-bandwidth",
+            "--listen",
+            "127.0.0.1:0",
+            "--seconds",
+            "60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line.split_whitespace().last().unwrap().to_owned();
+    let dir = scratch_dir("nic");
+    let suite = write_suite(
+        &dir,
+        "nic.yaml",
+        &format!(
+            "suite: n\ndescription: d\nsteps:\n  - name: net\n    nic: {{interfaces: [lo], link: false, target: \"{url}\", duration: 1s, min_mbps: 1}}\n"
+        ),
+    );
+    let report = dir.join("r.json");
+    let out = agent(&[
+        "run",
+        suite.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let metrics = json["steps"][0]["metrics"].as_array().unwrap();
+    let mbps = metrics.iter().find(|m| m["name"] == "mbps").unwrap()["value"]
+        .as_f64()
+        .unwrap();
+    assert!(mbps > 1.0, "{mbps}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A loop device over a file in the scratch directory; detached on drop.
+struct Loop {
+    device: String,
+    backing: PathBuf,
+}
+
+impl Loop {
+    fn new(dir: &Path, mib: u64) -> Loop {
+        let backing = dir.join("disk.img");
+        let file = std::fs::File::create(&backing).unwrap();
+        file.set_len(mib << 20).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&backing)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop {
+            device: String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+            backing,
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.device).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+fn digest(path: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+#[test]
+fn a_destructive_step_refuses_a_mounted_device_and_writes_a_free_one() {
+    let dir = scratch_dir("destructive");
+    let lo = Loop::new(&dir, 64);
+    let suite = write_suite(
+        &dir,
+        "wipe.yaml",
+        &format!(
+            "suite: w\ndescription: d\nsteps:\n  - name: wipe\n    disk: {{target: {{path: {}}}, destructive: true, size: 16MiB}}\n",
+            lo.device
+        ),
+    );
+    // Free and blank, but without the operator's consent: refused, nothing written.
+    let before = digest(&lo.backing);
+    let out = agent(&["run", suite.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--allow-destructive"));
+    assert_eq!(
+        digest(&lo.backing),
+        before,
+        "refused step wrote to the device"
+    );
+
+    // With a filesystem mounted from it: refused even with consent, nothing written.
+    assert!(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", &lo.device])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    assert!(
+        Command::new("mount")
+            .arg(&lo.device)
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(mnt.join("keep.txt"), "still here").unwrap();
+    let out = agent(&["run", suite.to_str().unwrap(), "--allow-destructive"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!("refused: {}: is mounted", lo.device)),
+        "{stdout}"
+    );
+    // The filesystem itself changes on mount and unmount, so check it survived intact rather
+    // than byte for byte: a write of the test pattern would have wiped its superblock.
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n", &lo.device])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "filesystem damaged: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    assert!(
+        Command::new("mount")
+            .arg(&lo.device)
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("keep.txt")).unwrap(),
+        "still here"
+    );
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    let before = digest(&lo.backing);
+
+    // Unmounted (the filesystem signature alone is no partition table): written and verified.
+    let out = agent(&["run", suite.to_str().unwrap(), "--allow-destructive"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_ne!(
+        digest(&lo.backing),
+        before,
+        "the allowed step did not write"
+    );
+    drop(lo);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -8,7 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use kiln_protocol::Check;
@@ -28,6 +28,8 @@ pub struct Disk;
 const FREE_RESERVE_PCT: f64 = 10.0;
 /// Block mismatches described one by one.
 const MAX_DETAILED: usize = 32;
+/// I/O buffers in flight between the I/O thread and its helper.
+const BUFFERS: usize = 3;
 
 impl CheckKind for Disk {
     fn kind(&self) -> &'static str {
@@ -543,6 +545,10 @@ impl AlignedBuf {
     }
 }
 
+// SAFETY: the buffer is owned memory reached only through `&mut self`; moving the owner to
+// another thread moves the only access with it.
+unsafe impl Send for AlignedBuf {}
+
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout, freed only here.
@@ -610,6 +616,8 @@ impl Job {
         }
     }
 
+    /// The I/O runs on this thread while a helper thread generates the next blocks (writing)
+    /// or verifies the last ones (reading), so pattern work overlaps the device's.
     fn write_and_verify(
         &self,
         block_size: usize,
@@ -621,32 +629,53 @@ impl Job {
         let (file, buffered) = self.open()?;
         let blocks = self.bytes / block_size as u64;
         let words = block_size / 8;
-        let mut buf = AlignedBuf::new(block_size)?;
         let mut run = DiskRun {
             bytes: blocks * block_size as u64,
             buffered,
             ..Default::default()
         };
         run.latencies.reserve((2 * blocks) as usize);
+        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BUFFERS);
+        for _ in 0..BUFFERS {
+            free_tx
+                .send(AlignedBuf::new(block_size)?)
+                .map_err(|_| anyhow::anyhow!("buffer pool closed"))?;
+        }
 
         let started = Instant::now();
-        for block in 0..blocks {
-            if stop.should_stop() {
-                return Ok(run);
+        let written = std::thread::scope(|scope| -> anyhow::Result<bool> {
+            let (full_tx, full_rx) = sync_channel::<(u64, AlignedBuf)>(BUFFERS);
+            scope.spawn(move || {
+                for block in 0..blocks {
+                    let Ok(mut buf) = free_rx.recv() else { break };
+                    for (k, w) in buf.words().iter_mut().enumerate() {
+                        *w = expected_word(seed, block, k, words);
+                    }
+                    if full_tx.send((block, buf)).is_err() {
+                        break;
+                    }
+                }
+            });
+            for (block, mut buf) in full_rx {
+                if stop.should_stop() {
+                    return Ok(false);
+                }
+                let t = Instant::now();
+                file.write_all_at(buf.bytes(), block * block_size as u64)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "write of block {block} to {} failed: {e}",
+                            self.path.display()
+                        )
+                    })?;
+                run.latencies.push(t.elapsed());
+                progress(block_size as u64);
+                let _ = free_tx.send(buf);
             }
-            for (k, w) in buf.words().iter_mut().enumerate() {
-                *w = expected_word(seed, block, k, words);
-            }
-            let t = Instant::now();
-            file.write_all_at(buf.bytes(), block * block_size as u64)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "write of block {block} to {} failed: {e}",
-                        self.path.display()
-                    )
-                })?;
-            run.latencies.push(t.elapsed());
-            progress(block_size as u64);
+            Ok(true)
+        })?;
+        if !written {
+            return Ok(run);
         }
         file.sync_data()
             .map_err(|e| anyhow::anyhow!("flushing {} failed: {e}", self.path.display()))?;
@@ -664,32 +693,69 @@ impl Job {
         }
         injection.after_write(&self.path, block_size);
 
-        let started = Instant::now();
-        let detailed = Mutex::new(Vec::new());
-        for block in 0..blocks {
-            if stop.should_stop() {
-                return Ok(run);
-            }
-            let t = Instant::now();
-            file.read_exact_at(buf.bytes(), block * block_size as u64)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "read of block {block} from {} failed: {e}",
-                        self.path.display()
-                    )
-                })?;
-            run.latencies.push(t.elapsed());
-            if let Some(m) = verify_block(buf.words(), seed, block, block_size) {
-                run.mismatch_count += 1;
-                let mut list = detailed.lock().unwrap_or_else(|e| e.into_inner());
-                if list.len() < MAX_DETAILED {
-                    list.push(m);
-                }
-            }
-            progress(block_size as u64);
+        // Reading: fresh buffers, since the generator thread took the first pool's receiver.
+        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BUFFERS);
+        for _ in 0..BUFFERS {
+            free_tx
+                .send(AlignedBuf::new(block_size)?)
+                .map_err(|_| anyhow::anyhow!("buffer pool closed"))?;
         }
+        let started = Instant::now();
+        let (read_all, count, detailed) =
+            std::thread::scope(|scope| -> anyhow::Result<(bool, u64, Vec<BlockMismatch>)> {
+                let (full_tx, full_rx) = sync_channel::<(u64, AlignedBuf)>(BUFFERS);
+                let verifier = scope.spawn(move || {
+                    let mut count = 0u64;
+                    let mut detailed = Vec::new();
+                    for (block, mut buf) in full_rx {
+                        if let Some(m) = verify_block(buf.words(), seed, block, block_size) {
+                            count += 1;
+                            if detailed.len() < MAX_DETAILED {
+                                detailed.push(m);
+                            }
+                        }
+                        progress(block_size as u64);
+                        let _ = free_tx.send(buf);
+                    }
+                    (count, detailed)
+                });
+                let mut read_all = true;
+                for block in 0..blocks {
+                    if stop.should_stop() {
+                        read_all = false;
+                        break;
+                    }
+                    let mut buf = free_rx
+                        .recv()
+                        .map_err(|_| anyhow::anyhow!("the verifier thread ended early"))?;
+                    let t = Instant::now();
+                    file.read_exact_at(buf.bytes(), block * block_size as u64)
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "read of block {block} from {} failed: {e}",
+                                self.path.display()
+                            )
+                        })?;
+                    run.latencies.push(t.elapsed());
+                    full_tx
+                        .send((block, buf))
+                        .map_err(|_| anyhow::anyhow!("the verifier thread ended early"))?;
+                }
+                drop(full_tx);
+                let (count, detailed) = verifier
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the verifier thread panicked"))?;
+                Ok((read_all, count, detailed))
+            })?;
         run.read_time = started.elapsed();
-        run.mismatches = detailed.into_inner().unwrap_or_default();
+        run.mismatch_count = count;
+        run.mismatches = detailed;
+        if !read_all {
+            // Stopped part-way: the runner reports the step as stopped; say how far it got.
+            run.bytes = run
+                .bytes
+                .min(run.latencies.len() as u64 / 2 * block_size as u64);
+        }
         Ok(run)
     }
 }

@@ -148,20 +148,31 @@ impl CheckKind for Nic {
                 out.degraded.push(format!("{} runs half duplex", i.name));
             }
         }
-        if spec.target.is_some() {
-            anyhow::bail!(
-                "HTTP throughput measurement is not available in this build of kiln-agent"
-            );
-        }
-        // Watch the counters for a short while so errors that are happening now show up.
-        let window = OBSERVE.min(spec.duration.get());
-        let started = std::time::Instant::now();
-        while started.elapsed() < window && !ctx.stop.should_stop() {
-            ctx.observer.progress(
-                started.elapsed().as_secs_f64() / window.as_secs_f64(),
-                "watching counters",
-            );
-            std::thread::sleep(Duration::from_millis(250));
+        let base = match spec.target.as_deref() {
+            None => None,
+            Some("collector") => match &ctx.options.collector {
+                Some(url) => Some(url.clone()),
+                None => {
+                    ctx.observer.log(LogLevel::Warn, "throughput skipped: `target: collector` but this run has no collector (use --collector URL)");
+                    None
+                }
+            },
+            Some(url) => Some(url.to_owned()),
+        };
+        match base {
+            Some(base) => throughput(&base, spec, ctx, &mut out)?,
+            None => {
+                // Watch the counters for a short while so errors happening now show up.
+                let window = OBSERVE.min(spec.duration.get());
+                let started = std::time::Instant::now();
+                while started.elapsed() < window && !ctx.stop.should_stop() {
+                    ctx.observer.progress(
+                        started.elapsed().as_secs_f64() / window.as_secs_f64(),
+                        "watching counters",
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
         }
         let (mut errors, mut drops) = (0, 0);
         for (i, (e0, d0)) in interfaces.iter().zip(before) {
@@ -176,6 +187,67 @@ impl CheckKind for Nic {
         }
         Ok(out)
     }
+}
+
+/// Measures HTTP throughput against `base` in the directions the step asks for; records
+/// `download_mbps`, `upload_mbps` and `mbps` (the slower direction, what `min_mbps` bounds).
+fn throughput(
+    base: &str,
+    spec: &kiln_protocol::suite::NicCheck,
+    ctx: &StepContext<'_>,
+    out: &mut CheckOutput,
+) -> anyhow::Result<()> {
+    use kiln_protocol::suite::Direction;
+    let duration = spec.duration.get();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let mut rates = Vec::new();
+    for (name, on) in [
+        ("download", spec.direction != Direction::Upload),
+        ("upload", spec.direction != Direction::Download),
+    ] {
+        if !on || ctx.stop.should_stop() {
+            continue;
+        }
+        ctx.observer.progress(
+            if name == "download" { 0.0 } else { 0.5 },
+            &format!("{name} …"),
+        );
+        // The step's own timeout still applies: give up on a target that stalls.
+        let limit = ctx
+            .stop
+            .deadline()
+            .saturating_duration_since(std::time::Instant::now());
+        let measured = runtime.block_on(async {
+            let work = async {
+                if name == "download" {
+                    crate::bandwidth::measure_download(&client, base, duration).await
+                } else {
+                    crate::bandwidth::measure_upload(&client, base, duration).await
+                }
+            };
+            tokio::time::timeout(limit, work).await
+        });
+        let mbps = match measured {
+            Ok(Ok(mbps)) => mbps,
+            Ok(Err(err)) => anyhow::bail!("{name} from {base} failed: {err:#}"),
+            Err(_) => anyhow::bail!("{name} from {base} did not finish within the step's timeout"),
+        };
+        ctx.observer.log(
+            LogLevel::Info,
+            &format!("{name}: {mbps:.0} Mb/s against {base}"),
+        );
+        out.metric(&format!("{name}_mbps"), mbps, "Mb/s");
+        rates.push(mbps);
+    }
+    if let Some(slowest) = rates.iter().copied().reduce(f64::min) {
+        out.metric("mbps", slowest, "Mb/s");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

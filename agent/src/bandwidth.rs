@@ -1,0 +1,216 @@
+//! HTTP throughput: the two endpoints a NIC check measures against (served by the collector,
+//! or by `kiln-agent serve-bandwidth` for local use), and the client side that measures.
+//!
+//! `GET /bandwidth/download?bytes=N` streams N bytes; `POST /bandwidth/upload` reads the body
+//! to its end and answers `{"bytes": N}`. Neither keeps what it moves in memory.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Largest download one request may ask for.
+pub const MAX_DOWNLOAD: u64 = 64 << 30;
+/// Largest upload one request may send.
+pub const MAX_UPLOAD: u64 = 64 << 30;
+/// Size of the chunks streamed each way.
+const CHUNK: usize = 1 << 20;
+
+/// Query of the download endpoint.
+#[derive(Debug, Deserialize)]
+pub struct DownloadQuery {
+    /// Bytes to send.
+    pub bytes: u64,
+}
+
+/// Answer of the upload endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadReceipt {
+    /// Bytes received.
+    pub bytes: u64,
+}
+
+/// The bandwidth endpoints, to merge into a server's router.
+pub fn router() -> Router {
+    Router::new()
+        .route("/bandwidth/download", get(download))
+        .route("/bandwidth/upload", post(upload))
+}
+
+/// One chunk of incompressible bytes, shared by every response.
+fn chunk() -> Bytes {
+    static CHUNK_BYTES: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    CHUNK_BYTES
+        .get_or_init(|| {
+            let words = (0..CHUNK / 8).map(|i| crate::checks::memory::splitmix64(i as u64));
+            Bytes::from(words.flat_map(u64::to_le_bytes).collect::<Vec<u8>>())
+        })
+        .clone()
+}
+
+async fn download(Query(query): Query<DownloadQuery>) -> Response {
+    if query.bytes > MAX_DOWNLOAD {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("bytes={} is over the limit of {MAX_DOWNLOAD}", query.bytes),
+        )
+            .into_response();
+    }
+    let total = query.bytes;
+    let chunk = chunk();
+    let stream = futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent >= total {
+                return None;
+            }
+            let n = (total - sent).min(chunk.len() as u64);
+            Some((
+                Ok::<Bytes, std::io::Error>(chunk.slice(..n as usize)),
+                sent + n,
+            ))
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("content-length", total)
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn upload(body: Body) -> Response {
+    let mut stream = body.into_data_stream();
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(data) => {
+                bytes += data.len() as u64;
+                if bytes > MAX_UPLOAD {
+                    return (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("upload is over the limit of {MAX_UPLOAD} bytes"),
+                    )
+                        .into_response();
+                }
+            }
+            Err(err) => {
+                return (StatusCode::BAD_REQUEST, format!("upload broke off: {err}"))
+                    .into_response();
+            }
+        }
+    }
+    axum::Json(UploadReceipt { bytes }).into_response()
+}
+
+/// Receives from `base` for about `duration`; returns Mb/s.
+pub async fn measure_download(
+    client: &reqwest::Client,
+    base: &str,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut received = 0u64;
+    while started.elapsed() < duration {
+        // Ask for more than the duration can move at 100 Gb/s; the loop stops reading in time.
+        let want = ((duration.as_secs_f64() * 12.5e9) as u64).clamp(1 << 20, MAX_DOWNLOAD);
+        let url = format!(
+            "{}/bandwidth/download?bytes={want}",
+            base.trim_end_matches('/')
+        );
+        let mut response = client.get(&url).send().await?.error_for_status()?;
+        while let Some(chunk) = response.chunk().await? {
+            received += chunk.len() as u64;
+            if started.elapsed() >= duration {
+                break;
+            }
+        }
+    }
+    Ok(received as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Sends to `base` for about `duration`; returns Mb/s as the server counted it.
+pub async fn measure_upload(
+    client: &reqwest::Client,
+    base: &str,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let chunk = chunk();
+    let started = Instant::now();
+    let stream = futures_util::stream::unfold((), move |()| {
+        let chunk = chunk.clone();
+        async move { (started.elapsed() < duration).then_some((Ok::<Bytes, std::io::Error>(chunk), ())) }
+    });
+    let url = format!("{}/bandwidth/upload", base.trim_end_matches('/'));
+    let receipt: UploadReceipt = client
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(receipt.bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Serves the endpoints on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn download_and_upload_move_bytes_over_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, async move {
+            let _ = rx.await;
+        }));
+        let client = reqwest::Client::new();
+        let down = measure_download(&client, &base, Duration::from_millis(300))
+            .await
+            .unwrap();
+        let up = measure_upload(&client, &base, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(down > 10.0 && up > 10.0, "down {down} up {up} Mb/s");
+        let exact = client
+            .get(format!("{base}/bandwidth/download?bytes=3000000"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(exact.len(), 3_000_000);
+        let refused = client
+            .get(format!("{base}/bandwidth/download?bytes=99999999999999"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        let malformed = client
+            .get(format!("{base}/bandwidth/download?bytes=lots"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(malformed.status(), 400);
+        tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}
