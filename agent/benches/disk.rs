@@ -81,6 +81,8 @@ fn fio(path: &std::path::Path, mib: u64) -> Option<(f64, f64, f64)> {
             "--end_fsync=1",
             "--verify=crc32c",
             "--do_verify=1",
+            // fio would leave a verify-state file in the working directory.
+            "--verify_state_save=0",
             "--output-format=json",
         ])
         .output()
