@@ -93,7 +93,7 @@ impl CheckKind for Cpu {
         let secs = run.elapsed.as_secs_f64().max(1e-9);
         out.metric(
             "ops_per_sec",
-            run.per_cpu.iter().map(|(_, n)| *n as f64).sum::<f64>() / secs,
+            run.per_cpu.iter().map(|c| c.iterations as f64).sum::<f64>() / secs,
             "it/s",
         );
         out.metric("mismatches", run.mismatch_count as f64, "");
@@ -109,10 +109,14 @@ impl CheckKind for Cpu {
                     "slowest core is {spread:.0}% below the median (built-in target {DEFAULT_DEGRADED_SPREAD_PCT}%)"
                 ));
             }
-            if let Some((cpu, n)) = run.slowest() {
+            if let Some(slow) = run.slowest() {
                 ctx.observer.log(
                     LogLevel::Info,
-                    &format!("slowest CPU {cpu}: {:.1} it/s", n as f64 / secs),
+                    &format!(
+                        "slowest CPU {}: {:.1} it/s of its CPU time",
+                        slow.cpu,
+                        slow.rate()
+                    ),
                 );
             }
         }
@@ -162,11 +166,34 @@ pub struct CpuMismatch {
     pub actual: String,
 }
 
+/// What one CPU's worker did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoreLoad {
+    /// Logical CPU.
+    pub cpu: usize,
+    /// Iterations completed.
+    pub iterations: u64,
+    /// CPU time the worker thread got, in seconds.
+    pub cpu_secs: f64,
+}
+
+impl CoreLoad {
+    /// Iterations per second of CPU time: the core's own speed, unaffected by other
+    /// processes taking turns on it (wall-clock rates would blame the core for them).
+    pub fn rate(&self) -> f64 {
+        if self.cpu_secs > 0.0 {
+            self.iterations as f64 / self.cpu_secs
+        } else {
+            0.0
+        }
+    }
+}
+
 /// What a CPU run did.
 #[derive(Debug, Default)]
 pub struct CpuRun {
-    /// Iterations completed per CPU.
-    pub per_cpu: Vec<(usize, u64)>,
+    /// Per CPU: its number, iterations completed, and the CPU time its worker got.
+    pub per_cpu: Vec<CoreLoad>,
     /// Wrong answers seen.
     pub mismatch_count: u64,
     /// The first wrong answers.
@@ -181,15 +208,18 @@ impl CpuRun {
         if self.per_cpu.len() < 2 {
             return None;
         }
-        let mut counts: Vec<u64> = self.per_cpu.iter().map(|(_, n)| *n).collect();
-        counts.sort_unstable();
-        let median = counts[counts.len() / 2] as f64;
-        (median > 0.0).then(|| (median - counts[0] as f64) / median * 100.0)
+        let mut rates: Vec<f64> = self.per_cpu.iter().map(CoreLoad::rate).collect();
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        (median > 0.0).then(|| (median - rates[0]) / median * 100.0)
     }
 
-    /// The CPU with the fewest iterations.
-    pub fn slowest(&self) -> Option<(usize, u64)> {
-        self.per_cpu.iter().copied().min_by_key(|(_, n)| *n)
+    /// The CPU with the lowest rate.
+    pub fn slowest(&self) -> Option<CoreLoad> {
+        self.per_cpu
+            .iter()
+            .copied()
+            .min_by(|a, b| a.rate().total_cmp(&b.rate()))
     }
 
     /// One fault per detailed mismatch, plus one counting the rest.
@@ -256,6 +286,7 @@ impl Engine {
         let counts: Vec<AtomicU64> = cpus.iter().map(|_| AtomicU64::new(0)).collect();
         let mismatch_count = AtomicU64::new(0);
         let mismatches = Mutex::new(Vec::new());
+        let mut per_cpu = Vec::new();
         std::thread::scope(|scope| {
             let workers: Vec<_> = cpus
                 .iter()
@@ -287,6 +318,7 @@ impl Engine {
                                 count.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                        thread_cpu_secs()
                     })
                 })
                 .collect();
@@ -296,13 +328,23 @@ impl Engine {
                 let total: u64 = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
                 tick(elapsed, total as f64 / elapsed.as_secs_f64().max(1e-9));
             }
+            let secs: Vec<f64> = workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or(0.0))
+                .collect();
+            per_cpu = cpus
+                .iter()
+                .zip(&counts)
+                .zip(secs)
+                .map(|((cpu, count), cpu_secs)| CoreLoad {
+                    cpu: *cpu,
+                    iterations: count.load(Ordering::Relaxed),
+                    cpu_secs,
+                })
+                .collect();
         });
         CpuRun {
-            per_cpu: cpus
-                .iter()
-                .copied()
-                .zip(counts.iter().map(|c| c.load(Ordering::Relaxed)))
-                .collect(),
+            per_cpu,
             mismatch_count: mismatch_count.into_inner(),
             mismatches: mismatches.into_inner().unwrap_or_default(),
             elapsed: started.elapsed(),
@@ -387,6 +429,17 @@ pub fn compute(workload: Workload) -> [u8; 32] {
         }
     }
     digest.finalize().into()
+}
+
+/// CPU time the calling thread has used, in seconds.
+fn thread_cpu_secs() -> f64 {
+    // SAFETY: timespec is plain data; zeroed is valid.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` outlives the call; the clock id is a constant the kernel knows.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -521,16 +574,26 @@ mod tests {
         );
         assert_eq!(run.mismatch_count, 0);
         assert_eq!(run.per_cpu.len(), cpus.len());
-        assert!(run.per_cpu.iter().all(|(_, n)| *n > 0));
+        assert!(
+            run.per_cpu
+                .iter()
+                .all(|c| c.iterations > 0 && c.cpu_secs > 0.0)
+        );
     }
 
     #[test]
     fn spread_is_measured_against_the_median() {
         let run = CpuRun {
-            per_cpu: vec![(0, 100), (1, 100), (2, 50)],
+            per_cpu: [(0, 100), (1, 100), (2, 50)]
+                .map(|(cpu, iterations)| CoreLoad {
+                    cpu,
+                    iterations,
+                    cpu_secs: 1.0,
+                })
+                .to_vec(),
             ..Default::default()
         };
         assert_eq!(run.spread_pct(), Some(50.0));
-        assert_eq!(run.slowest(), Some((2, 50)));
+        assert_eq!(run.slowest().map(|c| c.cpu), Some(2));
     }
 }
