@@ -367,3 +367,263 @@ pub struct BatchAck {
     /// Highest sequence number stored with every lower one stored too.
     pub acked: u64,
 }
+
+/// Longest string a node may send in any identity or inventory field.
+pub const MAX_FIELD_LEN: usize = 256;
+/// Most events one batch may carry.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+/// Longest log line stored; longer lines are refused.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// An agent that was not network-booted (`kiln-agent run --collector URL`) asks for a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Who the node is.
+    pub identity: NodeIdentity,
+    /// Host name, for the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The suite it is about to run, as text (the collector checks and records it).
+    pub suite_text: String,
+}
+
+/// The collector's answer: the run to report to and its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterResponse {
+    /// The node's id at the collector.
+    pub node_id: i64,
+    /// The run's id.
+    pub run_id: i64,
+    /// Bearer token for this run only (shown once; the collector keeps its hash).
+    pub token: String,
+    /// Send something at least this often, or the run fails as lost contact.
+    pub heartbeat_secs: u64,
+}
+
+/// What a network-booted agent fetches first: the suite to run and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPlan {
+    /// The run's id.
+    pub run_id: i64,
+    /// The node's id.
+    pub node_id: i64,
+    /// Suite text, as recorded with the run.
+    pub suite_text: String,
+    /// Whether destructive disk steps are allowed on this node.
+    pub allow_destructive: bool,
+    /// Heartbeat interval the collector expects.
+    pub heartbeat_secs: u64,
+    /// What to do when the run ends: `poweroff`, `reboot` or `hold`.
+    pub after: String,
+}
+
+/// Checks the bounds every node-supplied string must keep: length and no control characters.
+pub fn check_field(name: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_FIELD_LEN {
+        return Err(format!(
+            "{name} is {} bytes long; at most {MAX_FIELD_LEN} allowed",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{name} contains control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a MAC address is written `aa:bb:cc:dd:ee:ff` (lowercase hex).
+pub fn check_mac(mac: &str) -> Result<(), String> {
+    let ok = mac.len() == 17
+        && mac.split(':').count() == 6
+        && mac.split(':').all(|b| {
+            b.len() == 2
+                && b.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{mac:?} is not a MAC address like aa:bb:cc:dd:ee:ff"
+        ))
+    }
+}
+
+impl NodeIdentity {
+    /// Checks every field's bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.macs.is_empty() && self.uuid.is_none() && self.serial.is_none() {
+            return Err("the identity names no MAC, UUID or serial".into());
+        }
+        if self.macs.len() > 64 {
+            return Err(format!("{} MACs; at most 64 allowed", self.macs.len()));
+        }
+        for mac in &self.macs {
+            check_mac(mac)?;
+        }
+        for (name, value) in [("uuid", &self.uuid), ("serial", &self.serial)] {
+            if let Some(v) = value {
+                check_field(name, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EventBatch {
+    /// Checks the batch's bounds: size, sequence order, and every string an event carries.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.events.is_empty() {
+            return Err("the batch is empty".into());
+        }
+        if self.events.len() > MAX_BATCH_EVENTS {
+            return Err(format!(
+                "{} events in one batch; at most {MAX_BATCH_EVENTS} allowed",
+                self.events.len()
+            ));
+        }
+        for pair in self.events.windows(2) {
+            if pair[1].seq != pair[0].seq + 1 {
+                return Err(format!(
+                    "sequence numbers jump from {} to {}; a batch must be contiguous",
+                    pair[0].seq, pair[1].seq
+                ));
+            }
+        }
+        if self.events[0].seq == 0 {
+            return Err("sequence numbers start at 1".into());
+        }
+        for event in &self.events {
+            let seq = event.seq;
+            match &event.body {
+                EventBody::Log { line, .. } if line.len() > MAX_LOG_LINE => {
+                    return Err(format!(
+                        "event {seq}: log line of {} bytes; at most {MAX_LOG_LINE} allowed",
+                        line.len()
+                    ));
+                }
+                EventBody::RunStarted { suite, agent, .. } => {
+                    check_field("suite", suite).map_err(|e| format!("event {seq}: {e}"))?;
+                    check_field("agent", agent).map_err(|e| format!("event {seq}: {e}"))?;
+                }
+                EventBody::StepStarted { name, kind, .. } => {
+                    check_field("name", name).map_err(|e| format!("event {seq}: {e}"))?;
+                    check_field("kind", kind).map_err(|e| format!("event {seq}: {e}"))?;
+                }
+                EventBody::Progress {
+                    fraction, status, ..
+                } => {
+                    if !(0.0..=1.0).contains(fraction) {
+                        return Err(format!("event {seq}: progress {fraction} is outside 0..1"));
+                    }
+                    if let Some(s) = status {
+                        check_field("status", s).map_err(|e| format!("event {seq}: {e}"))?;
+                    }
+                }
+                EventBody::StepFinished { report } => {
+                    check_field("name", &report.name).map_err(|e| format!("event {seq}: {e}"))?;
+                    if report.metrics.len() > 256 {
+                        return Err(format!(
+                            "event {seq}: {} metrics; at most 256 allowed",
+                            report.metrics.len()
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(seq: u64, line: &str) -> Event {
+        Event {
+            seq,
+            at_ms: 0,
+            body: EventBody::Log {
+                step: None,
+                level: LogLevel::Info,
+                line: line.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn events_round_trip_as_tagged_json() {
+        let event = log(7, "hello");
+        let json = serde_json::to_string(&event).unwrap();
+        assert_eq!(
+            json,
+            r#"{"seq":7,"at_ms":0,"body":{"type":"log","level":"info","line":"hello"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+    }
+
+    #[test]
+    fn batches_must_be_contiguous_bounded_and_clean() {
+        assert!(
+            EventBatch {
+                events: vec![log(1, "a"), log(2, "b")]
+            }
+            .validate()
+            .is_ok()
+        );
+        let gap = EventBatch {
+            events: vec![log(1, "a"), log(3, "b")],
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            gap,
+            "sequence numbers jump from 1 to 3; a batch must be contiguous"
+        );
+        assert!(EventBatch { events: vec![] }.validate().is_err());
+        assert!(
+            EventBatch {
+                events: vec![log(0, "a")]
+            }
+            .validate()
+            .is_err()
+        );
+        let long = "x".repeat(MAX_LOG_LINE + 1);
+        assert!(
+            EventBatch {
+                events: vec![log(1, &long)]
+            }
+            .validate()
+            .unwrap_err()
+            .contains("log line")
+        );
+    }
+
+    #[test]
+    fn identities_are_checked() {
+        let good = NodeIdentity {
+            macs: vec!["52:54:00:12:34:56".into()],
+            uuid: None,
+            serial: Some("SN1".into()),
+        };
+        assert!(good.validate().is_ok());
+        let bad_mac = NodeIdentity {
+            macs: vec!["52:54:00:12:34".into()],
+            ..Default::default()
+        };
+        assert!(bad_mac.validate().is_err());
+        let hostile = NodeIdentity {
+            serial: Some("x\nchain http://evil/".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            hostile.validate().unwrap_err(),
+            "serial contains control characters"
+        );
+        assert!(NodeIdentity::default().validate().is_err());
+    }
+}
