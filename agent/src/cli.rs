@@ -14,7 +14,8 @@ use kiln_protocol::verdict::Verdict;
 
 use crate::checks::RunOptions;
 use crate::console::{Console, summary_table};
-use crate::runner::RunReport;
+use crate::reporter::{Reporter, Target, Tee};
+use crate::runner::{EventSink, RunReport};
 use crate::stop::Interrupt;
 
 /// Every step passed, was degraded or skipped.
@@ -114,10 +115,17 @@ pub fn exit_code(verdict: Verdict) -> u8 {
 }
 
 fn run(args: &RunArgs) -> u8 {
-    let plan = match crate::suites::load_file(&args.suite) {
+    let text = match std::fs::read(&args.suite) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            eprintln!("{}: cannot read the suite: {err}", args.suite.display());
+            return EXIT_HARNESS;
+        }
+    };
+    let plan = match kiln_protocol::load(&args.suite.display().to_string(), &text) {
         Ok(plan) => plan,
         Err(err) => {
-            eprintln!("{:#}", anyhow::Error::from(err));
+            eprintln!("{err}");
             return EXIT_HARNESS;
         }
     };
@@ -130,10 +138,37 @@ fn run(args: &RunArgs) -> u8 {
         allow_destructive: args.allow_destructive,
         collector: args.collector.clone(),
     };
-    let console = Arc::new(Console::new(args.plain));
-    let report = crate::runner::run(&plan, &options, &interrupt, console);
+    let console: Arc<dyn EventSink> = Arc::new(Console::new(args.plain));
+    let inventory = crate::inventory::collect();
+    // With a collector: register this host's run, deliver the inventory, stream every event.
+    let reporter = match &args.collector {
+        None => None,
+        Some(base) => match connect(base, &inventory, &String::from_utf8_lossy(&text)) {
+            Ok(reporter) => Some(reporter),
+            Err(err) => {
+                eprintln!("kiln-agent: {err:#}");
+                return EXIT_HARNESS;
+            }
+        },
+    };
+    let sink: Arc<dyn EventSink> = match &reporter {
+        Some((r, _)) => Arc::new(Tee(vec![console, r.clone()])),
+        None => console,
+    };
+    let report = crate::runner::run_on(&plan, &options, &interrupt, sink, inventory);
     println!("\n{}", summary_table(&report));
     let mut code = exit_code(report.verdict);
+    if let Some((reporter, run_id)) = reporter {
+        let left = reporter.flush(FLUSH_PATIENCE);
+        if left > 0 {
+            eprintln!(
+                "kiln-agent: {left} event(s) of run {run_id} were not acknowledged by the collector"
+            );
+            code = EXIT_HARNESS;
+        } else {
+            println!("reported to the collector as run {run_id}");
+        }
+    }
     for (path, text) in [
         (&args.report, report_json(&report)),
         (&args.junit, crate::report::junit(&report)),
@@ -146,6 +181,31 @@ fn run(args: &RunArgs) -> u8 {
         }
     }
     code
+}
+
+/// How long the agent waits for the collector to acknowledge the last events before it gives
+/// up and says how many were not delivered.
+const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn connect(
+    base: &str,
+    inventory: &kiln_protocol::wire::Inventory,
+    suite_text: &str,
+) -> anyhow::Result<(Arc<Reporter>, i64)> {
+    let patience = std::time::Duration::from_secs(60);
+    let registered = crate::reporter::register(base, inventory, suite_text, patience)?;
+    let target = Target {
+        base: base.to_owned(),
+        run_id: registered.run_id,
+        token: registered.token,
+        heartbeat: std::time::Duration::from_secs(registered.heartbeat_secs),
+    };
+    crate::reporter::post_inventory(&target, inventory, patience)?;
+    println!(
+        "registered with {base} as node {}, run {}",
+        registered.node_id, registered.run_id
+    );
+    Ok((Arc::new(Reporter::start(target)?), registered.run_id))
 }
 
 fn report_json(report: &RunReport) -> String {

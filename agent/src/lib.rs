@@ -10,6 +10,7 @@ pub mod console;
 pub mod inventory;
 pub mod os;
 pub mod report;
+pub mod reporter;
 pub mod runner;
 pub mod stop;
 pub mod suites;

@@ -84,6 +84,17 @@ pub fn run(
     interrupt: &Interrupt,
     sink: Arc<dyn EventSink>,
 ) -> RunReport {
+    run_on(plan, options, interrupt, sink, crate::inventory::collect())
+}
+
+/// Runs `plan` on a node whose inventory was already collected (to register it first).
+pub fn run_on(
+    plan: &Plan,
+    options: &RunOptions,
+    interrupt: &Interrupt,
+    sink: Arc<dyn EventSink>,
+    inventory: Inventory,
+) -> RunReport {
     let started = Instant::now();
     let started_ms = crate::os::now_ms();
     sink.emit(EventBody::RunStarted {
@@ -91,7 +102,6 @@ pub fn run(
         steps: plan.steps.len() as u32,
         agent: env!("CARGO_PKG_VERSION").to_owned(),
     });
-    let inventory = crate::inventory::collect();
     let log = |level, line: String| {
         sink.emit(EventBody::Log {
             step: None,

@@ -1,4 +1,11 @@
-//! The kiln collector: the server nodes boot from and report to, and the operator CLI.
+//! The kiln collector: the server nodes boot from and report to (API, SQLite store, reports)
+//! and the operator CLI.
 
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod server;
+pub mod store;
 pub mod suites;
+pub mod tokens;
+pub mod web;

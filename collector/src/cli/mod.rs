@@ -10,10 +10,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client;
+mod nodes;
+mod report;
+mod serve;
 mod suite;
 
 /// Exit code for success.
 pub const EXIT_OK: u8 = 0;
+/// Exit code when the command found a failure (a failed node in a report).
+pub const EXIT_FAILURE_FOUND: u8 = 1;
 /// Exit code for bad input, usage errors and internal failures.
 pub const EXIT_BAD_INPUT: u8 = 2;
 
@@ -31,13 +37,29 @@ enum Command {
     /// Check suites and print the suite language's JSON Schema.
     #[command(subcommand)]
     Suite(suite::SuiteCommand),
+    /// Run the collector server.
+    Serve(serve::ServeArgs),
+    /// Report nodes and their latest verdicts from a running collector; exits 1 when any failed.
+    Report(report::ReportArgs),
+    /// Label nodes, set their mode, assign suites.
+    #[command(subcommand)]
+    Nodes(nodes::NodesCommand),
 }
 
 /// Parses the arguments and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Suite(cmd) => suite::run(cmd),
+    let result = match cli.command {
+        Command::Suite(cmd) => Ok(suite::run(cmd)),
+        Command::Serve(args) => serve::run(args).map(|()| EXIT_OK),
+        Command::Report(args) => report::run(args),
+        Command::Nodes(cmd) => nodes::run(cmd),
     };
-    ExitCode::from(code)
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("kiln: {err:#}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
 }

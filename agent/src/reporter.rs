@@ -1,0 +1,479 @@
+//! Streams a run's events to the collector: spooled in memory (bounded — under pressure the
+//! oldest log lines go first, replaced by a counted marker; outcomes are never dropped), sent
+//! in numbered batches, retried with backoff and jitter until acknowledged, and flushed before
+//! the agent exits. A collector restart mid-run loses nothing: unacknowledged batches are
+//! resent, and the collector stores each sequence number once.
+//!
+//! Events are numbered when they leave the spool, so dropping spooled lines never leaves a
+//! gap the collector would wait on.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_protocol::wire::{
+    BatchAck, Event, EventBatch, EventBody, Inventory, RegisterRequest, RegisterResponse,
+};
+
+use crate::runner::EventSink;
+
+/// Events held before log lines start being dropped.
+pub const SPOOL_LIMIT: usize = 20_000;
+/// Most events per batch.
+const BATCH_EVENTS: usize = 500;
+/// Rough byte budget per batch (the collector accepts 4 MiB).
+const BATCH_BYTES: usize = 1 << 20;
+/// Backoff bounds between retries.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Where and as what to report.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Collector base URL.
+    pub base: String,
+    /// Run id.
+    pub run_id: i64,
+    /// The run's bearer token.
+    pub token: String,
+    /// Heartbeat timeout the collector applies.
+    pub heartbeat: Duration,
+}
+
+#[derive(Default)]
+struct Spool {
+    pending: VecDeque<(u64, EventBody)>,
+    dropped: u64,
+    finishing: bool,
+    done: bool,
+    acked: u64,
+    sent: u64,
+}
+
+struct Shared {
+    spool: Mutex<Spool>,
+    wake: Condvar,
+}
+
+/// The reporter; an [`EventSink`].
+pub struct Reporter {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Reporter {
+    /// Starts the sender thread for `target`.
+    pub fn start(target: Target) -> anyhow::Result<Reporter> {
+        let shared = Arc::new(Shared {
+            spool: Mutex::new(Spool::default()),
+            wake: Condvar::new(),
+        });
+        let thread_shared = shared.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("reporter".into())
+            .spawn(move || {
+                runtime.block_on(send_loop(target, thread_shared));
+            })?;
+        Ok(Reporter {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Asks the sender to deliver everything and waits up to `timeout` for the collector to
+    /// acknowledge it; returns how many events were left unacknowledged.
+    pub fn flush(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        {
+            let mut spool = self.shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+            spool.finishing = true;
+            self.shared.wake.notify_all();
+            while !spool.done && Instant::now() < deadline {
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200));
+                spool = self
+                    .shared
+                    .wake
+                    .wait_timeout(spool, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+        }
+        let spool = self.shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+        let left = spool.pending.len() as u64 + spool.sent.saturating_sub(spool.acked);
+        if spool.done {
+            drop(spool);
+            let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+        }
+        left
+    }
+}
+
+impl EventSink for Reporter {
+    fn emit(&self, body: EventBody) {
+        let mut spool = self.shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+        spool.pending.push_back((crate::os::now_ms(), body));
+        if spool.pending.len() > SPOOL_LIMIT {
+            drop_oldest_logs(&mut spool);
+        }
+        self.shared.wake.notify_all();
+    }
+}
+
+/// Drops droppable events from the front until the spool is back under its limit, leaving
+/// one counted marker where they were.
+fn drop_oldest_logs(spool: &mut Spool) {
+    let excess = spool.pending.len().saturating_sub(SPOOL_LIMIT * 9 / 10);
+    let mut removed = 0u64;
+    let mut kept = VecDeque::with_capacity(spool.pending.len());
+    let mut marker_at = None;
+    for (at, body) in spool.pending.drain(..) {
+        if (removed as usize) < excess && body.droppable() {
+            removed += 1;
+            marker_at.get_or_insert(kept.len());
+            continue;
+        }
+        kept.push_back((at, body));
+    }
+    if let Some(index) = marker_at {
+        spool.dropped += removed;
+        kept.insert(
+            index,
+            (
+                crate::os::now_ms(),
+                EventBody::LogsDropped { count: removed },
+            ),
+        );
+    }
+    spool.pending = kept;
+}
+
+async fn send_loop(target: Target, shared: Arc<Shared>) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    let url = format!(
+        "{}/api/v1/runs/{}/events",
+        target.base.trim_end_matches('/'),
+        target.run_id
+    );
+    let ping = format!(
+        "{}/api/v1/runs/{}/plan",
+        target.base.trim_end_matches('/'),
+        target.run_id
+    );
+    let heartbeat = (target.heartbeat / 3).max(Duration::from_secs(1));
+    let mut next_seq = 1u64;
+    let mut inflight: Vec<Event> = Vec::new();
+    let mut backoff = BACKOFF_MIN;
+    let mut last_contact = Instant::now();
+    loop {
+        if inflight.is_empty() {
+            match fill_batch(&shared, &mut next_seq, &mut inflight) {
+                Fill::Finished => return,
+                Fill::Ready => {}
+                Fill::Idle => {
+                    if last_contact.elapsed() >= heartbeat {
+                        // Nothing to say, but the collector must know the agent is alive.
+                        let alive = client.get(&ping).bearer_auth(&target.token).send().await;
+                        if alive.is_ok_and(|r| r.status().is_success()) {
+                            last_contact = Instant::now();
+                        }
+                    }
+                    wait_for_events(&shared);
+                    continue;
+                }
+            }
+        }
+        let batch = EventBatch {
+            events: inflight.clone(),
+        };
+        match post_batch(&client, &url, &target.token, &batch).await {
+            Ok(ack) => {
+                inflight.retain(|e| e.seq > ack.acked);
+                last_contact = Instant::now();
+                backoff = BACKOFF_MIN;
+                let mut spool = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+                spool.acked = spool.acked.max(ack.acked);
+                shared.wake.notify_all();
+            }
+            Err(Failure::Refused(message)) => {
+                // The collector will never take this batch (a bug on one side): say so once and
+                // stop sending rather than retrying forever.
+                eprintln!("kiln-agent: the collector refused a batch: {message}");
+                let mut spool = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+                spool.done = true;
+                shared.wake.notify_all();
+                return;
+            }
+            Err(Failure::Retry) => {
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+enum Fill {
+    /// A batch is in flight.
+    Ready,
+    /// Nothing to send now.
+    Idle,
+    /// Everything was sent and the agent is finishing.
+    Finished,
+}
+
+/// Moves the next batch out of the spool, numbering its events.
+fn fill_batch(shared: &Shared, next_seq: &mut u64, inflight: &mut Vec<Event>) -> Fill {
+    let mut spool = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+    let mut bytes = 0;
+    while inflight.len() < BATCH_EVENTS && bytes < BATCH_BYTES {
+        let Some((at_ms, body)) = spool.pending.pop_front() else {
+            break;
+        };
+        bytes += approx_size(&body);
+        inflight.push(Event {
+            seq: *next_seq,
+            at_ms,
+            body,
+        });
+        *next_seq += 1;
+    }
+    spool.sent = *next_seq - 1;
+    if !inflight.is_empty() {
+        Fill::Ready
+    } else if spool.finishing {
+        spool.done = true;
+        shared.wake.notify_all();
+        Fill::Finished
+    } else {
+        Fill::Idle
+    }
+}
+
+/// Sleeps until an event arrives, the agent finishes, or a quarter second passes.
+fn wait_for_events(shared: &Shared) {
+    let spool = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+    if spool.pending.is_empty() && !spool.finishing {
+        let _ = shared.wake.wait_timeout(spool, Duration::from_millis(250));
+    }
+}
+
+enum Failure {
+    Retry,
+    Refused(String),
+}
+
+async fn post_batch(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    batch: &EventBatch,
+) -> Result<BatchAck, Failure> {
+    let response = client
+        .post(url)
+        .bearer_auth(token)
+        .json(batch)
+        .send()
+        .await
+        .map_err(|_| Failure::Retry)?;
+    let status = response.status();
+    if status.is_success() {
+        return response
+            .json::<BatchAck>()
+            .await
+            .map_err(|_| Failure::Retry);
+    }
+    // 4xx other than 408/429 will not improve with retries; 5xx and the rest might.
+    if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+        let text = response.text().await.unwrap_or_default();
+        return Err(Failure::Refused(format!("{status}: {text}")));
+    }
+    Err(Failure::Retry)
+}
+
+fn approx_size(body: &EventBody) -> usize {
+    match body {
+        EventBody::Log { line, .. } => line.len() + 64,
+        EventBody::StepFinished { report } => 512 + report.metrics.len() * 64,
+        _ => 128,
+    }
+}
+
+/// `base` ± 50 %, so agents that lost the collector together do not come back in lockstep.
+fn jitter(base: Duration) -> Duration {
+    let r = (crate::checks::memory::fresh_seed() % 1000) as f64 / 1000.0;
+    base.mul_f64(0.5 + r)
+}
+
+/// Registers an ad-hoc run for this host (`kiln-agent run --collector`), retrying for up to
+/// `patience`; returns the run and its token.
+pub fn register(
+    base: &str,
+    inventory: &Inventory,
+    suite_text: &str,
+    patience: Duration,
+) -> anyhow::Result<RegisterResponse> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let request = RegisterRequest {
+        identity: crate::inventory::identity(inventory),
+        hostname: crate::os::read_trimmed("/proc/sys/kernel/hostname"),
+        suite_text: suite_text.to_owned(),
+    };
+    let url = format!("{}/api/v1/register", base.trim_end_matches('/'));
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match client.post(&url).json(&request).send().await {
+                Ok(r) if r.status().is_success() => {
+                    return Ok(r.json::<RegisterResponse>().await?);
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    anyhow::bail!("the collector refused the registration ({status}): {text}");
+                }
+                Ok(r) if started.elapsed() > patience => {
+                    anyhow::bail!("the collector keeps answering {}", r.status())
+                }
+                Err(e) if started.elapsed() > patience => {
+                    anyhow::bail!("cannot reach the collector at {base}: {e}")
+                }
+                _ => {}
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    })
+}
+
+/// Posts the inventory of a run, retrying for up to `patience`.
+pub fn post_inventory(
+    target: &Target,
+    inventory: &Inventory,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!(
+        "{}/api/v1/runs/{}/inventory",
+        target.base.trim_end_matches('/'),
+        target.run_id
+    );
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match client
+                .put(&url)
+                .bearer_auth(&target.token)
+                .json(inventory)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    anyhow::bail!(
+                        "the collector refused the inventory ({status}): {}",
+                        r.text().await.unwrap_or_default()
+                    );
+                }
+                _ if started.elapsed() > patience => {
+                    anyhow::bail!("could not deliver the inventory to {}", target.base)
+                }
+                _ => {}
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    })
+}
+
+/// Sends every event to several sinks (the console and the reporter).
+pub struct Tee(pub Vec<Arc<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn emit(&self, body: EventBody) {
+        for sink in &self.0 {
+            sink.emit(body.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::wire::LogLevel;
+
+    fn log(i: usize) -> (u64, EventBody) {
+        (
+            0,
+            EventBody::Log {
+                step: Some(0),
+                level: LogLevel::Info,
+                line: format!("line {i}"),
+            },
+        )
+    }
+
+    #[test]
+    fn the_oldest_log_lines_go_first_and_outcomes_stay() {
+        let mut spool = Spool::default();
+        spool.pending.push_back((
+            0,
+            EventBody::RunStarted {
+                suite: "s".into(),
+                steps: 1,
+                agent: "t".into(),
+            },
+        ));
+        for i in 0..SPOOL_LIMIT + 1 {
+            spool.pending.push_back(log(i));
+        }
+        spool.pending.push_back((
+            0,
+            EventBody::RunFinished {
+                verdict: kiln_protocol::verdict::Verdict::Pass,
+            },
+        ));
+        drop_oldest_logs(&mut spool);
+        assert!(spool.pending.len() <= SPOOL_LIMIT * 9 / 10 + 2);
+        assert!(matches!(spool.pending[0].1, EventBody::RunStarted { .. }));
+        let EventBody::LogsDropped { count } = spool.pending[1].1 else {
+            panic!("no marker: {:?}", spool.pending[1].1)
+        };
+        assert_eq!(count, spool.dropped);
+        assert!(count > 0);
+        assert!(matches!(
+            spool.pending.back().unwrap().1,
+            EventBody::RunFinished { .. }
+        ));
+        // The newest lines survive.
+        assert!(
+            matches!(&spool.pending[spool.pending.len() - 2].1, EventBody::Log { line, .. } if line == &format!("line {SPOOL_LIMIT}"))
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The HTTP API and pages: `fn router(state)` so tests drive the whole app in process. One
+//! error type answers every failure: client errors with a message, server errors logged in
+//! full under a request id and answered generically.
+
+mod agent;
+mod bandwidth;
+mod operator;
+mod reports;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::store::{Db, StoreError};
+use crate::tokens;
+use crate::web::Pages;
+
+/// Largest request body accepted (an event batch is at most 1000 events).
+pub const MAX_BODY: usize = 4 << 20;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Hash of the admin token.
+    pub admin_hash: Arc<String>,
+    /// Hash of the read token, when reports need one.
+    pub read_hash: Option<Arc<String>>,
+    /// Page templates.
+    pub pages: Arc<Pages>,
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(reports::healthz))
+        .route("/metrics", get(reports::metrics))
+        .route("/api/v1/register", post(agent::register))
+        .route("/api/v1/runs/{id}/plan", get(agent::plan))
+        .route("/api/v1/runs/{id}/inventory", put(agent::inventory))
+        .route("/api/v1/runs/{id}/events", post(agent::events))
+        .route("/api/v1/nodes", get(reports::nodes))
+        .route("/api/v1/nodes/import", post(operator::import))
+        .route("/api/v1/nodes/mode", post(operator::mode))
+        .route("/api/v1/nodes/suite", post(operator::suite))
+        .route("/api/v1/report", get(reports::report))
+        .route("/api/v1/runs/{id}", get(reports::run))
+        .route("/api/v1/runs/{id}/junit.xml", get(reports::junit))
+        .route("/api/v1/runs/{id}/logs", get(reports::logs))
+        .route("/", get(crate::web::dashboard))
+        .route("/nodes/{id}", get(crate::web::node))
+        .route("/runs/{id}", get(crate::web::run))
+        .route("/bandwidth/download", get(bandwidth::download))
+        .route(
+            "/bandwidth/upload",
+            post(bandwidth::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed or invalid input (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Wrong credentials (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Body over the limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The collector itself failed (500); details go to the log only.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            ApiError::Internal(err) => {
+                let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    request_id = id,
+                    error = format!("{err:#}"),
+                    "request failed"
+                );
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal error (request {id}); see the collector's log"),
+                )
+            }
+        };
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+/// A JSON body whose rejections are answered with a message: 413 over the size limit, 400
+/// for anything malformed (syntax, types, unknown fields).
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(JsonRejection::BytesRejection(r))
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::TooLarge(format!(
+                    "request body is over the limit of {MAX_BODY} bytes"
+                )))
+            }
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+impl AppState {
+    /// Requires the admin token.
+    pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let token = tokens::bearer(headers).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "this call needs the admin token (Authorization: Bearer …)".into(),
+            )
+        })?;
+        if tokens::equal(&tokens::hash(token), &self.admin_hash) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "the token is not the admin token".into(),
+            ))
+        }
+    }
+
+    /// Requires the read token (or the admin token) when one is configured.
+    pub fn require_reader(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(read) = &self.read_hash else {
+            return Ok(());
+        };
+        let token = tokens::bearer(headers).ok_or_else(|| {
+            ApiError::Unauthorized("reports need the read token (Authorization: Bearer …)".into())
+        })?;
+        let hash = tokens::hash(token);
+        if tokens::equal(&hash, read) || tokens::equal(&hash, &self.admin_hash) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "the token is neither the read token nor the admin token".into(),
+            ))
+        }
+    }
+
+    /// Requires the token of run `run_id`: 401 without one, 403 with any other.
+    pub async fn require_run(&self, headers: &HeaderMap, run_id: i64) -> Result<(), ApiError> {
+        let token = tokens::bearer(headers).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "agent calls need their run's token (Authorization: Bearer …)".into(),
+            )
+        })?;
+        let hash = tokens::hash(token);
+        let stored = self
+            .db
+            .call(move |c| crate::store::queries::run_token_hash(c, run_id))
+            .await?;
+        match stored {
+            Some(stored) if tokens::equal(&stored, &hash) => Ok(()),
+            // Same answer whether the run exists or not: a token never learns about other runs.
+            _ => Err(ApiError::Forbidden(format!(
+                "the token is not run {run_id}'s token"
+            ))),
+        }
+    }
+}
+
+/// The caller holds run `.0`'s token. Checked before the body is read, so a caller without
+/// the right token learns nothing from validation messages.
+pub struct RunAuth(pub i64);
+
+impl axum::extract::FromRequestParts<AppState> for RunAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(run_id) =
+            axum::extract::Path::<i64>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        state.require_run(&parts.headers, run_id).await?;
+        Ok(RunAuth(run_id))
+    }
+}
+
+/// The caller holds the admin token.
+pub struct Admin;
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        state.require_admin(&parts.headers)?;
+        Ok(Admin)
+    }
+}
+
+/// The caller may read reports (always, when no read token is configured).
+pub struct Reader;
+
+impl axum::extract::FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        state.require_reader(&parts.headers)?;
+        Ok(Reader)
+    }
+}

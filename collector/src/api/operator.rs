@@ -1,0 +1,152 @@
+//! Operators' mutating calls (admin token): label nodes from a CSV, set modes, assign suites.
+
+use axum::extract::State;
+use serde::Deserialize;
+
+use super::{Admin, ApiError, AppState, Json};
+use crate::store::queries::{self, Label, Selector};
+
+/// Most rows one import may carry.
+const MAX_ROWS: usize = 100_000;
+
+/// Parses `mac,rack,slot,hostname` lines (a header line is allowed); every bad line is named.
+pub fn parse_labels(text: &str) -> Result<Vec<Label>, String> {
+    let mut labels = Vec::new();
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty()
+            || line.starts_with('#')
+            || (i == 0 && line.to_lowercase().starts_with("mac,"))
+        {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [mac, rack, slot, hostname] = fields.as_slice() else {
+            problems.push(format!(
+                "line {}: {} fields; expected mac,rack,slot,hostname",
+                i + 1,
+                fields.len()
+            ));
+            continue;
+        };
+        let mac = mac.to_lowercase();
+        if let Err(e) = kiln_protocol::wire::check_mac(&mac) {
+            problems.push(format!("line {}: {e}", i + 1));
+            continue;
+        }
+        for (name, value) in [("rack", rack), ("slot", slot), ("hostname", hostname)] {
+            if let Err(e) = kiln_protocol::wire::check_field(name, value) {
+                problems.push(format!("line {}: {e}", i + 1));
+            }
+        }
+        labels.push(Label {
+            mac,
+            rack: rack.to_string(),
+            slot: slot.to_string(),
+            hostname: hostname.to_string(),
+        });
+    }
+    if labels.len() > MAX_ROWS {
+        problems.push(format!(
+            "{} rows; at most {MAX_ROWS} per import",
+            labels.len()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(labels)
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+pub(super) async fn import(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: String,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let labels =
+        parse_labels(&body).map_err(|e| ApiError::BadRequest(format!("nothing imported:\n{e}")))?;
+    let (updated, created) = state
+        .db
+        .call(move |c| queries::import_labels(c, &labels))
+        .await?;
+    Ok(axum::Json(
+        serde_json::json!({ "updated": updated, "created": created }),
+    ))
+}
+
+/// Body of `/api/v1/nodes/mode`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ModeRequest {
+    select: Selector,
+    mode: String,
+}
+
+pub(super) async fn mode(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(req): Json<ModeRequest>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if !["verify", "local", "hold"].contains(&req.mode.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "mode {:?}; expected verify, local or hold",
+            req.mode
+        )));
+    }
+    let n = state
+        .db
+        .call(move |c| queries::set_mode(c, &req.select, &req.mode))
+        .await?;
+    Ok(axum::Json(serde_json::json!({ "nodes": n })))
+}
+
+/// Body of `/api/v1/nodes/suite`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SuiteRequest {
+    select: Selector,
+    suite: String,
+}
+
+pub(super) async fn suite(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(req): Json<SuiteRequest>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if req.suite.is_empty()
+        || !req
+            .suite
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "suite name {:?}; expected letters, digits, '.', '_' and '-'",
+            req.suite
+        )));
+    }
+    let n = state
+        .db
+        .call(move |c| queries::assign_suite(c, &req.select, &req.suite))
+        .await?;
+    Ok(axum::Json(serde_json::json!({ "nodes": n })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_labels;
+
+    #[test]
+    fn csv_rows_are_checked_and_every_bad_line_named() {
+        let good =
+            parse_labels("mac,rack,slot,hostname\n52:54:00:AA:00:01,R12,U07,node-07\n").unwrap();
+        assert_eq!(good[0].mac, "52:54:00:aa:00:01");
+        assert_eq!(good[0].rack, "R12");
+        let err = parse_labels("52:54:00:aa:00:01,R12,U07\nnot-a-mac,R1,U1,h\n").unwrap_err();
+        assert_eq!(
+            err,
+            "line 1: 3 fields; expected mac,rack,slot,hostname\nline 2: \"not-a-mac\" is not a MAC address like aa:bb:cc:dd:ee:ff"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! What managers pull: nodes with their latest verdicts (JSON, CSV), one run in full, JUnit
+//! XML per run, logs; and `/healthz`, `/metrics`.
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{ApiError, AppState, Reader};
+use crate::store::queries::{self, Filter, NodeRow};
+
+/// Report query: `?rack=R12&verdict=fail&since=7d&format=csv`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// Only this rack.
+    pub rack: Option<String>,
+    /// Only this verdict (`pass`, `degraded`, `fail`, `error`, `incomplete`, `running`).
+    pub verdict: Option<String>,
+    /// Only runs started within this long (`7d`, `12h`).
+    pub since: Option<String>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+impl ReportQuery {
+    /// The store filter, or a message saying what is wrong.
+    pub fn filter(&self) -> Result<Filter, ApiError> {
+        let since_ms = match &self.since {
+            None => None,
+            Some(text) => {
+                let d: kiln_protocol::units::HumanDuration = text
+                    .parse()
+                    .map_err(|e| ApiError::BadRequest(format!("since: {e}")))?;
+                Some(crate::store::now_ms() - d.get().as_millis() as i64)
+            }
+        };
+        if let Some(v) = &self.verdict {
+            if !["pass", "degraded", "fail", "error", "incomplete", "running"].contains(&v.as_str())
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "verdict {v:?}; expected pass, degraded, fail, error, incomplete or running"
+                )));
+            }
+        }
+        Ok(Filter {
+            rack: self.rack.clone(),
+            verdict: self.verdict.clone(),
+            since_ms,
+        })
+    }
+}
+
+pub(super) async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state
+        .db
+        .call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .await?;
+    Ok("ok\n")
+}
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let counts = state.db.call(|c| queries::counts(c)).await?;
+    let mut text = String::from("# kiln collector metrics\n");
+    for (name, value) in counts {
+        text.push_str(&format!("{name} {value}\n"));
+    }
+    Ok(([("content-type", "text/plain; version=0.0.4")], text).into_response())
+}
+
+pub(super) async fn nodes(
+    State(state): State<AppState>,
+    _reader: Reader,
+) -> Result<axum::Json<Vec<NodeRow>>, ApiError> {
+    Ok(axum::Json(
+        state
+            .db
+            .call(|c| queries::node_rows(c, &Filter::default()))
+            .await?,
+    ))
+}
+
+pub(super) async fn report(
+    State(state): State<AppState>,
+    _reader: Reader,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let filter = query.filter()?;
+    let rows = state
+        .db
+        .call(move |c| queries::node_rows(c, &filter))
+        .await?;
+    match query.format.as_deref().unwrap_or("json") {
+        "json" => Ok(axum::Json(rows).into_response()),
+        "csv" => Ok(([("content-type", "text/csv; charset=utf-8")], csv(&rows)).into_response()),
+        other => Err(ApiError::BadRequest(format!(
+            "format {other:?}; expected json or csv"
+        ))),
+    }
+}
+
+/// The report as CSV, one row per node.
+pub fn csv(rows: &[NodeRow]) -> String {
+    let mut out = String::from(
+        "node_id,hostname,rack,slot,serial,macs,mode,run_id,suite,stage,verdict,faults\n",
+    );
+    for r in rows {
+        let fields = [
+            r.node_id.to_string(),
+            r.hostname.clone().unwrap_or_default(),
+            r.rack.clone().unwrap_or_default(),
+            r.slot.clone().unwrap_or_default(),
+            r.serial.clone().unwrap_or_default(),
+            r.macs.replace(',', " "),
+            r.mode.clone(),
+            r.run_id.map(|i| i.to_string()).unwrap_or_default(),
+            r.suite.clone().unwrap_or_default(),
+            r.stage.clone().unwrap_or_default(),
+            r.verdict.clone().unwrap_or_else(|| {
+                if r.run_id.is_some() {
+                    "running".into()
+                } else {
+                    String::new()
+                }
+            }),
+            r.faults.join("; "),
+        ];
+        out.push_str(
+            &fields
+                .iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_field(text: &str) -> String {
+    // Quote when needed, and defuse spreadsheet formulas in node-supplied text.
+    let text = if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+pub(super) async fn run(
+    State(state): State<AppState>,
+    _reader: Reader,
+    Path(run_id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let detail = state
+        .db
+        .call(move |c| queries::run_detail(c, run_id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))?;
+    Ok(axum::Json(detail).into_response())
+}
+
+pub(super) async fn junit(
+    State(state): State<AppState>,
+    _reader: Reader,
+    Path(run_id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let detail = state
+        .db
+        .call(move |c| queries::run_detail(c, run_id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))?;
+    let xml = kiln_protocol::junit::render(&kiln_protocol::junit::JunitRun {
+        suite: &detail.suite,
+        host: None,
+        serial: detail
+            .inventory
+            .as_ref()
+            .and_then(|i| i.system.serial.as_deref()),
+        agent: None,
+        started_ms: detail.started_ms as u64,
+        duration_ms: detail
+            .finished_ms
+            .map_or(0, |f| (f - detail.started_ms).max(0) as u64),
+        verdict: queries::parse_verdict(detail.verdict.as_deref()),
+        expect: detail.expect.as_ref(),
+        steps: &detail.steps,
+    });
+    Ok(([("content-type", "application/xml")], xml).into_response())
+}
+
+/// Query of the logs endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogsQuery {
+    limit: Option<i64>,
+}
+
+pub(super) async fn logs(
+    State(state): State<AppState>,
+    _reader: Reader,
+    Path(run_id): Path<i64>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let lines = state
+        .db
+        .call(move |c| queries::run_logs(c, run_id, limit))
+        .await?;
+    Ok(axum::Json(lines).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=cmd()"), "'=cmd()");
+    }
+}

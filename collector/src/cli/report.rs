@@ -1,0 +1,165 @@
+//! `kiln report`: which nodes passed, which failed, and why — as a table, CSV or JSON.
+
+use clap::{Args, ValueEnum};
+
+use super::client::ServerArgs;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ReportArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Only this rack.
+    #[arg(long)]
+    rack: Option<String>,
+    /// Only runs started within this long, e.g. 7d or 12h.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only this verdict: pass, degraded, fail, error, incomplete or running.
+    #[arg(long)]
+    verdict: Option<String>,
+}
+
+/// Exit code 1 when any reported node's last run failed.
+pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
+    let mut query: Vec<(&str, String)> = Vec::new();
+    for (key, value) in [
+        ("rack", &args.rack),
+        ("since", &args.since),
+        ("verdict", &args.verdict),
+    ] {
+        if let Some(v) = value {
+            query.push((key, v.clone()));
+        }
+    }
+    let wire = if matches!(args.format, Format::Csv) {
+        "csv"
+    } else {
+        "json"
+    };
+    query.push(("format", wire.to_owned()));
+    let body = args.server.send(false, |client, base| {
+        match reqwest::Url::parse_with_params(&format!("{base}/api/v1/report"), &query) {
+            Ok(url) => client.get(url),
+            // A base URL that does not parse: let the request itself report it.
+            Err(_) => client.get(format!("{base}/api/v1/report")),
+        }
+    })?;
+    let rows: Vec<serde_json::Value> = if wire == "json" {
+        serde_json::from_str(&body)?
+    } else {
+        Vec::new()
+    };
+    match args.format {
+        Format::Csv => print!("{body}"),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Table => print!("{}", table(&rows)),
+    }
+    let failed = if wire == "json" {
+        rows.iter()
+            .any(|r| matches!(r["verdict"].as_str(), Some("fail" | "error" | "incomplete")))
+    } else {
+        body.lines().skip(1).any(|l| {
+            [",fail,", ",error,", ",incomplete,"]
+                .iter()
+                .any(|v| l.contains(v))
+        })
+    };
+    Ok(if failed {
+        super::EXIT_FAILURE_FOUND
+    } else {
+        super::EXIT_OK
+    })
+}
+
+fn table(rows: &[serde_json::Value]) -> String {
+    let s = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .or_else(|| v.as_i64().map(|n| n.to_string()))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut lines: Vec<[String; 7]> = vec![
+        [
+            "node",
+            "rack/slot",
+            "serial",
+            "suite",
+            "stage",
+            "verdict",
+            "faults",
+        ]
+        .map(str::to_owned),
+    ];
+    for r in rows {
+        let verdict = match r["verdict"].as_str() {
+            Some(v) => v.to_owned(),
+            None if r["run_id"].is_i64() => "running".into(),
+            None => "not run".into(),
+        };
+        let faults: Vec<String> = r["faults"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = r["hostname"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("node {}", s(&r["node_id"])));
+        lines.push([
+            name,
+            format!("{}/{}", s(&r["rack"]), s(&r["slot"])),
+            s(&r["serial"]),
+            s(&r["suite"]),
+            s(&r["stage"]),
+            verdict,
+            faults.join("; "),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count()).min(40);
+        }
+    }
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(c, (cell, w))| {
+                if c == 6 {
+                    cell.clone()
+                } else {
+                    format!("{:<w$}", cell.chars().take(w).collect::<String>())
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            out.push_str(
+                &widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            );
+            out.push('\n');
+        }
+    }
+    out
+}

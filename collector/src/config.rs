@@ -1,0 +1,126 @@
+//! `kiln.yaml`: where the collector listens and keeps its data, its tokens, and its policies.
+//! Every key is optional; unknown keys are refused with their position.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use kiln_protocol::units::HumanDuration;
+use serde::Deserialize;
+
+/// The collector's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Data directory (SQLite file, suites, artifacts, templates).
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// Token operators' mutating calls need (also `KILN_ADMIN_TOKEN`); generated into
+    /// `DATA/admin.token` when neither is set.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Token report readers need; reports are open when unset.
+    #[serde(default)]
+    pub read_token: Option<String>,
+    /// A run whose agent is silent longer than this fails as "lost contact".
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_timeout: HumanDuration,
+    /// Who may register ad-hoc runs (`kiln-agent run --collector`): `open` or `admin`.
+    #[serde(default)]
+    pub registration: Registration,
+    /// Suite name (a file in `DATA/suites/`) for nodes with none assigned.
+    #[serde(default = "default_suite")]
+    pub default_suite: String,
+    /// Mode given to a node seen for the first time.
+    #[serde(default = "default_mode")]
+    pub unknown_nodes: String,
+}
+
+/// Who may register ad-hoc runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Any host that can reach the collector (it gets a token for its own run only).
+    #[default]
+    Open,
+    /// Only with the admin token.
+    Admin,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+fn default_suite() -> String {
+    "smoke".into()
+}
+fn default_mode() -> String {
+    "verify".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data: None,
+            admin_token: None,
+            read_token: None,
+            heartbeat_timeout: default_heartbeat(),
+            registration: Registration::default(),
+            default_suite: default_suite(),
+            unknown_nodes: default_mode(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file; errors name `FILE:LINE:COLUMN`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        let config: Config = serde_yaml::from_str(&text).map_err(|e| match e.location() {
+            Some(loc) => anyhow::anyhow!(
+                "{}:{}:{}: {}",
+                path.display(),
+                loc.line(),
+                loc.column(),
+                e.to_string().replace('`', "\"")
+            ),
+            None => anyhow::anyhow!("{}: {e}", path.display()),
+        })?;
+        if !["verify", "local", "hold"].contains(&config.unknown_nodes.as_str()) {
+            anyhow::bail!(
+                "{}: unknown_nodes: {:?}; expected verify, local or hold",
+                path.display(),
+                config.unknown_nodes
+            );
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_position() {
+        let dir = std::env::temp_dir().join(format!("kiln-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kiln.yaml");
+        std::fs::write(&file, "listen: 127.0.0.1:9000\nadmin_tokn: x\n").unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("kiln.yaml:2:1: unknown field \"admin_tokn\""),
+            "{err}"
+        );
+        std::fs::write(&file, "listen: 127.0.0.1:9000\nheartbeat_timeout: 2m\n").unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.heartbeat_timeout.get().as_secs(), 120);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,143 @@
+//! Connection settings and versioned migrations. Each migration runs once, in a transaction,
+//! and bumps `PRAGMA user_version`; a database newer than this binary is refused.
+
+use rusqlite::Connection;
+
+/// Migrations in order; index + 1 is the schema version they bring the database to.
+const MIGRATIONS: &[&str] = &[
+    // 1: nodes, their MACs, suites by content, runs, stages, events, steps.
+    "
+    CREATE TABLE nodes (
+        id INTEGER PRIMARY KEY,
+        uuid TEXT UNIQUE,
+        serial TEXT,
+        hostname TEXT,
+        rack TEXT,
+        slot TEXT,
+        mode TEXT NOT NULL DEFAULT 'verify' CHECK (mode IN ('verify', 'local', 'hold')),
+        suite TEXT,
+        created_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL
+    );
+    CREATE INDEX nodes_rack ON nodes(rack);
+    CREATE INDEX nodes_serial ON nodes(serial);
+    CREATE TABLE node_macs (
+        mac TEXT PRIMARY KEY,
+        node_id INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE
+    );
+    CREATE TABLE rack_suites (
+        rack TEXT PRIMARY KEY,
+        suite TEXT NOT NULL
+    );
+    CREATE TABLE suites (
+        sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        node_id INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+        suite_sha256 TEXT NOT NULL REFERENCES suites(sha256),
+        suite_name TEXT NOT NULL,
+        image_digest TEXT,
+        token_hash TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        verdict TEXT,
+        verdict_reason TEXT,
+        allow_destructive INTEGER NOT NULL DEFAULT 0,
+        heartbeat_secs INTEGER NOT NULL,
+        acked_seq INTEGER NOT NULL DEFAULT 0,
+        progress TEXT,
+        inventory TEXT,
+        expect TEXT,
+        started_ms INTEGER NOT NULL,
+        finished_ms INTEGER,
+        last_seen_ms INTEGER NOT NULL
+    );
+    CREATE INDEX runs_node ON runs(node_id, id);
+    CREATE INDEX runs_open ON runs(verdict) WHERE verdict IS NULL;
+    CREATE TABLE stages (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        name TEXT NOT NULL CHECK (name IN ('memtest', 'linux')),
+        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done')),
+        verdict TEXT,
+        detail TEXT,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        PRIMARY KEY (run_id, name)
+    );
+    CREATE TABLE events (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        step INTEGER,
+        body TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE steps (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        report TEXT NOT NULL,
+        PRIMARY KEY (run_id, step)
+    );
+    ",
+];
+
+/// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.
+pub fn configure(conn: &Connection) -> anyhow::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL in WAL mode: a committed transaction survives the process being killed; only
+    // an OS crash may lose the last ones.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Brings the schema up to date.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database is at schema version {version}, newer than this kiln ({}); refusing to touch it",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .map_err(|e| anyhow::anyhow!("migration {} failed: {e}", i + 1))?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_newer_databases_are_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        configure(&conn).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(
+            migrate(&mut conn)
+                .unwrap_err()
+                .to_string()
+                .contains("newer than this kiln")
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The HTML pages managers and technicians look at: the dashboard (every node, its stage,
+//! live progress and last verdict, filterable), a node's history, and a run in full. Templates
+//! are minijinja with HTML auto-escaping, so node-supplied text is never markup.
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Html;
+use minijinja::{Environment, context};
+use serde::Deserialize;
+
+use crate::api::{ApiError, AppState};
+use crate::store::queries::{self, Filter};
+
+/// Seconds between dashboard refreshes.
+const REFRESH_SECS: u32 = 5;
+
+/// The compiled templates.
+pub struct Pages {
+    env: Environment<'static>,
+}
+
+impl Pages {
+    /// Loads the built-in templates.
+    pub fn new() -> anyhow::Result<Pages> {
+        let mut env = Environment::new();
+        env.add_template("base.html", include_str!("../templates/base.html"))?;
+        env.add_template(
+            "dashboard.html",
+            include_str!("../templates/dashboard.html"),
+        )?;
+        env.add_template("node.html", include_str!("../templates/node.html"))?;
+        env.add_template("run.html", include_str!("../templates/run.html"))?;
+        env.add_filter("ts", |ms: Option<i64>| {
+            ms.map_or_else(
+                || "—".to_owned(),
+                |ms| kiln_protocol::junit::rfc3339(ms.max(0) as u64),
+            )
+        });
+        Ok(Pages { env })
+    }
+
+    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<Html<String>, ApiError> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        template
+            .render(ctx)
+            .map(Html)
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering {name}: {e:#}")))
+    }
+}
+
+/// Query of the dashboard.
+#[derive(Debug, Default, Deserialize)]
+pub struct DashboardQuery {
+    rack: Option<String>,
+    verdict: Option<String>,
+    token: Option<String>,
+}
+
+fn page_auth(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
+    // Browsers cannot add a bearer header to a link; `?token=` stands in for it on pages.
+    match token {
+        Some(t) => {
+            let mut h = HeaderMap::new();
+            let value = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| ApiError::BadRequest("bad token".into()))?;
+            h.insert(axum::http::header::AUTHORIZATION, value);
+            state.require_reader(&h)
+        }
+        None => state.require_reader(headers),
+    }
+}
+
+/// `GET /`.
+pub async fn dashboard(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<DashboardQuery>,
+) -> Result<Html<String>, ApiError> {
+    page_auth(&state, &headers, q.token.as_deref())?;
+    let rack = q.rack.filter(|r| !r.is_empty());
+    let verdict = q.verdict.filter(|v| !v.is_empty());
+    let filter = Filter {
+        rack: rack.clone(),
+        verdict: verdict.clone(),
+        since_ms: None,
+    };
+    let (rows, all) = state
+        .db
+        .call(move |c| {
+            Ok((
+                queries::node_rows(c, &filter)?,
+                queries::node_rows(c, &Filter::default())?,
+            ))
+        })
+        .await?;
+    let count = |f: &dyn Fn(&queries::NodeRow) -> bool| all.iter().filter(|r| f(r)).count();
+    let counts = context! {
+        total => all.len(),
+        pass => count(&|r| matches!(r.verdict.as_deref(), Some("pass" | "degraded"))),
+        fail => count(&|r| matches!(r.verdict.as_deref(), Some("fail" | "error" | "incomplete"))),
+        running => count(&|r| r.run_id.is_some() && r.verdict.is_none()),
+        never => count(&|r| r.run_id.is_none()),
+    };
+    state.pages.render(
+        "dashboard.html",
+        context! { rows, counts, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
+    )
+}
+
+/// Query of the other pages.
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    token: Option<String>,
+}
+
+/// `GET /nodes/{id}`.
+pub async fn node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(node_id): Path<i64>,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, ApiError> {
+    page_auth(&state, &headers, q.token.as_deref())?;
+    let (rows, runs) = state
+        .db
+        .call(move |c| {
+            Ok((
+                queries::node_rows(c, &Filter::default())?,
+                queries::node_runs(c, node_id)?,
+            ))
+        })
+        .await?;
+    let node = rows
+        .into_iter()
+        .find(|r| r.node_id == node_id)
+        .ok_or_else(|| ApiError::NotFound(format!("no node {node_id}")))?;
+    state.pages.render(
+        "node.html",
+        context! { node, runs, refresh => minijinja::Value::from(()) },
+    )
+}
+
+/// `GET /runs/{id}`.
+pub async fn run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(run_id): Path<i64>,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, ApiError> {
+    page_auth(&state, &headers, q.token.as_deref())?;
+    let (detail, logs) = state
+        .db
+        .call(move |c| {
+            Ok((
+                queries::run_detail(c, run_id)?,
+                queries::run_logs(c, run_id, 500)?,
+            ))
+        })
+        .await?;
+    let run = detail.ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))?;
+    let refresh = if run.verdict.is_none() {
+        minijinja::Value::from(REFRESH_SECS)
+    } else {
+        minijinja::Value::from(())
+    };
+    state
+        .pages
+        .render("run.html", context! { run, logs, refresh })
+}
