@@ -777,3 +777,86 @@ mod reqwest {
         rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
     }
 }
+
+/// Runs Debian's headless Chromium against `url`: the DOM after load, and a screenshot.
+fn chromium(url: &str, screenshot: &Path) -> String {
+    let profile = screenshot.with_extension("profile");
+    let base = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+    ];
+    let run = |extra: &str| {
+        let out = Command::new("chromium")
+            .args(base)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(extra)
+            .arg(url)
+            .output()
+            .expect("chromium is installed by .ci/setup (apt-get install chromium)");
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run("--dump-dom");
+    run(&format!("--screenshot={}", screenshot.display()));
+    dom
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_renders_in_headless_chromium() {
+    let server = Server::start("chromium", Config::default()).await;
+    let client = reqwest::Client::new();
+    let req = RegisterRequest {
+        identity: identity(4),
+        hostname: Some("rack12-node07".into()),
+        suite_text: SUITE.into(),
+    };
+    let run: RegisterResponse = client
+        .post(format!("{}/api/v1/register", server.base))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut events = full_run();
+    events[4] = ev(
+        5,
+        EventBody::RunFinished {
+            verdict: Verdict::Fail,
+        },
+    );
+    post_events(&client, &server.base, &run, events).await;
+    let shot = server.data.join("dashboard.png");
+    let url = format!("{}/", server.base);
+    let dom = tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || chromium(&url, &shot)
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains("rack12-node07"), "{dom}");
+    assert!(dom.contains("data-verdict=\"fail\""), "{dom}");
+    assert!(
+        dom.contains("<span class=\"badge fail\">fail</span>"),
+        "{dom}"
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot of {} bytes",
+        png.len()
+    );
+    // Kept for a look: target/test-scratch/chromium-*/dashboard.png
+}
