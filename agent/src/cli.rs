@@ -42,6 +42,10 @@ enum Command {
     /// Run a suite on this host: live progress, then a summary table; exit code per the
     /// contract below.
     Run(RunArgs),
+    /// Run the plan the collector holds for this boot (in the RAM image): the collector URL,
+    /// run and token come from the flags, from KILN_URL/KILN_RUN/KILN_TOKEN, or from
+    /// kiln.url=/kiln.run=/kiln.token= on the kernel command line.
+    Boot(BootArgs),
     /// Serve the bandwidth endpoints NIC steps measure against, for use without a collector.
     ServeBandwidth {
         /// Address to listen on.
@@ -65,6 +69,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check { files } => check(&files),
         Command::Run(args) => run(&args),
+        Command::Boot(args) => boot(&args),
         Command::ServeBandwidth { listen, seconds } => serve_bandwidth(listen, seconds),
     };
     ExitCode::from(code)
@@ -260,4 +265,108 @@ fn serve_bandwidth(listen: std::net::SocketAddr, seconds: u64) -> u8 {
             EXIT_HARNESS
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct BootArgs {
+    /// Collector base URL.
+    #[arg(long)]
+    url: Option<String>,
+    /// Run id.
+    #[arg(long)]
+    run: Option<i64>,
+    /// The run's token.
+    #[arg(long)]
+    token: Option<String>,
+    /// Where to write what the node does next (poweroff, reboot, hold), for /init.
+    #[arg(long, value_name = "FILE")]
+    after_file: Option<PathBuf>,
+}
+
+/// `kiln.NAME=value` from the kernel command line.
+fn cmdline_value(cmdline: &str, name: &str) -> Option<String> {
+    cmdline.split_whitespace().find_map(|arg| {
+        arg.strip_prefix(&format!("kiln.{name}="))
+            .map(str::to_owned)
+    })
+}
+
+fn boot(args: &BootArgs) -> u8 {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let pick = |flag: Option<String>, env: &str, name: &str| {
+        flag.or_else(|| std::env::var(env).ok())
+            .or_else(|| cmdline_value(&cmdline, name))
+    };
+    let (Some(url), Some(run_id), Some(token)) = (
+        pick(args.url.clone(), "KILN_URL", "url"),
+        pick(args.run.map(|r| r.to_string()), "KILN_RUN", "run")
+            .and_then(|r| r.parse::<i64>().ok()),
+        pick(args.token.clone(), "KILN_TOKEN", "token"),
+    ) else {
+        eprintln!(
+            "kiln-agent boot: no collector URL, run and token (flags, KILN_* variables or kiln.* on the kernel command line)"
+        );
+        return EXIT_HARNESS;
+    };
+    let write_after = |what: &str| {
+        if let Some(path) = &args.after_file {
+            let _ = std::fs::write(path, what);
+        }
+    };
+    println!(
+        "kiln-agent {}: run {run_id} from {url}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let patience = std::time::Duration::from_secs(600);
+    let plan_wire = match crate::reporter::fetch_plan(&url, run_id, &token, patience) {
+        Ok(p) => p,
+        Err(err) => {
+            eprintln!("kiln-agent: {err:#}");
+            write_after("hold");
+            return EXIT_HARNESS;
+        }
+    };
+    write_after(&plan_wire.after);
+    let plan = match kiln_protocol::load("suite", plan_wire.suite_text.as_bytes()) {
+        Ok(plan) => plan,
+        Err(err) => {
+            eprintln!("kiln-agent: the run's suite is refused by this agent:\n{err}");
+            return EXIT_HARNESS;
+        }
+    };
+    let interrupt = Interrupt::new();
+    let _ = interrupt.install_handler();
+    let inventory = crate::inventory::collect();
+    let target = Target {
+        base: url.clone(),
+        run_id,
+        token,
+        heartbeat: std::time::Duration::from_secs(plan_wire.heartbeat_secs),
+    };
+    if let Err(err) = crate::reporter::post_inventory(&target, &inventory, patience) {
+        eprintln!("kiln-agent: {err:#}");
+        return EXIT_HARNESS;
+    }
+    let reporter = match Reporter::start(target) {
+        Ok(r) => Arc::new(r),
+        Err(err) => {
+            eprintln!("kiln-agent: {err:#}");
+            return EXIT_HARNESS;
+        }
+    };
+    let console: Arc<dyn EventSink> = Arc::new(Console::new(true));
+    let sink: Arc<dyn EventSink> = Arc::new(Tee(vec![console, reporter.clone()]));
+    let options = RunOptions {
+        allow_destructive: plan_wire.allow_destructive,
+        collector: Some(url),
+    };
+    let report = crate::runner::run_on(&plan, &options, &interrupt, sink, inventory);
+    println!("\n{}", summary_table(&report));
+    let left = reporter.flush(patience);
+    if left > 0 {
+        eprintln!("kiln-agent: {left} event(s) were not acknowledged by the collector");
+        return EXIT_HARNESS;
+    }
+    println!("kiln-agent: reported run {run_id}");
+    exit_code(report.verdict)
 }

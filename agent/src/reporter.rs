@@ -423,6 +423,47 @@ impl EventSink for Tee {
     }
 }
 
+/// Fetches a network-booted run's plan, retrying for up to `patience`.
+pub fn fetch_plan(
+    base: &str,
+    run_id: i64,
+    token: &str,
+    patience: Duration,
+) -> anyhow::Result<kiln_protocol::wire::RunPlan> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!("{}/api/v1/runs/{run_id}/plan", base.trim_end_matches('/'));
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match client.get(&url).bearer_auth(token).send().await {
+                Ok(r) if r.status().is_success() => return Ok(r.json().await?),
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    anyhow::bail!(
+                        "the collector refused the plan request ({status}): {}",
+                        r.text().await.unwrap_or_default()
+                    );
+                }
+                Ok(r) if started.elapsed() > patience => {
+                    anyhow::bail!("the collector keeps answering {}", r.status())
+                }
+                Err(e) if started.elapsed() > patience => {
+                    anyhow::bail!("cannot reach the collector at {base}: {e}")
+                }
+                _ => {}
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

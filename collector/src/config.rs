@@ -36,6 +36,12 @@ pub struct Config {
     /// Mode given to a node seen for the first time.
     #[serde(default = "default_mode")]
     pub unknown_nodes: String,
+    /// URL nodes reach the collector at, for boot scripts (default: from the Host header).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// What a node does once verified: `exit` (boot its disk), `poweroff` or `hold`.
+    #[serde(default = "default_after")]
+    pub after_verify: String,
 }
 
 /// Who may register ad-hoc runs.
@@ -61,6 +67,9 @@ fn default_suite() -> String {
 fn default_mode() -> String {
     "verify".into()
 }
+fn default_after() -> String {
+    "hold".into()
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -73,6 +82,8 @@ impl Default for Config {
             registration: Registration::default(),
             default_suite: default_suite(),
             unknown_nodes: default_mode(),
+            public_url: None,
+            after_verify: default_after(),
         }
     }
 }
@@ -92,6 +103,25 @@ impl Config {
             ),
             None => anyhow::anyhow!("{}: {e}", path.display()),
         })?;
+        if !["exit", "poweroff", "hold"].contains(&config.after_verify.as_str()) {
+            anyhow::bail!(
+                "{}: after_verify: {:?}; expected exit, poweroff or hold",
+                path.display(),
+                config.after_verify
+            );
+        }
+        if let Some(url) = &config.public_url {
+            let ok = url.starts_with("http://")
+                && url[7..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".:-[]/".contains(c));
+            if !ok {
+                anyhow::bail!(
+                    "{}: public_url: {url:?}; expected http://HOST[:PORT] (iPXE here speaks plain HTTP)",
+                    path.display()
+                );
+            }
+        }
         if !["verify", "local", "hold"].contains(&config.unknown_nodes.as_str()) {
             anyhow::bail!(
                 "{}: unknown_nodes: {:?}; expected verify, local or hold",

@@ -2,8 +2,11 @@
 //! and the operator CLI.
 
 pub mod api;
+pub mod artifacts;
+pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod image;
 pub mod server;
 pub mod store;
 pub mod suites;

@@ -41,12 +41,15 @@ impl Collector {
             .read_token
             .as_deref()
             .map(|t| Arc::new(tokens::hash(t)));
+        crate::boot::install_defaults(data)?;
         let state = AppState {
             db,
             config: Arc::new(config),
             admin_hash: Arc::new(tokens::hash(&admin)),
             read_hash,
             pages: Arc::new(Pages::new()?),
+            data: Arc::new(data.to_owned()),
+            digests: Arc::new(crate::artifacts::Digests::default()),
         };
         Ok(Collector {
             state,

@@ -14,3 +14,11 @@ pub fn load_file(path: &Path) -> Result<Plan, SuiteError> {
     })?;
     kiln_protocol::load_reader(&name, file)
 }
+
+/// The suites kiln ships, written into `DATA/suites/` on first start.
+pub const SHIPPED: &[(&str, &str)] = &[
+    ("smoke", include_str!("../../suites/smoke.yaml")),
+    ("lab", include_str!("../../suites/lab.yaml")),
+    ("burn-in", include_str!("../../suites/burn-in.yaml")),
+    ("memory-only", include_str!("../../suites/memory-only.yaml")),
+];

@@ -3,4 +3,5 @@
 // Test helpers outside #[test] functions unwrap too: a panic is the failure report here.
 #![allow(clippy::unwrap_used)]
 
+mod boot;
 mod suites;

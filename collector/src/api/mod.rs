@@ -39,6 +39,19 @@ pub struct AppState {
     pub read_hash: Option<Arc<String>>,
     /// Page templates.
     pub pages: Arc<Pages>,
+    /// Data directory.
+    pub data: Arc<std::path::PathBuf>,
+    /// Artifact digests.
+    pub digests: Arc<crate::artifacts::Digests>,
+}
+
+impl AppState {
+    /// Digest of the RAM image nodes boot now, when it has been built.
+    pub fn image_digest(&self) -> Option<String> {
+        let path = self.data.join("artifacts/initramfs.img");
+        let bytes = std::fs::read(path).ok()?;
+        Some(crate::store::queries::sha256_hex(&bytes))
+    }
 }
 
 /// The whole application.
@@ -61,6 +74,13 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(crate::web::dashboard))
         .route("/nodes/{id}", get(crate::web::node))
         .route("/runs/{id}", get(crate::web::run))
+        .route("/boot.ipxe", get(crate::boot::boot_ipxe))
+        .route("/ipxe", get(crate::boot::node_ipxe))
+        .route("/artifacts/", get(crate::artifacts::list))
+        .route(
+            "/artifacts/{*path}",
+            get(crate::artifacts::serve).head(crate::artifacts::serve),
+        )
         .route("/bandwidth/download", get(bandwidth::download))
         .route(
             "/bandwidth/upload",

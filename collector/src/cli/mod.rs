@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod client;
+mod image;
 mod nodes;
 mod report;
 mod serve;
@@ -44,6 +45,9 @@ enum Command {
     /// Label nodes, set their mode, assign suites.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
+    /// Build the RAM image nodes boot.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// Parses the arguments and runs the command.
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args).map(|()| EXIT_OK),
         Command::Report(args) => report::run(args),
         Command::Nodes(cmd) => nodes::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

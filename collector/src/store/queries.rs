@@ -346,7 +346,7 @@ pub fn ingest(conn: &mut Connection, run_id: i64, batch: &EventBatch) -> Result<
 }
 
 /// Sets a run's verdict once every stage is done: the worst stage verdict.
-fn conclude(conn: &Connection, run_id: i64, now: i64) -> Result<(), StoreError> {
+pub(crate) fn conclude(conn: &Connection, run_id: i64, now: i64) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached("SELECT state, verdict FROM stages WHERE run_id = ?1")?;
     let stages: Vec<(String, Option<String>)> = stmt
         .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -847,9 +847,10 @@ fn select_sql(selector: &Selector) -> (&'static str, rusqlite::types::Value) {
 /// Sets the mode of the selected nodes; returns how many.
 pub fn set_mode(conn: &Connection, selector: &Selector, mode: &str) -> Result<usize, StoreError> {
     let (clause, value) = select_sql(selector);
+    // Setting verify (again) arms the nodes: their next boot starts a new run.
     Ok(conn.execute(
-        &format!("UPDATE nodes SET mode = ?1 WHERE {clause}"),
-        params![mode, value],
+        &format!("UPDATE nodes SET mode = ?1, armed_ms = CASE WHEN ?1 = 'verify' THEN ?3 ELSE armed_ms END WHERE {clause}"),
+        params![mode, value, now_ms()],
     )?)
 }
 

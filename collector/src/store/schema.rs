@@ -86,6 +86,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, step)
     );
     ",
+    // 2: when an operator (or the unknown-node policy) last armed a node for verification.
+    "ALTER TABLE nodes ADD COLUMN armed_ms INTEGER;",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.

@@ -1,0 +1,226 @@
+//! `kiln image build`: the RAM image nodes boot — Debian's kernel, a static `kiln-agent`,
+//! busybox, the NIC and disk modules with their dependencies, and a small `/init` — packed as
+//! a reproducible gzip'd newc cpio; plus memtest86+ from Debian's package. Everything lands
+//! as plain files in the artifacts directory.
+
+pub mod cpio;
+mod modules;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cpio::{Archive, Entry};
+
+/// Modules the image carries: common server NICs and disk controllers, and the lab's
+/// virtio and e1000 devices. Their dependencies are added automatically.
+pub const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "ice",
+    "mlx5_core",
+    "bnxt_en",
+    "tg3",
+    "nvme",
+    "ahci",
+    "sd_mod",
+    "megaraid_sas",
+    "mpt3sas",
+];
+
+/// Inputs of an image.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Where downloaded and unpacked packages are kept.
+    pub cache: PathBuf,
+    /// The static kiln-agent binary.
+    pub agent: PathBuf,
+    /// A static busybox binary.
+    pub busybox: PathBuf,
+    /// Debian kernel package, e.g. `linux-image-6.1.0-56-amd64` (resolved from
+    /// `linux-image-amd64` when absent).
+    pub kernel_package: Option<String>,
+}
+
+/// What was built.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Files written, with size and sha256.
+    pub files: Vec<(PathBuf, u64, String)>,
+}
+
+/// Builds the image into `out`.
+pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    let package = match &inputs.kernel_package {
+        Some(p) => p.clone(),
+        None => resolve_kernel_package()?,
+    };
+    let kernel_root = unpack_package(&inputs.cache, &package)?;
+    let version = package
+        .strip_prefix("linux-image-")
+        .unwrap_or(&package)
+        .to_owned();
+    let vmlinuz = kernel_root.join(format!("boot/vmlinuz-{version}"));
+    anyhow::ensure!(
+        vmlinuz.exists(),
+        "{} has no boot/vmlinuz-{version}",
+        package
+    );
+    let module_dir = kernel_root.join(format!("lib/modules/{version}"));
+    let modules = modules::resolve(&module_dir, MODULES)?;
+
+    let mut archive = Archive::default();
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "etc",
+        "root",
+        "lib/modules",
+    ] {
+        archive.add(dir, Entry::Dir(0o755));
+    }
+    archive.add("dev/console", Entry::CharDev(0o600, 5, 1));
+    archive.add("dev/null", Entry::CharDev(0o666, 1, 3));
+    archive.add("init", Entry::File(0o755, INIT.as_bytes().to_vec()));
+    archive.add(
+        "etc/udhcpc.script",
+        Entry::File(0o755, UDHCPC.as_bytes().to_vec()),
+    );
+    archive.add("bin/busybox", Entry::File(0o755, read(&inputs.busybox)?));
+    archive.add("bin/kiln-agent", Entry::File(0o755, read(&inputs.agent)?));
+    let mut order = String::new();
+    for m in &modules {
+        let name = m
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow::anyhow!("bad module path {}", m.display()))?;
+        archive.add(&format!("lib/modules/{name}"), Entry::File(0o644, read(m)?));
+        order.push_str(name);
+        order.push('\n');
+    }
+    archive.add("etc/kiln-modules", Entry::File(0o644, order.into_bytes()));
+
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
+    gz.write_all(&archive.to_bytes())?;
+    let initramfs = gz.finish()?;
+
+    let mut files = Vec::new();
+    files.push(write(&out.join("vmlinuz"), &read(&vmlinuz)?)?);
+    files.push(write(&out.join("initramfs.img"), &initramfs)?);
+    let memtest_root = unpack_package(&inputs.cache, "memtest86+")?;
+    for name in ["memtest86+x64.bin", "memtest86+x64.efi"] {
+        let src = memtest_root.join("boot").join(name);
+        files.push(write(&out.join(name), &read(&src)?)?);
+    }
+    Ok(Built { files })
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+/// Writes through a temporary file and a rename (a node never downloads half a file).
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<(PathBuf, u64, String)> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok((
+        path.to_owned(),
+        bytes.len() as u64,
+        crate::store::queries::sha256_hex(bytes),
+    ))
+}
+
+/// The versioned kernel package `linux-image-amd64` depends on.
+fn resolve_kernel_package() -> anyhow::Result<String> {
+    let out = Command::new("apt-cache")
+        .args(["depends", "linux-image-amd64"])
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run apt-cache: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("cannot find the kernel package linux-image-amd64 depends on; run `apt-get update` first, or pass --kernel-package"))
+}
+
+/// Downloads a Debian package with `apt-get download` into the cache (once) and unpacks it
+/// with `dpkg -x` (once); nothing is installed on the host.
+pub fn unpack_package(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
+    let root = cache.join("unpacked").join(package);
+    if root.join(".complete").exists() {
+        return Ok(root);
+    }
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let find_deb = || -> Option<PathBuf> {
+        let prefix = format!("{}_", package.replace('+', "%2b"));
+        let plain = format!("{package}_");
+        std::fs::read_dir(&debs)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    (n.starts_with(&plain) || n.starts_with(&prefix)) && n.ends_with(".deb")
+                })
+            })
+    };
+    let deb = match find_deb() {
+        Some(deb) => deb,
+        None => {
+            let status = Command::new("apt-get")
+                .arg("download")
+                .arg(package)
+                .current_dir(&debs)
+                .status()
+                .map_err(|e| anyhow::anyhow!("cannot run apt-get: {e}"))?;
+            anyhow::ensure!(
+                status.success(),
+                "`apt-get download {package}` failed; run `apt-get update` first"
+            );
+            find_deb().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "apt-get download {package} left no .deb in {}",
+                    debs.display()
+                )
+            })?
+        }
+    };
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let status = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run dpkg: {e}"))?;
+    anyhow::ensure!(status.success(), "dpkg -x {} failed", deb.display());
+    std::fs::write(root.join(".complete"), b"")?;
+    Ok(root)
+}
+
+/// The image's `/init`: mounts, modules, network (DHCP), then `kiln-agent boot`; when the agent
+/// ends, power off, reboot or hold as the plan said.
+pub const INIT: &str = include_str!("../../../ipxe/image/init");
+
+/// busybox udhcpc's event script (passed with `-s`): configures the address and route.
+pub const UDHCPC: &str = include_str!("../../../ipxe/image/udhcpc.script");
