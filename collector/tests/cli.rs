@@ -99,3 +99,54 @@ fn usage_errors_exit_2() {
     let out = kiln(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn fixture(name: &str) -> String {
+    repo()
+        .join("../shared/fixtures/memtest86plus-6.10")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn memtest_parse_reads_every_shared_fixture_exactly() {
+    let out = kiln(&[
+        "memtest",
+        "parse",
+        &fixture("errors-reportmode-address.serial"),
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "errors on screen make it exit 1"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["passes"], 0);
+    assert_eq!(v["errors"], 9);
+    assert_eq!(v["test_number"], 6);
+    assert_eq!(v["error_rows"].as_array().unwrap().len(), 9);
+    assert_eq!(v["error_rows"][3]["address"], "000006200010");
+    assert_eq!(v["error_rows"][3]["found"], "0000000000000404");
+    for (file, passes) in [
+        ("pass-64M-default-tests.serial", 1),
+        ("pass-64M-without-test10.serial", 2),
+    ] {
+        let out = kiln(&["memtest", "parse", &fixture(file), "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{file}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (
+                v["status"].as_str(),
+                v["passes"].as_i64(),
+                v["errors"].as_i64()
+            ),
+            (Some("pass"), Some(passes), Some(0)),
+            "{file}"
+        );
+    }
+    let out = kiln(&["memtest", "parse", "Cargo.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no memtest86+ screen"));
+}

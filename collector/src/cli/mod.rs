@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod image;
+mod memtest;
 mod nodes;
 mod report;
 mod serve;
@@ -48,6 +49,9 @@ enum Command {
     /// Build the RAM image nodes boot.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Read memtest86+ serial transcripts.
+    #[command(subcommand)]
+    Memtest(memtest::MemtestCommand),
 }
 
 /// Parses the arguments and runs the command.
@@ -59,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Report(args) => report::run(args),
         Command::Nodes(cmd) => nodes::run(cmd),
         Command::Image(cmd) => image::run(cmd),
+        Command::Memtest(cmd) => memtest::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
