@@ -2,4 +2,6 @@
 //! serial port as VT100; [`screen::MemtestScreen`] keeps the 80×25 screen and reads the
 //! results off it.
 
+pub mod capture;
+pub mod power;
 pub mod screen;

@@ -1,0 +1,375 @@
+//! Watching a node's memtest86+ console until there is a verdict: pass once the asked passes
+//! complete with zero errors; fail on any error, on a stall (no progress on screen within the
+//! stall timeout), on the stage timeout, and on lost capture. Raw bytes are kept (bounded)
+//! for the node's page.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+
+use super::power::{Power, deselect_keys};
+use super::screen::{MemtestScreen, Reading, Status};
+
+/// Most raw console bytes kept per run; past this the oldest are dropped.
+pub const MAX_RAW: usize = 16 << 20;
+
+/// Where a node's serial console can be read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Source {
+    /// Raw serial over TCP (ser2net, console servers, QEMU `-serial tcp:`).
+    Tcp(String),
+    /// A command whose output is the console (e.g. `ipmitool … sol activate`); secrets come
+    /// from the environment file, never the command line.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// A file of `NAME=value` lines added to its environment.
+        #[serde(default)]
+        env_file: Option<PathBuf>,
+    },
+    /// A log file being written by something else; followed from its current end.
+    File(PathBuf),
+}
+
+/// The stage's rules, from the suite.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Passes that must complete.
+    pub passes: u32,
+    /// Whole-stage limit.
+    pub timeout: Duration,
+    /// Longest without progress on screen.
+    pub stall: Duration,
+    /// Tests to deselect through the F1 menu (needs a QMP power driver).
+    pub skip_tests: Vec<u8>,
+}
+
+/// How the stage ended.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Passed?
+    pub pass: bool,
+    /// One line: why.
+    pub detail: String,
+    /// The last reading.
+    pub reading: Option<Reading>,
+    /// The final screen.
+    pub screen: String,
+    /// Raw console bytes (the last `MAX_RAW`).
+    pub raw: Vec<u8>,
+    /// Seconds from start to verdict.
+    pub secs: u64,
+}
+
+/// A connected console.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Child(tokio::process::Child, tokio::process::ChildStdout),
+    File(tokio::fs::File),
+}
+
+impl Stream {
+    async fn open(source: &Source) -> anyhow::Result<Stream> {
+        match source {
+            Source::Tcp(addr) => Ok(Stream::Tcp(tokio::net::TcpStream::connect(addr).await?)),
+            Source::File(path) => {
+                use tokio::io::AsyncSeekExt;
+                let mut f = tokio::fs::File::open(path).await?;
+                f.seek(std::io::SeekFrom::End(0)).await?;
+                Ok(Stream::File(f))
+            }
+            Source::Command { argv, env_file } => {
+                let (program, args) = argv
+                    .split_first()
+                    .ok_or_else(|| anyhow::anyhow!("empty console command"))?;
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true);
+                if let Some(file) = env_file {
+                    for line in tokio::fs::read_to_string(file).await?.lines() {
+                        if let Some((k, v)) = line.split_once('=') {
+                            cmd.env(k.trim(), v.trim());
+                        }
+                    }
+                }
+                let mut child = cmd.spawn()?;
+                let out = child
+                    .stdout
+                    .take()
+                    .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+                Ok(Stream::Child(child, out))
+            }
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Child(_, out) => out.read(buf).await,
+            Stream::File(f) => {
+                let n = f.read(buf).await?;
+                if n == 0 {
+                    // A followed file: wait for more rather than treating the end as a drop.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return Ok(usize::MAX);
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Watches until a verdict, or until `cancel` fires (the stage ended elsewhere, e.g. the node
+/// rebooted unexpectedly).
+pub async fn watch(
+    source: Source,
+    rules: Rules,
+    power: Option<Power>,
+    node: String,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+) -> Finding {
+    let started = Instant::now();
+    let mut screen = MemtestScreen::default();
+    let mut raw: Vec<u8> = Vec::new();
+    let mut last_progress = Instant::now();
+    let mut signature = None;
+    let mut keys_sent = rules.skip_tests.is_empty();
+    let mut stream: Option<Stream> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    let finish = |pass: bool, detail: String, screen: &MemtestScreen, raw: Vec<u8>| Finding {
+        pass,
+        detail,
+        reading: Some(screen.read()).filter(|r| r.started),
+        screen: screen.text(),
+        raw,
+        secs: started.elapsed().as_secs(),
+    };
+    loop {
+        if *cancel.borrow() {
+            return finish(
+                false,
+                "the stage ended before memtest86+ finished".into(),
+                &screen,
+                raw,
+            );
+        }
+        if started.elapsed() > rules.timeout {
+            return finish(
+                false,
+                format!(
+                    "timed out: memtest86+ did not finish within {}s",
+                    rules.timeout.as_secs()
+                ),
+                &screen,
+                raw,
+            );
+        }
+        if last_progress.elapsed() > rules.stall {
+            let what = if stream.is_none() {
+                "lost capture: the console could not be read"
+            } else {
+                "stalled: no progress on the memtest86+ screen"
+            };
+            return finish(
+                false,
+                format!("{what} for {}s", rules.stall.as_secs()),
+                &screen,
+                raw,
+            );
+        }
+        let Some(s) = stream.as_mut() else {
+            match tokio::time::timeout(Duration::from_secs(5), Stream::open(&source)).await {
+                Ok(Ok(s)) => stream = Some(s),
+                _ => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = cancel.changed() => {}
+                    }
+                }
+            }
+            continue;
+        };
+        let n = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)) => r,
+            _ = cancel.changed() => continue,
+        };
+        match n {
+            Err(_) | Ok(Ok(usize::MAX)) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                // Dropped: reconnect (the stall timer keeps running meanwhile).
+                stream = None;
+                continue;
+            }
+            Ok(Ok(n)) => {
+                screen.feed(&buf[..n]);
+                raw.extend_from_slice(&buf[..n]);
+                if raw.len() > MAX_RAW {
+                    raw.drain(..raw.len() - MAX_RAW);
+                }
+            }
+        }
+        let reading = screen.read();
+        if !reading.started {
+            // Firmware and iPXE output: the node is alive and on its way.
+            continue;
+        }
+        let sig = (
+            reading.passes,
+            reading.pass_pct,
+            reading.test_pct,
+            reading.test_number,
+            reading.elapsed_secs,
+        );
+        if signature != Some(sig) {
+            signature = Some(sig);
+            last_progress = Instant::now();
+        }
+        if !keys_sent {
+            keys_sent = true;
+            if let Some(power) = &power {
+                // Give memtest86+ a moment to take keyboard input, then walk its F1 menu.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                for test in &rules.skip_tests {
+                    let keys = deselect_keys(*test);
+                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                    if let Err(err) = power.send_keys(&keys).await {
+                        tracing::warn!(node, error = %err, "could not deselect memtest86+ test {test}; it will run");
+                    }
+                }
+            }
+        }
+        let errors = reading.errors.unwrap_or(0);
+        if errors > 0 || reading.status == Some(Status::Failed) {
+            let first = reading
+                .error_rows
+                .first()
+                .map(|r| {
+                    format!(
+                        "; first at 0x{} ({}): expected {} found {} (test {})",
+                        r.address, r.address_human, r.expected, r.found, r.test
+                    )
+                })
+                .unwrap_or_default();
+            return finish(
+                false,
+                format!("memtest86+ found {errors} error(s){first}"),
+                &screen,
+                raw,
+            );
+        }
+        if reading.passes.unwrap_or(0) >= rules.passes && reading.status == Some(Status::Pass) {
+            return finish(
+                true,
+                format!(
+                    "{} pass(es) completed with 0 errors",
+                    reading.passes.unwrap_or(0)
+                ),
+                &screen,
+                raw,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/fixtures/memtest86plus-6.10")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    /// Serves `bytes` on a local TCP port, in chunks, then holds the connection open.
+    async fn console(bytes: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut s, _) = listener.accept().await.unwrap();
+            for chunk in bytes.chunks(4096) {
+                s.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        addr
+    }
+
+    fn rules(passes: u32, stall: u64) -> Rules {
+        Rules {
+            passes,
+            timeout: Duration::from_secs(60),
+            stall: Duration::from_secs(stall),
+            skip_tests: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clean_transcript_passes_and_errors_fail_with_the_address() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let addr = console(fixture("pass-64M-default-tests.serial")).await;
+        let f = watch(
+            Source::Tcp(addr),
+            rules(1, 10),
+            None,
+            "n".into(),
+            rx.clone(),
+        )
+        .await;
+        assert!(f.pass, "{}", f.detail);
+        assert_eq!(f.detail, "1 pass(es) completed with 0 errors");
+        let addr = console(fixture("errors-reportmode-address.serial")).await;
+        let f = watch(Source::Tcp(addr), rules(1, 10), None, "n".into(), rx).await;
+        assert!(!f.pass);
+        assert!(f.detail.starts_with("memtest86+ found"), "{}", f.detail);
+        assert!(f.detail.contains("first at 0x"), "{}", f.detail);
+        assert!(f.screen.contains("Failed!"));
+    }
+
+    #[tokio::test]
+    async fn a_screen_without_progress_stalls_and_no_console_is_lost_capture() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        // Only the first third of a run: memtest is drawn, then nothing moves.
+        let bytes = fixture("pass-64M-default-tests.serial");
+        let addr = console(bytes[..bytes.len() / 3].to_vec()).await;
+        let f = watch(Source::Tcp(addr), rules(1, 2), None, "n".into(), rx.clone()).await;
+        assert!(!f.pass);
+        assert!(f.detail.starts_with("stalled"), "{}", f.detail);
+        let f = watch(
+            Source::Tcp("127.0.0.1:1".into()),
+            rules(1, 2),
+            None,
+            "n".into(),
+            rx,
+        )
+        .await;
+        assert!(f.detail.starts_with("lost capture"), "{}", f.detail);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_watch_ends_without_a_pass() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let handle = tokio::spawn(watch(
+            Source::Tcp("127.0.0.1:1".into()),
+            rules(1, 60),
+            None,
+            "n".into(),
+            rx,
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(true).unwrap();
+        let f = handle.await.unwrap();
+        assert!(!f.pass);
+    }
+}
