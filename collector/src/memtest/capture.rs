@@ -67,7 +67,11 @@ pub struct Finding {
 /// A connected console.
 enum Stream {
     Tcp(tokio::net::TcpStream),
-    Child(tokio::process::Child, tokio::process::ChildStdout),
+    /// The child is kept so dropping the stream kills it (`kill_on_drop`).
+    Child {
+        _child: tokio::process::Child,
+        out: tokio::process::ChildStdout,
+    },
     File(tokio::fs::File),
 }
 
@@ -103,7 +107,7 @@ impl Stream {
                     .stdout
                     .take()
                     .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-                Ok(Stream::Child(child, out))
+                Ok(Stream::Child { _child: child, out })
             }
         }
     }
@@ -111,7 +115,7 @@ impl Stream {
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf).await,
-            Stream::Child(_, out) => out.read(buf).await,
+            Stream::Child { out, .. } => out.read(buf).await,
             Stream::File(f) => {
                 let n = f.read(buf).await?;
                 if n == 0 {
