@@ -301,6 +301,19 @@ async fn decide(state: &AppState, view: &BootView) -> Result<Step, ApiError> {
                         "run {run_id} has a memtest stage but its suite has no memtest"
                     ))
                 })?;
+                // Capture starts now, before memtest86+ is even fetched, so nothing is missed.
+                if let Err(reason) =
+                    crate::memtest::stage::start(state, view.node.id, run_id, &memtest).await
+                {
+                    state
+                        .db
+                        .call(move |c| store::fail_stage(c, run_id, "memtest", &reason))
+                        .await?;
+                    return Ok(Step::Done {
+                        run_id,
+                        verdict: "fail".into(),
+                    });
+                }
                 let mode = match memtest.report_mode {
                     kiln_protocol::suite::ReportMode::Address => "address",
                     kiln_protocol::suite::ReportMode::Summary => "summary",

@@ -42,6 +42,45 @@ pub struct Config {
     /// What a node does once verified: `exit` (boot its disk), `poweroff` or `hold`.
     #[serde(default = "default_after")]
     pub after_verify: String,
+    /// Serial consoles and power drivers, per node (by MAC) or per rack.
+    #[serde(default)]
+    pub nodes: Vec<NodeAccess>,
+}
+
+/// How to reach one node's (or one rack's nodes') console and power.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAccess {
+    /// The node with this MAC.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Every node of this rack.
+    #[serde(default)]
+    pub rack: Option<String>,
+    /// Where its serial console is read (memtest86+ results come from there).
+    #[serde(default)]
+    pub console: Option<crate::memtest::capture::Source>,
+    /// How it is reset into the next stage.
+    #[serde(default)]
+    pub power: Option<crate::memtest::power::Power>,
+}
+
+impl Config {
+    /// The access entry for a node: its MAC first, then its rack.
+    pub fn access_for(&self, macs: &[String], rack: Option<&str>) -> Option<&NodeAccess> {
+        self.nodes
+            .iter()
+            .find(|a| {
+                a.mac
+                    .as_ref()
+                    .is_some_and(|m| macs.iter().any(|x| x.eq_ignore_ascii_case(m)))
+            })
+            .or_else(|| {
+                self.nodes
+                    .iter()
+                    .find(|a| a.rack.is_some() && a.rack.as_deref() == rack)
+            })
+    }
 }
 
 /// Who may register ad-hoc runs.
@@ -84,6 +123,7 @@ impl Default for Config {
             unknown_nodes: default_mode(),
             public_url: None,
             after_verify: default_after(),
+            nodes: Vec::new(),
         }
     }
 }
@@ -136,6 +176,47 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_access_reads_consoles_and_power_drivers() {
+        let nodes: Vec<NodeAccess> = serde_yaml::from_str(
+            "- mac: 52:54:00:00:00:01\n  console: {tcp: 127.0.0.1:4001}\n  power: {qmp: /tmp/n1.qmp}\n- rack: R12\n  console: {command: [ipmitool, sol, activate], env_file: /etc/kiln/bmc.env}\n  power: {ipmitool: {host: bmc, user: admin, password_file: /etc/kiln/pw}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            nodes[0].console,
+            Some(crate::memtest::capture::Source::Tcp(
+                "127.0.0.1:4001".into()
+            ))
+        );
+        assert!(matches!(
+            nodes[1].power,
+            Some(crate::memtest::power::Power::Ipmitool { .. })
+        ));
+        let config = Config {
+            nodes,
+            ..Config::default()
+        };
+        assert!(
+            config
+                .access_for(&["52:54:00:00:00:01".into()], None)
+                .is_some()
+        );
+        assert!(
+            config
+                .access_for(&["aa:aa:aa:aa:aa:aa".into()], Some("R12"))
+                .is_some()
+        );
+        assert!(
+            config
+                .access_for(&["aa:aa:aa:aa:aa:aa".into()], Some("R13"))
+                .is_none()
+        );
+        let err = serde_yaml::from_str::<NodeAccess>("console: {tcp: a, file: b}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected exactly one of"), "{err}");
+    }
 
     #[test]
     fn unknown_keys_are_refused_with_their_position() {

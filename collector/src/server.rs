@@ -50,6 +50,7 @@ impl Collector {
             pages: Arc::new(Pages::new()?),
             data: Arc::new(data.to_owned()),
             digests: Arc::new(crate::artifacts::Digests::default()),
+            watchers: Arc::new(crate::memtest::stage::Watchers::default()),
         };
         Ok(Collector {
             state,

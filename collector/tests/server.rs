@@ -913,14 +913,17 @@ fn untoken(script: &str) -> String {
 #[test]
 fn every_boot_script_matches_its_golden_copy_and_hostile_values_never_reach_one() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(Server::start(
-        "ipxe",
-        Config {
-            default_suite: "plain".into(),
-            after_verify: "poweroff".into(),
-            ..Config::default()
-        },
-    ));
+    // The node's console is configured (nothing listens there; the capture just waits).
+    let access: Vec<kiln_collector::config::NodeAccess> =
+        serde_yaml::from_str("- mac: \"52:54:00:00:00:01\"\n  console: {tcp: \"127.0.0.1:9\"}\n")
+            .unwrap();
+    let config = Config {
+        default_suite: "plain".into(),
+        after_verify: "poweroff".into(),
+        nodes: access,
+        ..Config::default()
+    };
+    let server = rt.block_on(Server::start("ipxe", config));
     std::fs::write(server.data.join("suites/plain.yaml"), SUITE).unwrap();
     std::fs::write(
         server.data.join("suites/with-memtest.yaml"),

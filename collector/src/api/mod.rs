@@ -43,6 +43,8 @@ pub struct AppState {
     pub data: Arc<std::path::PathBuf>,
     /// Artifact digests.
     pub digests: Arc<crate::artifacts::Digests>,
+    /// Running memtest86+ captures.
+    pub watchers: Arc<crate::memtest::stage::Watchers>,
 }
 
 impl AppState {

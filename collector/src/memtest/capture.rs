@@ -15,9 +15,10 @@ use super::screen::{MemtestScreen, Reading, Status};
 /// Most raw console bytes kept per run; past this the oldest are dropped.
 pub const MAX_RAW: usize = 16 << 20;
 
-/// Where a node's serial console can be read.
+/// Where a node's serial console can be read. In YAML, a mapping with one of `tcp`,
+/// `command` (with an optional `env_file`) or `file`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "RawSource")]
 pub enum Source {
     /// Raw serial over TCP (ser2net, console servers, QEMU `-serial tcp:`).
     Tcp(String),
@@ -32,6 +33,30 @@ pub enum Source {
     },
     /// A log file being written by something else; followed from its current end.
     File(PathBuf),
+}
+
+/// The YAML form of [`Source`] (serde_yaml reads enums only from tags, which operators do not
+/// write).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    tcp: Option<String>,
+    command: Option<Vec<String>>,
+    env_file: Option<PathBuf>,
+    file: Option<PathBuf>,
+}
+
+impl TryFrom<RawSource> for Source {
+    type Error = String;
+
+    fn try_from(raw: RawSource) -> Result<Self, String> {
+        match (raw.tcp, raw.command, raw.file) {
+            (Some(addr), None, None) if raw.env_file.is_none() => Ok(Source::Tcp(addr)),
+            (None, Some(argv), None) if !argv.is_empty() => Ok(Source::Command { argv, env_file: raw.env_file }),
+            (None, None, Some(path)) if raw.env_file.is_none() => Ok(Source::File(path)),
+            _ => Err("expected exactly one of `tcp: HOST:PORT`, `command: [argv…]` (with optional `env_file`) or `file: PATH`".into()),
+        }
+    }
 }
 
 /// The stage's rules, from the suite.

@@ -5,3 +5,4 @@
 pub mod capture;
 pub mod power;
 pub mod screen;
+pub mod stage;

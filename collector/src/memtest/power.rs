@@ -8,9 +8,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// How a node's power is controlled.
+/// How a node's power is controlled. In YAML: `{qmp: SOCKET}`, `{ipmitool: {host, user,
+/// password_file}}` or `{manual: true}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "RawPower")]
 pub enum Power {
     /// QEMU's QMP socket (a Unix socket path).
     Qmp(PathBuf),
@@ -26,6 +27,35 @@ pub enum Power {
     },
     /// Nothing automatic: the collector logs what to do.
     Manual,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPower {
+    qmp: Option<PathBuf>,
+    ipmitool: Option<RawIpmi>,
+    manual: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIpmi {
+    host: String,
+    user: String,
+    password_file: PathBuf,
+}
+
+impl TryFrom<RawPower> for Power {
+    type Error = String;
+
+    fn try_from(raw: RawPower) -> Result<Self, String> {
+        match (raw.qmp, raw.ipmitool, raw.manual) {
+            (Some(path), None, None) => Ok(Power::Qmp(path)),
+            (None, Some(i), None) => Ok(Power::Ipmitool { host: i.host, user: i.user, password_file: i.password_file }),
+            (None, None, Some(true)) => Ok(Power::Manual),
+            _ => Err("expected exactly one of `qmp: SOCKET`, `ipmitool: {host, user, password_file}` or `manual: true`".into()),
+        }
+    }
 }
 
 /// What to do to the node.

@@ -178,3 +178,106 @@ pub fn fail_stage(
     tx.commit()?;
     Ok(())
 }
+
+/// Records memtest86+'s finding and closes the stage: a pass moves the run on to Linux; a fail
+/// ends the run.
+pub fn finish_memtest(
+    conn: &mut Connection,
+    run_id: i64,
+    finding: &crate::memtest::capture::Finding,
+) -> Result<(), StoreError> {
+    let reading = finding
+        .reading
+        .as_ref()
+        .map(|r| serde_json::to_string(r).unwrap_or_default());
+    conn.execute(
+        "INSERT OR REPLACE INTO memtest_results (run_id, pass, detail, reading, screen, raw, secs, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![run_id, finding.pass, finding.detail, reading, finding.screen, finding.raw, finding.secs as i64, now_ms()],
+    )?;
+    if finding.pass {
+        conn.execute(
+            "UPDATE stages SET state = 'done', verdict = 'pass', detail = ?2, finished_ms = ?3 WHERE run_id = ?1 AND name = 'memtest' AND state = 'running'",
+            params![run_id, finding.detail, now_ms()],
+        )?;
+        conn.execute(
+            "UPDATE runs SET stage = 'linux', last_seen_ms = ?2 WHERE id = ?1",
+            params![run_id, now_ms()],
+        )?;
+        Ok(())
+    } else {
+        let running: Option<String> = conn
+            .query_row(
+                "SELECT state FROM stages WHERE run_id = ?1 AND name = 'memtest'",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if running.as_deref() == Some("running") {
+            fail_stage(conn, run_id, "memtest", &finding.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// What memtest86+ showed for a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemtestResult {
+    /// Passed?
+    pub pass: bool,
+    /// Why.
+    pub detail: String,
+    /// Reading (JSON).
+    pub reading: Option<serde_json::Value>,
+    /// Final screen.
+    pub screen: String,
+    /// Raw bytes kept.
+    pub raw_bytes: i64,
+    /// Seconds to the verdict.
+    pub secs: i64,
+}
+
+/// The memtest result of a run, if any.
+pub fn memtest_result(conn: &Connection, run_id: i64) -> Result<Option<MemtestResult>, StoreError> {
+    Ok(conn
+        .query_row("SELECT pass, detail, reading, screen, length(raw), secs FROM memtest_results WHERE run_id = ?1", [run_id], |r| {
+            let reading: Option<String> = r.get(2)?;
+            Ok(MemtestResult {
+                pass: r.get(0)?,
+                detail: r.get(1)?,
+                reading: reading.and_then(|t| serde_json::from_str(&t).ok()),
+                screen: r.get(3)?,
+                raw_bytes: r.get(4)?,
+                secs: r.get(5)?,
+            })
+        })
+        .optional()?)
+}
+
+/// MACs and rack of a node (to find its console and power).
+pub fn node_access_keys(
+    conn: &Connection,
+    node_id: i64,
+) -> Result<(Vec<String>, Option<String>), StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT mac FROM node_macs WHERE node_id = ?1")?;
+    let macs = stmt
+        .query_map([node_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let rack = conn.query_row("SELECT rack FROM nodes WHERE id = ?1", [node_id], |r| {
+        r.get(0)
+    })?;
+    Ok((macs, rack))
+}
+
+/// Appends a note to a stage's detail (e.g. a power driver failure after the verdict).
+pub fn note_stage(
+    conn: &Connection,
+    run_id: i64,
+    stage: &str,
+    note: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE stages SET detail = COALESCE(detail || '; ', '') || ?3 WHERE run_id = ?1 AND name = ?2",
+        params![run_id, stage, note],
+    )?;
+    Ok(())
+}

@@ -598,6 +598,8 @@ pub struct RunDetail {
     pub faults: Vec<String>,
     /// Number of log lines stored.
     pub log_lines: i64,
+    /// What memtest86+ showed, when the run had that stage.
+    pub memtest: Option<super::boot::MemtestResult>,
 }
 
 /// A stage of a run.
@@ -699,6 +701,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
         inventory: inventory.and_then(|i| serde_json::from_str(&i).ok()),
         faults,
         log_lines,
+        memtest: super::boot::memtest_result(conn, run_id)?,
     }))
 }
 

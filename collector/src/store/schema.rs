@@ -88,6 +88,17 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 2: when an operator (or the unknown-node policy) last armed a node for verification.
     "ALTER TABLE nodes ADD COLUMN armed_ms INTEGER;",
+    // 3: what memtest86+ showed: the reading, the final screen, the raw console bytes.
+    "CREATE TABLE memtest_results (
+        run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+        pass INTEGER NOT NULL,
+        detail TEXT NOT NULL,
+        reading TEXT,
+        screen TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        secs INTEGER NOT NULL,
+        finished_ms INTEGER NOT NULL
+    );",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.
