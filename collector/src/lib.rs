@@ -7,6 +7,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod image;
+pub mod lab;
 pub mod memtest;
 pub mod server;
 pub mod store;

@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod boot;
+mod lab;
 mod suites;

@@ -1,7 +1,6 @@
 //! `kiln image build`: the RAM image and memtest86+ into the artifacts directory.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
@@ -37,7 +36,7 @@ pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
     let ImageCommand::Build(args) = cmd;
     let agent = match args.agent {
         Some(path) => path,
-        None => build_static_agent()?,
+        None => crate::image::static_agent()?,
     };
     anyhow::ensure!(
         args.busybox.exists(),
@@ -69,32 +68,4 @@ pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
         image_total as f64 / 1e6
     );
     Ok(super::EXIT_OK)
-}
-
-/// Builds kiln-agent statically (`+crt-static` on x86_64-unknown-linux-gnu) in its own target
-/// directory, so it shares nothing with the test build.
-fn build_static_agent() -> anyhow::Result<PathBuf> {
-    anyhow::ensure!(
-        Path::new("agent/Cargo.toml").exists(),
-        "no kiln source tree here to build kiln-agent from; pass --agent FILE (a static kiln-agent)"
-    );
-    let target_dir = PathBuf::from("target/image");
-    let status = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "kiln-agent",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .status()
-        .map_err(|e| anyhow::anyhow!("cannot run cargo: {e}"))?;
-    anyhow::ensure!(status.success(), "building the static kiln-agent failed");
-    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/kiln-agent"))
 }

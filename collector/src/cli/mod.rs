@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod image;
+mod lab;
 mod memtest;
 mod nodes;
 mod report;
@@ -52,6 +53,9 @@ enum Command {
     /// Read memtest86+ serial transcripts.
     #[command(subcommand)]
     Memtest(memtest::MemtestCommand),
+    /// A virtual rack of QEMU nodes through the real boot chain.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 /// Parses the arguments and runs the command.
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Nodes(cmd) => nodes::run(cmd),
         Command::Image(cmd) => image::run(cmd),
         Command::Memtest(cmd) => memtest::run(cmd),
+        Command::Lab(cmd) => lab::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

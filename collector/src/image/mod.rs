@@ -224,3 +224,31 @@ pub const INIT: &str = include_str!("../../../ipxe/image/init");
 
 /// busybox udhcpc's event script (passed with `-s`): configures the address and route.
 pub const UDHCPC: &str = include_str!("../../../ipxe/image/udhcpc.script");
+
+/// Builds kiln-agent statically (`+crt-static` on x86_64-unknown-linux-gnu) in its own target
+/// directory, so it shares nothing with the test build; needs this source tree.
+pub fn static_agent() -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        Path::new("agent/Cargo.toml").exists(),
+        "no kiln source tree here to build kiln-agent from; pass --agent FILE (a static kiln-agent)"
+    );
+    let target_dir = PathBuf::from("target/image");
+    let status = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "kiln-agent",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run cargo: {e}"))?;
+    anyhow::ensure!(status.success(), "building the static kiln-agent failed");
+    Ok(target_dir.join("x86_64-unknown-linux-gnu/release/kiln-agent"))
+}

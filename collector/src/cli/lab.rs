@@ -1,0 +1,123 @@
+//! `kiln lab up|down`: the virtual rack (see [`crate::lab`]).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::lab::{LabOptions, down, table, up};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum LabCommand {
+    /// Boot N virtual nodes through memtest86+ and the RAM image, print the report; exits 0
+    /// only if every node passed.
+    Up(UpArgs),
+    /// Stop whatever a previous lab left running (by the PIDs it recorded).
+    Down {
+        /// The lab's directory.
+        #[arg(long, default_value = ".kiln-lab")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(super) struct UpArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// The suite the nodes run.
+    #[arg(long, default_value = "suites/lab.yaml")]
+    suite: PathBuf,
+    /// A different suite for one node: N=FILE (repeatable).
+    #[arg(long, value_name = "N=FILE")]
+    suite_for: Vec<String>,
+    /// Guest memory (MiB, or with a unit: 256M, 1G).
+    #[arg(long, default_value = "256M")]
+    mem: String,
+    /// Scratch disk size (256M, 1G).
+    #[arg(long, default_value = "1G")]
+    disk: String,
+    /// Boot with UEFI (OVMF) instead of BIOS.
+    #[arg(long)]
+    uefi: bool,
+    /// Use this directory's vmlinuz, initramfs.img and memtest86+ instead of building them.
+    #[arg(long, value_name = "DIR")]
+    image: Option<PathBuf>,
+    /// QEMU accelerator: tcg, or kvm where KVM really runs guests.
+    #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"])]
+    accel: String,
+    /// Give up after this many minutes.
+    #[arg(long, default_value_t = 30)]
+    timeout_min: u64,
+    /// Working directory.
+    #[arg(long, default_value = ".kiln-lab")]
+    dir: PathBuf,
+}
+
+fn mib(text: &str) -> anyhow::Result<u32> {
+    let size: kiln_protocol::units::Size = text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = if text.chars().all(|c| c.is_ascii_digit()) {
+        size.bytes() << 20
+    } else {
+        size.bytes()
+    };
+    Ok((bytes >> 20) as u32)
+}
+
+pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
+    match cmd {
+        LabCommand::Down { dir } => {
+            println!("stopped {} process(es)", down(&dir));
+            Ok(super::EXIT_OK)
+        }
+        LabCommand::Up(args) => {
+            let suite_for = args
+                .suite_for
+                .iter()
+                .map(|s| {
+                    let (n, f) = s
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("--suite-for {s:?}: expected N=FILE"))?;
+                    Ok((
+                        n.parse::<usize>().map_err(|_| {
+                            anyhow::anyhow!("--suite-for {s:?}: N is a node number")
+                        })?,
+                        PathBuf::from(f),
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(
+                (1..=16).contains(&args.nodes),
+                "--nodes {}: expected 1 to 16",
+                args.nodes
+            );
+            std::fs::create_dir_all(&args.dir)?;
+            let opts = LabOptions {
+                dir: args.dir.canonicalize()?,
+                nodes: args.nodes,
+                suite: args.suite,
+                suite_for,
+                mem_mib: mib(&args.mem)?,
+                disk_mib: mib(&args.disk)?,
+                uefi: args.uefi,
+                image: args.image,
+                accel: args.accel,
+                timeout: Duration::from_secs(args.timeout_min * 60),
+                bars: std::io::stdout().is_terminal(),
+            };
+            let report = up(&opts)?;
+            println!("\n{}", table(&report));
+            println!("report: {}", opts.dir.join("report.json").display());
+            println!(
+                "dashboard: kiln serve --data {} → http://127.0.0.1:8080/",
+                report.data.display()
+            );
+            Ok(if report.all_passed {
+                super::EXIT_OK
+            } else {
+                super::EXIT_FAILURE_FOUND
+            })
+        }
+    }
+}
