@@ -118,3 +118,94 @@ impl Drop for Node {
         let _ = self.child.wait();
     }
 }
+
+/// Writes guest *physical* memory through QEMU's gdbstub (`-gdb tcp:…`): the stub is switched
+/// to physical addressing with `Qqemu.PhyMemMode:1`, the guest is stopped for the writes and
+/// continued after. This is how the memtest tests put real bit errors into RAM under test.
+pub struct GdbStub {
+    stream: std::net::TcpStream,
+}
+
+impl GdbStub {
+    /// Connects (retrying while QEMU starts) and switches to physical memory.
+    pub fn connect(port: u16) -> std::io::Result<GdbStub> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut stub = GdbStub { stream };
+        stub.command("?")?;
+        stub.command("Qqemu.PhyMemMode:1")?;
+        stub.command("c_nowait")?;
+        Ok(stub)
+    }
+
+    fn send(&mut self, payload: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let sum = payload.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        write!(self.stream, "${payload}#{sum:02x}")
+    }
+
+    /// Reads one reply packet's payload (acknowledging it).
+    fn reply(&mut self) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut byte = [0u8; 1];
+        let mut payload = Vec::new();
+        // Skip acks and anything before the packet start.
+        loop {
+            self.stream.read_exact(&mut byte)?;
+            if byte[0] == b'$' {
+                break;
+            }
+        }
+        loop {
+            self.stream.read_exact(&mut byte)?;
+            if byte[0] == b'#' {
+                break;
+            }
+            payload.push(byte[0]);
+        }
+        let mut sum = [0u8; 2];
+        self.stream.read_exact(&mut sum)?;
+        self.stream.write_all(b"+")?;
+        Ok(String::from_utf8_lossy(&payload).into_owned())
+    }
+
+    /// Sends a command and waits for its reply; `c_nowait` continues without waiting.
+    fn command(&mut self, payload: &str) -> std::io::Result<String> {
+        if payload == "c_nowait" {
+            self.send("c")?;
+            return Ok(String::new());
+        }
+        self.send(payload)?;
+        self.reply()
+    }
+
+    /// Stops the guest, writes `bytes` at physical address `addr`, and lets it run on.
+    pub fn write_phys(&mut self, addr: u64, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(&[0x03])?; // interrupt: the guest stops and a stop reply follows
+        while !self.reply()?.starts_with(['T', 'S']) {}
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.send(&format!("M{addr:x},{:x}:{hex}", bytes.len()))?;
+        // Stale stop replies may still be queued; the write's own answer is OK or Exx.
+        let answer = loop {
+            let r = self.reply()?;
+            if r == "OK" || r.starts_with('E') {
+                break r;
+            }
+        };
+        if answer != "OK" {
+            return Err(std::io::Error::other(format!(
+                "gdbstub refused the write: {answer}"
+            )));
+        }
+        self.command("c_nowait")?;
+        Ok(())
+    }
+}

@@ -5,4 +5,5 @@
 
 mod boot;
 mod lab;
+mod memtest;
 mod suites;
