@@ -318,6 +318,54 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.5 + r)
 }
 
+/// Sends a request until the collector answers with success, for up to `patience`: network
+/// errors and 5xx are retried with backoff and jitter; a 4xx is final and its message is
+/// returned. `what` names the request in errors.
+async fn until_answered<F, Fut>(
+    what: &str,
+    base: &str,
+    patience: Duration,
+    mut send: F,
+) -> anyhow::Result<reqwest::Response>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
+{
+    let started = Instant::now();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match send().await {
+            Ok(r) if r.status().is_success() => return Ok(r),
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                anyhow::bail!(
+                    "the collector refused the {what} ({status}): {}",
+                    r.text().await.unwrap_or_default()
+                );
+            }
+            Ok(r) if started.elapsed() > patience => {
+                anyhow::bail!("the collector keeps answering {} to the {what}", r.status())
+            }
+            Err(e) if started.elapsed() > patience => {
+                anyhow::bail!("cannot reach the collector at {base} for the {what}: {e}")
+            }
+            _ => {}
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn short_runtime() -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    Ok((runtime, client))
+}
+
 /// Registers an ad-hoc run for this host (`kiln-agent run --collector`), retrying for up to
 /// `patience`; returns the run and its token.
 pub fn register(
@@ -326,42 +374,19 @@ pub fn register(
     suite_text: &str,
     patience: Duration,
 ) -> anyhow::Result<RegisterResponse> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let request = RegisterRequest {
         identity: crate::inventory::identity(inventory),
         hostname: crate::os::read_trimmed("/proc/sys/kernel/hostname"),
         suite_text: suite_text.to_owned(),
     };
     let url = format!("{}/api/v1/register", base.trim_end_matches('/'));
+    let (runtime, client) = short_runtime()?;
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        let started = Instant::now();
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            match client.post(&url).json(&request).send().await {
-                Ok(r) if r.status().is_success() => {
-                    return Ok(r.json::<RegisterResponse>().await?);
-                }
-                Ok(r) if r.status().is_client_error() => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    anyhow::bail!("the collector refused the registration ({status}): {text}");
-                }
-                Ok(r) if started.elapsed() > patience => {
-                    anyhow::bail!("the collector keeps answering {}", r.status())
-                }
-                Err(e) if started.elapsed() > patience => {
-                    anyhow::bail!("cannot reach the collector at {base}: {e}")
-                }
-                _ => {}
-            }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        let r = until_answered("registration", base, patience, || {
+            client.post(&url).json(&request).send()
+        })
+        .await?;
+        Ok(r.json().await?)
     })
 }
 
@@ -371,44 +396,40 @@ pub fn post_inventory(
     inventory: &Inventory,
     patience: Duration,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let url = format!(
         "{}/api/v1/runs/{}/inventory",
         target.base.trim_end_matches('/'),
         target.run_id
     );
+    let (runtime, client) = short_runtime()?;
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        let started = Instant::now();
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            match client
+        until_answered("inventory", &target.base, patience, || {
+            client
                 .put(&url)
                 .bearer_auth(&target.token)
                 .json(inventory)
                 .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) if r.status().is_client_error() => {
-                    let status = r.status();
-                    anyhow::bail!(
-                        "the collector refused the inventory ({status}): {}",
-                        r.text().await.unwrap_or_default()
-                    );
-                }
-                _ if started.elapsed() > patience => {
-                    anyhow::bail!("could not deliver the inventory to {}", target.base)
-                }
-                _ => {}
-            }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+/// Fetches a network-booted run's plan, retrying for up to `patience`.
+pub fn fetch_plan(
+    base: &str,
+    run_id: i64,
+    token: &str,
+    patience: Duration,
+) -> anyhow::Result<kiln_protocol::wire::RunPlan> {
+    let url = format!("{}/api/v1/runs/{run_id}/plan", base.trim_end_matches('/'));
+    let (runtime, client) = short_runtime()?;
+    runtime.block_on(async {
+        let r = until_answered("plan request", base, patience, || {
+            client.get(&url).bearer_auth(token).send()
+        })
+        .await?;
+        Ok(r.json().await?)
     })
 }
 
@@ -421,47 +442,6 @@ impl EventSink for Tee {
             sink.emit(body.clone());
         }
     }
-}
-
-/// Fetches a network-booted run's plan, retrying for up to `patience`.
-pub fn fetch_plan(
-    base: &str,
-    run_id: i64,
-    token: &str,
-    patience: Duration,
-) -> anyhow::Result<kiln_protocol::wire::RunPlan> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let url = format!("{}/api/v1/runs/{run_id}/plan", base.trim_end_matches('/'));
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        let started = Instant::now();
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            match client.get(&url).bearer_auth(token).send().await {
-                Ok(r) if r.status().is_success() => return Ok(r.json().await?),
-                Ok(r) if r.status().is_client_error() => {
-                    let status = r.status();
-                    anyhow::bail!(
-                        "the collector refused the plan request ({status}): {}",
-                        r.text().await.unwrap_or_default()
-                    );
-                }
-                Ok(r) if started.elapsed() > patience => {
-                    anyhow::bail!("the collector keeps answering {}", r.status())
-                }
-                Err(e) if started.elapsed() > patience => {
-                    anyhow::bail!("cannot reach the collector at {base}: {e}")
-                }
-                _ => {}
-            }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
-    })
 }
 
 #[cfg(test)]
