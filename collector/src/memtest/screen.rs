@@ -339,4 +339,16 @@ mod tests {
         assert_eq!(r.summary.len(), 2);
         assert_eq!(r.badram, ["badram=0x4100000,0xfffffffffffff000"]);
     }
+
+    proptest::proptest! {
+        /// A console carries whatever the line carries: no byte sequence may upset the reader.
+        #[test]
+        fn any_console_bytes_are_read_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+            let mut s = MemtestScreen::default();
+            s.feed(&bytes);
+            let r = s.read();
+            proptest::prop_assert!(r.error_rows.len() <= 14);
+            proptest::prop_assert_eq!(s.text().lines().count(), ROWS as usize);
+        }
+    }
 }
