@@ -635,12 +635,7 @@ impl Job {
             ..Default::default()
         };
         run.latencies.reserve((2 * blocks) as usize);
-        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BUFFERS);
-        for _ in 0..BUFFERS {
-            free_tx
-                .send(AlignedBuf::new(block_size)?)
-                .map_err(|_| anyhow::anyhow!("buffer pool closed"))?;
-        }
+        let (free_tx, free_rx) = buffer_pool(block_size)?;
 
         let started = Instant::now();
         let written = std::thread::scope(|scope| -> anyhow::Result<bool> {
@@ -694,12 +689,7 @@ impl Job {
         injection.after_write(&self.path, block_size);
 
         // Reading: fresh buffers, since the generator thread took the first pool's receiver.
-        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BUFFERS);
-        for _ in 0..BUFFERS {
-            free_tx
-                .send(AlignedBuf::new(block_size)?)
-                .map_err(|_| anyhow::anyhow!("buffer pool closed"))?;
-        }
+        let (free_tx, free_rx) = buffer_pool(block_size)?;
         let started = Instant::now();
         let (read_all, count, detailed) =
             std::thread::scope(|scope| -> anyhow::Result<(bool, u64, Vec<BlockMismatch>)> {
@@ -758,6 +748,22 @@ impl Job {
         }
         Ok(run)
     }
+}
+
+type Pool = (
+    std::sync::mpsc::SyncSender<AlignedBuf>,
+    std::sync::mpsc::Receiver<AlignedBuf>,
+);
+
+/// `BUFFERS` aligned buffers circulating between the I/O thread and its helper.
+fn buffer_pool(block_size: usize) -> anyhow::Result<Pool> {
+    let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BUFFERS);
+    for _ in 0..BUFFERS {
+        free_tx
+            .send(AlignedBuf::new(block_size)?)
+            .map_err(|_| anyhow::anyhow!("buffer pool closed"))?;
+    }
+    Ok((free_tx, free_rx))
 }
 
 /// Compares a block read back with what was written; `None` when it matches.

@@ -150,16 +150,21 @@ fn csv_field(text: &str) -> String {
     }
 }
 
+/// One run in full, or 404.
+async fn load_run(state: &AppState, run_id: i64) -> Result<queries::RunDetail, ApiError> {
+    state
+        .db
+        .call(move |c| queries::run_detail(c, run_id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))
+}
+
 pub(super) async fn run(
     State(state): State<AppState>,
     _reader: Reader,
     Path(run_id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let detail = state
-        .db
-        .call(move |c| queries::run_detail(c, run_id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))?;
+    let detail = load_run(&state, run_id).await?;
     Ok(axum::Json(detail).into_response())
 }
 
@@ -168,11 +173,7 @@ pub(super) async fn junit(
     _reader: Reader,
     Path(run_id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let detail = state
-        .db
-        .call(move |c| queries::run_detail(c, run_id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))?;
+    let detail = load_run(&state, run_id).await?;
     let xml = kiln_protocol::junit::render(&kiln_protocol::junit::JunitRun {
         suite: &detail.suite,
         host: None,
