@@ -415,10 +415,20 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
             let verdict = row.and_then(|r| r.verdict.clone());
             let (pos, msg) = match (&verdict, row) {
                 (Some(v), _) => (100, format!("done: {v}")),
-                (None, Some(r)) if r.stage.as_deref() == Some("memtest") => (
-                    10,
-                    format!("memtest86+ running ({}s)", vm.started.elapsed().as_secs()),
-                ),
+                (None, Some(r)) if r.stage.as_deref() == Some("memtest") => match &r.progress {
+                    Some(pr) => (
+                        (pr.fraction * 19.0) as u64,
+                        format!(
+                            "memtest86+ {:.0}%: {}",
+                            pr.fraction * 100.0,
+                            pr.status.clone().unwrap_or_default()
+                        ),
+                    ),
+                    None => (
+                        0,
+                        format!("memtest86+ starting ({}s)", vm.started.elapsed().as_secs()),
+                    ),
+                },
                 (None, Some(r)) if r.stage.as_deref() == Some("linux") => match &r.progress {
                     Some(pr) => (
                         20 + (pr.fraction * 79.0) as u64,

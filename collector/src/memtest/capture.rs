@@ -70,6 +70,8 @@ pub struct Rules {
     pub stall: Duration,
     /// Tests to deselect through the F1 menu (needs a QMP power driver).
     pub skip_tests: Vec<u8>,
+    /// Where each new reading goes while the stage runs (the dashboard's live progress).
+    pub live: Option<tokio::sync::watch::Sender<Option<Reading>>>,
 }
 
 /// How the stage ended.
@@ -258,6 +260,9 @@ pub async fn watch(
         if signature != Some(sig) {
             signature = Some(sig);
             last_progress = Instant::now();
+            if let Some(live) = &rules.live {
+                let _ = live.send(Some(reading.clone()));
+            }
         }
         if !keys_sent {
             keys_sent = true;
@@ -341,6 +346,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             stall: Duration::from_secs(stall),
             skip_tests: vec![],
+            live: None,
         }
     }
 

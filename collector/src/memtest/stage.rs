@@ -53,11 +53,39 @@ pub async fn start(
         ));
     };
     let power = access.and_then(|a| a.power);
+    // Readings as they change, written (at most every 2 s) as the run's live progress.
+    let (live_tx, mut live_rx) =
+        tokio::sync::watch::channel::<Option<super::screen::Reading>>(None);
+    let progress_db = state.db.clone();
+    tokio::spawn(async move {
+        while live_rx.changed().await.is_ok() {
+            let reading = live_rx.borrow_and_update().clone();
+            if let Some(r) = reading {
+                let progress = crate::store::queries::Progress {
+                    step: 0,
+                    name: "memtest86+".into(),
+                    fraction: f64::from(r.pass_pct.unwrap_or(0)) / 100.0,
+                    status: Some(format!(
+                        "pass {} test #{} {} · {} error(s)",
+                        r.passes.unwrap_or(0) + 1,
+                        r.test_number.map_or("?".into(), |t| t.to_string()),
+                        r.test_name.unwrap_or_default(),
+                        r.errors.unwrap_or(0)
+                    )),
+                };
+                let _ = progress_db
+                    .call(move |c| store::memtest_progress(c, run_id, &progress))
+                    .await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    });
     let rules = Rules {
         passes: memtest.passes,
         timeout: memtest.timeout.get(),
         stall: memtest.stall_timeout.get(),
         skip_tests: memtest.skip_tests.clone(),
+        live: Some(live_tx),
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     state

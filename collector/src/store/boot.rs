@@ -281,3 +281,20 @@ pub fn note_stage(
     )?;
     Ok(())
 }
+
+/// Shows a memtest reading as the run's live progress (while the run is in that stage).
+pub fn memtest_progress(
+    conn: &Connection,
+    run_id: i64,
+    progress: &super::queries::Progress,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(progress).map_err(|source| StoreError::Corrupt {
+        what: "progress",
+        source,
+    })?;
+    conn.execute(
+        "UPDATE runs SET progress = ?2 WHERE id = ?1 AND stage = 'memtest' AND verdict IS NULL",
+        params![run_id, json],
+    )?;
+    Ok(())
+}
