@@ -88,44 +88,54 @@ pub struct LabReport {
     pub data: PathBuf,
 }
 
-/// Checks the lab's dependencies; the error says which command installs what is missing.
+/// The Debian packages the lab needs, installed together (see `check_dependencies`).
+const LAB_PACKAGES: &str = "qemu-system-x86 qemu-utils ipxe-qemu busybox-static cpio ovmf";
+
+/// Checks the lab's dependencies by command and by file, not by package name alone: a
+/// package apt removed to install another leaves its name in no list, only a command that
+/// no longer runs. The error names what is missing and asks for the whole set in one apt
+/// transaction, so apt resolves the versions together instead of trading one for another.
 pub fn check_dependencies(uefi: bool) -> anyhow::Result<()> {
-    let mut missing = Vec::new();
-    let have = |cmd: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {cmd}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !have("qemu-system-x86_64") {
-        missing.push("qemu-system-x86");
-    }
-    if !have("qemu-img") {
-        missing.push("qemu-utils");
-    }
-    if !Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom").exists()
-        && !Path::new("/usr/share/qemu/efi-virtio.rom").exists()
-    {
-        missing.push("ipxe-qemu");
-    }
-    if !Path::new("/bin/busybox").exists() {
-        missing.push("busybox-static");
-    }
-    if uefi && !Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists() {
-        missing.push("ovmf");
-    }
-    if !have("apt-get") || !have("dpkg") {
+    if !runs("apt-get", "--version") || !runs("dpkg", "--version") {
         anyhow::bail!(
             "the lab fetches the kernel and memtest86+ with apt-get download and dpkg -x: run it on Debian"
         );
     }
+    let mut missing = Vec::new();
+    if !runs("qemu-system-x86_64", "--version") {
+        missing.push("command qemu-system-x86_64 (qemu-system-x86)");
+    }
+    if !runs("qemu-img", "--version") {
+        missing.push("command qemu-img (qemu-utils)");
+    }
+    if !Path::new("/usr/lib/ipxe/qemu/efi-virtio.rom").exists()
+        && !Path::new("/usr/share/qemu/efi-virtio.rom").exists()
+    {
+        missing.push("file /usr/lib/ipxe/qemu/efi-virtio.rom (ipxe-qemu)");
+    }
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("file /bin/busybox (busybox-static)");
+    }
+    if uefi && !Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists() {
+        missing.push("file /usr/share/OVMF/OVMF_CODE.fd (ovmf)");
+    }
     anyhow::ensure!(
         missing.is_empty(),
-        "missing packages: run `apt-get update && apt-get install -y {}`",
-        missing.join(" ")
+        "missing: {}; run `bash .ci/setup lab` in the kiln checkout, or install the whole set in \
+         one transaction: `apt-get update && apt-get install -y {LAB_PACKAGES}`",
+        missing.join(", ")
     );
     Ok(())
+}
+
+/// Whether `cmd` is on PATH and runs.
+fn runs(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 struct Vm {

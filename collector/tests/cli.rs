@@ -102,14 +102,14 @@ fn usage_errors_exit_2() {
 
 fn fixture(name: &str) -> String {
     repo()
-        .join("../shared/fixtures/memtest86plus-6.10")
+        .join("tests/fixtures/memtest86plus-6.10")
         .join(name)
         .display()
         .to_string()
 }
 
 #[test]
-fn memtest_parse_reads_every_shared_fixture_exactly() {
+fn memtest_parse_reads_every_fixture_exactly() {
     let out = kiln(&[
         "memtest",
         "parse",

@@ -314,15 +314,7 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/fixtures/memtest86plus-6.10")
-                .join(name),
-        )
-        .unwrap()
-    }
+    use crate::memtest::fixture;
 
     /// Serves `bytes` on a local TCP port, in chunks, then holds the connection open.
     async fn console(bytes: Vec<u8>) -> String {

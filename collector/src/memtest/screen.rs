@@ -247,13 +247,7 @@ pub fn parse_transcript(bytes: &[u8]) -> (Reading, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/memtest86plus-6.10")
-            .join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    }
+    use crate::memtest::fixture;
 
     #[test]
     fn a_clean_pass_with_all_default_tests() {
