@@ -24,5 +24,6 @@ pub fn junit(report: &RunReport) -> String {
         verdict: report.verdict,
         expect: report.expect.as_ref(),
         steps: &report.steps,
+        findings: &[],
     })
 }

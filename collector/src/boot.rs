@@ -15,9 +15,10 @@ use kiln_protocol::wire::NodeIdentity;
 use minijinja::{Environment, context};
 use serde::Deserialize;
 
+use kiln_protocol::verdict::Verdict;
+
 use crate::api::{ApiError, AppState};
-use crate::store::boot::{self as store, BootView};
-use crate::store::queries::NewRun;
+use crate::lifecycle::{self, BootDecision, BootRequest, Mode, Script, SuiteFile};
 use crate::tokens;
 
 /// The built-in templates, written to `DATA/ipxe/` on first start and read from there after.
@@ -157,7 +158,7 @@ pub fn render(data: &Path, name: &str, ctx: minijinja::Value) -> Result<String, 
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering {}: {e:#}", path.display())))
 }
 
-fn script(text: String) -> Response {
+fn script_response(text: String) -> Response {
     ([("content-type", "text/plain; charset=utf-8")], text).into_response()
 }
 
@@ -167,50 +168,94 @@ pub async fn boot_ipxe(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let base = base_url(&state, &headers)?;
-    Ok(script(render(&state.data, "boot.ipxe", context! { base })?))
+    Ok(script_response(render(
+        &state.data,
+        "boot.ipxe",
+        context! { base },
+    )?))
 }
 
-/// `GET /ipxe?mac=…`: this node's script for its current stage.
+/// `GET /ipxe?mac=…`: this node's script for its current stage. What the boot means for
+/// the node's runs is the lifecycle's ([`lifecycle::boot`], one transaction); this only
+/// renders the answer, and starts the console capture when memtest86+ is handed out.
 pub async fn node_ipxe(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<IpxeQuery>,
 ) -> Result<Response, ApiError> {
     let base = base_url(&state, &headers)?;
-    let identity = q.identity()?;
-    let unknown = state.config.unknown_nodes.clone();
-    let view = state
-        .db
-        .call(move |c| store::view(c, &identity, &unknown))
-        .await?;
-    let serial = safe(view.node.serial.as_deref()).unwrap_or_else(|| "no serial".into());
-    let node_id = view.node.id;
-    let text = match decide(&state, &view).await? {
-        Step::Local => render(
+    let unknown_mode: Mode = state
+        .config
+        .unknown_nodes
+        .parse()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("kiln.yaml unknown_nodes: {e}")))?;
+    // A fresh token for this boot; it becomes the run's only if the Linux stage is handed out.
+    let token = tokens::mint()?;
+    let mut req = BootRequest {
+        identity: q.identity()?,
+        unknown_mode,
+        default_suite: state.config.default_suite.clone(),
+        suite: None,
+        token_hash: tokens::hash(&token),
+        heartbeat_secs: state.config.heartbeat_timeout.get().as_secs().max(1),
+        image_digest: state.image_digest(),
+    };
+    let (node_id, serial, script) = loop {
+        let asked = req.clone();
+        let (decision, ended) = state.db.call(move |c| lifecycle::boot(c, &asked)).await?;
+        state.captures.stop(&ended);
+        match decision {
+            BootDecision::NeedSuite(name) if req.suite.is_none() => {
+                req.suite = Some(read_suite(&state.data, &name));
+            }
+            BootDecision::NeedSuite(name) => {
+                // The assignment changed between the two asks: say so rather than loop.
+                return Err(ApiError::Conflict(format!(
+                    "the node's suite changed to {name} while it booted; boot again"
+                )));
+            }
+            BootDecision::Script {
+                node_id,
+                serial,
+                script,
+            } => break (node_id, serial, script),
+        }
+    };
+    let serial = safe(serial.as_deref()).unwrap_or_else(|| "no serial".into());
+    let text = match script {
+        Script::Local => render(
             &state.data,
             "local.ipxe",
             context! { base, node_id, serial },
         )?,
-        Step::Hold(reason) => render(
+        Script::Hold(reason) => render(
             &state.data,
             "hold.ipxe",
             context! { base, node_id, serial, reason },
         )?,
-        Step::Done { run_id, verdict } => render(
-            &state.data,
-            "done.ipxe",
-            context! { base, node_id, serial, run_id, verdict, action => state.config.after_verify.clone() },
-        )?,
-        Step::Memtest {
-            run_id,
-            passes,
-            options,
-        } => render(
-            &state.data,
-            "memtest.ipxe",
-            context! { base, node_id, serial, run_id, passes, options },
-        )?,
-        Step::Linux { run_id, token } => {
+        Script::Done { run_id, verdict } => done(&state, &base, node_id, &serial, run_id, verdict)?,
+        Script::Memtest { run_id, memtest } => {
+            // Capture starts now, before memtest86+ is even fetched, so nothing is missed.
+            if let Err(reason) =
+                crate::memtest::stage::start(&state, node_id, run_id, &memtest).await
+            {
+                let ended = state
+                    .db
+                    .call(move |c| lifecycle::memtest_unwatchable(c, run_id, &reason))
+                    .await?;
+                state.captures.stop(&ended);
+                done(&state, &base, node_id, &serial, run_id, Some(Verdict::Fail))?
+            } else {
+                let passes = memtest.passes;
+                let options = format!("reportmode={}", memtest.report_mode.name());
+                render(
+                    &state.data,
+                    "memtest.ipxe",
+                    context! { base, node_id, serial, run_id, passes, options },
+                )?
+            }
+        }
+        Script::Linux { run_id } => {
             let cmdline = format!(
                 "console=tty0 console=ttyS0,115200 kiln.url={base} kiln.run={run_id} kiln.token={token} kiln.node={node_id}"
             );
@@ -230,207 +275,43 @@ pub async fn node_ipxe(
             .unwrap_or_default(),
         "served a boot script"
     );
-    Ok(script(text))
+    Ok(script_response(text))
 }
 
-/// What the node boots next.
-enum Step {
-    Local,
-    Hold(String),
-    Done {
-        run_id: i64,
-        verdict: String,
-    },
-    Memtest {
-        run_id: i64,
-        passes: u32,
-        options: String,
-    },
-    Linux {
-        run_id: i64,
-        token: String,
-    },
-}
-
-async fn decide(state: &AppState, view: &BootView) -> Result<Step, ApiError> {
-    match view.node.mode.as_str() {
-        "local" => return Ok(Step::Local),
-        "hold" => return Ok(Step::Hold("mode hold".into())),
-        _ => {}
-    }
-    let run = match &view.open {
-        Some(open) => open.clone(),
-        None => {
-            let armed_after_last = match (view.node.armed_ms, &view.last) {
-                (Some(armed), Some(last)) => armed > last.started_ms,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if !armed_after_last {
-                return Ok(match &view.last {
-                    Some(last) => Step::Done {
-                        run_id: last.id,
-                        verdict: last.verdict.clone(),
-                    },
-                    None => Step::Hold("not armed for verification; set its mode to verify".into()),
-                });
-            }
-            match start_run(state, view).await? {
-                Ok(run) => run,
-                Err(reason) => return Ok(Step::Hold(reason)),
-            }
-        }
-    };
-    let run_id = run.id;
-    for (stage, stage_state) in &run.stages {
-        match (stage.as_str(), stage_state.as_str()) {
-            (_, "done") => continue,
-            ("memtest", "pending") => {
-                state
-                    .db
-                    .call(move |c| store::stage_running(c, run_id, "memtest"))
-                    .await?;
-                let plan =
-                    kiln_protocol::load("suite", run.suite_text.as_bytes()).map_err(|e| {
-                        ApiError::Internal(anyhow::anyhow!(
-                            "stored suite of run {run_id} no longer loads: {e}"
-                        ))
-                    })?;
-                let memtest = plan.memtest.clone().ok_or_else(|| {
-                    ApiError::Internal(anyhow::anyhow!(
-                        "run {run_id} has a memtest stage but its suite has no memtest"
-                    ))
-                })?;
-                // Capture starts now, before memtest86+ is even fetched, so nothing is missed.
-                if let Err(reason) =
-                    crate::memtest::stage::start(state, view.node.id, run_id, &memtest).await
-                {
-                    state
-                        .db
-                        .call(move |c| store::fail_stage(c, run_id, "memtest", &reason))
-                        .await?;
-                    return Ok(Step::Done {
-                        run_id,
-                        verdict: "fail".into(),
-                    });
-                }
-                let mode = match memtest.report_mode {
-                    kiln_protocol::suite::ReportMode::Address => "address",
-                    kiln_protocol::suite::ReportMode::Summary => "summary",
-                    kiln_protocol::suite::ReportMode::Badram => "badram",
-                };
-                return Ok(Step::Memtest {
-                    run_id,
-                    passes: memtest.passes,
-                    options: format!("reportmode={mode}"),
-                });
-            }
-            (stage, "running") => {
-                // The node asked for its script while a stage was still running: it rebooted
-                // unexpectedly. That is a fail, never a pass.
-                let detail = format!(
-                    "unexpected reboot: the node asked for its boot script while the {stage} stage was running"
-                );
-                let stage = stage.to_owned();
-                state
-                    .db
-                    .call(move |c| store::fail_stage(c, run_id, &stage, &detail))
-                    .await?;
-                return Ok(Step::Done {
-                    run_id,
-                    verdict: "fail".into(),
-                });
-            }
-            ("linux", "pending") => {
-                // A fresh token for every boot; only its hash is kept.
-                let token = tokens::mint()?;
-                let hash = tokens::hash(&token);
-                state
-                    .db
-                    .call(move |c| store::set_token(c, run_id, &hash))
-                    .await?;
-                return Ok(Step::Linux { run_id, token });
-            }
-            _ => {}
-        }
-    }
-    Ok(Step::Done {
-        run_id,
-        verdict: "pending".into(),
-    })
-}
-
-/// Creates the run for an armed node: the assigned suite (node, rack, default) from
-/// `DATA/suites/`, its stages, a token. A missing or refused suite holds the node with the
-/// reason instead.
-async fn start_run(
+/// The verdict screen (or the wait screen of a run still open).
+fn done(
     state: &AppState,
-    view: &BootView,
-) -> Result<Result<crate::store::boot::OpenRun, String>, ApiError> {
-    let name = view
-        .node
-        .suite
-        .clone()
-        .or_else(|| view.node.rack_suite.clone())
-        .unwrap_or_else(|| state.config.default_suite.clone());
-    let path: PathBuf = state.data.join("suites").join(format!("{name}.yaml"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => return Ok(Err(format!("suite {name} cannot be read: {e}"))),
-    };
-    let plan = match kiln_protocol::load(&format!("{name}.yaml"), text.as_bytes()) {
-        Ok(p) => p,
-        Err(e) => {
-            return Ok(Err(format!(
-                "suite {name} is refused: {}",
-                e.to_string().lines().next().unwrap_or("")
-            )));
-        }
-    };
-    let stages: Vec<&str> = if plan.memtest.is_some() {
-        vec!["memtest", "linux"]
-    } else {
-        vec!["linux"]
-    };
-    let allow_destructive = plan
-        .steps
-        .iter()
-        .any(|s| matches!(&s.check, kiln_protocol::Check::Disk(d) if d.destructive));
-    let node_id = view.node.id;
-    let heartbeat_secs = state.config.heartbeat_timeout.get().as_secs().max(1);
-    let placeholder = tokens::hash(&tokens::mint()?);
-    let suite_name = plan.name().to_owned();
-    let digest = state.image_digest();
-    let stage_names: Vec<String> = stages.iter().map(|s| s.to_string()).collect();
-    let suite_text = text.clone();
-    let run_id = state
-        .db
-        .call(move |c| {
-            let stages: Vec<&str> = stage_names.iter().map(String::as_str).collect();
-            store::start_run(
-                c,
-                &NewRun {
-                    node_id,
-                    suite_name: &suite_name,
-                    suite_text: &suite_text,
-                    token_hash: &placeholder,
-                    stages: &stages,
-                    allow_destructive,
-                    heartbeat_secs,
-                    image_digest: digest.as_deref(),
-                },
-            )
+    base: &str,
+    node_id: i64,
+    serial: &str,
+    run_id: i64,
+    verdict: Option<Verdict>,
+) -> Result<String, ApiError> {
+    let verdict = verdict.map_or("pending", Verdict::name);
+    render(
+        &state.data,
+        "done.ipxe",
+        context! { base, node_id, serial, run_id, verdict, action => state.config.after_verify.clone() },
+    )
+}
+
+/// Reads the suite a run is about to start with from `DATA/suites/NAME.yaml` (bounded).
+fn read_suite(data: &Path, name: &str) -> SuiteFile {
+    let path: PathBuf = data.join("suites").join(format!("{name}.yaml"));
+    let text = std::fs::File::open(&path)
+        .and_then(|f| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(f, kiln_protocol::MAX_SUITE_BYTES as u64 + 1),
+                &mut text,
+            )?;
+            Ok(text)
         })
-        .await?;
-    tracing::info!(node_id, run_id, suite = %name, "started a verify run");
-    Ok(Ok(crate::store::boot::OpenRun {
-        id: run_id,
-        stages: stages
-            .iter()
-            .map(|s| (s.to_string(), "pending".to_owned()))
-            .collect(),
-        suite_text: text,
-    }))
+        .map_err(|e| format!("suite {name} cannot be read: {e}"));
+    SuiteFile {
+        name: name.to_owned(),
+        text,
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kiln_protocol::verdict::Verdict;
 use serde::Serialize;
 
 use crate::config::{Config, NodeAccess};
+use crate::lifecycle::{Mode, RunStage, Stage};
 use crate::memtest::capture::Source;
 use crate::memtest::power::Power;
 use crate::server::Collector;
@@ -296,7 +298,8 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         queries::import_labels(c, &labels)?;
         for (mac, suite) in &assignments {
             queries::assign_suite(c, &Selector::Mac(mac.clone()), suite)?;
-            queries::set_mode(c, &Selector::Mac(mac.clone()), "verify")?;
+            // A fresh lab database: no run is open, so nothing ends here.
+            let _ = crate::lifecycle::set_mode(c, &Selector::Mac(mac.clone()), Mode::Verify)?;
         }
         Ok(())
     }))?;
@@ -422,10 +425,10 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         for ((p, bar), vm) in plans.iter().zip(&bars).zip(vms.0.iter_mut()) {
             let row = rows.iter().find(|r| r.macs.contains(&p.mac));
             let exited = vm.child.try_wait().ok().flatten().is_some();
-            let verdict = row.and_then(|r| r.verdict.clone());
+            let verdict = row.and_then(|r| r.verdict);
             let (pos, msg) = match (&verdict, row) {
                 (Some(v), _) => (100, format!("done: {v}")),
-                (None, Some(r)) if r.stage.as_deref() == Some("memtest") => match &r.progress {
+                (None, Some(r)) if r.stage == Some(RunStage::Memtest) => match &r.progress {
                     Some(pr) => (
                         (pr.fraction * 19.0) as u64,
                         format!(
@@ -439,7 +442,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
                         format!("memtest86+ starting ({}s)", vm.started.elapsed().as_secs()),
                     ),
                 },
-                (None, Some(r)) if r.stage.as_deref() == Some("linux") => match &r.progress {
+                (None, Some(r)) if r.stage == Some(RunStage::Linux) => match &r.progress {
                     Some(pr) => (
                         20 + (pr.fraction * 79.0) as u64,
                         format!(
@@ -526,28 +529,13 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         };
         let vm_ms = lab_start_ms + vm_start.duration_since(started).as_millis() as i64;
         let secs = |ms: Option<i64>| ms.map(|m| (m - vm_ms) as f64 / 1000.0);
-        let linux_started = match run_id {
-            Some(id) => rt.block_on(db.call(move |c| {
-                Ok(c.query_row(
-                    "SELECT started_ms FROM stages WHERE run_id = ?1 AND name = 'linux'",
-                    [id],
-                    |r| r.get::<_, Option<i64>>(0),
-                )?)
-            }))?,
-            None => None,
-        };
-        let memtest_done = match run_id {
-            Some(id) => rt.block_on(db.call(move |c| {
-                Ok(c.query_row(
-                    "SELECT finished_ms FROM stages WHERE run_id = ?1 AND name = 'memtest'",
-                    [id],
-                    |r| r.get::<_, Option<i64>>(0),
-                )
-                .ok()
-                .flatten())
-            }))?,
-            None => None,
-        };
+        let agent_started = detail.as_ref().and_then(|d| d.agent_started_ms);
+        let memtest_done = detail.as_ref().and_then(|d| {
+            d.stages
+                .iter()
+                .find(|s| s.name == Stage::Memtest)
+                .and_then(|s| s.finished_ms)
+        });
         let (memtest, memtest_passes) = match detail.as_ref().and_then(|d| d.memtest.as_ref()) {
             Some(m) => (
                 Some(if m.pass { "pass" } else { "fail" }.to_owned()),
@@ -577,12 +565,14 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
             memtest,
             memtest_passes,
             steps,
+            // A node without a verdict when the lab ends did not finish: incomplete.
             verdict: row
-                .and_then(|r| r.verdict.clone())
-                .unwrap_or_else(|| "incomplete".into()),
+                .and_then(|r| r.verdict)
+                .unwrap_or(Verdict::Incomplete)
+                .to_string(),
             faults: row.map(|r| r.faults.clone()).unwrap_or_default(),
             secs_to_memtest_verdict: secs(memtest_done),
-            secs_to_agent_report: secs(linux_started),
+            secs_to_agent_report: secs(agent_started),
             secs_to_verdict: secs(row.and_then(|r| r.finished_ms)),
         });
     }

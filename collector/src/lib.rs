@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod image;
 pub mod lab;
+pub mod lifecycle;
 pub mod memtest;
 pub mod server;
 pub mod store;

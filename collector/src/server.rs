@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::api::{AppState, router};
 use crate::config::Config;
-use crate::store::{Db, queries};
+use crate::lifecycle::{self, captures::Captures};
+use crate::store::Db;
 use crate::tokens;
 use crate::web::Pages;
 
@@ -50,7 +51,7 @@ impl Collector {
             pages: Arc::new(Pages::new()?),
             data: Arc::new(data.to_owned()),
             digests: Arc::new(crate::artifacts::Digests::default()),
-            watchers: Arc::new(crate::memtest::stage::Watchers::default()),
+            captures: Arc::new(crate::lifecycle::captures::Captures::default()),
         };
         Ok(Collector {
             state,
@@ -65,14 +66,20 @@ impl Collector {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let db = self.state.db.clone();
-        let restarted = db.call(|c| queries::restart_heartbeats(c)).await?;
+        let (restarted, memtests) = db.call(lifecycle::collector_started).await?;
         if restarted > 0 {
             tracing::info!(
                 runs = restarted,
                 "open runs get a fresh heartbeat window after the restart"
             );
         }
-        let monitor = tokio::spawn(monitor(db));
+        for run_id in memtests {
+            tracing::warn!(
+                run_id,
+                "memtest stage failed: the collector restarted while it ran"
+            );
+        }
+        let monitor = tokio::spawn(monitor(db, self.state.captures.clone()));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = axum::serve(listener, router(self.state)).with_graceful_shutdown(async move {
             shutdown.await;
@@ -117,15 +124,16 @@ fn admin_token_file(data: &Path) -> anyhow::Result<String> {
 }
 
 /// Fails runs whose agents went silent, every second.
-async fn monitor(db: Db) {
+async fn monitor(db: Db, captures: Arc<Captures>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         match db
-            .call(|c| queries::fail_lost_contact(c, crate::store::now_ms()))
+            .call(|c| lifecycle::lost_contact(c, crate::store::now_ms()))
             .await
         {
-            Ok(lost) => {
+            Ok((lost, ended)) => {
+                captures.stop(&ended);
                 for run_id in lost {
                     tracing::warn!(run_id, "run failed: lost contact with its agent");
                 }

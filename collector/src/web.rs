@@ -100,8 +100,8 @@ pub async fn dashboard(
     let count = |f: &dyn Fn(&queries::NodeRow) -> bool| all.iter().filter(|r| f(r)).count();
     let counts = context! {
         total => all.len(),
-        pass => count(&|r| matches!(r.verdict.as_deref(), Some("pass" | "degraded"))),
-        fail => count(&|r| matches!(r.verdict.as_deref(), Some("fail" | "error" | "incomplete"))),
+        pass => count(&|r| r.verdict.is_some_and(|v| v.is_good())),
+        fail => count(&|r| r.verdict.is_some_and(|v| !v.is_good())),
         running => count(&|r| r.run_id.is_some() && r.verdict.is_none()),
         never => count(&|r| r.run_id.is_none()),
     };

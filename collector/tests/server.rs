@@ -201,13 +201,20 @@ async fn events_are_stored_once_and_acknowledged_contiguously() {
         .unwrap();
     assert_eq!(plan["suite_text"], SUITE);
 
-    let ack: Value = post_events(&client, &server.base, &run, full_run())
+    let first: Vec<Event> = full_run().into_iter().take(3).collect();
+    let ack: Value = post_events(&client, &server.base, &run, first.clone())
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(ack["acked"], 5);
+    assert_eq!(ack["acked"], 3);
     // The same batch again (a retry after a lost answer): acknowledged, not duplicated.
+    let ack: Value = post_events(&client, &server.base, &run, first)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["acked"], 3);
     let ack: Value = post_events(&client, &server.base, &run, full_run())
         .await
         .json()
@@ -218,6 +225,10 @@ async fn events_are_stored_once_and_acknowledged_contiguously() {
     assert_eq!(detail["verdict"], "pass");
     assert_eq!(detail["log_lines"], 1);
     assert_eq!(detail["steps"].as_array().unwrap().len(), 1);
+    // Once the run has its verdict it is closed, even to its own agent's retries.
+    let r = post_events(&client, &server.base, &run, full_run()).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(run_json(&client, &server.base, run.run_id).await, detail);
 
     // A gap holds the acknowledgement back until it is filled.
     let run2 = register(&client, &server.base, 2, SUITE).await;
@@ -449,7 +460,8 @@ async fn a_silent_agent_fails_its_run_with_lost_contact() {
         assert!(Instant::now() < deadline, "never failed: {detail}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // A late RunFinished(pass) does not turn the lost run into a pass.
+    // A late RunFinished(pass) is refused (the run is closed) and changes nothing.
+    let before = run_json(&client, &server.base, run.run_id).await;
     let late = vec![ev(
         3,
         EventBody::RunFinished {
@@ -460,12 +472,9 @@ async fn a_silent_agent_fails_its_run_with_lost_contact() {
         post_events(&client, &server.base, &run, late)
             .await
             .status(),
-        200
+        409
     );
-    assert_eq!(
-        run_json(&client, &server.base, run.run_id).await["verdict"],
-        "fail"
-    );
+    assert_eq!(run_json(&client, &server.base, run.run_id).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -673,6 +682,17 @@ fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    // The suite's one step, so the collector's own verdict can be a pass.
+    reporter.emit(EventBody::StepFinished {
+        report: StepReport {
+            step: 0,
+            name: "tool".into(),
+            kind: "exec".into(),
+            outcome: Outcome::Pass,
+            metrics: vec![],
+            duration_ms: 1,
+        },
+    });
     reporter.emit(EventBody::RunFinished {
         verdict: Verdict::Pass,
     });
@@ -938,38 +958,40 @@ fn every_boot_script_matches_its_golden_copy_and_hostile_values_never_reach_one(
     golden("boot.ipxe", &boot);
     let (_, linux) = raw_get(&base, &format!("/ipxe?{q}"), "");
     golden("linux.ipxe", &untoken(&linux));
-    // Asking again while the agent has not started yet: the same stage with a fresh token.
-    let (_, again) = raw_get(&base, &format!("/ipxe?{q}"), "");
-    assert!(
-        again.contains("booting the kiln RAM image")
-            && untoken(&again) == untoken(&linux)
-            && again != linux
-    );
-
-    // The agent starts (the run's first event), then the node asks again: unexpected reboot.
-    // Only the latest boot's token is valid.
-    let token = again.split("kiln.token=").nth(1).unwrap()[..64].to_owned();
+    // The agent starts with the boot's token (the run's first event).
+    let token = linux.split("kiln.token=").nth(1).unwrap()[..64].to_owned();
     let client = reqwest::Client::new();
     let batch = EventBatch {
         events: full_run().into_iter().take(1).collect(),
     };
-    let r = rt
-        .block_on(
+    let post = |token: &str| {
+        rt.block_on(
             client
                 .post(format!("{base}/api/v1/runs/1/events"))
-                .bearer_auth(&token)
+                .bearer_auth(token)
                 .json(&batch)
                 .send(),
         )
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .unwrap()
+    };
+    assert_eq!(post(&token).status(), 200);
+    // Asking again within the Linux stage never issues a second token: the node rebooted (or
+    // its image did not boot), which fails the run, and its token is dead from then on.
     let (_, done) = raw_get(&base, &format!("/ipxe?{q}"), "");
+    assert!(!done.contains("kiln.token="), "{done}");
     golden("done-after-reboot.ipxe", &done);
     let detail = rt.block_on(run_json(&client, &base, 1));
     assert_eq!(detail["verdict"], "fail");
     assert!(
         detail["faults"].to_string().contains("unexpected reboot"),
         "{detail}"
+    );
+    let r = post(&token);
+    assert_eq!(r.status(), 409);
+    assert!(
+        rt.block_on(r.text())
+            .unwrap()
+            .contains("run 1 is finished (verdict fail)")
     );
 
     let admin = server.admin_token();

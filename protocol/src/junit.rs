@@ -28,6 +28,9 @@ pub struct JunitRun<'a> {
     pub expect: Option<&'a Outcome>,
     /// Steps that ran.
     pub steps: &'a [StepReport],
+    /// The collector's own findings on the run (a planned step without a result, the agent
+    /// disagreeing with the stored results): one failing `collector` testcase when any.
+    pub findings: &'a [String],
 }
 
 /// Renders the report.
@@ -40,6 +43,22 @@ pub fn render(run: &JunitRun<'_>) -> String {
         metrics: String,
     }
     let mut cases = Vec::new();
+    let collector = Outcome::Fail {
+        faults: run
+            .findings
+            .iter()
+            .map(|f| crate::wire::Fault::new("collector.finding", f.as_str()))
+            .collect(),
+    };
+    if !run.findings.is_empty() {
+        cases.push(Case {
+            name: "collector",
+            class: format!("{}.verdict", run.suite),
+            secs: 0.0,
+            outcome: &collector,
+            metrics: String::new(),
+        });
+    }
     if let Some(outcome) = run.expect {
         cases.push(Case {
             name: "expect",
@@ -253,9 +272,29 @@ mod tests {
             verdict: Verdict::Fail,
             expect: None,
             steps: &steps,
+            findings: &[],
         });
         assert!(
             xml.contains("tests=\"3\" failures=\"1\" errors=\"0\" skipped=\"1\""),
+            "{xml}"
+        );
+        assert!(!xml.contains("collector"), "{xml}");
+        let findings = ["agent reported pass, the collector computed incomplete".to_owned()];
+        let xml = render(&JunitRun {
+            suite: "s",
+            host: None,
+            serial: None,
+            agent: None,
+            started_ms: 0,
+            duration_ms: 20,
+            verdict: Verdict::Incomplete,
+            expect: None,
+            steps: &steps,
+            findings: &findings,
+        });
+        assert!(xml.contains("tests=\"4\" failures=\"2\""), "{xml}");
+        assert!(
+            xml.contains("<failure type=\"collector.finding\" message=\"agent reported pass, the collector computed incomplete\""),
             "{xml}"
         );
         assert!(

@@ -165,6 +165,17 @@ pub enum ReportMode {
     Badram,
 }
 
+impl ReportMode {
+    /// The name memtest86+'s `reportmode=` option and the suite both use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportMode::Address => "address",
+            ReportMode::Summary => "summary",
+            ReportMode::Badram => "badram",
+        }
+    }
+}
+
 /// One check, run in order. Write `name`, optionally `timeout`, and exactly one of
 /// `memory`, `cpu`, `disk`, `nic` or `exec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

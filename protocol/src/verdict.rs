@@ -44,6 +44,37 @@ impl Verdict {
     pub fn worst(self, other: Verdict) -> Verdict {
         self.max(other)
     }
+
+    /// Every verdict, best first.
+    pub const ALL: [Verdict; 5] = [
+        Verdict::Pass,
+        Verdict::Degraded,
+        Verdict::Incomplete,
+        Verdict::Error,
+        Verdict::Fail,
+    ];
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A verdict name that is none of the five.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown verdict {0:?}; expected pass, degraded, incomplete, error or fail")]
+pub struct UnknownVerdict(pub String);
+
+impl std::str::FromStr for Verdict {
+    type Err = UnknownVerdict;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Verdict::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| UnknownVerdict(s.to_owned()))
+    }
 }
 
 /// The verdict of a run of `planned` steps, from the outcomes of the steps that finished.
@@ -181,6 +212,16 @@ mod tests {
         assert_eq!(run_verdict(5, [&err], false), Verdict::Error);
         assert_eq!(run_verdict(2, [&degraded, &skip], true), Verdict::Degraded);
         assert_eq!(run_verdict(1, [&skip], true), Verdict::Pass);
+    }
+
+    #[test]
+    fn verdict_names_round_trip_and_unknown_names_are_refused() {
+        for v in Verdict::ALL {
+            assert_eq!(v.to_string().parse::<Verdict>(), Ok(v));
+            assert_eq!(serde_json::to_string(&v).unwrap(), format!("\"{v}\""));
+        }
+        assert!("PASS".parse::<Verdict>().is_err());
+        assert!("".parse::<Verdict>().is_err());
     }
 
     #[test]

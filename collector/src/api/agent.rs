@@ -1,4 +1,5 @@
-//! What agents call: register an ad-hoc run, fetch the plan, post inventory and events.
+//! What agents call: register an ad-hoc run, fetch the plan, post inventory and events. Each
+//! call on a run needs its token and the run open; what a post means is the lifecycle's.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -6,9 +7,9 @@ use kiln_protocol::wire::{
     BatchAck, EventBatch, Inventory, RegisterRequest, RegisterResponse, RunPlan, check_field,
 };
 
-use super::{ApiError, AppState, Json, RunAuth};
+use super::{ApiError, AppState, Json, RunAuth, closed};
 use crate::config::Registration;
-use crate::store::queries::{self, NewRun};
+use crate::lifecycle::{self, Ingested, NewRunOwned};
 use crate::tokens;
 
 pub(super) async fn register(
@@ -16,9 +17,19 @@ pub(super) async fn register(
     headers: HeaderMap,
     Json(req): Json<RegisterRequest>,
 ) -> Result<(StatusCode, axum::Json<RegisterResponse>), ApiError> {
-    if state.config.registration == Registration::Admin {
-        state.require_admin(&headers)?;
-    }
+    // Without the admin token a registration gets a node of its own (ad hoc); only an operator
+    // may attach a run to a known node. A token that is there must be the admin token.
+    let admin = match state.config.registration {
+        Registration::Admin => {
+            state.require_admin(&headers)?;
+            true
+        }
+        Registration::Open if tokens::bearer(&headers).is_some() => {
+            state.require_admin(&headers)?;
+            true
+        }
+        Registration::Open => false,
+    };
     req.identity
         .validate()
         .map_err(|e| ApiError::BadRequest(format!("identity: {e}")))?;
@@ -34,25 +45,17 @@ pub(super) async fn register(
     let (node_id, run_id) = state
         .db
         .call(move |c| {
-            let node_id =
-                queries::find_or_register_node(c, &req.identity, req.hostname.as_deref())?;
-            let run_id = queries::create_run(
-                c,
-                &NewRun {
-                    node_id,
-                    suite_name: &suite_name,
-                    suite_text: &req.suite_text,
-                    token_hash: &token_hash,
-                    stages: &["linux"],
-                    allow_destructive: false,
+            lifecycle::register(c, &req.identity, req.hostname.as_deref(), admin, |_| {
+                NewRunOwned {
+                    suite_name,
+                    suite_text: req.suite_text.clone(),
+                    token_hash,
                     heartbeat_secs,
-                    image_digest: None,
-                },
-            )?;
-            Ok((node_id, run_id))
+                }
+            })
         })
         .await?;
-    tracing::info!(node_id, run_id, "registered an ad-hoc run");
+    tracing::info!(node_id, run_id, admin, "registered an ad-hoc run");
     Ok((
         StatusCode::CREATED,
         axum::Json(RegisterResponse {
@@ -70,12 +73,11 @@ pub(super) async fn plan(
 ) -> Result<axum::Json<RunPlan>, ApiError> {
     let plan = state
         .db
-        .call(move |c| {
-            queries::touch_run(c, run_id)?;
-            queries::plan(c, run_id)
-        })
+        .call(move |c| lifecycle::plan(c, run_id))
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))?;
+        .ok_or_else(|| {
+            ApiError::Conflict(format!("run {run_id} is finished; it accepts nothing more"))
+        })?;
     Ok(axum::Json(plan))
 }
 
@@ -85,10 +87,15 @@ pub(super) async fn inventory(
     Json(inventory): Json<Inventory>,
 ) -> Result<StatusCode, ApiError> {
     validate_inventory(&inventory).map_err(|e| ApiError::BadRequest(format!("inventory: {e}")))?;
-    state
+    let stored = state
         .db
-        .call(move |c| queries::put_inventory(c, run_id, &inventory))
+        .call(move |c| lifecycle::put_inventory(c, run_id, &inventory))
         .await?;
+    if !stored {
+        return Err(ApiError::Conflict(format!(
+            "run {run_id} is finished; it accepts nothing more"
+        )));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -132,9 +139,13 @@ pub(super) async fn events(
     Json(batch): Json<EventBatch>,
 ) -> Result<axum::Json<BatchAck>, ApiError> {
     batch.validate().map_err(ApiError::BadRequest)?;
-    let acked = state
+    let (ingested, ended) = state
         .db
-        .call(move |c| queries::ingest(c, run_id, &batch))
+        .call(move |c| lifecycle::ingest(c, run_id, &batch))
         .await?;
-    Ok(axum::Json(BatchAck { acked }))
+    state.captures.stop(&ended);
+    match ingested {
+        Ingested::Acked(acked) => Ok(axum::Json(BatchAck { acked })),
+        Ingested::Closed(verdict) => Err(closed(run_id, verdict)),
+    }
 }

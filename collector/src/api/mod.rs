@@ -43,8 +43,8 @@ pub struct AppState {
     pub data: Arc<std::path::PathBuf>,
     /// Artifact digests.
     pub digests: Arc<crate::artifacts::Digests>,
-    /// Running memtest86+ captures.
-    pub watchers: Arc<crate::memtest::stage::Watchers>,
+    /// Running memtest86+ console captures.
+    pub captures: Arc<crate::lifecycle::captures::Captures>,
 }
 
 impl AppState {
@@ -107,6 +107,9 @@ pub enum ApiError {
     /// No such thing (404).
     #[error("{0}")]
     NotFound(String),
+    /// The thing is in a state that refuses the request (409): a finished run.
+    #[error("{0}")]
+    Conflict(String),
     /// Body over the limit (413).
     #[error("{0}")]
     TooLarge(String),
@@ -130,6 +133,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::Internal(err) => {
                 let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +209,8 @@ impl AppState {
         }
     }
 
-    /// Requires the token of run `run_id`: 401 without one, 403 with any other.
+    /// Requires the token of run `run_id` and the run open: 401 without a token, 403 with
+    /// any other, 409 once the run has its verdict (a finished run is closed).
     pub async fn require_run(&self, headers: &HeaderMap, run_id: i64) -> Result<(), ApiError> {
         let token = tokens::bearer(headers).ok_or_else(|| {
             ApiError::Unauthorized(
@@ -213,18 +218,26 @@ impl AppState {
             )
         })?;
         let hash = tokens::hash(token);
-        let stored = self
+        let access = self
             .db
-            .call(move |c| crate::store::queries::run_token_hash(c, run_id))
+            .call(move |c| crate::lifecycle::access(c, run_id, &hash))
             .await?;
-        match stored {
-            Some(stored) if tokens::equal(&stored, &hash) => Ok(()),
+        match access {
+            crate::lifecycle::RunAccess::Open => Ok(()),
+            crate::lifecycle::RunAccess::Closed(verdict) => Err(closed(run_id, verdict)),
             // Same answer whether the run exists or not: a token never learns about other runs.
-            _ => Err(ApiError::Forbidden(format!(
+            crate::lifecycle::RunAccess::Denied => Err(ApiError::Forbidden(format!(
                 "the token is not run {run_id}'s token"
             ))),
         }
     }
+}
+
+/// The answer to anything posted to a finished run.
+pub fn closed(run_id: i64, verdict: kiln_protocol::verdict::Verdict) -> ApiError {
+    ApiError::Conflict(format!(
+        "run {run_id} is finished (verdict {verdict}); it accepts nothing more"
+    ))
 }
 
 /// The caller holds run `.0`'s token. Checked before the body is read, so a caller without

@@ -4,6 +4,7 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::{Admin, ApiError, AppState, Json};
+use crate::lifecycle::{self, Mode};
 use crate::store::queries::{self, Label, Selector};
 
 /// Most rows one import may carry.
@@ -89,16 +90,18 @@ pub(super) async fn mode(
     _admin: Admin,
     Json(req): Json<ModeRequest>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    if !["verify", "local", "hold"].contains(&req.mode.as_str()) {
-        return Err(ApiError::BadRequest(format!(
+    let mode: Mode = req.mode.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
             "mode {:?}; expected verify, local or hold",
             req.mode
-        )));
-    }
-    let n = state
+        ))
+    })?;
+    // A node's open run ends (the operator interrupted it), and its capture with it.
+    let (n, ended) = state
         .db
-        .call(move |c| queries::set_mode(c, &req.select, &req.mode))
+        .call(move |c| lifecycle::set_mode(c, &req.select, mode))
         .await?;
+    state.captures.stop(&ended);
     Ok(axum::Json(serde_json::json!({ "nodes": n })))
 }
 

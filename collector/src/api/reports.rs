@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, AppState, Reader};
+use kiln_protocol::verdict::Verdict;
+
 use crate::store::queries::{self, Filter, NodeRow};
 
 /// Report query: `?rack=R12&verdict=fail&since=7d&format=csv`.
@@ -101,7 +103,7 @@ pub(super) async fn report(
 /// The report as CSV, one row per node.
 pub fn csv(rows: &[NodeRow]) -> String {
     let mut out = String::from(
-        "node_id,hostname,rack,slot,serial,macs,mode,run_id,suite,stage,verdict,faults\n",
+        "node_id,hostname,rack,slot,serial,macs,mode,ad_hoc,run_id,suite,stage,verdict,faults\n",
     );
     for r in rows {
         let fields = [
@@ -111,17 +113,16 @@ pub fn csv(rows: &[NodeRow]) -> String {
             r.slot.clone().unwrap_or_default(),
             r.serial.clone().unwrap_or_default(),
             r.macs.replace(',', " "),
-            r.mode.clone(),
+            r.mode.to_string(),
+            if r.ad_hoc { "yes" } else { "no" }.to_owned(),
             r.run_id.map(|i| i.to_string()).unwrap_or_default(),
             r.suite.clone().unwrap_or_default(),
-            r.stage.clone().unwrap_or_default(),
-            r.verdict.clone().unwrap_or_else(|| {
-                if r.run_id.is_some() {
-                    "running".into()
-                } else {
-                    String::new()
-                }
-            }),
+            r.stage.map(|s| s.to_string()).unwrap_or_default(),
+            match (r.verdict, r.run_id) {
+                (Some(v), _) => v.to_string(),
+                (None, Some(_)) => "running".into(),
+                (None, None) => String::new(),
+            },
             r.faults.join("; "),
         ];
         out.push_str(
@@ -186,9 +187,11 @@ pub(super) async fn junit(
         duration_ms: detail
             .finished_ms
             .map_or(0, |f| (f - detail.started_ms).max(0) as u64),
-        verdict: queries::parse_verdict(detail.verdict.as_deref()),
+        // A run without its verdict yet is not a pass.
+        verdict: detail.verdict.unwrap_or(Verdict::Incomplete),
         expect: detail.expect.as_ref(),
         steps: &detail.steps,
+        findings: &detail.findings,
     });
     Ok(([("content-type", "application/xml")], xml).into_response())
 }

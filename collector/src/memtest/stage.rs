@@ -1,37 +1,15 @@
 //! The memtest stage as the collector runs it: when a node is handed memtest86+, capture of
-//! its console starts; the verdict is stored with the final screen and raw bytes; then the
-//! node's power driver resets it into its next stage (Linux after a pass, the verdict after a
-//! fail).
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//! its console starts; the verdict is stored with the final screen and raw bytes — only while
+//! that run's memtest stage is still the running one — and only then does the node's power
+//! driver reset it into its next stage (Linux after a pass, the verdict after a fail).
 
 use kiln_protocol::suite::Memtest;
 
 use super::capture::{Rules, watch};
 use super::power::Action;
 use crate::api::AppState;
-use crate::store::boot as store;
-
-/// Running captures, by run, so an unexpected reboot can stop its capture.
-#[derive(Default)]
-pub struct Watchers {
-    running: Mutex<HashMap<i64, tokio::sync::watch::Sender<bool>>>,
-}
-
-impl Watchers {
-    /// Stops the capture of `run_id`, if one runs.
-    pub fn cancel(&self, run_id: i64) {
-        if let Some(tx) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&run_id)
-        {
-            let _ = tx.send(true);
-        }
-    }
-}
+use crate::lifecycle::{self, Applied, Stage};
+use crate::store::queries;
 
 /// Starts watching `run_id`'s memtest stage on `node_id`'s console; `Err` says why it cannot
 /// be watched (then the stage fails at once: a result that cannot be read is never a pass).
@@ -43,7 +21,7 @@ pub async fn start(
 ) -> Result<(), String> {
     let keys = state
         .db
-        .call(move |c| store::node_access_keys(c, node_id))
+        .call(move |c| queries::node_access_keys(c, node_id))
         .await
         .map_err(|e| format!("cannot read node {node_id}: {e}"))?;
     let access = state.config.access_for(&keys.0, keys.1.as_deref()).cloned();
@@ -61,7 +39,7 @@ pub async fn start(
         while live_rx.changed().await.is_ok() {
             let reading = live_rx.borrow_and_update().clone();
             if let Some(r) = reading {
-                let progress = crate::store::queries::Progress {
+                let progress = queries::Progress {
                     step: 0,
                     name: "memtest86+".into(),
                     fraction: f64::from(r.pass_pct.unwrap_or(0)) / 100.0,
@@ -74,7 +52,7 @@ pub async fn start(
                     )),
                 };
                 let _ = progress_db
-                    .call(move |c| store::memtest_progress(c, run_id, &progress))
+                    .call(move |c| lifecycle::memtest_progress(c, run_id, &progress))
                     .await;
             }
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -87,31 +65,33 @@ pub async fn start(
         skip_tests: memtest.skip_tests.clone(),
         live: Some(live_tx),
     };
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    state
-        .watchers
-        .running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(run_id, tx);
+    let stop = state.captures.register(run_id);
     let db = state.db.clone();
-    let watchers: Arc<Watchers> = state.watchers.clone();
+    let captures = state.captures.clone();
     let node = format!("node {node_id}");
     tokio::spawn(async move {
-        let finding = watch(console, rules, power.clone(), node.clone(), rx).await;
-        watchers
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&run_id);
+        let finding = watch(console, rules, power.clone(), node.clone(), stop).await;
+        captures.finished(run_id);
         tracing::info!(run_id, pass = finding.pass, detail = %finding.detail, "memtest86+ verdict");
         let stored = finding.clone();
-        if let Err(err) = db
-            .call(move |c| store::finish_memtest(c, run_id, &stored))
-            .await
-        {
-            tracing::error!(run_id, error = %err, "cannot store the memtest86+ verdict");
-            return;
+        let applied = db
+            .call(move |c| lifecycle::memtest_finished(c, run_id, &stored))
+            .await;
+        match applied {
+            Ok((Applied::Yes, ended)) => captures.stop(&ended),
+            Ok((Applied::Stale, _)) => {
+                // The stage ended some other way (reboot, timeout, operator): this finding
+                // belongs to nothing running now, and must not reset the node.
+                tracing::warn!(
+                    run_id,
+                    "memtest86+ finding dropped: its stage is no longer running"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::error!(run_id, error = %err, "cannot store the memtest86+ verdict");
+                return;
+            }
         }
         match power {
             Some(power) => {
@@ -119,7 +99,7 @@ pub async fn start(
                     tracing::error!(run_id, error = %format!("{err:#}"), "power driver failed; the node must be reset by hand");
                     let note = format!("power driver failed: {err:#}");
                     let _ = db
-                        .call(move |c| store::note_stage(c, run_id, "memtest", &note))
+                        .call(move |c| lifecycle::note_stage(c, run_id, Stage::Memtest, &note))
                         .await;
                 }
             }

@@ -2,7 +2,6 @@
 //! a bounded queue. Async handlers `call` it and await the answer, so none of them ever blocks
 //! a tokio worker on the database, and every write is serialized without lock contention.
 
-pub mod boot;
 pub mod queries;
 mod schema;
 

@@ -2,73 +2,12 @@
 //! inside [`super::Db::call`], on the database thread.
 
 use kiln_protocol::verdict::Verdict;
-use kiln_protocol::wire::{EventBatch, EventBody, Inventory, NodeIdentity, Outcome, StepReport};
+use kiln_protocol::wire::{Inventory, Outcome, StepReport};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::{StoreError, now_ms};
-
-/// Finds the node that owns any of `identity`'s UUID, serial or MACs (so a NIC swap keeps the
-/// history), or registers a new one; records MACs and identity fields it did not have.
-pub fn find_or_register_node(
-    conn: &mut Connection,
-    identity: &NodeIdentity,
-    hostname: Option<&str>,
-) -> Result<i64, StoreError> {
-    let tx = conn.transaction()?;
-    let now = now_ms();
-    let mut found: Option<i64> = None;
-    if let Some(uuid) = &identity.uuid {
-        found = tx
-            .query_row("SELECT id FROM nodes WHERE uuid = ?1", [uuid], |r| r.get(0))
-            .optional()?;
-    }
-    if found.is_none() {
-        for mac in &identity.macs {
-            found = tx
-                .query_row("SELECT node_id FROM node_macs WHERE mac = ?1", [mac], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if found.is_some() {
-                break;
-            }
-        }
-    }
-    if found.is_none() {
-        if let Some(serial) = &identity.serial {
-            found = tx
-                .query_row(
-                    "SELECT id FROM nodes WHERE serial = ?1 AND serial <> ''",
-                    [serial],
-                    |r| r.get(0),
-                )
-                .optional()?;
-        }
-    }
-    let id = match found {
-        Some(id) => {
-            tx.execute(
-                "UPDATE nodes SET last_seen_ms = ?2, uuid = COALESCE(uuid, ?3), serial = COALESCE(serial, ?4), hostname = COALESCE(?5, hostname) WHERE id = ?1",
-                params![id, now, identity.uuid, identity.serial, hostname],
-            )?;
-            id
-        }
-        None => {
-            tx.execute(
-                "INSERT INTO nodes (uuid, serial, hostname, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![identity.uuid, identity.serial, hostname, now],
-            )?;
-            tx.last_insert_rowid()
-        }
-    };
-    for mac in &identity.macs {
-        // A MAC seen on another node moves here: the card moved with it.
-        tx.execute("INSERT INTO node_macs (mac, node_id) VALUES (?1, ?2) ON CONFLICT(mac) DO UPDATE SET node_id = ?2", params![mac, id])?;
-    }
-    tx.commit()?;
-    Ok(id)
-}
+use crate::lifecycle::{Mode, RunStage, SqlVerdict, Stage, StageState};
 
 /// Stores a suite's text under its sha256 (once) and returns the digest.
 pub fn put_suite(conn: &Connection, name: &str, text: &str) -> Result<String, StoreError> {
@@ -89,128 +28,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// What a new run is.
-pub struct NewRun<'a> {
-    /// Node.
-    pub node_id: i64,
-    /// Suite name.
-    pub suite_name: &'a str,
-    /// Suite text.
-    pub suite_text: &'a str,
-    /// Hash of the run's token.
-    pub token_hash: &'a str,
-    /// Stages, in order (`memtest`, `linux`).
-    pub stages: &'a [&'a str],
-    /// Destructive disk steps allowed.
-    pub allow_destructive: bool,
-    /// Heartbeat the agent must keep.
-    pub heartbeat_secs: u64,
-    /// Digest of the RAM image the node boots, when network-booted.
-    pub image_digest: Option<&'a str>,
-}
-
-/// Creates a run with its stages pending; returns its id.
-pub fn create_run(conn: &mut Connection, run: &NewRun<'_>) -> Result<i64, StoreError> {
-    let tx = conn.transaction()?;
-    let sha = put_suite(&tx, run.suite_name, run.suite_text)?;
-    let now = now_ms();
-    let first = run.stages.first().copied().unwrap_or("linux");
-    tx.execute(
-        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, first, run.allow_destructive, run.heartbeat_secs as i64, now],
-    )?;
-    let id = tx.last_insert_rowid();
-    for stage in run.stages {
-        tx.execute(
-            "INSERT INTO stages (run_id, name, state) VALUES (?1, ?2, 'pending')",
-            params![id, stage],
-        )?;
-    }
-    tx.commit()?;
-    Ok(id)
-}
-
-/// The token hash of a run, if the run exists.
-pub fn run_token_hash(conn: &Connection, run_id: i64) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row("SELECT token_hash FROM runs WHERE id = ?1", [run_id], |r| {
-            r.get(0)
-        })
-        .optional()?)
-}
-
-/// Records that the run's agent was heard from now.
-pub fn touch_run(conn: &Connection, run_id: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE runs SET last_seen_ms = ?2 WHERE id = ?1",
-        params![run_id, now_ms()],
-    )?;
-    Ok(())
-}
-
-/// The plan an agent fetches.
-pub fn plan(
-    conn: &Connection,
-    run_id: i64,
-) -> Result<Option<kiln_protocol::wire::RunPlan>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT r.node_id, s.text, r.allow_destructive, r.heartbeat_secs FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1",
-            [run_id],
-            |r| {
-                Ok(kiln_protocol::wire::RunPlan {
-                    run_id,
-                    node_id: r.get(0)?,
-                    suite_text: r.get(1)?,
-                    allow_destructive: r.get(2)?,
-                    heartbeat_secs: r.get::<_, i64>(3)? as u64,
-                    after: "poweroff".into(),
-                })
-            },
-        )
-        .optional()?)
-}
-
-/// Stores the inventory an agent posted.
-pub fn put_inventory(
-    conn: &Connection,
-    run_id: i64,
-    inventory: &Inventory,
-) -> Result<(), StoreError> {
-    let json = serde_json::to_string(inventory).map_err(|source| StoreError::Corrupt {
-        what: "inventory",
-        source,
-    })?;
-    conn.execute(
-        "UPDATE runs SET inventory = ?2, last_seen_ms = ?3 WHERE id = ?1",
-        params![run_id, json, now_ms()],
-    )?;
-    Ok(())
-}
-
-fn event_kind(body: &EventBody) -> &'static str {
-    match body {
-        EventBody::RunStarted { .. } => "run_started",
-        EventBody::ExpectChecked { .. } => "expect_checked",
-        EventBody::StepStarted { .. } => "step_started",
-        EventBody::Progress { .. } => "progress",
-        EventBody::Log { .. } => "log",
-        EventBody::LogsDropped { .. } => "logs_dropped",
-        EventBody::StepFinished { .. } => "step_finished",
-        EventBody::RunFinished { .. } => "run_finished",
-    }
-}
-
-fn event_step(body: &EventBody) -> Option<u32> {
-    match body {
-        EventBody::StepStarted { step, .. } | EventBody::Progress { step, .. } => Some(*step),
-        EventBody::Log { step, .. } => *step,
-        EventBody::StepFinished { report } => Some(report.step),
-        _ => None,
-    }
-}
-
 /// Live progress shown on the dashboard.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
 pub struct Progress {
@@ -222,193 +39,6 @@ pub struct Progress {
     pub fraction: f64,
     /// Live metric.
     pub status: Option<String>,
-}
-
-/// Stores a batch, once per sequence number, applies what each new event means (stage
-/// state, step results, verdict), and returns the highest contiguous sequence now stored.
-pub fn ingest(conn: &mut Connection, run_id: i64, batch: &EventBatch) -> Result<u64, StoreError> {
-    let tx = conn.transaction()?;
-    let now = now_ms();
-    let (mut acked, mut progress): (i64, Option<String>) = tx.query_row(
-        "SELECT acked_seq, progress FROM runs WHERE id = ?1",
-        [run_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let mut current: Progress = progress
-        .as_deref()
-        .and_then(|p| serde_json::from_str(p).ok())
-        .unwrap_or_default();
-    for event in &batch.events {
-        let body = serde_json::to_string(&event.body).map_err(|source| StoreError::Corrupt {
-            what: "event",
-            source,
-        })?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO events (run_id, seq, at_ms, kind, step, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![run_id, event.seq as i64, event.at_ms as i64, event_kind(&event.body), event_step(&event.body), body],
-        )?;
-        if inserted == 0 {
-            continue; // a resent event: stored already, its effects applied already
-        }
-        match &event.body {
-            EventBody::RunStarted { .. } => {
-                tx.execute(
-                    "UPDATE stages SET state = 'running', started_ms = ?2 WHERE run_id = ?1 AND name = 'linux' AND state = 'pending'",
-                    params![run_id, now],
-                )?;
-                // An earlier stage (memtest) that is not done by now never finished cleanly.
-                tx.execute("UPDATE runs SET stage = 'linux' WHERE id = ?1", [run_id])?;
-            }
-            EventBody::ExpectChecked { outcome } => {
-                let json =
-                    serde_json::to_string(outcome).map_err(|source| StoreError::Corrupt {
-                        what: "outcome",
-                        source,
-                    })?;
-                tx.execute(
-                    "UPDATE runs SET expect = ?2 WHERE id = ?1",
-                    params![run_id, json],
-                )?;
-            }
-            EventBody::StepStarted { step, name, .. } => {
-                current = Progress {
-                    step: *step,
-                    name: name.clone(),
-                    fraction: 0.0,
-                    status: None,
-                };
-                progress = Some(String::new());
-            }
-            EventBody::Progress {
-                step,
-                fraction,
-                status,
-            } => {
-                if *step == current.step {
-                    current.fraction = *fraction;
-                    current.status = status.clone();
-                    progress = Some(String::new());
-                }
-            }
-            EventBody::StepFinished { report } => {
-                let json = serde_json::to_string(report).map_err(|source| StoreError::Corrupt {
-                    what: "step",
-                    source,
-                })?;
-                tx.execute(
-                    "INSERT OR REPLACE INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![run_id, report.step, report.name, report.kind, report.outcome.name(), json],
-                )?;
-                if report.step == current.step {
-                    current.fraction = 1.0;
-                    progress = Some(String::new());
-                }
-            }
-            EventBody::RunFinished { verdict } => {
-                tx.execute(
-                    "UPDATE stages SET state = 'done', verdict = ?2, finished_ms = ?3 WHERE run_id = ?1 AND name = 'linux'",
-                    params![run_id, verdict.name(), now],
-                )?;
-                conclude(&tx, run_id, now)?;
-            }
-            EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}
-        }
-    }
-    if progress.is_some() {
-        let json = serde_json::to_string(&current).map_err(|source| StoreError::Corrupt {
-            what: "progress",
-            source,
-        })?;
-        tx.execute(
-            "UPDATE runs SET progress = ?2 WHERE id = ?1",
-            params![run_id, json],
-        )?;
-    }
-    // Advance the acknowledgement over every contiguous stored sequence number.
-    {
-        let mut stmt = tx
-            .prepare_cached("SELECT seq FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq")?;
-        let mut rows = stmt.query(params![run_id, acked])?;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            if seq != acked + 1 {
-                break;
-            }
-            acked = seq;
-        }
-    }
-    tx.execute(
-        "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
-        params![run_id, acked, now],
-    )?;
-    tx.commit()?;
-    Ok(acked as u64)
-}
-
-/// Sets a run's verdict once every stage is done: the worst stage verdict.
-pub(crate) fn conclude(conn: &Connection, run_id: i64, now: i64) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT state, verdict FROM stages WHERE run_id = ?1")?;
-    let stages: Vec<(String, Option<String>)> = stmt
-        .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    if stages.iter().any(|(state, _)| state != "done") {
-        return Ok(());
-    }
-    let verdict = stages
-        .iter()
-        .map(|(_, v)| parse_verdict(v.as_deref()))
-        .fold(Verdict::Pass, Verdict::worst);
-    conn.execute(
-        "UPDATE runs SET verdict = ?2, finished_ms = ?3, stage = 'done' WHERE id = ?1 AND verdict IS NULL",
-        params![run_id, verdict.name(), now],
-    )?;
-    Ok(())
-}
-
-/// Reads a stored verdict; anything unknown counts as incomplete, never as a pass.
-pub fn parse_verdict(text: Option<&str>) -> Verdict {
-    match text {
-        Some("pass") => Verdict::Pass,
-        Some("degraded") => Verdict::Degraded,
-        Some("fail") => Verdict::Fail,
-        Some("error") => Verdict::Error,
-        _ => Verdict::Incomplete,
-    }
-}
-
-/// Fails every open run whose agent has been silent longer than its heartbeat timeout;
-/// returns their ids.
-pub fn fail_lost_contact(conn: &mut Connection, now: i64) -> Result<Vec<i64>, StoreError> {
-    let tx = conn.transaction()?;
-    let lost: Vec<(i64, i64)> = {
-        let mut stmt = tx.prepare(
-            "SELECT id, heartbeat_secs FROM runs WHERE verdict IS NULL AND stage = 'linux' AND last_seen_ms < ?1 - heartbeat_secs * 1000",
-        )?;
-        stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?
-    };
-    for (id, secs) in &lost {
-        let reason = format!("lost contact: no word from the agent for over {secs}s");
-        tx.execute(
-            "UPDATE stages SET state = 'done', verdict = 'fail', detail = ?2, finished_ms = ?3 WHERE run_id = ?1 AND state <> 'done'",
-            params![id, reason, now],
-        )?;
-        tx.execute(
-            "UPDATE runs SET verdict = 'fail', verdict_reason = ?2, finished_ms = ?3, stage = 'done' WHERE id = ?1",
-            params![id, reason, now],
-        )?;
-    }
-    tx.commit()?;
-    Ok(lost.into_iter().map(|(id, _)| id).collect())
-}
-
-/// After a collector restart, open runs get a fresh heartbeat window: the collector's own
-/// downtime is not the agents' silence.
-pub fn restart_heartbeats(conn: &Connection) -> Result<usize, StoreError> {
-    Ok(conn.execute(
-        "UPDATE runs SET last_seen_ms = ?1 WHERE verdict IS NULL",
-        [now_ms()],
-    )?)
 }
 
 /// A node with its latest run, as reports and the dashboard show it.
@@ -429,15 +59,17 @@ pub struct NodeRow {
     /// MACs, comma-separated.
     pub macs: String,
     /// Mode.
-    pub mode: String,
+    pub mode: Mode,
+    /// Registered without the admin token: a node of its own, never one of the known ones.
+    pub ad_hoc: bool,
     /// Latest run.
     pub run_id: Option<i64>,
     /// Its suite.
     pub suite: Option<String>,
     /// Its stage.
-    pub stage: Option<String>,
+    pub stage: Option<RunStage>,
     /// Its verdict (none while running).
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     /// Why, for a verdict set by the collector (lost contact).
     pub verdict_reason: Option<String>,
     /// Live progress.
@@ -466,47 +98,67 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
     let mut stmt = conn.prepare_cached(
         "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
                 (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
-                r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect
+                r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
+                n.ad_hoc, n.claimed, r.findings
          FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)
          WHERE (?1 IS NULL OR n.rack = ?1)
-           AND (?2 IS NULL OR (?2 = 'running' AND r.id IS NOT NULL AND r.verdict IS NULL) OR r.verdict = ?2)
+           AND (?2 IS NULL OR r.verdict = ?2)
+           AND (?4 = 0 OR (r.id IS NOT NULL AND r.verdict IS NULL))
            AND (?3 IS NULL OR r.started_ms >= ?3)
          ORDER BY n.rack, n.slot, n.id",
     )?;
-    let rows = stmt.query_map(params![filter.rack, filter.verdict, filter.since_ms], |r| {
-        let progress: Option<String> = r.get(13)?;
-        let expect: Option<String> = r.get(16)?;
-        Ok((
-            NodeRow {
-                node_id: r.get(0)?,
-                hostname: r.get(1)?,
-                rack: r.get(2)?,
-                slot: r.get(3)?,
-                serial: r.get(4)?,
-                uuid: r.get(5)?,
-                mode: r.get(6)?,
-                macs: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                run_id: r.get(8)?,
-                suite: r.get(9)?,
-                stage: r.get(10)?,
-                verdict: r.get(11)?,
-                verdict_reason: r.get(12)?,
-                progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
-                faults: Vec::new(),
-                started_ms: r.get(14)?,
-                finished_ms: r.get(15)?,
-            },
-            expect,
-        ))
-    })?;
+    // `running` is no verdict: it selects runs that have none yet.
+    let running = filter.verdict.as_deref() == Some("running");
+    let verdict = filter.verdict.as_deref().filter(|_| !running);
+    let rows = stmt.query_map(
+        params![filter.rack, verdict, filter.since_ms, running],
+        |r| {
+            let progress: Option<String> = r.get(13)?;
+            let expect: Option<String> = r.get(16)?;
+            let findings: Option<String> = r.get(19)?;
+            // An ad-hoc node shows the MACs it claimed, which it does not own.
+            let claimed: Option<String> = r.get(18)?;
+            let claimed_macs = claimed
+                .and_then(|c| serde_json::from_str::<kiln_protocol::wire::NodeIdentity>(&c).ok())
+                .map(|i| i.macs.join(","));
+            Ok((
+                NodeRow {
+                    node_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    rack: r.get(2)?,
+                    slot: r.get(3)?,
+                    serial: r.get(4)?,
+                    uuid: r.get(5)?,
+                    mode: r.get(6)?,
+                    macs: r
+                        .get::<_, Option<String>>(7)?
+                        .or(claimed_macs)
+                        .unwrap_or_default(),
+                    ad_hoc: r.get(17)?,
+                    run_id: r.get(8)?,
+                    suite: r.get(9)?,
+                    stage: r.get(10)?,
+                    verdict: r.get::<_, Option<SqlVerdict>>(11)?.map(|v| v.0),
+                    verdict_reason: r.get(12)?,
+                    progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
+                    faults: Vec::new(),
+                    started_ms: r.get(14)?,
+                    finished_ms: r.get(15)?,
+                },
+                expect,
+                findings,
+            ))
+        },
+    )?;
     let mut out = Vec::new();
     for row in rows {
-        let (mut row, expect) = row?;
+        let (mut row, expect, findings) = row?;
         if let Some(run_id) = row.run_id {
             row.faults = run_faults(
                 conn,
                 run_id,
                 expect.as_deref(),
+                findings.as_deref(),
                 row.verdict_reason.as_deref(),
             )?;
         }
@@ -515,24 +167,41 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
     Ok(out)
 }
 
-/// One line per fault of a run: `expect:` differences, failed steps' faults, errors, and the
-/// collector's own verdict reason.
+/// One line per fault of a run: the collector's own findings (missing results, the agent
+/// disagreeing), `expect:` differences, failed steps' faults, errors, failed stages, and the
+/// collector's verdict reason.
 fn run_faults(
     conn: &Connection,
     run_id: i64,
     expect: Option<&str>,
+    findings: Option<&str>,
     reason: Option<&str>,
 ) -> Result<Vec<String>, StoreError> {
-    let mut lines = Vec::new();
+    let mut lines: Vec<String> = match findings {
+        Some(f) => serde_json::from_str(f).map_err(|source| StoreError::Corrupt {
+            what: "findings",
+            source,
+        })?,
+        None => Vec::new(),
+    };
     if let Some(Outcome::Fail { faults }) =
         expect.and_then(|e| serde_json::from_str::<Outcome>(e).ok())
     {
         lines.extend(faults.into_iter().map(|f| format!("expect: {}", f.message)));
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT report FROM steps WHERE run_id = ?1 AND outcome IN ('fail', 'error') ORDER BY step",
+        "SELECT report FROM steps WHERE run_id = ?1 AND outcome IN (?2, ?3) ORDER BY step",
     )?;
-    for report in stmt.query_map([run_id], |r| r.get::<_, String>(0))? {
+    let failed = (
+        Outcome::Fail { faults: vec![] }.name(),
+        Outcome::Error {
+            message: String::new(),
+        }
+        .name(),
+    );
+    for report in stmt.query_map(params![run_id, failed.0, failed.1], |r| {
+        r.get::<_, String>(0)
+    })? {
         let report: StepReport =
             serde_json::from_str(&report?).map_err(|source| StoreError::Corrupt {
                 what: "step",
@@ -548,17 +217,21 @@ fn run_faults(
             _ => {}
         }
     }
-    let mut stmt = conn.prepare_cached("SELECT name, detail FROM stages WHERE run_id = ?1 AND verdict = 'fail' AND detail IS NOT NULL")?;
-    for row in stmt.query_map([run_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, detail FROM stages WHERE run_id = ?1 AND verdict = ?2 AND detail IS NOT NULL",
+    )?;
+    for row in stmt.query_map(params![run_id, SqlVerdict(Verdict::Fail)], |r| {
+        Ok((r.get::<_, Stage>(0)?, r.get::<_, String>(1)?))
     })? {
         let (stage, detail) = row?;
-        if Some(detail.as_str()) != reason {
+        if Some(detail.as_str()) != reason && !lines.contains(&detail) {
             lines.push(format!("{stage}: {detail}"));
         }
     }
     if let Some(reason) = reason {
-        lines.push(reason.to_owned());
+        if !lines.iter().any(|l| l == reason) {
+            lines.push(reason.to_owned());
+        }
     }
     Ok(lines)
 }
@@ -577,13 +250,17 @@ pub struct RunDetail {
     /// Image digest.
     pub image_digest: Option<String>,
     /// Stage.
-    pub stage: String,
-    /// Verdict.
-    pub verdict: Option<String>,
+    pub stage: RunStage,
+    /// Verdict: the collector's, from what it stored.
+    pub verdict: Option<Verdict>,
+    /// The verdict the agent reported, when it did (compared, never trusted).
+    pub agent_verdict: Option<Verdict>,
     /// Collector's reason for the verdict.
     pub verdict_reason: Option<String>,
     /// Start.
     pub started_ms: i64,
+    /// When the agent reported it started.
+    pub agent_started_ms: Option<i64>,
     /// End.
     pub finished_ms: Option<i64>,
     /// Stages.
@@ -596,75 +273,87 @@ pub struct RunDetail {
     pub inventory: Option<Inventory>,
     /// Faults, one line each.
     pub faults: Vec<String>,
+    /// The collector's own findings (also among the faults): missing results, disagreements.
+    pub findings: Vec<String>,
     /// Number of log lines stored.
     pub log_lines: i64,
     /// What memtest86+ showed, when the run had that stage.
-    pub memtest: Option<super::boot::MemtestResult>,
+    pub memtest: Option<MemtestResult>,
 }
 
 /// A stage of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageRow {
-    /// `memtest` or `linux`.
-    pub name: String,
-    /// `pending`, `running`, `done`.
-    pub state: String,
+    /// Which stage.
+    pub name: Stage,
+    /// Where it is.
+    pub state: StageState,
     /// Verdict.
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     /// Detail text.
     pub detail: Option<String>,
+    /// When it was handed to the node.
+    pub started_ms: Option<i64>,
+    /// When it got its verdict.
+    pub finished_ms: Option<i64>,
 }
 
 /// A run's detail, or `None`.
 pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT node_id, suite_name, suite_sha256, image_digest, stage, verdict, verdict_reason, started_ms, finished_ms, expect, inventory FROM runs WHERE id = ?1",
+            "SELECT node_id, suite_name, suite_sha256, image_digest, stage, verdict, verdict_reason, started_ms, finished_ms, expect, inventory, findings, agent_verdict, agent_started_ms FROM runs WHERE id = ?1",
             [run_id],
             |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, Option<i64>>(8)?,
+                    RunDetail {
+                        run_id,
+                        node_id: r.get(0)?,
+                        suite: r.get(1)?,
+                        suite_sha256: r.get(2)?,
+                        image_digest: r.get(3)?,
+                        stage: r.get(4)?,
+                        verdict: r.get::<_, Option<SqlVerdict>>(5)?.map(|v| v.0),
+                        agent_verdict: r.get::<_, Option<SqlVerdict>>(12)?.map(|v| v.0),
+                        verdict_reason: r.get(6)?,
+                        started_ms: r.get(7)?,
+                        agent_started_ms: r.get(13)?,
+                        finished_ms: r.get(8)?,
+                        stages: Vec::new(),
+                        expect: None,
+                        steps: Vec::new(),
+                        inventory: None,
+                        faults: Vec::new(),
+                        findings: Vec::new(),
+                        log_lines: 0,
+                        memtest: None,
+                    },
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,
+                    r.get::<_, Option<String>>(11)?,
                 ))
             },
         )
         .optional()?;
-    let Some((
-        node_id,
-        suite,
-        suite_sha256,
-        image_digest,
-        stage,
-        verdict,
-        verdict_reason,
-        started_ms,
-        finished_ms,
-        expect,
-        inventory,
-    )) = row
-    else {
+    let Some((mut detail, expect, inventory, findings)) = row else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached("SELECT name, state, verdict, detail FROM stages WHERE run_id = ?1 ORDER BY CASE name WHEN 'memtest' THEN 0 ELSE 1 END")?;
-    let stages = stmt
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, state, verdict, detail, started_ms, finished_ms FROM stages WHERE run_id = ?1",
+    )?;
+    let mut stages: Vec<StageRow> = stmt
         .query_map([run_id], |r| {
             Ok(StageRow {
                 name: r.get(0)?,
                 state: r.get(1)?,
-                verdict: r.get(2)?,
+                verdict: r.get::<_, Option<SqlVerdict>>(2)?.map(|v| v.0),
                 detail: r.get(3)?,
+                started_ms: r.get(4)?,
+                finished_ms: r.get(5)?,
             })
         })?
         .collect::<Result<_, _>>()?;
+    stages.sort_by_key(|s| Stage::ALL.iter().position(|x| *x == s.name));
     let mut stmt =
         conn.prepare_cached("SELECT report FROM steps WHERE run_id = ?1 ORDER BY step")?;
     let steps = stmt
@@ -678,31 +367,79 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
             })
         })
         .collect::<Result<_, _>>()?;
-    let log_lines = conn.query_row(
-        "SELECT count(*) FROM events WHERE run_id = ?1 AND kind = 'log'",
-        [run_id],
+    detail.log_lines = conn.query_row(
+        "SELECT count(*) FROM events WHERE run_id = ?1 AND kind = ?2",
+        params![run_id, "log"],
         |r| r.get(0),
     )?;
-    let faults = run_faults(conn, run_id, expect.as_deref(), verdict_reason.as_deref())?;
-    Ok(Some(RunDetail {
+    detail.faults = run_faults(
+        conn,
         run_id,
-        node_id,
-        suite,
-        suite_sha256,
-        image_digest,
-        stage,
-        verdict,
-        verdict_reason,
-        started_ms,
-        finished_ms,
-        stages,
-        expect: expect.and_then(|e| serde_json::from_str(&e).ok()),
-        steps,
-        inventory: inventory.and_then(|i| serde_json::from_str(&i).ok()),
-        faults,
-        log_lines,
-        memtest: super::boot::memtest_result(conn, run_id)?,
-    }))
+        expect.as_deref(),
+        findings.as_deref(),
+        detail.verdict_reason.as_deref(),
+    )?;
+    if let Some(f) = &findings {
+        detail.findings = serde_json::from_str(f).map_err(|source| StoreError::Corrupt {
+            what: "findings",
+            source,
+        })?;
+    }
+    detail.stages = stages;
+    detail.steps = steps;
+    detail.expect = expect.and_then(|e| serde_json::from_str(&e).ok());
+    detail.inventory = inventory.and_then(|i| serde_json::from_str(&i).ok());
+    detail.memtest = memtest_result(conn, run_id)?;
+    Ok(Some(detail))
+}
+
+/// What memtest86+ showed for a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemtestResult {
+    /// Passed?
+    pub pass: bool,
+    /// Why.
+    pub detail: String,
+    /// Reading (JSON).
+    pub reading: Option<serde_json::Value>,
+    /// Final screen.
+    pub screen: String,
+    /// Raw bytes kept.
+    pub raw_bytes: i64,
+    /// Seconds to the verdict.
+    pub secs: i64,
+}
+
+/// The memtest result of a run, if any.
+pub fn memtest_result(conn: &Connection, run_id: i64) -> Result<Option<MemtestResult>, StoreError> {
+    Ok(conn
+        .query_row("SELECT pass, detail, reading, screen, length(raw), secs FROM memtest_results WHERE run_id = ?1", [run_id], |r| {
+            let reading: Option<String> = r.get(2)?;
+            Ok(MemtestResult {
+                pass: r.get(0)?,
+                detail: r.get(1)?,
+                reading: reading.and_then(|t| serde_json::from_str(&t).ok()),
+                screen: r.get(3)?,
+                raw_bytes: r.get(4)?,
+                secs: r.get(5)?,
+            })
+        })
+        .optional()?)
+}
+
+/// MACs and rack of a node (to find its console and power).
+pub fn node_access_keys(
+    conn: &Connection,
+    node_id: i64,
+) -> Result<(Vec<String>, Option<String>), StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT mac FROM node_macs WHERE node_id = ?1")?;
+    let macs = stmt
+        .query_map([node_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let rack = conn.query_row("SELECT rack FROM nodes WHERE id = ?1", [node_id], |r| {
+        r.get(0)
+    })?;
+    Ok((macs, rack))
 }
 
 /// A stored log line.
@@ -721,9 +458,9 @@ pub struct LogLine {
 /// The last `limit` log lines of a run, oldest first.
 pub fn run_logs(conn: &Connection, run_id: i64, limit: i64) -> Result<Vec<LogLine>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, at_ms, step, body FROM (SELECT * FROM events WHERE run_id = ?1 AND kind IN ('log', 'logs_dropped') ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+        "SELECT seq, at_ms, step, body FROM (SELECT * FROM events WHERE run_id = ?1 AND kind IN (?3, ?4) ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
     )?;
-    let rows = stmt.query_map(params![run_id, limit], |r| {
+    let rows = stmt.query_map(params![run_id, limit, "log", "logs_dropped"], |r| {
         let body: String = r.get(3)?;
         Ok(LogLine {
             seq: r.get(0)?,
@@ -743,7 +480,7 @@ pub struct RunSummary {
     /// Suite name.
     pub suite: String,
     /// Verdict, none while running.
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     /// Start.
     pub started_ms: i64,
     /// End.
@@ -757,7 +494,7 @@ pub fn node_runs(conn: &Connection, node_id: i64) -> Result<Vec<RunSummary>, Sto
         Ok(RunSummary {
             run_id: r.get(0)?,
             suite: r.get(1)?,
-            verdict: r.get(2)?,
+            verdict: r.get::<_, Option<SqlVerdict>>(2)?.map(|v| v.0),
             started_ms: r.get(3)?,
             finished_ms: r.get(4)?,
         })
@@ -834,27 +571,19 @@ pub enum Selector {
     All(bool),
 }
 
-fn select_sql(selector: &Selector) -> (&'static str, rusqlite::types::Value) {
+/// The `WHERE` clause (`?1` bound to the value) that selects what `selector` names.
+pub(crate) fn select_sql(selector: &Selector) -> (&'static str, rusqlite::types::Value) {
     use rusqlite::types::Value;
     match selector {
-        Selector::Rack(r) => ("rack = ?2", Value::Text(r.clone())),
+        Selector::Rack(r) => ("rack = ?1", Value::Text(r.clone())),
         Selector::Mac(m) => (
-            "id IN (SELECT node_id FROM node_macs WHERE mac = ?2)",
+            "id IN (SELECT node_id FROM node_macs WHERE mac = ?1)",
             Value::Text(m.clone()),
         ),
-        Selector::Node(id) => ("id = ?2", Value::Integer(*id)),
-        Selector::All(_) => ("?2 IS NOT NULL", Value::Integer(1)),
+        Selector::Node(id) => ("id = ?1", Value::Integer(*id)),
+        // `{"all": false}` selects nothing: only an explicit true means every node.
+        Selector::All(all) => ("?1 = 1", Value::Integer(i64::from(*all))),
     }
-}
-
-/// Sets the mode of the selected nodes; returns how many.
-pub fn set_mode(conn: &Connection, selector: &Selector, mode: &str) -> Result<usize, StoreError> {
-    let (clause, value) = select_sql(selector);
-    // Setting verify (again) arms the nodes: their next boot starts a new run.
-    Ok(conn.execute(
-        &format!("UPDATE nodes SET mode = ?1, armed_ms = CASE WHEN ?1 = 'verify' THEN ?3 ELSE armed_ms END WHERE {clause}"),
-        params![mode, value, now_ms()],
-    )?)
 }
 
 /// Assigns a suite (by name) to the selected nodes; for a rack also records it as the rack's
@@ -869,8 +598,8 @@ pub fn assign_suite(
     }
     let (clause, value) = select_sql(selector);
     Ok(conn.execute(
-        &format!("UPDATE nodes SET suite = ?1 WHERE {clause}"),
-        params![suite, value],
+        &format!("UPDATE nodes SET suite = ?2 WHERE {clause}"),
+        params![value, suite],
     )?)
 }
 

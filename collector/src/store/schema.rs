@@ -99,6 +99,15 @@ const MIGRATIONS: &[&str] = &[
         secs INTEGER NOT NULL,
         finished_ms INTEGER NOT NULL
     );",
+    // 4: the collector computes verdicts itself: the agent's verdict kept beside it, the
+    // collector's own findings, when the agent started; ad-hoc nodes (unauthenticated
+    // registration) kept apart from known ones; MACs found by node.
+    "ALTER TABLE runs ADD COLUMN agent_verdict TEXT;
+     ALTER TABLE runs ADD COLUMN findings TEXT;
+     ALTER TABLE runs ADD COLUMN agent_started_ms INTEGER;
+     ALTER TABLE nodes ADD COLUMN ad_hoc INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN claimed TEXT;
+     CREATE INDEX node_macs_node ON node_macs(node_id);",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.

@@ -1,0 +1,81 @@
+//! Running console captures, one per run's memtest stage. Every transition that ends a stage
+//! hands its [`Ended`] here, so a capture never outlives its stage: two captures never run for
+//! one node, and an old one can never reset a node in the middle of its next run.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use super::{Ended, Stage};
+
+/// The registry.
+#[derive(Default)]
+pub struct Captures {
+    running: Mutex<HashMap<i64, watch::Sender<bool>>>,
+}
+
+impl Captures {
+    /// Registers the capture of `run_id`'s memtest stage; the receiver turns `true` when the
+    /// stage ends some other way. A capture already registered for the run is stopped.
+    pub fn register(&self, run_id: i64) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        if let Some(old) = self.lock().insert(run_id, tx) {
+            let _ = old.send(true);
+        }
+        rx
+    }
+
+    /// Stops the captures of the stages `ended` lists.
+    pub fn stop(&self, ended: &Ended) {
+        for (run_id, stage) in &ended.0 {
+            if *stage == Stage::Memtest {
+                if let Some(tx) = self.lock().remove(run_id) {
+                    tracing::info!(run_id, "memtest stage ended: its console capture stops");
+                    let _ = tx.send(true);
+                }
+            }
+        }
+    }
+
+    /// The capture of `run_id` ended by itself.
+    pub fn finished(&self, run_id: i64) {
+        self.lock().remove(&run_id);
+    }
+
+    /// How many captures run.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, watch::Sender<bool>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_memtest_stage_stops_its_capture_and_nothing_else() {
+        let captures = Captures::default();
+        let one = captures.register(1);
+        let two = captures.register(2);
+        captures.stop(&Ended(vec![(1, Stage::Linux)]));
+        assert!(!*one.borrow());
+        captures.stop(&Ended(vec![(1, Stage::Memtest)]));
+        assert!(*one.borrow());
+        assert!(!*two.borrow());
+        assert_eq!(captures.len(), 1);
+        // A second registration for a run stops the first.
+        let again = captures.register(2);
+        assert!(*two.borrow());
+        assert!(!*again.borrow());
+    }
+}

@@ -1,0 +1,134 @@
+//! Which node a request is about: one rule, used by network boot and by registration.
+//!
+//! The rule: the SMBIOS UUID first (the board's own identity), then any MAC (NIC swaps keep
+//! the history through the UUID; a board without a UUID is known by its NICs), then the serial
+//! (a node imported or seen only by its serial). Ad-hoc nodes — created by unauthenticated
+//! registration — are never found by it: they can only ever be themselves.
+
+use kiln_protocol::wire::NodeIdentity;
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::store::{StoreError, now_ms};
+
+/// How far a request may go in claiming identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A node network-booting: found by the rule, or registered; it adds the MACs, UUID and
+    /// serial no other node owns, and never takes one from another node.
+    Boot,
+    /// An operator (admin token): found by the rule, or registered; a MAC another node had
+    /// moves to this one (the NIC moved with it).
+    Admin,
+}
+
+/// The node `identity` names by the lookup rule, if any.
+pub fn find(tx: &Transaction<'_>, identity: &NodeIdentity) -> Result<Option<i64>, StoreError> {
+    if let Some(uuid) = &identity.uuid {
+        let found = tx
+            .query_row(
+                "SELECT id FROM nodes WHERE uuid = ?1 AND ad_hoc = 0",
+                [uuid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    for mac in &identity.macs {
+        let found = tx
+            .query_row(
+                "SELECT m.node_id FROM node_macs m JOIN nodes n ON n.id = m.node_id WHERE m.mac = ?1 AND n.ad_hoc = 0",
+                [mac],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    if let Some(serial) = identity.serial.as_deref().filter(|s| !s.is_empty()) {
+        let found = tx
+            .query_row(
+                "SELECT id FROM nodes WHERE serial = ?1 AND ad_hoc = 0 ORDER BY id LIMIT 1",
+                [serial],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// Finds the node by the rule or registers it; returns its id and whether it is new. Records
+/// the identity fields the node did not have, as `claim` allows.
+pub fn find_or_register(
+    tx: &Transaction<'_>,
+    identity: &NodeIdentity,
+    hostname: Option<&str>,
+    claim: Claim,
+) -> Result<(i64, bool), StoreError> {
+    let now = now_ms();
+    let (id, new) = match find(tx, identity)? {
+        Some(id) => {
+            // A UUID already on another node stays there (UNIQUE); only a node without one
+            // takes it.
+            let uuid_free = match &identity.uuid {
+                Some(uuid) => tx
+                    .query_row("SELECT 1 FROM nodes WHERE uuid = ?1", [uuid], |_| Ok(()))
+                    .optional()?
+                    .is_none(),
+                None => false,
+            };
+            tx.execute(
+                "UPDATE nodes SET last_seen_ms = ?2,
+                    uuid = COALESCE(uuid, CASE WHEN ?6 THEN ?3 END),
+                    serial = COALESCE(serial, ?4), hostname = COALESCE(?5, hostname)
+                 WHERE id = ?1",
+                params![id, now, identity.uuid, identity.serial, hostname, uuid_free],
+            )?;
+            (id, false)
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO nodes (uuid, serial, hostname, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![identity.uuid, identity.serial, hostname, now],
+            )?;
+            (tx.last_insert_rowid(), true)
+        }
+    };
+    for mac in &identity.macs {
+        match claim {
+            Claim::Boot => tx.execute(
+                "INSERT INTO node_macs (mac, node_id) VALUES (?1, ?2) ON CONFLICT(mac) DO NOTHING",
+                params![mac, id],
+            )?,
+            Claim::Admin => tx.execute(
+                "INSERT INTO node_macs (mac, node_id) VALUES (?1, ?2) ON CONFLICT(mac) DO UPDATE SET node_id = ?2",
+                params![mac, id],
+            )?,
+        };
+    }
+    Ok((id, new))
+}
+
+/// Registers a new ad-hoc node for an unauthenticated registration: it owns no MAC and no
+/// UUID (those belong to the nodes the rule finds), keeps what it claimed for display, and is
+/// marked ad hoc wherever it is shown.
+pub fn register_ad_hoc(
+    tx: &Transaction<'_>,
+    identity: &NodeIdentity,
+    hostname: Option<&str>,
+) -> Result<i64, StoreError> {
+    let claimed = serde_json::to_string(identity).map_err(|source| StoreError::Corrupt {
+        what: "identity",
+        source,
+    })?;
+    tx.execute(
+        "INSERT INTO nodes (serial, hostname, created_ms, last_seen_ms, ad_hoc, claimed) VALUES (?1, ?2, ?3, ?3, 1, ?4)",
+        params![identity.serial, hostname, now_ms(), claimed],
+    )?;
+    Ok(tx.last_insert_rowid())
+}

@@ -1,0 +1,1077 @@
+//! The run lifecycle: every change of a node's mode, a run's stage and a stage's state, each
+//! one SQLite transaction, and nowhere else.
+//!
+//! ```text
+//! node (mode verify, armed) ──boot──▶ run: [memtest] ─▶ linux ─▶ done (verdict)
+//!   memtest: pending ─boot─▶ running ─capture verdict─▶ done(pass|fail)
+//!   linux:   pending ─boot (or agent start)─▶ running ─agent's final event, contiguous─▶ done
+//!   any running stage ─unexpected reboot | lost contact | operator─▶ done(fail|incomplete)
+//! ```
+//!
+//! The collector computes each verdict from what it stored ([`verdict`]); the agent's verdict
+//! is only compared. A finished run is closed: nothing more is accepted for it. Transitions
+//! return the stages they ended ([`Ended`]) so their console captures stop
+//! ([`captures::Captures`]); a capture's finding is applied only while its run and stage are
+//! still the running ones.
+
+pub mod captures;
+pub mod lookup;
+pub mod states;
+pub mod verdict;
+
+use kiln_protocol::suite::Memtest;
+use kiln_protocol::verdict::Verdict;
+use kiln_protocol::wire::{EventBatch, EventBody, Inventory, NodeIdentity};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+pub use states::{Mode, RunStage, SqlVerdict, Stage, StageState};
+
+use crate::store::queries::{Progress, Selector, put_suite, select_sql};
+use crate::store::{StoreError, now_ms};
+
+/// Stages a transition ended, so their console captures can be stopped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[must_use = "ended stages must stop their captures (Captures::stop)"]
+pub struct Ended(pub Vec<(i64, Stage)>);
+
+impl Ended {
+    fn add(&mut self, run_id: i64, stage: Stage) {
+        self.0.push((run_id, stage));
+    }
+
+    fn extend(&mut self, other: Ended) {
+        self.0.extend(other.0);
+    }
+}
+
+/// A suite the caller read from `DATA/suites/` for a run about to start.
+#[derive(Debug, Clone)]
+pub struct SuiteFile {
+    /// Its name (the file's stem).
+    pub name: String,
+    /// Its text, or why it cannot be used (unreadable, refused).
+    pub text: Result<String, String>,
+}
+
+/// What a boot request carries beside the node's identity.
+#[derive(Debug, Clone)]
+pub struct BootRequest {
+    /// The node as iPXE describes it (checked values only).
+    pub identity: NodeIdentity,
+    /// Mode of a node seen for the first time.
+    pub unknown_mode: Mode,
+    /// Suite for nodes with none assigned.
+    pub default_suite: String,
+    /// The suite file, once the decision asked for it.
+    pub suite: Option<SuiteFile>,
+    /// Hash of a freshly minted token, used when the Linux stage is handed out.
+    pub token_hash: String,
+    /// Heartbeat the agent must keep.
+    pub heartbeat_secs: u64,
+    /// Digest of the RAM image nodes boot now.
+    pub image_digest: Option<String>,
+}
+
+/// What the node boots next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Script {
+    /// Its local disk.
+    Local,
+    /// The hold prompt, with why.
+    Hold(String),
+    /// The verdict screen of a finished run (`None` while it is still open).
+    Done {
+        /// Run.
+        run_id: i64,
+        /// Verdict.
+        verdict: Option<Verdict>,
+    },
+    /// memtest86+ (its capture must start now).
+    Memtest {
+        /// Run.
+        run_id: i64,
+        /// The suite's memtest settings.
+        memtest: Memtest,
+    },
+    /// The RAM image; the token whose hash was in the request is now the run's.
+    Linux {
+        /// Run.
+        run_id: i64,
+    },
+}
+
+/// The answer to a boot request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BootDecision {
+    /// A run must start with this suite: read `DATA/suites/NAME.yaml` and ask again.
+    NeedSuite(String),
+    /// The script to render.
+    Script {
+        /// The node.
+        node_id: i64,
+        /// Its serial, for the script's banner.
+        serial: Option<String>,
+        /// What it boots.
+        script: Script,
+    },
+}
+
+/// A node network-boots and asks for its script: finds or registers it by the lookup rule,
+/// starts a run when it is armed, hands out the next pending stage, and fails a stage that
+/// was still running (the node rebooted unexpectedly). One transaction.
+pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, Ended), StoreError> {
+    let tx = conn.transaction()?;
+    let mut ended = Ended::default();
+    let now = now_ms();
+    let (node_id, new) = lookup::find_or_register(&tx, &req.identity, None, lookup::Claim::Boot)?;
+    if new {
+        tx.execute(
+            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 END WHERE id = ?1",
+            params![node_id, req.unknown_mode, now, Mode::Verify],
+        )?;
+    }
+    let (mode, suite, rack_suite, armed_ms, serial): (
+        Mode,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    ) = tx.query_row(
+        "SELECT n.mode, n.suite, rs.suite, n.armed_ms, n.serial FROM nodes n LEFT JOIN rack_suites rs ON rs.rack = n.rack WHERE n.id = ?1",
+        [node_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
+    let decided = |script| BootDecision::Script {
+        node_id,
+        serial: serial.clone(),
+        script,
+    };
+    let script = match mode {
+        Mode::Local => Script::Local,
+        Mode::Hold => Script::Hold("mode hold".into()),
+        Mode::Verify => {
+            let open: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM runs WHERE node_id = ?1 AND verdict IS NULL ORDER BY id DESC LIMIT 1",
+                    [node_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let run_id = match open {
+                Some(run_id) => run_id,
+                None => {
+                    let last: Option<(i64, Verdict, i64)> = tx
+                        .query_row(
+                            "SELECT id, verdict, started_ms FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL ORDER BY id DESC LIMIT 1",
+                            [node_id],
+                            |r| Ok((r.get(0)?, r.get::<_, SqlVerdict>(1)?.0, r.get(2)?)),
+                        )
+                        .optional()?;
+                    let armed = match (armed_ms, last) {
+                        (Some(armed), Some((_, _, started))) => armed > started,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
+                    if !armed {
+                        let script = match last {
+                            Some((run_id, verdict, _)) => Script::Done {
+                                run_id,
+                                verdict: Some(verdict),
+                            },
+                            None => Script::Hold(
+                                "not armed for verification; set its mode to verify".into(),
+                            ),
+                        };
+                        tx.commit()?;
+                        return Ok((decided(script), ended));
+                    }
+                    let name = suite
+                        .or(rack_suite)
+                        .unwrap_or_else(|| req.default_suite.clone());
+                    let Some(file) = req.suite.as_ref().filter(|f| f.name == name) else {
+                        // Reading the file is the caller's (no file I/O on the database
+                        // thread); nothing was changed yet.
+                        tx.commit()?;
+                        return Ok((BootDecision::NeedSuite(name), ended));
+                    };
+                    match start_run(&tx, node_id, file, req)? {
+                        Ok(run_id) => run_id,
+                        Err(reason) => {
+                            tx.commit()?;
+                            return Ok((decided(Script::Hold(reason)), ended));
+                        }
+                    }
+                }
+            };
+            next_stage(&tx, run_id, req, &mut ended)?
+        }
+    };
+    if !matches!(script, Script::Linux { .. } | Script::Memtest { .. }) {
+        tx.execute(
+            "UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1",
+            params![node_id, now],
+        )?;
+    }
+    tx.commit()?;
+    Ok((decided(script), ended))
+}
+
+/// Creates the run for an armed node from the suite file; `Err` holds the node with why.
+fn start_run(
+    tx: &Transaction<'_>,
+    node_id: i64,
+    file: &SuiteFile,
+    req: &BootRequest,
+) -> Result<Result<i64, String>, StoreError> {
+    let text = match &file.text {
+        Ok(text) => text,
+        Err(reason) => return Ok(Err(reason.clone())),
+    };
+    let plan = match kiln_protocol::load(&format!("{}.yaml", file.name), text.as_bytes()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            return Ok(Err(format!(
+                "suite {} is refused: {}",
+                file.name,
+                e.to_string().lines().next().unwrap_or("")
+            )));
+        }
+    };
+    let stages: &[Stage] = if plan.memtest.is_some() {
+        &[Stage::Memtest, Stage::Linux]
+    } else {
+        &[Stage::Linux]
+    };
+    let allow_destructive = plan
+        .steps
+        .iter()
+        .any(|s| matches!(&s.check, kiln_protocol::Check::Disk(d) if d.destructive));
+    let run_id = create_run(
+        tx,
+        &NewRun {
+            node_id,
+            suite_name: plan.name(),
+            suite_text: text,
+            token_hash: &req.token_hash,
+            stages,
+            allow_destructive,
+            heartbeat_secs: req.heartbeat_secs,
+            image_digest: req.image_digest.as_deref(),
+        },
+    )?;
+    tracing::info!(node_id, run_id, suite = %file.name, "started a verify run");
+    Ok(Ok(run_id))
+}
+
+/// Hands out the run's next pending stage, or fails the one still running (an unexpected
+/// reboot).
+fn next_stage(
+    tx: &Transaction<'_>,
+    run_id: i64,
+    req: &BootRequest,
+    ended: &mut Ended,
+) -> Result<Script, StoreError> {
+    for (stage, state) in stages(tx, run_id)? {
+        match (stage, state) {
+            (_, StageState::Done) => continue,
+            (stage, StageState::Running) => {
+                // The node asked for its script while a stage was still running: it rebooted
+                // unexpectedly. That is a fail, never a pass.
+                let detail = format!(
+                    "unexpected reboot: the node asked for its boot script while the {stage} stage was running"
+                );
+                ended.extend(fail_stage(tx, run_id, stage, &detail)?);
+                return Ok(Script::Done {
+                    run_id,
+                    verdict: Some(Verdict::Fail),
+                });
+            }
+            (Stage::Memtest, StageState::Pending) => {
+                let text: String = tx.query_row(
+                    "SELECT s.text FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1",
+                    [run_id],
+                    |r| r.get(0),
+                )?;
+                let memtest = kiln_protocol::load("suite", text.as_bytes())
+                    .ok()
+                    .and_then(|plan| plan.memtest);
+                let Some(memtest) = memtest else {
+                    ended.extend(fail_stage(
+                        tx,
+                        run_id,
+                        Stage::Memtest,
+                        "the run's stored suite has no memtest settings (it no longer loads)",
+                    )?);
+                    return Ok(Script::Done {
+                        run_id,
+                        verdict: Some(Verdict::Fail),
+                    });
+                };
+                start_stage(tx, run_id, Stage::Memtest)?;
+                return Ok(Script::Memtest { run_id, memtest });
+            }
+            (Stage::Linux, StageState::Pending) => {
+                start_stage(tx, run_id, Stage::Linux)?;
+                // A fresh token for this boot; only its hash is kept, and every older token of
+                // this node is dead from now on.
+                tx.execute(
+                    "UPDATE runs SET token_hash = ?2 WHERE id = ?1",
+                    params![run_id, req.token_hash],
+                )?;
+                supersede_other_runs(tx, run_id, ended)?;
+                return Ok(Script::Linux { run_id });
+            }
+        }
+    }
+    // Every stage done but no verdict: conclude now.
+    conclude(tx, run_id)?;
+    let verdict: Option<SqlVerdict> =
+        tx.query_row("SELECT verdict FROM runs WHERE id = ?1", [run_id], |r| {
+            r.get(0)
+        })?;
+    Ok(Script::Done {
+        run_id,
+        verdict: verdict.map(|v| v.0),
+    })
+}
+
+/// Other open runs of the run's node (an earlier ad-hoc run an operator registered) end:
+/// the node booted again, so whatever they were running is gone.
+fn supersede_other_runs(
+    tx: &Transaction<'_>,
+    run_id: i64,
+    ended: &mut Ended,
+) -> Result<(), StoreError> {
+    let others: Vec<i64> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id FROM runs WHERE node_id = (SELECT node_id FROM runs WHERE id = ?1) AND id <> ?1 AND verdict IS NULL",
+        )?;
+        stmt.query_map([run_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    for other in others {
+        ended.extend(close_run(
+            tx,
+            other,
+            Verdict::Incomplete,
+            &format!("the node booted again (run {run_id}) before this run finished"),
+        )?);
+    }
+    Ok(())
+}
+
+/// The stages of a run, in order, with their states.
+fn stages(tx: &Transaction<'_>, run_id: i64) -> Result<Vec<(Stage, StageState)>, StoreError> {
+    let mut stmt = tx.prepare_cached("SELECT name, state FROM stages WHERE run_id = ?1")?;
+    let mut stages: Vec<(Stage, StageState)> = stmt
+        .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    stages.sort_by_key(|(stage, _)| Stage::ALL.iter().position(|s| s == stage));
+    Ok(stages)
+}
+
+/// Marks a pending stage running and makes it the run's stage; the previous stage's live
+/// progress is cleared, so the new stage shows its own.
+fn start_stage(tx: &Transaction<'_>, run_id: i64, stage: Stage) -> Result<(), StoreError> {
+    let now = now_ms();
+    tx.execute(
+        "UPDATE stages SET state = ?3, started_ms = ?4 WHERE run_id = ?1 AND name = ?2 AND state = ?5",
+        params![run_id, stage, StageState::Running, now, StageState::Pending],
+    )?;
+    tx.execute(
+        "UPDATE runs SET stage = ?2, progress = NULL, last_seen_ms = ?3 WHERE id = ?1",
+        params![run_id, RunStage::from(stage), now],
+    )?;
+    Ok(())
+}
+
+/// Ends a stage with a verdict and detail (only if it was not done) and clears the run's live
+/// progress, which belonged to that stage.
+fn end_stage(
+    tx: &Transaction<'_>,
+    run_id: i64,
+    stage: Stage,
+    verdict: Verdict,
+    detail: Option<&str>,
+) -> Result<bool, StoreError> {
+    let changed = tx.execute(
+        "UPDATE stages SET state = ?3, verdict = ?4, detail = ?5, finished_ms = ?6 WHERE run_id = ?1 AND name = ?2 AND state <> ?3",
+        params![
+            run_id,
+            stage,
+            StageState::Done,
+            SqlVerdict(verdict),
+            detail,
+            now_ms()
+        ],
+    )?;
+    tx.execute("UPDATE runs SET progress = NULL WHERE id = ?1", [run_id])?;
+    Ok(changed > 0)
+}
+
+/// Fails a stage (`detail` says why), marks later stages as not run, and concludes the run.
+fn fail_stage(
+    tx: &Transaction<'_>,
+    run_id: i64,
+    stage: Stage,
+    detail: &str,
+) -> Result<Ended, StoreError> {
+    let mut ended = Ended::default();
+    if end_stage(tx, run_id, stage, Verdict::Fail, Some(detail))? {
+        ended.add(run_id, stage);
+    }
+    for (other, state) in stages(tx, run_id)? {
+        if state != StageState::Done {
+            end_stage(
+                tx,
+                run_id,
+                other,
+                Verdict::Incomplete,
+                Some("not run: an earlier stage failed"),
+            )?;
+            ended.add(run_id, other);
+        }
+    }
+    conclude(tx, run_id)?;
+    Ok(ended)
+}
+
+/// Ends every open stage of a run with `verdict` and closes the run with `reason`.
+fn close_run(
+    tx: &Transaction<'_>,
+    run_id: i64,
+    verdict: Verdict,
+    reason: &str,
+) -> Result<Ended, StoreError> {
+    let mut ended = Ended::default();
+    for (stage, state) in stages(tx, run_id)? {
+        if state != StageState::Done {
+            end_stage(tx, run_id, stage, verdict, Some(reason))?;
+            ended.add(run_id, stage);
+        }
+    }
+    tx.execute(
+        "UPDATE runs SET verdict_reason = COALESCE(verdict_reason, ?2) WHERE id = ?1",
+        params![run_id, reason],
+    )?;
+    conclude(tx, run_id)?;
+    Ok(ended)
+}
+
+/// Sets a run's verdict once every stage is done: the worst stage verdict. A stage without a
+/// verdict counts as incomplete, never as a pass.
+fn conclude(tx: &Transaction<'_>, run_id: i64) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached("SELECT state, verdict FROM stages WHERE run_id = ?1")?;
+    let stages: Vec<(StageState, Option<SqlVerdict>)> = stmt
+        .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if stages.iter().any(|(state, _)| *state != StageState::Done) {
+        return Ok(());
+    }
+    let verdict = stages
+        .iter()
+        .map(|(_, v)| v.map_or(Verdict::Incomplete, |v| v.0))
+        .fold(
+            if stages.is_empty() {
+                Verdict::Incomplete
+            } else {
+                Verdict::Pass
+            },
+            Verdict::worst,
+        );
+    tx.execute(
+        "UPDATE runs SET verdict = ?2, finished_ms = ?3, stage = ?4, progress = NULL WHERE id = ?1 AND verdict IS NULL",
+        params![run_id, SqlVerdict(verdict), now_ms(), RunStage::Done],
+    )?;
+    Ok(())
+}
+
+/// What a new run is.
+pub struct NewRun<'a> {
+    /// Node.
+    pub node_id: i64,
+    /// Suite name.
+    pub suite_name: &'a str,
+    /// Suite text.
+    pub suite_text: &'a str,
+    /// Hash of the run's token.
+    pub token_hash: &'a str,
+    /// Stages, in order.
+    pub stages: &'a [Stage],
+    /// Destructive disk steps allowed.
+    pub allow_destructive: bool,
+    /// Heartbeat the agent must keep.
+    pub heartbeat_secs: u64,
+    /// Digest of the RAM image the node boots, when network-booted.
+    pub image_digest: Option<&'a str>,
+}
+
+/// Creates a run with its stages pending; returns its id.
+fn create_run(tx: &Transaction<'_>, run: &NewRun<'_>) -> Result<i64, StoreError> {
+    let sha = put_suite(tx, run.suite_name, run.suite_text)?;
+    let now = now_ms();
+    let first = run.stages.first().copied().unwrap_or(Stage::Linux);
+    tx.execute(
+        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, RunStage::from(first), run.allow_destructive, run.heartbeat_secs as i64, now],
+    )?;
+    let id = tx.last_insert_rowid();
+    for stage in run.stages {
+        tx.execute(
+            "INSERT INTO stages (run_id, name, state) VALUES (?1, ?2, ?3)",
+            params![id, stage, StageState::Pending],
+        )?;
+    }
+    Ok(id)
+}
+
+/// An agent registers an ad-hoc run (`kiln-agent run --collector`). Without the admin token it
+/// gets a new ad-hoc node that never takes over an existing one; with it, the node is found
+/// by the lookup rule (or registered). Returns (node, run).
+pub fn register(
+    conn: &mut Connection,
+    identity: &NodeIdentity,
+    hostname: Option<&str>,
+    admin: bool,
+    run: impl FnOnce(i64) -> NewRunOwned,
+) -> Result<(i64, i64), StoreError> {
+    let tx = conn.transaction()?;
+    let node_id = if admin {
+        lookup::find_or_register(&tx, identity, hostname, lookup::Claim::Admin)?.0
+    } else {
+        lookup::register_ad_hoc(&tx, identity, hostname)?
+    };
+    let owned = run(node_id);
+    let run_id = create_run(
+        &tx,
+        &NewRun {
+            node_id,
+            suite_name: &owned.suite_name,
+            suite_text: &owned.suite_text,
+            token_hash: &owned.token_hash,
+            stages: &[Stage::Linux],
+            allow_destructive: false,
+            heartbeat_secs: owned.heartbeat_secs,
+            image_digest: None,
+        },
+    )?;
+    tx.commit()?;
+    Ok((node_id, run_id))
+}
+
+/// The owned parts of an ad-hoc run.
+#[derive(Debug, Clone)]
+pub struct NewRunOwned {
+    /// Suite name.
+    pub suite_name: String,
+    /// Suite text.
+    pub suite_text: String,
+    /// Hash of the run's token.
+    pub token_hash: String,
+    /// Heartbeat the agent must keep.
+    pub heartbeat_secs: u64,
+}
+
+/// Whether a run accepts posts from its agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAccess {
+    /// No such run, or another run's token: the same answer either way.
+    Denied,
+    /// The token is the run's and the run is open.
+    Open,
+    /// The token is the run's, but the run has its verdict: nothing more is accepted.
+    Closed(Verdict),
+}
+
+/// Checks an agent's token against run `run_id`.
+pub fn access(conn: &Connection, run_id: i64, token_hash: &str) -> Result<RunAccess, StoreError> {
+    let row: Option<(String, Option<SqlVerdict>)> = conn
+        .query_row(
+            "SELECT token_hash, verdict FROM runs WHERE id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((stored, verdict)) if crate::tokens::equal(&stored, token_hash) => match verdict {
+            Some(v) => RunAccess::Closed(v.0),
+            None => RunAccess::Open,
+        },
+        _ => RunAccess::Denied,
+    })
+}
+
+/// The agent fetched its plan (or pinged): it is alive. `None` when the run is closed.
+pub fn plan(
+    conn: &mut Connection,
+    run_id: i64,
+) -> Result<Option<kiln_protocol::wire::RunPlan>, StoreError> {
+    let tx = conn.transaction()?;
+    let plan = tx
+        .query_row(
+            "SELECT r.node_id, s.text, r.allow_destructive, r.heartbeat_secs FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1 AND r.verdict IS NULL",
+            [run_id],
+            |r| {
+                Ok(kiln_protocol::wire::RunPlan {
+                    run_id,
+                    node_id: r.get(0)?,
+                    suite_text: r.get(1)?,
+                    allow_destructive: r.get(2)?,
+                    heartbeat_secs: r.get::<_, i64>(3)? as u64,
+                    after: "poweroff".into(),
+                })
+            },
+        )
+        .optional()?;
+    if plan.is_some() {
+        tx.execute(
+            "UPDATE runs SET last_seen_ms = ?2 WHERE id = ?1",
+            params![run_id, now_ms()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(plan)
+}
+
+/// Stores the inventory an agent posted; `false` when the run is closed (nothing changed).
+pub fn put_inventory(
+    conn: &Connection,
+    run_id: i64,
+    inventory: &Inventory,
+) -> Result<bool, StoreError> {
+    let json = serde_json::to_string(inventory).map_err(|source| StoreError::Corrupt {
+        what: "inventory",
+        source,
+    })?;
+    Ok(conn.execute(
+        "UPDATE runs SET inventory = ?2, last_seen_ms = ?3 WHERE id = ?1 AND verdict IS NULL",
+        params![run_id, json, now_ms()],
+    )? > 0)
+}
+
+/// What ingesting a batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored; the highest contiguous sequence number now stored.
+    Acked(u64),
+    /// The run is closed: nothing was stored.
+    Closed(Verdict),
+}
+
+/// Stores a batch, once per sequence number, applies what each new event means (agent start,
+/// step results, live progress), and once the agent's final event and everything before it
+/// are stored, computes the verdict. One transaction.
+pub fn ingest(
+    conn: &mut Connection,
+    run_id: i64,
+    batch: &EventBatch,
+) -> Result<(Ingested, Ended), StoreError> {
+    let tx = conn.transaction()?;
+    let now = now_ms();
+    let mut ended = Ended::default();
+    let (mut acked, progress, verdict): (i64, Option<String>, Option<SqlVerdict>) = tx.query_row(
+        "SELECT acked_seq, progress, verdict FROM runs WHERE id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    if let Some(v) = verdict {
+        return Ok((Ingested::Closed(v.0), ended));
+    }
+    let mut current: Option<Progress> = progress
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok());
+    let mut progress_changed = false;
+    for event in &batch.events {
+        let body = serde_json::to_string(&event.body).map_err(|source| StoreError::Corrupt {
+            what: "event",
+            source,
+        })?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO events (run_id, seq, at_ms, kind, step, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![run_id, event.seq as i64, event.at_ms as i64, event_kind(&event.body), event_step(&event.body), body],
+        )?;
+        if inserted == 0 {
+            continue; // a resent event: stored already, its effects applied already
+        }
+        match &event.body {
+            EventBody::RunStarted { .. } => {
+                // A memtest stage not done by now never finished cleanly.
+                for (stage, state) in stages(&tx, run_id)? {
+                    if stage == Stage::Memtest && state != StageState::Done {
+                        end_stage(
+                            &tx,
+                            run_id,
+                            stage,
+                            Verdict::Incomplete,
+                            Some("the agent started before memtest86+ had a verdict"),
+                        )?;
+                        ended.add(run_id, stage);
+                    }
+                }
+                start_stage(&tx, run_id, Stage::Linux)?;
+                tx.execute(
+                    "UPDATE runs SET agent_started_ms = COALESCE(agent_started_ms, ?2) WHERE id = ?1",
+                    params![run_id, now],
+                )?;
+                current = None;
+                progress_changed = true;
+            }
+            EventBody::ExpectChecked { outcome } => {
+                let json =
+                    serde_json::to_string(outcome).map_err(|source| StoreError::Corrupt {
+                        what: "outcome",
+                        source,
+                    })?;
+                tx.execute(
+                    "UPDATE runs SET expect = ?2 WHERE id = ?1",
+                    params![run_id, json],
+                )?;
+            }
+            EventBody::StepStarted { step, name, .. } => {
+                current = Some(Progress {
+                    step: *step,
+                    name: name.clone(),
+                    fraction: 0.0,
+                    status: None,
+                });
+                progress_changed = true;
+            }
+            EventBody::Progress {
+                step,
+                fraction,
+                status,
+            } => {
+                if let Some(current) = current.as_mut().filter(|c| c.step == *step) {
+                    current.fraction = *fraction;
+                    current.status = status.clone();
+                    progress_changed = true;
+                }
+            }
+            EventBody::StepFinished { report } => {
+                let json = serde_json::to_string(report).map_err(|source| StoreError::Corrupt {
+                    what: "step",
+                    source,
+                })?;
+                // The first result of a step is the one kept; a repeat is itself a finding
+                // when the verdict is computed.
+                tx.execute(
+                    "INSERT OR IGNORE INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![run_id, report.step, report.name, report.kind, report.outcome.name(), json],
+                )?;
+                if let Some(current) = current.as_mut().filter(|c| c.step == report.step) {
+                    current.fraction = 1.0;
+                    progress_changed = true;
+                }
+            }
+            EventBody::RunFinished { verdict } => {
+                tx.execute(
+                    "UPDATE runs SET agent_verdict = ?2 WHERE id = ?1",
+                    params![run_id, SqlVerdict(*verdict)],
+                )?;
+            }
+            EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}
+        }
+    }
+    if progress_changed {
+        let json = current
+            .map(|c| serde_json::to_string(&c))
+            .transpose()
+            .map_err(|source| StoreError::Corrupt {
+                what: "progress",
+                source,
+            })?;
+        tx.execute(
+            "UPDATE runs SET progress = ?2 WHERE id = ?1",
+            params![run_id, json],
+        )?;
+    }
+    // Advance the acknowledgement over every contiguous stored sequence number.
+    {
+        let mut stmt = tx
+            .prepare_cached("SELECT seq FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq")?;
+        let mut rows = stmt.query(params![run_id, acked])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            if seq != acked + 1 {
+                break;
+            }
+            acked = seq;
+        }
+    }
+    tx.execute(
+        "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
+        params![run_id, acked, now],
+    )?;
+    // The verdict waits until the agent's final event and every event before it are stored.
+    let final_seq: Option<i64> = tx.query_row(
+        "SELECT min(seq) FROM events WHERE run_id = ?1 AND kind = ?2",
+        params![run_id, "run_finished"],
+        |r| r.get(0),
+    )?;
+    if final_seq.is_some_and(|f| f <= acked) {
+        ended.extend(finish_linux(&tx, run_id)?);
+    }
+    tx.commit()?;
+    Ok((Ingested::Acked(acked as u64), ended))
+}
+
+/// Computes the Linux stage's verdict from what is stored, records the findings, and
+/// concludes the run.
+fn finish_linux(tx: &Transaction<'_>, run_id: i64) -> Result<Ended, StoreError> {
+    let stored = verdict::read(tx, run_id)?;
+    let computed = verdict::compute(&stored);
+    let findings =
+        serde_json::to_string(&computed.findings).map_err(|source| StoreError::Corrupt {
+            what: "findings",
+            source,
+        })?;
+    let expect = computed
+        .expect
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|source| StoreError::Corrupt {
+            what: "outcome",
+            source,
+        })?;
+    tx.execute(
+        "UPDATE runs SET findings = ?2, expect = COALESCE(?3, expect) WHERE id = ?1",
+        params![run_id, findings, expect],
+    )?;
+    let mut ended = Ended::default();
+    let detail = computed.findings.first().map(String::as_str);
+    if end_stage(tx, run_id, Stage::Linux, computed.verdict, detail)? {
+        ended.add(run_id, Stage::Linux);
+    }
+    conclude(tx, run_id)?;
+    Ok(ended)
+}
+
+/// memtest86+'s finding for a run, from its console capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Stored: the stage ended with it.
+    Yes,
+    /// The run or its memtest stage is no longer the running one: dropped.
+    Stale,
+}
+
+/// Records memtest86+'s finding, if the run is open and its memtest stage still running: a
+/// pass moves the run on to Linux; a fail ends the run.
+pub fn memtest_finished(
+    conn: &mut Connection,
+    run_id: i64,
+    finding: &crate::memtest::capture::Finding,
+) -> Result<(Applied, Ended), StoreError> {
+    let tx = conn.transaction()?;
+    let running: Option<StageState> = tx
+        .query_row(
+            "SELECT s.state FROM stages s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.name = ?2 AND r.verdict IS NULL",
+            params![run_id, Stage::Memtest],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if running != Some(StageState::Running) {
+        return Ok((Applied::Stale, Ended::default()));
+    }
+    let reading = finding
+        .reading
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|source| StoreError::Corrupt {
+            what: "reading",
+            source,
+        })?;
+    tx.execute(
+        "INSERT OR REPLACE INTO memtest_results (run_id, pass, detail, reading, screen, raw, secs, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![run_id, finding.pass, finding.detail, reading, finding.screen, finding.raw, finding.secs as i64, now_ms()],
+    )?;
+    let ended = if finding.pass {
+        end_stage(
+            &tx,
+            run_id,
+            Stage::Memtest,
+            Verdict::Pass,
+            Some(&finding.detail),
+        )?;
+        // The node now reboots into Linux; until the image asks for its script, the run shows
+        // the Linux stage as booting (no progress of its own yet).
+        tx.execute(
+            "UPDATE runs SET stage = ?2, last_seen_ms = ?3 WHERE id = ?1",
+            params![run_id, RunStage::Linux, now_ms()],
+        )?;
+        let mut ended = Ended::default();
+        ended.add(run_id, Stage::Memtest);
+        ended
+    } else {
+        fail_stage(&tx, run_id, Stage::Memtest, &finding.detail)?
+    };
+    tx.commit()?;
+    Ok((Applied::Yes, ended))
+}
+
+/// The memtest stage cannot be watched (no console): it fails at once, since a result that
+/// cannot be read is never a pass.
+pub fn memtest_unwatchable(
+    conn: &mut Connection,
+    run_id: i64,
+    reason: &str,
+) -> Result<Ended, StoreError> {
+    let tx = conn.transaction()?;
+    let ended = fail_stage(&tx, run_id, Stage::Memtest, reason)?;
+    tx.commit()?;
+    Ok(ended)
+}
+
+/// Shows a memtest reading as the run's live progress, while its memtest stage runs.
+pub fn memtest_progress(
+    conn: &Connection,
+    run_id: i64,
+    progress: &Progress,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(progress).map_err(|source| StoreError::Corrupt {
+        what: "progress",
+        source,
+    })?;
+    conn.execute(
+        "UPDATE runs SET progress = ?2 WHERE id = ?1 AND stage = ?3 AND verdict IS NULL
+           AND EXISTS (SELECT 1 FROM stages WHERE run_id = ?1 AND name = ?4 AND state = ?5)",
+        params![
+            run_id,
+            json,
+            RunStage::Memtest,
+            Stage::Memtest,
+            StageState::Running
+        ],
+    )?;
+    Ok(())
+}
+
+/// Appends a note to a stage's detail (a power driver failure after the verdict).
+pub fn note_stage(
+    conn: &Connection,
+    run_id: i64,
+    stage: Stage,
+    note: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE stages SET detail = COALESCE(detail || '; ', '') || ?3 WHERE run_id = ?1 AND name = ?2",
+        params![run_id, stage, note],
+    )?;
+    Ok(())
+}
+
+/// Fails every open Linux stage whose agent has been silent longer than its heartbeat
+/// timeout; returns the runs with the stages it ended.
+pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended), StoreError> {
+    let tx = conn.transaction()?;
+    let lost: Vec<(i64, i64)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, heartbeat_secs FROM runs WHERE verdict IS NULL AND stage = ?2 AND last_seen_ms < ?1 - heartbeat_secs * 1000",
+        )?;
+        stmt.query_map(params![now, RunStage::Linux], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?
+    };
+    let mut ended = Ended::default();
+    for (id, secs) in &lost {
+        let reason = format!("lost contact: no word from the agent for over {secs}s");
+        ended.extend(close_run(&tx, *id, Verdict::Fail, &reason)?);
+    }
+    tx.commit()?;
+    Ok((lost.into_iter().map(|(id, _)| id).collect(), ended))
+}
+
+/// The collector (re)started: open runs get a fresh heartbeat window (the collector's own
+/// downtime is not the agents' silence), and memtest stages that were running fail — their
+/// consoles were not captured throughout, so their result cannot be trusted.
+pub fn collector_started(conn: &mut Connection) -> Result<(usize, Vec<i64>), StoreError> {
+    let tx = conn.transaction()?;
+    let reopened = tx.execute(
+        "UPDATE runs SET last_seen_ms = ?1 WHERE verdict IS NULL",
+        [now_ms()],
+    )?;
+    let running: Vec<i64> = {
+        let mut stmt = tx.prepare(
+            "SELECT s.run_id FROM stages s JOIN runs r ON r.id = s.run_id WHERE r.verdict IS NULL AND s.name = ?1 AND s.state = ?2",
+        )?;
+        stmt.query_map(params![Stage::Memtest, StageState::Running], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    for run_id in &running {
+        let _ = fail_stage(
+            &tx,
+            *run_id,
+            Stage::Memtest,
+            "the collector restarted while memtest86+ ran: its console was not read throughout",
+        )?;
+    }
+    tx.commit()?;
+    Ok((reopened, running))
+}
+
+/// An operator sets the mode of the selected nodes. A node's open run ends as incomplete (the
+/// operator interrupted it); setting `verify` arms the nodes for a new run at their next boot.
+/// Returns how many nodes, and the stages it ended.
+pub fn set_mode(
+    conn: &mut Connection,
+    selector: &Selector,
+    mode: Mode,
+) -> Result<(usize, Ended), StoreError> {
+    let tx = conn.transaction()?;
+    let (clause, value) = select_sql(selector);
+    let nodes: Vec<i64> = {
+        let mut stmt = tx.prepare(&format!("SELECT id FROM nodes WHERE {clause}"))?;
+        stmt.query_map(params![value], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut ended = Ended::default();
+    let now = now_ms();
+    for node_id in &nodes {
+        let open: Vec<i64> = {
+            let mut stmt =
+                tx.prepare_cached("SELECT id FROM runs WHERE node_id = ?1 AND verdict IS NULL")?;
+            stmt.query_map([node_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        for run_id in open {
+            ended.extend(close_run(
+                &tx,
+                run_id,
+                Verdict::Incomplete,
+                &format!("the operator set the node's mode to {mode} before the run finished"),
+            )?);
+        }
+        tx.execute(
+            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 ELSE armed_ms END WHERE id = ?1",
+            params![node_id, mode, now, Mode::Verify],
+        )?;
+    }
+    tx.commit()?;
+    Ok((nodes.len(), ended))
+}
+
+fn event_kind(body: &EventBody) -> &'static str {
+    match body {
+        EventBody::RunStarted { .. } => "run_started",
+        EventBody::ExpectChecked { .. } => "expect_checked",
+        EventBody::StepStarted { .. } => "step_started",
+        EventBody::Progress { .. } => "progress",
+        EventBody::Log { .. } => "log",
+        EventBody::LogsDropped { .. } => "logs_dropped",
+        EventBody::StepFinished { .. } => "step_finished",
+        EventBody::RunFinished { .. } => "run_finished",
+    }
+}
+
+fn event_step(body: &EventBody) -> Option<u32> {
+    match body {
+        EventBody::StepStarted { step, .. } | EventBody::Progress { step, .. } => Some(*step),
+        EventBody::Log { step, .. } => *step,
+        EventBody::StepFinished { report } => Some(report.step),
+        _ => None,
+    }
+}

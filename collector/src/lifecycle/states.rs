@@ -1,0 +1,198 @@
+//! The states a node and its runs can be in, as types. SQL sees them only through these: they
+//! are bound as parameters and read back through `FromStr`, so a misspelt state is a compile
+//! error here and a refused row there, never a silent mismatch.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+
+/// A name stored in the database that is none of its type's variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {found:?}; expected one of {expected}")]
+pub struct UnknownName {
+    /// Which kind of name.
+    pub what: &'static str,
+    /// What was found.
+    pub found: String,
+    /// The names allowed, comma-separated.
+    pub expected: String,
+}
+
+/// Declares a state enum with its stored names, `Display`, `FromStr` and the SQL conversions.
+macro_rules! stored_names {
+    ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every variant, in order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored (and displayed) name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownName {
+                        what: $what,
+                        found: s.to_owned(),
+                        expected: [$($text),+].join(", "),
+                    }),
+                }
+            }
+        }
+
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.name()))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                value
+                    .as_str()?
+                    .parse()
+                    .map_err(|e: UnknownName| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    };
+}
+
+stored_names!(
+    /// What a node does when it network-boots.
+    Mode, "mode", {
+        /// Run the verification cycle (a new run once armed).
+        Verify => "verify",
+        /// Boot its local disk.
+        Local => "local",
+        /// Wait at the boot prompt.
+        Hold => "hold",
+    }
+);
+
+stored_names!(
+    /// A stage of a run, in the order a node goes through them.
+    Stage, "stage", {
+        /// memtest86+ before any OS loads.
+        Memtest => "memtest",
+        /// The RAM image and the agent's suite.
+        Linux => "linux",
+    }
+);
+
+stored_names!(
+    /// Where a stage is.
+    StageState, "stage state", {
+        /// Not handed to the node yet.
+        Pending => "pending",
+        /// Handed to the node; a verdict is awaited.
+        Running => "running",
+        /// Has its verdict.
+        Done => "done",
+    }
+);
+
+stored_names!(
+    /// Where a run is: in one of its stages, or done with its verdict.
+    RunStage, "run stage", {
+        /// In memtest86+.
+        Memtest => "memtest",
+        /// In Linux (booting or running the suite).
+        Linux => "linux",
+        /// Finished.
+        Done => "done",
+    }
+);
+
+impl From<Stage> for RunStage {
+    fn from(stage: Stage) -> Self {
+        match stage {
+            Stage::Memtest => RunStage::Memtest,
+            Stage::Linux => RunStage::Linux,
+        }
+    }
+}
+
+/// A verdict as SQL sees it: its name. (`Verdict` lives in `protocol`, which has no SQL.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlVerdict(pub kiln_protocol::verdict::Verdict);
+
+impl ToSql for SqlVerdict {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0.name()))
+    }
+}
+
+impl FromSql for SqlVerdict {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map(SqlVerdict)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_refused() {
+        for m in Mode::ALL {
+            assert_eq!(m.to_string().parse::<Mode>(), Ok(*m));
+        }
+        for s in Stage::ALL {
+            assert_eq!(s.name().parse::<Stage>(), Ok(*s));
+            assert_eq!(RunStage::from(*s).name(), s.name());
+        }
+        for s in StageState::ALL {
+            assert_eq!(s.name().parse::<StageState>(), Ok(*s));
+        }
+        let err = "Verify".parse::<Mode>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown mode \"Verify\"; expected one of verify, local, hold"
+        );
+    }
+
+    #[test]
+    fn sql_reads_back_what_it_wrote_and_refuses_strangers() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let back: Mode = conn
+            .query_row("SELECT ?1", [Mode::Hold], |r| r.get(0))
+            .unwrap();
+        assert_eq!(back, Mode::Hold);
+        let stranger = conn.query_row("SELECT 'weird'", [], |r| r.get::<_, Stage>(0));
+        assert!(stranger.is_err());
+        let v: SqlVerdict = conn
+            .query_row(
+                "SELECT ?1",
+                [SqlVerdict(kiln_protocol::verdict::Verdict::Incomplete)],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v.0, kiln_protocol::verdict::Verdict::Incomplete);
+    }
+}

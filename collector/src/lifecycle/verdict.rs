@@ -1,0 +1,333 @@
+//! The collector's own verdict for a run's Linux stage, computed from what it stored: the
+//! run's checked plan (the stored suite), each planned step's stored result, the `expect:`
+//! outcome against the stored inventory, and the agent's own verdict — which is only
+//! compared, and can only make things worse.
+
+use std::collections::BTreeMap;
+
+use kiln_protocol::verdict::{Verdict, run_verdict};
+use kiln_protocol::wire::{Inventory, Outcome, StepReport};
+use rusqlite::{OptionalExtension, Transaction};
+
+use crate::store::StoreError;
+
+/// What the collector concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Computed {
+    /// The Linux stage's verdict.
+    pub verdict: Verdict,
+    /// The collector's own findings, one line each (missing results, disagreements).
+    pub findings: Vec<String>,
+    /// The `expect:` outcome the collector computed, when the suite has one.
+    pub expect: Option<Outcome>,
+}
+
+/// Everything the computation reads, as stored.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    /// The run's suite text.
+    pub suite_text: String,
+    /// Step results by step index (the first one stored for each).
+    pub steps: BTreeMap<u32, StepReport>,
+    /// Step indexes reported more than once.
+    pub repeated: Vec<u32>,
+    /// The inventory the agent posted.
+    pub inventory: Option<Inventory>,
+    /// The `expect:` outcome the agent reported.
+    pub agent_expect: Option<Outcome>,
+    /// The verdict the agent reported in `run_finished`.
+    pub agent_verdict: Option<Verdict>,
+}
+
+/// Reads what the computation needs for `run_id`.
+pub fn read(tx: &Transaction<'_>, run_id: i64) -> Result<Stored, StoreError> {
+    let (suite_text, inventory, agent_expect): (String, Option<String>, Option<String>) = tx
+        .query_row(
+            "SELECT s.text, r.inventory, r.expect FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+    let mut stored = Stored {
+        suite_text,
+        inventory: inventory
+            .as_deref()
+            .map(|t| decode("inventory", t))
+            .transpose()?,
+        agent_expect: agent_expect
+            .as_deref()
+            .map(|t| decode("outcome", t))
+            .transpose()?,
+        ..Stored::default()
+    };
+    let mut stmt = tx.prepare_cached("SELECT report FROM steps WHERE run_id = ?1 ORDER BY step")?;
+    for report in stmt.query_map([run_id], |r| r.get::<_, String>(0))? {
+        let report: StepReport = decode("step", &report?)?;
+        stored.steps.insert(report.step, report);
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT step FROM events WHERE run_id = ?1 AND kind = ?2 GROUP BY step HAVING count(*) > 1",
+    )?;
+    stored.repeated = stmt
+        .query_map(rusqlite::params![run_id, "step_finished"], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let agent: Option<String> = tx
+        .query_row(
+            "SELECT body FROM events WHERE run_id = ?1 AND kind = ?2 ORDER BY seq LIMIT 1",
+            rusqlite::params![run_id, "run_finished"],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(body) = agent {
+        if let kiln_protocol::wire::EventBody::RunFinished { verdict } = decode("event", &body)? {
+            stored.agent_verdict = Some(verdict);
+        }
+    }
+    Ok(stored)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what, source })
+}
+
+/// The verdict of the Linux stage from what was stored. Pure, so every rule is unit-tested.
+pub fn compute(stored: &Stored) -> Computed {
+    let mut findings = Vec::new();
+    let plan = match kiln_protocol::load("suite", stored.suite_text.as_bytes()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            return Computed {
+                verdict: Verdict::Error,
+                findings: vec![format!(
+                    "the run's stored suite no longer loads: {}",
+                    e.to_string().lines().next().unwrap_or("")
+                )],
+                expect: None,
+            };
+        }
+    };
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut broken = false;
+    for planned in &plan.steps {
+        let index = planned.index as u32;
+        match stored.steps.get(&index) {
+            None => findings.push(format!("step '{}' has no result", planned.name)),
+            Some(report) if report.name != planned.name || report.kind != planned.check.kind() => {
+                broken = true;
+                findings.push(format!(
+                    "step {index} was reported as '{}' ({}), but the plan has '{}' ({})",
+                    report.name,
+                    report.kind,
+                    planned.name,
+                    planned.check.kind()
+                ));
+            }
+            Some(report) => outcomes.push(report.outcome.clone()),
+        }
+    }
+    for index in stored.steps.keys() {
+        if *index as usize >= plan.steps.len() {
+            broken = true;
+            findings.push(format!(
+                "a result for step {index}, which is not in the plan"
+            ));
+        }
+    }
+    for index in &stored.repeated {
+        broken = true;
+        findings.push(format!(
+            "step {index} was reported more than once; the first result is kept"
+        ));
+    }
+    let mut planned = plan.steps.len();
+    let expect = plan.expect().map(|expect| {
+        planned += 1;
+        match &stored.inventory {
+            Some(inventory) => {
+                let faults = kiln_protocol::expect::evaluate(expect, inventory);
+                if faults.is_empty() {
+                    Outcome::Pass
+                } else {
+                    Outcome::Fail { faults }
+                }
+            }
+            None => {
+                findings.push("no inventory was posted, so expect: could not be checked".into());
+                Outcome::Error {
+                    message: "no inventory".into(),
+                }
+            }
+        }
+    });
+    if let (Some(mine), Some(theirs)) = (&expect, &stored.agent_expect) {
+        if mine.name() != theirs.name() {
+            findings.push(format!(
+                "the agent's expect: check says {}; the collector's, from the stored inventory, says {}",
+                theirs.name(),
+                mine.name()
+            ));
+        }
+    }
+    let mut verdict = run_verdict(planned, expect.iter().chain(outcomes.iter()), true);
+    if broken {
+        verdict = verdict.worst(Verdict::Error);
+    }
+    match stored.agent_verdict {
+        Some(agent) if agent != verdict => {
+            let why = findings
+                .first()
+                .map_or_else(String::new, |f| format!("; {f}"));
+            findings.insert(
+                0,
+                format!("agent reported {agent}, the collector computed {verdict}{why}"),
+            );
+            // The agent may know of a fault the collector cannot see; it can never excuse one.
+            verdict = verdict.worst(agent);
+        }
+        Some(_) => {}
+        None => {
+            findings.push("the agent never reported the run finished".into());
+            verdict = verdict.worst(Verdict::Incomplete);
+        }
+    }
+    Computed {
+        verdict,
+        findings,
+        expect,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUITE: &str = "suite: t\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n  - name: disk\n    exec: {argv: [true]}\n";
+
+    fn report(step: u32, name: &str, outcome: Outcome) -> StepReport {
+        StepReport {
+            step,
+            name: name.into(),
+            kind: "exec".into(),
+            outcome,
+            metrics: vec![],
+            duration_ms: 1,
+        }
+    }
+
+    fn stored(steps: &[StepReport], agent: Option<Verdict>) -> Stored {
+        Stored {
+            suite_text: SUITE.into(),
+            steps: steps.iter().map(|s| (s.step, s.clone())).collect(),
+            agent_verdict: agent,
+            ..Stored::default()
+        }
+    }
+
+    #[test]
+    fn every_planned_step_passing_is_a_pass() {
+        let c = compute(&stored(
+            &[
+                report(0, "tool", Outcome::Pass),
+                report(1, "disk", Outcome::Pass),
+            ],
+            Some(Verdict::Pass),
+        ));
+        assert_eq!(c.verdict, Verdict::Pass);
+        assert!(c.findings.is_empty(), "{:?}", c.findings);
+    }
+
+    #[test]
+    fn a_planned_step_without_a_result_is_incomplete_and_the_disagreement_is_a_finding() {
+        let c = compute(&stored(
+            &[report(0, "tool", Outcome::Pass)],
+            Some(Verdict::Pass),
+        ));
+        assert_eq!(c.verdict, Verdict::Incomplete);
+        assert_eq!(
+            c.findings,
+            [
+                "agent reported pass, the collector computed incomplete; step 'disk' has no result",
+                "step 'disk' has no result"
+            ]
+        );
+        let c = compute(&stored(&[], Some(Verdict::Pass)));
+        assert_eq!(c.verdict, Verdict::Incomplete);
+    }
+
+    #[test]
+    fn results_that_do_not_match_the_plan_are_errors() {
+        let c = compute(&stored(
+            &[
+                report(0, "tool", Outcome::Pass),
+                report(1, "other", Outcome::Pass),
+            ],
+            Some(Verdict::Pass),
+        ));
+        assert_eq!(c.verdict, Verdict::Error);
+        let c = compute(&stored(
+            &[
+                report(0, "tool", Outcome::Pass),
+                report(1, "disk", Outcome::Pass),
+                report(7, "extra", Outcome::Pass),
+            ],
+            Some(Verdict::Pass),
+        ));
+        assert_eq!(c.verdict, Verdict::Error);
+        assert!(c.findings.iter().any(|f| f.contains("step 7")));
+    }
+
+    #[test]
+    fn the_agent_can_make_a_verdict_worse_never_better() {
+        let fail = Outcome::Fail { faults: vec![] };
+        let c = compute(&stored(
+            &[report(0, "tool", fail), report(1, "disk", Outcome::Pass)],
+            Some(Verdict::Pass),
+        ));
+        assert_eq!(c.verdict, Verdict::Fail);
+        let c = compute(&stored(
+            &[
+                report(0, "tool", Outcome::Pass),
+                report(1, "disk", Outcome::Pass),
+            ],
+            Some(Verdict::Fail),
+        ));
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.findings[0].starts_with("agent reported fail, the collector computed pass"));
+        let c = compute(&stored(
+            &[
+                report(0, "tool", Outcome::Pass),
+                report(1, "disk", Outcome::Pass),
+            ],
+            None,
+        ));
+        assert_eq!(c.verdict, Verdict::Incomplete);
+    }
+
+    #[test]
+    fn expect_is_checked_against_the_stored_inventory() {
+        let suite = "suite: t\ndescription: d\nexpect:\n  cpu: {min_logical: 64}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n";
+        let mut s = Stored {
+            suite_text: suite.into(),
+            steps: [(0, report(0, "tool", Outcome::Pass))].into(),
+            agent_verdict: Some(Verdict::Pass),
+            agent_expect: Some(Outcome::Pass),
+            ..Stored::default()
+        };
+        // No inventory: expect: was not checked, so the run cannot pass.
+        let c = compute(&s);
+        assert!(!c.verdict.is_good(), "{c:?}");
+        assert!(c.findings.iter().any(|f| f.contains("no inventory")));
+        let mut inventory = Inventory::default();
+        inventory.cpu.logical = 1;
+        s.inventory = Some(inventory);
+        let c = compute(&s);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            matches!(&c.expect, Some(Outcome::Fail { faults }) if faults[0].code == "expect.cpu.min_logical")
+        );
+        assert!(
+            c.findings
+                .iter()
+                .any(|f| f.contains("the agent's expect: check says pass"))
+        );
+    }
+}
