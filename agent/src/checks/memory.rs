@@ -288,13 +288,8 @@ impl Engine {
                 std::thread::park_timeout(Duration::from_millis(200));
                 let traffic = shared.traffic.load(Ordering::Relaxed);
                 let elapsed = shared.started.elapsed();
-                let fraction = match self.duration {
-                    Some(d) => (elapsed.as_secs_f64() / d.as_secs_f64())
-                        .max(traffic as f64 / planned.max(1) as f64),
-                    None => traffic as f64 / planned.max(1) as f64,
-                };
                 progress(
-                    fraction.min(1.0),
+                    done_fraction(self.duration, elapsed, traffic, planned),
                     traffic as f64 / elapsed.as_secs_f64().max(1e-9) / 1e9,
                 );
             }
@@ -349,6 +344,18 @@ impl Engine {
             pass += 1;
         }
     }
+}
+
+/// How far a run is, in [0, 1]. It ends when its passes are done *and* its duration is up, so
+/// the fraction is the lesser of the two: a step with `duration: 150s` whose first pass took
+/// ten seconds is at 7 %, not at 100 % for two minutes.
+fn done_fraction(duration: Option<Duration>, elapsed: Duration, traffic: u64, planned: u64) -> f64 {
+    let work = traffic as f64 / planned.max(1) as f64;
+    let fraction = match duration {
+        Some(d) if !d.is_zero() => work.min(elapsed.as_secs_f64() / d.as_secs_f64()),
+        _ => work,
+    };
+    fraction.clamp(0.0, 1.0)
 }
 
 /// Traffic one run of a pattern moves, in multiples of the region size.
@@ -817,6 +824,20 @@ pub fn fresh_seed() -> u64 {
 mod tests {
     use super::*;
     use crate::stop::Interrupt;
+
+    #[test]
+    fn progress_of_a_step_with_a_duration_follows_the_clock_after_the_first_pass() {
+        let secs = Duration::from_secs;
+        // First pass done after 10 s of a 150 s step: 7 %, not 100 %.
+        let f = done_fraction(Some(secs(150)), secs(10), 100, 100);
+        assert!((f - 10.0 / 150.0).abs() < 1e-9, "{f}");
+        // Time is up but the first pass is half done: the pass is what is left.
+        assert_eq!(done_fraction(Some(secs(150)), secs(200), 50, 100), 0.5);
+        assert_eq!(done_fraction(Some(secs(150)), secs(150), 300, 100), 1.0);
+        // Without a duration: by work.
+        assert_eq!(done_fraction(None, secs(999), 25, 100), 0.25);
+        assert_eq!(done_fraction(Some(Duration::ZERO), secs(1), 25, 100), 0.25);
+    }
 
     fn spec(patterns: &[Pattern]) -> MemoryCheck {
         let yaml = "{}";

@@ -114,10 +114,13 @@ fn table(rows: &[serde_json::Value]) -> String {
                     .collect()
             })
             .unwrap_or_default();
-        let name = r["hostname"]
+        let mut name = r["hostname"]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| format!("node {}", s(&r["node_id"])));
+        if r["ad_hoc"].as_bool() == Some(true) {
+            name.push_str(" (ad hoc)");
+        }
         lines.push([
             name,
             format!("{}/{}", s(&r["rack"]), s(&r["slot"])),

@@ -3,7 +3,10 @@
 
 use rusqlite::Connection;
 
-/// Migrations in order; index + 1 is the schema version they bring the database to.
+/// Migrations in order; index + 1 is the schema version they bring the database to. They are
+/// history: a database once migrated never sees one again, so their text never changes. The
+/// `CHECK` lists in migration 1 are the database's own guard on the lifecycle's enums; a test
+/// keeps the two in agreement.
 const MIGRATIONS: &[&str] = &[
     // 1: nodes, their MACs, suites by content, runs, stages, events, steps.
     "
@@ -143,6 +146,51 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::{Mode, Stage, StageState};
+
+    #[test]
+    fn the_schema_accepts_exactly_the_lifecycle_states() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        configure(&conn).unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO suites VALUES ('s', 'n', 't', 0);
+             INSERT INTO nodes (id, created_ms, last_seen_ms) VALUES (1, 0, 0);
+             INSERT INTO runs (id, node_id, suite_sha256, suite_name, token_hash, stage, heartbeat_secs, started_ms, last_seen_ms)
+               VALUES (1, 1, 's', 'n', 'h', 'x', 1, 0, 0);",
+        )
+        .unwrap();
+        for mode in Mode::ALL {
+            conn.execute("UPDATE nodes SET mode = ?1", [mode]).unwrap();
+        }
+        assert!(
+            conn.execute("UPDATE nodes SET mode = 'verified'", [])
+                .is_err()
+        );
+        for stage in Stage::ALL {
+            for state in StageState::ALL {
+                conn.execute(
+                    "INSERT OR REPLACE INTO stages (run_id, name, state) VALUES (1, ?1, ?2)",
+                    rusqlite::params![stage, state],
+                )
+                .unwrap();
+            }
+        }
+        assert!(
+            conn.execute(
+                "INSERT INTO stages (run_id, name, state) VALUES (1, 'bios', 'pending')",
+                []
+            )
+            .is_err()
+        );
+        assert!(
+            conn.execute(
+                "INSERT OR REPLACE INTO stages (run_id, name, state) VALUES (1, ?1, 'paused')",
+                [Stage::Linux]
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn migrations_apply_once_and_newer_databases_are_refused() {

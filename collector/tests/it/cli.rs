@@ -1,16 +1,7 @@
 //! The `kiln` binary as an operator runs it: exit codes, messages, printed schema.
 
-#![allow(clippy::unwrap_used)]
-
-use std::path::{Path, PathBuf};
+use crate::common::repo;
 use std::process::{Command, Output};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))

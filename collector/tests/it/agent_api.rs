@@ -1,0 +1,451 @@
+//! The agent protocol over real HTTP: idempotent ingest and contiguous acks, token rules,
+//! limits and messages, heartbeat loss, a collector killed mid-run, a real agent end to end.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kiln_collector::config::Config;
+use kiln_protocol::verdict::Verdict;
+use kiln_protocol::wire::{
+    Event, EventBatch, EventBody, LogLevel, NodeIdentity, Outcome, RegisterRequest, StepReport,
+};
+use serde_json::Value;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_stored_once_and_acknowledged_contiguously() {
+    let server = Server::start("ingest", Config::default()).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 1, SUITE).await;
+    assert_eq!(run.token.len(), 64);
+    let plan: Value = client
+        .get(format!("{}/api/v1/runs/{}/plan", server.base, run.run_id))
+        .bearer_auth(&run.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plan["suite_text"], SUITE);
+
+    let first: Vec<Event> = full_run().into_iter().take(3).collect();
+    let ack: Value = post_events(&client, &server.base, &run, first.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["acked"], 3);
+    // The same batch again (a retry after a lost answer): acknowledged, not duplicated.
+    let ack: Value = post_events(&client, &server.base, &run, first)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["acked"], 3);
+    let ack: Value = post_events(&client, &server.base, &run, full_run())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["acked"], 5);
+    let detail = run_json(&client, &server.base, run.run_id).await;
+    assert_eq!(detail["verdict"], "pass");
+    assert_eq!(detail["log_lines"], 1);
+    assert_eq!(detail["steps"].as_array().unwrap().len(), 1);
+    // Once the run has its verdict it is closed, even to its own agent's retries.
+    let r = post_events(&client, &server.base, &run, full_run()).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(run_json(&client, &server.base, run.run_id).await, detail);
+
+    // A gap holds the acknowledgement back until it is filled.
+    let run2 = register(&client, &server.base, 2, SUITE).await;
+    let ack: Value = post_events(&client, &server.base, &run2, vec![log(1), log(2), log(3)])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["acked"], 3);
+    let ack: Value = post_events(&client, &server.base, &run2, vec![log(5), log(6)])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["acked"], 3);
+    let ack: Value = post_events(&client, &server.base, &run2, vec![log(4)])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ack["acked"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_required_and_scoped_to_their_run() {
+    let server = Server::start("tokens", Config::default()).await;
+    let client = reqwest::Client::new();
+    let (a, b) = (
+        register(&client, &server.base, 1, SUITE).await,
+        register(&client, &server.base, 2, SUITE).await,
+    );
+    let url = format!("{}/api/v1/runs/{}/events", server.base, a.run_id);
+    let body = EventBatch {
+        events: vec![log(1)],
+    };
+    let r = client.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(&url)
+        .bearer_auth(&b.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let err: Value = r.json().await.unwrap();
+    assert!(err["error"].as_str().unwrap().contains("not run"), "{err}");
+    // Without the right token, even a malformed body gets 401/403, not a validation message.
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .get(format!("{}/api/v1/runs/{}/plan", server.base, a.run_id))
+        .bearer_auth(&b.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let mode = serde_json::json!({ "select": { "all": true }, "mode": "hold" });
+    let r = client
+        .post(format!("{}/api/v1/nodes/mode", server.base))
+        .json(&mode)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(format!("{}/api/v1/nodes/mode", server.base))
+        .bearer_auth(&a.token)
+        .json(&mode)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client
+        .post(format!("{}/api/v1/nodes/mode", server.base))
+        .bearer_auth(server.admin_token())
+        .json(&mode)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let nodes: Value = client
+        .get(format!("{}/api/v1/nodes", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["mode"] == "hold")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_a_status_and_a_message() {
+    let server = Server::start("bad", Config::default()).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 1, SUITE).await;
+    let url = format!("{}/api/v1/runs/{}/events", server.base, run.run_id);
+    let send = |body: String| {
+        client
+            .post(&url)
+            .bearer_auth(&run.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let r = send("{not json".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let msg: Value = r.json().await.unwrap();
+    assert!(
+        msg["error"]
+            .as_str()
+            .unwrap()
+            .contains("key must be a string"),
+        "{msg}"
+    );
+
+    let r = send(r#"{"events": [], "extra": 1}"#.into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("unknown field"));
+
+    let r = send(
+        serde_json::to_string(&EventBatch {
+            events: vec![log(1), log(3)],
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("sequence numbers jump from 1 to 3")
+    );
+
+    let huge = format!(
+        r#"{{"events": [{{"seq": 1, "at_ms": 0, "body": {{"type": "log", "level": "info", "line": "{}"}}}}]}}"#,
+        "x".repeat(5 << 20)
+    );
+    let r = send(huge).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("over the limit"));
+
+    // A suite the loader refuses is refused at registration, with its location.
+    let req = RegisterRequest {
+        identity: identity(9),
+        hostname: None,
+        suite_text: "suite: x\ndescription: d\nsteps: []\n".into(),
+    };
+    let r = client
+        .post(format!("{}/api/v1/register", server.base))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("suite:3:1: steps: no steps")
+    );
+
+    // Hostile identities are refused before they are stored.
+    let req = RegisterRequest {
+        identity: NodeIdentity {
+            macs: vec![],
+            uuid: None,
+            serial: Some("x\nchain http://evil/".into()),
+        },
+        hostname: None,
+        suite_text: SUITE.into(),
+    };
+    let r = client
+        .post(format!("{}/api/v1/register", server.base))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_agent_fails_its_run_with_lost_contact() {
+    let config = Config {
+        heartbeat_timeout: kiln_protocol::units::HumanDuration::from_secs(1),
+        ..Config::default()
+    };
+    let server = Server::start("heartbeat", config).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 1, SUITE).await;
+    let first = full_run().into_iter().take(2).collect();
+    assert_eq!(
+        post_events(&client, &server.base, &run, first)
+            .await
+            .status(),
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let detail = run_json(&client, &server.base, run.run_id).await;
+        if detail["verdict"] == "fail" {
+            assert!(
+                detail["verdict_reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("lost contact"),
+                "{detail}"
+            );
+            assert!(detail["faults"].to_string().contains("lost contact"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never failed: {detail}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A late RunFinished(pass) is refused (the run is closed) and changes nothing.
+    let before = run_json(&client, &server.base, run.run_id).await;
+    let late = vec![ev(
+        3,
+        EventBody::RunFinished {
+            verdict: Verdict::Pass,
+        },
+    )];
+    assert_eq!(
+        post_events(&client, &server.base, &run, late)
+            .await
+            .status(),
+        409
+    );
+    assert_eq!(run_json(&client, &server.base, run.run_id).await, before);
+}
+
+#[test]
+fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
+    let data = scratch("restart");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_kiln(&data, port);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let run = rt.block_on(register(&client, &base, 7, SUITE));
+    let reporter = kiln_agent::reporter::Reporter::start(kiln_agent::reporter::Target {
+        base: base.clone(),
+        run_id: run.run_id,
+        token: run.token.clone(),
+        heartbeat: Duration::from_secs(60),
+    })
+    .unwrap();
+    use kiln_agent::runner::EventSink;
+    let lines = 3000;
+    reporter.emit(EventBody::RunStarted {
+        suite: "t".into(),
+        steps: 0,
+        agent: "test".into(),
+    });
+    for i in 0..lines {
+        reporter.emit(EventBody::Log {
+            step: None,
+            level: LogLevel::Info,
+            line: format!("line {i}"),
+        });
+        if i == lines / 3 {
+            // Kill -9 while batches are in flight, then come back on the same port and data.
+            server.child.kill().unwrap();
+            server.child.wait().unwrap();
+            std::thread::sleep(Duration::from_millis(700));
+            server = spawn_kiln(&data, port);
+        }
+        if i % 100 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // The suite's one step, so the collector's own verdict can be a pass.
+    reporter.emit(EventBody::StepFinished {
+        report: StepReport {
+            step: 0,
+            name: "tool".into(),
+            kind: "exec".into(),
+            outcome: Outcome::Pass,
+            metrics: vec![],
+            duration_ms: 1,
+        },
+    });
+    reporter.emit(EventBody::RunFinished {
+        verdict: Verdict::Pass,
+    });
+    assert_eq!(
+        reporter.flush(Duration::from_secs(60)),
+        0,
+        "events left unacknowledged"
+    );
+    let detail = rt.block_on(run_json(&client, &base, run.run_id));
+    assert_eq!(detail["log_lines"], lines);
+    assert_eq!(detail["verdict"], "pass");
+    let logs: Vec<Value> = rt.block_on(async {
+        client
+            .get(format!(
+                "{base}/api/v1/runs/{}/logs?limit=100000",
+                run.run_id
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let seqs: Vec<i64> = logs.iter().map(|l| l["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (2..2 + lines as i64).collect::<Vec<_>>(),
+        "log sequence has gaps or duplicates"
+    );
+    drop(server);
+}
+
+#[test]
+fn smoke_run_with_collector_shows_the_same_verdict_and_faults_in_report_and_page() {
+    let agent = Path::new(env!("CARGO_BIN_EXE_kiln")).with_file_name("kiln-agent");
+    assert!(
+        agent.exists(),
+        "{} is not built; run the workspace tests (cargo nextest run --workspace)",
+        agent.display()
+    );
+    let data = scratch("e2e");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _server = spawn_kiln(&data, port);
+    let suite = data.join("fails.yaml");
+    std::fs::write(&suite, "suite: e2e\ndescription: d\nexpect:\n  cpu: {min_logical: 4096}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n").unwrap();
+    let out = Command::new(&agent)
+        .args([
+            "run",
+            suite.to_str().unwrap(),
+            "--plain",
+            "--collector",
+            &base,
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fault = printed
+        .lines()
+        .find_map(|l| l.split("expect: FAULT ").nth(1))
+        .unwrap()
+        .to_owned();
+    assert!(
+        fault.starts_with("expected ≥ 4096 logical CPUs, found"),
+        "{fault}"
+    );
+
+    let report = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["report", "--server", &base])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&report.stdout);
+    assert_eq!(
+        report.status.code(),
+        Some(1),
+        "a failed node makes kiln report exit 1: {table}"
+    );
+    assert!(table.contains("fail") && table.contains(&fault), "{table}");
+    let page = blocking_get(&format!("{base}/"));
+    assert!(
+        page.contains(&fault) && page.contains("badge fail"),
+        "{page}"
+    );
+}

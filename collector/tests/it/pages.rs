@@ -1,0 +1,217 @@
+//! Reports and pages: what managers see, escaped, and the dashboard in headless Chromium.
+
+use std::path::Path;
+use std::process::Command;
+
+use kiln_collector::config::Config;
+use kiln_protocol::verdict::Verdict;
+use kiln_protocol::wire::{EventBody, Outcome, RegisterRequest, RegisterResponse, StepReport};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
+    let server = Server::start("pages", Config::default()).await;
+    let client = reqwest::Client::new();
+    let req = RegisterRequest {
+        identity: identity(3),
+        hostname: Some("<script>alert(1)</script>".into()),
+        suite_text: SUITE.into(),
+    };
+    let run: RegisterResponse = client
+        .post(format!("{}/api/v1/register", server.base))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut events = full_run();
+    events[3] = ev(
+        4,
+        EventBody::StepFinished {
+            report: StepReport {
+                step: 0,
+                name: "tool".into(),
+                kind: "exec".into(),
+                outcome: Outcome::Fail {
+                    faults: vec![kiln_protocol::wire::Fault::new(
+                        "exec.exit_code",
+                        "tool exited with 3",
+                    )],
+                },
+                metrics: vec![],
+                duration_ms: 5,
+            },
+        },
+    );
+    events[4] = ev(
+        5,
+        EventBody::RunFinished {
+            verdict: Verdict::Fail,
+        },
+    );
+    post_events(&client, &server.base, &run, events).await;
+    let page = client
+        .get(format!("{}/", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;"),
+        "hostname not escaped"
+    );
+    assert!(!page.contains("<script>alert(1)"));
+    assert!(page.contains("tool: tool exited with 3"));
+    let csv = client
+        .get(format!(
+            "{}/api/v1/report?format=csv&verdict=fail",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.contains(",fail,tool: tool exited with 3"), "{csv}");
+    let none = client
+        .get(format!(
+            "{}/api/v1/report?format=csv&verdict=pass",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(none.lines().count(), 1);
+    let bad = client
+        .get(format!("{}/api/v1/report?since=soon", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let junit = client
+        .get(format!(
+            "{}/api/v1/runs/{}/junit.xml",
+            server.base, run.run_id
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(junit.contains("failures=\"1\""), "{junit}");
+    let run_page = client
+        .get(format!("{}/runs/{}", server.base, run.run_id))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(run_page.contains("tool exited with 3"));
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kiln_runs{verdict=\"fail\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Runs Debian's headless Chromium against `url`: the DOM after load, and a screenshot.
+fn chromium(url: &str, screenshot: &Path) -> String {
+    let profile = screenshot.with_extension("profile");
+    let base = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+    ];
+    let run = |extra: &str| {
+        let out = Command::new("chromium")
+            .args(base)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(extra)
+            .arg(url)
+            .output()
+            .expect("chromium is installed by .ci/setup (apt-get install chromium)");
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run("--dump-dom");
+    run(&format!("--screenshot={}", screenshot.display()));
+    dom
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_renders_in_headless_chromium() {
+    let server = Server::start("chromium", Config::default()).await;
+    let client = reqwest::Client::new();
+    let req = RegisterRequest {
+        identity: identity(4),
+        hostname: Some("rack12-node07".into()),
+        suite_text: SUITE.into(),
+    };
+    let run: RegisterResponse = client
+        .post(format!("{}/api/v1/register", server.base))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut events = full_run();
+    events[4] = ev(
+        5,
+        EventBody::RunFinished {
+            verdict: Verdict::Fail,
+        },
+    );
+    post_events(&client, &server.base, &run, events).await;
+    let shot = server.data.join("dashboard.png");
+    let url = format!("{}/", server.base);
+    let dom = tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || chromium(&url, &shot)
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains("rack12-node07"), "{dom}");
+    assert!(dom.contains("data-verdict=\"fail\""), "{dom}");
+    assert!(
+        dom.contains("<span class=\"badge fail\">fail</span>"),
+        "{dom}"
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot of {} bytes",
+        png.len()
+    );
+    // Kept for a look: target/test-scratch/chromium-*/dashboard.png
+}
