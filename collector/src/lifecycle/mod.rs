@@ -160,21 +160,19 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
             let run_id = match open {
                 Some(run_id) => run_id,
                 None => {
-                    let last: Option<(i64, Verdict, i64)> = tx
+                    let last: Option<(i64, Verdict)> = tx
                         .query_row(
-                            "SELECT id, verdict, started_ms FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL ORDER BY id DESC LIMIT 1",
+                            "SELECT id, verdict FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL ORDER BY id DESC LIMIT 1",
                             [node_id],
-                            |r| Ok((r.get(0)?, r.get::<_, SqlVerdict>(1)?.0, r.get(2)?)),
+                            |r| Ok((r.get(0)?, r.get::<_, SqlVerdict>(1)?.0)),
                         )
                         .optional()?;
-                    let armed = match (armed_ms, last) {
-                        (Some(armed), Some((_, _, started))) => armed > started,
-                        (Some(_), None) => true,
-                        (None, _) => false,
-                    };
+                    // Armed = an operator (or the unknown-node policy) asked for a new run,
+                    // and no run has started since: starting one consumes it.
+                    let armed = armed_ms.is_some();
                     if !armed {
                         let script = match last {
-                            Some((run_id, verdict, _)) => Script::Done {
+                            Some((run_id, verdict)) => Script::Done {
                                 run_id,
                                 verdict: Some(verdict),
                             },
@@ -246,6 +244,7 @@ fn start_run(
         .steps
         .iter()
         .any(|s| matches!(&s.check, kiln_protocol::Check::Disk(d) if d.destructive));
+    tx.execute("UPDATE nodes SET armed_ms = NULL WHERE id = ?1", [node_id])?;
     let run_id = create_run(
         tx,
         &NewRun {
@@ -1073,5 +1072,222 @@ fn event_step(body: &EventBody) -> Option<u32> {
         EventBody::Log { step, .. } => *step,
         EventBody::StepFinished { report } => Some(report.step),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memtest::capture::Finding;
+    use crate::store::test_connection;
+
+    const MEMTEST_SUITE: &str = "suite: m\ndescription: d\nmemtest: {passes: 1}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n";
+
+    fn identity(mac: Option<&str>, serial: Option<&str>) -> NodeIdentity {
+        NodeIdentity {
+            macs: mac.map(str::to_owned).into_iter().collect(),
+            uuid: None,
+            serial: serial.map(str::to_owned),
+        }
+    }
+
+    fn request(identity: NodeIdentity) -> BootRequest {
+        BootRequest {
+            identity,
+            unknown_mode: Mode::Verify,
+            default_suite: "m".into(),
+            suite: Some(SuiteFile {
+                name: "m".into(),
+                text: Ok(MEMTEST_SUITE.into()),
+            }),
+            token_hash: "h1".into(),
+            heartbeat_secs: 60,
+            image_digest: None,
+        }
+    }
+
+    fn script(conn: &mut Connection, req: &BootRequest) -> (Script, Ended) {
+        match boot(conn, req).unwrap() {
+            (BootDecision::Script { script, .. }, ended) => (script, ended),
+            (other, _) => panic!("{other:?}"),
+        }
+    }
+
+    fn finding(pass: bool) -> Finding {
+        Finding {
+            pass,
+            detail: if pass { "1 pass, 0 errors" } else { "errors" }.into(),
+            reading: None,
+            screen: String::new(),
+            raw: Vec::new(),
+            secs: 1,
+        }
+    }
+
+    fn run_state(conn: &Connection, run_id: i64) -> (RunStage, Option<Verdict>, Option<String>) {
+        conn.query_row(
+            "SELECT stage, verdict, progress FROM runs WHERE id = ?1",
+            [run_id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, Option<SqlVerdict>>(1)?.map(|v| v.0),
+                    r.get(2)?,
+                ))
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_boot_asks_for_the_suite_file_before_it_changes_anything() {
+        let mut conn = test_connection();
+        let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+        req.suite = None;
+        let (decision, _) = boot(&mut conn, &req).unwrap();
+        assert_eq!(decision, BootDecision::NeedSuite("m".into()));
+        let runs: i64 = conn
+            .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(runs, 0);
+    }
+
+    #[test]
+    fn a_stale_capture_finding_is_dropped_and_ends_nothing() {
+        let mut conn = test_connection();
+        let req = request(identity(Some("52:54:00:00:00:01"), None));
+        let (Script::Memtest { run_id, .. }, _) = script(&mut conn, &req) else {
+            panic!("expected memtest")
+        };
+        // The node reboots in the middle of memtest86+: the stage fails and its capture stops.
+        let (done, ended) = script(&mut conn, &req);
+        assert_eq!(
+            done,
+            Script::Done {
+                run_id,
+                verdict: Some(Verdict::Fail)
+            }
+        );
+        assert!(ended.0.contains(&(run_id, Stage::Memtest)));
+        // The old capture's late "pass" changes nothing and may not reset the node.
+        let (applied, ended) = memtest_finished(&mut conn, run_id, &finding(true)).unwrap();
+        assert_eq!(applied, Applied::Stale);
+        assert!(ended.0.is_empty());
+        assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Fail));
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM memtest_results", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0);
+    }
+
+    #[test]
+    fn progress_belongs_to_its_stage() {
+        let mut conn = test_connection();
+        let req = request(identity(Some("52:54:00:00:00:01"), None));
+        let (Script::Memtest { run_id, .. }, _) = script(&mut conn, &req) else {
+            panic!("expected memtest")
+        };
+        let reading = Progress {
+            step: 0,
+            name: "memtest86+".into(),
+            fraction: 0.99,
+            status: Some("pass 1 test #9".into()),
+        };
+        memtest_progress(&conn, run_id, &reading).unwrap();
+        assert!(run_state(&conn, run_id).2.unwrap().contains("test #9"));
+        let (applied, _) = memtest_finished(&mut conn, run_id, &finding(true)).unwrap();
+        assert_eq!(applied, Applied::Yes);
+        // Linux is booting: memtest's reading is gone, and a late one is not written.
+        assert_eq!(run_state(&conn, run_id), (RunStage::Linux, None, None));
+        memtest_progress(&conn, run_id, &reading).unwrap();
+        assert_eq!(run_state(&conn, run_id).2, None);
+        // The node reboots into Linux and gets the image with this boot's token.
+        assert_eq!(script(&mut conn, &req).0, Script::Linux { run_id });
+    }
+
+    #[test]
+    fn a_node_known_only_by_its_serial_keeps_its_mode() {
+        let mut conn = test_connection();
+        let req = request(identity(None, Some("SN-9")));
+        let (decision, _) = boot(&mut conn, &req).unwrap();
+        let BootDecision::Script { node_id, .. } = decision else {
+            panic!()
+        };
+        let (_, ended) = set_mode(&mut conn, &Selector::Node(node_id), Mode::Hold).unwrap();
+        // The open run ended with the operator's reason.
+        assert!(ended.0.contains(&(1, Stage::Memtest)), "{ended:?}");
+        let reason: String = conn
+            .query_row("SELECT verdict_reason FROM runs WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            reason,
+            "the operator set the node's mode to hold before the run finished"
+        );
+        let (decision, _) = boot(&mut conn, &req).unwrap();
+        assert_eq!(
+            decision,
+            BootDecision::Script {
+                node_id,
+                serial: Some("SN-9".into()),
+                script: Script::Hold("mode hold".into())
+            }
+        );
+        let nodes: i64 = conn
+            .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(nodes, 1);
+    }
+
+    #[test]
+    fn an_operator_re_arm_ends_the_open_run_as_incomplete() {
+        let mut conn = test_connection();
+        let req = request(identity(Some("52:54:00:00:00:01"), None));
+        let (Script::Memtest { run_id, .. }, _) = script(&mut conn, &req) else {
+            panic!("expected memtest")
+        };
+        let (n, ended) = set_mode(&mut conn, &Selector::All(true), Mode::Verify).unwrap();
+        assert_eq!(n, 1);
+        assert!(ended.0.contains(&(run_id, Stage::Memtest)));
+        assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Incomplete));
+        // `all: false` selects nothing.
+        let (n, _) = set_mode(&mut conn, &Selector::All(false), Mode::Hold).unwrap();
+        assert_eq!(n, 0);
+        // The next boot starts a new run.
+        let (Script::Memtest { run_id: next, .. }, _) = script(&mut conn, &req) else {
+            panic!("expected memtest")
+        };
+        assert_ne!(next, run_id);
+    }
+
+    #[test]
+    fn the_linux_stage_is_handed_out_once_per_boot() {
+        let mut conn = test_connection();
+        let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+        req.suite = Some(SuiteFile {
+            name: "m".into(),
+            text: Ok(
+                "suite: m\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n"
+                    .into(),
+            ),
+        });
+        let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+            panic!("expected linux")
+        };
+        req.token_hash = "h2".into();
+        let (again, _) = script(&mut conn, &req);
+        assert_eq!(
+            again,
+            Script::Done {
+                run_id,
+                verdict: Some(Verdict::Fail)
+            }
+        );
+        assert_eq!(access(&conn, run_id, "h2").unwrap(), RunAccess::Denied);
+        assert_eq!(
+            access(&conn, run_id, "h1").unwrap(),
+            RunAccess::Closed(Verdict::Fail)
+        );
     }
 }

@@ -76,6 +76,15 @@ impl Db {
     }
 }
 
+/// A migrated in-memory database, for unit tests of what runs on the database thread.
+#[cfg(test)]
+pub(crate) fn test_connection() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("in-memory sqlite");
+    schema::configure(&conn).expect("configure");
+    schema::migrate(&mut conn).expect("migrate");
+    conn
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

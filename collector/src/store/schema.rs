@@ -111,6 +111,10 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE nodes ADD COLUMN ad_hoc INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE nodes ADD COLUMN claimed TEXT;
      CREATE INDEX node_macs_node ON node_macs(node_id);",
+    // 5: `armed_ms` means "a new run is asked for" until a run starts (which clears it),
+    // instead of being compared with run start times (equal within one millisecond).
+    "UPDATE nodes SET armed_ms = NULL
+       WHERE armed_ms <= (SELECT max(started_ms) FROM runs WHERE runs.node_id = nodes.id);",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.
