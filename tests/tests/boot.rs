@@ -14,7 +14,9 @@ use serde_json::Value;
 /// A guest boots in about 15 s under TCG; OVMF adds some. The bound leaves room for a busy CI.
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
-const SUITE: &str = "suite: boot-test\ndescription: Network-boot test.\nsteps:\n  - name: cpu\n    cpu: {duration: 2s, workloads: [integer]}\n";
+/// The boot chain is under test, not the balance of two TCG vCPUs on a host busy with other
+/// guests: the per-core spread may be anything (a fault would still fail the step).
+const SUITE: &str = "suite: boot-test\ndescription: Network-boot test.\nsteps:\n  - name: cpu\n    cpu: {duration: 2s, workloads: [integer], degraded: {max_core_spread_pct: 100}}\n";
 
 fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str) {
     let image = image_dir();
