@@ -229,6 +229,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The body of a GET, whatever its status.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// A GET from a plain thread.
 pub fn blocking_get(url: &str) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -61,26 +61,12 @@ async fn register_as(
 }
 
 async fn report(client: &reqwest::Client, base: &str, query: &str) -> Vec<Value> {
-    client
-        .get(format!("{base}/api/v1/report?{query}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    serde_json::from_str(&get_text(client, &format!("{base}/api/v1/report?{query}")).await).unwrap()
 }
 
 /// The raw JSON of a run, to compare byte for byte.
 async fn run_text(client: &reqwest::Client, base: &str, run_id: i64) -> String {
-    client
-        .get(format!("{base}/api/v1/runs/{run_id}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(client, &format!("{base}/api/v1/runs/{run_id}")).await
 }
 
 fn node7() -> NodeIdentity {
@@ -258,35 +244,19 @@ async fn a_disagreement_with_the_agent_shows_in_report_page_and_junit() {
     let want = "agent reported pass, the collector computed incomplete";
     let rows = report(&client, &server.base, "").await;
     assert!(rows[0]["faults"][0].as_str().unwrap().starts_with(want));
-    let csv = client
-        .get(format!("{}/api/v1/report?format=csv", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = get_text(
+        &client,
+        &format!("{}/api/v1/report?format=csv", server.base),
+    )
+    .await;
     assert!(csv.contains(want), "{csv}");
-    let page = client
-        .get(format!("{}/runs/{}", server.base, run.run_id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&client, &format!("{}/runs/{}", server.base, run.run_id)).await;
     assert!(page.contains(want), "{page}");
-    let junit = client
-        .get(format!(
-            "{}/api/v1/runs/{}/junit.xml",
-            server.base, run.run_id
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let junit = get_text(
+        &client,
+        &format!("{}/api/v1/runs/{}/junit.xml", server.base, run.run_id),
+    )
+    .await;
     assert!(
         junit.contains("<property name=\"verdict\" value=\"incomplete\"/>"),
         "{junit}"
@@ -400,12 +370,11 @@ async fn two_captures_never_run_for_one_node() {
     let ipxe = || {
         let base = base.clone();
         async move {
-            reqwest::get(format!("{base}/ipxe?mac=52-54-00-00-00-01"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
+            get_text(
+                &reqwest::Client::new(),
+                &format!("{base}/ipxe?mac=52-54-00-00-00-01"),
+            )
+            .await
         }
     };
     assert!(ipxe().await.contains("memtest86+"));
