@@ -275,7 +275,7 @@ struct BootArgs {
     /// Run id.
     #[arg(long)]
     run: Option<i64>,
-    /// The run's token.
+    /// The run's bootstrap token (exchanged once for the session token).
     #[arg(long)]
     token: Option<String>,
     /// Where to write what the node does next (poweroff, reboot, hold), for /init.
@@ -297,14 +297,14 @@ fn boot(args: &BootArgs) -> u8 {
         flag.or_else(|| std::env::var(env).ok())
             .or_else(|| cmdline_value(&cmdline, name))
     };
-    let (Some(url), Some(run_id), Some(token)) = (
+    let (Some(url), Some(run_id), Some(bootstrap)) = (
         pick(args.url.clone(), "KILN_URL", "url"),
         pick(args.run.map(|r| r.to_string()), "KILN_RUN", "run")
             .and_then(|r| r.parse::<i64>().ok()),
         pick(args.token.clone(), "KILN_TOKEN", "token"),
     ) else {
         eprintln!(
-            "kiln-agent boot: no collector URL, run and token (flags, KILN_* variables or kiln.* on the kernel command line)"
+            "kiln-agent boot: no collector URL, run and bootstrap token (flags, KILN_* variables or kiln.* on the kernel command line)"
         );
         return EXIT_HARNESS;
     };
@@ -318,6 +318,16 @@ fn boot(args: &BootArgs) -> u8 {
         env!("CARGO_PKG_VERSION")
     );
     let patience = std::time::Duration::from_secs(600);
+    // The token on the command line is readable by every process in the image: it is only a
+    // bootstrap, good for one exchange; the session token stays in this process.
+    let token = match crate::reporter::exchange_session(&url, run_id, &bootstrap, patience) {
+        Ok(session) => session.token,
+        Err(err) => {
+            eprintln!("kiln-agent: {err:#}");
+            write_after("hold");
+            return EXIT_HARNESS;
+        }
+    };
     let plan_wire = match crate::reporter::fetch_plan(&url, run_id, &token, patience) {
         Ok(p) => p,
         Err(err) => {

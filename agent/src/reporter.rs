@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use kiln_protocol::routes;
 use kiln_protocol::wire::{
     BatchAck, Event, EventBatch, EventBody, Inventory, RegisterRequest, RegisterResponse,
 };
@@ -164,16 +165,8 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
         Ok(c) => c,
         Err(_) => return,
     };
-    let url = format!(
-        "{}/api/v1/runs/{}/events",
-        target.base.trim_end_matches('/'),
-        target.run_id
-    );
-    let ping = format!(
-        "{}/api/v1/runs/{}/plan",
-        target.base.trim_end_matches('/'),
-        target.run_id
-    );
+    let url = routes::url(&target.base, routes::EVENTS, target.run_id);
+    let ping = routes::url(&target.base, routes::PLAN, target.run_id);
     let heartbeat = (target.heartbeat / 3).max(Duration::from_secs(1));
     let mut next_seq = 1u64;
     let mut inflight: Vec<Event> = Vec::new();
@@ -379,7 +372,7 @@ pub fn register(
         hostname: crate::os::read_trimmed("/proc/sys/kernel/hostname"),
         suite_text: suite_text.to_owned(),
     };
-    let url = format!("{}/api/v1/register", base.trim_end_matches('/'));
+    let url = routes::url(base, routes::REGISTER, 0);
     let (runtime, client) = short_runtime()?;
     runtime.block_on(async {
         let r = until_answered("registration", base, patience, || {
@@ -396,11 +389,7 @@ pub fn post_inventory(
     inventory: &Inventory,
     patience: Duration,
 ) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/api/v1/runs/{}/inventory",
-        target.base.trim_end_matches('/'),
-        target.run_id
-    );
+    let url = routes::url(&target.base, routes::INVENTORY, target.run_id);
     let (runtime, client) = short_runtime()?;
     runtime.block_on(async {
         until_answered("inventory", &target.base, patience, || {
@@ -415,6 +404,43 @@ pub fn post_inventory(
     })
 }
 
+/// Exchanges the bootstrap token from the kernel command line for the run's session token.
+/// Only failures to reach the collector are retried: the collector honours one exchange per
+/// boot, and a second one fails the run.
+pub fn exchange_session(
+    base: &str,
+    run_id: i64,
+    bootstrap: &str,
+    patience: Duration,
+) -> anyhow::Result<kiln_protocol::wire::SessionResponse> {
+    let url = routes::url(base, routes::SESSION, run_id);
+    let (runtime, client) = short_runtime()?;
+    runtime.block_on(async {
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match client.post(&url).bearer_auth(bootstrap).send().await {
+                Ok(r) if r.status().is_success() => return Ok(r.json().await?),
+                Ok(r) => {
+                    let status = r.status();
+                    anyhow::bail!(
+                        "the collector refused the session exchange ({status}): {}",
+                        r.text().await.unwrap_or_default()
+                    )
+                }
+                // Not connected: the request never reached the collector, so asking again
+                // is not a second exchange.
+                Err(e) if e.is_connect() && started.elapsed() <= patience => {}
+                Err(e) => {
+                    anyhow::bail!("cannot reach the collector at {base} for the session: {e}")
+                }
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    })
+}
+
 /// Fetches a network-booted run's plan, retrying for up to `patience`.
 pub fn fetch_plan(
     base: &str,
@@ -422,7 +448,7 @@ pub fn fetch_plan(
     token: &str,
     patience: Duration,
 ) -> anyhow::Result<kiln_protocol::wire::RunPlan> {
-    let url = format!("{}/api/v1/runs/{run_id}/plan", base.trim_end_matches('/'));
+    let url = routes::url(base, routes::PLAN, run_id);
     let (runtime, client) = short_runtime()?;
     runtime.block_on(async {
         let r = until_answered("plan request", base, patience, || {

@@ -104,6 +104,31 @@ fn run_passes_writes_both_reports_and_exits_0() {
 }
 
 #[test]
+fn exec_steps_never_see_the_agents_kiln_variables() {
+    let dir = scratch_dir("exec-env");
+    let suite = write_suite(
+        &dir,
+        "env.yaml",
+        "suite: env\ndescription: d\nsteps:\n  - name: no-secrets\n    exec:\n      argv: [sh, -c, 'test -z \"$KILN_TOKEN$KILN_URL$KILN_RUN\" && test -n \"$KILN_METRICS\" && test \"$MINE\" = kept']\n      env: {MINE: kept}\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
+        .args(["run", suite.to_str().unwrap()])
+        .env("KILN_TOKEN", "0123456789abcdef")
+        .env("KILN_URL", "http://127.0.0.1:9")
+        .env("KILN_RUN", "7")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_hardware_fault_exits_1_and_a_refused_suite_exits_2() {
     let dir = scratch_dir("run-fail");
     let fail = write_suite(

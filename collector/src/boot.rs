@@ -189,14 +189,14 @@ pub async fn node_ipxe(
         .unknown_nodes
         .parse()
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("kiln.yaml unknown_nodes: {e}")))?;
-    // A fresh token for this boot; it becomes the run's only if the Linux stage is handed out.
+    // A fresh bootstrap token; it becomes the run's only if the Linux stage is handed out.
     let token = tokens::mint()?;
     let mut req = BootRequest {
         identity: q.identity()?,
         unknown_mode,
         default_suite: state.config.default_suite.clone(),
         suite: None,
-        token_hash: tokens::hash(&token),
+        bootstrap_hash: tokens::hash(&token),
         heartbeat_secs: state.config.heartbeat_timeout.get().as_secs().max(1),
         image_digest: state.image_digest(),
     };

@@ -30,14 +30,22 @@ impl Collector {
         std::fs::create_dir_all(data)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data.display()))?;
         let db = Db::open(&data.join("kiln.sqlite"))?;
-        let admin = match config
-            .admin_token
-            .clone()
-            .or_else(|| std::env::var("KILN_ADMIN_TOKEN").ok())
-        {
-            Some(token) => token,
+        let configured = match (&config.admin_token, std::env::var("KILN_ADMIN_TOKEN").ok()) {
+            (Some(token), _) => Some(("admin_token in the configuration", token.clone())),
+            (None, Some(token)) => Some(("KILN_ADMIN_TOKEN", token)),
+            (None, None) => None,
+        };
+        let admin = match configured {
+            Some((what, token)) => {
+                tokens::check_configured(what, &token).map_err(anyhow::Error::msg)?;
+                token
+            }
             None => admin_token_file(data)?,
         };
+        if let Some(read) = &config.read_token {
+            tokens::check_configured("read_token in the configuration", read)
+                .map_err(anyhow::Error::msg)?;
+        }
         let read_hash = config
             .read_token
             .as_deref()

@@ -26,19 +26,70 @@ pub fn equal(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The token of an `Authorization: Bearer …` header.
+/// Shortest admin or read token the collector accepts from its configuration.
+pub const MIN_CONFIGURED_LEN: usize = 32;
+
+/// Checks a configured token (`what` names where it came from): long enough to resist
+/// guessing over the network.
+pub fn check_configured(what: &str, token: &str) -> Result<(), String> {
+    let len = token.chars().count();
+    if len < MIN_CONFIGURED_LEN {
+        return Err(format!(
+            "{what} is {len} characters long; at least {MIN_CONFIGURED_LEN} are needed \
+             (generate one with `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(())
+}
+
+/// The token of an `Authorization: Bearer …` header (the scheme in any case, as HTTP says).
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
+    let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The token in the `kiln_read` cookie that `/login` sets, if any.
+pub fn cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix("kiln_read="))
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_cookies_are_found() {
+        let mut h = axum::http::HeaderMap::new();
+        for (value, want) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+        ] {
+            h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(bearer(&h), want, "{value:?}");
+        }
+        h.insert(
+            axum::http::header::COOKIE,
+            "a=1; kiln_read=tok; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h), Some("tok"));
+        assert!(check_configured("admin token", "change-me").is_err());
+        assert!(check_configured("admin token", &"x".repeat(32)).is_ok());
+    }
 
     #[test]
     fn tokens_are_long_distinct_and_hashed() {

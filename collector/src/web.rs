@@ -59,19 +59,47 @@ pub struct DashboardQuery {
     token: Option<String>,
 }
 
+/// A page's reader: the `Authorization` header, else the cookie `/login` set, else `?token=`
+/// (browsers cannot add a header to a link).
 fn page_auth(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
-    // Browsers cannot add a bearer header to a link; `?token=` stands in for it on pages.
-    match token {
-        Some(t) => {
-            let mut h = HeaderMap::new();
-            let value = format!("Bearer {t}")
-                .parse()
-                .map_err(|_| ApiError::BadRequest("bad token".into()))?;
-            h.insert(axum::http::header::AUTHORIZATION, value);
-            state.require_reader(&h)
-        }
+    if crate::tokens::bearer(headers).is_some() {
+        return state.require_reader(headers);
+    }
+    match crate::tokens::cookie(headers).or(token) {
+        Some(t) => state.require_reader(&bearer_headers(t)?),
         None => state.require_reader(headers),
     }
+}
+
+fn bearer_headers(token: &str) -> Result<HeaderMap, ApiError> {
+    let mut h = HeaderMap::new();
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ApiError::BadRequest("the token has characters no header can carry".into()))?;
+    h.insert(axum::http::header::AUTHORIZATION, value);
+    Ok(h)
+}
+
+/// `GET /login?token=…`: checks the read (or admin) token and keeps it in a cookie, so the
+/// pages' links need no `?token=`.
+pub async fn login(
+    State(state): State<AppState>,
+    Query(q): Query<PageQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let token = q
+        .token
+        .ok_or_else(|| ApiError::Unauthorized("log in with /login?token=THE-READ-TOKEN".into()))?;
+    state.require_reader(&bearer_headers(&token)?)?;
+    let cookie = format!("kiln_read={token}; Path=/; HttpOnly; SameSite=Strict");
+    Ok((
+        axum::http::StatusCode::SEE_OTHER,
+        [
+            (axum::http::header::SET_COOKIE, cookie),
+            (axum::http::header::LOCATION, "/".to_owned()),
+        ],
+    )
+        .into_response())
 }
 
 /// `GET /`.

@@ -9,6 +9,7 @@ pub mod junit;
 pub mod load;
 pub mod locate;
 pub mod plan;
+pub mod routes;
 pub mod schema;
 pub mod suite;
 pub mod units;

@@ -402,6 +402,17 @@ pub struct RegisterResponse {
     pub heartbeat_secs: u64,
 }
 
+/// The answer to a bootstrap exchange: the run's session token. It travels only in this
+/// answer — never on a command line, never in an environment a child could inherit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionResponse {
+    /// Bearer token for this run's calls from now on (the collector keeps its hash).
+    pub token: String,
+    /// Send something at least this often, or the run fails as lost contact.
+    pub heartbeat_secs: u64,
+}
+
 /// What a network-booted agent fetches first: the suite to run and how.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

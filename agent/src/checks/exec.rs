@@ -34,6 +34,13 @@ impl CheckKind for Exec {
             super::memory::fresh_seed() as u32
         ));
         let mut command = Command::new(program);
+        // The agent's own settings (KILN_URL, KILN_RUN, a KILN_TOKEN an operator exported)
+        // are not the tool's business: a vendor tool never sees a token of this run.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("KILN_") {
+                command.env_remove(&key);
+            }
+        }
         command
             .args(args)
             .envs(&spec.env)

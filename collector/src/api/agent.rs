@@ -4,12 +4,13 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use kiln_protocol::wire::{
-    BatchAck, EventBatch, Inventory, RegisterRequest, RegisterResponse, RunPlan, check_field,
+    BatchAck, EventBatch, Inventory, RegisterRequest, RegisterResponse, RunPlan, SessionResponse,
+    check_field,
 };
 
 use super::{ApiError, AppState, Json, RunAuth, closed};
 use crate::config::Registration;
-use crate::lifecycle::{self, Ingested, NewRunOwned};
+use crate::lifecycle::{self, Exchange, Ingested, NewRunOwned};
 use crate::tokens;
 
 pub(super) async fn register(
@@ -65,6 +66,50 @@ pub(super) async fn register(
             heartbeat_secs,
         }),
     ))
+}
+
+/// `POST /api/v1/runs/{id}/session`: the bootstrap token from the kernel command line, once,
+/// for the run's session token.
+pub(super) async fn session(
+    State(state): State<AppState>,
+    axum::extract::Path(run_id): axum::extract::Path<i64>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, axum::Json<SessionResponse>), ApiError> {
+    let bootstrap = tokens::bearer(&headers).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "the session exchange needs the bootstrap token (Authorization: Bearer …)".into(),
+        )
+    })?;
+    let bootstrap_hash = tokens::hash(bootstrap);
+    let session = tokens::mint()?;
+    let session_hash = tokens::hash(&session);
+    let (exchanged, ended) = state
+        .db
+        .call(move |c| lifecycle::exchange(c, run_id, &bootstrap_hash, &session_hash))
+        .await?;
+    state.captures.stop(&ended);
+    match exchanged {
+        Exchange::Issued => Ok((
+            StatusCode::CREATED,
+            axum::Json(SessionResponse {
+                token: session,
+                heartbeat_secs: state.config.heartbeat_timeout.get().as_secs().max(1),
+            }),
+        )),
+        Exchange::Denied => Err(ApiError::Forbidden(format!(
+            "the token is not run {run_id}'s bootstrap token"
+        ))),
+        Exchange::Closed(verdict) => Err(closed(run_id, verdict)),
+        Exchange::Reused => {
+            tracing::warn!(
+                run_id,
+                "security: a bootstrap token was used twice; the run fails"
+            );
+            Err(ApiError::Conflict(format!(
+                "run {run_id}'s bootstrap token was already exchanged: the run fails (a second holder of the token is a security event)"
+            )))
+        }
+    }
 }
 
 pub(super) async fn plan(

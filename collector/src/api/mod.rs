@@ -16,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use kiln_protocol::routes;
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
@@ -61,19 +62,21 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(reports::healthz))
         .route("/metrics", get(reports::metrics))
-        .route("/api/v1/register", post(agent::register))
-        .route("/api/v1/runs/{id}/plan", get(agent::plan))
-        .route("/api/v1/runs/{id}/inventory", put(agent::inventory))
-        .route("/api/v1/runs/{id}/events", post(agent::events))
+        .route(routes::REGISTER, post(agent::register))
+        .route(routes::SESSION, post(agent::session))
+        .route(routes::PLAN, get(agent::plan))
+        .route(routes::INVENTORY, put(agent::inventory))
+        .route(routes::EVENTS, post(agent::events))
         .route("/api/v1/nodes", get(reports::nodes))
-        .route("/api/v1/nodes/import", post(operator::import))
-        .route("/api/v1/nodes/mode", post(operator::mode))
-        .route("/api/v1/nodes/suite", post(operator::suite))
-        .route("/api/v1/report", get(reports::report))
+        .route(routes::NODES_IMPORT, post(operator::import))
+        .route(routes::NODES_MODE, post(operator::mode))
+        .route(routes::NODES_SUITE, post(operator::suite))
+        .route(routes::REPORT, get(reports::report))
         .route("/api/v1/runs/{id}", get(reports::run))
         .route("/api/v1/runs/{id}/junit.xml", get(reports::junit))
         .route("/api/v1/runs/{id}/logs", get(reports::logs))
         .route("/", get(crate::web::dashboard))
+        .route("/login", get(crate::web::login))
         .route("/nodes/{id}", get(crate::web::node))
         .route("/runs/{id}", get(crate::web::run))
         .route("/boot.ipxe", get(crate::boot::boot_ipxe))
@@ -83,9 +86,9 @@ pub fn router(state: AppState) -> Router {
             "/artifacts/{*path}",
             get(crate::artifacts::serve).head(crate::artifacts::serve),
         )
-        .route("/bandwidth/download", get(bandwidth::download))
+        .route(routes::BANDWIDTH_DOWNLOAD, get(bandwidth::download))
         .route(
-            "/bandwidth/upload",
+            routes::BANDWIDTH_UPLOAD,
             post(bandwidth::upload).layer(DefaultBodyLimit::disable()),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))

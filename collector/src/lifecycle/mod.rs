@@ -64,8 +64,8 @@ pub struct BootRequest {
     pub default_suite: String,
     /// The suite file, once the decision asked for it.
     pub suite: Option<SuiteFile>,
-    /// Hash of a freshly minted token, used when the Linux stage is handed out.
-    pub token_hash: String,
+    /// Hash of a freshly minted bootstrap token, used when the Linux stage is handed out.
+    pub bootstrap_hash: String,
     /// Heartbeat the agent must keep.
     pub heartbeat_secs: u64,
     /// Digest of the RAM image nodes boot now.
@@ -93,7 +93,7 @@ pub enum Script {
         /// The suite's memtest settings.
         memtest: Memtest,
     },
-    /// The RAM image; the token whose hash was in the request is now the run's.
+    /// The RAM image; the bootstrap token whose hash was in the request is now the run's.
     Linux {
         /// Run.
         run_id: i64,
@@ -251,7 +251,8 @@ fn start_run(
             node_id,
             suite_name: plan.name(),
             suite_text: text,
-            token_hash: &req.token_hash,
+            // No session until the Linux stage's bootstrap token is exchanged.
+            token_hash: "",
             stages,
             allow_destructive,
             heartbeat_secs: req.heartbeat_secs,
@@ -311,11 +312,11 @@ fn next_stage(
             }
             (Stage::Linux, StageState::Pending) => {
                 start_stage(tx, run_id, Stage::Linux)?;
-                // A fresh token for this boot; only its hash is kept, and every older token of
-                // this node is dead from now on.
+                // A fresh bootstrap token for this boot, and no session yet: only its hash is
+                // kept, and every older token of this node is dead from now on.
                 tx.execute(
-                    "UPDATE runs SET token_hash = ?2 WHERE id = ?1",
-                    params![run_id, req.token_hash],
+                    "UPDATE runs SET bootstrap_hash = ?2, bootstrap_used_ms = NULL, token_hash = '' WHERE id = ?1",
+                    params![run_id, req.bootstrap_hash],
                 )?;
                 supersede_other_runs(tx, run_id, ended)?;
                 return Ok(Script::Linux { run_id });
@@ -599,6 +600,63 @@ pub fn access(conn: &Connection, run_id: i64, token_hash: &str) -> Result<RunAcc
         },
         _ => RunAccess::Denied,
     })
+}
+
+/// What a bootstrap exchange did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    /// The session token whose hash was given is now the run's.
+    Issued,
+    /// Not this run's bootstrap token (or no such run).
+    Denied,
+    /// The run is closed.
+    Closed(Verdict),
+    /// The bootstrap token was used before: someone else has it too. The run failed.
+    Reused,
+}
+
+/// The agent exchanges the bootstrap token from its kernel command line for the run's session
+/// token. Once: a second exchange means another process (or machine) holds the bootstrap
+/// token, which fails the run as a security event — never a silent pass.
+pub fn exchange(
+    conn: &mut Connection,
+    run_id: i64,
+    bootstrap_hash: &str,
+    session_hash: &str,
+) -> Result<(Exchange, Ended), StoreError> {
+    let tx = conn.transaction()?;
+    let row: Option<(Option<String>, Option<i64>, Option<SqlVerdict>)> = tx
+        .query_row(
+            "SELECT bootstrap_hash, bootstrap_used_ms, verdict FROM runs WHERE id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((Some(stored), used, verdict)) = row else {
+        return Ok((Exchange::Denied, Ended::default()));
+    };
+    if !crate::tokens::equal(&stored, bootstrap_hash) {
+        return Ok((Exchange::Denied, Ended::default()));
+    }
+    if let Some(v) = verdict {
+        return Ok((Exchange::Closed(v.0), Ended::default()));
+    }
+    if used.is_some() {
+        let ended = close_run(
+            &tx,
+            run_id,
+            Verdict::Fail,
+            "security: the bootstrap token was used twice (another process or machine has it)",
+        )?;
+        tx.commit()?;
+        return Ok((Exchange::Reused, ended));
+    }
+    tx.execute(
+        "UPDATE runs SET token_hash = ?2, bootstrap_used_ms = ?3, last_seen_ms = ?3 WHERE id = ?1",
+        params![run_id, session_hash, now_ms()],
+    )?;
+    tx.commit()?;
+    Ok((Exchange::Issued, Ended::default()))
 }
 
 /// The agent fetched its plan (or pinged): it is alive. `None` when the run is closed.
@@ -1100,7 +1158,7 @@ mod tests {
                 name: "m".into(),
                 text: Ok(MEMTEST_SUITE.into()),
             }),
-            token_hash: "h1".into(),
+            bootstrap_hash: "h1".into(),
             heartbeat_secs: 60,
             image_digest: None,
         }
@@ -1150,6 +1208,46 @@ mod tests {
             .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(runs, 0);
+    }
+
+    #[test]
+    fn a_bootstrap_token_used_twice_fails_the_run() {
+        let mut conn = test_connection();
+        let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+        req.suite = Some(SuiteFile {
+            name: "m".into(),
+            text: Ok(
+                "suite: m\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n"
+                    .into(),
+            ),
+        });
+        let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+            panic!("expected linux")
+        };
+        assert_eq!(
+            exchange(&mut conn, run_id, "h1", "s1").unwrap().0,
+            Exchange::Issued
+        );
+        assert_eq!(
+            exchange(&mut conn, run_id, "h1", "s2").unwrap().0,
+            Exchange::Reused
+        );
+        assert_eq!(
+            access(&conn, run_id, "s1").unwrap(),
+            RunAccess::Closed(Verdict::Fail)
+        );
+        assert_eq!(access(&conn, run_id, "s2").unwrap(), RunAccess::Denied);
+        let reason: String = conn
+            .query_row(
+                "SELECT verdict_reason FROM runs WHERE id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            reason.contains("bootstrap token was used twice"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -1275,7 +1373,18 @@ mod tests {
         let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
             panic!("expected linux")
         };
-        req.token_hash = "h2".into();
+        // The bootstrap token is no session token, and is good for one exchange.
+        assert_eq!(access(&conn, run_id, "h1").unwrap(), RunAccess::Denied);
+        assert_eq!(
+            exchange(&mut conn, run_id, "h2", "s1").unwrap().0,
+            Exchange::Denied
+        );
+        assert_eq!(
+            exchange(&mut conn, run_id, "h1", "s1").unwrap().0,
+            Exchange::Issued
+        );
+        assert_eq!(access(&conn, run_id, "s1").unwrap(), RunAccess::Open);
+        req.bootstrap_hash = "h2".into();
         let (again, _) = script(&mut conn, &req);
         assert_eq!(
             again,
@@ -1286,7 +1395,7 @@ mod tests {
         );
         assert_eq!(access(&conn, run_id, "h2").unwrap(), RunAccess::Denied);
         assert_eq!(
-            access(&conn, run_id, "h1").unwrap(),
+            access(&conn, run_id, "s1").unwrap(),
             RunAccess::Closed(Verdict::Fail)
         );
     }

@@ -115,6 +115,10 @@ const MIGRATIONS: &[&str] = &[
     // instead of being compared with run start times (equal within one millisecond).
     "UPDATE nodes SET armed_ms = NULL
        WHERE armed_ms <= (SELECT max(started_ms) FROM runs WHERE runs.node_id = nodes.id);",
+    // 6: the token on a kernel command line is a one-time bootstrap, exchanged for the
+    // session token `token_hash` then holds.
+    "ALTER TABLE runs ADD COLUMN bootstrap_hash TEXT;
+     ALTER TABLE runs ADD COLUMN bootstrap_used_ms INTEGER;",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.

@@ -63,9 +63,34 @@ fn every_boot_script_matches_its_golden_copy_and_hostile_values_never_reach_one(
     golden("boot.ipxe", &boot);
     let (_, linux) = raw_get(&base, &format!("/ipxe?{q}"), "");
     golden("linux.ipxe", &untoken(&linux));
-    // The agent starts with the boot's token (the run's first event).
-    let token = linux.split("kiln.token=").nth(1).unwrap()[..64].to_owned();
+    // The agent exchanges the boot's one-time token for its session token, then starts.
+    let bootstrap = linux.split("kiln.token=").nth(1).unwrap()[..64].to_owned();
     let client = reqwest::Client::new();
+    let exchange = |token: &str| {
+        rt.block_on(
+            client
+                .post(format!("{base}/api/v1/runs/1/session"))
+                .bearer_auth(token)
+                .send(),
+        )
+        .unwrap()
+    };
+    // The bootstrap token is not a session token.
+    let r = rt
+        .block_on(
+            client
+                .get(format!("{base}/api/v1/runs/1/plan"))
+                .bearer_auth(&bootstrap)
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(exchange("0".repeat(64).as_str()).status(), 403);
+    let r = exchange(&bootstrap);
+    assert_eq!(r.status(), 201);
+    let session: kiln_protocol::wire::SessionResponse = rt.block_on(r.json()).unwrap();
+    let token = session.token;
+    assert_ne!(token, bootstrap);
     let batch = EventBatch {
         events: full_run().into_iter().take(1).collect(),
     };

@@ -408,3 +408,55 @@ async fn two_captures_never_run_for_one_node() {
     let run2 = run_json(&client, &base, 2).await;
     assert_eq!(run2["verdict"], "incomplete", "{run2}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bootstrap_token_used_twice_fails_the_run_as_a_security_event() {
+    let config = Config {
+        default_suite: "plain".into(),
+        ..Config::default()
+    };
+    let server = Server::start("bootstrap-twice", config).await;
+    std::fs::write(server.data.join("suites/plain.yaml"), SUITE).unwrap();
+    let client = reqwest::Client::new();
+    let script = get_text(
+        &client,
+        &format!("{}/ipxe?mac=52-54-00-00-00-01", server.base),
+    )
+    .await;
+    let bootstrap = script.split("kiln.token=").nth(1).unwrap()[..64].to_owned();
+    let exchange = || {
+        client
+            .post(format!("{}/api/v1/runs/1/session", server.base))
+            .bearer_auth(&bootstrap)
+            .send()
+    };
+    let first = exchange().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let session: kiln_protocol::wire::SessionResponse = first.json().await.unwrap();
+    // A child process that read /proc/cmdline tries the same token.
+    let second = exchange().await.unwrap();
+    assert_eq!(second.status(), 409);
+    assert!(
+        second
+            .text()
+            .await
+            .unwrap()
+            .contains("bootstrap token was already exchanged")
+    );
+    let detail = run_json(&client, &server.base, 1).await;
+    assert_eq!(detail["verdict"], "fail", "{detail}");
+    assert!(
+        detail["faults"]
+            .to_string()
+            .contains("security: the bootstrap token was used twice"),
+        "{detail}"
+    );
+    // The agent's own session is closed with the run.
+    let r = client
+        .get(format!("{}/api/v1/runs/1/plan", server.base))
+        .bearer_auth(&session.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+}

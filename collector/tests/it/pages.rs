@@ -215,3 +215,64 @@ async fn the_dashboard_renders_in_headless_chromium() {
     );
     // Kept for a look: target/test-scratch/chromium-*/dashboard.png
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_take_the_read_token_from_a_login_cookie_and_short_tokens_are_refused() {
+    let read = "r".repeat(40);
+    let config = Config {
+        read_token: Some(read.clone()),
+        ..Config::default()
+    };
+    let server = Server::start("read-token", config).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: String, cookie: Option<String>| {
+        let mut r = client.get(format!("{}{path}", server.base));
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        r.send()
+    };
+    assert_eq!(get("/".into(), None).await.unwrap().status(), 401);
+    assert_eq!(get("/?token=".into(), None).await.unwrap().status(), 401);
+    assert_eq!(
+        get("/login?token=wrong".into(), None)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let login = get(format!("/login?token={read}"), None).await.unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    assert_eq!(get("/".into(), Some(pair)).await.unwrap().status(), 200);
+    // The scheme is case-insensitive.
+    let r = client
+        .get(format!("{}/api/v1/report", server.base))
+        .header("authorization", format!("bearer {read}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A configured token shorter than 32 characters is refused at start, with the remedy.
+    let short = Config {
+        admin_token: Some("change-me".into()),
+        ..Config::default()
+    };
+    let err = kiln_collector::server::Collector::open(short, &scratch("short-admin"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("at least 32") && err.contains("openssl rand -hex 32"),
+        "{err}"
+    );
+}

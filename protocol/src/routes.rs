@@ -1,0 +1,49 @@
+//! The collector's HTTP routes, written once: the patterns the server routes on and the paths
+//! clients build from them, so the two can never drift apart.
+
+/// `POST`: an agent that was not network-booted asks for a run (`RegisterRequest`).
+pub const REGISTER: &str = "/api/v1/register";
+/// `POST` with the bootstrap token from the kernel command line: the run's session token
+/// (`SessionResponse`). Once per boot.
+pub const SESSION: &str = "/api/v1/runs/{id}/session";
+/// `GET`: the run's plan (`RunPlan`); also the agent's heartbeat when it has nothing to say.
+pub const PLAN: &str = "/api/v1/runs/{id}/plan";
+/// `PUT`: the node's inventory (`Inventory`).
+pub const INVENTORY: &str = "/api/v1/runs/{id}/inventory";
+/// `POST`: a batch of events (`EventBatch`), answered with a `BatchAck`.
+pub const EVENTS: &str = "/api/v1/runs/{id}/events";
+/// `GET`: N bytes for the NIC check (`?bytes=N`).
+pub const BANDWIDTH_DOWNLOAD: &str = "/bandwidth/download";
+/// `POST`: a body the NIC check uploads.
+pub const BANDWIDTH_UPLOAD: &str = "/bandwidth/upload";
+/// `POST` (admin): label nodes from CSV.
+pub const NODES_IMPORT: &str = "/api/v1/nodes/import";
+/// `POST` (admin): set nodes' mode.
+pub const NODES_MODE: &str = "/api/v1/nodes/mode";
+/// `POST` (admin): assign a suite.
+pub const NODES_SUITE: &str = "/api/v1/nodes/suite";
+/// `GET`: every node with its latest run (`?format=json|csv&rack=&verdict=&since=`).
+pub const REPORT: &str = "/api/v1/report";
+
+/// `base` + `route` with a run's id in place of `{id}`.
+pub fn url(base: &str, route: &str, run_id: i64) -> String {
+    format!(
+        "{}{}",
+        base.trim_end_matches('/'),
+        route.replace("{id}", &run_id.to_string())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_fill_in_the_run_and_never_double_a_slash() {
+        assert_eq!(
+            url("http://c:8080/", EVENTS, 7),
+            "http://c:8080/api/v1/runs/7/events"
+        );
+        assert_eq!(url("http://c", REGISTER, 0), "http://c/api/v1/register");
+    }
+}
