@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use kiln_protocol::routes;
 use serde::{Deserialize, Serialize};
 
 /// Largest download one request may ask for.
@@ -40,8 +41,8 @@ pub struct UploadReceipt {
 /// The bandwidth endpoints, to merge into a server's router.
 pub fn router() -> Router {
     Router::new()
-        .route("/bandwidth/download", get(download))
-        .route("/bandwidth/upload", post(upload))
+        .route(routes::BANDWIDTH_DOWNLOAD, get(download))
+        .route(routes::BANDWIDTH_UPLOAD, post(upload))
 }
 
 /// One chunk of incompressible bytes, shared by every response.
@@ -113,6 +114,7 @@ async fn upload(body: Body) -> Response {
 pub async fn measure_download(
     client: &reqwest::Client,
     base: &str,
+    token: Option<&str>,
     duration: Duration,
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
@@ -121,10 +123,15 @@ pub async fn measure_download(
         // Ask for more than the duration can move at 100 Gb/s; the loop stops reading in time.
         let want = ((duration.as_secs_f64() * 12.5e9) as u64).clamp(1 << 20, MAX_DOWNLOAD);
         let url = format!(
-            "{}/bandwidth/download?bytes={want}",
-            base.trim_end_matches('/')
+            "{}{}?bytes={want}",
+            base.trim_end_matches('/'),
+            routes::BANDWIDTH_DOWNLOAD
         );
-        let mut response = client.get(&url).send().await?.error_for_status()?;
+        let mut request = client.get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request.send().await?.error_for_status()?;
         while let Some(chunk) = response.chunk().await? {
             received += chunk.len() as u64;
             if started.elapsed() >= duration {
@@ -139,6 +146,7 @@ pub async fn measure_download(
 pub async fn measure_upload(
     client: &reqwest::Client,
     base: &str,
+    token: Option<&str>,
     duration: Duration,
 ) -> anyhow::Result<f64> {
     let chunk = chunk();
@@ -147,9 +155,12 @@ pub async fn measure_upload(
         let chunk = chunk.clone();
         async move { (started.elapsed() < duration).then_some((Ok::<Bytes, std::io::Error>(chunk), ())) }
     });
-    let url = format!("{}/bandwidth/upload", base.trim_end_matches('/'));
-    let receipt: UploadReceipt = client
-        .post(&url)
+    let url = format!("{}{}", base.trim_end_matches('/'), routes::BANDWIDTH_UPLOAD);
+    let mut request = client.post(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let receipt: UploadReceipt = request
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await?
@@ -182,10 +193,10 @@ mod tests {
             let _ = rx.await;
         }));
         let client = reqwest::Client::new();
-        let down = measure_download(&client, &base, Duration::from_millis(300))
+        let down = measure_download(&client, &base, None, Duration::from_millis(300))
             .await
             .unwrap();
-        let up = measure_upload(&client, &base, Duration::from_millis(300))
+        let up = measure_upload(&client, &base, None, Duration::from_millis(300))
             .await
             .unwrap();
         assert!(down > 10.0 && up > 10.0, "down {down} up {up} Mb/s");

@@ -139,9 +139,10 @@ fn run(args: &RunArgs) -> u8 {
         eprintln!("{err:#}");
         return EXIT_HARNESS;
     }
-    let options = RunOptions {
+    let mut options = RunOptions {
         allow_destructive: args.allow_destructive,
         collector: args.collector.clone(),
+        collector_token: None,
     };
     let console: Arc<dyn EventSink> = Arc::new(Console::new(args.plain));
     let inventory = crate::inventory::collect();
@@ -149,7 +150,10 @@ fn run(args: &RunArgs) -> u8 {
     let reporter = match &args.collector {
         None => None,
         Some(base) => match connect(base, &inventory, &String::from_utf8_lossy(&text)) {
-            Ok(reporter) => Some(reporter),
+            Ok((reporter, run_id, token)) => {
+                options.collector_token = Some(token);
+                Some((reporter, run_id))
+            }
             Err(err) => {
                 eprintln!("kiln-agent: {err:#}");
                 return EXIT_HARNESS;
@@ -196,13 +200,13 @@ fn connect(
     base: &str,
     inventory: &kiln_protocol::wire::Inventory,
     suite_text: &str,
-) -> anyhow::Result<(Arc<Reporter>, i64)> {
+) -> anyhow::Result<(Arc<Reporter>, i64, String)> {
     let patience = std::time::Duration::from_secs(60);
     let registered = crate::reporter::register(base, inventory, suite_text, patience)?;
     let target = Target {
         base: base.to_owned(),
         run_id: registered.run_id,
-        token: registered.token,
+        token: registered.token.clone(),
         heartbeat: std::time::Duration::from_secs(registered.heartbeat_secs),
     };
     crate::reporter::post_inventory(&target, inventory, patience)?;
@@ -210,7 +214,11 @@ fn connect(
         "registered with {base} as node {}, run {}",
         registered.node_id, registered.run_id
     );
-    Ok((Arc::new(Reporter::start(target)?), registered.run_id))
+    Ok((
+        Arc::new(Reporter::start(target)?),
+        registered.run_id,
+        registered.token,
+    ))
 }
 
 fn report_json(report: &RunReport) -> String {
@@ -347,6 +355,7 @@ fn boot(args: &BootArgs) -> u8 {
     let interrupt = Interrupt::new();
     let _ = interrupt.install_handler();
     let inventory = crate::inventory::collect();
+    let session_token = token.clone();
     let target = Target {
         base: url.clone(),
         run_id,
@@ -369,6 +378,7 @@ fn boot(args: &BootArgs) -> u8 {
     let options = RunOptions {
         allow_destructive: plan_wire.allow_destructive,
         collector: Some(url),
+        collector_token: Some(session_token),
     };
     let report = crate::runner::run_on(&plan, &options, &interrupt, sink, inventory);
     println!("\n{}", summary_table(&report));

@@ -370,6 +370,8 @@ pub struct BatchAck {
 
 /// Longest string a node may send in any identity or inventory field.
 pub const MAX_FIELD_LEN: usize = 256;
+/// Highest sequence number an event may carry (what SQLite's signed integers hold).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 /// Most events one batch may carry.
 pub const MAX_BATCH_EVENTS: usize = 1000;
 /// Longest log line stored; longer lines are refused.
@@ -496,8 +498,14 @@ impl EventBatch {
                 self.events.len()
             ));
         }
+        if let Some(e) = self.events.iter().find(|e| e.seq > MAX_SEQ) {
+            return Err(format!(
+                "sequence number {} is over the limit of {MAX_SEQ}",
+                e.seq
+            ));
+        }
         for pair in self.events.windows(2) {
-            if pair[1].seq != pair[0].seq + 1 {
+            if pair[0].seq.checked_add(1) != Some(pair[1].seq) {
                 return Err(format!(
                     "sequence numbers jump from {} to {}; a batch must be contiguous",
                     pair[0].seq, pair[1].seq
@@ -602,6 +610,21 @@ mod tests {
             }
             .validate()
             .is_err()
+        );
+        // Sequence numbers past what SQLite stores, and a wrap-around, are refused.
+        for events in [
+            vec![log(u64::MAX, "a"), log(0, "b")],
+            vec![log(1 << 63, "a")],
+            vec![log(MAX_SEQ, "a"), log(MAX_SEQ + 1, "b")],
+        ] {
+            assert!(EventBatch { events }.validate().is_err());
+        }
+        assert!(
+            EventBatch {
+                events: vec![log(MAX_SEQ, "a")]
+            }
+            .validate()
+            .is_ok()
         );
         let long = "x".repeat(MAX_LOG_LINE + 1);
         assert!(

@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub allow_destructive: bool,
     /// Base URL of the collector, for `nic: {target: collector}`.
     pub collector: Option<String>,
+    /// The run's session token, which the collector's bandwidth endpoints ask for. It goes
+    /// to the collector only, never to a peer target.
+    pub collector_token: Option<String>,
 }
 
 /// Everything a check may use while it runs.

@@ -151,16 +151,16 @@ impl CheckKind for Nic {
         let base = match spec.target.as_deref() {
             None => None,
             Some("collector") => match &ctx.options.collector {
-                Some(url) => Some(url.clone()),
+                Some(url) => Some((url.clone(), ctx.options.collector_token.clone())),
                 None => {
                     ctx.observer.log(LogLevel::Warn, "throughput skipped: `target: collector` but this run has no collector (use --collector URL)");
                     None
                 }
             },
-            Some(url) => Some(url.to_owned()),
+            Some(url) => Some((url.to_owned(), None)),
         };
         match base {
-            Some(base) => throughput(&base, spec, ctx, &mut out)?,
+            Some((base, token)) => throughput(&base, token.as_deref(), spec, ctx, &mut out)?,
             None => {
                 // Watch the counters for a short while so errors happening now show up.
                 let window = OBSERVE.min(spec.duration.get());
@@ -193,6 +193,7 @@ impl CheckKind for Nic {
 /// `download_mbps`, `upload_mbps` and `mbps` (the slower direction, what `min_mbps` bounds).
 fn throughput(
     base: &str,
+    token: Option<&str>,
     spec: &kiln_protocol::suite::NicCheck,
     ctx: &StepContext<'_>,
     out: &mut CheckOutput,
@@ -225,9 +226,9 @@ fn throughput(
         let measured = runtime.block_on(async {
             let work = async {
                 if name == "download" {
-                    crate::bandwidth::measure_download(&client, base, duration).await
+                    crate::bandwidth::measure_download(&client, base, token, duration).await
                 } else {
-                    crate::bandwidth::measure_upload(&client, base, duration).await
+                    crate::bandwidth::measure_upload(&client, base, token, duration).await
                 }
             };
             tokio::time::timeout(limit, work).await

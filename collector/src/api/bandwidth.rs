@@ -1,5 +1,6 @@
 //! The bandwidth endpoints NIC steps measure against: a download of N bytes and an upload
-//! that is counted, neither kept in memory.
+//! that is counted, neither kept in memory. Only an open run's agent may use them (its session
+//! token): anyone else could use the collector to flood the boot network.
 
 use axum::body::Body;
 use axum::extract::Query;
@@ -35,7 +36,7 @@ fn chunk() -> Bytes {
         .clone()
 }
 
-pub(super) async fn download(Query(size): Query<Size>) -> Response {
+pub(super) async fn download(_run: super::OpenRunSession, Query(size): Query<Size>) -> Response {
     if size.bytes > MAX_BYTES {
         return (
             StatusCode::BAD_REQUEST,
@@ -62,7 +63,7 @@ pub(super) async fn download(Query(size): Query<Size>) -> Response {
         .into_response()
 }
 
-pub(super) async fn upload(body: Body) -> Response {
+pub(super) async fn upload(_run: super::OpenRunSession, body: Body) -> Response {
     let mut stream = body.into_data_stream();
     let mut bytes = 0u64;
     while let Some(piece) = stream.next().await {

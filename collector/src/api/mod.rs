@@ -263,6 +263,36 @@ impl axum::extract::FromRequestParts<AppState> for RunAuth {
     }
 }
 
+/// The caller holds the session token of some open run (which run does not matter).
+pub struct OpenRunSession;
+
+impl axum::extract::FromRequestParts<AppState> for OpenRunSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = tokens::bearer(&parts.headers).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "the bandwidth endpoints need a run's session token (Authorization: Bearer …)"
+                    .into(),
+            )
+        })?;
+        let hash = tokens::hash(token);
+        let open = state
+            .db
+            .call(move |c| crate::lifecycle::open_run_with_session(c, &hash))
+            .await?;
+        match open {
+            Some(_) => Ok(OpenRunSession),
+            None => Err(ApiError::Forbidden(
+                "the token is not the session token of an open run".into(),
+            )),
+        }
+    }
+}
+
 /// The caller holds the admin token.
 pub struct Admin;
 

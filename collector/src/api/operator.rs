@@ -90,6 +90,7 @@ pub(super) async fn mode(
     _admin: Admin,
     Json(req): Json<ModeRequest>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    check_selector(&req.select)?;
     let mode: Mode = req.mode.parse().map_err(|_| {
         ApiError::BadRequest(format!(
             "mode {:?}; expected verify, local or hold",
@@ -118,6 +119,7 @@ pub(super) async fn suite(
     _admin: Admin,
     Json(req): Json<SuiteRequest>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    check_selector(&req.select)?;
     if req.suite.is_empty()
         || !req
             .suite
@@ -134,6 +136,17 @@ pub(super) async fn suite(
         .call(move |c| queries::assign_suite(c, &req.select, &req.suite))
         .await?;
     Ok(axum::Json(serde_json::json!({ "nodes": n })))
+}
+
+/// `{"all": false}` would select nothing: say so rather than answer "0 nodes".
+fn check_selector(select: &Selector) -> Result<(), ApiError> {
+    if matches!(select, Selector::All(false)) {
+        return Err(ApiError::BadRequest(
+            "select: {\"all\": false} selects no node; name a rack, mac or node, or all: true"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

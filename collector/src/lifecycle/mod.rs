@@ -602,6 +602,23 @@ pub fn access(conn: &Connection, run_id: i64, token_hash: &str) -> Result<RunAcc
     })
 }
 
+/// The open run whose session token has this hash, if any.
+pub fn open_run_with_session(
+    conn: &Connection,
+    token_hash: &str,
+) -> Result<Option<i64>, StoreError> {
+    if token_hash.is_empty() {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT id FROM runs WHERE token_hash = ?1 AND verdict IS NULL",
+            [token_hash],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// What a bootstrap exchange did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exchange {

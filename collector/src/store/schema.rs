@@ -118,7 +118,8 @@ const MIGRATIONS: &[&str] = &[
     // 6: the token on a kernel command line is a one-time bootstrap, exchanged for the
     // session token `token_hash` then holds.
     "ALTER TABLE runs ADD COLUMN bootstrap_hash TEXT;
-     ALTER TABLE runs ADD COLUMN bootstrap_used_ms INTEGER;",
+     ALTER TABLE runs ADD COLUMN bootstrap_used_ms INTEGER;
+     CREATE INDEX runs_open_token ON runs(token_hash) WHERE verdict IS NULL;",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.

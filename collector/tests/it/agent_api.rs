@@ -449,3 +449,76 @@ fn smoke_run_with_collector_shows_the_same_verdict_and_faults_in_report_and_page
         "{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bandwidth_endpoints_serve_only_an_open_runs_agent() {
+    let server = Server::start("bandwidth", Config::default()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/bandwidth/download?bytes=1000", server.base);
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .get(&url)
+        .bearer_auth("0".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let run = register(&client, &server.base, 1, SUITE).await;
+    let r = client
+        .get(&url)
+        .bearer_auth(&run.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 1000);
+    let r = client
+        .post(format!("{}/bandwidth/upload", server.base))
+        .bearer_auth(&run.token)
+        .body(vec![0u8; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 5000);
+    // Once the run is over its token moves nothing.
+    post_events(&client, &server.base, &run, full_run()).await;
+    let r = client
+        .get(&url)
+        .bearer_auth(&run.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sequence_numbers_past_i64_and_an_empty_selection_are_refused() {
+    let server = Server::start("hostile-numbers", Config::default()).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 1, SUITE).await;
+    for seqs in [[u64::MAX, 0], [1 << 63, (1 << 63) + 1]] {
+        let events = seqs.iter().map(|s| log(*s)).collect();
+        let r = post_events(&client, &server.base, &run, events).await;
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("sequence number"));
+    }
+    let r = client
+        .post(format!("{}/api/v1/nodes/mode", server.base))
+        .bearer_auth(server.admin_token())
+        .json(&serde_json::json!({ "select": { "all": false }, "mode": "hold" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("selects no node"));
+    let rows: Vec<Value> = client
+        .get(format!("{}/api/v1/report", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows[0]["mode"], "verify");
+}
