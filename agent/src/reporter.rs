@@ -119,6 +119,10 @@ impl Reporter {
 
 impl EventSink for Reporter {
     fn emit(&self, body: EventBody) {
+        // Within the protocol's bounds before it is queued: an over-long line or a hostile
+        // string from a tool is cut here, not refused by the collector later.
+        let mut body = body;
+        body.clamp();
         let mut spool = self.shared.spool.lock().unwrap_or_else(|e| e.into_inner());
         spool.pending.push_back((crate::os::now_ms(), body));
         if spool.pending.len() > SPOOL_LIMIT {
@@ -172,6 +176,11 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
     let mut inflight: Vec<Event> = Vec::new();
     let mut backoff = BACKOFF_MIN;
     let mut last_contact = Instant::now();
+    // Events per POST: all that are in flight, or one at a time while finding a refused one.
+    let mut batch_limit = usize::MAX;
+    // The sequence number whose refused event was replaced by a marker (a marker refused in
+    // turn means something else is wrong: stop).
+    let mut replaced: Option<u64> = None;
     loop {
         if inflight.is_empty() {
             match fill_batch(&shared, &mut next_seq, &mut inflight) {
@@ -191,20 +200,52 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
             }
         }
         let batch = EventBatch {
-            events: inflight.clone(),
+            events: inflight.iter().take(batch_limit).cloned().collect(),
         };
         match post_batch(&client, &url, &target.token, &batch).await {
             Ok(ack) => {
                 inflight.retain(|e| e.seq > ack.acked);
+                if inflight.is_empty() {
+                    batch_limit = usize::MAX;
+                }
                 last_contact = Instant::now();
                 backoff = BACKOFF_MIN;
                 let mut spool = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
                 spool.acked = spool.acked.max(ack.acked);
                 shared.wake.notify_all();
             }
-            Err(Failure::Refused(message)) => {
-                // The collector will never take this batch (a bug on one side): say so once and
-                // stop sending rather than retrying forever.
+            Err(Failure::Refused {
+                status: 400,
+                message,
+            }) if batch.events.len() > 1 => {
+                // One event in the batch is refused: find it by sending one at a time.
+                eprintln!(
+                    "kiln-agent: the collector refused a batch ({message}); resending one event at a time"
+                );
+                batch_limit = 1;
+            }
+            Err(Failure::Refused {
+                status: 400,
+                message,
+            }) if replaced != Some(batch.events[0].seq) => {
+                // This one event is refused: keep its place in the sequence with a line that
+                // says so, and go on with the rest.
+                let seq = batch.events[0].seq;
+                eprintln!("kiln-agent: the collector refused event {seq}: {message}; dropped");
+                let mut marker = EventBody::Log {
+                    step: None,
+                    level: kiln_protocol::wire::LogLevel::Error,
+                    line: format!(
+                        "kiln-agent: event {seq} was refused by the collector and dropped: {message}"
+                    ),
+                };
+                marker.clamp();
+                inflight[0].body = marker;
+                replaced = Some(seq);
+            }
+            Err(Failure::Refused { message, .. }) => {
+                // The collector will never take this (the run is closed, the token refused):
+                // say so once and stop sending rather than retrying forever.
                 eprintln!("kiln-agent: the collector refused a batch: {message}");
                 let mut spool = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
                 spool.done = true;
@@ -266,7 +307,7 @@ fn wait_for_events(shared: &Shared) {
 
 enum Failure {
     Retry,
-    Refused(String),
+    Refused { status: u16, message: String },
 }
 
 async fn post_batch(
@@ -292,7 +333,10 @@ async fn post_batch(
     // 4xx other than 408/429 will not improve with retries; 5xx and the rest might.
     if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
         let text = response.text().await.unwrap_or_default();
-        return Err(Failure::Refused(format!("{status}: {text}")));
+        return Err(Failure::Refused {
+            status: status.as_u16(),
+            message: format!("{status}: {text}"),
+        });
     }
     Err(Failure::Retry)
 }
@@ -367,9 +411,12 @@ pub fn register(
     suite_text: &str,
     patience: Duration,
 ) -> anyhow::Result<RegisterResponse> {
+    let mut inventory = inventory.clone();
+    inventory.clamp();
     let request = RegisterRequest {
-        identity: crate::inventory::identity(inventory),
-        hostname: crate::os::read_trimmed("/proc/sys/kernel/hostname"),
+        identity: crate::inventory::identity(&inventory),
+        hostname: crate::os::read_trimmed("/proc/sys/kernel/hostname")
+            .map(|h| kiln_protocol::bounds::clamp(&h, kiln_protocol::wire::MAX_FIELD_LEN, false)),
         suite_text: suite_text.to_owned(),
     };
     let url = routes::url(base, routes::REGISTER, 0);
@@ -390,6 +437,10 @@ pub fn post_inventory(
     patience: Duration,
 ) -> anyhow::Result<()> {
     let url = routes::url(&target.base, routes::INVENTORY, target.run_id);
+    // Within the protocol's bounds: odd firmware strings are cut, not refused.
+    let mut inventory = inventory.clone();
+    inventory.clamp();
+    let inventory = &inventory;
     let (runtime, client) = short_runtime()?;
     runtime.block_on(async {
         until_answered("inventory", &target.base, patience, || {
@@ -522,5 +573,91 @@ mod tests {
         assert!(
             matches!(&spool.pending[spool.pending.len() - 2].1, EventBody::Log { line, .. } if line == &format!("line {SPOOL_LIMIT}"))
         );
+    }
+}
+
+#[cfg(test)]
+mod refused {
+    use super::*;
+    use kiln_protocol::wire::LogLevel;
+    use std::sync::Mutex as StdMutex;
+
+    /// A collector that refuses any batch holding the line "poison" and keeps the rest.
+    async fn picky_collector(stored: Arc<StdMutex<Vec<Event>>>) -> String {
+        use axum::routing::post;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            routes::EVENTS,
+            post(move |axum::Json(batch): axum::Json<EventBatch>| {
+                let stored = stored.clone();
+                async move {
+                    let poisoned = batch.events.iter().any(
+                        |e| matches!(&e.body, EventBody::Log { line, .. } if line == "poison"),
+                    );
+                    if poisoned {
+                        return Err((axum::http::StatusCode::BAD_REQUEST, "poison refused"));
+                    }
+                    let mut stored = stored.lock().unwrap();
+                    for e in batch.events {
+                        if !stored.iter().any(|s| s.seq == e.seq) {
+                            stored.push(e);
+                        }
+                    }
+                    stored.sort_by_key(|e| e.seq);
+                    let mut acked = 0;
+                    for e in stored.iter() {
+                        if e.seq == acked + 1 {
+                            acked = e.seq;
+                        }
+                    }
+                    Ok(axum::Json(BatchAck { acked }))
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[test]
+    fn one_refused_event_is_replaced_by_a_marker_and_the_rest_go_on() {
+        let stored = Arc::new(StdMutex::new(Vec::new()));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let base = rt.block_on(picky_collector(stored.clone()));
+        let reporter = Reporter::start(Target {
+            base,
+            run_id: 1,
+            token: "t".into(),
+            heartbeat: Duration::from_secs(60),
+        })
+        .unwrap();
+        for line in ["one", "poison", "three"] {
+            reporter.emit(EventBody::Log {
+                step: None,
+                level: LogLevel::Info,
+                line: line.into(),
+            });
+        }
+        reporter.emit(EventBody::RunFinished {
+            verdict: kiln_protocol::verdict::Verdict::Pass,
+        });
+        assert_eq!(reporter.flush(Duration::from_secs(30)), 0);
+        let stored = stored.lock().unwrap();
+        let lines: Vec<String> = stored
+            .iter()
+            .map(|e| match &e.body {
+                EventBody::Log { line, .. } => line.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(stored.len(), 4, "{lines:?}");
+        assert_eq!(lines[0], "one");
+        assert!(
+            lines[1]
+                .starts_with("kiln-agent: event 2 was refused by the collector and dropped: 400"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[2], "three");
+        assert!(matches!(stored[3].body, EventBody::RunFinished { .. }));
     }
 }

@@ -516,43 +516,10 @@ impl EventBatch {
             return Err("sequence numbers start at 1".into());
         }
         for event in &self.events {
-            let seq = event.seq;
-            match &event.body {
-                EventBody::Log { line, .. } if line.len() > MAX_LOG_LINE => {
-                    return Err(format!(
-                        "event {seq}: log line of {} bytes; at most {MAX_LOG_LINE} allowed",
-                        line.len()
-                    ));
-                }
-                EventBody::RunStarted { suite, agent, .. } => {
-                    check_field("suite", suite).map_err(|e| format!("event {seq}: {e}"))?;
-                    check_field("agent", agent).map_err(|e| format!("event {seq}: {e}"))?;
-                }
-                EventBody::StepStarted { name, kind, .. } => {
-                    check_field("name", name).map_err(|e| format!("event {seq}: {e}"))?;
-                    check_field("kind", kind).map_err(|e| format!("event {seq}: {e}"))?;
-                }
-                EventBody::Progress {
-                    fraction, status, ..
-                } => {
-                    if !(0.0..=1.0).contains(fraction) {
-                        return Err(format!("event {seq}: progress {fraction} is outside 0..1"));
-                    }
-                    if let Some(s) = status {
-                        check_field("status", s).map_err(|e| format!("event {seq}: {e}"))?;
-                    }
-                }
-                EventBody::StepFinished { report } => {
-                    check_field("name", &report.name).map_err(|e| format!("event {seq}: {e}"))?;
-                    if report.metrics.len() > 256 {
-                        return Err(format!(
-                            "event {seq}: {} metrics; at most 256 allowed",
-                            report.metrics.len()
-                        ));
-                    }
-                }
-                _ => {}
-            }
+            event
+                .body
+                .validate()
+                .map_err(|e| format!("event {}: {e}", event.seq))?;
         }
         Ok(())
     }

@@ -131,7 +131,9 @@ pub(super) async fn inventory(
     RunAuth(run_id): RunAuth,
     Json(inventory): Json<Inventory>,
 ) -> Result<StatusCode, ApiError> {
-    validate_inventory(&inventory).map_err(|e| ApiError::BadRequest(format!("inventory: {e}")))?;
+    inventory
+        .validate()
+        .map_err(|e| ApiError::BadRequest(format!("inventory: {e}")))?;
     let stored = state
         .db
         .call(move |c| lifecycle::put_inventory(c, run_id, &inventory))
@@ -142,40 +144,6 @@ pub(super) async fn inventory(
         )));
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn validate_inventory(inv: &Inventory) -> Result<(), String> {
-    let sys = &inv.system;
-    for (name, value) in [
-        ("vendor", &sys.vendor),
-        ("product", &sys.product),
-        ("serial", &sys.serial),
-        ("uuid", &sys.uuid),
-        ("bios_version", &sys.bios_version),
-    ] {
-        if let Some(v) = value {
-            check_field(name, v)?;
-        }
-    }
-    check_field("cpu.brand", &inv.cpu.brand)?;
-    if inv.cpu.flags.len() > 1024 || inv.disks.len() > 1024 || inv.nics.len() > 256 {
-        return Err("too many CPU flags, disks or NICs".into());
-    }
-    for d in &inv.disks {
-        check_field("disk name", &d.name)?;
-        for v in [&d.model, &d.serial].into_iter().flatten() {
-            check_field("disk field", v)?;
-        }
-    }
-    for n in &inv.nics {
-        check_field("nic name", &n.name)?;
-    }
-    if let Some(dimms) = &inv.memory.dimms {
-        if dimms.len() > 512 {
-            return Err("too many DIMM slots".into());
-        }
-    }
-    Ok(())
 }
 
 pub(super) async fn events(

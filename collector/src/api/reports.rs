@@ -138,11 +138,13 @@ pub fn csv(rows: &[NodeRow]) -> String {
 }
 
 fn csv_field(text: &str) -> String {
-    // Quote when needed, and defuse spreadsheet formulas in node-supplied text.
+    // Control characters shown, not obeyed; quote when needed; defuse spreadsheet formulas
+    // in node-supplied text.
+    let text = kiln_protocol::bounds::visible(text);
     let text = if text.starts_with(['=', '+', '-', '@']) {
         format!("'{text}")
     } else {
-        text.to_owned()
+        text
     };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))

@@ -131,6 +131,12 @@ fn table(rows: &[serde_json::Value]) -> String {
             faults.join("; "),
         ]);
     }
+    // Whatever a node stored, the operator's terminal shows it and does not obey it.
+    for line in &mut lines {
+        for cell in line.iter_mut() {
+            *cell = kiln_protocol::bounds::visible(cell);
+        }
+    }
     let mut widths = [0usize; 7];
     for line in &lines {
         for (w, cell) in widths.iter_mut().zip(line) {
@@ -165,4 +171,32 @@ fn table(rows: &[serde_json::Value]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_control_characters_instead_of_obeying_them() {
+        let rows = vec![serde_json::json!({
+            "node_id": 1,
+            "hostname": "n\u{1b}]52;c;ZXZpbA==\u{7}",
+            "serial": "SN\r1",
+            "verdict": "fail",
+            "run_id": 1,
+            "faults": ["DIMM\u{1b}[2J B2"],
+            "ad_hoc": true,
+        })];
+        let text = table(&rows);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("n\\x1b]52;c;ZXZpbA==\\u{7} (ad hoc)"),
+            "{text}"
+        );
+        assert!(text.contains("DIMM\\x1b[2J B2"), "{text}");
+    }
 }

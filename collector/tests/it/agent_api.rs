@@ -522,3 +522,74 @@ async fn sequence_numbers_past_i64_and_an_empty_selection_are_refused() {
         .unwrap();
     assert_eq!(rows[0]["mode"], "verify");
 }
+
+#[test]
+fn an_over_long_line_and_too_many_metrics_are_clamped_by_the_agent_and_the_run_still_reports() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(Server::start("clamped", Config::default()));
+    let client = reqwest::Client::new();
+    let run = rt.block_on(register(&client, &server.base, 1, SUITE));
+    let reporter = kiln_agent::reporter::Reporter::start(kiln_agent::reporter::Target {
+        base: server.base.clone(),
+        run_id: run.run_id,
+        token: run.token.clone(),
+        heartbeat: Duration::from_secs(60),
+    })
+    .unwrap();
+    use kiln_agent::runner::EventSink;
+    reporter.emit(EventBody::RunStarted {
+        suite: "t".into(),
+        steps: 1,
+        agent: "test".into(),
+    });
+    // What a vendor tool can print: one 20 KB line with terminal escapes, 300 metrics.
+    reporter.emit(EventBody::Log {
+        step: Some(0),
+        level: LogLevel::Info,
+        line: format!("\u{1b}]52;c;ZXZpbA==\u{7}{}", "x".repeat(20_000)),
+    });
+    reporter.emit(EventBody::StepFinished {
+        report: StepReport {
+            step: 0,
+            name: "tool".into(),
+            kind: "exec".into(),
+            outcome: Outcome::Pass,
+            metrics: (0..300)
+                .map(|i| kiln_protocol::wire::Metric {
+                    name: format!("m{i}"),
+                    value: 1.0,
+                    unit: String::new(),
+                })
+                .collect(),
+            duration_ms: 1,
+        },
+    });
+    reporter.emit(EventBody::RunFinished {
+        verdict: Verdict::Pass,
+    });
+    assert_eq!(reporter.flush(Duration::from_secs(30)), 0);
+    let detail = rt.block_on(run_json(&client, &server.base, run.run_id));
+    // The step's report arrived; the dropped metrics are a fault, not a lost run.
+    assert_eq!(detail["verdict"], "fail", "{detail}");
+    assert!(
+        detail["faults"]
+            .to_string()
+            .contains("44 over the limit of 256"),
+        "{detail}"
+    );
+    let logs: Vec<Value> = rt.block_on(async {
+        client
+            .get(format!("{}/api/v1/runs/{}/logs", server.base, run.run_id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let line = logs[0]["body"]["line"].as_str().unwrap();
+    assert!(
+        line.ends_with("bytes cut]") && !line.contains('\u{1b}'),
+        "{line}"
+    );
+}

@@ -1,0 +1,519 @@
+//! The bounds every string and list a node sends must keep, checked by the collector
+//! (`validate`) and kept by the agent before it sends (`clamp`), so one over-long line from a
+//! vendor tool never costs a run its report.
+//!
+//! A checked string has no control characters (log lines may keep tabs) and a bounded
+//! length; a clamped one has its control characters replaced by `�` and is cut at a character
+//! boundary with a marker saying how much was cut.
+
+use crate::wire::{
+    EventBody, Fault, Inventory, MAX_FIELD_LEN, MAX_LOG_LINE, Metric, Outcome, StepReport,
+};
+
+/// Longest fault message, reason, error message or detail value.
+pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Most faults one outcome may carry.
+pub const MAX_FAULTS: usize = 256;
+/// Most metrics one step may report.
+pub const MAX_METRICS: usize = 256;
+/// Most details one fault may carry.
+pub const MAX_DETAILS: usize = 32;
+/// Most CPU flags, and the longest one.
+pub const MAX_FLAGS: usize = 1024;
+/// See [`MAX_FLAGS`].
+pub const MAX_FLAG_LEN: usize = 64;
+/// Most disks, NICs and DIMM slots in an inventory.
+pub const MAX_DISKS: usize = 1024;
+/// See [`MAX_DISKS`].
+pub const MAX_NICS: usize = 256;
+/// See [`MAX_DISKS`].
+pub const MAX_DIMMS: usize = 512;
+
+/// Checks `value`: at most `max` bytes, no control characters (tabs allowed when `tabs`).
+pub fn check(name: &str, value: &str, max: usize, tabs: bool) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!(
+            "{name} is {} bytes long; at most {max} allowed",
+            value.len()
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !(tabs && c == '\t'))
+    {
+        return Err(format!("{name} contains control characters"));
+    }
+    Ok(())
+}
+
+/// `value` within the bounds [`check`] enforces: control characters replaced, cut to `max`
+/// bytes with a marker.
+pub fn clamp(value: &str, max: usize, tabs: bool) -> String {
+    let clean: String = value
+        .chars()
+        .map(|c| {
+            if c.is_control() && !(tabs && c == '\t') {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    let marker = format!(" … [{} bytes cut]", clean.len());
+    let mut end = max.saturating_sub(marker.len());
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &clean[..end])
+}
+
+/// `text` safe to print on a terminal or put in a CSV cell: every control character written
+/// out as an escape (`\x1b`, `\r`), so stored text can never move a cursor, set a clipboard
+/// (OSC 52) or forge a line.
+pub fn visible(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string().replace("\\u{1b}", "\\x1b")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn field(name: &str, value: &str) -> Result<(), String> {
+    check(name, value, MAX_FIELD_LEN, false)
+}
+
+fn message(name: &str, value: &str) -> Result<(), String> {
+    check(name, value, MAX_MESSAGE_LEN, false)
+}
+
+fn clamp_field(value: &mut String) {
+    *value = clamp(value, MAX_FIELD_LEN, false);
+}
+
+fn clamp_message(value: &mut String) {
+    *value = clamp(value, MAX_MESSAGE_LEN, false);
+}
+
+fn count(name: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("{n} {name}; at most {max} allowed"));
+    }
+    Ok(())
+}
+
+impl Fault {
+    /// Checks the fault's bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        field("fault code", &self.code)?;
+        message("fault message", &self.message)?;
+        count("fault details", self.details.len(), MAX_DETAILS)?;
+        for (key, value) in &self.details {
+            field("fault detail name", key)?;
+            message("fault detail", value)?;
+        }
+        Ok(())
+    }
+
+    fn clamp(&mut self) {
+        clamp_field(&mut self.code);
+        clamp_message(&mut self.message);
+        while self.details.len() > MAX_DETAILS {
+            self.details.pop_last();
+        }
+        self.details = std::mem::take(&mut self.details)
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    clamp(&k, MAX_FIELD_LEN, false),
+                    clamp(&v, MAX_MESSAGE_LEN, false),
+                )
+            })
+            .collect();
+    }
+}
+
+impl Outcome {
+    /// Checks the outcome's bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Outcome::Pass => Ok(()),
+            Outcome::Degraded { reasons } => {
+                count("reasons", reasons.len(), MAX_FAULTS)?;
+                reasons.iter().try_for_each(|r| message("reason", r))
+            }
+            Outcome::Fail { faults } => {
+                count("faults", faults.len(), MAX_FAULTS)?;
+                faults.iter().try_for_each(Fault::validate)
+            }
+            Outcome::Skip { reason } => message("skip reason", reason),
+            Outcome::Error { message: m } => message("error message", m),
+        }
+    }
+
+    /// Brings the outcome within bounds. Faults beyond the limit are summed up in the last
+    /// one kept, so the outcome stays a fail and says how many more there were.
+    pub fn clamp(&mut self) {
+        match self {
+            Outcome::Pass => {}
+            Outcome::Degraded { reasons } => {
+                reasons.truncate(MAX_FAULTS);
+                reasons.iter_mut().for_each(clamp_message);
+            }
+            Outcome::Fail { faults } => {
+                if faults.len() > MAX_FAULTS {
+                    let more = faults.len() - (MAX_FAULTS - 1);
+                    faults.truncate(MAX_FAULTS - 1);
+                    faults.push(Fault::new(
+                        "kiln.faults_dropped",
+                        format!("{more} more fault(s) not sent (at most {MAX_FAULTS} per step)"),
+                    ));
+                }
+                faults.iter_mut().for_each(Fault::clamp);
+            }
+            Outcome::Skip { reason } => clamp_message(reason),
+            Outcome::Error { message } => clamp_message(message),
+        }
+    }
+}
+
+impl Metric {
+    fn validate(&self) -> Result<(), String> {
+        field("metric name", &self.name)?;
+        field("metric unit", &self.unit)?;
+        if !self.value.is_finite() {
+            return Err(format!("metric {} is not a finite number", self.name));
+        }
+        Ok(())
+    }
+}
+
+impl StepReport {
+    /// Checks the report's bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        field("step name", &self.name)?;
+        field("step kind", &self.kind)?;
+        self.outcome.validate()?;
+        count("metrics", self.metrics.len(), MAX_METRICS)?;
+        self.metrics.iter().try_for_each(Metric::validate)
+    }
+
+    /// Brings the report within bounds. Metrics beyond the limit (or not finite) are dropped,
+    /// and a fault says so: a threshold may have been on one of them.
+    pub fn clamp(&mut self) {
+        clamp_field(&mut self.name);
+        clamp_field(&mut self.kind);
+        let before = self.metrics.len();
+        self.metrics.retain(|m| m.value.is_finite());
+        let not_finite = before - self.metrics.len();
+        let over = self.metrics.len().saturating_sub(MAX_METRICS);
+        self.metrics.truncate(MAX_METRICS);
+        for m in &mut self.metrics {
+            clamp_field(&mut m.name);
+            clamp_field(&mut m.unit);
+        }
+        if not_finite + over > 0 {
+            let fault = Fault::new(
+                "kiln.metrics_dropped",
+                format!(
+                    "{} metric(s) dropped before sending: {over} over the limit of {MAX_METRICS}, {not_finite} not a finite number",
+                    over + not_finite
+                ),
+            );
+            match &mut self.outcome {
+                Outcome::Fail { faults } => faults.push(fault),
+                // A harness error stays one; anything else now has a fault.
+                Outcome::Error { .. } => {}
+                other => {
+                    *other = Outcome::Fail {
+                        faults: vec![fault],
+                    }
+                }
+            }
+        }
+        self.outcome.clamp();
+    }
+}
+
+impl Inventory {
+    /// Checks every field's bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        let sys = &self.system;
+        for (name, value) in [
+            ("system.vendor", &sys.vendor),
+            ("system.product", &sys.product),
+            ("system.serial", &sys.serial),
+            ("system.uuid", &sys.uuid),
+            ("system.bios_version", &sys.bios_version),
+            ("kernel", &self.kernel),
+        ] {
+            if let Some(v) = value {
+                field(name, v)?;
+            }
+        }
+        field("cpu.vendor", &self.cpu.vendor)?;
+        field("cpu.brand", &self.cpu.brand)?;
+        count("CPU flags", self.cpu.flags.len(), MAX_FLAGS)?;
+        for flag in &self.cpu.flags {
+            check("cpu flag", flag, MAX_FLAG_LEN, false)?;
+        }
+        if let Some(dimms) = &self.memory.dimms {
+            count("DIMM slots", dimms.len(), MAX_DIMMS)?;
+            for d in dimms {
+                field("dimm locator", &d.locator)?;
+                for v in [&d.kind, &d.manufacturer, &d.serial, &d.part]
+                    .into_iter()
+                    .flatten()
+                {
+                    field("dimm field", v)?;
+                }
+            }
+        }
+        count("disks", self.disks.len(), MAX_DISKS)?;
+        for d in &self.disks {
+            field("disk name", &d.name)?;
+            field("disk path", &d.path)?;
+            for v in [&d.model, &d.serial, &d.transport].into_iter().flatten() {
+                field("disk field", v)?;
+            }
+        }
+        count("NICs", self.nics.len(), MAX_NICS)?;
+        for n in &self.nics {
+            field("nic name", &n.name)?;
+            crate::wire::check_mac(&n.mac).map_err(|e| format!("nic {}: {e}", n.name))?;
+            for v in [&n.driver, &n.pci].into_iter().flatten() {
+                field("nic field", v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings every field within bounds (a MAC that is not one is blanked to zeros).
+    pub fn clamp(&mut self) {
+        let sys = &mut self.system;
+        for value in [
+            &mut sys.vendor,
+            &mut sys.product,
+            &mut sys.serial,
+            &mut sys.uuid,
+            &mut sys.bios_version,
+            &mut self.kernel,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            clamp_field(value);
+        }
+        clamp_field(&mut self.cpu.vendor);
+        clamp_field(&mut self.cpu.brand);
+        self.cpu.flags.truncate(MAX_FLAGS);
+        for flag in &mut self.cpu.flags {
+            *flag = clamp(flag, MAX_FLAG_LEN, false);
+        }
+        if let Some(dimms) = &mut self.memory.dimms {
+            dimms.truncate(MAX_DIMMS);
+            for d in dimms {
+                clamp_field(&mut d.locator);
+                for v in [&mut d.kind, &mut d.manufacturer, &mut d.serial, &mut d.part]
+                    .into_iter()
+                    .flatten()
+                {
+                    clamp_field(v);
+                }
+            }
+        }
+        self.disks.truncate(MAX_DISKS);
+        for d in &mut self.disks {
+            clamp_field(&mut d.name);
+            clamp_field(&mut d.path);
+            for v in [&mut d.model, &mut d.serial, &mut d.transport]
+                .into_iter()
+                .flatten()
+            {
+                clamp_field(v);
+            }
+        }
+        self.nics.truncate(MAX_NICS);
+        for n in &mut self.nics {
+            clamp_field(&mut n.name);
+            if crate::wire::check_mac(&n.mac).is_err() {
+                n.mac = "00:00:00:00:00:00".into();
+            }
+            for v in [&mut n.driver, &mut n.pci].into_iter().flatten() {
+                clamp_field(v);
+            }
+        }
+    }
+}
+
+impl EventBody {
+    /// Checks the event's bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            EventBody::RunStarted { suite, agent, .. } => {
+                field("suite", suite)?;
+                field("agent", agent)
+            }
+            EventBody::ExpectChecked { outcome } => outcome.validate(),
+            EventBody::StepStarted { name, kind, .. } => {
+                field("name", name)?;
+                field("kind", kind)
+            }
+            EventBody::Progress {
+                fraction, status, ..
+            } => {
+                if !(0.0..=1.0).contains(fraction) {
+                    return Err(format!("progress {fraction} is outside 0..1"));
+                }
+                status.as_deref().map_or(Ok(()), |s| field("status", s))
+            }
+            EventBody::Log { line, .. } => check("log line", line, MAX_LOG_LINE, true),
+            EventBody::LogsDropped { .. } | EventBody::RunFinished { .. } => Ok(()),
+            EventBody::StepFinished { report } => report.validate(),
+        }
+    }
+
+    /// Brings the event within the bounds [`EventBody::validate`] checks.
+    pub fn clamp(&mut self) {
+        match self {
+            EventBody::RunStarted { suite, agent, .. } => {
+                clamp_field(suite);
+                clamp_field(agent);
+            }
+            EventBody::ExpectChecked { outcome } => outcome.clamp(),
+            EventBody::StepStarted { name, kind, .. } => {
+                clamp_field(name);
+                clamp_field(kind);
+            }
+            EventBody::Progress {
+                fraction, status, ..
+            } => {
+                *fraction = if fraction.is_finite() {
+                    fraction.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                if let Some(s) = status {
+                    clamp_field(s);
+                }
+            }
+            EventBody::Log { line, .. } => *line = clamp(line, MAX_LOG_LINE, true),
+            EventBody::LogsDropped { .. } | EventBody::RunFinished { .. } => {}
+            EventBody::StepFinished { report } => report.clamp(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::LogLevel;
+    use proptest::prelude::*;
+
+    fn report(outcome: Outcome, metrics: usize) -> StepReport {
+        StepReport {
+            step: 0,
+            name: "exec".into(),
+            kind: "exec".into(),
+            outcome,
+            metrics: (0..metrics)
+                .map(|i| Metric {
+                    name: format!("m{i}"),
+                    value: 1.0,
+                    unit: String::new(),
+                })
+                .collect(),
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_long_line_is_cut_with_a_marker_and_control_characters_replaced() {
+        let line = format!("a\u{1b}]52;c;evil\u{7}\r{}", "x".repeat(20_000));
+        let clamped = clamp(&line, MAX_LOG_LINE, true);
+        assert!(clamped.len() <= MAX_LOG_LINE);
+        assert!(
+            clamped.ends_with(" bytes cut]"),
+            "{}",
+            &clamped[clamped.len() - 40..]
+        );
+        assert!(clamped.starts_with("a\u{FFFD}]52;c;evil\u{FFFD}\u{FFFD}"));
+        assert!(check("line", &clamped, MAX_LOG_LINE, true).is_ok());
+        assert!(check("line", "a\tb", 10, true).is_ok());
+        assert!(check("field", "a\tb", 10, false).is_err());
+        // Cuts fall on character boundaries.
+        let wide = "é".repeat(300);
+        assert!(clamp(&wide, 256, false).len() <= 256);
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(visible("plain"), "plain");
+        assert_eq!(
+            visible("a\u{1b}]52;c;x\u{7}\r\0b"),
+            "a\\x1b]52;c;x\\u{7}\\r\\u{0}b"
+        );
+    }
+
+    #[test]
+    fn too_many_metrics_are_dropped_with_a_fault_that_fails_the_step() {
+        let mut r = report(Outcome::Pass, 300);
+        assert!(r.validate().unwrap_err().contains("300 metrics"));
+        r.clamp();
+        assert!(r.validate().is_ok());
+        assert_eq!(r.metrics.len(), MAX_METRICS);
+        let Outcome::Fail { faults } = &r.outcome else {
+            panic!("{:?}", r.outcome)
+        };
+        assert_eq!(faults[0].code, "kiln.metrics_dropped");
+        assert!(faults[0].message.contains("44 over the limit"));
+    }
+
+    #[test]
+    fn hostile_inventory_strings_are_refused_and_clamped() {
+        let mut inv = Inventory::default();
+        inv.cpu.vendor = "Genuine\u{1b}[2J".into();
+        assert!(inv.validate().unwrap_err().contains("cpu.vendor"));
+        inv.cpu.flags = vec!["f".repeat(100_000)];
+        inv.clamp();
+        assert!(inv.validate().is_ok(), "{:?}", inv.validate());
+        inv.nics.push(crate::wire::NicInfo {
+            name: "eth0".into(),
+            mac: "52:54:00:12:34:56\u{1b}".into(),
+            ..Default::default()
+        });
+        assert!(inv.validate().is_err());
+        inv.clamp();
+        assert_eq!(inv.nics[0].mac, "00:00:00:00:00:00");
+    }
+
+    proptest! {
+        #[test]
+        fn any_clamped_event_validates(line in ".{0,300}", name in ".{0,300}", n in 0usize..300) {
+            let mut events = vec![
+                EventBody::Log { step: None, level: LogLevel::Info, line: line.repeat(80) },
+                EventBody::StepStarted { step: 0, name: name.clone(), kind: name.clone() },
+                EventBody::StepFinished {
+                    report: StepReport {
+                        name: name.clone(),
+                        outcome: Outcome::Fail { faults: vec![Fault::new(name.clone(), line.clone()).with(&name, &line); n] },
+                        ..report(Outcome::Pass, n)
+                    },
+                },
+            ];
+            for e in &mut events {
+                e.clamp();
+                prop_assert!(e.validate().is_ok(), "{:?}", e.validate());
+            }
+        }
+    }
+}
