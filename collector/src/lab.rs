@@ -419,7 +419,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let mut last_plain = Instant::now() - Duration::from_secs(60);
     let result = loop {
         std::thread::sleep(Duration::from_millis(500));
-        let rows = rt.block_on(db.call(|c| queries::node_rows(c, &Filter::default())))?;
+        let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
         let mut lines = Vec::new();
         let mut all_done = true;
         for ((p, bar), vm) in plans.iter().zip(&bars).zip(vms.0.iter_mut()) {
@@ -518,13 +518,13 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
 
     // The report, from the collector's own records.
     let lab_start_ms = crate::store::now_ms() - started.elapsed().as_millis() as i64;
-    let rows = rt.block_on(db.call(|c| queries::node_rows(c, &Filter::default())))?;
+    let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
     let mut nodes = Vec::new();
     for (p, (_, vm_start)) in plans.iter().zip(&vm_starts) {
         let row = rows.iter().find(|r| r.macs.contains(&p.mac));
         let run_id = row.and_then(|r| r.run_id);
         let detail = match run_id {
-            Some(id) => rt.block_on(db.call(move |c| queries::run_detail(c, id)))?,
+            Some(id) => rt.block_on(db.read(move |c| queries::run_detail(c, id)))?,
             None => None,
         };
         let vm_ms = lab_start_ms + vm_start.duration_since(started).as_millis() as i64;

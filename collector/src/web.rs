@@ -114,25 +114,12 @@ pub async fn dashboard(
     let filter = Filter {
         rack: rack.clone(),
         verdict: verdict.clone(),
-        since_ms: None,
+        ..Filter::default()
     };
-    let (rows, all) = state
+    let (rows, counts) = state
         .db
-        .call(move |c| {
-            Ok((
-                queries::node_rows(c, &filter)?,
-                queries::node_rows(c, &Filter::default())?,
-            ))
-        })
+        .read(move |c| Ok((queries::node_rows(c, &filter)?, queries::tally(c)?)))
         .await?;
-    let count = |f: &dyn Fn(&queries::NodeRow) -> bool| all.iter().filter(|r| f(r)).count();
-    let counts = context! {
-        total => all.len(),
-        pass => count(&|r| r.verdict.is_some_and(|v| v.is_good())),
-        fail => count(&|r| r.verdict.is_some_and(|v| !v.is_good())),
-        running => count(&|r| r.run_id.is_some() && r.verdict.is_none()),
-        never => count(&|r| r.run_id.is_none()),
-    };
     state.pages.render(
         "dashboard.html",
         context! { rows, counts, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
@@ -153,11 +140,15 @@ pub async fn node(
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
     page_auth(&state, &headers, q.token.as_deref())?;
+    let only = Filter {
+        node_id: Some(node_id),
+        ..Filter::default()
+    };
     let (rows, runs) = state
         .db
-        .call(move |c| {
+        .read(move |c| {
             Ok((
-                queries::node_rows(c, &Filter::default())?,
+                queries::node_rows(c, &only)?,
                 queries::node_runs(c, node_id)?,
             ))
         })
@@ -182,7 +173,7 @@ pub async fn run(
     page_auth(&state, &headers, q.token.as_deref())?;
     let (detail, logs) = state
         .db
-        .call(move |c| {
+        .read(move |c| {
             Ok((
                 queries::run_detail(c, run_id)?,
                 queries::run_logs(c, run_id, 500)?,

@@ -223,7 +223,7 @@ impl AppState {
         let hash = tokens::hash(token);
         let access = self
             .db
-            .call(move |c| crate::lifecycle::access(c, run_id, &hash))
+            .read(move |c| crate::lifecycle::access(c, run_id, &hash))
             .await?;
         match access {
             crate::lifecycle::RunAccess::Open => Ok(()),
@@ -282,7 +282,7 @@ impl axum::extract::FromRequestParts<AppState> for OpenRunSession {
         let hash = tokens::hash(token);
         let open = state
             .db
-            .call(move |c| crate::lifecycle::open_run_with_session(c, &hash))
+            .read(move |c| crate::lifecycle::open_run_with_session(c, &hash))
             .await?;
         match open {
             Some(_) => Ok(OpenRunSession),

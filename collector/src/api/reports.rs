@@ -48,6 +48,7 @@ impl ReportQuery {
             rack: self.rack.clone(),
             verdict: self.verdict.clone(),
             since_ms,
+            node_id: None,
         })
     }
 }
@@ -55,13 +56,13 @@ impl ReportQuery {
 pub(super) async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state
         .db
-        .call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
         .await?;
     Ok("ok\n")
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let counts = state.db.call(|c| queries::counts(c)).await?;
+    let counts = state.db.read(queries::counts).await?;
     let mut text = String::from("# kiln collector metrics\n");
     for (name, value) in counts {
         text.push_str(&format!("{name} {value}\n"));
@@ -76,7 +77,7 @@ pub(super) async fn nodes(
     Ok(axum::Json(
         state
             .db
-            .call(|c| queries::node_rows(c, &Filter::default()))
+            .read(|c| queries::node_rows(c, &Filter::default()))
             .await?,
     ))
 }
@@ -89,7 +90,7 @@ pub(super) async fn report(
     let filter = query.filter()?;
     let rows = state
         .db
-        .call(move |c| queries::node_rows(c, &filter))
+        .read(move |c| queries::node_rows(c, &filter))
         .await?;
     match query.format.as_deref().unwrap_or("json") {
         "json" => Ok(axum::Json(rows).into_response()),
@@ -157,7 +158,7 @@ fn csv_field(text: &str) -> String {
 async fn load_run(state: &AppState, run_id: i64) -> Result<queries::RunDetail, ApiError> {
     state
         .db
-        .call(move |c| queries::run_detail(c, run_id))
+        .read(move |c| queries::run_detail(c, run_id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))
 }
@@ -214,7 +215,7 @@ pub(super) async fn logs(
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
     let lines = state
         .db
-        .call(move |c| queries::run_logs(c, run_id, limit))
+        .read(move |c| queries::run_logs(c, run_id, limit))
         .await?;
     Ok(axum::Json(lines).into_response())
 }

@@ -6,7 +6,7 @@
 //! registration — are never found by it: they can only ever be themselves.
 
 use kiln_protocol::wire::NodeIdentity;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::{StoreError, now_ms};
 
@@ -22,7 +22,7 @@ pub enum Claim {
 }
 
 /// The node `identity` names by the lookup rule, if any.
-pub fn find(tx: &Transaction<'_>, identity: &NodeIdentity) -> Result<Option<i64>, StoreError> {
+pub fn find(tx: &Connection, identity: &NodeIdentity) -> Result<Option<i64>, StoreError> {
     if let Some(uuid) = &identity.uuid {
         let found = tx
             .query_row(
@@ -65,7 +65,7 @@ pub fn find(tx: &Transaction<'_>, identity: &NodeIdentity) -> Result<Option<i64>
 /// Finds the node by the rule or registers it; returns its id and whether it is new. Records
 /// the identity fields the node did not have, as `claim` allows.
 pub fn find_or_register(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     identity: &NodeIdentity,
     hostname: Option<&str>,
     claim: Claim,
@@ -118,7 +118,7 @@ pub fn find_or_register(
 /// UUID (those belong to the nodes the rule finds), keeps what it claimed for display, and is
 /// marked ad hoc wherever it is shown.
 pub fn register_ad_hoc(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     identity: &NodeIdentity,
     hostname: Option<&str>,
 ) -> Result<i64, StoreError> {

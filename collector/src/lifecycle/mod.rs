@@ -22,7 +22,7 @@ pub mod verdict;
 use kiln_protocol::suite::Memtest;
 use kiln_protocol::verdict::Verdict;
 use kiln_protocol::wire::{EventBatch, EventBody, Inventory, NodeIdentity};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 pub use states::{Mode, RunStage, SqlVerdict, Stage, StageState};
 
@@ -120,7 +120,7 @@ pub enum BootDecision {
 /// starts a run when it is armed, hands out the next pending stage, and fails a stage that
 /// was still running (the node rebooted unexpectedly). One transaction.
 pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, Ended), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let mut ended = Ended::default();
     let now = now_ms();
     let (node_id, new) = lookup::find_or_register(&tx, &req.identity, None, lookup::Claim::Boot)?;
@@ -216,7 +216,7 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
 
 /// Creates the run for an armed node from the suite file; `Err` holds the node with why.
 fn start_run(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     node_id: i64,
     file: &SuiteFile,
     req: &BootRequest,
@@ -266,7 +266,7 @@ fn start_run(
 /// Hands out the run's next pending stage, or fails the one still running (an unexpected
 /// reboot).
 fn next_stage(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run_id: i64,
     req: &BootRequest,
     ended: &mut Ended,
@@ -337,11 +337,7 @@ fn next_stage(
 
 /// Other open runs of the run's node (an earlier ad-hoc run an operator registered) end:
 /// the node booted again, so whatever they were running is gone.
-fn supersede_other_runs(
-    tx: &Transaction<'_>,
-    run_id: i64,
-    ended: &mut Ended,
-) -> Result<(), StoreError> {
+fn supersede_other_runs(tx: &Connection, run_id: i64, ended: &mut Ended) -> Result<(), StoreError> {
     let others: Vec<i64> = {
         let mut stmt = tx.prepare_cached(
             "SELECT id FROM runs WHERE node_id = (SELECT node_id FROM runs WHERE id = ?1) AND id <> ?1 AND verdict IS NULL",
@@ -361,7 +357,7 @@ fn supersede_other_runs(
 }
 
 /// The stages of a run, in order, with their states.
-fn stages(tx: &Transaction<'_>, run_id: i64) -> Result<Vec<(Stage, StageState)>, StoreError> {
+fn stages(tx: &Connection, run_id: i64) -> Result<Vec<(Stage, StageState)>, StoreError> {
     let mut stmt = tx.prepare_cached("SELECT name, state FROM stages WHERE run_id = ?1")?;
     let mut stages: Vec<(Stage, StageState)> = stmt
         .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -372,7 +368,7 @@ fn stages(tx: &Transaction<'_>, run_id: i64) -> Result<Vec<(Stage, StageState)>,
 
 /// Marks a pending stage running and makes it the run's stage; the previous stage's live
 /// progress is cleared, so the new stage shows its own.
-fn start_stage(tx: &Transaction<'_>, run_id: i64, stage: Stage) -> Result<(), StoreError> {
+fn start_stage(tx: &Connection, run_id: i64, stage: Stage) -> Result<(), StoreError> {
     let now = now_ms();
     tx.execute(
         "UPDATE stages SET state = ?3, started_ms = ?4 WHERE run_id = ?1 AND name = ?2 AND state = ?5",
@@ -388,7 +384,7 @@ fn start_stage(tx: &Transaction<'_>, run_id: i64, stage: Stage) -> Result<(), St
 /// Ends a stage with a verdict and detail (only if it was not done) and clears the run's live
 /// progress, which belonged to that stage.
 fn end_stage(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run_id: i64,
     stage: Stage,
     verdict: Verdict,
@@ -411,7 +407,7 @@ fn end_stage(
 
 /// Fails a stage (`detail` says why), marks later stages as not run, and concludes the run.
 fn fail_stage(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run_id: i64,
     stage: Stage,
     detail: &str,
@@ -438,7 +434,7 @@ fn fail_stage(
 
 /// Ends every open stage of a run with `verdict` and closes the run with `reason`.
 fn close_run(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run_id: i64,
     verdict: Verdict,
     reason: &str,
@@ -460,7 +456,7 @@ fn close_run(
 
 /// Sets a run's verdict once every stage is done: the worst stage verdict. A stage without a
 /// verdict counts as incomplete, never as a pass.
-fn conclude(tx: &Transaction<'_>, run_id: i64) -> Result<(), StoreError> {
+fn conclude(tx: &Connection, run_id: i64) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached("SELECT state, verdict FROM stages WHERE run_id = ?1")?;
     let stages: Vec<(StageState, Option<SqlVerdict>)> = stmt
         .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -507,7 +503,7 @@ pub struct NewRun<'a> {
 }
 
 /// Creates a run with its stages pending; returns its id.
-fn create_run(tx: &Transaction<'_>, run: &NewRun<'_>) -> Result<i64, StoreError> {
+fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, StoreError> {
     let sha = put_suite(tx, run.suite_name, run.suite_text)?;
     let now = now_ms();
     let first = run.stages.first().copied().unwrap_or(Stage::Linux);
@@ -536,7 +532,7 @@ pub fn register(
     admin: bool,
     run: impl FnOnce(i64) -> NewRunOwned,
 ) -> Result<(i64, i64), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let node_id = if admin {
         lookup::find_or_register(&tx, identity, hostname, lookup::Claim::Admin)?.0
     } else {
@@ -641,7 +637,7 @@ pub fn exchange(
     bootstrap_hash: &str,
     session_hash: &str,
 ) -> Result<(Exchange, Ended), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let row: Option<(Option<String>, Option<i64>, Option<SqlVerdict>)> = tx
         .query_row(
             "SELECT bootstrap_hash, bootstrap_used_ms, verdict FROM runs WHERE id = ?1",
@@ -681,7 +677,7 @@ pub fn plan(
     conn: &mut Connection,
     run_id: i64,
 ) -> Result<Option<kiln_protocol::wire::RunPlan>, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let plan = tx
         .query_row(
             "SELECT r.node_id, s.text, r.allow_destructive, r.heartbeat_secs FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1 AND r.verdict IS NULL",
@@ -741,7 +737,7 @@ pub fn ingest(
     run_id: i64,
     batch: &EventBatch,
 ) -> Result<(Ingested, Ended), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let now = now_ms();
     let mut ended = Ended::default();
     let (mut acked, progress, verdict): (i64, Option<String>, Option<SqlVerdict>) = tx.query_row(
@@ -892,7 +888,7 @@ pub fn ingest(
 
 /// Computes the Linux stage's verdict from what is stored, records the findings, and
 /// concludes the run.
-fn finish_linux(tx: &Transaction<'_>, run_id: i64) -> Result<Ended, StoreError> {
+fn finish_linux(tx: &Connection, run_id: i64) -> Result<Ended, StoreError> {
     let stored = verdict::read(tx, run_id)?;
     let computed = verdict::compute(&stored);
     let findings =
@@ -938,7 +934,7 @@ pub fn memtest_finished(
     run_id: i64,
     finding: &crate::memtest::capture::Finding,
 ) -> Result<(Applied, Ended), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let running: Option<StageState> = tx
         .query_row(
             "SELECT s.state FROM stages s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.name = ?2 AND r.verdict IS NULL",
@@ -993,7 +989,7 @@ pub fn memtest_unwatchable(
     run_id: i64,
     reason: &str,
 ) -> Result<Ended, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let ended = fail_stage(&tx, run_id, Stage::Memtest, reason)?;
     tx.commit()?;
     Ok(ended)
@@ -1040,7 +1036,7 @@ pub fn note_stage(
 /// Fails every open Linux stage whose agent has been silent longer than its heartbeat
 /// timeout; returns the runs with the stages it ended.
 pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let lost: Vec<(i64, i64)> = {
         let mut stmt = tx.prepare(
             "SELECT id, heartbeat_secs FROM runs WHERE verdict IS NULL AND stage = ?2 AND last_seen_ms < ?1 - heartbeat_secs * 1000",
@@ -1063,7 +1059,7 @@ pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended)
 /// downtime is not the agents' silence), and memtest stages that were running fail — their
 /// consoles were not captured throughout, so their result cannot be trusted.
 pub fn collector_started(conn: &mut Connection) -> Result<(usize, Vec<i64>), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let reopened = tx.execute(
         "UPDATE runs SET last_seen_ms = ?1 WHERE verdict IS NULL",
         [now_ms()],
@@ -1095,7 +1091,7 @@ pub fn set_mode(
     selector: &Selector,
     mode: Mode,
 ) -> Result<(usize, Ended), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let (clause, value) = select_sql(selector);
     let nodes: Vec<i64> = {
         let mut stmt = tx.prepare(&format!("SELECT id FROM nodes WHERE {clause}"))?;

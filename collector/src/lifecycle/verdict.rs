@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use kiln_protocol::verdict::{Verdict, run_verdict};
 use kiln_protocol::wire::{Inventory, Outcome, StepReport};
-use rusqlite::{OptionalExtension, Transaction};
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::store::StoreError;
 
@@ -40,7 +40,7 @@ pub struct Stored {
 }
 
 /// Reads what the computation needs for `run_id`.
-pub fn read(tx: &Transaction<'_>, run_id: i64) -> Result<Stored, StoreError> {
+pub fn read(tx: &Connection, run_id: i64) -> Result<Stored, StoreError> {
     let (suite_text, inventory, agent_expect): (String, Option<String>, Option<String>) = tx
         .query_row(
             "SELECT s.text, r.inventory, r.expect FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1",

@@ -21,7 +21,7 @@ pub async fn start(
 ) -> Result<(), String> {
     let keys = state
         .db
-        .call(move |c| queries::node_access_keys(c, node_id))
+        .read(move |c| queries::node_access_keys(c, node_id))
         .await
         .map_err(|e| format!("cannot read node {node_id}: {e}"))?;
     let access = state.config.access_for(&keys.0, keys.1.as_deref()).cloned();

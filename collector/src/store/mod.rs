@@ -1,20 +1,34 @@
-//! The collector's SQLite database: one connection, owned by one thread, fed closures through
-//! a bounded queue. Async handlers `call` it and await the answer, so none of them ever blocks
-//! a tokio worker on the database, and every write is serialized without lock contention.
+//! The collector's SQLite database. Writes go to one connection owned by one thread, fed
+//! closures through a bounded queue; the thread commits whatever is queued together in one
+//! transaction (group commit, `synchronous=FULL`) and answers each caller only after that
+//! commit, so an acknowledged event survives `kill -9` and power loss. Reads go to a small
+//! pool of read-only connections (WAL lets them run beside the writer), so a page load never
+//! waits behind an agent's batch, nor an agent's acknowledgement behind a page.
 
 pub mod queries;
 mod schema;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// Work queued for the database thread.
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// What a write job hands back: its answer, sent once the group it ran in has committed
+/// (`true`) or failed to (`false`).
+type Reply = Box<dyn FnOnce(bool) + Send>;
+
+/// Work queued for the writer thread.
+type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
 
 /// Queue depth before callers wait (back-pressure instead of unbounded memory).
 const QUEUE: usize = 4096;
+
+/// Most jobs one transaction commits together.
+const GROUP: usize = 512;
+
+/// Read-only connections.
+const READERS: usize = 4;
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +39,10 @@ pub enum StoreError {
     /// The database thread is gone (the collector is shutting down).
     #[error("the database thread has stopped")]
     Closed,
+    /// The group of writes this one ran in could not be committed (disk full, I/O error):
+    /// nothing of it was stored.
+    #[error("the database could not commit")]
+    Commit,
     /// Stored data that does not decode (a bug or a hand-edited file).
     #[error("stored {what} does not decode")]
     Corrupt {
@@ -40,28 +58,62 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Db {
     tx: mpsc::Sender<Job>,
+    readers: Arc<Readers>,
+}
+
+/// The read-only connections and the permits to use them.
+struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
 }
 
 impl Db {
-    /// Opens (creating if needed) `path`, applies migrations and starts the database thread.
+    /// Opens (creating if needed) `path`, applies migrations and starts the writer thread and
+    /// the read-only connections.
     pub fn open(path: &Path) -> anyhow::Result<Db> {
         let mut conn = Connection::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", path.display()))?;
         schema::configure(&conn)?;
         schema::migrate(&mut conn)
             .map_err(|e| anyhow::anyhow!("cannot migrate database {}: {e:#}", path.display()))?;
+        let mut idle = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot open database {} to read: {e}", path.display()))?;
+            reader.busy_timeout(std::time::Duration::from_secs(5))?;
+            idle.push(reader);
+        }
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         std::thread::Builder::new()
-            .name("sqlite".into())
+            .name("sqlite-writer".into())
             .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut conn);
+                while let Some(first) = rx.blocking_recv() {
+                    let mut jobs = vec![first];
+                    while jobs.len() < GROUP {
+                        match rx.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    write_group(&mut conn, jobs);
                 }
             })?;
-        Ok(Db { tx })
+        Ok(Db {
+            tx,
+            readers: Arc::new(Readers {
+                idle: Mutex::new(idle),
+                permits: Semaphore::new(READERS),
+            }),
+        })
     }
 
-    /// Runs `f` on the database thread and returns its result.
+    /// Runs the write `f` on the writer thread and returns its result once it is committed.
+    /// `f` runs inside the group's transaction: a job with several statements that must stand
+    /// or fall together uses a savepoint (`conn.savepoint()`), which a failing job rolls back
+    /// without touching the rest of the group.
     pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
@@ -69,11 +121,72 @@ impl Db {
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
+            let result = f(conn);
+            Box::new(move |committed| {
+                let _ = reply.send(match result {
+                    Ok(_) if !committed => Err(StoreError::Commit),
+                    other => other,
+                });
+            })
         });
         self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Runs the read `f` on a read-only connection, off the tokio workers.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let _permit = readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let conn = readers
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .ok_or(StoreError::Closed)?;
+        let back = readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = f(&conn);
+            back.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Runs a group of write jobs in one transaction and answers each after the commit.
+fn write_group(conn: &mut Connection, jobs: Vec<Job>) {
+    let begun = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let replies: Vec<Reply> = jobs.into_iter().map(|job| job(conn)).collect();
+    let committed = begun && conn.execute_batch("COMMIT").is_ok();
+    if !committed {
+        tracing::error!(
+            jobs = replies.len(),
+            "a group of database writes could not be committed"
+        );
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for reply in replies {
+        reply(committed);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A migrated in-memory database, for unit tests of what runs on the database thread.
@@ -85,9 +198,100 @@ pub(crate) fn test_connection() -> Connection {
     conn
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> (Db, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("kiln-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kiln.sqlite");
+        (Db::open(&path).unwrap(), path)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn grouped_writes_commit_together_and_a_failing_one_leaves_the_rest() {
+        let (db, path) = temp_db("group");
+        let mut tasks = Vec::new();
+        for i in 0..200i64 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.call(move |c| {
+                    let sp = c.savepoint()?;
+                    sp.execute(
+                        "INSERT INTO suites (sha256, name, text, created_ms) VALUES (?1, 'n', 't', 0)",
+                        [format!("s{i}")],
+                    )?;
+                    if i % 10 == 0 {
+                        // Fails after a statement: its savepoint takes the insert back.
+                        sp.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                    }
+                    sp.commit()?;
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            if t.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 20);
+        // A separate connection sees exactly the 180 that succeeded: committed, durable.
+        let conn = Connection::open(&path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM suites", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 180);
+        let sync: i64 = db
+            .call(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_never_waits_behind_a_write() {
+        let (db, _) = temp_db("reads");
+        // A write that holds the writer until the read below has finished: if reads queued
+        // behind writes, the two would wait for each other and the read would time out.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+        let writer = db.clone();
+        let slow = tokio::spawn(async move {
+            writer
+                .call(move |c| {
+                    c.execute(
+                        "INSERT INTO suites (sha256, name, text, created_ms) VALUES ('x', 'n', 't', 0)",
+                        [],
+                    )?;
+                    let _ = entered_tx.send(());
+                    let _ = held.recv_timeout(std::time::Duration::from_secs(30));
+                    Ok(())
+                })
+                .await
+        });
+        entered.await.unwrap();
+        let read = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM suites", [], |r| r.get::<_, i64>(0))?));
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), read)
+            .await
+            .expect("the read waited behind the write")
+            .unwrap();
+        // It sees the last committed state, not the write in progress.
+        assert_eq!(n, 0);
+        release.send(()).unwrap();
+        slow.await.unwrap().unwrap();
+        let n: i64 = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM suites", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        // Reads cannot write.
+        let refused = db.read(|c| Ok(c.execute("DELETE FROM suites", [])?)).await;
+        assert!(refused.is_err());
+    }
 }

@@ -91,27 +91,78 @@ pub struct Filter {
     pub verdict: Option<String>,
     /// Only runs started after this instant (ms since epoch).
     pub since_ms: Option<i64>,
+    /// Only this node.
+    #[serde(skip)]
+    pub node_id: Option<i64>,
 }
 
-/// Every node with its latest run, filtered.
-pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
+/// Every node with its latest run (the dashboard, reports, the node page). The nodes are read
+/// once; everything per node is an index search (a test checks the query plan).
+const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
                 (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
                 r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
                 n.ad_hoc, n.claimed, r.findings
          FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)
          WHERE (?1 IS NULL OR n.rack = ?1)
+           AND (?5 IS NULL OR n.id = ?5)
            AND (?2 IS NULL OR r.verdict = ?2)
            AND (?4 = 0 OR (r.id IS NOT NULL AND r.verdict IS NULL))
            AND (?3 IS NULL OR r.started_ms >= ?3)
-         ORDER BY n.rack, n.slot, n.id",
-    )?;
+         ORDER BY n.rack, n.slot, n.id";
+
+/// Each node's latest run, for the counts.
+const TALLY_SQL: &str = "SELECT r.id, r.verdict FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)";
+
+/// Nodes by the state of their latest run, for the dashboard's cards.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tally {
+    /// Every node.
+    pub total: usize,
+    /// Latest run passed (or degraded).
+    pub pass: usize,
+    /// Latest run failed, errored or was incomplete.
+    pub fail: usize,
+    /// Latest run still open.
+    pub running: usize,
+    /// Never ran.
+    pub never: usize,
+}
+
+/// The dashboard's counts in one pass over the nodes, without building their rows.
+pub fn tally(conn: &Connection) -> Result<Tally, StoreError> {
+    let mut stmt = conn.prepare_cached(TALLY_SQL)?;
+    let mut tally = Tally::default();
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Option<i64>>(0)?,
+            r.get::<_, Option<SqlVerdict>>(1)?,
+        ))
+    })? {
+        tally.total += 1;
+        match row? {
+            (None, _) => tally.never += 1,
+            (Some(_), None) => tally.running += 1,
+            (Some(_), Some(v)) if v.0.is_good() => tally.pass += 1,
+            (Some(_), Some(_)) => tally.fail += 1,
+        }
+    }
+    Ok(tally)
+}
+
+/// Every node with its latest run, filtered.
+pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(NODE_ROWS_SQL)?;
     // `running` is no verdict: it selects runs that have none yet.
     let running = filter.verdict.as_deref() == Some("running");
     let verdict = filter.verdict.as_deref().filter(|_| !running);
     let rows = stmt.query_map(
-        params![filter.rack, verdict, filter.since_ms, running],
+        params![
+            filter.rack,
+            verdict,
+            filter.since_ms,
+            running,
+            filter.node_id
+        ],
         |r| {
             let progress: Option<String> = r.get(13)?;
             let expect: Option<String> = r.get(16)?;
@@ -520,7 +571,7 @@ pub fn import_labels(
     conn: &mut Connection,
     labels: &[Label],
 ) -> Result<(usize, usize), StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let (mut updated, mut created) = (0, 0);
     let now = now_ms();
     for l in labels {
@@ -629,4 +680,49 @@ pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
         out.push((format!("kiln_runs{{verdict=\"{verdict}\"}}"), n));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan's lines for `sql`.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn pages_scan_the_nodes_once_and_search_everything_else_by_index() {
+        let conn = crate::store::test_connection();
+        for sql in [NODE_ROWS_SQL, TALLY_SQL] {
+            let lines = plan(&conn, sql);
+            let scans: Vec<&String> = lines.iter().filter(|l| l.starts_with("SCAN")).collect();
+            // The node list itself, and the few MACs one node's subquery produced.
+            assert!(
+                scans
+                    .iter()
+                    .all(|l| l.starts_with("SCAN n") || l.starts_with("SCAN (subquery")),
+                "a full scan besides the node list: {lines:#?}"
+            );
+        }
+        for sql in [
+            "SELECT node_id FROM node_macs WHERE mac = ?1",
+            "SELECT mac FROM node_macs WHERE node_id = ?1",
+            "SELECT id FROM runs WHERE token_hash = ?1 AND verdict IS NULL",
+            "SELECT report FROM steps WHERE run_id = ?1 ORDER BY step",
+            "SELECT seq FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+            "SELECT id FROM nodes WHERE serial = ?1 AND ad_hoc = 0 ORDER BY id LIMIT 1",
+        ] {
+            let lines = plan(&conn, sql);
+            assert!(
+                lines.iter().all(|l| !l.starts_with("SCAN")),
+                "{sql}: {lines:#?}"
+            );
+        }
+    }
 }

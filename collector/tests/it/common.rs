@@ -42,6 +42,7 @@ pub struct Server {
 
 impl Server {
     pub async fn start(name: &str, config: Config) -> Server {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let data = scratch(name);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
