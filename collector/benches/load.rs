@@ -2,10 +2,14 @@
 //! agents, each streaming numbered batches and retrying with backoff and jitter until
 //! acknowledged, as `kiln-agent` does. Midway through each round the collector is killed with
 //! SIGKILL and restarted on the same data; afterwards the SQLite file is checked for every
-//! event the collector acknowledged.
+//! event the collector acknowledged (`synchronous=FULL`: what is acknowledged survives power
+//! loss too). The last round runs the 10,000 agents again while managers load the dashboard
+//! and the report over the same 10,000 nodes.
 //!
-//! Prints events stored per second, p50/p99 request latency, and the count of acknowledged
-//! events missing (must be 0). Run: `cargo bench -p kiln-collector --bench load`
+//! Prints events stored per second, p50/p99 ack latency, the count of acknowledged events
+//! missing (must be 0), and for the page round the pages' p50/p99 and the ack p99 beside the
+//! round without pages. Targets: ≥ 100,000 events/s and ack p99 ≤ 500 ms at 10,000 agents;
+//! pages p99 ≤ 200 ms. Run: `cargo bench -p kiln-collector --bench load`
 //! (KILN_BENCH_AGENTS=2000,10000 KILN_BENCH_BATCHES=5 KILN_BENCH_EVENTS=20 to change it).
 
 use std::path::{Path, PathBuf};
@@ -69,14 +73,53 @@ fn main() {
     let rounds = env_list("KILN_BENCH_AGENTS", &[2000, 10000]);
     let batches = env_list("KILN_BENCH_BATCHES", &[5])[0];
     let per_batch = env_list("KILN_BENCH_EVENTS", &[20])[0];
-    for agents in rounds {
-        round(agents, batches, per_batch);
+    let mut last = None;
+    for agents in &rounds {
+        last = Some((*agents, round(*agents, batches, per_batch, false)));
+    }
+    if let Some((agents, quiet)) = last {
+        let busy = round(agents, batches, per_batch, true);
+        println!(
+            "  ack p99 with page loads {:.1} ms vs {:.1} ms without ({:.2}x)",
+            busy.as_secs_f64() * 1000.0,
+            quiet.as_secs_f64() * 1000.0,
+            busy.as_secs_f64() / quiet.as_secs_f64().max(1e-9)
+        );
     }
 }
 
-fn round(agents: usize, batches: usize, per_batch: usize) {
-    let data = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-load"))
-        .join(format!("agents-{agents}"));
+/// Loads `/` and `/api/v1/report` one after the other until `stop`, timing each.
+async fn pages(
+    client: reqwest::Client,
+    base: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(&'static str, Duration)> {
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        for (name, path) in [("dashboard", "/"), ("report", "/api/v1/report")] {
+            let t = Instant::now();
+            if let Ok(r) = client.get(format!("{base}{path}")).send().await {
+                if r.status().is_success() && r.bytes().await.is_ok() {
+                    out.push((name, t.elapsed()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn quantile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// One round; returns its ack p99.
+fn round(agents: usize, batches: usize, per_batch: usize, with_pages: bool) -> Duration {
+    let data = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-load")).join(
+        format!("agents-{agents}{}", if with_pages { "-pages" } else { "" }),
+    );
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).expect("bench data dir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -130,6 +173,9 @@ fn round(agents: usize, batches: usize, per_batch: usize) {
     let total_batches = (agents * batches) as u64;
     let done_batches = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(agents * batches)));
+    let stop_pages = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let page_loads =
+        with_pages.then(|| rt.spawn(pages(client.clone(), base.clone(), stop_pages.clone())));
     let started = Instant::now();
     let (acked, server): (Vec<(i64, u64)>, Server) = rt.block_on(async {
         let tasks: Vec<_> = runs
@@ -193,6 +239,8 @@ fn round(agents: usize, batches: usize, per_batch: usize) {
         (out, restarted)
     });
     let elapsed = started.elapsed();
+    stop_pages.store(true, Ordering::Relaxed);
+    let page_times = page_loads.map(|h| rt.block_on(h).expect("page loads"));
     drop(server);
 
     // Every acknowledged event must be in the file.
@@ -212,17 +260,31 @@ fn round(agents: usize, batches: usize, per_batch: usize) {
         .expect("count all");
     let mut lat = latencies.lock().expect("latencies").clone();
     lat.sort_unstable();
-    let q = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let q = |p: f64| quantile(&lat, p);
     println!(
-        "{agents} agents x {batches} batches x {per_batch} events: {stored} events stored in {:.1}s = {:.0} events/s; request latency p50 {:.1} ms, p99 {:.1} ms; acknowledged events missing after kill -9: {missing}",
+        "{agents} agents x {batches} batches x {per_batch} events{}: {stored} events stored in {:.1}s = {:.0} events/s; ack latency p50 {:.1} ms, p99 {:.1} ms; acknowledged events missing after kill -9: {missing}",
+        if with_pages { ", with page loads" } else { "" },
         elapsed.as_secs_f64(),
         stored as f64 / elapsed.as_secs_f64(),
         q(0.50).as_secs_f64() * 1000.0,
         q(0.99).as_secs_f64() * 1000.0,
     );
+    if let Some(times) = page_times {
+        for name in ["dashboard", "report"] {
+            let mut t: Vec<Duration> = times
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, d)| *d)
+                .collect();
+            t.sort_unstable();
+            println!(
+                "  {name} over {agents} nodes while ingesting: {} loads, p50 {:.1} ms, p99 {:.1} ms",
+                t.len(),
+                quantile(&t, 0.50).as_secs_f64() * 1000.0,
+                quantile(&t, 0.99).as_secs_f64() * 1000.0
+            );
+        }
+    }
     assert_eq!(missing, 0, "acknowledged events were lost");
+    q(0.99)
 }

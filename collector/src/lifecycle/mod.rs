@@ -29,6 +29,21 @@ pub use states::{Mode, RunStage, SqlVerdict, Stage, StageState};
 use crate::store::queries::{Progress, Selector, put_suite, select_sql};
 use crate::store::{StoreError, now_ms};
 
+/// Runs a statement through the connection's statement cache (transitions run thousands of
+/// times a second under load; parsing their SQL each time is most of the cost).
+fn exec<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// One row of a cached statement.
+fn row<T, P, F>(conn: &Connection, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+where
+    P: rusqlite::Params,
+    F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+{
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 /// Stages a transition ended, so their console captures can be stopped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 #[must_use = "ended stages must stop their captures (Captures::stop)"]
@@ -125,7 +140,8 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
     let now = now_ms();
     let (node_id, new) = lookup::find_or_register(&tx, &req.identity, None, lookup::Claim::Boot)?;
     if new {
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 END WHERE id = ?1",
             params![node_id, req.unknown_mode, now, Mode::Verify],
         )?;
@@ -136,7 +152,8 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
         Option<String>,
         Option<i64>,
         Option<String>,
-    ) = tx.query_row(
+    ) = row(
+        &tx,
         "SELECT n.mode, n.suite, rs.suite, n.armed_ms, n.serial FROM nodes n LEFT JOIN rack_suites rs ON rs.rack = n.rack WHERE n.id = ?1",
         [node_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
@@ -205,7 +222,8 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
         }
     };
     if !matches!(script, Script::Linux { .. } | Script::Memtest { .. }) {
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1",
             params![node_id, now],
         )?;
@@ -244,7 +262,11 @@ fn start_run(
         .steps
         .iter()
         .any(|s| matches!(&s.check, kiln_protocol::Check::Disk(d) if d.destructive));
-    tx.execute("UPDATE nodes SET armed_ms = NULL WHERE id = ?1", [node_id])?;
+    exec(
+        tx,
+        "UPDATE nodes SET armed_ms = NULL WHERE id = ?1",
+        [node_id],
+    )?;
     let run_id = create_run(
         tx,
         &NewRun {
@@ -287,7 +309,8 @@ fn next_stage(
                 });
             }
             (Stage::Memtest, StageState::Pending) => {
-                let text: String = tx.query_row(
+                let text: String = row(
+                    tx,
                     "SELECT s.text FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1",
                     [run_id],
                     |r| r.get(0),
@@ -314,7 +337,8 @@ fn next_stage(
                 start_stage(tx, run_id, Stage::Linux)?;
                 // A fresh bootstrap token for this boot, and no session yet: only its hash is
                 // kept, and every older token of this node is dead from now on.
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE runs SET bootstrap_hash = ?2, bootstrap_used_ms = NULL, token_hash = '' WHERE id = ?1",
                     params![run_id, req.bootstrap_hash],
                 )?;
@@ -325,10 +349,12 @@ fn next_stage(
     }
     // Every stage done but no verdict: conclude now.
     conclude(tx, run_id)?;
-    let verdict: Option<SqlVerdict> =
-        tx.query_row("SELECT verdict FROM runs WHERE id = ?1", [run_id], |r| {
-            r.get(0)
-        })?;
+    let verdict: Option<SqlVerdict> = row(
+        tx,
+        "SELECT verdict FROM runs WHERE id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
     Ok(Script::Done {
         run_id,
         verdict: verdict.map(|v| v.0),
@@ -370,11 +396,13 @@ fn stages(tx: &Connection, run_id: i64) -> Result<Vec<(Stage, StageState)>, Stor
 /// progress is cleared, so the new stage shows its own.
 fn start_stage(tx: &Connection, run_id: i64, stage: Stage) -> Result<(), StoreError> {
     let now = now_ms();
-    tx.execute(
+    exec(
+        tx,
         "UPDATE stages SET state = ?3, started_ms = ?4 WHERE run_id = ?1 AND name = ?2 AND state = ?5",
         params![run_id, stage, StageState::Running, now, StageState::Pending],
     )?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE runs SET stage = ?2, progress = NULL, last_seen_ms = ?3 WHERE id = ?1",
         params![run_id, RunStage::from(stage), now],
     )?;
@@ -390,7 +418,8 @@ fn end_stage(
     verdict: Verdict,
     detail: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let changed = tx.execute(
+    let changed = exec(
+        tx,
         "UPDATE stages SET state = ?3, verdict = ?4, detail = ?5, finished_ms = ?6 WHERE run_id = ?1 AND name = ?2 AND state <> ?3",
         params![
             run_id,
@@ -401,7 +430,11 @@ fn end_stage(
             now_ms()
         ],
     )?;
-    tx.execute("UPDATE runs SET progress = NULL WHERE id = ?1", [run_id])?;
+    exec(
+        tx,
+        "UPDATE runs SET progress = NULL WHERE id = ?1",
+        [run_id],
+    )?;
     Ok(changed > 0)
 }
 
@@ -446,7 +479,8 @@ fn close_run(
             ended.add(run_id, stage);
         }
     }
-    tx.execute(
+    exec(
+        tx,
         "UPDATE runs SET verdict_reason = COALESCE(verdict_reason, ?2) WHERE id = ?1",
         params![run_id, reason],
     )?;
@@ -475,7 +509,8 @@ fn conclude(tx: &Connection, run_id: i64) -> Result<(), StoreError> {
             },
             Verdict::worst,
         );
-    tx.execute(
+    exec(
+        tx,
         "UPDATE runs SET verdict = ?2, finished_ms = ?3, stage = ?4, progress = NULL WHERE id = ?1 AND verdict IS NULL",
         params![run_id, SqlVerdict(verdict), now_ms(), RunStage::Done],
     )?;
@@ -507,14 +542,15 @@ fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, StoreError> {
     let sha = put_suite(tx, run.suite_name, run.suite_text)?;
     let now = now_ms();
     let first = run.stages.first().copied().unwrap_or(Stage::Linux);
-    tx.execute(
+    exec(tx,
         "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
         params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, RunStage::from(first), run.allow_destructive, run.heartbeat_secs as i64, now],
     )?;
     let id = tx.last_insert_rowid();
     for stage in run.stages {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO stages (run_id, name, state) VALUES (?1, ?2, ?3)",
             params![id, stage, StageState::Pending],
         )?;
@@ -664,7 +700,8 @@ pub fn exchange(
         tx.commit()?;
         return Ok((Exchange::Reused, ended));
     }
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE runs SET token_hash = ?2, bootstrap_used_ms = ?3, last_seen_ms = ?3 WHERE id = ?1",
         params![run_id, session_hash, now_ms()],
     )?;
@@ -695,7 +732,8 @@ pub fn plan(
         )
         .optional()?;
     if plan.is_some() {
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE runs SET last_seen_ms = ?2 WHERE id = ?1",
             params![run_id, now_ms()],
         )?;
@@ -714,7 +752,8 @@ pub fn put_inventory(
         what: "inventory",
         source,
     })?;
-    Ok(conn.execute(
+    Ok(exec(
+        conn,
         "UPDATE runs SET inventory = ?2, last_seen_ms = ?3 WHERE id = ?1 AND verdict IS NULL",
         params![run_id, json, now_ms()],
     )? > 0)
@@ -740,7 +779,8 @@ pub fn ingest(
     let tx = conn.savepoint()?;
     let now = now_ms();
     let mut ended = Ended::default();
-    let (mut acked, progress, verdict): (i64, Option<String>, Option<SqlVerdict>) = tx.query_row(
+    let (mut acked, progress, verdict): (i64, Option<String>, Option<SqlVerdict>) = row(
+        &tx,
         "SELECT acked_seq, progress, verdict FROM runs WHERE id = ?1",
         [run_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -757,9 +797,17 @@ pub fn ingest(
             what: "event",
             source,
         })?;
-        let inserted = tx.execute(
+        let inserted = exec(
+            &tx,
             "INSERT OR IGNORE INTO events (run_id, seq, at_ms, kind, step, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![run_id, event.seq as i64, event.at_ms as i64, event_kind(&event.body), event_step(&event.body), body],
+            params![
+                run_id,
+                event.seq as i64,
+                event.at_ms as i64,
+                event_kind(&event.body),
+                event_step(&event.body),
+                body
+            ],
         )?;
         if inserted == 0 {
             continue; // a resent event: stored already, its effects applied already
@@ -780,7 +828,8 @@ pub fn ingest(
                     }
                 }
                 start_stage(&tx, run_id, Stage::Linux)?;
-                tx.execute(
+                exec(
+                    &tx,
                     "UPDATE runs SET agent_started_ms = COALESCE(agent_started_ms, ?2) WHERE id = ?1",
                     params![run_id, now],
                 )?;
@@ -793,7 +842,8 @@ pub fn ingest(
                         what: "outcome",
                         source,
                     })?;
-                tx.execute(
+                exec(
+                    &tx,
                     "UPDATE runs SET expect = ?2 WHERE id = ?1",
                     params![run_id, json],
                 )?;
@@ -825,9 +875,17 @@ pub fn ingest(
                 })?;
                 // The first result of a step is the one kept; a repeat is itself a finding
                 // when the verdict is computed.
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT OR IGNORE INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![run_id, report.step, report.name, report.kind, report.outcome.name(), json],
+                    params![
+                        run_id,
+                        report.step,
+                        report.name,
+                        report.kind,
+                        report.outcome.name(),
+                        json
+                    ],
                 )?;
                 if let Some(current) = current.as_mut().filter(|c| c.step == report.step) {
                     current.fraction = 1.0;
@@ -835,9 +893,10 @@ pub fn ingest(
                 }
             }
             EventBody::RunFinished { verdict } => {
-                tx.execute(
-                    "UPDATE runs SET agent_verdict = ?2 WHERE id = ?1",
-                    params![run_id, SqlVerdict(*verdict)],
+                exec(
+                    &tx,
+                    "UPDATE runs SET agent_verdict = ?2, final_seq = min(COALESCE(final_seq, ?3), ?3) WHERE id = ?1",
+                    params![run_id, SqlVerdict(*verdict), event.seq as i64],
                 )?;
             }
             EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}
@@ -851,7 +910,8 @@ pub fn ingest(
                 what: "progress",
                 source,
             })?;
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE runs SET progress = ?2 WHERE id = ?1",
             params![run_id, json],
         )?;
@@ -869,14 +929,16 @@ pub fn ingest(
             acked = seq;
         }
     }
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
         params![run_id, acked, now],
     )?;
     // The verdict waits until the agent's final event and every event before it are stored.
-    let final_seq: Option<i64> = tx.query_row(
-        "SELECT min(seq) FROM events WHERE run_id = ?1 AND kind = ?2",
-        params![run_id, "run_finished"],
+    let final_seq: Option<i64> = row(
+        &tx,
+        "SELECT final_seq FROM runs WHERE id = ?1",
+        [run_id],
         |r| r.get(0),
     )?;
     if final_seq.is_some_and(|f| f <= acked) {
@@ -905,7 +967,8 @@ fn finish_linux(tx: &Connection, run_id: i64) -> Result<Ended, StoreError> {
             what: "outcome",
             source,
         })?;
-    tx.execute(
+    exec(
+        tx,
         "UPDATE runs SET findings = ?2, expect = COALESCE(?3, expect) WHERE id = ?1",
         params![run_id, findings, expect],
     )?;
@@ -954,9 +1017,19 @@ pub fn memtest_finished(
             what: "reading",
             source,
         })?;
-    tx.execute(
+    exec(
+        &tx,
         "INSERT OR REPLACE INTO memtest_results (run_id, pass, detail, reading, screen, raw, secs, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![run_id, finding.pass, finding.detail, reading, finding.screen, finding.raw, finding.secs as i64, now_ms()],
+        params![
+            run_id,
+            finding.pass,
+            finding.detail,
+            reading,
+            finding.screen,
+            finding.raw,
+            finding.secs as i64,
+            now_ms()
+        ],
     )?;
     let ended = if finding.pass {
         end_stage(
@@ -968,7 +1041,8 @@ pub fn memtest_finished(
         )?;
         // The node now reboots into Linux; until the image asks for its script, the run shows
         // the Linux stage as booting (no progress of its own yet).
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE runs SET stage = ?2, last_seen_ms = ?3 WHERE id = ?1",
             params![run_id, RunStage::Linux, now_ms()],
         )?;
@@ -1005,7 +1079,8 @@ pub fn memtest_progress(
         what: "progress",
         source,
     })?;
-    conn.execute(
+    exec(
+        conn,
         "UPDATE runs SET progress = ?2 WHERE id = ?1 AND stage = ?3 AND verdict IS NULL
            AND EXISTS (SELECT 1 FROM stages WHERE run_id = ?1 AND name = ?4 AND state = ?5)",
         params![
@@ -1026,7 +1101,8 @@ pub fn note_stage(
     stage: Stage,
     note: &str,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE stages SET detail = COALESCE(detail || '; ', '') || ?3 WHERE run_id = ?1 AND name = ?2",
         params![run_id, stage, note],
     )?;
@@ -1060,7 +1136,8 @@ pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended)
 /// consoles were not captured throughout, so their result cannot be trusted.
 pub fn collector_started(conn: &mut Connection) -> Result<(usize, Vec<i64>), StoreError> {
     let tx = conn.savepoint()?;
-    let reopened = tx.execute(
+    let reopened = exec(
+        &tx,
         "UPDATE runs SET last_seen_ms = ?1 WHERE verdict IS NULL",
         [now_ms()],
     )?;
@@ -1115,7 +1192,8 @@ pub fn set_mode(
                 &format!("the operator set the node's mode to {mode} before the run finished"),
             )?);
         }
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 ELSE armed_ms END WHERE id = ?1",
             params![node_id, mode, now, Mode::Verify],
         )?;
@@ -1196,7 +1274,8 @@ mod tests {
     }
 
     fn run_state(conn: &Connection, run_id: i64) -> (RunStage, Option<Verdict>, Option<String>) {
-        conn.query_row(
+        row(
+            conn,
             "SELECT stage, verdict, progress FROM runs WHERE id = ?1",
             [run_id],
             |r| {

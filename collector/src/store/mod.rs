@@ -74,6 +74,7 @@ impl Db {
         let mut conn = Connection::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", path.display()))?;
         schema::configure(&conn)?;
+        conn.set_prepared_statement_cache_capacity(128);
         schema::migrate(&mut conn)
             .map_err(|e| anyhow::anyhow!("cannot migrate database {}: {e:#}", path.display()))?;
         let mut idle = Vec::with_capacity(READERS);
@@ -84,6 +85,7 @@ impl Db {
             )
             .map_err(|e| anyhow::anyhow!("cannot open database {} to read: {e}", path.display()))?;
             reader.busy_timeout(std::time::Duration::from_secs(5))?;
+            reader.set_prepared_statement_cache_capacity(64);
             idle.push(reader);
         }
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);

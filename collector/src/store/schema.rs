@@ -120,6 +120,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN bootstrap_hash TEXT;
      ALTER TABLE runs ADD COLUMN bootstrap_used_ms INTEGER;
      CREATE INDEX runs_open_token ON runs(token_hash) WHERE verdict IS NULL;",
+    // 7: the sequence number of the agent's final event, so each batch need not look for it.
+    "ALTER TABLE runs ADD COLUMN final_seq INTEGER;
+     UPDATE runs SET final_seq = (SELECT min(seq) FROM events e WHERE e.run_id = runs.id AND e.kind = 'run_finished');",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.
