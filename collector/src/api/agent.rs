@@ -8,7 +8,7 @@ use kiln_protocol::wire::{
     check_field,
 };
 
-use super::{ApiError, AppState, Json, RunAuth, closed};
+use super::{ApiError, AppState, Json, RunAuth, RunToken, closed};
 use crate::config::Registration;
 use crate::lifecycle::{self, Exchange, Ingested, NewRunOwned};
 use crate::tokens;
@@ -146,19 +146,27 @@ pub(super) async fn inventory(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /api/v1/runs/{id}/events`. The token is checked inside the ingest transaction (one
+/// database round trip per batch, which is what an agent does most); a batch that does not
+/// validate is answered only after the token is checked, so a stranger learns nothing from
+/// the message.
 pub(super) async fn events(
     State(state): State<AppState>,
-    RunAuth(run_id): RunAuth,
+    RunToken { run_id, hash }: RunToken,
     Json(batch): Json<EventBatch>,
 ) -> Result<axum::Json<BatchAck>, ApiError> {
-    batch.validate().map_err(ApiError::BadRequest)?;
+    if let Err(message) = batch.validate() {
+        state.require_run_hash(run_id, hash).await?;
+        return Err(ApiError::BadRequest(message));
+    }
     let (ingested, ended) = state
         .db
-        .call(move |c| lifecycle::ingest(c, run_id, &batch))
+        .call(move |c| lifecycle::ingest(c, run_id, &hash, &batch))
         .await?;
     state.captures.stop(&ended);
     match ingested {
         Ingested::Acked(acked) => Ok(axum::Json(BatchAck { acked })),
         Ingested::Closed(verdict) => Err(closed(run_id, verdict)),
+        Ingested::Denied => Err(super::not_the_runs_token(run_id)),
     }
 }

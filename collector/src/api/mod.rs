@@ -220,7 +220,11 @@ impl AppState {
                 "agent calls need their run's token (Authorization: Bearer …)".into(),
             )
         })?;
-        let hash = tokens::hash(token);
+        self.require_run_hash(run_id, tokens::hash(token)).await
+    }
+
+    /// [`AppState::require_run`] for a token already hashed.
+    pub async fn require_run_hash(&self, run_id: i64, hash: String) -> Result<(), ApiError> {
         let access = self
             .db
             .read(move |c| crate::lifecycle::access(c, run_id, &hash))
@@ -228,11 +232,46 @@ impl AppState {
         match access {
             crate::lifecycle::RunAccess::Open => Ok(()),
             crate::lifecycle::RunAccess::Closed(verdict) => Err(closed(run_id, verdict)),
-            // Same answer whether the run exists or not: a token never learns about other runs.
-            crate::lifecycle::RunAccess::Denied => Err(ApiError::Forbidden(format!(
-                "the token is not run {run_id}'s token"
-            ))),
+            crate::lifecycle::RunAccess::Denied => Err(not_the_runs_token(run_id)),
         }
+    }
+}
+
+/// The answer to a token that is not the run's — the same whether the run exists or not: a
+/// token never learns about other runs.
+pub fn not_the_runs_token(run_id: i64) -> ApiError {
+    ApiError::Forbidden(format!("the token is not run {run_id}'s token"))
+}
+
+/// A run id and the hash of the bearer token that came with it, not checked yet (the call
+/// checks it where it touches the run).
+pub struct RunToken {
+    /// The run in the path.
+    pub run_id: i64,
+    /// Hash of the bearer token.
+    pub hash: String,
+}
+
+impl axum::extract::FromRequestParts<AppState> for RunToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(run_id) =
+            axum::extract::Path::<i64>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let token = tokens::bearer(&parts.headers).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "agent calls need their run's token (Authorization: Bearer …)".into(),
+            )
+        })?;
+        Ok(RunToken {
+            run_id,
+            hash: tokens::hash(token),
+        })
     }
 }
 

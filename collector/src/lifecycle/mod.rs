@@ -766,6 +766,8 @@ pub enum Ingested {
     Acked(u64),
     /// The run is closed: nothing was stored.
     Closed(Verdict),
+    /// Not the run's token (or no such run): nothing was stored.
+    Denied,
 }
 
 /// Stores a batch, once per sequence number, applies what each new event means (agent start,
@@ -774,17 +776,25 @@ pub enum Ingested {
 pub fn ingest(
     conn: &mut Connection,
     run_id: i64,
+    token_hash: &str,
     batch: &EventBatch,
 ) -> Result<(Ingested, Ended), StoreError> {
     let tx = conn.savepoint()?;
     let now = now_ms();
     let mut ended = Ended::default();
-    let (mut acked, progress, verdict): (i64, Option<String>, Option<SqlVerdict>) = row(
+    let run: Option<(i64, Option<String>, Option<SqlVerdict>, String)> = row(
         &tx,
-        "SELECT acked_seq, progress, verdict FROM runs WHERE id = ?1",
+        "SELECT acked_seq, progress, verdict, token_hash FROM runs WHERE id = ?1",
         [run_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()?;
+    let Some((mut acked, progress, verdict, stored_hash)) = run else {
+        return Ok((Ingested::Denied, ended));
+    };
+    if stored_hash.is_empty() || !crate::tokens::equal(&stored_hash, token_hash) {
+        return Ok((Ingested::Denied, ended));
+    }
     if let Some(v) = verdict {
         return Ok((Ingested::Closed(v.0), ended));
     }

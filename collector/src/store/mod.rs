@@ -86,6 +86,8 @@ impl Db {
             .map_err(|e| anyhow::anyhow!("cannot open database {} to read: {e}", path.display()))?;
             reader.busy_timeout(std::time::Duration::from_secs(5))?;
             reader.set_prepared_statement_cache_capacity(64);
+            reader.pragma_update(None, "cache_size", -16384)?;
+            reader.pragma_update(None, "mmap_size", 268_435_456)?;
             idle.push(reader);
         }
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
