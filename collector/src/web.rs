@@ -57,7 +57,13 @@ pub struct DashboardQuery {
     rack: Option<String>,
     verdict: Option<String>,
     token: Option<String>,
+    /// Page of the node table, from 1.
+    page: Option<usize>,
 }
+
+/// Nodes per dashboard page: a rack or two at a glance, and a page that renders at once
+/// whatever the site's size (the report exports have every node).
+const PAGE_ROWS: usize = 200;
 
 /// A page's reader: the `Authorization` header, else the cookie `/login` set, else `?token=`
 /// (browsers cannot add a header to a link).
@@ -111,18 +117,31 @@ pub async fn dashboard(
     page_auth(&state, &headers, q.token.as_deref())?;
     let rack = q.rack.filter(|r| !r.is_empty());
     let verdict = q.verdict.filter(|v| !v.is_empty());
+    let page = q.page.unwrap_or(1).max(1);
     let filter = Filter {
         rack: rack.clone(),
         verdict: verdict.clone(),
+        // One row more than a page says whether there is a next one.
+        limit: Some(PAGE_ROWS + 1),
+        offset: (page - 1).saturating_mul(PAGE_ROWS),
         ..Filter::default()
     };
-    let (rows, counts) = state
+    let (mut rows, counts) = state
         .db
         .read(move |c| Ok((queries::node_rows(c, &filter)?, queries::tally(c)?)))
         .await?;
+    let more = rows.len() > PAGE_ROWS;
+    rows.truncate(PAGE_ROWS);
+    let pages = context! {
+        page,
+        prev => (page > 1).then(|| page - 1),
+        next => more.then(|| page + 1),
+        first => (page - 1) * PAGE_ROWS + 1,
+        last => (page - 1) * PAGE_ROWS + rows.len(),
+    };
     state.pages.render(
         "dashboard.html",
-        context! { rows, counts, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
+        context! { rows, counts, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
     )
 }
 

@@ -48,7 +48,7 @@ impl ReportQuery {
             rack: self.rack.clone(),
             verdict: self.verdict.clone(),
             since_ms,
-            node_id: None,
+            ..Filter::default()
         })
     }
 }

@@ -94,6 +94,12 @@ pub struct Filter {
     /// Only this node.
     #[serde(skip)]
     pub node_id: Option<i64>,
+    /// At most this many rows (a page of the dashboard), from `offset`.
+    #[serde(skip)]
+    pub limit: Option<usize>,
+    /// See `limit`.
+    #[serde(skip)]
+    pub offset: usize,
 }
 
 /// Every node with its latest run (the dashboard, reports, the node page). The nodes are read
@@ -108,7 +114,8 @@ const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, 
            AND (?2 IS NULL OR r.verdict = ?2)
            AND (?4 = 0 OR (r.id IS NOT NULL AND r.verdict IS NULL))
            AND (?3 IS NULL OR r.started_ms >= ?3)
-         ORDER BY n.rack, n.slot, n.id";
+         ORDER BY n.rack, n.slot, n.id
+         LIMIT ?6 OFFSET ?7";
 
 /// Each node's latest run, for the counts.
 const TALLY_SQL: &str = "SELECT r.id, r.verdict FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)";
@@ -161,7 +168,9 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
             verdict,
             filter.since_ms,
             running,
-            filter.node_id
+            filter.node_id,
+            filter.limit.map_or(-1, |l| l as i64),
+            filter.offset as i64
         ],
         |r| {
             let progress: Option<String> = r.get(13)?;

@@ -276,3 +276,43 @@ async fn pages_take_the_read_token_from_a_login_cookie_and_short_tokens_are_refu
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_pages_through_many_nodes() {
+    let server = Server::start("dashboard-pages", Config::default()).await;
+    let client = reqwest::Client::new();
+    let mut csv = String::from("mac,rack,slot,hostname\n");
+    for i in 0..450u32 {
+        csv.push_str(&format!(
+            "52:54:00:aa:{:02x}:{:02x},R1,U{i:03},host-{i:03}\n",
+            i >> 8,
+            i & 255
+        ));
+    }
+    let r = client
+        .post(format!("{}/api/v1/nodes/import", server.base))
+        .bearer_auth(server.admin_token())
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let page = |n: u32| {
+        let url = format!("{}/?page={n}", server.base);
+        let client = client.clone();
+        async move { get_text(&client, &url).await }
+    };
+    let first = page(1).await;
+    assert_eq!(first.matches("<tr data-node=").count(), 200);
+    assert!(
+        first.contains("<b>450</b>nodes"),
+        "the counts cover every node"
+    );
+    assert!(first.contains("Nodes 1–200") && first.contains("?page=2"));
+    assert!(!first.contains("previous"));
+    let last = page(3).await;
+    assert_eq!(last.matches("<tr data-node=").count(), 50);
+    assert!(last.contains("Nodes 401–450") && last.contains("?page=2"));
+    assert!(!last.contains("next →"));
+    assert!(last.contains("host-449") && !last.contains("host-000"));
+}
