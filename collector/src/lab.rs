@@ -300,6 +300,13 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
             queries::assign_suite(c, &Selector::Mac(mac.clone()), suite)?;
             // A fresh lab database: no run is open, so nothing ends here.
             let _ = crate::lifecycle::set_mode(c, &Selector::Mac(mac.clone()), Mode::Verify)?;
+            // The lab's scratch disks are its own to destroy.
+            crate::lifecycle::set_destructive(
+                c,
+                &Selector::Mac(mac.clone()),
+                true,
+                "kiln lab (its own scratch disks)",
+            )?;
         }
         Ok(())
     }))?;

@@ -163,12 +163,13 @@ pub async fn node(
         node_id: Some(node_id),
         ..Filter::default()
     };
-    let (rows, runs) = state
+    let (rows, runs, history) = state
         .db
         .read(move |c| {
             Ok((
                 queries::node_rows(c, &only)?,
                 queries::node_runs(c, node_id)?,
+                queries::node_history(c, node_id)?,
             ))
         })
         .await?;
@@ -178,7 +179,7 @@ pub async fn node(
         .ok_or_else(|| ApiError::NotFound(format!("no node {node_id}")))?;
     state.pages.render(
         "node.html",
-        context! { node, runs, refresh => minijinja::Value::from(()) },
+        context! { node, runs, history, refresh => minijinja::Value::from(()) },
     )
 }
 

@@ -20,6 +20,8 @@ pub const BANDWIDTH_UPLOAD: &str = "/bandwidth/upload";
 pub const NODES_IMPORT: &str = "/api/v1/nodes/import";
 /// `POST` (admin): set nodes' mode.
 pub const NODES_MODE: &str = "/api/v1/nodes/mode";
+/// `POST` (admin): allow or revoke destructive disk steps on nodes.
+pub const NODES_DESTRUCTIVE: &str = "/api/v1/nodes/destructive";
 /// `POST` (admin): assign a suite.
 pub const NODES_SUITE: &str = "/api/v1/nodes/suite";
 /// `GET`: every node with its latest run (`?format=json|csv&rack=&verdict=&since=`).

@@ -182,7 +182,7 @@ fn device_jobs(
     }
     if !ctx.options.allow_destructive {
         anyhow::bail!(
-            "refused: destructive disk steps need the operator's consent (--allow-destructive, or a boot plan that allows them); nothing was written"
+            "refused: destructive disk steps need the operator's consent (`kiln nodes allow-destructive` for this node, or --allow-destructive on a host); nothing was written"
         );
     }
     let system = System::live();

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route(routes::NODES_IMPORT, post(operator::import))
         .route(routes::NODES_MODE, post(operator::mode))
         .route(routes::NODES_SUITE, post(operator::suite))
+        .route(routes::NODES_DESTRUCTIVE, post(operator::destructive))
         .route(routes::REPORT, get(reports::report))
         .route("/api/v1/runs/{id}", get(reports::run))
         .route("/api/v1/runs/{id}/junit.xml", get(reports::junit))

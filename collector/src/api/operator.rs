@@ -106,6 +106,30 @@ pub(super) async fn mode(
     Ok(axum::Json(serde_json::json!({ "nodes": n })))
 }
 
+/// Body of `/api/v1/nodes/destructive`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DestructiveRequest {
+    select: Selector,
+    allow: bool,
+}
+
+/// The operator's consent to destructive disk steps, per node; recorded in each node's
+/// history under the admin token's id.
+pub(super) async fn destructive(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(req): Json<DestructiveRequest>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    check_selector(&req.select)?;
+    let who = format!("admin token {}", &state.admin_hash[..12]);
+    let n = state
+        .db
+        .call(move |c| lifecycle::set_destructive(c, &req.select, req.allow, &who))
+        .await?;
+    Ok(axum::Json(serde_json::json!({ "nodes": n })))
+}
+
 /// Body of `/api/v1/nodes/suite`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

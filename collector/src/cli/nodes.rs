@@ -25,6 +25,16 @@ pub(super) enum NodesCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Allow destructive disk steps on nodes (recorded with time and who), or revoke it.
+    AllowDestructive {
+        /// Take the consent back.
+        #[arg(long)]
+        revoke: bool,
+        #[command(flatten)]
+        select: Select,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Assign a suite (a file in the collector's DATA/suites/) to nodes.
     Suite {
         /// Suite name.
@@ -94,6 +104,26 @@ pub(super) fn run(cmd: NodesCommand) -> anyhow::Result<u8> {
             })?;
             let v: serde_json::Value = serde_json::from_str(&body)?;
             println!("{} node(s) set to {mode}", v["nodes"]);
+        }
+        NodesCommand::AllowDestructive {
+            revoke,
+            select,
+            server,
+        } => {
+            let payload = serde_json::json!({ "select": select.json(), "allow": !revoke });
+            let body = server.send(true, |c, base| {
+                c.post(format!(
+                    "{base}{}",
+                    kiln_protocol::routes::NODES_DESTRUCTIVE
+                ))
+                .json(&payload)
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            if revoke {
+                println!("{} node(s): destructive disk steps revoked", v["nodes"]);
+            } else {
+                println!("{} node(s): destructive disk steps allowed", v["nodes"]);
+            }
         }
         NodesCommand::Suite {
             suite,

@@ -258,10 +258,26 @@ fn start_run(
     } else {
         &[Stage::Linux]
     };
-    let allow_destructive = plan
+    // The suite's `destructive: true` says a step may destroy data; only the operator's
+    // consent for this node (`kiln nodes allow-destructive`) lets it.
+    let wants_destructive = plan
         .steps
         .iter()
         .any(|s| matches!(&s.check, kiln_protocol::Check::Disk(d) if d.destructive));
+    let consent: bool = row(
+        tx,
+        "SELECT allow_destructive FROM nodes WHERE id = ?1",
+        [node_id],
+        |r| r.get(0),
+    )?;
+    let allow_destructive = wants_destructive && consent;
+    if wants_destructive && !consent {
+        tracing::warn!(
+            node_id,
+            suite = %file.name,
+            "the suite has destructive disk steps but the node has no operator consent: they will be refused"
+        );
+    }
     exec(
         tx,
         "UPDATE nodes SET armed_ms = NULL WHERE id = ?1",
@@ -1210,6 +1226,43 @@ pub fn set_mode(
     }
     tx.commit()?;
     Ok((nodes.len(), ended))
+}
+
+/// An operator allows (or revokes) destructive disk steps on the selected nodes; each change is
+/// written to the node's history with when and `who`. Returns how many nodes.
+pub fn set_destructive(
+    conn: &mut Connection,
+    selector: &Selector,
+    allow: bool,
+    who: &str,
+) -> Result<usize, StoreError> {
+    let tx = conn.savepoint()?;
+    let (clause, value) = select_sql(selector);
+    let nodes: Vec<i64> = {
+        let mut stmt = tx.prepare(&format!("SELECT id FROM nodes WHERE {clause}"))?;
+        stmt.query_map(params![value], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    let what = if allow {
+        "destructive disk steps allowed"
+    } else {
+        "destructive disk steps revoked"
+    };
+    let now = now_ms();
+    for node_id in &nodes {
+        exec(
+            &tx,
+            "UPDATE nodes SET allow_destructive = ?2 WHERE id = ?1",
+            params![node_id, allow],
+        )?;
+        exec(
+            &tx,
+            "INSERT INTO node_history (node_id, at_ms, what, who) VALUES (?1, ?2, ?3, ?4)",
+            params![node_id, now, what, who],
+        )?;
+    }
+    tx.commit()?;
+    Ok(nodes.len())
 }
 
 fn event_kind(body: &EventBody) -> &'static str {

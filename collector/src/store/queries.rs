@@ -62,6 +62,8 @@ pub struct NodeRow {
     pub mode: Mode,
     /// Registered without the admin token: a node of its own, never one of the known ones.
     pub ad_hoc: bool,
+    /// The operator allowed destructive disk steps on it.
+    pub allow_destructive: bool,
     /// Latest run.
     pub run_id: Option<i64>,
     /// Its suite.
@@ -107,7 +109,7 @@ pub struct Filter {
 const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
                 (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
                 r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
-                n.ad_hoc, n.claimed, r.findings
+                n.ad_hoc, n.claimed, r.findings, n.allow_destructive
          FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)
          WHERE (?1 IS NULL OR n.rack = ?1)
            AND (?5 IS NULL OR n.id = ?5)
@@ -195,6 +197,7 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
                         .or(claimed_macs)
                         .unwrap_or_default(),
                     ad_hoc: r.get(17)?,
+                    allow_destructive: r.get(20)?,
                     run_id: r.get(8)?,
                     suite: r.get(9)?,
                     stage: r.get(10)?,
@@ -557,6 +560,32 @@ pub fn node_runs(conn: &Connection, node_id: i64) -> Result<Vec<RunSummary>, Sto
             verdict: r.get::<_, Option<SqlVerdict>>(2)?.map(|v| v.0),
             started_ms: r.get(3)?,
             finished_ms: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One entry of a node's history (operator consents).
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// When.
+    pub at_ms: i64,
+    /// What changed.
+    pub what: String,
+    /// Who changed it.
+    pub who: String,
+}
+
+/// A node's history, newest first.
+pub fn node_history(conn: &Connection, node_id: i64) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at_ms, what, who FROM node_history WHERE node_id = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT 100",
+    )?;
+    let rows = stmt.query_map([node_id], |r| {
+        Ok(HistoryEntry {
+            at_ms: r.get(0)?,
+            what: r.get(1)?,
+            who: r.get(2)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

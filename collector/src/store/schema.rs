@@ -123,6 +123,16 @@ const MIGRATIONS: &[&str] = &[
     // 7: the sequence number of the agent's final event, so each batch need not look for it.
     "ALTER TABLE runs ADD COLUMN final_seq INTEGER;
      UPDATE runs SET final_seq = (SELECT min(seq) FROM events e WHERE e.run_id = runs.id AND e.kind = 'run_finished');",
+    // 8: consent to destroy a node's disks is the operator's, and every grant and revocation
+    // is kept in the node's history with when and by whom.
+    "ALTER TABLE nodes ADD COLUMN allow_destructive INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE node_history (
+        node_id INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+        at_ms INTEGER NOT NULL,
+        what TEXT NOT NULL,
+        who TEXT NOT NULL
+     );
+     CREATE INDEX node_history_node ON node_history(node_id, at_ms);",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.

@@ -460,3 +460,102 @@ async fn a_bootstrap_token_used_twice_fails_the_run_as_a_security_event() {
         .unwrap();
     assert_eq!(r.status(), 409);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destroying_disks_on_network_boot_needs_the_operators_consent_which_is_recorded() {
+    let config = Config {
+        default_suite: "wipe".into(),
+        ..Config::default()
+    };
+    let server = Server::start("consent", config).await;
+    std::fs::write(
+        server.data.join("suites/wipe.yaml"),
+        "suite: wipe\ndescription: d\nsteps:\n  - name: wipe\n    disk:\n      target: {path: /dev/vdb}\n      destructive: true\n      size: 1MiB\n",
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let admin = server.admin_token();
+    // Boots the node, exchanges its bootstrap token, returns the plan's consent flag.
+    let boot_plan = || async {
+        let script = get_text(
+            &client,
+            &format!("{}/ipxe?mac=52-54-00-00-00-0a", server.base),
+        )
+        .await;
+        let run: i64 = script
+            .split("kiln.run=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let bootstrap = script.split("kiln.token=").nth(1).unwrap()[..64].to_owned();
+        let session: kiln_protocol::wire::SessionResponse = client
+            .post(format!("{}/api/v1/runs/{run}/session", server.base))
+            .bearer_auth(&bootstrap)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let plan: kiln_protocol::wire::RunPlan = client
+            .get(format!("{}/api/v1/runs/{run}/plan", server.base))
+            .bearer_auth(&session.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        plan.allow_destructive
+    };
+    let set = |body: Value| {
+        let client = client.clone();
+        let url = format!("{}/api/v1/nodes/{}", server.base, "destructive");
+        let admin = admin.clone();
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    let rearm = || async {
+        let r = client
+            .post(format!("{}/api/v1/nodes/mode", server.base))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({ "select": { "node": 1 }, "mode": "verify" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    // An unknown machine PXE-boots: the suite says destructive, the operator has not.
+    assert!(!boot_plan().await);
+    set(serde_json::json!({ "select": { "node": 1 }, "allow": true })).await;
+    rearm().await;
+    assert!(boot_plan().await);
+    set(serde_json::json!({ "select": { "node": 1 }, "allow": false })).await;
+    rearm().await;
+    assert!(!boot_plan().await);
+    // Without the admin token nobody consents.
+    let r = client
+        .post(format!("{}/api/v1/nodes/destructive", server.base))
+        .json(&serde_json::json!({ "select": { "node": 1 }, "allow": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The node's page shows both changes, with who made them.
+    let page = get_text(&client, &format!("{}/nodes/1", server.base)).await;
+    assert!(page.contains("destructive disk steps allowed"), "{page}");
+    assert!(page.contains("destructive disk steps revoked"));
+    assert!(page.contains("admin token "));
+}

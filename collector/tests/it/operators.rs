@@ -89,4 +89,28 @@ fn operators_label_and_set_modes_from_the_command_line() {
     let rows: Vec<Value> = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["mode"] == "hold"));
+    // Consent to destroy disks, per rack, from the command line.
+    let out = kiln(&[
+        "nodes",
+        "allow-destructive",
+        "--rack",
+        "R12",
+        "--server",
+        &base,
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 node(s): destructive disk steps allowed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = kiln(&["report", "--server", &base, "--format", "json"]);
+    let rows: Vec<Value> = serde_json::from_slice(&report.stdout).unwrap();
+    let allowed: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["allow_destructive"] == true)
+        .collect();
+    assert_eq!(allowed.len(), 2);
+    assert!(allowed.iter().all(|r| r["rack"] == "R12"));
 }
