@@ -45,6 +45,16 @@ pub struct Config {
     /// Serial consoles and power drivers, per node (by MAC) or per rack.
     #[serde(default)]
     pub nodes: Vec<NodeAccess>,
+    /// How long a client has to send a request's headers, and on a kept-alive connection to
+    /// start its next request, before the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// How long one request may take, body included (the bandwidth routes excepted).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Most connections open at once; new ones past it are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// How to reach one node's (or one rack's nodes') console and power.
@@ -97,6 +107,15 @@ pub enum Registration {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration::from_secs(15)
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    16_384
+}
 fn default_heartbeat() -> HumanDuration {
     HumanDuration::from_secs(60)
 }
@@ -124,6 +143,9 @@ impl Default for Config {
             public_url: None,
             after_verify: default_after(),
             nodes: Vec::new(),
+            header_timeout: default_header_timeout(),
+            request_timeout: default_request_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }

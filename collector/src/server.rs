@@ -88,25 +88,90 @@ impl Collector {
             );
         }
         let monitor = tokio::spawn(monitor(db, self.state.captures.clone()));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = axum::serve(listener, router(self.state)).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let mut stop_rx = stop_rx;
-        let result = tokio::select! {
-            r = server => r.map_err(anyhow::Error::from),
-            _ = async {
-                let _ = stop_rx.wait_for(|s| *s).await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => {
-                tracing::warn!("in-flight requests did not finish within {}s; stopping anyway", SHUTDOWN_GRACE.as_secs());
-                Ok(())
-            }
-        };
+        let config = self.state.config.clone();
+        let result = accept_loop(listener, router(self.state), &config, shutdown).await;
         monitor.abort();
         result
     }
+}
+
+/// Accepts connections until `shutdown`, serving each with HTTP/1.1 under the configured
+/// limits: at most `max_connections` open (past it, new ones are closed at once, so a flood of
+/// silent connections cannot starve the agents that hold one), `header_timeout` to send
+/// headers or start the next request. Then lets in-flight requests finish for up to
+/// [`SHUTDOWN_GRACE`].
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let max = config.max_connections.clamp(1, u32::MAX as usize);
+    let header_timeout = config.header_timeout.get();
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut last_refusal_log = std::time::Instant::now() - Duration::from_secs(60);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if last_refusal_log.elapsed() > Duration::from_secs(1) {
+                tracing::warn!(%peer, "connection limit ({max}) reached: closing new connections");
+                last_refusal_log = std::time::Instant::now();
+            }
+            drop(stream);
+            continue;
+        };
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let mut app = app.clone();
+                    async move { tower_service::Service::call(&mut app, req).await }
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = async {
+                    let _ = stop.wait_for(|s| *s).await;
+                } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    // Every connection returns its permit when it closes.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(max as u32)).await;
+    if drained.is_err() {
+        tracing::warn!(
+            "in-flight requests did not finish within {}s; stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    Ok(())
 }
 
 /// Reads `DATA/admin.token`, creating it (mode 0600) with a fresh token the first time.

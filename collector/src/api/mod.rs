@@ -87,6 +87,12 @@ pub fn router(state: AppState) -> Router {
             "/artifacts/{*path}",
             get(crate::artifacts::serve).head(crate::artifacts::serve),
         )
+        // A request (body included) that takes longer than this is cut off: a slow client
+        // cannot hold a handler. The bandwidth routes below run as long as a NIC step asks.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline,
+        ))
         .route(routes::BANDWIDTH_DOWNLOAD, get(bandwidth::download))
         .route(
             routes::BANDWIDTH_UPLOAD,
@@ -94,6 +100,25 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Cuts off a request (body included) that takes longer than `request_timeout`.
+async fn deadline(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = state.config.request_timeout.get();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(serde_json::json!({
+                "error": format!("the request took longer than {}s (a slow body?)", limit.as_secs())
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// Every way a request can fail.

@@ -593,3 +593,79 @@ fn an_over_long_line_and_too_many_metrics_are_clamped_by_the_agent_and_the_run_s
         "{line}"
     );
 }
+
+/// Reads from `stream` until the server closes it (or `within` passes); returns what came.
+fn read_until_closed(stream: &mut std::net::TcpStream, within: Duration) -> Option<String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // Reset by the server: closed too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&got).into_owned());
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_silent_clients_are_cut_off_and_connections_are_bounded() {
+    use std::io::Write;
+    let config = Config {
+        header_timeout: kiln_protocol::units::HumanDuration::from_secs(1),
+        request_timeout: kiln_protocol::units::HumanDuration::from_secs(1),
+        ..Config::default()
+    };
+    let server = Server::start("slow-clients", config).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let connect = || std::net::TcpStream::connect(&addr).unwrap();
+        // Silent: never says anything.
+        let mut silent = connect();
+        let silent_closed = read_until_closed(&mut silent, Duration::from_secs(10)).is_some();
+        // A header that never ends.
+        let mut slow = connect();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let slow_closed = read_until_closed(&mut slow, Duration::from_secs(10)).is_some();
+        // A body that never comes: 408 with a message.
+        let mut body = connect();
+        body.write_all(b"POST /api/v1/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"ident").unwrap();
+        let answer = read_until_closed(&mut body, Duration::from_secs(10)).unwrap_or_default();
+        (silent_closed, slow_closed, answer)
+    })
+    .await
+    .unwrap();
+    assert!(outcome.0, "a silent connection stayed open");
+    assert!(outcome.1, "a slow header stayed open");
+    assert!(outcome.2.starts_with("HTTP/1.1 408"), "{}", outcome.2);
+    assert!(outcome.2.contains("took longer than 1s"), "{}", outcome.2);
+
+    // At most `max_connections` at once: the next one is closed straight away.
+    let config = Config {
+        max_connections: 3,
+        ..Config::default()
+    };
+    let server = Server::start("connection-limit", config).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let refused = tokio::task::spawn_blocking(move || {
+        let held: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+        let closed = read_until_closed(&mut extra, Duration::from_secs(5)).is_some();
+        drop(held);
+        closed
+    })
+    .await
+    .unwrap();
+    assert!(refused, "a connection past the limit was kept open");
+    // Once the others are gone, requests are served again.
+    let r = reqwest::get(format!("{}/healthz", server.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
