@@ -313,8 +313,27 @@ fn a_destructive_step_refuses_a_mounted_device_and_writes_a_free_one() {
     assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
     let before = digest(&lo.backing);
 
-    // Unmounted (the filesystem signature alone is no partition table): written and verified.
+    // Unmounted, but a whole-device ext4 is still data: refused, naming what was found, and
+    // nothing written.
     let out = agent(&["run", suite.to_str().unwrap(), "--allow-destructive"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("holds an ext2/3/4 filesystem (signature at byte 1080)"),
+        "{stdout}"
+    );
+    assert_eq!(digest(&lo.backing), before, "a refused step wrote");
+
+    // The suite says to wipe signatures: written and verified.
+    let wipe = write_suite(
+        &dir,
+        "wipe-signatures.yaml",
+        &format!(
+            "suite: w\ndescription: d\nsteps:\n  - name: wipe\n    disk: {{target: {{path: {}}}, destructive: true, wipe_signatures: true, size: 16MiB}}\n",
+            lo.device
+        ),
+    );
+    let out = agent(&["run", wipe.to_str().unwrap(), "--allow-destructive"]);
     assert_eq!(
         out.status.code(),
         Some(0),

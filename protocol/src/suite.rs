@@ -483,6 +483,11 @@ check_kind! {
         /// Must be `true` for `target`: the device's contents are destroyed.
         #[serde(default)]
         pub destructive: bool,
+        /// Overwrite a device even though its first or last MiB holds a known signature (a
+        /// partition table, filesystem, swap, LVM, RAID, ZFS, bcache or LUKS header). Without
+        /// it such a device is refused, naming what was found.
+        #[serde(default)]
+        pub wipe_signatures: bool,
         /// How much to write and verify: a size, or a share of the device (or of the free space
         /// for `dir`).
         #[serde(default = "default_disk_size")]

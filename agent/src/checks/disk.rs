@@ -190,7 +190,20 @@ fn device_jobs(
     let mut jobs = Vec::new();
     let mut refused = Vec::new();
     for disk in candidates {
-        match refusal(&disk, &system) {
+        let reason = refusal(&disk, &system).or_else(|| {
+            if spec.wipe_signatures {
+                return None;
+            }
+            match crate::os::signatures::probe_device(Path::new(&format!("/dev/{disk}"))) {
+                Ok(None) => None,
+                Ok(Some(found)) => Some(format!(
+                    "holds {} (signature at byte {}); set `wipe_signatures: true` to overwrite it",
+                    found.what, found.offset
+                )),
+                Err(err) => Some(format!("cannot be read to check it is blank: {err}")),
+            }
+        });
+        match reason {
             Some(reason) => refused.push(format!("/dev/{disk}: {reason}")),
             None => {
                 let size =

@@ -5,6 +5,7 @@ pub mod affinity;
 pub mod kmsg;
 pub mod locked;
 pub mod pagemap;
+pub mod signatures;
 
 use std::path::Path;
 

@@ -666,6 +666,8 @@ async fn slow_and_silent_clients_are_cut_off_and_connections_are_bounded() {
     .unwrap();
     assert!(refused, "a connection past the limit was kept open");
     // Once the others are gone, requests are served again.
-    let r = reqwest::get(format!("{}/healthz", server.base)).await.unwrap();
+    let r = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }

@@ -1,0 +1,213 @@
+//! What a block device holds, read off its first and last MiB: the magic numbers of partition
+//! tables, filesystems, swap, volume managers, RAID, encryption and caches, at the offsets
+//! their formats fix (as blkid and wipefs find them). A destructive disk step refuses a device
+//! that holds any of them unless the suite says `wipe_signatures: true`: an unmounted disk is
+//! not an empty one.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// How much of each end of the device is read.
+pub const PROBE_BYTES: usize = 1 << 20;
+
+/// A signature found: what it is and where (byte offset from the device's start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// What the bytes say the device holds.
+    pub what: &'static str,
+    /// Byte offset of the magic number on the device.
+    pub offset: u64,
+}
+
+/// Reads both ends of the device at `path` and probes them.
+pub fn probe_device(path: &Path) -> std::io::Result<Option<Found>> {
+    let mut file = std::fs::File::open(path)?;
+    let size = file.seek(SeekFrom::End(0))?;
+    let head_len = (PROBE_BYTES as u64).min(size) as usize;
+    let mut head = vec![0u8; head_len];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut head)?;
+    let tail_start = size.saturating_sub(PROBE_BYTES as u64);
+    let mut tail = vec![0u8; (size - tail_start) as usize];
+    file.seek(SeekFrom::Start(tail_start))?;
+    file.read_exact(&mut tail)?;
+    Ok(probe(&head, &tail, size))
+}
+
+fn at(buf: &[u8], offset: usize, magic: &[u8]) -> bool {
+    buf.get(offset..offset + magic.len()) == Some(magic)
+}
+
+fn le32(buf: &[u8], offset: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        buf.get(offset..offset + 4)?.try_into().ok()?,
+    ))
+}
+
+/// The first signature in `head` (the device's first bytes) or `tail` (its last bytes, the
+/// device being `size` bytes long).
+pub fn probe(head: &[u8], tail: &[u8], size: u64) -> Option<Found> {
+    let found = |what, offset: usize| {
+        Some(Found {
+            what,
+            offset: offset as u64,
+        })
+    };
+    let tail_base = size - tail.len() as u64;
+    let found_tail = |what, offset: usize| {
+        Some(Found {
+            what,
+            offset: tail_base + offset as u64,
+        })
+    };
+    // Encrypted and cached devices first: they say the most about what is on top.
+    if at(head, 0, b"LUKS\xba\xbe") {
+        return found("a LUKS encrypted volume", 0);
+    }
+    if at(head, 4096 + 24, &BCACHE_MAGIC) {
+        return found("a bcache device", 4096 + 24);
+    }
+    if at(head, 512, b"LABELONE") && at(head, 512 + 24, b"LVM2 001") {
+        return found("an LVM2 physical volume", 512);
+    }
+    for offset in [0usize, 4096] {
+        if le32(head, offset) == Some(MD_MAGIC) {
+            return found("an md RAID member (superblock 1.1/1.2)", offset);
+        }
+    }
+    if at(head, 512, b"EFI PART") {
+        return found("a GPT partition table", 512);
+    }
+    if at(head, 0, b"XFSB") {
+        return found("an XFS filesystem", 0);
+    }
+    if at(head, 0x10040, b"_BHRfS_M") {
+        return found("a btrfs filesystem", 0x10040);
+    }
+    if at(head, 1024 + 56, &[0x53, 0xef]) && head.len() > 2048 {
+        return found("an ext2/3/4 filesystem", 1024 + 56);
+    }
+    for page in [4096usize, 8192, 16384, 65536] {
+        for magic in [&b"SWAPSPACE2"[..], &b"SWAP-SPACE"[..]] {
+            if at(head, page - 10, magic) {
+                return found("a swap area", page - 10);
+            }
+        }
+    }
+    if at(head, 3, b"NTFS    ") {
+        return found("an NTFS filesystem", 3);
+    }
+    if at(head, 82, b"FAT32   ") || at(head, 54, b"FAT16   ") || at(head, 54, b"FAT12   ") {
+        return found(
+            "a FAT filesystem",
+            if at(head, 82, b"FAT32   ") { 82 } else { 54 },
+        );
+    }
+    if at(head, 32769, b"CD001") {
+        return found("an ISO 9660 image", 32769);
+    }
+    // ZFS: a label's uberblock array (128 KiB into the label) of 1 KiB slots.
+    for slot in (128 * 1024..256 * 1024).step_by(1024) {
+        let m = le32(head, slot);
+        if m == Some(ZFS_MAGIC) || m == Some(ZFS_MAGIC.swap_bytes()) {
+            return found("a ZFS pool member", slot);
+        }
+    }
+    if at(head, 510, &[0x55, 0xaa]) {
+        return found("an MBR partition table or boot sector", 510);
+    }
+    // The end of the device: GPT's backup header, md 0.90/1.0 superblocks, ZFS labels 2-3.
+    if tail.len() >= 512 && at(tail, tail.len() - 512, b"EFI PART") {
+        return found_tail("a GPT backup partition table", tail.len() - 512);
+    }
+    for offset in (0..tail.len().saturating_sub(4)).step_by(4096) {
+        if le32(tail, offset) == Some(MD_MAGIC) {
+            return found_tail("an md RAID member (superblock 0.90/1.0)", offset);
+        }
+    }
+    let zfs_tail = tail.len().saturating_sub(512 * 1024);
+    for slot in (zfs_tail + 128 * 1024..tail.len().saturating_sub(4)).step_by(1024) {
+        let m = le32(tail, slot);
+        if m == Some(ZFS_MAGIC) || m == Some(ZFS_MAGIC.swap_bytes()) {
+            return found_tail("a ZFS pool member", slot);
+        }
+    }
+    None
+}
+
+const MD_MAGIC: u32 = 0xa92b_4efc;
+const ZFS_MAGIC: u32 = 0x00ba_b10c;
+const BCACHE_MAGIC: [u8; 16] = [
+    0xc6, 0x85, 0x73, 0xf6, 0x4e, 0x1a, 0x45, 0xca, 0x82, 0x65, 0xf5, 0x7f, 0x48, 0xba, 0x6d, 0x81,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: u64 = 64 << 20;
+
+    fn blank() -> (Vec<u8>, Vec<u8>) {
+        (vec![0u8; PROBE_BYTES], vec![0u8; PROBE_BYTES])
+    }
+
+    fn with(offset: usize, magic: &[u8]) -> Option<Found> {
+        let (mut head, tail) = blank();
+        head[offset..offset + magic.len()].copy_from_slice(magic);
+        probe(&head, &tail, SIZE)
+    }
+
+    #[test]
+    fn a_blank_device_holds_nothing() {
+        let (head, tail) = blank();
+        assert_eq!(probe(&head, &tail, SIZE), None);
+        // A device written with kiln's own pattern is not any of these either.
+        let pattern: Vec<u8> = (0..PROBE_BYTES).map(|i| (i * 7 % 251) as u8).collect();
+        assert_eq!(probe(&pattern, &pattern, SIZE), None);
+    }
+
+    #[test]
+    fn every_known_signature_is_named_with_its_offset() {
+        let cases: Vec<(usize, Vec<u8>, &str)> = vec![
+            (0, b"LUKS\xba\xbe".to_vec(), "LUKS"),
+            (4096 + 24, BCACHE_MAGIC.to_vec(), "bcache"),
+            (512, b"EFI PART".to_vec(), "GPT"),
+            (0, b"XFSB".to_vec(), "XFS"),
+            (0x10040, b"_BHRfS_M".to_vec(), "btrfs"),
+            (1024 + 56, vec![0x53, 0xef], "ext2/3/4"),
+            (4086, b"SWAPSPACE2".to_vec(), "swap"),
+            (3, b"NTFS    ".to_vec(), "NTFS"),
+            (82, b"FAT32   ".to_vec(), "FAT"),
+            (32769, b"CD001".to_vec(), "ISO 9660"),
+            (4096, MD_MAGIC.to_le_bytes().to_vec(), "md RAID"),
+            (
+                128 * 1024 + 5 * 1024,
+                ZFS_MAGIC.to_le_bytes().to_vec(),
+                "ZFS",
+            ),
+            (510, vec![0x55, 0xaa], "MBR"),
+        ];
+        for (offset, magic, name) in cases {
+            let found = with(offset, &magic).unwrap_or_else(|| panic!("{name} not found"));
+            assert!(found.what.contains(name), "{name}: {found:?}");
+            assert_eq!(found.offset, offset as u64, "{name}");
+        }
+        let (mut head, tail) = blank();
+        head[512..520].copy_from_slice(b"LABELONE");
+        head[536..544].copy_from_slice(b"LVM2 001");
+        assert!(probe(&head, &tail, SIZE).unwrap().what.contains("LVM2"));
+    }
+
+    #[test]
+    fn signatures_at_the_end_of_the_device_are_found_too() {
+        let (head, mut tail) = blank();
+        let n = tail.len();
+        tail[n - 512..n - 504].copy_from_slice(b"EFI PART");
+        let found = probe(&head, &tail, SIZE).unwrap();
+        assert!(found.what.contains("GPT backup"));
+        assert_eq!(found.offset, SIZE - 512);
+        let (head, mut tail) = blank();
+        tail[n - 65536..n - 65532].copy_from_slice(&MD_MAGIC.to_le_bytes());
+        assert!(probe(&head, &tail, SIZE).unwrap().what.contains("0.90"));
+    }
+}
