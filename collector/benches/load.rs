@@ -35,9 +35,19 @@ struct Server {
 
 impl Server {
     fn start(data: &Path, port: u16) -> Server {
+        // Every simulated agent comes from 127.0.0.1: lift the per-source limits and the cap
+        // on unknown nodes, which are for a real boot network.
+        let config = data.join("kiln.yaml");
+        std::fs::write(
+            &config,
+            "unauthenticated_rate: {per_second: 1000000, burst: 1000000}\nmax_unknown_nodes: 10000000\n",
+        )
+        .expect("bench config");
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
                 "serve",
+                "--config",
+                config.to_str().unwrap_or("kiln.yaml"),
                 "--data",
                 data.to_str().unwrap_or("."),
                 "--listen",

@@ -199,6 +199,7 @@ pub async fn node_ipxe(
         bootstrap_hash: tokens::hash(&token),
         heartbeat_secs: state.config.heartbeat_timeout.get().as_secs().max(1),
         image_digest: state.image_digest(),
+        max_unknown_nodes: state.config.max_unknown_nodes,
     };
     let (node_id, serial, script) = loop {
         let asked = req.clone();
@@ -207,6 +208,9 @@ pub async fn node_ipxe(
         match decision {
             BootDecision::NeedSuite(name) if req.suite.is_none() => {
                 req.suite = Some(read_suite(&state.data, &name));
+            }
+            BootDecision::TooManyUnknown => {
+                return Err(crate::api::too_many_unknown(state.config.max_unknown_nodes));
             }
             BootDecision::NeedSuite(name) => {
                 // The assignment changed between the two asks: say so rather than loop.

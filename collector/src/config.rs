@@ -55,6 +55,37 @@ pub struct Config {
     /// Most connections open at once; new ones past it are closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Requests per second (and burst) one source address may make to the routes that need
+    /// no token: `/ipxe`, `/boot.ipxe`, registration, artifacts, `/login`.
+    #[serde(default)]
+    pub unauthenticated_rate: Rate,
+    /// Most nodes the collector creates for machines it does not know (no rack label) before
+    /// it refuses more, with a log line saying so.
+    #[serde(default = "default_max_unknown_nodes")]
+    pub max_unknown_nodes: u64,
+}
+
+/// A token-bucket rate.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: f64,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate {
+            per_second: 20.0,
+            burst: 200.0,
+        }
+    }
+}
+
+fn default_max_unknown_nodes() -> u64 {
+    10_000
 }
 
 /// How to reach one node's (or one rack's nodes') console and power.
@@ -146,6 +177,8 @@ impl Default for Config {
             header_timeout: default_header_timeout(),
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
+            unauthenticated_rate: Rate::default(),
+            max_unknown_nodes: default_max_unknown_nodes(),
         }
     }
 }

@@ -60,6 +60,7 @@ impl Collector {
             data: Arc::new(data.to_owned()),
             digests: Arc::new(crate::artifacts::Digests::default()),
             captures: Arc::new(crate::lifecycle::captures::Captures::default()),
+            limiter: Arc::new(crate::api::limits::RateLimiter::default()),
         };
         Ok(Collector {
             state,

@@ -43,19 +43,28 @@ pub(super) async fn register(
     let token_hash = tokens::hash(&token);
     let heartbeat_secs = state.config.heartbeat_timeout.get().as_secs().max(1);
     let suite_name = plan.name().to_owned();
-    let (node_id, run_id) = state
+    let cap = state.config.max_unknown_nodes;
+    let registered = state
         .db
         .call(move |c| {
-            lifecycle::register(c, &req.identity, req.hostname.as_deref(), admin, |_| {
-                NewRunOwned {
+            lifecycle::register(
+                c,
+                &req.identity,
+                req.hostname.as_deref(),
+                admin,
+                cap,
+                |_| NewRunOwned {
                     suite_name,
                     suite_text: req.suite_text.clone(),
                     token_hash,
                     heartbeat_secs,
-                }
-            })
+                },
+            )
         })
         .await?;
+    let Some((node_id, run_id)) = registered else {
+        return Err(super::too_many_unknown(cap));
+    };
     tracing::info!(node_id, run_id, admin, "registered an ad-hoc run");
     Ok((
         StatusCode::CREATED,

@@ -4,6 +4,7 @@
 
 mod agent;
 mod bandwidth;
+pub mod limits;
 mod operator;
 mod reports;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub digests: Arc<crate::artifacts::Digests>,
     /// Running memtest86+ console captures.
     pub captures: Arc<crate::lifecycle::captures::Captures>,
+    /// Per-source rate limits on unauthenticated routes.
+    pub limiter: Arc<limits::RateLimiter>,
 }
 
 impl AppState {
@@ -59,10 +62,11 @@ impl AppState {
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
+    let limited = || axum::middleware::from_fn_with_state(state.clone(), limits::per_source);
     Router::new()
         .route("/healthz", get(reports::healthz))
         .route("/metrics", get(reports::metrics))
-        .route(routes::REGISTER, post(agent::register))
+        .route(routes::REGISTER, post(agent::register).layer(limited()))
         .route(routes::SESSION, post(agent::session))
         .route(routes::PLAN, get(agent::plan))
         .route(routes::INVENTORY, put(agent::inventory))
@@ -77,15 +81,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/junit.xml", get(reports::junit))
         .route("/api/v1/runs/{id}/logs", get(reports::logs))
         .route("/", get(crate::web::dashboard))
-        .route("/login", get(crate::web::login))
+        .route("/login", get(crate::web::login).layer(limited()))
         .route("/nodes/{id}", get(crate::web::node))
         .route("/runs/{id}", get(crate::web::run))
-        .route("/boot.ipxe", get(crate::boot::boot_ipxe))
-        .route("/ipxe", get(crate::boot::node_ipxe))
-        .route("/artifacts/", get(crate::artifacts::list))
+        .route("/boot.ipxe", get(crate::boot::boot_ipxe).layer(limited()))
+        .route("/ipxe", get(crate::boot::node_ipxe).layer(limited()))
+        .route("/artifacts/", get(crate::artifacts::list).layer(limited()))
         .route(
             "/artifacts/{*path}",
-            get(crate::artifacts::serve).head(crate::artifacts::serve),
+            get(crate::artifacts::serve)
+                .head(crate::artifacts::serve)
+                .layer(limited()),
         )
         // A request (body included) that takes longer than this is cut off: a slow client
         // cannot hold a handler. The bandwidth routes below run as long as a NIC step asks.
@@ -142,6 +148,9 @@ pub enum ApiError {
     /// Body over the limit (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The collector will not take more of this now (503): a configured cap is reached.
+    #[error("{0}")]
+    Unavailable(String),
     /// The collector itself failed (500); details go to the log only.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -163,6 +172,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::Internal(err) => {
                 let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
@@ -299,6 +309,18 @@ impl axum::extract::FromRequestParts<AppState> for RunToken {
             hash: tokens::hash(token),
         })
     }
+}
+
+/// The answer when an unknown machine would be one unknown node too many (logged: an
+/// operator should label the nodes, raise `max_unknown_nodes`, or find the flood).
+pub fn too_many_unknown(cap: u64) -> ApiError {
+    tracing::warn!(
+        cap,
+        "max_unknown_nodes reached: refusing to create a node for an unknown machine"
+    );
+    ApiError::Unavailable(format!(
+        "the collector already has {cap} unlabelled nodes (max_unknown_nodes); label nodes with `kiln nodes import` or raise the limit"
+    ))
 }
 
 /// The answer to anything posted to a finished run.

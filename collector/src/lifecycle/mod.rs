@@ -85,6 +85,20 @@ pub struct BootRequest {
     pub heartbeat_secs: u64,
     /// Digest of the RAM image nodes boot now.
     pub image_digest: Option<String>,
+    /// Most unlabelled nodes to create (see [`room_for_unknown`]).
+    pub max_unknown_nodes: u64,
+}
+
+/// Whether another node may be created for a machine no operator labelled: past `cap` such
+/// nodes, a flood of invented MACs would only fill the database.
+pub fn room_for_unknown(conn: &Connection, cap: u64) -> Result<bool, StoreError> {
+    let n: i64 = row(
+        conn,
+        "SELECT count(*) FROM nodes WHERE rack IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((n as u64) < cap)
 }
 
 /// What the node boots next.
@@ -120,6 +134,8 @@ pub enum Script {
 pub enum BootDecision {
     /// A run must start with this suite: read `DATA/suites/NAME.yaml` and ask again.
     NeedSuite(String),
+    /// An unknown machine, and no room for more of them: nothing was created.
+    TooManyUnknown,
     /// The script to render.
     Script {
         /// The node.
@@ -138,6 +154,10 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
     let tx = conn.savepoint()?;
     let mut ended = Ended::default();
     let now = now_ms();
+    if lookup::find(&tx, &req.identity)?.is_none() && !room_for_unknown(&tx, req.max_unknown_nodes)?
+    {
+        return Ok((BootDecision::TooManyUnknown, ended));
+    }
     let (node_id, new) = lookup::find_or_register(&tx, &req.identity, None, lookup::Claim::Boot)?;
     if new {
         exec(
@@ -576,15 +596,21 @@ fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, StoreError> {
 
 /// An agent registers an ad-hoc run (`kiln-agent run --collector`). Without the admin token it
 /// gets a new ad-hoc node that never takes over an existing one; with it, the node is found
-/// by the lookup rule (or registered). Returns (node, run).
+/// by the lookup rule (or registered). Returns (node, run), or `None` when a new node would be
+/// one unknown node too many.
 pub fn register(
     conn: &mut Connection,
     identity: &NodeIdentity,
     hostname: Option<&str>,
     admin: bool,
+    max_unknown_nodes: u64,
     run: impl FnOnce(i64) -> NewRunOwned,
-) -> Result<(i64, i64), StoreError> {
+) -> Result<Option<(i64, i64)>, StoreError> {
     let tx = conn.savepoint()?;
+    let known = admin && lookup::find(&tx, identity)?.is_some();
+    if !known && !room_for_unknown(&tx, max_unknown_nodes)? {
+        return Ok(None);
+    }
     let node_id = if admin {
         lookup::find_or_register(&tx, identity, hostname, lookup::Claim::Admin)?.0
     } else {
@@ -605,7 +631,7 @@ pub fn register(
         },
     )?;
     tx.commit()?;
-    Ok((node_id, run_id))
+    Ok(Some((node_id, run_id)))
 }
 
 /// The owned parts of an ad-hoc run.
@@ -1315,6 +1341,7 @@ mod tests {
             bootstrap_hash: "h1".into(),
             heartbeat_secs: 60,
             image_digest: None,
+            max_unknown_nodes: 100,
         }
     }
 

@@ -671,3 +671,45 @@ async fn slow_and_silent_clients_are_cut_off_and_connections_are_bounded() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_source_flooding_unknown_nodes_is_slowed_and_capped() {
+    let config = Config {
+        unauthenticated_rate: kiln_collector::config::Rate {
+            per_second: 1.0,
+            burst: 5.0,
+        },
+        max_unknown_nodes: 3,
+        ..Config::default()
+    };
+    let server = Server::start("flood", config).await;
+    let client = reqwest::Client::new();
+    let ipxe = |n: u8| {
+        client
+            .get(format!("{}/ipxe?mac=52-54-00-00-09-{n:02x}", server.base))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for n in 0..7 {
+        let r = ipxe(n).await.unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+    }
+    // Three unknown machines get nodes, the next two are refused by the cap, then the
+    // source is over its burst.
+    assert_eq!(statuses, [200, 200, 200, 503, 503, 429, 429]);
+    let rows: Vec<Value> = client
+        .get(format!("{}/api/v1/report", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    // Known nodes still boot when the cap is reached (once the source has tokens again).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ipxe(0).await.unwrap().status(), 200);
+}
