@@ -248,18 +248,8 @@ impl AppState {
         }
     }
 
-    /// Requires the token of run `run_id` and the run open: 401 without a token, 403 with
-    /// any other, 409 once the run has its verdict (a finished run is closed).
-    pub async fn require_run(&self, headers: &HeaderMap, run_id: i64) -> Result<(), ApiError> {
-        let token = tokens::bearer(headers).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "agent calls need their run's token (Authorization: Bearer …)".into(),
-            )
-        })?;
-        self.require_run_hash(run_id, tokens::hash(token)).await
-    }
-
-    /// [`AppState::require_run`] for a token already hashed.
+    /// Requires that `hash` is run `run_id`'s token and the run open: 403 with any other token,
+    /// 409 once the run has its verdict (a finished run is closed).
     pub async fn require_run_hash(&self, run_id: i64, hash: String) -> Result<(), ApiError> {
         let access = self
             .db
@@ -341,11 +331,8 @@ impl axum::extract::FromRequestParts<AppState> for RunAuth {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(run_id) =
-            axum::extract::Path::<i64>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        state.require_run(&parts.headers, run_id).await?;
+        let RunToken { run_id, hash } = RunToken::from_request_parts(parts, state).await?;
+        state.require_run_hash(run_id, hash).await?;
         Ok(RunAuth(run_id))
     }
 }

@@ -1345,6 +1345,17 @@ mod tests {
         }
     }
 
+    /// A suite without memtest: the first boot hands out Linux.
+    fn linux_only() -> SuiteFile {
+        SuiteFile {
+            name: "m".into(),
+            text: Ok(
+                "suite: m\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n"
+                    .into(),
+            ),
+        }
+    }
+
     fn script(conn: &mut Connection, req: &BootRequest) -> (Script, Ended) {
         match boot(conn, req).unwrap() {
             (BootDecision::Script { script, .. }, ended) => (script, ended),
@@ -1396,13 +1407,7 @@ mod tests {
     fn a_bootstrap_token_used_twice_fails_the_run() {
         let mut conn = test_connection();
         let mut req = request(identity(Some("52:54:00:00:00:01"), None));
-        req.suite = Some(SuiteFile {
-            name: "m".into(),
-            text: Ok(
-                "suite: m\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n"
-                    .into(),
-            ),
-        });
+        req.suite = Some(linux_only());
         let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
             panic!("expected linux")
         };
@@ -1545,13 +1550,7 @@ mod tests {
     fn the_linux_stage_is_handed_out_once_per_boot() {
         let mut conn = test_connection();
         let mut req = request(identity(Some("52:54:00:00:00:01"), None));
-        req.suite = Some(SuiteFile {
-            name: "m".into(),
-            text: Ok(
-                "suite: m\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n"
-                    .into(),
-            ),
-        });
+        req.suite = Some(linux_only());
         let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
             panic!("expected linux")
         };
