@@ -204,8 +204,8 @@ mod tests {
         }
         assert!(
             conn.execute(
-                "INSERT INTO stages (run_id, name, state) VALUES (1, 'bios', 'pending')",
-                []
+                "INSERT INTO stages (run_id, name, state) VALUES (1, 'bios', ?1)",
+                [StageState::Pending]
             )
             .is_err()
         );
