@@ -156,6 +156,9 @@ impl Stream {
     }
 }
 
+/// Longest wait, once errors show, for memtest86+ to draw their rows.
+const ERROR_ROWS_WAIT: Duration = Duration::from_secs(6);
+
 /// Watches until a verdict, or until `cancel` fires (the stage ended elsewhere, e.g. the node
 /// rebooted unexpectedly).
 pub async fn watch(
@@ -173,6 +176,7 @@ pub async fn watch(
     let mut keys_sent = rules.skip_tests.is_empty();
     let mut stream: Option<Stream> = None;
     let mut buf = vec![0u8; 16 * 1024];
+    let mut errors_seen: Option<Instant> = None;
     let finish = |pass: bool, detail: String, screen: &MemtestScreen, raw: Vec<u8>| Finding {
         pass,
         detail,
@@ -280,6 +284,15 @@ pub async fn watch(
         }
         let errors = reading.errors.unwrap_or(0);
         if errors > 0 || reading.status == Some(Status::Failed) {
+            // The verdict is certain now, but memtest86+ draws the error rows a moment after
+            // the counter: wait (briefly) for them, so the fault names its address.
+            let drawn = !reading.error_rows.is_empty()
+                || !reading.summary.is_empty()
+                || !reading.badram.is_empty();
+            let seen = *errors_seen.get_or_insert_with(Instant::now);
+            if !drawn && seen.elapsed() < ERROR_ROWS_WAIT {
+                continue;
+            }
             let first = reading
                 .error_rows
                 .first()

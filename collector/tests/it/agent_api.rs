@@ -691,43 +691,50 @@ async fn slow_and_silent_clients_are_cut_off_and_connections_are_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_source_flooding_unknown_nodes_is_slowed_and_capped() {
+async fn unknown_machines_are_capped_and_one_source_is_rate_limited() {
+    let get =
+        |client: reqwest::Client, url: String| async move { client.get(url).send().await.unwrap() };
+    let client = reqwest::Client::new();
+    // The cap: three unknown machines get nodes, the next are refused; known ones still boot.
     let config = Config {
-        unauthenticated_rate: kiln_collector::config::Rate {
-            per_second: 1.0,
-            burst: 5.0,
-        },
         max_unknown_nodes: 3,
         ..Config::default()
     };
-    let server = Server::start("flood", config).await;
-    let client = reqwest::Client::new();
-    let ipxe = |n: u8| {
-        client
-            .get(format!("{}/ipxe?mac=52-54-00-00-09-{n:02x}", server.base))
-            .send()
-    };
+    let server = Server::start("unknown-cap", config).await;
+    let ipxe = |n: u8| format!("{}/ipxe?mac=52-54-00-00-09-{n:02x}", server.base);
     let mut statuses = Vec::new();
-    for n in 0..7 {
-        let r = ipxe(n).await.unwrap();
-        statuses.push(r.status().as_u16());
-        if r.status() == 429 {
-            assert!(r.headers().contains_key("retry-after"));
-        }
+    for n in 0..5 {
+        statuses.push(get(client.clone(), ipxe(n)).await.status().as_u16());
     }
-    // Three unknown machines get nodes, the next two are refused by the cap, then the
-    // source is over its burst.
-    assert_eq!(statuses, [200, 200, 200, 503, 503, 429, 429]);
-    let rows: Vec<Value> = client
-        .get(format!("{}/api/v1/report", server.base))
-        .send()
+    assert_eq!(statuses, [200, 200, 200, 503, 503]);
+    let r = get(client.clone(), ipxe(9)).await;
+    assert!(r.text().await.unwrap().contains("max_unknown_nodes"));
+    assert_eq!(get(client.clone(), ipxe(0)).await.status(), 200);
+    let rows: Vec<Value> = get(client.clone(), format!("{}/api/v1/report", server.base))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(rows.len(), 3);
-    // Known nodes still boot when the cap is reached (once the source has tokens again).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(ipxe(0).await.unwrap().status(), 200);
+
+    // The rate: a burst of three, then 429 with Retry-After (a token every 1000 s).
+    let config = Config {
+        unauthenticated_rate: kiln_collector::config::Rate {
+            per_second: 0.001,
+            burst: 3.0,
+        },
+        ..Config::default()
+    };
+    let server = Server::start("rate-limit", config).await;
+    let boot = format!("{}/boot.ipxe", server.base);
+    for _ in 0..3 {
+        assert_eq!(get(client.clone(), boot.clone()).await.status(), 200);
+    }
+    let r = get(client.clone(), boot.clone()).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.text().await.unwrap().contains("requests/s to this route"));
+    // Other routes are not limited per source.
+    let r = get(client.clone(), format!("{}/healthz", server.base)).await;
+    assert_eq!(r.status(), 200);
 }
