@@ -1363,6 +1363,14 @@ mod tests {
         }
     }
 
+    /// Boots the node into a new run's memtest stage; returns the run.
+    fn start_memtest(conn: &mut Connection, req: &BootRequest) -> i64 {
+        match script(conn, req).0 {
+            Script::Memtest { run_id, .. } => run_id,
+            other => panic!("expected memtest, got {other:?}"),
+        }
+    }
+
     fn finding(pass: bool) -> Finding {
         Finding {
             pass,
@@ -1441,9 +1449,7 @@ mod tests {
     fn a_stale_capture_finding_is_dropped_and_ends_nothing() {
         let mut conn = test_connection();
         let req = request(identity(Some("52:54:00:00:00:01"), None));
-        let (Script::Memtest { run_id, .. }, _) = script(&mut conn, &req) else {
-            panic!("expected memtest")
-        };
+        let run_id = start_memtest(&mut conn, &req);
         // The node reboots in the middle of memtest86+: the stage fails and its capture stops.
         let (done, ended) = script(&mut conn, &req);
         assert_eq!(
@@ -1469,9 +1475,7 @@ mod tests {
     fn progress_belongs_to_its_stage() {
         let mut conn = test_connection();
         let req = request(identity(Some("52:54:00:00:00:01"), None));
-        let (Script::Memtest { run_id, .. }, _) = script(&mut conn, &req) else {
-            panic!("expected memtest")
-        };
+        let run_id = start_memtest(&mut conn, &req);
         let reading = Progress {
             step: 0,
             name: "memtest86+".into(),
@@ -1529,9 +1533,7 @@ mod tests {
     fn an_operator_re_arm_ends_the_open_run_as_incomplete() {
         let mut conn = test_connection();
         let req = request(identity(Some("52:54:00:00:00:01"), None));
-        let (Script::Memtest { run_id, .. }, _) = script(&mut conn, &req) else {
-            panic!("expected memtest")
-        };
+        let run_id = start_memtest(&mut conn, &req);
         let (n, ended) = set_mode(&mut conn, &Selector::All(true), Mode::Verify).unwrap();
         assert_eq!(n, 1);
         assert!(ended.0.contains(&(run_id, Stage::Memtest)));
@@ -1540,9 +1542,7 @@ mod tests {
         let (n, _) = set_mode(&mut conn, &Selector::All(false), Mode::Hold).unwrap();
         assert_eq!(n, 0);
         // The next boot starts a new run.
-        let (Script::Memtest { run_id: next, .. }, _) = script(&mut conn, &req) else {
-            panic!("expected memtest")
-        };
+        let next = start_memtest(&mut conn, &req);
         assert_ne!(next, run_id);
     }
 

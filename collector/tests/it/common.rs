@@ -93,12 +93,21 @@ pub async fn register(
         hostname: Some(format!("node-{n}")),
         suite_text: suite.into(),
     };
-    let r = client
-        .post(format!("{base}/api/v1/register"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
+    register_with(client, base, &req, None).await
+}
+
+/// Registers `req` (with the admin token when given); the answer must be 201.
+pub async fn register_with(
+    client: &reqwest::Client,
+    base: &str,
+    req: &RegisterRequest,
+    admin: Option<&str>,
+) -> RegisterResponse {
+    let mut r = client.post(format!("{base}/api/v1/register"));
+    if let Some(token) = admin {
+        r = r.bearer_auth(token);
+    }
+    let r = r.json(req).send().await.unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     r.json().await.unwrap()
 }

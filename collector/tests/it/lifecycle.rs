@@ -43,21 +43,12 @@ async fn register_as(
     identity: NodeIdentity,
     admin: Option<&str>,
 ) -> RegisterResponse {
-    let mut r = client.post(format!("{base}/api/v1/register"));
-    if let Some(token) = admin {
-        r = r.bearer_auth(token);
-    }
-    let r = r
-        .json(&RegisterRequest {
-            identity,
-            hostname: Some("node-7".into()),
-            suite_text: SUITE.into(),
-        })
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    r.json().await.unwrap()
+    let req = RegisterRequest {
+        identity,
+        hostname: Some("node-7".into()),
+        suite_text: SUITE.into(),
+    };
+    register_with(client, base, &req, admin).await
 }
 
 async fn report(client: &reqwest::Client, base: &str, query: &str) -> Vec<Value> {

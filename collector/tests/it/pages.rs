@@ -5,7 +5,7 @@ use std::process::Command;
 
 use kiln_collector::config::Config;
 use kiln_protocol::verdict::Verdict;
-use kiln_protocol::wire::{EventBody, Outcome, RegisterRequest, RegisterResponse, StepReport};
+use kiln_protocol::wire::{EventBody, Outcome, RegisterRequest, StepReport};
 
 use crate::common::*;
 
@@ -18,15 +18,7 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         hostname: Some("<script>alert(1)</script>".into()),
         suite_text: SUITE.into(),
     };
-    let run: RegisterResponse = client
-        .post(format!("{}/api/v1/register", server.base))
-        .json(&req)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let run = register_with(&client, &server.base, &req, None).await;
     let mut events = full_run();
     events[3] = ev(
         4,
@@ -176,15 +168,7 @@ async fn the_dashboard_renders_in_headless_chromium() {
         hostname: Some("rack12-node07".into()),
         suite_text: SUITE.into(),
     };
-    let run: RegisterResponse = client
-        .post(format!("{}/api/v1/register", server.base))
-        .json(&req)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let run = register_with(&client, &server.base, &req, None).await;
     let mut events = full_run();
     events[4] = ev(
         5,
