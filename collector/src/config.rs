@@ -287,6 +287,28 @@ mod tests {
         std::fs::write(&file, "listen: 127.0.0.1:9000\nheartbeat_timeout: 2m\n").unwrap();
         let config = Config::load(&file).unwrap();
         assert_eq!(config.heartbeat_timeout.get().as_secs(), 120);
+        // The limits are checked like the rest: a bad value names its place.
+        for (text, want) in [
+            ("header_timeout: fast\n", "kiln.yaml:1:"),
+            (
+                "unauthenticated_rate: {per_second: 5}\n",
+                "kiln.yaml:1:23: unauthenticated_rate: missing field \"burst\"",
+            ),
+            ("max_connections: -1\n", "kiln.yaml:1:"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Config::load(&file).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        std::fs::write(
+            &file,
+            "header_timeout: 5s\nunauthenticated_rate: {per_second: 5, burst: 50}\nmax_unknown_nodes: 7\n",
+        )
+        .unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.header_timeout.get().as_secs(), 5);
+        assert_eq!(config.unauthenticated_rate.burst, 50.0);
+        assert_eq!(config.max_unknown_nodes, 7);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

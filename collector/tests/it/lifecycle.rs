@@ -421,6 +421,14 @@ async fn a_bootstrap_token_used_twice_fails_the_run_as_a_security_event() {
             .bearer_auth(&bootstrap)
             .send()
     };
+    // Without any token: 401, and nothing is used up.
+    let r = client
+        .post(format!("{}/api/v1/runs/1/session", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("bootstrap token"));
     let first = exchange().await.unwrap();
     assert_eq!(first.status(), 201);
     let session: kiln_protocol::wire::SessionResponse = first.json().await.unwrap();
@@ -544,6 +552,16 @@ async fn destroying_disks_on_network_boot_needs_the_operators_consent_which_is_r
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // `all: false` names no node: refused with the reason.
+    let r = client
+        .post(format!("{}/api/v1/nodes/destructive", server.base))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({ "select": { "all": false }, "allow": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("selects no node"));
     // The node's page shows both changes, with who made them.
     let page = get_text(&client, &format!("{}/nodes/1", server.base)).await;
     assert!(page.contains("destructive disk steps allowed"), "{page}");
