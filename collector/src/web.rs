@@ -126,23 +126,28 @@ pub async fn dashboard(
         offset: (page - 1).saturating_mul(PAGE_ROWS),
         ..Filter::default()
     };
-    let (mut rows, counts) = state
+    let templates = state.pages.clone();
+    // Rendered on the reader thread too: the whole page at the readers' priority.
+    state
         .db
-        .read(move |c| Ok((queries::node_rows(c, &filter)?, queries::tally(c)?)))
-        .await?;
-    let more = rows.len() > PAGE_ROWS;
-    rows.truncate(PAGE_ROWS);
-    let pages = context! {
-        page,
-        prev => (page > 1).then(|| page - 1),
-        next => more.then(|| page + 1),
-        first => (page - 1) * PAGE_ROWS + 1,
-        last => (page - 1) * PAGE_ROWS + rows.len(),
-    };
-    state.pages.render(
-        "dashboard.html",
-        context! { rows, counts, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
-    )
+        .read(move |c| {
+            let mut rows = queries::node_rows(c, &filter)?;
+            let counts = queries::tally(c)?;
+            let more = rows.len() > PAGE_ROWS;
+            rows.truncate(PAGE_ROWS);
+            let pages = context! {
+                page,
+                prev => (page > 1).then(|| page - 1),
+                next => more.then(|| page + 1),
+                first => (page - 1) * PAGE_ROWS + 1,
+                last => (page - 1) * PAGE_ROWS + rows.len(),
+            };
+            Ok(templates.render(
+                "dashboard.html",
+                context! { rows, counts, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
+            ))
+        })
+        .await?
 }
 
 /// Query of the other pages.

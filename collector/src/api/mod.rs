@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -199,16 +198,46 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(JsonRejection::BytesRejection(r))
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::TooLarge(format!(
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|m| {
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::BadRequest(
+                "expected a JSON body (Content-Type: application/json)".into(),
+            ));
+        }
+        let body = match axum::body::Bytes::from_request(req, state).await {
+            Ok(body) => body,
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::TooLarge(format!(
                     "request body is over the limit of {MAX_BODY} bytes"
-                )))
+                )));
             }
-            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+            Err(r) => return Err(ApiError::BadRequest(r.body_text())),
+        };
+        // The plain parser first (agents' batches are the hot path); only a body that fails
+        // is parsed again, tracking the path, to say where it went wrong.
+        if let Ok(value) = serde_json::from_slice(&body) {
+            return Ok(Json(value));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&body);
+        match serde_path_to_error::deserialize::<_, T>(de) {
+            Ok(value) => Ok(Json(value)),
+            Err(e) if e.path().iter().next().is_none() => Err(ApiError::BadRequest(format!(
+                "the JSON body is refused: {}",
+                e.inner()
+            ))),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "the JSON body is refused: {}: {}",
+                e.path(),
+                e.inner()
+            ))),
         }
     }
 }

@@ -88,17 +88,32 @@ pub(super) async fn report(
     Query(query): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let filter = query.filter()?;
-    let rows = state
+    let format = query.format.unwrap_or_else(|| "json".to_owned());
+    let content_type = match format.as_str() {
+        "json" => "application/json",
+        "csv" => "text/csv; charset=utf-8",
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "format {other:?}; expected json or csv"
+            )));
+        }
+    };
+    // Serialized on the reader thread: the whole report at the readers' priority.
+    let body = state
         .db
-        .read(move |c| queries::node_rows(c, &filter))
+        .read(move |c| {
+            let rows = queries::node_rows(c, &filter)?;
+            Ok(if format == "csv" {
+                csv(&rows).into_bytes()
+            } else {
+                serde_json::to_vec(&rows).map_err(|source| crate::store::StoreError::Encode {
+                    what: "the report",
+                    source,
+                })?
+            })
+        })
         .await?;
-    match query.format.as_deref().unwrap_or("json") {
-        "json" => Ok(axum::Json(rows).into_response()),
-        "csv" => Ok(([("content-type", "text/csv; charset=utf-8")], csv(&rows)).into_response()),
-        other => Err(ApiError::BadRequest(format!(
-            "format {other:?}; expected json or csv"
-        ))),
-    }
+    Ok(([("content-type", content_type)], body).into_response())
 }
 
 /// The report as CSV, one row per node.

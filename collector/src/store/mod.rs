@@ -3,7 +3,11 @@
 //! transaction (group commit, `synchronous=FULL`) and answers each caller only after that
 //! commit, so an acknowledged event survives `kill -9` and power loss. Reads go to a small
 //! pool of read-only connections (WAL lets them run beside the writer), so a page load never
-//! waits behind an agent's batch, nor an agent's acknowledgement behind a page.
+//! waits behind an agent's batch, nor an agent's acknowledgement behind a page. The readers
+//! are threads of their own at a lower scheduling priority: when the CPU is short, an agent's
+//! acknowledgement goes before a manager's page, which is also built on them. A checkpointer
+//! thread copies the WAL into the database file in the background, so the writer's own
+//! checkpoints are short.
 
 pub mod queries;
 mod schema;
@@ -12,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// What a write job hands back: its answer, sent once the group it ran in has committed
 /// (`true`) or failed to (`false`).
@@ -27,8 +31,18 @@ const QUEUE: usize = 4096;
 /// Most jobs one transaction commits together.
 const GROUP: usize = 512;
 
-/// Read-only connections.
+/// Read-only connections, each on a thread of its own.
 const READERS: usize = 4;
+
+/// The reader threads' nice value: below the rest of the collector (0), so that when the CPU
+/// is short an agent's acknowledgement goes first, without starving the pages.
+const READER_NICE: i32 = 10;
+
+/// How often the checkpointer folds the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Work queued for a reader thread.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +57,15 @@ pub enum StoreError {
     /// nothing of it was stored.
     #[error("the database could not commit")]
     Commit,
+    /// An answer built from stored data that does not encode (a bug).
+    #[error("{what} does not encode")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoding error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// Stored data that does not decode (a bug or a hand-edited file).
     #[error("stored {what} does not decode")]
     Corrupt {
@@ -58,13 +81,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Db {
     tx: mpsc::Sender<Job>,
-    readers: Arc<Readers>,
-}
-
-/// The read-only connections and the permits to use them.
-struct Readers {
-    idle: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    reads: mpsc::Sender<ReadJob>,
 }
 
 impl Db {
@@ -77,8 +94,9 @@ impl Db {
         conn.set_prepared_statement_cache_capacity(128);
         schema::migrate(&mut conn)
             .map_err(|e| anyhow::anyhow!("cannot migrate database {}: {e:#}", path.display()))?;
-        let mut idle = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
+        let (reads, read_rx) = mpsc::channel::<ReadJob>(QUEUE);
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        for i in 0..READERS {
             let reader = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -88,12 +106,38 @@ impl Db {
             reader.set_prepared_statement_cache_capacity(64);
             reader.pragma_update(None, "cache_size", -16384)?;
             reader.pragma_update(None, "mmap_size", 268_435_456)?;
-            idle.push(reader);
+            let jobs = read_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        // One idle reader waits on the queue at a time; the lock is released
+                        // before the job runs.
+                        let job = jobs
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .blocking_recv();
+                        match job {
+                            Some(job) => job(&reader),
+                            None => break,
+                        }
+                    }
+                })?;
         }
+        let (alive, checkpointer_stop) = std::sync::mpsc::channel::<()>();
+        let checkpoints = Connection::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", path.display()))?;
+        schema::configure(&checkpoints)?;
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer(&checkpoints, &checkpointer_stop))?;
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
+                // Dropped when the writer ends: the checkpointer ends with it.
+                let _alive = alive;
                 while let Some(first) = rx.blocking_recv() {
                     let mut jobs = vec![first];
                     while jobs.len() < GROUP {
@@ -105,13 +149,7 @@ impl Db {
                     write_group(&mut conn, jobs);
                 }
             })?;
-        Ok(Db {
-            tx,
-            readers: Arc::new(Readers {
-                idle: Mutex::new(idle),
-                permits: Semaphore::new(READERS),
-            }),
-        })
+        Ok(Db { tx, reads })
     }
 
     /// Runs the write `f` on the writer thread and returns its result once it is committed.
@@ -137,35 +175,55 @@ impl Db {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs the read `f` on a read-only connection, off the tokio workers.
+    /// Runs the read `f` on a read-only connection, on a reader thread. Work that only
+    /// serves a page (rendering, serializing) belongs in `f` too, at the readers' priority.
     pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let readers = self.readers.clone();
-        let _permit = readers
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let conn = readers
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .ok_or(StoreError::Closed)?;
-        let back = readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = f(&conn);
-            back.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(conn);
-            result
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        self.reads.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Copies what the WAL holds into the database file, in the background and often, so that
+/// the writer's own checkpoint (SQLite's, when the WAL reaches `wal_autocheckpoint`; only a
+/// checkpoint between two of its commits lets the WAL start over) finds little left to copy
+/// and a group's commit does not wait for megabytes of it. Passive: it never blocks the writer
+/// or a reader.
+fn checkpointer(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "a background checkpoint did not run");
+        }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to [`READER_NICE`] (Linux keeps a nice
+/// value per thread). Not idle priority: a reader starved mid-query would hold its snapshot of
+/// the WAL, which then cannot be checkpointed and started over, and the writer pays for that.
+/// Failing is not fatal: the thread then runs at the collector's priority.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a thread id changes
+    // only that thread's nice value.
+    let rc = unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::gettid() as libc::id_t,
+            READER_NICE,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not lower a database reader's priority"
+        );
     }
 }
 
@@ -255,6 +313,56 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reads_run_below_the_writer_and_the_wal_is_checkpointed_in_the_background() {
+        let (db, path) = temp_db("threads");
+        fn nice() -> i32 {
+            // SAFETY: no pointers; reads this thread's nice value.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+        }
+        assert_eq!(db.read(|_| Ok(nice())).await.unwrap(), READER_NICE);
+        assert_eq!(
+            db.call(|_| Ok(nice())).await.unwrap(),
+            0,
+            "the writer keeps its priority"
+        );
+        // A few small writes: far below SQLite's own checkpoint threshold, so only the
+        // checkpointer thread moves them from the WAL into the file, where a connection that
+        // ignores the WAL (`immutable`) sees them.
+        for i in 0..3 {
+            db.call(move |c| {
+                c.execute(
+                    "INSERT INTO suites (sha256, name, text, created_ms) VALUES (?1, 'n', 't', 0)",
+                    [format!("c{i}")],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            // Opened afresh each time: an immutable connection assumes the file never changes.
+            let file_only = Connection::open_with_flags(
+                format!("file:{}?immutable=1", path.display()),
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .unwrap();
+            // Before the first checkpoint even the schema is only in the WAL.
+            let n: i64 = file_only
+                .query_row("SELECT count(*) FROM suites", [], |r| r.get(0))
+                .unwrap_or(0);
+            if n == 3 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writes never left the WAL ({n} of 3 in the file)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -213,13 +213,15 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
             ))
         },
     )?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (mut row, expect, findings) = row?;
+    let rows = rows.collect::<Result<Vec<_>, _>>()?;
+    // The failed steps and stages of every listed run in two statements, not two per node.
+    let run_ids: Vec<i64> = rows.iter().filter_map(|(r, _, _)| r.run_id).collect();
+    let mut failures = Failures::of(conn, &run_ids)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (mut row, expect, findings) in rows {
         if let Some(run_id) = row.run_id {
-            row.faults = run_faults(
-                conn,
-                run_id,
+            row.faults = fault_lines(
+                failures.take(run_id),
                 expect.as_deref(),
                 findings.as_deref(),
                 row.verdict_reason.as_deref(),
@@ -230,12 +232,96 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
     Ok(out)
 }
 
+/// Failed and errored steps of the runs in the JSON array ?1, by run and step.
+const FAILED_STEPS_SQL: &str = "SELECT run_id, report FROM steps
+     WHERE run_id IN (SELECT value FROM json_each(?1)) AND outcome IN (?2, ?3)
+     ORDER BY run_id, step";
+
+/// Failed stages, with what failed them, of the runs in the JSON array ?1.
+const FAILED_STAGES_SQL: &str = "SELECT run_id, name, detail FROM stages
+     WHERE run_id IN (SELECT value FROM json_each(?1)) AND verdict = ?2 AND detail IS NOT NULL
+     ORDER BY run_id";
+
+/// The failed or errored steps and the failed stages of some runs, by run.
+#[derive(Default)]
+struct Failures {
+    by_run: std::collections::HashMap<i64, RunFailures>,
+}
+
+/// One run's part of [`Failures`].
+#[derive(Default)]
+struct RunFailures {
+    steps: Vec<StepReport>,
+    stages: Vec<(Stage, String)>,
+}
+
+impl Failures {
+    /// Reads them for `run_ids` in two statements, whatever their number.
+    fn of(conn: &Connection, run_ids: &[i64]) -> Result<Failures, StoreError> {
+        let mut out = Failures::default();
+        if run_ids.is_empty() {
+            return Ok(out);
+        }
+        let ids = serde_json::Value::from(run_ids).to_string();
+        let mut stmt = conn.prepare_cached(FAILED_STEPS_SQL)?;
+        let failed = (
+            Outcome::Fail { faults: vec![] }.name(),
+            Outcome::Error {
+                message: String::new(),
+            }
+            .name(),
+        );
+        for row in stmt.query_map(params![ids, failed.0, failed.1], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (run_id, report) = row?;
+            let report: StepReport =
+                serde_json::from_str(&report).map_err(|source| StoreError::Corrupt {
+                    what: "step",
+                    source,
+                })?;
+            out.by_run.entry(run_id).or_default().steps.push(report);
+        }
+        let mut stmt = conn.prepare_cached(FAILED_STAGES_SQL)?;
+        for row in stmt.query_map(params![ids, SqlVerdict(Verdict::Fail)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Stage>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            let (run_id, stage, detail) = row?;
+            out.by_run
+                .entry(run_id)
+                .or_default()
+                .stages
+                .push((stage, detail));
+        }
+        Ok(out)
+    }
+
+    fn take(&mut self, run_id: i64) -> RunFailures {
+        self.by_run.remove(&run_id).unwrap_or_default()
+    }
+}
+
 /// One line per fault of a run: the collector's own findings (missing results, the agent
 /// disagreeing), `expect:` differences, failed steps' faults, errors, failed stages, and the
 /// collector's verdict reason.
 fn run_faults(
     conn: &Connection,
     run_id: i64,
+    expect: Option<&str>,
+    findings: Option<&str>,
+    reason: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let failures = Failures::of(conn, &[run_id])?.take(run_id);
+    fault_lines(failures, expect, findings, reason)
+}
+
+/// The lines of [`run_faults`] from what was read.
+fn fault_lines(
+    failures: RunFailures,
     expect: Option<&str>,
     findings: Option<&str>,
     reason: Option<&str>,
@@ -252,24 +338,7 @@ fn run_faults(
     {
         lines.extend(faults.into_iter().map(|f| format!("expect: {}", f.message)));
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT report FROM steps WHERE run_id = ?1 AND outcome IN (?2, ?3) ORDER BY step",
-    )?;
-    let failed = (
-        Outcome::Fail { faults: vec![] }.name(),
-        Outcome::Error {
-            message: String::new(),
-        }
-        .name(),
-    );
-    for report in stmt.query_map(params![run_id, failed.0, failed.1], |r| {
-        r.get::<_, String>(0)
-    })? {
-        let report: StepReport =
-            serde_json::from_str(&report?).map_err(|source| StoreError::Corrupt {
-                what: "step",
-                source,
-            })?;
+    for report in failures.steps {
         match report.outcome {
             Outcome::Fail { faults } => lines.extend(
                 faults
@@ -280,13 +349,7 @@ fn run_faults(
             _ => {}
         }
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, detail FROM stages WHERE run_id = ?1 AND verdict = ?2 AND detail IS NOT NULL",
-    )?;
-    for row in stmt.query_map(params![run_id, SqlVerdict(Verdict::Fail)], |r| {
-        Ok((r.get::<_, Stage>(0)?, r.get::<_, String>(1)?))
-    })? {
-        let (stage, detail) = row?;
+    for (stage, detail) in failures.stages {
         if Some(detail.as_str()) != reason && !lines.contains(&detail) {
             lines.push(format!("{stage}: {detail}"));
         }
@@ -746,6 +809,23 @@ mod tests {
                     .iter()
                     .all(|l| l.starts_with("SCAN n") || l.starts_with("SCAN (subquery")),
                 "a full scan besides the node list: {lines:#?}"
+            );
+        }
+        // The node list comes in rack/slot order from its index, and each node's MACs in order
+        // from theirs: a page of the dashboard reads its rows, not every node, and sorts nothing.
+        let lines = plan(&conn, NODE_ROWS_SQL);
+        assert!(
+            lines.iter().all(|l| !l.contains("TEMP B-TREE")),
+            "{lines:#?}"
+        );
+        // The failures of every listed run: one search per run id, no scan of a table.
+        for sql in [FAILED_STEPS_SQL, FAILED_STAGES_SQL] {
+            let lines = plan(&conn, sql);
+            assert!(
+                lines
+                    .iter()
+                    .all(|l| !l.starts_with("SCAN") || l.starts_with("SCAN json_each")),
+                "{sql}: {lines:#?}"
             );
         }
         for sql in [

@@ -199,6 +199,35 @@ async fn bad_requests_get_a_status_and_a_message() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("unknown field"));
 
+    // A refused body says where in it the problem is.
+    let r = send(
+        r#"{"events": [{"seq": 1, "at_ms": 0, "body": {"type": "log", "level": "info", "line": "ok"}},
+                       {"seq": 2, "at_ms": "soon", "body": {"type": "log", "level": "info", "line": "x"}}]}"#
+            .into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("events[1].at_ms"), "{msg}");
+
+    // A body that is not declared JSON is refused before it is read.
+    let r = client
+        .post(&url)
+        .bearer_auth(&run.token)
+        .header("content-type", "text/plain")
+        .body(r#"{"events": []}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Content-Type: application/json")
+    );
+
     let r = send(
         serde_json::to_string(&EventBatch {
             events: vec![log(1), log(3)],

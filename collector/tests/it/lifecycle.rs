@@ -126,6 +126,8 @@ async fn a_forged_pass_from_an_unauthenticated_registration_never_touches_the_fa
     let ad_hoc: Vec<&Value> = all.iter().filter(|r| r["ad_hoc"] == true).collect();
     assert_eq!(ad_hoc.len(), 1);
     assert_eq!(ad_hoc[0]["node_id"], forged.node_id);
+    // Each row has its own run's faults, none of another's.
+    assert_eq!(ad_hoc[0]["faults"], serde_json::json!([]));
     assert!(ad_hoc[0]["rack"].is_null());
     // With the admin token, the lookup rule finds the known node again.
     let admin = register_as(&client, &server.base, node7(), Some(&server.admin_token())).await;
