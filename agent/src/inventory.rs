@@ -1,9 +1,10 @@
-//! What this node is made of: DMI identity, CPUs (CPUID and the kernel), memory and DIMMs
-//! (dmidecode when present), whole disks and physical NICs (sysfs). Missing sources leave
-//! fields unknown; the `expect:` rules treat unknown as a difference, never as a match.
+//! What this node is made of: identity, CPU sockets and every DIMM slot from the SMBIOS tables
+//! (read natively, [`crate::hw::smbios`]), CPUs from CPUID and the kernel, whole disks and
+//! physical NICs from sysfs. Missing sources leave fields unknown and are listed in
+//! `absent`; the `expect:` rules treat unknown as a difference, never as a match.
 
 use kiln_protocol::wire::{
-    CpuInfo, Dimm, DiskInfo, Inventory, MemoryInfo, NicInfo, NodeIdentity, SystemInfo,
+    CpuInfo, DiskInfo, Inventory, MemoryInfo, NicInfo, NodeIdentity, SystemInfo,
 };
 
 use crate::checks::nic::{physical_interfaces, read_interface};
@@ -11,16 +12,33 @@ use crate::os::{link_name, read_trimmed, read_u64};
 
 /// Collects the inventory of this host.
 pub fn collect() -> Inventory {
+    let mut absent = Vec::new();
+    let smbios = match crate::hw::smbios::read(std::path::Path::new(crate::hw::smbios::TABLES)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            absent.push(format!("SMBIOS tables (identity, CPU sockets, DIMMs): {e}"));
+            None
+        }
+    };
+    let mut cpu = cpu();
+    if cpu.sockets.is_none() {
+        // The kernel names no physical packages (some VMs): count the populated sockets.
+        cpu.sockets = smbios
+            .as_ref()
+            .map(|s| s.sockets.iter().filter(|c| c.populated).count() as u32)
+            .filter(|&n| n > 0);
+    }
     Inventory {
-        system: system(),
-        cpu: cpu(),
+        system: system(smbios.as_ref()),
+        cpu,
         memory: MemoryInfo {
             total_bytes: mem_total(),
-            dimms: dimms(),
+            dimms: smbios.map(|s| s.dimms).filter(|d| !d.is_empty()),
         },
         disks: disks("/sys"),
         nics: nics("/sys"),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        absent,
     }
 }
 
@@ -38,14 +56,26 @@ pub fn identity(inventory: &Inventory) -> NodeIdentity {
     }
 }
 
-fn system() -> SystemInfo {
+/// Identity from the SMBIOS tables, each field falling back to what the kernel parsed of them
+/// (`/sys/class/dmi/id`). The UUID is always the kernel's: its byte order is the one iPXE and
+/// the collector's lookups use.
+fn system(smbios: Option<&crate::hw::smbios::Smbios>) -> SystemInfo {
     let dmi = |f: &str| read_trimmed(format!("/sys/class/dmi/id/{f}"));
+    let from = |pick: fn(&crate::hw::smbios::Smbios) -> &Option<String>, sysfs: &str| {
+        smbios.and_then(|s| pick(s).clone()).or_else(|| dmi(sysfs))
+    };
     SystemInfo {
-        vendor: dmi("sys_vendor"),
-        product: dmi("product_name"),
-        serial: dmi("product_serial"),
+        vendor: from(|s| &s.vendor, "sys_vendor"),
+        product: from(|s| &s.product, "product_name"),
+        serial: from(|s| &s.serial, "product_serial"),
         uuid: dmi("product_uuid").map(|u| u.to_lowercase()),
         bios_version: dmi("bios_version"),
+        board_vendor: from(|s| &s.board_vendor, "board_vendor"),
+        board_product: from(|s| &s.board_product, "board_name"),
+        board_serial: from(|s| &s.board_serial, "board_serial"),
+        board_asset_tag: from(|s| &s.board_asset_tag, "board_asset_tag"),
+        chassis_serial: from(|s| &s.chassis_serial, "chassis_serial"),
+        chassis_asset_tag: from(|s| &s.chassis_asset_tag, "chassis_asset_tag"),
     }
 }
 
@@ -109,60 +139,6 @@ fn mem_total() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kib| kib.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
-}
-
-/// DIMM slots from `dmidecode -t 17`; `None` when it is missing or reports nothing.
-fn dimms() -> Option<Vec<Dimm>> {
-    let out = std::process::Command::new("dmidecode")
-        .args(["-t", "17"])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let slots = parse_dmidecode_memory(&String::from_utf8_lossy(&out.stdout));
-    (!slots.is_empty()).then_some(slots)
-}
-
-/// Parses `dmidecode -t 17` (Memory Device) records.
-pub fn parse_dmidecode_memory(text: &str) -> Vec<Dimm> {
-    let mut slots = Vec::new();
-    for record in text.split("\n\n").filter(|r| r.contains("Memory Device")) {
-        let get = |key: &str| {
-            record.lines().find_map(|l| {
-                let (k, v) = l.trim().split_once(':')?;
-                (k == key)
-                    .then(|| v.trim().to_owned())
-                    .filter(|v| !v.is_empty() && v != "Unknown" && v != "Not Specified")
-            })
-        };
-        let size_bytes = get("Size").and_then(|s| parse_dmi_size(&s));
-        slots.push(Dimm {
-            locator: get("Locator").unwrap_or_else(|| "?".into()),
-            size_bytes,
-            kind: get("Type"),
-            speed_mts: get("Configured Memory Speed")
-                .or_else(|| get("Speed"))
-                .and_then(|s| s.split_whitespace().next()?.parse().ok()),
-            manufacturer: get("Manufacturer"),
-            serial: get("Serial Number"),
-            part: get("Part Number"),
-        });
-    }
-    slots
-}
-
-fn parse_dmi_size(text: &str) -> Option<u64> {
-    let mut parts = text.split_whitespace();
-    let n: u64 = parts.next()?.parse().ok()?;
-    let scale = match parts.next()? {
-        "kB" | "KB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        "TB" => 1 << 40,
-        _ => return None,
-    };
-    Some(n * scale)
 }
 
 fn disks(sys: &str) -> Vec<DiskInfo> {
@@ -229,39 +205,6 @@ fn nics(sys: &str) -> Vec<NicInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const DMIDECODE: &str = "\
-# dmidecode 3.4
-Handle 0x1100, DMI type 17, 40 bytes
-Memory Device
-\tSize: 32 GB
-\tLocator: DIMM_A1
-\tType: DDR4
-\tSpeed: 3200 MT/s
-\tManufacturer: Samsung
-\tSerial Number: 1234ABCD
-\tPart Number: M393A4K40DB3-CWE
-\tConfigured Memory Speed: 2933 MT/s
-
-Handle 0x1101, DMI type 17, 40 bytes
-Memory Device
-\tSize: No Module Installed
-\tLocator: DIMM_B2
-\tType: Unknown
-";
-
-    #[test]
-    fn dmidecode_slots_are_parsed_with_empty_ones() {
-        let slots = parse_dmidecode_memory(DMIDECODE);
-        assert_eq!(slots.len(), 2);
-        assert_eq!(slots[0].locator, "DIMM_A1");
-        assert_eq!(slots[0].size_bytes, Some(32 << 30));
-        assert_eq!(slots[0].speed_mts, Some(2933));
-        assert_eq!(slots[0].kind.as_deref(), Some("DDR4"));
-        assert_eq!(slots[1].locator, "DIMM_B2");
-        assert_eq!(slots[1].size_bytes, None);
-        assert_eq!(slots[1].kind, None);
-    }
 
     #[test]
     fn this_host_has_cpus_and_memory() {

@@ -7,6 +7,7 @@ pub mod bandwidth;
 pub mod checks;
 pub mod cli;
 pub mod console;
+pub mod hw;
 pub mod inventory;
 pub mod os;
 pub mod report;

@@ -28,6 +28,8 @@ pub const MAX_DISKS: usize = 1024;
 pub const MAX_NICS: usize = 256;
 /// See [`MAX_DISKS`].
 pub const MAX_DIMMS: usize = 512;
+/// Most absent sources an inventory lists.
+pub const MAX_ABSENT: usize = 64;
 
 /// Checks `value`: at most `max` bytes, no control characters (tabs allowed when `tabs`).
 pub fn check(name: &str, value: &str, max: usize, tabs: bool) -> Result<(), String> {
@@ -254,6 +256,12 @@ impl Inventory {
             ("system.serial", &sys.serial),
             ("system.uuid", &sys.uuid),
             ("system.bios_version", &sys.bios_version),
+            ("system.board_vendor", &sys.board_vendor),
+            ("system.board_product", &sys.board_product),
+            ("system.board_serial", &sys.board_serial),
+            ("system.board_asset_tag", &sys.board_asset_tag),
+            ("system.chassis_serial", &sys.chassis_serial),
+            ("system.chassis_asset_tag", &sys.chassis_asset_tag),
             ("kernel", &self.kernel),
         ] {
             if let Some(v) = value {
@@ -270,13 +278,24 @@ impl Inventory {
             count("DIMM slots", dimms.len(), MAX_DIMMS)?;
             for d in dimms {
                 field("dimm locator", &d.locator)?;
-                for v in [&d.kind, &d.manufacturer, &d.serial, &d.part]
-                    .into_iter()
-                    .flatten()
+                for v in [
+                    &d.bank,
+                    &d.kind,
+                    &d.manufacturer,
+                    &d.serial,
+                    &d.part,
+                    &d.asset_tag,
+                ]
+                .into_iter()
+                .flatten()
                 {
                     field("dimm field", v)?;
                 }
             }
+        }
+        count("absent sources", self.absent.len(), MAX_ABSENT)?;
+        for a in &self.absent {
+            field("absent source", a)?;
         }
         count("disks", self.disks.len(), MAX_DISKS)?;
         for d in &self.disks {
@@ -306,6 +325,12 @@ impl Inventory {
             &mut sys.serial,
             &mut sys.uuid,
             &mut sys.bios_version,
+            &mut sys.board_vendor,
+            &mut sys.board_product,
+            &mut sys.board_serial,
+            &mut sys.board_asset_tag,
+            &mut sys.chassis_serial,
+            &mut sys.chassis_asset_tag,
             &mut self.kernel,
         ]
         .into_iter()
@@ -323,13 +348,24 @@ impl Inventory {
             dimms.truncate(MAX_DIMMS);
             for d in dimms {
                 clamp_field(&mut d.locator);
-                for v in [&mut d.kind, &mut d.manufacturer, &mut d.serial, &mut d.part]
-                    .into_iter()
-                    .flatten()
+                for v in [
+                    &mut d.bank,
+                    &mut d.kind,
+                    &mut d.manufacturer,
+                    &mut d.serial,
+                    &mut d.part,
+                    &mut d.asset_tag,
+                ]
+                .into_iter()
+                .flatten()
                 {
                     clamp_field(v);
                 }
             }
+        }
+        self.absent.truncate(MAX_ABSENT);
+        for a in &mut self.absent {
+            clamp_field(a);
         }
         self.disks.truncate(MAX_DISKS);
         for d in &mut self.disks {

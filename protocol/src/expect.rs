@@ -3,9 +3,9 @@
 
 use regex_lite::Regex;
 
-use crate::suite::{Expect, ExpectDisks, ExpectNics};
+use crate::suite::{Expect, ExpectDisks, ExpectMemory, ExpectNics};
 use crate::units::Size;
-use crate::wire::{DiskInfo, Fault, Inventory, NicInfo};
+use crate::wire::{Dimm, DiskInfo, Fault, Inventory, NicInfo};
 
 /// Every way `inventory` differs from `expect`. Patterns were checked when the suite loaded;
 /// one that still fails to compile is reported as a fault rather than silently matching.
@@ -93,11 +93,12 @@ pub fn evaluate(expect: &Expect, inventory: &Inventory) -> Vec<Fault> {
                 );
             }
         }
+        dimm_modules(memory, have.dimms.as_deref(), &mut faults);
         if let Some(want) = memory.dimms {
             match &have.dimms {
                 None => faults.push(Fault::new(
                     "expect.memory.dimms",
-                    format!("expected {want} DIMMs, but the DIMM table could not be read (dmidecode missing or SMBIOS empty)"),
+                    format!("expected {want} DIMMs, but this node offers no DIMM table (no SMBIOS memory devices)"),
                 )),
                 Some(slots) => {
                     let populated = slots.iter().filter(|d| d.size_bytes.is_some()).count();
@@ -175,6 +176,82 @@ pub fn evaluate(expect: &Expect, inventory: &Inventory) -> Vec<Fault> {
     }
     faults.dedup();
     faults
+}
+
+/// Size, speed and part number of every populated DIMM; each rule that cannot be checked
+/// (no DIMM table, a module that does not say) is a fault too.
+fn dimm_modules(memory: &ExpectMemory, dimms: Option<&[Dimm]>, faults: &mut Vec<Fault>) {
+    let rules = [
+        ("dimm_size", memory.dimm_size.is_some()),
+        ("min_dimm_speed_mts", memory.min_dimm_speed_mts.is_some()),
+        ("dimm_part", memory.dimm_part.is_some()),
+    ];
+    let Some(dimms) = dimms else {
+        for (rule, _) in rules.iter().filter(|(_, set)| *set) {
+            faults.push(Fault::new(
+                format!("expect.memory.{rule}"),
+                format!(
+                    "{rule} set, but this node offers no DIMM table (no SMBIOS memory devices)"
+                ),
+            ));
+        }
+        return;
+    };
+    let populated = || dimms.iter().filter(|d| d.size_bytes.is_some());
+    if let Some(want) = memory.dimm_size {
+        let off: Vec<String> = populated()
+            .filter(|d| d.size_bytes != Some(want.bytes()))
+            .map(|d| format!("{} is {}", d.locator, Size(d.size_bytes.unwrap_or(0))))
+            .collect();
+        if !off.is_empty() {
+            faults.push(
+                Fault::new(
+                    "expect.memory.dimm_size",
+                    format!("expected every DIMM to be {want}: {}", off.join(", ")),
+                )
+                .with("expected_bytes", want.bytes()),
+            );
+        }
+    }
+    if let Some(min) = memory.min_dimm_speed_mts {
+        let off: Vec<String> = populated()
+            .filter(|d| d.speed_mts.is_none_or(|s| s < min))
+            .map(|d| match d.speed_mts {
+                Some(s) => format!("{} runs at {s} MT/s", d.locator),
+                None => format!("{} does not say its speed", d.locator),
+            })
+            .collect();
+        if !off.is_empty() {
+            faults.push(
+                Fault::new(
+                    "expect.memory.min_dimm_speed_mts",
+                    format!("expected every DIMM at ≥ {min} MT/s: {}", off.join(", ")),
+                )
+                .with("expected", min),
+            );
+        }
+    }
+    if let Some(pattern) = &memory.dimm_part {
+        let mut off = Vec::new();
+        for d in populated() {
+            let part = d.part.as_deref().unwrap_or("");
+            if !matches(pattern, part, faults) {
+                off.push(format!("{} has {part:?}", d.locator));
+            }
+        }
+        if !off.is_empty() {
+            faults.push(
+                Fault::new(
+                    "expect.memory.dimm_part",
+                    format!(
+                        "expected every DIMM part number matching /{pattern}/: {}",
+                        off.join(", ")
+                    ),
+                )
+                .with("expected", pattern),
+            );
+        }
+    }
 }
 
 fn matches(pattern: &str, text: &str, faults: &mut Vec<Fault>) -> bool {
@@ -299,6 +376,7 @@ mod tests {
             }],
             nics: vec![],
             kernel: None,
+            absent: vec![],
         }
     }
 
@@ -342,6 +420,7 @@ mod tests {
             memory: Some(ExpectMemory {
                 dimms: Some(2),
                 min_total: Some(Size(1 << 30)),
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -352,6 +431,56 @@ mod tests {
             [
                 "expected ≥ 1GiB memory, found 256MiB",
                 "expected 2 DIMMs, found 1: slot B2 empty"
+            ]
+        );
+    }
+
+    #[test]
+    fn dimm_size_speed_and_part_are_checked_on_every_populated_slot() {
+        let mut inv = node();
+        let dimms = inv.memory.dimms.as_mut().unwrap();
+        dimms[0].speed_mts = Some(2933);
+        dimms[0].part = Some("M393A4K40DB3-CWE".into());
+        dimms.push(Dimm {
+            locator: "C1".into(),
+            size_bytes: Some(64 << 20),
+            speed_mts: None,
+            part: Some("HMA84GR7CJR4N-XN".into()),
+            ..Default::default()
+        });
+        let expect = Expect {
+            memory: Some(ExpectMemory {
+                dimm_size: Some(Size(128 << 20)),
+                min_dimm_speed_mts: Some(3200),
+                dimm_part: Some("^M393A4K40".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let messages: Vec<String> = evaluate(&expect, &inv)
+            .into_iter()
+            .map(|f| f.message)
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "expected every DIMM to be 128MiB: C1 is 64MiB",
+                "expected every DIMM at ≥ 3200 MT/s: A1 runs at 2933 MT/s, C1 does not say its speed",
+                "expected every DIMM part number matching /^M393A4K40/: C1 has \"HMA84GR7CJR4N-XN\"",
+            ]
+        );
+        // Without a DIMM table each rule set is a fault of its own, never a silent pass.
+        inv.memory.dimms = None;
+        let codes: Vec<String> = evaluate(&expect, &inv)
+            .into_iter()
+            .map(|f| f.code)
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "expect.memory.dimm_size",
+                "expect.memory.min_dimm_speed_mts",
+                "expect.memory.dimm_part"
             ]
         );
     }
@@ -409,7 +538,7 @@ mod tests {
         let expect = Expect {
             memory: Some(ExpectMemory {
                 dimms: Some(1),
-                min_total: None,
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -309,6 +309,9 @@ impl Validator {
                 }
             }
         }
+        if let Some(part) = expect.memory.as_ref().and_then(|m| m.dimm_part.as_ref()) {
+            self.regex("expect.memory.dimm_part".into(), part);
+        }
         for (i, disks) in expect.disks.iter().enumerate() {
             if let Some(model) = &disks.model {
                 self.regex(format!("expect.disks[{i}].model"), model);

@@ -91,9 +91,20 @@ pub struct ExpectMemory {
     /// Least total memory the kernel must see, e.g. `512GiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_total: Option<Size>,
-    /// Exact number of populated DIMM slots (read with dmidecode).
+    /// Exact number of populated DIMM slots (SMBIOS memory devices); the fault names the
+    /// empty slots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimms: Option<u32>,
+    /// Size every populated DIMM must have, e.g. `32GiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimm_size: Option<Size>,
+    /// Slowest configured speed, in MT/s, any populated DIMM may run at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_dimm_speed_mts: Option<u32>,
+    /// Regular expression every populated DIMM's part number must match, e.g.
+    /// `"^M321R4GA3BB6-CQK"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimm_part: Option<String>,
 }
 
 /// A group of disks that must be present.

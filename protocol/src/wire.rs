@@ -42,6 +42,10 @@ pub struct Inventory {
     /// Running kernel release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// Every source of facts this node did not offer, with why ("SMBIOS tables: … not
+    /// found"): what could not be looked at is said, never left out silently.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<String>,
 }
 
 /// DMI system identity; any field may be unknown on odd hardware or in VMs.
@@ -58,6 +62,24 @@ pub struct SystemInfo {
     pub uuid: Option<String>,
     /// `bios_version`.
     pub bios_version: Option<String>,
+    /// Baseboard (SMBIOS type 2) manufacturer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_vendor: Option<String>,
+    /// Baseboard product.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_product: Option<String>,
+    /// Baseboard serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_serial: Option<String>,
+    /// Baseboard asset tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board_asset_tag: Option<String>,
+    /// Chassis (SMBIOS type 3) serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_serial: Option<String>,
+    /// Chassis asset tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis_asset_tag: Option<String>,
 }
 
 /// Processor facts from CPUID and the kernel.
@@ -90,7 +112,8 @@ pub struct CpuInfo {
 pub struct MemoryInfo {
     /// `MemTotal` in bytes.
     pub total_bytes: u64,
-    /// Every DIMM slot, populated or not; `None` when dmidecode could not be read.
+    /// Every DIMM slot, populated or not (SMBIOS type 17); `None` when the SMBIOS tables
+    /// could not be read.
     pub dimms: Option<Vec<Dimm>>,
 }
 
@@ -100,6 +123,9 @@ pub struct MemoryInfo {
 pub struct Dimm {
     /// Slot name (`DIMM_A1`, `B2`).
     pub locator: String,
+    /// Bank (`P0_Node0_Channel1`), when the firmware names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank: Option<String>,
     /// Module size; `None` for an empty slot.
     pub size_bytes: Option<u64>,
     /// Memory type (`DDR5`).
@@ -112,6 +138,9 @@ pub struct Dimm {
     pub serial: Option<String>,
     /// Module part number.
     pub part: Option<String>,
+    /// Module asset tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_tag: Option<String>,
 }
 
 /// A whole disk.

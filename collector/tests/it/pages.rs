@@ -300,3 +300,63 @@ async fn the_dashboard_pages_through_many_nodes() {
     assert!(!last.contains("next →"));
     assert!(last.contains("host-449") && !last.contains("host-000"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_page_lists_every_dimm_slot_and_every_source_the_node_lacked() {
+    use kiln_protocol::wire::{Dimm, Inventory, MemoryInfo, SystemInfo};
+    let server = Server::start("inventory-page", Config::default()).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 4, SUITE).await;
+    let inventory = Inventory {
+        system: SystemInfo {
+            board_serial: Some("BB-0001".into()),
+            chassis_asset_tag: Some("ASSET-CH".into()),
+            ..Default::default()
+        },
+        memory: MemoryInfo {
+            total_bytes: 32 << 30,
+            dimms: Some(vec![
+                Dimm {
+                    locator: "DIMM_A1".into(),
+                    bank: Some("P0_Node0_Channel0".into()),
+                    size_bytes: Some(32 << 30),
+                    part: Some("M393A4K40DB3-CWE".into()),
+                    ..Default::default()
+                },
+                Dimm {
+                    locator: "DIMM_B2".into(),
+                    ..Default::default()
+                },
+            ]),
+        },
+        absent: vec!["SMART on /dev/sda: <no SG_IO>".into()],
+        ..Default::default()
+    };
+    let r = client
+        .put(format!(
+            "{}/api/v1/runs/{}/inventory",
+            server.base, run.run_id
+        ))
+        .bearer_auth(&run.token)
+        .json(&inventory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let page = get_text(&client, &format!("{}/runs/{}", server.base, run.run_id)).await;
+    for want in [
+        "serial BB-0001",
+        "asset ASSET-CH",
+        "DIMM_A1 (P0_Node0_Channel0): 32.0 GiB",
+        "M393A4K40DB3-CWE",
+        "DIMM_B2: empty",
+        "Not offered by this node",
+        // Node-supplied text stays text.
+        "SMART on &#x2f;dev&#x2f;sda: &lt;no SG_IO&gt;",
+    ] {
+        assert!(
+            page.contains(want),
+            "{want:?} missing from the run page:\n{page}"
+        );
+    }
+}

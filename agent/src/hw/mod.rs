@@ -1,0 +1,4 @@
+//! Native readers of what a server's firmware and devices report, with no tool in the image:
+//! the SMBIOS tables (system, board, chassis, CPU sockets, memory devices).
+
+pub mod smbios;
