@@ -288,13 +288,14 @@ fn finish(
         &metrics,
         &step.check.pass_limits(),
         &step.check.degraded_limits(),
+        &step.optional,
     );
     for field in unmeasured {
         sink.emit(EventBody::Log {
             step: Some(step.index as u32),
             level: LogLevel::Warn,
             line: format!(
-                "threshold {field} not checked: its metric was not measured on this node"
+                "threshold {field} not checked: its metric was not measured on this node (optional)"
             ),
         });
     }

@@ -145,6 +145,8 @@ pub struct PlannedStep {
     pub timeout: Duration,
     /// What to run.
     pub check: Check,
+    /// Thresholds the node may be unable to measure.
+    pub optional: Vec<String>,
 }
 
 /// A suite that passed every rule: what the agent runs and the collector records.
@@ -222,11 +224,13 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
             let timeout = step
                 .timeout
                 .map_or_else(|| check.default_timeout(), HumanDuration::get);
+            v.optional(&at, &step.optional, &check);
             steps.push(PlannedStep {
                 index,
                 name: step.name.clone(),
                 timeout,
                 check,
+                optional: step.optional.clone(),
             });
         }
     }
@@ -415,6 +419,32 @@ impl Validator {
             }
         }
         Some(check)
+    }
+
+    /// Each optional entry names a threshold the step sets, once.
+    fn optional(&mut self, at: &str, optional: &[String], check: &Check) {
+        let mut set: Vec<String> = check
+            .pass_limits()
+            .into_iter()
+            .chain(check.degraded_limits())
+            .map(|(field, _)| field)
+            .collect();
+        set.sort();
+        set.dedup();
+        for (i, name) in optional.iter().enumerate() {
+            if !set.contains(name) {
+                let expected = if set.is_empty() {
+                    "this step sets no threshold".to_owned()
+                } else {
+                    format!("expected one of the thresholds this step sets: {}", set.join(", "))
+                };
+                self.problem(
+                    format!("{at}.optional[{i}]"),
+                    format!("{name:?} is not a threshold of this step; {expected}"),
+                );
+            }
+        }
+        self.no_duplicates(&format!("{at}.optional"), optional, "threshold");
     }
 
     fn thresholds(&mut self, kind_path: &str, check: &Check) {

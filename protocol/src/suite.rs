@@ -213,6 +213,11 @@ pub struct Step {
     /// A vendor tool run as a check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecCheck>,
+    /// Thresholds of this step a node may be unable to measure (`[max_temp_c]` on VMs
+    /// without sensors): such a threshold is then logged as not checked. Any other threshold
+    /// the node cannot measure fails the step (a degraded-tier one degrades it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optional: Vec<String>,
 }
 
 impl Step {

@@ -105,12 +105,15 @@ pub fn run_verdict<'a>(
 
 /// The outcome of a check from its faults and metrics against its thresholds: any fault or
 /// missed pass threshold fails; a missed degraded target degrades. A threshold whose metric
-/// was not measured is returned in the second value so the caller can say so.
+/// was not measured fails the check too (a degraded-tier one degrades it) — nothing a suite
+/// asks for is skipped silently — unless it is listed in `optional`: those are returned in
+/// the second value so the caller can say they were not checked.
 pub fn evaluate(
     faults: Vec<Fault>,
     metrics: &[Metric],
     pass: &[(String, Limit)],
     degraded: &[(String, Limit)],
+    optional: &[String],
 ) -> (Outcome, Vec<String>) {
     let mut faults = faults;
     let mut reasons = Vec::new();
@@ -119,8 +122,21 @@ pub fn evaluate(
     for (tier_is_pass, limits) in [(true, pass), (false, degraded)] {
         for (field, limit) in limits {
             let Some(metric) = measured(&limit.metric) else {
-                if tier_is_pass {
-                    unmeasured.push(field.clone());
+                let text = format!(
+                    "{field} is set, but this node did not measure {} (list it under the step's `optional:` if the node may lack it)",
+                    limit.metric
+                );
+                if optional.contains(field) {
+                    if !unmeasured.contains(field) {
+                        unmeasured.push(field.clone());
+                    }
+                } else if tier_is_pass {
+                    faults.push(
+                        Fault::new(format!("threshold.{field}.unmeasured"), text)
+                            .with("metric", &limit.metric),
+                    );
+                } else {
+                    reasons.push(format!("degraded target {text}"));
                 }
                 continue;
             };
@@ -242,13 +258,32 @@ mod tests {
             limit("max_latency_p99_ms", 50.0),
         ];
         let degraded = [limit("min_read_mbps", 400.0)];
-        let (o, _) = evaluate(vec![], &[metric("read_mbps", 500.0)], &pass, &degraded);
+        let latency = metric("latency_p99_ms", 3.0);
+        let (o, _) = evaluate(
+            vec![],
+            &[metric("read_mbps", 500.0), latency.clone()],
+            &pass,
+            &degraded,
+            &[],
+        );
         assert_eq!(o, Outcome::Pass);
-        let (o, _) = evaluate(vec![], &[metric("read_mbps", 200.0)], &pass, &degraded);
+        let (o, _) = evaluate(
+            vec![],
+            &[metric("read_mbps", 200.0), latency.clone()],
+            &pass,
+            &degraded,
+            &[],
+        );
         assert!(
             matches!(o, Outcome::Degraded { ref reasons } if reasons[0].contains("read_mbps 200"))
         );
-        let (o, unmeasured) = evaluate(vec![], &[metric("read_mbps", 50.0)], &pass, &degraded);
+        let (o, unmeasured) = evaluate(
+            vec![],
+            &[metric("read_mbps", 50.0)],
+            &pass,
+            &degraded,
+            &["max_latency_p99_ms".to_owned()],
+        );
         let Outcome::Fail { faults } = o else {
             panic!("expected fail")
         };
@@ -257,12 +292,44 @@ mod tests {
             faults[0].message,
             "read_mbps 50 MB/s is below the minimum 100 (min_read_mbps)"
         );
+        assert_eq!(faults.len(), 1, "the optional threshold is no fault");
         assert_eq!(unmeasured, vec!["max_latency_p99_ms".to_owned()]);
     }
 
     #[test]
+    fn a_threshold_the_node_cannot_measure_fails_unless_optional() {
+        let pass = [limit("max_temp_c", 90.0)];
+        let (o, unmeasured) = evaluate(vec![], &[], &pass, &[], &[]);
+        let Outcome::Fail { faults } = o else {
+            panic!("an unmeasured threshold passed: {o:?}")
+        };
+        assert_eq!(faults[0].code, "threshold.max_temp_c.unmeasured");
+        assert!(
+            faults[0]
+                .message
+                .starts_with("max_temp_c is set, but this node did not measure temp_c"),
+            "{}",
+            faults[0].message
+        );
+        assert!(unmeasured.is_empty());
+        // A degraded-tier target that cannot be measured degrades.
+        let (o, _) = evaluate(vec![], &[], &[], &pass, &[]);
+        assert!(matches!(o, Outcome::Degraded { .. }), "{o:?}");
+        // Marked optional: passes, and is returned to be logged as not checked.
+        let (o, unmeasured) = evaluate(vec![], &[], &pass, &pass, &["max_temp_c".to_owned()]);
+        assert_eq!(o, Outcome::Pass);
+        assert_eq!(unmeasured, vec!["max_temp_c".to_owned()]);
+    }
+
+    #[test]
     fn a_fault_fails_even_when_metrics_are_fine() {
-        let (o, _) = evaluate(vec![Fault::new("memory.mismatch", "bit 3")], &[], &[], &[]);
+        let (o, _) = evaluate(
+            vec![Fault::new("memory.mismatch", "bit 3")],
+            &[],
+            &[],
+            &[],
+            &[],
+        );
         assert!(matches!(o, Outcome::Fail { .. }));
         assert_eq!(
             Limit::from_field("max_temp_c", 1.0).unwrap().bound,
