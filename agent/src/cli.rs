@@ -55,6 +55,14 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seconds: u64,
     },
+    /// Print what this node is made of and what its disks report, as JSON: the inventory
+    /// (SMBIOS identity, sockets and DIMM slots included, and the sources it lacks) and each
+    /// whole disk's native health (NVMe health log, SATA SMART). Reads only.
+    Inspect {
+        /// Add the raw NVMe log page and SMART blocks, in hex, for a bug report.
+        #[arg(long)]
+        raw: bool,
+    },
     /// Check suite files with the same loader `run` uses; exits 0 when good, 2 when refused.
     Check {
         /// Suite files to check.
@@ -71,8 +79,57 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Boot(args) => boot(&args),
         Command::ServeBandwidth { listen, seconds } => serve_bandwidth(listen, seconds),
+        Command::Inspect { raw } => inspect(raw),
     };
     ExitCode::from(code)
+}
+
+fn inspect(raw: bool) -> u8 {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let inventory = crate::inventory::collect();
+    let disks: Vec<serde_json::Value> = inventory
+        .disks
+        .iter()
+        .map(|d| {
+            let device = std::path::Path::new(&d.path);
+            let mut entry = serde_json::json!({ "device": d.path });
+            let health = if d.name.starts_with("nvme") {
+                crate::hw::nvme::read_log(device).and_then(|log| {
+                    if raw {
+                        entry["raw_health_log"] = hex(&log).into();
+                    }
+                    crate::hw::nvme::parse(&log).map(|h| serde_json::json!(h))
+                })
+            } else if d.name.starts_with("sd") {
+                crate::hw::ata::read_raw(device).and_then(|r| {
+                    if raw {
+                        entry["raw_smart_data"] = hex(&r.data).into();
+                        entry["raw_smart_thresholds"] = r.thresholds.as_deref().map(hex).into();
+                        entry["raw_status_sense"] = r.status_sense.as_deref().map(hex).into();
+                    }
+                    crate::hw::ata::read(device).map(|s| serde_json::json!(s))
+                })
+            } else {
+                Err("no native SMART reader for this kind of device".into())
+            };
+            match health {
+                Ok(h) => entry["health"] = h,
+                Err(e) => entry["absent"] = e.into(),
+            }
+            entry
+        })
+        .collect();
+    let out = serde_json::json!({ "inventory": inventory, "disk_health": disks });
+    match serde_json::to_string_pretty(&out) {
+        Ok(text) => {
+            println!("{text}");
+            EXIT_PASS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_HARNESS
+        }
+    }
 }
 
 fn check(files: &[PathBuf]) -> u8 {

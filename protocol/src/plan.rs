@@ -436,7 +436,10 @@ impl Validator {
                 let expected = if set.is_empty() {
                     "this step sets no threshold".to_owned()
                 } else {
-                    format!("expected one of the thresholds this step sets: {}", set.join(", "))
+                    format!(
+                        "expected one of the thresholds this step sets: {}",
+                        set.join(", ")
+                    )
                 };
                 self.problem(
                     format!("{at}.optional[{i}]"),

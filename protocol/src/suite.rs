@@ -511,7 +511,8 @@ check_kind! {
         /// I/O size; a multiple of 4KiB, at most 64MiB.
         #[serde(default = "default_block_size")]
         pub block_size: Size,
-        /// Read SMART / NVMe health with `smartctl --json` when it is installed.
+        /// Read the disk's health: the NVMe health log, or SATA SMART (attributes and the
+        /// drive's own verdict), natively; `smartctl --json` when the device has neither.
         #[serde(default = "yes")]
         pub smart: bool,
     }

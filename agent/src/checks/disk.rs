@@ -849,13 +849,32 @@ fn disk_of_path(dir: &Path) -> Option<PathBuf> {
     Some(PathBuf::from("/dev").join(disk.file_name()?))
 }
 
-/// SMART / NVMe health through `smartctl --json`, when installed.
+/// SMART / NVMe health, read natively (the NVMe health log by admin ioctl, SATA SMART by
+/// ATA PASS-THROUGH), else through `smartctl --json` when it is installed. What could not be
+/// read is logged with why; a threshold on a SMART metric then fails the step as unmeasured.
 fn smart(device: Option<&Path>, out: &mut CheckOutput, ctx: &StepContext<'_>) {
     let Some(device) = device else {
         ctx.observer.log(
-            LogLevel::Info,
-            "SMART skipped: the device under the scratch directory is unknown",
+            LogLevel::Warn,
+            "SMART not read: the device under the scratch directory is unknown",
         );
+        return;
+    };
+    let name = device
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let native = if name.starts_with("nvme") {
+        crate::hw::nvme::read(device).map(|h| read_nvme(&h, device, out))
+    } else if name.starts_with("sd") {
+        crate::hw::ata::read(device).map(|s| read_ata(&s, device, out))
+    } else {
+        Err(format!(
+            "{}: no native SMART reader for this kind of device",
+            device.display()
+        ))
+    };
+    let Err(native) = native else {
         return;
     };
     let output = match std::process::Command::new("smartctl")
@@ -865,8 +884,10 @@ fn smart(device: Option<&Path>, out: &mut CheckOutput, ctx: &StepContext<'_>) {
     {
         Ok(o) => o,
         Err(_) => {
-            ctx.observer
-                .log(LogLevel::Info, "SMART skipped: smartctl is not installed");
+            ctx.observer.log(
+                LogLevel::Warn,
+                &format!("SMART not available: {native} (and smartctl is not installed)"),
+            );
             return;
         }
     };
@@ -874,9 +895,9 @@ fn smart(device: Option<&Path>, out: &mut CheckOutput, ctx: &StepContext<'_>) {
     let status = output.status.code().unwrap_or(2);
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
         ctx.observer.log(
-            LogLevel::Info,
+            LogLevel::Warn,
             &format!(
-                "SMART skipped: smartctl gave no JSON for {}",
+                "SMART not available: {native}; smartctl gave no JSON for {}",
                 device.display()
             ),
         );
@@ -887,12 +908,80 @@ fn smart(device: Option<&Path>, out: &mut CheckOutput, ctx: &StepContext<'_>) {
             .as_str()
             .unwrap_or("device not supported");
         ctx.observer.log(
-            LogLevel::Info,
-            &format!("SMART skipped for {}: {why}", device.display()),
+            LogLevel::Warn,
+            &format!("SMART not available: {native}; smartctl: {why}"),
         );
         return;
     }
     read_smart(&json, device, out);
+}
+
+/// Faults and metrics from an NVMe health log.
+pub fn read_nvme(h: &crate::hw::nvme::Health, device: &Path, out: &mut CheckOutput) {
+    let warnings = h.warnings();
+    if !warnings.is_empty() {
+        out.faults.push(
+            Fault::new(
+                "disk.nvme_critical_warning",
+                format!(
+                    "{}: NVMe critical warning {:#04x}: {}",
+                    device.display(),
+                    h.critical_warning,
+                    warnings.join(", ")
+                ),
+            )
+            .with("device", device.display().to_string())
+            .with("critical_warning", h.critical_warning),
+        );
+    }
+    out.metric("media_errors", h.media_errors as f64, "");
+    out.metric("percentage_used", f64::from(h.percentage_used), "%");
+    out.metric("available_spare", f64::from(h.available_spare_pct), "%");
+    out.metric("unsafe_shutdowns", h.unsafe_shutdowns as f64, "");
+    if let Some(t) = h.temperature_c() {
+        out.metric("temp_c", (t * 10.0).round() / 10.0, "°C");
+    }
+}
+
+/// Faults and metrics from SATA SMART.
+pub fn read_ata(s: &crate::hw::ata::Smart, device: &Path, out: &mut CheckOutput) {
+    if s.passed == Some(false) {
+        out.faults.push(Fault::new(
+            "disk.smart_failed",
+            format!(
+                "{}: SMART overall health self-assessment failed",
+                device.display()
+            ),
+        ));
+    }
+    for a in s.attributes.iter().filter(|a| a.failing()) {
+        out.faults.push(
+            Fault::new(
+                "disk.smart_attribute_failing",
+                format!(
+                    "{}: SMART attribute {} ({}) is at {}, at or below its threshold {}",
+                    device.display(),
+                    a.id,
+                    crate::hw::ata::attribute_name(a.id),
+                    a.value,
+                    a.threshold.unwrap_or(0)
+                ),
+            )
+            .with("attribute", a.id)
+            .with("raw", a.raw),
+        );
+    }
+    for (id, metric) in [
+        (5, "reallocated_sectors"),
+        (197, "pending_sectors"),
+        (198, "offline_uncorrectable"),
+        (199, "udma_crc_errors"),
+    ] {
+        if let Some(raw) = s.raw(id) {
+            // The low 32 bits: vendors pack other counters into the upper raw bytes.
+            out.metric(metric, (raw & 0xFFFF_FFFF) as f64, "");
+        }
+    }
 }
 
 /// Reads health, reallocated and pending sectors (ATA) and media errors (NVMe) from
@@ -1117,5 +1206,59 @@ mod tests {
             .map(|m| (m.name.as_str(), m.value))
             .collect();
         assert_eq!(m, [("reallocated_sectors", 12.0), ("pending_sectors", 3.0)]);
+    }
+
+    #[test]
+    fn native_nvme_health_names_the_warning_and_counts_media_errors() {
+        let h = crate::hw::nvme::Health {
+            critical_warning: 0b100,
+            temperature_k: 320,
+            available_spare_pct: 90,
+            percentage_used: 3,
+            media_errors: 2,
+            ..Default::default()
+        };
+        let mut out = CheckOutput::default();
+        read_nvme(&h, Path::new("/dev/nvme0n1"), &mut out);
+        assert_eq!(out.faults[0].code, "disk.nvme_critical_warning");
+        assert_eq!(
+            out.faults[0].message,
+            "/dev/nvme0n1: NVMe critical warning 0x04: reliability degraded by media or internal errors"
+        );
+        let get = |n: &str| out.metrics.iter().find(|m| m.name == n).map(|m| m.value);
+        assert_eq!(get("media_errors"), Some(2.0));
+        assert_eq!(get("temp_c"), Some(46.9));
+        assert_eq!(get("available_spare"), Some(90.0));
+    }
+
+    #[test]
+    fn native_ata_smart_fails_on_the_drives_verdict_and_a_failing_attribute() {
+        use crate::hw::ata::{Attribute, Smart};
+        let attr = |id, value, threshold, raw| Attribute {
+            id,
+            value,
+            worst: value,
+            threshold: Some(threshold),
+            prefail: true,
+            raw,
+        };
+        let s = Smart {
+            passed: Some(false),
+            attributes: vec![attr(5, 30, 36, 0x0001_0000_0007), attr(197, 100, 0, 4)],
+        };
+        let mut out = CheckOutput::default();
+        read_ata(&s, Path::new("/dev/sda"), &mut out);
+        let codes: Vec<&str> = out.faults.iter().map(|f| f.code.as_str()).collect();
+        assert_eq!(codes, ["disk.smart_failed", "disk.smart_attribute_failing"]);
+        assert!(
+            out.faults[1]
+                .message
+                .contains("attribute 5 (reallocated sectors) is at 30")
+        );
+        let get = |n: &str| out.metrics.iter().find(|m| m.name == n).map(|m| m.value);
+        // Only the low 32 bits of a raw counter count.
+        assert_eq!(get("reallocated_sectors"), Some(7.0));
+        assert_eq!(get("pending_sectors"), Some(4.0));
+        assert_eq!(get("udma_crc_errors"), None);
     }
 }

@@ -1,4 +1,6 @@
 //! Native readers of what a server's firmware and devices report, with no tool in the image:
 //! the SMBIOS tables (system, board, chassis, CPU sockets, memory devices).
 
+pub mod ata;
+pub mod nvme;
 pub mod smbios;
