@@ -38,6 +38,7 @@ pub fn collect() -> Inventory {
         disks: disks("/sys"),
         nics: nics("/sys"),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        pcie: crate::hw::pcie::links(std::path::Path::new("/sys")),
         absent,
     }
 }

@@ -185,6 +185,9 @@ fn run_step(
         sink: sink.clone(),
         step: step.index as u32,
     };
+    // AER counters before the step: what grows during it is the step's fault.
+    let sys = std::path::Path::new("/sys");
+    let aer_before = crate::hw::pcie::aer(sys);
     let kmsg = KmsgWatch::start();
     if kmsg.is_none() {
         observer.log(LogLevel::Info, "kernel log (/dev/kmsg) not readable: machine-check and I/O error lines are not watched");
@@ -229,7 +232,11 @@ fn run_step(
             }
         }
     };
-    let kernel_faults = kmsg.map(KmsgWatch::finish).unwrap_or_default();
+    let mut kernel_faults = kmsg.map(KmsgWatch::finish).unwrap_or_default();
+    kernel_faults.extend(crate::hw::pcie::new_errors(
+        &aer_before,
+        &crate::hw::pcie::aer(sys),
+    ));
     let (outcome, metrics) = match (result, stop.reason()) {
         (_, Some(StopReason::Interrupted)) => (
             Outcome::Error {

@@ -28,6 +28,8 @@ pub const MAX_DISKS: usize = 1024;
 pub const MAX_NICS: usize = 256;
 /// See [`MAX_DISKS`].
 pub const MAX_DIMMS: usize = 512;
+/// Most PCIe devices an inventory lists.
+pub const MAX_PCIE: usize = 1024;
 /// Most absent sources an inventory lists.
 pub const MAX_ABSENT: usize = 64;
 
@@ -293,6 +295,14 @@ impl Inventory {
                 }
             }
         }
+        count("PCIe devices", self.pcie.len(), MAX_PCIE)?;
+        for l in &self.pcie {
+            field("pcie address", &l.address)?;
+            field("pcie class", &l.class)?;
+            for v in [&l.vendor_device, &l.driver].into_iter().flatten() {
+                field("pcie field", v)?;
+            }
+        }
         count("absent sources", self.absent.len(), MAX_ABSENT)?;
         for a in &self.absent {
             field("absent source", a)?;
@@ -361,6 +371,14 @@ impl Inventory {
                 {
                     clamp_field(v);
                 }
+            }
+        }
+        self.pcie.truncate(MAX_PCIE);
+        for l in &mut self.pcie {
+            clamp_field(&mut l.address);
+            clamp_field(&mut l.class);
+            for v in [&mut l.vendor_device, &mut l.driver].into_iter().flatten() {
+                clamp_field(v);
             }
         }
         self.absent.truncate(MAX_ABSENT);

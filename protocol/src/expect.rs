@@ -3,9 +3,9 @@
 
 use regex_lite::Regex;
 
-use crate::suite::{Expect, ExpectDisks, ExpectMemory, ExpectNics};
+use crate::suite::{Expect, ExpectDisks, ExpectMemory, ExpectNics, ExpectPcie};
 use crate::units::Size;
-use crate::wire::{Dimm, DiskInfo, Fault, Inventory, NicInfo};
+use crate::wire::{Dimm, DiskInfo, Fault, Inventory, NicInfo, PcieLink};
 
 /// Every way `inventory` differs from `expect`. Patterns were checked when the suite loaded;
 /// one that still fails to compile is reported as a fault rather than silently matching.
@@ -174,8 +174,88 @@ pub fn evaluate(expect: &Expect, inventory: &Inventory) -> Vec<Fault> {
             );
         }
     }
+    for (i, group) in expect.pcie.iter().enumerate() {
+        pcie_group(i, group, &inventory.pcie, &mut faults);
+    }
     faults.dedup();
     faults
+}
+
+/// One `expect.pcie` group: the devices it selects, their count, and each one's link.
+fn pcie_group(i: usize, group: &ExpectPcie, links: &[PcieLink], faults: &mut Vec<Fault>) {
+    let code = format!("expect.pcie[{i}]");
+    let mut selected = Vec::new();
+    for l in links {
+        let class = group.class.as_ref().is_none_or(|c| {
+            l.class
+                .to_ascii_lowercase()
+                .starts_with(&c.to_ascii_lowercase())
+        });
+        let driver = group
+            .driver
+            .as_ref()
+            .is_none_or(|p| matches(p, l.driver.as_deref().unwrap_or(""), faults));
+        if class && driver {
+            selected.push(l);
+        }
+    }
+    let what = match (&group.class, &group.driver) {
+        (Some(c), Some(d)) => format!("PCIe devices of class {c} with driver /{d}/"),
+        (Some(c), None) => format!("PCIe devices of class {c}"),
+        (None, Some(d)) => format!("PCIe devices with driver /{d}/"),
+        (None, None) => "PCIe devices".to_owned(),
+    };
+    if let Some(want) = group.count {
+        if selected.len() != want as usize {
+            faults.push(
+                Fault::new(
+                    code.clone(),
+                    format!(
+                        "expected {want} {what}, found {}{}",
+                        selected.len(),
+                        list(selected.iter().map(|l| l.address.as_str()))
+                    ),
+                )
+                .with("expected", want)
+                .with("found", selected.len()),
+            );
+        }
+    }
+    for l in selected {
+        let name = match &l.driver {
+            Some(d) => format!("{} ({d}, class {})", l.address, l.class),
+            None => format!("{} (class {})", l.address, l.class),
+        };
+        let link = format!(
+            "x{} at {} GT/s",
+            l.current_width.map_or("?".to_owned(), |w| w.to_string()),
+            l.current_speed_gts
+                .map_or("?".to_owned(), |s| s.to_string())
+        );
+        if let Some(min) = group.min_width {
+            if l.current_width.is_none_or(|w| w < min) {
+                let of = l.max_width.map(|m| format!(" of x{m}")).unwrap_or_default();
+                faults.push(
+                    Fault::new(
+                        format!("{code}.min_width"),
+                        format!("{name}: link trained at {link}{of}; expected ≥ x{min}"),
+                    )
+                    .with("device", &l.address),
+                );
+            }
+        }
+        if let Some(min) = group.min_speed_gts {
+            if l.current_speed_gts.is_none_or(|s| s < min) {
+                faults.push(
+                    Fault::new(
+                        format!("{code}.min_speed_gts"),
+                        format!("{name}: link trained at {link}; expected ≥ {min} GT/s"),
+                    )
+                    .with("device", &l.address),
+                );
+            }
+        }
+    }
 }
 
 /// Size, speed and part number of every populated DIMM; each rule that cannot be checked
@@ -376,6 +456,7 @@ mod tests {
             }],
             nics: vec![],
             kernel: None,
+            pcie: vec![],
             absent: vec![],
         }
     }
@@ -482,6 +563,54 @@ mod tests {
                 "expect.memory.min_dimm_speed_mts",
                 "expect.memory.dimm_part"
             ]
+        );
+    }
+
+    #[test]
+    fn a_downtrained_pcie_link_is_named_with_what_it_could_do() {
+        let mut inv = node();
+        let link = |address: &str, class: &str, width, speed| PcieLink {
+            address: address.into(),
+            class: class.into(),
+            driver: Some("mlx5_core".into()),
+            current_width: Some(width),
+            max_width: Some(16),
+            current_speed_gts: Some(speed),
+            max_speed_gts: Some(16.0),
+            ..Default::default()
+        };
+        inv.pcie = vec![
+            link("0000:3b:00.0", "0200", 16, 16.0),
+            link("0000:5e:00.0", "0200", 8, 8.0),
+            link("0000:00:1f.2", "0106", 1, 2.5),
+        ];
+        let expect = Expect {
+            pcie: vec![ExpectPcie {
+                class: Some("02".into()),
+                driver: Some("^mlx5".into()),
+                count: Some(2),
+                min_width: Some(16),
+                min_speed_gts: Some(16.0),
+            }],
+            ..Default::default()
+        };
+        let messages: Vec<String> = evaluate(&expect, &inv)
+            .into_iter()
+            .map(|f| f.message)
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "0000:5e:00.0 (mlx5_core, class 0200): link trained at x8 at 8 GT/s of x16; expected ≥ x16",
+                "0000:5e:00.0 (mlx5_core, class 0200): link trained at x8 at 8 GT/s; expected ≥ 16 GT/s",
+            ]
+        );
+        // A missing device is counted.
+        inv.pcie.remove(0);
+        let faults = evaluate(&expect, &inv);
+        assert_eq!(
+            faults[0].message,
+            "expected 2 PCIe devices of class 02 with driver /^mlx5/, found 1 (0000:5e:00.0)"
         );
     }
 

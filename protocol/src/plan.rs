@@ -316,6 +316,35 @@ impl Validator {
         if let Some(part) = expect.memory.as_ref().and_then(|m| m.dimm_part.as_ref()) {
             self.regex("expect.memory.dimm_part".into(), part);
         }
+        for (i, pcie) in expect.pcie.iter().enumerate() {
+            let at = format!("expect.pcie[{i}]");
+            if let Some(driver) = &pcie.driver {
+                self.regex(format!("{at}.driver"), driver);
+            }
+            if let Some(class) = &pcie.class {
+                if class.is_empty()
+                    || class.len() > 6
+                    || !class.chars().all(|c| c.is_ascii_hexdigit())
+                {
+                    self.problem(
+                        format!("{at}.class"),
+                        format!("{class:?} is not a class code prefix; expected hex digits like 02, 0200 or 0302"),
+                    );
+                }
+            }
+            if pcie.class.is_none() && pcie.driver.is_none() {
+                self.problem(
+                    at.clone(),
+                    "selects no devices; expected `class`, `driver` or both",
+                );
+            }
+            if pcie.count.is_none() && pcie.min_width.is_none() && pcie.min_speed_gts.is_none() {
+                self.problem(
+                    at,
+                    "checks nothing; expected `count`, `min_width` or `min_speed_gts`",
+                );
+            }
+        }
         for (i, disks) in expect.disks.iter().enumerate() {
             if let Some(model) = &disks.model {
                 self.regex(format!("expect.disks[{i}].model"), model);

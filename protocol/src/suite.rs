@@ -55,6 +55,33 @@ pub struct Expect {
     /// Groups of network interfaces; each group must be present with exactly `count` members.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<ExpectNics>,
+    /// PCIe links: every device a group selects must have trained to at least the width and
+    /// speed given (a NIC at x8 in an x16 slot is named), and the group must have `count`
+    /// devices when it says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pcie: Vec<ExpectPcie>,
+}
+
+/// PCIe devices selected by class and/or driver, and the link each must have.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectPcie {
+    /// Class code prefix, hex: `02` every network controller, `0200` Ethernet, `0302` 3D
+    /// controllers (GPUs), `0108` NVMe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Regular expression the bound driver must match, e.g. `"^mlx5_core$"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Exact number of devices the selection must find.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Fewest lanes each selected link may have trained to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_width: Option<u32>,
+    /// Slowest speed, in GT/s, each selected link may have trained to (2.5, 5, 8, 16, 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_speed_gts: Option<f64>,
 }
 
 /// System board identity, matched by regular expressions.

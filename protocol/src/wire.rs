@@ -42,6 +42,9 @@ pub struct Inventory {
     /// Running kernel release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// PCIe devices that have a link, with its trained and maximum speed and width.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pcie: Vec<PcieLink>,
     /// Every source of facts this node did not offer, with why ("SMBIOS tables: … not
     /// found"): what could not be looked at is said, never left out silently.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -141,6 +144,35 @@ pub struct Dimm {
     /// Module asset tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asset_tag: Option<String>,
+}
+
+/// A PCIe device's link.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcieLink {
+    /// Address (`0000:3b:00.0`).
+    pub address: String,
+    /// Class and subclass, four hex digits (`0200` Ethernet, `0302` 3D controller, `0108`
+    /// NVMe).
+    pub class: String,
+    /// `vendor:device` ids, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_device: Option<String>,
+    /// Bound driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Trained link speed, GT/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_speed_gts: Option<f64>,
+    /// Fastest speed device and slot allow, GT/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_speed_gts: Option<f64>,
+    /// Trained link width (lanes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_width: Option<u32>,
+    /// Widest link the device supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_width: Option<u32>,
 }
 
 /// A whole disk.

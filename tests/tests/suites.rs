@@ -219,6 +219,10 @@ const BAD_SUITES: &[(&str, &str)] = &[
         "9:9: steps[0].disk.degraded.min_read_mbps: degraded threshold 100 is looser than the pass threshold 400; expected at least 400",
     ),
     (
+        "expect-pcie-bad-class.yaml",
+        r#"5:7: expect.pcie[0].class: "ethernet" is not a class code prefix; expected hex digits like 02, 0200 or 0302"#,
+    ),
+    (
         "optional-not-a-threshold.yaml",
         r#"8:16: steps[0].optional[0]: "max_temp_cc" is not a threshold of this step; expected one of the thresholds this step sets: max_temp_c"#,
     ),

@@ -329,6 +329,16 @@ async fn the_run_page_lists_every_dimm_slot_and_every_source_the_node_lacked() {
                 },
             ]),
         },
+        pcie: vec![kiln_protocol::wire::PcieLink {
+            address: "0000:5e:00.0".into(),
+            class: "0200".into(),
+            driver: Some("mlx5_core".into()),
+            current_width: Some(8),
+            max_width: Some(16),
+            current_speed_gts: Some(8.0),
+            max_speed_gts: Some(16.0),
+            ..Default::default()
+        }],
         absent: vec!["SMART on /dev/sda: <no SG_IO>".into()],
         ..Default::default()
     };
@@ -351,6 +361,8 @@ async fn the_run_page_lists_every_dimm_slot_and_every_source_the_node_lacked() {
         "M393A4K40DB3-CWE",
         "DIMM_B2: empty",
         "Not offered by this node",
+        "0000:5e:00.0 class 0200 mlx5_core: x8 of x16, 8.0 of 16.0 GT/s",
+        "narrow",
         // Node-supplied text stays text.
         "SMART on &#x2f;dev&#x2f;sda: &lt;no SG_IO&gt;",
     ] {
