@@ -185,6 +185,20 @@ fn run_step(
         sink: sink.clone(),
         step: step.index as u32,
     };
+    // Machine checks polled every second while the step runs (restored when `_poll` drops).
+    let _poll = match crate::os::mce::FastPoll::start(
+        std::path::Path::new(crate::os::mce::MACHINECHECK),
+        crate::os::mce::STEP_INTERVAL_SECS,
+    ) {
+        Ok(poll) => poll,
+        Err(err) => {
+            observer.log(
+                LogLevel::Info,
+                &format!("machine-check poll interval not lowered ({err}): a corrected error may be logged up to 5 minutes late"),
+            );
+            None
+        }
+    };
     // AER counters before the step: what grows during it is the step's fault.
     let sys = std::path::Path::new("/sys");
     let aer_before = crate::hw::pcie::aer(sys);

@@ -15,7 +15,7 @@ use kiln_protocol::units::Size;
 use kiln_protocol::wire::{Fault, LogLevel};
 
 use super::{CheckKind, CheckOutput, StepContext, wrong_kind};
-use crate::os::{affinity, locked::LockedRegion, pagemap::Pagemap, read_u64};
+use crate::os::{affinity, locked::LockedRegion, pagemap::Pagemap};
 use crate::stop::Stop;
 
 /// The memory check kind.
@@ -88,13 +88,44 @@ impl CheckKind for Memory {
         out.metric("mismatches", run.mismatch_count as f64, "");
         out.metric("passes", run.passes_done as f64, "");
         match (edac_before, edac_counts()) {
-            (Some((ce0, ue0)), Some((ce1, ue1))) => {
-                out.metric("edac_corrected", ce1.saturating_sub(ce0) as f64, "");
-                out.metric("edac_uncorrected", ue1.saturating_sub(ue0) as f64, "");
+            (Some(before), Some(after)) => {
+                out.metric("edac_corrected", after.ce.saturating_sub(before.ce) as f64, "");
+                out.metric("edac_uncorrected", after.ue.saturating_sub(before.ue) as f64, "");
+                for (dimm, ce, ue) in crate::hw::edac::grew(&before, &after) {
+                    ctx.observer.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "EDAC: {} ({}): {ce} corrected, {ue} uncorrected errors during the step",
+                            dimm.label, dimm.location
+                        ),
+                    );
+                    if ue > 0 {
+                        // An uncorrected memory error is a fault whatever the thresholds say.
+                        out.faults.push(
+                            Fault::new(
+                                "memory.edac_uncorrected",
+                                format!(
+                                    "EDAC: {ue} uncorrected memory errors on {} ({}) during the step",
+                                    dimm.label, dimm.location
+                                ),
+                            )
+                            .with("dimm", &dimm.label),
+                        );
+                    }
+                }
+                if after.ue > before.ue && !out.faults.iter().any(|f| f.code == "memory.edac_uncorrected") {
+                    out.faults.push(Fault::new(
+                        "memory.edac_uncorrected",
+                        format!(
+                            "EDAC: {} uncorrected memory errors during the step (the driver names no DIMM)",
+                            after.ue - before.ue
+                        ),
+                    ));
+                }
             }
             _ => ctx.observer.log(
-                LogLevel::Info,
-                "no EDAC memory controllers in sysfs: corrected/uncorrected counts not measured",
+                LogLevel::Warn,
+                "no EDAC memory controllers in sysfs (no EDAC driver for this platform): corrected/uncorrected counts not measured",
             ),
         }
         Ok(out)
@@ -786,26 +817,9 @@ fn mem_available() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Sums of corrected and uncorrected error counts over every EDAC memory controller.
-fn edac_counts() -> Option<(u64, u64)> {
-    let dir = std::fs::read_dir("/sys/devices/system/edac/mc").ok()?;
-    let mut found = false;
-    let (mut ce, mut ue) = (0, 0);
-    for entry in dir.flatten() {
-        let path = entry.path();
-        if !entry.file_name().to_string_lossy().starts_with("mc") {
-            continue;
-        }
-        if let (Some(c), Some(u)) = (
-            read_u64(path.join("ce_count")),
-            read_u64(path.join("ue_count")),
-        ) {
-            found = true;
-            ce += c;
-            ue += u;
-        }
-    }
-    found.then_some((ce, ue))
+/// Every EDAC memory controller's and DIMM's error counters.
+fn edac_counts() -> Option<crate::hw::edac::Edac> {
+    crate::hw::edac::read(std::path::Path::new("/sys/devices/system/edac/mc"))
 }
 
 /// A seed from the kernel's random pool, or the clock if that is unreadable.

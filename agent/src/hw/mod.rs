@@ -3,6 +3,7 @@
 //! health, PCIe links and their AER counters.
 
 pub mod ata;
+pub mod edac;
 pub mod nvme;
 pub mod pcie;
 pub mod smbios;

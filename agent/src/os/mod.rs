@@ -4,6 +4,7 @@
 pub mod affinity;
 pub mod kmsg;
 pub mod locked;
+pub mod mce;
 pub mod pagemap;
 pub mod signatures;
 
