@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod image;
 pub mod lab;
 pub mod lifecycle;

@@ -111,6 +111,18 @@ fn two_lab_nodes_pass_and_fail_through_memtest_and_linux() {
             reading["passes"].as_u64().unwrap() >= 1 && reading["errors"] == 0,
             "{reading}"
         );
+        // The console was followed into Linux: the RAM image's own first line is in the tail.
+        let tail: Option<Vec<u8>> = db
+            .query_row("SELECT console_tail FROM runs WHERE id = ?1", [run], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let tail = String::from_utf8_lossy(&tail.unwrap_or_default()).into_owned();
+        assert!(
+            tail.contains("kiln: RAM image up"),
+            "run {run}: no Linux console in the tail ({} bytes)",
+            tail.len()
+        );
     }
     let fault_code: String = db
         .query_row(

@@ -1,6 +1,7 @@
-//! Running console captures, one per run's memtest stage. Every transition that ends a stage
-//! hands its [`Ended`] here, so a capture never outlives its stage: two captures never run for
-//! one node, and an old one can never reset a node in the middle of its next run.
+//! Running console captures: one per run's memtest stage, and the console tail followed
+//! through its Linux stage. Every transition that ends a stage hands its [`Ended`] here, so a
+//! capture never outlives its stage: two captures never run for one node, and an old one can
+//! never reset a node in the middle of its next run.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,6 +14,7 @@ use super::{Ended, Stage};
 #[derive(Default)]
 pub struct Captures {
     running: Mutex<HashMap<i64, watch::Sender<bool>>>,
+    tails: Mutex<HashMap<i64, watch::Sender<bool>>>,
 }
 
 impl Captures {
@@ -26,9 +28,26 @@ impl Captures {
         rx
     }
 
+    /// Registers the console tail of `run_id`'s Linux stage; the receiver turns `true` when
+    /// that stage ends.
+    pub fn register_tail(&self, run_id: i64) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = tails.insert(run_id, tx) {
+            let _ = old.send(true);
+        }
+        rx
+    }
+
     /// Stops the captures of the stages `ended` lists.
     pub fn stop(&self, ended: &Ended) {
         for (run_id, stage) in &ended.0 {
+            if *stage == Stage::Linux {
+                let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(tx) = tails.remove(run_id) {
+                    let _ = tx.send(true);
+                }
+            }
             if *stage == Stage::Memtest {
                 if let Some(tx) = self.lock().remove(run_id) {
                     tracing::info!(run_id, "memtest stage ended: its console capture stops");
@@ -77,5 +96,11 @@ mod tests {
         let again = captures.register(2);
         assert!(*two.borrow());
         assert!(!*again.borrow());
+        // A console tail ends with its run's Linux stage, not its memtest stage.
+        let tail = captures.register_tail(3);
+        captures.stop(&Ended(vec![(3, Stage::Memtest)]));
+        assert!(!*tail.borrow());
+        captures.stop(&Ended(vec![(3, Stage::Linux)]));
+        assert!(*tail.borrow());
     }
 }

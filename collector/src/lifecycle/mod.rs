@@ -335,9 +335,13 @@ fn next_stage(
             (stage, StageState::Running) => {
                 // The node asked for its script while a stage was still running: it rebooted
                 // unexpectedly. That is a fail, never a pass.
-                let detail = format!(
-                    "unexpected reboot: the node asked for its boot script while the {stage} stage was running"
-                );
+                let detail = with_console(
+                    tx,
+                    run_id,
+                    format!(
+                        "unexpected reboot: the node asked for its boot script while the {stage} stage was running"
+                    ),
+                )?;
                 ended.extend(fail_stage(tx, run_id, stage, &detail)?);
                 return Ok(Script::Done {
                     run_id,
@@ -1176,11 +1180,42 @@ pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended)
     };
     let mut ended = Ended::default();
     for (id, secs) in &lost {
-        let reason = format!("lost contact: no word from the agent for over {secs}s");
+        let reason = with_console(
+            &tx,
+            *id,
+            format!("lost contact: no word from the agent for over {secs}s"),
+        )?;
         ended.extend(close_run(&tx, *id, Verdict::Fail, &reason)?);
     }
     tx.commit()?;
     Ok((lost.into_iter().map(|(id, _)| id).collect(), ended))
+}
+
+/// `reason`, with what the run's console tail shows when it shows a cause (a panic, a fatal
+/// machine check, a hung task, the OOM killer).
+fn with_console(tx: &Connection, run_id: i64, reason: String) -> Result<String, StoreError> {
+    let tail: Option<Vec<u8>> = row(
+        tx,
+        "SELECT console_tail FROM runs WHERE id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .flatten();
+    Ok(match tail.as_deref().and_then(crate::console::explain) {
+        Some(shown) => format!("{reason}; {shown}"),
+        None => reason,
+    })
+}
+
+/// Stores the last of `run_id`'s console (bounded by the caller), while the run is open.
+pub fn console_tail(conn: &mut Connection, run_id: i64, tail: &[u8]) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "UPDATE runs SET console_tail = ?2 WHERE id = ?1 AND verdict IS NULL",
+        params![run_id, tail],
+    )?;
+    Ok(())
 }
 
 /// The collector (re)started: open runs get a fresh heartbeat window (the collector's own
@@ -1396,6 +1431,75 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
+        let mce = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/console/qemu-7.2-fatal-mce.log"),
+        )
+        .unwrap();
+        let mut conn = test_connection();
+        let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+        req.suite = Some(linux_only());
+        let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+            panic!("expected linux")
+        };
+        console_tail(&mut conn, run_id, &mce).unwrap();
+        let (lost, _) = lost_contact(&mut conn, now_ms() + 3_600_000).unwrap();
+        assert_eq!(lost, vec![run_id]);
+        let (_, verdict, _) = run_state(&conn, run_id);
+        assert_eq!(verdict, Some(Verdict::Fail));
+        let reason: String = conn
+            .query_row(
+                "SELECT verdict_reason FROM runs WHERE id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            reason,
+            "lost contact: no word from the agent for over 60s; the console shows machine check on CPU 0, bank 9, status 0xbd000000000000c0, address 0x2000000 (Uncorrected error without MCA Recovery); kernel panic: Fatal local machine check"
+        );
+        // A closed run's tail is not written over.
+        console_tail(&mut conn, run_id, b"later").unwrap();
+        let kept: Vec<u8> = conn
+            .query_row(
+                "SELECT console_tail FROM runs WHERE id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept, mce);
+
+        // The node's next run dies mid-stage and the node reboots.
+        let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+        req.suite = Some(linux_only());
+        req.bootstrap_hash = "h2".into();
+        let _ = set_mode(&mut conn, &Selector::All(true), Mode::Verify).unwrap();
+        let (Script::Linux { run_id: second }, _) = script(&mut conn, &req) else {
+            panic!("expected a second linux run")
+        };
+        console_tail(
+            &mut conn,
+            second,
+            b"[ 5.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n",
+        )
+        .unwrap();
+        let _ = script(&mut conn, &req);
+        let reason: String = conn
+            .query_row(
+                "SELECT detail FROM stages WHERE run_id = ?1 AND name = 'linux'",
+                [second],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            reason.starts_with("unexpected reboot")
+                && reason.ends_with("the console shows kernel panic: VFS: Unable to mount root fs"),
+            "{reason}"
+        );
     }
 
     #[test]

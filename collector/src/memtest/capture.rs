@@ -156,6 +156,67 @@ impl Stream {
     }
 }
 
+/// Follows the console after memtest86+ — the node's Linux boot and run — until `cancel`
+/// turns (the Linux stage ended) or `limit` passes, keeping the last
+/// [`crate::console::MAX_TAIL`] bytes and storing them as the run's console tail every 2 s
+/// while they change. A console that cannot be opened is retried; nothing here decides a
+/// verdict.
+pub async fn follow_tail(
+    source: Source,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+    db: crate::store::Db,
+    run_id: i64,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    let mut stream: Option<Stream> = None;
+    let mut tail = Vec::new();
+    let mut stored_len = 0usize;
+    let mut stored_at = Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut changed = false;
+    while !*cancel.borrow() && started.elapsed() < limit {
+        if changed && stored_at.elapsed() >= Duration::from_secs(2) {
+            let bytes = tail.clone();
+            let _ = db
+                .call(move |c| crate::lifecycle::console_tail(c, run_id, &bytes))
+                .await;
+            stored_at = Instant::now();
+            stored_len = tail.len();
+            changed = false;
+        }
+        let Some(s) = stream.as_mut() else {
+            match tokio::time::timeout(Duration::from_secs(5), Stream::open(&source)).await {
+                Ok(Ok(s)) => stream = Some(s),
+                _ => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = cancel.changed() => {}
+                    }
+                }
+            }
+            continue;
+        };
+        let n = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)) => r,
+            _ = cancel.changed() => continue,
+        };
+        match n {
+            Err(_) | Ok(Ok(usize::MAX)) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => stream = None,
+            Ok(Ok(n)) => {
+                crate::console::keep_tail(&mut tail, &buf[..n]);
+                changed = true;
+            }
+        }
+    }
+    if changed || tail.len() != stored_len {
+        let _ = db
+            .call(move |c| crate::lifecycle::console_tail(c, run_id, &tail))
+            .await;
+    }
+}
+
 /// Longest wait, once errors show, for memtest86+ to draw their rows.
 const ERROR_ROWS_WAIT: Duration = Duration::from_secs(6);
 

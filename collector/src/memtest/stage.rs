@@ -5,7 +5,10 @@
 
 use kiln_protocol::suite::Memtest;
 
-use super::capture::{Rules, watch};
+use super::capture::{Rules, follow_tail, watch};
+
+/// Longest a console tail is followed (the run's end stops it long before on any sane suite).
+const TAIL_LIMIT: std::time::Duration = std::time::Duration::from_secs(48 * 3600);
 use super::power::Action;
 use crate::api::AppState;
 use crate::lifecycle::{self, Applied, Stage};
@@ -69,6 +72,7 @@ pub async fn start(
     let db = state.db.clone();
     let captures = state.captures.clone();
     let node = format!("node {node_id}");
+    let tail_source = console.clone();
     tokio::spawn(async move {
         let finding = watch(console, rules, power.clone(), node.clone(), stop).await;
         captures.finished(run_id);
@@ -78,7 +82,16 @@ pub async fn start(
             .call(move |c| lifecycle::memtest_finished(c, run_id, &stored))
             .await;
         match applied {
-            Ok((Applied::Yes, ended)) => captures.stop(&ended),
+            Ok((Applied::Yes, ended)) => {
+                captures.stop(&ended);
+                if finding.pass {
+                    // Linux comes next: keep the last of its console, so a run that dies
+                    // there fails with what the console showed.
+                    let stop = captures.register_tail(run_id);
+                    let db = db.clone();
+                    tokio::spawn(follow_tail(tail_source, stop, db, run_id, TAIL_LIMIT));
+                }
+            }
             Ok((Applied::Stale, _)) => {
                 // The stage ended some other way (reboot, timeout, operator): this finding
                 // belongs to nothing running now, and must not reset the node.

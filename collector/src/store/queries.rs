@@ -405,6 +405,9 @@ pub struct RunDetail {
     pub log_lines: i64,
     /// What memtest86+ showed, when the run had that stage.
     pub memtest: Option<MemtestResult>,
+    /// The last lines of the node's serial console through the Linux stage, when it has one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console: Vec<String>,
 }
 
 /// A stage of a run.
@@ -428,7 +431,7 @@ pub struct StageRow {
 pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT node_id, suite_name, suite_sha256, image_digest, stage, verdict, verdict_reason, started_ms, finished_ms, expect, inventory, findings, agent_verdict, agent_started_ms FROM runs WHERE id = ?1",
+            "SELECT node_id, suite_name, suite_sha256, image_digest, stage, verdict, verdict_reason, started_ms, finished_ms, expect, inventory, findings, agent_verdict, agent_started_ms, console_tail FROM runs WHERE id = ?1",
             [run_id],
             |r| {
                 Ok((
@@ -453,6 +456,14 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                         findings: Vec::new(),
                         log_lines: 0,
                         memtest: None,
+                        console: r
+                            .get::<_, Option<Vec<u8>>>(14)?
+                            .map(|raw| {
+                                let lines = crate::console::lines(&raw);
+                                let from = lines.len().saturating_sub(crate::console::SHOWN_LINES);
+                                lines[from..].to_vec()
+                            })
+                            .unwrap_or_default(),
                     },
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,

@@ -139,6 +139,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX nodes_place ON nodes(rack, slot);
      DROP INDEX node_macs_node;
      CREATE INDEX node_macs_node ON node_macs(node_id, mac);",
+    // 10: the last of the node's serial console through the Linux stage, read for a panic or
+    // a machine check when the run ends by lost contact or an unexpected reboot.
+    "ALTER TABLE runs ADD COLUMN console_tail BLOB;",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.
