@@ -55,6 +55,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seconds: u64,
     },
+    /// Load the kernel modules this machine's devices ask for (their modaliases against the
+    /// image's module catalog), dependencies first; the RAM image's /init runs it.
+    Modules {
+        /// Directory holding the modules and `kiln.modules`.
+        #[arg(long, default_value = "/lib/modules")]
+        dir: PathBuf,
+    },
     /// Print what this node is made of and what its disks report, as JSON: the inventory
     /// (SMBIOS identity, sockets and DIMM slots included, and the sources it lacks) and each
     /// whole disk's native health (NVMe health log, SATA SMART). Reads only.
@@ -80,8 +87,38 @@ pub fn main() -> ExitCode {
         Command::Boot(args) => boot(&args),
         Command::ServeBandwidth { listen, seconds } => serve_bandwidth(listen, seconds),
         Command::Inspect { raw } => inspect(raw),
+        Command::Modules { dir } => modules(&dir),
     };
     ExitCode::from(code)
+}
+
+fn modules(dir: &std::path::Path) -> u8 {
+    match crate::os::modules::load_for_hardware(dir, std::path::Path::new("/sys")) {
+        Ok(done) => {
+            println!(
+                "kiln: loaded {} module(s) for this hardware{}{}",
+                done.loaded.len(),
+                if done.loaded.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", done.loaded.join(" "))
+                },
+                if done.present > 0 {
+                    format!(" ({} already loaded)", done.present)
+                } else {
+                    String::new()
+                }
+            );
+            for (name, why) in &done.failed {
+                println!("kiln: module {name} did not load: {why}");
+            }
+            EXIT_PASS
+        }
+        Err(err) => {
+            eprintln!("kiln-agent modules: {err}");
+            EXIT_HARNESS
+        }
+    }
 }
 
 fn inspect(raw: bool) -> u8 {

@@ -194,6 +194,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
                 agent,
                 busybox: "/bin/busybox".into(),
                 kernel_package: None,
+                firmware: Vec::new(),
             };
             crate::image::build(&inputs, &data.join("artifacts"))?;
         }

@@ -5,6 +5,7 @@ pub mod affinity;
 pub mod kmsg;
 pub mod locked;
 pub mod mce;
+pub mod modules;
 pub mod pagemap;
 pub mod signatures;
 

@@ -30,6 +30,10 @@ pub(super) struct BuildArgs {
     /// The Debian kernel package (default: the one linux-image-amd64 depends on).
     #[arg(long, value_name = "PACKAGE")]
     kernel_package: Option<String>,
+    /// A directory of firmware files (laid out like /lib/firmware), searched before the
+    /// host's for the files the image's modules declare. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    firmware: Vec<PathBuf>,
 }
 
 pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
@@ -48,6 +52,7 @@ pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
         agent,
         busybox: args.busybox,
         kernel_package: args.kernel_package,
+        firmware: args.firmware,
     };
     let built = build(&inputs, &args.out)?;
     let mut image_total = 0;
@@ -67,5 +72,24 @@ pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
         "kernel + initramfs: {:.1} MB (target ≤ 24 MB)",
         image_total as f64 / 1e6
     );
+    let parts: Vec<String> = built
+        .parts
+        .iter()
+        .map(|(name, bytes)| format!("{name} {:.1} MB", *bytes as f64 / 1e6))
+        .collect();
+    println!("parts before compression: {}", parts.join(", "));
+    if !built.missing_modules.is_empty() {
+        println!(
+            "modules this kernel does not have: {}",
+            built.missing_modules.join(", ")
+        );
+    }
+    if !built.missing_firmware.is_empty() {
+        println!(
+            "firmware not found ({} files; add Debian's firmware-* packages or --firmware DIR): {}",
+            built.missing_firmware.len(),
+            built.missing_firmware.join(", ")
+        );
+    }
     Ok(super::EXIT_OK)
 }

@@ -35,6 +35,38 @@ pub const MODULES: &[&str] = &[
     "mpt3sas",
 ];
 
+/// What real servers need besides, where Debian's kernel has them (each is listed when it
+/// does not): more NIC and storage drivers, EDAC memory controllers, hwmon sensors, IPMI.
+pub const SERVER_MODULES: &[&str] = &[
+    "bnx2x",
+    "qede",
+    "sfc",
+    "igc",
+    "r8169",
+    "mlx4_en",
+    "smartpqi",
+    "hpsa",
+    "mpi3mr",
+    "aacraid",
+    "skx_edac",
+    "i10nm_edac",
+    "amd64_edac",
+    "sb_edac",
+    "ie31200_edac",
+    "pnd2_edac",
+    "coretemp",
+    "k10temp",
+    "ipmi_si",
+    "ipmi_devintf",
+    "ipmi_ssif",
+];
+
+/// Modules no device asks for by alias, loaded on every node: the IPMI character device.
+pub const ALWAYS_MODULES: &[&str] = &["ipmi_devintf"];
+
+/// Where the build host keeps firmware files (Debian's `firmware-*` packages).
+pub const HOST_FIRMWARE: &[&str] = &["/lib/firmware", "/usr/lib/firmware"];
+
 /// Inputs of an image.
 #[derive(Debug, Clone)]
 pub struct Inputs {
@@ -47,6 +79,9 @@ pub struct Inputs {
     /// Debian kernel package, e.g. `linux-image-6.1.0-56-amd64` (resolved from
     /// `linux-image-amd64` when absent).
     pub kernel_package: Option<String>,
+    /// Directories searched for the firmware files the modules declare, before the host's
+    /// ([`HOST_FIRMWARE`]).
+    pub firmware: Vec<PathBuf>,
 }
 
 /// What was built.
@@ -54,6 +89,13 @@ pub struct Inputs {
 pub struct Built {
     /// Files written, with size and sha256.
     pub files: Vec<(PathBuf, u64, String)>,
+    /// What each part of the image weighs before compression: kernel, agent, busybox,
+    /// modules, firmware.
+    pub parts: Vec<(&'static str, u64)>,
+    /// Server modules this kernel does not have.
+    pub missing_modules: Vec<String>,
+    /// Firmware files modules declare that were found nowhere.
+    pub missing_firmware: Vec<String>,
 }
 
 /// Builds the image into `out`.
@@ -76,7 +118,13 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
         package
     );
     let module_dir = kernel_root.join(format!("lib/modules/{version}"));
-    let modules = modules::resolve(&module_dir, MODULES)?;
+    let mut modules = modules::resolve(&module_dir, MODULES)?;
+    let (server, missing_modules) = modules::resolve_available(&module_dir, SERVER_MODULES)?;
+    for m in server {
+        if !modules.contains(&m) {
+            modules.push(m);
+        }
+    }
 
     let mut archive = Archive::default();
     for dir in [
@@ -102,16 +150,63 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
     archive.add("bin/busybox", Entry::File(0o755, read(&inputs.busybox)?));
     archive.add("bin/kiln-agent", Entry::File(0o755, read(&inputs.agent)?));
     let mut order = String::new();
+    let mut module_bytes = 0u64;
+    let mut firmware_bytes = 0u64;
+    let mut missing_firmware = Vec::new();
+    let firmware_dirs: Vec<PathBuf> = inputs
+        .firmware
+        .iter()
+        .cloned()
+        .chain(HOST_FIRMWARE.iter().map(PathBuf::from))
+        .collect();
+    let mut firmware_added = std::collections::BTreeSet::new();
     for m in &modules {
         let name = m
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| anyhow::anyhow!("bad module path {}", m.display()))?;
-        archive.add(&format!("lib/modules/{name}"), Entry::File(0o644, read(m)?));
+        let bytes = read(m)?;
+        module_bytes += bytes.len() as u64;
+        for fw in modules::modinfo(&bytes, "firmware") {
+            if fw.contains("..") || fw.starts_with('/') || !firmware_added.insert(fw.clone()) {
+                continue;
+            }
+            match firmware_dirs
+                .iter()
+                .map(|d| d.join(&fw))
+                .find(|p| p.is_file())
+            {
+                Some(found) => {
+                    let data = read(&found)?;
+                    firmware_bytes += data.len() as u64;
+                    let mut dir = String::from("lib/firmware");
+                    archive.add(&dir, Entry::Dir(0o755));
+                    if let Some(parent) = Path::new(&fw).parent() {
+                        for part in parent.components() {
+                            dir.push('/');
+                            dir.push_str(&part.as_os_str().to_string_lossy());
+                            archive.add(&dir, Entry::Dir(0o755));
+                        }
+                    }
+                    archive.add(&format!("lib/firmware/{fw}"), Entry::File(0o644, data));
+                }
+                None => {
+                    missing_firmware.push(format!("{fw} (for {})", name.trim_end_matches(".ko")))
+                }
+            }
+        }
+        archive.add(&format!("lib/modules/{name}"), Entry::File(0o644, bytes));
         order.push_str(name);
         order.push('\n');
     }
     archive.add("etc/kiln-modules", Entry::File(0o644, order.into_bytes()));
+    archive.add(
+        &format!("lib/modules/{}", "kiln.modules"),
+        Entry::File(
+            0o644,
+            modules::catalog(&modules, ALWAYS_MODULES)?.into_bytes(),
+        ),
+    );
 
     let mut gz = flate2::GzBuilder::new()
         .mtime(0)
@@ -127,7 +222,19 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
         let src = memtest_root.join("boot").join(name);
         files.push(write(&out.join(name), &read(&src)?)?);
     }
-    Ok(Built { files })
+    let parts = vec![
+        ("kernel", read(&vmlinuz)?.len() as u64),
+        ("kiln-agent", std::fs::metadata(&inputs.agent)?.len()),
+        ("busybox", std::fs::metadata(&inputs.busybox)?.len()),
+        ("modules", module_bytes),
+        ("firmware", firmware_bytes),
+    ];
+    Ok(Built {
+        files,
+        parts,
+        missing_modules,
+        missing_firmware,
+    })
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
