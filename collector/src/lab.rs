@@ -195,6 +195,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
                 busybox: "/bin/busybox".into(),
                 kernel_package: None,
                 firmware: Vec::new(),
+                packages: Vec::new(),
             };
             crate::image::build(&inputs, &data.join("artifacts"))?;
         }

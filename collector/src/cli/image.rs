@@ -34,6 +34,10 @@ pub(super) struct BuildArgs {
     /// host's for the files the image's modules declare. Repeatable.
     #[arg(long, value_name = "DIR")]
     firmware: Vec<PathBuf>,
+    /// A Debian package whose programs an `exec` step may run (`stress-ng`, `fio`, `nvme-cli`,
+    /// `ipmitool`, `smartmontools`, …), added with the libraries they need. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    package: Vec<String>,
 }
 
 pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
@@ -53,6 +57,7 @@ pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
         busybox: args.busybox,
         kernel_package: args.kernel_package,
         firmware: args.firmware,
+        packages: args.package,
     };
     let built = build(&inputs, &args.out)?;
     let mut image_total = 0;
@@ -78,6 +83,12 @@ pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
         .map(|(name, bytes)| format!("{name} {:.1} MB", *bytes as f64 / 1e6))
         .collect();
     println!("parts before compression: {}", parts.join(", "));
+    for (package, bytes) in &built.packages {
+        println!(
+            "package {package}: {:.1} MB with its libraries (before compression)",
+            *bytes as f64 / 1e6
+        );
+    }
     if !built.missing_modules.is_empty() {
         println!(
             "modules this kernel does not have: {}",

@@ -5,6 +5,7 @@
 
 pub mod cpio;
 mod modules;
+pub mod packages;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,8 @@ pub struct Inputs {
     /// Directories searched for the firmware files the modules declare, before the host's
     /// ([`HOST_FIRMWARE`]).
     pub firmware: Vec<PathBuf>,
+    /// Debian packages whose programs (with their libraries) the image carries.
+    pub packages: Vec<String>,
 }
 
 /// What was built.
@@ -96,6 +99,8 @@ pub struct Built {
     pub missing_modules: Vec<String>,
     /// Firmware files modules declare that were found nowhere.
     pub missing_firmware: Vec<String>,
+    /// Each added package and the bytes it (with the libraries it brought first) added.
+    pub packages: Vec<(String, u64)>,
 }
 
 /// Builds the image into `out`.
@@ -200,6 +205,33 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
         order.push('\n');
     }
     archive.add("etc/kiln-modules", Entry::File(0o644, order.into_bytes()));
+    let mut added_packages = Vec::new();
+    let mut placed = std::collections::BTreeSet::new();
+    for package in &inputs.packages {
+        let root = unpack_package(&inputs.cache, package)?;
+        let programs = packages::programs(&root)?;
+        anyhow::ensure!(
+            !programs.is_empty(),
+            "package {package} has no programs (bin, sbin, usr/bin, usr/sbin) to add"
+        );
+        let added = packages::with_libraries(
+            programs,
+            &mut packages::FromDebian {
+                cache: &inputs.cache,
+                package,
+                closure: None,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("package {package}: {e:#}"))?;
+        let mut bytes = 0;
+        for (path, (mode, data)) in added.files {
+            if placed.insert(path.clone()) {
+                bytes += data.len() as u64;
+                archive.add(&path, Entry::File(mode, data));
+            }
+        }
+        added_packages.push((package.clone(), bytes));
+    }
     archive.add(
         &format!("lib/modules/{}", "kiln.modules"),
         Entry::File(
@@ -234,6 +266,7 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
         parts,
         missing_modules,
         missing_firmware,
+        packages: added_packages,
     })
 }
 
