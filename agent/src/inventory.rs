@@ -39,6 +39,16 @@ pub fn collect() -> Inventory {
         nics: nics("/sys"),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         pcie: crate::hw::pcie::links(std::path::Path::new("/sys")),
+        sel: match crate::hw::sel::read(std::path::Path::new(crate::hw::sel::DEVICE)) {
+            Ok(events) => {
+                let from = events.len().saturating_sub(kiln_protocol::bounds::MAX_SEL);
+                events[from..].iter().map(|e| e.text.clone()).collect()
+            }
+            Err(e) => {
+                absent.push(format!("IPMI BMC event log: {e}"));
+                Vec::new()
+            }
+        },
         absent,
     }
 }

@@ -202,6 +202,9 @@ fn run_step(
     // AER counters before the step: what grows during it is the step's fault.
     let sys = std::path::Path::new("/sys");
     let aer_before = crate::hw::pcie::aer(sys);
+    // The BMC's event log too, where the node has one.
+    let sel_device = std::path::Path::new(crate::hw::sel::DEVICE);
+    let sel_before = crate::hw::sel::read(sel_device).ok();
     let kmsg = KmsgWatch::start();
     if kmsg.is_none() {
         observer.log(LogLevel::Info, "kernel log (/dev/kmsg) not readable: machine-check and I/O error lines are not watched");
@@ -251,6 +254,16 @@ fn run_step(
         &aer_before,
         &crate::hw::pcie::aer(sys),
     ));
+    if let Some(before) = &sel_before {
+        match crate::hw::sel::read(sel_device) {
+            Ok(after) => kernel_faults.extend(crate::hw::sel::new_entries(before, &after)),
+            Err(err) => sink.emit(EventBody::Log {
+                step: Some(step.index as u32),
+                level: LogLevel::Warn,
+                line: format!("the BMC event log could not be read after the step: {err}"),
+            }),
+        }
+    }
     let (outcome, metrics) = match (result, stop.reason()) {
         (_, Some(StopReason::Interrupted)) => (
             Outcome::Error {

@@ -30,6 +30,8 @@ pub const MAX_NICS: usize = 256;
 pub const MAX_DIMMS: usize = 512;
 /// Most PCIe devices an inventory lists.
 pub const MAX_PCIE: usize = 1024;
+/// Most SEL entries an inventory carries (the newest).
+pub const MAX_SEL: usize = 64;
 /// Most absent sources an inventory lists.
 pub const MAX_ABSENT: usize = 64;
 
@@ -303,6 +305,10 @@ impl Inventory {
                 field("pcie field", v)?;
             }
         }
+        count("SEL entries", self.sel.len(), MAX_SEL)?;
+        for e in &self.sel {
+            field("SEL entry", e)?;
+        }
         count("absent sources", self.absent.len(), MAX_ABSENT)?;
         for a in &self.absent {
             field("absent source", a)?;
@@ -380,6 +386,12 @@ impl Inventory {
             for v in [&mut l.vendor_device, &mut l.driver].into_iter().flatten() {
                 clamp_field(v);
             }
+        }
+        if self.sel.len() > MAX_SEL {
+            self.sel.drain(..self.sel.len() - MAX_SEL);
+        }
+        for e in &mut self.sel {
+            clamp_field(e);
         }
         self.absent.truncate(MAX_ABSENT);
         for a in &mut self.absent {

@@ -456,6 +456,7 @@ mod tests {
             }],
             nics: vec![],
             kernel: None,
+            sel: vec![],
             pcie: vec![],
             absent: vec![],
         }

@@ -42,6 +42,10 @@ pub struct Inventory {
     /// Running kernel release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// The BMC's System Event Log as read at boot, decoded, newest last (at most the last
+    /// 64 entries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sel: Vec<String>,
     /// PCIe devices that have a link, with its trained and maximum speed and width.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pcie: Vec<PcieLink>,

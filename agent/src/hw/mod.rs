@@ -6,4 +6,5 @@ pub mod ata;
 pub mod edac;
 pub mod nvme;
 pub mod pcie;
+pub mod sel;
 pub mod smbios;
