@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The catalog's name in the image's module directory.
 pub const CATALOG: &str = "kiln.modules";
@@ -129,19 +129,45 @@ pub fn load_for_hardware(dir: &Path, sys: &Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let catalog = Catalog::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let wanted = catalog.wanted(&device_aliases(sys));
+    Ok(load_each(&catalog, &wanted, |file| insert(&dir.join(file))))
+}
+
+/// Loads `wanted` in dependency order with `insert`; a module whose dependency did not load
+/// is not tried (it could only fail, with a misleading error), and says which one.
+fn load_each(
+    catalog: &Catalog,
+    wanted: &BTreeSet<String>,
+    mut insert: impl FnMut(&str) -> Result<bool, String>,
+) -> Loaded {
     let mut out = Loaded::default();
-    for (name, file) in catalog.load_order(&wanted) {
-        match insert(&dir.join(&file)) {
+    for (name, file) in catalog.load_order(wanted) {
+        let deps = catalog
+            .modules
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, d)| d.clone())
+            .unwrap_or_default();
+        if let Some(dep) = deps
+            .iter()
+            .find(|d| out.failed.iter().any(|(f, _)| f == *d))
+        {
+            out.failed.push((
+                name,
+                format!("not tried: it needs {dep}, which did not load"),
+            ));
+            continue;
+        }
+        match insert(&file) {
             Ok(true) => out.loaded.push(name),
             Ok(false) => out.present += 1,
             Err(e) => out.failed.push((name, e)),
         }
     }
-    Ok(out)
+    out
 }
 
 /// `finit_module` of one file: `Ok(false)` when it was loaded already.
-fn insert(file: &PathBuf) -> Result<bool, String> {
+fn insert(file: &Path) -> Result<bool, String> {
     let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let params = c"";
     // SAFETY: a valid fd and a NUL-terminated empty parameter string that outlive the call.
@@ -199,6 +225,34 @@ always ipmi_devintf
         assert!(
             !order.contains(&"e1000".to_owned()),
             "no e1000 on this machine"
+        );
+    }
+
+    #[test]
+    fn a_module_whose_dependency_failed_is_not_tried() {
+        let c = Catalog::parse(
+            "module edac_mce_amd edac_mce_amd.ko -\nmodule amd64_edac amd64_edac.ko edac_mce_amd\nalias cpu:* amd64_edac\n",
+        )
+        .unwrap();
+        let wanted = c.wanted(&["cpu:type:x86".to_owned()]);
+        let mut tried = Vec::new();
+        let done = load_each(&c, &wanted, |file| {
+            tried.push(file.to_owned());
+            Err("No such device (os error 19)".to_owned())
+        });
+        assert_eq!(tried, ["edac_mce_amd.ko"]);
+        assert_eq!(
+            done.failed,
+            [
+                (
+                    "edac_mce_amd".to_owned(),
+                    "No such device (os error 19)".to_owned()
+                ),
+                (
+                    "amd64_edac".to_owned(),
+                    "not tried: it needs edac_mce_amd, which did not load".to_owned()
+                ),
+            ]
         );
     }
 
