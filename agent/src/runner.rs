@@ -312,10 +312,23 @@ fn finish(
         degraded,
     } = output;
     faults.extend(kernel);
+    // A skipped check measured nothing: it is a skip only when the step set no threshold it
+    // needed (an unmeasured one fails it below, unless optional).
     if let Some(reason) = skip {
-        if faults.is_empty() {
+        let needed = step
+            .check
+            .pass_limits()
+            .into_iter()
+            .chain(step.check.degraded_limits())
+            .any(|(field, _)| !step.optional.contains(&field));
+        if faults.is_empty() && !needed {
             return (Outcome::Skip { reason }, metrics);
         }
+        sink.emit(EventBody::Log {
+            step: Some(step.index as u32),
+            level: LogLevel::Warn,
+            line: format!("nothing measured: {reason}"),
+        });
     }
     let (mut outcome, unmeasured) = evaluate(
         faults,
@@ -367,6 +380,34 @@ mod tests {
 
     fn exec(name: &str, argv: &str, extra: &str) -> String {
         format!("  - name: {name}\n{extra}    exec: {{argv: {argv}}}\n")
+    }
+
+    #[test]
+    fn a_skipped_check_with_a_threshold_it_needed_fails_unless_optional() {
+        let skipped = || CheckOutput {
+            skip: Some("no physical network interfaces on this node".into()),
+            ..CheckOutput::default()
+        };
+        let sink: Arc<dyn EventSink> = Arc::new(Recorder::default());
+        let nic = |extra: &str| {
+            plan(&format!("  - name: nic\n    nic: {{link: true{extra}}}\n"))
+                .steps
+                .remove(0)
+        };
+        // No threshold: a skip, said as such.
+        let (o, _) = finish(&nic(""), skipped(), vec![], &sink);
+        assert!(matches!(o, Outcome::Skip { .. }), "{o:?}");
+        // `max_errors` asked for and nothing measured: never a pass.
+        let (o, _) = finish(&nic(", max_errors: 0"), skipped(), vec![], &sink);
+        let Outcome::Fail { faults } = o else {
+            panic!("an unmeasured threshold passed as a skip: {o:?}")
+        };
+        assert_eq!(faults[0].code, "threshold.max_errors.unmeasured");
+        // Marked optional: a skip again.
+        let mut step = nic(", max_errors: 0");
+        step.optional = vec!["max_errors".into()];
+        let (o, _) = finish(&step, skipped(), vec![], &sink);
+        assert!(matches!(o, Outcome::Skip { .. }), "{o:?}");
     }
 
     #[test]
