@@ -28,6 +28,13 @@ pub fn collect() -> Inventory {
             .map(|s| s.sockets.iter().filter(|c| c.populated).count() as u32)
             .filter(|&n| n > 0);
     }
+    let disks = disks("/sys");
+    for d in &disks {
+        // Said here too, not only in a disk step's log: reports list what a node lacks.
+        if let Err(why) = crate::hw::disk_health(d) {
+            absent.push(format!("disk health (SMART) of {}: {why}", d.path));
+        }
+    }
     Inventory {
         system: system(smbios.as_ref()),
         cpu,
@@ -35,7 +42,7 @@ pub fn collect() -> Inventory {
             total_bytes: mem_total(),
             dimms: smbios.map(|s| s.dimms).filter(|d| !d.is_empty()),
         },
-        disks: disks("/sys"),
+        disks,
         nics: nics("/sys"),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         pcie: crate::hw::pcie::links(std::path::Path::new("/sys")),

@@ -6,6 +6,9 @@
 /// Most bytes of console tail kept per run.
 pub const MAX_TAIL: usize = 64 << 10;
 
+/// Longest one finding is quoted, in characters.
+pub const MAX_FINDING: usize = 240;
+
 /// Lines shown with a diagnosis.
 pub const SHOWN_LINES: usize = 40;
 
@@ -128,7 +131,16 @@ pub fn diagnose(lines: &[String]) -> Vec<String> {
 /// The sentence added to a run's reason: what the console shows, or nothing.
 pub fn explain(raw: &[u8]) -> Option<String> {
     let lines = lines(raw);
-    let found = diagnose(&lines);
+    // The console is the node's: each finding is cut short, so a line of any length cannot
+    // swell the run's reason.
+    let found: Vec<String> = diagnose(&lines)
+        .into_iter()
+        .map(|f| match f.char_indices().nth(MAX_FINDING) {
+            Some((at, _)) => format!("{}…", &f[..at]),
+            None => f,
+        })
+        .take(4)
+        .collect();
     (!found.is_empty()).then(|| format!("the console shows {}", found.join("; ")))
 }
 
@@ -179,6 +191,10 @@ mod tests {
             ]
         );
         assert_eq!(explain(b"[ 1.0] all is well\n"), None);
+        // A hostile console: a panic line of 100,000 characters is quoted short.
+        let long = format!("Kernel panic - not syncing: {}\n", "x".repeat(100_000));
+        let said = explain(long.as_bytes()).unwrap();
+        assert!(said.len() < 400 && said.ends_with('…'), "{}", said.len());
     }
 
     #[test]

@@ -560,6 +560,30 @@ mod tests {
         assert!(inv.validate().is_err());
         inv.clamp();
         assert_eq!(inv.nics[0].mac, "00:00:00:00:00:00");
+        // The readers added for real servers: every string checked, every list bounded.
+        inv.system.chassis_asset_tag = Some("tag\u{7}".into());
+        assert!(
+            inv.validate()
+                .unwrap_err()
+                .contains("system.chassis_asset_tag")
+        );
+        inv.clamp();
+        inv.sel = vec!["Memory sensor #8: event".into(); MAX_SEL + 10];
+        inv.sel.push("newest\u{1b}]52;c;bad\u{7}".into());
+        inv.absent = vec!["x".repeat(100_000); MAX_ABSENT + 1];
+        inv.pcie = vec![crate::wire::PcieLink {
+            address: "0000:3b:00.0\r".into(),
+            ..Default::default()
+        }];
+        assert!(inv.validate().is_err());
+        inv.clamp();
+        assert!(inv.validate().is_ok(), "{:?}", inv.validate());
+        assert_eq!(inv.sel.len(), MAX_SEL);
+        assert!(
+            inv.sel.last().unwrap().starts_with("newest"),
+            "the newest entries are kept"
+        );
+        assert_eq!(inv.absent.len(), MAX_ABSENT);
     }
 
     proptest! {

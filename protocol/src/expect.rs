@@ -205,6 +205,14 @@ fn pcie_group(i: usize, group: &ExpectPcie, links: &[PcieLink], faults: &mut Vec
         (None, Some(d)) => format!("PCIe devices with driver /{d}/"),
         (None, None) => "PCIe devices".to_owned(),
     };
+    if group.count.is_none() && selected.is_empty() {
+        // Link rules over no device would hold vacuously: a device asked for and not found
+        // is a fault.
+        faults.push(Fault::new(
+            code.clone(),
+            format!("expected {what}, found none"),
+        ));
+    }
     if let Some(want) = group.count {
         if selected.len() != want as usize {
             faults.push(
@@ -278,6 +286,16 @@ fn dimm_modules(memory: &ExpectMemory, dimms: Option<&[Dimm]>, faults: &mut Vec<
         return;
     };
     let populated = || dimms.iter().filter(|d| d.size_bytes.is_some());
+    if populated().next().is_none() {
+        // Rules over every module hold vacuously over none: that is no pass.
+        for (rule, _) in rules.iter().filter(|(_, set)| *set) {
+            faults.push(Fault::new(
+                format!("expect.memory.{rule}"),
+                format!("{rule} set, but the DIMM table lists no installed module"),
+            ));
+        }
+        return;
+    }
     if let Some(want) = memory.dimm_size {
         let off: Vec<String> = populated()
             .filter(|d| d.size_bytes != Some(want.bytes()))
@@ -551,6 +569,12 @@ mod tests {
                 "expected every DIMM part number matching /^M393A4K40/: C1 has \"HMA84GR7CJR4N-XN\"",
             ]
         );
+        // A table of empty slots only: each rule a fault, not a vacuous pass.
+        let mut empty = inv.clone();
+        for d in empty.memory.dimms.as_mut().unwrap() {
+            d.size_bytes = None;
+        }
+        assert_eq!(evaluate(&expect, &empty).len(), 3);
         // Without a DIMM table each rule set is a fault of its own, never a silent pass.
         inv.memory.dimms = None;
         let codes: Vec<String> = evaluate(&expect, &inv)
@@ -605,6 +629,15 @@ mod tests {
                 "0000:5e:00.0 (mlx5_core, class 0200): link trained at x8 at 8 GT/s of x16; expected ≥ x16",
                 "0000:5e:00.0 (mlx5_core, class 0200): link trained at x8 at 8 GT/s; expected ≥ 16 GT/s",
             ]
+        );
+        // No device at all, and no count asked: still a fault, never a vacuous pass.
+        let mut none = inv.clone();
+        none.pcie.clear();
+        let mut no_count = expect.clone();
+        no_count.pcie[0].count = None;
+        assert_eq!(
+            evaluate(&no_count, &none)[0].message,
+            "expected PCIe devices of class 02 with driver /^mlx5/, found none"
         );
         // A missing device is counted.
         inv.pcie.remove(0);

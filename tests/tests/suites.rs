@@ -223,6 +223,10 @@ const BAD_SUITES: &[(&str, &str)] = &[
         r#"5:7: expect.pcie[0].class: "ethernet" is not a class code prefix; expected hex digits like 02, 0200 or 0302"#,
     ),
     (
+        "expect-pcie-selects-nothing.yaml",
+        "5:7: expect.pcie[0]: selects no devices; expected `class`, `driver` or both",
+    ),
+    (
         "optional-not-a-threshold.yaml",
         r#"8:16: steps[0].optional[0]: "max_temp_cc" is not a threshold of this step; expected one of the thresholds this step sets: max_temp_c"#,
     ),

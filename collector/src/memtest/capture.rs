@@ -156,6 +156,71 @@ impl Stream {
     }
 }
 
+/// A console being followed: opened when first read, opened again after a drop.
+struct Follower {
+    source: Source,
+    stream: Option<Stream>,
+    retry: Duration,
+}
+
+/// What one read of a [`Follower`] gave.
+enum Chunk {
+    /// This many bytes, at the start of the buffer.
+    Data(usize),
+    /// Nothing within a second; the console is open.
+    Quiet,
+    /// The console is not open (yet, or again), it dropped, or `cancel` changed.
+    Gone,
+}
+
+impl Follower {
+    fn new(source: Source, retry: Duration) -> Follower {
+        Follower {
+            source,
+            stream: None,
+            retry,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Reads what the console has, waiting about a second at most (or `retry` after a failed
+    /// open), and less when `cancel` changes.
+    async fn next(
+        &mut self,
+        buf: &mut [u8],
+        cancel: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Chunk {
+        let Some(s) = self.stream.as_mut() else {
+            match tokio::time::timeout(Duration::from_secs(5), Stream::open(&self.source)).await {
+                Ok(Ok(s)) => self.stream = Some(s),
+                _ => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.retry) => {}
+                        _ = cancel.changed() => {}
+                    }
+                }
+            }
+            return Chunk::Gone;
+        };
+        let n = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(1), s.read(buf)) => r,
+            _ = cancel.changed() => return Chunk::Gone,
+        };
+        match n {
+            Err(_) | Ok(Ok(usize::MAX)) => Chunk::Quiet,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                // Dropped: opened again on the next read.
+                self.stream = None;
+                Chunk::Gone
+            }
+            Ok(Ok(n)) => Chunk::Data(n),
+        }
+    }
+}
+
 /// Follows the console after memtest86+ — the node's Linux boot and run — until `cancel`
 /// turns (the Linux stage ended) or `limit` passes, keeping the last
 /// [`crate::console::MAX_TAIL`] bytes and storing them as the run's console tail every 2 s
@@ -169,7 +234,7 @@ pub async fn follow_tail(
     limit: Duration,
 ) {
     let started = Instant::now();
-    let mut stream: Option<Stream> = None;
+    let mut console = Follower::new(source, Duration::from_secs(1));
     let mut tail = Vec::new();
     let mut stored_len = 0usize;
     let mut stored_at = Instant::now();
@@ -185,29 +250,9 @@ pub async fn follow_tail(
             stored_len = tail.len();
             changed = false;
         }
-        let Some(s) = stream.as_mut() else {
-            match tokio::time::timeout(Duration::from_secs(5), Stream::open(&source)).await {
-                Ok(Ok(s)) => stream = Some(s),
-                _ => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = cancel.changed() => {}
-                    }
-                }
-            }
-            continue;
-        };
-        let n = tokio::select! {
-            r = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)) => r,
-            _ = cancel.changed() => continue,
-        };
-        match n {
-            Err(_) | Ok(Ok(usize::MAX)) => {}
-            Ok(Ok(0)) | Ok(Err(_)) => stream = None,
-            Ok(Ok(n)) => {
-                crate::console::keep_tail(&mut tail, &buf[..n]);
-                changed = true;
-            }
+        if let Chunk::Data(n) = console.next(&mut buf, &mut cancel).await {
+            crate::console::keep_tail(&mut tail, &buf[..n]);
+            changed = true;
         }
     }
     if changed || tail.len() != stored_len {
@@ -235,7 +280,7 @@ pub async fn watch(
     let mut last_progress = Instant::now();
     let mut signature = None;
     let mut keys_sent = rules.skip_tests.is_empty();
-    let mut stream: Option<Stream> = None;
+    let mut console = Follower::new(source, Duration::from_millis(500));
     let mut buf = vec![0u8; 16 * 1024];
     let mut errors_seen: Option<Instant> = None;
     let finish = |pass: bool, detail: String, screen: &MemtestScreen, raw: Vec<u8>| Finding {
@@ -267,7 +312,7 @@ pub async fn watch(
             );
         }
         if last_progress.elapsed() > rules.stall {
-            let what = if stream.is_none() {
+            let what = if !console.is_open() {
                 "lost capture: the console could not be read"
             } else {
                 "stalled: no progress on the memtest86+ screen"
@@ -279,30 +324,11 @@ pub async fn watch(
                 raw,
             );
         }
-        let Some(s) = stream.as_mut() else {
-            match tokio::time::timeout(Duration::from_secs(5), Stream::open(&source)).await {
-                Ok(Ok(s)) => stream = Some(s),
-                _ => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = cancel.changed() => {}
-                    }
-                }
-            }
-            continue;
-        };
-        let n = tokio::select! {
-            r = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)) => r,
-            _ = cancel.changed() => continue,
-        };
-        match n {
-            Err(_) | Ok(Ok(usize::MAX)) => {}
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                // Dropped: reconnect (the stall timer keeps running meanwhile).
-                stream = None;
-                continue;
-            }
-            Ok(Ok(n)) => {
+        match console.next(&mut buf, &mut cancel).await {
+            // Not open or dropped: try again (the stall timer keeps running meanwhile).
+            Chunk::Gone => continue,
+            Chunk::Quiet => {}
+            Chunk::Data(n) => {
                 screen.feed(&buf[..n]);
                 raw.extend_from_slice(&buf[..n]);
                 if raw.len() > MAX_RAW {
