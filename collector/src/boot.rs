@@ -260,6 +260,7 @@ pub async fn node_ipxe(
             }
         }
         Script::Linux { run_id } => {
+            crate::memtest::stage::follow_linux(&state, node_id, run_id).await;
             let cmdline = format!(
                 "console=tty0 console=ttyS0,115200 kiln.url={base} kiln.run={run_id} kiln.token={token} kiln.node={node_id}"
             );

@@ -67,35 +67,11 @@ fn message(line: &str) -> &str {
 /// known.
 pub fn diagnose(lines: &[String]) -> Vec<String> {
     let mut found = Vec::new();
-    let mut mce: Option<String> = None;
-    let mut mce_addr: Option<String> = None;
-    let mut mce_note: Option<String> = None;
+    let mut mce = kiln_protocol::mce::Records::default();
     for line in lines {
         let msg = message(line);
-        if let Some(rest) = msg.strip_prefix("mce: [Hardware Error]: ") {
-            // "CPU 0: Machine Check Exception: 5 Bank 9: bd000000000000c0"
-            if let Some((_, bank)) = rest.split_once(" Bank ") {
-                if let Some((bank, status)) = bank.split_once(": ") {
-                    let cpu = rest
-                        .strip_prefix("CPU ")
-                        .and_then(|r| r.split(':').next())
-                        .unwrap_or("?");
-                    mce = Some(format!(
-                        "machine check on CPU {cpu}, bank {bank}, status 0x{}",
-                        status.trim()
-                    ));
-                }
-            }
-            // "TSC 493efa791 ADDR 2000000 MISC 86"
-            let mut words = rest.split_whitespace();
-            while let Some(w) = words.next() {
-                if w == "ADDR" {
-                    mce_addr = words.next().map(|a| format!("address 0x{a}"));
-                }
-            }
-            if let Some(note) = rest.strip_prefix("Machine check: ") {
-                mce_note = Some(note.trim().to_owned());
-            }
+        if mce.feed(msg) {
+            continue;
         } else if let Some(reason) = msg.strip_prefix("Kernel panic - not syncing: ") {
             let reason = reason.trim();
             if !found.iter().any(|f: &String| f.ends_with(reason)) {
@@ -114,15 +90,9 @@ pub fn diagnose(lines: &[String]) -> Vec<String> {
             found.push(format!("kernel bug: {}", msg.trim()));
         }
     }
-    if let Some(mce) = mce {
-        let mut text = mce;
-        if let Some(addr) = mce_addr {
-            text.push_str(&format!(", {addr}"));
-        }
-        if let Some(note) = mce_note {
-            text.push_str(&format!(" ({note})"));
-        }
-        found.insert(0, text);
+    // The last machine check is the one that took the node down.
+    if let Some(last) = mce.finish().0.pop() {
+        found.insert(0, last.to_string());
     }
     found.dedup();
     found

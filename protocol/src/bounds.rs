@@ -301,7 +301,7 @@ impl Inventory {
         for l in &self.pcie {
             field("pcie address", &l.address)?;
             field("pcie class", &l.class)?;
-            for v in [&l.vendor_device, &l.driver].into_iter().flatten() {
+            for v in [&l.vendor_device, &l.driver, &l.port].into_iter().flatten() {
                 field("pcie field", v)?;
             }
         }
@@ -383,7 +383,10 @@ impl Inventory {
         for l in &mut self.pcie {
             clamp_field(&mut l.address);
             clamp_field(&mut l.class);
-            for v in [&mut l.vendor_device, &mut l.driver].into_iter().flatten() {
+            for v in [&mut l.vendor_device, &mut l.driver, &mut l.port]
+                .into_iter()
+                .flatten()
+            {
                 clamp_field(v);
             }
         }

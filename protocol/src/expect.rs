@@ -109,7 +109,15 @@ pub fn evaluate(expect: &Expect, inventory: &Inventory) -> Vec<Fault> {
                             .map(|d| d.locator.as_str())
                             .collect();
                         let detail = match empty.as_slice() {
-                            [] => String::new(),
+                            // No empty slot to blame: name where the modules are.
+                            [] => format!(
+                                " (in {}); the DIMM table lists no empty slot",
+                                slots
+                                    .iter()
+                                    .map(|d| d.locator.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
                             [one] => format!(": slot {one} empty"),
                             many => format!(": slots {} empty", many.join(", ")),
                         };
@@ -261,6 +269,40 @@ fn pcie_group(i: usize, group: &ExpectPcie, links: &[PcieLink], faults: &mut Vec
                     )
                     .with("device", &l.address),
                 );
+            }
+        }
+        if group.min_slot_width.is_some() || group.min_slot_speed_gts.is_some() {
+            let slot = match (&l.port, l.port_max_width, l.port_max_speed_gts) {
+                (Some(port), width, speed) => format!(
+                    "port {port} allows x{} at {} GT/s",
+                    width.map_or("?".to_owned(), |w| w.to_string()),
+                    speed.map_or("?".to_owned(), |s| s.to_string())
+                ),
+                (None, ..) => "no port above it reports a link".to_owned(),
+            };
+            if let Some(min) = group.min_slot_width {
+                if l.port_max_width.is_none_or(|w| w < min) {
+                    faults.push(
+                        Fault::new(
+                            format!("{code}.min_slot_width"),
+                            format!("{name}: its slot is narrower than x{min}: {slot} (the device trained at {link})"),
+                        )
+                        .with("device", &l.address)
+                        .with("port", l.port.as_deref().unwrap_or("")),
+                    );
+                }
+            }
+            if let Some(min) = group.min_slot_speed_gts {
+                if l.port_max_speed_gts.is_none_or(|s| s < min) {
+                    faults.push(
+                        Fault::new(
+                            format!("{code}.min_slot_speed_gts"),
+                            format!("{name}: its slot is slower than {min} GT/s: {slot} (the device trained at {link})"),
+                        )
+                        .with("device", &l.address)
+                        .with("port", l.port.as_deref().unwrap_or("")),
+                    );
+                }
             }
         }
     }
@@ -533,6 +575,18 @@ mod tests {
                 "expected 2 DIMMs, found 1: slot B2 empty"
             ]
         );
+        // A table without an empty slot (QEMU's one DIMM): the populated slots are named.
+        let mut full = node();
+        full.memory
+            .dimms
+            .as_mut()
+            .unwrap()
+            .retain(|d| d.size_bytes.is_some());
+        let faults = evaluate(&expect, &full);
+        assert_eq!(
+            faults.last().unwrap().message,
+            "expected 2 DIMMs, found 1 (in A1); the DIMM table lists no empty slot"
+        );
     }
 
     #[test]
@@ -616,6 +670,7 @@ mod tests {
                 count: Some(2),
                 min_width: Some(16),
                 min_speed_gts: Some(16.0),
+                ..Default::default()
             }],
             ..Default::default()
         };
@@ -628,6 +683,32 @@ mod tests {
             [
                 "0000:5e:00.0 (mlx5_core, class 0200): link trained at x8 at 8 GT/s of x16; expected ≥ x16",
                 "0000:5e:00.0 (mlx5_core, class 0200): link trained at x8 at 8 GT/s; expected ≥ 16 GT/s",
+            ]
+        );
+        // The slot: a port that allows less than asked, and a device with no port at all.
+        let mut slots = inv.clone();
+        slots.pcie[0].port = Some("0000:3a:00.0".into());
+        slots.pcie[0].port_max_width = Some(8);
+        slots.pcie[0].port_max_speed_gts = Some(16.0);
+        let slot_rule = Expect {
+            pcie: vec![ExpectPcie {
+                class: Some("02".into()),
+                min_slot_width: Some(16),
+                min_slot_speed_gts: Some(8.0),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let messages: Vec<String> = evaluate(&slot_rule, &slots)
+            .into_iter()
+            .map(|f| f.message)
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "0000:3b:00.0 (mlx5_core, class 0200): its slot is narrower than x16: port 0000:3a:00.0 allows x8 at 16 GT/s (the device trained at x16 at 16 GT/s)",
+                "0000:5e:00.0 (mlx5_core, class 0200): its slot is narrower than x16: no port above it reports a link (the device trained at x8 at 8 GT/s)",
+                "0000:5e:00.0 (mlx5_core, class 0200): its slot is slower than 8 GT/s: no port above it reports a link (the device trained at x8 at 8 GT/s)",
             ]
         );
         // No device at all, and no count asked: still a fault, never a vacuous pass.

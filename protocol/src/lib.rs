@@ -9,6 +9,7 @@ pub mod expect;
 pub mod junit;
 pub mod load;
 pub mod locate;
+pub mod mce;
 pub mod plan;
 pub mod routes;
 pub mod schema;

@@ -82,6 +82,14 @@ pub struct ExpectPcie {
     /// Slowest speed, in GT/s, each selected link may have trained to (2.5, 5, 8, 16, 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_speed_gts: Option<f64>,
+    /// Fewest lanes the slot of each selected device may offer (the width its upstream
+    /// port can train): catches a card in the wrong riser or a slot bifurcated to x8 — a
+    /// slot that reports no link is a fault too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_slot_width: Option<u32>,
+    /// Slowest speed, in GT/s, the slot of each selected device may allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_slot_speed_gts: Option<f64>,
 }
 
 /// System board identity, matched by regular expressions.

@@ -177,6 +177,16 @@ pub struct PcieLink {
     /// Widest link the device supports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_width: Option<u32>,
+    /// The port above the device (its slot's end of the link), when that port reports a link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// Widest link that port can train (the slot's electrical width: an x16 card in a slot
+    /// wired, or bifurcated, to x8 trains at x8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_max_width: Option<u32>,
+    /// Fastest speed that port allows, GT/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_max_speed_gts: Option<f64>,
 }
 
 /// A whole disk.

@@ -1,12 +1,20 @@
-//! The lab end to end (`kiln lab up`, in process): two QEMU nodes under TCG through
-//! memtest86+ (test #10 deselected) and the RAM image. Node A runs the lab suite and must
-//! pass; node B's suite expects 64 CPUs and must fail with exactly that fault. Checked from
-//! the collector's SQLite file and the lab's JSON report. Bounded: the lab gives up after 14
-//! minutes and stops every VM it started.
+//! The lab end to end (`kiln lab up`, in process), under TCG through the real boot chain.
+//!
+//! - Basic profile: two QEMU nodes through memtest86+ (test #10 deselected) and the RAM
+//!   image. Node A runs the lab suite and must pass; node B's suite expects 64 CPUs and must
+//!   fail with exactly that fault. Checked from the collector's SQLite file and the lab's
+//!   JSON report.
+//! - Server profile: seven q35 nodes with NVMe, SATA, a BMC (ipmi_sim), PCIe root ports and
+//!   a DIMM table. One stays clean and must pass; into each other one a real fault goes
+//!   while its memory step runs (NVMe critical warning, corrected machine check, fatal
+//!   machine check, BMC event log entry, PCIe AER error) or from power-on (the NIC's slot
+//!   narrowed, and a suite that wants two DIMMs), and each must fail naming its fault.
+//!
+//! Bounded: each lab gives up after 14 minutes and stops every process it started.
 
 use std::time::Duration;
 
-use kiln_collector::lab::{LabOptions, up};
+use kiln_collector::lab::{LabOptions, Profile, up};
 use kiln_tests::{image_dir, repo, scratch};
 
 #[test]
@@ -41,6 +49,8 @@ fn two_lab_nodes_pass_and_fail_through_memtest_and_linux() {
         accel: "tcg".into(),
         timeout: Duration::from_secs(14 * 60),
         bars: false,
+        profile: Default::default(),
+        inject: Vec::new(),
     };
     let report = up(&opts).unwrap();
 
@@ -134,6 +144,144 @@ fn two_lab_nodes_pass_and_fail_through_memtest_and_linux() {
     assert!(
         fault_code.contains("\"code\":\"expect.cpu.min_logical\""),
         "{fault_code}"
+    );
+    assert!(
+        !dir.join("pids").exists(),
+        "the lab left processes recorded"
+    );
+}
+
+#[test]
+fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
+    let image = image_dir();
+    assert!(
+        image.join("vmlinuz").exists(),
+        "no image in {}: `kiln image build --out {}` (.ci/test does)",
+        image.display(),
+        image.display()
+    );
+    let dir = scratch("lab-server-e2e");
+    let suite = std::fs::read_to_string(repo().join("suites/lab-server.yaml")).unwrap();
+    let two_dimms = suite.replace("    dimms: 1\n", "    dimms: 2\n");
+    assert_ne!(
+        two_dimms, suite,
+        "the server suite's DIMM count changed; update this test"
+    );
+    std::fs::write(dir.join("two-dimms.yaml"), two_dimms).unwrap();
+    let inject = [
+        "2:nvme-warning@memory",
+        "3:mce@memory",
+        "4:mce-fatal@memory",
+        "5:sel@memory",
+        "6:aer@memory",
+        "7:narrow-slot",
+    ]
+    .map(|i| i.parse().unwrap())
+    .to_vec();
+    let opts = LabOptions {
+        dir: dir.clone(),
+        nodes: 7,
+        suite: repo().join("suites/lab-server.yaml"),
+        suite_for: vec![(7, dir.join("two-dimms.yaml"))],
+        mem_mib: 512,
+        disk_mib: 256,
+        uefi: false,
+        image: Some(image),
+        accel: "tcg".into(),
+        timeout: Duration::from_secs(14 * 60),
+        bars: false,
+        profile: Profile::Server,
+        inject,
+    };
+    let report = up(&opts).unwrap();
+    let n = &report.nodes;
+    for node in &n[1..] {
+        assert!(
+            !node.injected.is_empty() && node.injected.iter().all(|i| !i.contains("FAILED")),
+            "{node:?}"
+        );
+    }
+
+    // The clean node: every source read, nothing wrong.
+    assert_eq!(n[0].verdict, "pass", "{:?}", n[0]);
+    assert_eq!(n[0].steps, "3/3", "{:?}", n[0]);
+    assert!(n[0].faults.is_empty(), "{:?}", n[0]);
+
+    let only = |i: usize, want: &str| {
+        assert_eq!(n[i].verdict, "fail", "{:?}", n[i]);
+        assert_eq!(n[i].faults, [want], "{:?}", n[i]);
+    };
+    only(
+        1,
+        "nvme: /dev/nvme0n1: NVMe critical warning 0x04: reliability degraded by media or internal errors",
+    );
+    only(
+        2,
+        "memory: kernel: machine check on CPU 0, bank 1, status 0x9c0000000000009f, address 0x12345000 (corrected)",
+    );
+    // The fatal one: failed at once from the console, not after the heartbeat as lost contact.
+    only(
+        3,
+        "the node's kernel panicked; the console shows machine check on CPU 0, bank 9, status 0xbd000000000000c0, address 0x2000000 (Uncorrected error without MCA Recovery); kernel panic: Fatal local machine check",
+    );
+    let panicked = n[3].secs_to_verdict.unwrap() - n[3].secs_to_agent_report.unwrap();
+    assert!(
+        panicked < 30.0,
+        "the panic took {panicked:.0}s to fail the run"
+    );
+    assert_eq!(n[4].verdict, "fail", "{:?}", n[4]);
+    assert_eq!(n[4].faults.len(), 1, "{:?}", n[4]);
+    assert!(
+        n[4].faults[0].starts_with(
+            "memory: BMC event log, new during the step: Memory sensor #1: Uncorrectable ECC"
+        ),
+        "{:?}",
+        n[4]
+    );
+    only(
+        5,
+        "memory: PCIe device 0000:02:00.0: new nonfatal AER errors during the step: CmpltTO +1",
+    );
+    assert_eq!(n[6].verdict, "fail", "{:?}", n[6]);
+    assert_eq!(
+        n[6].faults,
+        [
+            "expect: expected 2 DIMMs, found 1 (in DIMM 0); the DIMM table lists no empty slot",
+            "expect: 0000:02:00.0 (virtio-pci, class 0200): its slot is narrower than x8: port 0000:00:03.0 allows x1 at 2.5 GT/s (the device trained at x1 at 2.5 GT/s)",
+            "expect: 0000:02:00.0 (virtio-pci, class 0200): its slot is slower than 8 GT/s: port 0000:00:03.0 allows x1 at 2.5 GT/s (the device trained at x1 at 2.5 GT/s)",
+        ],
+        "{:?}",
+        n[6]
+    );
+
+    // The clean node's inventory came from the native readers: the DIMM table, both
+    // disks' health, the PCIe links with their slots, and no source absent.
+    let db = rusqlite::Connection::open(report.data.join("kiln.sqlite")).unwrap();
+    let inventory: String = db
+        .query_row(
+            "SELECT inventory FROM runs WHERE id = ?1",
+            [n[0].run_id.unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let inventory: serde_json::Value = serde_json::from_str(&inventory).unwrap();
+    assert_eq!(
+        inventory["memory"]["dimms"][0]["part"], "KILN-DDR4-LAB",
+        "{inventory}"
+    );
+    assert_eq!(inventory["system"]["serial"], "KILNLAB01", "{inventory}");
+    let nic = inventory["pcie"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["class"] == "0200")
+        .unwrap_or_else(|| panic!("no NIC link in {inventory}"));
+    assert_eq!(nic["port_max_width"], 32, "{nic}");
+    assert!(
+        inventory["absent"].as_array().is_none_or(|a| a
+            .iter()
+            .all(|s| !s.as_str().unwrap_or("").contains("SMART"))),
+        "{inventory}"
     );
     assert!(
         !dir.join("pids").exists(),

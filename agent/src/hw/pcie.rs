@@ -21,6 +21,11 @@ pub fn links(sys: &Path) -> Vec<PcieLink> {
             let read = |f: &str| crate::os::read_trimmed(d.join(f));
             let width = |f: &str| read(f).and_then(|w| w.trim_start_matches('x').parse().ok());
             let max_width: u32 = width("max_link_width").filter(|&w| w > 0)?;
+            let port = upstream_port(&d);
+            let port_read = |f: &str| {
+                port.as_ref()
+                    .and_then(|p| crate::os::read_trimmed(p.join(f)))
+            };
             Some(PcieLink {
                 address: e.file_name().to_string_lossy().into_owned(),
                 class: read("class")
@@ -39,11 +44,29 @@ pub fn links(sys: &Path) -> Vec<PcieLink> {
                 max_speed_gts: read("max_link_speed").and_then(|s| speed(&s)),
                 current_width: width("current_link_width"),
                 max_width: Some(max_width),
+                port_max_width: port_read("max_link_width")
+                    .and_then(|w| w.trim_start_matches('x').parse().ok()),
+                port_max_speed_gts: port_read("max_link_speed").and_then(|s| speed(&s)),
+                port: port
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned()),
             })
         })
         .collect();
     out.sort_by(|a, b| a.address.cmp(&b.address));
     out
+}
+
+/// The port above a device: the PCI device its sysfs directory sits in (`…/0000:00:03.0/
+/// 0000:02:00.0`), when that port reports a link. A device right on the root bus (its parent
+/// is `pci0000:00`) has none.
+fn upstream_port(device: &Path) -> Option<std::path::PathBuf> {
+    let real = std::fs::canonicalize(device).ok()?;
+    let parent = real.parent()?;
+    let name = parent.file_name()?.to_str()?;
+    let is_address = name.len() == 12 && name.as_bytes()[4] == b':' && name.as_bytes()[10] == b'.';
+    (is_address && parent.join("max_link_width").exists()).then(|| parent.to_path_buf())
 }
 
 /// `8.0 GT/s PCIe` → 8.0; `Unknown` → None.
@@ -158,6 +181,41 @@ mod tests {
         assert_eq!(
             (nic.current_speed_gts, nic.max_speed_gts),
             (Some(8.0), Some(16.0))
+        );
+        std::fs::remove_dir_all(&sys).unwrap();
+    }
+
+    #[test]
+    fn a_device_names_the_port_above_it_and_what_that_slot_allows() {
+        // As sysfs lays it out: bus/pci/devices/* are links into the device tree, where a
+        // device behind a root port sits in the port's directory.
+        let sys = sysfs("slot");
+        let tree = sys.join("devices/pci0000:00");
+        let port = tree.join("0000:00:03.0");
+        let nic = port.join("0000:02:00.0");
+        std::fs::create_dir_all(&nic).unwrap();
+        for (dir, class, width, speed) in [
+            (&port, "0x060400", "1", "2.5 GT/s PCIe"),
+            (&nic, "0x020000", "1", "2.5 GT/s PCIe"),
+        ] {
+            std::fs::write(dir.join("class"), class).unwrap();
+            std::fs::write(dir.join("max_link_width"), width).unwrap();
+            std::fs::write(dir.join("current_link_width"), width).unwrap();
+            std::fs::write(dir.join("max_link_speed"), speed).unwrap();
+        }
+        let devices = sys.join("bus/pci/devices");
+        std::fs::create_dir_all(&devices).unwrap();
+        std::os::unix::fs::symlink(&port, devices.join("0000:00:03.0")).unwrap();
+        std::os::unix::fs::symlink(&nic, devices.join("0000:02:00.0")).unwrap();
+        let l = links(&sys);
+        assert_eq!(l.len(), 2);
+        // The root port hangs off the host bridge: no port above it.
+        assert_eq!(l[0].address, "0000:00:03.0");
+        assert_eq!(l[0].port, None);
+        assert_eq!(l[1].port.as_deref(), Some("0000:00:03.0"));
+        assert_eq!(
+            (l[1].port_max_width, l[1].port_max_speed_gts),
+            (Some(1), Some(2.5))
         );
         std::fs::remove_dir_all(&sys).unwrap();
     }

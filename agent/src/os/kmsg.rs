@@ -75,8 +75,36 @@ impl KmsgWatch {
     }
 }
 
+/// One fault per machine-check record, naming CPU, bank, status and address; lines that
+/// belong to no record each stay a fault of their own.
+fn machine_checks(records: kiln_protocol::mce::Records) -> Vec<Fault> {
+    let (records, loose) = records.finish();
+    let mut faults: Vec<Fault> = records
+        .iter()
+        .map(|m| {
+            let mut f = Fault::new("kernel.machine_check", format!("kernel: {m}"))
+                .with("cpu", &m.cpu)
+                .with("bank", &m.bank)
+                .with("status", format!("0x{}", m.status));
+            if let Some(a) = &m.address {
+                f = f.with("address", format!("0x{a}"));
+            }
+            f
+        })
+        .collect();
+    faults.extend(loose.iter().take(20).map(|l| {
+        Fault::new(
+            "kernel.machine_check",
+            format!("kernel: mce: [Hardware Error]: {l}"),
+        )
+    }));
+    faults
+}
+
 fn watch(mut file: std::fs::File, stop: &AtomicBool) -> Vec<Fault> {
     let mut faults = Vec::new();
+    // A machine check spans several lines: gathered into one fault per record.
+    let mut mce = kiln_protocol::mce::Records::default();
     let mut record = vec![0u8; 8192];
     loop {
         // One read returns one record; EAGAIN means none is waiting.
@@ -90,6 +118,9 @@ fn watch(mut file: std::fs::File, stop: &AtomicBool) -> Vec<Fault> {
                     .lines()
                     .next()
                     .unwrap_or("");
+                if mce.feed(message) {
+                    continue;
+                }
                 if let Some(code) = classify(message) {
                     if faults.len() < 100 {
                         faults.push(
@@ -103,6 +134,7 @@ fn watch(mut file: std::fs::File, stop: &AtomicBool) -> Vec<Fault> {
             _ => {}
         }
         if stop.load(Ordering::Relaxed) {
+            faults.splice(0..0, machine_checks(mce));
             return faults;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -111,7 +143,28 @@ fn watch(mut file: std::fs::File, stop: &AtomicBool) -> Vec<Fault> {
 
 #[cfg(test)]
 mod tests {
-    use super::classify;
+    use super::{classify, machine_checks};
+
+    #[test]
+    fn a_machine_check_record_is_one_fault_naming_bank_and_address() {
+        let mut r = kiln_protocol::mce::Records::default();
+        for l in [
+            "mce: [Hardware Error]: Machine check events logged",
+            "mce: [Hardware Error]: CPU 0: Machine Check: 0 Bank 1: 9c0000000000009f",
+            "mce: [Hardware Error]: TSC 0 ADDR 12345000 MISC 86 ",
+            "mce: [Hardware Error]: PROCESSOR 2:60fb1 TIME 1796058541 SOCKET 0 APIC 0",
+        ] {
+            assert!(r.feed(l));
+        }
+        assert!(!r.feed("EDAC MC0: 1 CE memory read error"));
+        let faults = machine_checks(r);
+        assert_eq!(faults.len(), 1);
+        assert_eq!(
+            faults[0].message,
+            "kernel: machine check on CPU 0, bank 1, status 0x9c0000000000009f, address 0x12345000 (corrected)"
+        );
+        assert_eq!(faults[0].code, "kernel.machine_check");
+    }
 
     #[test]
     fn hardware_lines_are_classified() {

@@ -26,9 +26,14 @@ pub(super) struct UpArgs {
     /// How many nodes.
     #[arg(long, default_value_t = 2)]
     nodes: usize,
-    /// The suite the nodes run.
-    #[arg(long, default_value = "suites/lab.yaml")]
-    suite: PathBuf,
+    /// What the nodes are made of: `basic` (virtio NIC and disk) or `server` (q35 with PCIe
+    /// root ports, NVMe, SATA/AHCI, an IPMI BMC from OpenIPMI's ipmi_sim, a DIMM table).
+    #[arg(long, default_value = "basic")]
+    profile: crate::lab::Profile,
+    /// The suite the nodes run [default: suites/lab.yaml, suites/lab-server.yaml with
+    /// --profile server].
+    #[arg(long)]
+    suite: Option<PathBuf>,
     /// A different suite for one node: N=FILE (repeatable).
     #[arg(long, value_name = "N=FILE")]
     suite_for: Vec<String>,
@@ -53,6 +58,11 @@ pub(super) struct UpArgs {
     /// Working directory.
     #[arg(long, default_value = ".kiln-lab")]
     dir: PathBuf,
+    /// Inject a fault into a server node (repeatable): NODE:FAULT@STEP while that step runs,
+    /// FAULT one of nvme-warning, mce, mce-fatal, sel, aer; or NODE:narrow-slot (the NIC's
+    /// slot limited to x1 at 2.5 GT/s from power-on). E.g. `--inject 2:mce@memory`.
+    #[arg(long, value_name = "NODE:FAULT[@STEP]")]
+    inject: Vec<crate::lab::inject::Injection>,
 }
 
 fn mib(text: &str) -> anyhow::Result<u32> {
@@ -96,7 +106,12 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
             let opts = LabOptions {
                 dir: args.dir.canonicalize()?,
                 nodes: args.nodes,
-                suite: args.suite,
+                suite: args.suite.unwrap_or_else(|| {
+                    PathBuf::from(match args.profile {
+                        crate::lab::Profile::Basic => "suites/lab.yaml",
+                        crate::lab::Profile::Server => "suites/lab-server.yaml",
+                    })
+                }),
                 suite_for,
                 mem_mib: mib(&args.mem)?,
                 disk_mib: mib(&args.disk)?,
@@ -105,6 +120,8 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 accel: args.accel,
                 timeout: Duration::from_secs(args.timeout_min * 60),
                 bars: std::io::stdout().is_terminal(),
+                profile: args.profile,
+                inject: args.inject,
             };
             let report = up(&opts)?;
             println!("\n{}", table(&report));

@@ -39,6 +39,18 @@ impl Captures {
         rx
     }
 
+    /// Registers the console tail of `run_id`'s Linux stage unless one is followed already
+    /// (memtest86+ started it, or an earlier boot script of this stage did): `None` then.
+    pub fn register_tail_once(&self, run_id: i64) -> Option<watch::Receiver<bool>> {
+        let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+        if tails.contains_key(&run_id) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(false);
+        tails.insert(run_id, tx);
+        Some(rx)
+    }
+
     /// Stops the captures of the stages `ended` lists.
     pub fn stop(&self, ended: &Ended) {
         for (run_id, stage) in &ended.0 {

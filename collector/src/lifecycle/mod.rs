@@ -1191,6 +1191,41 @@ pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended)
     Ok((lost.into_iter().map(|(id, _)| id).collect(), ended))
 }
 
+/// The node's kernel panicked (its console says so): the run, if still open in its Linux
+/// stage, fails now with what the console shows — the panic and what led to it. The tail is
+/// stored with it.
+pub fn kernel_panicked(
+    conn: &mut Connection,
+    run_id: i64,
+    tail: &[u8],
+) -> Result<Ended, StoreError> {
+    let tx = conn.savepoint()?;
+    let open: Option<RunStage> = row(
+        &tx,
+        "SELECT stage FROM runs WHERE id = ?1 AND verdict IS NULL",
+        [run_id],
+        |r| r.get(0),
+    )
+    .optional()?;
+    if open != Some(RunStage::Linux) {
+        return Ok(Ended::default());
+    }
+    exec(
+        &tx,
+        "UPDATE runs SET console_tail = ?2 WHERE id = ?1",
+        params![run_id, tail],
+    )?;
+    let shown = crate::console::explain(tail).unwrap_or_else(|| "nothing more".to_owned());
+    let ended = close_run(
+        &tx,
+        run_id,
+        Verdict::Fail,
+        &format!("the node's kernel panicked; {shown}"),
+    )?;
+    tx.commit()?;
+    Ok(ended)
+}
+
 /// `reason`, with what the run's console tail shows when it shows a cause (a panic, a fatal
 /// machine check, a hung task, the OOM killer).
 fn with_console(tx: &Connection, run_id: i64, reason: String) -> Result<String, StoreError> {
@@ -1431,6 +1466,52 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
+        let mce = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/console/qemu-7.2-fatal-mce.log"),
+        )
+        .unwrap();
+        let mut conn = test_connection();
+        let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+        req.suite = Some(linux_only());
+        let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+            panic!("expected linux")
+        };
+        let ended = kernel_panicked(&mut conn, run_id, &mce).unwrap();
+        assert_eq!(ended.0, vec![(run_id, Stage::Linux)]);
+        let (_, verdict, _) = run_state(&conn, run_id);
+        assert_eq!(verdict, Some(Verdict::Fail));
+        let (reason, tail): (String, Vec<u8>) = conn
+            .query_row(
+                "SELECT verdict_reason, console_tail FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            reason,
+            "the node's kernel panicked; the console shows machine check on CPU 0, bank 9, status 0xbd000000000000c0, address 0x2000000 (Uncorrected error without MCA Recovery); kernel panic: Fatal local machine check"
+        );
+        assert_eq!(tail, mce);
+        // A closed run is not closed again, nor its reason rewritten.
+        assert!(
+            kernel_panicked(&mut conn, run_id, b"Kernel panic - not syncing: other")
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        let again: String = conn
+            .query_row(
+                "SELECT verdict_reason FROM runs WHERE id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(again, reason);
     }
 
     #[test]

@@ -221,15 +221,17 @@ impl Follower {
     }
 }
 
-/// Follows the console after memtest86+ — the node's Linux boot and run — until `cancel`
-/// turns (the Linux stage ended) or `limit` passes, keeping the last
-/// [`crate::console::MAX_TAIL`] bytes and storing them as the run's console tail every 2 s
-/// while they change. A console that cannot be opened is retried; nothing here decides a
-/// verdict.
+/// Follows the console through the node's Linux boot and run until `cancel` turns (the
+/// Linux stage ended) or `limit` passes, keeping the last [`crate::console::MAX_TAIL`] bytes
+/// and storing them as the run's console tail every 2 s while they change. A console that
+/// cannot be opened is retried. One thing here decides a verdict: a kernel panic is final,
+/// so the run fails at once with what the console shows, instead of waiting out the
+/// heartbeat to call it lost contact.
 pub async fn follow_tail(
     source: Source,
     mut cancel: tokio::sync::watch::Receiver<bool>,
     db: crate::store::Db,
+    captures: std::sync::Arc<crate::lifecycle::captures::Captures>,
     run_id: i64,
     limit: Duration,
 ) {
@@ -240,6 +242,7 @@ pub async fn follow_tail(
     let mut stored_at = Instant::now();
     let mut buf = vec![0u8; 16 * 1024];
     let mut changed = false;
+    let mut panicked_at: Option<Instant> = None;
     while !*cancel.borrow() && started.elapsed() < limit {
         if changed && stored_at.elapsed() >= Duration::from_secs(2) {
             let bytes = tail.clone();
@@ -253,6 +256,25 @@ pub async fn follow_tail(
         if let Chunk::Data(n) = console.next(&mut buf, &mut cancel).await {
             crate::console::keep_tail(&mut tail, &buf[..n]);
             changed = true;
+            // The panic line may straddle two reads: look a little before the new bytes.
+            let from = tail.len().saturating_sub(n + PANIC.len());
+            if panicked_at.is_none() && contains(&tail[from..], PANIC.as_bytes()) {
+                panicked_at = Some(Instant::now());
+            }
+        }
+        // A moment after the panic line, for the rest of its report to arrive.
+        if panicked_at.is_some_and(|at| at.elapsed() >= PANIC_SETTLE) {
+            let bytes = tail.clone();
+            match db
+                .call(move |c| crate::lifecycle::kernel_panicked(c, run_id, &bytes))
+                .await
+            {
+                Ok(ended) => captures.stop(&ended),
+                Err(err) => {
+                    tracing::error!(run_id, error = %err, "cannot fail the run for its panic")
+                }
+            }
+            return;
         }
     }
     if changed || tail.len() != stored_len {
@@ -260,6 +282,16 @@ pub async fn follow_tail(
             .call(move |c| crate::lifecycle::console_tail(c, run_id, &tail))
             .await;
     }
+}
+
+/// What Linux prints when it panics.
+const PANIC: &str = "Kernel panic - not syncing";
+
+/// How long after the panic line the rest of the report is awaited.
+const PANIC_SETTLE: Duration = Duration::from_secs(2);
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Longest wait, once errors show, for memtest86+ to draw their rows.

@@ -14,6 +14,40 @@ use crate::api::AppState;
 use crate::lifecycle::{self, Applied, Stage};
 use crate::store::queries;
 
+/// Follows the console of `node_id` through `run_id`'s Linux stage when no memtest86+ stage
+/// started that already (a suite without one): a run that dies in Linux then fails with
+/// what its console showed. A node without a configured console has nothing to follow.
+pub async fn follow_linux(state: &AppState, node_id: i64, run_id: i64) {
+    let keys = match state
+        .db
+        .read(move |c| queries::node_access_keys(c, node_id))
+        .await
+    {
+        Ok(keys) => keys,
+        Err(err) => {
+            tracing::warn!(node_id, error = %err, "console tail not followed: node unreadable");
+            return;
+        }
+    };
+    let Some(console) = state
+        .config
+        .access_for(&keys.0, keys.1.as_deref())
+        .and_then(|a| a.console.clone())
+    else {
+        return;
+    };
+    if let Some(stop) = state.captures.register_tail_once(run_id) {
+        tokio::spawn(follow_tail(
+            console,
+            stop,
+            state.db.clone(),
+            state.captures.clone(),
+            run_id,
+            TAIL_LIMIT,
+        ));
+    }
+}
+
 /// Starts watching `run_id`'s memtest stage on `node_id`'s console; `Err` says why it cannot
 /// be watched (then the stage fails at once: a result that cannot be read is never a pass).
 pub async fn start(
@@ -89,7 +123,14 @@ pub async fn start(
                     // there fails with what the console showed.
                     let stop = captures.register_tail(run_id);
                     let db = db.clone();
-                    tokio::spawn(follow_tail(tail_source, stop, db, run_id, TAIL_LIMIT));
+                    tokio::spawn(follow_tail(
+                        tail_source,
+                        stop,
+                        db,
+                        captures.clone(),
+                        run_id,
+                        TAIL_LIMIT,
+                    ));
                 }
             }
             Ok((Applied::Stale, _)) => {

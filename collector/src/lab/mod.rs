@@ -5,6 +5,12 @@
 //! and a scratch qcow2 disk), memtest86+ → RAM Linux → the suite → verdict, with live
 //! progress and a report at the end. Every process it starts is stopped by PID when it ends,
 //! also on Ctrl-C and on failure.
+//!
+//! `--profile server` gives each node what a rack server has ([`server`]) and `--inject`
+//! puts real faults into chosen nodes while a named step runs ([`inject`]).
+
+pub mod inject;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +26,30 @@ use crate::memtest::capture::Source;
 use crate::memtest::power::Power;
 use crate::server::Collector;
 use crate::store::queries::{self, Filter, Label, Selector};
+
+use inject::{Fault, Injection};
+
+/// What the lab's nodes are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// A PC: virtio NIC and disk (the quick lab).
+    #[default]
+    Basic,
+    /// A rack server: q35 with PCIe root ports, NVMe, SATA on AHCI, an IPMI BMC, a DIMM
+    /// table ([`server`]).
+    Server,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "basic" => Ok(Profile::Basic),
+            "server" => Ok(Profile::Server),
+            _ => Err(format!("unknown profile {s:?}: expected basic or server")),
+        }
+    }
+}
 
 /// What `kiln lab up` is asked to do.
 #[derive(Debug, Clone)]
@@ -46,6 +76,10 @@ pub struct LabOptions {
     pub timeout: Duration,
     /// Show progress bars (else plain lines).
     pub bars: bool,
+    /// What the nodes are made of.
+    pub profile: Profile,
+    /// Faults to inject (server profile only).
+    pub inject: Vec<Injection>,
 }
 
 /// One node's result.
@@ -75,6 +109,8 @@ pub struct LabNode {
     pub secs_to_agent_report: Option<f64>,
     /// Seconds from VM start to the final verdict.
     pub secs_to_verdict: Option<f64>,
+    /// The faults injected into this node, each with when and how it went.
+    pub injected: Vec<String>,
 }
 
 /// The lab's result.
@@ -91,13 +127,13 @@ pub struct LabReport {
 }
 
 /// The Debian packages the lab needs, installed together (see `check_dependencies`).
-const LAB_PACKAGES: &str = "qemu-system-x86 qemu-utils ipxe-qemu busybox-static cpio ovmf";
+const LAB_PACKAGES: &str = "qemu-system-x86 qemu-utils ipxe-qemu busybox-static cpio ovmf openipmi";
 
 /// Checks the lab's dependencies by command and by file, not by package name alone: a
 /// package apt removed to install another leaves its name in no list, only a command that
 /// no longer runs. The error names what is missing and asks for the whole set in one apt
 /// transaction, so apt resolves the versions together instead of trading one for another.
-pub fn check_dependencies(uefi: bool) -> anyhow::Result<()> {
+pub fn check_dependencies(uefi: bool, profile: Profile) -> anyhow::Result<()> {
     if !runs("apt-get", "--version") || !runs("dpkg", "--version") {
         anyhow::bail!(
             "the lab fetches the kernel and memtest86+ with apt-get download and dpkg -x: run it on Debian"
@@ -120,6 +156,16 @@ pub fn check_dependencies(uefi: bool) -> anyhow::Result<()> {
     }
     if uefi && !Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists() {
         missing.push("file /usr/share/OVMF/OVMF_CODE.fd (ovmf)");
+    }
+    // ipmi_sim has no --version that succeeds: it prints its version, then fails to find
+    // its default configuration.
+    let ipmi_sim = Command::new("ipmi_sim")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("IPMI Simulator"));
+    if profile == Profile::Server && !ipmi_sim {
+        missing.push("command ipmi_sim (openipmi)");
     }
     anyhow::ensure!(
         missing.is_empty(),
@@ -159,6 +205,52 @@ impl Drop for Vms {
     }
 }
 
+/// Has the kernel stop the process `cmd` starts when the lab dies, even killed outright.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is one,
+    // and it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Refuses injections the lab cannot carry out, before anything starts: a node that does
+/// not exist, the basic profile (no NVMe, BMC or root ports), a step the node's suite does
+/// not have.
+fn check_injections(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow::Result<()> {
+    for i in &opts.inject {
+        anyhow::ensure!(
+            opts.profile == Profile::Server,
+            "--inject {i}: faults are injected into server nodes only (--profile server)"
+        );
+        anyhow::ensure!(
+            (1..=opts.nodes).contains(&i.node),
+            "--inject {i}: the lab has nodes 1 to {}",
+            opts.nodes
+        );
+        if let Some(step) = &i.during {
+            let suite = &suites[i.node - 1];
+            anyhow::ensure!(
+                suite.steps.iter().any(|s| &s.name == step),
+                "--inject {i}: node {}'s suite {} has no step {step:?} (it has {})",
+                i.node,
+                suite.name(),
+                suite
+                    .steps
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -167,7 +259,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Runs the lab to the end and returns its report.
 pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
-    check_dependencies(opts.uefi)?;
+    check_dependencies(opts.uefi, opts.profile)?;
     down(&opts.dir);
     let data = opts.dir.join("data");
     let _ = std::fs::remove_dir_all(&data);
@@ -217,10 +309,11 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         uuid: String,
         console: u16,
         qmp: PathBuf,
-        disk: PathBuf,
+        disks: Vec<PathBuf>,
         suite: String,
     }
     let mut plans = Vec::new();
+    let mut suites = Vec::new();
     for i in 1..=opts.nodes {
         let suite_file = opts
             .suite_for
@@ -230,20 +323,31 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         let suite_name = format!("lab-node-{i}");
         let text = std::fs::read_to_string(suite_file)
             .map_err(|e| anyhow::anyhow!("{}: {e}", suite_file.display()))?;
-        kiln_protocol::load(&suite_file.display().to_string(), text.as_bytes())?;
+        suites.push(kiln_protocol::load(
+            &suite_file.display().to_string(),
+            text.as_bytes(),
+        )?);
         std::fs::write(data.join("suites").join(format!("{suite_name}.yaml")), text)?;
-        let disk = opts.dir.join(format!("node-{i}.qcow2"));
-        let _ = std::fs::remove_file(&disk);
-        let status = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg(format!("{}M", opts.disk_mib))
-            .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "qemu-img create {} failed",
-            disk.display()
-        );
+        let kinds: &[&str] = match opts.profile {
+            Profile::Basic => &[""],
+            Profile::Server => &["-nvme", "-sata"],
+        };
+        let mut disks = Vec::new();
+        for kind in kinds {
+            let disk = opts.dir.join(format!("node-{i}{kind}.qcow2"));
+            let _ = std::fs::remove_file(&disk);
+            let status = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&disk)
+                .arg(format!("{}M", opts.disk_mib))
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "qemu-img create {} failed",
+                disk.display()
+            );
+            disks.push(disk);
+        }
         plans.push(Plan {
             name: format!("lab-node-{i}"),
             mac: format!("52:54:00:6b:00:{i:02x}"),
@@ -251,10 +355,11 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
             uuid: format!("6b696c6e-0000-4000-8000-0000000000{i:02x}"),
             console: free_port()?,
             qmp: opts.dir.join(format!("node-{i}.qmp")),
-            disk,
+            disks,
             suite: suite_name,
         });
     }
+    check_injections(opts, &suites)?;
     let access: Vec<NodeAccess> = plans
         .iter()
         .map(|p| NodeAccess {
@@ -324,8 +429,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     }
 
     let mut vms = Vms(Vec::new());
+    let mut bmcs: Vec<Option<server::Bmc>> = Vec::new();
     let mut pids = String::new();
-    for p in &plans {
+    for (i, p) in plans.iter().enumerate() {
         let netdev = format!(
             "user,id=n0,restrict=on,bootfile=http://10.0.2.100/boot.ipxe,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}"
         );
@@ -345,11 +451,6 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
             "none",
         ])
         .args(["-name", &p.name])
-        .args(["-netdev", &netdev])
-        .args([
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={}", p.mac),
-        ])
         .args([
             "-smbios",
             &format!(
@@ -365,10 +466,6 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
             "-qmp",
             &format!("unix:{},server=on,wait=off", p.qmp.display()),
         ])
-        .args([
-            "-drive",
-            &format!("file={},if=virtio,format=qcow2", p.disk.display()),
-        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -378,16 +475,43 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
                 "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
             ]);
         }
-        // If the lab itself is killed outright, the kernel still stops its VMs.
-        use std::os::unix::process::CommandExt;
-        // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is one,
-        // and it touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        match opts.profile {
+            Profile::Basic => {
+                cmd.args(["-netdev", &netdev])
+                    .args([
+                        "-device",
+                        &format!("virtio-net-pci,netdev=n0,mac={}", p.mac),
+                    ])
+                    .args([
+                        "-drive",
+                        &format!("file={},if=virtio,format=qcow2", p.disks[0].display()),
+                    ]);
+                bmcs.push(None);
+            }
+            Profile::Server => {
+                let bmc = server::Bmc::start(&opts.dir, i + 1, free_port()?)?;
+                pids.push_str(&format!("{}\n", bmc.pid()));
+                let narrow = opts
+                    .inject
+                    .iter()
+                    .any(|j| j.node == i + 1 && j.fault == Fault::NarrowSlot);
+                let disks = server::Disks {
+                    nvme: p.disks[0].clone(),
+                    sata: p.disks[1].clone(),
+                };
+                cmd.args(server::qemu_args(
+                    i + 1,
+                    &p.mac,
+                    &netdev,
+                    &disks,
+                    bmc.port,
+                    narrow,
+                ));
+                bmcs.push(Some(bmc));
+            }
         }
+        // If the lab itself is killed outright, the kernel still stops its VMs.
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start qemu-system-x86_64: {e}"))?;
@@ -426,15 +550,52 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         .collect();
     let started = Instant::now();
     let mut last_plain = Instant::now() - Duration::from_secs(60);
+    // Injections still to fire, and what each node has had done to it.
+    let mut pending: Vec<Injection> = opts
+        .inject
+        .iter()
+        .filter(|j| !j.fault.at_power_on())
+        .cloned()
+        .collect();
+    let mut injected: Vec<Vec<String>> = vec![Vec::new(); plans.len()];
+    for j in opts.inject.iter().filter(|j| j.fault.at_power_on()) {
+        injected[j.node - 1].push(format!("{}: at power-on", j.fault.name()));
+    }
     let result = loop {
         std::thread::sleep(Duration::from_millis(500));
         let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
         let mut lines = Vec::new();
         let mut all_done = true;
-        for ((p, bar), vm) in plans.iter().zip(&bars).zip(vms.0.iter_mut()) {
+        for (n, ((p, bar), vm)) in plans.iter().zip(&bars).zip(vms.0.iter_mut()).enumerate() {
             let row = rows.iter().find(|r| r.macs.contains(&p.mac));
             let exited = vm.child.try_wait().ok().flatten().is_some();
             let verdict = row.and_then(|r| r.verdict);
+            // A fault due while this step runs goes in as soon as the step shows.
+            let running = row
+                .filter(|r| verdict.is_none() && r.stage == Some(RunStage::Linux))
+                .and_then(|r| r.progress.as_ref())
+                .map(|pr| pr.name.clone());
+            if let Some(step) = running {
+                let (due, rest): (Vec<Injection>, Vec<Injection>) = pending
+                    .drain(..)
+                    .partition(|j| j.node == n + 1 && j.during.as_deref() == Some(step.as_str()));
+                pending = rest;
+                for j in due {
+                    let outcome = match fire(&rt, j.fault, &p.qmp, bmcs[n].as_mut()) {
+                        Ok(answer) => answer,
+                        Err(err) => format!("FAILED: {err:#}"),
+                    };
+                    let line = format!(
+                        "{} during {step} at {:.0}s: {outcome}",
+                        j.fault.name(),
+                        vm.started.elapsed().as_secs_f64()
+                    );
+                    if !opts.bars {
+                        println!("kiln lab: {}: injected {line}", p.name);
+                    }
+                    injected[n].push(line);
+                }
+            }
             let (pos, msg) = match (&verdict, row) {
                 (Some(v), _) => (100, format!("done: {v}")),
                 (None, Some(r)) if r.stage == Some(RunStage::Memtest) => match &r.progress {
@@ -523,13 +684,14 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let vm_starts: Vec<(String, Instant)> =
         vms.0.iter().map(|v| (v.name.clone(), v.started)).collect();
     drop(vms);
+    drop(bmcs);
     let _ = std::fs::remove_file(opts.dir.join("pids"));
 
     // The report, from the collector's own records.
     let lab_start_ms = crate::store::now_ms() - started.elapsed().as_millis() as i64;
     let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
     let mut nodes = Vec::new();
-    for (p, (_, vm_start)) in plans.iter().zip(&vm_starts) {
+    for ((p, (_, vm_start)), injected) in plans.iter().zip(&vm_starts).zip(injected) {
         let row = rows.iter().find(|r| r.macs.contains(&p.mac));
         let run_id = row.and_then(|r| r.run_id);
         let detail = match run_id {
@@ -583,6 +745,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
             secs_to_memtest_verdict: secs(memtest_done),
             secs_to_agent_report: secs(agent_started),
             secs_to_verdict: secs(row.and_then(|r| r.finished_ms)),
+            injected,
         });
     }
     let _ = stop_tx.send(());
@@ -601,6 +764,44 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     Ok(report)
 }
 
+/// Injects `fault` now: through the node's QMP socket, or its BMC's console. Returns what
+/// the emulator answered.
+fn fire(
+    rt: &tokio::runtime::Runtime,
+    fault: Fault,
+    qmp: &Path,
+    bmc: Option<&mut server::Bmc>,
+) -> anyhow::Result<String> {
+    if fault == Fault::SelEntry {
+        let bmc = bmc.ok_or_else(|| anyhow::anyhow!("the node has no BMC"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32);
+        bmc.command(&inject::sel_add_line(now))?;
+        return Ok("added to the BMC's event log".into());
+    }
+    let answers = rt.block_on(crate::memtest::power::qmp(
+        qmp,
+        &inject::qmp_commands(fault),
+    ))?;
+    // HMP answers in text: nothing, or "OK …", on success; anything else is its complaint.
+    let text = answers
+        .iter()
+        .filter_map(|a| a["return"].as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = text.trim();
+    anyhow::ensure!(
+        text.is_empty() || text.starts_with("OK"),
+        "QEMU refused: {text}"
+    );
+    Ok(if text.is_empty() {
+        "done".into()
+    } else {
+        text.to_owned()
+    })
+}
+
 /// Stops processes a previous lab left (by the PIDs it recorded, and only QEMU ones).
 pub fn down(dir: &Path) -> usize {
     let Ok(text) = std::fs::read_to_string(dir.join("pids")) else {
@@ -609,7 +810,8 @@ pub fn down(dir: &Path) -> usize {
     let mut stopped = 0;
     for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains("qemu-system") {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("qemu-system") || cmdline.starts_with("ipmi_sim") {
             // SAFETY: kill has no memory preconditions; the PID is one this lab recorded and
             // was just seen to be a QEMU process.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -652,6 +854,13 @@ pub fn table(report: &LabReport) -> String {
             s(n.secs_to_memtest_verdict),
             s(n.secs_to_agent_report),
             s(n.secs_to_verdict)
+        ));
+    }
+    for n in report.nodes.iter().filter(|n| !n.injected.is_empty()) {
+        out.push_str(&format!(
+            "injected into {}: {}\n",
+            n.name,
+            n.injected.join("; ")
         ));
     }
     out.push_str(&format!(

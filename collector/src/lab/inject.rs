@@ -1,0 +1,203 @@
+//! Faults the lab injects into its nodes the way real servers suffer them, each through the
+//! interface the emulated hardware offers: an NVMe critical warning (QMP `qom-set` on the
+//! controller's `smart_critical_warning`), a corrected or a fatal machine check (HMP `mce`),
+//! an event in the BMC's System Event Log (OpenIPMI `ipmi_sim`'s `sel_add`), a non-fatal
+//! PCIe AER error on the NIC (HMP `pcie_aer_inject_error`), and — at power-on — the NIC's slot
+//! narrowed to x1 at 2.5 GT/s (`x-width`/`x-speed` on its root port).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A fault the lab can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// NVMe critical warning 04h (reliability degraded by media or internal errors).
+    NvmeWarning,
+    /// A corrected machine check with an address, in bank 1.
+    Mce,
+    /// An uncorrected, processor-context-corrupt machine check in bank 9: the kernel panics.
+    FatalMce,
+    /// A memory uncorrectable-ECC event on the BMC's System Event Log.
+    SelEntry,
+    /// An uncorrectable, non-fatal AER error (Completion Timeout) reported by the NIC.
+    Aer,
+    /// The NIC's root port limited to x1 at 2.5 GT/s from power-on.
+    NarrowSlot,
+}
+
+impl Fault {
+    const ALL: [(Fault, &'static str); 6] = [
+        (Fault::NvmeWarning, "nvme-warning"),
+        (Fault::Mce, "mce"),
+        (Fault::FatalMce, "mce-fatal"),
+        (Fault::SelEntry, "sel"),
+        (Fault::Aer, "aer"),
+        (Fault::NarrowSlot, "narrow-slot"),
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map_or("?", |(_, n)| n)
+    }
+
+    /// Whether the fault is set at power-on rather than while a step runs.
+    pub fn at_power_on(self) -> bool {
+        self == Fault::NarrowSlot
+    }
+}
+
+/// One injection: into which node (from 1), what, and while which step runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injection {
+    /// Node number, from 1.
+    pub node: usize,
+    /// The fault.
+    pub fault: Fault,
+    /// The step (by name) during which it is injected; `None` for power-on faults.
+    pub during: Option<String>,
+}
+
+impl FromStr for Injection {
+    type Err = String;
+
+    /// `NODE:FAULT@STEP` (`3:mce@memory`), or `NODE:narrow-slot`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = || {
+            format!(
+                "expected NODE:FAULT@STEP (e.g. 3:mce@memory) or NODE:narrow-slot, FAULT one of {}; got {text:?}",
+                Fault::ALL.map(|(_, n)| n).join(", ")
+            )
+        };
+        let (node, rest) = text.split_once(':').ok_or_else(usage)?;
+        let node: usize = node.parse().ok().filter(|&n| n >= 1).ok_or_else(usage)?;
+        let (fault, during) = match rest.split_once('@') {
+            Some((f, step)) if !step.is_empty() => (f, Some(step.to_owned())),
+            Some(_) => return Err(usage()),
+            None => (rest, None),
+        };
+        let fault = Fault::ALL
+            .iter()
+            .find(|(_, n)| *n == fault)
+            .map(|(f, _)| *f)
+            .ok_or_else(usage)?;
+        match (fault.at_power_on(), &during) {
+            (true, Some(_)) => Err(format!(
+                "{text}: {} is set at power-on, not during a step",
+                fault.name()
+            )),
+            (false, None) => Err(format!(
+                "{text}: say during which step {} is injected (NODE:{}@STEP)",
+                fault.name(),
+                fault.name()
+            )),
+            _ => Ok(Injection {
+                node,
+                fault,
+                during,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Injection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.during {
+            Some(step) => write!(f, "{}:{}@{step}", self.node, self.fault.name()),
+            None => write!(f, "{}:{}", self.node, self.fault.name()),
+        }
+    }
+}
+
+/// The QMP commands that inject `fault` (none for the BMC's and the power-on faults).
+pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
+    let hmp = |line: &str| serde_json::json!({ "execute": "human-monitor-command", "arguments": { "command-line": line } });
+    match fault {
+        Fault::NvmeWarning => vec![serde_json::json!({
+            "execute": "qom-set",
+            "arguments": { "path": "/machine/peripheral/nvme0", "property": "smart_critical_warning", "value": 4 }
+        })],
+        // VAL|EN|MISCV|ADDRV, no UC: corrected; logged in the bank for the kernel's poller.
+        Fault::Mce => vec![hmp("mce 0 1 0x9c0000000000009f 0x0 0x12345000 0x86")],
+        // VAL|UC|EN|MISCV|ADDRV|PCC with MCG RIPV|MCIP, broadcast: the kernel panics.
+        Fault::FatalMce => vec![hmp("mce -b 0 9 0xbd000000000000c0 0x5 0x2000000 0x86")],
+        // Uncorrectable status bit 14, Completion Timeout, non-fatal by its default severity.
+        // Not a correctable one: Linux 6.1 leaves correctable reporting off on devices whose
+        // driver does not ask for it (virtio), so such an error never reaches the kernel.
+        Fault::Aer => vec![hmp("pcie_aer_inject_error nic0 0x4000")],
+        Fault::SelEntry | Fault::NarrowSlot => Vec::new(),
+    }
+}
+
+/// The `ipmi_sim` console line that adds a System Event Log entry: a system event record
+/// (type 02h) from the BIOS (generator 01h), event message revision 04h, sensor type 0Ch
+/// (memory) number 01h, sensor-specific event type 6Fh, offset 1: uncorrectable ECC.
+pub fn sel_add_line(timestamp: u32) -> String {
+    let mut bytes = timestamp.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[0x01, 0x00, 0x04, 0x0c, 0x01, 0x6f, 0x01, 0xff, 0xff]);
+    let hex: Vec<String> = bytes.iter().map(|b| format!("0x{b:02x}")).collect();
+    format!("sel_add 0x20 0x02 {}\n", hex.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injections_parse_and_print_back() {
+        for text in [
+            "3:mce@memory",
+            "1:nvme-warning@nvme",
+            "7:narrow-slot",
+            "2:sel@memory",
+        ] {
+            let i: Injection = text.parse().unwrap();
+            assert_eq!(i.to_string(), text);
+        }
+        let i: Injection = "4:mce-fatal@memory".parse().unwrap();
+        assert_eq!(
+            (i.node, i.fault, i.during.as_deref()),
+            (4, Fault::FatalMce, Some("memory"))
+        );
+    }
+
+    #[test]
+    fn a_malformed_injection_says_what_was_expected() {
+        for bad in [
+            "mce@memory",
+            "0:mce@memory",
+            "3:melt@memory",
+            "3:mce@",
+            "x:mce@cpu",
+        ] {
+            let err = bad.parse::<Injection>().unwrap_err();
+            assert!(err.contains("expected NODE:FAULT@STEP"), "{bad}: {err}");
+        }
+        assert!(
+            "3:mce"
+                .parse::<Injection>()
+                .unwrap_err()
+                .contains("during which step"),
+            "a run-time fault needs its step"
+        );
+        assert!(
+            "3:narrow-slot@memory"
+                .parse::<Injection>()
+                .unwrap_err()
+                .contains("power-on")
+        );
+    }
+
+    #[test]
+    fn the_sel_entry_is_thirteen_bytes_after_the_record_type() {
+        let line = sel_add_line(0x0102_0304);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&words[..3], ["sel_add", "0x20", "0x02"]);
+        assert_eq!(words.len() - 3, 13);
+        // Timestamp little-endian first, then the memory sensor's uncorrectable-ECC event.
+        assert_eq!(&words[3..7], ["0x04", "0x03", "0x02", "0x01"]);
+        assert_eq!(&words[10..14], ["0x0c", "0x01", "0x6f", "0x01"]);
+    }
+}

@@ -1,0 +1,189 @@
+//! The lab's server profile (`kiln lab up --profile server`): nodes that have what a rack
+//! server has, so the RAM image's native readers meet real (emulated) hardware — a q35
+//! machine with PCIe root ports, an NVMe disk behind one of them, a SATA disk on the
+//! chipset's AHCI, the NIC behind another root port with AER, an IPMI BMC (OpenIPMI's
+//! `ipmi_sim`, one per node, reached over `ipmi-bmc-extern` + KCS), and SMBIOS tables with
+//! serials and a DIMM entry.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+/// A node's BMC: the `ipmi_sim` process and its console (its standard input), through which
+/// events are added to its System Event Log.
+pub struct Bmc {
+    child: Child,
+    console: ChildStdin,
+    /// The TCP port QEMU's `ipmi-bmc-extern` connects to.
+    pub port: u16,
+}
+
+impl Bmc {
+    /// Starts `ipmi_sim` for node `i` with its configuration and state under `dir`: a BMC at
+    /// IPMB address 20h with a System Event Log, serving the system interface on
+    /// 127.0.0.1:`port` with the VM codec QEMU speaks; no LAN channel.
+    pub fn start(dir: &Path, i: usize, port: u16) -> anyhow::Result<Bmc> {
+        let state = dir.join(format!("node-{i}-bmc"));
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state)?;
+        let conf = state.join("lan.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "name \"kiln-lab-{i}\"\nset_working_mc 0x20\n  serial 15 127.0.0.1 {port} codec VM\n"
+            ),
+        )?;
+        let emu = state.join("bmc.emu");
+        // mc_add: IPMB 20h, device id 0, no device SDRs, revision 3, firmware 9.08, IPMI
+        // 2.0 support bits 9fh, manufacturer 1291h (as OpenIPMI's example); a 1000-entry SEL.
+        std::fs::write(
+            &emu,
+            "mc_setbmc 0x20\n\
+             mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\n\
+             sel_enable 0x20 1000 0x0a\n\
+             mc_enable 0x20\n",
+        )?;
+        // Its console echo and complaints, for when it misbehaves.
+        let log = state.join("ipmi_sim.log");
+        let mut cmd = Command::new("ipmi_sim");
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-f")
+            .arg(&emu)
+            .arg("-s")
+            .arg(&state)
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(&log)?);
+        super::die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start ipmi_sim (package openipmi): {e}"))?;
+        let console = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("ipmi_sim has no console"))?;
+        // QEMU's chardev reconnects, but only every few seconds: wait for the listener. Not
+        // by connecting to it: ipmi_sim greets whoever connects as its VM, and a probe that
+        // hangs up kills it with SIGPIPE.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !listening(port) {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "ipmi_sim for node {i} exited ({status}); see {}",
+                    log.display()
+                );
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "ipmi_sim for node {i} did not listen on 127.0.0.1:{port} within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(Bmc {
+            child,
+            console,
+            port,
+        })
+    }
+
+    /// The process id (recorded with the VMs', so `kiln lab down` stops it too).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Types one line on the simulator's console.
+    pub fn command(&mut self, line: &str) -> anyhow::Result<()> {
+        self.console
+            .write_all(line.as_bytes())
+            .and_then(|()| self.console.flush())
+            .map_err(|e| anyhow::anyhow!("ipmi_sim console: {e}"))
+    }
+}
+
+impl Drop for Bmc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether something listens on 127.0.0.1:`port` (from `/proc/net/tcp`: local address
+/// `0100007F:PORT`, state 0A).
+fn listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|table| {
+        table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+    })
+}
+
+/// A server node's disks: NVMe and SATA scratch images.
+pub struct Disks {
+    /// Behind root port 1 as `nvme0` (serial KILNNVMEnn).
+    pub nvme: PathBuf,
+    /// On the chipset's AHCI (serial KILNSATAnn).
+    pub sata: PathBuf,
+}
+
+/// The QEMU arguments that make node `i` a server: machine, root ports, disks, NIC, BMC and
+/// DIMM table. `narrow_slot` limits the NIC's root port to x1 at 2.5 GT/s.
+pub fn qemu_args(
+    i: usize,
+    mac: &str,
+    netdev: &str,
+    disks: &Disks,
+    bmc_port: u16,
+    narrow_slot: bool,
+) -> Vec<String> {
+    let nic_port = if narrow_slot {
+        "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2,x-width=1,x-speed=2_5"
+    } else {
+        "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2"
+    };
+    [
+        "-machine",
+        "q35",
+        "-netdev",
+        netdev,
+        "-device",
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1",
+        "-device",
+        nic_port,
+        "-device",
+        &format!("virtio-net-pci,netdev=n0,mac={mac},bus=rp2,id=nic0,aer=on"),
+        "-drive",
+        &format!(
+            "if=none,id=nvm,format=qcow2,file={}",
+            disks.nvme.display()
+        ),
+        "-device",
+        &format!("nvme,id=nvme0,serial=KILNNVME{i:02},drive=nvm,bus=rp1"),
+        "-drive",
+        &format!(
+            "if=none,id=sata,format=qcow2,file={}",
+            disks.sata.display()
+        ),
+        "-device",
+        &format!("ide-hd,drive=sata,bus=ide.0,serial=KILNSATA{i:02}"),
+        "-chardev",
+        &format!("socket,id=ipmi0,host=127.0.0.1,port={bmc_port},reconnect=2"),
+        "-device",
+        "ipmi-bmc-extern,chardev=ipmi0,id=bmc0",
+        "-device",
+        "isa-ipmi-kcs,bmc=bmc0",
+        "-smbios",
+        &format!("type=2,manufacturer=kiln,product=lab-board,serial=KILNBRD{i:02}"),
+        "-smbios",
+        &format!("type=3,manufacturer=kiln,serial=KILNCHS{i:02},asset=KILN-ASSET-{i:02}"),
+        "-smbios",
+        &format!(
+            "type=17,loc_pfx=DIMM,bank=P0_CH0,manufacturer=kiln,serial=KILNDIMM{i:02},asset=KILN-DIMM-{i:02},part=KILN-DDR4-LAB,speed=3200"
+        ),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
