@@ -223,6 +223,51 @@ mod tests {
         assert_eq!(d.asset_tag.as_deref(), Some("DA-0001"));
     }
 
+    /// An SMBIOS 3.x entry point (`_SM3_`, 24 bytes, checksummed) for a table of `len`
+    /// bytes at version `major.minor`.
+    fn entry_point_3(major: u8, minor: u8, len: u32) -> Vec<u8> {
+        let mut ep = b"_SM3_".to_vec();
+        ep.extend_from_slice(&[0, 0x18, major, minor, 0, 1, 0]);
+        ep.extend_from_slice(&len.to_le_bytes());
+        ep.extend_from_slice(&0u64.to_le_bytes());
+        let sum = ep.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        ep[5] = 0u8.wrapping_sub(sum);
+        ep
+    }
+
+    #[test]
+    fn a_real_laptops_table_gives_identity_socket_and_both_channels() {
+        let table = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/smbios/surface-laptop-3.DMI"
+        ))
+        .unwrap();
+        let s = parse(&entry_point_3(3, 2, table.len() as u32), table).unwrap();
+        assert_eq!(s.version, "3.2");
+        assert_eq!(s.vendor.as_deref(), Some("Microsoft Corporation"));
+        assert_eq!(s.product.as_deref(), Some("Surface Laptop 3"));
+        assert_eq!(s.serial.as_deref(), Some("023078193757"));
+        assert_eq!(s.board_serial.as_deref(), Some("A009250100J1939A"));
+        assert_eq!(s.chassis_serial.as_deref(), Some("023078193757"));
+        assert_eq!(s.sockets.len(), 1, "{:?}", s.sockets);
+        assert_eq!(s.sockets[0].designation, "FP5");
+        assert_eq!(
+            s.sockets[0].version.as_deref(),
+            Some("AMD Ryzen 7 Microsoft Surface (R) Edition")
+        );
+        let banks: Vec<Option<&str>> = s.dimms.iter().map(|d| d.bank.as_deref()).collect();
+        assert_eq!(banks, [Some("P0 CHANNEL A"), Some("P0 CHANNEL B")]);
+        for d in &s.dimms {
+            assert_eq!(d.locator, "DIMM 0");
+            assert_eq!(d.manufacturer.as_deref(), Some("Hynix"));
+            // Padded with spaces in the table; compared trimmed.
+            assert_eq!(d.part.as_deref(), Some("HMAA1GS6CMR6N-UH"));
+            assert_eq!(d.size_bytes, Some(8 << 30));
+            assert_eq!(d.kind.as_deref(), Some("DDR4"));
+            assert_eq!(d.speed_mts, Some(2400));
+        }
+    }
+
     #[test]
     fn qemu_ovmf_tables_split_20g_into_two_devices() {
         let s = fixture("qemu-7.2-ovmf-20G");
