@@ -137,6 +137,9 @@ pub fn run_on(
     });
 
     let mut steps = Vec::new();
+    // The BMC's event log as last read: each step's new entries are counted against it, so
+    // an entry added while a read failed is still reported by the next step that reads it.
+    let mut sel: Option<SelSnapshot> = None;
     for step in &plan.steps {
         if interrupt.is_set() {
             break;
@@ -146,7 +149,7 @@ pub fn run_on(
             name: step.name.clone(),
             kind: step.check.kind().to_owned(),
         });
-        let report = run_step(step, options, interrupt, sink.clone());
+        let report = run_step(step, options, interrupt, sink.clone(), &mut sel);
         sink.emit(EventBody::StepFinished {
             report: report.clone(),
         });
@@ -173,11 +176,18 @@ pub fn run_on(
     }
 }
 
+/// The BMC's event log as read before step `step`.
+struct SelSnapshot {
+    events: Vec<crate::hw::sel::SelEvent>,
+    step: u32,
+}
+
 fn run_step(
     step: &kiln_protocol::PlannedStep,
     options: &RunOptions,
     interrupt: &Interrupt,
     sink: Arc<dyn EventSink>,
+    sel: &mut Option<SelSnapshot>,
 ) -> StepReport {
     let started = Instant::now();
     let stop = Stop::new(step.timeout, interrupt.clone());
@@ -204,7 +214,14 @@ fn run_step(
     let aer_before = crate::hw::pcie::aer(sys);
     // The BMC's event log too, where the node has one.
     let sel_device = std::path::Path::new(crate::hw::sel::DEVICE);
-    let sel_before = crate::hw::sel::read(sel_device).ok();
+    if sel.is_none() {
+        *sel = crate::hw::sel::read(sel_device)
+            .ok()
+            .map(|events| SelSnapshot {
+                events,
+                step: step.index as u32,
+            });
+    }
     let kmsg = KmsgWatch::start();
     if kmsg.is_none() {
         observer.log(LogLevel::Info, "kernel log (/dev/kmsg) not readable: machine-check and I/O error lines are not watched");
@@ -254,13 +271,31 @@ fn run_step(
         &aer_before,
         &crate::hw::pcie::aer(sys),
     ));
-    if let Some(before) = &sel_before {
+    if let Some(before) = sel.as_ref() {
         match crate::hw::sel::read(sel_device) {
-            Ok(after) => kernel_faults.extend(crate::hw::sel::new_entries(before, &after)),
+            Ok(after) => {
+                let mut new = crate::hw::sel::new_entries(&before.events, &after);
+                if before.step != step.index as u32 {
+                    // Counted from an earlier step's read: say so, not "during the step".
+                    for f in &mut new {
+                        f.message = f.message.replace(
+                            "new during the step",
+                            &format!("new since the log was last read (before step {})", before.step + 1),
+                        );
+                    }
+                }
+                kernel_faults.extend(new);
+                *sel = Some(SelSnapshot {
+                    events: after,
+                    step: step.index as u32 + 1,
+                });
+            }
             Err(err) => sink.emit(EventBody::Log {
                 step: Some(step.index as u32),
                 level: LogLevel::Warn,
-                line: format!("the BMC event log could not be read after the step: {err}"),
+                line: format!(
+                    "the BMC event log could not be read after the step ({err}): entries added now are reported by the next step that reads it"
+                ),
             }),
         }
     }
