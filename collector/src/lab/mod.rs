@@ -9,25 +9,23 @@
 //! `--profile server` gives each node what a rack server has ([`server`]) and `--inject`
 //! puts real faults into chosen nodes while a named step runs ([`inject`]).
 
+mod collector;
 pub mod inject;
+mod report;
 pub mod server;
+mod vm;
+mod watch;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kiln_protocol::verdict::Verdict;
 use serde::Serialize;
 
-use crate::config::{Config, NodeAccess};
-use crate::lifecycle::{Mode, RunStage, Stage};
-use crate::memtest::capture::Source;
-use crate::memtest::power::Power;
-use crate::server::Collector;
-use crate::store::queries::{self, Filter, Label, Selector};
+use inject::Injection;
 
-use inject::{Fault, Injection};
+pub use report::table;
+use vm::die_with_parent;
 
 /// What the lab's nodes are made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -186,36 +184,16 @@ fn runs(cmd: &str, arg: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-struct Vm {
+/// One node as the lab plans it: identity, console port, QMP socket, disks, suite.
+struct NodePlan {
     name: String,
-    child: Child,
-    started: Instant,
-    done_at: Option<Instant>,
-}
-
-/// Kills the VMs (by the PIDs it started) however the lab ends.
-struct Vms(Vec<Vm>);
-
-impl Drop for Vms {
-    fn drop(&mut self) {
-        for vm in &mut self.0 {
-            let _ = vm.child.kill();
-            let _ = vm.child.wait();
-        }
-    }
-}
-
-/// Has the kernel stop the process `cmd` starts when the lab dies, even killed outright.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is one,
-    // and it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    mac: String,
+    serial: String,
+    uuid: String,
+    console: u16,
+    qmp: PathBuf,
+    disks: Vec<PathBuf>,
+    suite: String,
 }
 
 /// Refuses injections the lab cannot carry out, before anything starts: a node that does
@@ -258,6 +236,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Runs the lab to the end and returns its report.
+/// Runs the lab to the end and returns its report: the image, the nodes' plans, the
+/// collector, the VMs, the wait (with injections), the report from the collector's records.
 pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     check_dependencies(opts.uefi, opts.profile)?;
     down(&opts.dir);
@@ -265,9 +245,42 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(data.join("artifacts"))?;
     std::fs::create_dir_all(data.join("suites"))?;
+    let image_bytes = prepare_image(opts.image.as_deref(), &data.join("artifacts"))?;
+    let plans = plan_nodes(opts, &data)?;
+    let lab = collector::LabCollector::start(&plans, &data)?;
+    let interrupted = lab.interrupt_flag();
+    let mut rack = vm::start(opts, &plans, lab.port)?;
+    println!(
+        "kiln lab: {} node(s) booting from http://127.0.0.1:{}/ (accel {})",
+        plans.len(),
+        lab.port,
+        opts.accel
+    );
+    let started = Instant::now();
+    let (result, injected) =
+        watch::until_done(opts, &plans, &mut rack, &lab, &interrupted, started);
+    let vm_starts: Vec<Instant> = rack.vms.iter().map(|v| v.started).collect();
+    drop(rack);
+    vm::forget(&opts.dir);
+    let nodes = report::nodes(&lab, &plans, &vm_starts, injected, started)?;
+    lab.stop();
+    let report = LabReport {
+        all_passed: nodes.iter().all(|n| n.verdict == "pass"),
+        nodes,
+        image_bytes,
+        data,
+    };
+    std::fs::write(
+        opts.dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    result?;
+    Ok(report)
+}
 
-    // The image: copied from --image, or built.
-    match &opts.image {
+/// The image into `artifacts`: copied from `image`, or built. Returns kernel + initramfs bytes.
+fn prepare_image(image: Option<&Path>, artifacts: &Path) -> anyhow::Result<u64> {
+    match image {
         Some(dir) => {
             for f in [
                 "vmlinuz",
@@ -275,7 +288,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
                 "memtest86+x64.bin",
                 "memtest86+x64.efi",
             ] {
-                std::fs::copy(dir.join(f), data.join("artifacts").join(f))
+                std::fs::copy(dir.join(f), artifacts.join(f))
                     .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(f).display()))?;
             }
         }
@@ -289,29 +302,23 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
                 firmware: Vec::new(),
                 packages: Vec::new(),
             };
-            crate::image::build(&inputs, &data.join("artifacts"))?;
+            crate::image::build(&inputs, artifacts)?;
         }
     }
     let image_bytes = ["vmlinuz", "initramfs.img"]
         .iter()
         .map(|f| {
-            std::fs::metadata(data.join("artifacts").join(f))
+            std::fs::metadata(artifacts.join(f))
                 .map(|m| m.len())
                 .unwrap_or(0)
         })
         .sum();
+    Ok(image_bytes)
+}
 
-    // Nodes: identity, console port, QMP socket, disk, suite.
-    struct Plan {
-        name: String,
-        mac: String,
-        serial: String,
-        uuid: String,
-        console: u16,
-        qmp: PathBuf,
-        disks: Vec<PathBuf>,
-        suite: String,
-    }
+/// Each node's plan, its suite stored in the collector's data directory and loaded (a bad
+/// suite stops the lab here, before anything starts), its scratch disks created.
+fn plan_nodes(opts: &LabOptions, data: &Path) -> anyhow::Result<Vec<NodePlan>> {
     let mut plans = Vec::new();
     let mut suites = Vec::new();
     for i in 1..=opts.nodes {
@@ -348,7 +355,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
             );
             disks.push(disk);
         }
-        plans.push(Plan {
+        plans.push(NodePlan {
             name: format!("lab-node-{i}"),
             mac: format!("52:54:00:6b:00:{i:02x}"),
             serial: format!("KILNLAB{i:02}"),
@@ -360,446 +367,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         });
     }
     check_injections(opts, &suites)?;
-    let access: Vec<NodeAccess> = plans
-        .iter()
-        .map(|p| NodeAccess {
-            mac: Some(p.mac.clone()),
-            rack: None,
-            console: Some(Source::Tcp(format!("127.0.0.1:{}", p.console))),
-            power: Some(Power::Qmp(p.qmp.clone())),
-        })
-        .collect();
-    let config = Config {
-        after_verify: "hold".into(),
-        nodes: access,
-        ..Config::default()
-    };
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let port = listener.local_addr()?.port();
-    let collector = Collector::open(config, &data)?;
-    let db = collector.state.db.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(collector.serve(listener, async move {
-        let _ = stop_rx.await;
-    }));
-    // Label the nodes, give each its suite, arm them.
-    let labels: Vec<Label> = plans
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Label {
-            mac: p.mac.clone(),
-            rack: "lab".into(),
-            slot: format!("{}", i + 1),
-            hostname: p.name.clone(),
-        })
-        .collect();
-    let assignments: Vec<(String, String)> = plans
-        .iter()
-        .map(|p| (p.mac.clone(), p.suite.clone()))
-        .collect();
-    rt.block_on(db.call(move |c| {
-        queries::import_labels(c, &labels)?;
-        for (mac, suite) in &assignments {
-            queries::assign_suite(c, &Selector::Mac(mac.clone()), suite)?;
-            // A fresh lab database: no run is open, so nothing ends here.
-            let _ = crate::lifecycle::set_mode(c, &Selector::Mac(mac.clone()), Mode::Verify)?;
-            // The lab's scratch disks are its own to destroy.
-            crate::lifecycle::set_destructive(
-                c,
-                &Selector::Mac(mac.clone()),
-                true,
-                "kiln lab (its own scratch disks)",
-            )?;
-        }
-        Ok(())
-    }))?;
-
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        rt.spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        });
-    }
-
-    let mut vms = Vms(Vec::new());
-    let mut bmcs: Vec<Option<server::Bmc>> = Vec::new();
-    let mut pids = String::new();
-    for (i, p) in plans.iter().enumerate() {
-        let netdev = format!(
-            "user,id=n0,restrict=on,bootfile=http://10.0.2.100/boot.ipxe,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}"
-        );
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-accel",
-            &opts.accel,
-            "-m",
-            &opts.mem_mib.to_string(),
-            "-smp",
-            "1",
-            "-display",
-            "none",
-            "-boot",
-            "n",
-            "-monitor",
-            "none",
-        ])
-        .args(["-name", &p.name])
-        .args([
-            "-smbios",
-            &format!(
-                "type=1,manufacturer=kiln,product=lab-node,serial={},uuid={}",
-                p.serial, p.uuid
-            ),
-        ])
-        .args([
-            "-serial",
-            &format!("tcp:127.0.0.1:{},server=on,wait=off", p.console),
-        ])
-        .args([
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", p.qmp.display()),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        if opts.uefi {
-            cmd.args([
-                "-drive",
-                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
-            ]);
-        }
-        match opts.profile {
-            Profile::Basic => {
-                cmd.args(["-netdev", &netdev])
-                    .args([
-                        "-device",
-                        &format!("virtio-net-pci,netdev=n0,mac={}", p.mac),
-                    ])
-                    .args([
-                        "-drive",
-                        &format!("file={},if=virtio,format=qcow2", p.disks[0].display()),
-                    ]);
-                bmcs.push(None);
-            }
-            Profile::Server => {
-                let bmc = server::Bmc::start(&opts.dir, i + 1, free_port()?)?;
-                pids.push_str(&format!("{}\n", bmc.pid()));
-                let narrow = opts
-                    .inject
-                    .iter()
-                    .any(|j| j.node == i + 1 && j.fault == Fault::NarrowSlot);
-                let disks = server::Disks {
-                    nvme: p.disks[0].clone(),
-                    sata: p.disks[1].clone(),
-                };
-                cmd.args(server::qemu_args(
-                    i + 1,
-                    &p.mac,
-                    &netdev,
-                    &disks,
-                    bmc.port,
-                    narrow,
-                ));
-                bmcs.push(Some(bmc));
-            }
-        }
-        // If the lab itself is killed outright, the kernel still stops its VMs.
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start qemu-system-x86_64: {e}"))?;
-        pids.push_str(&format!("{}\n", child.id()));
-        vms.0.push(Vm {
-            name: p.name.clone(),
-            child,
-            started: Instant::now(),
-            done_at: None,
-        });
-    }
-    std::fs::write(opts.dir.join("pids"), &pids)?;
-    println!(
-        "kiln lab: {} node(s) booting from http://127.0.0.1:{port}/ (accel {})",
-        plans.len(),
-        opts.accel
-    );
-
-    // Live progress until every node has a verdict and its VM is gone.
-    let multi = MultiProgress::new();
-    if !opts.bars {
-        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let style = ProgressStyle::with_template(
-        "{prefix:<12} [{bar:25.cyan/blue}] {pos:>3}% {elapsed:>4} {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let bars: Vec<ProgressBar> = plans
-        .iter()
-        .map(|p| {
-            let b = multi.add(ProgressBar::new(100));
-            b.set_style(style.clone());
-            b.set_prefix(p.name.clone());
-            b
-        })
-        .collect();
-    let started = Instant::now();
-    let mut last_plain = Instant::now() - Duration::from_secs(60);
-    // Injections still to fire, and what each node has had done to it.
-    let mut pending: Vec<Injection> = opts
-        .inject
-        .iter()
-        .filter(|j| !j.fault.at_power_on())
-        .cloned()
-        .collect();
-    let mut injected: Vec<Vec<String>> = vec![Vec::new(); plans.len()];
-    for j in opts.inject.iter().filter(|j| j.fault.at_power_on()) {
-        injected[j.node - 1].push(format!("{}: at power-on", j.fault.name()));
-    }
-    let result = loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
-        let mut lines = Vec::new();
-        let mut all_done = true;
-        for (n, ((p, bar), vm)) in plans.iter().zip(&bars).zip(vms.0.iter_mut()).enumerate() {
-            let row = rows.iter().find(|r| r.macs.contains(&p.mac));
-            let exited = vm.child.try_wait().ok().flatten().is_some();
-            let verdict = row.and_then(|r| r.verdict);
-            // A fault due while this step runs goes in as soon as the step shows.
-            let running = row
-                .filter(|r| verdict.is_none() && r.stage == Some(RunStage::Linux))
-                .and_then(|r| r.progress.as_ref())
-                .map(|pr| pr.name.clone());
-            if let Some(step) = running {
-                let (due, rest): (Vec<Injection>, Vec<Injection>) = pending
-                    .drain(..)
-                    .partition(|j| j.node == n + 1 && j.during.as_deref() == Some(step.as_str()));
-                pending = rest;
-                for j in due {
-                    let outcome = match fire(&rt, j.fault, &p.qmp, bmcs[n].as_mut()) {
-                        Ok(answer) => answer,
-                        Err(err) => format!("FAILED: {err:#}"),
-                    };
-                    let line = format!(
-                        "{} during {step} at {:.0}s: {outcome}",
-                        j.fault.name(),
-                        vm.started.elapsed().as_secs_f64()
-                    );
-                    if !opts.bars {
-                        println!("kiln lab: {}: injected {line}", p.name);
-                    }
-                    injected[n].push(line);
-                }
-            }
-            let (pos, msg) = match (&verdict, row) {
-                (Some(v), _) => (100, format!("done: {v}")),
-                (None, Some(r)) if r.stage == Some(RunStage::Memtest) => match &r.progress {
-                    Some(pr) => (
-                        (pr.fraction * 19.0) as u64,
-                        format!(
-                            "memtest86+ {:.0}%: {}",
-                            pr.fraction * 100.0,
-                            pr.status.clone().unwrap_or_default()
-                        ),
-                    ),
-                    None => (
-                        0,
-                        format!("memtest86+ starting ({}s)", vm.started.elapsed().as_secs()),
-                    ),
-                },
-                (None, Some(r)) if r.stage == Some(RunStage::Linux) => match &r.progress {
-                    Some(pr) => (
-                        20 + (pr.fraction * 79.0) as u64,
-                        format!(
-                            "linux: {} {:.0}% {}",
-                            pr.name,
-                            pr.fraction * 100.0,
-                            pr.status.clone().unwrap_or_default()
-                        ),
-                    ),
-                    None => (20, "linux: booting the RAM image".into()),
-                },
-                _ => (0, "booting (iPXE)".into()),
-            };
-            bar.set_position(pos);
-            bar.set_message(msg.clone());
-            lines.push(format!("{}: {msg}", p.name));
-            if verdict.is_some() {
-                let done_at = *vm.done_at.get_or_insert_with(Instant::now);
-                // A node that passed powers itself off; one that failed holds in iPXE.
-                if !exited && done_at.elapsed() > Duration::from_secs(20) {
-                    let _ = vm.child.kill();
-                    let _ = vm.child.wait();
-                }
-            }
-            let vm_gone = vm.child.try_wait().ok().flatten().is_some();
-            all_done &= verdict.is_some() && vm_gone;
-            if exited && verdict.is_none() && vm.done_at.is_none() {
-                vm.done_at = Some(Instant::now());
-            }
-        }
-        if !opts.bars && last_plain.elapsed() > Duration::from_secs(10) {
-            last_plain = Instant::now();
-            println!(
-                "[{:>4}s] {}",
-                started.elapsed().as_secs(),
-                lines.join(" | ")
-            );
-        }
-        if all_done {
-            break Ok(());
-        }
-        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
-            break Err(anyhow::anyhow!(
-                "interrupted: stopping every VM the lab started"
-            ));
-        }
-        if started.elapsed() > opts.timeout {
-            break Err(anyhow::anyhow!(
-                "the lab did not finish within {}s",
-                opts.timeout.as_secs()
-            ));
-        }
-        // A VM that died before its node got a verdict will not get one.
-        if vms.0.iter().zip(&plans).any(|(vm, p)| {
-            vm.done_at
-                .is_some_and(|d| d.elapsed() > Duration::from_secs(90))
-                && !rows
-                    .iter()
-                    .any(|r| r.macs.contains(&p.mac) && r.verdict.is_some())
-        }) {
-            break Err(anyhow::anyhow!(
-                "a node's VM stopped without a verdict; see the collector's run pages"
-            ));
-        }
-    };
-    for bar in &bars {
-        bar.finish();
-    }
-    let vm_starts: Vec<(String, Instant)> =
-        vms.0.iter().map(|v| (v.name.clone(), v.started)).collect();
-    drop(vms);
-    drop(bmcs);
-    let _ = std::fs::remove_file(opts.dir.join("pids"));
-
-    // The report, from the collector's own records.
-    let lab_start_ms = crate::store::now_ms() - started.elapsed().as_millis() as i64;
-    let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
-    let mut nodes = Vec::new();
-    for ((p, (_, vm_start)), injected) in plans.iter().zip(&vm_starts).zip(injected) {
-        let row = rows.iter().find(|r| r.macs.contains(&p.mac));
-        let run_id = row.and_then(|r| r.run_id);
-        let detail = match run_id {
-            Some(id) => rt.block_on(db.read(move |c| queries::run_detail(c, id)))?,
-            None => None,
-        };
-        let vm_ms = lab_start_ms + vm_start.duration_since(started).as_millis() as i64;
-        let secs = |ms: Option<i64>| ms.map(|m| (m - vm_ms) as f64 / 1000.0);
-        let agent_started = detail.as_ref().and_then(|d| d.agent_started_ms);
-        let memtest_done = detail.as_ref().and_then(|d| {
-            d.stages
-                .iter()
-                .find(|s| s.name == Stage::Memtest)
-                .and_then(|s| s.finished_ms)
-        });
-        let (memtest, memtest_passes) = match detail.as_ref().and_then(|d| d.memtest.as_ref()) {
-            Some(m) => (
-                Some(if m.pass { "pass" } else { "fail" }.to_owned()),
-                m.reading.as_ref().and_then(|r| r["passes"].as_u64()),
-            ),
-            None => (None, None),
-        };
-        let steps = detail.as_ref().map_or("-".to_owned(), |d| {
-            format!(
-                "{}/{}",
-                d.steps
-                    .iter()
-                    .filter(|s| matches!(
-                        s.outcome,
-                        kiln_protocol::wire::Outcome::Pass
-                            | kiln_protocol::wire::Outcome::Degraded { .. }
-                    ))
-                    .count(),
-                d.steps.len()
-            )
-        });
-        nodes.push(LabNode {
-            name: p.name.clone(),
-            serial: p.serial.clone(),
-            mac: p.mac.clone(),
-            run_id,
-            memtest,
-            memtest_passes,
-            steps,
-            // A node without a verdict when the lab ends did not finish: incomplete.
-            verdict: row
-                .and_then(|r| r.verdict)
-                .unwrap_or(Verdict::Incomplete)
-                .to_string(),
-            faults: row.map(|r| r.faults.clone()).unwrap_or_default(),
-            secs_to_memtest_verdict: secs(memtest_done),
-            secs_to_agent_report: secs(agent_started),
-            secs_to_verdict: secs(row.and_then(|r| r.finished_ms)),
-            injected,
-        });
-    }
-    let _ = stop_tx.send(());
-    let _ = rt.block_on(server);
-    let report = LabReport {
-        all_passed: nodes.iter().all(|n| n.verdict == "pass"),
-        nodes,
-        image_bytes,
-        data: data.clone(),
-    };
-    std::fs::write(
-        opts.dir.join("report.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    result?;
-    Ok(report)
-}
-
-/// Injects `fault` now: through the node's QMP socket, or its BMC's console. Returns what
-/// the emulator answered.
-fn fire(
-    rt: &tokio::runtime::Runtime,
-    fault: Fault,
-    qmp: &Path,
-    bmc: Option<&mut server::Bmc>,
-) -> anyhow::Result<String> {
-    if fault == Fault::SelEntry {
-        let bmc = bmc.ok_or_else(|| anyhow::anyhow!("the node has no BMC"))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32);
-        bmc.command(&inject::sel_add_line(now))?;
-        return Ok("added to the BMC's event log".into());
-    }
-    let answers = rt.block_on(crate::memtest::power::qmp(
-        qmp,
-        &inject::qmp_commands(fault),
-    ))?;
-    // HMP answers in text: nothing, or "OK …", on success; anything else is its complaint.
-    let text = answers
-        .iter()
-        .filter_map(|a| a["return"].as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let text = text.trim();
-    anyhow::ensure!(
-        text.is_empty() || text.starts_with("OK"),
-        "QEMU refused: {text}"
-    );
-    Ok(if text.is_empty() {
-        "done".into()
-    } else {
-        text.to_owned()
-    })
+    Ok(plans)
 }
 
 /// Stops processes a previous lab left (by the PIDs it recorded, and only QEMU ones).
@@ -820,52 +388,4 @@ pub fn down(dir: &Path) -> usize {
     }
     let _ = std::fs::remove_file(dir.join("pids"));
     stopped
-}
-
-/// The report as a table.
-pub fn table(report: &LabReport) -> String {
-    let mut out = format!(
-        "{:<12} {:<11} {:<8} {:<6} {:<10} faults\n",
-        "node", "serial", "memtest", "steps", "verdict"
-    );
-    out.push_str(&format!(
-        "{:-<12} {:-<11} {:-<8} {:-<6} {:-<10} {:-<6}\n",
-        "", "", "", "", "", ""
-    ));
-    for n in &report.nodes {
-        out.push_str(&format!(
-            "{:<12} {:<11} {:<8} {:<6} {:<10} {}\n",
-            n.name,
-            n.serial,
-            n.memtest.as_deref().unwrap_or("-"),
-            n.steps,
-            n.verdict,
-            n.faults.join("; ")
-        ));
-    }
-    out.push_str(
-        "\ntimings from VM start (s): node, memtest verdict, agent's first report, final verdict\n",
-    );
-    let s = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{x:.0}"));
-    for n in &report.nodes {
-        out.push_str(&format!(
-            "  {:<12} {:>6} {:>6} {:>6}\n",
-            n.name,
-            s(n.secs_to_memtest_verdict),
-            s(n.secs_to_agent_report),
-            s(n.secs_to_verdict)
-        ));
-    }
-    for n in report.nodes.iter().filter(|n| !n.injected.is_empty()) {
-        out.push_str(&format!(
-            "injected into {}: {}\n",
-            n.name,
-            n.injected.join("; ")
-        ));
-    }
-    out.push_str(&format!(
-        "image (kernel + initramfs): {:.1} MB\n",
-        report.image_bytes as f64 / 1e6
-    ));
-    out
 }

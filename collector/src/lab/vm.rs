@@ -1,0 +1,153 @@
+//! The lab's QEMU nodes: each one's command line (the basic PC or the server profile), the
+//! processes started and their BMCs, all stopped by PID however the lab ends.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use super::inject::Fault;
+use super::{LabOptions, NodePlan, Profile, free_port, server};
+
+/// One node's QEMU process.
+pub(super) struct Vm {
+    pub(super) child: Child,
+    pub(super) started: Instant,
+    pub(super) done_at: Option<Instant>,
+}
+
+/// The VMs and their BMCs; the VMs are killed (by the PIDs the lab started) when it drops,
+/// the BMCs stop with their own drop.
+pub(super) struct Rack {
+    pub(super) vms: Vec<Vm>,
+    pub(super) bmcs: Vec<Option<server::Bmc>>,
+}
+
+impl Drop for Rack {
+    fn drop(&mut self) {
+        for vm in &mut self.vms {
+            let _ = vm.child.kill();
+            let _ = vm.child.wait();
+        }
+    }
+}
+
+/// Has the kernel stop the process `cmd` starts when the lab dies, even killed outright.
+pub(super) fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is one,
+    // and it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Starts every node (and, for servers, its BMC) booting from the collector on `port`, and
+/// records their PIDs in `DIR/pids` for `kiln lab down`.
+pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow::Result<Rack> {
+    let mut rack = Rack {
+        vms: Vec::new(),
+        bmcs: Vec::new(),
+    };
+    let mut pids = String::new();
+    for (i, p) in plans.iter().enumerate() {
+        let netdev = format!(
+            "user,id=n0,restrict=on,bootfile=http://10.0.2.100/boot.ipxe,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}"
+        );
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-accel",
+            &opts.accel,
+            "-m",
+            &opts.mem_mib.to_string(),
+            "-smp",
+            "1",
+            "-display",
+            "none",
+            "-boot",
+            "n",
+            "-monitor",
+            "none",
+        ])
+        .args(["-name", &p.name])
+        .args([
+            "-smbios",
+            &format!(
+                "type=1,manufacturer=kiln,product=lab-node,serial={},uuid={}",
+                p.serial, p.uuid
+            ),
+        ])
+        .args([
+            "-serial",
+            &format!("tcp:127.0.0.1:{},server=on,wait=off", p.console),
+        ])
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p.qmp.display()),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if opts.uefi {
+            cmd.args([
+                "-drive",
+                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
+            ]);
+        }
+        match opts.profile {
+            Profile::Basic => {
+                cmd.args(["-netdev", &netdev])
+                    .args([
+                        "-device",
+                        &format!("virtio-net-pci,netdev=n0,mac={}", p.mac),
+                    ])
+                    .args([
+                        "-drive",
+                        &format!("file={},if=virtio,format=qcow2", p.disks[0].display()),
+                    ]);
+                rack.bmcs.push(None);
+            }
+            Profile::Server => {
+                let bmc = server::Bmc::start(&opts.dir, i + 1, free_port()?)?;
+                pids.push_str(&format!("{}\n", bmc.pid()));
+                let narrow = opts
+                    .inject
+                    .iter()
+                    .any(|j| j.node == i + 1 && j.fault == Fault::NarrowSlot);
+                let disks = server::Disks {
+                    nvme: p.disks[0].clone(),
+                    sata: p.disks[1].clone(),
+                };
+                cmd.args(server::qemu_args(
+                    i + 1,
+                    &p.mac,
+                    &netdev,
+                    &disks,
+                    bmc.port,
+                    narrow,
+                ));
+                rack.bmcs.push(Some(bmc));
+            }
+        }
+        // If the lab itself is killed outright, the kernel still stops its VMs.
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start qemu-system-x86_64: {e}"))?;
+        pids.push_str(&format!("{}\n", child.id()));
+        rack.vms.push(Vm {
+            child,
+            started: Instant::now(),
+            done_at: None,
+        });
+    }
+    std::fs::write(opts.dir.join("pids"), &pids)?;
+    Ok(rack)
+}
+
+/// The PIDs file, gone once the lab has stopped what it lists.
+pub(super) fn forget(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("pids"));
+}

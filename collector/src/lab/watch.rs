@@ -1,0 +1,265 @@
+//! The lab's wait: live progress per node (bars on a terminal, a line every 10 s
+//! otherwise) until every node has a verdict and its VM is gone, injecting each fault when
+//! its step shows; bounded by the lab's timeout and stopped by Ctrl-C.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::collector::LabCollector;
+use super::inject::{self, Fault, Injection};
+use super::vm::Rack;
+use super::{LabOptions, NodePlan, server};
+use crate::lifecycle::RunStage;
+use crate::store::queries::{self, Filter};
+
+/// Waits for every node; returns how the wait ended and, per node, what was injected.
+pub(super) fn until_done(
+    opts: &LabOptions,
+    plans: &[NodePlan],
+    rack: &mut Rack,
+    lab: &LabCollector,
+    interrupted: &Arc<AtomicBool>,
+    started: Instant,
+) -> (anyhow::Result<()>, Vec<Vec<String>>) {
+    let rt = &lab.rt;
+    let db = &lab.db;
+    let Rack { vms, bmcs } = rack;
+    // Live progress until every node has a verdict and its VM is gone.
+    let (_multi, bars) = progress_bars(opts.bars, plans);
+    let mut last_plain = Instant::now() - Duration::from_secs(60);
+    let mut injector = Injector::new(&opts.inject, plans.len(), !opts.bars);
+    let result = (|| loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
+        let mut lines = Vec::new();
+        let mut all_done = true;
+        for (n, ((p, bar), vm)) in plans.iter().zip(&bars).zip(vms.iter_mut()).enumerate() {
+            let row = rows.iter().find(|r| r.macs.contains(&p.mac));
+            let exited = vm.child.try_wait().ok().flatten().is_some();
+            let verdict = row.and_then(|r| r.verdict);
+            // A fault due while this step runs goes in as soon as the step shows.
+            let running = row
+                .filter(|r| verdict.is_none() && r.stage == Some(RunStage::Linux))
+                .and_then(|r| r.progress.as_ref())
+                .map(|pr| pr.name.clone());
+            if let Some(step) = running {
+                injector.step_shows(rt, n, p, &step, vm.started, bmcs[n].as_mut());
+            }
+            let (pos, msg) = progress(verdict, row, vm.started);
+            bar.set_position(pos);
+            bar.set_message(msg.clone());
+            lines.push(format!("{}: {msg}", p.name));
+            if verdict.is_some() {
+                let done_at = *vm.done_at.get_or_insert_with(Instant::now);
+                // A node that passed powers itself off; one that failed holds in iPXE.
+                if !exited && done_at.elapsed() > Duration::from_secs(20) {
+                    let _ = vm.child.kill();
+                    let _ = vm.child.wait();
+                }
+            }
+            let vm_gone = vm.child.try_wait().ok().flatten().is_some();
+            all_done &= verdict.is_some() && vm_gone;
+            if exited && verdict.is_none() && vm.done_at.is_none() {
+                vm.done_at = Some(Instant::now());
+            }
+        }
+        if !opts.bars && last_plain.elapsed() > Duration::from_secs(10) {
+            last_plain = Instant::now();
+            println!(
+                "[{:>4}s] {}",
+                started.elapsed().as_secs(),
+                lines.join(" | ")
+            );
+        }
+        if all_done {
+            break Ok(());
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            break Err(anyhow::anyhow!(
+                "interrupted: stopping every VM the lab started"
+            ));
+        }
+        if started.elapsed() > opts.timeout {
+            break Err(anyhow::anyhow!(
+                "the lab did not finish within {}s",
+                opts.timeout.as_secs()
+            ));
+        }
+        // A VM that died before its node got a verdict will not get one.
+        if vms.iter().zip(plans).any(|(vm, p)| {
+            vm.done_at
+                .is_some_and(|d| d.elapsed() > Duration::from_secs(90))
+                && !rows
+                    .iter()
+                    .any(|r| r.macs.contains(&p.mac) && r.verdict.is_some())
+        }) {
+            break Err(anyhow::anyhow!(
+                "a node's VM stopped without a verdict; see the collector's run pages"
+            ));
+        }
+    })();
+    for bar in &bars {
+        bar.finish();
+    }
+    (result, injector.injected)
+}
+
+/// A bar per node (drawn only on a terminal).
+fn progress_bars(draw: bool, plans: &[NodePlan]) -> (MultiProgress, Vec<ProgressBar>) {
+    let multi = MultiProgress::new();
+    if !draw {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template(
+        "{prefix:<12} [{bar:25.cyan/blue}] {pos:>3}% {elapsed:>4} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let bars = plans
+        .iter()
+        .map(|p| {
+            let b = multi.add(ProgressBar::new(100));
+            b.set_style(style.clone());
+            b.set_prefix(p.name.clone());
+            b
+        })
+        .collect();
+    (multi, bars)
+}
+
+/// Where a node is, as a bar position (memtest86+ 0–19 %, Linux 20–99 %) and a message.
+fn progress(
+    verdict: Option<kiln_protocol::verdict::Verdict>,
+    row: Option<&queries::NodeRow>,
+    vm_started: Instant,
+) -> (u64, String) {
+    match (&verdict, row) {
+        (Some(v), _) => (100, format!("done: {v}")),
+        (None, Some(r)) if r.stage == Some(RunStage::Memtest) => match &r.progress {
+            Some(pr) => (
+                (pr.fraction * 19.0) as u64,
+                format!(
+                    "memtest86+ {:.0}%: {}",
+                    pr.fraction * 100.0,
+                    pr.status.clone().unwrap_or_default()
+                ),
+            ),
+            None => (
+                0,
+                format!("memtest86+ starting ({}s)", vm_started.elapsed().as_secs()),
+            ),
+        },
+        (None, Some(r)) if r.stage == Some(RunStage::Linux) => match &r.progress {
+            Some(pr) => (
+                20 + (pr.fraction * 79.0) as u64,
+                format!(
+                    "linux: {} {:.0}% {}",
+                    pr.name,
+                    pr.fraction * 100.0,
+                    pr.status.clone().unwrap_or_default()
+                ),
+            ),
+            None => (20, "linux: booting the RAM image".into()),
+        },
+        _ => (0, "booting (iPXE)".into()),
+    }
+}
+
+/// The injections still to fire, and what each node has had done to it.
+struct Injector {
+    pending: Vec<Injection>,
+    injected: Vec<Vec<String>>,
+    print: bool,
+}
+
+impl Injector {
+    fn new(all: &[Injection], nodes: usize, print: bool) -> Injector {
+        let mut injected = vec![Vec::new(); nodes];
+        for j in all.iter().filter(|j| j.fault.at_power_on()) {
+            injected[j.node - 1].push(format!("{}: at power-on", j.fault.name()));
+        }
+        Injector {
+            pending: all
+                .iter()
+                .filter(|j| !j.fault.at_power_on())
+                .cloned()
+                .collect(),
+            injected,
+            print,
+        }
+    }
+
+    /// Node `n` (from 0) shows `step` running: whatever is due during it goes in now.
+    fn step_shows(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        n: usize,
+        plan: &NodePlan,
+        step: &str,
+        vm_started: Instant,
+        bmc: Option<&mut server::Bmc>,
+    ) {
+        let (due, rest): (Vec<Injection>, Vec<Injection>) = self
+            .pending
+            .drain(..)
+            .partition(|j| j.node == n + 1 && j.during.as_deref() == Some(step));
+        self.pending = rest;
+        let mut bmc = bmc;
+        for j in due {
+            let outcome = match fire(rt, j.fault, &plan.qmp, bmc.as_deref_mut()) {
+                Ok(answer) => answer,
+                Err(err) => format!("FAILED: {err:#}"),
+            };
+            let line = format!(
+                "{} during {step} at {:.0}s: {outcome}",
+                j.fault.name(),
+                vm_started.elapsed().as_secs_f64()
+            );
+            if self.print {
+                println!("kiln lab: {}: injected {line}", plan.name);
+            }
+            self.injected[n].push(line);
+        }
+    }
+}
+
+/// Injects `fault` now: through the node's QMP socket, or its BMC's console. Returns what
+/// the emulator answered.
+fn fire(
+    rt: &tokio::runtime::Runtime,
+    fault: Fault,
+    qmp: &Path,
+    bmc: Option<&mut server::Bmc>,
+) -> anyhow::Result<String> {
+    if fault == Fault::SelEntry {
+        let bmc = bmc.ok_or_else(|| anyhow::anyhow!("the node has no BMC"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32);
+        bmc.command(&inject::sel_add_line(now))?;
+        return Ok("added to the BMC's event log".into());
+    }
+    let answers = rt.block_on(crate::memtest::power::qmp(
+        qmp,
+        &inject::qmp_commands(fault),
+    ))?;
+    // HMP answers in text: nothing, or "OK …", on success; anything else is its complaint.
+    let text = answers
+        .iter()
+        .filter_map(|a| a["return"].as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = text.trim();
+    anyhow::ensure!(
+        text.is_empty() || text.starts_with("OK"),
+        "QEMU refused: {text}"
+    );
+    Ok(if text.is_empty() {
+        "done".into()
+    } else {
+        text.to_owned()
+    })
+}

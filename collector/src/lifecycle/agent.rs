@@ -1,0 +1,425 @@
+//! The agent's side of a run: its session token, its plan, its inventory, and its events
+//! ingested in order — the last one closing the Linux stage with the collector's verdict.
+
+use super::*;
+
+/// The owned parts of an ad-hoc run.
+#[derive(Debug, Clone)]
+pub struct NewRunOwned {
+    /// Suite name.
+    pub suite_name: String,
+    /// Suite text.
+    pub suite_text: String,
+    /// Hash of the run's token.
+    pub token_hash: String,
+    /// Heartbeat the agent must keep.
+    pub heartbeat_secs: u64,
+}
+
+/// Whether a run accepts posts from its agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAccess {
+    /// No such run, or another run's token: the same answer either way.
+    Denied,
+    /// The token is the run's and the run is open.
+    Open,
+    /// The token is the run's, but the run has its verdict: nothing more is accepted.
+    Closed(Verdict),
+}
+
+/// Checks an agent's token against run `run_id`.
+pub fn access(conn: &Connection, run_id: i64, token_hash: &str) -> Result<RunAccess, StoreError> {
+    let row: Option<(String, Option<SqlVerdict>)> = conn
+        .query_row(
+            "SELECT token_hash, verdict FROM runs WHERE id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((stored, verdict)) if crate::tokens::equal(&stored, token_hash) => match verdict {
+            Some(v) => RunAccess::Closed(v.0),
+            None => RunAccess::Open,
+        },
+        _ => RunAccess::Denied,
+    })
+}
+
+/// The open run whose session token has this hash, if any.
+pub fn open_run_with_session(
+    conn: &Connection,
+    token_hash: &str,
+) -> Result<Option<i64>, StoreError> {
+    if token_hash.is_empty() {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT id FROM runs WHERE token_hash = ?1 AND verdict IS NULL",
+            [token_hash],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// What a bootstrap exchange did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    /// The session token whose hash was given is now the run's.
+    Issued,
+    /// Not this run's bootstrap token (or no such run).
+    Denied,
+    /// The run is closed.
+    Closed(Verdict),
+    /// The bootstrap token was used before: someone else has it too. The run failed.
+    Reused,
+}
+
+/// The agent exchanges the bootstrap token from its kernel command line for the run's session
+/// token. Once: a second exchange means another process (or machine) holds the bootstrap
+/// token, which fails the run as a security event — never a silent pass.
+pub fn exchange(
+    conn: &mut Connection,
+    run_id: i64,
+    bootstrap_hash: &str,
+    session_hash: &str,
+) -> Result<(Exchange, Ended), StoreError> {
+    let tx = conn.savepoint()?;
+    let row: Option<(Option<String>, Option<i64>, Option<SqlVerdict>)> = tx
+        .query_row(
+            "SELECT bootstrap_hash, bootstrap_used_ms, verdict FROM runs WHERE id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((Some(stored), used, verdict)) = row else {
+        return Ok((Exchange::Denied, Ended::default()));
+    };
+    if !crate::tokens::equal(&stored, bootstrap_hash) {
+        return Ok((Exchange::Denied, Ended::default()));
+    }
+    if let Some(v) = verdict {
+        return Ok((Exchange::Closed(v.0), Ended::default()));
+    }
+    if used.is_some() {
+        let ended = close_run(
+            &tx,
+            run_id,
+            Verdict::Fail,
+            "security: the bootstrap token was used twice (another process or machine has it)",
+        )?;
+        tx.commit()?;
+        return Ok((Exchange::Reused, ended));
+    }
+    exec(
+        &tx,
+        "UPDATE runs SET token_hash = ?2, bootstrap_used_ms = ?3, last_seen_ms = ?3 WHERE id = ?1",
+        params![run_id, session_hash, now_ms()],
+    )?;
+    tx.commit()?;
+    Ok((Exchange::Issued, Ended::default()))
+}
+
+/// The agent fetched its plan (or pinged): it is alive. `None` when the run is closed.
+pub fn plan(
+    conn: &mut Connection,
+    run_id: i64,
+) -> Result<Option<kiln_protocol::wire::RunPlan>, StoreError> {
+    let tx = conn.savepoint()?;
+    let plan = tx
+        .query_row(
+            "SELECT r.node_id, s.text, r.allow_destructive, r.heartbeat_secs FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1 AND r.verdict IS NULL",
+            [run_id],
+            |r| {
+                Ok(kiln_protocol::wire::RunPlan {
+                    run_id,
+                    node_id: r.get(0)?,
+                    suite_text: r.get(1)?,
+                    allow_destructive: r.get(2)?,
+                    heartbeat_secs: r.get::<_, i64>(3)? as u64,
+                    after: "poweroff".into(),
+                })
+            },
+        )
+        .optional()?;
+    if plan.is_some() {
+        exec(
+            &tx,
+            "UPDATE runs SET last_seen_ms = ?2 WHERE id = ?1",
+            params![run_id, now_ms()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(plan)
+}
+
+/// Stores the inventory an agent posted; `false` when the run is closed (nothing changed).
+pub fn put_inventory(
+    conn: &Connection,
+    run_id: i64,
+    inventory: &Inventory,
+) -> Result<bool, StoreError> {
+    let json = serde_json::to_string(inventory).map_err(|source| StoreError::Corrupt {
+        what: "inventory",
+        source,
+    })?;
+    Ok(exec(
+        conn,
+        "UPDATE runs SET inventory = ?2, last_seen_ms = ?3 WHERE id = ?1 AND verdict IS NULL",
+        params![run_id, json, now_ms()],
+    )? > 0)
+}
+
+/// What ingesting a batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored; the highest contiguous sequence number now stored.
+    Acked(u64),
+    /// The run is closed: nothing was stored.
+    Closed(Verdict),
+    /// Not the run's token (or no such run): nothing was stored.
+    Denied,
+}
+
+/// Stores a batch, once per sequence number, applies what each new event means (agent start,
+/// step results, live progress), and once the agent's final event and everything before it
+/// are stored, computes the verdict. One transaction.
+pub fn ingest(
+    conn: &mut Connection,
+    run_id: i64,
+    token_hash: &str,
+    batch: &EventBatch,
+) -> Result<(Ingested, Ended), StoreError> {
+    let tx = conn.savepoint()?;
+    let now = now_ms();
+    let mut ended = Ended::default();
+    let run: Option<(i64, Option<String>, Option<SqlVerdict>, String)> = row(
+        &tx,
+        "SELECT acked_seq, progress, verdict, token_hash FROM runs WHERE id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()?;
+    let Some((mut acked, progress, verdict, stored_hash)) = run else {
+        return Ok((Ingested::Denied, ended));
+    };
+    if stored_hash.is_empty() || !crate::tokens::equal(&stored_hash, token_hash) {
+        return Ok((Ingested::Denied, ended));
+    }
+    if let Some(v) = verdict {
+        return Ok((Ingested::Closed(v.0), ended));
+    }
+    let mut current: Option<Progress> = progress
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok());
+    let mut progress_changed = false;
+    for event in &batch.events {
+        let body = serde_json::to_string(&event.body).map_err(|source| StoreError::Corrupt {
+            what: "event",
+            source,
+        })?;
+        let inserted = exec(
+            &tx,
+            "INSERT OR IGNORE INTO events (run_id, seq, at_ms, kind, step, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                run_id,
+                event.seq as i64,
+                event.at_ms as i64,
+                event_kind(&event.body),
+                event_step(&event.body),
+                body
+            ],
+        )?;
+        if inserted == 0 {
+            continue; // a resent event: stored already, its effects applied already
+        }
+        match &event.body {
+            EventBody::RunStarted { .. } => {
+                // A memtest stage not done by now never finished cleanly.
+                for (stage, state) in stages(&tx, run_id)? {
+                    if stage == Stage::Memtest && state != StageState::Done {
+                        end_stage(
+                            &tx,
+                            run_id,
+                            stage,
+                            Verdict::Incomplete,
+                            Some("the agent started before memtest86+ had a verdict"),
+                        )?;
+                        ended.add(run_id, stage);
+                    }
+                }
+                start_stage(&tx, run_id, Stage::Linux)?;
+                exec(
+                    &tx,
+                    "UPDATE runs SET agent_started_ms = COALESCE(agent_started_ms, ?2) WHERE id = ?1",
+                    params![run_id, now],
+                )?;
+                current = None;
+                progress_changed = true;
+            }
+            EventBody::ExpectChecked { outcome } => {
+                let json =
+                    serde_json::to_string(outcome).map_err(|source| StoreError::Corrupt {
+                        what: "outcome",
+                        source,
+                    })?;
+                exec(
+                    &tx,
+                    "UPDATE runs SET expect = ?2 WHERE id = ?1",
+                    params![run_id, json],
+                )?;
+            }
+            EventBody::StepStarted { step, name, .. } => {
+                current = Some(Progress {
+                    step: *step,
+                    name: name.clone(),
+                    fraction: 0.0,
+                    status: None,
+                });
+                progress_changed = true;
+            }
+            EventBody::Progress {
+                step,
+                fraction,
+                status,
+            } => {
+                if let Some(current) = current.as_mut().filter(|c| c.step == *step) {
+                    current.fraction = *fraction;
+                    current.status = status.clone();
+                    progress_changed = true;
+                }
+            }
+            EventBody::StepFinished { report } => {
+                let json = serde_json::to_string(report).map_err(|source| StoreError::Corrupt {
+                    what: "step",
+                    source,
+                })?;
+                // The first result of a step is the one kept; a repeat is itself a finding
+                // when the verdict is computed.
+                exec(
+                    &tx,
+                    "INSERT OR IGNORE INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        run_id,
+                        report.step,
+                        report.name,
+                        report.kind,
+                        report.outcome.name(),
+                        json
+                    ],
+                )?;
+                if let Some(current) = current.as_mut().filter(|c| c.step == report.step) {
+                    current.fraction = 1.0;
+                    progress_changed = true;
+                }
+            }
+            EventBody::RunFinished { verdict } => {
+                exec(
+                    &tx,
+                    "UPDATE runs SET agent_verdict = ?2, final_seq = min(COALESCE(final_seq, ?3), ?3) WHERE id = ?1",
+                    params![run_id, SqlVerdict(*verdict), event.seq as i64],
+                )?;
+            }
+            EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}
+        }
+    }
+    if progress_changed {
+        let json = current
+            .map(|c| serde_json::to_string(&c))
+            .transpose()
+            .map_err(|source| StoreError::Corrupt {
+                what: "progress",
+                source,
+            })?;
+        exec(
+            &tx,
+            "UPDATE runs SET progress = ?2 WHERE id = ?1",
+            params![run_id, json],
+        )?;
+    }
+    // Advance the acknowledgement over every contiguous stored sequence number.
+    {
+        let mut stmt = tx
+            .prepare_cached("SELECT seq FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq")?;
+        let mut rows = stmt.query(params![run_id, acked])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            if seq != acked + 1 {
+                break;
+            }
+            acked = seq;
+        }
+    }
+    exec(
+        &tx,
+        "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
+        params![run_id, acked, now],
+    )?;
+    // The verdict waits until the agent's final event and every event before it are stored.
+    let final_seq: Option<i64> = row(
+        &tx,
+        "SELECT final_seq FROM runs WHERE id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
+    if final_seq.is_some_and(|f| f <= acked) {
+        ended.extend(finish_linux(&tx, run_id)?);
+    }
+    tx.commit()?;
+    Ok((Ingested::Acked(acked as u64), ended))
+}
+
+/// Computes the Linux stage's verdict from what is stored, records the findings, and
+/// concludes the run.
+pub(super) fn finish_linux(tx: &Connection, run_id: i64) -> Result<Ended, StoreError> {
+    let stored = verdict::read(tx, run_id)?;
+    let computed = verdict::compute(&stored);
+    let findings =
+        serde_json::to_string(&computed.findings).map_err(|source| StoreError::Corrupt {
+            what: "findings",
+            source,
+        })?;
+    let expect = computed
+        .expect
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|source| StoreError::Corrupt {
+            what: "outcome",
+            source,
+        })?;
+    exec(
+        tx,
+        "UPDATE runs SET findings = ?2, expect = COALESCE(?3, expect) WHERE id = ?1",
+        params![run_id, findings, expect],
+    )?;
+    let mut ended = Ended::default();
+    let detail = computed.findings.first().map(String::as_str);
+    if end_stage(tx, run_id, Stage::Linux, computed.verdict, detail)? {
+        ended.add(run_id, Stage::Linux);
+    }
+    conclude(tx, run_id)?;
+    Ok(ended)
+}
+
+pub(super) fn event_kind(body: &EventBody) -> &'static str {
+    match body {
+        EventBody::RunStarted { .. } => "run_started",
+        EventBody::ExpectChecked { .. } => "expect_checked",
+        EventBody::StepStarted { .. } => "step_started",
+        EventBody::Progress { .. } => "progress",
+        EventBody::Log { .. } => "log",
+        EventBody::LogsDropped { .. } => "logs_dropped",
+        EventBody::StepFinished { .. } => "step_finished",
+        EventBody::RunFinished { .. } => "run_finished",
+    }
+}
+
+pub(super) fn event_step(body: &EventBody) -> Option<u32> {
+    match body {
+        EventBody::StepStarted { step, .. } | EventBody::Progress { step, .. } => Some(*step),
+        EventBody::Log { step, .. } => *step,
+        EventBody::StepFinished { report } => Some(report.step),
+        _ => None,
+    }
+}

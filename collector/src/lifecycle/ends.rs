@@ -1,0 +1,125 @@
+//! Runs that end without their agent's word: lost contact (the heartbeat monitor), a kernel
+//! panic seen on the console, the collector restarting; and the console tail kept for them.
+
+use super::*;
+
+/// Fails every open Linux stage whose agent has been silent longer than its heartbeat
+/// timeout; returns the runs with the stages it ended.
+pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended), StoreError> {
+    let tx = conn.savepoint()?;
+    let lost: Vec<(i64, i64)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, heartbeat_secs FROM runs WHERE verdict IS NULL AND stage = ?2 AND last_seen_ms < ?1 - heartbeat_secs * 1000",
+        )?;
+        stmt.query_map(params![now, RunStage::Linux], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?
+    };
+    let mut ended = Ended::default();
+    for (id, secs) in &lost {
+        let reason = with_console(
+            &tx,
+            *id,
+            format!("lost contact: no word from the agent for over {secs}s"),
+        )?;
+        ended.extend(close_run(&tx, *id, Verdict::Fail, &reason)?);
+    }
+    tx.commit()?;
+    Ok((lost.into_iter().map(|(id, _)| id).collect(), ended))
+}
+
+/// The node's kernel panicked (its console says so): the run, if still open in its Linux
+/// stage, fails now with what the console shows — the panic and what led to it. The tail is
+/// stored with it.
+pub fn kernel_panicked(
+    conn: &mut Connection,
+    run_id: i64,
+    tail: &[u8],
+) -> Result<Ended, StoreError> {
+    let tx = conn.savepoint()?;
+    let open: Option<RunStage> = row(
+        &tx,
+        "SELECT stage FROM runs WHERE id = ?1 AND verdict IS NULL",
+        [run_id],
+        |r| r.get(0),
+    )
+    .optional()?;
+    if open != Some(RunStage::Linux) {
+        return Ok(Ended::default());
+    }
+    exec(
+        &tx,
+        "UPDATE runs SET console_tail = ?2 WHERE id = ?1",
+        params![run_id, tail],
+    )?;
+    let shown = crate::console::explain(tail).unwrap_or_else(|| "nothing more".to_owned());
+    let ended = close_run(
+        &tx,
+        run_id,
+        Verdict::Fail,
+        &format!("the node's kernel panicked; {shown}"),
+    )?;
+    tx.commit()?;
+    Ok(ended)
+}
+
+/// `reason`, with what the run's console tail shows when it shows a cause (a panic, a fatal
+/// machine check, a hung task, the OOM killer).
+pub(super) fn with_console(
+    tx: &Connection,
+    run_id: i64,
+    reason: String,
+) -> Result<String, StoreError> {
+    let tail: Option<Vec<u8>> = row(
+        tx,
+        "SELECT console_tail FROM runs WHERE id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .flatten();
+    Ok(match tail.as_deref().and_then(crate::console::explain) {
+        Some(shown) => format!("{reason}; {shown}"),
+        None => reason,
+    })
+}
+
+/// Stores the last of `run_id`'s console (bounded by the caller), while the run is open.
+pub fn console_tail(conn: &mut Connection, run_id: i64, tail: &[u8]) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "UPDATE runs SET console_tail = ?2 WHERE id = ?1 AND verdict IS NULL",
+        params![run_id, tail],
+    )?;
+    Ok(())
+}
+
+/// The collector (re)started: open runs get a fresh heartbeat window (the collector's own
+/// downtime is not the agents' silence), and memtest stages that were running fail — their
+/// consoles were not captured throughout, so their result cannot be trusted.
+pub fn collector_started(conn: &mut Connection) -> Result<(usize, Vec<i64>), StoreError> {
+    let tx = conn.savepoint()?;
+    let reopened = exec(
+        &tx,
+        "UPDATE runs SET last_seen_ms = ?1 WHERE verdict IS NULL",
+        [now_ms()],
+    )?;
+    let running: Vec<i64> = {
+        let mut stmt = tx.prepare(
+            "SELECT s.run_id FROM stages s JOIN runs r ON r.id = s.run_id WHERE r.verdict IS NULL AND s.name = ?1 AND s.state = ?2",
+        )?;
+        stmt.query_map(params![Stage::Memtest, StageState::Running], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    for run_id in &running {
+        let _ = fail_stage(
+            &tx,
+            *run_id,
+            Stage::Memtest,
+            "the collector restarted while memtest86+ ran: its console was not read throughout",
+        )?;
+    }
+    tx.commit()?;
+    Ok((reopened, running))
+}

@@ -1,0 +1,452 @@
+//! How runs start: a node's boot (what `/ipxe` hands it, in one transaction with what
+//! the boot means for its runs) and an agent's ad-hoc registration.
+
+use super::*;
+
+/// A suite the caller read from `DATA/suites/` for a run about to start.
+#[derive(Debug, Clone)]
+pub struct SuiteFile {
+    /// Its name (the file's stem).
+    pub name: String,
+    /// Its text, or why it cannot be used (unreadable, refused).
+    pub text: Result<String, String>,
+}
+
+/// What a boot request carries beside the node's identity.
+#[derive(Debug, Clone)]
+pub struct BootRequest {
+    /// The node as iPXE describes it (checked values only).
+    pub identity: NodeIdentity,
+    /// Mode of a node seen for the first time.
+    pub unknown_mode: Mode,
+    /// Suite for nodes with none assigned.
+    pub default_suite: String,
+    /// The suite file, once the decision asked for it.
+    pub suite: Option<SuiteFile>,
+    /// Hash of a freshly minted bootstrap token, used when the Linux stage is handed out.
+    pub bootstrap_hash: String,
+    /// Heartbeat the agent must keep.
+    pub heartbeat_secs: u64,
+    /// Digest of the RAM image nodes boot now.
+    pub image_digest: Option<String>,
+    /// Most unlabelled nodes to create (see [`room_for_unknown`]).
+    pub max_unknown_nodes: u64,
+}
+
+/// Whether another node may be created for a machine no operator labelled: past `cap` such
+/// nodes, a flood of invented MACs would only fill the database.
+pub fn room_for_unknown(conn: &Connection, cap: u64) -> Result<bool, StoreError> {
+    let n: i64 = row(
+        conn,
+        "SELECT count(*) FROM nodes WHERE rack IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((n as u64) < cap)
+}
+
+/// What the node boots next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Script {
+    /// Its local disk.
+    Local,
+    /// The hold prompt, with why.
+    Hold(String),
+    /// The verdict screen of a finished run (`None` while it is still open).
+    Done {
+        /// Run.
+        run_id: i64,
+        /// Verdict.
+        verdict: Option<Verdict>,
+    },
+    /// memtest86+ (its capture must start now).
+    Memtest {
+        /// Run.
+        run_id: i64,
+        /// The suite's memtest settings.
+        memtest: Memtest,
+    },
+    /// The RAM image; the bootstrap token whose hash was in the request is now the run's.
+    Linux {
+        /// Run.
+        run_id: i64,
+    },
+}
+
+/// The answer to a boot request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BootDecision {
+    /// A run must start with this suite: read `DATA/suites/NAME.yaml` and ask again.
+    NeedSuite(String),
+    /// An unknown machine, and no room for more of them: nothing was created.
+    TooManyUnknown,
+    /// The script to render.
+    Script {
+        /// The node.
+        node_id: i64,
+        /// Its serial, for the script's banner.
+        serial: Option<String>,
+        /// What it boots.
+        script: Script,
+    },
+}
+
+/// A node network-boots and asks for its script: finds or registers it by the lookup rule,
+/// starts a run when it is armed, hands out the next pending stage, and fails a stage that
+/// was still running (the node rebooted unexpectedly). One transaction.
+pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, Ended), StoreError> {
+    let tx = conn.savepoint()?;
+    let mut ended = Ended::default();
+    let now = now_ms();
+    if lookup::find(&tx, &req.identity)?.is_none() && !room_for_unknown(&tx, req.max_unknown_nodes)?
+    {
+        return Ok((BootDecision::TooManyUnknown, ended));
+    }
+    let (node_id, new) = lookup::find_or_register(&tx, &req.identity, None, lookup::Claim::Boot)?;
+    if new {
+        exec(
+            &tx,
+            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 END WHERE id = ?1",
+            params![node_id, req.unknown_mode, now, Mode::Verify],
+        )?;
+    }
+    let (mode, suite, rack_suite, armed_ms, serial): (
+        Mode,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    ) = row(
+        &tx,
+        "SELECT n.mode, n.suite, rs.suite, n.armed_ms, n.serial FROM nodes n LEFT JOIN rack_suites rs ON rs.rack = n.rack WHERE n.id = ?1",
+        [node_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
+    let decided = |script| BootDecision::Script {
+        node_id,
+        serial: serial.clone(),
+        script,
+    };
+    let script = match mode {
+        Mode::Local => Script::Local,
+        Mode::Hold => Script::Hold("mode hold".into()),
+        Mode::Verify => {
+            let open: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM runs WHERE node_id = ?1 AND verdict IS NULL ORDER BY id DESC LIMIT 1",
+                    [node_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let run_id = match open {
+                Some(run_id) => run_id,
+                None => {
+                    let last: Option<(i64, Verdict)> = tx
+                        .query_row(
+                            "SELECT id, verdict FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL ORDER BY id DESC LIMIT 1",
+                            [node_id],
+                            |r| Ok((r.get(0)?, r.get::<_, SqlVerdict>(1)?.0)),
+                        )
+                        .optional()?;
+                    // Armed = an operator (or the unknown-node policy) asked for a new run,
+                    // and no run has started since: starting one consumes it.
+                    let armed = armed_ms.is_some();
+                    if !armed {
+                        let script = match last {
+                            Some((run_id, verdict)) => Script::Done {
+                                run_id,
+                                verdict: Some(verdict),
+                            },
+                            None => Script::Hold(
+                                "not armed for verification; set its mode to verify".into(),
+                            ),
+                        };
+                        tx.commit()?;
+                        return Ok((decided(script), ended));
+                    }
+                    let name = suite
+                        .or(rack_suite)
+                        .unwrap_or_else(|| req.default_suite.clone());
+                    let Some(file) = req.suite.as_ref().filter(|f| f.name == name) else {
+                        // Reading the file is the caller's (no file I/O on the database
+                        // thread); nothing was changed yet.
+                        tx.commit()?;
+                        return Ok((BootDecision::NeedSuite(name), ended));
+                    };
+                    match start_run(&tx, node_id, file, req)? {
+                        Ok(run_id) => run_id,
+                        Err(reason) => {
+                            tx.commit()?;
+                            return Ok((decided(Script::Hold(reason)), ended));
+                        }
+                    }
+                }
+            };
+            next_stage(&tx, run_id, req, &mut ended)?
+        }
+    };
+    if !matches!(script, Script::Linux { .. } | Script::Memtest { .. }) {
+        exec(
+            &tx,
+            "UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1",
+            params![node_id, now],
+        )?;
+    }
+    tx.commit()?;
+    Ok((decided(script), ended))
+}
+
+/// Creates the run for an armed node from the suite file; `Err` holds the node with why.
+pub(super) fn start_run(
+    tx: &Connection,
+    node_id: i64,
+    file: &SuiteFile,
+    req: &BootRequest,
+) -> Result<Result<i64, String>, StoreError> {
+    let text = match &file.text {
+        Ok(text) => text,
+        Err(reason) => return Ok(Err(reason.clone())),
+    };
+    let plan = match kiln_protocol::load(&format!("{}.yaml", file.name), text.as_bytes()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            return Ok(Err(format!(
+                "suite {} is refused: {}",
+                file.name,
+                e.to_string().lines().next().unwrap_or("")
+            )));
+        }
+    };
+    let stages: &[Stage] = if plan.memtest.is_some() {
+        &[Stage::Memtest, Stage::Linux]
+    } else {
+        &[Stage::Linux]
+    };
+    // The suite's `destructive: true` says a step may destroy data; only the operator's
+    // consent for this node (`kiln nodes allow-destructive`) lets it.
+    let wants_destructive = plan
+        .steps
+        .iter()
+        .any(|s| matches!(&s.check, kiln_protocol::Check::Disk(d) if d.destructive));
+    let consent: bool = row(
+        tx,
+        "SELECT allow_destructive FROM nodes WHERE id = ?1",
+        [node_id],
+        |r| r.get(0),
+    )?;
+    let allow_destructive = wants_destructive && consent;
+    if wants_destructive && !consent {
+        tracing::warn!(
+            node_id,
+            suite = %file.name,
+            "the suite has destructive disk steps but the node has no operator consent: they will be refused"
+        );
+    }
+    exec(
+        tx,
+        "UPDATE nodes SET armed_ms = NULL WHERE id = ?1",
+        [node_id],
+    )?;
+    let run_id = create_run(
+        tx,
+        &NewRun {
+            node_id,
+            suite_name: plan.name(),
+            suite_text: text,
+            // No session until the Linux stage's bootstrap token is exchanged.
+            token_hash: "",
+            stages,
+            allow_destructive,
+            heartbeat_secs: req.heartbeat_secs,
+            image_digest: req.image_digest.as_deref(),
+        },
+    )?;
+    tracing::info!(node_id, run_id, suite = %file.name, "started a verify run");
+    Ok(Ok(run_id))
+}
+
+/// Hands out the run's next pending stage, or fails the one still running (an unexpected
+/// reboot).
+pub(super) fn next_stage(
+    tx: &Connection,
+    run_id: i64,
+    req: &BootRequest,
+    ended: &mut Ended,
+) -> Result<Script, StoreError> {
+    for (stage, state) in stages(tx, run_id)? {
+        match (stage, state) {
+            (_, StageState::Done) => continue,
+            (stage, StageState::Running) => {
+                // The node asked for its script while a stage was still running: it rebooted
+                // unexpectedly. That is a fail, never a pass.
+                let detail = with_console(
+                    tx,
+                    run_id,
+                    format!(
+                        "unexpected reboot: the node asked for its boot script while the {stage} stage was running"
+                    ),
+                )?;
+                ended.extend(fail_stage(tx, run_id, stage, &detail)?);
+                return Ok(Script::Done {
+                    run_id,
+                    verdict: Some(Verdict::Fail),
+                });
+            }
+            (Stage::Memtest, StageState::Pending) => {
+                let text: String = row(
+                    tx,
+                    "SELECT s.text FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1",
+                    [run_id],
+                    |r| r.get(0),
+                )?;
+                let memtest = kiln_protocol::load("suite", text.as_bytes())
+                    .ok()
+                    .and_then(|plan| plan.memtest);
+                let Some(memtest) = memtest else {
+                    ended.extend(fail_stage(
+                        tx,
+                        run_id,
+                        Stage::Memtest,
+                        "the run's stored suite has no memtest settings (it no longer loads)",
+                    )?);
+                    return Ok(Script::Done {
+                        run_id,
+                        verdict: Some(Verdict::Fail),
+                    });
+                };
+                start_stage(tx, run_id, Stage::Memtest)?;
+                return Ok(Script::Memtest { run_id, memtest });
+            }
+            (Stage::Linux, StageState::Pending) => {
+                start_stage(tx, run_id, Stage::Linux)?;
+                // A fresh bootstrap token for this boot, and no session yet: only its hash is
+                // kept, and every older token of this node is dead from now on.
+                exec(
+                    tx,
+                    "UPDATE runs SET bootstrap_hash = ?2, bootstrap_used_ms = NULL, token_hash = '' WHERE id = ?1",
+                    params![run_id, req.bootstrap_hash],
+                )?;
+                supersede_other_runs(tx, run_id, ended)?;
+                return Ok(Script::Linux { run_id });
+            }
+        }
+    }
+    // Every stage done but no verdict: conclude now.
+    conclude(tx, run_id)?;
+    let verdict: Option<SqlVerdict> = row(
+        tx,
+        "SELECT verdict FROM runs WHERE id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
+    Ok(Script::Done {
+        run_id,
+        verdict: verdict.map(|v| v.0),
+    })
+}
+
+/// Other open runs of the run's node (an earlier ad-hoc run an operator registered) end:
+/// the node booted again, so whatever they were running is gone.
+pub(super) fn supersede_other_runs(
+    tx: &Connection,
+    run_id: i64,
+    ended: &mut Ended,
+) -> Result<(), StoreError> {
+    let others: Vec<i64> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id FROM runs WHERE node_id = (SELECT node_id FROM runs WHERE id = ?1) AND id <> ?1 AND verdict IS NULL",
+        )?;
+        stmt.query_map([run_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    for other in others {
+        ended.extend(close_run(
+            tx,
+            other,
+            Verdict::Incomplete,
+            &format!("the node booted again (run {run_id}) before this run finished"),
+        )?);
+    }
+    Ok(())
+}
+
+/// What a new run is.
+pub struct NewRun<'a> {
+    /// Node.
+    pub node_id: i64,
+    /// Suite name.
+    pub suite_name: &'a str,
+    /// Suite text.
+    pub suite_text: &'a str,
+    /// Hash of the run's token.
+    pub token_hash: &'a str,
+    /// Stages, in order.
+    pub stages: &'a [Stage],
+    /// Destructive disk steps allowed.
+    pub allow_destructive: bool,
+    /// Heartbeat the agent must keep.
+    pub heartbeat_secs: u64,
+    /// Digest of the RAM image the node boots, when network-booted.
+    pub image_digest: Option<&'a str>,
+}
+
+/// Creates a run with its stages pending; returns its id.
+pub(super) fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, StoreError> {
+    let sha = put_suite(tx, run.suite_name, run.suite_text)?;
+    let now = now_ms();
+    let first = run.stages.first().copied().unwrap_or(Stage::Linux);
+    exec(tx,
+        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, RunStage::from(first), run.allow_destructive, run.heartbeat_secs as i64, now],
+    )?;
+    let id = tx.last_insert_rowid();
+    for stage in run.stages {
+        exec(
+            tx,
+            "INSERT INTO stages (run_id, name, state) VALUES (?1, ?2, ?3)",
+            params![id, stage, StageState::Pending],
+        )?;
+    }
+    Ok(id)
+}
+
+/// An agent registers an ad-hoc run (`kiln-agent run --collector`). Without the admin token it
+/// gets a new ad-hoc node that never takes over an existing one; with it, the node is found
+/// by the lookup rule (or registered). Returns (node, run), or `None` when a new node would be
+/// one unknown node too many.
+pub fn register(
+    conn: &mut Connection,
+    identity: &NodeIdentity,
+    hostname: Option<&str>,
+    admin: bool,
+    max_unknown_nodes: u64,
+    run: impl FnOnce(i64) -> NewRunOwned,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let tx = conn.savepoint()?;
+    let known = admin && lookup::find(&tx, identity)?.is_some();
+    if !known && !room_for_unknown(&tx, max_unknown_nodes)? {
+        return Ok(None);
+    }
+    let node_id = if admin {
+        lookup::find_or_register(&tx, identity, hostname, lookup::Claim::Admin)?.0
+    } else {
+        lookup::register_ad_hoc(&tx, identity, hostname)?
+    };
+    let owned = run(node_id);
+    let run_id = create_run(
+        &tx,
+        &NewRun {
+            node_id,
+            suite_name: &owned.suite_name,
+            suite_text: &owned.suite_text,
+            token_hash: &owned.token_hash,
+            stages: &[Stage::Linux],
+            allow_destructive: false,
+            heartbeat_secs: owned.heartbeat_secs,
+            image_digest: None,
+        },
+    )?;
+    tx.commit()?;
+    Ok(Some((node_id, run_id)))
+}

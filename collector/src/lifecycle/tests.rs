@@ -1,0 +1,381 @@
+//! The lifecycle's transitions, each against a real SQLite database.
+
+use super::*;
+use crate::memtest::capture::Finding;
+use crate::store::test_connection;
+
+const MEMTEST_SUITE: &str = "suite: m\ndescription: d\nmemtest: {passes: 1}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n";
+
+fn identity(mac: Option<&str>, serial: Option<&str>) -> NodeIdentity {
+    NodeIdentity {
+        macs: mac.map(str::to_owned).into_iter().collect(),
+        uuid: None,
+        serial: serial.map(str::to_owned),
+    }
+}
+
+fn request(identity: NodeIdentity) -> BootRequest {
+    BootRequest {
+        identity,
+        unknown_mode: Mode::Verify,
+        default_suite: "m".into(),
+        suite: Some(SuiteFile {
+            name: "m".into(),
+            text: Ok(MEMTEST_SUITE.into()),
+        }),
+        bootstrap_hash: "h1".into(),
+        heartbeat_secs: 60,
+        image_digest: None,
+        max_unknown_nodes: 100,
+    }
+}
+
+/// A suite without memtest: the first boot hands out Linux.
+fn linux_only() -> SuiteFile {
+    SuiteFile {
+        name: "m".into(),
+        text: Ok(
+            "suite: m\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n".into(),
+        ),
+    }
+}
+
+fn script(conn: &mut Connection, req: &BootRequest) -> (Script, Ended) {
+    match boot(conn, req).unwrap() {
+        (BootDecision::Script { script, .. }, ended) => (script, ended),
+        (other, _) => panic!("{other:?}"),
+    }
+}
+
+/// Boots the node into a new run's memtest stage; returns the run.
+fn start_memtest(conn: &mut Connection, req: &BootRequest) -> i64 {
+    match script(conn, req).0 {
+        Script::Memtest { run_id, .. } => run_id,
+        other => panic!("expected memtest, got {other:?}"),
+    }
+}
+
+fn finding(pass: bool) -> Finding {
+    Finding {
+        pass,
+        detail: if pass { "1 pass, 0 errors" } else { "errors" }.into(),
+        reading: None,
+        screen: String::new(),
+        raw: Vec::new(),
+        secs: 1,
+    }
+}
+
+fn run_state(conn: &Connection, run_id: i64) -> (RunStage, Option<Verdict>, Option<String>) {
+    row(
+        conn,
+        "SELECT stage, verdict, progress FROM runs WHERE id = ?1",
+        [run_id],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<SqlVerdict>>(1)?.map(|v| v.0),
+                r.get(2)?,
+            ))
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
+    let mce = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/console/qemu-7.2-fatal-mce.log"),
+    )
+    .unwrap();
+    let mut conn = test_connection();
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = Some(linux_only());
+    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+        panic!("expected linux")
+    };
+    let ended = kernel_panicked(&mut conn, run_id, &mce).unwrap();
+    assert_eq!(ended.0, vec![(run_id, Stage::Linux)]);
+    let (_, verdict, _) = run_state(&conn, run_id);
+    assert_eq!(verdict, Some(Verdict::Fail));
+    let (reason, tail): (String, Vec<u8>) = conn
+        .query_row(
+            "SELECT verdict_reason, console_tail FROM runs WHERE id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        reason,
+        "the node's kernel panicked; the console shows machine check on CPU 0, bank 9, status 0xbd000000000000c0, address 0x2000000 (Uncorrected error without MCA Recovery); kernel panic: Fatal local machine check"
+    );
+    assert_eq!(tail, mce);
+    // A closed run is not closed again, nor its reason rewritten.
+    assert!(
+        kernel_panicked(&mut conn, run_id, b"Kernel panic - not syncing: other")
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    let again: String = conn
+        .query_row(
+            "SELECT verdict_reason FROM runs WHERE id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(again, reason);
+}
+
+#[test]
+fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
+    let mce = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/console/qemu-7.2-fatal-mce.log"),
+    )
+    .unwrap();
+    let mut conn = test_connection();
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = Some(linux_only());
+    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+        panic!("expected linux")
+    };
+    console_tail(&mut conn, run_id, &mce).unwrap();
+    let (lost, _) = lost_contact(&mut conn, now_ms() + 3_600_000).unwrap();
+    assert_eq!(lost, vec![run_id]);
+    let (_, verdict, _) = run_state(&conn, run_id);
+    assert_eq!(verdict, Some(Verdict::Fail));
+    let reason: String = conn
+        .query_row(
+            "SELECT verdict_reason FROM runs WHERE id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        reason,
+        "lost contact: no word from the agent for over 60s; the console shows machine check on CPU 0, bank 9, status 0xbd000000000000c0, address 0x2000000 (Uncorrected error without MCA Recovery); kernel panic: Fatal local machine check"
+    );
+    // A closed run's tail is not written over.
+    console_tail(&mut conn, run_id, b"later").unwrap();
+    let kept: Vec<u8> = conn
+        .query_row(
+            "SELECT console_tail FROM runs WHERE id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, mce);
+
+    // The node's next run dies mid-stage and the node reboots.
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = Some(linux_only());
+    req.bootstrap_hash = "h2".into();
+    let _ = set_mode(&mut conn, &Selector::All(true), Mode::Verify).unwrap();
+    let (Script::Linux { run_id: second }, _) = script(&mut conn, &req) else {
+        panic!("expected a second linux run")
+    };
+    console_tail(
+        &mut conn,
+        second,
+        b"[ 5.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n",
+    )
+    .unwrap();
+    let _ = script(&mut conn, &req);
+    let reason: String = conn
+        .query_row(
+            "SELECT detail FROM stages WHERE run_id = ?1 AND name = 'linux'",
+            [second],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        reason.starts_with("unexpected reboot")
+            && reason.ends_with("the console shows kernel panic: VFS: Unable to mount root fs"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_boot_asks_for_the_suite_file_before_it_changes_anything() {
+    let mut conn = test_connection();
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = None;
+    let (decision, _) = boot(&mut conn, &req).unwrap();
+    assert_eq!(decision, BootDecision::NeedSuite("m".into()));
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 0);
+}
+
+#[test]
+fn a_bootstrap_token_used_twice_fails_the_run() {
+    let mut conn = test_connection();
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = Some(linux_only());
+    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+        panic!("expected linux")
+    };
+    assert_eq!(
+        exchange(&mut conn, run_id, "h1", "s1").unwrap().0,
+        Exchange::Issued
+    );
+    assert_eq!(
+        exchange(&mut conn, run_id, "h1", "s2").unwrap().0,
+        Exchange::Reused
+    );
+    assert_eq!(
+        access(&conn, run_id, "s1").unwrap(),
+        RunAccess::Closed(Verdict::Fail)
+    );
+    assert_eq!(access(&conn, run_id, "s2").unwrap(), RunAccess::Denied);
+    let reason: String = conn
+        .query_row(
+            "SELECT verdict_reason FROM runs WHERE id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        reason.contains("bootstrap token was used twice"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_stale_capture_finding_is_dropped_and_ends_nothing() {
+    let mut conn = test_connection();
+    let req = request(identity(Some("52:54:00:00:00:01"), None));
+    let run_id = start_memtest(&mut conn, &req);
+    // The node reboots in the middle of memtest86+: the stage fails and its capture stops.
+    let (done, ended) = script(&mut conn, &req);
+    assert_eq!(
+        done,
+        Script::Done {
+            run_id,
+            verdict: Some(Verdict::Fail)
+        }
+    );
+    assert!(ended.0.contains(&(run_id, Stage::Memtest)));
+    // The old capture's late "pass" changes nothing and may not reset the node.
+    let (applied, ended) = memtest_finished(&mut conn, run_id, &finding(true)).unwrap();
+    assert_eq!(applied, Applied::Stale);
+    assert!(ended.0.is_empty());
+    assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Fail));
+    let stored: i64 = conn
+        .query_row("SELECT count(*) FROM memtest_results", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0);
+}
+
+#[test]
+fn progress_belongs_to_its_stage() {
+    let mut conn = test_connection();
+    let req = request(identity(Some("52:54:00:00:00:01"), None));
+    let run_id = start_memtest(&mut conn, &req);
+    let reading = Progress {
+        step: 0,
+        name: "memtest86+".into(),
+        fraction: 0.99,
+        status: Some("pass 1 test #9".into()),
+    };
+    memtest_progress(&conn, run_id, &reading).unwrap();
+    assert!(run_state(&conn, run_id).2.unwrap().contains("test #9"));
+    let (applied, _) = memtest_finished(&mut conn, run_id, &finding(true)).unwrap();
+    assert_eq!(applied, Applied::Yes);
+    // Linux is booting: memtest's reading is gone, and a late one is not written.
+    assert_eq!(run_state(&conn, run_id), (RunStage::Linux, None, None));
+    memtest_progress(&conn, run_id, &reading).unwrap();
+    assert_eq!(run_state(&conn, run_id).2, None);
+    // The node reboots into Linux and gets the image with this boot's token.
+    assert_eq!(script(&mut conn, &req).0, Script::Linux { run_id });
+}
+
+#[test]
+fn a_node_known_only_by_its_serial_keeps_its_mode() {
+    let mut conn = test_connection();
+    let req = request(identity(None, Some("SN-9")));
+    let (decision, _) = boot(&mut conn, &req).unwrap();
+    let BootDecision::Script { node_id, .. } = decision else {
+        panic!()
+    };
+    let (_, ended) = set_mode(&mut conn, &Selector::Node(node_id), Mode::Hold).unwrap();
+    // The open run ended with the operator's reason.
+    assert!(ended.0.contains(&(1, Stage::Memtest)), "{ended:?}");
+    let reason: String = conn
+        .query_row("SELECT verdict_reason FROM runs WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        reason,
+        "the operator set the node's mode to hold before the run finished"
+    );
+    let (decision, _) = boot(&mut conn, &req).unwrap();
+    assert_eq!(
+        decision,
+        BootDecision::Script {
+            node_id,
+            serial: Some("SN-9".into()),
+            script: Script::Hold("mode hold".into())
+        }
+    );
+    let nodes: i64 = conn
+        .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(nodes, 1);
+}
+
+#[test]
+fn an_operator_re_arm_ends_the_open_run_as_incomplete() {
+    let mut conn = test_connection();
+    let req = request(identity(Some("52:54:00:00:00:01"), None));
+    let run_id = start_memtest(&mut conn, &req);
+    let (n, ended) = set_mode(&mut conn, &Selector::All(true), Mode::Verify).unwrap();
+    assert_eq!(n, 1);
+    assert!(ended.0.contains(&(run_id, Stage::Memtest)));
+    assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Incomplete));
+    // `all: false` selects nothing.
+    let (n, _) = set_mode(&mut conn, &Selector::All(false), Mode::Hold).unwrap();
+    assert_eq!(n, 0);
+    // The next boot starts a new run.
+    let next = start_memtest(&mut conn, &req);
+    assert_ne!(next, run_id);
+}
+
+#[test]
+fn the_linux_stage_is_handed_out_once_per_boot() {
+    let mut conn = test_connection();
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = Some(linux_only());
+    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+        panic!("expected linux")
+    };
+    // The bootstrap token is no session token, and is good for one exchange.
+    assert_eq!(access(&conn, run_id, "h1").unwrap(), RunAccess::Denied);
+    assert_eq!(
+        exchange(&mut conn, run_id, "h2", "s1").unwrap().0,
+        Exchange::Denied
+    );
+    assert_eq!(
+        exchange(&mut conn, run_id, "h1", "s1").unwrap().0,
+        Exchange::Issued
+    );
+    assert_eq!(access(&conn, run_id, "s1").unwrap(), RunAccess::Open);
+    req.bootstrap_hash = "h2".into();
+    let (again, _) = script(&mut conn, &req);
+    assert_eq!(
+        again,
+        Script::Done {
+            run_id,
+            verdict: Some(Verdict::Fail)
+        }
+    );
+    assert_eq!(access(&conn, run_id, "h2").unwrap(), RunAccess::Denied);
+    assert_eq!(
+        access(&conn, run_id, "s1").unwrap(),
+        RunAccess::Closed(Verdict::Fail)
+    );
+}
