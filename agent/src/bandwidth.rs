@@ -50,7 +50,7 @@ fn chunk() -> Bytes {
     static CHUNK_BYTES: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     CHUNK_BYTES
         .get_or_init(|| {
-            let words = (0..CHUNK / 8).map(|i| crate::checks::memory::splitmix64(i as u64));
+            let words = (0..CHUNK / 8).map(|i| crate::rng::splitmix64(i as u64));
             Bytes::from(words.flat_map(u64::to_le_bytes).collect::<Vec<u8>>())
         })
         .clone()

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod os;
 pub mod report;
 pub mod reporter;
+pub mod rng;
 pub mod runner;
 pub mod stop;
 pub mod suites;

@@ -351,7 +351,7 @@ fn approx_size(body: &EventBody) -> usize {
 
 /// `base` ± 50 %, so agents that lost the collector together do not come back in lockstep.
 fn jitter(base: Duration) -> Duration {
-    let r = (crate::checks::memory::fresh_seed() % 1000) as f64 / 1000.0;
+    let r = (crate::rng::fresh_seed() % 1000) as f64 / 1000.0;
     base.mul_f64(0.5 + r)
 }
 

@@ -31,7 +31,7 @@ impl CheckKind for Exec {
         let metrics_file = std::env::temp_dir().join(format!(
             "kiln-metrics-{}-{:08x}.json",
             std::process::id(),
-            super::memory::fresh_seed() as u32
+            crate::rng::fresh_seed() as u32
         ));
         let mut command = Command::new(program);
         // The agent's own settings (KILN_URL, KILN_RUN, a KILN_TOKEN an operator exported)

@@ -1,0 +1,249 @@
+//! The disk check's engine, safety rules and health readers, against files and fake sysfs trees.
+
+use super::*;
+use crate::stop::Interrupt;
+
+fn stop() -> Stop {
+    Stop::new(Duration::from_secs(60), Interrupt::new())
+}
+
+fn scratch(dir: &Path, bytes: u64) -> Job {
+    Job {
+        path: dir.join("scratch.bin"),
+        bytes,
+        scratch: true,
+        smart_device: None,
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    // Under the target directory, on a real disk filesystem (tmpfs refuses O_DIRECT).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_clean_file_verifies_and_is_removed() {
+    let dir = tempdir("clean");
+    let job = scratch(&dir, 8 << 20);
+    let run = job.run(1 << 20, 7, &stop(), &NoInjection, &|_| {}).unwrap();
+    assert_eq!(run.mismatch_count, 0);
+    assert_eq!(run.latencies.len(), 16);
+    assert!(run.write_mbps() > 0.0 && run.read_mbps() > 0.0);
+    assert!(!job.path.exists(), "scratch file left behind");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+struct CorruptBlock(u64);
+
+impl Injection for CorruptBlock {
+    fn after_write(&self, path: &Path, block_size: usize) {
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&[0xff; 16], self.0 * block_size as u64 + 4096)
+            .unwrap();
+        file.sync_data().unwrap();
+    }
+}
+
+#[test]
+fn a_corrupted_block_is_reported_with_its_offset() {
+    let dir = tempdir("corrupt");
+    let job = scratch(&dir, 4 << 20);
+    let run = job
+        .run(1 << 20, 9, &stop(), &CorruptBlock(2), &|_| {})
+        .unwrap();
+    assert_eq!(run.mismatch_count, 1);
+    let m = &run.mismatches[0];
+    assert_eq!(
+        (m.block, m.offset, m.first_bad_word, m.bad_words),
+        (2, 2 << 20, 512, 2)
+    );
+    assert_eq!(m.actual, u64::MAX);
+    let faults = run.faults(&job.path);
+    assert!(faults[0].message.contains("block 2 (offset 2097152) read back wrong: 2 of 131072 words differ, first at byte +4096"), "{}", faults[0].message);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_misdirected_block_names_the_block_it_holds() {
+    let seed = 5;
+    let n = 512;
+    let mut words: Vec<u64> = (0..n).map(|k| expected_word(seed, 3, k, n)).collect();
+    assert!(verify_block(&words, seed, 3, 4096).is_none());
+    let m = verify_block(&words, seed, 4, 4096).unwrap();
+    assert_eq!(m.holds_block, Some(3));
+    words[0] = 4;
+    assert_eq!(
+        verify_block(&words, seed, 4, 4096).unwrap().holds_block,
+        None
+    );
+}
+
+/// A fake sysfs with a disk `sdb` (partition `sdb1`) and a blank disk `sdc`.
+fn fake_system(mountinfo: &str) -> (System, PathBuf) {
+    let root = tempdir("sysfs");
+    for (name, dev) in [("sdb", "8:16"), ("sdc", "8:32")] {
+        let dir = root.join("class/block").join(name);
+        std::fs::create_dir_all(dir.join("holders")).unwrap();
+        std::fs::write(dir.join("dev"), dev).unwrap();
+        std::fs::write(dir.join("size"), "2097152").unwrap();
+        std::fs::create_dir_all(root.join("block").join(name)).unwrap();
+    }
+    let part = root.join("class/block/sdb/sdb1");
+    std::fs::create_dir_all(part.join("holders")).unwrap();
+    std::fs::write(part.join("partition"), "1").unwrap();
+    std::fs::write(part.join("dev"), "8:17").unwrap();
+    // As in sysfs, the partition is also listed at class/block/ through a link.
+    std::os::unix::fs::symlink(&part, root.join("class/block/sdb1")).unwrap();
+    let system = System {
+        sys: root.display().to_string(),
+        mountinfo: mountinfo.to_owned(),
+        swaps: "Filename Type Size Used Priority\n".into(),
+    };
+    (system, root)
+}
+
+#[test]
+fn mounted_root_partitioned_and_held_disks_are_refused() {
+    let (system, root) = fake_system("22 1 8:17 / /data rw,relatime - ext4 /dev/sdb1 rw\n");
+    assert_eq!(
+        refusal("sdb", &system).unwrap(),
+        "is mounted (/dev/sdb1 at /data)"
+    );
+    assert_eq!(
+        refusal("sdb1", &system).unwrap(),
+        "is a partition; expected a whole disk"
+    );
+    assert_eq!(refusal("sdc", &system), None);
+
+    let system = System {
+        mountinfo: "22 1 8:32 / / rw - ext4 /dev/sdc rw\n".into(),
+        ..system
+    };
+    assert_eq!(
+        refusal("sdc", &system).unwrap(),
+        "holds the root filesystem (/dev/sdc is mounted at /)"
+    );
+
+    let system = System {
+        mountinfo: String::new(),
+        ..system
+    };
+    assert_eq!(
+        refusal("sdb", &system).unwrap(),
+        "holds partitions (sdb1); expected a blank disk"
+    );
+    std::fs::create_dir_all(root.join("class/block/sdc/holders/md0")).unwrap();
+    assert_eq!(
+        refusal("sdc", &system).unwrap(),
+        "is a RAID member: /dev/sdc is held by md0"
+    );
+    std::fs::remove_dir_all(root.join("class/block/sdc/holders/md0")).unwrap();
+    std::fs::create_dir_all(root.join("class/block/sdc/holders/dm-0")).unwrap();
+    assert!(refusal("sdc", &system).unwrap().contains("device-mapper"));
+    let system = System {
+        swaps: "Filename Type\n/dev/sdc partition 1 0 -2\n".into(),
+        ..system
+    };
+    assert_eq!(
+        refusal("sdc", &system).unwrap(),
+        "is in use as swap (/dev/sdc)"
+    );
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn targets_resolve_by_path_glob_and_all() {
+    let (system, root) = fake_system("");
+    assert_eq!(
+        resolve_target(&DiskTarget::All, &system).unwrap(),
+        ["sdb", "sdc"]
+    );
+    assert_eq!(
+        resolve_target(&DiskTarget::Glob("/dev/sd[c-z]".into()), &system).unwrap(),
+        ["sdc"]
+    );
+    assert_eq!(
+        resolve_target(&DiskTarget::Path("/dev/sdc".into()), &system).unwrap(),
+        ["sdc"]
+    );
+    let err = resolve_target(&DiskTarget::Path("/dev/sdz".into()), &system)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/dev/sdz is not a block device"), "{err}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn smart_json_yields_health_and_counters() {
+    let json: serde_json::Value = serde_json::from_str(
+        r#"{"smart_status":{"passed":false},"ata_smart_attributes":{"table":[{"id":5,"raw":{"value":12}},{"id":197,"raw":{"value":3}}]}}"#,
+    )
+    .unwrap();
+    let mut out = CheckOutput::default();
+    read_smart(&json, Path::new("/dev/sdb"), &mut out);
+    assert_eq!(out.faults[0].code, "disk.smart_failed");
+    let m: Vec<(&str, f64)> = out
+        .metrics
+        .iter()
+        .map(|m| (m.name.as_str(), m.value))
+        .collect();
+    assert_eq!(m, [("reallocated_sectors", 12.0), ("pending_sectors", 3.0)]);
+}
+
+#[test]
+fn native_nvme_health_names_the_warning_and_counts_media_errors() {
+    let h = crate::hw::nvme::Health {
+        critical_warning: 0b100,
+        temperature_k: 320,
+        available_spare_pct: 90,
+        percentage_used: 3,
+        media_errors: 2,
+        ..Default::default()
+    };
+    let mut out = CheckOutput::default();
+    read_nvme(&h, Path::new("/dev/nvme0n1"), &mut out);
+    assert_eq!(out.faults[0].code, "disk.nvme_critical_warning");
+    assert_eq!(
+        out.faults[0].message,
+        "/dev/nvme0n1: NVMe critical warning 0x04: reliability degraded by media or internal errors"
+    );
+    let get = |n: &str| out.metrics.iter().find(|m| m.name == n).map(|m| m.value);
+    assert_eq!(get("media_errors"), Some(2.0));
+    assert_eq!(get("temp_c"), Some(46.9));
+    assert_eq!(get("available_spare"), Some(90.0));
+}
+
+#[test]
+fn native_ata_smart_fails_on_the_drives_verdict_and_a_failing_attribute() {
+    use crate::hw::ata::{Attribute, Smart};
+    let attr = |id, value, threshold, raw| Attribute {
+        id,
+        value,
+        worst: value,
+        threshold: Some(threshold),
+        prefail: true,
+        raw,
+    };
+    let s = Smart {
+        passed: Some(false),
+        attributes: vec![attr(5, 30, 36, 0x0001_0000_0007), attr(197, 100, 0, 4)],
+    };
+    let mut out = CheckOutput::default();
+    read_ata(&s, Path::new("/dev/sda"), &mut out);
+    let codes: Vec<&str> = out.faults.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(codes, ["disk.smart_failed", "disk.smart_attribute_failing"]);
+    assert!(
+        out.faults[1]
+            .message
+            .contains("attribute 5 (reallocated sectors) is at 30")
+    );
+    let get = |n: &str| out.metrics.iter().find(|m| m.name == n).map(|m| m.value);
+    // Only the low 32 bits of a raw counter count.
+    assert_eq!(get("reallocated_sectors"), Some(7.0));
+    assert_eq!(get("pending_sectors"), Some(4.0));
+    assert_eq!(get("udma_crc_errors"), None);
+}
