@@ -139,7 +139,12 @@ pub fn run_on(
     let mut steps = Vec::new();
     // The BMC's event log as last read: each step's new entries are counted against it, so
     // an entry added while a read failed is still reported by the next step that reads it.
-    let mut sel: Option<SelSnapshot> = None;
+    // Read once before the first step is announced, so nothing the BMC logs after the
+    // announcement can land in the first step's baseline.
+    let mut sel: Option<SelSnapshot> =
+        crate::hw::sel::read(std::path::Path::new(crate::hw::sel::DEVICE))
+            .ok()
+            .map(|events| SelSnapshot { events, step: 0 });
     for step in &plan.steps {
         if interrupt.is_set() {
             break;

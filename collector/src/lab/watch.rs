@@ -41,10 +41,13 @@ pub(super) fn until_done(
             let row = rows.iter().find(|r| r.macs.contains(&p.mac));
             let exited = vm.child.try_wait().ok().flatten().is_some();
             let verdict = row.and_then(|r| r.verdict);
-            // A fault due while this step runs goes in as soon as the step shows.
+            // A fault due while this step runs goes in once the step shows progress: its
+            // check is running then, after the agent took its before-the-step readings
+            // (kernel log, AER counters, BMC event log), so the fault is the step's.
             let running = row
                 .filter(|r| verdict.is_none() && r.stage == Some(RunStage::Linux))
                 .and_then(|r| r.progress.as_ref())
+                .filter(|pr| pr.fraction > 0.0)
                 .map(|pr| pr.name.clone());
             if let Some(step) = running {
                 injector.step_shows(rt, n, p, &step, vm.started, bmcs[n].as_mut());
