@@ -2,8 +2,6 @@
 //! and the operator CLI.
 
 pub mod api;
-pub mod artifacts;
-pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod console;
@@ -15,4 +13,3 @@ pub mod server;
 pub mod store;
 pub mod suites;
 pub mod tokens;
-pub mod web;

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::pages::Pages;
 use crate::api::{AppState, router};
 use crate::config::Config;
 use crate::lifecycle::{self, captures::Captures};
 use crate::store::Db;
 use crate::tokens;
-use crate::web::Pages;
 
 /// How long in-flight requests get to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -50,7 +50,7 @@ impl Collector {
             .read_token
             .as_deref()
             .map(|t| Arc::new(tokens::hash(t)));
-        crate::boot::install_defaults(data)?;
+        crate::api::boot::install_defaults(data)?;
         let state = AppState {
             db,
             config: Arc::new(config),
@@ -58,7 +58,7 @@ impl Collector {
             read_hash,
             pages: Arc::new(Pages::new()?),
             data: Arc::new(data.to_owned()),
-            digests: Arc::new(crate::artifacts::Digests::default()),
+            digests: Arc::new(crate::api::artifacts::Digests::default()),
             captures: Arc::new(crate::lifecycle::captures::Captures::default()),
             limiter: Arc::new(crate::api::limits::RateLimiter::default()),
         };

@@ -2,80 +2,10 @@
 //!
 //! The one rule everything here keeps: an incomplete or broken run is never a pass.
 
-use serde::{Deserialize, Serialize};
-
 use crate::suite::Limit;
 use crate::wire::{Fault, Metric, Outcome};
 
-/// The verdict of a stage or a whole run, from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Every step passed (skips allowed).
-    Pass,
-    /// Every step passed, some short of a `degraded:` target.
-    Degraded,
-    /// Not every planned step finished, or the run never said it finished.
-    Incomplete,
-    /// The harness failed in some step (timeout, crash, interrupt).
-    Error,
-    /// A hardware fault.
-    Fail,
-}
-
-impl Verdict {
-    /// Lowercase name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Pass => "pass",
-            Verdict::Degraded => "degraded",
-            Verdict::Incomplete => "incomplete",
-            Verdict::Error => "error",
-            Verdict::Fail => "fail",
-        }
-    }
-
-    /// Whether the node may go into production on this verdict.
-    pub fn is_good(self) -> bool {
-        matches!(self, Verdict::Pass | Verdict::Degraded)
-    }
-
-    /// The worse of two verdicts: how stage verdicts combine into a run's.
-    pub fn worst(self, other: Verdict) -> Verdict {
-        self.max(other)
-    }
-
-    /// Every verdict, best first.
-    pub const ALL: [Verdict; 5] = [
-        Verdict::Pass,
-        Verdict::Degraded,
-        Verdict::Incomplete,
-        Verdict::Error,
-        Verdict::Fail,
-    ];
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A verdict name that is none of the five.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown verdict {0:?}; expected pass, degraded, incomplete, error or fail")]
-pub struct UnknownVerdict(pub String);
-
-impl std::str::FromStr for Verdict {
-    type Err = UnknownVerdict;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Verdict::ALL
-            .into_iter()
-            .find(|v| v.name() == s)
-            .ok_or_else(|| UnknownVerdict(s.to_owned()))
-    }
-}
+pub use crate::wire::{UnknownVerdict, Verdict};
 
 /// The verdict of a run of `planned` steps, from the outcomes of the steps that finished.
 /// `finished` says whether the run reported its end. A fault outranks a harness error, which

@@ -3,9 +3,12 @@
 //! full under a request id and answered generically.
 
 mod agent;
+pub mod artifacts;
 mod bandwidth;
+pub mod boot;
 pub mod limits;
 mod operator;
+pub mod pages;
 mod reports;
 
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use serde::de::DeserializeOwned;
 use crate::config::Config;
 use crate::store::{Db, StoreError};
 use crate::tokens;
-use crate::web::Pages;
+use pages::Pages;
 
 /// Largest request body accepted (an event batch is at most 1000 events).
 pub const MAX_BODY: usize = 4 << 20;
@@ -43,7 +46,7 @@ pub struct AppState {
     /// Data directory.
     pub data: Arc<std::path::PathBuf>,
     /// Artifact digests.
-    pub digests: Arc<crate::artifacts::Digests>,
+    pub digests: Arc<artifacts::Digests>,
     /// Running memtest86+ console captures.
     pub captures: Arc<crate::lifecycle::captures::Captures>,
     /// Per-source rate limits on unauthenticated routes.
@@ -79,17 +82,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}", get(reports::run))
         .route("/api/v1/runs/{id}/junit.xml", get(reports::junit))
         .route("/api/v1/runs/{id}/logs", get(reports::logs))
-        .route("/", get(crate::web::dashboard))
-        .route("/login", get(crate::web::login).layer(limited()))
-        .route("/nodes/{id}", get(crate::web::node))
-        .route("/runs/{id}", get(crate::web::run))
-        .route("/boot.ipxe", get(crate::boot::boot_ipxe).layer(limited()))
-        .route("/ipxe", get(crate::boot::node_ipxe).layer(limited()))
-        .route("/artifacts/", get(crate::artifacts::list).layer(limited()))
+        .route("/", get(pages::dashboard))
+        .route("/login", get(pages::login).layer(limited()))
+        .route("/nodes/{id}", get(pages::node))
+        .route("/runs/{id}", get(pages::run))
+        .route("/boot.ipxe", get(boot::boot_ipxe).layer(limited()))
+        .route("/ipxe", get(boot::node_ipxe).layer(limited()))
+        .route("/artifacts/", get(artifacts::list).layer(limited()))
         .route(
             "/artifacts/{*path}",
-            get(crate::artifacts::serve)
-                .head(crate::artifacts::serve)
+            get(artifacts::serve)
+                .head(artifacts::serve)
                 .layer(limited()),
         )
         // A request (body included) that takes longer than this is cut off: a slow client

@@ -21,7 +21,6 @@ pub mod lookup;
 mod memtest;
 mod operator;
 mod start;
-pub mod states;
 pub mod verdict;
 
 pub use agent::*;
@@ -35,7 +34,7 @@ use kiln_protocol::verdict::Verdict;
 use kiln_protocol::wire::{EventBatch, EventBody, Inventory, NodeIdentity};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use states::{Mode, RunStage, SqlVerdict, Stage, StageState};
+pub use crate::store::states::{Mode, RunStage, SqlVerdict, Stage, StageState};
 
 use crate::store::queries::{Progress, Selector, put_suite, select_sql};
 use crate::store::{StoreError, now_ms};

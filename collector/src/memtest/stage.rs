@@ -10,14 +10,24 @@ use super::capture::{Rules, follow_tail, watch};
 /// Longest a console tail is followed (the run's end stops it long before on any sane suite).
 const TAIL_LIMIT: std::time::Duration = std::time::Duration::from_secs(48 * 3600);
 use super::power::Action;
-use crate::api::AppState;
 use crate::lifecycle::{self, Applied, Stage};
 use crate::store::queries;
+
+/// What the stage needs from the collector (not its HTTP layer): the database, the
+/// configuration (each node's console and power driver) and the capture registry.
+pub struct Deps {
+    /// The database.
+    pub db: crate::store::Db,
+    /// The configuration.
+    pub config: std::sync::Arc<crate::config::Config>,
+    /// Running console captures.
+    pub captures: std::sync::Arc<crate::lifecycle::captures::Captures>,
+}
 
 /// Follows the console of `node_id` through `run_id`'s Linux stage when no memtest86+ stage
 /// started that already (a suite without one): a run that dies in Linux then fails with
 /// what its console showed. A node without a configured console has nothing to follow.
-pub async fn follow_linux(state: &AppState, node_id: i64, run_id: i64) {
+pub async fn follow_linux(state: &Deps, node_id: i64, run_id: i64) {
     let keys = match state
         .db
         .read(move |c| queries::node_access_keys(c, node_id))
@@ -51,7 +61,7 @@ pub async fn follow_linux(state: &AppState, node_id: i64, run_id: i64) {
 /// Starts watching `run_id`'s memtest stage on `node_id`'s console; `Err` says why it cannot
 /// be watched (then the stage fails at once: a result that cannot be read is never a pass).
 pub async fn start(
-    state: &AppState,
+    state: &Deps,
     node_id: i64,
     run_id: i64,
     memtest: &Memtest,

@@ -11,6 +11,7 @@
 
 pub mod queries;
 mod schema;
+pub mod states;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -23,12 +23,12 @@ use crate::tokens;
 
 /// The built-in templates, written to `DATA/ipxe/` on first start and read from there after.
 pub const TEMPLATES: &[(&str, &str)] = &[
-    ("boot.ipxe", include_str!("../../ipxe/boot.ipxe")),
-    ("memtest.ipxe", include_str!("../../ipxe/memtest.ipxe")),
-    ("linux.ipxe", include_str!("../../ipxe/linux.ipxe")),
-    ("done.ipxe", include_str!("../../ipxe/done.ipxe")),
-    ("hold.ipxe", include_str!("../../ipxe/hold.ipxe")),
-    ("local.ipxe", include_str!("../../ipxe/local.ipxe")),
+    ("boot.ipxe", include_str!("../../../ipxe/boot.ipxe")),
+    ("memtest.ipxe", include_str!("../../../ipxe/memtest.ipxe")),
+    ("linux.ipxe", include_str!("../../../ipxe/linux.ipxe")),
+    ("done.ipxe", include_str!("../../../ipxe/done.ipxe")),
+    ("hold.ipxe", include_str!("../../../ipxe/hold.ipxe")),
+    ("local.ipxe", include_str!("../../../ipxe/local.ipxe")),
 ];
 
 /// Writes the built-in templates and suites that are missing from the data directory.
@@ -241,7 +241,7 @@ pub async fn node_ipxe(
         Script::Memtest { run_id, memtest } => {
             // Capture starts now, before memtest86+ is even fetched, so nothing is missed.
             if let Err(reason) =
-                crate::memtest::stage::start(&state, node_id, run_id, &memtest).await
+                crate::memtest::stage::start(&stage_deps(&state), node_id, run_id, &memtest).await
             {
                 let ended = state
                     .db
@@ -260,7 +260,7 @@ pub async fn node_ipxe(
             }
         }
         Script::Linux { run_id } => {
-            crate::memtest::stage::follow_linux(&state, node_id, run_id).await;
+            crate::memtest::stage::follow_linux(&stage_deps(&state), node_id, run_id).await;
             let cmdline = format!(
                 "console=tty0 console=ttyS0,115200 kiln.url={base} kiln.run={run_id} kiln.token={token} kiln.node={node_id}"
             );
@@ -281,6 +281,15 @@ pub async fn node_ipxe(
         "served a boot script"
     );
     Ok(script_response(text))
+}
+
+/// What the memtest stage and the console follower need from the state.
+fn stage_deps(state: &AppState) -> crate::memtest::stage::Deps {
+    crate::memtest::stage::Deps {
+        db: state.db.clone(),
+        config: state.config.clone(),
+        captures: state.captures.clone(),
+    }
 }
 
 /// The verdict screen (or the wait screen of a run still open).

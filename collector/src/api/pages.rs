@@ -23,13 +23,13 @@ impl Pages {
     /// Loads the built-in templates.
     pub fn new() -> anyhow::Result<Pages> {
         let mut env = Environment::new();
-        env.add_template("base.html", include_str!("../templates/base.html"))?;
+        env.add_template("base.html", include_str!("../../templates/base.html"))?;
         env.add_template(
             "dashboard.html",
-            include_str!("../templates/dashboard.html"),
+            include_str!("../../templates/dashboard.html"),
         )?;
-        env.add_template("node.html", include_str!("../templates/node.html"))?;
-        env.add_template("run.html", include_str!("../templates/run.html"))?;
+        env.add_template("node.html", include_str!("../../templates/node.html"))?;
+        env.add_template("run.html", include_str!("../../templates/run.html"))?;
         env.add_filter("ts", |ms: Option<i64>| {
             ms.map_or_else(
                 || "—".to_owned(),

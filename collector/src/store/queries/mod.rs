@@ -1,0 +1,180 @@
+//! Every statement the collector runs, as plain functions on a connection. They are called
+//! inside [`super::Db::call`], on the database thread.
+
+use kiln_protocol::verdict::Verdict;
+use kiln_protocol::wire::{Inventory, Outcome, StepReport};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::states::{Mode, RunStage, SqlVerdict, Stage, StageState};
+use super::{StoreError, now_ms};
+
+mod nodes;
+mod runs;
+
+pub use nodes::*;
+pub use runs::*;
+
+/// Stores a suite's text under its sha256 (once) and returns the digest.
+pub fn put_suite(conn: &Connection, name: &str, text: &str) -> Result<String, StoreError> {
+    let sha = sha256_hex(text.as_bytes());
+    conn.execute(
+        "INSERT OR IGNORE INTO suites (sha256, name, text, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![sha, name, text, now_ms()],
+    )?;
+    Ok(sha)
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Live progress shown on the dashboard.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
+pub struct Progress {
+    /// Step index.
+    pub step: u32,
+    /// Step name.
+    pub name: String,
+    /// Done fraction.
+    pub fraction: f64,
+    /// Live metric.
+    pub status: Option<String>,
+}
+
+/// One row of a `kiln nodes import` CSV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// MAC that identifies the node.
+    pub mac: String,
+    /// Rack.
+    pub rack: String,
+    /// Slot.
+    pub slot: String,
+    /// Host name.
+    pub hostname: String,
+}
+
+/// Labels nodes by MAC, registering the ones not seen yet; returns (updated, created).
+pub fn import_labels(
+    conn: &mut Connection,
+    labels: &[Label],
+) -> Result<(usize, usize), StoreError> {
+    let tx = conn.savepoint()?;
+    let (mut updated, mut created) = (0, 0);
+    let now = now_ms();
+    for l in labels {
+        let node: Option<i64> = tx
+            .query_row(
+                "SELECT node_id FROM node_macs WHERE mac = ?1",
+                [&l.mac],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match node {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE nodes SET rack = ?2, slot = ?3, hostname = ?4 WHERE id = ?1",
+                    params![id, l.rack, l.slot, l.hostname],
+                )?;
+                updated += 1;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO nodes (rack, slot, hostname, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+                    params![l.rack, l.slot, l.hostname, now],
+                )?;
+                let id = tx.last_insert_rowid();
+                tx.execute(
+                    "INSERT INTO node_macs (mac, node_id) VALUES (?1, ?2)",
+                    params![l.mac, id],
+                )?;
+                created += 1;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok((updated, created))
+}
+
+/// Which nodes an operator command addresses.
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Selector {
+    /// Every node in a rack.
+    Rack(String),
+    /// The node with this MAC.
+    Mac(String),
+    /// One node by id.
+    Node(i64),
+    /// Every node.
+    All(bool),
+}
+
+/// The `WHERE` clause (`?1` bound to the value) that selects what `selector` names.
+pub(crate) fn select_sql(selector: &Selector) -> (&'static str, rusqlite::types::Value) {
+    use rusqlite::types::Value;
+    match selector {
+        Selector::Rack(r) => ("rack = ?1", Value::Text(r.clone())),
+        Selector::Mac(m) => (
+            "id IN (SELECT node_id FROM node_macs WHERE mac = ?1)",
+            Value::Text(m.clone()),
+        ),
+        Selector::Node(id) => ("id = ?1", Value::Integer(*id)),
+        // `{"all": false}` selects nothing: only an explicit true means every node.
+        Selector::All(all) => ("?1 = 1", Value::Integer(i64::from(*all))),
+    }
+}
+
+/// Assigns a suite (by name) to the selected nodes; for a rack also records it as the rack's
+/// suite for nodes that join it later. Returns how many nodes.
+pub fn assign_suite(
+    conn: &Connection,
+    selector: &Selector,
+    suite: &str,
+) -> Result<usize, StoreError> {
+    if let Selector::Rack(rack) = selector {
+        conn.execute("INSERT INTO rack_suites (rack, suite) VALUES (?1, ?2) ON CONFLICT(rack) DO UPDATE SET suite = ?2", params![rack, suite])?;
+    }
+    let (clause, value) = select_sql(selector);
+    Ok(conn.execute(
+        &format!("UPDATE nodes SET suite = ?2 WHERE {clause}"),
+        params![value, suite],
+    )?)
+}
+
+/// Counts for `/metrics`.
+pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut out = vec![
+        (
+            "kiln_nodes".to_owned(),
+            conn.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))?,
+        ),
+        (
+            "kiln_events_stored".to_owned(),
+            conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?,
+        ),
+        (
+            "kiln_runs_open".to_owned(),
+            conn.query_row("SELECT count(*) FROM runs WHERE verdict IS NULL", [], |r| {
+                r.get(0)
+            })?,
+        ),
+    ];
+    let mut stmt = conn.prepare_cached(
+        "SELECT verdict, count(*) FROM runs WHERE verdict IS NOT NULL GROUP BY verdict",
+    )?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (verdict, n) = row?;
+        out.push((format!("kiln_runs{{verdict=\"{verdict}\"}}"), n));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+//! What pages and reports read about nodes: the dashboard's rows (filtered, paged, from the
+//! `nodes(rack, slot)` index) and the tally, each node's runs and history, its access keys.
+
+use super::*;
+
+/// A node with its latest run, as reports and the dashboard show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeRow {
+    /// Node id.
+    pub node_id: i64,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Rack label.
+    pub rack: Option<String>,
+    /// Slot label.
+    pub slot: Option<String>,
+    /// Serial.
+    pub serial: Option<String>,
+    /// SMBIOS UUID.
+    pub uuid: Option<String>,
+    /// MACs, comma-separated.
+    pub macs: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Registered without the admin token: a node of its own, never one of the known ones.
+    pub ad_hoc: bool,
+    /// The operator allowed destructive disk steps on it.
+    pub allow_destructive: bool,
+    /// Latest run.
+    pub run_id: Option<i64>,
+    /// Its suite.
+    pub suite: Option<String>,
+    /// Its stage.
+    pub stage: Option<RunStage>,
+    /// Its verdict (none while running).
+    pub verdict: Option<Verdict>,
+    /// Why, for a verdict set by the collector (lost contact).
+    pub verdict_reason: Option<String>,
+    /// Live progress.
+    pub progress: Option<Progress>,
+    /// Faults of the run, one line each.
+    pub faults: Vec<String>,
+    /// Run start.
+    pub started_ms: Option<i64>,
+    /// Run end.
+    pub finished_ms: Option<i64>,
+}
+
+/// Filters for reports.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Filter {
+    /// Only this rack.
+    pub rack: Option<String>,
+    /// Only runs with this verdict (`running` for runs without one).
+    pub verdict: Option<String>,
+    /// Only runs started after this instant (ms since epoch).
+    pub since_ms: Option<i64>,
+    /// Only this node.
+    #[serde(skip)]
+    pub node_id: Option<i64>,
+    /// At most this many rows (a page of the dashboard), from `offset`.
+    #[serde(skip)]
+    pub limit: Option<usize>,
+    /// See `limit`.
+    #[serde(skip)]
+    pub offset: usize,
+}
+
+/// Every node with its latest run (the dashboard, reports, the node page). The nodes are read
+/// once; everything per node is an index search (a test checks the query plan).
+pub(super) const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
+                (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
+                r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
+                n.ad_hoc, n.claimed, r.findings, n.allow_destructive
+         FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)
+         WHERE (?1 IS NULL OR n.rack = ?1)
+           AND (?5 IS NULL OR n.id = ?5)
+           AND (?2 IS NULL OR r.verdict = ?2)
+           AND (?4 = 0 OR (r.id IS NOT NULL AND r.verdict IS NULL))
+           AND (?3 IS NULL OR r.started_ms >= ?3)
+         ORDER BY n.rack, n.slot, n.id
+         LIMIT ?6 OFFSET ?7";
+
+/// Each node's latest run, for the counts.
+pub(super) const TALLY_SQL: &str = "SELECT r.id, r.verdict FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)";
+
+/// Nodes by the state of their latest run, for the dashboard's cards.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tally {
+    /// Every node.
+    pub total: usize,
+    /// Latest run passed (or degraded).
+    pub pass: usize,
+    /// Latest run failed, errored or was incomplete.
+    pub fail: usize,
+    /// Latest run still open.
+    pub running: usize,
+    /// Never ran.
+    pub never: usize,
+}
+
+/// The dashboard's counts in one pass over the nodes, without building their rows.
+pub fn tally(conn: &Connection) -> Result<Tally, StoreError> {
+    let mut stmt = conn.prepare_cached(TALLY_SQL)?;
+    let mut tally = Tally::default();
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Option<i64>>(0)?,
+            r.get::<_, Option<SqlVerdict>>(1)?,
+        ))
+    })? {
+        tally.total += 1;
+        match row? {
+            (None, _) => tally.never += 1,
+            (Some(_), None) => tally.running += 1,
+            (Some(_), Some(v)) if v.0.is_good() => tally.pass += 1,
+            (Some(_), Some(_)) => tally.fail += 1,
+        }
+    }
+    Ok(tally)
+}
+
+/// Every node with its latest run, filtered.
+pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(NODE_ROWS_SQL)?;
+    // `running` is no verdict: it selects runs that have none yet.
+    let running = filter.verdict.as_deref() == Some("running");
+    let verdict = filter.verdict.as_deref().filter(|_| !running);
+    let rows = stmt.query_map(
+        params![
+            filter.rack,
+            verdict,
+            filter.since_ms,
+            running,
+            filter.node_id,
+            filter.limit.map_or(-1, |l| l as i64),
+            filter.offset as i64
+        ],
+        |r| {
+            let progress: Option<String> = r.get(13)?;
+            let expect: Option<String> = r.get(16)?;
+            let findings: Option<String> = r.get(19)?;
+            // An ad-hoc node shows the MACs it claimed, which it does not own.
+            let claimed: Option<String> = r.get(18)?;
+            let claimed_macs = claimed
+                .and_then(|c| serde_json::from_str::<kiln_protocol::wire::NodeIdentity>(&c).ok())
+                .map(|i| i.macs.join(","));
+            Ok((
+                NodeRow {
+                    node_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    rack: r.get(2)?,
+                    slot: r.get(3)?,
+                    serial: r.get(4)?,
+                    uuid: r.get(5)?,
+                    mode: r.get(6)?,
+                    macs: r
+                        .get::<_, Option<String>>(7)?
+                        .or(claimed_macs)
+                        .unwrap_or_default(),
+                    ad_hoc: r.get(17)?,
+                    allow_destructive: r.get(20)?,
+                    run_id: r.get(8)?,
+                    suite: r.get(9)?,
+                    stage: r.get(10)?,
+                    verdict: r.get::<_, Option<SqlVerdict>>(11)?.map(|v| v.0),
+                    verdict_reason: r.get(12)?,
+                    progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
+                    faults: Vec::new(),
+                    started_ms: r.get(14)?,
+                    finished_ms: r.get(15)?,
+                },
+                expect,
+                findings,
+            ))
+        },
+    )?;
+    let rows = rows.collect::<Result<Vec<_>, _>>()?;
+    // The failed steps and stages of every listed run in two statements, not two per node.
+    let run_ids: Vec<i64> = rows.iter().filter_map(|(r, _, _)| r.run_id).collect();
+    let mut failures = Failures::of(conn, &run_ids)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (mut row, expect, findings) in rows {
+        if let Some(run_id) = row.run_id {
+            row.faults = fault_lines(
+                failures.take(run_id),
+                expect.as_deref(),
+                findings.as_deref(),
+                row.verdict_reason.as_deref(),
+            )?;
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// MACs and rack of a node (to find its console and power).
+pub fn node_access_keys(
+    conn: &Connection,
+    node_id: i64,
+) -> Result<(Vec<String>, Option<String>), StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT mac FROM node_macs WHERE node_id = ?1")?;
+    let macs = stmt
+        .query_map([node_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let rack = conn.query_row("SELECT rack FROM nodes WHERE id = ?1", [node_id], |r| {
+        r.get(0)
+    })?;
+    Ok((macs, rack))
+}
+
+/// One line of a node's run history.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: i64,
+    /// Suite name.
+    pub suite: String,
+    /// Verdict, none while running.
+    pub verdict: Option<Verdict>,
+    /// Start.
+    pub started_ms: i64,
+    /// End.
+    pub finished_ms: Option<i64>,
+}
+
+/// A node's runs, newest first.
+pub fn node_runs(conn: &Connection, node_id: i64) -> Result<Vec<RunSummary>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT id, suite_name, verdict, started_ms, finished_ms FROM runs WHERE node_id = ?1 ORDER BY id DESC LIMIT 100")?;
+    let rows = stmt.query_map([node_id], |r| {
+        Ok(RunSummary {
+            run_id: r.get(0)?,
+            suite: r.get(1)?,
+            verdict: r.get::<_, Option<SqlVerdict>>(2)?.map(|v| v.0),
+            started_ms: r.get(3)?,
+            finished_ms: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One entry of a node's history (operator consents).
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// When.
+    pub at_ms: i64,
+    /// What changed.
+    pub what: String,
+    /// Who changed it.
+    pub who: String,
+}
+
+/// A node's history, newest first.
+pub fn node_history(conn: &Connection, node_id: i64) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at_ms, what, who FROM node_history WHERE node_id = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT 100",
+    )?;
+    let rows = stmt.query_map([node_id], |r| {
+        Ok(HistoryEntry {
+            at_ms: r.get(0)?,
+            what: r.get(1)?,
+            who: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,366 @@
+//! What a run page reads: the run's detail (stages, steps, memtest86+ result, faults), its
+//! logs, and each listed run's failures gathered in two statements.
+
+use super::*;
+
+/// Failed and errored steps of the runs in the JSON array ?1, by run and step.
+pub(super) const FAILED_STEPS_SQL: &str = "SELECT run_id, report FROM steps
+     WHERE run_id IN (SELECT value FROM json_each(?1)) AND outcome IN (?2, ?3)
+     ORDER BY run_id, step";
+
+/// Failed stages, with what failed them, of the runs in the JSON array ?1.
+pub(super) const FAILED_STAGES_SQL: &str = "SELECT run_id, name, detail FROM stages
+     WHERE run_id IN (SELECT value FROM json_each(?1)) AND verdict = ?2 AND detail IS NOT NULL
+     ORDER BY run_id";
+
+/// The failed or errored steps and the failed stages of some runs, by run.
+#[derive(Default)]
+pub(super) struct Failures {
+    by_run: std::collections::HashMap<i64, RunFailures>,
+}
+
+/// One run's part of [`Failures`].
+#[derive(Default)]
+pub(super) struct RunFailures {
+    steps: Vec<StepReport>,
+    stages: Vec<(Stage, String)>,
+}
+
+impl Failures {
+    /// Reads them for `run_ids` in two statements, whatever their number.
+    pub(super) fn of(conn: &Connection, run_ids: &[i64]) -> Result<Failures, StoreError> {
+        let mut out = Failures::default();
+        if run_ids.is_empty() {
+            return Ok(out);
+        }
+        let ids = serde_json::Value::from(run_ids).to_string();
+        let mut stmt = conn.prepare_cached(FAILED_STEPS_SQL)?;
+        let failed = (
+            Outcome::Fail { faults: vec![] }.name(),
+            Outcome::Error {
+                message: String::new(),
+            }
+            .name(),
+        );
+        for row in stmt.query_map(params![ids, failed.0, failed.1], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (run_id, report) = row?;
+            let report: StepReport =
+                serde_json::from_str(&report).map_err(|source| StoreError::Corrupt {
+                    what: "step",
+                    source,
+                })?;
+            out.by_run.entry(run_id).or_default().steps.push(report);
+        }
+        let mut stmt = conn.prepare_cached(FAILED_STAGES_SQL)?;
+        for row in stmt.query_map(params![ids, SqlVerdict(Verdict::Fail)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Stage>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            let (run_id, stage, detail) = row?;
+            out.by_run
+                .entry(run_id)
+                .or_default()
+                .stages
+                .push((stage, detail));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn take(&mut self, run_id: i64) -> RunFailures {
+        self.by_run.remove(&run_id).unwrap_or_default()
+    }
+}
+
+/// One line per fault of a run: the collector's own findings (missing results, the agent
+/// disagreeing), `expect:` differences, failed steps' faults, errors, failed stages, and the
+/// collector's verdict reason.
+pub(super) fn run_faults(
+    conn: &Connection,
+    run_id: i64,
+    expect: Option<&str>,
+    findings: Option<&str>,
+    reason: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let failures = Failures::of(conn, &[run_id])?.take(run_id);
+    fault_lines(failures, expect, findings, reason)
+}
+
+/// The lines of [`run_faults`] from what was read.
+pub(super) fn fault_lines(
+    failures: RunFailures,
+    expect: Option<&str>,
+    findings: Option<&str>,
+    reason: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let mut lines: Vec<String> = match findings {
+        Some(f) => serde_json::from_str(f).map_err(|source| StoreError::Corrupt {
+            what: "findings",
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    if let Some(Outcome::Fail { faults }) =
+        expect.and_then(|e| serde_json::from_str::<Outcome>(e).ok())
+    {
+        lines.extend(faults.into_iter().map(|f| format!("expect: {}", f.message)));
+    }
+    for report in failures.steps {
+        match report.outcome {
+            Outcome::Fail { faults } => lines.extend(
+                faults
+                    .into_iter()
+                    .map(|f| format!("{}: {}", report.name, f.message)),
+            ),
+            Outcome::Error { message } => lines.push(format!("{}: error: {message}", report.name)),
+            _ => {}
+        }
+    }
+    for (stage, detail) in failures.stages {
+        if Some(detail.as_str()) != reason && !lines.contains(&detail) {
+            lines.push(format!("{stage}: {detail}"));
+        }
+    }
+    if let Some(reason) = reason {
+        if !lines.iter().any(|l| l == reason) {
+            lines.push(reason.to_owned());
+        }
+    }
+    Ok(lines)
+}
+
+/// Everything about one run, for its page and its JSON export.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDetail {
+    /// Run id.
+    pub run_id: i64,
+    /// Node id.
+    pub node_id: i64,
+    /// Suite name.
+    pub suite: String,
+    /// Suite sha256.
+    pub suite_sha256: String,
+    /// Image digest.
+    pub image_digest: Option<String>,
+    /// Stage.
+    pub stage: RunStage,
+    /// Verdict: the collector's, from what it stored.
+    pub verdict: Option<Verdict>,
+    /// The verdict the agent reported, when it did (compared, never trusted).
+    pub agent_verdict: Option<Verdict>,
+    /// Collector's reason for the verdict.
+    pub verdict_reason: Option<String>,
+    /// Start.
+    pub started_ms: i64,
+    /// When the agent reported it started.
+    pub agent_started_ms: Option<i64>,
+    /// End.
+    pub finished_ms: Option<i64>,
+    /// Stages.
+    pub stages: Vec<StageRow>,
+    /// `expect:` outcome.
+    pub expect: Option<Outcome>,
+    /// Steps.
+    pub steps: Vec<StepReport>,
+    /// Inventory.
+    pub inventory: Option<Inventory>,
+    /// Faults, one line each.
+    pub faults: Vec<String>,
+    /// The collector's own findings (also among the faults): missing results, disagreements.
+    pub findings: Vec<String>,
+    /// Number of log lines stored.
+    pub log_lines: i64,
+    /// What memtest86+ showed, when the run had that stage.
+    pub memtest: Option<MemtestResult>,
+    /// The last lines of the node's serial console through the Linux stage, when it has one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console: Vec<String>,
+}
+
+/// A stage of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRow {
+    /// Which stage.
+    pub name: Stage,
+    /// Where it is.
+    pub state: StageState,
+    /// Verdict.
+    pub verdict: Option<Verdict>,
+    /// Detail text.
+    pub detail: Option<String>,
+    /// When it was handed to the node.
+    pub started_ms: Option<i64>,
+    /// When it got its verdict.
+    pub finished_ms: Option<i64>,
+}
+
+/// A run's detail, or `None`.
+pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT node_id, suite_name, suite_sha256, image_digest, stage, verdict, verdict_reason, started_ms, finished_ms, expect, inventory, findings, agent_verdict, agent_started_ms, console_tail FROM runs WHERE id = ?1",
+            [run_id],
+            |r| {
+                Ok((
+                    RunDetail {
+                        run_id,
+                        node_id: r.get(0)?,
+                        suite: r.get(1)?,
+                        suite_sha256: r.get(2)?,
+                        image_digest: r.get(3)?,
+                        stage: r.get(4)?,
+                        verdict: r.get::<_, Option<SqlVerdict>>(5)?.map(|v| v.0),
+                        agent_verdict: r.get::<_, Option<SqlVerdict>>(12)?.map(|v| v.0),
+                        verdict_reason: r.get(6)?,
+                        started_ms: r.get(7)?,
+                        agent_started_ms: r.get(13)?,
+                        finished_ms: r.get(8)?,
+                        stages: Vec::new(),
+                        expect: None,
+                        steps: Vec::new(),
+                        inventory: None,
+                        faults: Vec::new(),
+                        findings: Vec::new(),
+                        log_lines: 0,
+                        memtest: None,
+                        console: r
+                            .get::<_, Option<Vec<u8>>>(14)?
+                            .map(|raw| {
+                                let lines = crate::console::lines(&raw);
+                                let from = lines.len().saturating_sub(crate::console::SHOWN_LINES);
+                                lines[from..].to_vec()
+                            })
+                            .unwrap_or_default(),
+                    },
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
+                    r.get::<_, Option<String>>(11)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((mut detail, expect, inventory, findings)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, state, verdict, detail, started_ms, finished_ms FROM stages WHERE run_id = ?1",
+    )?;
+    let mut stages: Vec<StageRow> = stmt
+        .query_map([run_id], |r| {
+            Ok(StageRow {
+                name: r.get(0)?,
+                state: r.get(1)?,
+                verdict: r.get::<_, Option<SqlVerdict>>(2)?.map(|v| v.0),
+                detail: r.get(3)?,
+                started_ms: r.get(4)?,
+                finished_ms: r.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    stages.sort_by_key(|s| Stage::ALL.iter().position(|x| *x == s.name));
+    let mut stmt =
+        conn.prepare_cached("SELECT report FROM steps WHERE run_id = ?1 ORDER BY step")?;
+    let steps = stmt
+        .query_map([run_id], |r| r.get::<_, String>(0))?
+        .map(|r| {
+            r.map_err(StoreError::from).and_then(|t| {
+                serde_json::from_str(&t).map_err(|source| StoreError::Corrupt {
+                    what: "step",
+                    source,
+                })
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    detail.log_lines = conn.query_row(
+        "SELECT count(*) FROM events WHERE run_id = ?1 AND kind = ?2",
+        params![run_id, "log"],
+        |r| r.get(0),
+    )?;
+    detail.faults = run_faults(
+        conn,
+        run_id,
+        expect.as_deref(),
+        findings.as_deref(),
+        detail.verdict_reason.as_deref(),
+    )?;
+    if let Some(f) = &findings {
+        detail.findings = serde_json::from_str(f).map_err(|source| StoreError::Corrupt {
+            what: "findings",
+            source,
+        })?;
+    }
+    detail.stages = stages;
+    detail.steps = steps;
+    detail.expect = expect.and_then(|e| serde_json::from_str(&e).ok());
+    detail.inventory = inventory.and_then(|i| serde_json::from_str(&i).ok());
+    detail.memtest = memtest_result(conn, run_id)?;
+    Ok(Some(detail))
+}
+
+/// What memtest86+ showed for a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemtestResult {
+    /// Passed?
+    pub pass: bool,
+    /// Why.
+    pub detail: String,
+    /// Reading (JSON).
+    pub reading: Option<serde_json::Value>,
+    /// Final screen.
+    pub screen: String,
+    /// Raw bytes kept.
+    pub raw_bytes: i64,
+    /// Seconds to the verdict.
+    pub secs: i64,
+}
+
+/// The memtest result of a run, if any.
+pub fn memtest_result(conn: &Connection, run_id: i64) -> Result<Option<MemtestResult>, StoreError> {
+    Ok(conn
+        .query_row("SELECT pass, detail, reading, screen, length(raw), secs FROM memtest_results WHERE run_id = ?1", [run_id], |r| {
+            let reading: Option<String> = r.get(2)?;
+            Ok(MemtestResult {
+                pass: r.get(0)?,
+                detail: r.get(1)?,
+                reading: reading.and_then(|t| serde_json::from_str(&t).ok()),
+                screen: r.get(3)?,
+                raw_bytes: r.get(4)?,
+                secs: r.get(5)?,
+            })
+        })
+        .optional()?)
+}
+
+/// A stored log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// Sequence number.
+    pub seq: i64,
+    /// Node clock, ms.
+    pub at_ms: i64,
+    /// Step index.
+    pub step: Option<i64>,
+    /// The event body (level and line).
+    pub body: serde_json::Value,
+}
+
+/// The last `limit` log lines of a run, oldest first.
+pub fn run_logs(conn: &Connection, run_id: i64, limit: i64) -> Result<Vec<LogLine>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at_ms, step, body FROM (SELECT * FROM events WHERE run_id = ?1 AND kind IN (?3, ?4) ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![run_id, limit, "log", "logs_dropped"], |r| {
+        let body: String = r.get(3)?;
+        Ok(LogLine {
+            seq: r.get(0)?,
+            at_ms: r.get(1)?,
+            step: r.get(2)?,
+            body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
