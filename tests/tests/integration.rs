@@ -6,4 +6,5 @@
 mod boot;
 mod lab;
 mod memtest;
+mod structure;
 mod suites;
