@@ -136,10 +136,10 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(format!("http://{host}"))
 }
 
-/// Renders a template from `DATA/ipxe/`.
-pub fn render(data: &Path, name: &str, ctx: minijinja::Value) -> Result<String, ApiError> {
+/// Renders a template from `DATA/ipxe/` (read without blocking the async worker).
+pub async fn render(data: &Path, name: &str, ctx: minijinja::Value) -> Result<String, ApiError> {
     let path = data.join("ipxe").join(name);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
         ApiError::Internal(anyhow::anyhow!(
             "cannot read template {}: {e}",
             path.display()
@@ -168,11 +168,9 @@ pub async fn boot_ipxe(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let base = base_url(&state, &headers)?;
-    Ok(script_response(render(
-        &state.data,
-        "boot.ipxe",
-        context! { base },
-    )?))
+    Ok(script_response(
+        render(&state.data, "boot.ipxe", context! { base }).await?,
+    ))
 }
 
 /// `GET /ipxe?mac=…`: this node's script for its current stage. What the boot means for
@@ -198,7 +196,7 @@ pub async fn node_ipxe(
         suite: None,
         bootstrap_hash: tokens::hash(&token),
         heartbeat_secs: state.config.heartbeat_timeout.get().as_secs().max(1),
-        image_digest: state.image_digest(),
+        image_digest: state.image_digest().await,
         max_unknown_nodes: state.config.max_unknown_nodes,
     };
     let (node_id, serial, script) = loop {
@@ -207,7 +205,7 @@ pub async fn node_ipxe(
         state.captures.stop(&ended);
         match decision {
             BootDecision::NeedSuite(name) if req.suite.is_none() => {
-                req.suite = Some(read_suite(&state.data, &name));
+                req.suite = Some(read_suite(&state.data, &name).await);
             }
             BootDecision::TooManyUnknown => {
                 return Err(crate::api::too_many_unknown(state.config.max_unknown_nodes));
@@ -227,17 +225,25 @@ pub async fn node_ipxe(
     };
     let serial = safe(serial.as_deref()).unwrap_or_else(|| "no serial".into());
     let text = match script {
-        Script::Local => render(
-            &state.data,
-            "local.ipxe",
-            context! { base, node_id, serial },
-        )?,
-        Script::Hold(reason) => render(
-            &state.data,
-            "hold.ipxe",
-            context! { base, node_id, serial, reason },
-        )?,
-        Script::Done { run_id, verdict } => done(&state, &base, node_id, &serial, run_id, verdict)?,
+        Script::Local => {
+            render(
+                &state.data,
+                "local.ipxe",
+                context! { base, node_id, serial },
+            )
+            .await?
+        }
+        Script::Hold(reason) => {
+            render(
+                &state.data,
+                "hold.ipxe",
+                context! { base, node_id, serial, reason },
+            )
+            .await?
+        }
+        Script::Done { run_id, verdict } => {
+            done(&state, &base, node_id, &serial, run_id, verdict).await?
+        }
         Script::Memtest { run_id, memtest } => {
             // Capture starts now, before memtest86+ is even fetched, so nothing is missed.
             if let Err(reason) =
@@ -248,7 +254,7 @@ pub async fn node_ipxe(
                     .call(move |c| lifecycle::memtest_unwatchable(c, run_id, &reason))
                     .await?;
                 state.captures.stop(&ended);
-                done(&state, &base, node_id, &serial, run_id, Some(Verdict::Fail))?
+                done(&state, &base, node_id, &serial, run_id, Some(Verdict::Fail)).await?
             } else {
                 let passes = memtest.passes;
                 let options = format!("reportmode={}", memtest.report_mode.name());
@@ -256,7 +262,8 @@ pub async fn node_ipxe(
                     &state.data,
                     "memtest.ipxe",
                     context! { base, node_id, serial, run_id, passes, options },
-                )?
+                )
+                .await?
             }
         }
         Script::Linux { run_id } => {
@@ -268,7 +275,8 @@ pub async fn node_ipxe(
                 &state.data,
                 "linux.ipxe",
                 context! { base, node_id, serial, run_id, cmdline },
-            )?
+            )
+            .await?
         }
     };
     tracing::info!(
@@ -293,7 +301,7 @@ fn stage_deps(state: &AppState) -> crate::memtest::stage::Deps {
 }
 
 /// The verdict screen (or the wait screen of a run still open).
-fn done(
+async fn done(
     state: &AppState,
     base: &str,
     node_id: i64,
@@ -307,20 +315,24 @@ fn done(
         "done.ipxe",
         context! { base, node_id, serial, run_id, verdict, action => state.config.after_verify.clone() },
     )
+    .await
 }
 
-/// Reads the suite a run is about to start with from `DATA/suites/NAME.yaml` (bounded).
-fn read_suite(data: &Path, name: &str) -> SuiteFile {
+/// Reads the suite a run is about to start with from `DATA/suites/NAME.yaml` (bounded, and
+/// without blocking the async worker).
+async fn read_suite(data: &Path, name: &str) -> SuiteFile {
+    use tokio::io::AsyncReadExt;
     let path: PathBuf = data.join("suites").join(format!("{name}.yaml"));
-    let text = std::fs::File::open(&path)
-        .and_then(|f| {
-            let mut text = String::new();
-            std::io::Read::read_to_string(
-                &mut std::io::Read::take(f, kiln_protocol::MAX_SUITE_BYTES as u64 + 1),
-                &mut text,
-            )?;
-            Ok(text)
-        })
+    let read = async {
+        let file = tokio::fs::File::open(&path).await?;
+        let mut text = String::new();
+        file.take(kiln_protocol::MAX_SUITE_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = read
+        .await
         .map_err(|e| format!("suite {name} cannot be read: {e}"));
     SuiteFile {
         name: name.to_owned(),

@@ -54,11 +54,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Digest of the RAM image nodes boot now, when it has been built.
-    pub fn image_digest(&self) -> Option<String> {
-        let path = self.data.join("artifacts/initramfs.img");
-        let bytes = std::fs::read(path).ok()?;
-        Some(crate::store::queries::sha256_hex(&bytes))
+    /// Digest of the RAM image nodes boot now, when it has been built: from the artifact
+    /// digest cache (hashed once per change of the file, on a blocking thread), never read
+    /// whole on an async worker for each boot.
+    pub async fn image_digest(&self) -> Option<String> {
+        self.digests
+            .of(&self.data.join("artifacts/initramfs.img"))
+            .await
+            .ok()
     }
 }
 
