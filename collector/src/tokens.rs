@@ -92,13 +92,55 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_long_distinct_and_hashed() {
-        let (a, b) = (mint().unwrap(), mint().unwrap());
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-        assert_ne!(hash(&a), a);
-        assert!(equal(&hash(&a), &hash(&a)));
-        assert!(!equal(&hash(&a), &hash(&b)));
-        assert!(!equal("abc", "abcd"));
+    fn minted_tokens_are_64_hex_digits_and_never_repeat() {
+        let tokens: std::collections::BTreeSet<String> =
+            (0..200).map(|_| mint().unwrap()).collect();
+        assert_eq!(tokens.len(), 200, "a token repeated");
+        for t in &tokens {
+            assert_eq!(t.len(), 64, "{t}");
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{t}"
+            );
+        }
+        // 32 random bytes each: over 200 tokens every hex digit shows up.
+        let digits: std::collections::BTreeSet<char> =
+            tokens.iter().flat_map(|t| t.chars()).collect();
+        assert_eq!(digits.len(), 16, "{digits:?}");
+    }
+
+    #[test]
+    fn the_stored_form_is_sha256_and_comparison_is_exact() {
+        // FIPS 180-2's test vector: what is stored is the SHA-256 of the token, in hex.
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let a = hash("token-a");
+        assert!(equal(&a, &hash("token-a")));
+        // Same length, one character different (first, last), shorter, longer, empty.
+        let mut last = a.clone();
+        last.replace_range(63.., if a.ends_with('0') { "1" } else { "0" });
+        let mut first = a.clone();
+        first.replace_range(..1, if a.starts_with('0') { "1" } else { "0" });
+        for other in [
+            last.as_str(),
+            first.as_str(),
+            &a[..63],
+            &format!("{a}0"),
+            "",
+        ] {
+            assert!(!equal(&a, other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn configured_tokens_are_refused_below_32_characters() {
+        assert!(check_configured("admin_token", &"x".repeat(32)).is_ok());
+        let err = check_configured("admin_token", &"x".repeat(31)).unwrap_err();
+        assert!(err.contains("admin_token is 31 characters long"), "{err}");
+        // Characters, not bytes: 16 two-byte characters are 16, not 32.
+        assert!(check_configured("read_token", &"é".repeat(16)).is_err());
     }
 }

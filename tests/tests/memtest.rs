@@ -158,6 +158,7 @@ fn bits_flipped_in_guest_ram_fail_memtest_with_their_address() {
     let mut gdb = GdbStub::connect(rig.gdb_port).unwrap();
     // Flip bits in words inside the tested range (above 4 MB), a few times, so whichever test
     // is running finds them on its next verify.
+    let mut flipped = Vec::new();
     for round in 0..6u64 {
         for (i, addr) in [0x0210_0000u64, 0x0230_0008, 0x0250_0010]
             .iter()
@@ -165,6 +166,7 @@ fn bits_flipped_in_guest_ram_fail_memtest_with_their_address() {
         {
             let value = (0xA5u8 ^ (round as u8) ^ (i as u8)).to_le_bytes();
             gdb.write_phys(addr + round * 0x1000, &value).unwrap();
+            flipped.push(addr + round * 0x1000);
         }
         std::thread::sleep(Duration::from_secs(3));
     }
@@ -181,7 +183,17 @@ fn bits_flipped_in_guest_ram_fail_memtest_with_their_address() {
     );
     let rows = memtest["reading"]["error_rows"].as_array().unwrap();
     assert!(!rows.is_empty(), "{memtest}");
-    assert!(rows[0]["address"].as_str().unwrap().len() == 12, "{rows:?}");
+    // Every address memtest86+ names is one of the words written (memtest reports the
+    // failing word's address, 8-byte aligned; one byte of it was written).
+    for row in rows {
+        let text = row["address"].as_str().unwrap();
+        assert_eq!(text.len(), 12, "{rows:?}");
+        let address = u64::from_str_radix(text, 16).unwrap();
+        assert!(
+            flipped.iter().any(|f| address & !7 == f & !7),
+            "memtest86+ named 0x{address:x}, not a flipped word ({flipped:x?})"
+        );
+    }
     assert!(
         memtest["detail"].as_str().unwrap().contains("first at 0x"),
         "{memtest}"

@@ -528,7 +528,13 @@ mod tests {
         ));
         tokio::time::sleep(Duration::from_millis(200)).await;
         tx.send(true).unwrap();
-        let f = handle.await.unwrap();
+        // Ended by the cancel itself: at once and saying so — not by the 60 s stall rule
+        // ("lost capture"), which would also make it a non-pass.
+        let f = tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .expect("the cancelled watch did not end within 5 s")
+            .unwrap();
         assert!(!f.pass);
+        assert_eq!(f.detail, "the stage ended before memtest86+ finished");
     }
 }

@@ -259,9 +259,15 @@ pub fn raw_get(base: &str, path: &str, extra: &str) -> (String, String) {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    // A Host header in `extra` replaces the default one (two would be ambiguous).
+    let host = if extra.to_ascii_lowercase().contains("host:") {
+        ""
+    } else {
+        "Host: 10.0.2.100\r\n"
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 10.0.2.100\r\nConnection: close\r\n{extra}\r\n"
+        "GET {path} HTTP/1.1\r\n{host}Connection: close\r\n{extra}\r\n"
     )
     .unwrap();
     let mut response = Vec::new();

@@ -173,8 +173,17 @@ fn every_boot_script_matches_its_golden_copy_and_hostile_values_never_reach_one(
     assert!(script.contains("(no serial)"), "{script}");
     let (status, _) = raw_get(&base, "/ipxe?mac=not-a-mac", "");
     assert!(status.contains("400"), "{status}");
-    let (status, _) = raw_get(&base, "/boot.ipxe", "Host: evil.example/x\r\n");
-    assert!(status.contains("200") || status.contains("400"), "{status}");
+    // A Host header that is not a host name never reaches a script: 400, naming the way out.
+    let (status, body) = raw_get(&base, "/boot.ipxe", "Host: evil.example/x\r\n");
+    assert!(status.contains("400"), "{status}");
+    assert!(
+        body.contains("evil.example/x") && body.contains("public_url"),
+        "{body}"
+    );
+    // A real one is what the script points the node back at.
+    let (status, body) = raw_get(&base, "/boot.ipxe", "Host: 10.0.2.100:8080\r\n");
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("http://10.0.2.100:8080/"), "{body}");
 }
 
 #[test]
