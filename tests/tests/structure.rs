@@ -19,7 +19,6 @@ const MAX_FN_LINES: usize = 120;
 /// Functions still longer than [`MAX_FN_LINES`], with the length they may not exceed: the
 /// debt, written down. Shorten one and lower (or drop) its entry.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("collector/src/lifecycle/agent.rs", "ingest", 184),
     ("protocol/src/expect.rs", "evaluate", 179),
     ("collector/src/image/mod.rs", "build", 165),
     ("agent/src/runner.rs", "run_step", 150),
@@ -269,6 +268,14 @@ fn no_function_outside_tests_is_over_120_lines_but_the_listed_ones() {
                         if n > *max {
                             problems.push(format!(
                                 "{rel}: fn {name} grew to {n} lines (listed at {max})"
+                            ));
+                        } else if n <= MAX_FN_LINES {
+                            problems.push(format!(
+                                "{rel}: fn {name} is {n} lines now: take it off the list"
+                            ));
+                        } else if n < *max {
+                            problems.push(format!(
+                                "{rel}: fn {name} shrank to {n} lines: list it at {n}"
                             ));
                         }
                     }

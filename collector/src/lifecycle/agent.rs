@@ -233,95 +233,7 @@ pub fn ingest(
         if inserted == 0 {
             continue; // a resent event: stored already, its effects applied already
         }
-        match &event.body {
-            EventBody::RunStarted { .. } => {
-                // A memtest stage not done by now never finished cleanly.
-                for (stage, state) in stages(&tx, run_id)? {
-                    if stage == Stage::Memtest && state != StageState::Done {
-                        end_stage(
-                            &tx,
-                            run_id,
-                            stage,
-                            Verdict::Incomplete,
-                            Some("the agent started before memtest86+ had a verdict"),
-                        )?;
-                        ended.add(run_id, stage);
-                    }
-                }
-                start_stage(&tx, run_id, Stage::Linux)?;
-                exec(
-                    &tx,
-                    "UPDATE runs SET agent_started_ms = COALESCE(agent_started_ms, ?2) WHERE id = ?1",
-                    params![run_id, now],
-                )?;
-                current = None;
-                progress_changed = true;
-            }
-            EventBody::ExpectChecked { outcome } => {
-                let json =
-                    serde_json::to_string(outcome).map_err(|source| StoreError::Corrupt {
-                        what: "outcome",
-                        source,
-                    })?;
-                exec(
-                    &tx,
-                    "UPDATE runs SET expect = ?2 WHERE id = ?1",
-                    params![run_id, json],
-                )?;
-            }
-            EventBody::StepStarted { step, name, .. } => {
-                current = Some(Progress {
-                    step: *step,
-                    name: name.clone(),
-                    fraction: 0.0,
-                    status: None,
-                });
-                progress_changed = true;
-            }
-            EventBody::Progress {
-                step,
-                fraction,
-                status,
-            } => {
-                if let Some(current) = current.as_mut().filter(|c| c.step == *step) {
-                    current.fraction = *fraction;
-                    current.status = status.clone();
-                    progress_changed = true;
-                }
-            }
-            EventBody::StepFinished { report } => {
-                let json = serde_json::to_string(report).map_err(|source| StoreError::Corrupt {
-                    what: "step",
-                    source,
-                })?;
-                // The first result of a step is the one kept; a repeat is itself a finding
-                // when the verdict is computed.
-                exec(
-                    &tx,
-                    "INSERT OR IGNORE INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        run_id,
-                        report.step,
-                        report.name,
-                        report.kind,
-                        report.outcome.name(),
-                        json
-                    ],
-                )?;
-                if let Some(current) = current.as_mut().filter(|c| c.step == report.step) {
-                    current.fraction = 1.0;
-                    progress_changed = true;
-                }
-            }
-            EventBody::RunFinished { verdict } => {
-                exec(
-                    &tx,
-                    "UPDATE runs SET agent_verdict = ?2, final_seq = min(COALESCE(final_seq, ?3), ?3) WHERE id = ?1",
-                    params![run_id, SqlVerdict(*verdict), event.seq as i64],
-                )?;
-            }
-            EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}
-        }
+        progress_changed |= apply(&tx, run_id, now, event, &mut current, &mut ended)?;
     }
     if progress_changed {
         let json = current
@@ -338,18 +250,7 @@ pub fn ingest(
         )?;
     }
     // Advance the acknowledgement over every contiguous stored sequence number.
-    {
-        let mut stmt = tx
-            .prepare_cached("SELECT seq FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq")?;
-        let mut rows = stmt.query(params![run_id, acked])?;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            if seq != acked + 1 {
-                break;
-            }
-            acked = seq;
-        }
-    }
+    acked = contiguous(&tx, run_id, acked)?;
     exec(
         &tx,
         "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
@@ -367,6 +268,123 @@ pub fn ingest(
     }
     tx.commit()?;
     Ok((Ingested::Acked(acked as u64), ended))
+}
+
+/// Applies one newly stored event to its run (stages, expect, steps, the agent's verdict) and
+/// to the live progress; returns whether the progress changed.
+fn apply(
+    tx: &Connection,
+    run_id: i64,
+    now: i64,
+    event: &kiln_protocol::wire::Event,
+    current: &mut Option<Progress>,
+    ended: &mut Ended,
+) -> Result<bool, StoreError> {
+    let mut changed = false;
+    match &event.body {
+        EventBody::RunStarted { .. } => {
+            // A memtest stage not done by now never finished cleanly.
+            for (stage, state) in stages(tx, run_id)? {
+                if stage == Stage::Memtest && state != StageState::Done {
+                    end_stage(
+                        tx,
+                        run_id,
+                        stage,
+                        Verdict::Incomplete,
+                        Some("the agent started before memtest86+ had a verdict"),
+                    )?;
+                    ended.add(run_id, stage);
+                }
+            }
+            start_stage(tx, run_id, Stage::Linux)?;
+            exec(
+                tx,
+                "UPDATE runs SET agent_started_ms = COALESCE(agent_started_ms, ?2) WHERE id = ?1",
+                params![run_id, now],
+            )?;
+            *current = None;
+            changed = true;
+        }
+        EventBody::ExpectChecked { outcome } => {
+            let json = serde_json::to_string(outcome).map_err(|source| StoreError::Corrupt {
+                what: "outcome",
+                source,
+            })?;
+            exec(
+                tx,
+                "UPDATE runs SET expect = ?2 WHERE id = ?1",
+                params![run_id, json],
+            )?;
+        }
+        EventBody::StepStarted { step, name, .. } => {
+            *current = Some(Progress {
+                step: *step,
+                name: name.clone(),
+                fraction: 0.0,
+                status: None,
+            });
+            changed = true;
+        }
+        EventBody::Progress {
+            step,
+            fraction,
+            status,
+        } => {
+            if let Some(current) = current.as_mut().filter(|c| c.step == *step) {
+                current.fraction = *fraction;
+                current.status = status.clone();
+                changed = true;
+            }
+        }
+        EventBody::StepFinished { report } => {
+            let json = serde_json::to_string(report).map_err(|source| StoreError::Corrupt {
+                what: "step",
+                source,
+            })?;
+            // The first result of a step is the one kept; a repeat is itself a finding
+            // when the verdict is computed.
+            exec(
+                tx,
+                "INSERT OR IGNORE INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    run_id,
+                    report.step,
+                    report.name,
+                    report.kind,
+                    report.outcome.name(),
+                    json
+                ],
+            )?;
+            if let Some(current) = current.as_mut().filter(|c| c.step == report.step) {
+                current.fraction = 1.0;
+                changed = true;
+            }
+        }
+        EventBody::RunFinished { verdict } => {
+            exec(
+                tx,
+                "UPDATE runs SET agent_verdict = ?2, final_seq = min(COALESCE(final_seq, ?3), ?3) WHERE id = ?1",
+                params![run_id, SqlVerdict(*verdict), event.seq as i64],
+            )?;
+        }
+        EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}
+    }
+    Ok(changed)
+}
+
+/// The highest sequence number up to which every event of the run is stored, from `acked`.
+fn contiguous(tx: &Connection, run_id: i64, mut acked: i64) -> Result<i64, StoreError> {
+    let mut stmt =
+        tx.prepare_cached("SELECT seq FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq")?;
+    let mut rows = stmt.query(params![run_id, acked])?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        if seq != acked + 1 {
+            break;
+        }
+        acked = seq;
+    }
+    Ok(acked)
 }
 
 /// Computes the Linux stage's verdict from what is stored, records the findings, and
