@@ -218,9 +218,8 @@ fn run_step(
     let sys = std::path::Path::new("/sys");
     let aer_before = crate::hw::pcie::aer(sys);
     // The BMC's event log too, where the node has one.
-    let sel_device = std::path::Path::new(crate::hw::sel::DEVICE);
     if sel.is_none() {
-        *sel = crate::hw::sel::read(sel_device)
+        *sel = crate::hw::sel::read(std::path::Path::new(crate::hw::sel::DEVICE))
             .ok()
             .map(|events| SelSnapshot {
                 events,
@@ -231,7 +230,56 @@ fn run_step(
     if kmsg.is_none() {
         observer.log(LogLevel::Info, "kernel log (/dev/kmsg) not readable: machine-check and I/O error lines are not watched");
     }
-    let result = match checks::lookup(step.check.kind()) {
+    let result = run_check(step, options, &stop, observer);
+    let mut kernel_faults = kmsg.map(KmsgWatch::finish).unwrap_or_default();
+    kernel_faults.extend(crate::hw::pcie::new_errors(
+        &aer_before,
+        &crate::hw::pcie::aer(sys),
+    ));
+    kernel_faults.extend(sel_after(step, sel, &sink));
+    let (outcome, metrics) = match (result, stop.reason()) {
+        (_, Some(StopReason::Interrupted)) => (
+            Outcome::Error {
+                message: "interrupted by the operator".into(),
+            },
+            vec![],
+        ),
+        (_, Some(StopReason::Timeout)) => (
+            Outcome::Error {
+                message: format!(
+                    "timed out after {}",
+                    kiln_protocol::units::HumanDuration(step.timeout)
+                ),
+            },
+            vec![],
+        ),
+        (Err(err), None) => (
+            Outcome::Error {
+                message: format!("{err:#}"),
+            },
+            vec![],
+        ),
+        (Ok(output), None) => finish(step, output, kernel_faults, &sink),
+    };
+    StepReport {
+        step: step.index as u32,
+        name: step.name.clone(),
+        kind: step.check.kind().to_owned(),
+        outcome,
+        metrics,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Runs the step's check on its own thread and waits for it, up to the stop deadline plus a
+/// grace period: a check that does not stop by then is abandoned as an error.
+fn run_check(
+    step: &kiln_protocol::PlannedStep,
+    options: &RunOptions,
+    stop: &Stop,
+    observer: Observer,
+) -> anyhow::Result<CheckOutput> {
+    match checks::lookup(step.check.kind()) {
         None => Err(anyhow::anyhow!(
             "this agent has no {} check",
             step.check.kind()
@@ -270,71 +318,51 @@ fn run_step(
                 }
             }
         }
+    }
+}
+
+/// The BMC's event log after the step: its new entries (against the log as last read) are
+/// the step's faults, and the read becomes the next step's baseline. A failed read keeps the
+/// old baseline, so nothing added meanwhile is lost.
+fn sel_after(
+    step: &kiln_protocol::PlannedStep,
+    sel: &mut Option<SelSnapshot>,
+    sink: &Arc<dyn EventSink>,
+) -> Vec<Fault> {
+    let Some(before) = sel.as_ref() else {
+        return Vec::new();
     };
-    let mut kernel_faults = kmsg.map(KmsgWatch::finish).unwrap_or_default();
-    kernel_faults.extend(crate::hw::pcie::new_errors(
-        &aer_before,
-        &crate::hw::pcie::aer(sys),
-    ));
-    if let Some(before) = sel.as_ref() {
-        match crate::hw::sel::read(sel_device) {
-            Ok(after) => {
-                let mut new = crate::hw::sel::new_entries(&before.events, &after);
-                if before.step != step.index as u32 {
-                    // Counted from an earlier step's read: say so, not "during the step".
-                    for f in &mut new {
-                        f.message = f.message.replace(
-                            "new during the step",
-                            &format!("new since the log was last read (before step {})", before.step + 1),
-                        );
-                    }
+    match crate::hw::sel::read(std::path::Path::new(crate::hw::sel::DEVICE)) {
+        Ok(after) => {
+            let mut new = crate::hw::sel::new_entries(&before.events, &after);
+            if before.step != step.index as u32 {
+                // Counted from an earlier step's read: say so, not "during the step".
+                for f in &mut new {
+                    f.message = f.message.replace(
+                        "new during the step",
+                        &format!(
+                            "new since the log was last read (before step {})",
+                            before.step + 1
+                        ),
+                    );
                 }
-                kernel_faults.extend(new);
-                *sel = Some(SelSnapshot {
-                    events: after,
-                    step: step.index as u32 + 1,
-                });
             }
-            Err(err) => sink.emit(EventBody::Log {
+            *sel = Some(SelSnapshot {
+                events: after,
+                step: step.index as u32 + 1,
+            });
+            new
+        }
+        Err(err) => {
+            sink.emit(EventBody::Log {
                 step: Some(step.index as u32),
                 level: LogLevel::Warn,
                 line: format!(
                     "the BMC event log could not be read after the step ({err}): entries added now are reported by the next step that reads it"
                 ),
-            }),
+            });
+            Vec::new()
         }
-    }
-    let (outcome, metrics) = match (result, stop.reason()) {
-        (_, Some(StopReason::Interrupted)) => (
-            Outcome::Error {
-                message: "interrupted by the operator".into(),
-            },
-            vec![],
-        ),
-        (_, Some(StopReason::Timeout)) => (
-            Outcome::Error {
-                message: format!(
-                    "timed out after {}",
-                    kiln_protocol::units::HumanDuration(step.timeout)
-                ),
-            },
-            vec![],
-        ),
-        (Err(err), None) => (
-            Outcome::Error {
-                message: format!("{err:#}"),
-            },
-            vec![],
-        ),
-        (Ok(output), None) => finish(step, output, kernel_faults, &sink),
-    };
-    StepReport {
-        step: step.index as u32,
-        name: step.name.clone(),
-        kind: step.check.kind().to_owned(),
-        outcome,
-        metrics,
-        duration_ms: started.elapsed().as_millis() as u64,
     }
 }
 
