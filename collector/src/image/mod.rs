@@ -132,6 +132,51 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
     }
 
     let mut archive = Archive::default();
+    base_tree(&mut archive, inputs)?;
+    let (module_bytes, firmware_bytes, missing_firmware) =
+        modules_and_firmware(&mut archive, &modules, &inputs.firmware)?;
+    let added_packages = add_packages(&mut archive, inputs)?;
+    archive.add(
+        &format!("lib/modules/{}", "kiln.modules"),
+        Entry::File(
+            0o644,
+            modules::catalog(&modules, ALWAYS_MODULES)?.into_bytes(),
+        ),
+    );
+
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
+    gz.write_all(&archive.to_bytes())?;
+    let initramfs = gz.finish()?;
+
+    let mut files = Vec::new();
+    files.push(write(&out.join("vmlinuz"), &read(&vmlinuz)?)?);
+    files.push(write(&out.join("initramfs.img"), &initramfs)?);
+    let memtest_root = unpack_package(&inputs.cache, "memtest86+")?;
+    for name in ["memtest86+x64.bin", "memtest86+x64.efi"] {
+        let src = memtest_root.join("boot").join(name);
+        files.push(write(&out.join(name), &read(&src)?)?);
+    }
+    let parts = vec![
+        ("kernel", read(&vmlinuz)?.len() as u64),
+        ("kiln-agent", std::fs::metadata(&inputs.agent)?.len()),
+        ("busybox", std::fs::metadata(&inputs.busybox)?.len()),
+        ("modules", module_bytes),
+        ("firmware", firmware_bytes),
+    ];
+    Ok(Built {
+        files,
+        parts,
+        missing_modules,
+        missing_firmware,
+        packages: added_packages,
+    })
+}
+
+/// The image's skeleton: directories, device nodes, /init and its DHCP script, busybox and
+/// the agent.
+fn base_tree(archive: &mut Archive, inputs: &Inputs) -> anyhow::Result<()> {
     for dir in [
         "bin",
         "dev",
@@ -154,18 +199,28 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
     );
     archive.add("bin/busybox", Entry::File(0o755, read(&inputs.busybox)?));
     archive.add("bin/kiln-agent", Entry::File(0o755, read(&inputs.agent)?));
+    Ok(())
+}
+
+/// Every module (in load order, listed in `etc/kiln-modules`) and the firmware files each
+/// declares, from `firmware` or the build host; returns module bytes, firmware bytes and the
+/// firmware files not found.
+fn modules_and_firmware(
+    archive: &mut Archive,
+    modules: &[PathBuf],
+    firmware: &[PathBuf],
+) -> anyhow::Result<(u64, u64, Vec<String>)> {
     let mut order = String::new();
     let mut module_bytes = 0u64;
     let mut firmware_bytes = 0u64;
     let mut missing_firmware = Vec::new();
-    let firmware_dirs: Vec<PathBuf> = inputs
-        .firmware
+    let firmware_dirs: Vec<PathBuf> = firmware
         .iter()
         .cloned()
         .chain(HOST_FIRMWARE.iter().map(PathBuf::from))
         .collect();
     let mut firmware_added = std::collections::BTreeSet::new();
-    for m in &modules {
+    for m in modules {
         let name = m
             .file_name()
             .and_then(|n| n.to_str())
@@ -205,6 +260,12 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
         order.push('\n');
     }
     archive.add("etc/kiln-modules", Entry::File(0o644, order.into_bytes()));
+    Ok((module_bytes, firmware_bytes, missing_firmware))
+}
+
+/// `--package`: each Debian package's programs with their shared-library closure; returns
+/// each package's added bytes.
+fn add_packages(archive: &mut Archive, inputs: &Inputs) -> anyhow::Result<Vec<(String, u64)>> {
     let mut added_packages = Vec::new();
     let mut placed = std::collections::BTreeSet::new();
     for package in &inputs.packages {
@@ -232,42 +293,7 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
         }
         added_packages.push((package.clone(), bytes));
     }
-    archive.add(
-        &format!("lib/modules/{}", "kiln.modules"),
-        Entry::File(
-            0o644,
-            modules::catalog(&modules, ALWAYS_MODULES)?.into_bytes(),
-        ),
-    );
-
-    let mut gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::best());
-    gz.write_all(&archive.to_bytes())?;
-    let initramfs = gz.finish()?;
-
-    let mut files = Vec::new();
-    files.push(write(&out.join("vmlinuz"), &read(&vmlinuz)?)?);
-    files.push(write(&out.join("initramfs.img"), &initramfs)?);
-    let memtest_root = unpack_package(&inputs.cache, "memtest86+")?;
-    for name in ["memtest86+x64.bin", "memtest86+x64.efi"] {
-        let src = memtest_root.join("boot").join(name);
-        files.push(write(&out.join(name), &read(&src)?)?);
-    }
-    let parts = vec![
-        ("kernel", read(&vmlinuz)?.len() as u64),
-        ("kiln-agent", std::fs::metadata(&inputs.agent)?.len()),
-        ("busybox", std::fs::metadata(&inputs.busybox)?.len()),
-        ("modules", module_bytes),
-        ("firmware", firmware_bytes),
-    ];
-    Ok(Built {
-        files,
-        parts,
-        missing_modules,
-        missing_firmware,
-        packages: added_packages,
-    })
+    Ok(added_packages)
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
