@@ -106,6 +106,62 @@ pub fn render(run: &JunitRun<'_>) -> String {
         cases.len(),
         escape(run.host.unwrap_or("unknown"))
     );
+    properties(&mut x, run);
+    for case in &cases {
+        let _ = write!(
+            x,
+            "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\"",
+            escape(case.name),
+            escape(&case.class),
+            case.secs
+        );
+        let body = case_body(case.outcome);
+        let out = if case.metrics.is_empty() {
+            String::new()
+        } else {
+            format!("      <system-out>{}</system-out>\n", escape(&case.metrics))
+        };
+        if body.is_empty() && out.is_empty() {
+            x.push_str("/>\n");
+        } else {
+            let _ = write!(x, ">\n{body}{out}    </testcase>\n");
+        }
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+/// A test case's body for its outcome: nothing for a pass, a failure per fault, a skip or an
+/// error, the reasons a degraded step gave.
+fn case_body(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Pass => String::new(),
+        Outcome::Degraded { reasons } => format!(
+            "      <system-err>{}</system-err>\n",
+            escape(&format!("degraded: {}", reasons.join("; ")))
+        ),
+        Outcome::Fail { faults } => faults
+            .iter()
+            .map(|f| {
+                format!(
+                    "      <failure type=\"{}\" message=\"{}\">{}</failure>\n",
+                    escape(&f.code),
+                    escape(&f.message),
+                    escape(&format!("{:?}", f.details))
+                )
+            })
+            .collect(),
+        Outcome::Skip { reason } => {
+            format!("      <skipped message=\"{}\"/>\n", escape(reason))
+        }
+        Outcome::Error { message } => {
+            format!("      <error message=\"{}\"/>\n", escape(message))
+        }
+    }
+}
+
+/// The run's properties: verdict, agent version, serial.
+fn properties(x: &mut String, run: &JunitRun<'_>) {
     let _ = writeln!(x, "    <properties>");
     let _ = writeln!(
         x,
@@ -127,51 +183,6 @@ pub fn render(run: &JunitRun<'_>) -> String {
         );
     }
     let _ = writeln!(x, "    </properties>");
-    for case in &cases {
-        let _ = write!(
-            x,
-            "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\"",
-            escape(case.name),
-            escape(&case.class),
-            case.secs
-        );
-        let body = match case.outcome {
-            Outcome::Pass => String::new(),
-            Outcome::Degraded { reasons } => format!(
-                "      <system-err>{}</system-err>\n",
-                escape(&format!("degraded: {}", reasons.join("; ")))
-            ),
-            Outcome::Fail { faults } => faults
-                .iter()
-                .map(|f| {
-                    format!(
-                        "      <failure type=\"{}\" message=\"{}\">{}</failure>\n",
-                        escape(&f.code),
-                        escape(&f.message),
-                        escape(&format!("{:?}", f.details))
-                    )
-                })
-                .collect(),
-            Outcome::Skip { reason } => {
-                format!("      <skipped message=\"{}\"/>\n", escape(reason))
-            }
-            Outcome::Error { message } => {
-                format!("      <error message=\"{}\"/>\n", escape(message))
-            }
-        };
-        let out = if case.metrics.is_empty() {
-            String::new()
-        } else {
-            format!("      <system-out>{}</system-out>\n", escape(&case.metrics))
-        };
-        if body.is_empty() && out.is_empty() {
-            x.push_str("/>\n");
-        } else {
-            let _ = write!(x, ">\n{body}{out}    </testcase>\n");
-        }
-    }
-    x.push_str("  </testsuite>\n</testsuites>\n");
-    x
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the Unix epoch (civil-from-days, UTC).
