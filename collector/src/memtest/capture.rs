@@ -284,6 +284,64 @@ pub async fn follow_tail(
     }
 }
 
+/// Why the watch must end without a verdict from the screen, if it must: the stage ended
+/// elsewhere, memtest86+ ran past its timeout, or the screen stopped moving (or could not be
+/// read) for the stall limit.
+fn given_up(
+    cancelled: bool,
+    started: Instant,
+    last_progress: Instant,
+    console_open: bool,
+    rules: &Rules,
+) -> Option<String> {
+    if cancelled {
+        return Some("the stage ended before memtest86+ finished".into());
+    }
+    if started.elapsed() > rules.timeout {
+        return Some(format!(
+            "timed out: memtest86+ did not finish within {}s",
+            rules.timeout.as_secs()
+        ));
+    }
+    if last_progress.elapsed() > rules.stall {
+        let what = if console_open {
+            "stalled: no progress on the memtest86+ screen"
+        } else {
+            "lost capture: the console could not be read"
+        };
+        return Some(format!("{what} for {}s", rules.stall.as_secs()));
+    }
+    None
+}
+
+/// Deselects `tests` in memtest86+'s F1 menu through the power driver's keyboard, after a
+/// moment for memtest86+ to take input; a test that cannot be deselected runs (and is logged).
+async fn deselect(power: &Power, tests: &[u8], node: &str) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for test in tests {
+        let keys = deselect_keys(*test);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        if let Err(err) = power.send_keys(&keys).await {
+            tracing::warn!(node, error = %err, "could not deselect memtest86+ test {test}; it will run");
+        }
+    }
+}
+
+/// The failing verdict's detail: the error count and the first row memtest86+ drew.
+fn errors_found(reading: &super::screen::Reading, errors: u64) -> String {
+    let first = reading
+        .error_rows
+        .first()
+        .map(|r| {
+            format!(
+                "; first at 0x{} ({}): expected {} found {} (test {})",
+                r.address, r.address_human, r.expected, r.found, r.test
+            )
+        })
+        .unwrap_or_default();
+    format!("memtest86+ found {errors} error(s){first}")
+}
+
 /// What Linux prints when it panics.
 const PANIC: &str = "Kernel panic - not syncing";
 
@@ -324,37 +382,14 @@ pub async fn watch(
         secs: started.elapsed().as_secs(),
     };
     loop {
-        if *cancel.borrow() {
-            return finish(
-                false,
-                "the stage ended before memtest86+ finished".into(),
-                &screen,
-                raw,
-            );
-        }
-        if started.elapsed() > rules.timeout {
-            return finish(
-                false,
-                format!(
-                    "timed out: memtest86+ did not finish within {}s",
-                    rules.timeout.as_secs()
-                ),
-                &screen,
-                raw,
-            );
-        }
-        if last_progress.elapsed() > rules.stall {
-            let what = if !console.is_open() {
-                "lost capture: the console could not be read"
-            } else {
-                "stalled: no progress on the memtest86+ screen"
-            };
-            return finish(
-                false,
-                format!("{what} for {}s", rules.stall.as_secs()),
-                &screen,
-                raw,
-            );
+        if let Some(why) = given_up(
+            *cancel.borrow(),
+            started,
+            last_progress,
+            console.is_open(),
+            &rules,
+        ) {
+            return finish(false, why, &screen, raw);
         }
         match console.next(&mut buf, &mut cancel).await {
             // Not open or dropped: try again (the stall timer keeps running meanwhile).
@@ -390,15 +425,7 @@ pub async fn watch(
         if !keys_sent {
             keys_sent = true;
             if let Some(power) = &power {
-                // Give memtest86+ a moment to take keyboard input, then walk its F1 menu.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                for test in &rules.skip_tests {
-                    let keys = deselect_keys(*test);
-                    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    if let Err(err) = power.send_keys(&keys).await {
-                        tracing::warn!(node, error = %err, "could not deselect memtest86+ test {test}; it will run");
-                    }
-                }
+                deselect(power, &rules.skip_tests, &node).await;
             }
         }
         let errors = reading.errors.unwrap_or(0);
@@ -412,22 +439,7 @@ pub async fn watch(
             if !drawn && seen.elapsed() < ERROR_ROWS_WAIT {
                 continue;
             }
-            let first = reading
-                .error_rows
-                .first()
-                .map(|r| {
-                    format!(
-                        "; first at 0x{} ({}): expected {} found {} (test {})",
-                        r.address, r.address_human, r.expected, r.found, r.test
-                    )
-                })
-                .unwrap_or_default();
-            return finish(
-                false,
-                format!("memtest86+ found {errors} error(s){first}"),
-                &screen,
-                raw,
-            );
+            return finish(false, errors_found(&reading, errors), &screen, raw);
         }
         if reading.passes.unwrap_or(0) >= rules.passes && reading.status == Some(Status::Pass) {
             return finish(
