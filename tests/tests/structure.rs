@@ -1,6 +1,6 @@
 //! The shape of the code, checked: no import circle inside a crate, no source file over 800
-//! lines, no function over 120 lines outside tests (the ones still longer are listed by name
-//! and must only shrink: a new long function, or a listed one that grew, fails).
+//! lines, no function over 120 lines outside tests (any that must be longer for a while is
+//! listed by name and may only shrink), and a README map of every source file.
 //!
 //! The module graph is read from the sources: a file's module path comes from its place under
 //! `src/`, and an edge goes from a file to the module a `crate::…` path in its code (not its
@@ -17,10 +17,8 @@ const MAX_FILE_LINES: usize = 800;
 const MAX_FN_LINES: usize = 120;
 
 /// Functions still longer than [`MAX_FN_LINES`], with the length they may not exceed: the
-/// debt, written down. Shorten one and lower (or drop) its entry.
-const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("agent/src/checks/disk/io.rs", "write_and_verify", 130),
-];
+/// debt, written down (none today). Shorten one and lower (or drop) its entry.
+const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[];
 
 /// Every `.rs` file under `dir`.
 fn sources(dir: &Path) -> Vec<PathBuf> {

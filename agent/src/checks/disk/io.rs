@@ -232,17 +232,69 @@ impl Job {
     ) -> anyhow::Result<DiskRun> {
         let (file, buffered) = self.open()?;
         let blocks = self.bytes / block_size as u64;
-        let words = block_size / 8;
         let mut run = DiskRun {
             bytes: blocks * block_size as u64,
             buffered,
             ..Default::default()
         };
         run.latencies.reserve((2 * blocks) as usize);
-        let (free_tx, free_rx) = buffer_pool(block_size)?;
+        let pass = Pass {
+            file: &file,
+            blocks,
+            block_size,
+            seed,
+            stop,
+            progress,
+        };
+        let started = Instant::now();
+        let written = self.write_blocks(&pass, &mut run)?;
+        if !written {
+            return Ok(run);
+        }
+        file.sync_data()
+            .map_err(|e| anyhow::anyhow!("flushing {} failed: {e}", self.path.display()))?;
+        run.write_time = started.elapsed();
+        if buffered {
+            // SAFETY: a valid descriptor; the advice only drops clean cached pages.
+            unsafe {
+                libc::posix_fadvise(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    0,
+                    0,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+        }
+        injection.after_write(&self.path, block_size);
 
         let started = Instant::now();
-        let written = std::thread::scope(|scope| -> anyhow::Result<bool> {
+        let (read_all, count, detailed) = self.read_and_verify(&pass, &mut run)?;
+        run.read_time = started.elapsed();
+        run.mismatch_count = count;
+        run.mismatches = detailed;
+        if !read_all {
+            // Stopped part-way: the runner reports the step as stopped; say how far it got.
+            run.bytes = run
+                .bytes
+                .min(run.latencies.len() as u64 / 2 * block_size as u64);
+        }
+        Ok(run)
+    }
+
+    /// Writes every block (a generator thread fills buffers while this one writes them);
+    /// `false` when stopped part-way.
+    fn write_blocks(&self, pass: &Pass<'_>, run: &mut DiskRun) -> anyhow::Result<bool> {
+        let Pass {
+            file,
+            blocks,
+            block_size,
+            seed,
+            stop,
+            progress,
+        } = *pass;
+        let (free_tx, free_rx) = buffer_pool(block_size)?;
+        let words = block_size / 8;
+        std::thread::scope(|scope| -> anyhow::Result<bool> {
             let (full_tx, full_rx) = sync_channel::<(u64, AlignedBuf)>(BUFFERS);
             scope.spawn(move || {
                 for block in 0..blocks {
@@ -272,86 +324,83 @@ impl Job {
                 let _ = free_tx.send(buf);
             }
             Ok(true)
-        })?;
-        if !written {
-            return Ok(run);
-        }
-        file.sync_data()
-            .map_err(|e| anyhow::anyhow!("flushing {} failed: {e}", self.path.display()))?;
-        run.write_time = started.elapsed();
-        if buffered {
-            // SAFETY: a valid descriptor; the advice only drops clean cached pages.
-            unsafe {
-                libc::posix_fadvise(
-                    std::os::fd::AsRawFd::as_raw_fd(&file),
-                    0,
-                    0,
-                    libc::POSIX_FADV_DONTNEED,
-                )
-            };
-        }
-        injection.after_write(&self.path, block_size);
-
-        // Reading: fresh buffers, since the generator thread took the first pool's receiver.
-        let (free_tx, free_rx) = buffer_pool(block_size)?;
-        let started = Instant::now();
-        let (read_all, count, detailed) =
-            std::thread::scope(|scope| -> anyhow::Result<(bool, u64, Vec<BlockMismatch>)> {
-                let (full_tx, full_rx) = sync_channel::<(u64, AlignedBuf)>(BUFFERS);
-                let verifier = scope.spawn(move || {
-                    let mut count = 0u64;
-                    let mut detailed = Vec::new();
-                    for (block, mut buf) in full_rx {
-                        if let Some(m) = verify_block(buf.words(), seed, block, block_size) {
-                            count += 1;
-                            if detailed.len() < MAX_DETAILED {
-                                detailed.push(m);
-                            }
-                        }
-                        progress(block_size as u64);
-                        let _ = free_tx.send(buf);
-                    }
-                    (count, detailed)
-                });
-                let mut read_all = true;
-                for block in 0..blocks {
-                    if stop.should_stop() {
-                        read_all = false;
-                        break;
-                    }
-                    let mut buf = free_rx
-                        .recv()
-                        .map_err(|_| anyhow::anyhow!("the verifier thread ended early"))?;
-                    let t = Instant::now();
-                    file.read_exact_at(buf.bytes(), block * block_size as u64)
-                        .map_err(|e| {
-                            anyhow::anyhow!(
-                                "read of block {block} from {} failed: {e}",
-                                self.path.display()
-                            )
-                        })?;
-                    run.latencies.push(t.elapsed());
-                    full_tx
-                        .send((block, buf))
-                        .map_err(|_| anyhow::anyhow!("the verifier thread ended early"))?;
-                }
-                drop(full_tx);
-                let (count, detailed) = verifier
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the verifier thread panicked"))?;
-                Ok((read_all, count, detailed))
-            })?;
-        run.read_time = started.elapsed();
-        run.mismatch_count = count;
-        run.mismatches = detailed;
-        if !read_all {
-            // Stopped part-way: the runner reports the step as stopped; say how far it got.
-            run.bytes = run
-                .bytes
-                .min(run.latencies.len() as u64 / 2 * block_size as u64);
-        }
-        Ok(run)
+        })
     }
+
+    /// Reads every block back (a verifier thread checks each while this one reads the next);
+    /// returns whether all were read, the mismatch count and the first mismatches in detail.
+    fn read_and_verify(
+        &self,
+        pass: &Pass<'_>,
+        run: &mut DiskRun,
+    ) -> anyhow::Result<(bool, u64, Vec<BlockMismatch>)> {
+        let Pass {
+            file,
+            blocks,
+            block_size,
+            seed,
+            stop,
+            progress,
+        } = *pass;
+        // Fresh buffers: the generator thread took the write pool's receiver.
+        let (free_tx, free_rx) = buffer_pool(block_size)?;
+        std::thread::scope(|scope| -> anyhow::Result<(bool, u64, Vec<BlockMismatch>)> {
+            let (full_tx, full_rx) = sync_channel::<(u64, AlignedBuf)>(BUFFERS);
+            let verifier = scope.spawn(move || {
+                let mut count = 0u64;
+                let mut detailed = Vec::new();
+                for (block, mut buf) in full_rx {
+                    if let Some(m) = verify_block(buf.words(), seed, block, block_size) {
+                        count += 1;
+                        if detailed.len() < MAX_DETAILED {
+                            detailed.push(m);
+                        }
+                    }
+                    progress(block_size as u64);
+                    let _ = free_tx.send(buf);
+                }
+                (count, detailed)
+            });
+            let mut read_all = true;
+            for block in 0..blocks {
+                if stop.should_stop() {
+                    read_all = false;
+                    break;
+                }
+                let mut buf = free_rx
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("the verifier thread ended early"))?;
+                let t = Instant::now();
+                file.read_exact_at(buf.bytes(), block * block_size as u64)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "read of block {block} from {} failed: {e}",
+                            self.path.display()
+                        )
+                    })?;
+                run.latencies.push(t.elapsed());
+                full_tx
+                    .send((block, buf))
+                    .map_err(|_| anyhow::anyhow!("the verifier thread ended early"))?;
+            }
+            drop(full_tx);
+            let (count, detailed) = verifier
+                .join()
+                .map_err(|_| anyhow::anyhow!("the verifier thread panicked"))?;
+            Ok((read_all, count, detailed))
+        })
+    }
+}
+
+/// What the write pass and the read-and-verify pass over one job share.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    file: &'a File,
+    blocks: u64,
+    block_size: usize,
+    seed: u64,
+    stop: &'a Stop,
+    progress: &'a (dyn Fn(u64) + Sync),
 }
 
 type Pool = (
