@@ -385,19 +385,11 @@ struct BootArgs {
     after_file: Option<PathBuf>,
 }
 
-/// `kiln.NAME=value` from the kernel command line.
-fn cmdline_value(cmdline: &str, name: &str) -> Option<String> {
-    cmdline.split_whitespace().find_map(|arg| {
-        arg.strip_prefix(&format!("kiln.{name}="))
-            .map(str::to_owned)
-    })
-}
-
 fn boot(args: &BootArgs) -> u8 {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let pick = |flag: Option<String>, env: &str, name: &str| {
         flag.or_else(|| std::env::var(env).ok())
-            .or_else(|| cmdline_value(&cmdline, name))
+            .or_else(|| kiln_protocol::cmdline::value(&cmdline, name).map(str::to_owned))
     };
     let (Some(url), Some(run_id), Some(bootstrap)) = (
         pick(args.url.clone(), "KILN_URL", "url"),

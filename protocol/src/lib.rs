@@ -5,6 +5,7 @@
 //! RAM image and the collector can use it, and every rule in it is tested without a host.
 
 pub mod bounds;
+pub mod cmdline;
 pub mod expect;
 pub mod junit;
 pub mod load;

@@ -268,9 +268,13 @@ pub async fn node_ipxe(
         }
         Script::Linux { run_id } => {
             crate::memtest::stage::follow_linux(&stage_deps(&state), node_id, run_id).await;
-            let cmdline = format!(
-                "console=tty0 console=ttyS0,115200 kiln.url={base} kiln.run={run_id} kiln.token={token} kiln.node={node_id}"
-            );
+            let cmdline = kiln_protocol::cmdline::BootArgs {
+                url: base.clone(),
+                run: run_id,
+                token: token.clone(),
+                node: node_id,
+            }
+            .render();
             render(
                 &state.data,
                 "linux.ipxe",
