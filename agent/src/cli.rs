@@ -214,15 +214,8 @@ pub fn exit_code(verdict: Verdict) -> u8 {
 }
 
 fn run(args: &RunArgs) -> u8 {
-    let text = match std::fs::read(&args.suite) {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            eprintln!("{}: cannot read the suite: {err}", args.suite.display());
-            return EXIT_HARNESS;
-        }
-    };
-    let plan = match kiln_protocol::load(&args.suite.display().to_string(), &text) {
-        Ok(plan) => plan,
+    let (text, plan) = match crate::suites::read_and_load(&args.suite) {
+        Ok(read) => read,
         Err(err) => {
             eprintln!("{err}");
             return EXIT_HARNESS;

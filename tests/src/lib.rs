@@ -2,7 +2,9 @@
 //! nodes that network-boot from an in-process collector, bounded in time and killed on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
+
+use kiln_collector::lab::qemu::NodeCommand;
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -58,42 +60,15 @@ impl Node {
     /// Starts a node whose only network is QEMU user networking restricted to one forward:
     /// 10.0.2.100:80 in the guest reaches the collector on 127.0.0.1:`port`.
     pub fn start(spec: &NodeSpec, port: u16) -> std::io::Result<Node> {
-        let netdev = format!(
-            "user,id=n0,restrict=on,bootfile=http://10.0.2.100/boot.ipxe,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}"
-        );
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-accel",
-            "tcg",
-            "-m",
-            &spec.mem_mib.to_string(),
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-            "-boot",
-            "n",
-        ])
-        .args(["-netdev", &netdev])
-        .args([
-            "-device",
-            &format!("{},netdev=n0,mac={}", spec.nic, spec.mac),
-        ])
-        .args([
-            "-smbios",
-            &format!("type=1,serial={},uuid={}", spec.serial, spec.uuid),
-        ])
-        .args(["-serial", &format!("file:{}", spec.console_log.display())])
-        .args(["-monitor", "none"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        let mut node = NodeCommand::new("tcg", spec.mem_mib)
+            .args(["-smp", "2", "-no-reboot"])
+            .network(port, &spec.nic, &spec.mac)
+            .identity(&format!("serial={},uuid={}", spec.serial, spec.uuid))
+            .console_file(&spec.console_log);
         if spec.uefi {
-            cmd.args([
-                "-drive",
-                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
-            ]);
+            node = node.uefi();
         }
+        let mut cmd = node.command();
         Ok(Node {
             child: cmd.spawn()?,
         })

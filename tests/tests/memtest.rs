@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_collector::config::{Config, NodeAccess};
+use kiln_collector::lab::qemu::NodeCommand;
 use kiln_collector::memtest::capture::Source;
 use kiln_collector::memtest::power::Power;
 use kiln_collector::server::Collector;
@@ -77,17 +78,13 @@ fn rig(name: &str) -> Rig {
         let _ = stopped.await;
     }));
     let gdb_port = free_port();
-    let qemu = std::process::Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "64", "-display", "none", "-boot", "n", "-monitor", "none"])
-        .args(["-netdev", &format!("user,id=n0,restrict=on,bootfile=http://10.0.2.100/boot.ipxe,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}")])
-        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-        .args(["-smbios", "type=1,serial=KILNMT01"])
-        .args(["-serial", &format!("tcp:127.0.0.1:{console},server=on,wait=off")])
-        .args(["-qmp", &format!("unix:{},server=on,wait=off", qmp.display())])
-        .args(["-gdb", &format!("tcp:127.0.0.1:{gdb_port}")])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    let qemu = NodeCommand::new("tcg", 64)
+        .network(port, "virtio-net-pci", mac)
+        .identity("serial=KILNMT01")
+        .console_tcp(console)
+        .qmp(&qmp)
+        .args(["-gdb".to_owned(), format!("tcp:127.0.0.1:{gdb_port}")])
+        .command()
         .spawn()
         .expect("qemu-system-x86_64 is installed by .ci/setup");
     Rig {

@@ -11,6 +11,7 @@
 
 mod collector;
 pub mod inject;
+pub mod qemu;
 mod report;
 pub mod server;
 mod vm;

@@ -2,10 +2,11 @@
 //! processes started and their BMCs, all stopped by PID however the lab ends.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Instant;
 
 use super::inject::Fault;
+use super::qemu::NodeCommand;
 use super::{LabOptions, NodePlan, Profile, free_port, server};
 
 /// One node's QEMU process.
@@ -53,60 +54,23 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
     };
     let mut pids = String::new();
     for (i, p) in plans.iter().enumerate() {
-        let netdev = format!(
-            "user,id=n0,restrict=on,bootfile=http://10.0.2.100/boot.ipxe,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}"
-        );
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args([
-            "-accel",
-            &opts.accel,
-            "-m",
-            &opts.mem_mib.to_string(),
-            "-smp",
-            "1",
-            "-display",
-            "none",
-            "-boot",
-            "n",
-            "-monitor",
-            "none",
-        ])
-        .args(["-name", &p.name])
-        .args([
-            "-smbios",
-            &format!(
-                "type=1,manufacturer=kiln,product=lab-node,serial={},uuid={}",
+        let mut node = NodeCommand::new(&opts.accel, opts.mem_mib)
+            .args(["-smp", "1", "-name", &p.name])
+            .identity(&format!(
+                "manufacturer=kiln,product=lab-node,serial={},uuid={}",
                 p.serial, p.uuid
-            ),
-        ])
-        .args([
-            "-serial",
-            &format!("tcp:127.0.0.1:{},server=on,wait=off", p.console),
-        ])
-        .args([
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", p.qmp.display()),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+            ))
+            .console_tcp(p.console)
+            .qmp(&p.qmp);
         if opts.uefi {
-            cmd.args([
-                "-drive",
-                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
-            ]);
+            node = node.uefi();
         }
         match opts.profile {
             Profile::Basic => {
-                cmd.args(["-netdev", &netdev])
-                    .args([
-                        "-device",
-                        &format!("virtio-net-pci,netdev=n0,mac={}", p.mac),
-                    ])
-                    .args([
-                        "-drive",
-                        &format!("file={},if=virtio,format=qcow2", p.disks[0].display()),
-                    ]);
+                node = node.network(port, "virtio-net-pci", &p.mac).args([
+                    "-drive".to_owned(),
+                    format!("file={},if=virtio,format=qcow2", p.disks[0].display()),
+                ]);
                 rack.bmcs.push(None);
             }
             Profile::Server => {
@@ -120,10 +84,10 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
                     nvme: p.disks[0].clone(),
                     sata: p.disks[1].clone(),
                 };
-                cmd.args(server::qemu_args(
+                node = node.args(server::qemu_args(
                     i + 1,
                     &p.mac,
-                    &netdev,
+                    &NodeCommand::netdev(port),
                     &disks,
                     bmc.port,
                     narrow,
@@ -131,6 +95,7 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
                 rack.bmcs.push(Some(bmc));
             }
         }
+        let mut cmd = node.command();
         // If the lab itself is killed outright, the kernel still stops its VMs.
         die_with_parent(&mut cmd);
         let child = cmd
