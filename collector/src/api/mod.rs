@@ -110,7 +110,62 @@ pub fn router(state: AppState) -> Router {
             post(bandwidth::upload).layer(DefaultBodyLimit::disable()),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(traced))
         .with_state(state)
+}
+
+/// Runs each request inside a span (method, route, and the run it is about, when its path
+/// names one), so one run's story can be read from the log by its run id; a failed request
+/// is logged with its status and time.
+async fn traced(req: Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    // The path with numbers as `{id}` (the route, more or less), cut short: a path is the
+    // client's and may be anything.
+    let route: String = req
+        .uri()
+        .path()
+        .split('/')
+        .map(|seg| {
+            if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+        .chars()
+        .take(120)
+        .collect();
+    // `/api/v1/runs/{id}/…`: the run id, for the span.
+    let run = req
+        .uri()
+        .path()
+        .strip_prefix("/api/v1/runs/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|id| id.parse::<i64>().ok());
+    let span = tracing::info_span!("request", method = %req.method(), route = %route, run);
+    let started = std::time::Instant::now();
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status();
+    if status.is_server_error() {
+        span.in_scope(|| {
+            tracing::warn!(
+                status = status.as_u16(),
+                ms = started.elapsed().as_millis() as u64,
+                "request failed"
+            )
+        });
+    } else if status.is_client_error() {
+        span.in_scope(|| {
+            tracing::info!(
+                status = status.as_u16(),
+                ms = started.elapsed().as_millis() as u64,
+                "request refused"
+            )
+        });
+    }
+    response
 }
 
 /// Cuts off a request (body included) that takes longer than `request_timeout`.

@@ -210,7 +210,14 @@ impl Drop for Child_ {
     }
 }
 
+/// `kiln serve` on 127.0.0.1:`port` with its log in `DATA.log` (beside the data directory:
+/// the collector owns what is inside it).
 pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args([
             "serve",
@@ -220,7 +227,7 @@ pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
             &format!("127.0.0.1:{port}"),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

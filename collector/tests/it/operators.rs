@@ -114,3 +114,23 @@ fn operators_label_and_set_modes_from_the_command_line() {
     assert_eq!(allowed.len(), 2);
     assert!(allowed.iter().all(|r| r["rack"] == "R12"));
 }
+
+#[test]
+fn each_request_is_logged_in_a_span_naming_its_route_and_run() {
+    let data = scratch("request-spans");
+    let port = free_port();
+    let server = spawn_kiln(&data, port);
+    let base = format!("http://127.0.0.1:{port}");
+    // A run's plan without its token: refused, and logged with the run it was about.
+    let (status, _) = raw_get(&base, "/api/v1/runs/4242/plan", "");
+    assert!(status.contains("401"), "{status}");
+    drop(server);
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request refused"))
+        .unwrap_or_else(|| panic!("no refused request in the log:\n{log}"));
+    assert!(line.contains("route=/api/v1/runs/{id}/plan"), "{line}");
+    assert!(line.contains("run=4242"), "{line}");
+    assert!(line.contains("status=401"), "{line}");
+}
