@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_agent::checks::memory::{Engine, NoInjection, pattern_name};
+use kiln_agent::checks::memory::{Engine, NoInjection};
 use kiln_agent::os::{affinity, locked::LockedRegion};
 use kiln_agent::stop::{Interrupt, Stop};
 use kiln_protocol::suite::{MemoryCheck, Pattern};
@@ -34,7 +34,7 @@ fn main() {
             Engine::new(&spec, 1).run(&mut region, threads, &cpus, &stop, &|_, _| {}, &NoInjection);
         println!(
             "  kiln {:<18} {:>6.1} GB/s",
-            pattern_name(pattern),
+            pattern.name(),
             gbps(run.traffic_bytes, run.elapsed)
         );
     }

@@ -61,7 +61,7 @@ impl CheckKind for Cpu {
                 spec.duration,
                 spec.workloads
                     .iter()
-                    .map(|w| workload_name(*w))
+                    .map(|w| w.name())
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -233,14 +233,14 @@ impl CpuRun {
                     format!(
                         "CPU {} computed a wrong {} result on iteration {}: {} instead of {}",
                         m.cpu,
-                        workload_name(m.workload),
+                        m.workload.name(),
                         m.iteration,
                         &m.actual[..16],
                         &m.expected[..16]
                     ),
                 )
                 .with("cpu", m.cpu)
-                .with("workload", workload_name(m.workload))
+                .with("workload", m.workload.name())
                 .with("iteration", m.iteration)
                 .with("expected", &m.expected)
                 .with("actual", &m.actual)
@@ -349,16 +349,6 @@ impl Engine {
             mismatches: mismatches.into_inner().unwrap_or_default(),
             elapsed: started.elapsed(),
         }
-    }
-}
-
-/// The YAML name of a workload.
-pub fn workload_name(workload: Workload) -> &'static str {
-    match workload {
-        Workload::Integer => "integer",
-        Workload::Float => "float",
-        Workload::Vector => "vector",
-        Workload::Hash => "hash",
     }
 }
 

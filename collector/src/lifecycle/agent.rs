@@ -225,8 +225,8 @@ pub fn ingest(
                 run_id,
                 event.seq as i64,
                 event.at_ms as i64,
-                event_kind(&event.body),
-                event_step(&event.body),
+                event.body.kind(),
+                event.body.step(),
                 body
             ],
         )?;
@@ -418,26 +418,4 @@ pub(super) fn finish_linux(tx: &Connection, run_id: i64) -> Result<Ended, StoreE
     }
     conclude(tx, run_id)?;
     Ok(ended)
-}
-
-pub(super) fn event_kind(body: &EventBody) -> &'static str {
-    match body {
-        EventBody::RunStarted { .. } => "run_started",
-        EventBody::ExpectChecked { .. } => "expect_checked",
-        EventBody::StepStarted { .. } => "step_started",
-        EventBody::Progress { .. } => "progress",
-        EventBody::Log { .. } => "log",
-        EventBody::LogsDropped { .. } => "logs_dropped",
-        EventBody::StepFinished { .. } => "step_finished",
-        EventBody::RunFinished { .. } => "run_finished",
-    }
-}
-
-pub(super) fn event_step(body: &EventBody) -> Option<u32> {
-    match body {
-        EventBody::StepStarted { step, .. } | EventBody::Progress { step, .. } => Some(*step),
-        EventBody::Log { step, .. } => *step,
-        EventBody::StepFinished { report } => Some(report.step),
-        _ => None,
-    }
 }

@@ -331,6 +331,19 @@ impl Pattern {
         Pattern::Random,
         Pattern::MovingInversions,
     ];
+
+    /// Its name in suites (what serde reads and writes; a test keeps the two the same).
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::OwnAddress => "own-address",
+            Pattern::WalkingOnes => "walking-ones",
+            Pattern::WalkingZeros => "walking-zeros",
+            Pattern::Checkerboard => "checkerboard",
+            Pattern::SolidBits => "solid-bits",
+            Pattern::Random => "random",
+            Pattern::MovingInversions => "moving-inversions",
+        }
+    }
 }
 
 check_kind! {
@@ -383,6 +396,16 @@ impl Workload {
         Workload::Vector,
         Workload::Hash,
     ];
+
+    /// Its name in suites (what serde reads and writes; a test keeps the two the same).
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Integer => "integer",
+            Workload::Float => "float",
+            Workload::Vector => "vector",
+            Workload::Hash => "hash",
+        }
+    }
 }
 
 check_kind! {
@@ -666,4 +689,19 @@ fn default_nic_duration() -> HumanDuration {
 }
 fn default_max_output() -> Size {
     Size(1 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_and_workload_names_are_serdes() {
+        for p in Pattern::ALL {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name(), "{p:?}");
+        }
+        for w in Workload::ALL {
+            assert_eq!(serde_json::to_value(w).unwrap(), w.name(), "{w:?}");
+        }
+    }
 }

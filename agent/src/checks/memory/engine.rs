@@ -73,7 +73,7 @@ impl EngineRun {
                     "memory.mismatch",
                     format!(
                         "{} pass {}: word at {:#x} (physical {physical}) read {:#018x}, expected {:#018x}; bit{} {} flipped",
-                        pattern_name(m.pattern),
+                        m.pattern.name(),
                         m.pass,
                         m.address,
                         m.actual,
@@ -87,7 +87,7 @@ impl EngineRun {
                 .with("expected", format!("{:#018x}", m.expected))
                 .with("actual", format!("{:#018x}", m.actual))
                 .with("flipped_bits", bits.join(","))
-                .with("pattern", pattern_name(m.pattern))
+                .with("pattern", m.pattern.name())
                 .with("pass", m.pass)
                 .with("cpu", m.cpu)
             })

@@ -165,19 +165,6 @@ fn sweeps_traffic(pattern: Pattern) -> u64 {
 /// bits; successive passes shift it by one more, so every bit position is walked over passes.
 const WALK_SWEEPS: usize = 4;
 
-/// The YAML name of a pattern.
-pub fn pattern_name(pattern: Pattern) -> &'static str {
-    match pattern {
-        Pattern::OwnAddress => "own-address",
-        Pattern::WalkingOnes => "walking-ones",
-        Pattern::WalkingZeros => "walking-zeros",
-        Pattern::Checkerboard => "checkerboard",
-        Pattern::SolidBits => "solid-bits",
-        Pattern::Random => "random",
-        Pattern::MovingInversions => "moving-inversions",
-    }
-}
-
 fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;

@@ -419,6 +419,32 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// Its `type` on the wire (what serde's tag says; a test keeps the two the same).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::RunStarted { .. } => "run_started",
+            EventBody::ExpectChecked { .. } => "expect_checked",
+            EventBody::StepStarted { .. } => "step_started",
+            EventBody::Progress { .. } => "progress",
+            EventBody::Log { .. } => "log",
+            EventBody::LogsDropped { .. } => "logs_dropped",
+            EventBody::StepFinished { .. } => "step_finished",
+            EventBody::RunFinished { .. } => "run_finished",
+        }
+    }
+
+    /// The step it is about, when it is about one.
+    pub fn step(&self) -> Option<u32> {
+        match self {
+            EventBody::StepStarted { step, .. } | EventBody::Progress { step, .. } => Some(*step),
+            EventBody::Log { step, .. } => *step,
+            EventBody::StepFinished { report } => Some(report.step),
+            _ => None,
+        }
+    }
+}
+
+impl EventBody {
     /// Whether a bounded spool may drop this event under pressure (only log lines; outcomes never).
     pub fn droppable(&self) -> bool {
         matches!(self, EventBody::Log { .. } | EventBody::Progress { .. })
@@ -669,105 +695,4 @@ impl std::str::FromStr for Verdict {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn log(seq: u64, line: &str) -> Event {
-        Event {
-            seq,
-            at_ms: 0,
-            body: EventBody::Log {
-                step: None,
-                level: LogLevel::Info,
-                line: line.into(),
-            },
-        }
-    }
-
-    #[test]
-    fn events_round_trip_as_tagged_json() {
-        let event = log(7, "hello");
-        let json = serde_json::to_string(&event).unwrap();
-        assert_eq!(
-            json,
-            r#"{"seq":7,"at_ms":0,"body":{"type":"log","level":"info","line":"hello"}}"#
-        );
-        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
-    }
-
-    #[test]
-    fn batches_must_be_contiguous_bounded_and_clean() {
-        assert!(
-            EventBatch {
-                events: vec![log(1, "a"), log(2, "b")]
-            }
-            .validate()
-            .is_ok()
-        );
-        let gap = EventBatch {
-            events: vec![log(1, "a"), log(3, "b")],
-        }
-        .validate()
-        .unwrap_err();
-        assert_eq!(
-            gap,
-            "sequence numbers jump from 1 to 3; a batch must be contiguous"
-        );
-        assert!(EventBatch { events: vec![] }.validate().is_err());
-        assert!(
-            EventBatch {
-                events: vec![log(0, "a")]
-            }
-            .validate()
-            .is_err()
-        );
-        // Sequence numbers past what SQLite stores, and a wrap-around, are refused.
-        for events in [
-            vec![log(u64::MAX, "a"), log(0, "b")],
-            vec![log(1 << 63, "a")],
-            vec![log(MAX_SEQ, "a"), log(MAX_SEQ + 1, "b")],
-        ] {
-            assert!(EventBatch { events }.validate().is_err());
-        }
-        assert!(
-            EventBatch {
-                events: vec![log(MAX_SEQ, "a")]
-            }
-            .validate()
-            .is_ok()
-        );
-        let long = "x".repeat(MAX_LOG_LINE + 1);
-        assert!(
-            EventBatch {
-                events: vec![log(1, &long)]
-            }
-            .validate()
-            .unwrap_err()
-            .contains("log line")
-        );
-    }
-
-    #[test]
-    fn identities_are_checked() {
-        let good = NodeIdentity {
-            macs: vec!["52:54:00:12:34:56".into()],
-            uuid: None,
-            serial: Some("SN1".into()),
-        };
-        assert!(good.validate().is_ok());
-        let bad_mac = NodeIdentity {
-            macs: vec!["52:54:00:12:34".into()],
-            ..Default::default()
-        };
-        assert!(bad_mac.validate().is_err());
-        let hostile = NodeIdentity {
-            serial: Some("x\nchain http://evil/".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            hostile.validate().unwrap_err(),
-            "serial contains control characters"
-        );
-        assert!(NodeIdentity::default().validate().is_err());
-    }
-}
+mod tests;
