@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_collector::config::Config;
 use kiln_collector::server::Collector;
@@ -218,7 +218,7 @@ pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
         .append(true)
         .open(data.with_extension("log"))
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args([
             "serve",
             "--data",
@@ -226,15 +226,35 @@ pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "kiln serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Ready when it says where it listens — not when something answers on the port, which
+    // could be another test's server that took the port first.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let banner = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "kiln serve on port {port} did not start (port taken?); see {}",
+                data.with_extension("log").display()
+            )
+        });
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{port} ")),
+        "kiln serve said {banner:?}"
+    );
     Child_ { child }
 }
 
