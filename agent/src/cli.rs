@@ -234,12 +234,12 @@ fn run(args: &RunArgs) -> u8 {
     let console: Arc<dyn EventSink> = Arc::new(Console::new(args.plain));
     let inventory = crate::inventory::collect();
     // With a collector: register this host's run, deliver the inventory, stream every event.
-    let reporter = match &args.collector {
+    let session = match &args.collector {
         None => None,
         Some(base) => match connect(base, &inventory, &String::from_utf8_lossy(&text)) {
-            Ok((reporter, run_id, token)) => {
-                options.collector_token = Some(token);
-                Some((reporter, run_id))
+            Ok(session) => {
+                options.collector_token = Some(session.token.clone());
+                Some(session)
             }
             Err(err) => {
                 eprintln!("kiln-agent: {err:#}");
@@ -247,22 +247,16 @@ fn run(args: &RunArgs) -> u8 {
             }
         },
     };
-    let sink: Arc<dyn EventSink> = match &reporter {
-        Some((r, _)) => Arc::new(Tee(vec![console, r.clone()])),
+    let sink = match &session {
+        Some(s) => s.sink(console),
         None => console,
     };
     let report = crate::runner::run_on(&plan, &options, &interrupt, sink, inventory);
     println!("\n{}", summary_table(&report));
     let mut code = exit_code(report.verdict);
-    if let Some((reporter, run_id)) = reporter {
-        let left = reporter.flush(FLUSH_PATIENCE);
-        if left > 0 {
-            eprintln!(
-                "kiln-agent: {left} event(s) of run {run_id} were not acknowledged by the collector"
-            );
+    if let Some(session) = session {
+        if !session.close(FLUSH_PATIENCE) {
             code = EXIT_HARNESS;
-        } else {
-            println!("reported to the collector as run {run_id}");
         }
     }
     for (path, text) in [
@@ -283,29 +277,75 @@ fn run(args: &RunArgs) -> u8 {
 /// up and says how many were not delivered.
 const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// A run reported to a collector: its inventory delivered, its events streamed, and at the
+/// end every event acknowledged (or the shortfall said). `run` (a host that registers itself)
+/// and `boot` (a node the collector booted) both go through it.
+struct Session {
+    reporter: Arc<Reporter>,
+    run_id: i64,
+    /// The run's session token (for the bandwidth endpoints).
+    token: String,
+}
+
+impl Session {
+    /// Delivers the inventory and starts streaming to `target`.
+    fn open(
+        target: Target,
+        inventory: &kiln_protocol::wire::Inventory,
+        patience: std::time::Duration,
+    ) -> anyhow::Result<Session> {
+        crate::reporter::post_inventory(&target, inventory, patience)?;
+        let (run_id, token) = (target.run_id, target.token.clone());
+        Ok(Session {
+            reporter: Arc::new(Reporter::start(target)?),
+            run_id,
+            token,
+        })
+    }
+
+    /// Where the run's events go: the console and the collector.
+    fn sink(&self, console: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+        Arc::new(Tee(vec![console, self.reporter.clone()]))
+    }
+
+    /// Waits up to `patience` for every event to be acknowledged; false (and says how many
+    /// were not) otherwise.
+    fn close(self, patience: std::time::Duration) -> bool {
+        let left = self.reporter.flush(patience);
+        if left > 0 {
+            eprintln!(
+                "kiln-agent: {left} event(s) of run {} were not acknowledged by the collector",
+                self.run_id
+            );
+            return false;
+        }
+        println!("kiln-agent: reported run {}", self.run_id);
+        true
+    }
+}
+
+/// Registers this host's run with the collector at `base` and opens its session.
 fn connect(
     base: &str,
     inventory: &kiln_protocol::wire::Inventory,
     suite_text: &str,
-) -> anyhow::Result<(Arc<Reporter>, i64, String)> {
+) -> anyhow::Result<Session> {
     let patience = std::time::Duration::from_secs(60);
     let registered = crate::reporter::register(base, inventory, suite_text, patience)?;
-    let target = Target {
-        base: base.to_owned(),
-        run_id: registered.run_id,
-        token: registered.token.clone(),
-        heartbeat: std::time::Duration::from_secs(registered.heartbeat_secs),
-    };
-    crate::reporter::post_inventory(&target, inventory, patience)?;
     println!(
         "registered with {base} as node {}, run {}",
         registered.node_id, registered.run_id
     );
-    Ok((
-        Arc::new(Reporter::start(target)?),
-        registered.run_id,
-        registered.token,
-    ))
+    Session::open(
+        Target {
+            base: base.to_owned(),
+            run_id: registered.run_id,
+            token: registered.token,
+            heartbeat: std::time::Duration::from_secs(registered.heartbeat_secs),
+        },
+        inventory,
+        patience,
+    )
 }
 
 fn report_json(report: &RunReport) -> String {
@@ -434,38 +474,35 @@ fn boot(args: &BootArgs) -> u8 {
     let interrupt = Interrupt::new();
     let _ = interrupt.install_handler();
     let inventory = crate::inventory::collect();
-    let session_token = token.clone();
     let target = Target {
         base: url.clone(),
         run_id,
         token,
         heartbeat: std::time::Duration::from_secs(plan_wire.heartbeat_secs),
     };
-    if let Err(err) = crate::reporter::post_inventory(&target, &inventory, patience) {
-        eprintln!("kiln-agent: {err:#}");
-        return EXIT_HARNESS;
-    }
-    let reporter = match Reporter::start(target) {
-        Ok(r) => Arc::new(r),
+    let session = match Session::open(target, &inventory, patience) {
+        Ok(s) => s,
         Err(err) => {
             eprintln!("kiln-agent: {err:#}");
             return EXIT_HARNESS;
         }
     };
     let console: Arc<dyn EventSink> = Arc::new(Console::new(true));
-    let sink: Arc<dyn EventSink> = Arc::new(Tee(vec![console, reporter.clone()]));
     let options = RunOptions {
         allow_destructive: plan_wire.allow_destructive,
         collector: Some(url),
-        collector_token: Some(session_token),
+        collector_token: Some(session.token.clone()),
     };
-    let report = crate::runner::run_on(&plan, &options, &interrupt, sink, inventory);
+    let report = crate::runner::run_on(
+        &plan,
+        &options,
+        &interrupt,
+        session.sink(console),
+        inventory,
+    );
     println!("\n{}", summary_table(&report));
-    let left = reporter.flush(patience);
-    if left > 0 {
-        eprintln!("kiln-agent: {left} event(s) were not acknowledged by the collector");
+    if !session.close(patience) {
         return EXIT_HARNESS;
     }
-    println!("kiln-agent: reported run {run_id}");
     exit_code(report.verdict)
 }
