@@ -4,6 +4,7 @@
 //! This crate does no I/O of its own (no files, sockets or clocks) so both the agent in the
 //! RAM image and the collector can use it, and every rule in it is tested without a host.
 
+pub mod api;
 pub mod bounds;
 pub mod cmdline;
 pub mod expect;

@@ -1,10 +1,11 @@
 //! Operators' mutating calls (admin token): label nodes from a CSV, set modes, assign suites.
 
 use axum::extract::State;
-use serde::Deserialize;
 
 use super::{Admin, ApiError, AppState, Json};
 use crate::lifecycle::{self, Mode};
+use kiln_protocol::api::{DestructiveRequest, Imported, ModeRequest, NodesChanged, SuiteRequest};
+
 use crate::store::queries::{self, Label, Selector};
 
 /// Most rows one import may carry.
@@ -65,31 +66,21 @@ pub(super) async fn import(
     State(state): State<AppState>,
     _admin: Admin,
     body: String,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<Imported>, ApiError> {
     let labels =
         parse_labels(&body).map_err(|e| ApiError::BadRequest(format!("nothing imported:\n{e}")))?;
     let (updated, created) = state
         .db
         .call(move |c| queries::import_labels(c, &labels))
         .await?;
-    Ok(axum::Json(
-        serde_json::json!({ "updated": updated, "created": created }),
-    ))
-}
-
-/// Body of `/api/v1/nodes/mode`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ModeRequest {
-    select: Selector,
-    mode: String,
+    Ok(axum::Json(Imported { updated, created }))
 }
 
 pub(super) async fn mode(
     State(state): State<AppState>,
     _admin: Admin,
     Json(req): Json<ModeRequest>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<NodesChanged>, ApiError> {
     check_selector(&req.select)?;
     let mode: Mode = req.mode.parse().map_err(|_| {
         ApiError::BadRequest(format!(
@@ -103,15 +94,7 @@ pub(super) async fn mode(
         .call(move |c| lifecycle::set_mode(c, &req.select, mode))
         .await?;
     state.captures.stop(&ended);
-    Ok(axum::Json(serde_json::json!({ "nodes": n })))
-}
-
-/// Body of `/api/v1/nodes/destructive`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DestructiveRequest {
-    select: Selector,
-    allow: bool,
+    Ok(axum::Json(NodesChanged { nodes: n }))
 }
 
 /// The operator's consent to destructive disk steps, per node; recorded in each node's
@@ -120,29 +103,21 @@ pub(super) async fn destructive(
     State(state): State<AppState>,
     _admin: Admin,
     Json(req): Json<DestructiveRequest>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<NodesChanged>, ApiError> {
     check_selector(&req.select)?;
     let who = format!("admin token {}", &state.admin_hash[..12]);
     let n = state
         .db
         .call(move |c| lifecycle::set_destructive(c, &req.select, req.allow, &who))
         .await?;
-    Ok(axum::Json(serde_json::json!({ "nodes": n })))
-}
-
-/// Body of `/api/v1/nodes/suite`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SuiteRequest {
-    select: Selector,
-    suite: String,
+    Ok(axum::Json(NodesChanged { nodes: n }))
 }
 
 pub(super) async fn suite(
     State(state): State<AppState>,
     _admin: Admin,
     Json(req): Json<SuiteRequest>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<NodesChanged>, ApiError> {
     check_selector(&req.select)?;
     if req.suite.is_empty()
         || !req
@@ -159,7 +134,7 @@ pub(super) async fn suite(
         .db
         .call(move |c| queries::assign_suite(c, &req.select, &req.suite))
         .await?;
-    Ok(axum::Json(serde_json::json!({ "nodes": n })))
+    Ok(axum::Json(NodesChanged { nodes: n }))
 }
 
 /// `{"all": false}` would select nothing: say so rather than answer "0 nodes".

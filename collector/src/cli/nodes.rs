@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use kiln_protocol::api::{
+    DestructiveRequest, Imported, ModeRequest, NodesChanged, Selector, SuiteRequest,
+};
+use kiln_protocol::routes;
 
 use super::client::ServerArgs;
 
@@ -65,14 +69,20 @@ pub(super) struct Select {
 }
 
 impl Select {
-    fn json(&self) -> serde_json::Value {
+    fn selector(&self) -> Selector {
         match (&self.rack, &self.mac, self.node) {
-            (Some(r), _, _) => serde_json::json!({ "rack": r }),
-            (_, Some(m), _) => serde_json::json!({ "mac": m.to_lowercase() }),
-            (_, _, Some(n)) => serde_json::json!({ "node": n }),
-            _ => serde_json::json!({ "all": true }),
+            (Some(r), _, _) => Selector::Rack(r.clone()),
+            (_, Some(m), _) => Selector::Mac(m.to_lowercase()),
+            (_, _, Some(n)) => Selector::Node(n),
+            _ => Selector::All(true),
         }
     }
+}
+
+/// The collector's answer, typed, or what it said when it is not.
+fn answer<T: serde::de::DeserializeOwned>(body: &str) -> anyhow::Result<T> {
+    serde_json::from_str(body)
+        .map_err(|e| anyhow::anyhow!("the collector answered something unexpected ({e}): {body}"))
 }
 
 pub(super) fn run(cmd: NodesCommand) -> anyhow::Result<u8> {
@@ -81,16 +91,16 @@ pub(super) fn run(cmd: NodesCommand) -> anyhow::Result<u8> {
             let csv = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
             let body = server.send(true, |c, base| {
-                c.post(format!("{base}/api/v1/nodes/import"))
+                c.post(format!("{base}{}", routes::NODES_IMPORT))
                     .header("content-type", "text/csv")
                     .body(csv)
             })?;
-            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let done: Imported = answer(&body)?;
             println!(
                 "{}: {} node(s) labelled, {} new",
                 file.display(),
-                v["updated"],
-                v["created"]
+                done.updated,
+                done.created
             );
         }
         NodesCommand::Mode {
@@ -98,31 +108,35 @@ pub(super) fn run(cmd: NodesCommand) -> anyhow::Result<u8> {
             select,
             server,
         } => {
-            let payload = serde_json::json!({ "select": select.json(), "mode": mode });
+            let payload = ModeRequest {
+                select: select.selector(),
+                mode: mode.clone(),
+            };
             let body = server.send(true, |c, base| {
-                c.post(format!("{base}/api/v1/nodes/mode")).json(&payload)
+                c.post(format!("{base}{}", routes::NODES_MODE))
+                    .json(&payload)
             })?;
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            println!("{} node(s) set to {mode}", v["nodes"]);
+            let done: NodesChanged = answer(&body)?;
+            println!("{} node(s) set to {mode}", done.nodes);
         }
         NodesCommand::AllowDestructive {
             revoke,
             select,
             server,
         } => {
-            let payload = serde_json::json!({ "select": select.json(), "allow": !revoke });
+            let payload = DestructiveRequest {
+                select: select.selector(),
+                allow: !revoke,
+            };
             let body = server.send(true, |c, base| {
-                c.post(format!(
-                    "{base}{}",
-                    kiln_protocol::routes::NODES_DESTRUCTIVE
-                ))
-                .json(&payload)
+                c.post(format!("{base}{}", routes::NODES_DESTRUCTIVE))
+                    .json(&payload)
             })?;
-            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let done: NodesChanged = answer(&body)?;
             if revoke {
-                println!("{} node(s): destructive disk steps revoked", v["nodes"]);
+                println!("{} node(s): destructive disk steps revoked", done.nodes);
             } else {
-                println!("{} node(s): destructive disk steps allowed", v["nodes"]);
+                println!("{} node(s): destructive disk steps allowed", done.nodes);
             }
         }
         NodesCommand::Suite {
@@ -130,12 +144,16 @@ pub(super) fn run(cmd: NodesCommand) -> anyhow::Result<u8> {
             select,
             server,
         } => {
-            let payload = serde_json::json!({ "select": select.json(), "suite": suite });
+            let payload = SuiteRequest {
+                select: select.selector(),
+                suite: suite.clone(),
+            };
             let body = server.send(true, |c, base| {
-                c.post(format!("{base}/api/v1/nodes/suite")).json(&payload)
+                c.post(format!("{base}{}", routes::NODES_SUITE))
+                    .json(&payload)
             })?;
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            println!("{} node(s) assigned suite {suite}", v["nodes"]);
+            let done: NodesChanged = answer(&body)?;
+            println!("{} node(s) assigned suite {suite}", done.nodes);
         }
     }
     Ok(super::EXIT_OK)

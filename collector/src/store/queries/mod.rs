@@ -102,19 +102,8 @@ pub fn import_labels(
     Ok((updated, created))
 }
 
-/// Which nodes an operator command addresses.
-#[derive(Debug, Clone, serde::Deserialize, Serialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum Selector {
-    /// Every node in a rack.
-    Rack(String),
-    /// The node with this MAC.
-    Mac(String),
-    /// One node by id.
-    Node(i64),
-    /// Every node.
-    All(bool),
-}
+/// Which nodes an operator command addresses (its wire shape is the protocol's).
+pub use kiln_protocol::api::Selector;
 
 /// The `WHERE` clause (`?1` bound to the value) that selects what `selector` names.
 pub(crate) fn select_sql(selector: &Selector) -> (&'static str, rusqlite::types::Value) {
