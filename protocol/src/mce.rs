@@ -56,6 +56,9 @@ pub struct Records {
     open: Option<MachineCheck>,
     /// Hardware-error lines that belong to no record (the kernel printed only a summary).
     pub loose: Vec<String>,
+    /// "Machine check events logged" was seen: if no record follows, that line alone is the
+    /// finding (a machine check is never dropped for want of detail).
+    summary: bool,
 }
 
 /// The prefix of every line of a record.
@@ -107,7 +110,7 @@ impl Records {
                     self.close();
                 }
             }
-            None if rest.starts_with("Machine check events logged") => {}
+            None if rest.starts_with("Machine check events logged") => self.summary = true,
             None => self.loose.push(rest.to_owned()),
         }
         true
@@ -122,6 +125,9 @@ impl Records {
     /// The records read, in order (one still open is included).
     pub fn finish(mut self) -> (Vec<MachineCheck>, Vec<String>) {
         self.close();
+        if self.summary && self.done.is_empty() && self.loose.is_empty() {
+            self.loose.push("Machine check events logged".to_owned());
+        }
         (self.done, self.loose)
     }
 }
@@ -187,6 +193,10 @@ mod tests {
             ("5", None)
         );
         assert_eq!(records[1].address.as_deref(), Some("ff00"));
+        // The summary line alone (the details went to another consumer): still a finding.
+        let (none, summary) = read(&["mce: [Hardware Error]: Machine check events logged"]);
+        assert!(none.is_empty());
+        assert_eq!(summary, ["Machine check events logged"]);
         let (none, loose_only) = read(&["mce: [Hardware Error]: something new"]);
         assert!(none.is_empty());
         assert_eq!(loose_only, ["something new"]);
