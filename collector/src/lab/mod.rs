@@ -390,3 +390,51 @@ pub fn down(dir: &Path) -> usize {
     let _ = std::fs::remove_file(dir.join("pids"));
     stopped
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(profile: Profile, inject: &[&str]) -> LabOptions {
+        LabOptions {
+            dir: PathBuf::from("/nonexistent"),
+            nodes: 2,
+            suite: PathBuf::from("suites/lab-server.yaml"),
+            suite_for: Vec::new(),
+            mem_mib: 512,
+            disk_mib: 256,
+            uefi: false,
+            image: None,
+            accel: "tcg".into(),
+            timeout: Duration::from_secs(60),
+            bars: false,
+            profile,
+            inject: inject.iter().map(|i| i.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn injections_the_lab_cannot_carry_out_are_refused_before_anything_starts() {
+        let suite = kiln_protocol::load(
+            "s.yaml",
+            b"suite: s\ndescription: d\nsteps:\n  - name: memory\n    memory: {size: 16MiB}\n",
+        )
+        .unwrap();
+        let suites = [suite.clone(), suite];
+        assert!(check_injections(&options(Profile::Server, &["2:mce@memory"]), &suites).is_ok());
+        for (profile, inject, says) in [
+            (Profile::Basic, "1:mce@memory", "server nodes only"),
+            (Profile::Server, "3:mce@memory", "nodes 1 to 2"),
+            (
+                Profile::Server,
+                "1:sel@disk",
+                "has no step \"disk\" (it has memory)",
+            ),
+        ] {
+            let err = check_injections(&options(profile, &[inject]), &suites)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{inject}: {err}");
+        }
+    }
+}

@@ -82,8 +82,9 @@ fn run_state(conn: &Connection, run_id: i64) -> (RunStage, Option<Verdict>, Opti
     .unwrap()
 }
 
-#[test]
-fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
+/// A run in its Linux stage, and the console of a node that died of a fatal machine check
+/// (QEMU 7.2, captured).
+fn linux_run_and_fatal_mce_console() -> (rusqlite::Connection, i64, Vec<u8>) {
     let mce = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/console/qemu-7.2-fatal-mce.log"),
@@ -95,6 +96,12 @@ fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
     let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
         panic!("expected linux")
     };
+    (conn, run_id, mce)
+}
+
+#[test]
+fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
+    let (mut conn, run_id, mce) = linux_run_and_fatal_mce_console();
     let ended = kernel_panicked(&mut conn, run_id, &mce).unwrap();
     assert_eq!(ended.0, vec![(run_id, Stage::Linux)]);
     let (_, verdict, _) = run_state(&conn, run_id);
@@ -130,17 +137,7 @@ fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
 
 #[test]
 fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
-    let mce = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/console/qemu-7.2-fatal-mce.log"),
-    )
-    .unwrap();
-    let mut conn = test_connection();
-    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
-    req.suite = Some(linux_only());
-    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
-        panic!("expected linux")
-    };
+    let (mut conn, run_id, mce) = linux_run_and_fatal_mce_console();
     console_tail(&mut conn, run_id, &mce).unwrap();
     let (lost, _) = lost_contact(&mut conn, now_ms() + 3_600_000).unwrap();
     assert_eq!(lost, vec![run_id]);
