@@ -141,3 +141,23 @@ fn memtest_parse_reads_every_fixture_exactly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no memtest86+ screen"));
 }
+
+#[test]
+fn lab_profile_and_injection_typos_are_refused_before_anything_starts() {
+    for (args, says) in [
+        (
+            vec!["lab", "up", "--profile", "rack"],
+            "expected basic or server",
+        ),
+        (
+            vec!["lab", "up", "--inject", "2:melt@memory"],
+            "expected NODE:FAULT@STEP",
+        ),
+        (vec!["lab", "up", "--inject", "2:mce"], "during which step"),
+    ] {
+        let out = kiln(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
