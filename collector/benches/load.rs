@@ -311,9 +311,13 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<Dur
     let stop_pages = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let page_loads = (with_pages != Pages::None).then(|| {
         // A manager's browser is another machine: here it gets a thread and a runtime of its
-        // own, apart from the agents' runtime.
+        // own, apart from the agents' runtime, at the lowest priority, so that what it costs to
+        // receive and parse the pages (CPU a real collector never spends) is taken from idle
+        // time rather than from the collector being measured.
         let (base, stop) = (base.clone(), stop_pages.clone());
         std::thread::spawn(move || {
+            // SAFETY: no pointers; PRIO_PROCESS with a thread id changes only this thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
