@@ -165,7 +165,9 @@ impl EventSink for Console {
     }
 }
 
-/// The metrics worth a glance, formatted (`7.9 GB/s, 61 °C`).
+/// The metrics worth a glance, formatted (`7.9 GB/s, 61 °C`): the well-known ones by name,
+/// or, for a kind that reports none of them, its first two as they come (so a new kind shows
+/// its figures without a line here).
 pub fn key_metrics(metrics: &[Metric]) -> String {
     const SHOWN: &[&str] = &[
         "gbps",
@@ -180,14 +182,17 @@ pub fn key_metrics(metrics: &[Metric]) -> String {
         "errors",
         "edac_corrected",
     ];
+    let value = |m: &Metric| {
+        if m.value.abs() >= 100.0 || m.value.fract() == 0.0 {
+            format!("{:.0}", m.value)
+        } else {
+            format!("{:.1}", m.value)
+        }
+    };
     let mut parts = Vec::new();
     for name in SHOWN {
         if let Some(m) = metrics.iter().find(|m| m.name == *name) {
-            let value = if m.value.abs() >= 100.0 || m.value.fract() == 0.0 {
-                format!("{:.0}", m.value)
-            } else {
-                format!("{:.1}", m.value)
-            };
+            let value = value(m);
             parts.push(match m.name.as_str() {
                 "core_spread_pct" => format!("spread {value}%"),
                 "latency_p99_ms" => format!("p99 {value} ms"),
@@ -198,6 +203,17 @@ pub fn key_metrics(metrics: &[Metric]) -> String {
                 _ => format!("{value} {}", m.unit),
             });
         }
+    }
+    if parts.is_empty() {
+        parts = metrics
+            .iter()
+            .take(2)
+            .map(|m| {
+                format!("{} {} {}", m.name, value(m), m.unit)
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect();
     }
     parts.join(", ")
 }
@@ -279,5 +295,35 @@ fn first_problem(outcome: &Outcome) -> String {
         }
         Outcome::Skip { reason } => reason.clone(),
         Outcome::Error { message } => message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(name: &str, value: f64, unit: &str) -> Metric {
+        Metric {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+        }
+    }
+
+    #[test]
+    fn key_metrics_name_the_well_known_ones_and_fall_back_to_the_first_two() {
+        let known = [
+            metric("passes", 3.0, ""),
+            metric("read_mbps", 842.4, "MB/s"),
+            metric("write_mbps", 1093.0, "MB/s"),
+        ];
+        assert_eq!(key_metrics(&known), "write 1093 MB/s, read 842 MB/s");
+        let new_kind = [
+            metric("fan_rpm", 5400.0, "rpm"),
+            metric("fans", 6.0, ""),
+            metric("psu_w", 410.0, "W"),
+        ];
+        assert_eq!(key_metrics(&new_kind), "fan_rpm 5400 rpm, fans 6");
+        assert_eq!(key_metrics(&[]), "");
     }
 }

@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::suite::{
-    CHECK_KINDS, CpuCheck, DiskCheck, DiskTarget, ExecCheck, Expect, Limit, MemoryCheck, Memtest,
-    NicCheck, Step, Suite,
-};
-use crate::units::{HumanDuration, SizeSpec};
+pub use crate::suite::Check;
+use crate::suite::{CHECK_KINDS, Expect, Memtest, Step, Suite};
+use crate::units::HumanDuration;
 
 /// Highest memtest86+ test number (6.10 numbers its tests 0 to 10).
 pub const MEMTEST_MAX_TEST: u8 = 10;
@@ -27,111 +25,6 @@ pub struct Problem {
     pub path: String,
     /// What is wrong, and what was expected.
     pub message: String,
-}
-
-/// One check of a plan, by kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Check {
-    /// See [`MemoryCheck`].
-    Memory(MemoryCheck),
-    /// See [`CpuCheck`].
-    Cpu(CpuCheck),
-    /// See [`DiskCheck`].
-    Disk(DiskCheck),
-    /// See [`NicCheck`].
-    Nic(NicCheck),
-    /// See [`ExecCheck`].
-    Exec(ExecCheck),
-}
-
-impl Check {
-    /// The YAML key of this kind.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Check::Memory(_) => "memory",
-            Check::Cpu(_) => "cpu",
-            Check::Disk(_) => "disk",
-            Check::Nic(_) => "nic",
-            Check::Exec(_) => "exec",
-        }
-    }
-
-    /// How long the check runs by its own parameters, when they fix it.
-    pub fn own_duration(&self) -> Option<Duration> {
-        match self {
-            Check::Memory(m) => m.duration.map(HumanDuration::get),
-            Check::Cpu(c) => Some(c.duration.get()),
-            Check::Nic(n) => n.target.as_ref().map(|_| {
-                let one = n.duration.get();
-                if n.direction == crate::suite::Direction::Both {
-                    one * 2
-                } else {
-                    one
-                }
-            }),
-            Check::Disk(_) | Check::Exec(_) => None,
-        }
-    }
-
-    /// The timeout when the suite gives none: the own duration plus half again (at least a
-    /// minute) of margin, or a per-kind allowance when the check's length depends on the node.
-    pub fn default_timeout(&self) -> Duration {
-        match self.own_duration() {
-            Some(own) => own + (own / 2).max(Duration::from_secs(60)),
-            None => match self {
-                Check::Nic(_) => Duration::from_secs(120),
-                Check::Exec(_) => Duration::from_secs(30 * 60),
-                _ => Duration::from_secs(60 * 60),
-            },
-        }
-    }
-
-    /// The pass thresholds, with their field names.
-    pub fn pass_limits(&self) -> Vec<(String, Limit)> {
-        match self {
-            Check::Memory(c) => named(c.pass_limits()),
-            Check::Cpu(c) => named(c.pass_limits()),
-            Check::Disk(c) => named(c.pass_limits()),
-            Check::Nic(c) => named(c.pass_limits()),
-            Check::Exec(c) => exec_limits(&c.metrics),
-        }
-    }
-
-    /// The `degraded:` thresholds, with their field names.
-    pub fn degraded_limits(&self) -> Vec<(String, Limit)> {
-        match self {
-            Check::Memory(c) => named(c.degraded_limits()),
-            Check::Cpu(c) => named(c.degraded_limits()),
-            Check::Disk(c) => named(c.degraded_limits()),
-            Check::Nic(c) => named(c.degraded_limits()),
-            Check::Exec(c) => exec_limits(&c.degraded),
-        }
-    }
-}
-
-fn named(limits: Vec<(&'static str, Limit)>) -> Vec<(String, Limit)> {
-    limits
-        .into_iter()
-        .map(|(field, limit)| (field.to_owned(), limit))
-        .collect()
-}
-
-fn exec_limits(
-    ranges: &std::collections::BTreeMap<String, crate::suite::MetricRange>,
-) -> Vec<(String, Limit)> {
-    ranges
-        .iter()
-        .flat_map(|(metric, range)| {
-            range.limits(metric).into_iter().map(move |limit| {
-                let field = match limit.bound {
-                    crate::suite::Bound::Min => format!("{metric}.min"),
-                    crate::suite::Bound::Max => format!("{metric}.max"),
-                };
-                (field, limit)
-            })
-        })
-        .collect()
 }
 
 /// A step ready to run.
@@ -188,7 +81,7 @@ impl Plan {
 
 /// Checks every rule and builds the plan, or returns every problem found.
 pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
-    let mut v = Validator::default();
+    let mut v = Problems::default();
     v.name("suite", &suite.suite);
     if suite.description.trim().is_empty() {
         v.problem(
@@ -234,8 +127,8 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
             });
         }
     }
-    if !v.problems.is_empty() {
-        return Err(v.problems);
+    if !v.list.is_empty() {
+        return Err(v.list);
     }
     let memtest = suite.memtest.clone().filter(|m| m.enabled);
     Ok(Plan {
@@ -245,14 +138,17 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
     })
 }
 
-#[derive(Default)]
-struct Validator {
-    problems: Vec<Problem>,
+/// The problems found so far; each check kind adds its own through
+/// [`CheckSpec::validate`](crate::suite::CheckSpec::validate).
+#[derive(Debug, Default)]
+pub struct Problems {
+    list: Vec<Problem>,
 }
 
-impl Validator {
-    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
+impl Problems {
+    /// A problem at `path`: what is wrong, and what was expected.
+    pub fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
             path: path.into(),
             message: message.into(),
         });
@@ -280,7 +176,8 @@ impl Validator {
         }
     }
 
-    fn regex(&mut self, path: String, pattern: &str) {
+    /// A problem at `path` unless `pattern` compiles as a regular expression.
+    pub fn regex(&mut self, path: String, pattern: &str) {
         if let Err(err) = regex_lite::Regex::new(pattern) {
             self.problem(
                 path,
@@ -405,25 +302,7 @@ impl Validator {
                 );
                 return None;
             }
-            [_] => {
-                if let Some(c) = &step.memory {
-                    self.memory(&format!("{at}.memory"), c);
-                    Check::Memory(c.clone())
-                } else if let Some(c) = &step.cpu {
-                    self.cpu(&format!("{at}.cpu"), c);
-                    Check::Cpu(c.clone())
-                } else if let Some(c) = &step.disk {
-                    self.disk(&format!("{at}.disk"), c);
-                    Check::Disk(c.clone())
-                } else if let Some(c) = &step.nic {
-                    self.nic(&format!("{at}.nic"), c);
-                    Check::Nic(c.clone())
-                } else {
-                    let c = step.exec.as_ref()?;
-                    self.exec(&format!("{at}.exec"), c);
-                    Check::Exec(c.clone())
-                }
-            }
+            [_] => step.check()?,
             several => {
                 self.problem(
                     format!("{at}.{}", several[1]),
@@ -437,6 +316,7 @@ impl Validator {
             }
         };
         let kind_path = format!("{at}.{}", check.kind());
+        check.spec().validate(&kind_path, self);
         self.thresholds(&kind_path, &check);
         if let (Some(timeout), Some(own)) = (step.timeout, check.own_duration()) {
             if timeout.get() < own {
@@ -482,12 +362,12 @@ impl Validator {
     fn thresholds(&mut self, kind_path: &str, check: &Check) {
         let pass = check.pass_limits();
         let degraded = check.degraded_limits();
-        let exec = matches!(check, Check::Exec(_));
+        let under = check.spec().pass_limits_under();
         for (tier, limits) in [(None, &pass), (Some("degraded"), &degraded)] {
             for (field, limit) in limits.iter() {
-                let path = match (tier, exec) {
-                    (None, false) => format!("{kind_path}.{field}"),
-                    (None, true) => format!("{kind_path}.metrics.{field}"),
+                let path = match (tier, under) {
+                    (None, None) => format!("{kind_path}.{field}"),
+                    (None, Some(under)) => format!("{kind_path}.{under}.{field}"),
                     (Some(tier), _) => format!("{kind_path}.{tier}.{field}"),
                 };
                 if !limit.value.is_finite() || limit.value < 0.0 {
@@ -534,162 +414,13 @@ impl Validator {
         }
     }
 
-    fn memory(&mut self, at: &str, c: &MemoryCheck) {
-        if c.passes == 0 {
-            self.problem(format!("{at}.passes"), "0 passes; expected at least 1");
-        }
-        if c.patterns.is_empty() {
-            self.problem(
-                format!("{at}.patterns"),
-                "no patterns; expected at least one, or leave the key out for all",
-            );
-        }
-        self.no_duplicates(&format!("{at}.patterns"), &c.patterns, "pattern");
-        if c.threads == Some(0) {
-            self.problem(
-                format!("{at}.threads"),
-                "0 threads; expected at least 1, or leave the key out for one per CPU",
-            );
-        }
-    }
-
-    fn cpu(&mut self, at: &str, c: &CpuCheck) {
-        if c.workloads.is_empty() {
-            self.problem(
-                format!("{at}.workloads"),
-                "no workloads; expected at least one, or leave the key out for all",
-            );
-        }
-        self.no_duplicates(&format!("{at}.workloads"), &c.workloads, "workload");
-        if let Some(cpus) = &c.cpus {
-            if cpus.is_empty() {
-                self.problem(
-                    format!("{at}.cpus"),
-                    "an empty CPU list; expected CPU numbers, or leave the key out for all",
-                );
-            }
-            self.no_duplicates(&format!("{at}.cpus"), cpus, "CPU");
-        }
-    }
-
-    fn disk(&mut self, at: &str, c: &DiskCheck) {
-        match (&c.dir, &c.target) {
-            (None, None) => self.problem(at, "neither `dir` nor `target`; expected `dir` (a scratch file on a mounted filesystem) or `target` (raw devices, destructive)"),
-            (Some(_), Some(_)) => self.problem(format!("{at}.target"), "both `dir` and `target`; expected one of them per step"),
-            (Some(dir), None) => {
-                if !dir.starts_with('/') {
-                    self.problem(format!("{at}.dir"), format!("{dir:?} is not an absolute path; expected a directory like /var/tmp"));
-                }
-                if c.destructive {
-                    self.problem(format!("{at}.destructive"), "`destructive: true` with `dir`; a scratch file is not destructive, expected `target` for raw devices");
-                }
-            }
-            (None, Some(target)) => {
-                if !c.destructive {
-                    self.problem(format!("{at}.target"), "raw devices are overwritten and their data lost; expected `destructive: true` beside `target`");
-                }
-                match target {
-                    DiskTarget::All => {}
-                    DiskTarget::Path(path) | DiskTarget::Glob(path) => {
-                        if !path.starts_with("/dev/") {
-                            self.problem(format!("{at}.target"), format!("{path:?} is not under /dev/; expected a block device like /dev/sdb"));
-                        }
-                    }
-                    DiskTarget::Model(pattern) => self.regex(format!("{at}.target.model"), pattern),
-                }
-            }
-        }
-        let block = c.block_size.bytes();
-        if block % 4096 != 0 || block > 64 << 20 {
-            self.problem(format!("{at}.block_size"), format!("block size {} is not a multiple of 4KiB up to 64MiB; O_DIRECT needs aligned I/O", c.block_size));
-        }
-        if let SizeSpec::Fixed(size) = c.size {
-            if size.bytes() < block {
-                self.problem(
-                    format!("{at}.size"),
-                    format!(
-                        "size {size} is smaller than one block ({}); expected at least one block",
-                        c.block_size
-                    ),
-                );
-            }
-        }
-    }
-
-    fn nic(&mut self, at: &str, c: &NicCheck) {
-        if let Some(names) = &c.interfaces {
-            if names.is_empty() {
-                self.problem(format!("{at}.interfaces"), "an empty interface list; expected names, or leave the key out for every physical interface");
-            }
-            for (i, name) in names.iter().enumerate() {
-                // Linux interface names are at most 15 bytes (IFNAMSIZ - 1) without '/' or spaces.
-                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-                    self.problem(format!("{at}.interfaces[{i}]"), format!("{name:?} is not an interface name; expected up to 15 characters without '/' or spaces"));
-                }
-            }
-        }
-        if let Some(mtu) = c.mtu {
-            if !(68..=65535).contains(&mtu) {
-                self.problem(
-                    format!("{at}.mtu"),
-                    format!("MTU {mtu}; expected 68 to 65535"),
-                );
-            }
-        }
-        if let Some(target) = &c.target {
-            if target != "collector"
-                && !target.starts_with("http://")
-                && !target.starts_with("https://")
-            {
-                self.problem(
-                    format!("{at}.target"),
-                    format!("{target:?}; expected `collector` or an http:// URL"),
-                );
-            }
-        } else if c.min_mbps.is_some() {
-            self.problem(format!("{at}.min_mbps"), "a throughput threshold without a `target` to measure against; expected `target: collector` or a URL");
-        }
-    }
-
-    fn exec(&mut self, at: &str, c: &ExecCheck) {
-        match c.argv.first() {
-            None => self.problem(
-                format!("{at}.argv"),
-                "an empty command; expected the program and its arguments",
-            ),
-            Some(program) if program.is_empty() => self.problem(
-                format!("{at}.argv[0]"),
-                "an empty program name; expected a path or a name on PATH",
-            ),
-            Some(_) => {}
-        }
-        if c.pass_codes.is_empty() {
-            self.problem(
-                format!("{at}.pass_codes"),
-                "no passing exit codes; expected at least one, usually [0]",
-            );
-        }
-        for (tier, ranges) in [("metrics", &c.metrics), ("degraded", &c.degraded)] {
-            for (metric, range) in ranges {
-                if range.min.is_none() && range.max.is_none() {
-                    self.problem(
-                        format!("{at}.{tier}.{metric}"),
-                        "neither `min` nor `max`; expected at least one bound",
-                    );
-                }
-                if let (Some(min), Some(max)) = (range.min, range.max) {
-                    if min > max {
-                        self.problem(
-                            format!("{at}.{tier}.{metric}"),
-                            format!("min {min} is above max {max}; expected min ≤ max"),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    fn no_duplicates<T: PartialEq + std::fmt::Debug>(&mut self, at: &str, items: &[T], what: &str) {
+    /// A problem at each item of `items` (the list at `at`) that repeats an earlier one.
+    pub fn no_duplicates<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        at: &str,
+        items: &[T],
+        what: &str,
+    ) {
         for (i, item) in items.iter().enumerate() {
             if items[..i].contains(item) {
                 self.problem(

@@ -1,5 +1,7 @@
 //! The check kinds: one module each, one [`CheckKind`] implementation each, listed once in
-//! [`REGISTRY`]. Adding a kind touches its module, its registry line and the suite schema.
+//! [`REGISTRY`]. Adding a kind touches three files: its module here, its line in the registry,
+//! and its parameters with their line in the kinds list of `protocol/src/suite/checks.rs`
+//! (the README's Architecture section walks through one).
 //!
 //! A check returns what it measured and found; hardware faults are data in [`CheckOutput`],
 //! while `Err` means the harness itself could not do its work.
@@ -102,7 +104,7 @@ mod tests {
     #[test]
     fn registry_covers_every_suite_kind_once() {
         for kind in kiln_protocol::suite::CHECK_KINDS {
-            let n = super::REGISTRY.iter().filter(|k| k.kind() == kind).count();
+            let n = super::REGISTRY.iter().filter(|k| k.kind() == *kind).count();
             assert_eq!(n, 1, "{kind}");
         }
     }
