@@ -11,6 +11,7 @@ pub mod disk;
 pub mod exec;
 pub mod memory;
 pub mod nic;
+pub mod watch;
 
 use kiln_protocol::Check;
 use kiln_protocol::wire::{Fault, LogLevel, Metric};
@@ -87,6 +88,7 @@ pub static REGISTRY: &[&dyn CheckKind] = &[
     &disk::Disk,
     &nic::Nic,
     &exec::Exec,
+    &watch::Watch,
 ];
 
 /// The implementation of a kind.

@@ -140,6 +140,8 @@ check_kinds! {
     nic: Nic(NicCheck),
     /// A vendor tool run as a check.
     exec: Exec(ExecCheck),
+    /// The node left idle for a while with every watcher on and its temperatures sampled.
+    watch: Watch(WatchCheck),
 }
 
 impl Check {
@@ -638,5 +640,61 @@ impl CheckSpec for ExecCheck {
                 }
             }
         }
+    }
+}
+
+check_kind! {
+    /// The node left idle for `duration` while the watchers every step has stay on — machine
+    /// checks, the BMC's event log, PCIe AER, the kernel log — and its temperature sensors are
+    /// sampled each second: catches what shows once a load stops (a DIMM cooling down, a fan or
+    /// PSU event, a sensor that never settles).
+    pub struct WatchCheck {
+        /// How long to watch.
+        pub duration: HumanDuration,
+    }
+    /// Thresholds of a watch step.
+    thresholds WatchThresholds {
+        /// Highest temperature in °C any sensor may read during the step.
+        max_temp_c,
+    }
+}
+
+impl CheckSpec for WatchCheck {
+    fn own_duration(&self) -> Option<Duration> {
+        Some(self.duration.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    const WATCH: &str = "suite: soak\ndescription: Idle after the load.\nsteps:\n  - name: cool down\n    watch: {duration: DURATION, max_temp_c: 85}\n";
+
+    #[test]
+    fn a_watch_step_is_planned_with_its_duration_and_threshold() {
+        let plan = crate::load("soak.yaml", WATCH.replace("DURATION", "10m").as_bytes())
+            .expect("a valid watch suite");
+        let step = &plan.steps[0];
+        assert_eq!(step.check.kind(), "watch");
+        assert_eq!(
+            step.check.own_duration(),
+            Some(std::time::Duration::from_secs(600))
+        );
+        // Ten minutes plus half again.
+        assert_eq!(step.timeout, std::time::Duration::from_secs(900));
+        let limits = step.check.pass_limits();
+        assert_eq!(limits.len(), 1);
+        assert_eq!(limits[0].0, "max_temp_c");
+    }
+
+    #[test]
+    fn a_watch_of_no_time_is_refused_where_it_is_written() {
+        let err = crate::load("soak.yaml", WATCH.replace("DURATION", "0s").as_bytes())
+            .expect_err("a zero watch");
+        let text = err.to_string();
+        assert!(text.contains("soak.yaml:5:"), "{text}");
+        assert!(
+            text.contains("steps[0].watch.duration: invalid duration \"0s\""),
+            "{text}"
+        );
     }
 }
