@@ -9,6 +9,7 @@ pub mod image;
 pub mod lab;
 pub mod lifecycle;
 pub mod memtest;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod suites;

@@ -208,6 +208,9 @@ async fn monitor(db: Db, captures: Arc<Captures>) {
         {
             Ok((lost, ended)) => {
                 captures.stop(&ended);
+                crate::metrics::METRICS
+                    .lost_contacts
+                    .inc_by(lost.len() as u64);
                 for run_id in lost {
                     tracing::warn!(run_id, "run failed: lost contact with its agent");
                 }

@@ -164,6 +164,7 @@ pub(super) async fn events(
     RunToken { run_id, hash }: RunToken,
     Json(batch): Json<EventBatch>,
 ) -> Result<axum::Json<BatchAck>, ApiError> {
+    let arrived = std::time::Instant::now();
     if let Err(message) = batch.validate() {
         state.require_run_hash(run_id, hash).await?;
         return Err(ApiError::BadRequest(message));
@@ -174,7 +175,15 @@ pub(super) async fn events(
         .await?;
     state.captures.stop(&ended);
     match ingested {
-        Ingested::Acked(acked) => Ok(axum::Json(BatchAck { acked })),
+        Ingested::Acked { acked, stored } => {
+            // Counted once committed: the answer below is the acknowledgement.
+            let metrics = &crate::metrics::METRICS;
+            metrics.events_stored.inc_by(stored);
+            metrics
+                .event_ack_seconds
+                .observe(arrived.elapsed().as_secs_f64());
+            Ok(axum::Json(BatchAck { acked }))
+        }
         Ingested::Closed(verdict) => Err(closed(run_id, verdict)),
         Ingested::Denied => Err(super::not_the_runs_token(run_id)),
     }

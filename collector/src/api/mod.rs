@@ -119,24 +119,14 @@ pub fn router(state: AppState) -> Router {
 /// is logged with its status and time.
 async fn traced(req: Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument;
-    // The path with numbers as `{id}` (the route, more or less), cut short: a path is the
-    // client's and may be anything.
+    // The route the request matched (`/api/v1/runs/{run}/events`), never the client's own
+    // path, which may be anything: a series per path would be a way to flood the metrics.
     let route: String = req
-        .uri()
-        .path()
-        .split('/')
-        .map(|seg| {
-            if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-                "{id}"
-            } else {
-                seg
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-        .chars()
-        .take(120)
-        .collect();
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method = req.method().clone();
     // `/api/v1/runs/{id}/…`: the run id, for the span.
     let run = req
         .uri()
@@ -148,6 +138,7 @@ async fn traced(req: Request, next: axum::middleware::Next) -> Response {
     let started = std::time::Instant::now();
     let response = next.run(req).instrument(span.clone()).await;
     let status = response.status();
+    crate::metrics::METRICS.request(&route, method.as_str(), status.as_u16(), started.elapsed());
     if status.is_server_error() {
         span.in_scope(|| {
             tracing::warn!(

@@ -61,13 +61,18 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Result<&'static st
     Ok("ok\n")
 }
 
-pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let counts = state.db.read(queries::counts).await?;
-    let mut text = String::from("# kiln collector metrics\n");
-    for (name, value) in counts {
-        text.push_str(&format!("{name} {value}\n"));
-    }
-    Ok(([("content-type", "text/plain; version=0.0.4")], text).into_response())
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let (nodes, runs) = state.db.read(queries::counts).await?;
+    let metrics = &crate::metrics::METRICS;
+    metrics.set_state(nodes, &runs, state.captures.counts(), state.db.queued());
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, text) = metrics.encode(accept);
+    Ok(([("content-type", content_type)], text).into_response())
 }
 
 pub(super) async fn nodes(

@@ -173,8 +173,14 @@ pub fn put_inventory(
 /// What ingesting a batch did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ingested {
-    /// Stored; the highest contiguous sequence number now stored.
-    Acked(u64),
+    /// Stored: the highest contiguous sequence number now stored, and how many of the batch's
+    /// events were new.
+    Acked {
+        /// The acknowledgement.
+        acked: u64,
+        /// Events stored by this batch (resent ones are not).
+        stored: u64,
+    },
     /// The run is closed: nothing was stored.
     Closed(Verdict),
     /// Not the run's token (or no such run): nothing was stored.
@@ -213,6 +219,7 @@ pub fn ingest(
         .as_deref()
         .and_then(|p| serde_json::from_str(p).ok());
     let mut progress_changed = false;
+    let mut stored = 0u64;
     for event in &batch.events {
         let body = serde_json::to_string(&event.body).map_err(|source| StoreError::Corrupt {
             what: "event",
@@ -233,6 +240,7 @@ pub fn ingest(
         if inserted == 0 {
             continue; // a resent event: stored already, its effects applied already
         }
+        stored += 1;
         progress_changed |= apply(&tx, run_id, now, event, &mut current, &mut ended)?;
     }
     if progress_changed {
@@ -267,7 +275,13 @@ pub fn ingest(
         ended.extend(finish_linux(&tx, run_id)?);
     }
     tx.commit()?;
-    Ok((Ingested::Acked(acked as u64), ended))
+    Ok((
+        Ingested::Acked {
+            acked: acked as u64,
+            stored,
+        },
+        ended,
+    ))
 }
 
 /// Applies one newly stored event to its run (stages, expect, steps, the agent's verdict) and

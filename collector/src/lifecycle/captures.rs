@@ -51,6 +51,13 @@ impl Captures {
         Some(rx)
     }
 
+    /// Captures running: memtest86+ stages, and Linux console tails.
+    pub fn counts(&self) -> (usize, usize) {
+        let memtest = self.lock().len();
+        let tails = self.tails.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (memtest, tails)
+    }
+
     /// Stops the captures of the stages `ended` lists.
     pub fn stop(&self, ended: &Ended) {
         for (run_id, stage) in &ended.0 {

@@ -108,8 +108,29 @@ pub enum Action {
 }
 
 impl Power {
-    /// Performs `action`; errors say which driver failed and why.
+    /// The driver's name.
+    pub fn driver(&self) -> &'static str {
+        match self {
+            Power::Qmp(_) => "qmp",
+            Power::Ipmitool { .. } => "ipmitool",
+            Power::Redfish { .. } => "redfish",
+            Power::Manual => "manual",
+        }
+    }
+
+    /// Performs `action`; errors say which driver failed and why. Every call is counted in
+    /// the metrics, by driver and action, and so is every failure.
     pub async fn act(&self, node: &str, action: Action) -> anyhow::Result<()> {
+        let result = self.drive(node, action).await;
+        let name = match action {
+            Action::Reset => "reset",
+            Action::Off => "off",
+        };
+        crate::metrics::METRICS.power(self.driver(), name, result.is_ok());
+        result
+    }
+
+    async fn drive(&self, node: &str, action: Action) -> anyhow::Result<()> {
         match self {
             Power::Qmp(path) => {
                 let command = match action {

@@ -182,6 +182,11 @@ impl Db {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Write jobs waiting for the writer thread.
+    pub fn queued(&self) -> usize {
+        QUEUE - self.tx.capacity()
+    }
+
     /// Runs the read `f` on a read-only connection, on a reader thread. Work that only
     /// serves a page (rendering, serializing) belongs in `f` too, at the readers' priority.
     pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -236,10 +241,17 @@ fn lower_priority() {
 
 /// Runs a group of write jobs in one transaction and answers each after the commit.
 fn write_group(conn: &mut Connection, jobs: Vec<Job>) {
+    let metrics = &crate::metrics::METRICS;
+    let started = std::time::Instant::now();
+    metrics.commit_jobs.observe(jobs.len() as f64);
     let begun = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
     let replies: Vec<Reply> = jobs.into_iter().map(|job| job(conn)).collect();
     let committed = begun && conn.execute_batch("COMMIT").is_ok();
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
     if !committed {
+        metrics.commit_failures.inc();
         tracing::error!(
             jobs = replies.len(),
             "a group of database writes could not be committed"

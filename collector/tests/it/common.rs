@@ -21,6 +21,26 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// Debian's promtool: unpacked by `.ci/setup` into `.kiln-cache/promtool`, or on PATH.
+pub fn promtool() -> PathBuf {
+    let unpacked = repo().join(".kiln-cache/promtool/usr/bin/promtool");
+    if unpacked.exists() {
+        return unpacked;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("promtool"))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "promtool is neither at {} nor on PATH: run `bash .ci/setup`",
+                unpacked.display()
+            )
+        })
+}
+
 pub fn scratch(name: &str) -> PathBuf {
     let dir = repo()
         .join("target/test-scratch")

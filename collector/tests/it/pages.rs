@@ -119,10 +119,63 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         .text()
         .await
         .unwrap();
+    let line = |prefix: &str, needle: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no {prefix}…{needle} in\n{metrics}"))
+            .to_owned()
+    };
+    // The run failed: one run with that verdict, its events stored and acknowledged, the
+    // agent's routes counted by their template, never by the client's path.
     assert!(
-        metrics.contains("kiln_runs{verdict=\"fail\"} 1"),
+        line("kiln_runs{", "verdict=\"fail\"").ends_with(" 1"),
         "{metrics}"
     );
+    assert!(!line("kiln_events_stored_total", "").ends_with(" 0"));
+    assert!(!line("kiln_event_ack_duration_seconds_count", "").ends_with(" 0"));
+    line(
+        "kiln_http_requests_total{",
+        "route=\"/api/v1/runs/{id}/events\",method=\"POST\",status=\"200\"",
+    );
+    assert!(
+        !metrics.contains(&format!("/runs/{}/", run.run_id)),
+        "{metrics}"
+    );
+    // Clean by Prometheus's own checker (exit 0, nothing printed).
+    let mut check = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {:?} {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Prometheus asks for OpenMetrics and gets it.
+    let open = client
+        .get(format!("{}/metrics", server.base))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        open.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(open.text().await.unwrap().ends_with("# EOF\n"));
 }
 
 /// Runs Debian's headless Chromium against `url`: the DOM after load, and a screenshot.

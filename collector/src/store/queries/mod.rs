@@ -137,32 +137,19 @@ pub fn assign_suite(
     )?)
 }
 
-/// Counts for `/metrics`.
-pub fn counts(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut out = vec![
-        (
-            "kiln_nodes".to_owned(),
-            conn.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))?,
-        ),
-        (
-            "kiln_events_stored".to_owned(),
-            conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?,
-        ),
-        (
-            "kiln_runs_open".to_owned(),
-            conn.query_row("SELECT count(*) FROM runs WHERE verdict IS NULL", [], |r| {
-                r.get(0)
-            })?,
-        ),
-    ];
+/// Runs by stage and verdict (`running` while none), with their number.
+pub type RunCounts = Vec<(String, String, i64)>;
+
+/// For `/metrics`: nodes, and runs by stage and verdict.
+pub fn counts(conn: &Connection) -> Result<(i64, RunCounts), StoreError> {
+    let nodes = conn.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))?;
     let mut stmt = conn.prepare_cached(
-        "SELECT verdict, count(*) FROM runs WHERE verdict IS NOT NULL GROUP BY verdict",
+        "SELECT stage, coalesce(verdict, 'running'), count(*) FROM runs GROUP BY 1, 2",
     )?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (verdict, n) = row?;
-        out.push((format!("kiln_runs{{verdict=\"{verdict}\"}}"), n));
-    }
-    Ok(out)
+    let runs = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((nodes, runs))
 }
 
 #[cfg(test)]
