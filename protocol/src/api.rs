@@ -1,7 +1,196 @@
-//! The bodies operators send and get back on the collector's `/api/v1/nodes/*` routes, typed
-//! once for the collector (which reads them) and `kiln nodes` (which writes them).
+//! The bodies operators send and get back on the collector's `/api/v1/nodes/*` routes, and
+//! the rows of its report: typed once for the collector (which reads the requests and writes
+//! the rows) and `kiln nodes` / `kiln report` (which write the requests and read the rows).
+//! With them, the words that name a node's mode and a run's stage ([`Word`]: the same word on
+//! the wire, in the database and on the screen).
 
 use serde::{Deserialize, Serialize};
+
+use crate::wire::Verdict;
+
+/// An enum whose variants are words: one name each, the same in JSON, in the collector's
+/// database and on the screen.
+pub trait Word: Copy + Sized + 'static {
+    /// Every variant, in order.
+    const ALL: &'static [Self];
+    /// What the words name, for errors (`mode`).
+    const WHAT: &'static str;
+    /// This variant's word.
+    fn word(self) -> &'static str;
+    /// The variant a word names, or what was expected instead.
+    fn from_word(word: &str) -> Result<Self, UnknownWord> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|v| v.word() == word)
+            .ok_or_else(|| UnknownWord {
+                what: Self::WHAT,
+                found: word.to_owned(),
+                expected: Self::ALL
+                    .iter()
+                    .map(|v| v.word())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+/// A word that is none of its type's variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {found:?}; expected one of {expected}")]
+pub struct UnknownWord {
+    /// What the words name.
+    pub what: &'static str,
+    /// What was found.
+    pub found: String,
+    /// The words allowed, comma-separated.
+    pub expected: String,
+}
+
+impl Word for Verdict {
+    const ALL: &'static [Verdict] = &Verdict::ALL;
+    const WHAT: &'static str = "verdict";
+    fn word(self) -> &'static str {
+        self.name()
+    }
+}
+
+/// Declares an enum of words: serde's names, [`Word`], `name()`, `Display` and `FromStr`.
+macro_rules! words {
+    ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl Word for $name {
+            const ALL: &'static [$name] = &[$($name::$variant),+];
+            const WHAT: &'static str = $what;
+            fn word(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl $name {
+            /// Every variant, in order.
+            pub const ALL: &'static [$name] = <$name as Word>::ALL;
+
+            /// The word.
+            pub fn name(self) -> &'static str {
+                self.word()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.word())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownWord;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::from_word(s)
+            }
+        }
+    };
+}
+
+words!(
+    /// What a node does when it network-boots.
+    Mode, "mode", {
+        /// Run the verification cycle (a new run once armed).
+        Verify => "verify",
+        /// Boot its local disk.
+        Local => "local",
+        /// Wait at the boot prompt.
+        Hold => "hold",
+    }
+);
+
+words!(
+    /// Where a run is: in one of its stages, or done with its verdict.
+    RunStage, "run stage", {
+        /// In memtest86+.
+        Memtest => "memtest",
+        /// In Linux (booting or running the suite).
+        Linux => "linux",
+        /// Finished.
+        Done => "done",
+    }
+);
+
+/// A running step's progress, as the dashboard and the report show it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Step index.
+    pub step: u32,
+    /// Step name.
+    pub name: String,
+    /// Done fraction.
+    pub fraction: f64,
+    /// Live metric.
+    pub status: Option<String>,
+}
+
+/// One row of `GET /api/v1/report` (and `/api/v1/nodes`): a node with its latest run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    /// Node id.
+    pub node_id: i64,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Rack label.
+    pub rack: Option<String>,
+    /// Slot label.
+    pub slot: Option<String>,
+    /// Serial.
+    pub serial: Option<String>,
+    /// SMBIOS UUID.
+    pub uuid: Option<String>,
+    /// MACs, comma-separated.
+    pub macs: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Registered without the admin token: a node of its own, never one of the known ones.
+    pub ad_hoc: bool,
+    /// The operator allowed destructive disk steps on it.
+    pub allow_destructive: bool,
+    /// Latest run.
+    pub run_id: Option<i64>,
+    /// Its suite.
+    pub suite: Option<String>,
+    /// Its stage.
+    pub stage: Option<RunStage>,
+    /// Its verdict (none while running).
+    pub verdict: Option<Verdict>,
+    /// Why, for a verdict set by the collector (lost contact).
+    pub verdict_reason: Option<String>,
+    /// Live progress.
+    pub progress: Option<Progress>,
+    /// Faults of the run, one line each.
+    pub faults: Vec<String>,
+    /// Run start.
+    pub started_ms: Option<i64>,
+    /// Run end.
+    pub finished_ms: Option<i64>,
+}
+
+impl ReportRow {
+    /// What the report's `verdict` column says: the verdict, `running` while a run has none,
+    /// `not run` for a node that never ran.
+    pub fn state(&self) -> &'static str {
+        match (self.verdict, self.run_id) {
+            (Some(v), _) => v.name(),
+            (None, Some(_)) => "running",
+            (None, None) => "not run",
+        }
+    }
+}
 
 /// Which nodes an operator command addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,8 +212,8 @@ pub enum Selector {
 pub struct ModeRequest {
     /// The nodes.
     pub select: Selector,
-    /// `verify`, `local` or `hold`.
-    pub mode: String,
+    /// What the nodes do on their next network boot.
+    pub mode: Mode,
 }
 
 /// Body of `POST /api/v1/nodes/destructive`.
@@ -90,5 +279,42 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<Selector>(r#"{"rack":"R1","node":2}"#).is_err());
+        // A mode that is no mode is refused when read.
+        assert!(
+            serde_json::from_str::<ModeRequest>(r#"{"select":{"all":true},"mode":"reboot"}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn words_round_trip_through_serde_and_strings_and_strangers_are_named() {
+        for m in Mode::ALL {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+            assert_eq!(m.to_string().parse::<Mode>(), Ok(*m));
+        }
+        for s in RunStage::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
+        for v in <Verdict as Word>::ALL {
+            assert_eq!(Verdict::from_word(v.word()), Ok(*v));
+        }
+        assert_eq!(
+            "Verify".parse::<Mode>().unwrap_err().to_string(),
+            "unknown mode \"Verify\"; expected one of verify, local, hold"
+        );
+    }
+
+    #[test]
+    fn a_report_row_reads_back_typed() {
+        let json = r#"{"node_id":3,"hostname":"n3","rack":"R1","slot":"U2","serial":null,"uuid":null,"macs":"52:54:00:00:00:03","mode":"verify","ad_hoc":false,"allow_destructive":true,"run_id":9,"suite":"burn-in","stage":"linux","verdict":null,"verdict_reason":null,"progress":{"step":1,"name":"memory","fraction":0.5,"status":"7.9 GB/s"},"faults":[],"started_ms":1,"finished_ms":null}"#;
+        let row: ReportRow = serde_json::from_str(json).unwrap();
+        assert_eq!(row.mode, Mode::Verify);
+        assert_eq!(row.stage, Some(RunStage::Linux));
+        assert_eq!(row.state(), "running");
+        assert_eq!(row.progress.as_ref().unwrap().fraction, 0.5);
+        assert_eq!(
+            serde_json::to_value(&row).unwrap(),
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
     }
 }

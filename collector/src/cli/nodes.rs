@@ -22,8 +22,8 @@ pub(super) enum NodesCommand {
     /// Set the boot mode of nodes: verify (run the suite), local (boot the disk) or hold.
     Mode {
         /// verify, local or hold.
-        #[arg(value_parser = ["verify", "local", "hold"])]
-        mode: String,
+        #[arg(value_parser = str::parse::<kiln_protocol::api::Mode>)]
+        mode: kiln_protocol::api::Mode,
         #[command(flatten)]
         select: Select,
         #[command(flatten)]
@@ -110,7 +110,7 @@ pub(super) fn run(cmd: NodesCommand) -> anyhow::Result<u8> {
         } => {
             let payload = ModeRequest {
                 select: select.selector(),
-                mode: mode.clone(),
+                mode,
             };
             let body = server.send(true, |c, base| {
                 c.post(format!("{base}{}", routes::NODES_MODE))

@@ -2,6 +2,8 @@
 
 use clap::{Args, ValueEnum};
 
+use kiln_protocol::api::ReportRow;
+
 use super::client::ServerArgs;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,8 +56,10 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
             Err(_) => client.get(format!("{base}/api/v1/report")),
         }
     })?;
-    let rows: Vec<serde_json::Value> = if wire == "json" {
-        serde_json::from_str(&body)?
+    let rows: Vec<ReportRow> = if wire == "json" {
+        serde_json::from_str(&body).map_err(|e| {
+            anyhow::anyhow!("the collector's report does not read as report rows: {e}")
+        })?
     } else {
         Vec::new()
     };
@@ -65,8 +69,7 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
         Format::Table => print!("{}", table(&rows)),
     }
     let failed = if wire == "json" {
-        rows.iter()
-            .any(|r| matches!(r["verdict"].as_str(), Some("fail" | "error" | "incomplete")))
+        rows.iter().any(|r| r.verdict.is_some_and(|v| !v.is_good()))
     } else {
         body.lines().skip(1).any(|l| {
             [",fail,", ",error,", ",incomplete,"]
@@ -81,13 +84,8 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
     })
 }
 
-fn table(rows: &[serde_json::Value]) -> String {
-    let s = |v: &serde_json::Value| {
-        v.as_str()
-            .map(str::to_owned)
-            .or_else(|| v.as_i64().map(|n| n.to_string()))
-            .unwrap_or_else(|| "-".into())
-    };
+fn table(rows: &[ReportRow]) -> String {
+    let s = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut lines: Vec<[String; 7]> = vec![
         [
             "node",
@@ -101,34 +99,21 @@ fn table(rows: &[serde_json::Value]) -> String {
         .map(str::to_owned),
     ];
     for r in rows {
-        let verdict = match r["verdict"].as_str() {
-            Some(v) => v.to_owned(),
-            None if r["run_id"].is_i64() => "running".into(),
-            None => "not run".into(),
-        };
-        let faults: Vec<String> = r["faults"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut name = r["hostname"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("node {}", s(&r["node_id"])));
-        if r["ad_hoc"].as_bool() == Some(true) {
+        let mut name = r
+            .hostname
+            .clone()
+            .unwrap_or_else(|| format!("node {}", r.node_id));
+        if r.ad_hoc {
             name.push_str(" (ad hoc)");
         }
         lines.push([
             name,
-            format!("{}/{}", s(&r["rack"]), s(&r["slot"])),
-            s(&r["serial"]),
-            s(&r["suite"]),
-            s(&r["stage"]),
-            verdict,
-            faults.join("; "),
+            format!("{}/{}", s(&r.rack), s(&r.slot)),
+            s(&r.serial),
+            s(&r.suite),
+            r.stage.map_or_else(|| "-".to_owned(), |st| st.to_string()),
+            r.state().to_owned(),
+            r.faults.join("; "),
         ]);
     }
     // Whatever a node stored, the operator's terminal shows it and does not obey it.
@@ -179,15 +164,27 @@ mod tests {
 
     #[test]
     fn the_table_shows_control_characters_instead_of_obeying_them() {
-        let rows = vec![serde_json::json!({
-            "node_id": 1,
-            "hostname": "n\u{1b}]52;c;ZXZpbA==\u{7}",
-            "serial": "SN\r1",
-            "verdict": "fail",
-            "run_id": 1,
-            "faults": ["DIMM\u{1b}[2J B2"],
-            "ad_hoc": true,
-        })];
+        let rows = vec![ReportRow {
+            node_id: 1,
+            hostname: Some("n\u{1b}]52;c;ZXZpbA==\u{7}".into()),
+            rack: None,
+            slot: None,
+            serial: Some("SN\r1".into()),
+            uuid: None,
+            macs: String::new(),
+            mode: kiln_protocol::api::Mode::Verify,
+            ad_hoc: true,
+            allow_destructive: false,
+            run_id: Some(1),
+            suite: None,
+            stage: None,
+            verdict: Some(kiln_protocol::verdict::Verdict::Fail),
+            verdict_reason: None,
+            progress: None,
+            faults: vec!["DIMM\u{1b}[2J B2".into()],
+            started_ms: None,
+            finished_ms: None,
+        }];
         let text = table(&rows);
         assert!(
             !text.chars().any(|c| c.is_control() && c != '\n'),

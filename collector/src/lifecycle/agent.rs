@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// A run's `verdict` column: none while the run is open.
+type VerdictColumn = Option<Sql<Verdict>>;
+
 /// The owned parts of an ad-hoc run.
 #[derive(Debug, Clone)]
 pub struct NewRunOwned {
@@ -29,7 +32,7 @@ pub enum RunAccess {
 
 /// Checks an agent's token against run `run_id`.
 pub fn access(conn: &Connection, run_id: i64, token_hash: &str) -> Result<RunAccess, StoreError> {
-    let row: Option<(String, Option<SqlVerdict>)> = conn
+    let row: Option<(String, Option<Sql<Verdict>>)> = conn
         .query_row(
             "SELECT token_hash, verdict FROM runs WHERE id = ?1",
             [run_id],
@@ -85,7 +88,7 @@ pub fn exchange(
     session_hash: &str,
 ) -> Result<(Exchange, Ended), StoreError> {
     let tx = conn.savepoint()?;
-    let row: Option<(Option<String>, Option<i64>, Option<SqlVerdict>)> = tx
+    let row: Option<(Option<String>, Option<i64>, VerdictColumn)> = tx
         .query_row(
             "SELECT bootstrap_hash, bootstrap_used_ms, verdict FROM runs WHERE id = ?1",
             [run_id],
@@ -199,7 +202,7 @@ pub fn ingest(
     let tx = conn.savepoint()?;
     let now = now_ms();
     let mut ended = Ended::default();
-    let run: Option<(i64, Option<String>, Option<SqlVerdict>, String)> = row(
+    let run: Option<(i64, Option<String>, VerdictColumn, String)> = row(
         &tx,
         "SELECT acked_seq, progress, verdict, token_hash FROM runs WHERE id = ?1",
         [run_id],
@@ -378,7 +381,7 @@ fn apply(
             exec(
                 tx,
                 "UPDATE runs SET agent_verdict = ?2, final_seq = min(COALESCE(final_seq, ?3), ?3) WHERE id = ?1",
-                params![run_id, SqlVerdict(*verdict), event.seq as i64],
+                params![run_id, Sql(*verdict), event.seq as i64],
             )?;
         }
         EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}

@@ -11,7 +11,7 @@ pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended)
         let mut stmt = tx.prepare(
             "SELECT id, heartbeat_secs FROM runs WHERE verdict IS NULL AND stage = ?2 AND last_seen_ms < ?1 - heartbeat_secs * 1000",
         )?;
-        stmt.query_map(params![now, RunStage::Linux], |r| {
+        stmt.query_map(params![now, Sql(RunStage::Linux)], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<Result<_, _>>()?
@@ -42,7 +42,7 @@ pub fn kernel_panicked(
         &tx,
         "SELECT stage FROM runs WHERE id = ?1 AND verdict IS NULL",
         [run_id],
-        |r| r.get(0),
+        |r| Ok(r.get::<_, Sql<RunStage>>(0)?.0),
     )
     .optional()?;
     if open != Some(RunStage::Linux) {

@@ -66,7 +66,7 @@ pub fn memtest_finished(
         exec(
             &tx,
             "UPDATE runs SET stage = ?2, last_seen_ms = ?3 WHERE id = ?1",
-            params![run_id, RunStage::Linux, now_ms()],
+            params![run_id, Sql(RunStage::Linux), now_ms()],
         )?;
         let mut ended = Ended::default();
         ended.add(run_id, Stage::Memtest);
@@ -108,7 +108,7 @@ pub fn memtest_progress(
         params![
             run_id,
             json,
-            RunStage::Memtest,
+            Sql(RunStage::Memtest),
             Stage::Memtest,
             StageState::Running
         ],

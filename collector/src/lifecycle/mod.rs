@@ -34,7 +34,7 @@ use kiln_protocol::verdict::Verdict;
 use kiln_protocol::wire::{EventBatch, EventBody, Inventory, NodeIdentity};
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use crate::store::states::{Mode, RunStage, SqlVerdict, Stage, StageState};
+pub use crate::store::states::{Mode, RunStage, Sql, Stage, StageState};
 
 use crate::store::queries::{Progress, Selector, put_suite, select_sql};
 use crate::store::{StoreError, now_ms};
@@ -91,7 +91,7 @@ fn start_stage(tx: &Connection, run_id: i64, stage: Stage) -> Result<(), StoreEr
     exec(
         tx,
         "UPDATE runs SET stage = ?2, progress = NULL, last_seen_ms = ?3 WHERE id = ?1",
-        params![run_id, RunStage::from(stage), now],
+        params![run_id, Sql(RunStage::from(stage)), now],
     )?;
     Ok(())
 }
@@ -112,7 +112,7 @@ fn end_stage(
             run_id,
             stage,
             StageState::Done,
-            SqlVerdict(verdict),
+            Sql(verdict),
             detail,
             now_ms()
         ],
@@ -179,7 +179,7 @@ fn close_run(
 /// verdict counts as incomplete, never as a pass.
 fn conclude(tx: &Connection, run_id: i64) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached("SELECT state, verdict FROM stages WHERE run_id = ?1")?;
-    let stages: Vec<(StageState, Option<SqlVerdict>)> = stmt
+    let stages: Vec<(StageState, Option<Sql<Verdict>>)> = stmt
         .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     if stages.iter().any(|(state, _)| *state != StageState::Done) {
@@ -199,7 +199,7 @@ fn conclude(tx: &Connection, run_id: i64) -> Result<(), StoreError> {
     exec(
         tx,
         "UPDATE runs SET verdict = ?2, finished_ms = ?3, stage = ?4, progress = NULL WHERE id = ?1 AND verdict IS NULL",
-        params![run_id, SqlVerdict(verdict), now_ms(), RunStage::Done],
+        params![run_id, Sql(verdict), now_ms(), Sql(RunStage::Done)],
     )?;
     Ok(())
 }

@@ -38,7 +38,7 @@ pub fn set_mode(
         exec(
             &tx,
             "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 ELSE armed_ms END WHERE id = ?1",
-            params![node_id, mode, now, Mode::Verify],
+            params![node_id, Sql(mode), now, Sql(Mode::Verify)],
         )?;
     }
     tx.commit()?;

@@ -107,7 +107,7 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
         exec(
             &tx,
             "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 END WHERE id = ?1",
-            params![node_id, req.unknown_mode, now, Mode::Verify],
+            params![node_id, Sql(req.unknown_mode), now, Sql(Mode::Verify)],
         )?;
     }
     let (mode, suite, rack_suite, armed_ms, serial): (
@@ -120,7 +120,15 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
         &tx,
         "SELECT n.mode, n.suite, rs.suite, n.armed_ms, n.serial FROM nodes n LEFT JOIN rack_suites rs ON rs.rack = n.rack WHERE n.id = ?1",
         [node_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        |r| {
+            Ok((
+                r.get::<_, Sql<Mode>>(0)?.0,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        },
     )?;
     let decided = |script| BootDecision::Script {
         node_id,
@@ -145,7 +153,7 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
                         .query_row(
                             "SELECT id, verdict FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL ORDER BY id DESC LIMIT 1",
                             [node_id],
-                            |r| Ok((r.get(0)?, r.get::<_, SqlVerdict>(1)?.0)),
+                            |r| Ok((r.get(0)?, r.get::<_, Sql<Verdict>>(1)?.0)),
                         )
                         .optional()?;
                     // Armed = an operator (or the unknown-node policy) asked for a new run,
@@ -333,7 +341,7 @@ pub(super) fn next_stage(
     }
     // Every stage done but no verdict: conclude now.
     conclude(tx, run_id)?;
-    let verdict: Option<SqlVerdict> = row(
+    let verdict: Option<Sql<Verdict>> = row(
         tx,
         "SELECT verdict FROM runs WHERE id = ?1",
         [run_id],
@@ -398,7 +406,7 @@ pub(super) fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, Store
     exec(tx,
         "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, RunStage::from(first), run.allow_destructive, run.heartbeat_secs as i64, now],
+        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, Sql(RunStage::from(first)), run.allow_destructive, run.heartbeat_secs as i64, now],
     )?;
     let id = tx.last_insert_rowid();
     for stage in run.stages {

@@ -73,8 +73,8 @@ fn run_state(conn: &Connection, run_id: i64) -> (RunStage, Option<Verdict>, Opti
         [run_id],
         |r| {
             Ok((
-                r.get(0)?,
-                r.get::<_, Option<SqlVerdict>>(1)?.map(|v| v.0),
+                r.get::<_, Sql<RunStage>>(0)?.0,
+                r.get::<_, Option<Sql<Verdict>>>(1)?.map(|v| v.0),
                 r.get(2)?,
             ))
         },

@@ -183,7 +183,7 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::{Mode, Stage, StageState};
+    use crate::lifecycle::{Mode, Sql, Stage, StageState};
 
     #[test]
     fn the_schema_accepts_exactly_the_lifecycle_states() {
@@ -198,7 +198,8 @@ mod tests {
         )
         .unwrap();
         for mode in Mode::ALL {
-            conn.execute("UPDATE nodes SET mode = ?1", [mode]).unwrap();
+            conn.execute("UPDATE nodes SET mode = ?1", [Sql(*mode)])
+                .unwrap();
         }
         assert!(
             conn.execute("UPDATE nodes SET mode = 'verified'", [])

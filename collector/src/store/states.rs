@@ -7,17 +7,10 @@ use std::str::FromStr;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
+pub use kiln_protocol::api::{Mode, RunStage, Word};
+
 /// A name stored in the database that is none of its type's variants.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} {found:?}; expected one of {expected}")]
-pub struct UnknownName {
-    /// Which kind of name.
-    pub what: &'static str,
-    /// What was found.
-    pub found: String,
-    /// The names allowed, comma-separated.
-    pub expected: String,
-}
+pub use kiln_protocol::api::UnknownWord as UnknownName;
 
 /// Declares a state enum with its stored names, `Display`, `FromStr` and the SQL conversions.
 macro_rules! stored_names {
@@ -80,18 +73,6 @@ macro_rules! stored_names {
 }
 
 stored_names!(
-    /// What a node does when it network-boots.
-    Mode, "mode", {
-        /// Run the verification cycle (a new run once armed).
-        Verify => "verify",
-        /// Boot its local disk.
-        Local => "local",
-        /// Wait at the boot prompt.
-        Hold => "hold",
-    }
-);
-
-stored_names!(
     /// A stage of a run, in the order a node goes through them.
     Stage, "stage", {
         /// memtest86+ before any OS loads.
@@ -113,18 +94,6 @@ stored_names!(
     }
 );
 
-stored_names!(
-    /// Where a run is: in one of its stages, or done with its verdict.
-    RunStage, "run stage", {
-        /// In memtest86+.
-        Memtest => "memtest",
-        /// In Linux (booting or running the suite).
-        Linux => "linux",
-        /// Finished.
-        Done => "done",
-    }
-);
-
 impl From<Stage> for RunStage {
     fn from(stage: Stage) -> Self {
         match stage {
@@ -134,22 +103,22 @@ impl From<Stage> for RunStage {
     }
 }
 
-/// A verdict as SQL sees it: its name. (`Verdict` lives in `protocol`, which has no SQL.)
+/// A word of `protocol` (a [`Word`]: mode, run stage, verdict) as SQL sees it: the word
+/// itself, read back through [`Word::from_word`], so a stranger in the database is a refused
+/// row. (`protocol` has no SQL: the wrapper is the collector's.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SqlVerdict(pub kiln_protocol::verdict::Verdict);
+pub struct Sql<T>(pub T);
 
-impl ToSql for SqlVerdict {
+impl<T: Word> ToSql for Sql<T> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.0.name()))
+        Ok(ToSqlOutput::from(self.0.word()))
     }
 }
 
-impl FromSql for SqlVerdict {
+impl<T: Word> FromSql for Sql<T> {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        value
-            .as_str()?
-            .parse()
-            .map(SqlVerdict)
+        T::from_word(value.as_str()?)
+            .map(Sql)
             .map_err(|e| FromSqlError::Other(Box::new(e)))
     }
 }
@@ -180,16 +149,18 @@ mod tests {
     #[test]
     fn sql_reads_back_what_it_wrote_and_refuses_strangers() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        let back: Mode = conn
-            .query_row("SELECT ?1", [Mode::Hold], |r| r.get(0))
+        let back: Sql<Mode> = conn
+            .query_row("SELECT ?1", [Sql(Mode::Hold)], |r| r.get(0))
             .unwrap();
-        assert_eq!(back, Mode::Hold);
+        assert_eq!(back.0, Mode::Hold);
+        let stranger = conn.query_row("SELECT 'reboot'", [], |r| r.get::<_, Sql<Mode>>(0));
+        assert!(stranger.is_err());
         let stranger = conn.query_row("SELECT 'weird'", [], |r| r.get::<_, Stage>(0));
         assert!(stranger.is_err());
-        let v: SqlVerdict = conn
+        let v: Sql<kiln_protocol::verdict::Verdict> = conn
             .query_row(
                 "SELECT ?1",
-                [SqlVerdict(kiln_protocol::verdict::Verdict::Incomplete)],
+                [Sql(kiln_protocol::verdict::Verdict::Incomplete)],
                 |r| r.get(0),
             )
             .unwrap();

@@ -6,7 +6,7 @@ use kiln_protocol::wire::{Inventory, Outcome, StepReport};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::states::{Mode, RunStage, SqlVerdict, Stage, StageState};
+use super::states::{Mode, RunStage, Sql, Stage, StageState};
 use super::{StoreError, now_ms};
 
 mod nodes;
@@ -35,17 +35,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Live progress shown on the dashboard.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
-pub struct Progress {
-    /// Step index.
-    pub step: u32,
-    /// Step name.
-    pub name: String,
-    /// Done fraction.
-    pub fraction: f64,
-    /// Live metric.
-    pub status: Option<String>,
-}
+pub use kiln_protocol::api::Progress;
 
 /// One row of a `kiln nodes import` CSV.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,48 +3,9 @@
 
 use super::*;
 
-/// A node with its latest run, as reports and the dashboard show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeRow {
-    /// Node id.
-    pub node_id: i64,
-    /// Host name.
-    pub hostname: Option<String>,
-    /// Rack label.
-    pub rack: Option<String>,
-    /// Slot label.
-    pub slot: Option<String>,
-    /// Serial.
-    pub serial: Option<String>,
-    /// SMBIOS UUID.
-    pub uuid: Option<String>,
-    /// MACs, comma-separated.
-    pub macs: String,
-    /// Mode.
-    pub mode: Mode,
-    /// Registered without the admin token: a node of its own, never one of the known ones.
-    pub ad_hoc: bool,
-    /// The operator allowed destructive disk steps on it.
-    pub allow_destructive: bool,
-    /// Latest run.
-    pub run_id: Option<i64>,
-    /// Its suite.
-    pub suite: Option<String>,
-    /// Its stage.
-    pub stage: Option<RunStage>,
-    /// Its verdict (none while running).
-    pub verdict: Option<Verdict>,
-    /// Why, for a verdict set by the collector (lost contact).
-    pub verdict_reason: Option<String>,
-    /// Live progress.
-    pub progress: Option<Progress>,
-    /// Faults of the run, one line each.
-    pub faults: Vec<String>,
-    /// Run start.
-    pub started_ms: Option<i64>,
-    /// Run end.
-    pub finished_ms: Option<i64>,
-}
+/// A node with its latest run, as reports and the dashboard show it (typed in `protocol`,
+/// which `kiln report` reads it back with).
+pub use kiln_protocol::api::ReportRow as NodeRow;
 
 /// Filters for reports.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -106,7 +67,7 @@ pub fn tally(conn: &Connection) -> Result<Tally, StoreError> {
     for row in stmt.query_map([], |r| {
         Ok((
             r.get::<_, Option<i64>>(0)?,
-            r.get::<_, Option<SqlVerdict>>(1)?,
+            r.get::<_, Option<Sql<Verdict>>>(1)?,
         ))
     })? {
         tally.total += 1;
@@ -153,7 +114,7 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
                     slot: r.get(3)?,
                     serial: r.get(4)?,
                     uuid: r.get(5)?,
-                    mode: r.get(6)?,
+                    mode: r.get::<_, Sql<Mode>>(6)?.0,
                     macs: r
                         .get::<_, Option<String>>(7)?
                         .or(claimed_macs)
@@ -162,8 +123,8 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
                     allow_destructive: r.get(20)?,
                     run_id: r.get(8)?,
                     suite: r.get(9)?,
-                    stage: r.get(10)?,
-                    verdict: r.get::<_, Option<SqlVerdict>>(11)?.map(|v| v.0),
+                    stage: r.get::<_, Option<Sql<RunStage>>>(10)?.map(|s| s.0),
+                    verdict: r.get::<_, Option<Sql<Verdict>>>(11)?.map(|v| v.0),
                     verdict_reason: r.get(12)?,
                     progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
                     faults: Vec::new(),
@@ -231,7 +192,7 @@ pub fn node_runs(conn: &Connection, node_id: i64) -> Result<Vec<RunSummary>, Sto
         Ok(RunSummary {
             run_id: r.get(0)?,
             suite: r.get(1)?,
-            verdict: r.get::<_, Option<SqlVerdict>>(2)?.map(|v| v.0),
+            verdict: r.get::<_, Option<Sql<Verdict>>>(2)?.map(|v| v.0),
             started_ms: r.get(3)?,
             finished_ms: r.get(4)?,
         })

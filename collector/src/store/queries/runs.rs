@@ -54,7 +54,7 @@ impl Failures {
             out.by_run.entry(run_id).or_default().steps.push(report);
         }
         let mut stmt = conn.prepare_cached(FAILED_STAGES_SQL)?;
-        for row in stmt.query_map(params![ids, SqlVerdict(Verdict::Fail)], |r| {
+        for row in stmt.query_map(params![ids, Sql(Verdict::Fail)], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, Stage>(1)?,
@@ -212,9 +212,9 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                         suite: r.get(1)?,
                         suite_sha256: r.get(2)?,
                         image_digest: r.get(3)?,
-                        stage: r.get(4)?,
-                        verdict: r.get::<_, Option<SqlVerdict>>(5)?.map(|v| v.0),
-                        agent_verdict: r.get::<_, Option<SqlVerdict>>(12)?.map(|v| v.0),
+                        stage: r.get::<_, Sql<RunStage>>(4)?.0,
+                        verdict: r.get::<_, Option<Sql<Verdict>>>(5)?.map(|v| v.0),
+                        agent_verdict: r.get::<_, Option<Sql<Verdict>>>(12)?.map(|v| v.0),
                         verdict_reason: r.get(6)?,
                         started_ms: r.get(7)?,
                         agent_started_ms: r.get(13)?,
@@ -254,7 +254,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
             Ok(StageRow {
                 name: r.get(0)?,
                 state: r.get(1)?,
-                verdict: r.get::<_, Option<SqlVerdict>>(2)?.map(|v| v.0),
+                verdict: r.get::<_, Option<Sql<Verdict>>>(2)?.map(|v| v.0),
                 detail: r.get(3)?,
                 started_ms: r.get(4)?,
                 finished_ms: r.get(5)?,
