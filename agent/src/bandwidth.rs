@@ -1,5 +1,7 @@
-//! HTTP throughput: the two endpoints a NIC check measures against (served by the collector,
-//! or by `kiln-agent serve-bandwidth` for local use), and the client side that measures.
+//! HTTP throughput: the two endpoints a NIC check measures against, and the client side that
+//! measures. The endpoints are written once, here: `kiln-agent serve-bandwidth` serves them
+//! as they are, and the collector merges the same [`router`] into its own behind a check of
+//! the caller's run token.
 //!
 //! `GET /bandwidth/download?bytes=N` streams N bytes; `POST /bandwidth/upload` reads the body
 //! to its end and answers `{"bytes": N}`. Neither keeps what it moves in memory.
@@ -38,8 +40,10 @@ pub struct UploadReceipt {
     pub bytes: u64,
 }
 
-/// The bandwidth endpoints, to merge into a server's router.
-pub fn router() -> Router {
+/// The bandwidth endpoints, to merge into a server's router (of any state: they use none).
+/// The upload reads the raw body, counted and dropped chunk by chunk up to [`MAX_UPLOAD`]: a
+/// server's limit on request bodies (which applies to bodies read whole) does not apply.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(routes::BANDWIDTH_DOWNLOAD, get(download))
         .route(routes::BANDWIDTH_UPLOAD, post(upload))

@@ -4,7 +4,6 @@
 
 mod agent;
 pub mod artifacts;
-mod bandwidth;
 pub mod boot;
 pub mod limits;
 mod operator;
@@ -104,10 +103,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             deadline,
         ))
-        .route(routes::BANDWIDTH_DOWNLOAD, get(bandwidth::download))
-        .route(
-            routes::BANDWIDTH_UPLOAD,
-            post(bandwidth::upload).layer(DefaultBodyLimit::disable()),
+        // The agent's bandwidth endpoints, the same that `kiln-agent serve-bandwidth` serves;
+        // here only for an open run's agent (its session token): anyone else could use the
+        // collector to flood the boot network.
+        .merge(
+            kiln_agent::bandwidth::router().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                open_run_only,
+            )),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(traced))
@@ -416,6 +419,15 @@ impl axum::extract::FromRequestParts<AppState> for RunAuth {
         state.require_run_hash(run_id, hash).await?;
         Ok(RunAuth(run_id))
     }
+}
+
+/// Lets a request through only when it holds an open run's session token.
+async fn open_run_only(
+    _run: OpenRunSession,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    next.run(req).await
 }
 
 /// The caller holds the session token of some open run (which run does not matter).

@@ -515,6 +515,15 @@ async fn the_bandwidth_endpoints_serve_only_an_open_runs_agent() {
         .await
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 5000);
+    // Past the collector's request-body limit: an upload is counted, not kept, so none applies.
+    let r = client
+        .post(format!("{}/bandwidth/upload", server.base))
+        .bearer_auth(&run.token)
+        .body(vec![0u8; 5 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 5 << 20);
     // Once the run is over its token moves nothing.
     post_events(&client, &server.base, &run, full_run()).await;
     let r = client
