@@ -81,6 +81,7 @@ enum Command {
 /// Parses the arguments and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let code = match cli.command {
         Command::Check { files } => check(&files),
         Command::Run(args) => run(&args),
@@ -90,6 +91,21 @@ pub fn main() -> ExitCode {
         Command::Modules { dir } => modules(&dir),
     };
     ExitCode::from(code)
+}
+
+/// Diagnostics (the reporter's retries and refusals, each step's start and end) go to stderr
+/// through `tracing`, inside a span for the run (its id, when a collector gave one) and one
+/// per step, so one run's story reads from the log by its run id. `KILN_LOG` sets the level
+/// (`info` shows every step; default `warn`: the console is the operator's screen).
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 fn modules(dir: &std::path::Path) -> u8 {
@@ -251,7 +267,13 @@ fn run(args: &RunArgs) -> u8 {
         Some(s) => s.sink(console),
         None => console,
     };
-    let report = crate::runner::run_on(&plan, &options, &interrupt, sink, inventory);
+    let span = tracing::info_span!(
+        "run",
+        run_id = session.as_ref().map(|s| s.run_id),
+        suite = plan.name()
+    );
+    let report =
+        span.in_scope(|| crate::runner::run_on(&plan, &options, &interrupt, sink, inventory));
     println!("\n{}", summary_table(&report));
     let mut code = exit_code(report.verdict);
     if let Some(session) = session {
@@ -493,13 +515,15 @@ fn boot(args: &BootArgs) -> u8 {
         collector: Some(url),
         collector_token: Some(session.token.clone()),
     };
-    let report = crate::runner::run_on(
-        &plan,
-        &options,
-        &interrupt,
-        session.sink(console),
-        inventory,
-    );
+    let report = tracing::info_span!("run", run_id, suite = plan.name()).in_scope(|| {
+        crate::runner::run_on(
+            &plan,
+            &options,
+            &interrupt,
+            session.sink(console),
+            inventory,
+        )
+    });
     println!("\n{}", summary_table(&report));
     if !session.close(patience) {
         return EXIT_HARNESS;

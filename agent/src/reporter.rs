@@ -219,8 +219,9 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
                 message,
             }) if batch.events.len() > 1 => {
                 // One event in the batch is refused: find it by sending one at a time.
-                eprintln!(
-                    "kiln-agent: the collector refused a batch ({message}); resending one event at a time"
+                tracing::warn!(
+                    %message,
+                    "the collector refused a batch; resending one event at a time"
                 );
                 batch_limit = 1;
             }
@@ -231,7 +232,7 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
                 // This one event is refused: keep its place in the sequence with a line that
                 // says so, and go on with the rest.
                 let seq = batch.events[0].seq;
-                eprintln!("kiln-agent: the collector refused event {seq}: {message}; dropped");
+                tracing::error!(seq, %message, "the collector refused an event; dropped");
                 let mut marker = EventBody::Log {
                     step: None,
                     level: kiln_protocol::wire::LogLevel::Error,
@@ -246,7 +247,7 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
             Err(Failure::Refused { message, .. }) => {
                 // The collector will never take this (the run is closed, the token refused):
                 // say so once and stop sending rather than retrying forever.
-                eprintln!("kiln-agent: the collector refused a batch: {message}");
+                tracing::error!(%message, "the collector refused a batch; no more will be sent");
                 let mut spool = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
                 spool.done = true;
                 shared.wake.notify_all();

@@ -154,7 +154,20 @@ pub fn run_on(
             name: step.name.clone(),
             kind: step.check.kind().to_owned(),
         });
+        tracing::info!(
+            step = step.index,
+            name = %step.name,
+            kind = step.check.kind(),
+            timeout_s = step.timeout.as_secs(),
+            "step started"
+        );
         let report = run_step(step, options, interrupt, sink.clone(), &mut sel);
+        tracing::info!(
+            step = step.index,
+            outcome = report.outcome.name(),
+            ms = report.duration_ms,
+            "step finished"
+        );
         sink.emit(EventBody::StepFinished {
             report: report.clone(),
         });
@@ -288,9 +301,18 @@ fn run_check(
             let check = step.check.clone();
             let options = options.clone();
             let thread_stop = stop.clone();
+            // Made here, inside the run's span, and entered on the step's thread: what the
+            // check logs carries the run and the step.
+            let span = tracing::info_span!(
+                "step",
+                index = step.index,
+                name = %step.name,
+                kind = step.check.kind()
+            );
             let handle = std::thread::Builder::new()
                 .name(format!("step-{}", step.index))
                 .spawn(move || {
+                    let _step = span.enter();
                     let ctx = StepContext {
                         stop: thread_stop,
                         observer: &observer,

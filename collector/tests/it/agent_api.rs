@@ -447,9 +447,22 @@ fn smoke_run_with_collector_shows_the_same_verdict_and_faults_in_report_and_page
             "--collector",
             &base,
         ])
+        .env("KILN_LOG", "info")
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The agent's log tells the run's story by its run id: each step's start and end inside
+    // the run's span and the step's.
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let finished = log
+        .lines()
+        .find(|l| l.contains("step finished"))
+        .unwrap_or_else(|| panic!("no step finished in the agent's log:\n{log}"));
+    assert!(
+        finished.contains("run{run_id=1 suite=\"e2e\"}") && finished.contains("outcome=\"pass\""),
+        "{finished}"
+    );
+    assert!(log.contains("step started"), "{log}");
     assert_eq!(
         out.status.code(),
         Some(1),
