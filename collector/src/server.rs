@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::pages::Pages;
+use crate::api::templates::Pages;
 use crate::api::{AppState, router};
 use crate::config::Config;
 use crate::lifecycle::{self, captures::Captures};
@@ -58,7 +58,7 @@ impl Collector {
             read_hash,
             pages: Arc::new(Pages::new()?),
             data: Arc::new(data.to_owned()),
-            digests: Arc::new(crate::api::artifacts::Digests::default()),
+            digests: Arc::new(crate::api::digests::Digests::default()),
             captures: Arc::new(crate::lifecycle::captures::Captures::default()),
             limiter: Arc::new(crate::api::limits::RateLimiter::default()),
         };

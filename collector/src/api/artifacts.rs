@@ -3,11 +3,8 @@
 //! No request can name a file outside that directory: `..`, absolute paths, encoded dots and
 //! symlinks that lead out are all refused.
 
-use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
@@ -17,49 +14,6 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::api::{ApiError, AppState};
-
-/// sha256 of files, remembered by (path, size, mtime) so each is hashed once per change.
-#[derive(Default)]
-pub struct Digests {
-    known: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
-}
-
-impl Digests {
-    /// The file's sha256 (hashing it on a blocking thread when unknown).
-    pub async fn of(&self, path: &Path) -> std::io::Result<String> {
-        let meta = tokio::fs::metadata(path).await?;
-        let (size, mtime) = (meta.len(), meta.modified()?);
-        if let Some((s, m, d)) = self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-        {
-            if *s == size && *m == mtime {
-                return Ok(d.clone());
-            }
-        }
-        let owned = path.to_owned();
-        let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            use sha2::Digest;
-            let mut file = std::fs::File::open(&owned)?;
-            let mut hasher = sha2::Sha256::new();
-            std::io::copy(&mut file, &mut hasher)?;
-            Ok(hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect())
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        self.known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(path.to_owned(), (size, mtime, digest.clone()));
-        Ok(digest)
-    }
-}
 
 /// Resolves a request path inside `root`, or says why it may not be served.
 pub fn resolve(root: &Path, requested: &str) -> Result<PathBuf, ApiError> {

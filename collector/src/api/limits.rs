@@ -3,15 +3,9 @@
 //! so one host cannot flood the collector with unknown nodes or downloads.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
-
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-
-use super::AppState;
 
 /// Sources remembered at most; idle ones are forgotten first.
 const MAX_SOURCES: usize = 65_536;
@@ -43,36 +37,6 @@ impl RateLimiter {
             Err((1.0 - *tokens) / per_sec.max(1e-9))
         }
     }
-}
-
-/// The middleware: 429 with `Retry-After` past the source's rate.
-pub async fn per_source(
-    State(state): State<AppState>,
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let limit = &state.config.unauthenticated_rate;
-    let source = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    if let Some(source) = source {
-        if let Err(wait) = state.limiter.take(source, limit.per_second, limit.burst) {
-            let secs = wait.ceil().max(1.0) as u64;
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [("retry-after", secs.to_string())],
-                axum::Json(serde_json::json!({
-                    "error": format!(
-                        "{source} is over {} requests/s to this route; retry in {secs}s",
-                        limit.per_second
-                    )
-                })),
-            )
-                .into_response();
-        }
-    }
-    next.run(req).await
 }
 
 #[cfg(test)]

@@ -1,72 +1,43 @@
-//! The HTTP API and pages: `fn router(state)` so tests drive the whole app in process. One
-//! error type answers every failure: client errors with a message, server errors logged in
-//! full under a request id and answered generically.
+//! The HTTP API and pages: `fn router(state)` so tests drive the whole app in process, with
+//! the middleware every request passes (a span and metrics, a deadline, body limits). At the
+//! bottom: [`state`] (what handlers share), [`error`] (one error type answers every failure:
+//! client errors with a message, server errors logged in full under a request id and answered
+//! generically) and [`auth`] (the token extractors); the handlers, one file per audience, sit
+//! on them.
 
 mod agent;
 pub mod artifacts;
+pub mod auth;
 pub mod boot;
+pub mod digests;
+pub mod error;
 pub mod limits;
 mod operator;
 pub mod pages;
 mod reports;
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod state;
+pub mod templates;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
-use axum::http::{HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use kiln_protocol::routes;
 use serde::de::DeserializeOwned;
 
-use crate::config::Config;
-use crate::store::{Db, StoreError};
-use crate::tokens;
-use pages::Pages;
+pub use auth::*;
+pub use error::*;
+pub use state::AppState;
 
 /// Largest request body accepted (an event batch is at most 1000 events).
 pub const MAX_BODY: usize = 4 << 20;
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    /// The database.
-    pub db: Db,
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// Hash of the admin token.
-    pub admin_hash: Arc<String>,
-    /// Hash of the read token, when reports need one.
-    pub read_hash: Option<Arc<String>>,
-    /// Page templates.
-    pub pages: Arc<Pages>,
-    /// Data directory.
-    pub data: Arc<std::path::PathBuf>,
-    /// Artifact digests.
-    pub digests: Arc<artifacts::Digests>,
-    /// Running memtest86+ console captures.
-    pub captures: Arc<crate::lifecycle::captures::Captures>,
-    /// Per-source rate limits on unauthenticated routes.
-    pub limiter: Arc<limits::RateLimiter>,
-}
-
-impl AppState {
-    /// Digest of the RAM image nodes boot now, when it has been built: from the artifact
-    /// digest cache (hashed once per change of the file, on a blocking thread), never read
-    /// whole on an async worker for each boot.
-    pub async fn image_digest(&self) -> Option<String> {
-        self.digests
-            .of(&self.data.join("artifacts/initramfs.img"))
-            .await
-            .ok()
-    }
-}
-
 /// The whole application.
 pub fn router(state: AppState) -> Router {
-    let limited = || axum::middleware::from_fn_with_state(state.clone(), limits::per_source);
+    let limited = || axum::middleware::from_fn_with_state(state.clone(), per_source);
     Router::new()
         .route("/healthz", get(reports::healthz))
         .route("/metrics", get(reports::metrics))
@@ -181,70 +152,6 @@ async fn deadline(
     }
 }
 
-/// Every way a request can fail.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// Malformed or invalid input (400).
-    #[error("{0}")]
-    BadRequest(String),
-    /// No credentials (401).
-    #[error("{0}")]
-    Unauthorized(String),
-    /// Wrong credentials (403).
-    #[error("{0}")]
-    Forbidden(String),
-    /// No such thing (404).
-    #[error("{0}")]
-    NotFound(String),
-    /// The thing is in a state that refuses the request (409): a finished run.
-    #[error("{0}")]
-    Conflict(String),
-    /// Body over the limit (413).
-    #[error("{0}")]
-    TooLarge(String),
-    /// The collector will not take more of this now (503): a configured cap is reached.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The collector itself failed (500); details go to the log only.
-    #[error("internal error")]
-    Internal(#[from] anyhow::Error),
-}
-
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        ApiError::Internal(err.into())
-    }
-}
-
-static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
-            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
-            ApiError::Internal(err) => {
-                let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    request_id = id,
-                    error = format!("{err:#}"),
-                    "request failed"
-                );
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("internal error (request {id}); see the collector's log"),
-                )
-            }
-        };
-        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
-    }
-}
-
 /// A JSON body whose rejections are answered with a message: 413 over the size limit, 400
 /// for anything malformed (syntax, types, unknown fields).
 pub struct Json<T>(pub T);
@@ -297,195 +204,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     }
 }
 
-impl AppState {
-    /// Requires the admin token.
-    pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let token = tokens::bearer(headers).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "this call needs the admin token (Authorization: Bearer …)".into(),
-            )
-        })?;
-        if tokens::equal(&tokens::hash(token), &self.admin_hash) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(
-                "the token is not the admin token".into(),
-            ))
-        }
-    }
-
-    /// Requires the read token (or the admin token) when one is configured.
-    pub fn require_reader(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(read) = &self.read_hash else {
-            return Ok(());
-        };
-        let token = tokens::bearer(headers).ok_or_else(|| {
-            ApiError::Unauthorized("reports need the read token (Authorization: Bearer …)".into())
-        })?;
-        let hash = tokens::hash(token);
-        if tokens::equal(&hash, read) || tokens::equal(&hash, &self.admin_hash) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(
-                "the token is neither the read token nor the admin token".into(),
-            ))
-        }
-    }
-
-    /// Requires that `hash` is run `run_id`'s token and the run open: 403 with any other token,
-    /// 409 once the run has its verdict (a finished run is closed).
-    pub async fn require_run_hash(&self, run_id: i64, hash: String) -> Result<(), ApiError> {
-        let access = self
-            .db
-            .read(move |c| crate::lifecycle::access(c, run_id, &hash))
-            .await?;
-        match access {
-            crate::lifecycle::RunAccess::Open => Ok(()),
-            crate::lifecycle::RunAccess::Closed(verdict) => Err(closed(run_id, verdict)),
-            crate::lifecycle::RunAccess::Denied => Err(not_the_runs_token(run_id)),
-        }
-    }
-}
-
-/// The answer to a token that is not the run's — the same whether the run exists or not: a
-/// token never learns about other runs.
-pub fn not_the_runs_token(run_id: i64) -> ApiError {
-    ApiError::Forbidden(format!("the token is not run {run_id}'s token"))
-}
-
-/// A run id and the hash of the bearer token that came with it, not checked yet (the call
-/// checks it where it touches the run).
-pub struct RunToken {
-    /// The run in the path.
-    pub run_id: i64,
-    /// Hash of the bearer token.
-    pub hash: String,
-}
-
-impl axum::extract::FromRequestParts<AppState> for RunToken {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(run_id) =
-            axum::extract::Path::<i64>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        let token = tokens::bearer(&parts.headers).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "agent calls need their run's token (Authorization: Bearer …)".into(),
-            )
-        })?;
-        Ok(RunToken {
-            run_id,
-            hash: tokens::hash(token),
-        })
-    }
-}
-
-/// The answer when an unknown machine would be one unknown node too many (logged: an
-/// operator should label the nodes, raise `max_unknown_nodes`, or find the flood).
-pub fn too_many_unknown(cap: u64) -> ApiError {
-    tracing::warn!(
-        cap,
-        "max_unknown_nodes reached: refusing to create a node for an unknown machine"
-    );
-    ApiError::Unavailable(format!(
-        "the collector already has {cap} unlabelled nodes (max_unknown_nodes); label nodes with `kiln nodes import` or raise the limit"
-    ))
-}
-
-/// The answer to anything posted to a finished run.
-pub fn closed(run_id: i64, verdict: kiln_protocol::verdict::Verdict) -> ApiError {
-    ApiError::Conflict(format!(
-        "run {run_id} is finished (verdict {verdict}); it accepts nothing more"
-    ))
-}
-
-/// The caller holds run `.0`'s token. Checked before the body is read, so a caller without
-/// the right token learns nothing from validation messages.
-pub struct RunAuth(pub i64);
-
-impl axum::extract::FromRequestParts<AppState> for RunAuth {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let RunToken { run_id, hash } = RunToken::from_request_parts(parts, state).await?;
-        state.require_run_hash(run_id, hash).await?;
-        Ok(RunAuth(run_id))
-    }
-}
-
-/// Lets a request through only when it holds an open run's session token.
-async fn open_run_only(
-    _run: OpenRunSession,
+/// The per-source rate limit of the routes anyone may call ([`limits`]): 429 with
+/// `Retry-After` past the source's rate.
+pub async fn per_source(
+    State(state): State<AppState>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    next.run(req).await
-}
-
-/// The caller holds the session token of some open run (which run does not matter).
-pub struct OpenRunSession;
-
-impl axum::extract::FromRequestParts<AppState> for OpenRunSession {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let token = tokens::bearer(&parts.headers).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "the bandwidth endpoints need a run's session token (Authorization: Bearer …)"
-                    .into(),
+    let limit = &state.config.unauthenticated_rate;
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    if let Some(source) = source {
+        if let Err(wait) = state.limiter.take(source, limit.per_second, limit.burst) {
+            let secs = wait.ceil().max(1.0) as u64;
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", secs.to_string())],
+                axum::Json(serde_json::json!({
+                    "error": format!(
+                        "{source} is over {} requests/s to this route; retry in {secs}s",
+                        limit.per_second
+                    )
+                })),
             )
-        })?;
-        let hash = tokens::hash(token);
-        let open = state
-            .db
-            .read(move |c| crate::lifecycle::open_run_with_session(c, &hash))
-            .await?;
-        match open {
-            Some(_) => Ok(OpenRunSession),
-            None => Err(ApiError::Forbidden(
-                "the token is not the session token of an open run".into(),
-            )),
+                .into_response();
         }
     }
-}
-
-/// The caller holds the admin token.
-pub struct Admin;
-
-impl axum::extract::FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        state.require_admin(&parts.headers)?;
-        Ok(Admin)
-    }
-}
-
-/// The caller may read reports (always, when no read token is configured).
-pub struct Reader;
-
-impl axum::extract::FromRequestParts<AppState> for Reader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        state.require_reader(&parts.headers)?;
-        Ok(Reader)
-    }
+    next.run(req).await
 }

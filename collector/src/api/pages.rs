@@ -5,7 +5,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Html;
-use minijinja::{Environment, context};
+use minijinja::context;
 use serde::Deserialize;
 
 use crate::api::{ApiError, AppState};
@@ -13,43 +13,6 @@ use crate::store::queries::{self, Filter};
 
 /// Seconds between dashboard refreshes.
 const REFRESH_SECS: u32 = 5;
-
-/// The compiled templates.
-pub struct Pages {
-    env: Environment<'static>,
-}
-
-impl Pages {
-    /// Loads the built-in templates.
-    pub fn new() -> anyhow::Result<Pages> {
-        let mut env = Environment::new();
-        env.add_template("base.html", include_str!("../../templates/base.html"))?;
-        env.add_template(
-            "dashboard.html",
-            include_str!("../../templates/dashboard.html"),
-        )?;
-        env.add_template("node.html", include_str!("../../templates/node.html"))?;
-        env.add_template("run.html", include_str!("../../templates/run.html"))?;
-        env.add_filter("ts", |ms: Option<i64>| {
-            ms.map_or_else(
-                || "—".to_owned(),
-                |ms| kiln_protocol::junit::rfc3339(ms.max(0) as u64),
-            )
-        });
-        Ok(Pages { env })
-    }
-
-    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<Html<String>, ApiError> {
-        let template = self
-            .env
-            .get_template(name)
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        template
-            .render(ctx)
-            .map(Html)
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering {name}: {e:#}")))
-    }
-}
 
 /// Query of the dashboard.
 #[derive(Debug, Default, Deserialize)]
