@@ -154,6 +154,9 @@ pub struct ReportRow {
     pub uuid: Option<String>,
     /// MACs, comma-separated.
     pub macs: String,
+    /// Batch (purchase order, delivery).
+    #[serde(default)]
+    pub batch: Option<String>,
     /// Mode.
     pub mode: Mode,
     /// Registered without the admin token: a node of its own, never one of the known ones.
@@ -202,8 +205,109 @@ pub enum Selector {
     Mac(String),
     /// One node by id.
     Node(i64),
+    /// Every node of a batch (a purchase order, a delivery).
+    Batch(String),
     /// Every node (`false` selects none: an empty selection is refused).
     All(bool),
+}
+
+/// Body of `POST /api/v1/nodes/batch`: the nodes join batch `batch` (a purchase order, a
+/// delivery), or leave theirs when it is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The nodes.
+    pub select: Selector,
+    /// The batch's name.
+    pub batch: Option<String>,
+}
+
+/// Nodes of a batch by the state of their latest run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Yield {
+    /// Nodes in the batch.
+    pub nodes: usize,
+    /// Latest run passed.
+    pub pass: usize,
+    /// Latest run passed short of a `degraded:` target.
+    pub degraded: usize,
+    /// Latest run failed, errored or was incomplete.
+    pub fail: usize,
+    /// Latest run still open.
+    pub running: usize,
+    /// Never ran.
+    pub not_started: usize,
+}
+
+impl Yield {
+    /// Passed (degraded included) as a share of the nodes that have a verdict, in percent;
+    /// `None` before any has one.
+    pub fn pass_pct(&self) -> Option<f64> {
+        let done = self.pass + self.degraded + self.fail;
+        (done > 0).then(|| 100.0 * (self.pass + self.degraded) as f64 / done as f64)
+    }
+}
+
+/// One bar of a failure pareto: a fault code (or a component) and the failed nodes showing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParetoBar {
+    /// The fault code (`memory.mismatch`) or component (`memory`).
+    pub key: String,
+    /// Failed nodes whose latest run shows it.
+    pub nodes: usize,
+}
+
+/// How long a stage took across the batch's finished runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTime {
+    /// `memtest` or `linux`.
+    pub stage: String,
+    /// Runs that finished the stage.
+    pub runs: usize,
+    /// Mean duration in seconds.
+    pub mean_s: f64,
+    /// Longest, in seconds.
+    pub max_s: f64,
+}
+
+/// A failed node of a batch, with one line on why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedNode {
+    /// Node id.
+    pub node_id: i64,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Rack.
+    pub rack: Option<String>,
+    /// Slot.
+    pub slot: Option<String>,
+    /// Serial.
+    pub serial: Option<String>,
+    /// Its latest run.
+    pub run_id: i64,
+    /// Its verdict (fail, error or incomplete).
+    pub verdict: Verdict,
+    /// The first fault line.
+    pub reason: String,
+}
+
+/// Answer of `GET /api/v1/batches/{name}`: how a delivery is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchSummary {
+    /// The batch.
+    pub batch: String,
+    /// Nodes by the state of their latest run.
+    #[serde(rename = "yield")]
+    pub yield_: Yield,
+    /// Failed nodes by fault code, most first.
+    pub pareto_codes: Vec<ParetoBar>,
+    /// Failed nodes by component (the code's first part: `memory`, `disk`, `expect`), most
+    /// first.
+    pub pareto_components: Vec<ParetoBar>,
+    /// Stage durations, slowest mean first.
+    pub stages: Vec<StageTime>,
+    /// The failed nodes, in rack and slot order.
+    pub failed: Vec<FailedNode>,
 }
 
 /// Body of `POST /api/v1/nodes/mode`.
@@ -306,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_report_row_reads_back_typed() {
-        let json = r#"{"node_id":3,"hostname":"n3","rack":"R1","slot":"U2","serial":null,"uuid":null,"macs":"52:54:00:00:00:03","mode":"verify","ad_hoc":false,"allow_destructive":true,"run_id":9,"suite":"burn-in","stage":"linux","verdict":null,"verdict_reason":null,"progress":{"step":1,"name":"memory","fraction":0.5,"status":"7.9 GB/s"},"faults":[],"started_ms":1,"finished_ms":null}"#;
+        let json = r#"{"node_id":3,"hostname":"n3","rack":"R1","slot":"U2","serial":null,"uuid":null,"macs":"52:54:00:00:00:03","batch":"PO-1187","mode":"verify","ad_hoc":false,"allow_destructive":true,"run_id":9,"suite":"burn-in","stage":"linux","verdict":null,"verdict_reason":null,"progress":{"step":1,"name":"memory","fraction":0.5,"status":"7.9 GB/s"},"faults":[],"started_ms":1,"finished_ms":null}"#;
         let row: ReportRow = serde_json::from_str(json).unwrap();
         assert_eq!(row.mode, Mode::Verify);
         assert_eq!(row.stage, Some(RunStage::Linux));

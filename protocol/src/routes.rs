@@ -24,6 +24,10 @@ pub const NODES_MODE: &str = "/api/v1/nodes/mode";
 pub const NODES_DESTRUCTIVE: &str = "/api/v1/nodes/destructive";
 /// `POST` (admin): assign a suite.
 pub const NODES_SUITE: &str = "/api/v1/nodes/suite";
+/// `POST` (admin): put nodes in a batch, or take them out (`BatchRequest`).
+pub const NODES_BATCH: &str = "/api/v1/nodes/batch";
+/// `GET`: a batch's yield, failure pareto, stage times and failed nodes (`BatchSummary`).
+pub const BATCH: &str = "/api/v1/batches/{name}";
 /// `GET`: every node with its latest run (`?format=json|csv&rack=&verdict=&since=`).
 pub const REPORT: &str = "/api/v1/report";
 

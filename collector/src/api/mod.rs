@@ -50,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .route(routes::NODES_IMPORT, post(operator::import))
         .route(routes::NODES_MODE, post(operator::mode))
         .route(routes::NODES_SUITE, post(operator::suite))
+        .route(routes::NODES_BATCH, post(operator::batch))
+        .route(routes::BATCH, get(reports::batch))
         .route(routes::NODES_DESTRUCTIVE, post(operator::destructive))
         .route(routes::REPORT, get(reports::report))
         .route("/api/v1/runs/{id}", get(reports::run))

@@ -4,14 +4,17 @@ use axum::extract::State;
 
 use super::{Admin, ApiError, AppState, Json};
 use crate::lifecycle;
-use kiln_protocol::api::{DestructiveRequest, Imported, ModeRequest, NodesChanged, SuiteRequest};
+use kiln_protocol::api::{
+    BatchRequest, DestructiveRequest, Imported, ModeRequest, NodesChanged, SuiteRequest,
+};
 
 use crate::store::queries::{self, Label, Selector};
 
 /// Most rows one import may carry.
 const MAX_ROWS: usize = 100_000;
 
-/// Parses `mac,rack,slot,hostname` lines (a header line is allowed); every bad line is named.
+/// Parses `mac,rack,slot,hostname[,batch]` lines (a header line is allowed); every bad line
+/// is named.
 pub fn parse_labels(text: &str) -> Result<Vec<Label>, String> {
     let mut labels = Vec::new();
     let mut problems = Vec::new();
@@ -24,20 +27,33 @@ pub fn parse_labels(text: &str) -> Result<Vec<Label>, String> {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [mac, rack, slot, hostname] = fields.as_slice() else {
-            problems.push(format!(
-                "line {}: {} fields; expected mac,rack,slot,hostname",
-                i + 1,
-                fields.len()
-            ));
-            continue;
+        let (mac, rack, slot, hostname, batch) = match fields.as_slice() {
+            [mac, rack, slot, hostname] => (mac, rack, slot, hostname, None),
+            [mac, rack, slot, hostname, batch] => (
+                mac,
+                rack,
+                slot,
+                hostname,
+                Some(batch).filter(|b| !b.is_empty()),
+            ),
+            _ => {
+                problems.push(format!(
+                    "line {}: {} fields; expected mac,rack,slot,hostname[,batch]",
+                    i + 1,
+                    fields.len()
+                ));
+                continue;
+            }
         };
         let mac = mac.to_lowercase();
         if let Err(e) = kiln_protocol::wire::check_mac(&mac) {
             problems.push(format!("line {}: {e}", i + 1));
             continue;
         }
-        for (name, value) in [("rack", rack), ("slot", slot), ("hostname", hostname)] {
+        for (name, value) in [("rack", rack), ("slot", slot), ("hostname", hostname)]
+            .into_iter()
+            .chain(batch.map(|b| ("batch", b)))
+        {
             if let Err(e) = kiln_protocol::wire::check_field(name, value) {
                 problems.push(format!("line {}: {e}", i + 1));
             }
@@ -47,6 +63,7 @@ pub fn parse_labels(text: &str) -> Result<Vec<Label>, String> {
             rack: rack.to_string(),
             slot: slot.to_string(),
             hostname: hostname.to_string(),
+            batch: batch.map(|b| b.to_string()),
         });
     }
     if labels.len() > MAX_ROWS {
@@ -132,6 +149,23 @@ pub(super) async fn suite(
     Ok(axum::Json(NodesChanged { nodes: n }))
 }
 
+/// Puts nodes in a batch (a purchase order, a delivery), or takes them out of theirs.
+pub(super) async fn batch(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(req): Json<BatchRequest>,
+) -> Result<axum::Json<NodesChanged>, ApiError> {
+    check_selector(&req.select)?;
+    if let Some(batch) = &req.batch {
+        kiln_protocol::wire::check_field("batch", batch).map_err(ApiError::BadRequest)?;
+    }
+    let n = state
+        .db
+        .call(move |c| queries::set_batch(c, &req.select, req.batch.as_deref()))
+        .await?;
+    Ok(axum::Json(NodesChanged { nodes: n }))
+}
+
 /// `{"all": false}` would select nothing: say so rather than answer "0 nodes".
 fn check_selector(select: &Selector) -> Result<(), ApiError> {
     if matches!(select, Selector::All(false)) {
@@ -153,10 +187,18 @@ mod tests {
             parse_labels("mac,rack,slot,hostname\n52:54:00:AA:00:01,R12,U07,node-07\n").unwrap();
         assert_eq!(good[0].mac, "52:54:00:aa:00:01");
         assert_eq!(good[0].rack, "R12");
+        assert_eq!(good[0].batch, None);
+        // A fifth column is the batch; an empty one leaves the node's batch alone.
+        let with_batch = parse_labels(
+            "mac,rack,slot,hostname,batch\n52:54:00:aa:00:01,R12,U07,n7,PO-1187\n52:54:00:aa:00:02,R12,U08,n8,\n",
+        )
+        .unwrap();
+        assert_eq!(with_batch[0].batch.as_deref(), Some("PO-1187"));
+        assert_eq!(with_batch[1].batch, None);
         let err = parse_labels("52:54:00:aa:00:01,R12,U07\nnot-a-mac,R1,U1,h\n").unwrap_err();
         assert_eq!(
             err,
-            "line 1: 3 fields; expected mac,rack,slot,hostname\nline 2: \"not-a-mac\" is not a MAC address like aa:bb:cc:dd:ee:ff"
+            "line 1: 3 fields; expected mac,rack,slot,hostname[,batch]\nline 2: \"not-a-mac\" is not a MAC address like aa:bb:cc:dd:ee:ff"
         );
     }
 }

@@ -16,6 +16,8 @@ use crate::store::queries::{self, Filter, NodeRow};
 pub struct ReportQuery {
     /// Only this rack.
     pub rack: Option<String>,
+    /// Only this batch.
+    pub batch: Option<String>,
     /// Only this verdict (`pass`, `degraded`, `fail`, `error`, `incomplete`, `running`).
     pub verdict: Option<String>,
     /// Only runs started within this long (`7d`, `12h`).
@@ -46,6 +48,7 @@ impl ReportQuery {
         }
         Ok(Filter {
             rack: self.rack.clone(),
+            batch: self.batch.clone(),
             verdict: self.verdict.clone(),
             since_ms,
             ..Filter::default()
@@ -121,10 +124,25 @@ pub(super) async fn report(
     Ok(([("content-type", content_type)], body).into_response())
 }
 
+/// A batch's yield, failure pareto, stage times and failed nodes (JSON), or 404.
+pub(super) async fn batch(
+    State(state): State<AppState>,
+    _reader: Reader,
+    Path(name): Path<String>,
+) -> Result<axum::Json<kiln_protocol::api::BatchSummary>, ApiError> {
+    let wanted = name.clone();
+    state
+        .db
+        .read(move |c| queries::batch_summary(c, &wanted))
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no node is in batch {name:?}")))
+}
+
 /// The report as CSV, one row per node.
 pub fn csv(rows: &[NodeRow]) -> String {
     let mut out = String::from(
-        "node_id,hostname,rack,slot,serial,macs,mode,ad_hoc,run_id,suite,stage,verdict,faults\n",
+        "node_id,hostname,rack,slot,batch,serial,macs,mode,ad_hoc,run_id,suite,stage,verdict,faults\n",
     );
     for r in rows {
         let fields = [
@@ -132,6 +150,7 @@ pub fn csv(rows: &[NodeRow]) -> String {
             r.hostname.clone().unwrap_or_default(),
             r.rack.clone().unwrap_or_default(),
             r.slot.clone().unwrap_or_default(),
+            r.batch.clone().unwrap_or_default(),
             r.serial.clone().unwrap_or_default(),
             r.macs.replace(',', " "),
             r.mode.to_string(),

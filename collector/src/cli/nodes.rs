@@ -1,10 +1,11 @@
-//! `kiln nodes …`: label nodes from a CSV, set their mode, assign suites (admin token).
+//! `kiln nodes …`: label nodes from a CSV, set their mode, assign suites and batches (admin
+//! token).
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use kiln_protocol::api::{
-    DestructiveRequest, Imported, ModeRequest, NodesChanged, Selector, SuiteRequest,
+    BatchRequest, DestructiveRequest, Imported, ModeRequest, NodesChanged, Selector, SuiteRequest,
 };
 use kiln_protocol::routes;
 
@@ -12,7 +13,8 @@ use super::client::ServerArgs;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum NodesCommand {
-    /// Label nodes from a CSV of `mac,rack,slot,hostname` (unknown MACs become new nodes).
+    /// Label nodes from a CSV of `mac,rack,slot,hostname[,batch]` (unknown MACs become new
+    /// nodes).
     Import {
         /// The CSV file.
         file: PathBuf,
@@ -48,6 +50,20 @@ pub(super) enum NodesCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Put nodes in a batch (a purchase order, a delivery): `kiln report --batch NAME` then
+    /// tells how it is doing.
+    Batch {
+        /// Batch name.
+        #[arg(required_unless_present = "clear")]
+        name: Option<String>,
+        /// Take the nodes out of their batch instead.
+        #[arg(long, conflicts_with = "name")]
+        clear: bool,
+        #[command(flatten)]
+        select: Select,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 /// Which nodes: exactly one of these.
@@ -63,6 +79,9 @@ pub(super) struct Select {
     /// The node with this id.
     #[arg(long)]
     node: Option<i64>,
+    /// Every node of this batch.
+    #[arg(long)]
+    batch: Option<String>,
     /// Every node.
     #[arg(long)]
     all: bool,
@@ -70,10 +89,11 @@ pub(super) struct Select {
 
 impl Select {
     fn selector(&self) -> Selector {
-        match (&self.rack, &self.mac, self.node) {
-            (Some(r), _, _) => Selector::Rack(r.clone()),
-            (_, Some(m), _) => Selector::Mac(m.to_lowercase()),
-            (_, _, Some(n)) => Selector::Node(n),
+        match (&self.rack, &self.mac, self.node, &self.batch) {
+            (Some(r), ..) => Selector::Rack(r.clone()),
+            (_, Some(m), ..) => Selector::Mac(m.to_lowercase()),
+            (_, _, Some(n), _) => Selector::Node(n),
+            (.., Some(b)) => Selector::Batch(b.clone()),
             _ => Selector::All(true),
         }
     }
@@ -154,6 +174,26 @@ pub(super) fn run(cmd: NodesCommand) -> anyhow::Result<u8> {
             })?;
             let done: NodesChanged = answer(&body)?;
             println!("{} node(s) assigned suite {suite}", done.nodes);
+        }
+        NodesCommand::Batch {
+            name,
+            clear: _,
+            select,
+            server,
+        } => {
+            let payload = BatchRequest {
+                select: select.selector(),
+                batch: name.clone(),
+            };
+            let body = server.send(true, |c, base| {
+                c.post(format!("{base}{}", routes::NODES_BATCH))
+                    .json(&payload)
+            })?;
+            let done: NodesChanged = answer(&body)?;
+            match name {
+                Some(name) => println!("{} node(s) put in batch {name}", done.nodes),
+                None => println!("{} node(s) taken out of their batch", done.nodes),
+            }
         }
     }
     Ok(super::EXIT_OK)

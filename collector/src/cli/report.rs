@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
-use kiln_protocol::api::ReportRow;
+use kiln_protocol::api::{BatchSummary, ReportRow};
 
 use super::client::ServerArgs;
 
@@ -23,6 +23,10 @@ pub(super) struct ReportArgs {
     /// Only this rack.
     #[arg(long)]
     rack: Option<String>,
+    /// A batch (purchase order, delivery): its yield, failure pareto, slowest stage and failed
+    /// nodes (table or JSON); with `--format csv`, its nodes.
+    #[arg(long)]
+    batch: Option<String>,
     /// Only runs started within this long, e.g. 7d or 12h.
     #[arg(long)]
     since: Option<String>,
@@ -33,9 +37,13 @@ pub(super) struct ReportArgs {
 
 /// Exit code 1 when any reported node's last run failed.
 pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
+    if let (Some(batch), false) = (&args.batch, matches!(args.format, Format::Csv)) {
+        return batch_report(&args, batch);
+    }
     let mut query: Vec<(&str, String)> = Vec::new();
     for (key, value) in [
         ("rack", &args.rack),
+        ("batch", &args.batch),
         ("since", &args.since),
         ("verdict", &args.verdict),
     ] {
@@ -82,6 +90,97 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
     } else {
         super::EXIT_OK
     })
+}
+
+/// `--batch NAME` as a table or JSON; exit 1 when any of its nodes failed.
+fn batch_report(args: &ReportArgs, batch: &str) -> anyhow::Result<u8> {
+    let body = args.server.send(false, |client, base| {
+        let path = kiln_protocol::routes::BATCH.replace("{name}", batch);
+        match reqwest::Url::parse(base).and_then(|b| b.join(&path)) {
+            Ok(url) => client.get(url),
+            Err(_) => client.get(format!("{base}{path}")),
+        }
+    })?;
+    let summary: BatchSummary = serde_json::from_str(&body)
+        .map_err(|e| anyhow::anyhow!("the collector's batch summary does not read as one: {e}"))?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        _ => print!("{}", batch_text(&summary)),
+    }
+    Ok(if summary.yield_.fail > 0 {
+        super::EXIT_FAILURE_FOUND
+    } else {
+        super::EXIT_OK
+    })
+}
+
+/// A batch for people: yield, the paretos, stage times, the failed nodes.
+fn batch_text(s: &BatchSummary) -> String {
+    use std::fmt::Write;
+    let v = kiln_protocol::bounds::visible;
+    let y = &s.yield_;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "batch {}: {} node(s) — {} pass, {} degraded, {} fail, {} running, {} not started{}",
+        v(&s.batch),
+        y.nodes,
+        y.pass,
+        y.degraded,
+        y.fail,
+        y.running,
+        y.not_started,
+        y.pass_pct()
+            .map(|p| format!("; yield {p:.1} % of those with a verdict"))
+            .unwrap_or_default()
+    );
+    for (title, bars) in [
+        ("failures by fault code", &s.pareto_codes),
+        ("failures by component", &s.pareto_components),
+    ] {
+        if bars.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{title}:");
+        let most = bars.iter().map(|b| b.nodes).max().unwrap_or(1).max(1);
+        for bar in bars {
+            let _ = writeln!(
+                out,
+                "  {:<32} {:>5}  {}",
+                v(&bar.key),
+                bar.nodes,
+                "#".repeat((bar.nodes * 30).div_ceil(most))
+            );
+        }
+    }
+    if !s.stages.is_empty() {
+        let _ = writeln!(out, "\nstages (slowest first):");
+        for st in &s.stages {
+            let _ = writeln!(
+                out,
+                "  {:<8} mean {:>7.1} s, longest {:>7.1} s over {} run(s)",
+                st.stage, st.mean_s, st.max_s, st.runs
+            );
+        }
+    }
+    if !s.failed.is_empty() {
+        let _ = writeln!(out, "\nfailed nodes:");
+        for f in &s.failed {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<10} {:<10} {}",
+                v(f.hostname.as_deref().unwrap_or("-")),
+                v(&format!(
+                    "{}/{}",
+                    f.rack.as_deref().unwrap_or("-"),
+                    f.slot.as_deref().unwrap_or("-")
+                )),
+                f.verdict,
+                v(&f.reason)
+            );
+        }
+    }
+    out
 }
 
 fn table(rows: &[ReportRow]) -> String {
@@ -169,6 +268,7 @@ mod tests {
             hostname: Some("n\u{1b}]52;c;ZXZpbA==\u{7}".into()),
             rack: None,
             slot: None,
+            batch: None,
             serial: Some("SN\r1".into()),
             uuid: None,
             macs: String::new(),

@@ -62,6 +62,8 @@ impl LabCollector {
                 rack: "lab".into(),
                 slot: format!("{}", i + 1),
                 hostname: p.name.clone(),
+                // One delivery: `kiln report --batch lab` tells how it went.
+                batch: Some("lab".into()),
             })
             .collect();
         let assignments: Vec<(String, String)> = plans

@@ -4,9 +4,8 @@
 //! commit, so an acknowledged event survives `kill -9` and power loss. Reads go to a small
 //! pool of read-only connections (WAL lets them run beside the writer), so a page load never
 //! waits behind an agent's batch, nor an agent's acknowledgement behind a page. The readers
-//! are threads of their own, half as many as CPUs, at a lower scheduling priority: when the
-//! CPU is short, an agent's acknowledgement goes before a manager's page, which is also built
-//! on them. A checkpointer thread copies the WAL into the database file in the background,
+//! are threads of their own at a lower scheduling priority: when the CPU is short, an agent's
+//! acknowledgement goes before a manager's page, which is also built on them. A checkpointer thread copies the WAL into the database file in the background,
 //! so the writer's own checkpoints are short.
 
 pub mod queries;
@@ -32,14 +31,12 @@ const QUEUE: usize = 4096;
 /// Most jobs one transaction commits together.
 const GROUP: usize = 512;
 
-/// Read-only connections, each on a thread of its own: half the CPUs (at least one), so
-/// that however many pages managers load at once, the other half is left to ingest. Measured
-/// on 2 CPUs with the load bench: with four readers, ten dashboards and a report a second
-/// took both CPUs at times and the agents' ack p99 rose 1.2–1.4x; with one, it stays within
-/// noise of the ack p99 without them (0.98x) and the pages' p99 stays under 140 ms.
-fn readers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-}
+/// Read-only connections, each on a thread of its own. Measured on 2 CPUs with the load
+/// bench (five rounds each way, pooled): with four, the agents' ack p99 under managers' page
+/// loads was 1.16–1.43x of it without, pages' p99 83–133 ms; with one (pages queued behind
+/// each other), 0.98–1.48x and up to 273 ms. Four it is; the ack tail under page load comes
+/// in some rounds and not others, and is not the readers' CPU alone.
+const READERS: usize = 4;
 
 /// The reader threads' nice value: below the rest of the collector (0), so that when the CPU
 /// is short an agent's acknowledgement goes first, without starving the pages.
@@ -103,7 +100,7 @@ impl Db {
             .map_err(|e| anyhow::anyhow!("cannot migrate database {}: {e:#}", path.display()))?;
         let (reads, read_rx) = mpsc::channel::<ReadJob>(QUEUE);
         let read_rx = Arc::new(Mutex::new(read_rx));
-        for i in 0..readers() {
+        for i in 0..READERS {
             let reader = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -142,6 +142,9 @@ const MIGRATIONS: &[&str] = &[
     // 10: the last of the node's serial console through the Linux stage, read for a panic or
     // a machine check when the run ends by lost contact or an unexpected reboot.
     "ALTER TABLE runs ADD COLUMN console_tail BLOB;",
+    // 11: nodes belong to a batch (a purchase order, a delivery), which managers ask about.
+    "ALTER TABLE nodes ADD COLUMN batch TEXT;
+     CREATE INDEX nodes_batch ON nodes(batch, rack, slot);",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.

@@ -134,3 +134,133 @@ fn each_request_is_logged_in_a_span_naming_its_route_and_run() {
     assert!(line.contains("run=4242"), "{line}");
     assert!(line.contains("status=401"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
+    let server = Server::start("batch", kiln_collector::config::Config::default()).await;
+    let client = reqwest::Client::new();
+    let admin = server.admin_token();
+    // Three nodes run: two pass, one fails; a fourth (another delivery) fails too.
+    let mut runs = Vec::new();
+    for n in 1..=4u8 {
+        let run = register(&client, &server.base, n, SUITE).await;
+        let mut events = full_run();
+        if n == 3 || n == 4 {
+            events[3] = ev(
+                4,
+                kiln_protocol::wire::EventBody::StepFinished {
+                    report: kiln_protocol::wire::StepReport {
+                        step: 0,
+                        name: "tool".into(),
+                        kind: "exec".into(),
+                        outcome: kiln_protocol::wire::Outcome::Fail {
+                            faults: vec![kiln_protocol::wire::Fault::new(
+                                "exec.exit",
+                                "tool exited with 3",
+                            )],
+                        },
+                        metrics: vec![],
+                        duration_ms: 5,
+                    },
+                },
+            );
+            events[4] = ev(
+                5,
+                kiln_protocol::wire::EventBody::RunFinished {
+                    verdict: kiln_protocol::verdict::Verdict::Fail,
+                },
+            );
+        }
+        assert_eq!(
+            post_events(&client, &server.base, &run, events)
+                .await
+                .status(),
+            200
+        );
+        runs.push(run);
+    }
+    let put = |node: i64, batch: &str| {
+        client
+            .post(format!("{}/api/v1/nodes/batch", server.base))
+            .bearer_auth(&admin)
+            .json(&kiln_protocol::api::BatchRequest {
+                select: kiln_protocol::api::Selector::Node(node),
+                batch: Some(batch.into()),
+            })
+            .send()
+    };
+    for run in &runs[..3] {
+        assert_eq!(put(run.node_id, "PO-1187").await.unwrap().status(), 200);
+    }
+    assert_eq!(put(runs[3].node_id, "PO-2000").await.unwrap().status(), 200);
+    // Without the admin token: refused.
+    let r = client
+        .post(format!("{}/api/v1/nodes/batch", server.base))
+        .json(&serde_json::json!({"select": {"node": runs[0].node_id}, "batch": "X"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let summary: kiln_protocol::api::BatchSummary = client
+        .get(format!("{}/api/v1/batches/PO-1187", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            summary.yield_.nodes,
+            summary.yield_.pass,
+            summary.yield_.fail
+        ),
+        (3, 2, 1)
+    );
+    assert_eq!(summary.pareto_codes[0].key, "exec.exit");
+    assert_eq!(summary.pareto_codes[0].nodes, 1);
+    assert_eq!(summary.failed[0].node_id, runs[2].node_id);
+    assert!(
+        summary.failed[0].reason.contains("tool exited with 3"),
+        "{summary:?}"
+    );
+    let missing = client
+        .get(format!("{}/api/v1/batches/PO-0", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // The command line: a summary for people, exit 1 since a node failed; CSV of its nodes.
+    let base = server.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let report = |format: &str| {
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args([
+                    "report", "--batch", "PO-1187", "--format", format, "--server", &base,
+                ])
+                .output()
+                .unwrap()
+        };
+        (report("table"), report("csv"))
+    })
+    .await
+    .unwrap();
+    let (table, csv) = out;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("batch PO-1187: 3 node(s) — 2 pass, 0 degraded, 1 fail")
+            && text.contains("yield 66.7 %")
+            && text.contains("exec.exit")
+            && text.contains("tool exited with 3"),
+        "{text}"
+    );
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(
+        csv.lines().skip(1).all(|l| l.contains(",PO-1187,")),
+        "{csv}"
+    );
+}

@@ -9,9 +9,11 @@ use serde::Serialize;
 use super::states::{Mode, RunStage, Sql, Stage, StageState};
 use super::{StoreError, now_ms};
 
+mod batches;
 mod nodes;
 mod runs;
 
+pub use batches::*;
 pub use nodes::*;
 pub use runs::*;
 
@@ -48,6 +50,8 @@ pub struct Label {
     pub slot: String,
     /// Host name.
     pub hostname: String,
+    /// Batch, when the file has the column (an empty cell leaves the node's batch as it is).
+    pub batch: Option<String>,
 }
 
 /// Labels nodes by MAC, registering the ones not seen yet; returns (updated, created).
@@ -69,15 +73,15 @@ pub fn import_labels(
         match node {
             Some(id) => {
                 tx.execute(
-                    "UPDATE nodes SET rack = ?2, slot = ?3, hostname = ?4 WHERE id = ?1",
-                    params![id, l.rack, l.slot, l.hostname],
+                    "UPDATE nodes SET rack = ?2, slot = ?3, hostname = ?4, batch = coalesce(?5, batch) WHERE id = ?1",
+                    params![id, l.rack, l.slot, l.hostname, l.batch],
                 )?;
                 updated += 1;
             }
             None => {
                 tx.execute(
-                    "INSERT INTO nodes (rack, slot, hostname, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![l.rack, l.slot, l.hostname, now],
+                    "INSERT INTO nodes (rack, slot, hostname, batch, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?5, ?4, ?4)",
+                    params![l.rack, l.slot, l.hostname, now, l.batch],
                 )?;
                 let id = tx.last_insert_rowid();
                 tx.execute(
@@ -105,6 +109,7 @@ pub(crate) fn select_sql(selector: &Selector) -> (&'static str, rusqlite::types:
             Value::Text(m.clone()),
         ),
         Selector::Node(id) => ("id = ?1", Value::Integer(*id)),
+        Selector::Batch(b) => ("batch = ?1", Value::Text(b.clone())),
         // `{"all": false}` selects nothing: only an explicit true means every node.
         Selector::All(all) => ("?1 = 1", Value::Integer(i64::from(*all))),
     }
@@ -124,6 +129,19 @@ pub fn assign_suite(
     Ok(conn.execute(
         &format!("UPDATE nodes SET suite = ?2 WHERE {clause}"),
         params![value, suite],
+    )?)
+}
+
+/// Puts the selected nodes in `batch` (or takes them out of theirs); returns how many.
+pub fn set_batch(
+    conn: &Connection,
+    selector: &Selector,
+    batch: Option<&str>,
+) -> Result<usize, StoreError> {
+    let (clause, value) = select_sql(selector);
+    Ok(conn.execute(
+        &format!("UPDATE nodes SET batch = ?2 WHERE {clause}"),
+        params![value, batch],
     )?)
 }
 

@@ -12,6 +12,8 @@ pub use kiln_protocol::api::ReportRow as NodeRow;
 pub struct Filter {
     /// Only this rack.
     pub rack: Option<String>,
+    /// Only this batch.
+    pub batch: Option<String>,
     /// Only runs with this verdict (`running` for runs without one).
     pub verdict: Option<String>,
     /// Only runs started after this instant (ms since epoch).
@@ -32,9 +34,10 @@ pub struct Filter {
 pub(super) const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
                 (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
                 r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
-                n.ad_hoc, n.claimed, r.findings, n.allow_destructive
+                n.ad_hoc, n.claimed, r.findings, n.allow_destructive, n.batch
          FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)
          WHERE (?1 IS NULL OR n.rack = ?1)
+           AND (?8 IS NULL OR n.batch = ?8)
            AND (?5 IS NULL OR n.id = ?5)
            AND (?2 IS NULL OR r.verdict = ?2)
            AND (?4 = 0 OR (r.id IS NOT NULL AND r.verdict IS NULL))
@@ -95,7 +98,8 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
             running,
             filter.node_id,
             filter.limit.map_or(-1, |l| l as i64),
-            filter.offset as i64
+            filter.offset as i64,
+            filter.batch
         ],
         |r| {
             let progress: Option<String> = r.get(13)?;
@@ -121,6 +125,7 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
                         .unwrap_or_default(),
                     ad_hoc: r.get(17)?,
                     allow_destructive: r.get(20)?,
+                    batch: r.get(21)?,
                     run_id: r.get(8)?,
                     suite: r.get(9)?,
                     stage: r.get::<_, Option<Sql<RunStage>>>(10)?.map(|s| s.0),

@@ -22,8 +22,8 @@ pub(super) struct Failures {
 /// One run's part of [`Failures`].
 #[derive(Default)]
 pub(super) struct RunFailures {
-    steps: Vec<StepReport>,
-    stages: Vec<(Stage, String)>,
+    pub(super) steps: Vec<StepReport>,
+    pub(super) stages: Vec<(Stage, String)>,
 }
 
 impl Failures {

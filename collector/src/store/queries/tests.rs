@@ -58,3 +58,158 @@ fn pages_scan_the_nodes_once_and_search_everything_else_by_index() {
         );
     }
 }
+
+/// A batch seeded straight into the tables: node `n` in `batch` at `rack/slot`, with a run
+/// when `verdict` is given (`Some(None)`: running).
+fn seed_node(conn: &Connection, n: i64, batch: &str, verdict: Option<Option<Verdict>>) {
+    conn.execute(
+        "INSERT INTO nodes (id, rack, slot, hostname, batch, created_ms, last_seen_ms) VALUES (?1, 'R1', ?2, ?3, ?4, 0, 0)",
+        params![n, format!("U{n:02}"), format!("n{n}"), batch],
+    )
+    .unwrap();
+    if let Some(verdict) = verdict {
+        conn.execute(
+            "INSERT OR IGNORE INTO suites (sha256, name, text, created_ms) VALUES ('s', 'burn-in', '', 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO runs (id, node_id, suite_sha256, suite_name, token_hash, stage, verdict, heartbeat_secs, started_ms, last_seen_ms)
+             VALUES (?1, ?1, 's', 'burn-in', 'h', ?2, ?3, 60, 0, 0)",
+            params![
+                n,
+                Sql(if verdict.is_some() { RunStage::Done } else { RunStage::Linux }),
+                verdict.map(Sql)
+            ],
+        )
+        .unwrap();
+    }
+}
+
+fn seed_step(conn: &Connection, run: i64, step: u32, kind: &str, outcome: Outcome) {
+    let report = StepReport {
+        step,
+        name: format!("{kind}-{step}"),
+        kind: kind.into(),
+        outcome: outcome.clone(),
+        metrics: vec![],
+        duration_ms: 1,
+    };
+    conn.execute(
+        "INSERT INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![run, step, report.name, kind, outcome.name(), serde_json::to_string(&report).unwrap()],
+    )
+    .unwrap();
+}
+
+fn seed_stage(conn: &Connection, run: i64, stage: &str, secs: i64, failed: Option<&str>) {
+    conn.execute(
+        "INSERT INTO stages (run_id, name, state, verdict, detail, started_ms, finished_ms) VALUES (?1, ?2, 'done', ?3, ?4, 1000, ?5)",
+        params![
+            run,
+            stage,
+            Sql(if failed.is_some() { Verdict::Fail } else { Verdict::Pass }),
+            failed,
+            1000 + secs * 1000
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_batch_tells_its_yield_its_failure_pareto_its_slowest_stage_and_its_failed_nodes() {
+    use kiln_protocol::wire::Fault;
+    let conn = crate::store::test_connection();
+    let fail = |codes: &[&str]| Outcome::Fail {
+        faults: codes
+            .iter()
+            .map(|c| Fault::new(*c, format!("{c} seen")))
+            .collect(),
+    };
+    seed_node(&conn, 1, "PO-1187", Some(Some(Verdict::Pass)));
+    seed_stage(&conn, 1, "linux", 100, None);
+    seed_node(&conn, 2, "PO-1187", Some(Some(Verdict::Degraded)));
+    seed_node(&conn, 3, "PO-1187", Some(Some(Verdict::Fail)));
+    seed_step(&conn, 3, 0, "memory", fail(&["memory.mismatch"]));
+    seed_stage(&conn, 3, "linux", 200, None);
+    conn.execute(
+        "UPDATE runs SET expect = ?2 WHERE id = ?1",
+        params![
+            3,
+            serde_json::to_string(&fail(&["expect.memory.dimms"])).unwrap()
+        ],
+    )
+    .unwrap();
+    seed_node(&conn, 4, "PO-1187", Some(Some(Verdict::Fail)));
+    seed_step(&conn, 4, 0, "cpu", Outcome::Pass);
+    seed_step(
+        &conn,
+        4,
+        1,
+        "memory",
+        fail(&["memory.mismatch", "memory.mismatch"]),
+    );
+    seed_node(&conn, 5, "PO-1187", Some(Some(Verdict::Fail)));
+    seed_stage(&conn, 5, "memtest", 300, Some("memtest86+: 3 errors"));
+    seed_node(&conn, 6, "PO-1187", Some(None));
+    seed_node(&conn, 7, "PO-1187", None);
+    // Another delivery: not counted.
+    seed_node(&conn, 8, "PO-2000", Some(Some(Verdict::Fail)));
+    seed_step(&conn, 8, 0, "disk", fail(&["disk.verify"]));
+
+    let s = batch_summary(&conn, "PO-1187").unwrap().expect("a batch");
+    assert_eq!(
+        s.yield_,
+        kiln_protocol::api::Yield {
+            nodes: 7,
+            pass: 1,
+            degraded: 1,
+            fail: 3,
+            running: 1,
+            not_started: 1,
+        }
+    );
+    assert_eq!(s.yield_.pass_pct(), Some(40.0));
+    let bars = |b: &[kiln_protocol::api::ParetoBar]| -> Vec<(String, usize)> {
+        b.iter().map(|b| (b.key.clone(), b.nodes)).collect()
+    };
+    // A node counts once per code, however often its run shows it; ties by name.
+    assert_eq!(
+        bars(&s.pareto_codes),
+        [
+            ("memory.mismatch".to_owned(), 2),
+            ("expect.memory.dimms".to_owned(), 1),
+            ("memtest.fail".to_owned(), 1),
+        ]
+    );
+    assert_eq!(
+        bars(&s.pareto_components),
+        [
+            ("memory".to_owned(), 2),
+            ("expect".to_owned(), 1),
+            ("memtest".to_owned(), 1),
+        ]
+    );
+    let stages: Vec<(&str, usize, f64)> = s
+        .stages
+        .iter()
+        .map(|t| (t.stage.as_str(), t.runs, t.mean_s))
+        .collect();
+    assert_eq!(stages, [("memtest", 1, 300.0), ("linux", 2, 150.0)]);
+    let failed: Vec<(i64, Verdict)> = s.failed.iter().map(|f| (f.node_id, f.verdict)).collect();
+    assert_eq!(
+        failed,
+        [(3, Verdict::Fail), (4, Verdict::Fail), (5, Verdict::Fail)]
+    );
+    assert!(
+        s.failed[0].reason.contains("expect.memory.dimms seen"),
+        "{:?}",
+        s.failed[0]
+    );
+    assert!(
+        s.failed[2].reason.contains("memtest86+: 3 errors"),
+        "{:?}",
+        s.failed[2]
+    );
+    assert!(batch_summary(&conn, "PO-9999").unwrap().is_none());
+}
