@@ -28,6 +28,8 @@ pub const NODES_SUITE: &str = "/api/v1/nodes/suite";
 pub const NODES_BATCH: &str = "/api/v1/nodes/batch";
 /// `GET`: a batch's yield, failure pareto, stage times and failed nodes (`BatchSummary`).
 pub const BATCH: &str = "/api/v1/batches/{name}";
+/// `GET`: the same as an XLSX workbook (summary, nodes, faults).
+pub const BATCH_WORKBOOK: &str = "/api/v1/batches/{name}/workbook.xlsx";
 /// `GET`: every node with its latest run (`?format=json|csv&rack=&verdict=&since=`).
 pub const REPORT: &str = "/api/v1/report";
 

@@ -17,6 +17,7 @@ pub mod pages;
 mod reports;
 pub mod state;
 pub mod templates;
+pub mod workbook;
 
 use axum::Router;
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route(routes::NODES_SUITE, post(operator::suite))
         .route(routes::NODES_BATCH, post(operator::batch))
         .route(routes::BATCH, get(reports::batch))
+        .route(routes::BATCH_WORKBOOK, get(reports::batch_workbook))
         .route(routes::NODES_DESTRUCTIVE, post(operator::destructive))
         .route(routes::REPORT, get(reports::report))
         .route("/api/v1/runs/{id}", get(reports::run))

@@ -139,6 +139,49 @@ pub(super) async fn batch(
         .ok_or_else(|| ApiError::NotFound(format!("no node is in batch {name:?}")))
 }
 
+/// A batch as an XLSX workbook (summary, nodes, faults), or 404.
+pub(super) async fn batch_workbook(
+    State(state): State<AppState>,
+    _reader: Reader,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let wanted = name.clone();
+    // Built on the reader thread: the whole workbook at the readers' priority.
+    let book = state
+        .db
+        .read(move |c| {
+            let Some(summary) = queries::batch_summary(c, &wanted)? else {
+                return Ok(None);
+            };
+            let rows = queries::node_rows(
+                c,
+                &Filter {
+                    batch: Some(wanted.clone()),
+                    ..Filter::default()
+                },
+            )?;
+            Ok(Some(super::workbook::batch_workbook(&summary, &rows)))
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no node is in batch {name:?}")))?
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the workbook of batch {name:?}: {e}")))?;
+    let file = name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
+    Ok((
+        [
+            (
+                "content-type",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet".to_owned(),
+            ),
+            (
+                "content-disposition",
+                format!("attachment; filename=\"batch-{file}.xlsx\""),
+            ),
+        ],
+        book,
+    )
+        .into_response())
+}
+
 /// The report as CSV, one row per node.
 pub fn csv(rows: &[NodeRow]) -> String {
     let mut out = String::from(

@@ -52,6 +52,17 @@ impl ServerArgs {
         admin: bool,
         build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<String> {
+        let bytes = self.send_bytes(admin, build)?;
+        String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("the collector answered something that is not text"))
+    }
+
+    /// [`Self::send`], the answer as bytes (a workbook).
+    pub(super) fn send_bytes(
+        &self,
+        admin: bool,
+        build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<Vec<u8>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -70,8 +81,9 @@ impl ServerArgs {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot reach the collector at {base}: {e}"))?;
             let status = response.status();
-            let body = response.text().await?;
+            let body = response.bytes().await?.to_vec();
             if !status.is_success() {
+                let body = String::from_utf8_lossy(&body).into_owned();
                 let message = serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_owned))

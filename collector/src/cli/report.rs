@@ -11,6 +11,8 @@ pub(super) enum Format {
     Table,
     Csv,
     Json,
+    /// A workbook (with `--batch` and `--out`).
+    Xlsx,
 }
 
 #[derive(Debug, Args)]
@@ -20,6 +22,9 @@ pub(super) struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Where to write the workbook of `--format xlsx`.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
     /// Only this rack.
     #[arg(long)]
     rack: Option<String>,
@@ -37,6 +42,9 @@ pub(super) struct ReportArgs {
 
 /// Exit code 1 when any reported node's last run failed.
 pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
+    if matches!(args.format, Format::Xlsx) {
+        return workbook(&args);
+    }
     if let (Some(batch), false) = (&args.batch, matches!(args.format, Format::Csv)) {
         return batch_report(&args, batch);
     }
@@ -74,7 +82,7 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
     match args.format {
         Format::Csv => print!("{body}"),
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        Format::Table => print!("{}", table(&rows)),
+        Format::Table | Format::Xlsx => print!("{}", table(&rows)),
     }
     let failed = if wire == "json" {
         rows.iter().any(|r| r.verdict.is_some_and(|v| !v.is_good()))
@@ -90,6 +98,24 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
     } else {
         super::EXIT_OK
     })
+}
+
+/// `--batch NAME --format xlsx --out FILE`: the batch's workbook, written to FILE.
+fn workbook(args: &ReportArgs) -> anyhow::Result<u8> {
+    let (Some(batch), Some(out)) = (&args.batch, &args.out) else {
+        anyhow::bail!("--format xlsx needs --batch NAME and --out FILE.xlsx");
+    };
+    let book = args.server.send_bytes(false, |client, base| {
+        let path = kiln_protocol::routes::BATCH_WORKBOOK.replace("{name}", batch);
+        match reqwest::Url::parse(base).and_then(|b| b.join(&path)) {
+            Ok(url) => client.get(url),
+            Err(_) => client.get(format!("{base}{path}")),
+        }
+    })?;
+    std::fs::write(out, &book)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
+    println!("batch {batch}: {} ({} bytes)", out.display(), book.len());
+    Ok(super::EXIT_OK)
 }
 
 /// `--batch NAME` as a table or JSON; exit 1 when any of its nodes failed.
