@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod boot;
 pub mod digests;
+pub mod elevation;
 pub mod error;
 pub mod limits;
 mod operator;
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/login", get(pages::login).layer(limited()))
         .route("/nodes/{id}", get(pages::node))
         .route("/runs/{id}", get(pages::run))
+        .route("/batches/{name}", get(pages::batch))
         .route("/boot.ipxe", get(boot::boot_ipxe).layer(limited()))
         .route("/ipxe", get(boot::node_ipxe).layer(limited()))
         .route("/artifacts/", get(artifacts::list).layer(limited()))

@@ -96,6 +96,7 @@ pub async fn dashboard(
         .read(move |c| {
             let mut rows = queries::node_rows(c, &filter)?;
             let counts = queries::tally(c)?;
+            let batches = queries::batches(c)?;
             let more = rows.len() > PAGE_ROWS;
             rows.truncate(PAGE_ROWS);
             let pages = context! {
@@ -107,7 +108,7 @@ pub async fn dashboard(
             };
             Ok(templates.render(
                 "dashboard.html",
-                context! { rows, counts, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
+                context! { rows, counts, batches, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
             ))
         })
         .await?
@@ -149,6 +150,47 @@ pub async fn node(
         "node.html",
         context! { node, runs, history, refresh => minijinja::Value::from(()) },
     )
+}
+
+/// `GET /batches/{name}`: the batch's yield, its racks drawn with each node where it sits,
+/// what failed most, stage times and the failed nodes; refreshing itself while nodes run.
+pub async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Html<String>, ApiError> {
+    page_auth(&state, &headers, q.token.as_deref())?;
+    let templates = state.pages.clone();
+    let wanted = name.clone();
+    state
+        .db
+        .read(move |c| {
+            let Some(s) = queries::batch_summary(c, &wanted)? else {
+                return Ok(Err(ApiError::NotFound(format!(
+                    "no node is in batch {wanted:?}"
+                ))));
+            };
+            let rows = queries::node_rows(
+                c,
+                &Filter {
+                    batch: Some(wanted.clone()),
+                    ..Filter::default()
+                },
+            )?;
+            let racks = super::elevation::racks(&rows);
+            let refresh = if s.yield_.running > 0 {
+                minijinja::Value::from(REFRESH_SECS)
+            } else {
+                minijinja::Value::from(())
+            };
+            let pass_pct = s.yield_.pass_pct().map(|p| format!("{p:.1}"));
+            Ok(templates.render(
+                "batch.html",
+                context! { s, racks, pass_pct, refresh, unit_px => super::elevation::U_PX },
+            ))
+        })
+        .await?
 }
 
 /// `GET /runs/{id}`.

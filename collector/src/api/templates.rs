@@ -22,11 +22,25 @@ impl Pages {
         )?;
         env.add_template("node.html", include_str!("../../templates/node.html"))?;
         env.add_template("run.html", include_str!("../../templates/run.html"))?;
+        env.add_template("batch.html", include_str!("../../templates/batch.html"))?;
         env.add_filter("ts", |ms: Option<i64>| {
             ms.map_or_else(
                 || "—".to_owned(),
                 |ms| kiln_protocol::junit::rfc3339(ms.max(0) as u64),
             )
+        });
+        // A batch or rack name in a link's path or query: every byte but the unreserved ones
+        // percent-encoded.
+        env.add_filter("urlencode", |text: &str| {
+            text.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
         });
         Ok(Pages { env })
     }

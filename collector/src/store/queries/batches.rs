@@ -8,6 +8,17 @@ use kiln_protocol::api::{BatchSummary, FailedNode, ParetoBar, StageTime, Yield};
 
 use super::*;
 
+/// Every batch with its number of nodes, by name.
+pub fn batches(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT batch, count(*) FROM nodes WHERE batch IS NOT NULL GROUP BY batch ORDER BY batch",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// The batch's summary, or `None` when no node is in it.
 pub fn batch_summary(conn: &Connection, batch: &str) -> Result<Option<BatchSummary>, StoreError> {
     let rows = node_rows(
