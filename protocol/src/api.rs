@@ -181,11 +181,23 @@ pub struct ReportRow {
     pub started_ms: Option<i64>,
     /// Run end.
     pub finished_ms: Option<i64>,
+    /// Fault codes of the latest run an operator waived for this node, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiver: Option<Waived>,
+}
+
+/// The waived part of a failed run: which of its fault codes have an active waiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waived {
+    /// The run's fault codes that are waived.
+    pub codes: Vec<String>,
+    /// Every fault code of the run is waived: the node may ship, as `pass (N waived)`.
+    pub all: bool,
 }
 
 impl ReportRow {
-    /// What the report's `verdict` column says: the verdict, `running` while a run has none,
-    /// `not run` for a node that never ran.
+    /// The state of the latest run: the verdict, `running` while a run has none, `not run`
+    /// for a node that never ran (the raw verdict: waivers do not change it).
     pub fn state(&self) -> &'static str {
         match (self.verdict, self.run_id) {
             (Some(v), _) => v.name(),
@@ -193,6 +205,68 @@ impl ReportRow {
             (None, None) => "not run",
         }
     }
+
+    /// What reports show as the verdict: [`Self::state`], or `pass (N waived)` when waivers
+    /// cover every fault of a failed run (never plain `pass`), or `fail (N waived)` when they
+    /// cover some.
+    pub fn verdict_text(&self) -> String {
+        match &self.waiver {
+            Some(w) if w.all => format!("pass ({} waived)", w.codes.len()),
+            Some(w) => format!("{} ({} waived)", self.state(), w.codes.len()),
+            None => self.state().to_owned(),
+        }
+    }
+
+    /// Whether the node failed: its latest run has a verdict that is not good, and waivers
+    /// do not cover all of its faults.
+    pub fn failed(&self) -> bool {
+        self.verdict.is_some_and(|v| !v.is_good()) && !self.waiver.as_ref().is_some_and(|w| w.all)
+    }
+}
+
+/// Body of `POST /api/v1/waivers` (admin): a fault code of one node that may ship anyway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaiveRequest {
+    /// The node.
+    pub node: i64,
+    /// The fault code waived (`fan.speed`, `expect.memory.dimms`).
+    pub code: String,
+    /// Why: required, kept with the waiver.
+    pub reason: String,
+    /// A ticket in the operator's tracker.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// How long it holds (`30d`); for good when left out.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// A waiver as kept: never deleted, revoked at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiver {
+    /// Its id.
+    pub id: i64,
+    /// The node.
+    pub node_id: i64,
+    /// The fault code.
+    pub code: String,
+    /// Why.
+    pub reason: String,
+    /// The ticket.
+    pub ticket: Option<String>,
+    /// When it was given.
+    pub created_ms: i64,
+    /// By whom (the admin token's id).
+    pub created_by: String,
+    /// When it ends, if it does.
+    pub expires_ms: Option<i64>,
+    /// When it was revoked, if it was.
+    pub revoked_ms: Option<i64>,
+    /// By whom.
+    pub revoked_by: Option<String>,
+    /// Neither revoked nor expired now.
+    pub active: bool,
 }
 
 /// Which nodes an operator command addresses.
@@ -231,6 +305,10 @@ pub struct Yield {
     pub pass: usize,
     /// Latest run passed short of a `degraded:` target.
     pub degraded: usize,
+    /// Latest run failed, and waivers cover every one of its faults (shown `pass (N
+    /// waived)`, never counted as passed).
+    #[serde(default)]
+    pub waived: usize,
     /// Latest run failed, errored or was incomplete.
     pub fail: usize,
     /// Latest run still open.
@@ -240,10 +318,10 @@ pub struct Yield {
 }
 
 impl Yield {
-    /// Passed (degraded included) as a share of the nodes that have a verdict, in percent;
-    /// `None` before any has one.
+    /// Passed (degraded included, waived not) as a share of the nodes that have a verdict,
+    /// in percent; `None` before any has one.
     pub fn pass_pct(&self) -> Option<f64> {
-        let done = self.pass + self.degraded + self.fail;
+        let done = self.pass + self.degraded + self.waived + self.fail;
         (done > 0).then(|| 100.0 * (self.pass + self.degraded) as f64 / done as f64)
     }
 }

@@ -30,6 +30,11 @@ pub const NODES_BATCH: &str = "/api/v1/nodes/batch";
 pub const BATCH: &str = "/api/v1/batches/{name}";
 /// `GET`: the same as an XLSX workbook (summary, nodes, faults).
 pub const BATCH_WORKBOOK: &str = "/api/v1/batches/{name}/workbook.xlsx";
+/// `POST` (admin): waive a fault code of a node (`WaiveRequest`), answered with the `Waiver`;
+/// `GET` (reader): the waiver log, `?node=N` for one node's.
+pub const WAIVERS: &str = "/api/v1/waivers";
+/// `POST` (admin): revoke a waiver (kept, marked revoked with when and by whom).
+pub const WAIVER_REVOKE: &str = "/api/v1/waivers/{id}/revoke";
 /// `GET`: every node with its latest run (`?format=json|csv&rack=&verdict=&since=`).
 pub const REPORT: &str = "/api/v1/report";
 

@@ -140,6 +140,7 @@ mod tests {
             faults: vec![],
             started_ms: None,
             finished_ms: None,
+            waiver: None,
         }
     }
 

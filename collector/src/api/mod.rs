@@ -54,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route(routes::NODES_SUITE, post(operator::suite))
         .route(routes::NODES_BATCH, post(operator::batch))
         .route(routes::BATCH, get(reports::batch))
+        .route(routes::WAIVERS, post(operator::waive).get(reports::waivers))
+        .route(routes::WAIVER_REVOKE, post(operator::revoke_waiver))
         .route(routes::BATCH_WORKBOOK, get(reports::batch_workbook))
         .route(routes::NODES_DESTRUCTIVE, post(operator::destructive))
         .route(routes::REPORT, get(reports::report))

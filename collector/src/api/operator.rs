@@ -6,6 +6,7 @@ use super::{Admin, ApiError, AppState, Json};
 use crate::lifecycle;
 use kiln_protocol::api::{
     BatchRequest, DestructiveRequest, Imported, ModeRequest, NodesChanged, SuiteRequest,
+    WaiveRequest, Waiver,
 };
 
 use crate::store::queries::{self, Label, Selector};
@@ -164,6 +165,68 @@ pub(super) async fn batch(
         .call(move |c| queries::set_batch(c, &req.select, req.batch.as_deref()))
         .await?;
     Ok(axum::Json(NodesChanged { nodes: n }))
+}
+
+/// Waives a fault code of one node, with why, who (the admin token's id) and until when;
+/// 201 with the waiver as kept.
+pub(super) async fn waive(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(req): Json<WaiveRequest>,
+) -> Result<(axum::http::StatusCode, axum::Json<Waiver>), ApiError> {
+    kiln_protocol::wire::check_field("code", &req.code).map_err(ApiError::BadRequest)?;
+    if req.code.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "code is empty; expected the fault code to waive, as reports show it (fan.speed)"
+                .into(),
+        ));
+    }
+    if req.reason.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "reason is empty; a waiver says why the node may ship with this fault".into(),
+        ));
+    }
+    kiln_protocol::wire::check_field("reason", &req.reason).map_err(ApiError::BadRequest)?;
+    if let Some(ticket) = &req.ticket {
+        kiln_protocol::wire::check_field("ticket", ticket).map_err(ApiError::BadRequest)?;
+    }
+    let expires_ms = match &req.expires {
+        None => None,
+        Some(text) => {
+            let d: kiln_protocol::units::HumanDuration = text
+                .parse()
+                .map_err(|e| ApiError::BadRequest(format!("expires: {e}")))?;
+            Some(crate::store::now_ms() + d.get().as_millis() as i64)
+        }
+    };
+    let who = format!("admin token {}", &state.admin_hash[..12]);
+    let node = req.node;
+    let waiver = state
+        .db
+        .call(move |c| queries::add_waiver(c, &req, expires_ms, &who))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no node {node}")))?;
+    Ok((axum::http::StatusCode::CREATED, axum::Json(waiver)))
+}
+
+/// Revokes a waiver: kept in the log with when and by whom; 409 when it was revoked already.
+pub(super) async fn revoke_waiver(
+    State(state): State<AppState>,
+    _admin: Admin,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let who = format!("admin token {}", &state.admin_hash[..12]);
+    match state
+        .db
+        .call(move |c| queries::revoke_waiver(c, id, &who))
+        .await?
+    {
+        None => Err(ApiError::NotFound(format!("no waiver {id}"))),
+        Some(false) => Err(ApiError::Conflict(format!(
+            "waiver {id} is revoked already"
+        ))),
+        Some(true) => Ok(axum::Json(serde_json::json!({ "revoked": id }))),
+    }
 }
 
 /// `{"all": false}` would select nothing: say so rather than answer "0 nodes".

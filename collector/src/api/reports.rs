@@ -124,6 +124,27 @@ pub(super) async fn report(
     Ok(([("content-type", content_type)], body).into_response())
 }
 
+/// Query of the waiver log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WaiversQuery {
+    node: Option<i64>,
+}
+
+/// The waiver log, newest first (every waiver ever given, revoked and expired ones too).
+pub(super) async fn waivers(
+    State(state): State<AppState>,
+    _reader: Reader,
+    Query(q): Query<WaiversQuery>,
+) -> Result<axum::Json<Vec<kiln_protocol::api::Waiver>>, ApiError> {
+    Ok(axum::Json(
+        state
+            .db
+            .read(move |c| queries::read_waivers(c, q.node))
+            .await?,
+    ))
+}
+
 /// A batch's yield, failure pareto, stage times and failed nodes (JSON), or 404.
 pub(super) async fn batch(
     State(state): State<AppState>,
@@ -202,7 +223,7 @@ pub fn csv(rows: &[NodeRow]) -> String {
             r.suite.clone().unwrap_or_default(),
             r.stage.map(|s| s.to_string()).unwrap_or_default(),
             match (r.verdict, r.run_id) {
-                (Some(v), _) => v.to_string(),
+                (Some(_), _) => r.verdict_text(),
                 (None, Some(_)) => "running".into(),
                 (None, None) => String::new(),
             },

@@ -42,6 +42,7 @@ fn summary_sheet(sheet: &mut Worksheet, s: &BatchSummary, bold: &Format) -> Resu
         ("nodes", y.nodes),
         ("pass", y.pass),
         ("degraded", y.degraded),
+        ("pass (waived)", y.waived),
         ("fail", y.fail),
         ("running", y.running),
         ("not started", y.not_started),
@@ -111,7 +112,7 @@ fn nodes_sheet(sheet: &mut Worksheet, rows: &[ReportRow], bold: &Format) -> Resu
         if let Some(stage) = r.stage {
             sheet.write_string(row, 8, stage.name())?;
         }
-        sheet.write_string(row, 9, r.state())?;
+        sheet.write_string(row, 9, r.verdict_text())?;
         for (col, ms) in [(10, r.started_ms), (11, r.finished_ms)] {
             if let Some(ms) = ms {
                 sheet.write_string(row, col, kiln_protocol::junit::rfc3339(ms.max(0) as u64))?;
@@ -148,7 +149,7 @@ fn faults_sheet(sheet: &mut Worksheet, rows: &[ReportRow], bold: &Format) -> Res
             ] {
                 text(sheet, row, col, value.unwrap_or(""))?;
             }
-            sheet.write_string(row, 5, r.state())?;
+            sheet.write_string(row, 5, r.verdict_text())?;
             text(sheet, row, 6, fault)?;
             row += 1;
         }
@@ -186,6 +187,7 @@ mod tests {
             faults: vec!["DIMM B2".into()],
             started_ms: None,
             finished_ms: None,
+            waiver: None,
         };
         let summary = BatchSummary {
             batch: "B".into(),

@@ -18,6 +18,7 @@ mod nodes;
 mod report;
 mod serve;
 mod suite;
+mod waive;
 
 /// Exit code for success.
 pub const EXIT_OK: u8 = 0;
@@ -44,9 +45,14 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Report nodes and their latest verdicts from a running collector; exits 1 when any failed.
     Report(report::ReportArgs),
-    /// Label nodes, set their mode, assign suites.
+    /// Label nodes, set their mode, assign suites and batches.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
+    /// Let a node ship with a fault code (admin): kept with why, who and until when; reports
+    /// then show `pass (1 waived)`, never plain pass. `--revoke ID` takes one back.
+    Waive(waive::WaiveArgs),
+    /// The waiver log: every waiver given, revoked or expired.
+    Waivers(waive::WaiversArgs),
     /// Build the RAM image nodes boot.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -66,6 +72,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args).map(|()| EXIT_OK),
         Command::Report(args) => report::run(args),
         Command::Nodes(cmd) => nodes::run(cmd),
+        Command::Waive(args) => waive::waive(args),
+        Command::Waivers(args) => waive::list(args),
         Command::Image(cmd) => image::run(cmd),
         Command::Memtest(cmd) => memtest::run(cmd),
         Command::Lab(cmd) => lab::run(cmd),

@@ -59,40 +59,27 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
             query.push((key, v.clone()));
         }
     }
-    let wire = if matches!(args.format, Format::Csv) {
-        "csv"
-    } else {
-        "json"
+    let fetch = |format: &str| {
+        let mut query = query.clone();
+        query.push(("format", format.to_owned()));
+        args.server.send(false, |client, base| {
+            match reqwest::Url::parse_with_params(&format!("{base}/api/v1/report"), &query) {
+                Ok(url) => client.get(url),
+                // A base URL that does not parse: let the request itself report it.
+                Err(_) => client.get(format!("{base}/api/v1/report")),
+            }
+        })
     };
-    query.push(("format", wire.to_owned()));
-    let body = args.server.send(false, |client, base| {
-        match reqwest::Url::parse_with_params(&format!("{base}/api/v1/report"), &query) {
-            Ok(url) => client.get(url),
-            // A base URL that does not parse: let the request itself report it.
-            Err(_) => client.get(format!("{base}/api/v1/report")),
-        }
-    })?;
-    let rows: Vec<ReportRow> = if wire == "json" {
-        serde_json::from_str(&body).map_err(|e| {
-            anyhow::anyhow!("the collector's report does not read as report rows: {e}")
-        })?
-    } else {
-        Vec::new()
-    };
+    // The rows typed, always: the exit code is decided from them (a CSV's verdict column is
+    // text for people, `pass (1 waived)`), whatever is printed.
+    let rows: Vec<ReportRow> = serde_json::from_str(&fetch("json")?)
+        .map_err(|e| anyhow::anyhow!("the collector's report does not read as report rows: {e}"))?;
     match args.format {
-        Format::Csv => print!("{body}"),
+        Format::Csv => print!("{}", fetch("csv")?),
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Table | Format::Xlsx => print!("{}", table(&rows)),
     }
-    let failed = if wire == "json" {
-        rows.iter().any(|r| r.verdict.is_some_and(|v| !v.is_good()))
-    } else {
-        body.lines().skip(1).any(|l| {
-            [",fail,", ",error,", ",incomplete,"]
-                .iter()
-                .any(|v| l.contains(v))
-        })
-    };
+    let failed = rows.iter().any(ReportRow::failed);
     Ok(if failed {
         super::EXIT_FAILURE_FOUND
     } else {
@@ -148,11 +135,12 @@ fn batch_text(s: &BatchSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "batch {}: {} node(s) — {} pass, {} degraded, {} fail, {} running, {} not started{}",
+        "batch {}: {} node(s) — {} pass, {} degraded, {} pass (waived), {} fail, {} running, {} not started{}",
         v(&s.batch),
         y.nodes,
         y.pass,
         y.degraded,
+        y.waived,
         y.fail,
         y.running,
         y.not_started,
@@ -237,7 +225,7 @@ fn table(rows: &[ReportRow]) -> String {
             s(&r.serial),
             s(&r.suite),
             r.stage.map_or_else(|| "-".to_owned(), |st| st.to_string()),
-            r.state().to_owned(),
+            r.verdict_text(),
             r.faults.join("; "),
         ]);
     }
@@ -310,6 +298,7 @@ mod tests {
             faults: vec!["DIMM\u{1b}[2J B2".into()],
             started_ms: None,
             finished_ms: None,
+            waiver: None,
         }];
         let text = table(&rows);
         assert!(

@@ -145,6 +145,21 @@ const MIGRATIONS: &[&str] = &[
     // 11: nodes belong to a batch (a purchase order, a delivery), which managers ask about.
     "ALTER TABLE nodes ADD COLUMN batch TEXT;
      CREATE INDEX nodes_batch ON nodes(batch, rack, slot);",
+    // 12: waivers: a node's fault code that may ship anyway, with why, who and until when;
+    // never deleted, revoked at most once. Raw results never change.
+    "CREATE TABLE waivers (
+        id INTEGER PRIMARY KEY,
+        node_id INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+        code TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        ticket TEXT,
+        created_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        expires_ms INTEGER,
+        revoked_ms INTEGER,
+        revoked_by TEXT
+     );
+     CREATE INDEX waivers_node ON waivers(node_id, code);",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.

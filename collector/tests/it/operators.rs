@@ -251,7 +251,7 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert_eq!(table.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("batch PO-1187: 3 node(s) — 2 pass, 0 degraded, 1 fail")
+        text.contains("batch PO-1187: 3 node(s) — 2 pass, 0 degraded, 0 pass (waived), 1 fail")
             && text.contains("yield 66.7 %")
             && text.contains("exec.exit")
             && text.contains("tool exited with 3"),
@@ -262,5 +262,266 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
     assert!(
         csv.lines().skip(1).all(|l| l.contains(",PO-1187,")),
         "{csv}"
+    );
+
+    // The workbook, written by the command line and read back by another library.
+    let book_path = server.data.join("po-1187.xlsx");
+    let (base, path) = (server.base.clone(), book_path.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["report", "--batch", "PO-1187", "--format", "xlsx", "--out"])
+            .arg(&path)
+            .args(["--server", &base])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use calamine::Reader;
+    let mut book: calamine::Xlsx<_> = calamine::open_workbook(&book_path).expect("an XLSX file");
+    assert_eq!(book.sheet_names(), ["Summary", "Nodes", "Faults"]);
+    let summary = book.worksheet_range("Summary").unwrap();
+    let cell = |r: &calamine::Range<calamine::Data>, row: u32, col: u32| {
+        r.get_value((row, col))
+            .cloned()
+            .unwrap_or(calamine::Data::Empty)
+    };
+    assert_eq!(
+        cell(&summary, 0, 1),
+        calamine::Data::String("PO-1187".into())
+    );
+    assert_eq!(cell(&summary, 1, 0), calamine::Data::String("nodes".into()));
+    assert_eq!(cell(&summary, 1, 1), calamine::Data::Float(3.0));
+    assert_eq!(cell(&summary, 5, 0), calamine::Data::String("fail".into()));
+    assert_eq!(cell(&summary, 5, 1), calamine::Data::Float(1.0));
+    let nodes = book.worksheet_range("Nodes").unwrap();
+    assert_eq!(nodes.height(), 4, "a header and one row per node");
+    let faults = book.worksheet_range("Faults").unwrap();
+    assert_eq!(faults.height(), 2, "a header and the one fault");
+    assert!(
+        matches!(cell(&faults, 1, 6), calamine::Data::String(f) if f.contains("tool exited with 3"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_and_why() {
+    let server = Server::start("waivers", kiln_collector::config::Config::default()).await;
+    let client = reqwest::Client::new();
+    let admin = server.admin_token();
+    let run = register(&client, &server.base, 1, SUITE).await;
+    let mut events = full_run();
+    events[3] = ev(
+        4,
+        kiln_protocol::wire::EventBody::StepFinished {
+            report: kiln_protocol::wire::StepReport {
+                step: 0,
+                name: "tool".into(),
+                kind: "exec".into(),
+                outcome: kiln_protocol::wire::Outcome::Fail {
+                    faults: vec![kiln_protocol::wire::Fault::new(
+                        "fan.speed",
+                        "fan 3 at 900 rpm",
+                    )],
+                },
+                metrics: vec![],
+                duration_ms: 5,
+            },
+        },
+    );
+    events[4] = ev(
+        5,
+        kiln_protocol::wire::EventBody::RunFinished {
+            verdict: kiln_protocol::verdict::Verdict::Fail,
+        },
+    );
+    post_events(&client, &server.base, &run, events).await;
+    let node = run.node_id;
+    let (base, token) = (server.base.clone(), admin.clone());
+    let kiln = move |args: Vec<String>| {
+        let (base, token) = (base.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(&args)
+                .args(["--server", &base])
+                .env("KILN_ADMIN_TOKEN", token)
+                .output()
+                .unwrap()
+        })
+    };
+    let row = |client: reqwest::Client, base: String| async move {
+        let rows: Vec<kiln_protocol::api::ReportRow> = client
+            .get(format!("{base}/api/v1/report"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rows.into_iter().next().unwrap()
+    };
+    // Before: a plain failure, kiln report exits 1.
+    let before = kiln(vec!["report".into()]).await.unwrap();
+    assert_eq!(before.status.code(), Some(1));
+
+    // A waiver needs a reason and a node that exists; without the admin token, 401.
+    let waive = |body: serde_json::Value, token: Option<String>| {
+        let mut r = client
+            .post(format!("{}/api/v1/waivers", server.base))
+            .json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let r = waive(
+        serde_json::json!({"node": node, "code": "fan.speed", "reason": " "}),
+        Some(admin.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("a waiver says why"));
+    let r = waive(
+        serde_json::json!({"node": 999, "code": "fan.speed", "reason": "r"}),
+        Some(admin.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = waive(
+        serde_json::json!({"node": node, "code": "fan.speed", "reason": "r"}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Waived from the command line: every export says pass (1 waived), the raw verdict stays.
+    let out = kiln(vec![
+        "waive".into(),
+        "--node".into(),
+        node.to_string(),
+        "--fault".into(),
+        "fan.speed".into(),
+        "--reason".into(),
+        "vendor confirms fan 3 is a spare".into(),
+        "--ticket".into(),
+        "RMA-77".into(),
+        "--expires".into(),
+        "30d".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = row(client.clone(), server.base.clone()).await;
+    assert_eq!(
+        r.verdict,
+        Some(kiln_protocol::verdict::Verdict::Fail),
+        "raw results never change"
+    );
+    assert_eq!(r.verdict_text(), "pass (1 waived)");
+    assert!(!r.failed());
+    let table = kiln(vec!["report".into()]).await.unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.status.code(), Some(0), "{text}");
+    assert!(text.contains("pass (1 waived)"), "{text}");
+    let csv = client
+        .get(format!("{}/api/v1/report?format=csv", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.contains(",pass (1 waived),"), "{csv}");
+    let page = client
+        .get(format!("{}/", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("pass (1 waived)") && !page.contains(">pass</span>"),
+        "{page}"
+    );
+
+    // The log keeps why, the ticket and who; the node's history says so too.
+    let log = kiln(vec!["waivers".into(), "--node".into(), node.to_string()])
+        .await
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(
+        log.contains("fan.speed")
+            && log.contains("active")
+            && log.contains("admin token ")
+            && log.contains("vendor confirms fan 3 is a spare (ticket RMA-77)"),
+        "{log}"
+    );
+    let id: i64 = log
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Revoked: the failure is back, the waiver stays in the log as revoked; twice is a 409.
+    let out = kiln(vec!["waive".into(), "--revoke".into(), id.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = row(client.clone(), server.base.clone()).await;
+    assert_eq!(r.verdict_text(), "fail");
+    assert!(r.failed());
+    let again = client
+        .post(format!("{}/api/v1/waivers/{id}/revoke", server.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let waivers: Vec<kiln_protocol::api::Waiver> = client
+        .get(format!("{}/api/v1/waivers", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(waivers.len(), 1);
+    assert!(!waivers[0].active && waivers[0].revoked_by.is_some());
+    // A waiver of another code leaves a failure a failure, saying what was waived.
+    let r = waive(
+        serde_json::json!({"node": node, "code": "psu.redundancy", "reason": "r"}),
+        Some(admin.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        row(client.clone(), server.base.clone())
+            .await
+            .verdict_text(),
+        "fail"
     );
 }

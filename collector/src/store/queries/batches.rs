@@ -40,6 +40,7 @@ pub fn batch_summary(conn: &Connection, batch: &str) -> Result<Option<BatchSumma
         match (row.verdict, row.run_id) {
             (Some(Verdict::Pass), _) => tally.pass += 1,
             (Some(Verdict::Degraded), _) => tally.degraded += 1,
+            (Some(_), Some(_)) if row.waiver.as_ref().is_some_and(|w| w.all) => tally.waived += 1,
             (Some(verdict), Some(run_id)) => {
                 tally.fail += 1;
                 failed.push(FailedNode {
@@ -63,7 +64,7 @@ pub fn batch_summary(conn: &Connection, batch: &str) -> Result<Option<BatchSumma
         }
     }
     let failed_runs: Vec<i64> = failed.iter().map(|f| f.run_id).collect();
-    let codes = fault_codes(conn, &failed_runs)?;
+    let codes = runs::fault_codes(conn, &failed_runs)?;
     let pareto = |key: &dyn Fn(&str) -> String| {
         let mut counts: HashMap<String, usize> = HashMap::new();
         for run in &failed_runs {
@@ -93,65 +94,6 @@ pub fn batch_summary(conn: &Connection, batch: &str) -> Result<Option<BatchSumma
         stages: stage_times(conn, &latest)?,
         failed,
     }))
-}
-
-/// The fault codes of each run: failed steps' faults (an errored step counts as
-/// `<kind>.error`), `expect:` differences, failed stages (`memtest.fail`), and for a run with
-/// none of these, what the collector decided (`run.lost_contact`, `run.incomplete`).
-fn fault_codes(
-    conn: &Connection,
-    run_ids: &[i64],
-) -> Result<HashMap<i64, BTreeSet<String>>, StoreError> {
-    let mut out: HashMap<i64, BTreeSet<String>> = HashMap::new();
-    let mut failures = runs::Failures::of(conn, run_ids)?;
-    for run in run_ids {
-        let found = failures.take(*run);
-        let codes = out.entry(*run).or_default();
-        for step in &found.steps {
-            match &step.outcome {
-                Outcome::Fail { faults } => codes.extend(faults.iter().map(|f| f.code.clone())),
-                Outcome::Error { .. } => {
-                    codes.insert(format!("{}.error", step.kind));
-                }
-                _ => {}
-            }
-        }
-        for (stage, _) in &found.stages {
-            codes.insert(format!("{stage}.fail"));
-        }
-    }
-    if run_ids.is_empty() {
-        return Ok(out);
-    }
-    let ids = serde_json::Value::from(run_ids).to_string();
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, expect, verdict, verdict_reason FROM runs WHERE id IN (SELECT value FROM json_each(?1))",
-    )?;
-    let rows = stmt.query_map([ids], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, Option<Sql<Verdict>>>(2)?.map(|v| v.0),
-            r.get::<_, Option<String>>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (run, expect, verdict, reason) = row?;
-        let codes = out.entry(run).or_default();
-        if let Some(Ok(Outcome::Fail { faults })) =
-            expect.map(|e| serde_json::from_str::<Outcome>(&e))
-        {
-            codes.extend(faults.into_iter().map(|f| f.code));
-        }
-        if codes.is_empty() {
-            codes.insert(match (reason, verdict) {
-                (Some(r), _) if r.starts_with("lost contact") => "run.lost_contact".to_owned(),
-                (_, Some(v)) => format!("run.{v}"),
-                (_, None) => "run.unknown".to_owned(),
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// Mean and longest duration of each stage over the runs that finished it, slowest mean

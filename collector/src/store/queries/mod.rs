@@ -12,10 +12,12 @@ use super::{StoreError, now_ms};
 mod batches;
 mod nodes;
 mod runs;
+mod waivers;
 
 pub use batches::*;
 pub use nodes::*;
 pub use runs::*;
+pub use waivers::*;
 
 /// Stores a suite's text under its sha256 (once) and returns the digest.
 pub fn put_suite(conn: &Connection, name: &str, text: &str) -> Result<String, StoreError> {

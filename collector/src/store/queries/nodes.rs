@@ -135,6 +135,7 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
                     faults: Vec::new(),
                     started_ms: r.get(14)?,
                     finished_ms: r.get(15)?,
+                    waiver: None,
                 },
                 expect,
                 findings,
@@ -145,8 +146,16 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
     // The failed steps and stages of every listed run in two statements, not two per node.
     let run_ids: Vec<i64> = rows.iter().filter_map(|(r, _, _)| r.run_id).collect();
     let mut failures = Failures::of(conn, &run_ids)?;
+    // What waivers cover of the failed runs, in two statements.
+    let failed: Vec<(i64, i64)> = rows
+        .iter()
+        .filter(|(r, _, _)| r.verdict.is_some_and(|v| !v.is_good()))
+        .filter_map(|(r, _, _)| Some((r.node_id, r.run_id?)))
+        .collect();
+    let mut waived = waivers::waived(conn, &failed)?;
     let mut out = Vec::with_capacity(rows.len());
     for (mut row, expect, findings) in rows {
+        row.waiver = waived.remove(&row.node_id);
         if let Some(run_id) = row.run_id {
             row.faults = fault_lines(
                 failures.take(run_id),

@@ -1,6 +1,8 @@
 //! What a run page reads: the run's detail (stages, steps, memtest86+ result, faults), its
 //! logs, and each listed run's failures gathered in two statements.
 
+use std::collections::{BTreeSet, HashMap};
+
 use super::*;
 
 /// Failed and errored steps of the runs in the JSON array ?1, by run and step.
@@ -363,4 +365,63 @@ pub fn run_logs(conn: &Connection, run_id: i64, limit: i64) -> Result<Vec<LogLin
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The fault codes of each run: failed steps' faults (an errored step counts as
+/// `<kind>.error`), `expect:` differences, failed stages (`memtest.fail`), and for a run with
+/// none of these, what the collector decided (`run.lost_contact`, `run.incomplete`).
+pub(super) fn fault_codes(
+    conn: &Connection,
+    run_ids: &[i64],
+) -> Result<HashMap<i64, BTreeSet<String>>, StoreError> {
+    let mut out: HashMap<i64, BTreeSet<String>> = HashMap::new();
+    let mut failures = Failures::of(conn, run_ids)?;
+    for run in run_ids {
+        let found = failures.take(*run);
+        let codes = out.entry(*run).or_default();
+        for step in &found.steps {
+            match &step.outcome {
+                Outcome::Fail { faults } => codes.extend(faults.iter().map(|f| f.code.clone())),
+                Outcome::Error { .. } => {
+                    codes.insert(format!("{}.error", step.kind));
+                }
+                _ => {}
+            }
+        }
+        for (stage, _) in &found.stages {
+            codes.insert(format!("{stage}.fail"));
+        }
+    }
+    if run_ids.is_empty() {
+        return Ok(out);
+    }
+    let ids = serde_json::Value::from(run_ids).to_string();
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, expect, verdict, verdict_reason FROM runs WHERE id IN (SELECT value FROM json_each(?1))",
+    )?;
+    let rows = stmt.query_map([ids], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<Sql<Verdict>>>(2)?.map(|v| v.0),
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (run, expect, verdict, reason) = row?;
+        let codes = out.entry(run).or_default();
+        if let Some(Ok(Outcome::Fail { faults })) =
+            expect.map(|e| serde_json::from_str::<Outcome>(&e))
+        {
+            codes.extend(faults.into_iter().map(|f| f.code));
+        }
+        if codes.is_empty() {
+            codes.insert(match (reason, verdict) {
+                (Some(r), _) if r.starts_with("lost contact") => "run.lost_contact".to_owned(),
+                (_, Some(v)) => format!("run.{v}"),
+                (_, None) => "run.unknown".to_owned(),
+            });
+        }
+    }
+    Ok(out)
 }

@@ -1,0 +1,166 @@
+//! Waivers: an operator's word that a node may ship with a fault code — kept with the reason,
+//! the ticket, who gave it, until when, and who revoked it. They change what reports show
+//! (`pass (1 waived)`, never plain `pass`), never the stored results or verdicts.
+
+use std::collections::{BTreeSet, HashMap};
+
+use kiln_protocol::api::{Waived, Waiver};
+
+use super::*;
+
+/// Records a waiver and its line in the node's history; `None` when there is no such node.
+pub fn add_waiver(
+    conn: &mut Connection,
+    req: &kiln_protocol::api::WaiveRequest,
+    expires_ms: Option<i64>,
+    who: &str,
+) -> Result<Option<Waiver>, StoreError> {
+    let tx = conn.savepoint()?;
+    let exists: Option<i64> = tx
+        .query_row("SELECT id FROM nodes WHERE id = ?1", [req.node], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO waivers (node_id, code, reason, ticket, created_ms, created_by, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![req.node, req.code, req.reason, req.ticket, now, who, expires_ms],
+    )?;
+    let id = tx.last_insert_rowid();
+    let what = format!(
+        "waiver #{id}: {} waived — {}{}",
+        req.code,
+        req.reason,
+        req.ticket
+            .as_deref()
+            .map(|t| format!(" (ticket {t})"))
+            .unwrap_or_default()
+    );
+    tx.execute(
+        "INSERT INTO node_history (node_id, at_ms, what, who) VALUES (?1, ?2, ?3, ?4)",
+        params![req.node, now, what, who],
+    )?;
+    let waiver = read_waivers(&tx, Some(req.node))?
+        .into_iter()
+        .find(|w| w.id == id);
+    tx.commit()?;
+    Ok(waiver)
+}
+
+/// Revokes waiver `id` (once); `None` when there is no such waiver, `Some(false)` when it was
+/// revoked already.
+pub fn revoke_waiver(
+    conn: &mut Connection,
+    id: i64,
+    who: &str,
+) -> Result<Option<bool>, StoreError> {
+    let tx = conn.savepoint()?;
+    let found: Option<(i64, String, Option<i64>)> = tx
+        .query_row(
+            "SELECT node_id, code, revoked_ms FROM waivers WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((node, code, revoked)) = found else {
+        return Ok(None);
+    };
+    if revoked.is_some() {
+        return Ok(Some(false));
+    }
+    let now = now_ms();
+    tx.execute(
+        "UPDATE waivers SET revoked_ms = ?2, revoked_by = ?3 WHERE id = ?1",
+        params![id, now, who],
+    )?;
+    tx.execute(
+        "INSERT INTO node_history (node_id, at_ms, what, who) VALUES (?1, ?2, ?3, ?4)",
+        params![node, now, format!("waiver #{id} for {code} revoked"), who],
+    )?;
+    tx.commit()?;
+    Ok(Some(true))
+}
+
+/// The waiver log, newest first: every waiver, or one node's.
+pub fn read_waivers(conn: &Connection, node: Option<i64>) -> Result<Vec<Waiver>, StoreError> {
+    let now = now_ms();
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, node_id, code, reason, ticket, created_ms, created_by, expires_ms, revoked_ms, revoked_by
+         FROM waivers WHERE ?1 IS NULL OR node_id = ?1 ORDER BY id DESC LIMIT 10000",
+    )?;
+    let rows = stmt
+        .query_map([node], |r| {
+            let expires_ms: Option<i64> = r.get(7)?;
+            let revoked_ms: Option<i64> = r.get(8)?;
+            Ok(Waiver {
+                id: r.get(0)?,
+                node_id: r.get(1)?,
+                code: r.get(2)?,
+                reason: r.get(3)?,
+                ticket: r.get(4)?,
+                created_ms: r.get(5)?,
+                created_by: r.get(6)?,
+                expires_ms,
+                revoked_ms,
+                revoked_by: r.get(9)?,
+                active: revoked_ms.is_none() && expires_ms.is_none_or(|e| e > now),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// For the failed runs of `rows` (node, run): the waived part of each, by node.
+pub(super) fn waived(
+    conn: &Connection,
+    failed: &[(i64, i64)],
+) -> Result<HashMap<i64, Waived>, StoreError> {
+    let mut out = HashMap::new();
+    if failed.is_empty() {
+        return Ok(out);
+    }
+    let nodes =
+        serde_json::Value::from(failed.iter().map(|(n, _)| *n).collect::<Vec<_>>()).to_string();
+    let mut active: HashMap<i64, BTreeSet<String>> = HashMap::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT node_id, code FROM waivers
+             WHERE node_id IN (SELECT value FROM json_each(?1))
+               AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)",
+        )?;
+        for row in stmt.query_map(params![nodes, now_ms()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })? {
+            let (node, code) = row?;
+            active.entry(node).or_default().insert(code);
+        }
+    }
+    if active.is_empty() {
+        return Ok(out);
+    }
+    let runs: Vec<i64> = failed
+        .iter()
+        .filter(|(n, _)| active.contains_key(n))
+        .map(|(_, r)| *r)
+        .collect();
+    let codes = runs::fault_codes(conn, &runs)?;
+    for (node, run) in failed {
+        let (Some(waivers), Some(codes)) = (active.get(node), codes.get(run)) else {
+            continue;
+        };
+        let covered: Vec<String> = codes.intersection(waivers).cloned().collect();
+        if !covered.is_empty() {
+            out.insert(
+                *node,
+                Waived {
+                    all: covered.len() == codes.len(),
+                    codes: covered,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
