@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_protocol::readable::readable;
 use kiln_protocol::wire::{EventBody, LogLevel, Metric, Outcome};
 
 use crate::runner::{EventSink, RunReport};
@@ -165,7 +166,7 @@ impl EventSink for Console {
     }
 }
 
-/// The metrics worth a glance, formatted (`7.9 GB/s, 61 °C`): the well-known ones by name,
+/// The metrics worth a glance, for reading (`7.90 GB/s, 61 °C`; [`readable`]): the well-known ones by name,
 /// or, for a kind that reports none of them, its first two as they come (so a new kind shows
 /// its figures without a line here).
 pub fn key_metrics(metrics: &[Metric]) -> String {
@@ -182,25 +183,19 @@ pub fn key_metrics(metrics: &[Metric]) -> String {
         "errors",
         "edac_corrected",
     ];
-    let value = |m: &Metric| {
-        if m.value.abs() >= 100.0 || m.value.fract() == 0.0 {
-            format!("{:.0}", m.value)
-        } else {
-            format!("{:.1}", m.value)
-        }
-    };
+    let value = |m: &Metric| readable(m.value, &m.unit);
     let mut parts = Vec::new();
     for name in SHOWN {
         if let Some(m) = metrics.iter().find(|m| m.name == *name) {
             let value = value(m);
             parts.push(match m.name.as_str() {
-                "core_spread_pct" => format!("spread {value}%"),
-                "latency_p99_ms" => format!("p99 {value} ms"),
-                "write_mbps" => format!("write {value} MB/s"),
-                "read_mbps" => format!("read {value} MB/s"),
+                "core_spread_pct" => format!("spread {value}"),
+                "latency_p99_ms" => format!("p99 {value}"),
+                "write_mbps" => format!("write {value}"),
+                "read_mbps" => format!("read {value}"),
                 "errors" => format!("{value} errors"),
                 "edac_corrected" => format!("{value} CE"),
-                _ => format!("{value} {}", m.unit),
+                _ => value,
             });
         }
     }
@@ -208,11 +203,7 @@ pub fn key_metrics(metrics: &[Metric]) -> String {
         parts = metrics
             .iter()
             .take(2)
-            .map(|m| {
-                format!("{} {} {}", m.name, value(m), m.unit)
-                    .trim_end()
-                    .to_owned()
-            })
+            .map(|m| format!("{} {}", m.name, value(m)))
             .collect();
     }
     parts.join(", ")
@@ -317,7 +308,7 @@ mod tests {
             metric("read_mbps", 842.4, "MB/s"),
             metric("write_mbps", 1093.0, "MB/s"),
         ];
-        assert_eq!(key_metrics(&known), "write 1093 MB/s, read 842 MB/s");
+        assert_eq!(key_metrics(&known), "write 1.09 GB/s, read 842 MB/s");
         let new_kind = [
             metric("fan_rpm", 5400.0, "rpm"),
             metric("fans", 6.0, ""),

@@ -13,6 +13,7 @@ pub mod load;
 pub mod locate;
 pub mod mce;
 pub mod plan;
+pub mod readable;
 pub mod routes;
 pub mod schema;
 pub mod suite;

@@ -29,6 +29,10 @@ impl Pages {
                 |ms| kiln_protocol::junit::rfc3339(ms.max(0) as u64),
             )
         });
+        // A measured value for reading; the exact one stays in JSON, CSV and the workbook.
+        env.add_filter("readable", |value: f64, unit: &str| {
+            kiln_protocol::readable::readable(value, unit)
+        });
         // A batch or rack name in a link's path or query: every byte but the unreserved ones
         // percent-encoded.
         env.add_filter("urlencode", |text: &str| {
