@@ -14,6 +14,12 @@ pub fn json(report: &RunReport) -> String {
 
 /// The JUnit XML report.
 pub fn junit(report: &RunReport) -> String {
+    let kernel: Vec<(String, String)> = report
+        .inventory
+        .kernel
+        .iter()
+        .map(|k| ("kernel".to_owned(), k.clone()))
+        .collect();
     render(&JunitRun {
         suite: &report.suite,
         host: report.host.as_deref(),
@@ -25,5 +31,6 @@ pub fn junit(report: &RunReport) -> String {
         expect: report.expect.as_ref(),
         steps: &report.steps,
         findings: &[],
+        properties: &kernel,
     })
 }

@@ -31,6 +31,8 @@ pub struct JunitRun<'a> {
     /// The collector's own findings on the run (a planned step without a result, the agent
     /// disagreeing with the stored results): one failing `collector` testcase when any.
     pub findings: &'a [String],
+    /// Further properties of the run (its provenance: digests, versions, consents).
+    pub properties: &'a [(String, String)],
 }
 
 /// Renders the report.
@@ -160,7 +162,7 @@ fn case_body(outcome: &Outcome) -> String {
     }
 }
 
-/// The run's properties: verdict, agent version, serial.
+/// The run's properties: verdict, agent version, serial, then the caller's (provenance).
 fn properties(x: &mut String, run: &JunitRun<'_>) {
     let _ = writeln!(x, "    <properties>");
     let _ = writeln!(
@@ -180,6 +182,14 @@ fn properties(x: &mut String, run: &JunitRun<'_>) {
             x,
             "      <property name=\"serial\" value=\"{}\"/>",
             escape(serial)
+        );
+    }
+    for (name, value) in run.properties {
+        let _ = writeln!(
+            x,
+            "      <property name=\"{}\" value=\"{}\"/>",
+            escape(name),
+            escape(value)
         );
     }
     let _ = writeln!(x, "    </properties>");
@@ -284,6 +294,7 @@ mod tests {
             expect: None,
             steps: &steps,
             findings: &[],
+            properties: &[],
         });
         assert!(
             xml.contains("tests=\"3\" failures=\"1\" errors=\"0\" skipped=\"1\""),
@@ -302,8 +313,13 @@ mod tests {
             expect: None,
             steps: &steps,
             findings: &findings,
+            properties: &[("sha256:vmlinuz".to_owned(), "ab<cd".to_owned())],
         });
         assert!(xml.contains("tests=\"4\" failures=\"2\""), "{xml}");
+        assert!(
+            xml.contains("<property name=\"sha256:vmlinuz\" value=\"ab&lt;cd\"/>"),
+            "{xml}"
+        );
         assert!(
             xml.contains("<failure type=\"collector.finding\" message=\"agent reported pass, the collector computed incomplete\""),
             "{xml}"

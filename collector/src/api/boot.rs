@@ -197,6 +197,7 @@ pub async fn node_ipxe(
         bootstrap_hash: tokens::hash(&token),
         heartbeat_secs: state.config.heartbeat_timeout.get().as_secs().max(1),
         image_digest: state.image_digest().await,
+        artifacts: state.artifact_digests().await,
         max_unknown_nodes: state.config.max_unknown_nodes,
     };
     let (node_id, serial, script) = loop {

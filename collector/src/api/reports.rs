@@ -281,6 +281,7 @@ pub(super) async fn junit(
     Path(run_id): Path<i64>,
 ) -> Result<Response, ApiError> {
     let detail = load_run(&state, run_id).await?;
+    let properties = detail.provenance.properties();
     let xml = kiln_protocol::junit::render(&kiln_protocol::junit::JunitRun {
         suite: &detail.suite,
         host: None,
@@ -298,6 +299,7 @@ pub(super) async fn junit(
         expect: detail.expect.as_ref(),
         steps: &detail.steps,
         findings: &detail.findings,
+        properties: &properties,
     });
     Ok(([("content-type", "application/xml")], xml).into_response())
 }

@@ -41,6 +41,27 @@ impl AppState {
     /// Digest of the RAM image nodes boot now, when it has been built: from the artifact
     /// digest cache (hashed once per change of the file, on a blocking thread), never read
     /// whole on an async worker for each boot.
+    /// The sha256 of every boot artifact present now (kernel, initramfs, memtest86+ for BIOS
+    /// and UEFI), by file name, as JSON: a run's provenance. From the digest cache.
+    pub async fn artifact_digests(&self) -> Option<String> {
+        let mut digests = std::collections::BTreeMap::new();
+        for name in [
+            "vmlinuz",
+            "initramfs.img",
+            "memtest86+x64.bin",
+            "memtest86+x64.efi",
+        ] {
+            if let Ok(d) = self
+                .digests
+                .of(&self.data.join("artifacts").join(name))
+                .await
+            {
+                digests.insert(name, d);
+            }
+        }
+        (!digests.is_empty()).then(|| serde_json::json!(digests).to_string())
+    }
+
     pub async fn image_digest(&self) -> Option<String> {
         self.digests
             .of(&self.data.join("artifacts/initramfs.img"))

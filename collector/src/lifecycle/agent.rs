@@ -299,7 +299,12 @@ fn apply(
 ) -> Result<bool, StoreError> {
     let mut changed = false;
     match &event.body {
-        EventBody::RunStarted { .. } => {
+        EventBody::RunStarted { agent, .. } => {
+            exec(
+                tx,
+                "UPDATE runs SET agent_version = COALESCE(agent_version, ?2) WHERE id = ?1",
+                params![run_id, agent],
+            )?;
             // A memtest stage not done by now never finished cleanly.
             for (stage, state) in stages(tx, run_id)? {
                 if stage == Stage::Memtest && state != StageState::Done {

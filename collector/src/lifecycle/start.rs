@@ -29,6 +29,8 @@ pub struct BootRequest {
     pub heartbeat_secs: u64,
     /// Digest of the RAM image nodes boot now.
     pub image_digest: Option<String>,
+    /// The boot artifacts' digests by file name (JSON), for the run's provenance.
+    pub artifacts: Option<String>,
     /// Most unlabelled nodes to create (see [`room_for_unknown`]).
     pub max_unknown_nodes: u64,
 }
@@ -267,6 +269,7 @@ pub(super) fn start_run(
             allow_destructive,
             heartbeat_secs: req.heartbeat_secs,
             image_digest: req.image_digest.as_deref(),
+            artifacts: req.artifacts.as_deref(),
         },
     )?;
     tracing::info!(node_id, run_id, suite = %file.name, "started a verify run");
@@ -396,6 +399,8 @@ pub struct NewRun<'a> {
     pub heartbeat_secs: u64,
     /// Digest of the RAM image the node boots, when network-booted.
     pub image_digest: Option<&'a str>,
+    /// The boot artifacts' digests by file name (JSON), when network-booted.
+    pub artifacts: Option<&'a str>,
 }
 
 /// Creates a run with its stages pending; returns its id.
@@ -404,9 +409,9 @@ pub(super) fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, Store
     let now = now_ms();
     let first = run.stages.first().copied().unwrap_or(Stage::Linux);
     exec(tx,
-        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, Sql(RunStage::from(first)), run.allow_destructive, run.heartbeat_secs as i64, now],
+        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms, collector_version, artifacts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
+        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, Sql(RunStage::from(first)), run.allow_destructive, run.heartbeat_secs as i64, now, env!("CARGO_PKG_VERSION"), run.artifacts],
     )?;
     let id = tx.last_insert_rowid();
     for stage in run.stages {
@@ -453,6 +458,7 @@ pub fn register(
             allow_destructive: false,
             heartbeat_secs: owned.heartbeat_secs,
             image_digest: None,
+            artifacts: None,
         },
     )?;
     tx.commit()?;

@@ -26,6 +26,7 @@ fn request(identity: NodeIdentity) -> BootRequest {
         bootstrap_hash: "h1".into(),
         heartbeat_secs: 60,
         image_digest: None,
+        artifacts: Some(r#"{"initramfs.img":"bb","vmlinuz":"aa"}"#.into()),
         max_unknown_nodes: 100,
     }
 }
@@ -288,6 +289,21 @@ fn progress_belongs_to_its_stage() {
     assert_eq!(run_state(&conn, run_id).2, None);
     // The node reboots into Linux and gets the image with this boot's token.
     assert_eq!(script(&mut conn, &req).0, Script::Linux { run_id });
+    // What the run was reached with is kept: the artifacts' digests, the collector's version.
+    let detail = crate::store::queries::run_detail(&conn, run_id)
+        .unwrap()
+        .unwrap();
+    let artifacts: Vec<(&str, &str)> = detail
+        .provenance
+        .artifacts
+        .iter()
+        .map(|(f, d)| (f.as_str(), d.as_str()))
+        .collect();
+    assert_eq!(artifacts, [("initramfs.img", "bb"), ("vmlinuz", "aa")]);
+    assert_eq!(
+        detail.provenance.collector_version.as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

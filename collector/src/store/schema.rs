@@ -160,6 +160,11 @@ const MIGRATIONS: &[&str] = &[
         revoked_by TEXT
      );
      CREATE INDEX waivers_node ON waivers(node_id, code);",
+    // 13: provenance: what a verdict was reached with — the collector's and the agent's
+    // versions and the digests of every artifact the node booted.
+    "ALTER TABLE runs ADD COLUMN collector_version TEXT;
+     ALTER TABLE runs ADD COLUMN agent_version TEXT;
+     ALTER TABLE runs ADD COLUMN artifacts TEXT;",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.

@@ -102,6 +102,18 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         .await
         .unwrap();
     assert!(junit.contains("failures=\"1\""), "{junit}");
+    // Provenance travels with the verdict: the suite's digest, the collector and the agent.
+    for property in [
+        "<property name=\"suite_sha256\" value=\"",
+        &format!(
+            "<property name=\"collector_version\" value=\"{}\"/>",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "<property name=\"agent_version\" value=\"test\"/>",
+        "<property name=\"allow_destructive\" value=\"false\"/>",
+    ] {
+        assert!(junit.contains(property), "{property}: {junit}");
+    }
     let run_page = client
         .get(format!("{}/runs/{}", server.base, run.run_id))
         .send()
@@ -111,6 +123,7 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         .await
         .unwrap();
     assert!(run_page.contains("tool exited with 3"));
+    assert!(run_page.contains("<h2>Provenance</h2>"), "{run_page}");
     let metrics = client
         .get(format!("{}/metrics", server.base))
         .send()

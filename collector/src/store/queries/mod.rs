@@ -11,11 +11,13 @@ use super::{StoreError, now_ms};
 
 mod batches;
 mod nodes;
+mod provenance;
 mod runs;
 mod waivers;
 
 pub use batches::*;
 pub use nodes::*;
+pub use provenance::*;
 pub use runs::*;
 pub use waivers::*;
 

@@ -181,6 +181,8 @@ pub struct RunDetail {
     /// The last lines of the node's serial console through the Linux stage, when it has one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub console: Vec<String>,
+    /// What the verdict was reached with.
+    pub provenance: Provenance,
 }
 
 /// A stage of a run.
@@ -237,6 +239,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                                 lines[from..].to_vec()
                             })
                             .unwrap_or_default(),
+                        provenance: Provenance::default(),
                     },
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,
@@ -300,6 +303,8 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
     detail.expect = expect.and_then(|e| serde_json::from_str(&e).ok());
     detail.inventory = inventory.and_then(|i| serde_json::from_str(&i).ok());
     detail.memtest = memtest_result(conn, run_id)?;
+    let kernel = detail.inventory.as_ref().and_then(|i| i.kernel.clone());
+    detail.provenance = provenance(conn, run_id, kernel)?;
     Ok(Some(detail))
 }
 

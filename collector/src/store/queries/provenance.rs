@@ -1,0 +1,112 @@
+//! What a verdict was reached with, so a report can be trusted months later: the suite's
+//! digest (its text is kept under it), the digests of every artifact the node booted, the
+//! collector's and the agent's versions, the node's kernel, and the operator's consent to
+//! destructive steps with who gave it and when.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// A run's provenance.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Provenance {
+    /// sha256 of the suite's text (kept in the database under it).
+    pub suite_sha256: String,
+    /// The collector that created the run.
+    pub collector_version: Option<String>,
+    /// The agent that ran the suite, as it said when it started.
+    pub agent_version: Option<String>,
+    /// The node's running kernel, from its inventory.
+    pub kernel: Option<String>,
+    /// sha256 of each boot artifact, by file name, when network-booted.
+    pub artifacts: BTreeMap<String, String>,
+    /// Destructive disk steps were allowed for the run.
+    pub allow_destructive: bool,
+    /// Who allowed them, and when (the node's history), when they were.
+    pub consent: Option<String>,
+}
+
+impl Provenance {
+    /// As name/value pairs (JUnit properties), in a fixed order.
+    pub fn properties(&self) -> Vec<(String, String)> {
+        let mut out = vec![("suite_sha256".to_owned(), self.suite_sha256.clone())];
+        for (name, value) in [
+            ("collector_version", &self.collector_version),
+            ("agent_version", &self.agent_version),
+            ("kernel", &self.kernel),
+        ] {
+            if let Some(v) = value {
+                out.push((name.to_owned(), v.clone()));
+            }
+        }
+        for (file, sha) in &self.artifacts {
+            out.push((format!("sha256:{file}"), sha.clone()));
+        }
+        out.push((
+            "allow_destructive".to_owned(),
+            self.allow_destructive.to_string(),
+        ));
+        if let Some(c) = &self.consent {
+            out.push(("destructive_consent".to_owned(), c.clone()));
+        }
+        out
+    }
+}
+
+/// The provenance of run `run_id` (which exists); `kernel` from its inventory.
+pub fn provenance(
+    conn: &Connection,
+    run_id: i64,
+    kernel: Option<String>,
+) -> Result<Provenance, StoreError> {
+    let (node, started, suite_sha256, collector_version, agent_version, artifacts, allow): (
+        i64,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        bool,
+    ) = conn.query_row(
+        "SELECT node_id, started_ms, suite_sha256, collector_version, agent_version, artifacts, allow_destructive FROM runs WHERE id = ?1",
+        [run_id],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
+    )?;
+    let consent = if allow {
+        conn.query_row(
+            "SELECT who, at_ms FROM node_history WHERE node_id = ?1 AND at_ms <= ?2 AND what = 'destructive disk steps allowed' ORDER BY at_ms DESC LIMIT 1",
+            params![node, started],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()?
+        .map(|(who, at)| {
+            format!(
+                "allowed by {who} at {}",
+                kiln_protocol::junit::rfc3339(at.max(0) as u64)
+            )
+        })
+    } else {
+        None
+    };
+    Ok(Provenance {
+        suite_sha256,
+        collector_version,
+        agent_version,
+        kernel,
+        artifacts: artifacts
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
+        allow_destructive: allow,
+        consent,
+    })
+}
