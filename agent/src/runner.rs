@@ -161,7 +161,7 @@ pub fn run_on(
             timeout_s = step.timeout.as_secs(),
             "step started"
         );
-        let report = run_step(step, options, interrupt, sink.clone(), &mut sel);
+        let report = run_retested(step, options, interrupt, &sink, &mut sel);
         tracing::info!(
             step = step.index,
             outcome = report.outcome.name(),
@@ -192,6 +192,35 @@ pub fn run_on(
         verdict,
         interrupted,
     }
+}
+
+/// Runs a step, and again per its `retest` when it fails: every attempt runs, so the count
+/// says how often the fault shows; the report then covers them all.
+fn run_retested(
+    step: &kiln_protocol::PlannedStep,
+    options: &RunOptions,
+    interrupt: &Interrupt,
+    sink: &Arc<dyn EventSink>,
+    sel: &mut Option<SelSnapshot>,
+) -> StepReport {
+    let report = run_step(step, options, interrupt, sink.clone(), sel);
+    let (Some(rule), Outcome::Fail { .. }) = (step.retest, &report.outcome) else {
+        return report;
+    };
+    let mut attempts = vec![report];
+    while attempts.len() < rule.attempts as usize && !interrupt.is_set() {
+        sink.emit(EventBody::Log {
+            step: Some(step.index as u32),
+            level: LogLevel::Warn,
+            line: format!(
+                "retest {} of {}: the step failed, running it again",
+                attempts.len() + 1,
+                rule.attempts
+            ),
+        });
+        attempts.push(run_step(step, options, interrupt, sink.clone(), sel));
+    }
+    kiln_protocol::verdict::retested(attempts, rule)
 }
 
 /// The BMC's event log as read before step `step`.
@@ -281,6 +310,7 @@ fn run_step(
         outcome,
         metrics,
         duration_ms: started.elapsed().as_millis() as u64,
+        attempts: vec![],
     }
 }
 

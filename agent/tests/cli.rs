@@ -350,3 +350,47 @@ fn a_destructive_step_refuses_a_mounted_device_and_writes_a_free_one() {
     drop(lo);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_failing_step_is_retested_and_called_intermittent_or_hard() {
+    let dir = scratch_dir("retest");
+    let marker = dir.join("failed-once");
+    let _ = std::fs::remove_file(&marker);
+    // `flaky` fails its first attempt only; `broken` fails every one.
+    let suite = write_suite(
+        &dir,
+        "retest.yaml",
+        &format!(
+            "suite: retest\ndescription: d\nretest: {{attempts: 3}}\nsteps:\n  - name: flaky\n    exec: {{argv: [sh, -c, 'if [ -e {m} ]; then exit 0; fi; touch {m}; exit 3']}}\n  - name: broken\n    exec: {{argv: ['false']}}\n    retest: {{attempts: 2, intermittent: degraded}}\n",
+            m = marker.display()
+        ),
+    );
+    let report = dir.join("r.json");
+    let out = agent(&[
+        "run",
+        suite.to_str().unwrap(),
+        "--plain",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let steps = json["steps"].as_array().unwrap();
+    let first_fault = |s: &serde_json::Value| s["outcome"]["faults"][0]["message"].clone();
+    assert_eq!(steps[0]["attempts"].as_array().unwrap().len(), 3, "{json}");
+    assert!(
+        first_fault(&steps[0])
+            .as_str()
+            .unwrap()
+            .starts_with("failed 1 of 3 attempts (intermittent)"),
+        "{json}"
+    );
+    assert_eq!(steps[1]["attempts"].as_array().unwrap().len(), 2, "{json}");
+    assert_eq!(
+        steps[1]["outcome"]["faults"][0]["code"], "retest.hard",
+        "{json}"
+    );
+    assert!(stdout.contains("retest 2 of 3"), "{stdout}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

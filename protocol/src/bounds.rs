@@ -10,6 +10,9 @@ use crate::wire::{
     EventBody, Fault, Inventory, MAX_FIELD_LEN, MAX_LOG_LINE, Metric, Outcome, StepReport,
 };
 
+/// Most attempts one step report carries (a suite's `retest.attempts` is at most 10).
+pub const MAX_ATTEMPTS: usize = 10;
+
 /// Longest fault message, reason, error message or detail value.
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Most faults one outcome may carry.
@@ -209,6 +212,10 @@ impl StepReport {
         field("step name", &self.name)?;
         field("step kind", &self.kind)?;
         self.outcome.validate()?;
+        count("attempts", self.attempts.len(), MAX_ATTEMPTS)?;
+        self.attempts
+            .iter()
+            .try_for_each(|a| a.outcome.validate())?;
         count("metrics", self.metrics.len(), MAX_METRICS)?;
         self.metrics.iter().try_for_each(Metric::validate)
     }
@@ -247,6 +254,8 @@ impl StepReport {
             }
         }
         self.outcome.clamp();
+        self.attempts.truncate(MAX_ATTEMPTS);
+        self.attempts.iter_mut().for_each(|a| a.outcome.clamp());
     }
 }
 
@@ -502,6 +511,7 @@ mod tests {
                 })
                 .collect(),
             duration_ms: 1,
+            attempts: vec![],
         }
     }
 

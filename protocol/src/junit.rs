@@ -261,6 +261,7 @@ mod tests {
                 outcome: Outcome::Pass,
                 metrics: vec![],
                 duration_ms: 10,
+                attempts: vec![],
             },
             StepReport {
                 step: 1,
@@ -271,6 +272,7 @@ mod tests {
                 },
                 metrics: vec![],
                 duration_ms: 10,
+                attempts: vec![],
             },
             StepReport {
                 step: 2,
@@ -281,6 +283,7 @@ mod tests {
                 },
                 metrics: vec![],
                 duration_ms: 0,
+                attempts: vec![],
             },
         ];
         let xml = render(&JunitRun {

@@ -40,6 +40,8 @@ pub struct PlannedStep {
     pub check: Check,
     /// Thresholds the node may be unable to measure.
     pub optional: Vec<String>,
+    /// Run again when it fails: the step's own, or the suite's.
+    pub retest: Option<crate::suite::Retest>,
 }
 
 /// A suite that passed every rule: what the agent runs and the collector records.
@@ -95,6 +97,26 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
     if let Some(memtest) = &suite.memtest {
         v.memtest(memtest);
     }
+    let retests = std::iter::once(("retest".to_owned(), suite.retest)).chain(
+        suite
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("steps[{i}].retest"), s.retest)),
+    );
+    for (path, retest) in retests {
+        if let Some(r) = retest {
+            if !(2..=10).contains(&r.attempts) {
+                v.problem(
+                    format!("{path}.attempts"),
+                    format!(
+                        "{} attempts; expected 2 to 10 (the first and its retests)",
+                        r.attempts
+                    ),
+                );
+            }
+        }
+    }
     if suite.steps.is_empty() {
         v.problem("steps", "no steps; expected at least one step");
     }
@@ -124,6 +146,7 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
                 timeout,
                 check,
                 optional: step.optional.clone(),
+                retest: step.retest.or(suite.retest),
             });
         }
     }

@@ -2,10 +2,73 @@
 //!
 //! The one rule everything here keeps: an incomplete or broken run is never a pass.
 
-use crate::suite::Limit;
-use crate::wire::{Fault, Metric, Outcome};
+use crate::suite::{Intermittent, Limit, Retest};
+use crate::wire::{Attempt, Fault, Metric, Outcome, StepReport};
 
 pub use crate::wire::{UnknownVerdict, Verdict};
+
+/// One step report from every attempt of a retested step (the first failed): the last
+/// attempt's measurements, every attempt recorded, and an outcome that says how often the
+/// fault showed — `retest.hard` when every attempt failed, `retest.intermittent` when some
+/// passed, which fails the step unless the suite says `intermittent: degraded`. A harness
+/// error in any attempt is the step's outcome: never a pass.
+pub fn retested(attempts: Vec<StepReport>, rule: Retest) -> StepReport {
+    let Some(last) = attempts.last().cloned() else {
+        unreachable!("a retested step has at least its first attempt")
+    };
+    let total = attempts.len();
+    let failed: Vec<&StepReport> = attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Fail { .. }))
+        .collect();
+    let first_fault = failed.first().and_then(|a| match &a.outcome {
+        Outcome::Fail { faults } => faults.first().cloned(),
+        _ => None,
+    });
+    let error = attempts
+        .iter()
+        .find(|a| matches!(a.outcome, Outcome::Error { .. }))
+        .map(|a| a.outcome.clone());
+    let outcome = match (error, failed.len()) {
+        (Some(error), _) => error,
+        (None, 0) => last.outcome.clone(),
+        (None, n) => {
+            let what = first_fault
+                .as_ref()
+                .map(|f| format!(": {}", f.message))
+                .unwrap_or_default();
+            let (code, kind) = if n == total {
+                ("retest.hard", "hard")
+            } else {
+                ("retest.intermittent", "intermittent")
+            };
+            let summary = format!("failed {n} of {total} attempts ({kind}){what}");
+            if n < total && rule.intermittent == Intermittent::Degraded {
+                Outcome::Degraded {
+                    reasons: vec![summary],
+                }
+            } else {
+                let mut faults = vec![Fault::new(code, summary)];
+                if let Some(Outcome::Fail { faults: first }) = failed.first().map(|a| &a.outcome) {
+                    faults.extend(first.iter().cloned());
+                }
+                Outcome::Fail { faults }
+            }
+        }
+    };
+    StepReport {
+        outcome,
+        duration_ms: attempts.iter().map(|a| a.duration_ms).sum(),
+        attempts: attempts
+            .iter()
+            .map(|a| Attempt {
+                outcome: a.outcome.clone(),
+                duration_ms: a.duration_ms,
+            })
+            .collect(),
+        ..last
+    }
+}
 
 /// The verdict of a run of `planned` steps, from the outcomes of the steps that finished.
 /// `finished` says whether the run reported its end. A fault outranks a harness error, which
@@ -264,6 +327,80 @@ mod tests {
         assert_eq!(
             Limit::from_field("max_temp_c", 1.0).unwrap().bound,
             Bound::Max
+        );
+    }
+
+    fn attempt(outcome: Outcome) -> StepReport {
+        StepReport {
+            step: 2,
+            name: "memory".into(),
+            kind: "memory".into(),
+            outcome,
+            metrics: vec![metric("gbps", 20.0)],
+            duration_ms: 1000,
+            attempts: vec![],
+        }
+    }
+
+    #[test]
+    fn a_retested_fault_is_called_intermittent_or_hard_and_never_passes_by_default() {
+        let fail = || {
+            attempt(Outcome::Fail {
+                faults: vec![Fault::new("memory.mismatch", "0x1000: expected 0, read 1")],
+            })
+        };
+        let rule = |intermittent| Retest {
+            attempts: 3,
+            intermittent,
+        };
+        // 1 of 3: intermittent, a fail by default, naming the fault.
+        let r = retested(
+            vec![fail(), attempt(Outcome::Pass), attempt(Outcome::Pass)],
+            rule(Intermittent::Fail),
+        );
+        let Outcome::Fail { faults } = &r.outcome else {
+            panic!("{:?}", r.outcome)
+        };
+        assert_eq!(faults[0].code, "retest.intermittent");
+        assert_eq!(
+            faults[0].message,
+            "failed 1 of 3 attempts (intermittent): 0x1000: expected 0, read 1"
+        );
+        assert_eq!(faults[1].code, "memory.mismatch");
+        assert_eq!(r.attempts.len(), 3);
+        assert_eq!(r.duration_ms, 3000);
+        // The same, degraded when the suite says so.
+        let r = retested(
+            vec![fail(), attempt(Outcome::Pass), attempt(Outcome::Pass)],
+            rule(Intermittent::Degraded),
+        );
+        assert!(
+            matches!(&r.outcome, Outcome::Degraded { reasons } if reasons[0].starts_with("failed 1 of 3 attempts (intermittent)")),
+            "{:?}",
+            r.outcome
+        );
+        // 3 of 3: hard, a fail even with intermittent: degraded.
+        let r = retested(vec![fail(), fail(), fail()], rule(Intermittent::Degraded));
+        assert!(
+            matches!(&r.outcome, Outcome::Fail { faults } if faults[0].code == "retest.hard" && faults[0].message.starts_with("failed 3 of 3 attempts (hard)")),
+            "{:?}",
+            r.outcome
+        );
+        // A harness error in a retest is the outcome: never a pass.
+        let r = retested(
+            vec![
+                fail(),
+                attempt(Outcome::Error {
+                    message: "timed out".into(),
+                }),
+                attempt(Outcome::Pass),
+            ],
+            rule(Intermittent::Degraded),
+        );
+        assert!(
+            matches!(r.outcome, Outcome::Error { .. }),
+            "{:?}",
+            r.outcome
         );
     }
 }

@@ -210,6 +210,7 @@ mod tests {
             outcome,
             metrics: vec![],
             duration_ms: 1,
+            attempts: vec![],
         }
     }
 

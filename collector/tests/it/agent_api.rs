@@ -390,6 +390,7 @@ fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
             outcome: Outcome::Pass,
             metrics: vec![],
             duration_ms: 1,
+            attempts: vec![],
         },
     });
     reporter.emit(EventBody::RunFinished {
@@ -618,6 +619,7 @@ fn an_over_long_line_and_too_many_metrics_are_clamped_by_the_agent_and_the_run_s
                 })
                 .collect(),
             duration_ms: 1,
+            attempts: vec![],
         },
     });
     reporter.emit(EventBody::RunFinished {

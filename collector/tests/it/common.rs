@@ -180,6 +180,7 @@ pub fn full_run() -> Vec<Event> {
                     outcome: Outcome::Pass,
                     metrics: vec![],
                     duration_ms: 5,
+                    attempts: vec![],
                 },
             },
         ),

@@ -21,6 +21,7 @@ fn step(outcome: Outcome) -> EventBody {
             outcome,
             metrics: vec![],
             duration_ms: 1,
+            attempts: vec![],
         },
     }
 }

@@ -161,6 +161,7 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
                         },
                         metrics: vec![],
                         duration_ms: 5,
+                        attempts: vec![],
                     },
                 },
             );
@@ -331,6 +332,7 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
                 },
                 metrics: vec![],
                 duration_ms: 5,
+                attempts: vec![],
             },
         },
     );

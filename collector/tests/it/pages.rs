@@ -35,6 +35,7 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
                 },
                 metrics: vec![],
                 duration_ms: 5,
+                attempts: vec![],
             },
         },
     );

@@ -65,6 +65,9 @@ macro_rules! check_kinds {
                 #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub $key: Option<$ty>,
             )+
+            /// Run the step again when it fails (overrides the suite's `retest:`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub retest: Option<Retest>,
             /// Thresholds of this step a node may be unable to measure (`[max_temp_c]` on VMs
             /// without sensors): such a threshold is then logged as not checked. Any other threshold
             /// the node cannot measure fails the step (a degraded-tier one degrades it).

@@ -37,8 +37,35 @@ pub struct Suite {
     /// The pre-boot memtest86+ stage, run from the network before Linux loads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memtest: Option<Memtest>,
+    /// Run a failing step again, for every step that does not say otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retest: Option<Retest>,
     /// The checks, run in order. Each step names exactly one check kind.
     pub steps: Vec<Step>,
+}
+
+/// Run a failing step again, to tell an intermittent fault (failed 1 of 3) from a hard one
+/// (3 of 3). Both fail the step unless `intermittent: degraded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retest {
+    /// Attempts in all when the first fails (2 to 10): every one runs, so the count says how
+    /// often the fault shows.
+    pub attempts: u32,
+    /// What an intermittent fault makes the step: `fail` (the default) or `degraded`.
+    #[serde(default)]
+    pub intermittent: Intermittent,
+}
+
+/// What an intermittent fault makes a step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Intermittent {
+    /// The step fails, as for a hard fault.
+    #[default]
+    Fail,
+    /// The step is degraded: shippable, worth a look.
+    Degraded,
 }
 
 /// The memtest86+ stage that runs before Linux; its verdict comes from the serial console.

@@ -326,6 +326,19 @@ pub struct StepReport {
     pub metrics: Vec<Metric>,
     /// Run time in milliseconds.
     pub duration_ms: u64,
+    /// Every attempt of a retested step, in order (empty when it ran once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One attempt of a retested step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attempt {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Run time in milliseconds.
+    pub duration_ms: u64,
 }
 
 /// Severity of a log line.

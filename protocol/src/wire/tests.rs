@@ -23,6 +23,7 @@ fn each_event_kind_is_its_serde_tag() {
         outcome: Outcome::Pass,
         metrics: vec![],
         duration_ms: 1,
+        attempts: vec![],
     };
     let bodies = [
         EventBody::RunStarted {

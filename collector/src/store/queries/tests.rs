@@ -94,6 +94,7 @@ fn seed_step(conn: &Connection, run: i64, step: u32, kind: &str, outcome: Outcom
         outcome: outcome.clone(),
         metrics: vec![],
         duration_ms: 1,
+        attempts: vec![],
     };
     conn.execute(
         "INSERT INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
