@@ -42,6 +42,8 @@ pub struct PlannedStep {
     pub optional: Vec<String>,
     /// Run again when it fails: the step's own, or the suite's.
     pub retest: Option<crate::suite::Retest>,
+    /// Compare with peers: the step's own, or the suite's.
+    pub compare_peers: Option<crate::suite::ComparePeers>,
 }
 
 /// A suite that passed every rule: what the agent runs and the collector records.
@@ -104,6 +106,31 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
             .enumerate()
             .map(|(i, s)| (format!("steps[{i}].retest"), s.retest)),
     );
+    let peers = std::iter::once(("compare_peers".to_owned(), suite.compare_peers)).chain(
+        suite
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("steps[{i}].compare_peers"), s.compare_peers)),
+    );
+    for (path, peers) in peers {
+        let Some(p) = peers else { continue };
+        if p.min_peers < 2 {
+            v.problem(
+                format!("{path}.min_peers"),
+                format!("{} peers; expected at least 2 for a median", p.min_peers),
+            );
+        }
+        if !(p.max_below_median_pct > 0.0 && p.max_below_median_pct < 100.0) {
+            v.problem(
+                format!("{path}.max_below_median_pct"),
+                format!(
+                    "{}%; expected a percentage above 0 and below 100",
+                    p.max_below_median_pct
+                ),
+            );
+        }
+    }
     for (path, retest) in retests {
         if let Some(r) = retest {
             if !(2..=10).contains(&r.attempts) {
@@ -147,6 +174,7 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
                 check,
                 optional: step.optional.clone(),
                 retest: step.retest.or(suite.retest),
+                compare_peers: step.compare_peers.or(suite.compare_peers),
             });
         }
     }

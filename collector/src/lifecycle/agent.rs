@@ -428,13 +428,19 @@ pub(super) fn finish_linux(tx: &Connection, run_id: i64) -> Result<Ended, StoreE
             what: "outcome",
             source,
         })?;
+    // A node degraded against its peers says why as the collector's reason for its verdict.
+    let peer_reason = (!computed.peer_notes.is_empty()).then(|| computed.peer_notes.join("; "));
     exec(
         tx,
-        "UPDATE runs SET findings = ?2, expect = COALESCE(?3, expect) WHERE id = ?1",
-        params![run_id, findings, expect],
+        "UPDATE runs SET findings = ?2, expect = COALESCE(?3, expect), verdict_reason = COALESCE(verdict_reason, ?4) WHERE id = ?1",
+        params![run_id, findings, expect, peer_reason],
     )?;
     let mut ended = Ended::default();
-    let detail = computed.findings.first().map(String::as_str);
+    let detail = computed
+        .findings
+        .first()
+        .map(String::as_str)
+        .or(peer_reason.as_deref());
     if end_stage(tx, run_id, Stage::Linux, computed.verdict, detail)? {
         ended.add(run_id, Stage::Linux);
     }

@@ -20,6 +20,7 @@ mod ends;
 pub mod lookup;
 mod memtest;
 mod operator;
+pub mod peers;
 mod start;
 pub mod verdict;
 

@@ -20,6 +20,8 @@ pub struct Computed {
     pub findings: Vec<String>,
     /// The `expect:` outcome the collector computed, when the suite has one.
     pub expect: Option<Outcome>,
+    /// Why the node is degraded against its peers (empty when it is not).
+    pub peer_notes: Vec<String>,
 }
 
 /// Everything the computation reads, as stored.
@@ -37,6 +39,8 @@ pub struct Stored {
     pub agent_expect: Option<Outcome>,
     /// The verdict the agent reported in `run_finished`.
     pub agent_verdict: Option<Verdict>,
+    /// The node's peers' measurements (empty outside a batch).
+    pub peers: super::peers::Peers,
 }
 
 /// Reads what the computation needs for `run_id`.
@@ -82,6 +86,7 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Stored, StoreError> {
             stored.agent_verdict = Some(verdict);
         }
     }
+    stored.peers = super::peers::read(tx, run_id, stored.inventory.as_ref())?;
     Ok(stored)
 }
 
@@ -102,6 +107,7 @@ pub fn compute(stored: &Stored) -> Computed {
                     e.to_string().lines().next().unwrap_or("")
                 )],
                 expect: None,
+                peer_notes: Vec::new(),
             };
         }
     };
@@ -189,10 +195,17 @@ pub fn compute(stored: &Stored) -> Computed {
             verdict = verdict.worst(Verdict::Incomplete);
         }
     }
+    // Against its peers, a passing node can only become degraded: never better, never worse
+    // than that (a slow node is not a broken one).
+    let peer_notes = super::peers::compare(&plan, &stored.steps, &stored.peers);
+    if verdict == Verdict::Pass && !peer_notes.is_empty() {
+        verdict = Verdict::Degraded;
+    }
     Computed {
         verdict,
         findings,
         expect,
+        peer_notes,
     }
 }
 

@@ -1,8 +1,6 @@
 //! The agent protocol over real HTTP: idempotent ingest and contiguous acks, token rules,
 //! limits and messages, heartbeat loss, a collector killed mid-run, a real agent end to end.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kiln_collector::config::Config;
@@ -424,78 +422,6 @@ fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
         "log sequence has gaps or duplicates"
     );
     drop(server);
-}
-
-#[test]
-fn smoke_run_with_collector_shows_the_same_verdict_and_faults_in_report_and_page() {
-    let agent = Path::new(env!("CARGO_BIN_EXE_kiln")).with_file_name("kiln-agent");
-    assert!(
-        agent.exists(),
-        "{} is not built; run the workspace tests (cargo nextest run --workspace)",
-        agent.display()
-    );
-    let data = scratch("e2e");
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _server = spawn_kiln(&data, port);
-    let suite = data.join("fails.yaml");
-    std::fs::write(&suite, "suite: e2e\ndescription: d\nexpect:\n  cpu: {min_logical: 4096}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n").unwrap();
-    let out = Command::new(&agent)
-        .args([
-            "run",
-            suite.to_str().unwrap(),
-            "--plain",
-            "--collector",
-            &base,
-        ])
-        .env("KILN_LOG", "info")
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    // The agent's log tells the run's story by its run id: each step's start and end inside
-    // the run's span and the step's.
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    let finished = log
-        .lines()
-        .find(|l| l.contains("step finished"))
-        .unwrap_or_else(|| panic!("no step finished in the agent's log:\n{log}"));
-    assert!(
-        finished.contains("run{run_id=1 suite=\"e2e\"}") && finished.contains("outcome=\"pass\""),
-        "{finished}"
-    );
-    assert!(log.contains("step started"), "{log}");
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fault = printed
-        .lines()
-        .find_map(|l| l.split("expect: FAULT ").nth(1))
-        .unwrap()
-        .to_owned();
-    assert!(
-        fault.starts_with("expected ≥ 4096 logical CPUs, found"),
-        "{fault}"
-    );
-
-    let report = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["report", "--server", &base])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&report.stdout);
-    assert_eq!(
-        report.status.code(),
-        Some(1),
-        "a failed node makes kiln report exit 1: {table}"
-    );
-    assert!(table.contains("fail") && table.contains(&fault), "{table}");
-    let page = blocking_get(&format!("{base}/"));
-    assert!(
-        page.contains(&fault) && page.contains("badge fail"),
-        "{page}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

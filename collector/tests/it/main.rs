@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent_api;
+mod agents;
 mod cli;
 mod common;
 mod ipxe;

@@ -68,6 +68,9 @@ macro_rules! check_kinds {
             /// Run the step again when it fails (overrides the suite's `retest:`).
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub retest: Option<Retest>,
+            /// Compare the step's throughput with the node's peers (overrides the suite's).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub compare_peers: Option<ComparePeers>,
             /// Thresholds of this step a node may be unable to measure (`[max_temp_c]` on VMs
             /// without sensors): such a threshold is then logged as not checked. Any other threshold
             /// the node cannot measure fails the step (a degraded-tier one degrades it).

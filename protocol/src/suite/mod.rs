@@ -40,6 +40,9 @@ pub struct Suite {
     /// Run a failing step again, for every step that does not say otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retest: Option<Retest>,
+    /// Compare every step's throughput with the node's peers, unless a step says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_peers: Option<ComparePeers>,
     /// The checks, run in order. Each step names exactly one check kind.
     pub steps: Vec<Step>,
 }
@@ -55,6 +58,20 @@ pub struct Retest {
     /// What an intermittent fault makes the step: `fail` (the default) or `degraded`.
     #[serde(default)]
     pub intermittent: Intermittent,
+}
+
+/// A node's throughput against its peers — the nodes of its batch with the same product and
+/// CPU model, as their latest finished runs measured it: a node more than
+/// `max_below_median_pct` below the peers' median in a throughput metric (GB/s, MB/s, Mb/s,
+/// it/s) of this step is `degraded`, the fault saying by how much. With fewer than
+/// `min_peers` peers there is nothing to compare against yet, and the run's log says so.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComparePeers {
+    /// Fewest peers a median is taken of (2 or more).
+    pub min_peers: u32,
+    /// How far below the median, in percent, a node may be and still pass.
+    pub max_below_median_pct: f64,
 }
 
 /// What an intermittent fault makes a step.
