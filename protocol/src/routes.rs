@@ -35,6 +35,8 @@ pub const BATCH_WORKBOOK: &str = "/api/v1/batches/{name}/workbook.xlsx";
 pub const WAIVERS: &str = "/api/v1/waivers";
 /// `POST` (admin): revoke a waiver (kept, marked revoked with when and by whom).
 pub const WAIVER_REVOKE: &str = "/api/v1/waivers/{id}/revoke";
+/// `GET` (reader): a node's RMA evidence for its latest run, as a ZIP.
+pub const EVIDENCE: &str = "/nodes/{id}/evidence.zip";
 /// `GET`: every node with its latest run (`?format=json|csv&rack=&verdict=&since=`).
 pub const REPORT: &str = "/api/v1/report";
 

@@ -12,6 +12,7 @@ pub mod boot;
 pub mod digests;
 pub mod elevation;
 pub mod error;
+pub mod evidence;
 pub mod limits;
 mod operator;
 pub mod pages;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{id}", get(pages::node))
         .route("/runs/{id}", get(pages::run))
         .route("/batches/{name}", get(pages::batch))
+        .route(routes::EVIDENCE, get(reports::evidence))
         .route("/boot.ipxe", get(boot::boot_ipxe).layer(limited()))
         .route("/ipxe", get(boot::node_ipxe).layer(limited()))
         .route("/artifacts/", get(artifacts::list).layer(limited()))

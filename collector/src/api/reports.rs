@@ -160,6 +160,50 @@ pub(super) async fn batch(
         .ok_or_else(|| ApiError::NotFound(format!("no node is in batch {name:?}")))
 }
 
+/// A node's RMA evidence for its latest run (ZIP), or 404.
+pub(super) async fn evidence(
+    State(state): State<AppState>,
+    _reader: Reader,
+    Path(node_id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let zip = state
+        .db
+        .read(move |c| {
+            let rows = queries::node_rows(
+                c,
+                &Filter {
+                    node_id: Some(node_id),
+                    ..Filter::default()
+                },
+            )?;
+            let Some(node) = rows.into_iter().next() else {
+                return Ok(Err(format!("no node {node_id}")));
+            };
+            let Some(run_id) = node.run_id else {
+                return Ok(Err(format!("node {node_id} has not run yet")));
+            };
+            let Some(run) = queries::run_detail(c, run_id)? else {
+                return Ok(Err(format!("no run {run_id}")));
+            };
+            let logs = queries::run_logs(c, run_id, 5000)?;
+            Ok(Ok(super::evidence::evidence_zip(&node, &run, &logs)))
+        })
+        .await?
+        .map_err(ApiError::NotFound)?
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the evidence of node {node_id}: {e}")))?;
+    Ok((
+        [
+            ("content-type", "application/zip".to_owned()),
+            (
+                "content-disposition",
+                format!("attachment; filename=\"kiln-node-{node_id}-evidence.zip\""),
+            ),
+        ],
+        zip,
+    )
+        .into_response())
+}
+
 /// A batch as an XLSX workbook (summary, nodes, faults), or 404.
 pub(super) async fn batch_workbook(
     State(state): State<AppState>,

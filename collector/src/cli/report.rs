@@ -22,9 +22,13 @@ pub(super) struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
-    /// Where to write the workbook of `--format xlsx`.
+    /// Where to write the workbook of `--format xlsx`, or the evidence of `--evidence`.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// A node's RMA evidence for its latest run, as a ZIP written to `--out` (serials, faults
+    /// with details, BMC log, memtest86+ screen, console, log, provenance).
+    #[arg(long, value_name = "NODE")]
+    evidence: Option<i64>,
     /// Only this rack.
     #[arg(long)]
     rack: Option<String>,
@@ -42,6 +46,9 @@ pub(super) struct ReportArgs {
 
 /// Exit code 1 when any reported node's last run failed.
 pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
+    if let Some(node) = args.evidence {
+        return evidence(&args, node);
+    }
     if matches!(args.format, Format::Xlsx) {
         return workbook(&args);
     }
@@ -85,6 +92,25 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
     } else {
         super::EXIT_OK
     })
+}
+
+/// `--evidence NODE --out FILE.zip`: the node's RMA evidence, written to FILE.
+fn evidence(args: &ReportArgs, node: i64) -> anyhow::Result<u8> {
+    let Some(out) = &args.out else {
+        anyhow::bail!("--evidence needs --out FILE.zip");
+    };
+    let zip = args.server.send_bytes(false, |client, base| {
+        let path = kiln_protocol::routes::EVIDENCE.replace("{id}", &node.to_string());
+        client.get(format!("{base}{path}"))
+    })?;
+    std::fs::write(out, &zip)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", out.display()))?;
+    println!(
+        "node {node}: evidence in {} ({} bytes)",
+        out.display(),
+        zip.len()
+    );
+    Ok(super::EXIT_OK)
 }
 
 /// `--batch NAME --format xlsx --out FILE`: the batch's workbook, written to FILE.

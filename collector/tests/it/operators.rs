@@ -308,6 +308,45 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
     assert!(
         matches!(cell(&faults, 1, 6), calamine::Data::String(f) if f.contains("tool exited with 3"))
     );
+
+    // The failed node's RMA evidence: one ZIP, from the command line.
+    let zip_path = server.data.join("evidence.zip");
+    let (base, path, failed) = (server.base.clone(), zip_path.clone(), runs[2].node_id);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["report", "--evidence", &failed.to_string(), "--out"])
+            .arg(&path)
+            .args(["--server", &base])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    let mut read = |name: &str| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut zip.by_name(name).unwrap(), &mut text).unwrap();
+        text
+    };
+    let readme = read("README.txt");
+    assert!(
+        readme.contains("verdict:  fail") && readme.contains("suite_sha256: "),
+        "{readme}"
+    );
+    let faults = read("faults.txt");
+    assert!(
+        faults.contains("tool: [exec.exit] tool exited with 3"),
+        "{faults}"
+    );
+    let run: Value = serde_json::from_str(&read("run.json")).unwrap();
+    assert_eq!(run["run_id"], runs[2].run_id);
+    assert!(read("identity.txt").contains("no inventory"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
