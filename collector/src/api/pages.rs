@@ -179,6 +179,7 @@ pub async fn batch(
                 },
             )?;
             let racks = super::elevation::racks(&rows);
+            let distributions = queries::batch_distributions(c, &wanted)?;
             let refresh = if s.yield_.running > 0 {
                 minijinja::Value::from(REFRESH_SECS)
             } else {
@@ -187,10 +188,68 @@ pub async fn batch(
             let pass_pct = s.yield_.pass_pct().map(|p| format!("{p:.1}"));
             Ok(templates.render(
                 "batch.html",
-                context! { s, racks, pass_pct, refresh, unit_px => super::elevation::U_PX },
+                context! { s, racks, distributions, pass_pct, refresh, unit_px => super::elevation::U_PX },
             ))
         })
         .await?
+}
+
+/// One measurement of a run among its peers', for a strip drawn on the run page: every
+/// peer a tick, this node a dot, the median a line (x in pixels across 300).
+#[derive(Debug, serde::Serialize)]
+struct AmongPeers {
+    step: String,
+    metric: String,
+    value: String,
+    median: String,
+    peers: usize,
+    ticks: Vec<u32>,
+    me: u32,
+    median_x: u32,
+}
+
+/// The run's throughput metrics that have peers, placed among them.
+fn against_peers(
+    run: &queries::RunDetail,
+    peers: &crate::lifecycle::peers::Peers,
+) -> Vec<AmongPeers> {
+    let mut out = Vec::new();
+    for step in &run.steps {
+        for m in &step.metrics {
+            let Some(values) = peers.values.get(&(step.name.clone(), m.name.clone())) else {
+                continue;
+            };
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = if sorted.len() % 2 == 0 {
+                (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+            } else {
+                sorted[sorted.len() / 2]
+            };
+            let (lo, hi) = sorted
+                .iter()
+                .chain([m.value].iter())
+                .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            let x = |v: f64| {
+                if hi > lo {
+                    (10.0 + 280.0 * (v - lo) / (hi - lo)).round() as u32
+                } else {
+                    150
+                }
+            };
+            out.push(AmongPeers {
+                step: step.name.clone(),
+                metric: m.name.clone(),
+                value: kiln_protocol::readable::readable(m.value, &m.unit),
+                median: kiln_protocol::readable::readable(median, &m.unit),
+                peers: sorted.len(),
+                ticks: sorted.iter().map(|v| x(*v)).collect(),
+                me: x(m.value),
+                median_x: x(median),
+            });
+        }
+    }
+    out
 }
 
 /// `GET /runs/{id}`.
@@ -201,13 +260,18 @@ pub async fn run(
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
     page_auth(&state, &headers, q.token.as_deref())?;
-    let (detail, logs) = state
+    let (detail, logs, peers) = state
         .db
         .read(move |c| {
-            Ok((
-                queries::run_detail(c, run_id)?,
-                queries::run_logs(c, run_id, 500)?,
-            ))
+            let detail = queries::run_detail(c, run_id)?;
+            let peers = match &detail {
+                Some(d) => against_peers(
+                    d,
+                    &crate::lifecycle::peers::read(c, run_id, d.inventory.as_ref())?,
+                ),
+                None => Vec::new(),
+            };
+            Ok((detail, queries::run_logs(c, run_id, 500)?, peers))
         })
         .await?;
     let run = detail.ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))?;
@@ -218,5 +282,5 @@ pub async fn run(
     };
     state
         .pages
-        .render("run.html", context! { run, logs, refresh })
+        .render("run.html", context! { run, logs, peers, refresh })
 }

@@ -191,6 +191,33 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
     peers.sort_by(f64::total_cmp);
     let median = peers[2];
     let slow = sorted[5];
+    // Its run page places it among its peers; the batch page draws the batch's spread.
+    let page = client
+        .get(format!("{base}/runs/{}", slow["run_id"]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<svg class=\"peers\" data-metric=\"mem.gbps\"")
+            && page.contains("of 5 peers"),
+        "{page}"
+    );
+    let batch = client
+        .get(format!("{base}/batches/B"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        batch.contains("<svg class=\"histogram\" data-metric=\"mem.gbps\"")
+            && batch.contains("(6 runs,"),
+        "{batch}"
+    );
     let reason = slow["verdict_reason"].as_str().unwrap_or_default();
     assert_eq!(
         slow["verdict"], "degraded",

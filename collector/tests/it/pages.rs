@@ -463,6 +463,13 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
         };
         let run = register_with(&client, &server.base, &req, Some(&admin)).await;
         let mut events = full_run();
+        if let EventBody::StepFinished { report } = &mut events[3].body {
+            report.metrics.push(kiln_protocol::wire::Metric {
+                name: "write_mbps".into(),
+                value: 900.0 + f64::from(n) * 100.0,
+                unit: "MB/s".into(),
+            });
+        }
         events[4] = ev(5, EventBody::RunFinished { verdict });
         post_events(&client, &server.base, &run, events).await;
     }
@@ -483,6 +490,15 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
         );
     }
     assert!(dom.contains("r12-u07"), "{dom}");
+    // The batch's throughput drawn as a histogram (two runs, 1.00 to 1.10 GB/s).
+    assert!(
+        dom.contains("<svg class=\"histogram\" data-metric=\"tool.write_mbps\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("1.00 GB/s") && dom.contains("1.10 GB/s"),
+        "{dom}"
+    );
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
     // The dashboard links the batch; an unknown batch is a 404.

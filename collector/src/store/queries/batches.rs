@@ -119,3 +119,92 @@ fn stage_times(conn: &Connection, run_ids: &[i64]) -> Result<Vec<StageTime>, Sto
         .collect::<Result<Vec<_>, _>>()?;
     Ok(times)
 }
+
+/// How one throughput metric of one step spreads over a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Distribution {
+    /// The step.
+    pub step: String,
+    /// The metric.
+    pub metric: String,
+    /// Its unit.
+    pub unit: String,
+    /// Runs that measured it.
+    pub runs: usize,
+    /// Lowest and highest value, and the median, for reading.
+    pub low: String,
+    /// See `low`.
+    pub high: String,
+    /// See `low`.
+    pub median: String,
+    /// Equal-width bins from low to high: how many runs fell in each.
+    pub bins: Vec<usize>,
+    /// The fullest bin's count (the drawing's scale).
+    pub most: usize,
+}
+
+/// Bins of a distribution.
+const BINS: usize = 12;
+
+/// Every throughput metric of the batch's latest finished runs, binned: what the batch page
+/// draws as histograms.
+pub fn batch_distributions(
+    conn: &Connection,
+    batch: &str,
+) -> Result<Vec<Distribution>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.report FROM nodes n
+         JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id AND verdict IS NOT NULL)
+         JOIN steps s ON s.run_id = r.id
+         WHERE n.batch = ?1",
+    )?;
+    let mut values: std::collections::BTreeMap<(String, String, String), Vec<f64>> =
+        std::collections::BTreeMap::new();
+    for report in stmt.query_map([batch], |r| r.get::<_, String>(0))? {
+        let Ok(report) = serde_json::from_str::<StepReport>(&report?) else {
+            continue;
+        };
+        for m in report.metrics {
+            if ["GB/s", "MB/s", "Mb/s", "it/s"].contains(&m.unit.as_str()) && m.value.is_finite() {
+                values
+                    .entry((report.name.clone(), m.name, m.unit))
+                    .or_default()
+                    .push(m.value);
+            }
+        }
+    }
+    Ok(values
+        .into_iter()
+        .map(|((step, metric, unit), mut v)| {
+            v.sort_by(f64::total_cmp);
+            let (low, high) = (v[0], v[v.len() - 1]);
+            let width = (high - low) / BINS as f64;
+            let mut bins = vec![0usize; BINS];
+            for x in &v {
+                let i = if width > 0.0 {
+                    (((x - low) / width) as usize).min(BINS - 1)
+                } else {
+                    BINS / 2
+                };
+                bins[i] += 1;
+            }
+            let median = if v.len() % 2 == 0 {
+                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            } else {
+                v[v.len() / 2]
+            };
+            let read = |x| kiln_protocol::readable::readable(x, &unit);
+            Distribution {
+                low: read(low),
+                high: read(high),
+                median: read(median),
+                most: bins.iter().copied().max().unwrap_or(1).max(1),
+                runs: v.len(),
+                bins,
+                step,
+                metric,
+                unit,
+            }
+        })
+        .collect())
+}
