@@ -111,9 +111,10 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
         }
     };
     // Six agents on this host, one after another; each new node joins batch B while it runs
-    // (the comparison is made when its run ends). The last one shares its CPU with a busy
-    // loop.
-    let mut busy: Option<std::process::Child> = None;
+    // (the comparison is made when its run ends). The last one shares its CPU with three busy
+    // loops: a quarter of a CPU at most, far below the others even when other tests load
+    // the machine too.
+    let mut busy: Vec<std::process::Child> = Vec::new();
     for n in 0..6 {
         let mut cmd = Command::new(if n == 5 {
             "taskset"
@@ -121,12 +122,14 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
             agent.to_str().unwrap()
         });
         if n == 5 {
-            busy = Some(
-                Command::new("taskset")
-                    .args(["-c", "0", "sh", "-c", "while :; do :; done"])
-                    .spawn()
-                    .unwrap(),
-            );
+            for _ in 0..3 {
+                busy.push(
+                    Command::new("taskset")
+                        .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+                        .spawn()
+                        .unwrap(),
+                );
+            }
             cmd.args(["-c", "0", agent.to_str().unwrap()]);
         }
         let mut child = cmd
@@ -164,7 +167,7 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    if let Some(mut b) = busy {
+    for mut b in busy {
         let _ = b.kill();
         let _ = b.wait();
     }
