@@ -224,6 +224,37 @@ impl ReportRow {
     }
 }
 
+/// Body of `POST /api/v1/nodes/verify` (admin): arm the nodes and power-cycle each through
+/// its configured driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The nodes.
+    pub select: Selector,
+}
+
+/// One node of a `verify`: armed, and what its power driver did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyNode {
+    /// Node id.
+    pub node_id: i64,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Its latest run before arming (the verdict to wait for is a later run's).
+    pub run_before: Option<i64>,
+    /// The node was reset by its driver.
+    pub reset: bool,
+    /// What happened, or what the technician must do (`manual` power, no driver, a failure).
+    pub power: String,
+}
+
+/// Answer of `POST /api/v1/nodes/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyStarted {
+    /// The nodes selected, in rack and slot order.
+    pub nodes: Vec<VerifyNode>,
+}
+
 /// Body of `POST /api/v1/waivers` (admin): a fault code of one node that may ship anyway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

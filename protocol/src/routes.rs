@@ -24,6 +24,9 @@ pub const NODES_MODE: &str = "/api/v1/nodes/mode";
 pub const NODES_DESTRUCTIVE: &str = "/api/v1/nodes/destructive";
 /// `POST` (admin): assign a suite.
 pub const NODES_SUITE: &str = "/api/v1/nodes/suite";
+/// `POST` (admin): arm nodes and power-cycle each through its driver (`VerifyRequest`),
+/// answered with `VerifyStarted`.
+pub const NODES_VERIFY: &str = "/api/v1/nodes/verify";
 /// `POST` (admin): put nodes in a batch, or take them out (`BatchRequest`).
 pub const NODES_BATCH: &str = "/api/v1/nodes/batch";
 /// `GET`: a batch's yield, failure pareto, stage times and failed nodes (`BatchSummary`).

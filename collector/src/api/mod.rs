@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route(routes::NODES_MODE, post(operator::mode))
         .route(routes::NODES_SUITE, post(operator::suite))
         .route(routes::NODES_BATCH, post(operator::batch))
+        .route(routes::NODES_VERIFY, post(operator::verify))
         .route(routes::BATCH, get(reports::batch))
         .route(routes::WAIVERS, post(operator::waive).get(reports::waivers))
         .route(routes::WAIVER_REVOKE, post(operator::revoke_waiver))

@@ -4,9 +4,11 @@ use axum::extract::State;
 
 use super::{Admin, ApiError, AppState, Json};
 use crate::lifecycle;
+use crate::lifecycle::Mode;
+use crate::memtest::power::{Action, Power};
 use kiln_protocol::api::{
     BatchRequest, DestructiveRequest, Imported, ModeRequest, NodesChanged, SuiteRequest,
-    WaiveRequest, Waiver,
+    VerifyNode, VerifyRequest, VerifyStarted, WaiveRequest, Waiver,
 };
 
 use crate::store::queries::{self, Label, Selector};
@@ -148,6 +150,61 @@ pub(super) async fn suite(
         .call(move |c| queries::assign_suite(c, &req.select, &req.suite))
         .await?;
     Ok(axum::Json(NodesChanged { nodes: n }))
+}
+
+/// `kiln verify`: arms the selected nodes (mode verify, any open run ends) and power-cycles
+/// each through its configured driver, once; says for each what happened or what the
+/// technician must do.
+pub(super) async fn verify(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(req): Json<VerifyRequest>,
+) -> Result<axum::Json<VerifyStarted>, ApiError> {
+    check_selector(&req.select)?;
+    let select = req.select.clone();
+    let nodes = state
+        .db
+        .read(move |c| queries::selected_nodes(c, &select))
+        .await?;
+    let select = req.select.clone();
+    let (_, ended) = state
+        .db
+        .call(move |c| lifecycle::set_mode(c, &select, Mode::Verify))
+        .await?;
+    state.captures.stop(&ended);
+    let mut out = Vec::with_capacity(nodes.len());
+    for (row, macs) in nodes {
+        let name = row
+            .hostname
+            .clone()
+            .unwrap_or_else(|| format!("node {}", row.node_id));
+        let power = state
+            .config
+            .access_for(&macs, row.rack.as_deref())
+            .and_then(|a| a.power.clone());
+        let (reset, said) = match power {
+            None => (
+                false,
+                "no power driver configured (kiln.yaml `nodes:`): reset it by hand".to_owned(),
+            ),
+            Some(Power::Manual) => (false, "manual power: reset it by hand now".to_owned()),
+            Some(p) => match p.act(&name, Action::Reset).await {
+                Ok(()) => (true, format!("reset through {}", p.driver())),
+                Err(e) => (
+                    false,
+                    format!("{} failed: {e:#}; reset it by hand", p.driver()),
+                ),
+            },
+        };
+        out.push(VerifyNode {
+            node_id: row.node_id,
+            hostname: row.hostname,
+            run_before: row.run_id,
+            reset,
+            power: said,
+        });
+    }
+    Ok(axum::Json(VerifyStarted { nodes: out }))
 }
 
 /// Puts nodes in a batch (a purchase order, a delivery), or takes them out of theirs.

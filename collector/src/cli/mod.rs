@@ -18,6 +18,7 @@ mod nodes;
 mod report;
 mod serve;
 mod suite;
+mod verify;
 mod waive;
 
 /// Exit code for success.
@@ -53,6 +54,11 @@ enum Command {
     Waive(waive::WaiveArgs),
     /// The waiver log: every waiver given, revoked or expired.
     Waivers(waive::WaiversArgs),
+    /// Verify a rack (or batch, or node): arm, power-cycle each node through its driver, show
+    /// them live until every verdict; exits 0 only if all passed. Ctrl-C leaves them running.
+    Verify(verify::VerifyArgs),
+    /// Watch nodes already verifying until every verdict (after Ctrl-C in `kiln verify`).
+    Watch(verify::WatchArgs),
     /// Build the RAM image nodes boot.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -74,6 +80,8 @@ pub fn main() -> ExitCode {
         Command::Nodes(cmd) => nodes::run(cmd),
         Command::Waive(args) => waive::waive(args),
         Command::Waivers(args) => waive::list(args),
+        Command::Verify(args) => verify::verify(args),
+        Command::Watch(args) => verify::watch(args),
         Command::Image(cmd) => image::run(cmd),
         Command::Memtest(cmd) => memtest::run(cmd),
         Command::Lab(cmd) => lab::run(cmd),

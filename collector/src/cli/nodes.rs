@@ -88,7 +88,32 @@ pub(super) struct Select {
 }
 
 impl Select {
-    fn selector(&self) -> Selector {
+    /// Whether a report row is one of the selected nodes.
+    pub(super) fn matches(&self, row: &kiln_protocol::api::ReportRow) -> bool {
+        match (&self.rack, &self.mac, self.node, &self.batch) {
+            (Some(r), ..) => row.rack.as_deref() == Some(r.as_str()),
+            (_, Some(m), ..) => row
+                .macs
+                .split(',')
+                .any(|x| x.eq_ignore_ascii_case(m.trim())),
+            (_, _, Some(n), _) => row.node_id == n,
+            (.., Some(b)) => row.batch.as_deref() == Some(b.as_str()),
+            _ => self.all,
+        }
+    }
+
+    /// The selection as the `kiln watch` arguments that repeat it.
+    pub(super) fn args(&self) -> String {
+        match (&self.rack, &self.mac, self.node, &self.batch) {
+            (Some(r), ..) => format!("--rack {r}"),
+            (_, Some(m), ..) => format!("--mac {m}"),
+            (_, _, Some(n), _) => format!("--node {n}"),
+            (.., Some(b)) => format!("--batch {b}"),
+            _ => "--all".to_owned(),
+        }
+    }
+
+    pub(super) fn selector(&self) -> Selector {
         match (&self.rack, &self.mac, self.node, &self.batch) {
             (Some(r), ..) => Selector::Rack(r.clone()),
             (_, Some(m), ..) => Selector::Mac(m.to_lowercase()),

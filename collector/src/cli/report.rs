@@ -223,7 +223,7 @@ fn batch_text(s: &BatchSummary) -> String {
     out
 }
 
-fn table(rows: &[ReportRow]) -> String {
+pub(super) fn table(rows: &[ReportRow]) -> String {
     let s = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut lines: Vec<[String; 7]> = vec![
         [

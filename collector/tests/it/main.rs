@@ -12,3 +12,4 @@ mod ipxe;
 mod lifecycle;
 mod operators;
 mod pages;
+mod verify;

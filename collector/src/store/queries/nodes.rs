@@ -169,6 +169,36 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
     Ok(out)
 }
 
+/// The nodes `selector` names, each with its MACs (to find its power driver), in rack and
+/// slot order.
+pub fn selected_nodes(
+    conn: &Connection,
+    selector: &Selector,
+) -> Result<Vec<(NodeRow, Vec<String>)>, StoreError> {
+    let (clause, value) = select_sql(selector);
+    let ids: Vec<i64> = {
+        let mut stmt = conn.prepare(&format!("SELECT id FROM nodes WHERE {clause}"))?;
+        stmt.query_map(params![value], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let rows = node_rows(
+            conn,
+            &Filter {
+                node_id: Some(id),
+                ..Filter::default()
+            },
+        )?;
+        if let Some(row) = rows.into_iter().next() {
+            let (macs, _) = node_access_keys(conn, id)?;
+            out.push((row, macs));
+        }
+    }
+    out.sort_by(|(a, _), (b, _)| (&a.rack, &a.slot, a.node_id).cmp(&(&b.rack, &b.slot, b.node_id)));
+    Ok(out)
+}
+
 /// MACs and rack of a node (to find its console and power).
 pub fn node_access_keys(
     conn: &Connection,
