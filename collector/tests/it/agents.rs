@@ -179,6 +179,14 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
     let mut gbps = Vec::new();
     for row in &sorted {
         let run = get(format!("/api/v1/runs/{}", row["run_id"])).await;
+        // The seed each memory step drew is kept with the verdict: it can be replayed.
+        assert!(
+            run["provenance"]["seeds"]["mem"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("0x")),
+            "{}",
+            run["provenance"]
+        );
         gbps.push(
             run["steps"][0]["metrics"]
                 .as_array()

@@ -24,6 +24,9 @@ pub struct Provenance {
     pub allow_destructive: bool,
     /// Who allowed them, and when (the node's history), when they were.
     pub consent: Option<String>,
+    /// The random seeds the steps drew (memory patterns, disk blocks), by step: a run can be
+    /// replayed with the same bits.
+    pub seeds: BTreeMap<String, String>,
 }
 
 impl Provenance {
@@ -41,6 +44,9 @@ impl Provenance {
         }
         for (file, sha) in &self.artifacts {
             out.push((format!("sha256:{file}"), sha.clone()));
+        }
+        for (step, seed) in &self.seeds {
+            out.push((format!("seed:{step}"), seed.clone()));
         }
         out.push((
             "allow_destructive".to_owned(),
@@ -99,6 +105,7 @@ pub fn provenance(
         None
     };
     Ok(Provenance {
+        seeds: seeds(conn, run_id)?,
         suite_sha256,
         collector_version,
         agent_version,
@@ -109,4 +116,33 @@ pub fn provenance(
         allow_destructive: allow,
         consent,
     })
+}
+
+/// The seeds the agent's steps said they drew (`… seed 0x… …` in their log lines), by step
+/// name.
+fn seeds(conn: &Connection, run_id: i64) -> Result<BTreeMap<String, String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT coalesce(s.name, 'step ' || e.step), e.body FROM events e
+         LEFT JOIN steps s ON s.run_id = e.run_id AND s.step = e.step
+         WHERE e.run_id = ?1 AND e.kind = 'log' AND e.body LIKE '%seed 0x%' LIMIT 100",
+    )?;
+    let mut out = BTreeMap::new();
+    for row in stmt.query_map([run_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (step, body) = row?;
+        let line = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|b| b["line"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if let Some(seed) = line
+            .split("seed ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_alphanumeric()).next())
+            .filter(|s| s.starts_with("0x") && s.len() > 2)
+        {
+            out.insert(step, seed.to_owned());
+        }
+    }
+    Ok(out)
 }
