@@ -260,10 +260,11 @@ pub async fn run(
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
     page_auth(&state, &headers, q.token.as_deref())?;
-    let (detail, logs, peers) = state
+    let (detail, logs, peers, series) = state
         .db
         .read(move |c| {
             let detail = queries::run_detail(c, run_id)?;
+            let series = queries::step_series(c, run_id)?;
             let peers = match &detail {
                 Some(d) => against_peers(
                     d,
@@ -271,7 +272,7 @@ pub async fn run(
                 ),
                 None => Vec::new(),
             };
-            Ok((detail, queries::run_logs(c, run_id, 500)?, peers))
+            Ok((detail, queries::run_logs(c, run_id, 500)?, peers, series))
         })
         .await?;
     let run = detail.ok_or_else(|| ApiError::NotFound(format!("no run {run_id}")))?;
@@ -282,5 +283,5 @@ pub async fn run(
     };
     state
         .pages
-        .render("run.html", context! { run, logs, peers, refresh })
+        .render("run.html", context! { run, logs, peers, series, refresh })
 }

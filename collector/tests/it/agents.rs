@@ -213,7 +213,8 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
         .unwrap();
     assert!(
         page.contains("<svg class=\"peers\" data-metric=\"mem.gbps\"")
-            && page.contains("of 5 peers"),
+            && page.contains("of 5 peers")
+            && page.contains("<svg class=\"over-time\" data-step=\"0\""),
         "{page}"
     );
     let batch = client

@@ -13,12 +13,14 @@ mod batches;
 mod nodes;
 mod provenance;
 mod runs;
+mod series;
 mod waivers;
 
 pub use batches::*;
 pub use nodes::*;
 pub use provenance::*;
 pub use runs::*;
+pub use series::*;
 pub use waivers::*;
 
 /// Stores a suite's text under its sha256 (once) and returns the digest.
