@@ -325,7 +325,27 @@ pub(super) async fn junit(
     Path(run_id): Path<i64>,
 ) -> Result<Response, ApiError> {
     let detail = load_run(&state, run_id).await?;
-    let properties = detail.provenance.properties();
+    let mut properties = detail.provenance.properties();
+    // A waived failure says so in every export: the verdict as shown, and what was waived.
+    let node_id = detail.node_id;
+    let node = state
+        .db
+        .read(move |c| {
+            queries::node_rows(
+                c,
+                &Filter {
+                    node_id: Some(node_id),
+                    ..Filter::default()
+                },
+            )
+        })
+        .await?;
+    if let Some(row) = node.first().filter(|r| r.run_id == Some(run_id)) {
+        if let Some(w) = &row.waiver {
+            properties.push(("verdict_shown".into(), row.verdict_text()));
+            properties.push(("waived".into(), w.codes.join(", ")));
+        }
+    }
     let xml = kiln_protocol::junit::render(&kiln_protocol::junit::JunitRun {
         suite: &detail.suite,
         host: None,

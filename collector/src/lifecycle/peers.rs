@@ -1,8 +1,9 @@
 //! Nodes compared with their peers: the other nodes of the batch with the same product and
 //! CPU model, as their latest finished runs measured them. A node more than the suite's
-//! `max_below_median_pct` below the peers' median in a throughput metric is degraded, the
-//! reason saying by how much and of how many peers. Only throughput is compared (GB/s, MB/s,
-//! Mb/s, it/s: more is better); too few peers and there is nothing to compare against yet.
+//! `max_below_median_pct` worse than the peers' median is degraded, the reason saying by how
+//! much and of how many peers: below it in throughput (GB/s, MB/s, Mb/s, it/s: more is
+//! better), above it in latency and temperature (ms, °C: less is better). Too few peers and
+//! there is nothing to compare against yet.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +13,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::StoreError;
 
-/// Units a peer comparison applies to: throughput, where more is better.
+/// Units a peer comparison applies to where more is better: throughput.
 const THROUGHPUT: [&str; 4] = ["GB/s", "MB/s", "Mb/s", "it/s"];
+/// Units a peer comparison applies to where less is better: latency, temperature.
+const LESS_IS_BETTER: [&str; 2] = ["ms", "°C"];
+
+/// Whether peers are compared in `unit`.
+fn compared(unit: &str) -> bool {
+    THROUGHPUT.contains(&unit) || LESS_IS_BETTER.contains(&unit)
+}
 
 /// The peers' measurements, by step name and metric name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,7 +81,7 @@ pub fn read(
             continue;
         };
         for m in report.metrics {
-            if THROUGHPUT.contains(&m.unit.as_str()) && m.value.is_finite() {
+            if compared(&m.unit) && m.value.is_finite() {
                 peers
                     .values
                     .entry((report.name.clone(), m.name))
@@ -96,7 +104,7 @@ pub fn compare(plan: &Plan, steps: &BTreeMap<u32, StepReport>, peers: &Peers) ->
             continue;
         };
         for m in &report.metrics {
-            if !THROUGHPUT.contains(&m.unit.as_str()) {
+            if !compared(&m.unit) {
                 continue;
             }
             let Some(values) = peers.values.get(&(planned.name.clone(), m.name.clone())) else {
@@ -109,10 +117,14 @@ pub fn compare(plan: &Plan, steps: &BTreeMap<u32, StepReport>, peers: &Peers) ->
             if median <= 0.0 {
                 continue;
             }
-            let below = 100.0 * (median - m.value) / median;
-            if below > rule.max_below_median_pct {
+            let (worse, side) = if LESS_IS_BETTER.contains(&m.unit.as_str()) {
+                (100.0 * (m.value - median) / median, "above")
+            } else {
+                (100.0 * (median - m.value) / median, "below")
+            };
+            if worse > rule.max_below_median_pct {
                 reasons.push(format!(
-                    "{}: {} {}, {below:.0} % below the median {} of {} peers (at most {} % allowed)",
+                    "{}: {} {}, {worse:.0} % {side} the median {} of {} peers (at most {} % allowed)",
                     planned.name,
                     m.name,
                     kiln_protocol::readable::readable(m.value, &m.unit),
@@ -188,6 +200,15 @@ mod tests {
         );
         // 14.0 is 14 % below: within.
         assert!(compare(&plan, &mine(14.0), &peers).is_empty());
+        // Less is better for temperature: 99 °C against a median of 70 °C is 41 % above it.
+        peers
+            .values
+            .insert(("mem".into(), "temp_c".into()), vec![70.0; 6]);
+        assert_eq!(
+            compare(&plan, &mine(16.3), &peers),
+            ["mem: temp_c 99 °C, 41 % above the median 70 °C of 6 peers (at most 15 % allowed)"]
+        );
+        peers.values.remove(&("mem".into(), "temp_c".into()));
         // Too few peers: nothing to compare against.
         peers
             .values

@@ -498,6 +498,22 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         page.contains("pass (1 waived)") && !page.contains(">pass</span>"),
         "{page}"
     );
+    let junit = client
+        .get(format!(
+            "{}/api/v1/runs/{}/junit.xml",
+            server.base, run.run_id
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        junit.contains("<property name=\"verdict_shown\" value=\"pass (1 waived)\"/>")
+            && junit.contains("<property name=\"waived\" value=\"fan.speed\"/>"),
+        "{junit}"
+    );
 
     // The log keeps why, the ticket and who; the node's history says so too.
     let log = kiln(vec!["waivers".into(), "--node".into(), node.to_string()])

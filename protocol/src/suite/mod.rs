@@ -60,11 +60,12 @@ pub struct Retest {
     pub intermittent: Intermittent,
 }
 
-/// A node's throughput against its peers — the nodes of its batch with the same product and
-/// CPU model, as their latest finished runs measured it: a node more than
-/// `max_below_median_pct` below the peers' median in a throughput metric (GB/s, MB/s, Mb/s,
-/// it/s) of this step is `degraded`, the fault saying by how much. With fewer than
-/// `min_peers` peers there is nothing to compare against yet, and the run's log says so.
+/// A node's measurements against its peers — the nodes of its batch with the same product
+/// and CPU model, as their latest finished runs measured them: a node more than
+/// `max_below_median_pct` worse than the peers' median is `degraded`, the fault saying by how
+/// much — below it in throughput (GB/s, MB/s, Mb/s, it/s), above it in latency and
+/// temperature (ms, °C). With fewer than `min_peers` peers there is nothing to compare
+/// against yet.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ComparePeers {
