@@ -125,6 +125,7 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         .unwrap();
     assert!(run_page.contains("tool exited with 3"));
     assert!(run_page.contains("<h2>Provenance</h2>"), "{run_page}");
+    assert!(run_page.contains("the suite as run"), "{run_page}");
     let metrics = client
         .get(format!("{}/metrics", server.base))
         .send()

@@ -120,7 +120,7 @@ fn stage_times(conn: &Connection, run_ids: &[i64]) -> Result<Vec<StageTime>, Sto
     Ok(times)
 }
 
-/// How one throughput metric of one step spreads over a batch.
+/// How one metric of one step (throughput, latency, temperature) spreads over a batch.
 #[derive(Debug, Clone, Serialize)]
 pub struct Distribution {
     /// The step.
@@ -146,8 +146,8 @@ pub struct Distribution {
 /// Bins of a distribution.
 const BINS: usize = 12;
 
-/// Every throughput metric of the batch's latest finished runs, binned: what the batch page
-/// draws as histograms.
+/// Every throughput, latency and temperature metric of the batch's latest finished runs,
+/// binned: what the batch page draws as histograms.
 pub fn batch_distributions(
     conn: &Connection,
     batch: &str,
@@ -165,7 +165,9 @@ pub fn batch_distributions(
             continue;
         };
         for m in report.metrics {
-            if ["GB/s", "MB/s", "Mb/s", "it/s"].contains(&m.unit.as_str()) && m.value.is_finite() {
+            if ["GB/s", "MB/s", "Mb/s", "it/s", "ms", "°C"].contains(&m.unit.as_str())
+                && m.value.is_finite()
+            {
                 values
                     .entry((report.name.clone(), m.name, m.unit))
                     .or_default()

@@ -12,6 +12,8 @@ use super::*;
 pub struct Provenance {
     /// sha256 of the suite's text (kept in the database under it).
     pub suite_sha256: String,
+    /// The suite's text, as the run was given it.
+    pub suite_text: String,
     /// The collector that created the run.
     pub collector_version: Option<String>,
     /// The agent that ran the suite, as it said when it started.
@@ -104,7 +106,16 @@ pub fn provenance(
     } else {
         None
     };
+    let suite_text: String = conn
+        .query_row(
+            "SELECT text FROM suites WHERE sha256 = ?1",
+            [&suite_sha256],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default();
     Ok(Provenance {
+        suite_text,
         seeds: seeds(conn, run_id)?,
         suite_sha256,
         collector_version,
