@@ -238,6 +238,12 @@ pub(super) async fn waive(
                 .into(),
         ));
     }
+    if req.code.starts_with("run.") || req.code.ends_with(".error") {
+        return Err(ApiError::BadRequest(format!(
+            "{} is not a hardware fault: a run that errored, is incomplete or lost contact measured less than its suite asked, and cannot be waived",
+            req.code
+        )));
+    }
     if req.reason.trim().is_empty() {
         return Err(ApiError::BadRequest(
             "reason is empty; a waiver says why the node may ship with this fault".into(),

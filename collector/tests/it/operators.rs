@@ -429,6 +429,14 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("a waiver says why"));
     let r = waive(
+        serde_json::json!({"node": node, "code": "run.incomplete", "reason": "r"}),
+        Some(admin.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("cannot be waived"));
+    let r = waive(
         serde_json::json!({"node": 999, "code": "fan.speed", "reason": "r"}),
         Some(admin.clone()),
     )

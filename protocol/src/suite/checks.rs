@@ -703,4 +703,28 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn retest_and_peer_rules_out_of_range_are_refused_where_written() {
+        let suite = "suite: s\ndescription: d\nretest: {attempts: 1}\ncompare_peers: {min_peers: 1, max_below_median_pct: 150}\nsteps:\n  - name: w\n    watch: {duration: 1s}\n    retest: {attempts: 99}\n";
+        let text = crate::load("s.yaml", suite.as_bytes())
+            .expect_err("out of range")
+            .to_string();
+        for wanted in [
+            "retest.attempts: 1 attempts; expected 2 to 10",
+            "steps[0].retest.attempts: 99 attempts; expected 2 to 10",
+            "compare_peers.min_peers: 1 peers; expected at least 2",
+            "compare_peers.max_below_median_pct: 150%",
+        ] {
+            assert!(text.contains(wanted), "{wanted}: {text}");
+        }
+        let typo = "suite: s\ndescription: d\nretest: {attempt: 3}\nsteps:\n  - name: w\n    watch: {duration: 1s}\n";
+        let text = crate::load("s.yaml", typo.as_bytes())
+            .expect_err("typo")
+            .to_string();
+        assert!(
+            text.contains("s.yaml:3:") && text.contains("unknown field"),
+            "{text}"
+        );
+    }
 }

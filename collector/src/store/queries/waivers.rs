@@ -151,7 +151,12 @@ pub(super) fn waived(
         let (Some(waivers), Some(codes)) = (active.get(node), codes.get(run)) else {
             continue;
         };
-        let covered: Vec<String> = codes.intersection(waivers).cloned().collect();
+        // `run.*` codes are the collector's own (lost contact, a disagreement): never covered.
+        let covered: Vec<String> = codes
+            .intersection(waivers)
+            .filter(|c| !c.starts_with("run."))
+            .cloned()
+            .collect();
         if !covered.is_empty() {
             out.insert(
                 *node,
