@@ -182,7 +182,7 @@ impl fmt::Display for Size {
         // The largest unit the size reaches: exact sizes print whole, others to a tenth.
         for (unit, scale) in UNITS {
             if self.0 >= scale {
-                return if self.0 % scale == 0 {
+                return if self.0.is_multiple_of(scale) {
                     write!(f, "{}{unit}", self.0 / scale)
                 } else {
                     write!(f, "{:.1}{unit}", self.0 as f64 / scale as f64)

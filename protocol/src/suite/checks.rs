@@ -442,7 +442,7 @@ impl CheckSpec for DiskCheck {
             }
         }
         let block = self.block_size.bytes();
-        if block % 4096 != 0 || block > 64 << 20 {
+        if !block.is_multiple_of(4096) || block > 64 << 20 {
             problems.problem(format!("{at}.block_size"), format!("block size {} is not a multiple of 4KiB up to 64MiB; O_DIRECT needs aligned I/O", self.block_size));
         }
         if let SizeSpec::Fixed(size) = self.size {

@@ -114,6 +114,7 @@ pub struct Engine {
     passes: u32,
     duration: Option<Duration>,
     seed: u64,
+    isa: Isa,
 }
 
 pub(super) struct Shared<'a> {
@@ -133,7 +134,28 @@ impl Engine {
             passes: spec.passes.max(1),
             duration: spec.duration.map(|d| d.get()),
             seed,
+            isa: Isa::detect(),
         }
+    }
+
+    /// The same engine on a narrower instruction set than the CPU's best (tests run every
+    /// pattern on each one the CPU has; the benchmark compares them). A wider one than the CPU
+    /// has is refused: `None`.
+    pub fn with_isa(mut self, isa: Isa) -> Option<Self> {
+        let rank = |i: Isa| match i {
+            Isa::Baseline => 0,
+            Isa::Avx2 => 1,
+            Isa::Avx512 => 2,
+        };
+        (rank(isa) <= rank(Isa::detect())).then(|| {
+            self.isa = isa;
+            self
+        })
+    }
+
+    /// The instruction set the hot loops use.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// Bytes of traffic one pass moves over `bytes` of memory (for progress).
@@ -172,6 +194,10 @@ impl Engine {
         let mut passes_done = u32::MAX;
         // The slowest worker's finish, not the poll loop's, so short runs are timed fairly.
         let mut elapsed = Duration::ZERO;
+        // Workers count themselves done and wake the progress loop, so a short run is not held
+        // for the rest of a poll interval (`is_finished` lags the closure's return).
+        let poller = std::thread::current();
+        let finished_workers = AtomicU64::new(0);
         std::thread::scope(|scope| {
             let workers: Vec<_> = words
                 .chunks_mut(share.max(page_words))
@@ -179,15 +205,20 @@ impl Engine {
                 .map(|(i, chunk)| {
                     let cpu = cpus[i % cpus.len()];
                     let shared = &shared;
+                    let poller = poller.clone();
+                    let finished_workers = &finished_workers;
                     scope.spawn(move || {
                         // Unpinned work still tests memory; pinning only spreads the load.
                         let _ = affinity::pin_current_thread(cpu);
                         let passes = self.worker(chunk, cpu, shared, injection);
-                        (passes, shared.started.elapsed())
+                        let finished = shared.started.elapsed();
+                        finished_workers.fetch_add(1, Ordering::Release);
+                        poller.unpark();
+                        (passes, finished)
                     })
                 })
                 .collect();
-            while workers.iter().any(|w| !w.is_finished()) {
+            while finished_workers.load(Ordering::Acquire) < workers.len() as u64 {
                 std::thread::park_timeout(Duration::from_millis(200));
                 let traffic = shared.traffic.load(Ordering::Relaxed);
                 let elapsed = shared.started.elapsed();
@@ -233,6 +264,7 @@ impl Engine {
             }
             for pattern in &self.patterns {
                 let mut sweep = Sweeper {
+                    isa: self.isa,
                     words: &mut *words,
                     cpu,
                     pass,
@@ -250,6 +282,7 @@ impl Engine {
 }
 
 pub(super) struct Sweeper<'a, 's> {
+    isa: Isa,
     words: &'a mut [u64],
     cpu: usize,
     pass: u32,
@@ -316,7 +349,7 @@ impl Sweeper<'_, '_> {
                 return false;
             }
             let end = (start + BLOCK_WORDS).min(len);
-            fill_block(source, &mut self.words[start..end], start);
+            fill_block(self.isa, source, &mut self.words[start..end], start);
             self.shared
                 .traffic
                 .fetch_add(((end - start) * 8) as u64, Ordering::Relaxed);
@@ -338,7 +371,7 @@ impl Sweeper<'_, '_> {
             }
             let end = (start + BLOCK_WORDS).min(len);
             let block = &self.words[start..end];
-            for first in scan(source, block, start) {
+            for first in scan(self.isa, source, block, start) {
                 let chunk = &self.words[first..(first + 64).min(end)];
                 for (j, w) in chunk.iter().enumerate() {
                     let expected = source.at(first + j);
@@ -377,7 +410,14 @@ impl Sweeper<'_, '_> {
                     len - done - n..len - done
                 };
                 let offset = range.start;
-                let bad = invert_block(&mut self.words[range], offset, want, write, ascending);
+                let bad = invert_block(
+                    self.isa,
+                    &mut self.words[range],
+                    offset,
+                    want,
+                    write,
+                    ascending,
+                );
                 for (i, seen) in bad {
                     self.record(i, want, seen);
                 }

@@ -23,6 +23,7 @@ mod simd;
 
 use crate::rng::{fresh_seed, splitmix64};
 pub use engine::*;
+pub use simd::Isa;
 use simd::*;
 
 /// The memory check kind.
@@ -66,6 +67,17 @@ impl CheckKind for Memory {
                 LogLevel::Warn,
                 &format!("could not lock {} (RLIMIT_MEMLOCK or no CAP_IPC_LOCK): testing unlocked memory, which the kernel may swap or move", Size(region.bytes() as u64)),
             );
+        }
+        match region.huge_bytes() {
+            Some(huge) if huge < region.bytes() => ctx.observer.log(
+                LogLevel::Info,
+                &format!(
+                    "{} of {} on transparent huge pages (the rest on 4 KiB pages: more TLB misses, same coverage)",
+                    Size(huge as u64),
+                    Size(region.bytes() as u64)
+                ),
+            ),
+            _ => {}
         }
         let cpus = affinity::allowed_cpus();
         let threads = spec.threads.map_or(cpus.len(), |t| t as usize).max(1);

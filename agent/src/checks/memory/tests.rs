@@ -24,32 +24,74 @@ fn spec(patterns: &[Pattern]) -> MemoryCheck {
     spec
 }
 
-fn run_with(
+/// Every instruction set this CPU can run the hot loops on, the best first.
+fn isas() -> Vec<Isa> {
+    [Isa::Avx512, Isa::Avx2, Isa::Baseline]
+        .into_iter()
+        .filter(|isa| Engine::new(&spec(&[]), 0).with_isa(*isa).is_some())
+        .collect()
+}
+
+fn run_on(
+    isa: Isa,
     patterns: &[Pattern],
     bytes: usize,
     threads: usize,
     injection: &dyn Injection,
-) -> EngineRun {
+) -> (EngineRun, u64) {
     let mut region = LockedRegion::new(bytes).unwrap();
+    let base = region.as_mut_slice().as_ptr() as u64;
     let stop = Stop::new(Duration::from_secs(60), Interrupt::new());
-    Engine::new(&spec(patterns), 42).run(
+    let engine = Engine::new(&spec(patterns), 42).with_isa(isa).unwrap();
+    let run = engine.run(
         &mut region,
         threads,
         &affinity::allowed_cpus(),
         &stop,
         &|_, _| {},
         injection,
-    )
+    );
+    (run, base)
 }
 
 #[test]
-fn clean_memory_passes_every_pattern_and_counts_traffic() {
+fn clean_memory_passes_every_pattern_on_every_instruction_set_and_counts_traffic() {
+    assert_eq!(isas()[0], Isa::detect());
+    assert_eq!(isas().last(), Some(&Isa::Baseline));
     let bytes = 4 << 20;
-    let run = run_with(&Pattern::ALL, bytes, 2, &NoInjection);
-    assert_eq!(run.mismatch_count, 0);
-    assert_eq!(run.passes_done, 1);
-    let per_pass: u64 = Pattern::ALL.iter().map(|p| sweeps_traffic(*p)).sum();
-    assert_eq!(run.traffic_bytes, per_pass * bytes as u64);
+    for isa in isas() {
+        let (run, _) = run_on(isa, &Pattern::ALL, bytes, 2, &NoInjection);
+        assert_eq!(run.mismatch_count, 0, "{isa:?}");
+        assert_eq!(run.passes_done, 1);
+        let per_pass: u64 = Pattern::ALL.iter().map(|p| sweeps_traffic(*p)).sum();
+        assert_eq!(run.traffic_bytes, per_pass * bytes as u64);
+    }
+}
+
+#[test]
+fn a_line_of_a_pattern_is_its_eight_words() {
+    // The vector loops write and compare lines; faults are described word by word with `at`.
+    // Both must be the same pattern.
+    let table = Table::from_fn(|j| (j as u64).wrapping_mul(0x0101_0101_0101_0101));
+    let random = Func(|i| mix64(0xDEAD_BEEF ^ i as u64));
+    let address = Func(|i| 0x7F00_0000_0000 + 8 * i as u64);
+    for i in (0..4096).step_by(8) {
+        for (name, words) in [
+            ("table", &table as &dyn Words),
+            ("random", &random),
+            ("address", &address),
+        ] {
+            let line = words.line(i);
+            for (j, w) in line.iter().enumerate() {
+                assert_eq!(*w, words.at(i + j), "{name} word {}", i + j);
+            }
+        }
+    }
+    // The random pattern's words differ from their neighbours and across the key.
+    let mut seen: Vec<u64> = (0..4096).map(|i| random.at(i)).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 4096);
 }
 
 /// Flips one bit of one word after the fill of the first sweep of `target`.
@@ -71,18 +113,31 @@ impl Injection for FlipBit {
 }
 
 #[test]
-fn a_flipped_bit_is_found_by_every_pattern_with_its_address_and_bit() {
-    for pattern in Pattern::ALL {
+fn a_flipped_bit_is_found_by_every_pattern_on_every_instruction_set_with_its_address_and_bit() {
+    // Small, so 63 runs stay quick in a debug build; still many lines and groups.
+    let bytes = 64 << 10;
+    let words = bytes / 8;
+    // A word inside, the first and the last: the vector loops' edges are where a word is lost.
+    for (isa, pattern, word) in isas().into_iter().flat_map(|isa| {
+        Pattern::ALL
+            .into_iter()
+            .flat_map(move |p| [(isa, p, 1000), (isa, p, 0), (isa, p, words - 1)])
+    }) {
         let flip = FlipBit {
             target: pattern,
-            word: 1000,
+            word,
             bit: 13,
             done: Mutex::new(false),
         };
-        let run = run_with(&[pattern], 1 << 20, 1, &flip);
-        assert_eq!(run.mismatch_count, 1, "{pattern:?}");
+        let (run, base) = run_on(isa, &[pattern], bytes, 1, &flip);
+        assert_eq!(run.mismatch_count, 1, "{isa:?} {pattern:?} word {word}");
         let m = &run.mismatches[0];
         assert_eq!(m.flipped_bits(), vec![13], "{pattern:?}");
+        assert_eq!(
+            m.address,
+            base + 8 * word as u64,
+            "{isa:?} {pattern:?} word {word}"
+        );
         assert_eq!(m.pattern, pattern);
         assert_eq!(m.address % 8, 0);
         let faults = run.faults(&Pagemap::open());
