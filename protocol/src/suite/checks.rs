@@ -389,6 +389,10 @@ check_kind! {
         /// I/O size; a multiple of 4KiB, at most 64MiB.
         #[serde(default = "default_block_size")]
         pub block_size: Size,
+        /// I/Os in flight, 1 to 256. Left out: chosen by the device — up to 32 as its queue
+        /// takes for solid-state devices, 4 for spinning disks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub queue_depth: Option<u32>,
         /// Read the disk's health: the NVMe health log, or SATA SMART (attributes and the
         /// drive's own verdict), natively; `smartctl --json` when the device has neither.
         #[serde(default = "yes")]
@@ -439,6 +443,16 @@ impl CheckSpec for DiskCheck {
                     }
                     DiskTarget::Model(pattern) => problems.regex(format!("{at}.target.model"), pattern),
                 }
+            }
+        }
+        if let Some(depth) = self.queue_depth {
+            if !(1..=256).contains(&depth) {
+                problems.problem(
+                    format!("{at}.queue_depth"),
+                    format!(
+                        "queue depth {depth} is out of range; expected 1 to 256 I/Os in flight"
+                    ),
+                );
             }
         }
         let block = self.block_size.bytes();

@@ -220,8 +220,10 @@ impl Job {
         }
     }
 
-    /// The I/O runs on this thread while a helper thread generates the next blocks (writing)
-    /// or verifies the last ones (reading), so pattern work overlaps the device's.
+    /// Writes every block from `queue_depth` threads, flushes, then reads each back and
+    /// verifies it the same way. Each thread takes the next block, builds or checks its
+    /// pattern and does the I/O, so `queue_depth` I/Os are in flight and the pattern work of
+    /// one overlaps the device's work on the others.
     fn write_and_verify(
         &self,
         block_size: usize,
@@ -237,8 +239,8 @@ impl Job {
             buffered,
             ..Default::default()
         };
-        run.latencies.reserve((2 * blocks) as usize);
         let pass = Pass {
+            job: self,
             file: &file,
             blocks,
             block_size,
@@ -247,8 +249,9 @@ impl Job {
             progress,
         };
         let started = Instant::now();
-        let written = self.write_blocks(&pass, &mut run)?;
-        if !written {
+        let written = pass.run(Direction::Write)?;
+        run.latencies = written.latencies;
+        if !written.complete {
             return Ok(run);
         }
         file.sync_data()
@@ -268,133 +271,40 @@ impl Job {
         injection.after_write(&self.path, block_size);
 
         let started = Instant::now();
-        let (read_all, count, detailed) = self.read_and_verify(&pass, &mut run)?;
+        let read = pass.run(Direction::Read)?;
         run.read_time = started.elapsed();
-        run.mismatch_count = count;
-        run.mismatches = detailed;
-        if !read_all {
+        run.latencies.extend(read.latencies);
+        run.mismatch_count = read.mismatch_count;
+        run.mismatches = read.mismatches;
+        if !read.complete {
             // Stopped part-way: the runner reports the step as stopped; say how far it got.
-            run.bytes = run
-                .bytes
-                .min(run.latencies.len() as u64 / 2 * block_size as u64);
+            run.bytes = run.bytes.min(read.blocks_done * block_size as u64);
         }
         Ok(run)
     }
+}
 
-    /// Writes every block (a generator thread fills buffers while this one writes them);
-    /// `false` when stopped part-way.
-    fn write_blocks(&self, pass: &Pass<'_>, run: &mut DiskRun) -> anyhow::Result<bool> {
-        let Pass {
-            file,
-            blocks,
-            block_size,
-            seed,
-            stop,
-            progress,
-        } = *pass;
-        let (free_tx, free_rx) = buffer_pool(block_size)?;
-        let words = block_size / 8;
-        std::thread::scope(|scope| -> anyhow::Result<bool> {
-            let (full_tx, full_rx) = sync_channel::<(u64, AlignedBuf)>(BUFFERS);
-            scope.spawn(move || {
-                for block in 0..blocks {
-                    let Ok(mut buf) = free_rx.recv() else { break };
-                    for (k, w) in buf.words().iter_mut().enumerate() {
-                        *w = expected_word(seed, block, k, words);
-                    }
-                    if full_tx.send((block, buf)).is_err() {
-                        break;
-                    }
-                }
-            });
-            for (block, mut buf) in full_rx {
-                if stop.should_stop() {
-                    return Ok(false);
-                }
-                let t = Instant::now();
-                file.write_all_at(buf.bytes(), block * block_size as u64)
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "write of block {block} to {} failed: {e}",
-                            self.path.display()
-                        )
-                    })?;
-                run.latencies.push(t.elapsed());
-                progress(block_size as u64);
-                let _ = free_tx.send(buf);
-            }
-            Ok(true)
-        })
-    }
+/// Which way a pass moves the blocks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Write,
+    Read,
+}
 
-    /// Reads every block back (a verifier thread checks each while this one reads the next);
-    /// returns whether all were read, the mismatch count and the first mismatches in detail.
-    fn read_and_verify(
-        &self,
-        pass: &Pass<'_>,
-        run: &mut DiskRun,
-    ) -> anyhow::Result<(bool, u64, Vec<BlockMismatch>)> {
-        let Pass {
-            file,
-            blocks,
-            block_size,
-            seed,
-            stop,
-            progress,
-        } = *pass;
-        // Fresh buffers: the generator thread took the write pool's receiver.
-        let (free_tx, free_rx) = buffer_pool(block_size)?;
-        std::thread::scope(|scope| -> anyhow::Result<(bool, u64, Vec<BlockMismatch>)> {
-            let (full_tx, full_rx) = sync_channel::<(u64, AlignedBuf)>(BUFFERS);
-            let verifier = scope.spawn(move || {
-                let mut count = 0u64;
-                let mut detailed = Vec::new();
-                for (block, mut buf) in full_rx {
-                    if let Some(m) = verify_block(buf.words(), seed, block, block_size) {
-                        count += 1;
-                        if detailed.len() < MAX_DETAILED {
-                            detailed.push(m);
-                        }
-                    }
-                    progress(block_size as u64);
-                    let _ = free_tx.send(buf);
-                }
-                (count, detailed)
-            });
-            let mut read_all = true;
-            for block in 0..blocks {
-                if stop.should_stop() {
-                    read_all = false;
-                    break;
-                }
-                let mut buf = free_rx
-                    .recv()
-                    .map_err(|_| anyhow::anyhow!("the verifier thread ended early"))?;
-                let t = Instant::now();
-                file.read_exact_at(buf.bytes(), block * block_size as u64)
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "read of block {block} from {} failed: {e}",
-                            self.path.display()
-                        )
-                    })?;
-                run.latencies.push(t.elapsed());
-                full_tx
-                    .send((block, buf))
-                    .map_err(|_| anyhow::anyhow!("the verifier thread ended early"))?;
-            }
-            drop(full_tx);
-            let (count, detailed) = verifier
-                .join()
-                .map_err(|_| anyhow::anyhow!("the verifier thread panicked"))?;
-            Ok((read_all, count, detailed))
-        })
-    }
+/// What a pass over every block did.
+#[derive(Default)]
+struct PassRun {
+    complete: bool,
+    blocks_done: u64,
+    latencies: Vec<Duration>,
+    mismatch_count: u64,
+    mismatches: Vec<BlockMismatch>,
 }
 
 /// What the write pass and the read-and-verify pass over one job share.
 #[derive(Clone, Copy)]
 struct Pass<'a> {
+    job: &'a Job,
     file: &'a File,
     blocks: u64,
     block_size: usize,
@@ -403,20 +313,144 @@ struct Pass<'a> {
     progress: &'a (dyn Fn(u64) + Sync),
 }
 
-type Pool = (
-    std::sync::mpsc::SyncSender<AlignedBuf>,
-    std::sync::mpsc::Receiver<AlignedBuf>,
-);
-
-/// `BUFFERS` aligned buffers circulating between the I/O thread and its helper.
-pub(super) fn buffer_pool(block_size: usize) -> anyhow::Result<Pool> {
-    let (free_tx, free_rx) = sync_channel::<AlignedBuf>(BUFFERS);
-    for _ in 0..BUFFERS {
-        free_tx
-            .send(AlignedBuf::new(block_size)?)
-            .map_err(|_| anyhow::anyhow!("buffer pool closed"))?;
+impl Pass<'_> {
+    /// Every block once, from the job's queue depth of threads; the first I/O error ends the
+    /// pass (the others stop at their next block) and is returned naming block and path.
+    fn run(&self, direction: Direction) -> anyhow::Result<PassRun> {
+        let next = AtomicU64::new(0);
+        let failed = AtomicBool::new(false);
+        let depth = self.job.queue_depth.clamp(1, MAX_QUEUE_DEPTH);
+        let lanes: Vec<anyhow::Result<PassRun>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..depth)
+                .map(|_| scope.spawn(|| self.lane(direction, &next, &failed)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a disk I/O thread panicked")))
+                })
+                .collect()
+        });
+        let mut total = PassRun {
+            complete: true,
+            ..Default::default()
+        };
+        for lane in lanes {
+            let lane = lane?;
+            total.complete &= lane.complete;
+            total.blocks_done += lane.blocks_done;
+            total.latencies.extend(lane.latencies);
+            total.mismatch_count += lane.mismatch_count;
+            total.mismatches.extend(lane.mismatches);
+        }
+        total.mismatches.sort_by_key(|m| m.block);
+        total.mismatches.truncate(MAX_DETAILED);
+        Ok(total)
     }
-    Ok((free_tx, free_rx))
+
+    /// One thread of a pass: takes block after block until none is left, the step is
+    /// stopped or another thread failed.
+    fn lane(
+        &self,
+        direction: Direction,
+        next: &AtomicU64,
+        failed: &AtomicBool,
+    ) -> anyhow::Result<PassRun> {
+        let path = self.job.path.display();
+        let mut buf = AlignedBuf::new(self.block_size)?;
+        let mut lane = PassRun {
+            complete: true,
+            ..Default::default()
+        };
+        loop {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(lane);
+            }
+            if self.stop.should_stop() {
+                lane.complete = false;
+                return Ok(lane);
+            }
+            let block = next.fetch_add(1, Ordering::Relaxed);
+            if block >= self.blocks {
+                return Ok(lane);
+            }
+            let offset = block * self.block_size as u64;
+            let io = match direction {
+                Direction::Write => {
+                    fill_block(buf.words(), self.seed, block);
+                    let t = Instant::now();
+                    let io = self.file.write_all_at(buf.bytes(), offset);
+                    lane.latencies.push(t.elapsed());
+                    io.map_err(|e| anyhow::anyhow!("write of block {block} to {path} failed: {e}"))
+                }
+                Direction::Read => {
+                    let t = Instant::now();
+                    let io = self.file.read_exact_at(buf.bytes(), offset);
+                    lane.latencies.push(t.elapsed());
+                    io.map_err(|e| anyhow::anyhow!("read of block {block} from {path} failed: {e}"))
+                }
+            };
+            if let Err(err) = io {
+                failed.store(true, Ordering::Relaxed);
+                return Err(err);
+            }
+            if direction == Direction::Read {
+                if let Some(m) = verify_block(buf.words(), self.seed, block, self.block_size) {
+                    lane.mismatch_count += 1;
+                    if lane.mismatches.len() < MAX_DETAILED {
+                        lane.mismatches.push(m);
+                    }
+                }
+            }
+            lane.blocks_done += 1;
+            (self.progress)(self.block_size as u64);
+        }
+    }
+}
+
+/// Writes block `block`'s pattern into `words`.
+fn fill_block(words: &mut [u64], seed: u64, block: u64) {
+    let n = words.len();
+    for (k, w) in words.iter_mut().enumerate() {
+        *w = expected_word(seed, block, k, n);
+    }
+}
+
+/// The queue depth for a device when the suite sets none: what its block queue takes
+/// (`nr_requests`), up to 32 for solid-state devices — fio's best on NVMe and SATA SSDs sits
+/// between 16 and 32 — and 4 for spinning disks, where deeper queues only reorder seeks.
+/// Bounded so in-flight buffers stay under `MAX_IN_FLIGHT` bytes. Returns the depth and why.
+pub fn default_queue_depth(sys: &str, device: Option<&Path>, block_size: usize) -> (usize, String) {
+    let name = device
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let queue = |file: &str| {
+        name.as_ref()
+            .and_then(|n| read_u64(format!("{sys}/block/{n}/queue/{file}")))
+    };
+    let by_memory = (MAX_IN_FLIGHT / block_size.max(1)).max(1);
+    let (depth, why) = match (queue("rotational"), queue("nr_requests")) {
+        (Some(1), _) => (4, "a rotational disk".to_owned()),
+        (Some(_), Some(nr)) => (
+            (nr as usize).min(32),
+            format!("a solid-state device whose queue takes {nr} requests"),
+        ),
+        _ => (
+            16,
+            "the device's queue is not in sysfs (a file system over something else)".to_owned(),
+        ),
+    };
+    if by_memory < depth {
+        return (
+            by_memory,
+            format!(
+                "{why}, limited so {} of buffers at most are in flight",
+                Size(MAX_IN_FLIGHT as u64)
+            ),
+        );
+    }
+    (depth, why)
 }
 
 /// Compares a block read back with what was written; `None` when it matches.

@@ -8,7 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kiln_protocol::Check;
@@ -36,8 +36,10 @@ pub struct Disk;
 const FREE_RESERVE_PCT: f64 = 10.0;
 /// Block mismatches described one by one.
 const MAX_DETAILED: usize = 32;
-/// I/O buffers in flight between the I/O thread and its helper.
-const BUFFERS: usize = 3;
+/// Most I/O threads (and so I/Os in flight) one job runs, whatever the suite says.
+const MAX_QUEUE_DEPTH: usize = 256;
+/// Most buffer bytes one job keeps in flight when the depth is chosen for the device.
+const MAX_IN_FLIGHT: usize = 256 << 20;
 
 impl CheckKind for Disk {
     fn kind(&self) -> &'static str {
@@ -54,6 +56,21 @@ impl CheckKind for Disk {
             (None, Some(target)) => device_jobs(spec, target, ctx)?,
             (None, None) => anyhow::bail!("the disk step names neither `dir` nor `target`"),
         };
+        let jobs: Vec<Job> = jobs
+            .into_iter()
+            .map(|job| {
+                let (job, why) = job.with_queue_depth(spec);
+                ctx.observer.log(
+                    LogLevel::Info,
+                    &format!(
+                        "{}: {} I/Os in flight ({why})",
+                        job.path.display(),
+                        job.queue_depth
+                    ),
+                );
+                job
+            })
+            .collect();
         let total: u64 = jobs.iter().map(|j| j.bytes).sum();
         ctx.observer.log(
             LogLevel::Info,
@@ -152,6 +169,22 @@ pub struct Job {
     pub scratch: bool,
     /// The whole-disk device to ask SMART about.
     pub smart_device: Option<PathBuf>,
+    /// I/Os in flight (one thread each).
+    pub queue_depth: usize,
+}
+
+impl Job {
+    /// The job's queue depth: the suite's, or the one its device takes (see
+    /// [`default_queue_depth`]), with the reason for the log.
+    fn with_queue_depth(mut self, spec: &DiskCheck) -> (Self, String) {
+        let block = spec.block_size.bytes() as usize;
+        let (depth, why) = match spec.queue_depth {
+            Some(depth) => (depth as usize, "set by the suite".to_owned()),
+            None => default_queue_depth("/sys", self.smart_device.as_deref(), block),
+        };
+        self.queue_depth = depth;
+        (self, why)
+    }
 }
 
 fn scratch_job(spec: &DiskCheck, dir: &Path) -> anyhow::Result<Job> {
@@ -177,6 +210,7 @@ fn scratch_job(spec: &DiskCheck, dir: &Path) -> anyhow::Result<Job> {
         bytes,
         scratch: true,
         smart_device: disk_of_path(dir),
+        queue_depth: 1,
     })
 }
 
@@ -223,6 +257,7 @@ fn device_jobs(
                     bytes,
                     scratch: false,
                     smart_device: Some(path),
+                    queue_depth: 1,
                 });
             }
         }
@@ -272,8 +307,8 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// The whole-disk device under a directory, for SMART.
-fn disk_of_path(dir: &Path) -> Option<PathBuf> {
+/// The whole-disk device under a directory (for SMART and the queue depth).
+pub fn disk_of_path(dir: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(dir).ok()?.dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));

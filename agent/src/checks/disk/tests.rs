@@ -13,6 +13,8 @@ fn scratch(dir: &Path, bytes: u64) -> Job {
         bytes,
         scratch: true,
         smart_device: None,
+        // Several I/Os in flight, as on a real device: blocks finish out of order.
+        queue_depth: 4,
     }
 }
 
@@ -35,6 +37,38 @@ fn a_clean_file_verifies_and_is_removed() {
     assert!(run.write_mbps() > 0.0 && run.read_mbps() > 0.0);
     assert!(!job.path.exists(), "scratch file left behind");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_queue_depth_follows_the_device_and_the_buffers_it_would_pin() {
+    let sys = tempdir("queue-sys");
+    let queue = |dev: &str, rotational: u64, nr: u64| {
+        let q = sys.join(format!("block/{dev}/queue"));
+        std::fs::create_dir_all(&q).unwrap();
+        std::fs::write(q.join("rotational"), format!("{rotational}\n")).unwrap();
+        std::fs::write(q.join("nr_requests"), format!("{nr}\n")).unwrap();
+    };
+    queue("nvme0n1", 0, 1023);
+    queue("sda", 1, 64);
+    queue("vdb", 0, 8);
+    let sys_path = sys.to_str().unwrap();
+    let depth = |dev: &str, block: usize| {
+        default_queue_depth(sys_path, Some(Path::new(&format!("/dev/{dev}"))), block)
+    };
+    assert_eq!(depth("nvme0n1", 1 << 20).0, 32);
+    assert_eq!(depth("sda", 1 << 20).0, 4);
+    assert!(depth("sda", 1 << 20).1.contains("rotational"));
+    // A queue that takes 8 requests gets 8, not 32.
+    assert_eq!(depth("vdb", 1 << 20).0, 8);
+    // 64 MiB blocks: four in flight pin 256 MiB already.
+    let (d, why) = depth("nvme0n1", 64 << 20);
+    assert_eq!(d, 4);
+    assert!(why.contains("in flight"), "{why}");
+    // No device found (a file system over the network, a tmpfs): a middle depth, said so.
+    let (d, why) = default_queue_depth(sys_path, None, 1 << 20);
+    assert_eq!(d, 16);
+    assert!(why.contains("not in sysfs"), "{why}");
+    std::fs::remove_dir_all(sys).unwrap();
 }
 
 struct CorruptBlock(u64);
