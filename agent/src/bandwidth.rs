@@ -114,13 +114,82 @@ async fn upload(body: Body) -> Response {
     axum::Json(UploadReceipt { bytes }).into_response()
 }
 
-/// Receives from `base` for about `duration`; returns Mb/s.
+/// What one stream moved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamRate {
+    /// Bytes moved (as the receiving side counted them).
+    pub bytes: u64,
+    /// How long the stream ran.
+    pub elapsed: Duration,
+}
+
+impl StreamRate {
+    /// Mb/s.
+    pub fn mbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+/// Streams running side by side, each on its own connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Streams(pub Vec<StreamRate>);
+
+impl Streams {
+    /// All streams together, Mb/s: every byte over the longest stream's time.
+    pub fn total_mbps(&self) -> f64 {
+        let bytes: u64 = self.0.iter().map(|s| s.bytes).sum();
+        let longest = self.0.iter().map(|s| s.elapsed).max().unwrap_or_default();
+        bytes as f64 * 8.0 / longest.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+/// Which way the bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// From the target to this node.
+    Download,
+    /// From this node to the target.
+    Upload,
+}
+
+/// Moves bytes `way` with `streams` connections side by side for about `duration`. Each
+/// stream has its own client, so its own TCP connection; the runtime's worker threads spread
+/// them over the CPUs.
+pub async fn measure(
+    way: Way,
+    base: &str,
+    token: Option<&str>,
+    duration: Duration,
+    streams: usize,
+) -> anyhow::Result<Streams> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..streams.max(1) {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        let base = base.to_owned();
+        let token = token.map(str::to_owned);
+        tasks.spawn(async move {
+            match way {
+                Way::Download => measure_download(&client, &base, token.as_deref(), duration).await,
+                Way::Upload => measure_upload(&client, &base, token.as_deref(), duration).await,
+            }
+        });
+    }
+    let mut rates = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        rates.push(joined.map_err(|e| anyhow::anyhow!("a stream's task failed: {e}"))??);
+    }
+    Ok(Streams(rates))
+}
+
+/// Receives from `base` for about `duration` on one connection.
 pub async fn measure_download(
     client: &reqwest::Client,
     base: &str,
     token: Option<&str>,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<StreamRate> {
     let started = Instant::now();
     let mut received = 0u64;
     while started.elapsed() < duration {
@@ -143,16 +212,20 @@ pub async fn measure_download(
             }
         }
     }
-    Ok(received as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6)
+    Ok(StreamRate {
+        bytes: received,
+        elapsed: started.elapsed(),
+    })
 }
 
-/// Sends to `base` for about `duration`; returns Mb/s as the server counted it.
+/// Sends to `base` for about `duration` on one connection; the bytes as the server counted
+/// them.
 pub async fn measure_upload(
     client: &reqwest::Client,
     base: &str,
     token: Option<&str>,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<StreamRate> {
     let chunk = chunk();
     let started = Instant::now();
     let stream = futures_util::stream::unfold((), move |()| {
@@ -171,7 +244,10 @@ pub async fn measure_upload(
         .error_for_status()?
         .json()
         .await?;
-    Ok(receipt.bytes as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6)
+    Ok(StreamRate {
+        bytes: receipt.bytes,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Serves the endpoints on `listener` until `shutdown` resolves.
@@ -199,11 +275,28 @@ mod tests {
         let client = reqwest::Client::new();
         let down = measure_download(&client, &base, None, Duration::from_millis(300))
             .await
-            .unwrap();
+            .unwrap()
+            .mbps();
         let up = measure_upload(&client, &base, None, Duration::from_millis(300))
             .await
-            .unwrap();
+            .unwrap()
+            .mbps();
         assert!(down > 10.0 && up > 10.0, "down {down} up {up} Mb/s");
+        // Three streams side by side: three connections, each counted, summed over the
+        // longest.
+        for way in [Way::Download, Way::Upload] {
+            let streams = measure(way, &base, None, Duration::from_millis(300), 3)
+                .await
+                .unwrap();
+            assert_eq!(streams.0.len(), 3, "{way:?}");
+            assert!(streams.0.iter().all(|s| s.bytes > 0), "{way:?} {streams:?}");
+            let sum: f64 = streams.0.iter().map(StreamRate::mbps).sum();
+            let total = streams.total_mbps();
+            assert!(
+                total <= sum * 1.0001 && total >= sum * 0.5,
+                "{total} vs {sum}"
+            );
+        }
         let exact = client
             .get(format!("{base}/bandwidth/download?bytes=3000000"))
             .send()

@@ -259,6 +259,18 @@ const BAD_SUITES: &[(&str, &str)] = &[
         "6:7: steps[0].exec.argv: an empty command; expected the program and its arguments",
     ),
     (
+        "disk-queue-depth-zero.yaml",
+        "7:7: steps[0].disk.queue_depth: queue depth 0 is out of range; expected 1 to 256 I/Os in flight",
+    ),
+    (
+        "nic-too-many-streams.yaml",
+        "7:7: steps[0].nic.streams: 65 streams; expected 1 to 64",
+    ),
+    (
+        "nic-streams-without-target.yaml",
+        "6:7: steps[0].nic.streams: streams without a `target`",
+    ),
+    (
         "nic-throughput-without-target.yaml",
         "6:7: steps[0].nic.min_mbps: a throughput threshold without a `target`",
     ),

@@ -160,7 +160,19 @@ impl CheckKind for Nic {
             Some(url) => Some((url.to_owned(), None)),
         };
         match base {
-            Some((base, token)) => throughput(&base, token.as_deref(), spec, ctx, &mut out)?,
+            Some((base, token)) => {
+                let fastest = interfaces.iter().filter_map(|i| i.speed_mbps).max();
+                let cpus = crate::os::affinity::allowed_cpus().len();
+                let (streams, why) = match spec.streams {
+                    Some(n) => (n as usize, "set by the suite".to_owned()),
+                    None => default_streams(fastest, cpus),
+                };
+                ctx.observer.log(
+                    LogLevel::Info,
+                    &format!("throughput with {streams} stream(s) each way ({why})"),
+                );
+                throughput(&base, token.as_deref(), spec, streams, ctx, &mut out)?
+            }
             None => {
                 // Watch the counters for a short while so errors happening now show up.
                 let window = OBSERVE.min(spec.duration.get());
@@ -189,22 +201,44 @@ impl CheckKind for Nic {
     }
 }
 
-/// Measures HTTP throughput against `base` in the directions the step asks for; records
-/// `download_mbps`, `upload_mbps` and `mbps` (the slower direction, what `min_mbps` bounds).
+/// Streams when the suite sets none: one per 10 Gb/s of the fastest link (a single TCP stream
+/// tops out far below 100 Gb/s), at least one, at most one per CPU. Returns the count and why.
+pub fn default_streams(fastest_mbps: Option<u32>, cpus: usize) -> (usize, String) {
+    let Some(speed) = fastest_mbps else {
+        return (1, "the link speed is not reported".to_owned());
+    };
+    let wanted = (speed as usize).div_ceil(10_000).max(1);
+    let cpus = cpus.max(1);
+    if wanted > cpus {
+        return (
+            cpus,
+            format!("{speed} Mb/s link wants {wanted}, one per CPU at most"),
+        );
+    }
+    (wanted, format!("one per 10 Gb/s of a {speed} Mb/s link"))
+}
+
+/// Measures HTTP throughput against `base` in the directions the step asks for, `streams`
+/// connections each way; records `download_mbps`, `upload_mbps` (all streams together), each
+/// stream's figure (`download_stream1_mbps`, …) and `mbps` (the slower direction, what
+/// `min_mbps` bounds).
 fn throughput(
     base: &str,
     token: Option<&str>,
     spec: &kiln_protocol::suite::NicCheck,
+    streams: usize,
     ctx: &StepContext<'_>,
     out: &mut CheckOutput,
 ) -> anyhow::Result<()> {
+    use crate::bandwidth::Way;
     use kiln_protocol::suite::Direction;
     let duration = spec.duration.get();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let threads = streams
+        .min(crate::os::affinity::allowed_cpus().len())
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
-        .build()?;
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
         .build()?;
     let mut rates = Vec::new();
     for (name, on) in [
@@ -223,26 +257,40 @@ fn throughput(
             .stop
             .deadline()
             .saturating_duration_since(std::time::Instant::now());
+        let way = if name == "download" {
+            Way::Download
+        } else {
+            Way::Upload
+        };
         let measured = runtime.block_on(async {
-            let work = async {
-                if name == "download" {
-                    crate::bandwidth::measure_download(&client, base, token, duration).await
-                } else {
-                    crate::bandwidth::measure_upload(&client, base, token, duration).await
-                }
-            };
+            let work = crate::bandwidth::measure(way, base, token, duration, streams);
             tokio::time::timeout(limit, work).await
         });
-        let mbps = match measured {
-            Ok(Ok(mbps)) => mbps,
+        let each = match measured {
+            Ok(Ok(each)) => each,
             Ok(Err(err)) => anyhow::bail!("{name} from {base} failed: {err:#}"),
             Err(_) => anyhow::bail!("{name} from {base} did not finish within the step's timeout"),
         };
+        let mbps = each.total_mbps();
+        let per_stream: Vec<String> = each.0.iter().map(|s| format!("{:.0}", s.mbps())).collect();
         ctx.observer.log(
             LogLevel::Info,
-            &format!("{name}: {mbps:.0} Mb/s against {base}"),
+            &format!(
+                "{name}: {mbps:.0} Mb/s against {base} over {} stream(s) ({} Mb/s)",
+                each.0.len(),
+                per_stream.join(" + ")
+            ),
         );
         out.metric(&format!("{name}_mbps"), mbps, "Mb/s");
+        if each.0.len() > 1 {
+            for (i, stream) in each.0.iter().enumerate() {
+                out.metric(
+                    &format!("{name}_stream{}_mbps", i + 1),
+                    stream.mbps(),
+                    "Mb/s",
+                );
+            }
+        }
         rates.push(mbps);
     }
     if let Some(slowest) = rates.iter().copied().reduce(f64::min) {
@@ -254,6 +302,18 @@ fn throughput(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_follow_the_link_speed_up_to_the_cpus() {
+        assert_eq!(default_streams(None, 8).0, 1);
+        assert_eq!(default_streams(Some(1000), 8).0, 1);
+        assert_eq!(default_streams(Some(10_000), 8).0, 1);
+        assert_eq!(default_streams(Some(25_000), 8).0, 3);
+        let (n, why) = default_streams(Some(100_000), 8);
+        assert_eq!(n, 8);
+        assert!(why.contains("one per CPU"), "{why}");
+        assert_eq!(default_streams(Some(100_000), 16).0, 10);
+    }
 
     #[test]
     fn interfaces_are_read_from_sysfs() {

@@ -496,6 +496,10 @@ check_kind! {
         /// Which directions to measure.
         #[serde(default)]
         pub direction: Direction,
+        /// Parallel TCP streams for the throughput test, 1 to 64 (one stream cannot fill a fast
+        /// link). Left out: one per 10 Gb/s of the fastest link checked, at most one per CPU.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub streams: Option<u32>,
     }
     /// Thresholds of a NIC check.
     thresholds NicThresholds {
@@ -536,6 +540,16 @@ impl CheckSpec for NicCheck {
                 if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                     problems.problem(format!("{at}.interfaces[{i}]"), format!("{name:?} is not an interface name; expected up to 15 characters without '/' or spaces"));
                 }
+            }
+        }
+        if let Some(streams) = self.streams {
+            if !(1..=64).contains(&streams) {
+                problems.problem(
+                    format!("{at}.streams"),
+                    format!("{streams} streams; expected 1 to 64"),
+                );
+            } else if self.target.is_none() {
+                problems.problem(format!("{at}.streams"), "streams without a `target` to measure against; expected `target: collector` or a URL");
             }
         }
         if let Some(mtu) = self.mtu {
