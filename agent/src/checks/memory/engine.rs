@@ -298,8 +298,8 @@ impl Sweeper<'_, '_> {
         let pass = u64::from(self.pass);
         match self.pattern {
             Pattern::OwnAddress => {
-                self.fill_check(0, &Func(move |i| base + 8 * i as u64))
-                    && self.fill_check(1, &Func(move |i| !(base + 8 * i as u64)))
+                self.fill_check(0, &Func(move |i: u64| base + 8 * i))
+                    && self.fill_check(1, &Func(move |i: u64| !(base + 8 * i)))
             }
             Pattern::WalkingOnes | Pattern::WalkingZeros => {
                 let invert = if self.pattern == Pattern::WalkingZeros {
@@ -324,7 +324,7 @@ impl Sweeper<'_, '_> {
             }
             Pattern::Random => {
                 let key = splitmix64(seed ^ (pass << 40)) ^ base;
-                self.fill_check(0, &Func(move |i| mix64(key ^ i as u64)))
+                self.fill_check(0, &Func(move |i| mix64(key ^ i)))
             }
             Pattern::MovingInversions => self.moving_inversions(
                 1u64.rotate_left(self.pass % 64) | 0x8000_0000_0000_0000 >> (self.pass % 64),

@@ -19,9 +19,10 @@ const GROUP: usize = 64;
 pub(super) trait Words: Sync {
     /// The expected word at index `i` of the worker's share.
     fn at(&self, i: usize) -> u64;
-    /// The expected words `i .. i + 8` (`i` a multiple of 8). Inlined into the hot loops, where
-    /// the compiler computes the eight lanes in one vector.
-    fn line(&self, i: usize) -> Line;
+    /// The expected words at the eight indexes in `idx` (consecutive, the first a multiple of
+    /// 8). Inlined into the hot loops, where the compiler computes the eight lanes in one
+    /// vector; the loops step `idx` by one vector add per line instead of rebuilding it.
+    fn line(&self, idx: &Line) -> Line;
 }
 
 /// A pattern that repeats every 64 words, kept as the eight lines it streams from.
@@ -41,8 +42,8 @@ impl Words for Table {
     }
 
     #[inline(always)]
-    fn line(&self, i: usize) -> Line {
-        self.0[(i / LINE) % self.0.len()]
+    fn line(&self, idx: &Line) -> Line {
+        self.0[(idx[0] as usize / LINE) % self.0.len()]
     }
 }
 
@@ -51,14 +52,28 @@ impl Words for Table {
 /// regenerates any word from its index alone.
 pub(super) struct Func<F>(pub(super) F);
 
-impl<F: Fn(usize) -> u64 + Sync> Words for Func<F> {
+impl<F: Fn(u64) -> u64 + Sync> Words for Func<F> {
     fn at(&self, i: usize) -> u64 {
-        (self.0)(i)
+        (self.0)(i as u64)
     }
 
     #[inline(always)]
-    fn line(&self, i: usize) -> Line {
-        std::array::from_fn(|j| (self.0)(i + j))
+    fn line(&self, idx: &Line) -> Line {
+        std::array::from_fn(|j| (self.0)(idx[j]))
+    }
+}
+
+/// The word indexes of the line starting at `first`.
+#[inline(always)]
+fn indexes(first: usize) -> Line {
+    std::array::from_fn(|j| (first + j) as u64)
+}
+
+/// The indexes of the next line.
+#[inline(always)]
+fn step(idx: &mut Line) {
+    for i in idx.iter_mut() {
+        *i += LINE as u64;
     }
 }
 
@@ -120,8 +135,10 @@ macro_rules! hot_loops {
             pub(super) unsafe fn fill(source: &impl Words, block: &mut [u64], first: usize) {
                 let done = block.len() / LINE * LINE;
                 let mut lines = block.chunks_exact_mut(LINE);
-                for (l, dst) in (&mut lines).enumerate() {
-                    let line = source.line(first + l * LINE);
+                let mut idx = indexes(first);
+                for dst in &mut lines {
+                    let line = source.line(&idx);
+                    step(&mut idx);
                     // SAFETY: `dst` is 8 words of `block`, 64-byte aligned (the caller's
                     // promise for the block, kept by whole lines), and this function's feature
                     // is the store's.
@@ -145,9 +162,11 @@ macro_rules! hot_loops {
                     let mut acc: Line = [0; LINE];
                     let done = group.len() / LINE * LINE;
                     let mut lines = group.chunks_exact(LINE);
-                    for (l, got) in (&mut lines).enumerate() {
+                    let mut idx = indexes(at);
+                    for got in &mut lines {
                         // SAFETY: `got` is 8 readable words; the feature is this function's.
-                        acc = unsafe { $diff(acc, got.as_ptr(), &source.line(at + l * LINE)) };
+                        acc = unsafe { $diff(acc, got.as_ptr(), &source.line(&idx)) };
+                        step(&mut idx);
                     }
                     for (j, w) in lines.remainder().iter().enumerate() {
                         acc[0] |= w ^ source.at(at + done + j);

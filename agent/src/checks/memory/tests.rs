@@ -73,15 +73,15 @@ fn a_line_of_a_pattern_is_its_eight_words() {
     // The vector loops write and compare lines; faults are described word by word with `at`.
     // Both must be the same pattern.
     let table = Table::from_fn(|j| (j as u64).wrapping_mul(0x0101_0101_0101_0101));
-    let random = Func(|i| mix64(0xDEAD_BEEF ^ i as u64));
-    let address = Func(|i| 0x7F00_0000_0000 + 8 * i as u64);
+    let random = Func(|i| mix64(0xDEAD_BEEF ^ i));
+    let address = Func(|i| 0x7F00_0000_0000 + 8 * i);
     for i in (0..4096).step_by(8) {
         for (name, words) in [
             ("table", &table as &dyn Words),
             ("random", &random),
             ("address", &address),
         ] {
-            let line = words.line(i);
+            let line = words.line(&std::array::from_fn(|j| (i + j) as u64));
             for (j, w) in line.iter().enumerate() {
                 assert_eq!(*w, words.at(i + j), "{name} word {}", i + j);
             }
