@@ -6,8 +6,12 @@
 //! and io_uring at queue depths 1, 8, 16 and 32; the best of those is the peer's figure. kiln
 //! runs at the queue depth it chooses for the device (as a suite without `queue_depth` would),
 //! and at each fixed depth for reference. The figure is bytes written plus bytes read, over
-//! the time spent writing (flush included) and reading. Runs alternate between the tools,
-//! twice over, and each figure is the better of its two runs.
+//! the time spent writing (flush included) and reading. First a sweep, two rounds of every
+//! configuration in turn, each figure the median of its runs: fio's best is the configuration
+//! with the best median. Then the head to head: fio at that configuration and kiln at its own
+//! choice, five runs each in turns, medians compared (a shared machine's disk drifts by tens of
+//! percent over a minute; turns give both the same drift, and the second phase keeps the pick
+//! of the best from favouring fio's luckiest configuration).
 //! Run: `cargo bench -p kiln-agent --bench disk` (KILN_BENCH_DIR, KILN_BENCH_MIB to change the
 //! place and the size; default: target/, 1024 MiB).
 
@@ -19,6 +23,10 @@ use kiln_agent::stop::{Interrupt, Stop};
 
 const BLOCK: usize = 1 << 20;
 const DEPTHS: [usize; 4] = [1, 8, 16, 32];
+/// Rounds of the sweep over every configuration.
+const SWEEP_ROUNDS: usize = 2;
+/// Runs each of the head-to-head between fio's best configuration and kiln.
+const DUEL_ROUNDS: usize = 5;
 
 fn main() {
     let mib: u64 = std::env::var("KILN_BENCH_MIB")
@@ -43,67 +51,81 @@ fn main() {
         return;
     }
 
-    let mut kiln_rates: Vec<(usize, f64)> = Vec::new();
-    let mut fio_rates: Vec<(String, f64)> = Vec::new();
+    // The sweep: every fio configuration and kiln at every depth, alternating, to find fio's
+    // best configuration on this device.
     let mut kiln_depths = vec![chosen];
     kiln_depths.extend(DEPTHS.iter().filter(|d| **d != chosen));
-    for _ in 0..2 {
+    let mut fio_rates: Vec<((&str, usize), f64)> = Vec::new();
+    let mut kiln_rates: Vec<(usize, f64)> = Vec::new();
+    for _ in 0..SWEEP_ROUNDS {
         for (i, depth) in DEPTHS.iter().enumerate() {
             for engine in ["libaio", "io_uring"] {
                 if let Some(rate) = fio(&path, mib, engine, *depth) {
-                    fio_rates.push((format!("{engine} QD{depth}"), rate));
+                    fio_rates.push(((engine, *depth), rate));
                 }
             }
-            // kiln's own choice between every fio depth, so it sees the device as fio does.
-            kiln_rates.push((chosen, kiln(&path, mib, chosen)));
-            if let Some(other) = kiln_depths.get(i + 1) {
-                kiln_rates.push((*other, kiln(&path, mib, *other)));
+            for d in kiln_depths
+                .iter()
+                .skip(i)
+                .take(if i + 1 == DEPTHS.len() { 2 } else { 1 })
+            {
+                kiln_rates.push((*d, kiln(&path, mib, *d)));
             }
         }
     }
-    let best_of = |rates: &[(String, f64)], key: &str| {
-        rates
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, r)| *r)
-            .fold(f64::NAN, f64::max)
-    };
-    let mut fio_best = ("none".to_owned(), f64::NAN);
+    let mut fio_best = (("none", 0), f64::NAN);
     for depth in DEPTHS {
         for engine in ["libaio", "io_uring"] {
-            let key = format!("{engine} QD{depth}");
-            let rate = best_of(&fio_rates, &key);
-            println!("  fio  {key:<14} {rate:>7.0} MB/s");
+            let rate = median(
+                fio_rates
+                    .iter()
+                    .filter(|(k, _)| *k == (engine, depth))
+                    .map(|(_, r)| *r),
+            );
+            println!(
+                "  fio  {:<14} {rate:>7.0} MB/s",
+                format!("{engine} QD{depth}")
+            );
             if fio_best.1.is_nan() || rate > fio_best.1 {
-                fio_best = (key, rate);
+                fio_best = ((engine, depth), rate);
             }
         }
     }
-    let kiln_at = |depth: usize| {
-        kiln_rates
-            .iter()
-            .filter(|(d, _)| *d == depth)
-            .map(|(_, r)| *r)
-            .fold(f64::NAN, f64::max)
-    };
     for depth in &kiln_depths {
-        println!(
-            "  kiln QD{depth:<11} {:>7.0} MB/s{}",
-            kiln_at(*depth),
-            if *depth == chosen {
-                "  (its choice)"
-            } else {
-                ""
-            }
+        let rate = median(
+            kiln_rates
+                .iter()
+                .filter(|(d, _)| d == depth)
+                .map(|(_, r)| *r),
         );
+        let note = if *depth == chosen {
+            "  (its choice)"
+        } else {
+            ""
+        };
+        println!("  kiln QD{depth:<11} {rate:>7.0} MB/s{note}");
     }
-    let kiln = kiln_at(chosen);
+
+    // Head to head: fio at its best configuration against kiln at its own choice, in turns.
+    let ((engine, depth), _) = fio_best;
+    let mut fio_runs = Vec::new();
+    let mut kiln_runs = Vec::new();
+    for _ in 0..DUEL_ROUNDS {
+        fio_runs.extend(fio(&path, mib, engine, depth));
+        kiln_runs.push(kiln(&path, mib, chosen));
+    }
+    let (fio, kiln) = (median(fio_runs.into_iter()), median(kiln_runs.into_iter()));
     println!(
-        "kiln {kiln:.0} MB/s at QD{chosen}, fio at its best ({}) {:.0} MB/s: ratio kiln / fio {:.2} (target >= 0.95)",
-        fio_best.0,
-        fio_best.1,
-        kiln / fio_best.1
+        "head to head, {DUEL_ROUNDS} runs each in turns: kiln {kiln:.0} MB/s at QD{chosen}, fio at its best ({engine} QD{depth}) {fio:.0} MB/s: ratio kiln / fio {:.2} (target >= 0.95)",
+        kiln / fio
     );
+}
+
+/// The median of some runs (NaN for none).
+fn median(rates: impl Iterator<Item = f64>) -> f64 {
+    let mut rates: Vec<f64> = rates.collect();
+    rates.sort_by(f64::total_cmp);
+    rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// kiln's write-then-verify at `depth`; combined MB/s.
@@ -114,6 +136,7 @@ fn kiln(path: &Path, mib: u64, depth: usize) -> f64 {
         scratch: true,
         smart_device: None,
         queue_depth: depth,
+        engine: kiln_agent::checks::disk::IoEngine::Uring,
     };
     let stop = Stop::new(Duration::from_secs(3600), Interrupt::new());
     let run = job

@@ -21,6 +21,8 @@ pub struct DiskRun {
     pub mismatch_count: u64,
     /// Set when O_DIRECT was refused and page-cache I/O was used.
     pub buffered: bool,
+    /// The engine that did the I/O (threads when io_uring was asked for but is not there).
+    pub engine: IoEngine,
 }
 
 impl DiskRun {
@@ -110,17 +112,6 @@ impl Injection for NoInjection {
     fn after_write(&self, _: &Path, _: usize) {}
 }
 
-/// The expected content of word `k` of block `b`: the block index, the seed, then a pattern of
-/// both.
-#[inline(always)]
-pub(super) fn expected_word(seed: u64, block: u64, k: usize, words: usize) -> u64 {
-    match k {
-        0 => block,
-        1 => seed,
-        _ => splitmix64(seed ^ (block.wrapping_mul(words as u64) + k as u64)),
-    }
-}
-
 /// A heap buffer aligned for O_DIRECT.
 pub(super) struct AlignedBuf {
     ptr: *mut u8,
@@ -128,7 +119,7 @@ pub(super) struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> anyhow::Result<Self> {
+    pub(super) fn new(len: usize) -> anyhow::Result<Self> {
         let layout = std::alloc::Layout::from_size_align(len, 4096)?;
         // SAFETY: the layout has a non-zero size (block sizes are at least 4 KiB).
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
@@ -138,12 +129,12 @@ impl AlignedBuf {
         Ok(Self { ptr, layout })
     }
 
-    fn bytes(&mut self) -> &mut [u8] {
+    pub(super) fn bytes(&mut self) -> &mut [u8] {
         // SAFETY: `ptr` owns `layout.size()` initialized bytes for the life of `self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
     }
 
-    fn words(&mut self) -> &mut [u64] {
+    pub(super) fn words(&mut self) -> &mut [u64] {
         // SAFETY: as above; the 4096 alignment satisfies u64's and the size is a multiple of 8.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u64>(), self.layout.size() / 8) }
     }
@@ -237,6 +228,7 @@ impl Job {
         let mut run = DiskRun {
             bytes: blocks * block_size as u64,
             buffered,
+            engine: self.engine,
             ..Default::default()
         };
         let pass = Pass {
@@ -249,7 +241,7 @@ impl Job {
             progress,
         };
         let started = Instant::now();
-        let written = pass.run(Direction::Write)?;
+        let written = pass.run(Direction::Write, &mut run.engine)?;
         run.latencies = written.latencies;
         if !written.complete {
             return Ok(run);
@@ -271,7 +263,7 @@ impl Job {
         injection.after_write(&self.path, block_size);
 
         let started = Instant::now();
-        let read = pass.run(Direction::Read)?;
+        let read = pass.run(Direction::Read, &mut run.engine)?;
         run.read_time = started.elapsed();
         run.latencies.extend(read.latencies);
         run.mismatch_count = read.mismatch_count;
@@ -286,37 +278,71 @@ impl Job {
 
 /// Which way a pass moves the blocks.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub(super) enum Direction {
     Write,
     Read,
 }
 
 /// What a pass over every block did.
 #[derive(Default)]
-struct PassRun {
-    complete: bool,
-    blocks_done: u64,
-    latencies: Vec<Duration>,
-    mismatch_count: u64,
-    mismatches: Vec<BlockMismatch>,
+pub(super) struct PassRun {
+    pub(super) complete: bool,
+    pub(super) blocks_done: u64,
+    pub(super) latencies: Vec<Duration>,
+    pub(super) mismatch_count: u64,
+    pub(super) mismatches: Vec<BlockMismatch>,
+}
+
+impl PassRun {
+    /// Counts a block read back: its mismatch, if any, kept in detail while there is room.
+    pub(super) fn verified(&mut self, mismatch: Option<BlockMismatch>) {
+        if let Some(m) = mismatch {
+            self.mismatch_count += 1;
+            if self.mismatches.len() < MAX_DETAILED {
+                self.mismatches.push(m);
+            }
+        }
+        self.blocks_done += 1;
+    }
 }
 
 /// What the write pass and the read-and-verify pass over one job share.
 #[derive(Clone, Copy)]
-struct Pass<'a> {
-    job: &'a Job,
-    file: &'a File,
-    blocks: u64,
-    block_size: usize,
-    seed: u64,
-    stop: &'a Stop,
-    progress: &'a (dyn Fn(u64) + Sync),
+pub(super) struct Pass<'a> {
+    pub(super) job: &'a Job,
+    pub(super) file: &'a File,
+    pub(super) blocks: u64,
+    pub(super) block_size: usize,
+    pub(super) seed: u64,
+    pub(super) stop: &'a Stop,
+    pub(super) progress: &'a (dyn Fn(u64) + Sync),
 }
 
 impl Pass<'_> {
-    /// Every block once, from the job's queue depth of threads; the first I/O error ends the
-    /// pass (the others stop at their next block) and is returned naming block and path.
-    fn run(&self, direction: Direction) -> anyhow::Result<PassRun> {
+    /// Every block once, `queue_depth` I/Os in flight: through io_uring, submitted in block
+    /// order from one thread as fio does, or — where the kernel offers no io_uring (before 5.6,
+    /// or turned off) — from that many threads. The first I/O error ends the pass and is
+    /// returned naming block and path.
+    /// `engine` says which engine did it.
+    fn run(&self, direction: Direction, engine: &mut IoEngine) -> anyhow::Result<PassRun> {
+        let ring = match self.job.engine {
+            IoEngine::Uring => {
+                super::uring::Ring::new(self.job.queue_depth.clamp(1, MAX_QUEUE_DEPTH))
+            }
+            IoEngine::Threads => None,
+        };
+        match ring {
+            Some(ring) => ring.pass(self, direction),
+            None => {
+                *engine = IoEngine::Threads;
+                self.threads(direction)
+            }
+        }
+    }
+
+    /// The pass from `queue_depth` threads, each taking the next block; the others stop at
+    /// their next block once one fails.
+    fn threads(&self, direction: Direction) -> anyhow::Result<PassRun> {
         let next = AtomicU64::new(0);
         let failed = AtomicBool::new(false);
         let depth = self.job.queue_depth.clamp(1, MAX_QUEUE_DEPTH);
@@ -396,24 +422,12 @@ impl Pass<'_> {
                 return Err(err);
             }
             if direction == Direction::Read {
-                if let Some(m) = verify_block(buf.words(), self.seed, block, self.block_size) {
-                    lane.mismatch_count += 1;
-                    if lane.mismatches.len() < MAX_DETAILED {
-                        lane.mismatches.push(m);
-                    }
-                }
+                lane.verified(verify_block(buf.words(), self.seed, block, self.block_size));
+            } else {
+                lane.blocks_done += 1;
             }
-            lane.blocks_done += 1;
             (self.progress)(self.block_size as u64);
         }
-    }
-}
-
-/// Writes block `block`'s pattern into `words`.
-fn fill_block(words: &mut [u64], seed: u64, block: u64) {
-    let n = words.len();
-    for (k, w) in words.iter_mut().enumerate() {
-        *w = expected_word(seed, block, k, n);
     }
 }
 
@@ -451,35 +465,4 @@ pub fn default_queue_depth(sys: &str, device: Option<&Path>, block_size: usize) 
         );
     }
     (depth, why)
-}
-
-/// Compares a block read back with what was written; `None` when it matches.
-pub fn verify_block(
-    words: &[u64],
-    seed: u64,
-    block: u64,
-    block_size: usize,
-) -> Option<BlockMismatch> {
-    let n = words.len();
-    let diff = words.iter().enumerate().fold(0u64, |acc, (k, w)| {
-        acc | (w ^ expected_word(seed, block, k, n))
-    });
-    if diff == 0 {
-        return None;
-    }
-    let bad: Vec<usize> = (0..n)
-        .filter(|k| words[*k] != expected_word(seed, block, *k, n))
-        .collect();
-    let first = bad[0];
-    let holds_block = (words[1] == seed && words[0] != block).then_some(words[0]);
-    Some(BlockMismatch {
-        block,
-        offset: block * block_size as u64,
-        words: n,
-        bad_words: bad.len(),
-        first_bad_word: first,
-        expected: expected_word(seed, block, first, n),
-        actual: words[first],
-        holds_block,
-    })
 }

@@ -22,10 +22,15 @@ use crate::rng::{fresh_seed, splitmix64};
 use crate::stop::Stop;
 
 mod io;
+mod pattern;
 mod safety;
 mod smart;
+mod uring;
 
 pub use io::*;
+#[cfg(test)]
+use pattern::expected_word;
+pub use pattern::{fill_block, verify_block};
 pub use safety::*;
 pub use smart::*;
 
@@ -65,7 +70,7 @@ impl CheckKind for Disk {
                     &format!(
                         "{}: {} I/Os in flight ({why})",
                         job.path.display(),
-                        job.queue_depth
+                        job.queue_depth,
                     ),
                 );
                 job
@@ -125,10 +130,12 @@ impl CheckKind for Disk {
             ctx.observer.log(
                 LogLevel::Info,
                 &format!(
-                    "{}: write {:.0} MB/s, read {:.0} MB/s",
+                    "{}: write {:.0} MB/s, read {:.0} MB/s ({} I/Os in flight through {})",
                     job.path.display(),
                     run.write_mbps(),
-                    run.read_mbps()
+                    run.read_mbps(),
+                    job.queue_depth,
+                    run.engine.name()
                 ),
             );
             write_mbps = write_mbps.min(run.write_mbps());
@@ -169,8 +176,31 @@ pub struct Job {
     pub scratch: bool,
     /// The whole-disk device to ask SMART about.
     pub smart_device: Option<PathBuf>,
-    /// I/Os in flight (one thread each).
+    /// I/Os in flight.
     pub queue_depth: usize,
+    /// How they are kept in flight.
+    pub engine: IoEngine,
+}
+
+/// How a job keeps its I/Os in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoEngine {
+    /// io_uring from one thread, submitted in block order; threads where the kernel has no
+    /// io_uring.
+    #[default]
+    Uring,
+    /// One thread per I/O in flight, each doing plain pread/pwrite.
+    Threads,
+}
+
+impl IoEngine {
+    /// Its name, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoEngine::Uring => "io_uring",
+            IoEngine::Threads => "threads",
+        }
+    }
 }
 
 impl Job {
@@ -211,6 +241,7 @@ fn scratch_job(spec: &DiskCheck, dir: &Path) -> anyhow::Result<Job> {
         scratch: true,
         smart_device: disk_of_path(dir),
         queue_depth: 1,
+        engine: IoEngine::Uring,
     })
 }
 
@@ -258,6 +289,7 @@ fn device_jobs(
                     scratch: false,
                     smart_device: Some(path),
                     queue_depth: 1,
+                    engine: IoEngine::Uring,
                 });
             }
         }

@@ -15,8 +15,12 @@ fn scratch(dir: &Path, bytes: u64) -> Job {
         smart_device: None,
         // Several I/Os in flight, as on a real device: blocks finish out of order.
         queue_depth: 4,
+        engine: IoEngine::Uring,
     }
 }
+
+/// Both engines: io_uring (where this kernel has it) and threads.
+const ENGINES: [IoEngine; 2] = [IoEngine::Uring, IoEngine::Threads];
 
 fn tempdir(name: &str) -> PathBuf {
     // Under the target directory, on a real disk filesystem (tmpfs refuses O_DIRECT).
@@ -28,14 +32,30 @@ fn tempdir(name: &str) -> PathBuf {
 }
 
 #[test]
-fn a_clean_file_verifies_and_is_removed() {
+fn a_clean_file_verifies_and_is_removed_by_either_engine() {
     let dir = tempdir("clean");
-    let job = scratch(&dir, 8 << 20);
-    let run = job.run(1 << 20, 7, &stop(), &NoInjection, &|_| {}).unwrap();
-    assert_eq!(run.mismatch_count, 0);
-    assert_eq!(run.latencies.len(), 16);
-    assert!(run.write_mbps() > 0.0 && run.read_mbps() > 0.0);
-    assert!(!job.path.exists(), "scratch file left behind");
+    for engine in ENGINES {
+        let job = Job {
+            engine,
+            ..scratch(&dir, 8 << 20)
+        };
+        let moved = AtomicU64::new(0);
+        let run = job
+            .run(1 << 20, 7, &stop(), &NoInjection, &|b| {
+                moved.fetch_add(b, Ordering::Relaxed);
+            })
+            .unwrap();
+        assert_eq!(run.engine, engine, "this kernel has io_uring");
+        assert_eq!(run.mismatch_count, 0);
+        assert_eq!(run.latencies.len(), 16);
+        assert_eq!(
+            moved.into_inner(),
+            16 << 20,
+            "progress counts each byte written and read"
+        );
+        assert!(run.write_mbps() > 0.0 && run.read_mbps() > 0.0);
+        assert!(!job.path.exists(), "scratch file left behind");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -71,33 +91,42 @@ fn the_queue_depth_follows_the_device_and_the_buffers_it_would_pin() {
     std::fs::remove_dir_all(sys).unwrap();
 }
 
-struct CorruptBlock(u64);
+struct CorruptBlocks<'a>(&'a [u64]);
 
-impl Injection for CorruptBlock {
+impl Injection for CorruptBlocks<'_> {
     fn after_write(&self, path: &Path, block_size: usize) {
         let file = OpenOptions::new().write(true).open(path).unwrap();
-        file.write_all_at(&[0xff; 16], self.0 * block_size as u64 + 4096)
-            .unwrap();
+        for block in self.0 {
+            file.write_all_at(&[0xff; 16], block * block_size as u64 + 4096)
+                .unwrap();
+        }
         file.sync_data().unwrap();
     }
 }
 
 #[test]
-fn a_corrupted_block_is_reported_with_its_offset() {
+fn corrupted_blocks_are_reported_with_their_offsets_by_either_engine_in_block_order() {
     let dir = tempdir("corrupt");
-    let job = scratch(&dir, 4 << 20);
-    let run = job
-        .run(1 << 20, 9, &stop(), &CorruptBlock(2), &|_| {})
-        .unwrap();
-    assert_eq!(run.mismatch_count, 1);
-    let m = &run.mismatches[0];
-    assert_eq!(
-        (m.block, m.offset, m.first_bad_word, m.bad_words),
-        (2, 2 << 20, 512, 2)
-    );
-    assert_eq!(m.actual, u64::MAX);
-    let faults = run.faults(&job.path);
-    assert!(faults[0].message.contains("block 2 (offset 2097152) read back wrong: 2 of 131072 words differ, first at byte +4096"), "{}", faults[0].message);
+    for engine in ENGINES {
+        let job = Job {
+            engine,
+            queue_depth: 8,
+            ..scratch(&dir, 16 << 20)
+        };
+        let run = job
+            .run(1 << 20, 9, &stop(), &CorruptBlocks(&[11, 2]), &|_| {})
+            .unwrap();
+        assert_eq!(run.mismatch_count, 2, "{engine:?}");
+        let m = &run.mismatches[0];
+        assert_eq!(
+            (m.block, m.offset, m.first_bad_word, m.bad_words),
+            (2, 2 << 20, 512, 2)
+        );
+        assert_eq!(m.actual, u64::MAX);
+        assert_eq!(run.mismatches[1].block, 11);
+        let faults = run.faults(&job.path);
+        assert!(faults[0].message.contains("block 2 (offset 2097152) read back wrong: 2 of 131072 words differ, first at byte +4096"), "{}", faults[0].message);
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
