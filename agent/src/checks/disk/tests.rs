@@ -130,6 +130,48 @@ fn corrupted_blocks_are_reported_with_their_offsets_by_either_engine_in_block_or
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Cuts the file short after the write: the blocks past the cut cannot be read back.
+struct Truncate(u64);
+
+impl Injection for Truncate {
+    fn after_write(&self, path: &Path, _: usize) {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(self.0)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_block_that_cannot_be_read_back_is_an_error_naming_it_and_the_pass_ends() {
+    let dir = tempdir("short");
+    for engine in ENGINES {
+        let job = Job {
+            engine,
+            queue_depth: 8,
+            ..scratch(&dir, 16 << 20)
+        };
+        // Blocks 0-9 are whole, 10 is cut in half, 11-15 are gone: several I/Os in flight fail
+        // at once, and every one must be reaped before the error comes back.
+        let err = job
+            .run(
+                1 << 20,
+                3,
+                &stop(),
+                &Truncate((10 << 20) + (1 << 19)),
+                &|_| {},
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("read of block 1"), "{engine:?}: {err}");
+        assert!(err.contains(&job.path.display().to_string()), "{err}");
+        assert!(!job.path.exists(), "scratch file left behind");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn a_misdirected_block_names_the_block_it_holds() {
     let seed = 5;

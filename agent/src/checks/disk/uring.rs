@@ -110,9 +110,15 @@ impl Ring {
                 .completion()
                 .map(|c| (c.user_data() as usize, c.result()))
                 .collect();
+            // Every reaped completion frees its slot before any error is returned: a slot left
+            // taken would have `drain` wait for a completion already reaped.
+            let mut failure = None;
             for (slot, result) in done {
                 let Some(io) = slots.get_mut(slot).and_then(Option::take) else {
-                    anyhow::bail!("io_uring completed an I/O kiln did not submit ({slot})");
+                    failure.get_or_insert_with(|| {
+                        anyhow::anyhow!("io_uring completed an I/O kiln did not submit ({slot})")
+                    });
+                    continue;
                 };
                 run.latencies.push(io.started.elapsed());
                 let block = io.block;
@@ -122,10 +128,18 @@ impl Ring {
                 };
                 if result < 0 {
                     let err = std::io::Error::from_raw_os_error(-result);
-                    anyhow::bail!("{verb} block {block} on {path} failed: {err}");
+                    failure.get_or_insert_with(|| {
+                        anyhow::anyhow!("{verb} block {block} on {path} failed: {err}")
+                    });
+                    continue;
                 }
                 if result as u32 != len {
-                    anyhow::bail!("{verb} block {block} on {path} moved {result} of {len} bytes");
+                    failure.get_or_insert_with(|| {
+                        anyhow::anyhow!(
+                            "{verb} block {block} on {path} moved {result} of {len} bytes"
+                        )
+                    });
+                    continue;
                 }
                 match direction {
                     Direction::Write => run.blocks_done += 1,
@@ -137,6 +151,9 @@ impl Ring {
                     )),
                 }
                 (pass.progress)(pass.block_size as u64);
+            }
+            if let Some(err) = failure {
+                return Err(err);
             }
         }
     }
