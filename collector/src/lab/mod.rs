@@ -230,10 +230,22 @@ fn check_injections(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow
     Ok(())
 }
 
+/// A loopback port nothing listens on now, and one this process has not handed out before:
+/// the kernel may give a just-released port to the next `bind(:0)`, and two nodes on one
+/// console port is one QEMU that cannot start.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..64 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no loopback port left that this lab has not used already")
 }
 
 /// Runs the lab to the end and returns its report.

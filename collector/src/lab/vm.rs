@@ -1,7 +1,7 @@
 //! The lab's QEMU nodes: each one's command line (the basic PC or the server profile), the
 //! processes started and their BMCs, all stopped by PID however the lab ends.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Instant;
 
@@ -14,6 +14,20 @@ pub(super) struct Vm {
     pub(super) child: Child,
     pub(super) started: Instant,
     pub(super) done_at: Option<Instant>,
+    /// Where QEMU's own complaints go (a port taken, a device refused).
+    pub(super) log: PathBuf,
+}
+
+impl Vm {
+    /// The last lines QEMU wrote, for an error when it stopped too early.
+    pub(super) fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(5).collect();
+        if lines.is_empty() {
+            return format!("QEMU wrote nothing to {}", self.log.display());
+        }
+        lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
+    }
 }
 
 /// The VMs and their BMCs; the VMs are killed (by the PIDs the lab started) when it drops,
@@ -96,6 +110,8 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
             }
         }
         let mut cmd = node.command();
+        let log = opts.dir.join(format!("node-{}.qemu.log", i + 1));
+        cmd.stderr(std::fs::File::create(&log)?);
         // If the lab itself is killed outright, the kernel still stops its VMs.
         die_with_parent(&mut cmd);
         let child = cmd
@@ -106,6 +122,7 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
             child,
             started: Instant::now(),
             done_at: None,
+            log,
         });
     }
     std::fs::write(opts.dir.join("pids"), &pids)?;

@@ -92,17 +92,37 @@ pub(super) fn until_done(
                 opts.timeout.as_secs()
             ));
         }
-        // A VM that died before its node got a verdict will not get one.
-        if vms.iter().zip(plans).any(|(vm, p)| {
-            vm.done_at
-                .is_some_and(|d| d.elapsed() > Duration::from_secs(90))
-                && !rows
-                    .iter()
-                    .any(|r| r.macs.contains(&p.mac) && r.verdict.is_some())
-        }) {
-            break Err(anyhow::anyhow!(
-                "a node's VM stopped without a verdict; see the collector's run pages"
-            ));
+        // A VM that died before its node got a verdict will not get one: at once when the
+        // node never even reached the collector (QEMU did not start), after a grace period
+        // otherwise (the collector may still be closing its run from the console).
+        let dead = vms.iter_mut().zip(plans).find_map(|(vm, p)| {
+            let row = rows.iter().find(|r| r.macs.contains(&p.mac));
+            let gone_for = vm.done_at.map(|d| d.elapsed())?;
+            if row.is_some_and(|r| r.verdict.is_some()) {
+                return None;
+            }
+            let never_seen = row.is_none_or(|r| r.stage.is_none());
+            (never_seen || gone_for > Duration::from_secs(90)).then(|| {
+                let status = vm
+                    .child
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map_or("killed".to_owned(), |s| s.to_string());
+                format!(
+                    "{}'s VM stopped ({status}) without a verdict{}; QEMU said: {}",
+                    p.name,
+                    if never_seen {
+                        " and before it reached the collector"
+                    } else {
+                        "; see the collector's run pages"
+                    },
+                    vm.log_tail()
+                )
+            })
+        });
+        if let Some(why) = dead {
+            break Err(anyhow::anyhow!(why));
         }
     })();
     for bar in &bars {
