@@ -84,7 +84,11 @@ impl CheckKind for Memory {
         let seed = spec.seed.unwrap_or_else(fresh_seed);
         ctx.observer.log(
             LogLevel::Info,
-            &format!("testing {} on {threads} thread(s), random seed {seed:#018x} (replay with `seed: {seed}`)", Size(region.bytes() as u64)),
+            &format!(
+                "testing {} on {threads} thread(s) with {} stores, random seed {seed:#018x} (replay with `seed: {seed}`)",
+                Size(region.bytes() as u64),
+                Isa::detect().name()
+            ),
         );
         let edac_before = edac_counts();
         let run = Engine::new(spec, seed).run(
