@@ -3,7 +3,8 @@
 # network namespaces this script creates (and removes). kiln measures HTTP download and upload
 # against `kiln-agent serve-bandwidth` with `streams: N` (N = KILN_BENCH_STREAMS, default one
 # per CPU) and with one stream; iperf3 measures TCP both ways (-R for download) with -P N and
-# with one stream. Every measurement runs KILN_BENCH_SECS (5) s; kiln and iperf3 alternate,
+# with one stream, each both with plain sends and zero-copy (-Z), the better counting as its best.
+# Every measurement runs KILN_BENCH_SECS (5) s; kiln and iperf3 alternate,
 # measurement by measurement, for KILN_BENCH_ROUNDS (3) rounds, and each figure is the best of
 # its rounds (a shared machine's throughput drifts over a minute; alternating gives both tools
 # the same drift). Prints Mb/s and the ratios (target: kiln >= 0.9 of iperf3 -P N).
@@ -74,10 +75,10 @@ print(m['$2_mbps'])"
 }
 
 # One iperf3 measurement, Mb/s as the receiver counted.
-iperf() { # streams direction
+iperf() { # streams direction [extra iperf3 options]
   local reverse=()
   [ "$2" = download ] && reverse=(-R)
-  ip netns exec "$A" timeout 60 iperf3 -c "$ADDR_B" -p 5201 -t "$SECS" -P "$1" "${reverse[@]}" -J \
+  ip netns exec "$A" timeout 60 iperf3 -c "$ADDR_B" -p 5201 -t "$SECS" -P "$1" "${reverse[@]}" "${@:3}" -J \
     | python3 -c "import json,sys; print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e6)"
 }
 
@@ -87,7 +88,9 @@ for round in $(seq "$ROUNDS"); do
   for dir in download upload; do
     for n in "$STREAMS" 1; do
       echo "kiln $n $dir $(kiln "$n" "$dir")" >> "$results"
+      # iperf3's best: plain send() and zero-copy sendfile (-Z), whichever moves more.
       echo "iperf3 $n $dir $(iperf "$n" "$dir")" >> "$results"
+      echo "iperf3 $n $dir $(iperf "$n" "$dir" -Z)" >> "$results"
     done
   done
 done

@@ -152,6 +152,16 @@ pub enum Way {
     Upload,
 }
 
+/// Runtime threads for `streams` streams on this node: half the CPUs at most, because the
+/// kernel's receive and transmit work for the streams (softirq, checksums, copies) needs as
+/// much CPU again, and a runtime thread per CPU starves it (measured on 2 CPUs over veth: two
+/// threads moved less than one). Used by the measuring side and by `serve-bandwidth`.
+pub fn stream_threads(streams: usize) -> usize {
+    streams
+        .min(crate::os::affinity::allowed_cpus().len() / 2)
+        .max(1)
+}
+
 /// Moves bytes `way` with `streams` connections side by side for about `duration`. Each
 /// stream has its own client, so its own TCP connection; the runtime's worker threads spread
 /// them over the CPUs.

@@ -383,9 +383,7 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn serve_bandwidth(listen: std::net::SocketAddr, seconds: u64) -> u8 {
-    // Half the CPUs serve streams; the kernel's network work for them needs the rest (as on
-    // the measuring side, see checks::nic).
-    let threads = (crate::os::affinity::allowed_cpus().len() / 2).max(1);
+    let threads = crate::bandwidth::stream_threads(usize::MAX);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

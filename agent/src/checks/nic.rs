@@ -233,12 +233,7 @@ fn throughput(
     use crate::bandwidth::Way;
     use kiln_protocol::suite::Direction;
     let duration = spec.duration.get();
-    // Half the CPUs at most drive streams: the kernel's receive and transmit work for them
-    // (softirq, checksums, copies) needs as much CPU again, and a runtime thread per CPU
-    // starves it.
-    let threads = streams
-        .min(crate::os::affinity::allowed_cpus().len() / 2)
-        .max(1);
+    let threads = crate::bandwidth::stream_threads(streams);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

@@ -208,13 +208,12 @@ impl Engine {
                     let poller = poller.clone();
                     let finished_workers = &finished_workers;
                     scope.spawn(move || {
+                        // Counted done even if the worker panics, so the loop below ends.
+                        let _done = Finished(finished_workers, poller);
                         // Unpinned work still tests memory; pinning only spreads the load.
                         let _ = affinity::pin_current_thread(cpu);
                         let passes = self.worker(chunk, cpu, shared, injection);
-                        let finished = shared.started.elapsed();
-                        finished_workers.fetch_add(1, Ordering::Release);
-                        poller.unpark();
-                        (passes, finished)
+                        (passes, shared.started.elapsed())
                     })
                 })
                 .collect();
@@ -278,6 +277,16 @@ impl Engine {
             }
             pass += 1;
         }
+    }
+}
+
+/// Counts a worker done and wakes the progress loop when dropped — on return or on panic.
+struct Finished<'a>(&'a AtomicU64, std::thread::Thread);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+        self.1.unpark();
     }
 }
 
