@@ -193,6 +193,23 @@ pub fn full_run() -> Vec<Event> {
     ]
 }
 
+/// A whole run whose one step failed with a fault `code` saying `message`.
+pub fn failed_run(code: &str, message: &str) -> Vec<Event> {
+    let mut events = full_run();
+    if let EventBody::StepFinished { report } = &mut events[3].body {
+        report.outcome = Outcome::Fail {
+            faults: vec![kiln_protocol::wire::Fault::new(code, message)],
+        };
+    }
+    events[4] = ev(
+        5,
+        EventBody::RunFinished {
+            verdict: Verdict::Fail,
+        },
+    );
+    events
+}
+
 pub async fn post_events(
     client: &reqwest::Client,
     base: &str,

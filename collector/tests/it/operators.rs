@@ -144,34 +144,11 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
     let mut runs = Vec::new();
     for n in 1..=4u8 {
         let run = register(&client, &server.base, n, SUITE).await;
-        let mut events = full_run();
-        if n == 3 || n == 4 {
-            events[3] = ev(
-                4,
-                kiln_protocol::wire::EventBody::StepFinished {
-                    report: kiln_protocol::wire::StepReport {
-                        step: 0,
-                        name: "tool".into(),
-                        kind: "exec".into(),
-                        outcome: kiln_protocol::wire::Outcome::Fail {
-                            faults: vec![kiln_protocol::wire::Fault::new(
-                                "exec.exit",
-                                "tool exited with 3",
-                            )],
-                        },
-                        metrics: vec![],
-                        duration_ms: 5,
-                        attempts: vec![],
-                    },
-                },
-            );
-            events[4] = ev(
-                5,
-                kiln_protocol::wire::EventBody::RunFinished {
-                    verdict: kiln_protocol::verdict::Verdict::Fail,
-                },
-            );
-        }
+        let events = if n == 3 || n == 4 {
+            failed_run("exec.exit", "tool exited with 3")
+        } else {
+            full_run()
+        };
         assert_eq!(
             post_events(&client, &server.base, &run, events)
                 .await
@@ -355,32 +332,7 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
     let client = reqwest::Client::new();
     let admin = server.admin_token();
     let run = register(&client, &server.base, 1, SUITE).await;
-    let mut events = full_run();
-    events[3] = ev(
-        4,
-        kiln_protocol::wire::EventBody::StepFinished {
-            report: kiln_protocol::wire::StepReport {
-                step: 0,
-                name: "tool".into(),
-                kind: "exec".into(),
-                outcome: kiln_protocol::wire::Outcome::Fail {
-                    faults: vec![kiln_protocol::wire::Fault::new(
-                        "fan.speed",
-                        "fan 3 at 900 rpm",
-                    )],
-                },
-                metrics: vec![],
-                duration_ms: 5,
-                attempts: vec![],
-            },
-        },
-    );
-    events[4] = ev(
-        5,
-        kiln_protocol::wire::EventBody::RunFinished {
-            verdict: kiln_protocol::verdict::Verdict::Fail,
-        },
-    );
+    let events = failed_run("fan.speed", "fan 3 at 900 rpm");
     post_events(&client, &server.base, &run, events).await;
     let node = run.node_id;
     let (base, token) = (server.base.clone(), admin.clone());

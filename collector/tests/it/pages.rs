@@ -5,7 +5,7 @@ use std::process::Command;
 
 use kiln_collector::config::Config;
 use kiln_protocol::verdict::Verdict;
-use kiln_protocol::wire::{EventBody, Outcome, RegisterRequest, StepReport};
+use kiln_protocol::wire::{EventBody, RegisterRequest};
 
 use crate::common::*;
 
@@ -19,32 +19,7 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         suite_text: SUITE.into(),
     };
     let run = register_with(&client, &server.base, &req, None).await;
-    let mut events = full_run();
-    events[3] = ev(
-        4,
-        EventBody::StepFinished {
-            report: StepReport {
-                step: 0,
-                name: "tool".into(),
-                kind: "exec".into(),
-                outcome: Outcome::Fail {
-                    faults: vec![kiln_protocol::wire::Fault::new(
-                        "exec.exit_code",
-                        "tool exited with 3",
-                    )],
-                },
-                metrics: vec![],
-                duration_ms: 5,
-                attempts: vec![],
-            },
-        },
-    );
-    events[4] = ev(
-        5,
-        EventBody::RunFinished {
-            verdict: Verdict::Fail,
-        },
-    );
+    let events = failed_run("exec.exit_code", "tool exited with 3");
     post_events(&client, &server.base, &run, events).await;
     let page = client
         .get(format!("{}/", server.base))
