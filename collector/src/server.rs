@@ -138,11 +138,14 @@ async fn accept_loop(
         let app = app.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            // The permit lives as long as the connection, and past it in a NIC stream's raw
+            // socket when the connection is upgraded (the bandwidth routes hold it).
+            let permit = kiln_agent::bandwidth::ConnectionHold(Arc::new(permit));
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
+                    req.extensions_mut().insert(permit.clone());
                     let mut app = app.clone();
                     async move { tower_service::Service::call(&mut app, req).await }
                 },
@@ -150,7 +153,8 @@ async fn accept_loop(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

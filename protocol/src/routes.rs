@@ -16,6 +16,11 @@ pub const EVENTS: &str = "/api/v1/runs/{id}/events";
 pub const BANDWIDTH_DOWNLOAD: &str = "/bandwidth/download";
 /// `POST`: a body the NIC check uploads.
 pub const BANDWIDTH_UPLOAD: &str = "/bandwidth/upload";
+/// The `Upgrade:` protocol a NIC check asks both bandwidth routes for: after `101 Switching
+/// Protocols` the connection carries the bytes raw (download: the server sends `bytes`, then
+/// closes; upload: the client sends until it shuts its side, then the server answers one line,
+/// an `UploadReceipt` as JSON), so neither side pays for HTTP framing or copies it needs not make.
+pub const BANDWIDTH_UPGRADE: &str = "kiln-bandwidth";
 /// `POST` (admin): label nodes from CSV.
 pub const NODES_IMPORT: &str = "/api/v1/nodes/import";
 /// `POST` (admin): set nodes' mode.

@@ -464,6 +464,28 @@ async fn the_bandwidth_endpoints_serve_only_an_open_runs_agent() {
         .await
         .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 5 << 20);
+    // The NIC check's way: upgraded to a raw stream, both ways, two streams, through the
+    // collector's own connection handling; without the token, the 401 and its reason.
+    use kiln_agent::bandwidth::{Way, measure};
+    let short = std::time::Duration::from_millis(200);
+    for way in [Way::Download, Way::Upload] {
+        let streams = measure(way, &server.base, Some(&run.token), short, 2)
+            .await
+            .unwrap();
+        assert_eq!(streams.0.len(), 2);
+        assert!(
+            streams.0.iter().all(|s| s.bytes > 0),
+            "{way:?}: {streams:?}"
+        );
+        let err = measure(way, &server.base, None, short, 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("401") && err.contains("session token"),
+            "{err}"
+        );
+    }
     // Once the run is over its token moves nothing.
     post_events(&client, &server.base, &run, full_run()).await;
     let r = client
