@@ -132,15 +132,10 @@ fn raw_socket(upgraded: hyper::upgrade::Upgraded) -> Option<(tokio::net::TcpStre
     Some((io.into_inner(), early))
 }
 
-/// One chunk of incompressible bytes, shared by every response.
+/// One chunk of incompressible bytes for the plain HTTP bodies: the start of the pattern the
+/// raw streams send, so both ways send the same bytes.
 fn chunk() -> Bytes {
-    static CHUNK_BYTES: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    CHUNK_BYTES
-        .get_or_init(|| {
-            let words = (0..CHUNK / 8).map(|i| crate::rng::splitmix64(i as u64));
-            Bytes::from(words.flat_map(u64::to_le_bytes).collect::<Vec<u8>>())
-        })
-        .clone()
+    Bytes::from_static(wire::pattern_bytes(CHUNK))
 }
 
 async fn download(Query(query): Query<DownloadQuery>, request: Request) -> Response {
@@ -296,7 +291,51 @@ mod tests {
                 .unwrap();
             assert_eq!(refused.status(), 400, "bytes={bytes}");
         }
+        // Asking for the raw stream does not get round the limit; an upgrade to another
+        // protocol is not ours and gets the plain body.
+        let over = raw_head(
+            &base,
+            "GET /bandwidth/download?bytes=99999999999999 HTTP/1.1",
+            "kiln-bandwidth",
+        )
+        .await;
+        assert!(
+            over.starts_with("HTTP/1.1 400") && over.contains("over the limit"),
+            "{over}"
+        );
+        let other = raw_head(
+            &base,
+            "GET /bandwidth/download?bytes=10 HTTP/1.1",
+            "websocket",
+        )
+        .await;
+        assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+        let ours = raw_head(
+            &base,
+            "GET /bandwidth/download?bytes=10 HTTP/1.1",
+            "kiln-bandwidth",
+        )
+        .await;
+        assert!(ours.starts_with("HTTP/1.1 101"), "{ours}");
         tx.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    /// Sends `request_line` asking to upgrade to `protocol` and returns what comes back within
+    /// two seconds (or until the server closes), as text.
+    async fn raw_head(base: &str, request_line: &str, protocol: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = base.trim_start_matches("http://");
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{request_line}\r\nHost: {addr}\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&got[..n]).into_owned()
     }
 }

@@ -53,6 +53,12 @@ fn pattern() -> &'static Pattern {
     })
 }
 
+/// The first `len` bytes of the pattern (at most its size).
+pub fn pattern_bytes(len: usize) -> &'static [u8] {
+    let bytes = &pattern().bytes;
+    &bytes[..len.min(bytes.len())]
+}
+
 /// A memfd holding `bytes`.
 fn memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
     // SAFETY: the name is a NUL-terminated string that outlives the call.
