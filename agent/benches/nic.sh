@@ -5,8 +5,10 @@
 # per CPU) and with one stream; iperf3 measures TCP both ways (-R for download) with -P N and
 # with one stream, each in the configurations that can be its best on a host — plain sends,
 # zero-copy sendfile (-Z), zero-copy with TCP_NODELAY and 64 KiB writes (-Z -N -l 64K, the
-# best here: ~1.3x -Z alone over veth), 1 MiB writes (-l 1M) — the one with the best median
-# counting. Every measurement runs KILN_BENCH_SECS (5) s; kiln and iperf3 alternate,
+# best here: ~1.3x -Z alone over veth), the same with client and server pinned to CPUs of
+# their own (-A 0,1: iperf3's single thread on each side never shares a CPU with the other;
+# on 2 vCPUs some runs reach 55 Gb/s pinned), 1 MiB writes (-l 1M) — the one with the best
+# median counting. Every measurement runs KILN_BENCH_SECS (5) s; kiln and iperf3 alternate,
 # measurement by measurement, for KILN_BENCH_ROUNDS (5) rounds (a shared machine's throughput
 # drifts over a minute; alternating gives both tools the same drift). Each figure is the median
 # of its rounds: over veth on a small VM single measurements of one tool swing by ±25 %, and
@@ -86,6 +88,10 @@ iperf() { # streams direction [extra iperf3 options]
     | python3 -c "import json,sys; print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e6)"
 }
 
+configs=("" "-Z" "-Z -N -l 64K" "-l 1M")
+# Pinning needs a CPU for each side.
+[ "$(nproc)" -ge 2 ] && configs+=("-Z -N -l 64K -A 0,1")
+
 results=$work/results
 : > "$results"
 for round in $(seq "$ROUNDS"); do
@@ -93,7 +99,7 @@ for round in $(seq "$ROUNDS"); do
     for n in "$STREAMS" 1; do
       echo "kiln $n $dir $(kiln "$n" "$dir") kiln" >> "$results"
       # iperf3 at its best: whichever of its configurations moves more.
-      for config in "" "-Z" "-Z -N -l 64K" "-l 1M"; do
+      for config in "${configs[@]}"; do
         # shellcheck disable=SC2086 # the configuration is words
         echo "iperf3 $n $dir $(iperf "$n" "$dir" $config) ${config// /_}" >> "$results"
       done
