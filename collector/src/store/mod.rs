@@ -4,10 +4,12 @@
 //! commit, so an acknowledged event survives `kill -9` and power loss. Reads go to a small
 //! pool of read-only connections (WAL lets them run beside the writer), so a page load never
 //! waits behind an agent's batch, nor an agent's acknowledgement behind a page. The readers
-//! are threads of their own at a lower scheduling priority: when the CPU is short, an agent's
-//! acknowledgement goes before a manager's page, which is also built on them. A checkpointer thread copies the WAL into the database file in the background,
+//! are threads of their own at a lower scheduling priority: an agent's acknowledgement goes
+//! before a manager's page, which is also built on them, and a long page still finishes in
+//! time ([`priority`]). A checkpointer thread copies the WAL into the database file in the background,
 //! so the writer's own checkpoints are short.
 
+mod priority;
 pub mod queries;
 mod schema;
 pub mod states;
@@ -37,10 +39,6 @@ const GROUP: usize = 512;
 /// each other), 0.98–1.48x and up to 273 ms. Four it is; the ack tail under page load comes
 /// in some rounds and not others, and is not the readers' CPU alone.
 const READERS: usize = 4;
-
-/// The reader threads' nice value: below the rest of the collector (0), so that when the CPU
-/// is short an agent's acknowledgement goes first, without starving the pages.
-const READER_NICE: i32 = 10;
 
 /// How often the checkpointer folds the WAL into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -100,7 +98,7 @@ impl Db {
             .map_err(|e| anyhow::anyhow!("cannot migrate database {}: {e:#}", path.display()))?;
         let (reads, read_rx) = mpsc::channel::<ReadJob>(QUEUE);
         let read_rx = Arc::new(Mutex::new(read_rx));
-        for i in 0..READERS {
+        for (i, clock) in priority::clocks(READERS)?.into_iter().enumerate() {
             let reader = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -114,7 +112,7 @@ impl Db {
             std::thread::Builder::new()
                 .name(format!("sqlite-reader-{i}"))
                 .spawn(move || {
-                    lower_priority();
+                    clock.enter();
                     loop {
                         // One idle reader waits on the queue at a time; the lock is released
                         // before the job runs.
@@ -123,7 +121,7 @@ impl Db {
                             .unwrap_or_else(|e| e.into_inner())
                             .blocking_recv();
                         match job {
-                            Some(job) => job(&reader),
+                            Some(job) => clock.job(|| job(&reader)),
                             None => break,
                         }
                     }
@@ -211,28 +209,6 @@ fn checkpointer(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "a background checkpoint did not run");
         }
-    }
-}
-
-/// Lowers the calling thread's scheduling priority to [`READER_NICE`] (Linux keeps a nice
-/// value per thread). Not idle priority: a reader starved mid-query would hold its snapshot of
-/// the WAL, which then cannot be checkpointed and started over, and the writer pays for that.
-/// Failing is not fatal: the thread then runs at the collector's priority.
-fn lower_priority() {
-    // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a thread id changes
-    // only that thread's nice value.
-    let rc = unsafe {
-        libc::setpriority(
-            libc::PRIO_PROCESS,
-            libc::gettid() as libc::id_t,
-            READER_NICE,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "could not lower a database reader's priority"
-        );
     }
 }
 
@@ -332,13 +308,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn reads_run_below_the_writer_and_the_wal_is_checkpointed_in_the_background() {
+    async fn reads_start_idle_a_long_one_is_raised_and_the_wal_is_checkpointed_in_the_background() {
         let (db, path) = temp_db("threads");
         fn nice() -> i32 {
             // SAFETY: no pointers; reads this thread's nice value.
             unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
         }
-        assert_eq!(db.read(|_| Ok(nice())).await.unwrap(), READER_NICE);
+        fn policy() -> i32 {
+            // SAFETY: no pointers; reads this thread's scheduling policy.
+            unsafe { libc::sched_getscheduler(0) }
+        }
+        if !priority::can_leave_idle() {
+            // Without CAP_SYS_NICE a thread cannot come back from idle: readers stay at nice 10.
+            assert_eq!(
+                db.read(|_| Ok((policy(), nice()))).await.unwrap(),
+                (libc::SCHED_OTHER, priority::READER_NICE)
+            );
+        } else {
+            // With it (root, as in CI): short reads run idle, a long one is raised while it runs.
+            assert_eq!(
+                db.read(|_| Ok(policy())).await.unwrap(),
+                libc::SCHED_IDLE,
+                "a read starts at idle priority"
+            );
+            let long = db
+                .read(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok((policy(), nice()))
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                long,
+                (libc::SCHED_OTHER, priority::READER_NICE),
+                "a long read is raised"
+            );
+            assert_eq!(
+                db.read(|_| Ok(policy())).await.unwrap(),
+                libc::SCHED_IDLE,
+                "the next read starts idle again"
+            );
+        }
         assert_eq!(
             db.call(|_| Ok(nice())).await.unwrap(),
             0,
