@@ -6,8 +6,8 @@
 //! waits behind an agent's batch, nor an agent's acknowledgement behind a page. The readers
 //! are threads of their own at a lower scheduling priority: an agent's acknowledgement goes
 //! before a manager's page, which is also built on them, and a long page still finishes in
-//! time ([`priority`]). A checkpointer thread copies the WAL into the database file in the background,
-//! so the writer's own checkpoints are short.
+//! time ([`priority`]). A checkpointer thread copies the WAL into the database file in the
+//! background, so the writer's own checkpoints are short.
 
 mod priority;
 pub mod queries;
@@ -318,14 +318,9 @@ mod tests {
             // SAFETY: no pointers; reads this thread's scheduling policy.
             unsafe { libc::sched_getscheduler(0) }
         }
-        if !priority::can_leave_idle() {
-            // Without CAP_SYS_NICE a thread cannot come back from idle: readers stay at nice 10.
-            assert_eq!(
-                db.read(|_| Ok((policy(), nice()))).await.unwrap(),
-                (libc::SCHED_OTHER, priority::READER_NICE)
-            );
-        } else {
-            // With it (root, as in CI): short reads run idle, a long one is raised while it runs.
+        if priority::can_leave_idle() {
+            // With CAP_SYS_NICE (root, as in CI): short reads run idle, a long one is raised
+            // while it runs.
             assert_eq!(
                 db.read(|_| Ok(policy())).await.unwrap(),
                 libc::SCHED_IDLE,
@@ -347,6 +342,12 @@ mod tests {
                 db.read(|_| Ok(policy())).await.unwrap(),
                 libc::SCHED_IDLE,
                 "the next read starts idle again"
+            );
+        } else {
+            // Without CAP_SYS_NICE a thread cannot come back from idle: readers stay at nice 10.
+            assert_eq!(
+                db.read(|_| Ok((policy(), nice()))).await.unwrap(),
+                (libc::SCHED_OTHER, priority::READER_NICE)
             );
         }
         assert_eq!(
