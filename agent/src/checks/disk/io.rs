@@ -431,10 +431,16 @@ impl Pass<'_> {
     }
 }
 
+/// Block drivers of virtual disks. Their `rotational` flag is the guest kernel's default
+/// (virtio-blk and Xen's front end never clear it), not a property of the medium, which is
+/// the host's file or volume — usually flash that wants a deep queue.
+const VIRTUAL_DISK_DRIVERS: &[&str] = &["virtio_blk", "vbd"];
+
 /// The queue depth for a device when the suite sets none: what its block queue takes
-/// (`nr_requests`), up to 32 for solid-state devices — fio's best on NVMe and SATA SSDs sits
-/// between 16 and 32 — and 4 for spinning disks, where deeper queues only reorder seeks.
-/// Bounded so in-flight buffers stay under `MAX_IN_FLIGHT` bytes. Returns the depth and why.
+/// (`nr_requests`), up to 32 for solid-state devices and virtual disks — fio's best on NVMe,
+/// SATA SSDs and virtio disks sits between 16 and 32 — and 4 for spinning disks, where deeper
+/// queues only reorder seeks. Bounded so in-flight buffers stay under `MAX_IN_FLIGHT` bytes.
+/// Returns the depth and why.
 pub fn default_queue_depth(sys: &str, device: Option<&Path>, block_size: usize) -> (usize, String) {
     let name = device
         .and_then(|d| d.file_name())
@@ -443,10 +449,20 @@ pub fn default_queue_depth(sys: &str, device: Option<&Path>, block_size: usize) 
         name.as_ref()
             .and_then(|n| read_u64(format!("{sys}/block/{n}/queue/{file}")))
     };
+    let driver = name
+        .as_ref()
+        .and_then(|n| crate::os::link_name(format!("{sys}/block/{n}/device/driver")))
+        .filter(|d| VIRTUAL_DISK_DRIVERS.contains(&d.as_str()));
     let by_memory = (MAX_IN_FLIGHT / block_size.max(1)).max(1);
-    let (depth, why) = match (queue("rotational"), queue("nr_requests")) {
-        (Some(1), _) => (4, "a rotational disk".to_owned()),
-        (Some(_), Some(nr)) => (
+    let (depth, why) = match (queue("rotational"), queue("nr_requests"), driver) {
+        (Some(_), Some(nr), Some(driver)) => (
+            (nr as usize).min(32),
+            format!(
+                "a virtual disk ({driver}, its rotational flag says nothing of the medium) whose queue takes {nr} requests"
+            ),
+        ),
+        (Some(1), _, _) => (4, "a rotational disk".to_owned()),
+        (Some(_), Some(nr), None) => (
             (nr as usize).min(32),
             format!("a solid-state device whose queue takes {nr} requests"),
         ),

@@ -71,6 +71,14 @@ fn the_queue_depth_follows_the_device_and_the_buffers_it_would_pin() {
     queue("nvme0n1", 0, 1023);
     queue("sda", 1, 64);
     queue("vdb", 0, 8);
+    // virtio-blk says rotational whatever the host keeps it on.
+    queue("vda", 1, 256);
+    std::fs::create_dir_all(sys.join("block/vda/device")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../bus/virtio/drivers/virtio_blk",
+        sys.join("block/vda/device/driver"),
+    )
+    .unwrap();
     let sys_path = sys.to_str().unwrap();
     let depth = |dev: &str, block: usize| {
         default_queue_depth(sys_path, Some(Path::new(&format!("/dev/{dev}"))), block)
@@ -78,6 +86,9 @@ fn the_queue_depth_follows_the_device_and_the_buffers_it_would_pin() {
     assert_eq!(depth("nvme0n1", 1 << 20).0, 32);
     assert_eq!(depth("sda", 1 << 20).0, 4);
     assert!(depth("sda", 1 << 20).1.contains("rotational"));
+    let (d, why) = depth("vda", 1 << 20);
+    assert_eq!(d, 32, "{why}");
+    assert!(why.contains("virtual disk (virtio_blk"), "{why}");
     // A queue that takes 8 requests gets 8, not 32.
     assert_eq!(depth("vdb", 1 << 20).0, 8);
     // 64 MiB blocks: four in flight pin 256 MiB already.
