@@ -224,6 +224,71 @@ fn quantile(sorted: &[Duration], p: f64) -> Duration {
         .unwrap_or_default()
 }
 
+/// One simulated agent's connection to the collector: HTTP/1.1 kept alive, as `kiln-agent`
+/// holds one, opened again after an error (the collector killed and restarted). hyper's
+/// connection directly rather than reqwest's pooled client: the agents' side of this bench
+/// shares the collector's two CPUs, and a pool checkout, URL parse and header map per request
+/// for 10,000 agents would take CPU that real agents spend on machines of their own.
+struct Agent {
+    addr: std::net::SocketAddr,
+    path: String,
+    authorization: hyper::header::HeaderValue,
+    conn: Option<hyper::client::conn::http1::SendRequest<axum::body::Body>>,
+}
+
+impl Agent {
+    fn new(addr: std::net::SocketAddr, run_id: i64, token: &str) -> Agent {
+        Agent {
+            addr,
+            path: format!("/api/v1/runs/{run_id}/events"),
+            authorization: format!("Bearer {token}").parse().expect("token header"),
+            conn: None,
+        }
+    }
+
+    /// Posts one encoded batch; the acknowledgement, or `None` on any failure (connection
+    /// dropped, refused, an answer that is not an ack) — the caller backs off and resends.
+    async fn post(&mut self, body: bytes::Bytes) -> Option<kiln_protocol::wire::BatchAck> {
+        let answer = self.try_post(body).await;
+        if answer.is_none() {
+            self.conn = None;
+        }
+        answer
+    }
+
+    async fn try_post(&mut self, body: bytes::Bytes) -> Option<kiln_protocol::wire::BatchAck> {
+        use hyper::header;
+        if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
+            let stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+            stream.set_nodelay(true).ok()?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .ok()?;
+            tokio::spawn(conn);
+            self.conn = Some(send);
+        }
+        let conn = self.conn.as_mut()?;
+        conn.ready().await.ok()?;
+        let request = hyper::Request::post(self.path.as_str())
+            .header(header::HOST, "127.0.0.1")
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(axum::body::Body::from(body))
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(60), conn.send_request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let ok = response.status().is_success();
+        let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 16)
+            .await
+            .ok()?;
+        ok.then(|| serde_json::from_slice(&bytes).ok()).flatten()
+    }
+}
+
 /// How a round loads the collector.
 #[derive(Clone, Copy)]
 enum Load {
@@ -330,15 +395,16 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<Dur
     let interval =
         pace.map(|rate| Duration::from_secs_f64(agents as f64 * per_batch as f64 / rate));
     let clock = tokio::time::Instant::now();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let (acked, server): (Vec<(i64, u64)>, Server) = rt.block_on(async {
         let tasks: Vec<_> = runs
             .iter()
             .enumerate()
             .map(|(i, run)| {
-                let (client, base, done, lat) = (client.clone(), base.clone(), done_batches.clone(), latencies.clone());
+                let (done, lat) = (done_batches.clone(), latencies.clone());
                 let (run_id, token) = (run.run_id, run.token.clone());
                 tokio::spawn(async move {
-                    let url = format!("{base}/api/v1/runs/{run_id}/events");
+                    let mut agent = Agent::new(addr, run_id, &token);
                     let mut acked = 0u64;
                     let mut seq = 1u64;
                     for k in 0..batches {
@@ -350,18 +416,16 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<Dur
                             .map(|k| Event { seq: seq + k, at_ms: 0, body: EventBody::Log { step: Some(0), level: LogLevel::Info, line: format!("load event {}", seq + k) } })
                             .collect();
                         seq += per_batch as u64;
-                        let batch = EventBatch { events };
+                        // Encoded once, sent as often as it takes (the agent's spool keeps the batch).
+                        let body = bytes::Bytes::from(serde_json::to_vec(&EventBatch { events }).expect("encode batch"));
                         let mut backoff = Duration::from_millis(100);
                         loop {
                             let t = Instant::now();
-                            let sent = client.post(&url).bearer_auth(&token).json(&batch).send().await;
-                            if let Ok(r) = sent {
-                                if let Ok(ack) = r.json::<kiln_protocol::wire::BatchAck>().await {
-                                    lat.lock().expect("latencies").push(t.elapsed());
-                                    acked = acked.max(ack.acked);
-                                    if ack.acked >= seq - 1 {
-                                        break;
-                                    }
+                            if let Some(ack) = agent.post(body.clone()).await {
+                                lat.lock().expect("latencies").push(t.elapsed());
+                                acked = acked.max(ack.acked);
+                                if ack.acked >= seq - 1 {
+                                    break;
                                 }
                             }
                             let jitter = (run_id as u64 * 7919 + seq) % 100;
