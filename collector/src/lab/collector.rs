@@ -26,7 +26,11 @@ pub(super) struct LabCollector {
 
 impl LabCollector {
     /// Starts it serving and arms the nodes.
-    pub(super) fn start(plans: &[NodePlan], data: &Path) -> anyhow::Result<LabCollector> {
+    pub(super) fn start(
+        plans: &[NodePlan],
+        data: &Path,
+        heartbeat: std::time::Duration,
+    ) -> anyhow::Result<LabCollector> {
         let access: Vec<NodeAccess> = plans
             .iter()
             .map(|p| NodeAccess {
@@ -39,6 +43,7 @@ impl LabCollector {
         let config = Config {
             after_verify: "hold".into(),
             nodes: access,
+            heartbeat_timeout: kiln_protocol::units::HumanDuration(heartbeat),
             ..Config::default()
         };
 

@@ -248,6 +248,20 @@ fn free_port() -> anyhow::Result<u16> {
     anyhow::bail!("no loopback port left that this lab has not used already")
 }
 
+/// How long the lab's collector waits for an agent's word. The window opens when a node is
+/// handed its kernel, so it covers the kernel's boot too: a few seconds under KVM, but under
+/// software emulation (TCG) the guests run several times slower than the hardware and share
+/// the host's CPUs — on a 2-CPU host seven guests booting the RAM image together were still in
+/// the kernel's init after the collector's default 60 s, and every node failed as "lost
+/// contact" before its agent could start.
+fn lab_heartbeat(accel: &str) -> Duration {
+    if accel == "kvm" {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(300)
+    }
+}
+
 /// Runs the lab to the end and returns its report.
 /// Runs the lab to the end and returns its report: the image, the nodes' plans, the
 /// collector, the VMs, the wait (with injections), the report from the collector's records.
@@ -260,7 +274,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     std::fs::create_dir_all(data.join("suites"))?;
     let image_bytes = prepare_image(opts.image.as_deref(), &data.join("artifacts"))?;
     let plans = plan_nodes(opts, &data)?;
-    let lab = collector::LabCollector::start(&plans, &data)?;
+    let lab = collector::LabCollector::start(&plans, &data, lab_heartbeat(&opts.accel))?;
     let interrupted = lab.interrupt_flag();
     let mut rack = vm::start(opts, &plans, lab.port)?;
     println!(
