@@ -262,7 +262,6 @@ fn lab_heartbeat(accel: &str) -> Duration {
     }
 }
 
-/// Runs the lab to the end and returns its report.
 /// Runs the lab to the end and returns its report: the image, the nodes' plans, the
 /// collector, the VMs, the wait (with injections), the report from the collector's records.
 pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
