@@ -390,7 +390,8 @@ check_kind! {
         #[serde(default = "default_block_size")]
         pub block_size: Size,
         /// I/Os in flight, 1 to 256. Left out: chosen by the device — up to 32 as its queue
-        /// takes for solid-state devices, 4 for spinning disks.
+        /// takes for solid-state devices, 4 for spinning disks, and no more than 16 MiB of
+        /// blocks in flight (16 of 1 MiB).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub queue_depth: Option<u32>,
         /// Read the disk's health: the NVMe health log, or SATA SMART (attributes and the

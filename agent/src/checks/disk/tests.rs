@@ -83,18 +83,24 @@ fn the_queue_depth_follows_the_device_and_the_buffers_it_would_pin() {
     let depth = |dev: &str, block: usize| {
         default_queue_depth(sys_path, Some(Path::new(&format!("/dev/{dev}"))), block)
     };
-    assert_eq!(depth("nvme0n1", 1 << 20).0, 32);
+    assert_eq!(depth("nvme0n1", 128 << 10).0, 32);
     assert_eq!(depth("sda", 1 << 20).0, 4);
     assert!(depth("sda", 1 << 20).1.contains("rotational"));
-    let (d, why) = depth("vda", 1 << 20);
+    let (d, why) = depth("vda", 256 << 10);
     assert_eq!(d, 32, "{why}");
     assert!(why.contains("virtual disk (virtio_blk"), "{why}");
     // A queue that takes 8 requests gets 8, not 32.
     assert_eq!(depth("vdb", 1 << 20).0, 8);
-    // 64 MiB blocks: four in flight pin 256 MiB already.
-    let (d, why) = depth("nvme0n1", 64 << 20);
-    assert_eq!(d, 4);
-    assert!(why.contains("in flight"), "{why}");
+    // 1 MiB blocks: 16 in flight are 16 MiB, the most a chosen depth keeps in flight.
+    let (d, why) = depth("nvme0n1", 1 << 20);
+    assert_eq!(d, 16);
+    assert!(
+        why.contains("16MiB of blocks at most are in flight"),
+        "{why}"
+    );
+    assert!(why.contains("solid-state"), "{why}");
+    // 64 MiB blocks: one at a time.
+    assert_eq!(depth("nvme0n1", 64 << 20).0, 1);
     // No device found (a file system over the network, a tmpfs): a middle depth, said so.
     let (d, why) = default_queue_depth(sys_path, None, 1 << 20);
     assert_eq!(d, 16);

@@ -7,13 +7,19 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{IoUring, opcode, types};
 
-use super::io::{AlignedBuf, Direction, Pass, PassRun};
+use super::io::{Buffers, Direction, Pass, PassRun};
 use super::*;
 
 /// A ring sized for one job's queue depth.
 pub(super) struct Ring {
     ring: IoUring,
     depth: usize,
+}
+
+/// The ring's buffers and which of them the kernel has: slot `i` is buffer `i`.
+struct Slots {
+    buffers: Buffers,
+    taken: Vec<Option<InFlight>>,
 }
 
 /// One buffer's I/O in flight.
@@ -37,19 +43,19 @@ impl Ring {
 
     /// Every block of `pass` once, written or read back and verified.
     pub(super) fn pass(mut self, pass: &Pass<'_>, direction: Direction) -> anyhow::Result<PassRun> {
-        let mut buffers = (0..self.depth)
-            .map(|_| AlignedBuf::new(pass.block_size))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut slots: Vec<Option<InFlight>> = (0..self.depth).map(|_| None).collect();
+        let mut slots = Slots {
+            buffers: Buffers::new(self.depth, pass.block_size)?,
+            taken: (0..self.depth).map(|_| None).collect(),
+        };
         let mut run = PassRun {
             complete: true,
             ..Default::default()
         };
-        let result = self.drive(pass, direction, &mut buffers, &mut slots, &mut run);
+        let result = self.drive(pass, direction, &mut slots, &mut run);
         // Whatever happened, no buffer is freed while the kernel may still touch it: when the
         // ring cannot even be waited on any more, the buffers are leaked rather than freed.
-        if let Err(err) = self.drain(&mut slots) {
-            std::mem::forget(buffers);
+        if let Err(err) = self.drain(&mut slots.taken) {
+            std::mem::forget(slots.buffers);
             return Err(err.context("waiting for the I/Os still in flight"));
         }
         result?;
@@ -60,50 +66,21 @@ impl Ring {
         &mut self,
         pass: &Pass<'_>,
         direction: Direction,
-        buffers: &mut [AlignedBuf],
-        slots: &mut [Option<InFlight>],
+        slots: &mut Slots,
         run: &mut PassRun,
     ) -> anyhow::Result<()> {
-        let path = pass.job.path.display();
-        let fd = types::Fd(pass.file.as_raw_fd());
-        let len = u32::try_from(pass.block_size)?;
         let mut next = 0u64;
-        loop {
-            // Fill the queue in block order.
-            while next < pass.blocks {
-                let Some(slot) = slots.iter().position(Option::is_none) else {
-                    break;
-                };
-                if pass.stop.should_stop() {
-                    run.complete = false;
-                    break;
-                }
-                let buf = &mut buffers[slot];
-                if direction == Direction::Write {
-                    fill_block(buf.words(), pass.seed, next);
-                }
-                let offset = next * pass.block_size as u64;
-                let ptr = buf.bytes().as_mut_ptr();
-                let entry = match direction {
-                    Direction::Write => opcode::Write::new(fd, ptr, len).offset(offset).build(),
-                    Direction::Read => opcode::Read::new(fd, ptr, len).offset(offset).build(),
-                }
-                .user_data(slot as u64);
-                // SAFETY: the buffer is `len` bytes, owned by `buffers`, which outlives the I/O:
-                // `pass` reaps every completion (`drain`) before the buffers are dropped, and
-                // the slot is not reused until its completion is reaped.
-                unsafe { self.ring.submission().push(&entry) }
-                    .map_err(|_| anyhow::anyhow!("the io_uring submission queue is full"))?;
-                slots[slot] = Some(InFlight {
-                    block: next,
-                    started: Instant::now(),
-                });
-                next += 1;
+        for slot in 0..slots.taken.len() {
+            if !self.issue(pass, direction, slots, slot, &mut next, run)? {
+                break;
             }
-            if slots.iter().all(Option::is_none) {
+        }
+        let path = pass.job.path.display();
+        let len = u32::try_from(pass.block_size)?;
+        loop {
+            if slots.taken.iter().all(Option::is_none) {
                 return Ok(());
             }
-            // Submits what was queued and waits for at least one completion.
             self.wait_one()?;
             let done: Vec<(usize, i32)> = self
                 .ring
@@ -111,10 +88,13 @@ impl Ring {
                 .map(|c| (c.user_data() as usize, c.result()))
                 .collect();
             // Every reaped completion frees its slot before any error is returned: a slot left
-            // taken would have `drain` wait for a completion already reaped.
+            // taken would have `drain` wait for a completion already reaped. Each slot is given
+            // its next block as soon as its own block is dealt with, not after the whole
+            // batch: the device is kept as busy as the queue allows while blocks are built or
+            // checked.
             let mut failure = None;
             for (slot, result) in done {
-                let Some(io) = slots.get_mut(slot).and_then(Option::take) else {
+                let Some(io) = slots.taken.get_mut(slot).and_then(Option::take) else {
                     failure.get_or_insert_with(|| {
                         anyhow::anyhow!("io_uring completed an I/O kiln did not submit ({slot})")
                     });
@@ -144,18 +124,76 @@ impl Ring {
                 match direction {
                     Direction::Write => run.blocks_done += 1,
                     Direction::Read => run.verified(verify_block(
-                        buffers[slot].words(),
+                        slots.buffers.words(slot),
                         pass.seed,
                         block,
                         pass.block_size,
                     )),
                 }
                 (pass.progress)(pass.block_size as u64);
+                if failure.is_none() {
+                    self.issue(pass, direction, slots, slot, &mut next, run)?;
+                }
             }
             if let Some(err) = failure {
                 return Err(err);
             }
         }
+    }
+
+    /// Starts the I/O of block `next` in `slot` (building its pattern first for a write),
+    /// marks the slot taken and submits the I/O at once, then moves `next` on; `false` when
+    /// every block has been started or the step is stopped.
+    fn issue(
+        &mut self,
+        pass: &Pass<'_>,
+        direction: Direction,
+        slots: &mut Slots,
+        slot: usize,
+        next: &mut u64,
+        run: &mut PassRun,
+    ) -> anyhow::Result<bool> {
+        if *next >= pass.blocks {
+            return Ok(false);
+        }
+        if pass.stop.should_stop() {
+            run.complete = false;
+            return Ok(false);
+        }
+        if direction == Direction::Write {
+            fill_block(slots.buffers.words(slot), pass.seed, *next);
+        }
+        let fd = types::Fd(pass.file.as_raw_fd());
+        let len = u32::try_from(pass.block_size)?;
+        let offset = *next * pass.block_size as u64;
+        let ptr = slots.buffers.words(slot).as_mut_ptr().cast::<u8>();
+        let entry = match direction {
+            Direction::Write => opcode::Write::new(fd, ptr, len).offset(offset).build(),
+            Direction::Read => opcode::Read::new(fd, ptr, len).offset(offset).build(),
+        }
+        .user_data(slot as u64);
+        // SAFETY: the buffer is `len` bytes of the pass's `buffers`, which outlive the
+        // I/O: `pass` reaps every completion (`drain`) before the buffers are dropped, and the
+        // slot is not reused until its completion is reaped.
+        unsafe { self.ring.submission().push(&entry) }
+            .map_err(|_| anyhow::anyhow!("the io_uring submission queue is full"))?;
+        // Taken before the submission, which may fail after the kernel took the entry: `drain`
+        // then still waits for it.
+        slots.taken[slot] = Some(InFlight {
+            block: *next,
+            started: Instant::now(),
+        });
+        *next += 1;
+        // Submitted now rather than with the rest of a batch: the device starts on this block
+        // while the next one is built (fio submits each I/O as it is ready, too).
+        loop {
+            match self.ring.submit() {
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(anyhow::anyhow!("io_uring submit failed: {err}")),
+                Ok(_) => break,
+            }
+        }
+        Ok(true)
     }
 
     /// Submits what is queued and waits for a completion; a signal's interruption is retried.
