@@ -165,6 +165,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN collector_version TEXT;
      ALTER TABLE runs ADD COLUMN agent_version TEXT;
      ALTER TABLE runs ADD COLUMN artifacts TEXT;",
+    // 14: each node's latest run, kept by a trigger on every new run (runs are never deleted
+    // but with their node), so pages join it directly instead of finding the greatest run id
+    // node by node: that search was a fifth of the report's SQL at 10,000 nodes.
+    "ALTER TABLE nodes ADD COLUMN latest_run INTEGER;
+     UPDATE nodes SET latest_run = (SELECT max(id) FROM runs WHERE node_id = nodes.id);
+     CREATE TRIGGER runs_latest AFTER INSERT ON runs BEGIN
+        UPDATE nodes SET latest_run = NEW.id
+         WHERE id = NEW.node_id AND (latest_run IS NULL OR latest_run < NEW.id);
+     END;",
 ];
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.
@@ -271,6 +280,51 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("newer than this kiln")
+        );
+    }
+
+    #[test]
+    fn each_node_knows_its_latest_run_from_the_migration_on_and_after_every_new_run() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        configure(&conn).unwrap();
+        // A database from before the column, with runs in it.
+        let before = MIGRATIONS.len() - 1;
+        for sql in &MIGRATIONS[..before] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before).unwrap();
+        let run = |conn: &Connection, id: i64, node: i64| {
+            conn.execute(
+                "INSERT INTO runs (id, node_id, suite_sha256, suite_name, token_hash, stage, heartbeat_secs, started_ms, last_seen_ms)
+                 VALUES (?1, ?2, 's', 'n', 'h', 'x', 1, 0, 0)",
+                [id, node],
+            )
+            .unwrap();
+        };
+        conn.execute_batch(
+            "INSERT INTO suites VALUES ('s', 'n', 't', 0);
+             INSERT INTO nodes (id, created_ms, last_seen_ms) VALUES (1, 0, 0), (2, 0, 0), (3, 0, 0);",
+        )
+        .unwrap();
+        run(&conn, 1, 1);
+        run(&conn, 2, 2);
+        run(&conn, 3, 1);
+        migrate(&mut conn).unwrap();
+        let latest = |conn: &Connection, node: i64| -> Option<i64> {
+            conn.query_row("SELECT latest_run FROM nodes WHERE id = ?1", [node], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            [latest(&conn, 1), latest(&conn, 2), latest(&conn, 3)],
+            [Some(3), Some(2), None]
+        );
+        run(&conn, 4, 3);
+        run(&conn, 5, 2);
+        assert_eq!(
+            [latest(&conn, 1), latest(&conn, 2), latest(&conn, 3)],
+            [Some(3), Some(5), Some(4)]
         );
     }
 }

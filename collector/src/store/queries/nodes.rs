@@ -35,7 +35,7 @@ pub(super) const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot,
                 (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
                 r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
                 n.ad_hoc, n.claimed, r.findings, n.allow_destructive, n.batch
-         FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)
+         FROM nodes n LEFT JOIN runs r ON r.id = n.latest_run
          WHERE (?1 IS NULL OR n.rack = ?1)
            AND (?8 IS NULL OR n.batch = ?8)
            AND (?5 IS NULL OR n.id = ?5)
@@ -46,7 +46,8 @@ pub(super) const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot,
          LIMIT ?6 OFFSET ?7";
 
 /// Each node's latest run, for the counts.
-pub(super) const TALLY_SQL: &str = "SELECT r.id, r.verdict FROM nodes n LEFT JOIN runs r ON r.id = (SELECT max(id) FROM runs WHERE node_id = n.id)";
+pub(super) const TALLY_SQL: &str =
+    "SELECT r.id, r.verdict FROM nodes n LEFT JOIN runs r ON r.id = n.latest_run";
 
 /// Nodes by the state of their latest run, for the dashboard's cards.
 #[derive(Debug, Clone, Default, Serialize)]
