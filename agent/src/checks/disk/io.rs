@@ -113,11 +113,11 @@ impl Injection for NoInjection {
     fn after_write(&self, _: &Path, _: usize) {}
 }
 
-/// A pass's buffers, one per I/O in flight, in one region on huge pages where the kernel gives them:
-/// a 1 MiB buffer on 4 KiB pages is 256 pieces of memory, more than a virtio disk takes in one
-/// request (254 segments here), so each block went to the device as two requests; within a
-/// huge page it is one piece. Locked when allowed, pre-faulted either way, so no I/O waits
-/// for a page fault.
+/// A pass's buffers, one per I/O in flight, in one region on huge pages where the kernel
+/// gives them: a 1 MiB buffer on 4 KiB pages is 256 pieces of memory, more than a virtio disk
+/// takes in one request (254 segments here), so each block went to the device as two
+/// requests; within a huge page it is one piece. Locked when allowed, pre-faulted either way,
+/// so no I/O waits for a page fault.
 pub(super) struct Buffers {
     region: LockedRegion,
     count: usize,

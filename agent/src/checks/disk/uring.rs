@@ -132,7 +132,11 @@ impl Ring {
                 }
                 (pass.progress)(pass.block_size as u64);
                 if failure.is_none() {
-                    self.issue(pass, direction, slots, slot, &mut next, run)?;
+                    // Not returned at once: the rest of the reaped completions free their
+                    // slots first.
+                    if let Err(err) = self.issue(pass, direction, slots, slot, &mut next, run) {
+                        failure = Some(err);
+                    }
                 }
             }
             if let Some(err) = failure {
