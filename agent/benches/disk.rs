@@ -83,7 +83,7 @@ fn main() {
     for _ in 0..SWEEP_ROUNDS {
         for (i, depth) in DEPTHS.iter().enumerate() {
             for config in configs.iter().filter(|c| c.depth == *depth) {
-                if let Some(rate) = config.run(&path, mib) {
+                if let Some(rate) = fio(&path, mib, *config) {
                     fio_rates.push((*config, rate));
                 }
             }
@@ -98,12 +98,7 @@ fn main() {
     }
     let mut fio_best: Option<(Fio, f64)> = None;
     for config in &configs {
-        let rate = median(
-            fio_rates
-                .iter()
-                .filter(|(k, _)| k == config)
-                .map(|(_, r)| *r),
-        );
+        let rate = median_of(&fio_rates, config);
         println!("  fio  {:<26} {rate:>7.0} MB/s", config.to_string());
         if fio_best.is_none_or(|(_, best)| rate > best) {
             fio_best = Some((*config, rate));
@@ -114,12 +109,7 @@ fn main() {
         return;
     };
     for depth in &kiln_depths {
-        let rate = median(
-            kiln_rates
-                .iter()
-                .filter(|(d, _)| d == depth)
-                .map(|(_, r)| *r),
-        );
+        let rate = median_of(&kiln_rates, depth);
         let note = if *depth == chosen {
             "  (its choice)"
         } else {
@@ -132,7 +122,7 @@ fn main() {
     let mut fio_runs = Vec::new();
     let mut kiln_runs = Vec::new();
     for _ in 0..DUEL_ROUNDS {
-        fio_runs.extend(fio_best.run(&path, mib));
+        fio_runs.extend(fio(&path, mib, fio_best));
         kiln_runs.push(kiln(&path, mib, chosen));
     }
     drop(huge);
@@ -167,12 +157,6 @@ impl std::fmt::Display for Fio {
             write!(f, " huge pages")?;
         }
         Ok(())
-    }
-}
-
-impl Fio {
-    fn run(&self, path: &Path, mib: u64) -> Option<f64> {
-        fio(path, mib, self)
     }
 }
 
@@ -233,6 +217,11 @@ impl Drop for HugePages {
     }
 }
 
+/// The median of the runs of `key` among `rates`.
+fn median_of<K: PartialEq>(rates: &[(K, f64)], key: &K) -> f64 {
+    median(rates.iter().filter(|(k, _)| k == key).map(|(_, r)| *r))
+}
+
 /// The median of some runs (NaN for none).
 fn median(rates: impl Iterator<Item = f64>) -> f64 {
     let mut rates: Vec<f64> = rates.collect();
@@ -273,8 +262,8 @@ fn fio_version() -> Option<String> {
 }
 
 /// fio's write-then-verify job; combined MB/s, or `None` when the engine is refused.
-fn fio(path: &Path, mib: u64, config: &Fio) -> Option<f64> {
-    let Fio { engine, depth, mem } = *config;
+fn fio(path: &Path, mib: u64, config: Fio) -> Option<f64> {
+    let Fio { engine, depth, mem } = config;
     let out = std::process::Command::new("fio")
         .args([
             "--name=kiln-peer",
