@@ -257,12 +257,12 @@ async fn pages(
 
 /// The schedule of a paced round with managers: its time cut into windows of [`Windows::LEN`],
 /// managers loading pages in every other one (the odd ones or the even ones). Acks sent in a
-/// window with pages count as "with pages", the others as "without" — both from the same round, on the same
-/// database, under whatever else the machine is doing in those seconds (on a shared host the
-/// same setup swings by 2x from one ten-second round to the next, far more than the pages
-/// move it). The first [`Windows::WARM_UP`] windows (the agents connecting, and the backlog
-/// that leaves) count as neither; nor does a window's first [`Windows::SETTLE`] after one with pages, where a load started late in it may
-/// still be running.
+/// window with pages count as "with pages", the others as "without" — both from the same
+/// round, on the same database, under whatever else the machine is doing in those seconds (on
+/// a shared host the same setup swings by 2x from one ten-second round to the next, far more
+/// than the pages move it). The first [`Windows::WARM_UP`] windows (the agents connecting, and
+/// the backlog that leaves) count as neither; nor does a window's first [`Windows::SETTLE`]
+/// after one with pages, where a load started late in it may still be running.
 #[derive(Clone, Copy, PartialEq, Debug)]
 struct Windows {
     /// Pages in the odd windows, else in the even ones (from the second window on).
@@ -280,10 +280,14 @@ impl Windows {
         at.as_millis() / Self::LEN.as_millis()
     }
 
+    /// Whether managers load pages in window `i`.
+    fn pages_in(self, i: u128) -> bool {
+        i > 0 && (i % 2 == 1) == self.odd
+    }
+
     /// Whether managers load pages at `at` into the round.
     fn pages_at(self, at: Duration) -> bool {
-        let i = Self::index(at);
-        i > 0 && (i % 2 == 1) == self.odd
+        self.pages_in(Self::index(at))
     }
 
     /// The acks (sent at, latency) of a round by window, each window's latencies sorted and
@@ -293,7 +297,7 @@ impl Windows {
         let mut windows: std::collections::BTreeMap<u128, Vec<Duration>> = Default::default();
         for &(at, latency) in acks {
             let i = Self::index(at);
-            let after_pages = i > 1 && !self.pages_at(at);
+            let after_pages = i > 0 && !self.pages_in(i) && self.pages_in(i - 1);
             let into = at.as_millis() % Self::LEN.as_millis();
             let counted = (Self::WARM_UP..self.count).contains(&i);
             if counted && !(after_pages && into < Self::SETTLE.as_millis()) {
@@ -304,7 +308,7 @@ impl Windows {
             .into_iter()
             .map(|(i, mut latencies)| {
                 latencies.sort_unstable();
-                (self.pages_at(i as u32 * Self::LEN), latencies)
+                (self.pages_in(i), latencies)
             })
             .collect()
     }
