@@ -106,6 +106,10 @@ impl Db {
             .map_err(|e| anyhow::anyhow!("cannot migrate database {}: {e:#}", path.display()))?;
         let (reads, read_rx) = mpsc::channel::<ReadJob>(QUEUE);
         let read_rx = Arc::new(Mutex::new(read_rx));
+        // The checkpointer's wake-ups: each reader sends one as a read ends (the frames its
+        // snapshot held back can be copied now); the writer holds the last sender, and the
+        // checkpointer ends when every one is gone.
+        let (wake, wakes) = std::sync::mpsc::channel::<()>();
         for (i, clock) in priority::clocks(READERS)?.into_iter().enumerate() {
             let reader = Connection::open_with_flags(
                 path,
@@ -117,6 +121,7 @@ impl Db {
             reader.pragma_update(None, "cache_size", -16384)?;
             reader.pragma_update(None, "mmap_size", 268_435_456)?;
             let jobs = read_rx.clone();
+            let wake = wake.clone();
             std::thread::Builder::new()
                 .name(format!("sqlite-reader-{i}"))
                 .spawn(move || {
@@ -129,25 +134,27 @@ impl Db {
                             .unwrap_or_else(|e| e.into_inner())
                             .blocking_recv();
                         match job {
-                            Some(job) => clock.job(|| job(&reader)),
+                            Some(job) => {
+                                clock.job(|| job(&reader));
+                                let _ = wake.send(());
+                            }
                             None => break,
                         }
                     }
                 })?;
         }
-        let (alive, checkpointer_stop) = std::sync::mpsc::channel::<()>();
         let checkpoints = Connection::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", path.display()))?;
         schema::configure(&checkpoints)?;
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpointer(&checkpoints, &checkpointer_stop))?;
+            .spawn(move || checkpointer(&checkpoints, &wakes))?;
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                // Dropped when the writer ends: the checkpointer ends with it.
-                let _alive = alive;
+                // Dropped when the writer ends: the checkpointer ends with it (and the readers).
+                let _alive = wake;
                 while let Some(first) = rx.blocking_recv() {
                     let mut jobs = vec![first];
                     while jobs.len() < GROUP {
@@ -210,10 +217,21 @@ impl Db {
 /// the writer's own checkpoint (SQLite's, when the WAL reaches `wal_autocheckpoint`; only a
 /// checkpoint between two of its commits lets the WAL start over) finds little left to copy
 /// and a group's commit does not wait for megabytes of it. Passive: it never blocks the writer
-/// or a reader.
-fn checkpointer(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
-    {
+/// or a reader. Besides every [`CHECKPOINT_EVERY`], it runs as soon as a read ends: while a
+/// page's read holds its snapshot no checkpoint can copy the frames written after it, and a
+/// writer's checkpoint coming first would copy them all, acks waiting. Measured with a WAL
+/// hook on the writer, pages loaded back to back at 100,000 events/s (alternating runs): the
+/// writer's own checkpoints took 218–278 ms per 14 s round without these passes and 121–147
+/// ms with them, those over 5 ms 15–16 and 7–8, the longest 15–18 ms and 8–9.
+fn checkpointer(conn: &Connection, wakes: &std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        match wakes.recv_timeout(CHECKPOINT_EVERY) {
+            // Reads that ended together need one pass.
+            Ok(()) => while wakes.try_recv().is_ok() {},
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "a background checkpoint did not run");
         }
