@@ -15,7 +15,8 @@
 //!
 //! Prints events stored per second, p50/p99 ack latency, the count of acknowledged events
 //! missing (must be 0), the pages' p50/p99, and the paced ack p50/p99 with pages beside
-//! without: pooled over the rounds, and the median over the windows of each window's p99.
+//! without: pooled over the rounds, the median over the windows of each window's p99, and
+//! each window with pages against its neighbours without (`Paired`, with a 90 % interval).
 //! Targets: ≥ 100,000 events/s at 10,000 agents, ack p99 ≤ 500 ms at 100,000 events/s, pages
 //! p99 ≤ 200 ms, acks no slower with pages.
 //! Run: `cargo bench -p kiln-collector --bench load` (KILN_BENCH_AGENTS=2000,10000
@@ -106,6 +107,7 @@ fn main() {
         // every ack of those rounds pooled by the window it was sent in.
         let (mut quiet, mut busy) = (Vec::new(), Vec::new());
         let (mut quiet_windows, mut busy_windows) = (Vec::new(), Vec::new());
+        let mut by_round = Vec::new();
         for repeat in 0..repeats {
             // Pages in the odd windows, then in the even ones: each side gets early and late
             // batches of a round alike (the database grows through it).
@@ -126,7 +128,14 @@ fn main() {
                     pages: Pages::Managers(windows),
                 },
             );
-            for (pages, latencies) in windows.split(&acks) {
+            let split = windows.split(&acks);
+            by_round.push(
+                split
+                    .iter()
+                    .map(|(pages, l)| (*pages, ms(quantile(l, 0.99))))
+                    .collect::<Vec<_>>(),
+            );
+            for (pages, latencies) in split {
                 let p99 = quantile(&latencies, 0.99);
                 if pages {
                     busy_windows.push(p99);
@@ -158,11 +167,21 @@ fn main() {
             ms(quantile(&quiet_windows, 0.5)),
         );
         println!(
-            "  ack p99 at {rate:.0} events/s, median over windows: {} windows with managers loading pages {b:.1} ms, {} without {q:.1} ms ({:.2}x, target <= 1.00)",
+            "  ack p99 at {rate:.0} events/s, median over windows: {} windows with managers loading pages {b:.1} ms, {} without {q:.1} ms ({:.2}x)",
             busy_windows.len(),
             quiet_windows.len(),
             b / q.max(1e-9)
         );
+        if let Some(p) = Paired::of(&by_round) {
+            println!(
+                "  ack p99 at {rate:.0} events/s, neighbouring windows paired: {} pairs, median ratio with pages / without {:.2}x (90 % interval {:.2}-{:.2}x, resampling the {} rounds; target <= 1.00)",
+                p.pairs,
+                p.ratio,
+                p.low,
+                p.high,
+                by_round.len()
+            );
+        }
         // The worst case once, for the record: pages back to back.
         let hammered = round(
             agents,
@@ -311,6 +330,80 @@ impl Windows {
                 (self.pages_in(i), latencies)
             })
             .collect()
+    }
+}
+
+/// What the pages do to the ack tail, window against neighbouring window: each window with
+/// pages paired with each window without next to it in the same round (2 s apart, so a swing of
+/// the host over tens of seconds falls on both sides of a pair alike), the ratio of their p99s,
+/// and the median of those ratios. The interval comes from resampling whole rounds (the pairs
+/// of a round share windows), so it says how far another set of rounds could put the median.
+struct Paired {
+    pairs: usize,
+    ratio: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Paired {
+    /// From each round's windows in order: (pages loading, p99 in ms).
+    fn of(rounds: &[Vec<(bool, f64)>]) -> Option<Paired> {
+        let logs = |rounds: &[&Vec<(bool, f64)>]| -> Vec<f64> {
+            rounds
+                .iter()
+                .flat_map(|w| w.windows(2))
+                .filter(|pair| pair[0].0 != pair[1].0)
+                .map(|pair| {
+                    let (pages, none) = if pair[0].0 {
+                        (pair[0].1, pair[1].1)
+                    } else {
+                        (pair[1].1, pair[0].1)
+                    };
+                    (pages.max(1e-3) / none.max(1e-3)).ln()
+                })
+                .collect()
+        };
+        let median = |mut v: Vec<f64>| -> Option<f64> {
+            if v.is_empty() {
+                return None;
+            }
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            Some(if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            })
+        };
+        let all: Vec<&Vec<(bool, f64)>> = rounds.iter().collect();
+        let pairs = logs(&all).len();
+        let ratio = median(logs(&all))?.exp();
+        // A fixed seed: the same windows give the same interval.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let mut medians: Vec<f64> = (0..2000)
+            .filter_map(|_| {
+                let sample: Vec<&Vec<(bool, f64)>> = (0..all.len())
+                    .map(|_| all[(next() % all.len() as u64) as usize])
+                    .collect();
+                median(logs(&sample))
+            })
+            .collect();
+        medians.sort_by(f64::total_cmp);
+        let at =
+            |p: f64| medians[((medians.len() as f64 * p) as usize).min(medians.len() - 1)].exp();
+        Some(Paired {
+            pairs,
+            ratio,
+            low: at(0.05),
+            high: at(0.95),
+        })
     }
 }
 
