@@ -6,11 +6,12 @@
 //! survives power loss too). Then capacity: the 10,000 agents again, nothing killed, every
 //! agent always with a batch waiting (so its ack latency is the queue, not the service time).
 //! Then latency at a given load: the 10,000 agents send on a clock, together offering
-//! KILN_BENCH_RATE events/s (default 100,000), KILN_BENCH_REPEATS rounds (default 3), while
-//! managers load pages over the same 10,000 nodes (ten dashboards open, reloading every 5 s,
-//! and the full report pulled every second) in every other window of 2 s — so the acks with
-//! pages and those without come from the same rounds, side by side (see `Windows`); last, one
-//! round with the dashboard and the report loaded back to back without pause, the worst case.
+//! KILN_BENCH_RATE events/s (default 100,000), KILN_BENCH_REPEATS rounds (default 30: with
+//! fewer the interval of the pages' cost is too wide to decide), while managers load pages
+//! over the same 10,000 nodes (ten dashboards open, reloading every 5 s, and the full report
+//! pulled every second) in every other window of 2 s — so the acks with pages and those
+//! without come from the same rounds, side by side (see `Windows`); last, one round with the
+//! dashboard and the report loaded back to back without pause, the worst case.
 //! The page client has a thread and runtime of its own, as if on another machine.
 //!
 //! Prints events stored per second, p50/p99 ack latency, the count of acknowledged events
@@ -20,7 +21,7 @@
 //! Targets: ≥ 100,000 events/s at 10,000 agents, ack p99 ≤ 500 ms at 100,000 events/s, pages
 //! p99 ≤ 200 ms, acks no slower with pages.
 //! Run: `cargo bench -p kiln-collector --bench load` (KILN_BENCH_AGENTS=2000,10000
-//! KILN_BENCH_BATCHES=7 KILN_BENCH_EVENTS=20 KILN_BENCH_RATE=100000 KILN_BENCH_REPEATS=3).
+//! KILN_BENCH_BATCHES=7 KILN_BENCH_EVENTS=20 KILN_BENCH_RATE=100000 KILN_BENCH_REPEATS=30; about 15 minutes).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -94,7 +95,7 @@ fn main() {
     let batches = env_list("KILN_BENCH_BATCHES", &[7])[0];
     let per_batch = env_list("KILN_BENCH_EVENTS", &[20])[0];
     let rate = env_list("KILN_BENCH_RATE", &[100_000])[0] as f64;
-    let repeats = env_list("KILN_BENCH_REPEATS", &[3])[0].max(1);
+    let repeats = env_list("KILN_BENCH_REPEATS", &[30])[0].max(1);
     for agents in &rounds {
         round(*agents, batches, per_batch, Load::Killed);
     }
