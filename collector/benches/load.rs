@@ -21,7 +21,8 @@
 //! Targets: ≥ 100,000 events/s at 10,000 agents, ack p99 ≤ 500 ms at 100,000 events/s, pages
 //! p99 ≤ 200 ms, acks no slower with pages.
 //! Run: `cargo bench -p kiln-collector --bench load` (KILN_BENCH_AGENTS=2000,10000
-//! KILN_BENCH_BATCHES=7 KILN_BENCH_EVENTS=20 KILN_BENCH_RATE=100000 KILN_BENCH_REPEATS=30; about 15 minutes).
+//! KILN_BENCH_BATCHES=7 KILN_BENCH_EVENTS=20 KILN_BENCH_RATE=100000 KILN_BENCH_REPEATS=30;
+//! about 15 minutes).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -377,8 +378,9 @@ impl Paired {
             })
         };
         let all: Vec<&Vec<(bool, f64)>> = rounds.iter().collect();
-        let pairs = logs(&all).len();
-        let ratio = median(logs(&all))?.exp();
+        let every = logs(&all);
+        let pairs = every.len();
+        let ratio = median(every)?.exp();
         // A fixed seed: the same windows give the same interval.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {

@@ -153,7 +153,7 @@ impl Db {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                // Dropped when the writer ends: the checkpointer ends with it (and the readers).
+                // Dropped when the writer ends: the checkpointer ends once the readers have too.
                 let _alive = wake;
                 while let Some(first) = rx.blocking_recv() {
                     let mut jobs = vec![first];
