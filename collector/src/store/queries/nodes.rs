@@ -85,6 +85,12 @@ pub fn tally(conn: &Connection) -> Result<Tally, StoreError> {
     Ok(tally)
 }
 
+/// The MACs of an ad-hoc node's claim (`wire::NodeIdentity`), the rest of it skipped.
+#[derive(serde::Deserialize)]
+struct ClaimedMacs {
+    macs: Vec<String>,
+}
+
 /// Every node with its latest run, filtered.
 pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, StoreError> {
     let mut stmt = conn.prepare_cached(NODE_ROWS_SQL)?;
@@ -106,11 +112,17 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
             let progress: Option<String> = r.get(13)?;
             let expect: Option<String> = r.get(16)?;
             let findings: Option<String> = r.get(19)?;
-            // An ad-hoc node shows the MACs it claimed, which it does not own.
-            let claimed: Option<String> = r.get(18)?;
-            let claimed_macs = claimed
-                .and_then(|c| serde_json::from_str::<kiln_protocol::wire::NodeIdentity>(&c).ok())
-                .map(|i| i.macs.join(","));
+            // An ad-hoc node shows the MACs it claimed, which it does not own (read only for a
+            // node without MACs of its own, and only the MACs of the claim).
+            let macs = match r.get::<_, Option<String>>(7)? {
+                Some(own) => own,
+                None => r
+                    .get_ref(18)?
+                    .as_str_or_null()?
+                    .and_then(|c| serde_json::from_str::<ClaimedMacs>(c).ok())
+                    .map(|c| c.macs.join(","))
+                    .unwrap_or_default(),
+            };
             Ok((
                 NodeRow {
                     node_id: r.get(0)?,
@@ -120,10 +132,7 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
                     serial: r.get(4)?,
                     uuid: r.get(5)?,
                     mode: r.get::<_, Sql<Mode>>(6)?.0,
-                    macs: r
-                        .get::<_, Option<String>>(7)?
-                        .or(claimed_macs)
-                        .unwrap_or_default(),
+                    macs,
                     ad_hoc: r.get(17)?,
                     allow_destructive: r.get(20)?,
                     batch: r.get(21)?,

@@ -13,6 +13,18 @@ fn plan(conn: &Connection, sql: &str) -> Vec<String> {
 }
 
 #[test]
+fn the_failures_statements_spell_the_stored_names() {
+    use kiln_protocol::api::Word;
+    let fail = Outcome::Fail { faults: vec![] }.name();
+    let error = Outcome::Error {
+        message: String::new(),
+    }
+    .name();
+    assert!(FAILED_STEPS_SQL.contains(&format!("outcome IN ('{fail}', '{error}')")));
+    assert!(FAILED_STAGES_SQL.contains(&format!("verdict = '{}'", Verdict::Fail.word())));
+}
+
+#[test]
 fn pages_scan_the_nodes_once_and_search_everything_else_by_index() {
     let conn = crate::store::test_connection();
     for sql in [NODE_ROWS_SQL, TALLY_SQL] {
@@ -33,13 +45,21 @@ fn pages_scan_the_nodes_once_and_search_everything_else_by_index() {
         lines.iter().all(|l| !l.contains("TEMP B-TREE")),
         "{lines:#?}"
     );
-    // The failures of every listed run: one search per run id, no scan of a table.
-    for sql in [FAILED_STEPS_SQL, FAILED_STAGES_SQL] {
+    // The failures of every listed run: one search per run id in the index of failed rows
+    // alone, no scan of a table, no reading of the steps that passed.
+    for (sql, index) in [
+        (FAILED_STEPS_SQL, "steps_failed"),
+        (FAILED_STAGES_SQL, "stages_failed"),
+    ] {
         let lines = plan(&conn, sql);
         assert!(
             lines
                 .iter()
                 .all(|l| !l.starts_with("SCAN") || l.starts_with("SCAN json_each")),
+            "{sql}: {lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains(&format!("INDEX {index} "))),
             "{sql}: {lines:#?}"
         );
     }
