@@ -5,18 +5,22 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::*;
 
-/// Failed and errored steps of the runs in the JSON array ?1, by run and step. The outcomes
-/// are written out, not bound, so that the partial index `steps_failed` serves the query
-/// (a test checks they are the names the writer stores).
-pub(super) const FAILED_STEPS_SQL: &str = "SELECT run_id, report FROM steps
-     WHERE run_id IN (SELECT value FROM json_each(?1)) AND outcome IN ('fail', 'error')
-     ORDER BY run_id, step";
+/// Failed and errored steps of the runs in the JSON array ?1 (distinct ids), by run and step.
+/// The outcomes are written out, not bound, so that the partial index `steps_failed` serves
+/// the query (a test checks they are the names the writer stores); a join, not `IN`, so that
+/// SQLite searches the index for each id as it reads the array instead of first building a
+/// temporary index of all of them (that was a tenth of a report's time at 10,000 nodes).
+pub(super) const FAILED_STEPS_SQL: &str = "SELECT s.run_id, s.report
+     FROM json_each(?1) AS ids JOIN steps AS s ON s.run_id = ids.value
+     WHERE s.outcome IN ('fail', 'error')
+     ORDER BY s.run_id, s.step";
 
-/// Failed stages, with what failed them, of the runs in the JSON array ?1 (through the
-/// partial index `stages_failed`, like [`FAILED_STEPS_SQL`]).
-pub(super) const FAILED_STAGES_SQL: &str = "SELECT run_id, name, detail FROM stages
-     WHERE run_id IN (SELECT value FROM json_each(?1)) AND verdict = 'fail' AND detail IS NOT NULL
-     ORDER BY run_id";
+/// Failed stages, with what failed them, of the runs in the JSON array ?1 (distinct ids),
+/// through the partial index `stages_failed`, like [`FAILED_STEPS_SQL`].
+pub(super) const FAILED_STAGES_SQL: &str = "SELECT s.run_id, s.name, s.detail
+     FROM json_each(?1) AS ids JOIN stages AS s ON s.run_id = ids.value
+     WHERE s.verdict = 'fail' AND s.detail IS NOT NULL
+     ORDER BY s.run_id";
 
 /// The failed or errored steps and the failed stages of some runs, by run.
 #[derive(Default)]
@@ -38,6 +42,10 @@ impl Failures {
         if run_ids.is_empty() {
             return Ok(out);
         }
+        // Each id once: the statements join on the list.
+        let mut run_ids = run_ids.to_vec();
+        run_ids.sort_unstable();
+        run_ids.dedup();
         let ids = serde_json::Value::from(run_ids).to_string();
         let mut stmt = conn.prepare_cached(FAILED_STEPS_SQL)?;
         for row in stmt.query_map(params![ids], |r| {
