@@ -106,19 +106,34 @@ pub(super) async fn report(
             )));
         }
     };
-    // Serialized on the reader thread: the whole report at the readers' priority.
+    // Written on the reader thread, each row as it is read: the whole report at the readers'
+    // priority, and no list of every node's row held besides the text.
     let body = state
         .db
         .read(move |c| {
-            let rows = queries::node_rows(c, &filter)?;
-            Ok(if format == "csv" {
-                csv(&rows).into_bytes()
-            } else {
-                serde_json::to_vec(&rows).map_err(|source| crate::store::StoreError::Encode {
-                    what: "the report",
-                    source,
-                })?
-            })
+            if format == "csv" {
+                let mut out = CSV_HEADER.to_owned();
+                queries::each_node_row(c, &filter, |row| {
+                    csv_row(&row, &mut out);
+                    Ok(())
+                })?;
+                return Ok(out.into_bytes());
+            }
+            let mut out = Vec::with_capacity(1 << 20);
+            out.push(b'[');
+            queries::each_node_row(c, &filter, |row| {
+                if out.len() > 1 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut out, &row).map_err(|source| {
+                    crate::store::StoreError::Encode {
+                        what: "the report",
+                        source,
+                    }
+                })
+            })?;
+            out.push(b']');
+            Ok(out)
         })
         .await?;
     Ok(([("content-type", content_type)], body).into_response())
@@ -247,42 +262,40 @@ pub(super) async fn batch_workbook(
         .into_response())
 }
 
-/// The report as CSV, one row per node.
-pub fn csv(rows: &[NodeRow]) -> String {
-    let mut out = String::from(
-        "node_id,hostname,rack,slot,batch,serial,macs,mode,ad_hoc,run_id,suite,stage,verdict,faults\n",
+/// The first line of the CSV report (one line per node after it).
+const CSV_HEADER: &str =
+    "node_id,hostname,rack,slot,batch,serial,macs,mode,ad_hoc,run_id,suite,stage,verdict,faults\n";
+
+/// One node's line of the CSV report, appended to `out`.
+fn csv_row(r: &NodeRow, out: &mut String) {
+    let fields = [
+        r.node_id.to_string(),
+        r.hostname.clone().unwrap_or_default(),
+        r.rack.clone().unwrap_or_default(),
+        r.slot.clone().unwrap_or_default(),
+        r.batch.clone().unwrap_or_default(),
+        r.serial.clone().unwrap_or_default(),
+        r.macs.replace(',', " "),
+        r.mode.to_string(),
+        if r.ad_hoc { "yes" } else { "no" }.to_owned(),
+        r.run_id.map(|i| i.to_string()).unwrap_or_default(),
+        r.suite.clone().unwrap_or_default(),
+        r.stage.map(|s| s.to_string()).unwrap_or_default(),
+        match (r.verdict, r.run_id) {
+            (Some(_), _) => r.verdict_text(),
+            (None, Some(_)) => "running".into(),
+            (None, None) => String::new(),
+        },
+        r.faults.join("; "),
+    ];
+    out.push_str(
+        &fields
+            .iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(","),
     );
-    for r in rows {
-        let fields = [
-            r.node_id.to_string(),
-            r.hostname.clone().unwrap_or_default(),
-            r.rack.clone().unwrap_or_default(),
-            r.slot.clone().unwrap_or_default(),
-            r.batch.clone().unwrap_or_default(),
-            r.serial.clone().unwrap_or_default(),
-            r.macs.replace(',', " "),
-            r.mode.to_string(),
-            if r.ad_hoc { "yes" } else { "no" }.to_owned(),
-            r.run_id.map(|i| i.to_string()).unwrap_or_default(),
-            r.suite.clone().unwrap_or_default(),
-            r.stage.map(|s| s.to_string()).unwrap_or_default(),
-            match (r.verdict, r.run_id) {
-                (Some(_), _) => r.verdict_text(),
-                (None, Some(_)) => "running".into(),
-                (None, None) => String::new(),
-            },
-            r.faults.join("; "),
-        ];
-        out.push_str(
-            &fields
-                .iter()
-                .map(|f| csv_field(f))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        out.push('\n');
-    }
-    out
+    out.push('\n');
 }
 
 fn csv_field(text: &str) -> String {

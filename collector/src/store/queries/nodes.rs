@@ -93,6 +93,27 @@ struct ClaimedMacs {
 
 /// Every node with its latest run, filtered.
 pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, StoreError> {
+    let mut out = Vec::new();
+    each_node_row(conn, filter, |row| {
+        out.push(row);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// How many rows [`each_node_row`] completes at a time: their failures and waivers are read
+/// for all of them at once, in a few statements, and a report over 10,000 nodes never holds
+/// more than these in memory.
+pub(super) const ROWS_AT_ONCE: usize = 512;
+
+/// Every node with its latest run, filtered, handed to `each` in order as it is completed —
+/// a report writes each row out while the next ones are read, instead of first building
+/// them all.
+pub fn each_node_row(
+    conn: &Connection,
+    filter: &Filter,
+    mut each: impl FnMut(NodeRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(NODE_ROWS_SQL)?;
     // `running` is no verdict: it selects runs that have none yet.
     let running = filter.verdict.as_deref() == Some("running");
@@ -152,12 +173,35 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
             ))
         },
     )?;
-    let rows = rows.collect::<Result<Vec<_>, _>>()?;
-    // The failed steps and stages of every listed run in two statements, not two per node.
-    let run_ids: Vec<i64> = rows.iter().filter_map(|(r, _, _)| r.run_id).collect();
+    let mut chunk = Vec::with_capacity(ROWS_AT_ONCE);
+    for row in rows {
+        chunk.push(row?);
+        if chunk.len() == ROWS_AT_ONCE {
+            complete(conn, &mut chunk, &mut each)?;
+        }
+    }
+    complete(conn, &mut chunk, &mut each)
+}
+
+/// What a chunk of [`each_node_row`]'s rows still needs before it goes out: the node's latest
+/// run's fault lines and what waivers cover of them.
+type PartRow = (NodeRow, Option<String>, Option<String>);
+
+/// Completes the rows of `chunk` (emptying it) and hands them to `each`.
+fn complete(
+    conn: &Connection,
+    chunk: &mut Vec<PartRow>,
+    each: &mut impl FnMut(NodeRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    // The failed steps and stages of every run of the chunk in two statements, not two per
+    // node.
+    let run_ids: Vec<i64> = chunk.iter().filter_map(|(r, _, _)| r.run_id).collect();
     let mut failures = Failures::of(conn, &run_ids)?;
     // What waivers cover of the failed runs, in two statements.
-    let failed: Vec<(i64, i64)> = rows
+    let failed: Vec<(i64, i64)> = chunk
         .iter()
         // Only hardware faults can be waived: a run that errored or is incomplete measured
         // less than the suite asked, and no waiver makes that shippable.
@@ -165,8 +209,7 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
         .filter_map(|(r, _, _)| Some((r.node_id, r.run_id?)))
         .collect();
     let mut waived = waivers::waived(conn, &failed)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (mut row, expect, findings) in rows {
+    for (mut row, expect, findings) in chunk.drain(..) {
         row.waiver = waived.remove(&row.node_id);
         if let Some(run_id) = row.run_id {
             row.faults = fault_lines(
@@ -176,9 +219,9 @@ pub fn node_rows(conn: &Connection, filter: &Filter) -> Result<Vec<NodeRow>, Sto
                 row.verdict_reason.as_deref(),
             )?;
         }
-        out.push(row);
+        each(row)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The nodes `selector` names, each with its MACs (to find its power driver), in rack and

@@ -235,3 +235,76 @@ fn a_batch_tells_its_yield_its_failure_pareto_its_slowest_stage_and_its_failed_n
     );
     assert!(batch_summary(&conn, "PO-9999").unwrap().is_none());
 }
+
+#[test]
+fn rows_completed_a_chunk_at_a_time_keep_each_nodes_own_faults_and_waiver() {
+    use kiln_protocol::wire::Fault;
+    let conn = crate::store::test_connection();
+    // Three chunks and a part: every node's failures must land on its own row whichever chunk
+    // it falls in, and its waiver with it.
+    let n = (ROWS_AT_ONCE * 3 + 17) as i64;
+    let fails = |i: i64| i % 7 == 0;
+    let memtest_fails = |i: i64| i % 11 == 0;
+    let waived = |i: i64| i % 49 == 0;
+    for i in 1..=n {
+        let verdict = if fails(i) || memtest_fails(i) {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        };
+        seed_node(&conn, i, "PO-1", Some(Some(verdict)));
+        seed_step(&conn, i, 0, "cpu", Outcome::Pass);
+        if fails(i) {
+            seed_step(
+                &conn,
+                i,
+                1,
+                "memory",
+                Outcome::Fail {
+                    faults: vec![Fault::new("memory.mismatch", format!("node {i} bit 3"))],
+                },
+            );
+        }
+        seed_stage(
+            &conn,
+            i,
+            "memtest",
+            1,
+            memtest_fails(i)
+                .then(|| format!("memtest86+: {i} errors"))
+                .as_deref(),
+        );
+        if waived(i) {
+            conn.execute(
+                "INSERT INTO waivers (node_id, code, reason, created_ms, created_by) VALUES (?1, 'memory.mismatch', 'known DIMM', 0, 'qa')",
+                [i],
+            )
+            .unwrap();
+        }
+    }
+    let rows = node_rows(&conn, &Filter::default()).unwrap();
+    assert_eq!(rows.len(), n as usize);
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.node_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=n).collect::<Vec<_>>());
+    for row in &rows {
+        let i = row.node_id;
+        let mut expected = Vec::new();
+        if fails(i) {
+            expected.push(format!("memory-1: node {i} bit 3"));
+        }
+        if memtest_fails(i) {
+            expected.push(format!("memtest: memtest86+: {i} errors"));
+        }
+        assert_eq!(row.faults, expected, "node {i}");
+        match &row.waiver {
+            Some(w) => {
+                assert!(waived(i), "node {i} has a waiver it was not given");
+                assert_eq!(w.codes, ["memory.mismatch"]);
+                // A failed memtest86+ stage is not covered by the waiver.
+                assert_eq!(w.all, !memtest_fails(i), "node {i}");
+            }
+            None => assert!(!waived(i) || !fails(i), "node {i} lost its waiver"),
+        }
+    }
+}
