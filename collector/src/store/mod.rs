@@ -354,7 +354,7 @@ mod tests {
             );
             let long = db
                 .read(|_| {
-                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    std::thread::sleep(priority::PROMOTE_AFTER * 2);
                     Ok((policy(), nice()))
                 })
                 .await

@@ -9,7 +9,8 @@
 //! Measured with the load bench on 2 CPUs (five paced rounds each way, pooled): readers at
 //! nice 10 throughout, the agents' ack p99 with managers' pages was 1.28× of it without (pages
 //! back to back 2.16×), at nice 19 1.38× (3.35×); idle throughout 0.99× (0.77×) but the
-//! report's p99 reached 201–268 ms, over its 200 ms budget.
+//! report's p99 reached 201–268 ms, over its 200 ms budget — with a report that took twice
+//! the CPU it takes now (see [`PROMOTE_AFTER`]).
 //!
 //! Leaving `SCHED_IDLE` takes `CAP_SYS_NICE` (or a `RLIMIT_NICE` above the default): a reader
 //! that cannot come back from idle runs at nice [`READER_NICE`] throughout instead.
@@ -21,12 +22,16 @@ use std::time::{Duration, Instant};
 /// The readers' nice value when not idle: below the rest of the collector (0).
 pub(super) const READER_NICE: i32 = 10;
 
-/// How long a job runs at idle priority before it is raised. Long enough that a report over
-/// 10,000 nodes (22–90 ms of CPU, more of wall time under ingest) mostly finishes idle: raised,
-/// it is what cost the acks (with the report's body cached, an experiment, the pages cost them
-/// nothing measurable). On a 2-vCPU EPYC, six paced rounds each way alternating: ack p99 with
-/// pages against without 1.10× after 150 ms, 1.38× after 50; report p99 124–185 and 131–211 ms.
-const PROMOTE_AFTER: Duration = Duration::from_millis(150);
+/// How long a job runs at idle priority before it is raised: the pages' budget (p99 200 ms).
+/// A read still running then has spent it and is raised to finish; any earlier, and a report
+/// over 10,000 nodes would be raised whenever ingest leaves it little CPU — raised, it is what
+/// cost the acks (with the report's body cached, an experiment, the pages cost them nothing
+/// measurable). On a 2-vCPU EPYC, with a report back to back on an idle collector 15–16 ms, six
+/// paced rounds each way alternating twice: ack p99 with pages against without (paired
+/// windows) 1.10× and 0.95× idle throughout, report p99 100–155 ms; 1.29× and 1.14× raised
+/// after 150 ms, report p99 62–213 ms. Earlier, with a report of 22 ms: 1.10× after 150 ms,
+/// 1.38× after 50.
+pub(super) const PROMOTE_AFTER: Duration = Duration::from_millis(200);
 
 /// How often the watcher looks at the readers.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
