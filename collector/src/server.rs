@@ -61,6 +61,7 @@ impl Collector {
             digests: Arc::new(crate::api::digests::Digests::default()),
             captures: Arc::new(crate::lifecycle::captures::Captures::default()),
             limiter: Arc::new(crate::api::limits::RateLimiter::default()),
+            reports: Arc::default(),
         };
         Ok(Collector {
             state,

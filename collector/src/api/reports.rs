@@ -5,7 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, Reader};
+use super::{ApiError, AppState, Reader, report_cache};
+use bytes::Bytes;
 use kiln_protocol::verdict::Verdict;
 
 use crate::store::queries::{self, Filter, NodeRow};
@@ -106,34 +107,27 @@ pub(super) async fn report(
             )));
         }
     };
-    // Written on the reader thread, each row as it is read: the whole report at the readers'
-    // priority, and no list of every node's row held besides the text.
+    let csv = format == "csv";
+    let cache = state.reports.clone();
+    // Built on the reader thread, the whole report at the readers' priority; handed out again
+    // while the reports' clock stands still (see `report_cache`).
     let body = state
         .db
         .read(move |c| {
-            if format == "csv" {
-                let mut out = CSV_HEADER.to_owned();
-                queries::each_node_row(c, &filter, |row| {
-                    csv_row(&row, &mut out);
-                    Ok(())
-                })?;
-                return Ok(out.into_bytes());
+            let Some(key) = report_cache::Key::of(&filter, csv) else {
+                return Ok(Bytes::from(render_report(c, &filter, csv)?));
+            };
+            // One snapshot for the clock and the rows: the body is what the clock says.
+            let snapshot = c.unchecked_transaction()?;
+            let rev = queries::report_rev(&snapshot)?;
+            let now = crate::store::now_ms();
+            if let Some(body) = cache.get(&key, rev, now) {
+                return Ok(body);
             }
-            let mut out = Vec::with_capacity(1 << 20);
-            out.push(b'[');
-            queries::each_node_row(c, &filter, |row| {
-                if out.len() > 1 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut out, &row).map_err(|source| {
-                    crate::store::StoreError::Encode {
-                        what: "the report",
-                        source,
-                    }
-                })
-            })?;
-            out.push(b']');
-            Ok(out)
+            let until = queries::next_waiver_expiry(&snapshot, now)?;
+            let body = Bytes::from(render_report(&snapshot, &filter, csv)?);
+            cache.put(key, rev, now, until, body.clone());
+            Ok(body)
         })
         .await?;
     Ok(([("content-type", content_type)], body).into_response())
@@ -260,6 +254,37 @@ pub(super) async fn batch_workbook(
         book,
     )
         .into_response())
+}
+
+/// The report over the nodes `filter` selects, as JSON or CSV, built from the database
+/// (never from [`report_cache`]), each row written out as it is read: no list of every node's
+/// row is held besides the text.
+pub fn render_report(
+    conn: &rusqlite::Connection,
+    filter: &Filter,
+    csv: bool,
+) -> Result<Vec<u8>, crate::store::StoreError> {
+    if csv {
+        let mut out = CSV_HEADER.to_owned();
+        queries::each_node_row(conn, filter, |row| {
+            csv_row(&row, &mut out);
+            Ok(())
+        })?;
+        return Ok(out.into_bytes());
+    }
+    let mut out = Vec::with_capacity(1 << 20);
+    out.push(b'[');
+    queries::each_node_row(conn, filter, |row| {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &row).map_err(|source| crate::store::StoreError::Encode {
+            what: "the report",
+            source,
+        })
+    })?;
+    out.push(b']');
+    Ok(out)
 }
 
 /// The first line of the CSV report (one line per node after it).

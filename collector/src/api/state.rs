@@ -35,6 +35,8 @@ pub struct AppState {
     pub captures: Arc<crate::lifecycle::captures::Captures>,
     /// Per-source rate limits on unauthenticated routes.
     pub limiter: Arc<RateLimiter>,
+    /// Report bodies kept while what they show is unchanged.
+    pub reports: Arc<super::report_cache::ReportCache>,
 }
 
 impl AppState {

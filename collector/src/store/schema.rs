@@ -180,7 +180,70 @@ const MIGRATIONS: &[&str] = &[
     // index serves only a query whose terms imply it).
     "CREATE INDEX steps_failed ON steps(run_id, step) WHERE outcome IN ('fail', 'error');
      CREATE INDEX stages_failed ON stages(run_id) WHERE verdict = 'fail' AND detail IS NOT NULL;",
+    // 16: the reports' clock: one number that every change to what a report shows moves on,
+    // in the transaction that makes the change (the triggers are [`watch_reports`]'), so a
+    // report built in a snapshot at one reading of it holds for any snapshot at the same one.
+    "CREATE TABLE report_clock (id INTEGER PRIMARY KEY CHECK (id = 1), rev INTEGER NOT NULL);
+     INSERT INTO report_clock (id, rev) VALUES (1, 0);",
 ];
+
+/// The tables a report reads, each with the columns whose update changes nothing a report
+/// shows (so that it leaves the reports' clock alone): the ones every event batch, heartbeat
+/// and console line touch. Any other column, a column added later included, moves the clock
+/// — a report rebuilt for nothing costs time, a stale one could show a pass that no longer
+/// holds. A test reads, with SQLite's authorizer, every column a report's statements read and
+/// checks that each is watched here.
+pub const REPORT_TABLES: &[(&str, &[&str])] = &[
+    ("nodes", &["last_seen_ms"]),
+    ("node_macs", &[]),
+    (
+        "runs",
+        &["last_seen_ms", "acked_seq", "console_tail", "inventory"],
+    ),
+    ("steps", &[]),
+    ("stages", &[]),
+    ("waivers", &[]),
+];
+
+/// (Re)creates the triggers that move the reports' clock: on every insert and delete into
+/// [`REPORT_TABLES`] and every update of a column not listed there as unseen. Made anew at
+/// each start from the tables as they are then, so a column a later migration adds is watched
+/// without anyone remembering to; not a migration, since migrations never change.
+pub fn watch_reports(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    let old: Vec<String> = tx
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE 'report\\_clock\\_%' ESCAPE '\\'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for name in old {
+        tx.execute_batch(&format!("DROP TRIGGER \"{name}\";"))?;
+    }
+    const TICK: &str = "BEGIN UPDATE report_clock SET rev = rev + 1 WHERE id = 1; END;";
+    for (table, unseen) in REPORT_TABLES {
+        let columns: Vec<String> = tx
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if let Some(missing) = unseen.iter().find(|c| !columns.iter().any(|n| n == *c)) {
+            anyhow::bail!(
+                "the reports' clock leaves {table}.{missing} unwatched, but {table} has no such column"
+            );
+        }
+        let watched: Vec<&str> = columns
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !unseen.contains(c))
+            .collect();
+        tx.execute_batch(&format!(
+            "CREATE TRIGGER report_clock_{table}_insert AFTER INSERT ON {table} {TICK}
+             CREATE TRIGGER report_clock_{table}_delete AFTER DELETE ON {table} {TICK}
+             CREATE TRIGGER report_clock_{table}_update AFTER UPDATE OF {} ON {table} {TICK}",
+            watched.join(", ")
+        ))?;
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 /// WAL for concurrent readers and crash safety, foreign keys on, a busy timeout.
 pub fn configure(conn: &Connection) -> anyhow::Result<()> {
@@ -217,7 +280,7 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         tx.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
     }
-    Ok(())
+    watch_reports(conn)
 }
 
 #[cfg(test)]
@@ -294,7 +357,10 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         configure(&conn).unwrap();
         // A database from before the column, with runs in it.
-        let before = MIGRATIONS.len() - 1;
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ADD COLUMN latest_run"))
+            .unwrap();
         for sql in &MIGRATIONS[..before] {
             conn.execute_batch(sql).unwrap();
         }

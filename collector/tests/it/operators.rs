@@ -542,3 +542,132 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         "fail"
     );
 }
+
+/// The report `server` serves now, JSON and CSV, checked byte for byte against one built from
+/// its database at this moment, never kept; `what` names the moment.
+async fn report_is_current(
+    client: &reqwest::Client,
+    server: &Server,
+    db: &rusqlite::Connection,
+    what: &str,
+) -> String {
+    let mut served = Vec::new();
+    for csv in [false, true] {
+        let url = format!(
+            "{}/api/v1/report{}",
+            server.base,
+            if csv { "?format=csv" } else { "" }
+        );
+        let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+        let built = kiln_collector::api::reports::render_report(
+            db,
+            &kiln_collector::store::queries::Filter::default(),
+            csv,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            String::from_utf8_lossy(&built),
+            "{what}: the report served is not the database's now"
+        );
+        served.push(String::from_utf8(built).unwrap());
+    }
+    served.swap_remove(0)
+}
+
+#[tokio::test]
+async fn a_kept_report_is_always_the_one_the_database_gives_now() {
+    let server = Server::start("kept-report", kiln_collector::config::Config::default()).await;
+    let client = reqwest::Client::new();
+    let admin = server.admin_token();
+    let db = rusqlite::Connection::open(server.data.join("kiln.sqlite")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let clock = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT rev FROM report_clock", [], |r| r.get(0))
+            .unwrap()
+    };
+    report_is_current(&client, &server, &db, "no nodes").await;
+    let one = register(&client, &server.base, 1, SUITE).await;
+    report_is_current(&client, &server, &db, "registered").await;
+    post_events(&client, &server.base, &one, full_run()).await;
+    report_is_current(&client, &server, &db, "a run passed").await;
+
+    // A second run in parts: a batch of log lines alone leaves the clock, and so the kept
+    // report, as they were; the rest moves it.
+    let two = register(&client, &server.base, 2, SUITE).await;
+    let mut events = failed_run("fan.speed", "fan 3 at 900 rpm");
+    let end = events.split_off(3);
+    let logs = events.split_off(2);
+    post_events(&client, &server.base, &two, events).await;
+    let started = report_is_current(&client, &server, &db, "a run started").await;
+    let before = clock(&db);
+    let r = post_events(&client, &server.base, &two, logs).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(clock(&db), before, "log lines moved the reports' clock");
+    assert_eq!(
+        report_is_current(&client, &server, &db, "log lines").await,
+        started
+    );
+    post_events(&client, &server.base, &two, end).await;
+    let failed = report_is_current(&client, &server, &db, "a run failed").await;
+    assert_ne!(failed, started);
+
+    // Waived, revoked, waived until a moment that comes while the report is kept.
+    let waive = || {
+        client
+            .post(format!("{}/api/v1/waivers", server.base))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"node": two.node_id, "code": "fan.speed", "reason": "spare"}))
+            .send()
+    };
+    let waiver: kiln_protocol::api::Waiver = waive().await.unwrap().json().await.unwrap();
+    let waived = report_is_current(&client, &server, &db, "waived").await;
+    assert!(waived.contains("\"waiver\":{"), "{waived}");
+    let r = client
+        .post(format!(
+            "{}/api/v1/waivers/{}/revoke",
+            server.base, waiver.id
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        report_is_current(&client, &server, &db, "revoked").await,
+        failed
+    );
+    let waiver: kiln_protocol::api::Waiver = waive().await.unwrap().json().await.unwrap();
+    let until = kiln_collector::store::now_ms() + 1_500;
+    db.execute(
+        "UPDATE waivers SET expires_ms = ?2 WHERE id = ?1",
+        [waiver.id, until],
+    )
+    .unwrap();
+    assert_eq!(
+        report_is_current(&client, &server, &db, "waived until soon").await,
+        waived
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(
+        (until - kiln_collector::store::now_ms()).max(0) as u64 + 100,
+    ))
+    .await;
+    let before = clock(&db);
+    assert_eq!(
+        report_is_current(&client, &server, &db, "the waiver ran out").await,
+        failed
+    );
+    assert_eq!(clock(&db), before, "only the time changed");
+
+    // Labelled from an inventory file.
+    let r = client
+        .post(format!("{}/api/v1/nodes/import", server.base))
+        .bearer_auth(&admin)
+        .body("mac,rack,slot,hostname\n52:54:00:00:00:01,R12,U07,node-7\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let labelled = report_is_current(&client, &server, &db, "labelled").await;
+    assert!(labelled.contains("\"rack\":\"R12\""), "{labelled}");
+}

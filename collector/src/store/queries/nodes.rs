@@ -324,3 +324,23 @@ pub fn node_history(conn: &Connection, node_id: i64) -> Result<Vec<HistoryEntry>
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// The reports' clock (`report_clock`): moved on, in the same transaction, by every change to
+/// what a report shows.
+pub fn report_rev(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        conn.query_row("SELECT rev FROM report_clock WHERE id = 1", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// When the next waiver not revoked runs out after `now_ms`: until then, the time alone
+/// changes nothing a report shows (waivers are its only part that the clock changes).
+pub fn next_waiver_expiry(conn: &Connection, now_ms: i64) -> Result<Option<i64>, StoreError> {
+    Ok(conn.query_row(
+        "SELECT min(expires_ms) FROM waivers WHERE revoked_ms IS NULL AND expires_ms > ?1",
+        [now_ms],
+        |r| r.get(0),
+    )?)
+}

@@ -308,3 +308,111 @@ fn rows_completed_a_chunk_at_a_time_keep_each_nodes_own_faults_and_waiver() {
         }
     }
 }
+
+#[test]
+fn every_column_a_report_reads_moves_the_reports_clock_when_it_changes() {
+    use kiln_protocol::wire::Fault;
+    use std::sync::{Arc, Mutex};
+    let conn = crate::store::test_connection();
+    // Every part of a row present, so that every statement a report can run is prepared: a
+    // failed step and stage, an active waiver, live progress, a node's MACs, an ad-hoc claim.
+    seed_node(&conn, 1, "PO-1", Some(Some(Verdict::Fail)));
+    seed_step(
+        &conn,
+        1,
+        0,
+        "memory",
+        Outcome::Fail {
+            faults: vec![Fault::new("memory.mismatch", "bit 3")],
+        },
+    );
+    seed_stage(&conn, 1, "memtest", 1, Some("memtest86+: 2 errors"));
+    conn.execute_batch(
+        "INSERT INTO waivers (node_id, code, reason, created_ms, created_by, expires_ms) VALUES (1, 'memory.mismatch', 'known DIMM', 0, 'qa', 9999999999999);
+         INSERT INTO node_macs (mac, node_id) VALUES ('52:54:00:00:00:01', 1);
+         UPDATE runs SET progress = '{}' WHERE id = 1;",
+    )
+    .unwrap();
+    seed_node(&conn, 2, "PO-1", Some(None));
+    conn.execute(
+        "UPDATE nodes SET ad_hoc = 1, claimed = '{\"macs\":[\"52:54:00:00:00:02\"]}' WHERE id = 2",
+        [],
+    )
+    .unwrap();
+    let read = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let seen = read.clone();
+    conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+        if let rusqlite::hooks::AuthAction::Read {
+            table_name,
+            column_name,
+        } = ctx.action
+        {
+            seen.lock()
+                .unwrap()
+                .insert((table_name.to_owned(), column_name.to_owned()));
+        }
+        rusqlite::hooks::Authorization::Allow
+    }));
+    for verdict in [None, Some("fail"), Some("running")] {
+        let filter = Filter {
+            rack: Some("R1".into()),
+            batch: Some("PO-1".into()),
+            verdict: verdict.map(str::to_owned),
+            ..Filter::default()
+        };
+        let rows = node_rows(&conn, &filter).unwrap();
+        assert!(!rows.is_empty(), "{verdict:?}");
+    }
+    let rows = node_rows(&conn, &Filter::default()).unwrap();
+    assert!(rows[0].waiver.is_some() && !rows[0].faults.is_empty());
+    assert_eq!(rows[1].macs, "52:54:00:00:00:02");
+    report_rev(&conn).unwrap();
+    next_waiver_expiry(&conn, 0).unwrap();
+    conn.authorizer(None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>);
+    let read = read.lock().unwrap();
+    assert!(read.len() > 20, "the authorizer saw {read:?}");
+    let tables = crate::store::schema::REPORT_TABLES;
+    for (table, column) in read.iter() {
+        // The clock itself, and the id lists the statements are given (`json_each(?1)`).
+        if table == "report_clock" || table == "json_each" {
+            continue;
+        }
+        let watched = tables
+            .iter()
+            .find(|(t, _)| t == table)
+            .is_some_and(|(_, unseen)| !unseen.contains(&column.as_str()));
+        assert!(
+            watched,
+            "a report reads {table}.{column}, which the reports' clock does not watch (schema::REPORT_TABLES)"
+        );
+    }
+}
+
+#[test]
+fn what_reports_show_moves_the_clock_and_what_they_do_not_leaves_it() {
+    let conn = crate::store::test_connection();
+    seed_node(&conn, 1, "PO-1", Some(None));
+    let rev = |conn: &Connection| report_rev(conn).unwrap();
+    let before = rev(&conn);
+    // What every event batch writes: a log line, the acked sequence, the heartbeat.
+    conn.execute_batch(
+        "INSERT INTO events (run_id, seq, at_ms, kind, step, body) VALUES (1, 1, 0, 'log', 0, '{}');
+         UPDATE runs SET acked_seq = 1, last_seen_ms = 5 WHERE id = 1;
+         UPDATE nodes SET last_seen_ms = 5 WHERE id = 1;",
+    )
+    .unwrap();
+    assert_eq!(rev(&conn), before);
+    for change in [
+        "UPDATE runs SET progress = '{}' WHERE id = 1",
+        "UPDATE runs SET verdict = 'fail' WHERE id = 1",
+        "UPDATE nodes SET hostname = 'x' WHERE id = 1",
+        "INSERT INTO node_macs (mac, node_id) VALUES ('m', 1)",
+        "DELETE FROM node_macs WHERE mac = 'm'",
+        "INSERT INTO waivers (node_id, code, reason, created_ms, created_by) VALUES (1, 'c', 'r', 0, 'qa')",
+        "UPDATE waivers SET revoked_ms = 1",
+    ] {
+        let at = rev(&conn);
+        conn.execute(change, []).unwrap();
+        assert_eq!(rev(&conn), at + 1, "{change}");
+    }
+}

@@ -1,0 +1,196 @@
+//! Report bodies kept while what they show stays the same. A report reads every node; at
+//! 10,000 nodes that is 15 ms of a core per load, taken from the agents' acks on a busy
+//! collector, while between two loads usually nothing a report shows has changed: event
+//! batches carry log lines and metrics, which a report does not show.
+//!
+//! Whether anything changed is the database's to say, not a guess: every insert, delete and
+//! update of a column a report reads moves `report_clock` on, in the transaction that makes
+//! it (triggers, [`crate::store::schema::watch_reports`]). A body built inside one read
+//! transaction is kept with the clock read in that same transaction, and handed out again
+//! only from a snapshot that reads the same clock — the same rows, so the same bytes. The only
+//! other input of a report is the time, through waivers running out: a body is kept no later
+//! than the first expiry after it was built. Reports filtered by age (`since`) are never kept.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::store::queries::Filter;
+
+/// How many bodies are kept (filters and formats managers pull), and their total size: a
+/// site ten times the benchmark's would still keep a few.
+const ENTRIES: usize = 8;
+const BYTES: usize = 64 << 20;
+
+/// Which report a body is: its filters and format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    rack: Option<String>,
+    batch: Option<String>,
+    verdict: Option<String>,
+    csv: bool,
+}
+
+impl Key {
+    /// The key of a report with `filter` in CSV or JSON, or `None` for one that is never kept:
+    /// filtered by time or down to one node or page.
+    pub fn of(filter: &Filter, csv: bool) -> Option<Key> {
+        let kept = filter.since_ms.is_none()
+            && filter.node_id.is_none()
+            && filter.limit.is_none()
+            && filter.offset == 0;
+        kept.then(|| Key {
+            rack: filter.rack.clone(),
+            batch: filter.batch.clone(),
+            verdict: filter.verdict.clone(),
+            csv,
+        })
+    }
+}
+
+/// One kept body and when it holds.
+struct Entry {
+    key: Key,
+    /// The reports' clock in the snapshot it was built in.
+    rev: i64,
+    /// When it was built (ms since the epoch).
+    built_ms: i64,
+    /// The first waiver expiry after `built_ms`, if any.
+    until_ms: Option<i64>,
+    body: Bytes,
+}
+
+impl Entry {
+    fn holds(&self, rev: i64, now_ms: i64) -> bool {
+        // A clock set back could bring a waiver that had run out back to life.
+        self.rev == rev && now_ms >= self.built_ms && self.until_ms.is_none_or(|u| now_ms < u)
+    }
+}
+
+/// The kept bodies, most recently used first.
+#[derive(Default)]
+pub struct ReportCache {
+    entries: Mutex<Vec<Entry>>,
+}
+
+impl ReportCache {
+    /// The body kept for `key` if it holds at clock `rev` and time `now_ms`.
+    pub fn get(&self, key: &Key, rev: i64, now_ms: i64) -> Option<Bytes> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let i = entries.iter().position(|e| &e.key == key)?;
+        if !entries[i].holds(rev, now_ms) {
+            entries.remove(i);
+            return None;
+        }
+        let entry = entries.remove(i);
+        let body = entry.body.clone();
+        entries.insert(0, entry);
+        Some(body)
+    }
+
+    /// Keeps `body`, built at clock `rev` at `built_ms`, until the clock moves or `until_ms`.
+    pub fn put(&self, key: Key, rev: i64, built_ms: i64, until_ms: Option<i64>, body: Bytes) {
+        if body.len() > BYTES {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| e.key != key);
+        entries.insert(
+            0,
+            Entry {
+                key,
+                rev,
+                built_ms,
+                until_ms,
+                body,
+            },
+        );
+        entries.truncate(ENTRIES);
+        let mut total = 0;
+        entries.retain(|e| {
+            total += e.body.len();
+            total <= BYTES
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(rack: &str) -> Key {
+        Key::of(
+            &Filter {
+                rack: Some(rack.into()),
+                ..Filter::default()
+            },
+            false,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_body_holds_at_its_clock_until_the_first_waiver_runs_out() {
+        let cache = ReportCache::default();
+        cache.put(key("R1"), 7, 1_000, Some(5_000), Bytes::from_static(b"[1]"));
+        assert_eq!(
+            cache.get(&key("R1"), 7, 4_999).as_deref(),
+            Some(&b"[1]"[..])
+        );
+        assert_eq!(cache.get(&key("R2"), 7, 4_999), None);
+        // The clock moved: gone, even when it would come back to 7.
+        assert_eq!(cache.get(&key("R1"), 8, 2_000), None);
+        assert_eq!(cache.get(&key("R1"), 7, 2_000), None);
+        cache.put(key("R1"), 7, 1_000, Some(5_000), Bytes::from_static(b"[1]"));
+        assert_eq!(cache.get(&key("R1"), 7, 5_000), None);
+        cache.put(key("R1"), 7, 1_000, None, Bytes::from_static(b"[1]"));
+        assert_eq!(
+            cache.get(&key("R1"), 7, 999),
+            None,
+            "the clock was set back"
+        );
+    }
+
+    #[test]
+    fn reports_by_age_one_node_or_a_page_are_never_kept() {
+        let by_age = Filter {
+            since_ms: Some(1),
+            ..Filter::default()
+        };
+        assert!(Key::of(&by_age, false).is_none());
+        let page = Filter {
+            limit: Some(10),
+            ..Filter::default()
+        };
+        assert!(Key::of(&page, true).is_none());
+        assert!(Key::of(&Filter::default(), true).is_some());
+        assert_ne!(
+            Key::of(&Filter::default(), true),
+            Key::of(&Filter::default(), false)
+        );
+    }
+
+    #[test]
+    fn at_most_a_few_bodies_are_kept_the_least_used_going_first() {
+        let cache = ReportCache::default();
+        for i in 0..=ENTRIES {
+            cache.put(
+                key(&format!("R{i}")),
+                1,
+                0,
+                None,
+                Bytes::from(vec![b'x'; 10]),
+            );
+            // R0 stays in use.
+            assert!(cache.get(&key("R0"), 1, 0).is_some());
+        }
+        assert!(cache.get(&key("R1"), 1, 0).is_none());
+        assert!(cache.get(&key(&format!("R{ENTRIES}")), 1, 0).is_some());
+        cache.put(key("big"), 1, 0, None, Bytes::from(vec![b'x'; BYTES - 5]));
+        assert!(cache.get(&key("big"), 1, 0).is_some());
+        assert!(
+            cache.get(&key("R0"), 1, 0).is_none(),
+            "over the total size, the least used go"
+        );
+    }
+}
