@@ -76,11 +76,36 @@ pub async fn dashboard(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<DashboardQuery>,
-) -> Result<Html<String>, ApiError> {
+) -> Result<Html<bytes::Bytes>, ApiError> {
     page_auth(&state, &headers, q.token.as_deref())?;
     let rack = q.rack.filter(|r| !r.is_empty());
     let verdict = q.verdict.filter(|v| !v.is_empty());
     let page = q.page.unwrap_or(1).max(1);
+    let templates = state.pages.clone();
+    let cache = state.reports.clone();
+    let key = crate::api::report_cache::Key::dashboard(rack.clone(), verdict.clone(), page);
+    // Rendered on the reader thread too: the whole page at the readers' priority; handed out
+    // again while the reports' clock stands still (see `report_cache`).
+    let html = state
+        .db
+        .read(move |c| {
+            Ok(cache.through(c, key, |c| {
+                render_dashboard(c, &templates, rack, verdict, page)
+            }))
+        })
+        .await??;
+    Ok(Html(html))
+}
+
+/// Dashboard page `page` (from 1) of the nodes in `rack` with `verdict`, built from the
+/// database (never from [`crate::api::report_cache`]).
+pub fn render_dashboard(
+    conn: &rusqlite::Connection,
+    templates: &crate::api::templates::Pages,
+    rack: Option<String>,
+    verdict: Option<String>,
+    page: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let filter = Filter {
         rack: rack.clone(),
         verdict: verdict.clone(),
@@ -89,29 +114,23 @@ pub async fn dashboard(
         offset: (page - 1).saturating_mul(PAGE_ROWS),
         ..Filter::default()
     };
-    let templates = state.pages.clone();
-    // Rendered on the reader thread too: the whole page at the readers' priority.
-    state
-        .db
-        .read(move |c| {
-            let mut rows = queries::node_rows(c, &filter)?;
-            let counts = queries::tally(c)?;
-            let batches = queries::batches(c)?;
-            let more = rows.len() > PAGE_ROWS;
-            rows.truncate(PAGE_ROWS);
-            let pages = context! {
-                page,
-                prev => (page > 1).then(|| page - 1),
-                next => more.then(|| page + 1),
-                first => (page - 1) * PAGE_ROWS + 1,
-                last => (page - 1) * PAGE_ROWS + rows.len(),
-            };
-            Ok(templates.render(
-                "dashboard.html",
-                context! { rows, counts, batches, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
-            ))
-        })
-        .await?
+    let mut rows = queries::node_rows(conn, &filter)?;
+    let counts = queries::tally(conn)?;
+    let batches = queries::batches(conn)?;
+    let more = rows.len() > PAGE_ROWS;
+    rows.truncate(PAGE_ROWS);
+    let pages = context! {
+        page,
+        prev => (page > 1).then(|| page - 1),
+        next => more.then(|| page + 1),
+        first => (page - 1) * PAGE_ROWS + 1,
+        last => (page - 1) * PAGE_ROWS + rows.len(),
+    };
+    let Html(html) = templates.render(
+        "dashboard.html",
+        context! { rows, counts, batches, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
+    )?;
+    Ok(html.into())
 }
 
 /// Query of the other pages.

@@ -1,7 +1,7 @@
-//! Report bodies kept while what they show stays the same. A report reads every node; at
-//! 10,000 nodes that is 15 ms of a core per load, taken from the agents' acks on a busy
-//! collector, while between two loads usually nothing a report shows has changed: event
-//! batches carry log lines and metrics, which a report does not show.
+//! Report bodies and dashboard pages kept while what they show stays the same. A report reads
+//! every node; at 10,000 nodes that is 15 ms of a core per load (a dashboard page, 3 ms),
+//! taken from the agents' acks on a busy collector, while between two loads usually nothing
+//! they show has changed: event batches carry log lines and metrics, which neither shows.
 //!
 //! Whether anything changed is the database's to say, not a guess: every insert, delete and
 //! update of a column a report reads moves `report_clock` on, in the transaction that makes
@@ -10,41 +10,64 @@
 //! only from a snapshot that reads the same clock — the same rows, so the same bytes. The only
 //! other input of a report is the time, through waivers running out: a body is kept no later
 //! than the first expiry after it was built. Reports filtered by age (`since`) are never kept.
+//! What a body may be built from is checked by a test: every column the report's and the
+//! dashboard's statements read, read through SQLite's authorizer, must be one the clock
+//! watches.
 
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use rusqlite::Connection;
 
-use crate::store::queries::Filter;
+use crate::store::StoreError;
+use crate::store::queries::{self, Filter};
 
 /// How many bodies are kept (filters and formats managers pull), and their total size: a
 /// site ten times the benchmark's would still keep a few.
 const ENTRIES: usize = 8;
 const BYTES: usize = 64 << 20;
 
-/// Which report a body is: its filters and format.
+/// Which body it is: the report as JSON or CSV, or a dashboard page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Json,
+    Csv,
+    Dashboard { page: usize },
+}
+
+/// Which body, with its filters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
+    kind: Kind,
     rack: Option<String>,
     batch: Option<String>,
     verdict: Option<String>,
-    csv: bool,
 }
 
 impl Key {
     /// The key of a report with `filter` in CSV or JSON, or `None` for one that is never kept:
     /// filtered by time or down to one node or page.
-    pub fn of(filter: &Filter, csv: bool) -> Option<Key> {
+    pub fn report(filter: &Filter, csv: bool) -> Option<Key> {
         let kept = filter.since_ms.is_none()
             && filter.node_id.is_none()
             && filter.limit.is_none()
             && filter.offset == 0;
         kept.then(|| Key {
+            kind: if csv { Kind::Csv } else { Kind::Json },
             rack: filter.rack.clone(),
             batch: filter.batch.clone(),
             verdict: filter.verdict.clone(),
-            csv,
         })
+    }
+
+    /// The key of dashboard page `page` filtered by `rack` and `verdict`.
+    pub fn dashboard(rack: Option<String>, verdict: Option<String>, page: usize) -> Key {
+        Key {
+            kind: Kind::Dashboard { page },
+            rack,
+            batch: None,
+            verdict,
+        }
     }
 }
 
@@ -74,6 +97,27 @@ pub struct ReportCache {
 }
 
 impl ReportCache {
+    /// The body for `key`: the one kept if it still holds, else `build`'s, kept. The clock
+    /// and everything `build` reads come from one snapshot (a read transaction around both),
+    /// so a body is kept with the clock of exactly the rows it was built from.
+    pub fn through<E: From<StoreError>>(
+        &self,
+        conn: &Connection,
+        key: Key,
+        build: impl FnOnce(&Connection) -> Result<Bytes, E>,
+    ) -> Result<Bytes, E> {
+        let snapshot = conn.unchecked_transaction().map_err(StoreError::from)?;
+        let rev = queries::report_rev(&snapshot)?;
+        let now = crate::store::now_ms();
+        if let Some(body) = self.get(&key, rev, now) {
+            return Ok(body);
+        }
+        let until = queries::next_waiver_expiry(&snapshot, now)?;
+        let body = build(&snapshot)?;
+        self.put(key, rev, now, until, body.clone());
+        Ok(body)
+    }
+
     /// The body kept for `key` if it holds at clock `rev` and time `now_ms`.
     pub fn get(&self, key: &Key, rev: i64, now_ms: i64) -> Option<Bytes> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,7 +163,7 @@ mod tests {
     use super::*;
 
     fn key(rack: &str) -> Key {
-        Key::of(
+        Key::report(
             &Filter {
                 rack: Some(rack.into()),
                 ..Filter::default()
@@ -157,17 +201,18 @@ mod tests {
             since_ms: Some(1),
             ..Filter::default()
         };
-        assert!(Key::of(&by_age, false).is_none());
+        assert!(Key::report(&by_age, false).is_none());
         let page = Filter {
             limit: Some(10),
             ..Filter::default()
         };
-        assert!(Key::of(&page, true).is_none());
-        assert!(Key::of(&Filter::default(), true).is_some());
+        assert!(Key::report(&page, true).is_none());
+        assert!(Key::report(&Filter::default(), true).is_some());
         assert_ne!(
-            Key::of(&Filter::default(), true),
-            Key::of(&Filter::default(), false)
+            Key::report(&Filter::default(), true),
+            Key::report(&Filter::default(), false)
         );
+        assert_ne!(Key::dashboard(None, None, 1), Key::dashboard(None, None, 2));
     }
 
     #[test]

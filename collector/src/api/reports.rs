@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, AppState, Reader, report_cache};
-use bytes::Bytes;
 use kiln_protocol::verdict::Verdict;
 
 use crate::store::queries::{self, Filter, NodeRow};
@@ -113,21 +112,11 @@ pub(super) async fn report(
     // while the reports' clock stands still (see `report_cache`).
     let body = state
         .db
-        .read(move |c| {
-            let Some(key) = report_cache::Key::of(&filter, csv) else {
-                return Ok(Bytes::from(render_report(c, &filter, csv)?));
-            };
-            // One snapshot for the clock and the rows: the body is what the clock says.
-            let snapshot = c.unchecked_transaction()?;
-            let rev = queries::report_rev(&snapshot)?;
-            let now = crate::store::now_ms();
-            if let Some(body) = cache.get(&key, rev, now) {
-                return Ok(body);
-            }
-            let until = queries::next_waiver_expiry(&snapshot, now)?;
-            let body = Bytes::from(render_report(&snapshot, &filter, csv)?);
-            cache.put(key, rev, now, until, body.clone());
-            Ok(body)
+        .read(move |c| match report_cache::Key::report(&filter, csv) {
+            Some(key) => cache.through(c, key, |c| {
+                Ok::<_, crate::store::StoreError>(render_report(c, &filter, csv)?.into())
+            }),
+            None => Ok(render_report(c, &filter, csv)?.into()),
         })
         .await?;
     Ok(([("content-type", content_type)], body).into_response())

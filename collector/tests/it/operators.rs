@@ -543,8 +543,8 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
     );
 }
 
-/// The report `server` serves now, JSON and CSV, checked byte for byte against one built from
-/// its database at this moment, never kept; `what` names the moment.
+/// The report `server` serves now, JSON and CSV, and its dashboard, checked byte for byte
+/// against ones built from its database at this moment, never kept; `what` names the moment.
 async fn report_is_current(
     client: &reqwest::Client,
     server: &Server,
@@ -558,7 +558,7 @@ async fn report_is_current(
             server.base,
             if csv { "?format=csv" } else { "" }
         );
-        let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+        let body = get_text(client, &url).await;
         let built = kiln_collector::api::reports::render_report(
             db,
             &kiln_collector::store::queries::Filter::default(),
@@ -566,17 +566,26 @@ async fn report_is_current(
         )
         .unwrap();
         assert_eq!(
-            String::from_utf8_lossy(&body),
+            body,
             String::from_utf8_lossy(&built),
             "{what}: the report served is not the database's now"
         );
         served.push(String::from_utf8(built).unwrap());
     }
+    let page = get_text(client, &format!("{}/", server.base)).await;
+    let templates = kiln_collector::api::templates::Pages::new().unwrap();
+    let built =
+        kiln_collector::api::pages::render_dashboard(db, &templates, None, None, 1).unwrap();
+    assert_eq!(
+        page,
+        String::from_utf8_lossy(&built),
+        "{what}: the dashboard served is not the database's now"
+    );
     served.swap_remove(0)
 }
 
 #[tokio::test]
-async fn a_kept_report_is_always_the_one_the_database_gives_now() {
+async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     let server = Server::start("kept-report", kiln_collector::config::Config::default()).await;
     let client = reqwest::Client::new();
     let admin = server.admin_token();

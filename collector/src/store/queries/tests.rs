@@ -310,7 +310,7 @@ fn rows_completed_a_chunk_at_a_time_keep_each_nodes_own_faults_and_waiver() {
 }
 
 #[test]
-fn every_column_a_report_reads_moves_the_reports_clock_when_it_changes() {
+fn every_column_a_report_or_the_dashboard_reads_moves_the_reports_clock_when_it_changes() {
     use kiln_protocol::wire::Fault;
     use std::sync::{Arc, Mutex};
     let conn = crate::store::test_connection();
@@ -366,6 +366,9 @@ fn every_column_a_report_reads_moves_the_reports_clock_when_it_changes() {
     let rows = node_rows(&conn, &Filter::default()).unwrap();
     assert!(rows[0].waiver.is_some() && !rows[0].faults.is_empty());
     assert_eq!(rows[1].macs, "52:54:00:00:00:02");
+    // And what the dashboard reads besides a page of those rows.
+    assert_eq!(tally(&conn).unwrap().total, 2);
+    assert_eq!(batches(&conn).unwrap(), [("PO-1".to_owned(), 2)]);
     report_rev(&conn).unwrap();
     next_waiver_expiry(&conn, 0).unwrap();
     conn.authorizer(None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>);
