@@ -22,7 +22,9 @@
 //! p99 ≤ 200 ms, acks no slower with pages.
 //! Run: `cargo bench -p kiln-collector --bench load` (KILN_BENCH_AGENTS=2000,10000
 //! KILN_BENCH_BATCHES=7 KILN_BENCH_EVENTS=20 KILN_BENCH_RATE=100000 KILN_BENCH_REPEATS=30;
-//! about 15 minutes).
+//! about 15 minutes). The agents send log lines, which change nothing the pages show, so a
+//! report or dashboard built once in a round is handed out again; KILN_BENCH_PROGRESS=1 ends
+//! every batch with the step's progress instead, and every page load is a build.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -597,6 +599,10 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
         pace.map(|rate| Duration::from_secs_f64(agents as f64 * per_batch as f64 / rate));
     let clock = tokio::time::Instant::from_std(started);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // KILN_BENCH_PROGRESS=1: every batch ends with the step's progress (the first begins the
+    // step), so that what the pages show changes between any two loads and every report and
+    // dashboard is built again, as on a site whose nodes are all mid-step.
+    let progress = std::env::var("KILN_BENCH_PROGRESS").is_ok_and(|v| v == "1");
     let (acked, server): (Vec<(i64, u64)>, Server) = rt.block_on(async {
         let tasks: Vec<_> = runs
             .iter()
@@ -614,7 +620,14 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
                             tokio::time::sleep_until(clock + offset + iv * k as u32).await;
                         }
                         let events: Vec<Event> = (0..per_batch as u64)
-                            .map(|k| Event { seq: seq + k, at_ms: 0, body: EventBody::Log { step: Some(0), level: LogLevel::Info, line: format!("load event {}", seq + k) } })
+                            .map(|j| {
+                                let body = match (progress, k, j) {
+                                    (true, 0, 0) => EventBody::StepStarted { step: 0, name: "load".into(), kind: "exec".into() },
+                                    (true, _, j) if j + 1 == per_batch as u64 => EventBody::Progress { step: 0, fraction: (k + 1) as f64 / batches as f64, status: None },
+                                    _ => EventBody::Log { step: Some(0), level: LogLevel::Info, line: format!("load event {}", seq + j) },
+                                };
+                                Event { seq: seq + j, at_ms: 0, body }
+                            })
                             .collect();
                         seq += per_batch as u64;
                         // Encoded once, sent as often as it takes (the agent's spool keeps the batch).

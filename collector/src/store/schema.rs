@@ -180,11 +180,16 @@ const MIGRATIONS: &[&str] = &[
     // index serves only a query whose terms imply it).
     "CREATE INDEX steps_failed ON steps(run_id, step) WHERE outcome IN ('fail', 'error');
      CREATE INDEX stages_failed ON stages(run_id) WHERE verdict = 'fail' AND detail IS NOT NULL;",
-    // 16: the reports' clock: one number that every change to what a report shows moves on,
-    // in the transaction that makes the change (the triggers are [`watch_reports`]'), so a
-    // report built in a snapshot at one reading of it holds for any snapshot at the same one.
-    "CREATE TABLE report_clock (id INTEGER PRIMARY KEY CHECK (id = 1), rev INTEGER NOT NULL);
-     INSERT INTO report_clock (id, rev) VALUES (1, 0);",
+    // 16: the reports' clock: a number that every change to what a report shows moves on, in
+    // the transaction that makes the change (the triggers are [`watch_reports`]'), so a report
+    // built in a snapshot at one reading of it holds for any snapshot at the same one; and one
+    // that only live progress moves.
+    "CREATE TABLE report_clock (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        rev INTEGER NOT NULL,
+        progress_rev INTEGER NOT NULL
+     );
+     INSERT INTO report_clock (id, rev, progress_rev) VALUES (1, 0, 0);",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report
@@ -205,8 +210,14 @@ pub const REPORT_TABLES: &[(&str, &[&str])] = &[
     ("waivers", &[]),
 ];
 
+/// The column that moves only the progress clock (`report_clock.progress_rev`): a running
+/// step's live progress, which every batch of a busy agent changes and no verdict, fault or
+/// waiver depends on — a kept report may show it a little late (see `api::report_cache`).
+pub const REPORT_PROGRESS: (&str, &str) = ("runs", "progress");
+
 /// (Re)creates the triggers that move the reports' clock: on every insert and delete into
-/// [`REPORT_TABLES`] and every update of a column not listed there as unseen. Made anew at
+/// [`REPORT_TABLES`] and every update of a column not listed there as unseen, but for
+/// [`REPORT_PROGRESS`], which moves the progress clock. Made anew at
 /// each start from the tables as they are then, so a column a later migration adds is watched
 /// without anyone remembering to; not a migration, since migrations never change.
 pub fn watch_reports(conn: &mut Connection) -> anyhow::Result<()> {
@@ -229,11 +240,18 @@ pub fn watch_reports(conn: &mut Connection) -> anyhow::Result<()> {
                 "the reports' clock leaves {table}.{missing} unwatched, but {table} has no such column"
             );
         }
+        let progress = (*table == REPORT_PROGRESS.0).then_some(REPORT_PROGRESS.1);
         let watched: Vec<&str> = columns
             .iter()
             .map(String::as_str)
-            .filter(|c| !unseen.contains(c))
+            .filter(|c| !unseen.contains(c) && Some(*c) != progress)
             .collect();
+        if let Some(column) = progress {
+            tx.execute_batch(&format!(
+                "CREATE TRIGGER report_clock_{table}_progress AFTER UPDATE OF {column} ON {table}
+                 BEGIN UPDATE report_clock SET progress_rev = progress_rev + 1 WHERE id = 1; END;"
+            ))?;
+        }
         tx.execute_batch(&format!(
             "CREATE TRIGGER report_clock_{table}_insert AFTER INSERT ON {table} {TICK}
              CREATE TRIGGER report_clock_{table}_delete AFTER DELETE ON {table} {TICK}

@@ -617,6 +617,44 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
         report_is_current(&client, &server, &db, "log lines").await,
         started
     );
+    // Live progress alone: the kept report holds for the lag, showing the step as it was.
+    let progress = vec![ev(
+        4,
+        kiln_protocol::wire::EventBody::Progress {
+            step: 0,
+            fraction: 0.5,
+            status: None,
+        },
+    )];
+    let progress_clock = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT progress_rev FROM report_clock", [], |r| r.get(0))
+            .unwrap()
+    };
+    let moved = progress_clock(&db);
+    assert_eq!(
+        post_events(&client, &server.base, &two, progress)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(clock(&db), before, "live progress moved the main clock");
+    assert_eq!(progress_clock(&db), moved + 1);
+    let kept = get_text(&client, &format!("{}/api/v1/report", server.base)).await;
+    assert_eq!(kept, started, "a kept report was built again for progress");
+    let now = kiln_collector::api::reports::render_report(
+        &db,
+        &kiln_collector::store::queries::Filter::default(),
+        false,
+    )
+    .unwrap();
+    assert!(String::from_utf8(now).unwrap().contains("\"fraction\":0.5"));
+    let end: Vec<_> = end
+        .into_iter()
+        .map(|mut e| {
+            e.seq += 1;
+            e
+        })
+        .collect();
     post_events(&client, &server.base, &two, end).await;
     let failed = report_is_current(&client, &server, &db, "a run failed").await;
     assert_ne!(failed, started);

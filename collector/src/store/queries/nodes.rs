@@ -325,14 +325,28 @@ pub fn node_history(conn: &Connection, node_id: i64) -> Result<Vec<HistoryEntry>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The reports' clock (`report_clock`): moved on, in the same transaction, by every change to
-/// what a report shows.
-pub fn report_rev(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(
-        conn.query_row("SELECT rev FROM report_clock WHERE id = 1", [], |r| {
-            r.get(0)
-        })?,
-    )
+/// The reports' clock (`report_clock`), moved on in the same transaction by every change to
+/// what a report shows: `rev` by all but live progress, `progress` by that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportClock {
+    /// Moved by every change but live progress.
+    pub rev: i64,
+    /// Moved by live progress.
+    pub progress: i64,
+}
+
+/// The reports' clock now.
+pub fn report_clock(conn: &Connection) -> Result<ReportClock, StoreError> {
+    Ok(conn.query_row(
+        "SELECT rev, progress_rev FROM report_clock WHERE id = 1",
+        [],
+        |r| {
+            Ok(ReportClock {
+                rev: r.get(0)?,
+                progress: r.get(1)?,
+            })
+        },
+    )?)
 }
 
 /// When the next waiver not revoked runs out after `now_ms`: until then, the time alone

@@ -369,7 +369,7 @@ fn every_column_a_report_or_the_dashboard_reads_moves_the_reports_clock_when_it_
     // And what the dashboard reads besides a page of those rows.
     assert_eq!(tally(&conn).unwrap().total, 2);
     assert_eq!(batches(&conn).unwrap(), [("PO-1".to_owned(), 2)]);
-    report_rev(&conn).unwrap();
+    report_clock(&conn).unwrap();
     next_waiver_expiry(&conn, 0).unwrap();
     conn.authorizer(None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>);
     let read = read.lock().unwrap();
@@ -395,8 +395,8 @@ fn every_column_a_report_or_the_dashboard_reads_moves_the_reports_clock_when_it_
 fn what_reports_show_moves_the_clock_and_what_they_do_not_leaves_it() {
     let conn = crate::store::test_connection();
     seed_node(&conn, 1, "PO-1", Some(None));
-    let rev = |conn: &Connection| report_rev(conn).unwrap();
-    let before = rev(&conn);
+    let rev = |conn: &Connection| report_clock(conn).unwrap().rev;
+    let before = report_clock(&conn).unwrap();
     // What every event batch writes: a log line, the acked sequence, the heartbeat.
     conn.execute_batch(
         "INSERT INTO events (run_id, seq, at_ms, kind, step, body) VALUES (1, 1, 0, 'log', 0, '{}');
@@ -404,9 +404,17 @@ fn what_reports_show_moves_the_clock_and_what_they_do_not_leaves_it() {
          UPDATE nodes SET last_seen_ms = 5 WHERE id = 1;",
     )
     .unwrap();
-    assert_eq!(rev(&conn), before);
+    assert_eq!(report_clock(&conn).unwrap(), before);
+    // Live progress moves only its own clock.
+    conn.execute("UPDATE runs SET progress = '{}' WHERE id = 1", [])
+        .unwrap();
+    let after = report_clock(&conn).unwrap();
+    assert_eq!(
+        (after.rev, after.progress),
+        (before.rev, before.progress + 1)
+    );
     for change in [
-        "UPDATE runs SET progress = '{}' WHERE id = 1",
+        "UPDATE runs SET stage = 'done', progress = NULL WHERE id = 1",
         "UPDATE runs SET verdict = 'fail' WHERE id = 1",
         "UPDATE nodes SET hostname = 'x' WHERE id = 1",
         "INSERT INTO node_macs (mac, node_id) VALUES ('m', 1)",
