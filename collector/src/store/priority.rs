@@ -25,8 +25,8 @@ pub(super) const READER_NICE: i32 = 10;
 /// How long a job runs at idle priority before it is raised: the pages' budget (p99 200 ms).
 /// A read still running then has spent it and is raised to finish; any earlier, and a report
 /// over 10,000 nodes would be raised whenever ingest leaves it little CPU — raised, it is what
-/// cost the acks (with the report's body cached, an experiment, the pages cost them nothing
-/// measurable). On a 2-vCPU EPYC, with a report back to back on an idle collector 15–16 ms, six
+/// cost the acks (with the report's body kept, as `api::report_cache` now does while what it
+/// shows stands still, the pages cost them nothing measurable). On a 2-vCPU EPYC, with a report back to back on an idle collector 15–16 ms, six
 /// paced rounds each way alternating twice: ack p99 with pages against without (paired
 /// windows) 1.10× and 0.95× idle throughout, report p99 100–155 ms; 1.29× and 1.14× raised
 /// after 150 ms, report p99 62–213 ms. Earlier, with a report of 22 ms: 1.10× after 150 ms,
