@@ -181,7 +181,7 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX steps_failed ON steps(run_id, step) WHERE outcome IN ('fail', 'error');
      CREATE INDEX stages_failed ON stages(run_id) WHERE verdict = 'fail' AND detail IS NOT NULL;",
     // 16: the reports' clock: a number that every change to what a report shows moves on, in
-    // the transaction that makes the change (the triggers are [`watch_reports`]'), so a report
+    // the transaction that makes the change (by the triggers [`watch_reports`] makes), so a report
     // built in a snapshot at one reading of it holds for any snapshot at the same one; and one
     // that only live progress moves.
     "CREATE TABLE report_clock (
@@ -217,9 +217,9 @@ pub const REPORT_PROGRESS: (&str, &str) = ("runs", "progress");
 
 /// (Re)creates the triggers that move the reports' clock: on every insert and delete into
 /// [`REPORT_TABLES`] and every update of a column not listed there as unseen, but for
-/// [`REPORT_PROGRESS`], which moves the progress clock. Made anew at
-/// each start from the tables as they are then, so a column a later migration adds is watched
-/// without anyone remembering to; not a migration, since migrations never change.
+/// [`REPORT_PROGRESS`], which moves the progress clock. Made anew at each start from the
+/// tables as they are then, so a column a later migration adds is watched without anyone
+/// remembering to; not a migration, since migrations never change.
 pub fn watch_reports(conn: &mut Connection) -> anyhow::Result<()> {
     let tx = conn.transaction()?;
     let old: Vec<String> = tx

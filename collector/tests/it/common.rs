@@ -304,6 +304,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Labels nodes from an inventory CSV with the admin token; the answer must be 200.
+pub async fn import_nodes(client: &reqwest::Client, server: &Server, csv: &str) {
+    let r = client
+        .post(format!("{}/api/v1/nodes/import", server.base))
+        .bearer_auth(server.admin_token())
+        .body(csv.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
 /// The body of a GET, whatever its status.
 pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()

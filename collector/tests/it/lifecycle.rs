@@ -72,14 +72,12 @@ fn node7() -> NodeIdentity {
 /// node-7 (rack R12) fails with a DIMM fault.
 async fn failed_node7(client: &reqwest::Client, server: &Server) -> RegisterResponse {
     let admin = server.admin_token();
-    let r = client
-        .post(format!("{}/api/v1/nodes/import", server.base))
-        .bearer_auth(&admin)
-        .body("mac,rack,slot,hostname\n52:54:00:00:00:07,R12,U07,node-7\n")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    import_nodes(
+        client,
+        server,
+        "mac,rack,slot,hostname\n52:54:00:00:00:07,R12,U07,node-7\n",
+    )
+    .await;
     let run = register_as(client, &server.base, node7(), Some(&admin)).await;
     let fault = kiln_protocol::wire::Fault::new("memory.mismatch", "DIMM B2 bit flip");
     let events = vec![

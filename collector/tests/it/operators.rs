@@ -707,14 +707,12 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     assert_eq!(clock(&db), before, "only the time changed");
 
     // Labelled from an inventory file.
-    let r = client
-        .post(format!("{}/api/v1/nodes/import", server.base))
-        .bearer_auth(&admin)
-        .body("mac,rack,slot,hostname\n52:54:00:00:00:01,R12,U07,node-7\n")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    import_nodes(
+        &client,
+        &server,
+        "mac,rack,slot,hostname\n52:54:00:00:00:01,R12,U07,node-7\n",
+    )
+    .await;
     let labelled = report_is_current(&client, &server, &db, "labelled").await;
     assert!(labelled.contains("\"rack\":\"R12\""), "{labelled}");
 }

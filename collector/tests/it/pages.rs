@@ -316,14 +316,7 @@ async fn the_dashboard_pages_through_many_nodes() {
             i & 255
         ));
     }
-    let r = client
-        .post(format!("{}/api/v1/nodes/import", server.base))
-        .bearer_auth(server.admin_token())
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    import_nodes(&client, &server, &csv).await;
     let page = |n: u32| {
         let url = format!("{}/?page={n}", server.base);
         let client = client.clone();
@@ -423,14 +416,7 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
     let admin = server.admin_token();
     // Labelled nodes in two racks of one batch: one fails, one passes, one never ran.
     let csv = "mac,rack,slot,hostname,batch\n52:54:00:00:00:01,R12,U07,r12-u07,PO-1187\n52:54:00:00:00:02,R12,U08,r12-u08,PO-1187\n52:54:00:00:00:03,R13,U01,r13-u01,PO-1187\n";
-    let r = client
-        .post(format!("{}/api/v1/nodes/import", server.base))
-        .bearer_auth(&admin)
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    import_nodes(&client, &server, csv).await;
     for (n, verdict) in [(1u8, Verdict::Fail), (2, Verdict::Pass)] {
         let req = RegisterRequest {
             identity: identity(n),

@@ -52,14 +52,12 @@ async fn verify_arms_resets_each_node_once_waits_for_every_verdict_and_ctrl_c_le
     let server = Server::start("verify", config).await;
     let client = reqwest::Client::new();
     let admin = server.admin_token();
-    let r = client
-        .post(format!("{}/api/v1/nodes/import", server.base))
-        .bearer_auth(&admin)
-        .body("52:54:00:00:00:01,R12,U01,r12-u01\n52:54:00:00:00:02,R12,U02,r12-u02\n")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    import_nodes(
+        &client,
+        &server,
+        "52:54:00:00:00:01,R12,U01,r12-u01\n52:54:00:00:00:02,R12,U02,r12-u02\n",
+    )
+    .await;
     let kiln = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(args)
