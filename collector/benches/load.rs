@@ -224,6 +224,14 @@ enum Pages {
     Hammer,
 }
 
+/// One page load: which page, when it was asked for (since the round's start), how long it
+/// took to arrive whole.
+struct PageLoad {
+    name: &'static str,
+    at: Duration,
+    took: Duration,
+}
+
 /// Loads `/` and `/api/v1/report` as `who` does until `stop`, timing each.
 async fn pages(
     who: Pages,
@@ -231,22 +239,27 @@ async fn pages(
     base: String,
     stop: Arc<std::sync::atomic::AtomicBool>,
     started: Instant,
-) -> Vec<(&'static str, Duration)> {
+) -> Vec<PageLoad> {
     async fn load(
         client: &reqwest::Client,
         base: &str,
         name: &'static str,
         path: &str,
-    ) -> Option<(&'static str, Duration)> {
+        started: Instant,
+    ) -> Option<PageLoad> {
         let t = Instant::now();
         let r = client.get(format!("{base}{path}")).send().await.ok()?;
-        (r.status().is_success() && r.bytes().await.is_ok()).then(|| (name, t.elapsed()))
+        (r.status().is_success() && r.bytes().await.is_ok()).then(|| PageLoad {
+            name,
+            at: t - started,
+            took: t.elapsed(),
+        })
     }
     let mut out = Vec::new();
     if who == Pages::Hammer {
         while !stop.load(Ordering::Relaxed) {
-            out.extend(load(&client, &base, "dashboard", "/").await);
-            out.extend(load(&client, &base, "report", "/api/v1/report").await);
+            out.extend(load(&client, &base, "dashboard", "/", started).await);
+            out.extend(load(&client, &base, "report", "/api/v1/report", started).await);
         }
         return out;
     }
@@ -269,7 +282,7 @@ async fn pages(
         };
         for &(name, path) in due {
             let (client, base) = (client.clone(), base.clone());
-            loads.spawn(async move { load(&client, &base, name, path).await });
+            loads.spawn(async move { load(&client, &base, name, path, started).await });
         }
     }
     while let Some(done) = loads.join_next().await {
@@ -747,17 +760,22 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
     }
     if let Some(times) = page_times {
         for name in ["dashboard", "report"] {
-            let mut t: Vec<Duration> = times
+            let mut t: Vec<&PageLoad> = times.iter().filter(|l| l.name == name).collect();
+            t.sort_unstable_by_key(|l| l.took);
+            let took: Vec<Duration> = t.iter().map(|l| l.took).collect();
+            // With a handful of loads a round, p99 is the slowest: say when it came.
+            let slowest = t
                 .iter()
-                .filter(|(n, _)| *n == name)
-                .map(|(_, d)| *d)
-                .collect();
-            t.sort_unstable();
+                .rev()
+                .take(2)
+                .map(|l| format!("{:.1} ms at {:.1} s", ms(l.took), l.at.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ");
             println!(
-                "  {name} over {agents} nodes while ingesting: {} loads, p50 {:.1} ms, p99 {:.1} ms",
+                "  {name} over {agents} nodes while ingesting: {} loads, p50 {:.1} ms, p99 {:.1} ms (slowest {slowest})",
                 t.len(),
-                quantile(&t, 0.50).as_secs_f64() * 1000.0,
-                quantile(&t, 0.99).as_secs_f64() * 1000.0
+                ms(quantile(&took, 0.50)),
+                ms(quantile(&took, 0.99)),
             );
         }
     }

@@ -173,8 +173,6 @@ pub struct ReportRow {
     pub verdict: Option<Verdict>,
     /// Why, for a verdict set by the collector (lost contact).
     pub verdict_reason: Option<String>,
-    /// Live progress.
-    pub progress: Option<Progress>,
     /// Faults of the run, one line each.
     pub faults: Vec<String>,
     /// Run start.
@@ -184,6 +182,9 @@ pub struct ReportRow {
     /// Fault codes of the latest run an operator waived for this node, when any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiver: Option<Waived>,
+    /// Live progress. Last, so that the collector can keep a report's rows and put new
+    /// progress at their ends (`api::reports::ReportRows`) instead of building them again.
+    pub progress: Option<Progress>,
 }
 
 /// The waived part of a failed run: which of its fault codes have an active waiver.

@@ -90,7 +90,7 @@ pub async fn dashboard(
         .db
         .read(move |c| {
             Ok(cache.through(c, key, |c| {
-                render_dashboard(c, &templates, rack, verdict, page)
+                render_dashboard(c, &templates, rack, verdict, page).map(Into::into)
             }))
         })
         .await??;

@@ -11,24 +11,29 @@
 //! other input of a report is the time, through waivers running out: a body is kept no later
 //! than the first expiry after it was built. Reports filtered by age (`since`) are never kept.
 //!
-//! One part may show late: a running step's live progress, which every batch of a busy agent
-//! changes, moves a clock of its own, and a body holds across it for [`PROGRESS_LAG`] — as
-//! long as the dashboard takes to refresh itself anyway. Nothing else lags: a step's result,
-//! a stage, a verdict, a fault, a waiver move the main clock and the next load is built anew.
+//! A running step's live progress, which every batch of a busy agent changes, moves a clock of
+//! its own, across which a kept body holds for [`PROGRESS_LAG`], as long as the dashboard
+//! takes to refresh itself anyway. After that, the JSON report, kept with its rows apart from
+//! their progress ([`ReportRows`]), has the progress of its rows read again, in the same
+//! snapshot, and put in — the bytes a build gives, without converting or encoding any row
+//! again; a dashboard page is built anew. The CSV report shows no progress and holds across
+//! it. Nothing else lags: a step's result, a stage, a verdict, a fault, a waiver move the main
+//! clock and the next load is built anew.
 //! What a body may be built from is checked by a test: every column the report's and the
 //! dashboard's statements read, read through SQLite's authorizer, must be one the clock
 //! watches.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rusqlite::Connection;
 
+use super::reports::ReportRows;
 use crate::store::StoreError;
 use crate::store::queries::{self, Filter, ReportClock};
 
-/// How long a kept body may show live progress older than the database's (ms): the
-/// dashboard's refresh. At 10,000 nodes all mid-step the progress clock moves thousands of
+/// How long a kept dashboard page may show live progress older than the database's (ms): its
+/// refresh. At 10,000 nodes all mid-step the progress clock moves thousands of
 /// times a second, and without the lag every load would be a build.
 pub const PROGRESS_LAG: i64 = 5_000;
 
@@ -79,6 +84,37 @@ impl Key {
             verdict,
         }
     }
+
+    /// The filter of a report's key (a dashboard's has no use for one).
+    fn filter(&self) -> Filter {
+        Filter {
+            rack: self.rack.clone(),
+            batch: self.batch.clone(),
+            verdict: self.verdict.clone(),
+            ..Filter::default()
+        }
+    }
+}
+
+/// What a build gives: the body, and a JSON report's rows to put new progress in.
+pub struct Built {
+    pub body: Bytes,
+    pub rows: Option<Arc<ReportRows>>,
+}
+
+impl From<Bytes> for Built {
+    fn from(body: Bytes) -> Built {
+        Built { body, rows: None }
+    }
+}
+
+/// What is kept for a key at a clock and time.
+enum Found {
+    /// A body that holds.
+    Body(Bytes),
+    /// A report whose rows hold, all but their live progress.
+    Rows(Arc<ReportRows>),
+    Nothing,
 }
 
 /// One kept body and when it holds.
@@ -90,16 +126,36 @@ struct Entry {
     built_ms: i64,
     /// The first waiver expiry after `built_ms`, if any.
     until_ms: Option<i64>,
+    /// When the live progress it shows was read (built, or put in anew).
+    progress_ms: i64,
     body: Bytes,
+    rows: Option<Arc<ReportRows>>,
 }
 
 impl Entry {
-    fn holds(&self, clock: ReportClock, now_ms: i64) -> bool {
-        self.clock.rev == clock.rev
+    fn found(&self, clock: ReportClock, now_ms: i64) -> Found {
+        let holds = self.clock.rev == clock.rev
             // A clock set back could bring a waiver that had run out back to life.
             && now_ms >= self.built_ms
-            && self.until_ms.is_none_or(|u| now_ms < u)
-            && (self.clock.progress == clock.progress || now_ms - self.built_ms < PROGRESS_LAG)
+            && self.until_ms.is_none_or(|u| now_ms < u);
+        if !holds {
+            return Found::Nothing;
+        }
+        if self.clock.progress == clock.progress
+            || self.key.kind == Kind::Csv
+            || now_ms - self.progress_ms < PROGRESS_LAG
+        {
+            return Found::Body(self.body.clone());
+        }
+        match &self.rows {
+            Some(rows) => Found::Rows(rows.clone()),
+            None => Found::Nothing,
+        }
+    }
+
+    /// What it takes of the kept bytes.
+    fn size(&self) -> usize {
+        self.body.len() + self.rows.as_ref().map_or(0, |r| r.size())
     }
 }
 
@@ -113,36 +169,68 @@ impl ReportCache {
     /// The body for `key`: the one kept if it still holds, else `build`'s, kept. The clock
     /// and everything `build` reads come from one snapshot (a read transaction around both),
     /// so a body is kept with the clock of exactly the rows it was built from.
+    /// A report kept with its rows whose progress alone moved has it read again and put in.
     pub fn through<E: From<StoreError>>(
         &self,
         conn: &Connection,
         key: Key,
-        build: impl FnOnce(&Connection) -> Result<Bytes, E>,
+        build: impl FnOnce(&Connection) -> Result<Built, E>,
     ) -> Result<Bytes, E> {
         let snapshot = conn.unchecked_transaction().map_err(StoreError::from)?;
         let clock = queries::report_clock(&snapshot)?;
         let now = crate::store::now_ms();
-        if let Some(body) = self.get(&key, clock, now) {
-            return Ok(body);
+        match self.lookup(&key, clock, now) {
+            Found::Body(body) => return Ok(body),
+            Found::Rows(rows) => {
+                let progress = queries::node_progress(&snapshot, &key.filter())?;
+                // Other runs than the rows' would mean the clock missed a change: built anew.
+                if let Some(body) = rows.body(&progress) {
+                    let body = Bytes::from(body?);
+                    self.progressed(&key, clock, now, body.clone());
+                    return Ok(body);
+                }
+            }
+            Found::Nothing => {}
         }
         let until = queries::next_waiver_expiry(&snapshot, now)?;
-        let body = build(&snapshot)?;
-        self.put(key, clock, now, until, body.clone());
+        let built = build(&snapshot)?;
+        let body = built.body.clone();
+        self.put(key, clock, now, until, built);
         Ok(body)
     }
 
     /// The body kept for `key` if it holds at `clock` and time `now_ms`.
     pub fn get(&self, key: &Key, clock: ReportClock, now_ms: i64) -> Option<Bytes> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let i = entries.iter().position(|e| &e.key == key)?;
-        if !entries[i].holds(clock, now_ms) {
-            entries.remove(i);
-            return None;
+        match self.lookup(key, clock, now_ms) {
+            Found::Body(body) => Some(body),
+            Found::Rows(_) | Found::Nothing => None,
         }
+    }
+
+    /// What is kept for `key` at `clock` and `now_ms`, moved to the front; an entry that no
+    /// longer holds is dropped.
+    fn lookup(&self, key: &Key, clock: ReportClock, now_ms: i64) -> Found {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(i) = entries.iter().position(|e| &e.key == key) else {
+            return Found::Nothing;
+        };
         let entry = entries.remove(i);
-        let body = entry.body.clone();
-        entries.insert(0, entry);
-        Some(body)
+        let found = entry.found(clock, now_ms);
+        if !matches!(found, Found::Nothing) {
+            entries.insert(0, entry);
+        }
+        found
+    }
+
+    /// The report kept for `key`, its progress put in anew at `clock`.
+    fn progressed(&self, key: &Key, clock: ReportClock, now_ms: i64, body: Bytes) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.iter_mut().find(|e| &e.key == key) {
+            entry.clock = clock;
+            entry.progress_ms = now_ms;
+            entry.body = body;
+        }
+        bound(&mut entries);
     }
 
     /// Keeps `body`, built at `clock` at `built_ms`, until the clock moves or `until_ms`.
@@ -152,11 +240,9 @@ impl ReportCache {
         clock: ReportClock,
         built_ms: i64,
         until_ms: Option<i64>,
-        body: Bytes,
+        built: impl Into<Built>,
     ) {
-        if body.len() > BYTES {
-            return;
-        }
+        let Built { body, rows } = built.into();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|e| e.key != key);
         entries.insert(
@@ -166,16 +252,23 @@ impl ReportCache {
                 clock,
                 built_ms,
                 until_ms,
+                progress_ms: built_ms,
                 body,
+                rows,
             },
         );
-        entries.truncate(ENTRIES);
-        let mut total = 0;
-        entries.retain(|e| {
-            total += e.body.len();
-            total <= BYTES
-        });
+        bound(&mut entries);
     }
+}
+
+/// At most [`ENTRIES`] entries and [`BYTES`], the most recently used kept.
+fn bound(entries: &mut Vec<Entry>) {
+    entries.truncate(ENTRIES);
+    let mut total = 0;
+    entries.retain(|e| {
+        total += e.size();
+        total <= BYTES
+    });
 }
 
 #[cfg(test)]

@@ -85,6 +85,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// Something the code relies on did not hold (a bug), said in words.
+    #[error("internal error: {0}")]
+    Invariant(&'static str),
 }
 
 /// The handle every part of the collector shares.

@@ -545,7 +545,28 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
 
 /// The report `server` serves now, JSON and CSV, and its dashboard, checked byte for byte
 /// against ones built from its database at this moment, never kept; `what` names the moment.
+/// Gives the JSON report.
 async fn report_is_current(
+    client: &reqwest::Client,
+    server: &Server,
+    db: &rusqlite::Connection,
+    what: &str,
+) -> String {
+    let report = reports_are_current(client, server, db, what).await;
+    let page = get_text(client, &format!("{}/", server.base)).await;
+    let templates = kiln_collector::api::templates::Pages::new().unwrap();
+    let built =
+        kiln_collector::api::pages::render_dashboard(db, &templates, None, None, 1).unwrap();
+    assert_eq!(
+        page,
+        String::from_utf8_lossy(&built),
+        "{what}: the dashboard served is not the database's now"
+    );
+    report
+}
+
+/// [`report_is_current`] for the JSON and CSV report alone.
+async fn reports_are_current(
     client: &reqwest::Client,
     server: &Server,
     db: &rusqlite::Connection,
@@ -572,15 +593,6 @@ async fn report_is_current(
         );
         served.push(String::from_utf8(built).unwrap());
     }
-    let page = get_text(client, &format!("{}/", server.base)).await;
-    let templates = kiln_collector::api::templates::Pages::new().unwrap();
-    let built =
-        kiln_collector::api::pages::render_dashboard(db, &templates, None, None, 1).unwrap();
-    assert_eq!(
-        page,
-        String::from_utf8_lossy(&built),
-        "{what}: the dashboard served is not the database's now"
-    );
     served.swap_remove(0)
 }
 
@@ -617,7 +629,9 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
         report_is_current(&client, &server, &db, "log lines").await,
         started
     );
-    // Live progress alone: the kept report holds for the lag, showing the step as it was.
+    // Live progress alone: the kept report and page hold for the lag, showing the step as it
+    // was; then the report has it put in, the same bytes a build gives (the CSV shows none).
+    let page = get_text(&client, &format!("{}/", server.base)).await;
     let progress = vec![ev(
         4,
         kiln_protocol::wire::EventBody::Progress {
@@ -639,15 +653,33 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     );
     assert_eq!(clock(&db), before, "live progress moved the main clock");
     assert_eq!(progress_clock(&db), moved + 1);
-    let kept = get_text(&client, &format!("{}/api/v1/report", server.base)).await;
-    assert_eq!(kept, started, "a kept report was built again for progress");
-    let now = kiln_collector::api::reports::render_report(
-        &db,
-        &kiln_collector::store::queries::Filter::default(),
-        false,
-    )
-    .unwrap();
-    assert!(String::from_utf8(now).unwrap().contains("\"fraction\":0.5"));
+    assert_eq!(
+        get_text(&client, &format!("{}/api/v1/report", server.base)).await,
+        started,
+        "a kept report was built again for progress"
+    );
+    assert_eq!(
+        get_text(&client, &format!("{}/", server.base)).await,
+        page,
+        "a kept dashboard page was built again for progress"
+    );
+    let lag = kiln_collector::api::report_cache::PROGRESS_LAG as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(lag)).await;
+    let progressed = report_is_current(&client, &server, &db, "live progress").await;
+    assert!(progressed.contains("\"fraction\":0.5"), "{progressed}");
+    let without_progress = |report: &str| {
+        let mut rows: Vec<serde_json::Value> = serde_json::from_str(report).unwrap();
+        for row in &mut rows {
+            row["progress"] = serde_json::Value::Null;
+        }
+        rows
+    };
+    assert_eq!(
+        without_progress(&progressed),
+        without_progress(&started),
+        "more than the progress changed"
+    );
+    assert_ne!(progressed, started);
     let end: Vec<_> = end
         .into_iter()
         .map(|mut e| {

@@ -29,13 +29,12 @@ pub struct Filter {
     pub offset: usize,
 }
 
-/// Every node with its latest run (the dashboard, reports, the node page). The nodes are read
-/// once; everything per node is an index search (a test checks the query plan).
-pub(super) const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
-                (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
-                r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
-                n.ad_hoc, n.claimed, r.findings, n.allow_destructive, n.batch
-         FROM nodes n LEFT JOIN runs r ON r.id = n.latest_run
+/// Which nodes a report or page shows and in what order, after its columns: one text for
+/// [`NODE_ROWS_SQL`] and [`NODE_PROGRESS_SQL`], so the rows and their live progress can
+/// never be selected or ordered differently. Bound by [`filter_params`].
+macro_rules! node_rows_from {
+    () => {
+        " FROM nodes n LEFT JOIN runs r ON r.id = n.latest_run
          WHERE (?1 IS NULL OR n.rack = ?1)
            AND (?8 IS NULL OR n.batch = ?8)
            AND (?5 IS NULL OR n.id = ?5)
@@ -43,7 +42,59 @@ pub(super) const NODE_ROWS_SQL: &str = "SELECT n.id, n.hostname, n.rack, n.slot,
            AND (?4 = 0 OR (r.id IS NOT NULL AND r.verdict IS NULL))
            AND (?3 IS NULL OR r.started_ms >= ?3)
          ORDER BY n.rack, n.slot, n.id
-         LIMIT ?6 OFFSET ?7";
+         LIMIT ?6 OFFSET ?7"
+    };
+}
+
+/// Every node with its latest run (the dashboard, reports, the node page). The nodes are read
+/// once; everything per node is an index search (a test checks the query plan).
+pub(super) const NODE_ROWS_SQL: &str = concat!(
+    "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
+                (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
+                r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
+                n.ad_hoc, n.claimed, r.findings, n.allow_destructive, n.batch",
+    node_rows_from!()
+);
+
+/// The live progress of the rows [`NODE_ROWS_SQL`] selects, in its order, with each row's
+/// run: what a kept report needs to show progress anew without being built again.
+pub(super) const NODE_PROGRESS_SQL: &str = concat!("SELECT r.id, r.progress", node_rows_from!());
+
+/// The parameters of [`node_rows_from`] for `filter`.
+fn filter_params(filter: &Filter) -> [rusqlite::types::Value; 8] {
+    use rusqlite::types::Value;
+    // `running` is no verdict: it selects runs that have none yet.
+    let running = filter.verdict.as_deref() == Some("running");
+    let verdict = filter.verdict.clone().filter(|_| !running);
+    [
+        Value::from(filter.rack.clone()),
+        Value::from(verdict),
+        Value::from(filter.since_ms),
+        Value::from(running),
+        Value::from(filter.node_id),
+        Value::from(filter.limit.map_or(-1, |l| l as i64)),
+        Value::from(filter.offset as i64),
+        Value::from(filter.batch.clone()),
+    ]
+}
+
+/// A row's live progress as reports show it: none where the stored text does not read as
+/// progress (as [`each_node_row`] reads it).
+fn read_progress(text: Option<&str>) -> Option<Progress> {
+    text.and_then(|p| serde_json::from_str(p).ok())
+}
+
+/// A row's run (none for a node that never ran) and that run's live progress.
+pub type RowProgress = (Option<i64>, Option<Progress>);
+
+/// The live progress of every row `filter` selects, in report order, each with its run.
+pub fn node_progress(conn: &Connection, filter: &Filter) -> Result<Vec<RowProgress>, StoreError> {
+    let mut stmt = conn.prepare_cached(NODE_PROGRESS_SQL)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(filter_params(filter)), |r| {
+        Ok((r.get(0)?, read_progress(r.get_ref(1)?.as_str_or_null()?)))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
 
 /// Each node's latest run, for the counts.
 pub(super) const TALLY_SQL: &str =
@@ -115,64 +166,48 @@ pub fn each_node_row(
     mut each: impl FnMut(NodeRow) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(NODE_ROWS_SQL)?;
-    // `running` is no verdict: it selects runs that have none yet.
-    let running = filter.verdict.as_deref() == Some("running");
-    let verdict = filter.verdict.as_deref().filter(|_| !running);
-    let rows = stmt.query_map(
-        params![
-            filter.rack,
-            verdict,
-            filter.since_ms,
-            running,
-            filter.node_id,
-            filter.limit.map_or(-1, |l| l as i64),
-            filter.offset as i64,
-            filter.batch
-        ],
-        |r| {
-            let progress: Option<String> = r.get(13)?;
-            let expect: Option<String> = r.get(16)?;
-            let findings: Option<String> = r.get(19)?;
-            // An ad-hoc node shows the MACs it claimed, which it does not own (read only for a
-            // node without MACs of its own, and only the MACs of the claim).
-            let macs = match r.get::<_, Option<String>>(7)? {
-                Some(own) => own,
-                None => r
-                    .get_ref(18)?
-                    .as_str_or_null()?
-                    .and_then(|c| serde_json::from_str::<ClaimedMacs>(c).ok())
-                    .map(|c| c.macs.join(","))
-                    .unwrap_or_default(),
-            };
-            Ok((
-                NodeRow {
-                    node_id: r.get(0)?,
-                    hostname: r.get(1)?,
-                    rack: r.get(2)?,
-                    slot: r.get(3)?,
-                    serial: r.get(4)?,
-                    uuid: r.get(5)?,
-                    mode: r.get::<_, Sql<Mode>>(6)?.0,
-                    macs,
-                    ad_hoc: r.get(17)?,
-                    allow_destructive: r.get(20)?,
-                    batch: r.get(21)?,
-                    run_id: r.get(8)?,
-                    suite: r.get(9)?,
-                    stage: r.get::<_, Option<Sql<RunStage>>>(10)?.map(|s| s.0),
-                    verdict: r.get::<_, Option<Sql<Verdict>>>(11)?.map(|v| v.0),
-                    verdict_reason: r.get(12)?,
-                    progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
-                    faults: Vec::new(),
-                    started_ms: r.get(14)?,
-                    finished_ms: r.get(15)?,
-                    waiver: None,
-                },
-                expect,
-                findings,
-            ))
-        },
-    )?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(filter_params(filter)), |r| {
+        let expect: Option<String> = r.get(16)?;
+        let findings: Option<String> = r.get(19)?;
+        // An ad-hoc node shows the MACs it claimed, which it does not own (read only for a
+        // node without MACs of its own, and only the MACs of the claim).
+        let macs = match r.get::<_, Option<String>>(7)? {
+            Some(own) => own,
+            None => r
+                .get_ref(18)?
+                .as_str_or_null()?
+                .and_then(|c| serde_json::from_str::<ClaimedMacs>(c).ok())
+                .map(|c| c.macs.join(","))
+                .unwrap_or_default(),
+        };
+        Ok((
+            NodeRow {
+                node_id: r.get(0)?,
+                hostname: r.get(1)?,
+                rack: r.get(2)?,
+                slot: r.get(3)?,
+                serial: r.get(4)?,
+                uuid: r.get(5)?,
+                mode: r.get::<_, Sql<Mode>>(6)?.0,
+                macs,
+                ad_hoc: r.get(17)?,
+                allow_destructive: r.get(20)?,
+                batch: r.get(21)?,
+                run_id: r.get(8)?,
+                suite: r.get(9)?,
+                stage: r.get::<_, Option<Sql<RunStage>>>(10)?.map(|s| s.0),
+                verdict: r.get::<_, Option<Sql<Verdict>>>(11)?.map(|v| v.0),
+                verdict_reason: r.get(12)?,
+                progress: read_progress(r.get_ref(13)?.as_str_or_null()?),
+                faults: Vec::new(),
+                started_ms: r.get(14)?,
+                finished_ms: r.get(15)?,
+                waiver: None,
+            },
+            expect,
+            findings,
+        ))
+    })?;
     let mut chunk = Vec::with_capacity(ROWS_AT_ONCE);
     for row in rows {
         chunk.push(row?);

@@ -27,7 +27,7 @@ fn the_failures_statements_spell_the_stored_names() {
 #[test]
 fn pages_scan_the_nodes_once_and_search_everything_else_by_index() {
     let conn = crate::store::test_connection();
-    for sql in [NODE_ROWS_SQL, TALLY_SQL] {
+    for sql in [NODE_ROWS_SQL, NODE_PROGRESS_SQL, TALLY_SQL] {
         let lines = plan(&conn, sql);
         let scans: Vec<&String> = lines.iter().filter(|l| l.starts_with("SCAN")).collect();
         // The node list itself, and the few MACs one node's subquery produced.
@@ -40,11 +40,13 @@ fn pages_scan_the_nodes_once_and_search_everything_else_by_index() {
     }
     // The node list comes in rack/slot order from its index, and each node's MACs in order
     // from theirs: a page of the dashboard reads its rows, not every node, and sorts nothing.
-    let lines = plan(&conn, NODE_ROWS_SQL);
-    assert!(
-        lines.iter().all(|l| !l.contains("TEMP B-TREE")),
-        "{lines:#?}"
-    );
+    for sql in [NODE_ROWS_SQL, NODE_PROGRESS_SQL] {
+        let lines = plan(&conn, sql);
+        assert!(
+            lines.iter().all(|l| !l.contains("TEMP B-TREE")),
+            "{lines:#?}"
+        );
+    }
     // The failures of every listed run: one search per run id in the index of failed rows
     // alone, no scan of a table, no reading of the steps that passed.
     for (sql, index) in [
@@ -362,6 +364,12 @@ fn every_column_a_report_or_the_dashboard_reads_moves_the_reports_clock_when_it_
         };
         let rows = node_rows(&conn, &filter).unwrap();
         assert!(!rows.is_empty(), "{verdict:?}");
+        // A kept report's progress, read again for those rows.
+        let progress = node_progress(&conn, &filter).unwrap();
+        assert_eq!(
+            progress.iter().map(|p| p.0).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.run_id).collect::<Vec<_>>()
+        );
     }
     let rows = node_rows(&conn, &Filter::default()).unwrap();
     assert!(rows[0].waiver.is_some() && !rows[0].faults.is_empty());
