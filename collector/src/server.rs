@@ -51,7 +51,7 @@ impl Collector {
             .as_deref()
             .map(|t| Arc::new(tokens::hash(t)));
         crate::api::boot::install_defaults(data)?;
-        let state = AppState {
+        let state = AppState::new(crate::api::state::Shared {
             db,
             config: Arc::new(config),
             admin_hash: Arc::new(tokens::hash(&admin)),
@@ -62,7 +62,7 @@ impl Collector {
             captures: Arc::new(crate::lifecycle::captures::Captures::default()),
             limiter: Arc::new(crate::api::limits::RateLimiter::default()),
             reports: Arc::default(),
-        };
+        });
         Ok(Collector {
             state,
             data: data.to_owned(),
