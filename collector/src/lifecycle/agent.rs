@@ -202,14 +202,37 @@ pub fn ingest(
     let tx = conn.savepoint()?;
     let now = now_ms();
     let mut ended = Ended::default();
-    let run: Option<(i64, Option<String>, VerdictColumn, String)> = row(
+    /// What a batch needs of its run.
+    struct Run {
+        acked: i64,
+        progress: Option<String>,
+        verdict: VerdictColumn,
+        token_hash: String,
+        final_seq: Option<i64>,
+    }
+    let run = row(
         &tx,
-        "SELECT acked_seq, progress, verdict, token_hash FROM runs WHERE id = ?1",
+        "SELECT acked_seq, progress, verdict, token_hash, final_seq FROM runs WHERE id = ?1",
         [run_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| {
+            Ok(Run {
+                acked: r.get(0)?,
+                progress: r.get(1)?,
+                verdict: r.get(2)?,
+                token_hash: r.get(3)?,
+                final_seq: r.get(4)?,
+            })
+        },
     )
     .optional()?;
-    let Some((mut acked, progress, verdict, stored_hash)) = run else {
+    let Some(Run {
+        mut acked,
+        progress,
+        verdict,
+        token_hash: stored_hash,
+        mut final_seq,
+    }) = run
+    else {
         return Ok((Ingested::Denied, ended));
     };
     if stored_hash.is_empty() || !crate::tokens::equal(&stored_hash, token_hash) {
@@ -222,6 +245,7 @@ pub fn ingest(
         .as_deref()
         .and_then(|p| serde_json::from_str(p).ok());
     let mut progress_changed = false;
+    let mut finished = false;
     let mut stored = 0u64;
     for event in &batch.events {
         let body = serde_json::to_string(&event.body).map_err(|source| StoreError::Corrupt {
@@ -245,7 +269,12 @@ pub fn ingest(
         }
         stored += 1;
         progress_changed |= apply(&tx, run_id, now, event, &mut current, &mut ended)?;
+        finished |= matches!(event.body, EventBody::RunFinished { .. });
     }
+    // Advance the acknowledgement over every contiguous stored sequence number; the live
+    // progress goes in the same statement when it moved (one statement a batch, not two: the
+    // writer runs one of these for every batch of every agent).
+    acked = contiguous(&tx, run_id, acked)?;
     if progress_changed {
         let json = current
             .map(|c| serde_json::to_string(&c))
@@ -256,24 +285,26 @@ pub fn ingest(
             })?;
         exec(
             &tx,
-            "UPDATE runs SET progress = ?2 WHERE id = ?1",
-            params![run_id, json],
+            "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3, progress = ?4 WHERE id = ?1",
+            params![run_id, acked, now, json],
+        )?;
+    } else {
+        exec(
+            &tx,
+            "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
+            params![run_id, acked, now],
         )?;
     }
-    // Advance the acknowledgement over every contiguous stored sequence number.
-    acked = contiguous(&tx, run_id, acked)?;
-    exec(
-        &tx,
-        "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
-        params![run_id, acked, now],
-    )?;
     // The verdict waits until the agent's final event and every event before it are stored.
-    let final_seq: Option<i64> = row(
-        &tx,
-        "SELECT final_seq FROM runs WHERE id = ?1",
-        [run_id],
-        |r| r.get(0),
-    )?;
+    // Only a `run_finished` event applied here moves `final_seq` from what was read above.
+    if finished {
+        final_seq = row(
+            &tx,
+            "SELECT final_seq FROM runs WHERE id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )?;
+    }
     if final_seq.is_some_and(|f| f <= acked) {
         ended.extend(finish_linux(&tx, run_id)?);
     }
