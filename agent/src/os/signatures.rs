@@ -47,24 +47,16 @@ fn le32(buf: &[u8], offset: usize) -> Option<u32> {
 /// The first signature in `head` (the device's first bytes) or `tail` (its last bytes, the
 /// device being `size` bytes long).
 pub fn probe(head: &[u8], tail: &[u8], size: u64) -> Option<Found> {
+    probe_head(head).or_else(|| probe_tail(tail, size))
+}
+
+/// The first signature in the device's first bytes.
+fn probe_head(head: &[u8]) -> Option<Found> {
     let found = |what, offset: usize| {
         Some(Found {
             what,
             offset: offset as u64,
         })
-    };
-    let tail_base = size - tail.len() as u64;
-    let found_tail = |what, offset: usize| {
-        Some(Found {
-            what,
-            offset: tail_base + offset as u64,
-        })
-    };
-    // Where device offset `at` lies in `tail`, if it does.
-    let in_tail = |at: u64| {
-        at.checked_sub(tail_base)
-            .map(|o| o as usize)
-            .filter(|&o| o < tail.len())
     };
     // Encrypted and cached devices first: they say the most about what is on top.
     if at(head, 0, b"LUKS\xba\xbe") {
@@ -135,6 +127,24 @@ pub fn probe(head: &[u8], tail: &[u8], size: u64) -> Option<Found> {
     if at(head, 510, &[0x55, 0xaa]) {
         return found("an MBR partition table or boot sector", 510);
     }
+    None
+}
+
+/// The first signature in `tail`, the last bytes of a device `size` bytes long.
+fn probe_tail(tail: &[u8], size: u64) -> Option<Found> {
+    let tail_base = size - tail.len() as u64;
+    let found_tail = |what, offset: usize| {
+        Some(Found {
+            what,
+            offset: tail_base + offset as u64,
+        })
+    };
+    // Where device offset `at` lies in `tail`, if it does.
+    let in_tail = |at: u64| {
+        at.checked_sub(tail_base)
+            .map(|o| o as usize)
+            .filter(|&o| o < tail.len())
+    };
     // The end of the device, where each format places its copy by the device's own size,
     // aligned in device offsets (a disk's size need not be a multiple of 4 KiB): GPT's
     // backup header in the last LBA, md 0.90/1.0 superblocks, ZFS labels 2 and 3.

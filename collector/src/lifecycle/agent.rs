@@ -202,36 +202,13 @@ pub fn ingest(
     let tx = conn.savepoint()?;
     let now = now_ms();
     let mut ended = Ended::default();
-    /// What a batch needs of its run.
-    struct Run {
-        acked: i64,
-        progress: Option<String>,
-        verdict: VerdictColumn,
-        token_hash: String,
-        final_seq: Option<i64>,
-    }
-    let run = row(
-        &tx,
-        "SELECT acked_seq, progress, verdict, token_hash, final_seq FROM runs WHERE id = ?1",
-        [run_id],
-        |r| {
-            Ok(Run {
-                acked: r.get(0)?,
-                progress: r.get(1)?,
-                verdict: r.get(2)?,
-                token_hash: r.get(3)?,
-                final_seq: r.get(4)?,
-            })
-        },
-    )
-    .optional()?;
-    let Some(Run {
+    let Some(BatchRun {
         mut acked,
         progress,
         verdict,
         token_hash: stored_hash,
         mut final_seq,
-    }) = run
+    }) = batch_run(&tx, run_id)?
     else {
         return Ok((Ingested::Denied, ended));
     };
@@ -316,6 +293,33 @@ pub fn ingest(
         },
         ended,
     ))
+}
+
+/// What a batch needs of its run, read in one statement.
+struct BatchRun {
+    acked: i64,
+    progress: Option<String>,
+    verdict: VerdictColumn,
+    token_hash: String,
+    final_seq: Option<i64>,
+}
+
+fn batch_run(tx: &Connection, run_id: i64) -> Result<Option<BatchRun>, StoreError> {
+    Ok(row(
+        tx,
+        "SELECT acked_seq, progress, verdict, token_hash, final_seq FROM runs WHERE id = ?1",
+        [run_id],
+        |r| {
+            Ok(BatchRun {
+                acked: r.get(0)?,
+                progress: r.get(1)?,
+                verdict: r.get(2)?,
+                token_hash: r.get(3)?,
+                final_seq: r.get(4)?,
+            })
+        },
+    )
+    .optional()?)
 }
 
 /// Applies one newly stored event to its run (stages, expect, steps, the agent's verdict) and
