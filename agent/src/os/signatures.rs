@@ -44,6 +44,12 @@ fn le32(buf: &[u8], offset: usize) -> Option<u32> {
     ))
 }
 
+/// Whether an uberblock of either byte order starts at `offset`.
+fn zfs_at(buf: &[u8], offset: usize) -> bool {
+    let m = le32(buf, offset);
+    m == Some(ZFS_MAGIC) || m == Some(ZFS_MAGIC.swap_bytes())
+}
+
 /// The first signature in `head` (the device's first bytes) or `tail` (its last bytes, the
 /// device being `size` bytes long).
 pub fn probe(head: &[u8], tail: &[u8], size: u64) -> Option<Found> {
@@ -118,8 +124,7 @@ fn probe_head(head: &[u8]) -> Option<Found> {
     // or a larger power of two.
     for label in [0, ZFS_LABEL as usize] {
         for slot in (label + ZFS_LABEL as usize / 2..label + ZFS_LABEL as usize).step_by(1024) {
-            let m = le32(head, slot);
-            if m == Some(ZFS_MAGIC) || m == Some(ZFS_MAGIC.swap_bytes()) {
+            if zfs_at(head, slot) {
                 return found("a ZFS pool member", slot);
             }
         }
@@ -171,8 +176,7 @@ fn probe_tail(tail: &[u8], size: u64) -> Option<Found> {
             continue;
         };
         for slot in (start + ZFS_LABEL / 2..start + ZFS_LABEL).step_by(1024) {
-            let m = in_tail(slot).and_then(|offset| le32(tail, offset));
-            if m == Some(ZFS_MAGIC) || m == Some(ZFS_MAGIC.swap_bytes()) {
+            if in_tail(slot).is_some_and(|offset| zfs_at(tail, offset)) {
                 return Some(Found {
                     what: "a ZFS pool member",
                     offset: slot,

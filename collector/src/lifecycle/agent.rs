@@ -250,7 +250,9 @@ pub fn ingest(
     }
     // Advance the acknowledgement over every contiguous stored sequence number; the live
     // progress goes in the same statement when it moved (one statement a batch, not two: the
-    // writer runs one of these for every batch of every agent).
+    // writer runs one of these for every batch of every agent). Only then is `progress` named:
+    // an UPDATE that sets it moves the reports' progress clock (`schema::watch_reports`), even
+    // to the same value, and kept reports would be rebuilt after every batch of log lines.
     acked = contiguous(&tx, run_id, acked)?;
     if progress_changed {
         let json = current
