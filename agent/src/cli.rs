@@ -225,7 +225,7 @@ pub fn exit_code(verdict: Verdict) -> u8 {
     match verdict {
         Verdict::Pass | Verdict::Degraded => EXIT_PASS,
         Verdict::Fail => EXIT_FAULT,
-        Verdict::Error | Verdict::Incomplete => EXIT_HARNESS,
+        Verdict::Error | Verdict::Incomplete | Verdict::Unattested => EXIT_HARNESS,
     }
 }
 
@@ -440,6 +440,9 @@ struct BootArgs {
     /// Where to write what the node does next (poweroff, reboot, hold), for /init.
     #[arg(long, value_name = "FILE")]
     after_file: Option<PathBuf>,
+    /// The console the run's attestation is written to (the one the collector reads).
+    #[arg(long, value_name = "DEVICE", default_value = crate::os::attest::CONSOLE)]
+    console: PathBuf,
 }
 
 fn boot(args: &BootArgs) -> u8 {
@@ -471,14 +474,33 @@ fn boot(args: &BootArgs) -> u8 {
     let patience = std::time::Duration::from_secs(600);
     // The token on the command line is readable by every process in the image: it is only a
     // bootstrap, good for one exchange; the session token stays in this process.
-    let token = match crate::reporter::exchange_session(&url, run_id, &bootstrap, patience) {
-        Ok(session) => session.token,
-        Err(err) => {
-            eprintln!("kiln-agent: {err:#}");
-            write_after("hold");
-            return EXIT_HARNESS;
+    let (token, attest_key) =
+        match crate::reporter::exchange_session(&url, run_id, &bootstrap, patience) {
+            Ok(session) => (session.token, session.attest_key),
+            Err(err) => {
+                eprintln!("kiln-agent: {err:#}");
+                write_after("hold");
+                return EXIT_HARNESS;
+            }
+        };
+    // The node's own console vouches for the run: written now, and again before the last
+    // word (a console capture that reconnected in between still sees it). A run whose line
+    // the collector never reads does not pass, so a failure here is said, not hidden.
+    let node_id = kiln_protocol::cmdline::value(&cmdline, "node")
+        .and_then(|n| n.parse::<i64>().ok())
+        .or_else(|| std::env::var("KILN_NODE").ok()?.parse().ok());
+    let attest = || match node_id {
+        Some(node) => {
+            let line = kiln_protocol::attest::line(&attest_key, run_id, node);
+            if let Err(err) = crate::os::attest::write_line(&args.console, &line) {
+                eprintln!("kiln-agent: {err:#}");
+            }
         }
+        None => eprintln!(
+            "kiln-agent: no node id (kiln.node= on the kernel command line): the run cannot be attested"
+        ),
     };
+    attest();
     let plan_wire = match crate::reporter::fetch_plan(&url, run_id, &token, patience) {
         Ok(p) => p,
         Err(err) => {
@@ -527,6 +549,7 @@ fn boot(args: &BootArgs) -> u8 {
         )
     });
     println!("\n{}", summary_table(&report));
+    attest();
     if !session.close(patience) {
         return EXIT_HARNESS;
     }

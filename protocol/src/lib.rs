@@ -5,6 +5,7 @@
 //! RAM image and the collector can use it, and every rule in it is tested without a host.
 
 pub mod api;
+pub mod attest;
 pub mod bounds;
 pub mod cmdline;
 pub mod expect;

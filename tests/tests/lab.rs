@@ -133,6 +133,16 @@ fn two_lab_nodes_pass_and_fail_through_memtest_and_linux() {
             "run {run}: no Linux console in the tail ({} bytes)",
             tail.len()
         );
+        // Its console vouched for it: the agent's attestation was read there.
+        let (watched, attested): (bool, Option<i64>) = db
+            .query_row(
+                "SELECT console_watched, attested_ms FROM runs WHERE id = ?1",
+                [run],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(watched && attested.is_some(), "run {run} was not attested");
+        assert!(tail.contains(&format!("kiln-attest run={run} ")), "{tail}");
     }
     let fault_code: String = db
         .query_row(

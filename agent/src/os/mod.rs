@@ -1,7 +1,9 @@
 //! Thin, checked wrappers over the Linux interfaces the checks read: sysfs and procfs files,
-//! CPU affinity, locked anonymous memory, the pagemap, and the kernel log.
+//! CPU affinity, locked anonymous memory, the pagemap, the kernel log, and the console the
+//! run's attestation is written to.
 
 pub mod affinity;
+pub mod attest;
 pub mod kmsg;
 pub mod locked;
 pub mod mce;

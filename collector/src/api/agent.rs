@@ -8,9 +8,9 @@ use kiln_protocol::wire::{
     check_field,
 };
 
-use super::{ApiError, AppState, Json, RunAuth, RunToken, closed};
+use super::{ApiError, AppState, Json, RunAuth, RunToken, Source, closed};
 use crate::config::Registration;
-use crate::lifecycle::{self, Exchange, Ingested, NewRunOwned};
+use crate::lifecycle::{self, Exchange, Ingested, NewRunOwned, SessionRequest};
 use crate::tokens;
 
 pub(super) async fn register(
@@ -82,6 +82,7 @@ pub(super) async fn register(
 pub(super) async fn session(
     State(state): State<AppState>,
     axum::extract::Path(run_id): axum::extract::Path<i64>,
+    Source(source): Source,
     headers: HeaderMap,
 ) -> Result<(StatusCode, axum::Json<SessionResponse>), ApiError> {
     let bootstrap = tokens::bearer(&headers).ok_or_else(|| {
@@ -92,9 +93,14 @@ pub(super) async fn session(
     let bootstrap_hash = tokens::hash(bootstrap);
     let session = tokens::mint()?;
     let session_hash = tokens::hash(&session);
+    let request = SessionRequest {
+        source,
+        attest_key: tokens::mint()?,
+    };
+    let attest_key = request.attest_key.clone();
     let (exchanged, ended) = state
         .db
-        .call(move |c| lifecycle::exchange(c, run_id, &bootstrap_hash, &session_hash))
+        .call(move |c| lifecycle::exchange(c, run_id, &bootstrap_hash, &session_hash, &request))
         .await?;
     state.captures.stop(&ended);
     match exchanged {
@@ -103,6 +109,7 @@ pub(super) async fn session(
             axum::Json(SessionResponse {
                 token: session,
                 heartbeat_secs: state.config.heartbeat_timeout.get().as_secs().max(1),
+                attest_key,
             }),
         )),
         Exchange::Denied => Err(ApiError::Forbidden(format!(
@@ -162,6 +169,7 @@ pub(super) async fn inventory(
 pub(super) async fn events(
     State(state): State<AppState>,
     RunToken { run_id, hash }: RunToken,
+    Source(source): Source,
     Json(batch): Json<EventBatch>,
 ) -> Result<axum::Json<BatchAck>, ApiError> {
     let arrived = std::time::Instant::now();
@@ -171,7 +179,7 @@ pub(super) async fn events(
     }
     let (ingested, ended) = state
         .db
-        .call(move |c| lifecycle::ingest(c, run_id, &hash, &batch))
+        .call(move |c| lifecycle::ingest(c, run_id, &hash, source.as_deref(), &batch))
         .await?;
     state.captures.stop(&ended);
     match ingested {

@@ -40,6 +40,26 @@ impl axum::extract::FromRequestParts<AppState> for RunToken {
     }
 }
 
+/// The address a request came from (the peer's IP), when the server knows it: a run's Linux
+/// stage and its session each belong to one source.
+pub struct Source(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Source(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|axum::extract::ConnectInfo(addr)| addr.ip().to_string()),
+        ))
+    }
+}
+
 /// The caller holds run `.0`'s token. Checked before the body is read, so a caller without
 /// the right token learns nothing from validation messages.
 pub struct RunAuth(pub i64);

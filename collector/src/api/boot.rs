@@ -178,6 +178,7 @@ pub async fn boot_ipxe(
 /// renders the answer, and starts the console capture when memtest86+ is handed out.
 pub async fn node_ipxe(
     State(state): State<AppState>,
+    crate::api::Source(source): crate::api::Source,
     headers: HeaderMap,
     Query(q): Query<IpxeQuery>,
 ) -> Result<Response, ApiError> {
@@ -199,6 +200,7 @@ pub async fn node_ipxe(
         image_digest: state.image_digest().await,
         artifacts: state.artifact_digests().await,
         max_unknown_nodes: state.config.max_unknown_nodes,
+        source,
     };
     let (node_id, serial, script) = loop {
         let asked = req.clone();
@@ -268,7 +270,14 @@ pub async fn node_ipxe(
             }
         }
         Script::Linux { run_id } => {
-            crate::memtest::stage::follow_linux(&stage_deps(&state), node_id, run_id).await;
+            // Recorded before the answer (and its token) leaves: from here the run passes
+            // only when this console shows its attestation.
+            if crate::memtest::stage::follow_linux(&stage_deps(&state), node_id, run_id).await {
+                state
+                    .db
+                    .call(move |c| lifecycle::attest::console_watched(c, run_id))
+                    .await?;
+            }
             let cmdline = kiln_protocol::cmdline::BootArgs {
                 url: base.clone(),
                 run: run_id,
@@ -314,13 +323,37 @@ async fn done(
     run_id: i64,
     verdict: Option<Verdict>,
 ) -> Result<String, ApiError> {
+    // The technician at the node's screen sees why, not only the word.
+    let why = match verdict {
+        Some(v) if v != Verdict::Pass => state
+            .db
+            .read(move |c| crate::store::queries::verdict_why(c, run_id))
+            .await?
+            .map(|why| script_text(&why)),
+        _ => None,
+    };
     let verdict = verdict.map_or("pending", Verdict::name);
     render(
         &state.data,
         "done.ipxe",
-        context! { base, node_id, serial, run_id, verdict, action => state.config.after_verify.clone() },
+        context! { base, node_id, serial, run_id, verdict, why, action => state.config.after_verify.clone() },
     )
     .await
+}
+
+/// Text the collector wrote, made safe for an iPXE `echo`: every character outside [`safe`]'s
+/// set becomes a space, and at most 200 characters are kept.
+fn script_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ._:()+,/-".contains(c) {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(200)
+        .collect()
 }
 
 /// Reads the suite a run is about to start with from `DATA/suites/NAME.yaml` (bounded, and
@@ -356,6 +389,12 @@ mod tests {
             safe(Some("Standard PC (i440FX + PIIX, 1996)")),
             Some("Standard PC (i440FX + PIIX, 1996)".into())
         );
+        // What the collector writes about a node keeps only the same characters.
+        assert_eq!(
+            script_text("security: from 10.0.0.9\n${x} && chain http://e/; ok"),
+            "security: from 10.0.0.9   x     chain http://e/  ok"
+        );
+        assert_eq!(script_text(&"é".repeat(300)).len(), 200);
         for bad in [
             "x\nchain http://evil/",
             "${serial}",

@@ -20,7 +20,8 @@ pub struct ReportQuery {
     pub rack: Option<String>,
     /// Only this batch.
     pub batch: Option<String>,
-    /// Only this verdict (`pass`, `degraded`, `fail`, `error`, `incomplete`, `running`).
+    /// Only this verdict (`pass`, `degraded`, `unattested`, `fail`, `error`, `incomplete`,
+    /// `running`).
     pub verdict: Option<String>,
     /// Only runs started within this long (`7d`, `12h`).
     pub since: Option<String>,
@@ -41,10 +42,19 @@ impl ReportQuery {
             }
         };
         if let Some(v) = &self.verdict {
-            if !["pass", "degraded", "fail", "error", "incomplete", "running"].contains(&v.as_str())
+            if ![
+                "pass",
+                "degraded",
+                "unattested",
+                "fail",
+                "error",
+                "incomplete",
+                "running",
+            ]
+            .contains(&v.as_str())
             {
                 return Err(ApiError::BadRequest(format!(
-                    "verdict {v:?}; expected pass, degraded, fail, error, incomplete or running"
+                    "verdict {v:?}; expected pass, degraded, unattested, fail, error, incomplete or running"
                 )));
             }
         }

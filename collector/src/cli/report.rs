@@ -39,7 +39,7 @@ pub(super) struct ReportArgs {
     /// Only runs started within this long, e.g. 7d or 12h.
     #[arg(long)]
     since: Option<String>,
-    /// Only this verdict: pass, degraded, fail, error, incomplete or running.
+    /// Only this verdict: pass, degraded, unattested, fail, error, incomplete or running.
     #[arg(long)]
     verdict: Option<String>,
 }

@@ -65,6 +65,21 @@ pub fn open_run_with_session(
         .optional()?)
 }
 
+/// What a bootstrap exchange carries beside the tokens.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// The address the exchange came from: the session is good from there only.
+    pub source: Option<String>,
+    /// The attestation key the answer hands the agent (the collector keeps only the proof it
+    /// expects on the node's console).
+    pub attest_key: String,
+}
+
+/// A request's source address for a message: the address, or that it was not known.
+pub(super) fn source_name(source: Option<&str>) -> &str {
+    source.unwrap_or("an unknown address")
+}
+
 /// What a bootstrap exchange did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exchange {
@@ -86,16 +101,40 @@ pub fn exchange(
     run_id: i64,
     bootstrap_hash: &str,
     session_hash: &str,
+    request: &SessionRequest,
 ) -> Result<(Exchange, Ended), StoreError> {
     let tx = conn.savepoint()?;
-    let row: Option<(Option<String>, Option<i64>, VerdictColumn)> = tx
+    /// What the exchange reads of its run.
+    struct Bootstrap {
+        stored: Option<String>,
+        used: Option<i64>,
+        verdict: VerdictColumn,
+        node_id: i64,
+        first_source: Option<String>,
+    }
+    let row = tx
         .query_row(
-            "SELECT bootstrap_hash, bootstrap_used_ms, verdict FROM runs WHERE id = ?1",
+            "SELECT bootstrap_hash, bootstrap_used_ms, verdict, node_id, session_source FROM runs WHERE id = ?1",
             [run_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| {
+                Ok(Bootstrap {
+                    stored: r.get(0)?,
+                    used: r.get(1)?,
+                    verdict: r.get(2)?,
+                    node_id: r.get(3)?,
+                    first_source: r.get(4)?,
+                })
+            },
         )
         .optional()?;
-    let Some((Some(stored), used, verdict)) = row else {
+    let Some(Bootstrap {
+        stored: Some(stored),
+        used,
+        verdict,
+        node_id,
+        first_source,
+    }) = row
+    else {
         return Ok((Exchange::Denied, Ended::default()));
     };
     if !crate::tokens::equal(&stored, bootstrap_hash) {
@@ -109,15 +148,20 @@ pub fn exchange(
             &tx,
             run_id,
             Verdict::Fail,
-            "security: the bootstrap token was used twice (another process or machine has it)",
+            &format!(
+                "security: the bootstrap token was used twice (another process or machine has it): first from {}, again from {}",
+                source_name(first_source.as_deref()),
+                source_name(request.source.as_deref())
+            ),
         )?;
         tx.commit()?;
         return Ok((Exchange::Reused, ended));
     }
+    let proof = kiln_protocol::attest::proof(&request.attest_key, run_id, node_id);
     exec(
         &tx,
-        "UPDATE runs SET token_hash = ?2, bootstrap_used_ms = ?3, last_seen_ms = ?3 WHERE id = ?1",
-        params![run_id, session_hash, now_ms()],
+        "UPDATE runs SET token_hash = ?2, bootstrap_used_ms = ?3, last_seen_ms = ?3, session_source = ?4, attest_proof = ?5 WHERE id = ?1",
+        params![run_id, session_hash, now_ms(), request.source, proof],
     )?;
     tx.commit()?;
     Ok((Exchange::Issued, Ended::default()))
@@ -197,6 +241,7 @@ pub fn ingest(
     conn: &mut Connection,
     run_id: i64,
     token_hash: &str,
+    source: Option<&str>,
     batch: &EventBatch,
 ) -> Result<(Ingested, Ended), StoreError> {
     let tx = conn.savepoint()?;
@@ -208,6 +253,7 @@ pub fn ingest(
         verdict,
         token_hash: stored_hash,
         mut final_seq,
+        session_source,
     }) = batch_run(&tx, run_id)?
     else {
         return Ok((Ingested::Denied, ended));
@@ -217,6 +263,20 @@ pub fn ingest(
     }
     if let Some(v) = verdict {
         return Ok((Ingested::Closed(v.0), ended));
+    }
+    if let Some(first) = session_source
+        .as_deref()
+        .filter(|first| Some(*first) != source)
+    {
+        // The session token is in two places: whoever holds it elsewhere may be the one
+        // posting results. Failing is all either side can make of it.
+        let reason = format!(
+            "security: the run's session was opened from {first} and used again from {}",
+            source_name(source)
+        );
+        ended.extend(close_run(&tx, run_id, Verdict::Fail, &reason)?);
+        tx.commit()?;
+        return Ok((Ingested::Closed(Verdict::Fail), ended));
     }
     let mut current: Option<Progress> = progress
         .as_deref()
@@ -304,12 +364,13 @@ struct BatchRun {
     verdict: VerdictColumn,
     token_hash: String,
     final_seq: Option<i64>,
+    session_source: Option<String>,
 }
 
 fn batch_run(tx: &Connection, run_id: i64) -> Result<Option<BatchRun>, StoreError> {
     Ok(row(
         tx,
-        "SELECT acked_seq, progress, verdict, token_hash, final_seq FROM runs WHERE id = ?1",
+        "SELECT acked_seq, progress, verdict, token_hash, final_seq, session_source FROM runs WHERE id = ?1",
         [run_id],
         |r| {
             Ok(BatchRun {
@@ -318,6 +379,7 @@ fn batch_run(tx: &Connection, run_id: i64) -> Result<Option<BatchRun>, StoreErro
                 verdict: r.get(2)?,
                 token_hash: r.get(3)?,
                 final_seq: r.get(4)?,
+                session_source: r.get(5)?,
             })
         },
     )
@@ -404,14 +466,15 @@ fn apply(
             // when the verdict is computed.
             exec(
                 tx,
-                "INSERT OR IGNORE INTO steps (run_id, step, name, kind, outcome, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR IGNORE INTO steps (run_id, step, name, kind, outcome, report, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     run_id,
                     report.step,
                     report.name,
                     report.kind,
                     report.outcome.name(),
-                    json
+                    json,
+                    now
                 ],
             )?;
             if let Some(current) = current.as_mut().filter(|c| c.step == report.step) {
@@ -422,8 +485,8 @@ fn apply(
         EventBody::RunFinished { verdict } => {
             exec(
                 tx,
-                "UPDATE runs SET agent_verdict = ?2, final_seq = min(COALESCE(final_seq, ?3), ?3) WHERE id = ?1",
-                params![run_id, Sql(*verdict), event.seq as i64],
+                "UPDATE runs SET agent_verdict = ?2, final_seq = min(COALESCE(final_seq, ?3), ?3), final_ms = COALESCE(final_ms, ?4) WHERE id = ?1",
+                params![run_id, Sql(*verdict), event.seq as i64, now],
             )?;
         }
         EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}
@@ -449,8 +512,41 @@ fn contiguous(tx: &Connection, run_id: i64, mut acked: i64) -> Result<i64, Store
 /// Computes the Linux stage's verdict from what is stored, records the findings, and
 /// concludes the run.
 pub(super) fn finish_linux(tx: &Connection, run_id: i64) -> Result<Ended, StoreError> {
+    finish_linux_when(tx, run_id, super::attest::Waiting::ForTheConsole)
+}
+
+/// [`finish_linux`], unless the node's console is read and has not shown the run's
+/// attestation yet and `waiting` says to wait for it (the line and the final event travel
+/// different paths); then nothing changes and the console follower or the monitor finishes it.
+pub(super) fn finish_linux_when(
+    tx: &Connection,
+    run_id: i64,
+    waiting: super::attest::Waiting,
+) -> Result<Ended, StoreError> {
     let stored = verdict::read(tx, run_id)?;
-    let computed = verdict::compute(&stored);
+    let mut computed = verdict::compute(&stored);
+    match super::attest::state(tx, run_id)? {
+        super::attest::State::Attested => {}
+        super::attest::State::Awaited if waiting == super::attest::Waiting::ForTheConsole => {
+            return Ok(Ended::default());
+        }
+        super::attest::State::Awaited => {
+            computed.verdict = computed.verdict.worst(Verdict::Error);
+            computed.findings.insert(
+                0,
+                "security: the node's console is read, but it never showed this run's attestation (the results may not come from the node in the rack)".into(),
+            );
+        }
+        // A run that did not pass needs no voucher to be believed; one that did is only
+        // `unattested` (and its faults can never all be waived: `run.unattested`).
+        super::attest::State::NoConsole if computed.verdict.is_good() => {
+            computed.verdict = Verdict::Unattested;
+            computed.findings.push(
+                "unattested: no console capture is configured for this node, so no console vouches that it ran these steps".into(),
+            );
+        }
+        super::attest::State::NoConsole => {}
+    }
     let findings =
         serde_json::to_string(&computed.findings).map_err(|source| StoreError::Corrupt {
             what: "findings",

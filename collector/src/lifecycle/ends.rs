@@ -7,16 +7,19 @@ use super::*;
 /// timeout; returns the runs with the stages it ended.
 pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended), StoreError> {
     let tx = conn.savepoint()?;
+    // A run whose agent has said its last word is silent by design; only its console's
+    // attestation is still awaited, for a while.
+    let mut ended = super::attest::give_up_waiting(&tx, now)?;
     let lost: Vec<(i64, i64)> = {
         let mut stmt = tx.prepare(
-            "SELECT id, heartbeat_secs FROM runs WHERE verdict IS NULL AND stage = ?2 AND last_seen_ms < ?1 - heartbeat_secs * 1000",
+            "SELECT id, heartbeat_secs FROM runs WHERE verdict IS NULL AND stage = ?2 AND last_seen_ms < ?1 - heartbeat_secs * 1000
+               AND NOT (final_seq IS NOT NULL AND final_seq <= acked_seq)",
         )?;
         stmt.query_map(params![now, Sql(RunStage::Linux)], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?
         .collect::<Result<_, _>>()?
     };
-    let mut ended = Ended::default();
     for (id, secs) in &lost {
         let reason = with_console(
             &tx,

@@ -15,6 +15,7 @@
 //! still the running ones.
 
 mod agent;
+pub mod attest;
 pub mod captures;
 mod ends;
 pub mod lookup;

@@ -33,6 +33,8 @@ pub struct BootRequest {
     pub artifacts: Option<String>,
     /// Most unlabelled nodes to create (see [`room_for_unknown`]).
     pub max_unknown_nodes: u64,
+    /// The address the request came from: the Linux stage is handed out once, to one source.
+    pub source: Option<String>,
 }
 
 /// Whether another node may be created for a machine no operator labelled: past `cap` such
@@ -287,6 +289,9 @@ pub(super) fn next_stage(
     for (stage, state) in stages(tx, run_id)? {
         match (stage, state) {
             (_, StageState::Done) => continue,
+            (Stage::Linux, StageState::Running) => {
+                return linux_asked_again(tx, run_id, req, ended);
+            }
             (stage, StageState::Running) => {
                 // The node asked for its script while a stage was still running: it rebooted
                 // unexpectedly. That is a fail, never a pass.
@@ -334,8 +339,8 @@ pub(super) fn next_stage(
                 // kept, and every older token of this node is dead from now on.
                 exec(
                     tx,
-                    "UPDATE runs SET bootstrap_hash = ?2, bootstrap_used_ms = NULL, token_hash = '' WHERE id = ?1",
-                    params![run_id, req.bootstrap_hash],
+                    "UPDATE runs SET bootstrap_hash = ?2, bootstrap_used_ms = NULL, token_hash = '', linux_served_ms = ?3, linux_source = ?4 WHERE id = ?1",
+                    params![run_id, req.bootstrap_hash, now_ms(), req.source],
                 )?;
                 supersede_other_runs(tx, run_id, ended)?;
                 return Ok(Script::Linux { run_id });
@@ -353,6 +358,64 @@ pub(super) fn next_stage(
     Ok(Script::Done {
         run_id,
         verdict: verdict.map(|v| v.0),
+    })
+}
+
+/// How soon after the Linux stage was handed out the same address may ask again as iPXE
+/// retrying a request whose answer it lost; later, the node has rebooted (a server's POST
+/// alone takes longer).
+const RETRY_WINDOW_MS: i64 = 10_000;
+
+/// The Linux stage was handed out in this boot and the node's identity asks for it again.
+/// Moments later, before the bootstrap exchange, from the same address, it is iPXE retrying
+/// the same request (its answer was lost): the stage is handed out again with the new token, and the old one
+/// is dead. From another address it is a second party asking for the same stage, and after
+/// the exchange it is a reboot at best: either fails the run, the sources named, so the real
+/// node can be failed by an attacker but never silently skipped.
+fn linux_asked_again(
+    tx: &Connection,
+    run_id: i64,
+    req: &BootRequest,
+    ended: &mut Ended,
+) -> Result<Script, StoreError> {
+    let (first, exchanged, served): (Option<String>, Option<i64>, Option<i64>) = row(
+        tx,
+        "SELECT linux_source, bootstrap_used_ms, linux_served_ms FROM runs WHERE id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let same_source = first == req.source;
+    let moments_ago = served.is_some_and(|at| now_ms() - at < RETRY_WINDOW_MS);
+    if same_source && exchanged.is_none() && moments_ago {
+        exec(
+            tx,
+            "UPDATE runs SET bootstrap_hash = ?2 WHERE id = ?1",
+            params![run_id, req.bootstrap_hash],
+        )?;
+        return Ok(Script::Linux { run_id });
+    }
+    let detail = if same_source {
+        with_console(
+            tx,
+            run_id,
+            "unexpected reboot: the node asked for its boot script while the linux stage was running".into(),
+        )?
+    } else {
+        format!(
+            "security: the linux stage was asked for a second time in this boot: handed out to {}, asked again from {}{}",
+            super::agent::source_name(first.as_deref()),
+            super::agent::source_name(req.source.as_deref()),
+            if exchanged.is_some() {
+                " after its token was exchanged"
+            } else {
+                ""
+            }
+        )
+    };
+    ended.extend(fail_stage(tx, run_id, Stage::Linux, &detail)?);
+    Ok(Script::Done {
+        run_id,
+        verdict: Some(Verdict::Fail),
     })
 }
 

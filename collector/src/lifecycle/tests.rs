@@ -28,6 +28,15 @@ fn request(identity: NodeIdentity) -> BootRequest {
         image_digest: None,
         artifacts: Some(r#"{"initramfs.img":"bb","vmlinuz":"aa"}"#.into()),
         max_unknown_nodes: 100,
+        source: Some("10.0.0.1".into()),
+    }
+}
+
+/// A session exchange from the node's own address.
+fn session(source: &str) -> SessionRequest {
+    SessionRequest {
+        source: Some(source.into()),
+        attest_key: "key".into(),
     }
 }
 
@@ -180,6 +189,12 @@ fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
         b"[ 5.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n",
     )
     .unwrap();
+    // A reboot comes after the node's POST, not moments later as iPXE retrying would.
+    conn.execute(
+        "UPDATE runs SET linux_served_ms = linux_served_ms - 60000 WHERE id = ?1",
+        [second],
+    )
+    .unwrap();
     let _ = script(&mut conn, &req);
     let reason: String = conn
         .query_row(
@@ -217,11 +232,15 @@ fn a_bootstrap_token_used_twice_fails_the_run() {
         panic!("expected linux")
     };
     assert_eq!(
-        exchange(&mut conn, run_id, "h1", "s1").unwrap().0,
+        exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1"))
+            .unwrap()
+            .0,
         Exchange::Issued
     );
     assert_eq!(
-        exchange(&mut conn, run_id, "h1", "s2").unwrap().0,
+        exchange(&mut conn, run_id, "h1", "s2", &session("10.0.0.1"))
+            .unwrap()
+            .0,
         Exchange::Reused
     );
     assert_eq!(
@@ -369,11 +388,15 @@ fn the_linux_stage_is_handed_out_once_per_boot() {
     // The bootstrap token is no session token, and is good for one exchange.
     assert_eq!(access(&conn, run_id, "h1").unwrap(), RunAccess::Denied);
     assert_eq!(
-        exchange(&mut conn, run_id, "h2", "s1").unwrap().0,
+        exchange(&mut conn, run_id, "h2", "s1", &session("10.0.0.1"))
+            .unwrap()
+            .0,
         Exchange::Denied
     );
     assert_eq!(
-        exchange(&mut conn, run_id, "h1", "s1").unwrap().0,
+        exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1"))
+            .unwrap()
+            .0,
         Exchange::Issued
     );
     assert_eq!(access(&conn, run_id, "s1").unwrap(), RunAccess::Open);

@@ -41,6 +41,15 @@ pub struct Stored {
     pub agent_verdict: Option<Verdict>,
     /// The node's peers' measurements (empty outside a batch).
     pub peers: super::peers::Peers,
+    /// When the collector received each step's first result, by step index.
+    pub received_ms: BTreeMap<u32, i64>,
+    /// When the run's session began by the collector's clock: the bootstrap exchange (or the
+    /// registration of an ad-hoc run).
+    pub session_ms: Option<i64>,
+    /// When the Linux stage was handed out (network-booted runs only).
+    pub served_ms: Option<i64>,
+    /// When the collector received the agent's final event.
+    pub final_ms: Option<i64>,
 }
 
 /// Reads what the computation needs for `run_id`.
@@ -63,9 +72,21 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Stored, StoreError> {
             .transpose()?,
         ..Stored::default()
     };
-    let mut stmt = tx.prepare_cached("SELECT report FROM steps WHERE run_id = ?1 ORDER BY step")?;
-    for report in stmt.query_map([run_id], |r| r.get::<_, String>(0))? {
-        let report: StepReport = decode("step", &report?)?;
+    (stored.session_ms, stored.served_ms, stored.final_ms) = tx.query_row(
+        "SELECT COALESCE(bootstrap_used_ms, CASE WHEN bootstrap_hash IS NULL THEN started_ms END), linux_served_ms, final_ms FROM runs WHERE id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let mut stmt =
+        tx.prepare_cached("SELECT report, received_ms FROM steps WHERE run_id = ?1 ORDER BY step")?;
+    for row in stmt.query_map([run_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+    })? {
+        let (report, received) = row?;
+        let report: StepReport = decode("step", &report)?;
+        if let Some(at) = received {
+            stored.received_ms.insert(report.step, at);
+        }
         stored.steps.insert(report.step, report);
     }
     let mut stmt = tx.prepare_cached(
@@ -177,6 +198,11 @@ pub fn compute(stored: &Stored) -> Computed {
     if broken {
         verdict = verdict.worst(Verdict::Error);
     }
+    let implausible = clock(&plan, stored);
+    if !implausible.is_empty() {
+        verdict = verdict.worst(Verdict::Error);
+        findings.extend(implausible);
+    }
     match stored.agent_verdict {
         Some(agent) if agent != verdict => {
             let why = findings
@@ -207,6 +233,40 @@ pub fn compute(stored: &Stored) -> Computed {
         expect,
         peer_notes,
     }
+}
+
+/// The collector's own clock against the plan: each good result must arrive no sooner after
+/// the session began than the steps up to it take, and the final event no sooner after the
+/// kernel was handed out than a boot and every step take. A result that came faster was not
+/// measured on this node (a forged run); failed results need no such check.
+fn clock(plan: &kiln_protocol::Plan, stored: &Stored) -> Vec<String> {
+    use kiln_protocol::attest::{LEAST_BOOT, implausible, least_elapsed};
+    let since = |from: Option<i64>, to: i64| {
+        std::time::Duration::from_millis(to.saturating_sub(from.unwrap_or(to)).max(0) as u64)
+    };
+    let mut found = Vec::new();
+    for planned in &plan.steps {
+        let index = planned.index as u32;
+        let (Some(report), Some(at)) = (stored.steps.get(&index), stored.received_ms.get(&index))
+        else {
+            continue;
+        };
+        if matches!(report.outcome, Outcome::Fail { .. } | Outcome::Error { .. }) {
+            continue;
+        }
+        let least = least_elapsed(plan, planned.index);
+        let what = format!("step '{}' (with the steps before it)", planned.name);
+        found.extend(implausible(&what, least, since(stored.session_ms, *at)));
+    }
+    if let (Some(served), Some(end)) = (stored.served_ms, stored.final_ms) {
+        let least = LEAST_BOOT + least_elapsed(plan, usize::MAX);
+        found.extend(implausible(
+            "the run (the image booted and every step)",
+            least,
+            since(Some(served), end),
+        ));
+    }
+    found
 }
 
 #[cfg(test)]

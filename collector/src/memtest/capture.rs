@@ -243,6 +243,7 @@ pub async fn follow_tail(
     let mut buf = vec![0u8; 16 * 1024];
     let mut changed = false;
     let mut panicked_at: Option<Instant> = None;
+    let mut lines = AttestLines::default();
     while !*cancel.borrow() && started.elapsed() < limit {
         if changed && stored_at.elapsed() >= Duration::from_secs(2) {
             let bytes = tail.clone();
@@ -254,6 +255,26 @@ pub async fn follow_tail(
             changed = false;
         }
         if let Chunk::Data(n) = console.next(&mut buf, &mut cancel).await {
+            for claim in lines.feed(&buf[..n]) {
+                let (what, run) = (claim.clone(), claim.run);
+                match db
+                    .call(move |c| crate::lifecycle::attest::attestation(c, run_id, &what))
+                    .await
+                {
+                    Ok((outcome, ended)) => {
+                        tracing::info!(
+                            run_id,
+                            claimed = run,
+                            ?outcome,
+                            "attestation line on the console"
+                        );
+                        captures.stop(&ended);
+                    }
+                    Err(err) => {
+                        tracing::error!(run_id, error = %err, "cannot record the console's attestation")
+                    }
+                }
+            }
             crate::console::keep_tail(&mut tail, &buf[..n]);
             changed = true;
             // The panic line may straddle two reads: look a little before the new bytes.
@@ -281,6 +302,39 @@ pub async fn follow_tail(
         let _ = db
             .call(move |c| crate::lifecycle::console_tail(c, run_id, &tail))
             .await;
+    }
+}
+
+/// Cuts a console stream into lines and picks out the attestation lines
+/// ([`kiln_protocol::attest`]), holding at most one line's worth between reads.
+#[derive(Default)]
+pub struct AttestLines {
+    line: Vec<u8>,
+    /// The current line grew past any attestation's length: skipped to its end.
+    overlong: bool,
+}
+
+impl AttestLines {
+    /// The attestation claims on the lines `bytes` completes.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<kiln_protocol::attest::Claim> {
+        let mut claims = Vec::new();
+        for &b in bytes {
+            if b == b'\n' || b == b'\r' {
+                if !self.overlong && contains(&self.line, kiln_protocol::attest::PREFIX.as_bytes())
+                {
+                    claims.extend(kiln_protocol::attest::parse(&String::from_utf8_lossy(
+                        &self.line,
+                    )));
+                }
+                self.line.clear();
+                self.overlong = false;
+            } else if self.line.len() < kiln_protocol::attest::MAX_LINE {
+                self.line.push(b);
+            } else {
+                self.overlong = true;
+            }
+        }
+        claims
     }
 }
 

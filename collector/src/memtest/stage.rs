@@ -26,8 +26,9 @@ pub struct Deps {
 
 /// Follows the console of `node_id` through `run_id`'s Linux stage when no memtest86+ stage
 /// started that already (a suite without one): a run that dies in Linux then fails with
-/// what its console showed. A node without a configured console has nothing to follow.
-pub async fn follow_linux(state: &Deps, node_id: i64, run_id: i64) {
+/// what its console showed, and the agent's attestation is read there. A node without a
+/// configured console has nothing to follow. Returns whether the node's console is followed.
+pub async fn follow_linux(state: &Deps, node_id: i64, run_id: i64) -> bool {
     let keys = match state
         .db
         .read(move |c| queries::node_access_keys(c, node_id))
@@ -36,7 +37,7 @@ pub async fn follow_linux(state: &Deps, node_id: i64, run_id: i64) {
         Ok(keys) => keys,
         Err(err) => {
             tracing::warn!(node_id, error = %err, "console tail not followed: node unreadable");
-            return;
+            return false;
         }
     };
     let Some(console) = state
@@ -44,7 +45,7 @@ pub async fn follow_linux(state: &Deps, node_id: i64, run_id: i64) {
         .access_for(&keys.0, keys.1.as_deref())
         .and_then(|a| a.console.clone())
     else {
-        return;
+        return false;
     };
     if let Some(stop) = state.captures.register_tail_once(run_id) {
         tokio::spawn(follow_tail(
@@ -56,6 +57,7 @@ pub async fn follow_linux(state: &Deps, node_id: i64, run_id: i64) {
             TAIL_LIMIT,
         ));
     }
+    true
 }
 
 /// Starts watching `run_id`'s memtest stage on `node_id`'s console; `Err` says why it cannot

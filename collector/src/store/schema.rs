@@ -190,6 +190,18 @@ const MIGRATIONS: &[&str] = &[
         progress_rev INTEGER NOT NULL
      );
      INSERT INTO report_clock (id, rev, progress_rev) VALUES (1, 0, 0);",
+    // 17: what makes a run believable: where and when its Linux stage was handed out and its
+    // bootstrap exchanged, whether the node's console is read and the proof expected on it,
+    // when it showed; when the collector received each step's result and the agent's final
+    // event (its own clock against the suite's durations).
+    "ALTER TABLE runs ADD COLUMN linux_served_ms INTEGER;
+     ALTER TABLE runs ADD COLUMN linux_source TEXT;
+     ALTER TABLE runs ADD COLUMN session_source TEXT;
+     ALTER TABLE runs ADD COLUMN console_watched INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN attest_proof TEXT;
+     ALTER TABLE runs ADD COLUMN attested_ms INTEGER;
+     ALTER TABLE runs ADD COLUMN final_ms INTEGER;
+     ALTER TABLE steps ADD COLUMN received_ms INTEGER;",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

@@ -231,8 +231,10 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
         "{batch}"
     );
     let reason = slow["verdict_reason"].as_str().unwrap_or_default();
+    // Degraded against its peers, and (an ad-hoc run) unattested: the worse word shows, the
+    // peers' reason with it.
     assert_eq!(
-        slow["verdict"], "degraded",
+        slow["verdict"], "unattested",
         "{slow} (peers {peers:?}, slow {})",
         gbps[5]
     );

@@ -357,3 +357,153 @@ pub fn raw_get(base: &str, path: &str, extra: &str) -> (String, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A node's serial console as a console server offers it (ser2net, a BMC's serial over LAN):
+/// the collector connects and reads; the test writes what the node's serial port shows.
+pub struct ConsoleServer {
+    pub addr: String,
+    readers: std::sync::Arc<tokio::sync::Mutex<Vec<tokio::net::TcpStream>>>,
+}
+
+impl ConsoleServer {
+    pub async fn start() -> ConsoleServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let readers = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let accepted = readers.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.lock().await.push(stream);
+            }
+        });
+        ConsoleServer { addr, readers }
+    }
+
+    /// Shows `text` on the console, once the collector reads it (waiting up to 10 s).
+    pub async fn show(&self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut readers = self.readers.lock().await;
+            if !readers.is_empty() {
+                for r in readers.iter_mut() {
+                    let _ = r.write_all(text.as_bytes()).await;
+                }
+                return;
+            }
+            drop(readers);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the collector never connected to the console at {}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// kiln.yaml's `nodes:` entries: each MAC's console at its server.
+pub fn consoles(nodes: &[(&str, &ConsoleServer)]) -> Vec<kiln_collector::config::NodeAccess> {
+    let yaml: String = nodes
+        .iter()
+        .map(|(mac, console)| {
+            format!(
+                "- mac: \"{mac}\"\n  console: {{tcp: \"{}\"}}\n",
+                console.addr
+            )
+        })
+        .collect();
+    serde_yaml::from_str(&yaml).unwrap()
+}
+
+/// A client whose requests come from `ip` (any address of 127.0.0.0/8): another machine on
+/// the boot network, as far as the collector can tell.
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(Some(ip.parse().unwrap()))
+        .build()
+        .unwrap()
+}
+
+/// What a node's Linux stage carries on its kernel command line.
+#[derive(Debug, Clone)]
+pub struct Booted {
+    pub run_id: i64,
+    pub node_id: i64,
+    pub bootstrap: String,
+}
+
+/// Asks for `mac`'s boot script (`52-54-00-…`) and reads the Linux stage's command line.
+pub async fn boot_linux(client: &reqwest::Client, base: &str, mac: &str) -> Booted {
+    let script = get_text(client, &format!("{base}/ipxe?mac={mac}")).await;
+    let value = |key: &str| {
+        script
+            .split(&format!("kiln.{key}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no kiln.{key}= in {script}"))
+            .to_owned()
+    };
+    Booted {
+        run_id: value("run").parse().unwrap(),
+        node_id: value("node").parse().unwrap(),
+        bootstrap: value("token"),
+    }
+}
+
+/// Exchanges the bootstrap token: the session (as a registration's answer, for the helpers
+/// that post) and the attestation line the node's agent would write to its console.
+pub async fn open_session(
+    client: &reqwest::Client,
+    base: &str,
+    booted: &Booted,
+) -> (RegisterResponse, String) {
+    let r = client
+        .post(format!("{base}/api/v1/runs/{}/session", booted.run_id))
+        .bearer_auth(&booted.bootstrap)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let session: kiln_protocol::wire::SessionResponse = r.json().await.unwrap();
+    let line = kiln_protocol::attest::line(&session.attest_key, booted.run_id, booted.node_id);
+    (
+        RegisterResponse {
+            node_id: booted.node_id,
+            run_id: booted.run_id,
+            token: session.token,
+            heartbeat_secs: session.heartbeat_secs,
+        },
+        line,
+    )
+}
+
+/// The run once it has a verdict (the collector may wait for its console).
+pub async fn wait_verdict(client: &reqwest::Client, base: &str, run_id: i64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let run = run_json(client, base, run_id).await;
+        if !run["verdict"].is_null() || std::time::Instant::now() > deadline {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A whole network-booted run of the one-step `SUITE` on `mac`, attested on its console and
+/// reported no sooner than a boot takes: what an honest node does. Returns the run.
+pub async fn attested_run(
+    client: &reqwest::Client,
+    base: &str,
+    mac: &str,
+    console: &ConsoleServer,
+    events: Vec<Event>,
+) -> Value {
+    let booted = boot_linux(client, base, mac).await;
+    let (session, line) = open_session(client, base, &booted).await;
+    console.show(&format!("\r\n{line}\r\n")).await;
+    tokio::time::sleep(kiln_protocol::attest::LEAST_BOOT).await;
+    let r = post_events(client, base, &session, events).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    wait_verdict(client, base, booted.run_id).await
+}

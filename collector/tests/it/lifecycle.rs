@@ -126,7 +126,13 @@ async fn a_forged_pass_from_an_unauthenticated_registration_never_touches_the_fa
     assert_eq!(ad_hoc.len(), 1);
     assert_eq!(ad_hoc[0]["node_id"], forged.node_id);
     // Each row has its own run's faults, none of another's.
-    assert_eq!(ad_hoc[0]["faults"], serde_json::json!([]));
+    assert_eq!(
+        ad_hoc[0]["faults"],
+        serde_json::json!([
+            "unattested: no console capture is configured for this node, so no console vouches that it ran these steps"
+        ])
+    );
+    assert_eq!(ad_hoc[0]["verdict"], "unattested");
     assert!(ad_hoc[0]["rack"].is_null());
     // With the admin token, the lookup rule finds the known node again.
     let admin = register_as(&client, &server.base, node7(), Some(&server.admin_token())).await;
@@ -217,8 +223,13 @@ async fn the_verdict_waits_for_a_missing_step_result_that_arrives_late() {
     let ack: Value = r.json().await.unwrap();
     assert_eq!(ack["acked"], 3);
     let detail = run_json(&client, &server.base, run.run_id).await;
-    assert_eq!(detail["verdict"], "pass", "{detail}");
-    assert_eq!(detail["faults"], serde_json::json!([]));
+    assert_eq!(detail["verdict"], "unattested", "{detail}");
+    assert_eq!(
+        detail["faults"],
+        serde_json::json!([
+            "unattested: no console capture is configured for this node, so no console vouches that it ran these steps"
+        ])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

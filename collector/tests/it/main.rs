@@ -6,6 +6,7 @@
 
 mod agent_api;
 mod agents;
+mod attest;
 mod cli;
 mod common;
 mod ipxe;

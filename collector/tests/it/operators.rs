@@ -135,27 +135,57 @@ fn each_request_is_logged_in_a_span_naming_its_route_and_run() {
     assert!(line.contains("status=401"), "{line}");
 }
 
+/// What the batch test keeps of each run.
+struct RunIds {
+    node_id: i64,
+    run_id: i64,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
-    let server = Server::start("batch", kiln_collector::config::Config::default()).await;
+    // Four network-booted nodes, each with its console read (so that a pass is a pass).
+    let mut servers = Vec::new();
+    for _ in 1..=4u8 {
+        servers.push(ConsoleServer::start().await);
+    }
+    let macs: Vec<String> = (1..=4u8)
+        .map(|n| format!("52:54:00:00:00:{n:02x}"))
+        .collect();
+    let access: Vec<(&str, &ConsoleServer)> = macs
+        .iter()
+        .map(String::as_str)
+        .zip(servers.iter())
+        .collect();
+    let config = kiln_collector::config::Config {
+        default_suite: "plain".into(),
+        nodes: consoles(&access),
+        ..kiln_collector::config::Config::default()
+    };
+    let server = Server::start("batch", config).await;
+    std::fs::write(server.data.join("suites/plain.yaml"), SUITE).unwrap();
     let client = reqwest::Client::new();
     let admin = server.admin_token();
     // Three nodes run: two pass, one fails; a fourth (another delivery) fails too.
     let mut runs = Vec::new();
-    for n in 1..=4u8 {
-        let run = register(&client, &server.base, n, SUITE).await;
+    let finished = (1..=4u8).map(|n| {
         let events = if n == 3 || n == 4 {
             failed_run("exec.exit", "tool exited with 3")
         } else {
             full_run()
         };
-        assert_eq!(
-            post_events(&client, &server.base, &run, events)
-                .await
-                .status(),
-            200
+        let (client, base) = (client.clone(), server.base.clone());
+        let (mac, console) = (
+            macs[n as usize - 1].replace(':', "-"),
+            &servers[n as usize - 1],
         );
-        runs.push(run);
+        async move { attested_run(&client, &base, &mac, console, events).await }
+    });
+    for run in futures_util::future::join_all(finished).await {
+        assert!(!run["verdict"].is_null(), "{run}");
+        runs.push(RunIds {
+            node_id: run["node_id"].as_i64().unwrap(),
+            run_id: run["run_id"].as_i64().unwrap(),
+        });
     }
     let put = |node: i64, batch: &str| {
         client
@@ -328,13 +358,23 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_and_why() {
-    let server = Server::start("waivers", kiln_collector::config::Config::default()).await;
+    // A network-booted run its console vouched for: only such a run's faults can all be
+    // waived (an unattested one stays failed, whatever is waived).
+    let console = ConsoleServer::start().await;
+    let config = kiln_collector::config::Config {
+        default_suite: "plain".into(),
+        nodes: consoles(&[("52:54:00:00:00:01", &console)]),
+        ..kiln_collector::config::Config::default()
+    };
+    let server = Server::start("waivers", config).await;
+    std::fs::write(server.data.join("suites/plain.yaml"), SUITE).unwrap();
     let client = reqwest::Client::new();
     let admin = server.admin_token();
-    let run = register(&client, &server.base, 1, SUITE).await;
     let events = failed_run("fan.speed", "fan 3 at 900 rpm");
-    post_events(&client, &server.base, &run, events).await;
-    let node = run.node_id;
+    let run = attested_run(&client, &server.base, "52-54-00-00-00-01", &console, events).await;
+    assert_eq!(run["verdict"], "fail", "{run}");
+    let node = run["node_id"].as_i64().unwrap();
+    let run_id = run["run_id"].as_i64().unwrap();
     let (base, token) = (server.base.clone(), admin.clone());
     let kiln = move |args: Vec<String>| {
         let (base, token) = (base.clone(), token.clone());
@@ -459,10 +499,7 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         "{page}"
     );
     let junit = client
-        .get(format!(
-            "{}/api/v1/runs/{}/junit.xml",
-            server.base, run.run_id
-        ))
+        .get(format!("{}/api/v1/runs/{}/junit.xml", server.base, run_id))
         .send()
         .await
         .unwrap()

@@ -525,6 +525,9 @@ pub struct SessionResponse {
     pub token: String,
     /// Send something at least this often, or the run fails as lost contact.
     pub heartbeat_secs: u64,
+    /// The key the agent proves its run with on the node's console
+    /// ([`crate::attest::line`]); the collector keeps only the proof it expects.
+    pub attest_key: String,
 }
 
 /// What a network-booted agent fetches first: the suite to run and how.
@@ -645,6 +648,9 @@ pub enum Verdict {
     Pass,
     /// Every step passed, some short of a `degraded:` target.
     Degraded,
+    /// Every step passed, but no console vouches that the node in the rack ran them (no
+    /// console capture is configured for it, or it registered ad hoc): never a plain pass.
+    Unattested,
     /// Not every planned step finished, or the run never said it finished.
     Incomplete,
     /// The harness failed in some step (timeout, crash, interrupt).
@@ -659,6 +665,7 @@ impl Verdict {
         match self {
             Verdict::Pass => "pass",
             Verdict::Degraded => "degraded",
+            Verdict::Unattested => "unattested",
             Verdict::Incomplete => "incomplete",
             Verdict::Error => "error",
             Verdict::Fail => "fail",
@@ -676,9 +683,10 @@ impl Verdict {
     }
 
     /// Every verdict, best first.
-    pub const ALL: [Verdict; 5] = [
+    pub const ALL: [Verdict; 6] = [
         Verdict::Pass,
         Verdict::Degraded,
+        Verdict::Unattested,
         Verdict::Incomplete,
         Verdict::Error,
         Verdict::Fail,
@@ -691,9 +699,9 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-/// A verdict name that is none of the five.
+/// A verdict name that is none of the six.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown verdict {0:?}; expected pass, degraded, incomplete, error or fail")]
+#[error("unknown verdict {0:?}; expected pass, degraded, unattested, incomplete, error or fail")]
 pub struct UnknownVerdict(pub String);
 
 impl std::str::FromStr for Verdict {

@@ -330,6 +330,21 @@ pub struct MemtestResult {
 }
 
 /// The memtest result of a run, if any.
+/// Why a finished run is not a pass, in one line: the collector's reason for its verdict, or
+/// the first detail of a stage that did not pass. `None` for a pass or an open run.
+pub fn verdict_why(conn: &Connection, run_id: i64) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT COALESCE(r.verdict_reason,
+                 (SELECT s.detail FROM stages s WHERE s.run_id = r.id AND s.detail IS NOT NULL AND s.verdict <> 'pass' LIMIT 1))
+             FROM runs r WHERE r.id = ?1 AND r.verdict IS NOT NULL AND r.verdict <> 'pass'",
+            [run_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
 pub fn memtest_result(conn: &Connection, run_id: i64) -> Result<Option<MemtestResult>, StoreError> {
     Ok(conn
         .query_row("SELECT pass, detail, reading, screen, length(raw), secs FROM memtest_results WHERE run_id = ?1", [run_id], |r| {

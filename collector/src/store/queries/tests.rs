@@ -96,8 +96,9 @@ fn seed_node(conn: &Connection, n: i64, batch: &str, verdict: Option<Option<Verd
         )
         .unwrap();
         conn.execute(
-            "INSERT INTO runs (id, node_id, suite_sha256, suite_name, token_hash, stage, verdict, heartbeat_secs, started_ms, last_seen_ms)
-             VALUES (?1, ?1, 's', 'burn-in', 'h', ?2, ?3, 60, 0, 0)",
+            // Attested by their consoles, as network-booted runs on read consoles are.
+            "INSERT INTO runs (id, node_id, suite_sha256, suite_name, token_hash, stage, verdict, heartbeat_secs, started_ms, last_seen_ms, console_watched, attested_ms)
+             VALUES (?1, ?1, 's', 'burn-in', 'h', ?2, ?3, 60, 0, 0, 1, 0)",
             params![
                 n,
                 Sql(if verdict.is_some() { RunStage::Done } else { RunStage::Linux }),

@@ -147,6 +147,15 @@ pub(super) fn waived(
         .map(|(_, r)| *r)
         .collect();
     let codes = runs::fault_codes(conn, &runs)?;
+    // A run no console vouched for is never waived whole: its faults may be, its pass not.
+    let attested: BTreeSet<i64> = {
+        let ids = serde_json::Value::from(runs.clone()).to_string();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM runs WHERE id IN (SELECT value FROM json_each(?1)) AND attested_ms IS NOT NULL",
+        )?;
+        stmt.query_map([ids], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
     for (node, run) in failed {
         let (Some(waivers), Some(codes)) = (active.get(node), codes.get(run)) else {
             continue;
@@ -161,7 +170,7 @@ pub(super) fn waived(
             out.insert(
                 *node,
                 Waived {
-                    all: covered.len() == codes.len(),
+                    all: covered.len() == codes.len() && attested.contains(run),
                     codes: covered,
                 },
             );
