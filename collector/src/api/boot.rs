@@ -269,29 +269,7 @@ pub async fn node_ipxe(
                 .await?
             }
         }
-        Script::Linux { run_id } => {
-            // Recorded before the answer (and its token) leaves: from here the run passes
-            // only when this console shows its attestation.
-            if crate::memtest::stage::follow_linux(&stage_deps(&state), node_id, run_id).await {
-                state
-                    .db
-                    .call(move |c| lifecycle::attest::console_watched(c, run_id))
-                    .await?;
-            }
-            let cmdline = kiln_protocol::cmdline::BootArgs {
-                url: base.clone(),
-                run: run_id,
-                token: token.clone(),
-                node: node_id,
-            }
-            .render();
-            render(
-                &state.data,
-                "linux.ipxe",
-                context! { base, node_id, serial, run_id, cmdline },
-            )
-            .await?
-        }
+        Script::Linux { run_id } => linux(&state, &base, node_id, &serial, run_id, &token).await?,
     };
     tracing::info!(
         node_id,
@@ -303,6 +281,38 @@ pub async fn node_ipxe(
         "served a boot script"
     );
     Ok(script_response(text))
+}
+
+/// The Linux stage's script: the RAM image with the run's bootstrap token. The node's console
+/// is followed from now, and whether it is read is recorded before the answer (and its token)
+/// leaves: from here the run passes only when that console shows its attestation.
+async fn linux(
+    state: &AppState,
+    base: &str,
+    node_id: i64,
+    serial: &str,
+    run_id: i64,
+    token: &str,
+) -> Result<String, ApiError> {
+    if crate::memtest::stage::follow_linux(&stage_deps(state), node_id, run_id).await {
+        state
+            .db
+            .call(move |c| lifecycle::attest::console_watched(c, run_id))
+            .await?;
+    }
+    let cmdline = kiln_protocol::cmdline::BootArgs {
+        url: base.to_owned(),
+        run: run_id,
+        token: token.to_owned(),
+        node: node_id,
+    }
+    .render();
+    render(
+        &state.data,
+        "linux.ipxe",
+        context! { base, node_id, serial, run_id, cmdline },
+    )
+    .await
 }
 
 /// What the memtest stage and the console follower need from the state.

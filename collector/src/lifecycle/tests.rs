@@ -415,3 +415,162 @@ fn the_linux_stage_is_handed_out_once_per_boot() {
         RunAccess::Closed(Verdict::Fail)
     );
 }
+
+/// A batch with a run's whole story: started, its one step passed, finished.
+fn whole_run() -> EventBatch {
+    use kiln_protocol::wire::{Event, Outcome, StepReport};
+    let ev = |seq, body| Event {
+        seq,
+        at_ms: 1,
+        body,
+    };
+    EventBatch {
+        events: vec![
+            ev(
+                1,
+                EventBody::RunStarted {
+                    suite: "m".into(),
+                    steps: 1,
+                    agent: "test".into(),
+                },
+            ),
+            ev(
+                2,
+                EventBody::StepFinished {
+                    report: StepReport {
+                        step: 0,
+                        name: "tool".into(),
+                        kind: "exec".into(),
+                        outcome: Outcome::Pass,
+                        metrics: vec![],
+                        duration_ms: 1,
+                        attempts: vec![],
+                    },
+                },
+            ),
+            ev(
+                3,
+                EventBody::RunFinished {
+                    verdict: Verdict::Pass,
+                },
+            ),
+        ],
+    }
+}
+
+#[test]
+fn after_memtest_a_second_source_asking_for_linux_fails_the_run_as_a_security_event() {
+    let mut conn = test_connection();
+    let node = request(identity(Some("52:54:00:00:00:01"), None));
+    let run_id = start_memtest(&mut conn, &node);
+    let (applied, _) = memtest_finished(&mut conn, run_id, &finding(true)).unwrap();
+    assert_eq!(applied, Applied::Yes);
+    // The attacker asks first, after memtest86+ passed, and exchanges the token.
+    let mut attacker = node.clone();
+    attacker.source = Some("10.0.0.66".into());
+    assert_eq!(script(&mut conn, &attacker).0, Script::Linux { run_id });
+    let from_attacker = session("10.0.0.66");
+    assert_eq!(
+        exchange(&mut conn, run_id, "h1", "s1", &from_attacker)
+            .unwrap()
+            .0,
+        Exchange::Issued
+    );
+    // The real node's request fails the run, naming both.
+    let mut real = node.clone();
+    real.bootstrap_hash = "h2".into();
+    let (answer, ended) = script(&mut conn, &real);
+    assert_eq!(
+        answer,
+        Script::Done {
+            run_id,
+            verdict: Some(Verdict::Fail)
+        }
+    );
+    assert!(ended.0.contains(&(run_id, Stage::Linux)));
+    let detail: String = conn
+        .query_row(
+            "SELECT detail FROM stages WHERE run_id = ?1 AND name = 'linux'",
+            [run_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        detail,
+        "security: the linux stage was asked for a second time in this boot: handed out to 10.0.0.66, asked again from 10.0.0.1 after its token was exchanged"
+    );
+}
+
+#[test]
+fn ipxe_retrying_from_the_same_address_before_the_exchange_gets_the_stage_again_with_a_new_token() {
+    let mut conn = test_connection();
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = Some(linux_only());
+    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+        panic!("expected linux")
+    };
+    req.bootstrap_hash = "h2".into();
+    assert_eq!(script(&mut conn, &req).0, Script::Linux { run_id });
+    // The first answer's token is dead; the second's works.
+    assert_eq!(
+        exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1"))
+            .unwrap()
+            .0,
+        Exchange::Denied
+    );
+    assert_eq!(
+        exchange(&mut conn, run_id, "h2", "s1", &session("10.0.0.1"))
+            .unwrap()
+            .0,
+        Exchange::Issued
+    );
+    // A session used from another address fails the run.
+    let (ingested, _) = ingest(&mut conn, run_id, "s1", Some("10.0.0.9"), &whole_run()).unwrap();
+    assert_eq!(ingested, Ingested::Closed(Verdict::Fail));
+    let reason: String = conn
+        .query_row(
+            "SELECT verdict_reason FROM runs WHERE id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        reason,
+        "security: the run's session was opened from 10.0.0.1 and used again from 10.0.0.9"
+    );
+}
+
+#[test]
+fn a_read_console_that_never_shows_the_attestation_makes_the_run_an_error_after_the_grace() {
+    let mut conn = test_connection();
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = Some(linux_only());
+    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+        panic!("expected linux")
+    };
+    attest::console_watched(&conn, run_id).unwrap();
+    let _ = exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1")).unwrap();
+    let (ingested, _) = ingest(&mut conn, run_id, "s1", Some("10.0.0.1"), &whole_run()).unwrap();
+    assert!(matches!(ingested, Ingested::Acked { acked: 3, .. }));
+    // Every event is in, but the console has not vouched: the run waits.
+    assert_eq!(run_state(&conn, run_id).1, None);
+    let now = now_ms();
+    let (lost, _) = lost_contact(&mut conn, now + attest::GRACE_MS / 2).unwrap();
+    assert!(lost.is_empty());
+    assert_eq!(run_state(&conn, run_id).1, None);
+    // Past the grace (the agent silent longer than its heartbeat too): an error that says
+    // why, not lost contact.
+    let _ = lost_contact(&mut conn, now + attest::GRACE_MS + 120_000).unwrap();
+    assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Error));
+    let findings: String = conn
+        .query_row("SELECT findings FROM runs WHERE id = ?1", [run_id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        findings.contains(
+            "security: the node's console is read, but it never showed this run's attestation"
+        ),
+        "{findings}"
+    );
+}
