@@ -9,6 +9,7 @@ pub mod attest;
 pub mod bounds;
 pub mod cmdline;
 pub mod expect;
+pub mod identity;
 pub mod junit;
 pub mod load;
 pub mod locate;

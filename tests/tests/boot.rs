@@ -18,7 +18,14 @@ const BOOT_LIMIT: Duration = Duration::from_secs(240);
 /// guests: the per-core spread may be anything (a fault would still fail the step).
 const SUITE: &str = "suite: boot-test\ndescription: Network-boot test.\nsteps:\n  - name: cpu\n    cpu: {duration: 2s, workloads: [integer], degraded: {max_core_spread_pct: 100}}\n";
 
-fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str) {
+/// Whether the collector reads the guest's serial console (the file QEMU writes it to).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Console {
+    Read,
+    NotRead,
+}
+
+fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: Console) {
     let image = image_dir();
     assert!(
         image.join("initramfs.img").exists() && image.join("vmlinuz").exists(),
@@ -33,9 +40,23 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str) {
     }
     std::fs::create_dir_all(data.join("suites")).unwrap();
     std::fs::write(data.join("suites/boot-test.yaml"), SUITE).unwrap();
+    let mac = format!("52:54:00:4b:00:{n:02x}");
+    let console_log = data.join("console.log");
+    let nodes = match read {
+        Console::Read => vec![kiln_collector::config::NodeAccess {
+            mac: Some(mac.clone()),
+            rack: None,
+            console: Some(kiln_collector::memtest::capture::Source::File(
+                console_log.clone(),
+            )),
+            power: None,
+        }],
+        Console::NotRead => Vec::new(),
+    };
     let config = Config {
         default_suite: "boot-test".into(),
         after_verify: "poweroff".into(),
+        nodes,
         ..Config::default()
     };
 
@@ -54,11 +75,11 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str) {
     let spec = NodeSpec {
         nic: nic.into(),
         uefi,
-        mac: format!("52:54:00:4b:00:{n:02x}"),
+        mac: mac.clone(),
         serial: serial.clone(),
         uuid: format!("6f1a0c4e-0000-4000-8000-0000000000{n:02x}"),
         mem_mib: 512,
-        console_log: data.join("console.log"),
+        console_log: console_log.clone(),
     };
     let mut node = Node::start(&spec, port).expect("qemu-system-x86_64 is installed by .ci/setup");
     let powered_off = node.wait(BOOT_LIMIT);
@@ -91,7 +112,23 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str) {
         .find(|r| r["serial"] == serial.as_str())
         .unwrap_or_else(|| panic!("node {serial} not registered: {nodes:?}\n{tail}"));
     assert_eq!(node_row["macs"], spec.mac, "{node_row}");
-    assert_eq!(node_row["verdict"], "pass", "{node_row}\n{tail}");
+    // Passed, and vouched for by its console where the collector reads it; without that, the
+    // same run is only unattested.
+    match read {
+        Console::Read => {
+            assert_eq!(node_row["verdict"], "pass", "{node_row}\n{tail}");
+            assert!(console_text_has_attestation(&spec.console_log, node_row));
+        }
+        Console::NotRead => {
+            assert_eq!(node_row["verdict"], "unattested", "{node_row}\n{tail}");
+            assert!(
+                node_row["faults"]
+                    .to_string()
+                    .contains("unattested: no console capture"),
+                "{node_row}"
+            );
+        }
+    }
     let run: Value = rt.block_on(async {
         reqwest::get(format!("{base}/api/v1/runs/{}", node_row["run_id"]))
             .await
@@ -116,14 +153,29 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str) {
     let _ = std::fs::remove_dir_all(Path::new(&data).join("artifacts"));
 }
 
-#[test]
-fn a_bios_node_with_virtio_boots_the_image_and_reports() {
-    boot_and_check("boot-virtio", "virtio-net-pci", false, 1, "virtio_net");
+/// The agent wrote its run's attestation on the serial console.
+fn console_text_has_attestation(log: &Path, row: &Value) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(kiln_protocol::attest::parse)
+        .any(|claim| Some(claim.run) == row["run_id"].as_i64())
 }
 
 #[test]
-fn a_bios_node_with_e1000_boots_the_image_and_reports() {
-    boot_and_check("boot-e1000", "e1000", false, 2, "e1000");
+fn a_bios_node_with_virtio_boots_the_image_and_reports() {
+    boot_and_check(
+        "boot-virtio",
+        "virtio-net-pci",
+        false,
+        1,
+        "virtio_net",
+        Console::Read,
+    );
+}
+
+#[test]
+fn a_bios_node_with_e1000_whose_console_is_not_read_is_unattested() {
+    boot_and_check("boot-e1000", "e1000", false, 2, "e1000", Console::NotRead);
 }
 
 #[test]
@@ -132,7 +184,14 @@ fn a_uefi_node_boots_the_image_and_reports() {
         Path::new("/usr/share/OVMF/OVMF_CODE.fd").exists(),
         "OVMF is installed by .ci/setup (apt-get install ovmf)"
     );
-    boot_and_check("boot-uefi", "virtio-net-pci", true, 3, "virtio_net");
+    boot_and_check(
+        "boot-uefi",
+        "virtio-net-pci",
+        true,
+        3,
+        "virtio_net",
+        Console::Read,
+    );
 }
 
 #[test]

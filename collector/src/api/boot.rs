@@ -98,14 +98,14 @@ impl IpxeQuery {
         let uuid = safe(self.uuid.as_deref())
             .map(|u| u.to_lowercase())
             .filter(|u| u.len() == 36 && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
-        // QEMU and many boards report placeholders rather than nothing.
-        let serial = safe(self.serial.as_deref())
-            .filter(|s| !["0", "Not Specified", "To be filled by O.E.M."].contains(&s.as_str()));
+        // QEMU and many boards report placeholders rather than nothing: those name no node.
+        let serial = safe(self.serial.as_deref());
         let identity = NodeIdentity {
             macs: mac.into_iter().collect(),
             uuid,
             serial,
-        };
+        }
+        .without_placeholders();
         identity
             .validate()
             .map_err(|e| ApiError::BadRequest(format!("cannot tell which node this is: {e}")))?;
@@ -200,8 +200,9 @@ pub async fn node_ipxe(
         image_digest: state.image_digest().await,
         artifacts: state.artifact_digests().await,
         max_unknown_nodes: state.config.max_unknown_nodes,
-        source,
+        source: source.clone(),
     };
+    let source_text = source;
     let (node_id, serial, script) = loop {
         let asked = req.clone();
         let (decision, ended) = state.db.call(move |c| lifecycle::boot(c, &asked)).await?;
@@ -212,6 +213,10 @@ pub async fn node_ipxe(
             }
             BootDecision::TooManyUnknown => {
                 return Err(crate::api::too_many_unknown(state.config.max_unknown_nodes));
+            }
+            BootDecision::Conflict(why) => {
+                tracing::warn!(source = ?source_text, "security: {why}");
+                return Err(ApiError::Conflict(why));
             }
             BootDecision::NeedSuite(name) => {
                 // The assignment changed between the two asks: say so rather than loop.

@@ -13,16 +13,59 @@ use crate::store::{StoreError, now_ms};
 /// How far a request may go in claiming identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// A node network-booting: found by the rule, or registered; it adds the MACs, UUID and
-    /// serial no other node owns, and never takes one from another node.
+    /// A node network-booting (anyone on the boot network, as far as the collector knows):
+    /// found by the rule, or registered with what it claims; it never adds a MAC, UUID or
+    /// serial to a known node (that is the operator's, by `kiln nodes import`).
     Boot,
     /// An operator (admin token): found by the rule, or registered; a MAC another node had
     /// moves to this one (the NIC moved with it).
     Admin,
 }
 
+/// Every node one of `identity`'s identifiers names on its own (placeholders name none): the
+/// UUID's, each MAC's, and the serial's when exactly one node has it (a serial is not unique).
+/// A request whose identifiers name two nodes is claiming one of them falsely.
+pub fn named(
+    tx: &Connection,
+    identity: &NodeIdentity,
+) -> Result<std::collections::BTreeSet<i64>, StoreError> {
+    let identity = identity.clone().without_placeholders();
+    let mut nodes = std::collections::BTreeSet::new();
+    if let Some(uuid) = &identity.uuid {
+        nodes.extend(
+            tx.query_row(
+                "SELECT id FROM nodes WHERE uuid = ?1 AND ad_hoc = 0",
+                [uuid],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?,
+        );
+    }
+    for mac in &identity.macs {
+        nodes.extend(
+            tx.query_row(
+                "SELECT m.node_id FROM node_macs m JOIN nodes n ON n.id = m.node_id WHERE m.mac = ?1 AND n.ad_hoc = 0",
+                [mac],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?,
+        );
+    }
+    if let Some(serial) = &identity.serial {
+        let by_serial: Vec<i64> = tx
+            .prepare_cached("SELECT id FROM nodes WHERE serial = ?1 AND ad_hoc = 0 LIMIT 2")?
+            .query_map([serial], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if let [one] = by_serial[..] {
+            nodes.insert(one);
+        }
+    }
+    Ok(nodes)
+}
+
 /// The node `identity` names by the lookup rule, if any.
 pub fn find(tx: &Connection, identity: &NodeIdentity) -> Result<Option<i64>, StoreError> {
+    let identity = &identity.clone().without_placeholders();
     if let Some(uuid) = &identity.uuid {
         let found = tx
             .query_row(
@@ -71,7 +114,15 @@ pub fn find_or_register(
     claim: Claim,
 ) -> Result<(i64, bool), StoreError> {
     let now = now_ms();
+    let identity = &identity.clone().without_placeholders();
     let (id, new) = match find(tx, identity)? {
+        Some(id) if claim == Claim::Boot => {
+            tx.execute(
+                "UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            return Ok((id, false));
+        }
         Some(id) => {
             // A UUID already on another node stays there (UNIQUE); only a node without one
             // takes it.

@@ -84,6 +84,8 @@ pub enum BootDecision {
     NeedSuite(String),
     /// An unknown machine, and no room for more of them: nothing was created.
     TooManyUnknown,
+    /// The request's identifiers name different nodes (say which): refused, nothing changed.
+    Conflict(String),
     /// The script to render.
     Script {
         /// The node.
@@ -102,6 +104,17 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
     let tx = conn.savepoint()?;
     let mut ended = Ended::default();
     let now = now_ms();
+    let named = lookup::named(&tx, &req.identity)?;
+    if named.len() > 1 {
+        let nodes: Vec<String> = named.iter().map(i64::to_string).collect();
+        return Ok((
+            BootDecision::Conflict(format!(
+                "this request's MAC, UUID and serial name different nodes ({}): refused; only an operator changes which identifiers belong to a node (kiln nodes import)",
+                nodes.join(", ")
+            )),
+            ended,
+        ));
+    }
     if lookup::find(&tx, &req.identity)?.is_none() && !room_for_unknown(&tx, req.max_unknown_nodes)?
     {
         return Ok((BootDecision::TooManyUnknown, ended));

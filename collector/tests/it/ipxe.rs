@@ -282,3 +282,72 @@ fn artifacts_are_served_with_ranges_and_etags_and_nothing_outside() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ipxe_never_adds_identifiers_to_a_known_node_nor_lets_placeholders_name_one() {
+    let server = Server::start("ipxe-identity", Config::default()).await;
+    let client = reqwest::Client::new();
+    let base = &server.base;
+    let nodes = || async {
+        let rows: Vec<Value> = client
+            .get(format!("{base}/api/v1/nodes"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rows
+    };
+    let uuid = "6f1a0c4e-0000-4000-8000-0000000000aa";
+    get_text(
+        &client,
+        &format!("{base}/ipxe?mac=52-54-00-00-00-01&uuid={uuid}&serial=SN-A"),
+    )
+    .await;
+    // The same board's UUID with a new MAC and serial: it is node 1, and nothing is added.
+    get_text(
+        &client,
+        &format!("{base}/ipxe?mac=52-54-00-00-00-99&uuid={uuid}&serial=SN-Z"),
+    )
+    .await;
+    let rows = nodes().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["macs"], "52:54:00:00:00:01");
+    assert_eq!(rows[0]["serial"], "SN-A");
+    // A second machine; then a request whose MAC is node 2's and UUID node 1's: refused.
+    get_text(
+        &client,
+        &format!("{base}/ipxe?mac=52-54-00-00-00-02&serial=SN-B"),
+    )
+    .await;
+    let r = client
+        .get(format!("{base}/ipxe?mac=52-54-00-00-00-02&uuid={uuid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("name different nodes (1, 2)"), "{why}");
+    // Two boards sharing AMI's placeholder UUID and an O.E.M. serial stay two nodes, and the
+    // placeholders are kept for neither.
+    for mac in ["52-54-00-00-00-0a", "52-54-00-00-00-0b"] {
+        get_text(
+            &client,
+            &format!("{base}/ipxe?mac={mac}&uuid=03000200-0400-0500-0006-000700080009&serial=To%20be%20filled%20by%20O.E.M."),
+        )
+        .await;
+    }
+    let rows = nodes().await;
+    let placeholders: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["macs"] == "52:54:00:00:00:0a" || r["macs"] == "52:54:00:00:00:0b")
+        .collect();
+    assert_eq!(placeholders.len(), 2, "{rows:?}");
+    assert!(
+        placeholders
+            .iter()
+            .all(|r| r["uuid"].is_null() && r["serial"].is_null()),
+        "{placeholders:?}"
+    );
+}
