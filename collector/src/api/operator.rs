@@ -238,12 +238,7 @@ pub(super) async fn waive(
                 .into(),
         ));
     }
-    if req.code.starts_with("run.") || req.code.ends_with(".error") {
-        return Err(ApiError::BadRequest(format!(
-            "{} is not a hardware fault: a run that errored, is incomplete or lost contact measured less than its suite asked, and cannot be waived",
-            req.code
-        )));
-    }
+    kiln_protocol::api::waivable(&req.code).map_err(ApiError::BadRequest)?;
     if req.reason.trim().is_empty() {
         return Err(ApiError::BadRequest(
             "reason is empty; a waiver says why the node may ship with this fault".into(),
@@ -253,23 +248,43 @@ pub(super) async fn waive(
     if let Some(ticket) = &req.ticket {
         kiln_protocol::wire::check_field("ticket", ticket).map_err(ApiError::BadRequest)?;
     }
-    let expires_ms = match &req.expires {
-        None => None,
+    let holds = match &req.expires {
+        None => kiln_protocol::api::DEFAULT_WAIVER,
         Some(text) => {
             let d: kiln_protocol::units::HumanDuration = text
                 .parse()
                 .map_err(|e| ApiError::BadRequest(format!("expires: {e}")))?;
-            Some(crate::store::now_ms() + d.get().as_millis() as i64)
+            if d.get() > kiln_protocol::api::MAX_WAIVER {
+                return Err(ApiError::BadRequest(format!(
+                    "expires: {text} is longer than a waiver may hold ({} days); grant it again when it runs out",
+                    kiln_protocol::api::MAX_WAIVER.as_secs() / 86_400
+                )));
+            }
+            d.get()
         }
     };
+    let expires_ms = crate::store::now_ms() + holds.as_millis() as i64;
     let who = format!("admin token {}", &state.admin_hash[..12]);
-    let node = req.node;
+    let (node, code) = (req.node, req.code.clone());
     let waiver = state
         .db
         .call(move |c| queries::add_waiver(c, &req, expires_ms, &who))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no node {node}")))?;
-    Ok((axum::http::StatusCode::CREATED, axum::Json(waiver)))
+        .await?;
+    match waiver {
+        Ok(waiver) => Ok((axum::http::StatusCode::CREATED, axum::Json(waiver))),
+        Err(queries::NotWaived::NoNode) => Err(ApiError::NotFound(format!("no node {node}"))),
+        Err(queries::NotWaived::NoRun) => Err(ApiError::BadRequest(format!(
+            "node {node} has no such finished run: a waiver is granted on a run's fault"
+        ))),
+        Err(queries::NotWaived::NotInRun { run, codes }) => Err(ApiError::BadRequest(format!(
+            "run {run} of node {node} has no fault {code}; its codes: {}",
+            if codes.is_empty() {
+                "none".to_owned()
+            } else {
+                codes.join(", ")
+            }
+        ))),
+    }
 }
 
 /// Revokes a waiver: kept in the log with when and by whom; 409 when it was revoked already.

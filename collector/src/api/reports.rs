@@ -157,7 +157,7 @@ pub(super) async fn waivers(
     Ok(axum::Json(
         state
             .db
-            .read(move |c| queries::read_waivers(c, q.node))
+            .read(move |c| queries::read_waivers(c, q.node, crate::store::now_ms()))
             .await?,
     ))
 }

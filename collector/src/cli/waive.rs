@@ -23,11 +23,14 @@ pub(super) struct WaiveArgs {
     /// A ticket in your tracker.
     #[arg(long)]
     ticket: Option<String>,
-    /// How long the waiver holds, e.g. 30d; for good when left out.
+    /// How long the waiver holds, e.g. 90d (at most 366d); 30d when left out.
     #[arg(long)]
     expires: Option<String>,
+    /// The run whose fault is waived; the node's latest finished run when left out.
+    #[arg(long)]
+    run: Option<i64>,
     /// Revoke waiver ID instead.
-    #[arg(long, conflicts_with_all = ["node", "fault", "reason", "ticket", "expires"])]
+    #[arg(long, conflicts_with_all = ["node", "fault", "reason", "ticket", "expires", "run"])]
     revoke: Option<i64>,
     #[command(flatten)]
     server: ServerArgs,
@@ -53,12 +56,17 @@ pub(super) fn waive(args: WaiveArgs) -> anyhow::Result<u8> {
     let (Some(node), Some(code), Some(reason)) = (args.node, args.fault, args.reason) else {
         anyhow::bail!("--node, --fault and --reason are needed");
     };
+    // The same rule the collector applies, said before anything is sent.
+    if let Err(why) = kiln_protocol::api::waivable(&code) {
+        anyhow::bail!("{why}");
+    }
     let payload = WaiveRequest {
         node,
         code,
         reason,
         ticket: args.ticket,
         expires: args.expires,
+        run: args.run,
     };
     let body = args.server.send(true, |c, base| {
         c.post(format!("{base}{}", routes::WAIVERS)).json(&payload)
@@ -67,10 +75,13 @@ pub(super) fn waive(args: WaiveArgs) -> anyhow::Result<u8> {
         anyhow::anyhow!("the collector answered something unexpected ({e}): {body}")
     })?;
     println!(
-        "waiver {}: node {} may ship with {}{}",
+        "waiver {}: node {} may ship with {}{}{}",
         w.id,
         w.node_id,
         visible(&w.code),
+        w.run_id
+            .map(|r| format!(" found by run {r}"))
+            .unwrap_or_default(),
         w.expires_ms
             .map(|e| format!(" until {}", kiln_protocol::junit::rfc3339(e.max(0) as u64)))
             .unwrap_or_default()

@@ -202,6 +202,10 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE runs ADD COLUMN attested_ms INTEGER;
      ALTER TABLE runs ADD COLUMN final_ms INTEGER;
      ALTER TABLE steps ADD COLUMN received_ms INTEGER;",
+    // 18: a waiver belongs to the run it was granted on (the node's next run is judged
+    // afresh); those kept from before go to the node's latest run, which they were about.
+    "ALTER TABLE waivers ADD COLUMN run_id INTEGER;
+     UPDATE waivers SET run_id = (SELECT latest_run FROM nodes WHERE nodes.id = waivers.node_id);",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

@@ -14,3 +14,4 @@ mod lifecycle;
 mod operators;
 mod pages;
 mod verify;
+mod waivers;

@@ -243,7 +243,7 @@ fn complete(
         .filter(|(r, _, _)| r.verdict == Some(Verdict::Fail))
         .filter_map(|(r, _, _)| Some((r.node_id, r.run_id?)))
         .collect();
-    let mut waived = waivers::waived(conn, &failed)?;
+    let mut waived = waivers::waived(conn, now_ms(), &failed)?;
     for (mut row, expect, findings) in chunk.drain(..) {
         row.waiver = waived.remove(&row.node_id);
         if let Some(run_id) = row.run_id {

@@ -279,7 +279,7 @@ fn rows_completed_a_chunk_at_a_time_keep_each_nodes_own_faults_and_waiver() {
         );
         if waived(i) {
             conn.execute(
-                "INSERT INTO waivers (node_id, code, reason, created_ms, created_by) VALUES (?1, 'memory.mismatch', 'known DIMM', 0, 'qa')",
+                "INSERT INTO waivers (node_id, code, reason, created_ms, created_by, run_id) VALUES (?1, 'memory.mismatch', 'known DIMM', 0, 'qa', ?1)",
                 [i],
             )
             .unwrap();
@@ -331,7 +331,7 @@ fn every_column_a_report_or_the_dashboard_reads_moves_the_reports_clock_when_it_
     );
     seed_stage(&conn, 1, "memtest", 1, Some("memtest86+: 2 errors"));
     conn.execute_batch(
-        "INSERT INTO waivers (node_id, code, reason, created_ms, created_by, expires_ms) VALUES (1, 'memory.mismatch', 'known DIMM', 0, 'qa', 9999999999999);
+        "INSERT INTO waivers (node_id, code, reason, created_ms, created_by, expires_ms, run_id) VALUES (1, 'memory.mismatch', 'known DIMM', 0, 'qa', 9999999999999, 1);
          INSERT INTO node_macs (mac, node_id) VALUES ('52:54:00:00:00:01', 1);
          UPDATE runs SET progress = '{}' WHERE id = 1;",
     )
@@ -435,4 +435,39 @@ fn what_reports_show_moves_the_clock_and_what_they_do_not_leaves_it() {
         conn.execute(change, []).unwrap();
         assert_eq!(rev(&conn), at + 1, "{change}");
     }
+}
+
+#[test]
+fn a_waiver_holds_for_its_own_run_until_it_expires_by_a_clock_the_test_sets() {
+    use kiln_protocol::wire::Fault;
+    let conn = crate::store::test_connection();
+    seed_node(&conn, 1, "PO-1", Some(Some(Verdict::Fail)));
+    seed_step(
+        &conn,
+        1,
+        0,
+        "fan",
+        Outcome::Fail {
+            faults: vec![Fault::new("fan.speed", "fan 3 at 900 rpm")],
+        },
+    );
+    let waive = |run: Option<i64>, expires: i64| {
+        conn.execute(
+            "INSERT INTO waivers (node_id, code, reason, created_ms, created_by, expires_ms, run_id) VALUES (1, 'fan.speed', 'r', 0, 'qa', ?1, ?2)",
+            params![expires, run],
+        )
+        .unwrap();
+    };
+    // Granted on another run (or on none, before waivers named runs): no effect on this one.
+    waive(Some(99), 10_000);
+    waive(None, 10_000);
+    assert!(waived(&conn, 5_000, &[(1, 1)]).unwrap().is_empty());
+    // On this run: it covers every fault until it expires, and nothing after.
+    waive(Some(1), 10_000);
+    let w = waived(&conn, 9_999, &[(1, 1)]).unwrap();
+    assert!(w[&1].all, "{w:?}");
+    assert!(waived(&conn, 10_000, &[(1, 1)]).unwrap().is_empty());
+    let log = read_waivers(&conn, Some(1), 10_001).unwrap();
+    assert!(log.iter().all(|w| !w.active), "{log:?}");
+    assert_eq!(log[0].run_id, Some(1));
 }

@@ -8,13 +8,29 @@ use kiln_protocol::api::{Waived, Waiver};
 
 use super::*;
 
-/// Records a waiver and its line in the node's history; `None` when there is no such node.
+/// Why a waiver was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotWaived {
+    /// No such node.
+    NoNode,
+    /// The node has no such finished run (or none finished at all).
+    NoRun,
+    /// The run does not have the code: these are the ones it has (sorted).
+    NotInRun {
+        /// The run.
+        run: i64,
+        /// Its fault codes.
+        codes: Vec<String>,
+    },
+}
+
+/// Records a waiver of a code the run has, and its line in the node's history.
 pub fn add_waiver(
     conn: &mut Connection,
     req: &kiln_protocol::api::WaiveRequest,
-    expires_ms: Option<i64>,
+    expires_ms: i64,
     who: &str,
-) -> Result<Option<Waiver>, StoreError> {
+) -> Result<Result<Waiver, NotWaived>, StoreError> {
     let tx = conn.savepoint()?;
     let exists: Option<i64> = tx
         .query_row("SELECT id FROM nodes WHERE id = ?1", [req.node], |r| {
@@ -22,12 +38,31 @@ pub fn add_waiver(
         })
         .optional()?;
     if exists.is_none() {
-        return Ok(None);
+        return Ok(Err(NotWaived::NoNode));
+    }
+    let run: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL AND (?2 IS NULL OR id = ?2) ORDER BY id DESC LIMIT 1",
+            params![req.node, req.run],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(run) = run else {
+        return Ok(Err(NotWaived::NoRun));
+    };
+    let codes = runs::fault_codes(&tx, &[run])?
+        .remove(&run)
+        .unwrap_or_default();
+    if !codes.contains(&req.code) {
+        return Ok(Err(NotWaived::NotInRun {
+            run,
+            codes: codes.into_iter().collect(),
+        }));
     }
     let now = now_ms();
     tx.execute(
-        "INSERT INTO waivers (node_id, code, reason, ticket, created_ms, created_by, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![req.node, req.code, req.reason, req.ticket, now, who, expires_ms],
+        "INSERT INTO waivers (node_id, code, reason, ticket, created_ms, created_by, expires_ms, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![req.node, req.code, req.reason, req.ticket, now, who, expires_ms, run],
     )?;
     let id = tx.last_insert_rowid();
     let what = format!(
@@ -43,11 +78,14 @@ pub fn add_waiver(
         "INSERT INTO node_history (node_id, at_ms, what, who) VALUES (?1, ?2, ?3, ?4)",
         params![req.node, now, what, who],
     )?;
-    let waiver = read_waivers(&tx, Some(req.node))?
+    let waiver = read_waivers(&tx, Some(req.node), now)?
         .into_iter()
-        .find(|w| w.id == id);
+        .find(|w| w.id == id)
+        .ok_or(StoreError::Invariant(
+            "the waiver just recorded is not in the log",
+        ))?;
     tx.commit()?;
-    Ok(waiver)
+    Ok(Ok(waiver))
 }
 
 /// Revokes waiver `id` (once); `None` when there is no such waiver, `Some(false)` when it was
@@ -84,11 +122,14 @@ pub fn revoke_waiver(
     Ok(Some(true))
 }
 
-/// The waiver log, newest first: every waiver, or one node's.
-pub fn read_waivers(conn: &Connection, node: Option<i64>) -> Result<Vec<Waiver>, StoreError> {
-    let now = now_ms();
+/// The waiver log, newest first: every waiver, or one node's; `active` as of `now`.
+pub fn read_waivers(
+    conn: &Connection,
+    node: Option<i64>,
+    now: i64,
+) -> Result<Vec<Waiver>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, node_id, code, reason, ticket, created_ms, created_by, expires_ms, revoked_ms, revoked_by
+        "SELECT id, node_id, code, reason, ticket, created_ms, created_by, expires_ms, revoked_ms, revoked_by, run_id
          FROM waivers WHERE ?1 IS NULL OR node_id = ?1 ORDER BY id DESC LIMIT 10000",
     )?;
     let rows = stmt
@@ -106,6 +147,7 @@ pub fn read_waivers(conn: &Connection, node: Option<i64>) -> Result<Vec<Waiver>,
                 expires_ms,
                 revoked_ms,
                 revoked_by: r.get(9)?,
+                run_id: r.get(10)?,
                 active: revoked_ms.is_none() && expires_ms.is_none_or(|e| e > now),
             })
         })?
@@ -113,9 +155,11 @@ pub fn read_waivers(conn: &Connection, node: Option<i64>) -> Result<Vec<Waiver>,
     Ok(rows)
 }
 
-/// For the failed runs of `rows` (node, run): the waived part of each, by node.
+/// For the failed runs of `rows` (node, run): the waived part of each, by node, as of `now`:
+/// only the waivers granted on that very run, neither revoked nor expired, count.
 pub(super) fn waived(
     conn: &Connection,
+    now: i64,
     failed: &[(i64, i64)],
 ) -> Result<HashMap<i64, Waived>, StoreError> {
     let mut out = HashMap::new();
@@ -126,16 +170,23 @@ pub(super) fn waived(
         serde_json::Value::from(failed.iter().map(|(n, _)| *n).collect::<Vec<_>>()).to_string();
     let mut active: HashMap<i64, BTreeSet<String>> = HashMap::new();
     {
+        let runs_of_nodes: HashMap<i64, i64> = failed.iter().copied().collect();
         let mut stmt = conn.prepare_cached(
-            "SELECT node_id, code FROM waivers
+            "SELECT node_id, code, run_id FROM waivers
              WHERE node_id IN (SELECT value FROM json_each(?1))
                AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)",
         )?;
-        for row in stmt.query_map(params![nodes, now_ms()], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        for row in stmt.query_map(params![nodes, now], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
         })? {
-            let (node, code) = row?;
-            active.entry(node).or_default().insert(code);
+            let (node, code, run) = row?;
+            if run.is_some() && run == runs_of_nodes.get(&node).copied() {
+                active.entry(node).or_default().insert(code);
+            }
         }
     }
     if active.is_empty() {
