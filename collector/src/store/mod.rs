@@ -88,6 +88,22 @@ pub enum StoreError {
     /// Something the code relies on did not hold (a bug), said in words.
     #[error("internal error: {0}")]
     Invariant(&'static str),
+    /// A job panicked (a bug): its request fails, its thread goes on with the next job.
+    #[error("a database job panicked: {0}")]
+    Panicked(String),
+}
+
+/// Runs `f`, turning a panic into [`StoreError::Panicked`] with its message: one bad job must
+/// not end the thread every later request needs (a reader, or the only writer).
+fn unpanicked<R>(f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        Err(StoreError::Panicked(message))
+    })
 }
 
 /// The handle every part of the collector shares.
@@ -183,7 +199,8 @@ impl Db {
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = f(conn);
+            // A savepoint the job held is rolled back as the panic unwinds through it.
+            let result = unpanicked(|| f(conn));
             Box::new(move |committed| {
                 let _ = reply.send(match result {
                     Ok(_) if !committed => Err(StoreError::Commit),
@@ -209,7 +226,7 @@ impl Db {
     {
         let (reply, answer) = oneshot::channel();
         let job: ReadJob = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
+            let _ = reply.send(unpanicked(|| f(conn)));
         });
         self.reads.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -291,6 +308,56 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("kiln.sqlite");
         (Db::open(&path).unwrap(), path)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_job_that_panics_fails_alone_and_every_thread_lives_on() {
+        let (db, _path) = temp_db("panic");
+        // More panics than there are readers: each would have ended a thread for good.
+        for _ in 0..READERS * 2 {
+            let err = db
+                .read(|_| -> Result<(), StoreError> { panic!("a reader's bug") })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Panicked(m) if m == "a reader's bug"),
+                "{err:?}"
+            );
+        }
+        let err = db
+            .call(|c| -> Result<(), StoreError> {
+                let sp = c.savepoint()?;
+                sp.execute(
+                    "INSERT INTO suites (sha256, name, text, created_ms) VALUES ('p', 'n', 't', 0)",
+                    [],
+                )?;
+                panic!("the writer's bug {}", 7)
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Panicked(m) if m == "the writer's bug 7"),
+            "{err:?}"
+        );
+        // The writer and the readers still answer, and the panicking job left nothing.
+        db.call(|c| {
+            c.execute(
+                "INSERT INTO suites (sha256, name, text, created_ms) VALUES ('q', 'n', 't', 0)",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let names: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT sha256 FROM suites ORDER BY sha256")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(names, ["q"]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
