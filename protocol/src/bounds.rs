@@ -38,7 +38,25 @@ pub const MAX_SEL: usize = 64;
 /// Most absent sources an inventory lists.
 pub const MAX_ABSENT: usize = 64;
 
-/// Checks `value`: at most `max` bytes, no control characters (tabs allowed when `tabs`).
+/// Whether `c` changes how text around it reads without showing itself: a control
+/// character, a bidirectional override, embedding, isolate or mark (a hostname that shows as
+/// `r12-u07` and sorts as something else), a zero-width character, or a line or paragraph
+/// separator (a new line where none is seen). Such characters never come from a node into
+/// anything a person reads.
+pub fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+/// Checks `value`: at most `max` bytes, no [`hidden`] characters (tabs allowed when `tabs`).
 pub fn check(name: &str, value: &str, max: usize, tabs: bool) -> Result<(), String> {
     if value.len() > max {
         return Err(format!(
@@ -46,11 +64,11 @@ pub fn check(name: &str, value: &str, max: usize, tabs: bool) -> Result<(), Stri
             value.len()
         ));
     }
-    if value
-        .chars()
-        .any(|c| c.is_control() && !(tabs && c == '\t'))
-    {
-        return Err(format!("{name} contains control characters"));
+    if let Some(c) = value.chars().find(|c| hidden(*c) && !(tabs && *c == '\t')) {
+        return Err(format!(
+            "{name} contains U+{:04X}, a control or invisible character",
+            c as u32
+        ));
     }
     Ok(())
 }
@@ -61,7 +79,7 @@ pub fn clamp(value: &str, max: usize, tabs: bool) -> String {
     let clean: String = value
         .chars()
         .map(|c| {
-            if c.is_control() && !(tabs && c == '\t') {
+            if hidden(c) && !(tabs && c == '\t') {
                 '\u{FFFD}'
             } else {
                 c
@@ -79,16 +97,16 @@ pub fn clamp(value: &str, max: usize, tabs: bool) -> String {
     format!("{}{marker}", &clean[..end])
 }
 
-/// `text` safe to print on a terminal or put in a CSV cell: every control character written
-/// out as an escape (`\x1b`, `\r`), so stored text can never move a cursor, set a clipboard
-/// (OSC 52) or forge a line.
+/// `text` safe to print on a terminal, put in a CSV cell or show on a page: every [`hidden`]
+/// character written out as an escape (`\x1b`, `\r`, `\u{202e}`), so stored text can never
+/// move a cursor, set a clipboard (OSC 52), forge a line or read backwards.
 pub fn visible(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(hidden) {
         return text.to_owned();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if hidden(c) {
                 c.escape_default().to_string().replace("\\u{1b}", "\\x1b")
             } else {
                 c.to_string()
@@ -541,6 +559,36 @@ mod tests {
             visible("a\u{1b}]52;c;x\u{7}\r\0b"),
             "a\\x1b]52;c;x\\u{7}\\r\\u{0}b"
         );
+    }
+
+    #[test]
+    fn bidi_overrides_zero_width_and_line_separators_are_refused_clamped_and_shown() {
+        for hostile in [
+            "r12-u07\u{202E}70u-21r",
+            "r12\u{2066}-u07\u{2069}",
+            "r12\u{200B}-u07",
+            "r12\u{200F}",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "\u{FEFF}r12",
+            "a\u{061C}b",
+            "a\u{2060}b",
+        ] {
+            let err = check("hostname", hostile, 64, false).unwrap_err();
+            assert!(err.contains("invisible character"), "{hostile:?}: {err}");
+            assert!(check("hostname", &clamp(hostile, 64, false), 64, false).is_ok());
+            assert!(!visible(hostile).chars().any(hidden), "{hostile:?}");
+        }
+        assert_eq!(visible("r12-u07\u{202E}x"), "r12-u07\\u{202e}x");
+        // Text people write keeps its accents, scripts and emoji.
+        for fine in [
+            "Müller-Lüdenscheidt",
+            "サーバー 7",
+            "rack 🔥 12",
+            "r12\tu07",
+        ] {
+            assert!(check("line", fine, 64, true).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -108,7 +108,9 @@ mod tests {
         assert_eq!(bucket_of(v4), bucket_of(mapped));
         // A flood of distinct /64s, each still drawing: the table never passes its bound.
         for i in 0..(MAX_SOURCES as u128 + 10_000) {
-            let ip = IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db9u128 << 96) | (i << 64)));
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(
+                (0x2001_0db9u128 << 96) | (i << 64),
+            ));
             let _ = limiter.take(ip, 0.001, 5.0);
             assert!(limiter.len() <= MAX_SOURCES);
         }

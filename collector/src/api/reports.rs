@@ -416,7 +416,11 @@ fn csv_field(text: &str) -> String {
     // Control characters shown, not obeyed; quote when needed; defuse spreadsheet formulas
     // in node-supplied text.
     let text = kiln_protocol::bounds::visible(text);
-    let text = if text.starts_with(['=', '+', '-', '@']) {
+    // Spreadsheets skip leading blanks before they look for a formula (` =2+3` computes).
+    let text = if text
+        .trim_start_matches([' ', '\u{a0}', '\u{3000}'])
+        .starts_with(['=', '+', '-', '@', '\t', '\r', '|', '%'])
+    {
         format!("'{text}")
     } else {
         text

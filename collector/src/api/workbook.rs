@@ -29,9 +29,40 @@ fn header(
     Ok(())
 }
 
+/// Most characters a spreadsheet cell holds (Excel's limit; past it the workbook is refused).
+const MAX_CELL: usize = 32_767;
+
 fn text(sheet: &mut Worksheet, row: u32, col: u16, value: &str) -> Result<(), XlsxError> {
-    sheet.write_string(row, col, visible(value))?;
+    let shown = visible(value);
+    if shown.chars().count() <= MAX_CELL {
+        sheet.write_string(row, col, shown)?;
+    } else {
+        let cut: String = shown.chars().take(MAX_CELL - 16).collect();
+        sheet.write_string(row, col, format!("{cut} … (cut)"))?;
+    }
     Ok(())
+}
+
+/// `items` joined by `; ` as far as one cell holds them, then "… and N more" (the faults
+/// sheet keeps every one on a row of its own).
+fn cell_list(items: &[String]) -> String {
+    // Room kept for the note, whatever N is.
+    const NOTE: usize = 32;
+    let mut out = String::new();
+    let mut chars = 0;
+    for (i, item) in items.iter().enumerate() {
+        let item = visible(item);
+        let sep = if i == 0 { "" } else { "; " };
+        let len = sep.len() + item.chars().count();
+        if chars + len > MAX_CELL - NOTE {
+            out.push_str(&format!("{sep}… and {} more", items.len() - i));
+            return out;
+        }
+        out.push_str(sep);
+        out.push_str(&item);
+        chars += len;
+    }
+    out
 }
 
 fn summary_sheet(sheet: &mut Worksheet, s: &BatchSummary, bold: &Format) -> Result<(), XlsxError> {
@@ -118,7 +149,7 @@ fn nodes_sheet(sheet: &mut Worksheet, rows: &[ReportRow], bold: &Format) -> Resu
                 sheet.write_string(row, col, kiln_protocol::junit::rfc3339(ms.max(0) as u64))?;
             }
         }
-        text(sheet, row, 12, &r.faults.join("; "))?;
+        sheet.write_string(row, 12, cell_list(&r.faults))?;
     }
     sheet.autofilter(0, 0, rows.len() as u32, 12)?;
     sheet.set_freeze_panes(1, 0)?;
@@ -215,5 +246,68 @@ mod tests {
         );
         let formulas = book.worksheet_formula("Nodes").unwrap();
         assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()));
+    }
+
+    #[test]
+    fn a_node_with_500_faults_makes_a_workbook_that_opens_with_every_fault_on_its_sheet() {
+        let faults: Vec<String> = (0..500)
+            .map(|i| format!("disk-{i}: sector {i} unreadable {}", "x".repeat(180)))
+            .collect();
+        let row = ReportRow {
+            node_id: 7,
+            hostname: Some("r12-u07".into()),
+            rack: None,
+            slot: None,
+            batch: Some("B".into()),
+            serial: None,
+            uuid: None,
+            macs: String::new(),
+            mode: Mode::Verify,
+            ad_hoc: false,
+            allow_destructive: false,
+            run_id: Some(1),
+            suite: None,
+            stage: None,
+            verdict: Some(Verdict::Fail),
+            verdict_reason: None,
+            progress: None,
+            faults: faults.clone(),
+            started_ms: None,
+            finished_ms: None,
+            waiver: None,
+        };
+        let summary = BatchSummary {
+            batch: "B".into(),
+            yield_: Yield {
+                nodes: 1,
+                fail: 1,
+                ..Yield::default()
+            },
+            pareto_codes: vec![],
+            pareto_components: vec![],
+            stages: vec![],
+            failed: vec![],
+        };
+        let bytes = batch_workbook(&summary, &[row]).unwrap();
+        let mut book: calamine::Xlsx<_> =
+            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
+        let nodes = book.worksheet_range("Nodes").unwrap();
+        let Some(Data::String(cell)) = nodes.get_value((1, 12)) else {
+            panic!("no faults cell")
+        };
+        assert!(cell.chars().count() <= MAX_CELL, "{}", cell.len());
+        assert!(cell.starts_with(&faults[0]), "{cell}");
+        let shown = cell.split("; ").count() - 1;
+        assert!(
+            cell.ends_with(&format!("… and {} more", 500 - shown)),
+            "{}",
+            &cell[cell.len() - 40..]
+        );
+        let sheet = book.worksheet_range("Faults").unwrap();
+        assert_eq!(sheet.height(), 501);
+        assert_eq!(
+            sheet.get_value((500, 6)),
+            Some(&Data::String(faults[499].clone()))
+        );
     }
 }

@@ -60,6 +60,39 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         .await
         .unwrap();
     assert_eq!(none.lines().count(), 1);
+    // A hostname that reads backwards or hides a character is refused; one that a
+    // spreadsheet would compute after its leading space is defused in the CSV.
+    for hostile in ["r12-u07\u{202E}70u", "r12\u{200B}u07", "a\u{2028}b"] {
+        let req = RegisterRequest {
+            identity: identity(4),
+            hostname: Some(hostile.into()),
+            suite_text: SUITE.into(),
+        };
+        let r = client
+            .post(format!("{}/api/v1/register", server.base))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{hostile:?}");
+        assert!(r.text().await.unwrap().contains("invisible character"));
+    }
+    let formula = RegisterRequest {
+        identity: identity(5),
+        hostname: Some(" =2+3".into()),
+        suite_text: SUITE.into(),
+    };
+    register_with(&client, &server.base, &formula, None).await;
+    let csv = client
+        .get(format!("{}/api/v1/report?format=csv", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.contains(",' =2+3,"), "{csv}");
+    assert!(!csv.contains(", =2+3,"), "{csv}");
     let bad = client
         .get(format!("{}/api/v1/report?since=soon", server.base))
         .send()

@@ -548,18 +548,10 @@ pub struct RunPlan {
     pub after: String,
 }
 
-/// Checks the bounds every node-supplied string must keep: length and no control characters.
+/// Checks the bounds every node-supplied string must keep: length, and no control or
+/// invisible characters ([`crate::bounds::hidden`]).
 pub fn check_field(name: &str, value: &str) -> Result<(), String> {
-    if value.len() > MAX_FIELD_LEN {
-        return Err(format!(
-            "{name} is {} bytes long; at most {MAX_FIELD_LEN} allowed",
-            value.len()
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(format!("{name} contains control characters"));
-    }
-    Ok(())
+    crate::bounds::check(name, value, MAX_FIELD_LEN, false)
 }
 
 /// Checks a MAC address is written `aa:bb:cc:dd:ee:ff` (lowercase hex).

@@ -148,7 +148,7 @@ fn identities_are_checked() {
     };
     assert_eq!(
         hostile.validate().unwrap_err(),
-        "serial contains control characters"
+        "serial contains U+000A, a control or invisible character"
     );
     assert!(NodeIdentity::default().validate().is_err());
 }
