@@ -49,12 +49,13 @@ struct Server {
 
 impl Server {
     fn start(data: &Path, port: u16) -> Server {
-        // Every simulated agent comes from 127.0.0.1: lift the per-source limits and the cap
-        // on unknown nodes, which are for a real boot network.
+        // Every simulated agent comes from 127.0.0.1 and registers ad hoc: lift the per-source
+        // limits, the caps on unknown and ad-hoc nodes and an ad-hoc run's bounds, which are
+        // for a real boot network.
         let config = data.join("kiln.yaml");
         std::fs::write(
             &config,
-            "unauthenticated_rate: {per_second: 1000000, burst: 1000000}\nmax_unknown_nodes: 10000000\n",
+            "unauthenticated_rate: {per_second: 1000000, burst: 1000000}\nmax_unknown_nodes: 10000000\nmax_ad_hoc_nodes: 10000000\nad_hoc_bounds: {events: 1000000000000, log_bytes: 1000TiB}\n",
         )
         .expect("bench config");
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))

@@ -63,6 +63,47 @@ pub struct Config {
     /// it refuses more, with a log line saying so.
     #[serde(default = "default_max_unknown_nodes")]
     pub max_unknown_nodes: u64,
+    /// Most nodes unauthenticated registrations create (`kiln-agent run --collector` without
+    /// the admin token), counted apart from machines booting, which they can never crowd out.
+    #[serde(default = "default_max_ad_hoc_nodes")]
+    pub max_ad_hoc_nodes: u64,
+    /// What one run of a known node may send before it is cut off and marked.
+    #[serde(default = "RunBounds::known")]
+    pub run_bounds: RunBounds,
+    /// The same for a run registered without the admin token: far lower, since anyone on the
+    /// boot network may start one.
+    #[serde(default = "RunBounds::ad_hoc")]
+    pub ad_hoc_bounds: RunBounds,
+}
+
+/// What one run may send: events and log bytes. Past either, the batch is refused (429 or
+/// 413) and the run ends as an error saying which bound it passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBounds {
+    /// Events stored for the run.
+    pub events: u64,
+    /// Bytes of log lines stored for the run.
+    pub log_bytes: kiln_protocol::units::Size,
+}
+
+impl RunBounds {
+    /// A known node's: a 72-hour burn-in logging and reporting progress every second of
+    /// every step stays far inside.
+    pub fn known() -> RunBounds {
+        RunBounds {
+            events: 5_000_000,
+            log_bytes: kiln_protocol::units::Size(2 << 30),
+        }
+    }
+
+    /// An ad-hoc run's: a smoke suite's worth, many times over.
+    pub fn ad_hoc() -> RunBounds {
+        RunBounds {
+            events: 20_000,
+            log_bytes: kiln_protocol::units::Size(16 << 20),
+        }
+    }
 }
 
 /// A token-bucket rate.
@@ -86,6 +127,10 @@ impl Default for Rate {
 
 fn default_max_unknown_nodes() -> u64 {
     10_000
+}
+
+fn default_max_ad_hoc_nodes() -> u64 {
+    1_000
 }
 
 /// How to reach one node's (or one rack's nodes') console and power.
@@ -179,6 +224,9 @@ impl Default for Config {
             max_connections: default_max_connections(),
             unauthenticated_rate: Rate::default(),
             max_unknown_nodes: default_max_unknown_nodes(),
+            max_ad_hoc_nodes: default_max_ad_hoc_nodes(),
+            run_bounds: RunBounds::known(),
+            ad_hoc_bounds: RunBounds::ad_hoc(),
         }
     }
 }
@@ -295,6 +343,19 @@ mod tests {
                 "kiln.yaml:1:23: unauthenticated_rate: missing field \"burst\"",
             ),
             ("max_connections: -1\n", "kiln.yaml:1:"),
+            (
+                "ad_hoc_bounds: {events: -5, log_bytes: 1MiB}\n",
+                "kiln.yaml:1:",
+            ),
+            (
+                "run_bounds: {events: 10, log_bytes: lots}\n",
+                "invalid size \"lots\"",
+            ),
+            (
+                "run_bounds: {events: 10}\n",
+                "run_bounds: missing field \"log_bytes\"",
+            ),
+            ("max_ad_hoc_nodes: many\n", "kiln.yaml:1:"),
         ] {
             std::fs::write(&file, text).unwrap();
             let err = Config::load(&file).unwrap_err().to_string();
@@ -302,10 +363,19 @@ mod tests {
         }
         std::fs::write(
             &file,
-            "header_timeout: 5s\nunauthenticated_rate: {per_second: 5, burst: 50}\nmax_unknown_nodes: 7\n",
+            "header_timeout: 5s\nunauthenticated_rate: {per_second: 5, burst: 50}\nmax_unknown_nodes: 7\nmax_ad_hoc_nodes: 3\nad_hoc_bounds: {events: 500, log_bytes: 2MiB}\n",
         )
         .unwrap();
         let config = Config::load(&file).unwrap();
+        assert_eq!(config.max_ad_hoc_nodes, 3);
+        assert_eq!(
+            config.ad_hoc_bounds,
+            RunBounds {
+                events: 500,
+                log_bytes: kiln_protocol::units::Size(2 << 20)
+            }
+        );
+        assert_eq!(config.run_bounds, RunBounds::known());
         assert_eq!(config.header_timeout.get().as_secs(), 5);
         assert_eq!(config.unauthenticated_rate.burst, 50.0);
         assert_eq!(config.max_unknown_nodes, 7);

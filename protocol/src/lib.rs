@@ -19,6 +19,7 @@ pub mod readable;
 pub mod routes;
 pub mod schema;
 pub mod suite;
+pub mod text;
 pub mod units;
 pub mod verdict;
 pub mod wire;

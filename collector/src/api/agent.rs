@@ -43,7 +43,15 @@ pub(super) async fn register(
     let token_hash = tokens::hash(&token);
     let heartbeat_secs = state.config.heartbeat_timeout.get().as_secs().max(1);
     let suite_name = plan.name().to_owned();
-    let cap = state.config.max_unknown_nodes;
+    let caps = lifecycle::Caps {
+        unknown: state.config.max_unknown_nodes,
+        ad_hoc: state.config.max_ad_hoc_nodes,
+    };
+    let bounds = if admin {
+        state.config.run_bounds
+    } else {
+        state.config.ad_hoc_bounds
+    };
     let registered = state
         .db
         .call(move |c| {
@@ -52,18 +60,29 @@ pub(super) async fn register(
                 &req.identity,
                 req.hostname.as_deref(),
                 admin,
-                cap,
+                caps,
                 |_| NewRunOwned {
                     suite_name,
                     suite_text: req.suite_text.clone(),
                     token_hash,
                     heartbeat_secs,
+                    bounds,
                 },
             )
         })
         .await?;
     let Some((node_id, run_id)) = registered else {
-        return Err(super::too_many_unknown(cap));
+        if admin {
+            return Err(super::too_many_unknown(caps.unknown));
+        }
+        tracing::warn!(
+            cap = caps.ad_hoc,
+            "max_ad_hoc_nodes reached: refusing an unauthenticated registration"
+        );
+        return Err(ApiError::Unavailable(format!(
+            "the collector already has {} ad-hoc nodes (max_ad_hoc_nodes); register with the admin token, or raise the limit",
+            caps.ad_hoc
+        )));
     };
     tracing::info!(node_id, run_id, admin, "registered an ad-hoc run");
     Ok((
@@ -194,5 +213,11 @@ pub(super) async fn events(
         }
         Ingested::Closed(verdict) => Err(closed(run_id, verdict)),
         Ingested::Denied => Err(super::not_the_runs_token(run_id)),
+        Ingested::OverBound(lifecycle::Bound::Events, why) => Err(ApiError::TooMany(format!(
+            "run {run_id}: {why}; it ended as an error"
+        ))),
+        Ingested::OverBound(lifecycle::Bound::LogBytes, why) => Err(ApiError::TooLarge(format!(
+            "run {run_id}: {why}; it ended as an error"
+        ))),
     }
 }

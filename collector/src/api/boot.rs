@@ -201,6 +201,7 @@ pub async fn node_ipxe(
         artifacts: state.artifact_digests().await,
         max_unknown_nodes: state.config.max_unknown_nodes,
         source: source.clone(),
+        bounds: state.config.run_bounds,
     };
     let source_text = source;
     let (node_id, serial, script) = loop {

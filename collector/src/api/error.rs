@@ -26,9 +26,12 @@ pub enum ApiError {
     /// The thing is in a state that refuses the request (409): a finished run.
     #[error("{0}")]
     Conflict(String),
-    /// Body over the limit (413).
+    /// Body over the limit, or a run past its log bytes (413).
     #[error("{0}")]
     TooLarge(String),
+    /// More than the caller may send (429): a run past its events.
+    #[error("{0}")]
+    TooMany(String),
     /// The collector will not take more of this now (503): a configured cap is reached.
     #[error("{0}")]
     Unavailable(String),
@@ -55,6 +58,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            ApiError::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             ApiError::Internal(err) => {
                 let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(

@@ -503,21 +503,43 @@ pub(super) async fn junit(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogsQuery {
+    /// Lines in the page, at most [`LOG_PAGE`].
     limit: Option<i64>,
+    /// Only lines before this sequence number: the next page back is `before=` the first
+    /// line's `seq` of this one.
+    before: Option<i64>,
 }
 
+/// Most log lines one answer carries (each at most 16 KiB).
+pub const LOG_PAGE: i64 = 1000;
+
+/// `GET /api/v1/runs/{id}/logs?limit=N&before=SEQ`: a page of the run's log, the newest first
+/// read, oldest first shown; `X-Kiln-Before` names the cursor of the page before it when
+/// there is one.
 pub(super) async fn logs(
     State(state): State<AppState>,
     _reader: Reader,
     Path(run_id): Path<i64>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let limit = q.limit.unwrap_or(LOG_PAGE);
+    if !(1..=LOG_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit}: a page holds 1 to {LOG_PAGE} lines; read earlier ones with before= the first line's seq"
+        )));
+    }
+    let before = q.before.unwrap_or(i64::MAX);
     let lines = state
         .db
-        .read(move |c| queries::run_logs(c, run_id, limit))
+        .read(move |c| queries::run_logs_before(c, run_id, limit, before))
         .await?;
-    Ok(axum::Json(lines).into_response())
+    let mut response = axum::Json(&lines).into_response();
+    if let Some(first) = lines.first().filter(|_| lines.len() as i64 == limit) {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&first.seq.to_string()) {
+            response.headers_mut().insert("x-kiln-before", value);
+        }
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ pub struct NewRunOwned {
     pub token_hash: String,
     /// Heartbeat the agent must keep.
     pub heartbeat_secs: u64,
+    /// What the run may send.
+    pub bounds: crate::config::RunBounds,
 }
 
 /// Whether a run accepts posts from its agent.
@@ -232,6 +234,64 @@ pub enum Ingested {
     Closed(Verdict),
     /// Not the run's token (or no such run): nothing was stored.
     Denied,
+    /// The batch would take the run past one of its bounds: nothing of it was stored, and the
+    /// run ended as an error saying so.
+    OverBound(Bound, String),
+}
+
+/// Which of a run's bounds a batch passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Events stored for the run.
+    Events,
+    /// Bytes of log lines stored for the run.
+    LogBytes,
+}
+
+/// What a run has sent, and may.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    events: i64,
+    log_bytes: i64,
+    max_events: Option<i64>,
+    max_log_bytes: Option<i64>,
+}
+
+impl Sent {
+    /// The bound `events` more events and `log_bytes` more bytes of log lines would pass,
+    /// and the reason the run ends with.
+    fn passed(&self, events: i64, log_bytes: i64) -> Option<(Bound, String)> {
+        if let Some(max) = self.max_events.filter(|m| self.events + events > *m) {
+            return Some((
+                Bound::Events,
+                format!("bounds: the run sent more than its {max} events; the rest was refused"),
+            ));
+        }
+        let max = self
+            .max_log_bytes
+            .filter(|m| self.log_bytes + log_bytes > *m)?;
+        Some((
+            Bound::LogBytes,
+            format!(
+                "bounds: the run sent more than its {} of log lines; the rest was refused",
+                kiln_protocol::readable::readable(max as f64, "B")
+            ),
+        ))
+    }
+}
+
+/// Ends `run_id` as an error for passing a bound (the batch that passed it was not stored).
+fn over_bound(
+    conn: &mut Connection,
+    run_id: i64,
+    bound: Bound,
+    reason: String,
+) -> Result<(Ingested, Ended), StoreError> {
+    let tx = conn.savepoint()?;
+    let ended = close_run(&tx, run_id, Verdict::Error, &reason)?;
+    tx.commit()?;
+    tracing::warn!(run_id, %reason, "a run passed its bounds");
+    Ok((Ingested::OverBound(bound, reason), ended))
 }
 
 /// Stores a batch, once per sequence number, applies what each new event means (agent start,
@@ -254,6 +314,7 @@ pub fn ingest(
         token_hash: stored_hash,
         mut final_seq,
         session_source,
+        sent,
     }) = batch_run(&tx, run_id)?
     else {
         return Ok((Ingested::Denied, ended));
@@ -284,6 +345,7 @@ pub fn ingest(
     let mut progress_changed = false;
     let mut finished = false;
     let mut stored = 0u64;
+    let mut log_bytes = 0i64;
     for event in &batch.events {
         let body = serde_json::to_string(&event.body).map_err(|source| StoreError::Corrupt {
             what: "event",
@@ -305,8 +367,16 @@ pub fn ingest(
             continue; // a resent event: stored already, its effects applied already
         }
         stored += 1;
+        if let EventBody::Log { line, .. } = &event.body {
+            log_bytes += line.len() as i64;
+        }
         progress_changed |= apply(&tx, run_id, now, event, &mut current, &mut ended)?;
         finished |= matches!(event.body, EventBody::RunFinished { .. });
+    }
+    if let Some((bound, reason)) = sent.passed(stored as i64, log_bytes) {
+        // Nothing of the batch is kept (the savepoint rolls back, and what it ended with it).
+        drop(tx);
+        return over_bound(conn, run_id, bound, reason);
     }
     // Advance the acknowledgement over every contiguous stored sequence number; the live
     // progress goes in the same statement when it moved (one statement a batch, not two: the
@@ -314,26 +384,15 @@ pub fn ingest(
     // an UPDATE that sets it moves the reports' progress clock (`schema::watch_reports`), even
     // to the same value, and kept reports would be rebuilt after every batch of log lines.
     acked = contiguous(&tx, run_id, acked)?;
-    if progress_changed {
-        let json = current
-            .map(|c| serde_json::to_string(&c))
-            .transpose()
-            .map_err(|source| StoreError::Corrupt {
-                what: "progress",
-                source,
-            })?;
-        exec(
-            &tx,
-            "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3, progress = ?4 WHERE id = ?1",
-            params![run_id, acked, now, json],
-        )?;
-    } else {
-        exec(
-            &tx,
-            "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3 WHERE id = ?1",
-            params![run_id, acked, now],
-        )?;
-    }
+    let progress = progress_changed.then_some(current);
+    acknowledge(
+        &tx,
+        run_id,
+        now,
+        acked,
+        progress,
+        (stored as i64, log_bytes),
+    )?;
     // The verdict waits until the agent's final event and every event before it are stored.
     // Only a `run_finished` event applied here moves `final_seq` from what was read above.
     if finished {
@@ -357,6 +416,43 @@ pub fn ingest(
     ))
 }
 
+/// Records a batch: the acknowledgement, when the agent was last heard, what the run has
+/// sent (`added`: events, log bytes), and its live progress when the batch moved it (`Some`).
+fn acknowledge(
+    tx: &Connection,
+    run_id: i64,
+    now: i64,
+    acked: i64,
+    progress: Option<Option<Progress>>,
+    added: (i64, i64),
+) -> Result<(), StoreError> {
+    let (events, log_bytes) = added;
+    match progress {
+        Some(current) => {
+            let json = current
+                .map(|c| serde_json::to_string(&c))
+                .transpose()
+                .map_err(|source| StoreError::Corrupt {
+                    what: "progress",
+                    source,
+                })?;
+            exec(
+                tx,
+                "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3, progress = ?4, events_stored = events_stored + ?5, log_bytes = log_bytes + ?6 WHERE id = ?1",
+                params![run_id, acked, now, json, events, log_bytes],
+            )?;
+        }
+        None => {
+            exec(
+                tx,
+                "UPDATE runs SET acked_seq = ?2, last_seen_ms = ?3, events_stored = events_stored + ?4, log_bytes = log_bytes + ?5 WHERE id = ?1",
+                params![run_id, acked, now, events, log_bytes],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// What a batch needs of its run, read in one statement.
 struct BatchRun {
     acked: i64,
@@ -365,12 +461,13 @@ struct BatchRun {
     token_hash: String,
     final_seq: Option<i64>,
     session_source: Option<String>,
+    sent: Sent,
 }
 
 fn batch_run(tx: &Connection, run_id: i64) -> Result<Option<BatchRun>, StoreError> {
     Ok(row(
         tx,
-        "SELECT acked_seq, progress, verdict, token_hash, final_seq, session_source FROM runs WHERE id = ?1",
+        "SELECT acked_seq, progress, verdict, token_hash, final_seq, session_source, events_stored, log_bytes, max_events, max_log_bytes FROM runs WHERE id = ?1",
         [run_id],
         |r| {
             Ok(BatchRun {
@@ -380,6 +477,12 @@ fn batch_run(tx: &Connection, run_id: i64) -> Result<Option<BatchRun>, StoreErro
                 token_hash: r.get(3)?,
                 final_seq: r.get(4)?,
                 session_source: r.get(5)?,
+                sent: Sent {
+                    events: r.get(6)?,
+                    log_bytes: r.get(7)?,
+                    max_events: r.get(8)?,
+                    max_log_bytes: r.get(9)?,
+                },
             })
         },
     )

@@ -35,14 +35,17 @@ pub struct BootRequest {
     pub max_unknown_nodes: u64,
     /// The address the request came from: the Linux stage is handed out once, to one source.
     pub source: Option<String>,
+    /// What a run started now may send.
+    pub bounds: crate::config::RunBounds,
 }
 
 /// Whether another node may be created for a machine no operator labelled: past `cap` such
 /// nodes, a flood of invented MACs would only fill the database.
 pub fn room_for_unknown(conn: &Connection, cap: u64) -> Result<bool, StoreError> {
+    // Ad-hoc nodes have a quota of their own: registrations never crowd out a machine booting.
     let n: i64 = row(
         conn,
-        "SELECT count(*) FROM nodes WHERE rack IS NULL",
+        "SELECT count(*) FROM nodes WHERE rack IS NULL AND ad_hoc = 0",
         [],
         |r| r.get(0),
     )?;
@@ -285,6 +288,7 @@ pub(super) fn start_run(
             heartbeat_secs: req.heartbeat_secs,
             image_digest: req.image_digest.as_deref(),
             artifacts: req.artifacts.as_deref(),
+            bounds: req.bounds,
         },
     )?;
     tracing::info!(node_id, run_id, suite = %file.name, "started a verify run");
@@ -477,6 +481,8 @@ pub struct NewRun<'a> {
     pub image_digest: Option<&'a str>,
     /// The boot artifacts' digests by file name (JSON), when network-booted.
     pub artifacts: Option<&'a str>,
+    /// What the run may send.
+    pub bounds: crate::config::RunBounds,
 }
 
 /// Creates a run with its stages pending; returns its id.
@@ -485,9 +491,9 @@ pub(super) fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, Store
     let now = now_ms();
     let first = run.stages.first().copied().unwrap_or(Stage::Linux);
     exec(tx,
-        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms, collector_version, artifacts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
-        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, Sql(RunStage::from(first)), run.allow_destructive, run.heartbeat_secs as i64, now, env!("CARGO_PKG_VERSION"), run.artifacts],
+        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms, collector_version, artifacts, max_events, max_log_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)",
+        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, Sql(RunStage::from(first)), run.allow_destructive, run.heartbeat_secs as i64, now, env!("CARGO_PKG_VERSION"), run.artifacts, run.bounds.events as i64, run.bounds.log_bytes.0 as i64],
     )?;
     let id = tx.last_insert_rowid();
     for stage in run.stages {
@@ -509,12 +515,19 @@ pub fn register(
     identity: &NodeIdentity,
     hostname: Option<&str>,
     admin: bool,
-    max_unknown_nodes: u64,
+    caps: Caps,
     run: impl FnOnce(i64) -> NewRunOwned,
 ) -> Result<Option<(i64, i64)>, StoreError> {
     let tx = conn.savepoint()?;
     let known = admin && lookup::find(&tx, identity)?.is_some();
-    if !known && !room_for_unknown(&tx, max_unknown_nodes)? {
+    // An operator's registration of a new machine counts as one booting; anyone else's as
+    // ad hoc, against a quota of its own.
+    let room = match (known, admin) {
+        (true, _) => true,
+        (false, true) => room_for_unknown(&tx, caps.unknown)?,
+        (false, false) => room_for_ad_hoc(&tx, caps.ad_hoc)?,
+    };
+    if !room {
         return Ok(None);
     }
     let node_id = if admin {
@@ -535,8 +548,30 @@ pub fn register(
             heartbeat_secs: owned.heartbeat_secs,
             image_digest: None,
             artifacts: None,
+            bounds: owned.bounds,
         },
     )?;
     tx.commit()?;
     Ok(Some((node_id, run_id)))
+}
+
+/// The node quotas a registration counts against.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Most unlabelled nodes of machines booting (or an operator registering).
+    pub unknown: u64,
+    /// Most ad-hoc nodes.
+    pub ad_hoc: u64,
+}
+
+/// Whether another ad-hoc node may be created: past `cap`, a flood of registrations would
+/// only fill the database.
+pub fn room_for_ad_hoc(conn: &Connection, cap: u64) -> Result<bool, StoreError> {
+    let n: i64 = row(
+        conn,
+        "SELECT count(*) FROM nodes WHERE ad_hoc = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((n as u64) < cap)
 }

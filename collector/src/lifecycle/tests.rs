@@ -29,6 +29,7 @@ fn request(identity: NodeIdentity) -> BootRequest {
         artifacts: Some(r#"{"initramfs.img":"bb","vmlinuz":"aa"}"#.into()),
         max_unknown_nodes: 100,
         source: Some("10.0.0.1".into()),
+        bounds: crate::config::RunBounds::known(),
     }
 }
 

@@ -206,6 +206,12 @@ const MIGRATIONS: &[&str] = &[
     // afresh); those kept from before go to the node's latest run, which they were about.
     "ALTER TABLE waivers ADD COLUMN run_id INTEGER;
      UPDATE waivers SET run_id = (SELECT latest_run FROM nodes WHERE nodes.id = waivers.node_id);",
+    // 19: what a run has sent, against the bounds it was started with (an ad-hoc run's are
+    // far lower); unbounded for runs from before.
+    "ALTER TABLE runs ADD COLUMN events_stored INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN max_events INTEGER;
+     ALTER TABLE runs ADD COLUMN max_log_bytes INTEGER;",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report
@@ -219,7 +225,14 @@ pub const REPORT_TABLES: &[(&str, &[&str])] = &[
     ("node_macs", &[]),
     (
         "runs",
-        &["last_seen_ms", "acked_seq", "console_tail", "inventory"],
+        &[
+            "last_seen_ms",
+            "acked_seq",
+            "console_tail",
+            "inventory",
+            "events_stored",
+            "log_bytes",
+        ],
     ),
     ("steps", &[]),
     ("stages", &[]),

@@ -403,7 +403,8 @@ fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
     let detail = rt.block_on(run_json(&client, &base, run.run_id));
     assert_eq!(detail["log_lines"], lines);
     assert_eq!(detail["verdict"], "unattested");
-    let logs: Vec<Value> = rt.block_on(async {
+    // One answer is at most a page; the whole log comes page by page, backwards.
+    let too_many = rt.block_on(async {
         client
             .get(format!(
                 "{base}/api/v1/runs/{}/logs?limit=100000",
@@ -412,9 +413,33 @@ fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
             .send()
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap()
+    });
+    assert_eq!(too_many.status(), 400);
+    let logs: Vec<Value> = rt.block_on(async {
+        let mut all: Vec<Value> = Vec::new();
+        let mut before = String::new();
+        loop {
+            let r = client
+                .get(format!(
+                    "{base}/api/v1/runs/{}/logs?limit=700{before}",
+                    run.run_id
+                ))
+                .send()
+                .await
+                .unwrap();
+            let next = r
+                .headers()
+                .get("x-kiln-before")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let mut page: Vec<Value> = r.json().await.unwrap();
+            assert!(page.len() <= 700);
+            page.append(&mut all);
+            all = page;
+            match next {
+                Some(seq) => before = format!("&before={seq}"),
+                None => return all,
+            }
+        }
     });
     let seqs: Vec<i64> = logs.iter().map(|l| l["seq"].as_i64().unwrap()).collect();
     assert_eq!(

@@ -7,6 +7,7 @@
 mod agent_api;
 mod agents;
 mod attest;
+mod bounds;
 mod cli;
 mod common;
 mod ipxe;

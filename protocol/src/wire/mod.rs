@@ -549,9 +549,9 @@ pub struct RunPlan {
 }
 
 /// Checks the bounds every node-supplied string must keep: length, and no control or
-/// invisible characters ([`crate::bounds::hidden`]).
+/// invisible characters ([`crate::text::hidden`]).
 pub fn check_field(name: &str, value: &str) -> Result<(), String> {
-    crate::bounds::check(name, value, MAX_FIELD_LEN, false)
+    crate::text::check(name, value, MAX_FIELD_LEN, false)
 }
 
 /// Checks a MAC address is written `aa:bb:cc:dd:ee:ff` (lowercase hex).

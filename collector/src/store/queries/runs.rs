@@ -376,10 +376,21 @@ pub struct LogLine {
 
 /// The last `limit` log lines of a run, oldest first.
 pub fn run_logs(conn: &Connection, run_id: i64, limit: i64) -> Result<Vec<LogLine>, StoreError> {
+    run_logs_before(conn, run_id, limit, i64::MAX)
+}
+
+/// The last `limit` log lines of a run before sequence number `before`, oldest first: a page
+/// of the log, read backwards from its end.
+pub fn run_logs_before(
+    conn: &Connection,
+    run_id: i64,
+    limit: i64,
+    before: i64,
+) -> Result<Vec<LogLine>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, at_ms, step, body FROM (SELECT * FROM events WHERE run_id = ?1 AND kind IN (?3, ?4) ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+        "SELECT seq, at_ms, step, body FROM (SELECT * FROM events WHERE run_id = ?1 AND kind IN (?3, ?4) AND seq < ?5 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
     )?;
-    let rows = stmt.query_map(params![run_id, limit, "log", "logs_dropped"], |r| {
+    let rows = stmt.query_map(params![run_id, limit, "log", "logs_dropped", before], |r| {
         let body: String = r.get(3)?;
         Ok(LogLine {
             seq: r.get(0)?,
