@@ -68,6 +68,17 @@ impl Plan {
         self.suite.expect.as_ref()
     }
 
+    /// How long the plan's agent may stream to and from the collector's bandwidth endpoints:
+    /// the longest timeout of a NIC step whose target is the collector. `None` when no step
+    /// measures against the collector (its agent has no business there).
+    pub fn collector_bandwidth(&self) -> Option<Duration> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(&s.check, Check::Nic(n) if n.target.as_deref() == Some("collector")))
+            .map(|s| s.timeout)
+            .max()
+    }
+
     /// Sum of the step timeouts: the longest the Linux stage may take.
     pub fn steps_budget(&self) -> Duration {
         self.steps.iter().map(|s| s.timeout).sum()

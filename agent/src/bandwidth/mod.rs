@@ -64,6 +64,42 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 #[derive(Clone)]
 pub struct ConnectionHold(pub Arc<dyn std::any::Any + Send + Sync>);
 
+/// Limits a server puts on each bandwidth stream of one client (the collector's, from the
+/// run's suite): larger requests are refused, and a stream is cut at `until` or when `cancel`
+/// turns true (the run closed). Put it in the request's extensions.
+#[derive(Clone)]
+pub struct StreamLimit {
+    /// Most bytes one request may move.
+    pub max_bytes: u64,
+    /// When any stream of the request ends.
+    pub until: tokio::time::Instant,
+    /// Turns true when the streams must end now.
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+impl StreamLimit {
+    /// Waits until the stream must end.
+    async fn ended(mut self) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.until) => {}
+            _ = self.cancel.wait_for(|cut| *cut) => {}
+        }
+    }
+}
+
+/// Waits until a stream limited by `limit` must end; never, without one.
+async fn cut(limit: Option<StreamLimit>) {
+    match limit {
+        Some(limit) => limit.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The most bytes a request may move: the service's own limit, or the server's lower one.
+fn most(limit: Option<&StreamLimit>, own: u64) -> u64 {
+    limit.map_or(own, |l| l.max_bytes.min(own))
+}
+
 /// Whether the request asks for the raw stream.
 fn wants_upgrade(headers: &HeaderMap) -> bool {
     let has = |name, token: &str| {
@@ -88,6 +124,7 @@ where
 {
     let on_upgrade = hyper::upgrade::on(&mut request);
     let hold = request.extensions().get::<ConnectionHold>().cloned();
+    let limit = request.extensions().get::<StreamLimit>().cloned();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -101,7 +138,10 @@ where
             return;
         };
         let result = match wire::ready(&socket) {
-            Ok(()) => work(socket, early).await,
+            Ok(()) => tokio::select! {
+                result = work(socket, early) => result,
+                () = cut(limit) => Err(std::io::Error::other("cut off: its deadline passed or its run closed")),
+            },
             Err(err) => Err(err),
         };
         if let Err(err) = result {
@@ -139,10 +179,12 @@ fn chunk() -> Bytes {
 }
 
 async fn download(Query(query): Query<DownloadQuery>, request: Request) -> Response {
-    if query.bytes > MAX_DOWNLOAD {
+    let limit = request.extensions().get::<StreamLimit>().cloned();
+    let max = most(limit.as_ref(), MAX_DOWNLOAD);
+    if query.bytes > max {
         return (
-            StatusCode::BAD_REQUEST,
-            format!("bytes={} is over the limit of {MAX_DOWNLOAD}", query.bytes),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("bytes={} is over the limit of {max}", query.bytes),
         )
             .into_response();
     }
@@ -166,6 +208,9 @@ async fn download(Query(query): Query<DownloadQuery>, request: Request) -> Respo
             ))
         }
     });
+    // Cut short (a deadline, a closed run), the body ends before its length: the client sees
+    // the stream broke off.
+    let stream = stream.take_until(Box::pin(cut(limit)));
     Response::builder()
         .header("content-type", "application/octet-stream")
         .header("content-length", total)
@@ -174,30 +219,34 @@ async fn download(Query(query): Query<DownloadQuery>, request: Request) -> Respo
 }
 
 async fn upload(request: Request) -> Response {
+    let limit = request.extensions().get::<StreamLimit>().cloned();
+    let max = most(limit.as_ref(), MAX_UPLOAD);
     if wants_upgrade(request.headers()) {
-        return switch(request, "a raw upload", |mut socket, early| async move {
+        return switch(request, "a raw upload", move |mut socket, early| async move {
             // Everything the client sends until it shuts its side, then the receipt; past
             // the limit, a line saying so instead (the client shows it).
-            let received =
-                early.len() as u64 + wire::receive(&socket, MAX_UPLOAD + 1, None).await?;
-            let answer = if received > MAX_UPLOAD {
-                format!("upload is over the limit of {MAX_UPLOAD} bytes\n")
+            let received = early.len() as u64 + wire::receive(&socket, max + 1, None).await?;
+            let answer = if received > max {
+                format!("upload is over the limit of {max} bytes\n")
             } else {
                 serde_json::to_string(&UploadReceipt { bytes: received }).unwrap_or_default() + "\n"
             };
             tokio::io::AsyncWriteExt::write_all(&mut socket, answer.as_bytes()).await
         });
     }
-    let mut stream = request.into_body().into_data_stream();
+    let mut stream = request
+        .into_body()
+        .into_data_stream()
+        .take_until(Box::pin(cut(limit)));
     let mut bytes = 0u64;
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(data) => {
                 bytes += data.len() as u64;
-                if bytes > MAX_UPLOAD {
+                if bytes > max {
                     return (
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("upload is over the limit of {MAX_UPLOAD} bytes"),
+                        format!("upload is over the limit of {max} bytes"),
                     )
                         .into_response();
                 }

@@ -77,43 +77,65 @@ impl axum::extract::FromRequestParts<AppState> for RunAuth {
     }
 }
 
-/// Lets a request through only when it holds an open run's session token.
+/// The fastest a bandwidth stream can honestly go (100 Gb/s): what a request may move is this
+/// times the longest its run's suite measures against the collector.
+const LINE_RATE_BYTES_PER_SEC: u64 = 12_500_000_000;
+
+/// Lets a bandwidth request through only for an open run of a known node whose suite measures
+/// against the collector, with the limits its streams keep ([`kiln_agent::bandwidth::StreamLimit`]):
+/// no more than that step could move at line rate, no longer than its timeout, and cut when
+/// the run closes. Anyone else could use the collector to flood the boot network.
 pub(super) async fn open_run_only(
-    _run: OpenRunSession,
-    req: Request,
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    next.run(req).await
+    match stream_limit(&state, req.headers()).await {
+        Ok(limit) => {
+            req.extensions_mut().insert(limit);
+            next.run(req).await
+        }
+        Err(err) => axum::response::IntoResponse::into_response(err),
+    }
 }
 
-/// The caller holds the session token of some open run (which run does not matter).
-pub struct OpenRunSession;
-
-impl axum::extract::FromRequestParts<AppState> for OpenRunSession {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let token = tokens::bearer(&parts.headers).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "the bandwidth endpoints need a run's session token (Authorization: Bearer …)"
-                    .into(),
-            )
+async fn stream_limit(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<kiln_agent::bandwidth::StreamLimit, ApiError> {
+    let token = tokens::bearer(headers).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "the bandwidth endpoints need a run's session token (Authorization: Bearer …)".into(),
+        )
+    })?;
+    let hash = tokens::hash(token);
+    let run = state
+        .db
+        .read(move |c| crate::lifecycle::streaming_run(c, &hash))
+        .await?
+        .ok_or_else(|| {
+            ApiError::Forbidden("the token is not the session token of an open run".into())
         })?;
-        let hash = tokens::hash(token);
-        let open = state
-            .db
-            .read(move |c| crate::lifecycle::open_run_with_session(c, &hash))
-            .await?;
-        match open {
-            Some(_) => Ok(OpenRunSession),
-            None => Err(ApiError::Forbidden(
-                "the token is not the session token of an open run".into(),
-            )),
-        }
+    if run.ad_hoc {
+        return Err(ApiError::Forbidden(format!(
+            "run {} is ad hoc: the collector's bandwidth endpoints serve runs of known nodes only (measure against a peer's kiln-agent serve-bandwidth)",
+            run.run_id
+        )));
     }
+    let allowed = kiln_protocol::load("suite", run.suite_text.as_bytes())
+        .ok()
+        .and_then(|plan| plan.collector_bandwidth())
+        .ok_or_else(|| {
+            ApiError::Forbidden(format!(
+                "run {}'s suite has no NIC step that measures against the collector",
+                run.run_id
+            ))
+        })?;
+    Ok(kiln_agent::bandwidth::StreamLimit {
+        max_bytes: allowed.as_secs().max(1).saturating_mul(LINE_RATE_BYTES_PER_SEC),
+        until: tokio::time::Instant::now() + allowed,
+        cancel: state.captures.stream(run.run_id),
+    })
 }
 
 /// The caller holds the admin token.

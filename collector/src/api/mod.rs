@@ -87,8 +87,7 @@ pub fn router(state: AppState) -> Router {
             deadline,
         ))
         // The agent's bandwidth endpoints, the same that `kiln-agent serve-bandwidth` serves;
-        // here only for an open run's agent (its session token): anyone else could use the
-        // collector to flood the boot network.
+        // here only for an open run's agent (its session token), within its suite's limits.
         .merge(
             kiln_agent::bandwidth::router().route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),

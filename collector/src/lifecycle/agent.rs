@@ -67,6 +67,41 @@ pub fn open_run_with_session(
         .optional()?)
 }
 
+/// An open run as its bandwidth streams see it.
+#[derive(Debug, Clone)]
+pub struct StreamingRun {
+    /// The run.
+    pub run_id: i64,
+    /// Its node registered ad hoc (without the admin token).
+    pub ad_hoc: bool,
+    /// Its suite.
+    pub suite_text: String,
+}
+
+/// The open run whose session token has this hash, with what its streams are allowed by.
+pub fn streaming_run(
+    conn: &Connection,
+    token_hash: &str,
+) -> Result<Option<StreamingRun>, StoreError> {
+    if token_hash.is_empty() {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT r.id, n.ad_hoc, s.text FROM runs r JOIN nodes n ON n.id = r.node_id JOIN suites s ON s.sha256 = r.suite_sha256
+             WHERE r.token_hash = ?1 AND r.verdict IS NULL",
+            [token_hash],
+            |r| {
+                Ok(StreamingRun {
+                    run_id: r.get(0)?,
+                    ad_hoc: r.get(1)?,
+                    suite_text: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
 /// What a bootstrap exchange carries beside the tokens.
 #[derive(Debug, Clone)]
 pub struct SessionRequest {

@@ -1,7 +1,8 @@
-//! Running console captures: one per run's memtest stage, and the console tail followed
-//! through its Linux stage. Every transition that ends a stage hands its [`Ended`] here, so a
-//! capture never outlives its stage: two captures never run for one node, and an old one can
-//! never reset a node in the middle of its next run.
+//! What runs only while a stage is open: the console capture of each run's memtest stage, the
+//! console tail followed through its Linux stage, and the bandwidth streams its agent opened.
+//! Every transition that ends a stage hands its [`Ended`] here, so none outlives its stage:
+//! two captures never run for one node, an old one can never reset a node in the middle of
+//! its next run, and a closed run's streams are cut.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,6 +16,7 @@ use super::{Ended, Stage};
 pub struct Captures {
     running: Mutex<HashMap<i64, watch::Sender<bool>>>,
     tails: Mutex<HashMap<i64, watch::Sender<bool>>>,
+    streams: Mutex<HashMap<i64, watch::Sender<bool>>>,
 }
 
 impl Captures {
@@ -58,9 +60,25 @@ impl Captures {
         (memtest, tails)
     }
 
-    /// Stops the captures of the stages `ended` lists.
+    /// A bandwidth stream of `run_id`'s agent: the receiver turns `true` when the run's Linux
+    /// stage ends (the run closes).
+    pub fn stream(&self, run_id: i64) -> watch::Receiver<bool> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams
+            .entry(run_id)
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe()
+    }
+
+    /// Stops the captures of the stages `ended` lists, and the streams of the runs it closed.
     pub fn stop(&self, ended: &Ended) {
         for (run_id, stage) in &ended.0 {
+            if *stage == Stage::Linux {
+                let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(tx) = streams.remove(run_id) {
+                    let _ = tx.send(true);
+                }
+            }
             if *stage == Stage::Linux {
                 let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(tx) = tails.remove(run_id) {

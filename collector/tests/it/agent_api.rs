@@ -464,7 +464,17 @@ async fn the_bandwidth_endpoints_serve_only_an_open_runs_agent() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let run = register(&client, &server.base, 1, SUITE).await;
+    let run = register_with(
+        &client,
+        &server.base,
+        &RegisterRequest {
+            identity: identity(1),
+            hostname: None,
+            suite_text: NIC_SUITE.into(),
+        },
+        Some(&server.admin_token()),
+    )
+    .await;
     let r = client
         .get(&url)
         .bearer_auth(&run.token)

@@ -119,3 +119,96 @@ async fn ad_hoc_registrations_have_their_own_quota_and_never_crowd_out_a_machine
     assert_eq!(r.status(), 200);
     register_with(&client, base, &req, Some(&server.admin_token())).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bandwidth_is_for_known_nodes_within_their_suite_and_is_cut_when_the_run_closes() {
+    let server = Server::start("bounds-bandwidth", Config::default()).await;
+    let client = reqwest::Client::new();
+    let base = &server.base;
+    let download = |bytes: u64| format!("{base}/bandwidth/download?bytes={bytes}");
+    // An ad-hoc run, even one whose suite measures against the collector: refused.
+    let ad_hoc = register(&client, base, 1, NIC_SUITE).await;
+    let r = client
+        .get(download(1000))
+        .bearer_auth(&ad_hoc.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("is ad hoc"));
+    // A known node's run whose suite does not measure against the collector: refused.
+    let admin = server.admin_token();
+    let known = |n: u8, suite: &str| {
+        let req = kiln_protocol::wire::RegisterRequest {
+            identity: identity(n),
+            hostname: None,
+            suite_text: suite.into(),
+        };
+        let (client, admin) = (client.clone(), admin.clone());
+        async move { register_with(&client, base, &req, Some(&admin)).await }
+    };
+    let plain = known(2, SUITE).await;
+    let r = client
+        .get(download(1000))
+        .bearer_auth(&plain.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("no NIC step"));
+    // One that does: more than its step could move at line rate in its 3 s is refused.
+    let run = known(3, NIC_SUITE).await;
+    let r = client
+        .get(download(3 * 12_500_000_000 + 1))
+        .bearer_auth(&run.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // A stream as long as it may be is cut when the run closes.
+    let r = client
+        .get(download(3 * 12_500_000_000))
+        .bearer_auth(&run.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut r = r;
+        let mut got = 0u64;
+        loop {
+            match r.chunk().await {
+                Ok(Some(c)) => got += c.len() as u64,
+                Ok(None) => return (got, true),
+                Err(_) => return (got, false),
+            }
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let closed = post_events(&client, base, &run, full_run()).await;
+    assert_eq!(closed.status(), 200);
+    let (got, whole) = reader.await.unwrap();
+    assert!(!whole && got < 3 * 12_500_000_000, "{got} bytes, whole: {whole}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // And a stream of a run left open is cut at its deadline (the step's timeout).
+    let open = known(4, NIC_SUITE).await;
+    let started = std::time::Instant::now();
+    let r = client
+        .get(download(3 * 12_500_000_000))
+        .bearer_auth(&open.token)
+        .send()
+        .await
+        .unwrap();
+    let mut r = r;
+    let whole = loop {
+        match r.chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(!whole);
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(2500), "{took:?}");
+}

@@ -53,6 +53,10 @@ pub fn scratch(name: &str) -> PathBuf {
 pub const SUITE: &str =
     "suite: t\ndescription: d\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n";
 
+/// A suite whose one step measures throughput against the collector (its bandwidth
+/// endpoints serve such a run of a known node, for as long as the step's timeout).
+pub const NIC_SUITE: &str = "suite: n\ndescription: d\nsteps:\n  - name: net\n    timeout: 3s\n    nic: {target: collector, duration: 1s}\n";
+
 /// An in-process collector on 127.0.0.1:0.
 pub struct Server {
     pub base: String,
