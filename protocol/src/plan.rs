@@ -74,7 +74,9 @@ impl Plan {
     pub fn collector_bandwidth(&self) -> Option<Duration> {
         self.steps
             .iter()
-            .filter(|s| matches!(&s.check, Check::Nic(n) if n.target.as_deref() == Some("collector")))
+            .filter(
+                |s| matches!(&s.check, Check::Nic(n) if n.target.as_deref() == Some("collector")),
+            )
             .map(|s| s.timeout)
             .max()
     }

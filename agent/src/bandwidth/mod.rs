@@ -222,17 +222,22 @@ async fn upload(request: Request) -> Response {
     let limit = request.extensions().get::<StreamLimit>().cloned();
     let max = most(limit.as_ref(), MAX_UPLOAD);
     if wants_upgrade(request.headers()) {
-        return switch(request, "a raw upload", move |mut socket, early| async move {
-            // Everything the client sends until it shuts its side, then the receipt; past
-            // the limit, a line saying so instead (the client shows it).
-            let received = early.len() as u64 + wire::receive(&socket, max + 1, None).await?;
-            let answer = if received > max {
-                format!("upload is over the limit of {max} bytes\n")
-            } else {
-                serde_json::to_string(&UploadReceipt { bytes: received }).unwrap_or_default() + "\n"
-            };
-            tokio::io::AsyncWriteExt::write_all(&mut socket, answer.as_bytes()).await
-        });
+        return switch(
+            request,
+            "a raw upload",
+            move |mut socket, early| async move {
+                // Everything the client sends until it shuts its side, then the receipt; past
+                // the limit, a line saying so instead (the client shows it).
+                let received = early.len() as u64 + wire::receive(&socket, max + 1, None).await?;
+                let answer = if received > max {
+                    format!("upload is over the limit of {max} bytes\n")
+                } else {
+                    serde_json::to_string(&UploadReceipt { bytes: received }).unwrap_or_default()
+                        + "\n"
+                };
+                tokio::io::AsyncWriteExt::write_all(&mut socket, answer.as_bytes()).await
+            },
+        );
     }
     let mut stream = request
         .into_body()
@@ -331,14 +336,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(exact.len(), 3_000_000);
-        // Over the limit, and not a number.
-        for bytes in ["99999999999999", "lots"] {
+        // Over the limit (413), and not a number (400).
+        for (bytes, status) in [("99999999999999", 413), ("lots", 400)] {
             let refused = client
                 .get(format!("{base}/bandwidth/download?bytes={bytes}"))
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(refused.status(), 400, "bytes={bytes}");
+            assert_eq!(refused.status(), status, "bytes={bytes}");
         }
         // Asking for the raw stream does not get round the limit; an upgrade to another
         // protocol is not ours and gets the plain body.
@@ -346,7 +351,7 @@ mod tests {
             (
                 "GET /bandwidth/download?bytes=99999999999999 HTTP/1.1",
                 "kiln-bandwidth",
-                "HTTP/1.1 400",
+                "HTTP/1.1 413",
             ),
             (
                 "GET /bandwidth/download?bytes=10 HTTP/1.1",
@@ -364,7 +369,7 @@ mod tests {
                 got.starts_with(answer),
                 "{request_line} as {protocol}: {got}"
             );
-            if answer.ends_with("400") {
+            if answer.ends_with("413") {
                 assert!(got.contains("over the limit"), "{got}");
             }
         }

@@ -132,7 +132,10 @@ async fn stream_limit(
             ))
         })?;
     Ok(kiln_agent::bandwidth::StreamLimit {
-        max_bytes: allowed.as_secs().max(1).saturating_mul(LINE_RATE_BYTES_PER_SEC),
+        max_bytes: allowed
+            .as_secs()
+            .max(1)
+            .saturating_mul(LINE_RATE_BYTES_PER_SEC),
         until: tokio::time::Instant::now() + allowed,
         cancel: state.captures.stream(run.run_id),
     })

@@ -189,7 +189,10 @@ async fn bandwidth_is_for_known_nodes_within_their_suite_and_is_cut_when_the_run
     let closed = post_events(&client, base, &run, full_run()).await;
     assert_eq!(closed.status(), 200);
     let (got, whole) = reader.await.unwrap();
-    assert!(!whole && got < 3 * 12_500_000_000, "{got} bytes, whole: {whole}");
+    assert!(
+        !whole && got < 3 * 12_500_000_000,
+        "{got} bytes, whole: {whole}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     // And a stream of a run left open is cut at its deadline (the step's timeout).
     let open = known(4, NIC_SUITE).await;
