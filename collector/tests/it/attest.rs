@@ -226,3 +226,55 @@ async fn the_line_on_another_nodes_console_fails_the_run_it_names() {
         "node 2's own run is untouched: {other}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_memtest_passes_a_token_taken_off_the_boot_network_still_never_makes_a_pass() {
+    let console = ConsoleServer::start().await;
+    let suite = "suite: m\ndescription: d\nmemtest: {passes: 1}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n";
+    let server = collector("attest-after-memtest", &console, suite).await;
+    let base = server.base.clone();
+    let node = reqwest::Client::new();
+    // The node boots into memtest86+, whose console shows a whole passing pass.
+    let script = get_text(&node, &format!("{base}/ipxe?mac={MAC_IPXE}")).await;
+    assert!(script.contains("memtest86+"), "{script}");
+    let transcript = std::fs::read(
+        repo().join("tests/fixtures/memtest86plus-6.10/pass-64M-default-tests.serial"),
+    )
+    .unwrap();
+    console.show(&String::from_utf8_lossy(&transcript)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let run = run_json(&node, &base, 1).await;
+        let memtest = run["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "memtest")
+            .cloned()
+            .unwrap();
+        if memtest["verdict"] == "pass" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{run}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // While the node resets, the attacker asks for the Linux stage first and posts a pass.
+    let attacker = client_from("127.0.0.2");
+    let booted = boot_linux(&attacker, &base, MAC_IPXE).await;
+    let (session, _) = open_session(&attacker, &base, &booted).await;
+    let r = post_events(&attacker, &base, &session, full_run()).await;
+    assert_eq!(r.status(), 200);
+    assert!(run_json(&node, &base, 1).await["verdict"].is_null());
+    // The real node's request fails the run and shows why.
+    let script = get_text(&node, &format!("{base}/ipxe?mac={MAC_IPXE}")).await;
+    assert!(
+        script.contains("verification fail") && script.contains("security"),
+        "{script}"
+    );
+    let run = run_json(&node, &base, 1).await;
+    assert_eq!(run["verdict"], "fail", "{run}");
+    assert!(
+        faults(&run).contains("handed out to 127.0.0.2, asked again from 127.0.0.1"),
+        "{run}"
+    );
+}
