@@ -74,6 +74,10 @@ pub struct Config {
     /// boot network may start one.
     #[serde(default = "RunBounds::ad_hoc")]
     pub ad_hoc_bounds: RunBounds,
+    /// Whether a run no console vouches for may ship: `required` (it may not) or `optional`
+    /// (it may, and still says `unattested` everywhere). Recorded on each run as it starts.
+    #[serde(default)]
+    pub attestation: kiln_protocol::attest::Attestation,
 }
 
 /// What one run may send: events and log bytes. Past either, the batch is refused (429 or
@@ -227,6 +231,7 @@ impl Default for Config {
             max_ad_hoc_nodes: default_max_ad_hoc_nodes(),
             run_bounds: RunBounds::known(),
             ad_hoc_bounds: RunBounds::ad_hoc(),
+            attestation: kiln_protocol::attest::Attestation::Required,
         }
     }
 }
@@ -356,6 +361,10 @@ mod tests {
                 "run_bounds: missing field \"log_bytes\"",
             ),
             ("max_ad_hoc_nodes: many\n", "kiln.yaml:1:"),
+            (
+                "attestation: maybe\n",
+                "unknown variant \"maybe\", expected \"required\" or \"optional\"",
+            ),
         ] {
             std::fs::write(&file, text).unwrap();
             let err = Config::load(&file).unwrap_err().to_string();
@@ -363,7 +372,7 @@ mod tests {
         }
         std::fs::write(
             &file,
-            "header_timeout: 5s\nunauthenticated_rate: {per_second: 5, burst: 50}\nmax_unknown_nodes: 7\nmax_ad_hoc_nodes: 3\nad_hoc_bounds: {events: 500, log_bytes: 2MiB}\n",
+            "header_timeout: 5s\nunauthenticated_rate: {per_second: 5, burst: 50}\nmax_unknown_nodes: 7\nmax_ad_hoc_nodes: 3\nad_hoc_bounds: {events: 500, log_bytes: 2MiB}\nattestation: optional\n",
         )
         .unwrap();
         let config = Config::load(&file).unwrap();
@@ -376,6 +385,10 @@ mod tests {
             }
         );
         assert_eq!(config.run_bounds, RunBounds::known());
+        assert_eq!(
+            config.attestation,
+            kiln_protocol::attest::Attestation::Optional
+        );
         assert_eq!(config.header_timeout.get().as_secs(), 5);
         assert_eq!(config.unauthenticated_rate.burst, 50.0);
         assert_eq!(config.max_unknown_nodes, 7);

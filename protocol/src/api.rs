@@ -182,6 +182,9 @@ pub struct ReportRow {
     /// Fault codes of the latest run an operator waived for this node, when any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiver: Option<Waived>,
+    /// The latest run was started under `attestation: optional`: `unattested` may ship.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attestation_optional: bool,
     /// Live progress. Last, so that the collector can keep a report's rows and put new
     /// progress at their ends (`api::reports::ReportRows`) instead of building them again.
     pub progress: Option<Progress>,
@@ -218,10 +221,17 @@ impl ReportRow {
         }
     }
 
-    /// Whether the node failed: its latest run has a verdict that is not good, and waivers
-    /// do not cover all of its faults.
+    /// Whether the node failed: its latest run has a verdict it may not ship on (`unattested`
+    /// only under `attestation: optional`), and waivers do not cover all of its faults.
     pub fn failed(&self) -> bool {
-        self.verdict.is_some_and(|v| !v.is_good()) && !self.waiver.as_ref().is_some_and(|w| w.all)
+        let rule = if self.attestation_optional {
+            crate::attest::Attestation::Optional
+        } else {
+            crate::attest::Attestation::Required
+        };
+        self.verdict
+            .is_some_and(|v| !crate::attest::shippable(v, rule))
+            && !self.waiver.as_ref().is_some_and(|w| w.all)
     }
 }
 
@@ -393,6 +403,10 @@ pub struct Yield {
     /// waived)`, never counted as passed).
     #[serde(default)]
     pub waived: usize,
+    /// Latest run passed every step with no console to vouch for it, under `attestation:
+    /// optional` (under `required` such a node counts as failed).
+    #[serde(default)]
+    pub unattested: usize,
     /// Latest run failed, errored or was incomplete.
     pub fail: usize,
     /// Latest run still open.
@@ -405,7 +419,7 @@ impl Yield {
     /// Passed (degraded included, waived not) as a share of the nodes that have a verdict,
     /// in percent; `None` before any has one.
     pub fn pass_pct(&self) -> Option<f64> {
-        let done = self.pass + self.degraded + self.waived + self.fail;
+        let done = self.pass + self.degraded + self.waived + self.unattested + self.fail;
         (done > 0).then(|| 100.0 * (self.pass + self.degraded) as f64 / done as f64)
     }
 }

@@ -15,6 +15,23 @@ use sha2::Sha256;
 
 use crate::plan::Plan;
 
+/// A site's rule for runs no console vouches for (`attestation:` in `kiln.yaml`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attestation {
+    /// An unattested run is not shippable.
+    #[default]
+    Required,
+    /// An unattested run is shippable, and still says `unattested` wherever it is shown.
+    Optional,
+}
+
+/// Whether a node may ship on `verdict` under the rule its run was started with.
+pub fn shippable(verdict: crate::wire::Verdict, rule: Attestation) -> bool {
+    verdict.is_good()
+        || (verdict == crate::wire::Verdict::Unattested && rule == Attestation::Optional)
+}
+
 /// What starts an attestation line.
 pub const PREFIX: &str = "kiln-attest";
 

@@ -52,6 +52,7 @@ pub(super) async fn register(
     } else {
         state.config.ad_hoc_bounds
     };
+    let attestation = state.config.attestation;
     let registered = state
         .db
         .call(move |c| {
@@ -67,6 +68,7 @@ pub(super) async fn register(
                     token_hash,
                     heartbeat_secs,
                     bounds,
+                    attestation,
                 },
             )
         })

@@ -202,6 +202,7 @@ pub async fn node_ipxe(
         max_unknown_nodes: state.config.max_unknown_nodes,
         source: source.clone(),
         bounds: state.config.run_bounds,
+        attestation: state.config.attestation,
     };
     let source_text = source;
     let (node_id, serial, script) = loop {

@@ -141,6 +141,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             waiver: None,
+            attestation_optional: false,
         }
     }
 

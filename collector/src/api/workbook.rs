@@ -77,6 +77,8 @@ fn summary_sheet(sheet: &mut Worksheet, s: &BatchSummary, bold: &Format) -> Resu
         ("fail", y.fail),
         ("running", y.running),
         ("not started", y.not_started),
+        // Last, so the rows before keep the places sheets that read them by position expect.
+        ("unattested (attestation optional)", y.unattested),
     ];
     for (i, (name, n)) in counts.iter().enumerate() {
         sheet.write_string(1 + i as u32, 0, *name)?;
@@ -219,6 +221,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             waiver: None,
+            attestation_optional: false,
         };
         let summary = BatchSummary {
             batch: "B".into(),
@@ -275,6 +278,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             waiver: None,
+            attestation_optional: false,
         };
         let summary = BatchSummary {
             batch: "B".into(),

@@ -161,12 +161,17 @@ fn batch_text(s: &BatchSummary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "batch {}: {} node(s) — {} pass, {} degraded, {} pass (waived), {} fail, {} running, {} not started{}",
+        "batch {}: {} node(s) — {} pass, {} degraded, {} pass (waived), {}{} fail, {} running, {} not started{}",
         v(&s.batch),
         y.nodes,
         y.pass,
         y.degraded,
         y.waived,
+        if y.unattested > 0 {
+            format!("{} unattested (attestation optional), ", y.unattested)
+        } else {
+            String::new()
+        },
         y.fail,
         y.running,
         y.not_started,
@@ -325,6 +330,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             waiver: None,
+            attestation_optional: false,
         }];
         let text = table(&rows);
         assert!(

@@ -19,6 +19,8 @@ pub struct NewRunOwned {
     pub heartbeat_secs: u64,
     /// What the run may send.
     pub bounds: crate::config::RunBounds,
+    /// The site's attestation rule.
+    pub attestation: kiln_protocol::attest::Attestation,
 }
 
 /// Whether a run accepts posts from its agent.

@@ -37,6 +37,8 @@ pub struct BootRequest {
     pub source: Option<String>,
     /// What a run started now may send.
     pub bounds: crate::config::RunBounds,
+    /// The site's attestation rule, recorded on a run started now.
+    pub attestation: kiln_protocol::attest::Attestation,
 }
 
 /// Whether another node may be created for a machine no operator labelled: past `cap` such
@@ -289,6 +291,7 @@ pub(super) fn start_run(
             image_digest: req.image_digest.as_deref(),
             artifacts: req.artifacts.as_deref(),
             bounds: req.bounds,
+            attestation: req.attestation,
         },
     )?;
     tracing::info!(node_id, run_id, suite = %file.name, "started a verify run");
@@ -483,6 +486,8 @@ pub struct NewRun<'a> {
     pub artifacts: Option<&'a str>,
     /// What the run may send.
     pub bounds: crate::config::RunBounds,
+    /// The site's attestation rule.
+    pub attestation: kiln_protocol::attest::Attestation,
 }
 
 /// Creates a run with its stages pending; returns its id.
@@ -491,9 +496,9 @@ pub(super) fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, Store
     let now = now_ms();
     let first = run.stages.first().copied().unwrap_or(Stage::Linux);
     exec(tx,
-        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms, collector_version, artifacts, max_events, max_log_bytes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13)",
-        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, Sql(RunStage::from(first)), run.allow_destructive, run.heartbeat_secs as i64, now, env!("CARGO_PKG_VERSION"), run.artifacts, run.bounds.events as i64, run.bounds.log_bytes.0 as i64],
+        "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms, collector_version, artifacts, max_events, max_log_bytes, attestation_optional)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, Sql(RunStage::from(first)), run.allow_destructive, run.heartbeat_secs as i64, now, env!("CARGO_PKG_VERSION"), run.artifacts, run.bounds.events as i64, run.bounds.log_bytes.0 as i64, run.attestation == kiln_protocol::attest::Attestation::Optional],
     )?;
     let id = tx.last_insert_rowid();
     for stage in run.stages {
@@ -549,6 +554,7 @@ pub fn register(
             image_digest: None,
             artifacts: None,
             bounds: owned.bounds,
+            attestation: owned.attestation,
         },
     )?;
     tx.commit()?;

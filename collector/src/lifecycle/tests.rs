@@ -30,6 +30,7 @@ fn request(identity: NodeIdentity) -> BootRequest {
         max_unknown_nodes: 100,
         source: Some("10.0.0.1".into()),
         bounds: crate::config::RunBounds::known(),
+        attestation: kiln_protocol::attest::Attestation::Required,
     }
 }
 

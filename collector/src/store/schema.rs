@@ -212,6 +212,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE runs ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE runs ADD COLUMN max_events INTEGER;
      ALTER TABLE runs ADD COLUMN max_log_bytes INTEGER;",
+    // 20: the site's attestation rule a run was started under (`optional`: unattested may ship).
+    "ALTER TABLE runs ADD COLUMN attestation_optional INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

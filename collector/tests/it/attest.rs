@@ -278,3 +278,34 @@ async fn after_memtest_passes_a_token_taken_off_the_boot_network_still_never_mak
         "{run}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_attestation_optional_an_unattested_run_ships_and_still_says_so() {
+    for (rule, exit) in [
+        (kiln_protocol::attest::Attestation::Required, 1),
+        (kiln_protocol::attest::Attestation::Optional, 0),
+    ] {
+        let config = Config {
+            attestation: rule,
+            ..Config::default()
+        };
+        let server = Server::start(&format!("attest-rule-{exit}"), config).await;
+        let client = reqwest::Client::new();
+        let run = register(&client, &server.base, 1, SUITE).await;
+        post_events(&client, &server.base, &run, full_run()).await;
+        let detail = run_json(&client, &server.base, run.run_id).await;
+        assert_eq!(detail["verdict"], "unattested", "{detail}");
+        let base = server.base.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(["report", "--server", &base])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(exit), "{rule:?}: {table}");
+        assert!(table.contains("unattested"), "{table}");
+    }
+}

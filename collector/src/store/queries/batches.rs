@@ -40,6 +40,7 @@ pub fn batch_summary(conn: &Connection, batch: &str) -> Result<Option<BatchSumma
         match (row.verdict, row.run_id) {
             (Some(Verdict::Pass), _) => tally.pass += 1,
             (Some(Verdict::Degraded), _) => tally.degraded += 1,
+            (Some(Verdict::Unattested), _) if row.attestation_optional => tally.unattested += 1,
             (Some(_), Some(_)) if row.waiver.as_ref().is_some_and(|w| w.all) => tally.waived += 1,
             (Some(verdict), Some(run_id)) => {
                 tally.fail += 1;

@@ -52,7 +52,7 @@ pub(super) const NODE_ROWS_SQL: &str = concat!(
     "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
                 (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
                 r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
-                n.ad_hoc, n.claimed, r.findings, n.allow_destructive, n.batch",
+                n.ad_hoc, n.claimed, r.findings, n.allow_destructive, n.batch, r.attestation_optional",
     node_rows_from!()
 );
 
@@ -203,6 +203,7 @@ pub fn each_node_row(
                 started_ms: r.get(14)?,
                 finished_ms: r.get(15)?,
                 waiver: None,
+                attestation_optional: r.get::<_, Option<bool>>(22)?.unwrap_or(false),
             },
             expect,
             findings,

@@ -189,6 +189,7 @@ fn a_batch_tells_its_yield_its_failure_pareto_its_slowest_stage_and_its_failed_n
             pass: 1,
             degraded: 1,
             waived: 0,
+            unattested: 0,
             fail: 3,
             running: 1,
             not_started: 1,
