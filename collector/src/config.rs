@@ -78,6 +78,10 @@ pub struct Config {
     /// (it may, and still says `unattested` everywhere). Recorded on each run as it starts.
     #[serde(default)]
     pub attestation: kiln_protocol::attest::Attestation,
+    /// Most runs one node may start in 24 hours (a node rebooted into verification in a loop,
+    /// or an operator's registrations, cannot fill the database).
+    #[serde(default = "default_runs_per_node_per_day")]
+    pub runs_per_node_per_day: u64,
 }
 
 /// What one run may send: events and log bytes. Past either, the batch is refused (429 or
@@ -135,6 +139,10 @@ fn default_max_unknown_nodes() -> u64 {
 
 fn default_max_ad_hoc_nodes() -> u64 {
     1_000
+}
+
+fn default_runs_per_node_per_day() -> u64 {
+    50
 }
 
 /// How to reach one node's (or one rack's nodes') console and power.
@@ -232,6 +240,7 @@ impl Default for Config {
             run_bounds: RunBounds::known(),
             ad_hoc_bounds: RunBounds::ad_hoc(),
             attestation: kiln_protocol::attest::Attestation::Required,
+            runs_per_node_per_day: default_runs_per_node_per_day(),
         }
     }
 }
@@ -361,6 +370,7 @@ mod tests {
                 "run_bounds: missing field \"log_bytes\"",
             ),
             ("max_ad_hoc_nodes: many\n", "kiln.yaml:1:"),
+            ("runs_per_node_per_day: -2\n", "kiln.yaml:1:"),
             (
                 "attestation: maybe\n",
                 "unknown variant \"maybe\", expected \"required\" or \"optional\"",

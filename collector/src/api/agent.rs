@@ -46,6 +46,7 @@ pub(super) async fn register(
     let caps = lifecycle::Caps {
         unknown: state.config.max_unknown_nodes,
         ad_hoc: state.config.max_ad_hoc_nodes,
+        runs_per_day: state.config.runs_per_node_per_day,
     };
     let bounds = if admin {
         state.config.run_bounds
@@ -73,18 +74,10 @@ pub(super) async fn register(
             )
         })
         .await?;
-    let Some((node_id, run_id)) = registered else {
-        if admin {
-            return Err(super::too_many_unknown(caps.unknown));
-        }
-        tracing::warn!(
-            cap = caps.ad_hoc,
-            "max_ad_hoc_nodes reached: refusing an unauthenticated registration"
-        );
-        return Err(ApiError::Unavailable(format!(
-            "the collector already has {} ad-hoc nodes (max_ad_hoc_nodes); register with the admin token, or raise the limit",
-            caps.ad_hoc
-        )));
+    let (node_id, run_id) = match registered {
+        lifecycle::Registered::Run { node_id, run_id } => (node_id, run_id),
+        lifecycle::Registered::TooManyRuns(why) => return Err(ApiError::TooMany(why)),
+        lifecycle::Registered::NoRoom => return Err(no_room(admin, caps)),
     };
     tracing::info!(node_id, run_id, admin, "registered an ad-hoc run");
     Ok((
@@ -95,6 +88,22 @@ pub(super) async fn register(
             token,
             heartbeat_secs,
         }),
+    ))
+}
+
+/// The answer when a registration would create one node too many: an operator's counts
+/// against the machines booting, anyone else's against the ad-hoc quota.
+fn no_room(admin: bool, caps: lifecycle::Caps) -> ApiError {
+    if admin {
+        return super::too_many_unknown(caps.unknown);
+    }
+    tracing::warn!(
+        cap = caps.ad_hoc,
+        "max_ad_hoc_nodes reached: refusing an unauthenticated registration"
+    );
+    ApiError::Unavailable(format!(
+        "the collector already has {} ad-hoc nodes (max_ad_hoc_nodes); register with the admin token, or raise the limit",
+        caps.ad_hoc
     ))
 }
 

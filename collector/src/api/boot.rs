@@ -203,6 +203,7 @@ pub async fn node_ipxe(
         source: source.clone(),
         bounds: state.config.run_bounds,
         attestation: state.config.attestation,
+        runs_per_day: state.config.runs_per_node_per_day,
     };
     let source_text = source;
     let (node_id, serial, script) = loop {

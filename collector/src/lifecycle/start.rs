@@ -39,6 +39,8 @@ pub struct BootRequest {
     pub bounds: crate::config::RunBounds,
     /// The site's attestation rule, recorded on a run started now.
     pub attestation: kiln_protocol::attest::Attestation,
+    /// Most runs a node may start in 24 hours.
+    pub runs_per_day: u64,
 }
 
 /// Whether another node may be created for a machine no operator labelled: past `cap` such
@@ -264,6 +266,10 @@ pub(super) fn start_run(
         [node_id],
         |r| r.get(0),
     )?;
+    if let Some(why) = too_many_runs(tx, node_id, req.runs_per_day)? {
+        tracing::warn!(node_id, "{why}");
+        return Ok(Err(why));
+    }
     let allow_destructive = wants_destructive && consent;
     if wants_destructive && !consent {
         tracing::warn!(
@@ -522,7 +528,7 @@ pub fn register(
     admin: bool,
     caps: Caps,
     run: impl FnOnce(i64) -> NewRunOwned,
-) -> Result<Option<(i64, i64)>, StoreError> {
+) -> Result<Registered, StoreError> {
     let tx = conn.savepoint()?;
     let known = admin && lookup::find(&tx, identity)?.is_some();
     // An operator's registration of a new machine counts as one booting; anyone else's as
@@ -533,13 +539,16 @@ pub fn register(
         (false, false) => room_for_ad_hoc(&tx, caps.ad_hoc)?,
     };
     if !room {
-        return Ok(None);
+        return Ok(Registered::NoRoom);
     }
     let node_id = if admin {
         lookup::find_or_register(&tx, identity, hostname, lookup::Claim::Admin)?.0
     } else {
         lookup::register_ad_hoc(&tx, identity, hostname)?
     };
+    if let Some(why) = too_many_runs(&tx, node_id, caps.runs_per_day)? {
+        return Ok(Registered::TooManyRuns(why));
+    }
     let owned = run(node_id);
     let run_id = create_run(
         &tx,
@@ -558,7 +567,23 @@ pub fn register(
         },
     )?;
     tx.commit()?;
-    Ok(Some((node_id, run_id)))
+    Ok(Registered::Run { node_id, run_id })
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// A run started.
+    Run {
+        /// Its node.
+        node_id: i64,
+        /// The run.
+        run_id: i64,
+    },
+    /// A new node would pass its quota: nothing was created.
+    NoRoom,
+    /// The node started too many runs today (why): nothing was created.
+    TooManyRuns(String),
 }
 
 /// The node quotas a registration counts against.
@@ -568,6 +593,28 @@ pub struct Caps {
     pub unknown: u64,
     /// Most ad-hoc nodes.
     pub ad_hoc: u64,
+    /// Most runs one node may start in 24 hours.
+    pub runs_per_day: u64,
+}
+
+/// Why `node_id` may not start another run now: it started `cap` in the last 24 hours.
+pub fn too_many_runs(
+    conn: &Connection,
+    node_id: i64,
+    cap: u64,
+) -> Result<Option<String>, StoreError> {
+    let day_ago = now_ms() - 24 * 3600 * 1000;
+    let n: i64 = row(
+        conn,
+        "SELECT count(*) FROM runs WHERE node_id = ?1 AND started_ms > ?2",
+        params![node_id, day_ago],
+        |r| r.get(0),
+    )?;
+    Ok(((n as u64) >= cap).then(|| {
+        format!(
+            "node {node_id} started {n} runs in the last 24 hours (runs_per_node_per_day is {cap}): no more until the oldest is a day old"
+        )
+    }))
 }
 
 /// Whether another ad-hoc node may be created: past `cap`, a flood of registrations would

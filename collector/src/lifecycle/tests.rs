@@ -31,6 +31,7 @@ fn request(identity: NodeIdentity) -> BootRequest {
         source: Some("10.0.0.1".into()),
         bounds: crate::config::RunBounds::known(),
         attestation: kiln_protocol::attest::Attestation::Required,
+        runs_per_day: 50,
     }
 }
 

@@ -215,3 +215,62 @@ async fn bandwidth_is_for_known_nodes_within_their_suite_and_is_cut_when_the_run
     let took = started.elapsed();
     assert!(took >= std::time::Duration::from_millis(2500), "{took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_starts_at_most_its_runs_per_day_by_registration_or_by_boot() {
+    let config = Config {
+        runs_per_node_per_day: 2,
+        default_suite: "plain".into(),
+        ..Config::default()
+    };
+    let server = Server::start("bounds-runs-per-day", config).await;
+    std::fs::write(server.data.join("suites/plain.yaml"), SUITE).unwrap();
+    let client = reqwest::Client::new();
+    let base = &server.base;
+    let admin = server.admin_token();
+    // An operator's registrations of one known node.
+    let req = kiln_protocol::wire::RegisterRequest {
+        identity: identity(1),
+        hostname: None,
+        suite_text: SUITE.into(),
+    };
+    for _ in 0..2 {
+        register_with(&client, base, &req, Some(&admin)).await;
+    }
+    let r = client
+        .post(format!("{base}/api/v1/register"))
+        .bearer_auth(&admin)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("runs_per_node_per_day is 2")
+    );
+    // A node booted into verification again and again: held, saying why.
+    let mac = "52-54-00-00-08-01";
+    let rearm = || async {
+        let r = client
+            .post(format!("{base}/api/v1/nodes/mode"))
+            .bearer_auth(&admin)
+            .json(
+                &serde_json::json!({ "select": { "mac": "52:54:00:00:08:01" }, "mode": "verify" }),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    for _ in 0..2 {
+        let script = get_text(&client, &format!("{base}/ipxe?mac={mac}")).await;
+        assert!(script.contains("kiln.token="), "{script}");
+        rearm().await;
+    }
+    let script = get_text(&client, &format!("{base}/ipxe?mac={mac}")).await;
+    assert!(!script.contains("kiln.token="), "{script}");
+    assert!(script.contains("runs_per_node_per_day is 2"), "{script}");
+}
