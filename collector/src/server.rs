@@ -62,6 +62,7 @@ impl Collector {
             captures: Arc::new(crate::lifecycle::captures::Captures::default()),
             limiter: Arc::new(crate::api::limits::RateLimiter::default()),
             reports: Arc::default(),
+            sessions: Default::default(),
         });
         Ok(Collector {
             state,

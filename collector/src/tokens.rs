@@ -53,23 +53,12 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The token in the `kiln_read` cookie that `/login` sets, if any.
-pub fn cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix("kiln_read="))
-        .filter(|t| !t.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_bearer_scheme_is_read_in_any_case_and_cookies_are_found() {
+    fn the_bearer_scheme_is_read_in_any_case() {
         let mut h = axum::http::HeaderMap::new();
         for (value, want) in [
             ("Bearer abc", Some("abc")),
@@ -82,11 +71,6 @@ mod tests {
             h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
             assert_eq!(bearer(&h), want, "{value:?}");
         }
-        h.insert(
-            axum::http::header::COOKIE,
-            "a=1; kiln_read=tok; b=2".parse().unwrap(),
-        );
-        assert_eq!(cookie(&h), Some("tok"));
         assert!(check_configured("admin token", "change-me").is_err());
         assert!(check_configured("admin token", &"x".repeat(32)).is_ok());
     }

@@ -18,6 +18,7 @@ mod operator;
 pub mod pages;
 pub mod report_cache;
 pub mod reports;
+pub mod sessions;
 pub mod state;
 pub mod templates;
 pub mod workbook;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/logs", get(reports::logs))
         .route("/", get(pages::dashboard))
         .route("/login", get(pages::login).layer(limited()))
+        .route("/logout", get(pages::logout))
         .route("/nodes/{id}", get(pages::node))
         .route("/runs/{id}", get(pages::run))
         .route("/batches/{name}", get(pages::batch))

@@ -28,15 +28,23 @@ pub struct DashboardQuery {
 /// whatever the site's size (the report exports have every node).
 const PAGE_ROWS: usize = 200;
 
-/// A page's reader: the `Authorization` header, else the cookie `/login` set, else `?token=`
-/// (browsers cannot add a header to a link).
+/// A page's reader: the `Authorization` header, else the session `/login` opened (its
+/// cookie), else `?token=` (browsers cannot add a header to a link).
 fn page_auth(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
     if crate::tokens::bearer(headers).is_some() {
         return state.require_reader(headers);
     }
-    match crate::tokens::cookie(headers).or(token) {
+    if super::sessions::cookie(headers).is_some_and(|id| state.sessions.valid(id)) {
+        return Ok(());
+    }
+    match token {
         Some(t) => state.require_reader(&bearer_headers(t)?),
-        None => state.require_reader(headers),
+        None => state.require_reader(headers).map_err(|e| match e {
+            ApiError::Unauthorized(_) => ApiError::Unauthorized(
+                "log in with /login?token=THE-READ-TOKEN (a session ends after 12 hours, or at /logout)".into(),
+            ),
+            other => other,
+        }),
     }
 }
 
@@ -49,8 +57,8 @@ fn bearer_headers(token: &str) -> Result<HeaderMap, ApiError> {
     Ok(h)
 }
 
-/// `GET /login?token=…`: checks the read (or admin) token and keeps it in a cookie, so the
-/// pages' links need no `?token=`.
+/// `GET /login?token=…`: checks the read (or admin) token and opens a page session whose id
+/// (not the token) goes in a cookie, so the pages' links need no `?token=`.
 pub async fn login(
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
@@ -60,7 +68,12 @@ pub async fn login(
         .token
         .ok_or_else(|| ApiError::Unauthorized("log in with /login?token=THE-READ-TOKEN".into()))?;
     state.require_reader(&bearer_headers(&token)?)?;
-    let cookie = format!("kiln_read={token}; Path=/; HttpOnly; SameSite=Strict");
+    let id = state.sessions.open()?;
+    let cookie = format!(
+        "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        super::sessions::COOKIE,
+        super::sessions::SESSION.as_secs()
+    );
     Ok((
         axum::http::StatusCode::SEE_OTHER,
         [
@@ -69,6 +82,24 @@ pub async fn login(
         ],
     )
         .into_response())
+}
+
+/// `GET /logout`: ends the page session and clears its cookie.
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(id) = super::sessions::cookie(&headers) {
+        state.sessions.close(id);
+    }
+    let cookie = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        super::sessions::COOKIE
+    );
+    (
+        axum::http::StatusCode::OK,
+        [(axum::http::header::SET_COOKIE, cookie)],
+        "logged out\n",
+    )
+        .into_response()
 }
 
 /// `GET /`.

@@ -59,6 +59,8 @@ pub struct Shared {
     pub limiter: Arc<RateLimiter>,
     /// Report bodies kept while what they show is unchanged.
     pub reports: Arc<super::report_cache::ReportCache>,
+    /// Page sessions `/login` opened.
+    pub sessions: super::sessions::Sessions,
 }
 
 impl AppState {

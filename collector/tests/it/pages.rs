@@ -311,8 +311,28 @@ async fn pages_take_the_read_token_from_a_login_cookie_and_short_tokens_are_refu
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
+    // The cookie holds a session id, never the token; it expires.
+    assert!(
+        !cookie.contains(&read) && cookie.contains("Max-Age=43200"),
+        "{cookie}"
+    );
     let pair = cookie.split(';').next().unwrap().to_owned();
-    assert_eq!(get("/".into(), Some(pair)).await.unwrap().status(), 200);
+    assert!(pair.starts_with("kiln_session="), "{pair}");
+    assert_eq!(
+        get("/".into(), Some(pair.clone())).await.unwrap().status(),
+        200
+    );
+    // A forged id opens nothing; `/logout` ends the session and clears the cookie.
+    let forged = format!("kiln_session={}", "0".repeat(64));
+    assert_eq!(get("/".into(), Some(forged)).await.unwrap().status(), 401);
+    let out = get("/logout".into(), Some(pair.clone())).await.unwrap();
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(get("/".into(), Some(pair)).await.unwrap().status(), 401);
     // The scheme is case-insensitive.
     let r = client
         .get(format!("{}/api/v1/report", server.base))
