@@ -67,6 +67,8 @@ impl Server {
                 data.to_str().unwrap_or("."),
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--management",
+                "127.0.0.1:0",
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

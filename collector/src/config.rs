@@ -11,9 +11,12 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on.
+    /// Address the boot network reaches: iPXE, artifacts, the agents' calls.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The management listener: operators, pages and reports, over TLS.
+    #[serde(default)]
+    pub management: Management,
     /// Data directory (SQLite file, suites, artifacts, templates).
     #[serde(default)]
     pub data: Option<PathBuf>,
@@ -112,6 +115,35 @@ impl RunBounds {
             log_bytes: kiln_protocol::units::Size(16 << 20),
         }
     }
+}
+
+/// The management listener: where operators, pages and reports are served, over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Management {
+    /// Address to listen on.
+    #[serde(default = "default_management_listen")]
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM); a self-signed one is made under `DATA/tls/` when left out.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Management {
+            listen: default_management_listen(),
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+fn default_management_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
 }
 
 /// A token-bucket rate.
@@ -221,6 +253,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            management: Management::default(),
             data: None,
             admin_token: None,
             read_token: None,

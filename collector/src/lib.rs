@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod suites;
+pub mod tls;
 pub mod tokens;

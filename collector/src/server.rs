@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::templates::Pages;
-use crate::api::{AppState, router};
+use crate::api::{AppState, management_router, transitional_router};
 use crate::config::Config;
 use crate::lifecycle::{self, captures::Captures};
 use crate::store::Db;
@@ -22,6 +22,34 @@ pub struct Collector {
     pub state: AppState,
     /// Data directory.
     pub data: PathBuf,
+    /// The management listener's TLS.
+    pub tls: crate::tls::ServerTls,
+}
+
+/// Where a collector listens: the boot network, and the management network (TLS).
+pub struct Listeners {
+    /// Boot scripts, artifacts, the agents.
+    pub boot: tokio::net::TcpListener,
+    /// Operators, pages, reports.
+    pub management: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            boot: bind(config.listen).await?,
+            management: bind(config.management.listen).await?,
+        })
+    }
+
+    /// Both on 127.0.0.1, ports chosen by the system (tests, the lab).
+    pub async fn loopback() -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            boot: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            management: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        })
+    }
 }
 
 impl Collector {
@@ -51,6 +79,13 @@ impl Collector {
             .as_deref()
             .map(|t| Arc::new(tokens::hash(t)));
         crate::api::boot::install_defaults(data)?;
+        let tls = match (&config.management.cert, &config.management.key) {
+            (Some(cert), Some(key)) => crate::tls::server(data, Some((cert, key)))?,
+            (None, None) => crate::tls::server(data, None)?,
+            _ => anyhow::bail!(
+                "management: cert and key go together (or leave both out for a self-signed certificate)"
+            ),
+        };
         let state = AppState::new(crate::api::state::Shared {
             db,
             config: Arc::new(config),
@@ -67,13 +102,14 @@ impl Collector {
         Ok(Collector {
             state,
             data: data.to_owned(),
+            tls,
         })
     }
 
-    /// Serves on `listener` until `shutdown` resolves; in-flight requests get a grace period.
+    /// Serves both listeners until `shutdown` resolves; in-flight requests get a grace period.
     pub async fn serve(
         self,
-        listener: tokio::net::TcpListener,
+        listeners: Listeners,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let db = self.state.db.clone();
@@ -92,9 +128,33 @@ impl Collector {
         }
         let monitor = tokio::spawn(monitor(db, self.state.captures.clone()));
         let config = self.state.config.clone();
-        let result = accept_loop(listener, router(self.state), &config, shutdown).await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.config.clone());
+        let (boot, management) = tokio::join!(
+            accept_loop(
+                listeners.boot,
+                None,
+                transitional_router(self.state.clone()),
+                &config,
+                stopped(stop_rx.clone()),
+            ),
+            accept_loop(
+                listeners.management,
+                Some(acceptor),
+                management_router(self.state),
+                &config,
+                stopped(stop_rx),
+            ),
+        );
         monitor.abort();
-        result
+        boot.and(management)
     }
 }
 
@@ -105,11 +165,11 @@ impl Collector {
 /// [`SHUTDOWN_GRACE`].
 async fn accept_loop(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     config: &Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     let max = config.max_connections.clamp(1, u32::MAX as usize);
     let header_timeout = config.header_timeout.get();
     let permits = Arc::new(tokio::sync::Semaphore::new(max));
@@ -138,6 +198,7 @@ async fn accept_loop(
             continue;
         };
         let app = app.clone();
+        let tls = tls.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             // The permit lives as long as the connection, and past it in a NIC stream's raw
@@ -152,19 +213,19 @@ async fn accept_loop(
                     async move { tower_service::Service::call(&mut app, req).await }
                 },
             );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = async {
-                    let _ = stop.wait_for(|s| *s).await;
-                } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_connection(stream, service, header_timeout, &mut stop).await,
+                Some(tls) => {
+                    // The handshake gets the same time as headers do.
+                    match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, service, header_timeout, &mut stop).await
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake took too long"),
+                    }
                 }
             }
         });
@@ -179,6 +240,39 @@ async fn accept_loop(
         );
     }
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection (TCP, or TLS over it) until it closes, or until `stop`
+/// turns, then lets its request in flight finish.
+async fn serve_connection<IO, S>(
+    io: IO,
+    service: S,
+    header_timeout: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = async {
+            let _ = stop.wait_for(|s| *s).await;
+        } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Reads `DATA/admin.token`, creating it (mode 0600) with a fresh token the first time.

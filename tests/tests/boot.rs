@@ -61,13 +61,13 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
     };
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+    let listeners = rt
+        .block_on(kiln_collector::server::Listeners::loopback())
         .unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let port = listeners.boot.local_addr().unwrap().port();
     let collector = Collector::open(config, &data).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(collector.serve(listener, async move {
+    rt.spawn(collector.serve(listeners, async move {
         let _ = stopped.await;
     }));
 

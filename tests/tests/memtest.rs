@@ -68,13 +68,13 @@ fn rig(name: &str) -> Rig {
         ..Config::default()
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+    let listeners = rt
+        .block_on(kiln_collector::server::Listeners::loopback())
         .unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let port = listeners.boot.local_addr().unwrap().port();
     let collector = Collector::open(config, &data).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(collector.serve(listener, async move {
+    rt.spawn(collector.serve(listeners, async move {
         let _ = stopped.await;
     }));
     let gdb_port = free_port();

@@ -40,39 +40,18 @@ pub use state::AppState;
 /// Largest request body accepted (an event batch is at most 1000 events).
 pub const MAX_BODY: usize = 4 << 20;
 
-/// The whole application.
-pub fn router(state: AppState) -> Router {
+/// What the boot network is served: what nodes need and nothing else — the boot scripts,
+/// artifacts, the agent's calls and the bandwidth endpoints. Every operator route and page
+/// is a 404 here: whoever sniffs or spoofs this network never reaches them.
+pub fn boot_router(state: AppState) -> Router {
     let limited = || axum::middleware::from_fn_with_state(state.clone(), per_source);
     Router::new()
         .route("/healthz", get(reports::healthz))
-        .route("/metrics", get(reports::metrics))
         .route(routes::REGISTER, post(agent::register).layer(limited()))
         .route(routes::SESSION, post(agent::session))
         .route(routes::PLAN, get(agent::plan))
         .route(routes::INVENTORY, put(agent::inventory))
         .route(routes::EVENTS, post(agent::events))
-        .route("/api/v1/nodes", get(reports::nodes))
-        .route(routes::NODES_IMPORT, post(operator::import))
-        .route(routes::NODES_MODE, post(operator::mode))
-        .route(routes::NODES_SUITE, post(operator::suite))
-        .route(routes::NODES_BATCH, post(operator::batch))
-        .route(routes::NODES_VERIFY, post(operator::verify))
-        .route(routes::BATCH, get(reports::batch))
-        .route(routes::WAIVERS, post(operator::waive).get(reports::waivers))
-        .route(routes::WAIVER_REVOKE, post(operator::revoke_waiver))
-        .route(routes::BATCH_WORKBOOK, get(reports::batch_workbook))
-        .route(routes::NODES_DESTRUCTIVE, post(operator::destructive))
-        .route(routes::REPORT, get(reports::report))
-        .route("/api/v1/runs/{id}", get(reports::run))
-        .route("/api/v1/runs/{id}/junit.xml", get(reports::junit))
-        .route("/api/v1/runs/{id}/logs", get(reports::logs))
-        .route("/", get(pages::dashboard))
-        .route("/login", get(pages::login).layer(limited()))
-        .route("/logout", get(pages::logout))
-        .route("/nodes/{id}", get(pages::node))
-        .route("/runs/{id}", get(pages::run))
-        .route("/batches/{name}", get(pages::batch))
-        .route(routes::EVIDENCE, get(reports::evidence))
         .route("/boot.ipxe", get(boot::boot_ipxe).layer(limited()))
         .route("/ipxe", get(boot::node_ipxe).layer(limited()))
         .route("/artifacts/", get(artifacts::list).layer(limited()))
@@ -96,6 +75,68 @@ pub fn router(state: AppState) -> Router {
                 open_run_only,
             )),
         )
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(traced))
+        .with_state(state)
+}
+
+/// What the management listener serves (over TLS): operators' calls, reports, pages,
+/// metrics, and registrations with the admin token.
+///
+/// Until every client of the operator routes (the integration tests, the load bench, the
+/// boot test) speaks to this listener, the boot listener serves [`transitional_router`]:
+/// both route sets. Then it serves [`boot_router`] alone, and every operator route and page
+/// is a 404 on the boot network (#37).
+pub fn management_router(state: AppState) -> Router {
+    let limited = axum::middleware::from_fn_with_state(state.clone(), per_source);
+    let routes = operator_routes(&state)
+        .route("/healthz", get(reports::healthz))
+        .route(routes::REGISTER, post(agent::register).layer(limited));
+    layered(routes, state)
+}
+
+/// The boot listener's routes for now: [`boot_router`]'s and the operators' together (see
+/// [`management_router`]).
+pub fn transitional_router(state: AppState) -> Router {
+    boot_router(state.clone()).merge(layered(operator_routes(&state), state))
+}
+
+/// Operators' calls, reports, pages and metrics.
+fn operator_routes(state: &AppState) -> Router<AppState> {
+    let limited = || axum::middleware::from_fn_with_state(state.clone(), per_source);
+    Router::new()
+        .route("/metrics", get(reports::metrics))
+        .route("/api/v1/nodes", get(reports::nodes))
+        .route(routes::NODES_IMPORT, post(operator::import))
+        .route(routes::NODES_MODE, post(operator::mode))
+        .route(routes::NODES_SUITE, post(operator::suite))
+        .route(routes::NODES_BATCH, post(operator::batch))
+        .route(routes::NODES_VERIFY, post(operator::verify))
+        .route(routes::BATCH, get(reports::batch))
+        .route(routes::WAIVERS, post(operator::waive).get(reports::waivers))
+        .route(routes::WAIVER_REVOKE, post(operator::revoke_waiver))
+        .route(routes::BATCH_WORKBOOK, get(reports::batch_workbook))
+        .route(routes::NODES_DESTRUCTIVE, post(operator::destructive))
+        .route(routes::REPORT, get(reports::report))
+        .route("/api/v1/runs/{id}", get(reports::run))
+        .route("/api/v1/runs/{id}/junit.xml", get(reports::junit))
+        .route("/api/v1/runs/{id}/logs", get(reports::logs))
+        .route("/", get(pages::dashboard))
+        .route("/login", get(pages::login).layer(limited()))
+        .route("/logout", get(pages::logout))
+        .route("/nodes/{id}", get(pages::node))
+        .route("/runs/{id}", get(pages::run))
+        .route("/batches/{name}", get(pages::batch))
+        .route(routes::EVIDENCE, get(reports::evidence))
+}
+
+/// `routes` with what every request passes: a deadline, the body limit, a span and metrics.
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(traced))
         .with_state(state)

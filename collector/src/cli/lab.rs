@@ -127,7 +127,7 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
             println!("\n{}", table(&report));
             println!("report: {}", opts.dir.join("report.json").display());
             println!(
-                "dashboard: kiln serve --data {} → http://127.0.0.1:8080/",
+                "dashboard: kiln serve --data {} → https://127.0.0.1:8443/",
                 report.data.display()
             );
             Ok(if report.all_passed {

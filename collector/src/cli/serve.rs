@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::config::Config;
-use crate::server::{Collector, bind};
+use crate::server::{Collector, Listeners};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -16,9 +16,13 @@ pub(super) struct ServeArgs {
     /// Data directory (default: the config's `data`, else ./kiln-data).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Address to listen on (default: the config's `listen`, else 127.0.0.1:8080).
+    /// Address the boot network reaches (default: the config's `listen`, else 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Address of the management listener, HTTPS (default: the config's `management.listen`,
+    /// else 127.0.0.1:8443).
+    #[arg(long, value_name = "ADDR")]
+    management: Option<SocketAddr>,
 }
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -28,6 +32,9 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(listen) = args.management {
+        config.management.listen = listen;
     }
     let data = args
         .data
@@ -45,12 +52,17 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = bind(config.listen).await?;
+        let listeners = Listeners::bind(&config).await?;
         let collector = Collector::open(config, &data)?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, data = %data.display(), "kiln collector listening");
-        println!("kiln collector on http://{addr} (data {})", data.display());
-        collector.serve(listener, shutdown_signal()).await
+        let boot = listeners.boot.local_addr()?;
+        let management = listeners.management.local_addr()?;
+        tracing::info!(%boot, %management, data = %data.display(), "kiln collector listening");
+        println!(
+            "kiln collector: boot network on http://{boot}, management on https://{management} (certificate {}; data {})",
+            collector.tls.fingerprint,
+            data.display()
+        );
+        collector.serve(listeners, shutdown_signal()).await
     })
 }
 

@@ -50,12 +50,12 @@ impl LabCollector {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let port = listener.local_addr()?.port();
+        let listeners = rt.block_on(crate::server::Listeners::loopback())?;
+        let port = listeners.boot.local_addr()?.port();
         let collector = Collector::open(config, data)?;
         let db = collector.state.db.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = rt.spawn(collector.serve(listener, async move {
+        let server = rt.spawn(collector.serve(listeners, async move {
             let _ = stop_rx.await;
         }));
         // Label the nodes, give each its suite, arm them.

@@ -57,9 +57,12 @@ pub const SUITE: &str =
 /// endpoints serve such a run of a known node, for as long as the step's timeout).
 pub const NIC_SUITE: &str = "suite: n\ndescription: d\nsteps:\n  - name: net\n    timeout: 3s\n    nic: {target: collector, duration: 1s}\n";
 
-/// An in-process collector on 127.0.0.1:0.
+/// An in-process collector on 127.0.0.1: its boot listener (`base`) and its management
+/// listener over TLS (`ops`, reached with [`Server::ops_client`]).
 pub struct Server {
     pub base: String,
+    pub ops: String,
+    pub fingerprint: String,
     pub data: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -68,18 +71,43 @@ impl Server {
     pub async fn start(name: &str, config: Config) -> Server {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let data = scratch(name);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let listeners = kiln_collector::server::Listeners::loopback().await.unwrap();
+        let base = format!("http://{}", listeners.boot.local_addr().unwrap());
+        let ops = format!("https://{}", listeners.management.local_addr().unwrap());
         let collector = Collector::open(config, &data).unwrap();
+        let fingerprint = collector.tls.fingerprint.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(collector.serve(listener, async move {
+        tokio::spawn(collector.serve(listeners, async move {
             let _ = rx.await;
         }));
         Server {
             base,
+            ops,
+            fingerprint,
             data,
             stop: Some(tx),
         }
+    }
+
+    /// GETs `path` from the management listener, trusting exactly this collector's
+    /// certificate: its status and body.
+    pub async fn ops_get(&self, path: &str) -> (u16, String) {
+        let request = reqwest::Client::new()
+            .get(format!("{}{path}", self.ops))
+            .build()
+            .unwrap();
+        let answer = kiln_collector::tls::send_pinned(
+            request,
+            Some(self.fingerprint.clone()),
+            &Default::default(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        (
+            answer.status,
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        )
     }
 
     pub fn admin_token(&self) -> String {
@@ -267,6 +295,8 @@ pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
             data.to_str().unwrap(),
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--management",
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::piped())
         .stderr(log)
@@ -294,7 +324,7 @@ pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
             )
         });
     assert!(
-        banner.contains(&format!("http://127.0.0.1:{port} ")),
+        banner.contains(&format!("http://127.0.0.1:{port},")),
         "kiln serve said {banner:?}"
     );
     Child_ { child }

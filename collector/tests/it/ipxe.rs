@@ -351,3 +351,97 @@ async fn ipxe_never_adds_identifiers_to_a_known_node_nor_lets_placeholders_name_
         "{placeholders:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_management_listener_speaks_tls_with_its_pinned_certificate_and_the_cli_pins_it() {
+    let server = Server::start("management-tls", Config::default()).await;
+    // Pinned to this collector's certificate: reports are served.
+    let (status, body) = server.ops_get("/api/v1/report").await;
+    assert_eq!(status, 200, "{body}");
+    // Plain HTTP on the management port gets no answer; a client pinned to another
+    // certificate refuses the handshake.
+    assert!(
+        reqwest::Client::new()
+            .get(format!("{}/healthz", server.ops.replace("https", "http")))
+            .send()
+            .await
+            .is_err()
+    );
+    let seen = kiln_collector::tls::Seen::default();
+    let request = reqwest::Client::new()
+        .get(format!("{}/healthz", server.ops))
+        .build()
+        .unwrap();
+    let other = kiln_collector::tls::send_pinned(
+        request,
+        Some(format!("sha256:{}", "0".repeat(64))),
+        &seen,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(other.is_err());
+    assert_eq!(
+        seen.lock().unwrap().as_deref(),
+        Some(server.fingerprint.as_str())
+    );
+    // The boot listener's own routes are ready to stand alone: no operator route or page.
+    let state_dir = scratch("boot-router-alone");
+    let collector = kiln_collector::server::Collector::open(Config::default(), &state_dir).unwrap();
+    let boot = kiln_collector::api::boot_router(collector.state.clone());
+    for path in [
+        "/",
+        "/api/v1/report",
+        "/api/v1/nodes",
+        "/metrics",
+        "/login",
+        "/api/v1/runs/1",
+    ] {
+        let response = tower_service::Service::call(
+            &mut boot.clone(),
+            axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
+
+    // The command line: on first use it pins what it is shown, after that it refuses another
+    // certificate, saying which and where the pin is kept.
+    let known = server.data.join("known_collectors");
+    let kiln = |fingerprint: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(["report", "--server", &server.ops])
+            .env("KILN_KNOWN_COLLECTORS", &known)
+            .env_remove("KILN_FINGERPRINT");
+        if let Some(f) = fingerprint {
+            cmd.args(["--fingerprint", f]);
+        }
+        cmd
+    };
+    let first = tokio::task::block_in_place(|| kiln(None).output().unwrap());
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stderr).contains("pinned the collector"));
+    let kept = std::fs::read_to_string(&known).unwrap();
+    assert!(kept.contains(&server.fingerprint), "{kept}");
+    let again = tokio::task::block_in_place(|| kiln(None).output().unwrap());
+    assert_eq!(again.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("pinned"));
+    // The certificate changed (here: the pin did): refused, naming both and the file.
+    let host = server.ops.trim_start_matches("https://").to_owned();
+    std::fs::write(&known, format!("{host} sha256:{}\n", "ab".repeat(32))).unwrap();
+    let changed = tokio::task::block_in_place(|| kiln(None).output().unwrap());
+    assert_ne!(changed.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        said.contains(&format!("shows the certificate {}", server.fingerprint))
+            && said.contains("known_collectors"),
+        "{said}"
+    );
+}
