@@ -244,22 +244,25 @@ fn clock(plan: &kiln_protocol::Plan, stored: &Stored) -> Vec<String> {
     let since = |from: Option<i64>, to: i64| {
         std::time::Duration::from_millis(to.saturating_sub(from.unwrap_or(to)).max(0) as u64)
     };
+    // Only a step that did its work took its time; a skip, a fault or an error may come at once
+    // (and none of them passes work it did not do).
+    let did_work = |i: usize| {
+        stored
+            .steps
+            .get(&(i as u32))
+            .is_some_and(|r| matches!(r.outcome, Outcome::Pass | Outcome::Degraded { .. }))
+    };
     let mut found = Vec::new();
-    for planned in &plan.steps {
-        let index = planned.index as u32;
-        let (Some(report), Some(at)) = (stored.steps.get(&index), stored.received_ms.get(&index))
-        else {
+    for planned in plan.steps.iter().filter(|s| did_work(s.index)) {
+        let Some(at) = stored.received_ms.get(&(planned.index as u32)) else {
             continue;
         };
-        if matches!(report.outcome, Outcome::Fail { .. } | Outcome::Error { .. }) {
-            continue;
-        }
-        let least = least_elapsed(plan, planned.index);
+        let least = least_elapsed(plan, planned.index, did_work);
         let what = format!("step '{}' (with the steps before it)", planned.name);
         found.extend(implausible(&what, least, since(stored.session_ms, *at)));
     }
     if let (Some(served), Some(end)) = (stored.served_ms, stored.final_ms) {
-        let least = LEAST_BOOT + least_elapsed(plan, usize::MAX);
+        let least = LEAST_BOOT + least_elapsed(plan, usize::MAX, did_work);
         found.extend(implausible(
             "the run (the image booted and every step)",
             least,
@@ -294,6 +297,52 @@ mod tests {
             agent_verdict: agent,
             ..Stored::default()
         }
+    }
+
+    #[test]
+    fn a_pass_sooner_than_its_work_is_an_error_and_a_skip_at_once_is_not() {
+        let suite = "suite: t\ndescription: d\nsteps:\n  - name: soak\n    watch: {duration: 30s}\n  - name: cool\n    watch: {duration: 30s}\n";
+        let step = |i: u32, name: &str, outcome: Outcome| StepReport {
+            kind: "watch".into(),
+            ..report(i, name, outcome)
+        };
+        let run = |first: Outcome, first_at: i64, second_at: i64| Stored {
+            suite_text: suite.into(),
+            steps: [
+                (0, step(0, "soak", first)),
+                (1, step(1, "cool", Outcome::Pass)),
+            ]
+            .into(),
+            received_ms: [(0, first_at), (1, second_at)].into(),
+            session_ms: Some(0),
+            agent_verdict: Some(Verdict::Pass),
+            ..Stored::default()
+        };
+        // Each step took its 30 s: a pass.
+        assert_eq!(
+            compute(&run(Outcome::Pass, 30_000, 60_000)).verdict,
+            Verdict::Pass
+        );
+        // Both reported after 1 s: the first is implausible, and so is the second.
+        let c = compute(&run(Outcome::Pass, 1_000, 1_000));
+        assert_eq!(c.verdict, Verdict::Error);
+        assert!(c.findings[0].contains("implausible: step 'soak'"), "{c:?}");
+        // The first skipped (nothing to look at) at once: only the second's 30 s are owed.
+        let skip = Outcome::Skip {
+            reason: "no sensors".into(),
+        };
+        let c = compute(&run(skip.clone(), 100, 30_500));
+        assert!(
+            !c.findings.iter().any(|f| f.contains("implausible")),
+            "{c:?}"
+        );
+        let c = compute(&run(skip, 100, 5_000));
+        assert!(
+            c.findings
+                .iter()
+                .any(|f| f.contains("implausible: step 'cool'")),
+            "{c:?}"
+        );
     }
 
     #[test]
