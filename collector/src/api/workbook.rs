@@ -197,12 +197,16 @@ mod tests {
     use kiln_protocol::api::{Mode, Yield};
     use kiln_protocol::verdict::Verdict;
 
-    #[test]
-    fn node_strings_are_text_not_formulas_and_show_their_control_characters() {
+    /// A failed node's row with `faults`, and the one-node batch it makes.
+    fn failed(
+        hostname: &str,
+        rack: Option<&str>,
+        faults: Vec<String>,
+    ) -> (BatchSummary, ReportRow) {
         let row = ReportRow {
             node_id: 1,
-            hostname: Some("=HYPERLINK(\"http://x\")".into()),
-            rack: Some("R1\u{1b}[2J".into()),
+            hostname: Some(hostname.into()),
+            rack: rack.map(str::to_owned),
             slot: None,
             batch: Some("B".into()),
             serial: None,
@@ -217,7 +221,7 @@ mod tests {
             verdict: Some(Verdict::Fail),
             verdict_reason: None,
             progress: None,
-            faults: vec!["DIMM B2".into()],
+            faults,
             started_ms: None,
             finished_ms: None,
             waiver: None,
@@ -235,9 +239,21 @@ mod tests {
             stages: vec![],
             failed: vec![],
         };
-        let bytes = batch_workbook(&summary, &[row]).unwrap();
-        let mut book: calamine::Xlsx<_> =
-            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
+        (summary, row)
+    }
+
+    fn open(bytes: Vec<u8>) -> calamine::Xlsx<std::io::Cursor<Vec<u8>>> {
+        calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap()
+    }
+
+    #[test]
+    fn node_strings_are_text_not_formulas_and_show_their_control_characters() {
+        let (summary, row) = failed(
+            "=HYPERLINK(\"http://x\")",
+            Some("R1\u{1b}[2J"),
+            vec!["DIMM B2".into()],
+        );
+        let mut book = open(batch_workbook(&summary, &[row]).unwrap());
         let nodes = book.worksheet_range("Nodes").unwrap();
         assert_eq!(
             nodes.get_value((1, 1)),
@@ -256,45 +272,8 @@ mod tests {
         let faults: Vec<String> = (0..500)
             .map(|i| format!("disk-{i}: sector {i} unreadable {}", "x".repeat(180)))
             .collect();
-        let row = ReportRow {
-            node_id: 7,
-            hostname: Some("r12-u07".into()),
-            rack: None,
-            slot: None,
-            batch: Some("B".into()),
-            serial: None,
-            uuid: None,
-            macs: String::new(),
-            mode: Mode::Verify,
-            ad_hoc: false,
-            allow_destructive: false,
-            run_id: Some(1),
-            suite: None,
-            stage: None,
-            verdict: Some(Verdict::Fail),
-            verdict_reason: None,
-            progress: None,
-            faults: faults.clone(),
-            started_ms: None,
-            finished_ms: None,
-            waiver: None,
-            attestation_optional: false,
-        };
-        let summary = BatchSummary {
-            batch: "B".into(),
-            yield_: Yield {
-                nodes: 1,
-                fail: 1,
-                ..Yield::default()
-            },
-            pareto_codes: vec![],
-            pareto_components: vec![],
-            stages: vec![],
-            failed: vec![],
-        };
-        let bytes = batch_workbook(&summary, &[row]).unwrap();
-        let mut book: calamine::Xlsx<_> =
-            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
+        let (summary, row) = failed("r12-u07", None, faults.clone());
+        let mut book = open(batch_workbook(&summary, &[row]).unwrap());
         let nodes = book.worksheet_range("Nodes").unwrap();
         let Some(Data::String(cell)) = nodes.get_value((1, 12)) else {
             panic!("no faults cell")

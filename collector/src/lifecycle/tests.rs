@@ -461,6 +461,18 @@ fn whole_run() -> EventBatch {
     }
 }
 
+/// A node booted into a new run's Linux stage (no memtest): the connection, its request,
+/// the run.
+fn linux_stage() -> (Connection, BootRequest, i64) {
+    let mut conn = test_connection();
+    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
+    req.suite = Some(linux_only());
+    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+        panic!("expected linux")
+    };
+    (conn, req, run_id)
+}
+
 #[test]
 fn after_memtest_a_second_source_asking_for_linux_fails_the_run_as_a_security_event() {
     let mut conn = test_connection();
@@ -506,12 +518,7 @@ fn after_memtest_a_second_source_asking_for_linux_fails_the_run_as_a_security_ev
 
 #[test]
 fn ipxe_retrying_from_the_same_address_before_the_exchange_gets_the_stage_again_with_a_new_token() {
-    let mut conn = test_connection();
-    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
-    req.suite = Some(linux_only());
-    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
-        panic!("expected linux")
-    };
+    let (mut conn, mut req, run_id) = linux_stage();
     req.bootstrap_hash = "h2".into();
     assert_eq!(script(&mut conn, &req).0, Script::Linux { run_id });
     // The first answer's token is dead; the second's works.
@@ -545,12 +552,7 @@ fn ipxe_retrying_from_the_same_address_before_the_exchange_gets_the_stage_again_
 
 #[test]
 fn a_read_console_that_never_shows_the_attestation_makes_the_run_an_error_after_the_grace() {
-    let mut conn = test_connection();
-    let mut req = request(identity(Some("52:54:00:00:00:01"), None));
-    req.suite = Some(linux_only());
-    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
-        panic!("expected linux")
-    };
+    let (mut conn, _, run_id) = linux_stage();
     attest::console_watched(&conn, run_id).unwrap();
     let _ = exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1")).unwrap();
     let (ingested, _) = ingest(&mut conn, run_id, "s1", Some("10.0.0.1"), &whole_run()).unwrap();

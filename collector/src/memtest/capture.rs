@@ -512,6 +512,33 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attestation_lines_are_found_across_reads_and_overlong_or_damaged_lines_are_not() {
+        let line = kiln_protocol::attest::line("k", 12, 3);
+        let mut lines = AttestLines::default();
+        // Split across reads, after boot noise, ended by CR LF.
+        let (a, b) = line.split_at(20);
+        assert!(
+            lines
+                .feed(format!("noise\r\n[ 3.1] {a}").as_bytes())
+                .is_empty()
+        );
+        let claims = lines.feed(format!("{b}\r\n").as_bytes());
+        assert_eq!(claims.len(), 1);
+        assert_eq!((claims[0].run, claims[0].node), (12, 3));
+        // A line longer than any attestation is skipped whole, even if one follows inside it.
+        let long = format!("{}{line}\n", "x".repeat(4096));
+        assert!(lines.feed(long.as_bytes()).is_empty());
+        // Bytes that are not UTF-8, and a damaged line, are noise.
+        assert!(
+            lines
+                .feed(b"kiln-attest run=\xff\xfe node=3 proof=zz\n")
+                .is_empty()
+        );
+        // The next good line is still found.
+        assert_eq!(lines.feed(format!("{line}\n").as_bytes()).len(), 1);
+    }
     use crate::memtest::fixture;
 
     /// Serves `bytes` on a local TCP port, in chunks, then holds the connection open.

@@ -274,3 +274,88 @@ async fn a_node_starts_at_most_its_runs_per_day_by_registration_or_by_boot() {
     assert!(!script.contains("kiln.token="), "{script}");
     assert!(script.contains("runs_per_node_per_day is 2"), "{script}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_pages_refuse_hostile_limits_and_cursors() {
+    let server = Server::start("bounds-log-pages", Config::default()).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 1, SUITE).await;
+    post_events(
+        &client,
+        &server.base,
+        &run,
+        (1..=3).map(|s| line(s, 10)).collect(),
+    )
+    .await;
+    for (query, status) in [
+        ("limit=0", 400),
+        ("limit=-5", 400),
+        ("limit=1001", 400),
+        ("limit=lots", 400),
+        ("before=abc", 400),
+        ("limit=1&extra=1", 400),
+        ("before=-9223372036854775808", 200),
+        ("limit=2&before=3", 200),
+    ] {
+        let r = client
+            .get(format!(
+                "{}/api/v1/runs/{}/logs?{query}",
+                server.base, run.run_id
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{query}");
+    }
+    // The page before seq 3 holds 1 and 2, and says there may be more before 1.
+    let r = client
+        .get(format!(
+            "{}/api/v1/runs/{}/logs?limit=2&before=3",
+            server.base, run.run_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-kiln-before"], "1");
+    let page: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|l| l["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[test]
+fn a_management_certificate_without_its_key_or_unreadable_is_refused_at_start() {
+    let dir = scratch("bounds-bad-cert");
+    let garbage = dir.join("cert.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    for (cert, key, want) in [
+        (Some(garbage.clone()), None, "cert and key go together"),
+        (
+            Some(garbage.clone()),
+            Some(garbage.clone()),
+            "no certificate in the file",
+        ),
+        (
+            Some(dir.join("missing.pem")),
+            Some(dir.join("missing.key")),
+            "missing.pem",
+        ),
+    ] {
+        let config = Config {
+            management: kiln_collector::config::Management {
+                cert,
+                key,
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        let err = match kiln_collector::server::Collector::open(config, &dir.join("data")) {
+            Ok(_) => panic!("{want}: accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
