@@ -1,5 +1,5 @@
 //! The JSON Schema of the suite language, generated from the same types serde reads, so
-//! editors complete and check fields with the doc comments as help; and the README's field
+//! editors complete and check fields with the doc comments as help; and the field
 //! reference, generated from that schema so the two cannot drift apart.
 
 use serde_json::{Map, Value};
@@ -49,7 +49,7 @@ const ORDER: &[&str] = &[
     "SizeOrShare",
 ];
 
-/// Markdown reference of every suite field, for the README's "Writing suites" section.
+/// Markdown reference of every suite field, for `docs/suites.md` ("Writing suites").
 pub fn reference_markdown() -> String {
     let schema = suite_schema();
     let empty = Map::new();

@@ -1,4 +1,4 @@
-//! The suite language end to end: shipped suites, committed schema and README reference,
+//! The suite language end to end: shipped suites, committed schema and the field reference in docs/suites.md,
 //! and one refused suite per rule, each with its exact location and message.
 
 use std::path::{Path, PathBuf};
@@ -99,14 +99,14 @@ fn readme_field_reference_is_current() {
     const START: &str =
         "<!-- suite-reference:start (generated from the suite types; KILN_BLESS=1 refreshes) -->\n";
     const END: &str = "<!-- suite-reference:end -->";
-    let path = repo().join("README.md");
+    let path = repo().join("docs/suites.md");
     let readme = std::fs::read_to_string(&path).unwrap();
     let (head, rest) = readme
         .split_once(START)
-        .expect("README lacks the reference start marker");
+        .expect("docs/suites.md lacks the reference start marker");
     let (_, tail) = rest
         .split_once(END)
-        .expect("README lacks the reference end marker");
+        .expect("docs/suites.md lacks the reference end marker");
     let generated = format!(
         "{head}{START}{}{END}{tail}",
         kiln_protocol::schema::reference_markdown()

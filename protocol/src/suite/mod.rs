@@ -1,7 +1,7 @@
 //! The YAML suite language as QA engineers write it: the typed model serde reads.
 //!
 //! Every struct refuses unknown keys; the doc comments here are the field reference (they
-//! become the JSON Schema descriptions and the "Writing suites" section of the README).
+//! become the JSON Schema descriptions and the field reference in `docs/suites.md`).
 //! Cross-field rules live in [`crate::plan`], which turns a parsed [`Suite`] into a checked
 //! [`crate::plan::Plan`].
 
