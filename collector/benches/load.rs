@@ -45,10 +45,14 @@ fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
 
 struct Server {
     child: Child,
+    /// Its certificate's fingerprint, as its banner says (the same after a restart: it is
+    /// kept in the data directory).
+    pin: String,
 }
 
 impl Server {
-    fn start(data: &Path, port: u16) -> Server {
+    /// `kiln serve` with its boot listener on `port` and its management listener on `ops`.
+    fn start(data: &Path, port: u16, ops: u16) -> Server {
         // Every simulated agent comes from 127.0.0.1 and registers ad hoc: lift the per-source
         // limits, the caps on unknown and ad-hoc nodes and an ad-hoc run's bounds, which are
         // for a real boot network.
@@ -58,7 +62,7 @@ impl Server {
             "unauthenticated_rate: {per_second: 1000000, burst: 1000000}\nmax_unknown_nodes: 10000000\nmax_ad_hoc_nodes: 10000000\nad_hoc_bounds: {events: 1000000000000, log_bytes: 1000TiB}\n",
         )
         .expect("bench config");
-        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
                 "serve",
                 "--config",
@@ -68,19 +72,25 @@ impl Server {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--management",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{ops}"),
             ])
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start kiln serve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "kiln serve did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { child }
+        // Listening once it says so: "… (certificate sha256:…; data …)".
+        let mut banner = String::new();
+        let stdout = child.stdout.take().expect("kiln serve's stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut banner)
+            .expect("kiln serve's banner");
+        let pin = banner
+            .split("(certificate ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .unwrap_or_else(|| panic!("kiln serve did not start: {banner:?}"))
+            .to_owned();
+        Server { child, pin }
     }
 
     fn kill9(&mut self) {
@@ -235,24 +245,28 @@ struct PageLoad {
     took: Duration,
 }
 
-/// Loads `/` and `/api/v1/report` as `who` does until `stop`, timing each.
+/// Loads `/` and `/api/v1/report` from the management listener `ops` (its certificate `pin`)
+/// as `who` does until `stop`, timing each: a connection and TLS handshake per load, as a
+/// browser opening the page anew.
 async fn pages(
     who: Pages,
-    client: reqwest::Client,
-    base: String,
+    ops: String,
+    pin: String,
     stop: Arc<std::sync::atomic::AtomicBool>,
     started: Instant,
 ) -> Vec<PageLoad> {
     async fn load(
-        client: &reqwest::Client,
-        base: &str,
+        ops: &str,
+        pin: &str,
         name: &'static str,
         path: &str,
         started: Instant,
     ) -> Option<PageLoad> {
         let t = Instant::now();
-        let r = client.get(format!("{base}{path}")).send().await.ok()?;
-        (r.status().is_success() && r.bytes().await.is_ok()).then(|| PageLoad {
+        let r = kiln_collector::tls::get_pinned(&format!("{ops}{path}"), pin)
+            .await
+            .ok()?;
+        (200..300).contains(&r.status).then(|| PageLoad {
             name,
             at: t - started,
             took: t.elapsed(),
@@ -261,8 +275,8 @@ async fn pages(
     let mut out = Vec::new();
     if who == Pages::Hammer {
         while !stop.load(Ordering::Relaxed) {
-            out.extend(load(&client, &base, "dashboard", "/", started).await);
-            out.extend(load(&client, &base, "report", "/api/v1/report", started).await);
+            out.extend(load(&ops, &pin, "dashboard", "/", started).await);
+            out.extend(load(&ops, &pin, "report", "/api/v1/report", started).await);
         }
         return out;
     }
@@ -284,8 +298,8 @@ async fn pages(
             &[("dashboard", "/")]
         };
         for &(name, path) in due {
-            let (client, base) = (client.clone(), base.clone());
-            loads.spawn(async move { load(&client, &base, name, path, started).await });
+            let (ops, pin) = (ops.clone(), pin.clone());
+            loads.spawn(async move { load(&ops, &pin, name, path, started).await });
         }
     }
     while let Some(done) = loads.join_next().await {
@@ -534,12 +548,16 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
         ));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).expect("bench data dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    };
+    let (port, ops_port) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = Server::start(&data, port);
+    let ops = format!("https://127.0.0.1:{ops_port}");
+    let mut server = Server::start(&data, port, ops_port);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -593,7 +611,7 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
         // own, apart from the agents' runtime, at the lowest priority, so that what it costs to
         // receive and parse the pages (CPU a real collector never spends) is taken from idle
         // time rather than from the collector being measured.
-        let (base, stop) = (base.clone(), stop_pages.clone());
+        let (ops, pin, stop) = (ops.clone(), server.pin.clone(), stop_pages.clone());
         std::thread::spawn(move || {
             // SAFETY: no pointers; PRIO_PROCESS with a thread id changes only this thread.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
@@ -601,13 +619,7 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
                 .enable_all()
                 .build()
                 .expect("page runtime");
-            rt.block_on(pages(
-                with_pages,
-                reqwest::Client::new(),
-                base,
-                stop,
-                started,
-            ))
+            rt.block_on(pages(with_pages, ops, pin, stop, started))
         })
     });
     // With a pace: the interval between one agent's batches, and the agents spread over it.
@@ -679,7 +691,7 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
                 let at = done.load(Ordering::Relaxed);
                 server.kill9();
                 std::thread::sleep(Duration::from_millis(500));
-                (Server::start(&data, port), at)
+                (Server::start(&data, port, ops_port), at)
             });
             (Some(killer), None)
         } else {

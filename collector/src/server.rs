@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::templates::Pages;
-use crate::api::{AppState, management_router, transitional_router};
+use crate::api::{AppState, boot_router, management_router};
 use crate::config::Config;
 use crate::lifecycle::{self, captures::Captures};
 use crate::store::Db;
@@ -141,7 +141,7 @@ impl Collector {
             accept_loop(
                 listeners.boot,
                 None,
-                transitional_router(self.state.clone()),
+                boot_router(self.state.clone()),
                 &config,
                 stopped(stop_rx.clone()),
             ),

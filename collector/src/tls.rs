@@ -164,8 +164,28 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
 pub struct Answer {
     /// The status code.
     pub status: u16,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
     /// The body.
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as text (lossy: an answer is shown, never trusted).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON of type `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            anyhow::anyhow!(
+                "the answer ({}) is not the JSON expected: {e}: {}",
+                self.status,
+                kiln_protocol::text::clamp(&self.text(), 200, false)
+            )
+        })
+    }
 }
 
 /// Sends `request` (built with any reqwest client; only its method, URL, headers and body are
@@ -228,12 +248,30 @@ pub async fn send_pinned(
         tokio::spawn(connection);
         let response = sender.send_request(hyper_request).await?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes().to_vec();
-        Ok::<_, anyhow::Error>(Answer { status, body })
+        Ok::<_, anyhow::Error>(Answer {
+            status,
+            headers,
+            body,
+        })
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| anyhow::anyhow!("{url}: no answer within {}s", timeout.as_secs()))?
+}
+
+/// GETs `url` from a collector whose certificate is `pin` (a benchmark's or a test's reader
+/// of the management listener), within a minute.
+pub async fn get_pinned(url: &str, pin: &str) -> anyhow::Result<Answer> {
+    let request = reqwest::Client::new().get(url).build()?;
+    send_pinned(
+        request,
+        Some(pin.to_owned()),
+        &Seen::default(),
+        std::time::Duration::from_secs(60),
+    )
+    .await
 }
 
 /// The pins a CLI keeps: one line per collector, `host:port sha256:…`.

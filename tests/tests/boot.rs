@@ -65,7 +65,9 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
         .block_on(kiln_collector::server::Listeners::loopback())
         .unwrap();
     let port = listeners.boot.local_addr().unwrap().port();
+    let ops = format!("https://{}", listeners.management.local_addr().unwrap());
     let collector = Collector::open(config, &data).unwrap();
+    let pin = collector.tls.fingerprint.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(collector.serve(listeners, async move {
         let _ = stopped.await;
@@ -98,15 +100,16 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
         "the guest did not finish within {BOOT_LIMIT:?}; console tail:\n{tail}"
     );
 
-    let base = format!("http://127.0.0.1:{port}");
-    let nodes: Vec<Value> = rt.block_on(async {
-        reqwest::get(format!("{base}/api/v1/nodes"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let ops_json = |path: String| {
+        rt.block_on(kiln_collector::tls::get_pinned(
+            &format!("{ops}{path}"),
+            &pin,
+        ))
+        .unwrap()
+        .json::<Value>()
+        .unwrap()
+    };
+    let nodes: Vec<Value> = serde_json::from_value(ops_json("/api/v1/nodes".into())).unwrap();
     let node_row = nodes
         .iter()
         .find(|r| r["serial"] == serial.as_str())
@@ -129,14 +132,7 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
             );
         }
     }
-    let run: Value = rt.block_on(async {
-        reqwest::get(format!("{base}/api/v1/runs/{}", node_row["run_id"]))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let run = ops_json(format!("/api/v1/runs/{}", node_row["run_id"]));
     let inventory = &run["inventory"];
     assert_eq!(inventory["system"]["serial"], serial.as_str(), "{run}");
     assert_eq!(inventory["system"]["vendor"], "QEMU");

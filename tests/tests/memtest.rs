@@ -16,7 +16,9 @@ const SUITE: &str = "suite: mt\ndescription: memtest only.\nmemtest: {passes: 1,
 
 struct Rig {
     rt: tokio::runtime::Runtime,
-    base: String,
+    /// The management listener (runs are read there) and its certificate.
+    ops: String,
+    pin: String,
     qemu: std::process::Child,
     qmp: std::path::PathBuf,
     gdb_port: u16,
@@ -72,7 +74,9 @@ fn rig(name: &str) -> Rig {
         .block_on(kiln_collector::server::Listeners::loopback())
         .unwrap();
     let port = listeners.boot.local_addr().unwrap().port();
+    let ops = format!("https://{}", listeners.management.local_addr().unwrap());
     let collector = Collector::open(config, &data).unwrap();
+    let pin = collector.tls.fingerprint.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     rt.spawn(collector.serve(listeners, async move {
         let _ = stopped.await;
@@ -89,7 +93,8 @@ fn rig(name: &str) -> Rig {
         .expect("qemu-system-x86_64 is installed by .ci/setup");
     Rig {
         rt,
-        base: format!("http://127.0.0.1:{port}"),
+        ops,
+        pin,
         qemu,
         qmp,
         gdb_port,
@@ -100,11 +105,10 @@ fn rig(name: &str) -> Rig {
 impl Rig {
     fn run(&self) -> Value {
         self.rt.block_on(async {
-            reqwest::get(format!("{}/api/v1/runs/1", self.base))
+            kiln_collector::tls::get_pinned(&format!("{}/api/v1/runs/1", self.ops), &self.pin)
                 .await
                 .unwrap()
                 .json()
-                .await
                 .unwrap()
         })
     }

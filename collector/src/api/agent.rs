@@ -13,6 +13,26 @@ use crate::config::Registration;
 use crate::lifecycle::{self, Exchange, Ingested, NewRunOwned, SessionRequest};
 use crate::tokens;
 
+/// A registration on the boot network: an agent's own, never with the admin token, which
+/// must not cross a network anyone can sniff. With `registration: admin` none is taken here.
+pub(super) async fn register_boot(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Json<RegisterRequest>,
+) -> Result<(StatusCode, axum::Json<RegisterResponse>), ApiError> {
+    if state.config.registration == Registration::Admin {
+        return Err(ApiError::Forbidden(
+            "registration: admin — runs are registered on the management listener only (with the admin token, over TLS)".into(),
+        ));
+    }
+    if tokens::bearer(&headers).is_some() {
+        return Err(ApiError::Forbidden(
+            "a registration with a token is taken on the management listener only: the admin token never crosses the boot network".into(),
+        ));
+    }
+    register(state, headers, body).await
+}
+
 pub(super) async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,

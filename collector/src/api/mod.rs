@@ -47,7 +47,10 @@ pub fn boot_router(state: AppState) -> Router {
     let limited = || axum::middleware::from_fn_with_state(state.clone(), per_source);
     Router::new()
         .route("/healthz", get(reports::healthz))
-        .route(routes::REGISTER, post(agent::register).layer(limited()))
+        .route(
+            routes::REGISTER,
+            post(agent::register_boot).layer(limited()),
+        )
         .route(routes::SESSION, post(agent::session))
         .route(routes::PLAN, get(agent::plan))
         .route(routes::INVENTORY, put(agent::inventory))
@@ -82,23 +85,12 @@ pub fn boot_router(state: AppState) -> Router {
 
 /// What the management listener serves (over TLS): operators' calls, reports, pages,
 /// metrics, and registrations with the admin token.
-///
-/// Until every client of the operator routes (the integration tests, the load bench, the
-/// boot test) speaks to this listener, the boot listener serves [`transitional_router`]:
-/// both route sets. Then it serves [`boot_router`] alone, and every operator route and page
-/// is a 404 on the boot network (#37).
 pub fn management_router(state: AppState) -> Router {
     let limited = axum::middleware::from_fn_with_state(state.clone(), per_source);
     let routes = operator_routes(&state)
         .route("/healthz", get(reports::healthz))
         .route(routes::REGISTER, post(agent::register).layer(limited));
     layered(routes, state)
-}
-
-/// The boot listener's routes for now: [`boot_router`]'s and the operators' together (see
-/// [`management_router`]).
-pub fn transitional_router(state: AppState) -> Router {
-    boot_router(state.clone()).merge(layered(operator_routes(&state), state))
 }
 
 /// Operators' calls, reports, pages and metrics.

@@ -70,7 +70,7 @@ pub async fn login(
     state.require_reader(&bearer_headers(&token)?)?;
     let id = state.sessions.open()?;
     let cookie = format!(
-        "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
         super::sessions::COOKIE,
         super::sessions::SESSION.as_secs()
     );
@@ -91,7 +91,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> axum::
         state.sessions.close(id);
     }
     let cookie = format!(
-        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        "{}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
         super::sessions::COOKIE
     );
     (

@@ -49,7 +49,7 @@ async fn events_are_stored_once_and_acknowledged_contiguously() {
         .await
         .unwrap();
     assert_eq!(ack["acked"], 5);
-    let detail = run_json(&client, &server.base, run.run_id).await;
+    let detail = server.ops.run(run.run_id).await;
     // Every step passed, but an ad-hoc run has no console to vouch for it.
     assert_eq!(detail["verdict"], "unattested");
     assert_eq!(detail["log_lines"], 1);
@@ -57,7 +57,7 @@ async fn events_are_stored_once_and_acknowledged_contiguously() {
     // Once the run has its verdict it is closed, even to its own agent's retries.
     let r = post_events(&client, &server.base, &run, full_run()).await;
     assert_eq!(r.status(), 409);
-    assert_eq!(run_json(&client, &server.base, run.run_id).await, detail);
+    assert_eq!(server.ops.run(run.run_id).await, detail);
 
     // A gap holds the acknowledgement back until it is filled.
     let run2 = register(&client, &server.base, 2, SUITE).await;
@@ -123,31 +123,35 @@ async fn tokens_are_required_and_scoped_to_their_run() {
     assert_eq!(r.status(), 403);
 
     let mode = serde_json::json!({ "select": { "all": true }, "mode": "hold" });
-    let r = client
-        .post(format!("{}/api/v1/nodes/mode", server.base))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/mode")
         .json(&mode)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = client
-        .post(format!("{}/api/v1/nodes/mode", server.base))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/mode")
         .bearer_auth(&a.token)
         .json(&mode)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let r = client
-        .post(format!("{}/api/v1/nodes/mode", server.base))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/mode")
         .bearer_auth(server.admin_token())
         .json(&mode)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let nodes: Value = client
-        .get(format!("{}/api/v1/nodes", server.base))
+    let nodes: Value = server
+        .ops
+        .get("/api/v1/nodes")
         .send()
         .await
         .unwrap()
@@ -308,7 +312,7 @@ async fn a_silent_agent_fails_its_run_with_lost_contact() {
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let detail = run_json(&client, &server.base, run.run_id).await;
+        let detail = server.ops.run(run.run_id).await;
         if detail["verdict"] == "fail" {
             assert!(
                 detail["verdict_reason"]
@@ -324,7 +328,7 @@ async fn a_silent_agent_fails_its_run_with_lost_contact() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A late RunFinished(pass) is refused (the run is closed) and changes nothing.
-    let before = run_json(&client, &server.base, run.run_id).await;
+    let before = server.ops.run(run.run_id).await;
     let late = vec![ev(
         3,
         EventBody::RunFinished {
@@ -337,7 +341,7 @@ async fn a_silent_agent_fails_its_run_with_lost_contact() {
             .status(),
         409
     );
-    assert_eq!(run_json(&client, &server.base, run.run_id).await, before);
+    assert_eq!(server.ops.run(run.run_id).await, before);
 }
 
 #[test]
@@ -400,16 +404,14 @@ fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
         0,
         "events left unacknowledged"
     );
-    let detail = rt.block_on(run_json(&client, &base, run.run_id));
+    let detail = rt.block_on(server.ops.run(run.run_id));
     assert_eq!(detail["log_lines"], lines);
     assert_eq!(detail["verdict"], "unattested");
     // One answer is at most a page; the whole log comes page by page, backwards.
     let too_many = rt.block_on(async {
-        client
-            .get(format!(
-                "{base}/api/v1/runs/{}/logs?limit=100000",
-                run.run_id
-            ))
+        server
+            .ops
+            .get(&format!("/api/v1/runs/{}/logs?limit=100000", run.run_id))
             .send()
             .await
             .unwrap()
@@ -419,9 +421,10 @@ fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
         let mut all: Vec<Value> = Vec::new();
         let mut before = String::new();
         loop {
-            let r = client
-                .get(format!(
-                    "{base}/api/v1/runs/{}/logs?limit=700{before}",
+            let r = server
+                .ops
+                .get(&format!(
+                    "/api/v1/runs/{}/logs?limit=700{before}",
                     run.run_id
                 ))
                 .send()
@@ -464,15 +467,14 @@ async fn the_bandwidth_endpoints_serve_only_an_open_runs_agent() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let run = register_with(
-        &client,
-        &server.base,
+    let run = register_admin(
+        &server.ops,
         &RegisterRequest {
             identity: identity(1),
             hostname: None,
             suite_text: NIC_SUITE.into(),
         },
-        Some(&server.admin_token()),
+        &server.admin_token(),
     )
     .await;
     let r = client
@@ -544,8 +546,9 @@ async fn sequence_numbers_past_i64_and_an_empty_selection_are_refused() {
         assert_eq!(r.status(), 400);
         assert!(r.text().await.unwrap().contains("sequence number"));
     }
-    let r = client
-        .post(format!("{}/api/v1/nodes/mode", server.base))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/mode")
         .bearer_auth(server.admin_token())
         .json(&serde_json::json!({ "select": { "all": false }, "mode": "hold" }))
         .send()
@@ -553,8 +556,9 @@ async fn sequence_numbers_past_i64_and_an_empty_selection_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("selects no node"));
-    let rows: Vec<Value> = client
-        .get(format!("{}/api/v1/report", server.base))
+    let rows: Vec<Value> = server
+        .ops
+        .get("/api/v1/report")
         .send()
         .await
         .unwrap()
@@ -610,7 +614,7 @@ fn an_over_long_line_and_too_many_metrics_are_clamped_by_the_agent_and_the_run_s
         verdict: Verdict::Pass,
     });
     assert_eq!(reporter.flush(Duration::from_secs(30)), 0);
-    let detail = rt.block_on(run_json(&client, &server.base, run.run_id));
+    let detail = rt.block_on(server.ops.run(run.run_id));
     // The step's report arrived; the dropped metrics are a fault, not a lost run.
     assert_eq!(detail["verdict"], "fail", "{detail}");
     assert!(
@@ -620,8 +624,9 @@ fn an_over_long_line_and_too_many_metrics_are_clamped_by_the_agent_and_the_run_s
         "{detail}"
     );
     let logs: Vec<Value> = rt.block_on(async {
-        client
-            .get(format!("{}/api/v1/runs/{}/logs", server.base, run.run_id))
+        server
+            .ops
+            .get(&format!("/api/v1/runs/{}/logs", run.run_id))
             .send()
             .await
             .unwrap()
@@ -747,11 +752,7 @@ async fn unknown_machines_are_capped_and_one_source_is_rate_limited() {
     let r = get(client.clone(), ipxe(9)).await;
     assert!(r.text().await.unwrap().contains("max_unknown_nodes"));
     assert_eq!(get(client.clone(), ipxe(0)).await.status(), 200);
-    let rows: Vec<Value> = get(client.clone(), format!("{}/api/v1/report", server.base))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&server.ops.text("/api/v1/report").await).unwrap();
     assert_eq!(rows.len(), 3);
 
     // The rate: a burst of three, then 429 with Retry-After (a token every 1000 s).

@@ -20,7 +20,7 @@ fn smoke_run_with_collector_shows_the_same_verdict_and_faults_in_report_and_page
     let data = scratch("e2e");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _server = spawn_kiln(&data, port);
+    let server = spawn_kiln(&data, port);
     let suite = data.join("fails.yaml");
     std::fs::write(&suite, "suite: e2e\ndescription: d\nexpect:\n  cpu: {min_logical: 4096}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n").unwrap();
     let out = Command::new(&agent)
@@ -64,7 +64,8 @@ fn smoke_run_with_collector_shows_the_same_verdict_and_faults_in_report_and_page
     );
 
     let report = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["report", "--server", &base])
+        .arg("report")
+        .args(server.ops.flags())
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&report.stdout);
@@ -74,7 +75,7 @@ fn smoke_run_with_collector_shows_the_same_verdict_and_faults_in_report_and_page
         "a failed node makes kiln report exit 1: {table}"
     );
     assert!(table.contains("fail") && table.contains(&fault), "{table}");
-    let page = blocking_get(&format!("{base}/"));
+    let page = server.ops.blocking_text("/");
     assert!(
         page.contains(&fault) && page.contains("badge fail"),
         "{page}"
@@ -87,7 +88,7 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
     let data = scratch("peers");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _server = spawn_kiln(&data, port);
+    let server = spawn_kiln(&data, port);
     let token = std::fs::read_to_string(data.join("admin.token"))
         .unwrap()
         .trim()
@@ -95,13 +96,10 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
     // One memory thread for 3 s; peers of five or more, 15 % below their median at most.
     let suite = data.join("peers.yaml");
     std::fs::write(&suite, "suite: peers\ndescription: d\ncompare_peers: {min_peers: 5, max_below_median_pct: 15}\nsteps:\n  - name: mem\n    memory: {size: 32MiB, threads: 1, duration: 3s, patterns: [own-address, solid-bits]}\n").unwrap();
-    let client = reqwest::Client::new();
     let get = |path: String| {
-        let client = client.clone();
-        let url = format!("{base}{path}");
+        let ops = server.ops.clone();
         async move {
-            client
-                .get(url)
+            ops.get(&path)
                 .send()
                 .await
                 .unwrap()
@@ -148,8 +146,9 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
         loop {
             for row in get("/api/v1/report".into()).await.as_array().unwrap() {
                 if row["batch"].is_null() {
-                    let r = client
-                        .post(format!("{base}/api/v1/nodes/batch"))
+                    let r = server
+                        .ops
+                        .post("/api/v1/nodes/batch")
                         .bearer_auth(&token)
                         .json(
                             &serde_json::json!({"select": {"node": row["node_id"]}, "batch": "B"}),
@@ -203,8 +202,9 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
     let median = peers[2];
     let slow = sorted[5];
     // Its run page places it among its peers; the batch page draws the batch's spread.
-    let page = client
-        .get(format!("{base}/runs/{}", slow["run_id"]))
+    let page = server
+        .ops
+        .get(&format!("/runs/{}", slow["run_id"]))
         .send()
         .await
         .unwrap()
@@ -217,8 +217,9 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
             && page.contains("<svg class=\"over-time\" data-step=\"0\""),
         "{page}"
     );
-    let batch = client
-        .get(format!("{base}/batches/B"))
+    let batch = server
+        .ops
+        .get("/batches/B")
         .send()
         .await
         .unwrap()

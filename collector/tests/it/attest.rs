@@ -72,7 +72,7 @@ async fn a_token_taken_off_the_boot_network_never_makes_the_node_pass() {
     let r = post_events(&attacker, &base, &session, soak_passed()).await;
     assert_eq!(r.status(), 200);
     // No pass: the node's console never showed the run's attestation, so the run waits for it.
-    let run = run_json(&attacker, &base, booted.run_id).await;
+    let run = server.ops.run(booted.run_id).await;
     assert!(run["verdict"].is_null(), "{run}");
     // The real node boots and asks for its script: the second request fails the run, and
     // its answer says so.
@@ -80,7 +80,7 @@ async fn a_token_taken_off_the_boot_network_never_makes_the_node_pass() {
     let script = get_text(&node, &format!("{base}/ipxe?mac={MAC_IPXE}")).await;
     assert!(script.contains("verification fail"), "{script}");
     assert!(script.contains("security"), "{script}");
-    let run = run_json(&node, &base, booted.run_id).await;
+    let run = server.ops.run(booted.run_id).await;
     assert_eq!(run["verdict"], "fail", "{run}");
     let why = faults(&run);
     assert!(
@@ -98,7 +98,15 @@ async fn a_result_faster_than_the_work_is_implausible_even_when_attested() {
     let console = ConsoleServer::start().await;
     let server = collector("attest-clock", &console, SOAK).await;
     let client = reqwest::Client::new();
-    let run = attested_run(&client, &server.base, MAC_IPXE, &console, soak_passed()).await;
+    let run = attested_run(
+        &client,
+        &server.base,
+        &server.ops,
+        MAC_IPXE,
+        &console,
+        soak_passed(),
+    )
+    .await;
     assert_eq!(run["verdict"], "error", "{run}");
     assert!(
         faults(&run).contains(
@@ -113,14 +121,23 @@ async fn a_node_attested_on_its_own_console_passes_whichever_comes_first() {
     let console = ConsoleServer::start().await;
     let server = collector("attest-honest", &console, SUITE).await;
     let client = reqwest::Client::new();
-    let run = attested_run(&client, &server.base, MAC_IPXE, &console, full_run()).await;
+    let run = attested_run(
+        &client,
+        &server.base,
+        &server.ops,
+        MAC_IPXE,
+        &console,
+        full_run(),
+    )
+    .await;
     assert_eq!(run["verdict"], "pass", "{run}");
     assert_eq!(run["faults"], serde_json::json!([]), "{run}");
 
     // Again, the final event before the console's line: the verdict waits for the line.
     let admin = server.admin_token();
-    let rearm = client
-        .post(format!("{}/api/v1/nodes/mode", server.base))
+    let rearm = server
+        .ops
+        .post("/api/v1/nodes/mode")
         .bearer_auth(&admin)
         .json(&serde_json::json!({ "select": { "node": 1 }, "mode": "verify" }))
         .send()
@@ -132,10 +149,10 @@ async fn a_node_attested_on_its_own_console_passes_whichever_comes_first() {
     tokio::time::sleep(kiln_protocol::attest::LEAST_BOOT).await;
     let r = post_events(&client, &server.base, &session, full_run()).await;
     assert_eq!(r.status(), 200);
-    let open = run_json(&client, &server.base, booted.run_id).await;
+    let open = server.ops.run(booted.run_id).await;
     assert!(open["verdict"].is_null(), "{open}");
     console.show(&format!("{line}\n")).await;
-    let run = wait_verdict(&client, &server.base, booted.run_id).await;
+    let run = wait_verdict(&server.ops, booted.run_id).await;
     assert_eq!(run["verdict"], "pass", "{run}");
 }
 
@@ -145,7 +162,6 @@ struct TwoNodes {
     one: ConsoleServer,
     two: ConsoleServer,
     server: Server,
-    client: reqwest::Client,
     first: Booted,
     second: Booted,
     /// The first node's attestation line.
@@ -171,7 +187,6 @@ impl TwoNodes {
             one,
             two,
             server,
-            client,
             first,
             second,
             line,
@@ -182,17 +197,12 @@ impl TwoNodes {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_line_with_another_proof_fails_the_run_and_a_damaged_one_is_noise() {
     let two_nodes = TwoNodes::boot("attest-wrong").await;
-    let (one, two, server, client) = (
-        &two_nodes.one,
-        &two_nodes.two,
-        &two_nodes.server,
-        &two_nodes.client,
-    );
+    let (one, two, server) = (&two_nodes.one, &two_nodes.two, &two_nodes.server);
     let (first, second) = (&two_nodes.first, &two_nodes.second);
     // A line for run 1 with another proof on node 1's console.
     let forged = kiln_protocol::attest::line("not the key", first.run_id, first.node_id);
     one.show(&format!("{forged}\n")).await;
-    let run = wait_verdict(client, &server.base, first.run_id).await;
+    let run = wait_verdict(&server.ops, first.run_id).await;
     assert_eq!(run["verdict"], "fail", "{run}");
     assert!(
         faults(&run).contains("security: node 1's console showed an attestation line for this run that its session did not issue"),
@@ -201,17 +211,17 @@ async fn a_line_with_another_proof_fails_the_run_and_a_damaged_one_is_noise() {
     // Damaged lines are serial noise, not claims: nothing changes.
     two.show("kiln-attest run=2 node=2 proof=zz\n").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let other = run_json(client, &server.base, second.run_id).await;
+    let other = server.ops.run(second.run_id).await;
     assert!(other["verdict"].is_null(), "{other}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_line_on_another_nodes_console_fails_the_run_it_names() {
     let two_nodes = TwoNodes::boot("attest-elsewhere").await;
-    let (two, server, client) = (&two_nodes.two, &two_nodes.server, &two_nodes.client);
+    let (two, server) = (&two_nodes.two, &two_nodes.server);
     let (first, second, line) = (&two_nodes.first, &two_nodes.second, &two_nodes.line);
     two.show(&format!("[   3.2] {line}\r\n")).await;
-    let run = wait_verdict(client, &server.base, first.run_id).await;
+    let run = wait_verdict(&server.ops, first.run_id).await;
     assert_eq!(run["verdict"], "fail", "{run}");
     assert!(
         faults(&run).contains(&format!(
@@ -220,7 +230,7 @@ async fn the_line_on_another_nodes_console_fails_the_run_it_names() {
         )),
         "{run}"
     );
-    let other = run_json(client, &server.base, second.run_id).await;
+    let other = server.ops.run(second.run_id).await;
     assert!(
         other["verdict"].is_null(),
         "node 2's own run is untouched: {other}"
@@ -244,7 +254,7 @@ async fn after_memtest_passes_a_token_taken_off_the_boot_network_still_never_mak
     console.show(&String::from_utf8_lossy(&transcript)).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        let run = run_json(&node, &base, 1).await;
+        let run = server.ops.run(1).await;
         let memtest = run["stages"]
             .as_array()
             .unwrap()
@@ -264,14 +274,14 @@ async fn after_memtest_passes_a_token_taken_off_the_boot_network_still_never_mak
     let (session, _) = open_session(&attacker, &base, &booted).await;
     let r = post_events(&attacker, &base, &session, full_run()).await;
     assert_eq!(r.status(), 200);
-    assert!(run_json(&node, &base, 1).await["verdict"].is_null());
+    assert!(server.ops.run(1).await["verdict"].is_null());
     // The real node's request fails the run and shows why.
     let script = get_text(&node, &format!("{base}/ipxe?mac={MAC_IPXE}")).await;
     assert!(
         script.contains("verification fail") && script.contains("security"),
         "{script}"
     );
-    let run = run_json(&node, &base, 1).await;
+    let run = server.ops.run(1).await;
     assert_eq!(run["verdict"], "fail", "{run}");
     assert!(
         faults(&run).contains("handed out to 127.0.0.2, asked again from 127.0.0.1"),
@@ -293,12 +303,13 @@ async fn under_attestation_optional_an_unattested_run_ships_and_still_says_so() 
         let client = reqwest::Client::new();
         let run = register(&client, &server.base, 1, SUITE).await;
         post_events(&client, &server.base, &run, full_run()).await;
-        let detail = run_json(&client, &server.base, run.run_id).await;
+        let detail = server.ops.run(run.run_id).await;
         assert_eq!(detail["verdict"], "unattested", "{detail}");
-        let base = server.base.clone();
+        let ops = server.ops.clone();
         let out = tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-                .args(["report", "--server", &base])
+                .arg("report")
+                .args(ops.flags())
                 .output()
                 .unwrap()
         })

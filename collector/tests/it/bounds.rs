@@ -20,9 +20,9 @@ fn line(seq: u64, bytes: usize) -> kiln_protocol::wire::Event {
     )
 }
 
-async fn stored_events(client: &reqwest::Client, base: &str, run_id: i64) -> usize {
-    let logs: Vec<Value> = client
-        .get(format!("{base}/api/v1/runs/{run_id}/logs"))
+async fn stored_events(ops: &Ops, run_id: i64) -> usize {
+    let logs: Vec<Value> = ops
+        .get(&format!("/api/v1/runs/{run_id}/logs"))
         .send()
         .await
         .unwrap()
@@ -56,8 +56,8 @@ async fn an_ad_hoc_run_past_its_events_or_log_bytes_is_refused_and_ends_as_an_er
         why.contains("the run sent more than its 10 events"),
         "{why}"
     );
-    assert_eq!(stored_events(&client, base, run.run_id).await, 8);
-    let detail = run_json(&client, base, run.run_id).await;
+    assert_eq!(stored_events(&server.ops, run.run_id).await, 8);
+    let detail = server.ops.run(run.run_id).await;
     assert_eq!(detail["verdict"], "error", "{detail}");
     assert!(detail["faults"].to_string().contains("bounds:"), "{detail}");
     // Closed: the agent's retry learns so.
@@ -71,7 +71,7 @@ async fn an_ad_hoc_run_past_its_events_or_log_bytes_is_refused_and_ends_as_an_er
     let r = post_events(&client, base, &run, vec![line(2, 2048)]).await;
     assert_eq!(r.status(), 413);
     assert!(r.text().await.unwrap().contains("of log lines"));
-    assert_eq!(stored_events(&client, base, run.run_id).await, 1);
+    assert_eq!(stored_events(&server.ops, run.run_id).await, 1);
 
     // A known node's run (the admin's registration) has the known bounds.
     let req = kiln_protocol::wire::RegisterRequest {
@@ -79,7 +79,7 @@ async fn an_ad_hoc_run_past_its_events_or_log_bytes_is_refused_and_ends_as_an_er
         hostname: None,
         suite_text: SUITE.into(),
     };
-    let run = register_with(&client, base, &req, Some(&server.admin_token())).await;
+    let run = register_admin(&server.ops, &req, &server.admin_token()).await;
     let r = post_events(&client, base, &run, (1..=12).map(|s| line(s, 10)).collect()).await;
     assert_eq!(r.status(), 200);
 }
@@ -117,7 +117,7 @@ async fn ad_hoc_registrations_have_their_own_quota_and_never_crowd_out_a_machine
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    register_with(&client, base, &req, Some(&server.admin_token())).await;
+    register_admin(&server.ops, &req, &server.admin_token()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,8 +144,8 @@ async fn bandwidth_is_for_known_nodes_within_their_suite_and_is_cut_when_the_run
             hostname: None,
             suite_text: suite.into(),
         };
-        let (client, admin) = (client.clone(), admin.clone());
-        async move { register_with(&client, base, &req, Some(&admin)).await }
+        let (ops, admin) = (server.ops.clone(), admin.clone());
+        async move { register_admin(&ops, &req, &admin).await }
     };
     let plain = known(2, SUITE).await;
     let r = client
@@ -235,10 +235,11 @@ async fn a_node_starts_at_most_its_runs_per_day_by_registration_or_by_boot() {
         suite_text: SUITE.into(),
     };
     for _ in 0..2 {
-        register_with(&client, base, &req, Some(&admin)).await;
+        register_admin(&server.ops, &req, &admin).await;
     }
-    let r = client
-        .post(format!("{base}/api/v1/register"))
+    let r = server
+        .ops
+        .post("/api/v1/register")
         .bearer_auth(&admin)
         .json(&req)
         .send()
@@ -254,8 +255,9 @@ async fn a_node_starts_at_most_its_runs_per_day_by_registration_or_by_boot() {
     // A node booted into verification again and again: held, saying why.
     let mac = "52-54-00-00-08-01";
     let rearm = || async {
-        let r = client
-            .post(format!("{base}/api/v1/nodes/mode"))
+        let r = server
+            .ops
+            .post("/api/v1/nodes/mode")
             .bearer_auth(&admin)
             .json(
                 &serde_json::json!({ "select": { "mac": "52:54:00:00:08:01" }, "mode": "verify" }),
@@ -297,21 +299,20 @@ async fn log_pages_refuse_hostile_limits_and_cursors() {
         ("before=-9223372036854775808", 200),
         ("limit=2&before=3", 200),
     ] {
-        let r = client
-            .get(format!(
-                "{}/api/v1/runs/{}/logs?{query}",
-                server.base, run.run_id
-            ))
+        let r = server
+            .ops
+            .get(&format!("/api/v1/runs/{}/logs?{query}", run.run_id))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), status, "{query}");
     }
     // The page before seq 3 holds 1 and 2, and says there may be more before 1.
-    let r = client
-        .get(format!(
-            "{}/api/v1/runs/{}/logs?limit=2&before=3",
-            server.base, run.run_id
+    let r = server
+        .ops
+        .get(&format!(
+            "/api/v1/runs/{}/logs?limit=2&before=3",
+            run.run_id
         ))
         .send()
         .await

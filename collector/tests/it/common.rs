@@ -57,12 +57,11 @@ pub const SUITE: &str =
 /// endpoints serve such a run of a known node, for as long as the step's timeout).
 pub const NIC_SUITE: &str = "suite: n\ndescription: d\nsteps:\n  - name: net\n    timeout: 3s\n    nic: {target: collector, duration: 1s}\n";
 
-/// An in-process collector on 127.0.0.1: its boot listener (`base`) and its management
-/// listener over TLS (`ops`, reached with [`Server::ops_client`]).
+/// An in-process collector on 127.0.0.1: its boot listener (`base`, plain HTTP, what nodes
+/// reach) and its management listener (`ops`, HTTPS, what operators, reports and pages use).
 pub struct Server {
     pub base: String,
-    pub ops: String,
-    pub fingerprint: String,
+    pub ops: Ops,
     pub data: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -73,9 +72,11 @@ impl Server {
         let data = scratch(name);
         let listeners = kiln_collector::server::Listeners::loopback().await.unwrap();
         let base = format!("http://{}", listeners.boot.local_addr().unwrap());
-        let ops = format!("https://{}", listeners.management.local_addr().unwrap());
         let collector = Collector::open(config, &data).unwrap();
-        let fingerprint = collector.tls.fingerprint.clone();
+        let ops = Ops::new(
+            &format!("https://{}", listeners.management.local_addr().unwrap()),
+            &collector.tls.fingerprint,
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(collector.serve(listeners, async move {
             let _ = rx.await;
@@ -83,31 +84,15 @@ impl Server {
         Server {
             base,
             ops,
-            fingerprint,
             data,
             stop: Some(tx),
         }
     }
 
-    /// GETs `path` from the management listener, trusting exactly this collector's
-    /// certificate: its status and body.
+    /// GETs `path` from the management listener: its status and body.
     pub async fn ops_get(&self, path: &str) -> (u16, String) {
-        let request = reqwest::Client::new()
-            .get(format!("{}{path}", self.ops))
-            .build()
-            .unwrap();
-        let answer = kiln_collector::tls::send_pinned(
-            request,
-            Some(self.fingerprint.clone()),
-            &Default::default(),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-        (
-            answer.status,
-            String::from_utf8_lossy(&answer.body).into_owned(),
-        )
+        let reply = self.ops.get(path).send().await.unwrap();
+        (reply.status().as_u16(), reply.answer.text())
     }
 
     pub fn admin_token(&self) -> String {
@@ -115,6 +100,138 @@ impl Server {
             .unwrap()
             .trim()
             .to_owned()
+    }
+}
+
+/// An operator's way to a collector: its management URL and the certificate it must show
+/// (pinned, as `kiln` pins it).
+#[derive(Clone)]
+pub struct Ops {
+    pub url: String,
+    pub fingerprint: String,
+    // Builds requests only; they travel over `tls::send_pinned`.
+    builder: reqwest::Client,
+}
+
+impl Ops {
+    pub fn new(url: &str, fingerprint: &str) -> Ops {
+        Ops {
+            url: url.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            builder: reqwest::Client::new(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> OpsRequest {
+        self.request(reqwest::Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> OpsRequest {
+        self.request(reqwest::Method::POST, path)
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> OpsRequest {
+        OpsRequest {
+            builder: self.builder.request(method, format!("{}{path}", self.url)),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
+    /// The flags that send `kiln`'s operator commands here.
+    pub fn flags(&self) -> [&str; 4] {
+        ["--server", &self.url, "--fingerprint", &self.fingerprint]
+    }
+
+    /// The body of a GET of `path`, whatever its status.
+    pub async fn text(&self, path: &str) -> String {
+        self.get(path).send().await.unwrap().answer.text()
+    }
+
+    /// A run as `GET /api/v1/runs/N` shows it.
+    pub async fn run(&self, run_id: i64) -> Value {
+        let reply = self
+            .get(&format!("/api/v1/runs/{run_id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{}", reply.answer.text());
+        reply.answer.json().unwrap()
+    }
+
+    /// [`Ops::text`] from a plain thread.
+    pub fn blocking_text(&self, path: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.text(path))
+    }
+}
+
+/// A request to the management listener, built as reqwest builds one.
+pub struct OpsRequest {
+    builder: reqwest::RequestBuilder,
+    fingerprint: String,
+}
+
+impl OpsRequest {
+    pub fn bearer_auth(self, token: impl std::fmt::Display) -> OpsRequest {
+        self.with(|b| b.bearer_auth(token))
+    }
+
+    pub fn json<T: serde::Serialize + ?Sized>(self, body: &T) -> OpsRequest {
+        self.with(|b| b.json(body))
+    }
+
+    pub fn body(self, body: impl Into<reqwest::Body>) -> OpsRequest {
+        self.with(|b| b.body(body))
+    }
+
+    pub fn header(self, key: &str, value: impl AsRef<str>) -> OpsRequest {
+        self.with(|b| b.header(key, value.as_ref()))
+    }
+
+    fn with(self, f: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder) -> Self {
+        OpsRequest {
+            builder: f(self.builder),
+            ..self
+        }
+    }
+
+    /// Sends it over TLS to the collector whose certificate this is, and nowhere else.
+    pub async fn send(self) -> anyhow::Result<Reply> {
+        let answer = kiln_collector::tls::send_pinned(
+            self.builder.build()?,
+            Some(self.fingerprint),
+            &Default::default(),
+            Duration::from_secs(60),
+        )
+        .await?;
+        Ok(Reply { answer })
+    }
+}
+
+/// What the management listener answered. Its readers are async and fallible as reqwest's
+/// `Response`'s are, so a call reads the same whichever listener it went to.
+pub struct Reply {
+    pub answer: kiln_collector::tls::Answer,
+}
+
+impl Reply {
+    pub fn status(&self) -> reqwest::StatusCode {
+        reqwest::StatusCode::from_u16(self.answer.status).unwrap()
+    }
+
+    pub fn headers(&self) -> &reqwest::header::HeaderMap {
+        &self.answer.headers
+    }
+
+    pub async fn text(self) -> anyhow::Result<String> {
+        Ok(self.answer.text())
+    }
+
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> anyhow::Result<T> {
+        self.answer.json()
     }
 }
 
@@ -145,22 +262,36 @@ pub async fn register(
         hostname: Some(format!("node-{n}")),
         suite_text: suite.into(),
     };
-    register_with(client, base, &req, None).await
+    register_with(client, base, &req).await
 }
 
-/// Registers `req` (with the admin token when given); the answer must be 201.
+/// Registers `req` on the boot network, as an agent does (no token); the answer must be 201.
 pub async fn register_with(
     client: &reqwest::Client,
     base: &str,
     req: &RegisterRequest,
-    admin: Option<&str>,
 ) -> RegisterResponse {
-    let mut r = client.post(format!("{base}/api/v1/register"));
-    if let Some(token) = admin {
-        r = r.bearer_auth(token);
-    }
-    let r = r.json(req).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/api/v1/register"))
+        .json(req)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+/// Registers `req` with the admin token, on the management listener (where an operator's
+/// registration goes: the token never crosses the boot network); the answer must be 201.
+pub async fn register_admin(ops: &Ops, req: &RegisterRequest, admin: &str) -> RegisterResponse {
+    let r = ops
+        .post("/api/v1/register")
+        .bearer_auth(admin)
+        .json(req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.answer.text());
     r.json().await.unwrap()
 }
 
@@ -257,20 +388,10 @@ pub async fn post_events(
         .unwrap()
 }
 
-pub async fn run_json(client: &reqwest::Client, base: &str, run_id: i64) -> Value {
-    client
-        .get(format!("{base}/api/v1/runs/{run_id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// A `kiln serve` child process.
+/// A `kiln serve` child process, and the way to its management listener.
 pub struct Child_ {
     pub child: Child,
+    pub ops: Ops,
 }
 
 impl Drop for Child_ {
@@ -327,7 +448,16 @@ pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
         banner.contains(&format!("http://127.0.0.1:{port},")),
         "kiln serve said {banner:?}"
     );
-    Child_ { child }
+    // "… management on https://ADDR (certificate sha256:…; data …)"
+    let after = |marker: &str, end: char| {
+        let rest = banner.split(marker).nth(1).expect(&banner);
+        rest[..rest.find(end).expect(&banner)].to_owned()
+    };
+    let ops = Ops::new(
+        &format!("https://{}", after("management on https://", ' ')),
+        &after("(certificate ", ';'),
+    );
+    Child_ { child, ops }
 }
 
 pub fn free_port() -> u16 {
@@ -339,29 +469,21 @@ pub fn free_port() -> u16 {
 }
 
 /// Labels nodes from an inventory CSV with the admin token; the answer must be 200.
-pub async fn import_nodes(client: &reqwest::Client, server: &Server, csv: &str) {
-    let r = client
-        .post(format!("{}/api/v1/nodes/import", server.base))
+pub async fn import_nodes(server: &Server, csv: &str) {
+    let r = server
+        .ops
+        .post("/api/v1/nodes/import")
         .bearer_auth(server.admin_token())
         .body(csv.to_owned())
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(r.status(), 200, "{}", r.answer.text());
 }
 
 /// The body of a GET, whatever its status.
 pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()
-}
-
-/// A GET from a plain thread.
-pub fn blocking_get(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
 }
 
 /// Sends a raw HTTP/1.1 request (so paths reach the server exactly as written) and returns
@@ -513,10 +635,10 @@ pub async fn open_session(
 }
 
 /// The run once it has a verdict (the collector may wait for its console).
-pub async fn wait_verdict(client: &reqwest::Client, base: &str, run_id: i64) -> Value {
+pub async fn wait_verdict(ops: &Ops, run_id: i64) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let run = run_json(client, base, run_id).await;
+        let run = ops.run(run_id).await;
         if !run["verdict"].is_null() || std::time::Instant::now() > deadline {
             return run;
         }
@@ -529,6 +651,7 @@ pub async fn wait_verdict(client: &reqwest::Client, base: &str, run_id: i64) -> 
 pub async fn attested_run(
     client: &reqwest::Client,
     base: &str,
+    ops: &Ops,
     mac: &str,
     console: &ConsoleServer,
     events: Vec<Event>,
@@ -539,5 +662,5 @@ pub async fn attested_run(
     tokio::time::sleep(kiln_protocol::attest::LEAST_BOOT).await;
     let r = post_events(client, base, &session, events).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    wait_verdict(client, base, booted.run_id).await
+    wait_verdict(ops, booted.run_id).await
 }

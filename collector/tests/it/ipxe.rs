@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use kiln_collector::config::Config;
-use kiln_protocol::wire::EventBatch;
+use kiln_protocol::wire::{EventBatch, RegisterRequest};
 use serde_json::Value;
 
 use crate::common::*;
@@ -110,7 +110,7 @@ fn every_boot_script_matches_its_golden_copy_and_hostile_values_never_reach_one(
     let (_, done) = raw_get(&base, &format!("/ipxe?{q}"), "");
     assert!(!done.contains("kiln.token="), "{done}");
     golden("done-after-reboot.ipxe", &done);
-    let detail = rt.block_on(run_json(&client, &base, 1));
+    let detail = rt.block_on(server.ops.run(1));
     assert_eq!(detail["verdict"], "fail");
     assert!(
         detail["faults"].to_string().contains("unexpected reboot"),
@@ -127,13 +127,7 @@ fn every_boot_script_matches_its_golden_copy_and_hostile_values_never_reach_one(
     let admin = server.admin_token();
     let set = |body: Value, path: &str| {
         let r = rt
-            .block_on(
-                client
-                    .post(format!("{base}{path}"))
-                    .bearer_auth(&admin)
-                    .json(&body)
-                    .send(),
-            )
+            .block_on(server.ops.post(path).bearer_auth(&admin).json(&body).send())
             .unwrap();
         assert_eq!(r.status(), 200);
     };
@@ -289,8 +283,9 @@ async fn ipxe_never_adds_identifiers_to_a_known_node_nor_lets_placeholders_name_
     let client = reqwest::Client::new();
     let base = &server.base;
     let nodes = || async {
-        let rows: Vec<Value> = client
-            .get(format!("{base}/api/v1/nodes"))
+        let rows: Vec<Value> = server
+            .ops
+            .get("/api/v1/nodes")
             .send()
             .await
             .unwrap()
@@ -362,14 +357,17 @@ async fn the_management_listener_speaks_tls_with_its_pinned_certificate_and_the_
     // certificate refuses the handshake.
     assert!(
         reqwest::Client::new()
-            .get(format!("{}/healthz", server.ops.replace("https", "http")))
+            .get(format!(
+                "{}/healthz",
+                server.ops.url.replace("https", "http")
+            ))
             .send()
             .await
             .is_err()
     );
     let seen = kiln_collector::tls::Seen::default();
     let request = reqwest::Client::new()
-        .get(format!("{}/healthz", server.ops))
+        .get(format!("{}/healthz", server.ops.url))
         .build()
         .unwrap();
     let other = kiln_collector::tls::send_pinned(
@@ -382,37 +380,14 @@ async fn the_management_listener_speaks_tls_with_its_pinned_certificate_and_the_
     assert!(other.is_err());
     assert_eq!(
         seen.lock().unwrap().as_deref(),
-        Some(server.fingerprint.as_str())
+        Some(server.ops.fingerprint.as_str())
     );
-    // The boot listener's own routes are ready to stand alone: no operator route or page.
-    let state_dir = scratch("boot-router-alone");
-    let collector = kiln_collector::server::Collector::open(Config::default(), &state_dir).unwrap();
-    let boot = kiln_collector::api::boot_router(collector.state.clone());
-    for path in [
-        "/",
-        "/api/v1/report",
-        "/api/v1/nodes",
-        "/metrics",
-        "/login",
-        "/api/v1/runs/1",
-    ] {
-        let response = tower_service::Service::call(
-            &mut boot.clone(),
-            axum::http::Request::get(path)
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(response.status(), 404, "{path}");
-    }
-
     // The command line: on first use it pins what it is shown, after that it refuses another
     // certificate, saying which and where the pin is kept.
     let known = server.data.join("known_collectors");
     let kiln = |fingerprint: Option<&str>| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
-        cmd.args(["report", "--server", &server.ops])
+        cmd.args(["report", "--server", &server.ops.url])
             .env("KILN_KNOWN_COLLECTORS", &known)
             .env_remove("KILN_FINGERPRINT");
         if let Some(f) = fingerprint {
@@ -429,19 +404,127 @@ async fn the_management_listener_speaks_tls_with_its_pinned_certificate_and_the_
     );
     assert!(String::from_utf8_lossy(&first.stderr).contains("pinned the collector"));
     let kept = std::fs::read_to_string(&known).unwrap();
-    assert!(kept.contains(&server.fingerprint), "{kept}");
+    assert!(kept.contains(&server.ops.fingerprint), "{kept}");
     let again = tokio::task::block_in_place(|| kiln(None).output().unwrap());
     assert_eq!(again.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&again.stderr).contains("pinned"));
     // The certificate changed (here: the pin did): refused, naming both and the file.
-    let host = server.ops.trim_start_matches("https://").to_owned();
+    let host = server.ops.url.trim_start_matches("https://").to_owned();
     std::fs::write(&known, format!("{host} sha256:{}\n", "ab".repeat(32))).unwrap();
     let changed = tokio::task::block_in_place(|| kiln(None).output().unwrap());
     assert_ne!(changed.status.code(), Some(0));
     let said = String::from_utf8_lossy(&changed.stderr);
     assert!(
-        said.contains(&format!("shows the certificate {}", server.fingerprint))
+        said.contains(&format!("shows the certificate {}", server.ops.fingerprint))
             && said.contains("known_collectors"),
         "{said}"
     );
+}
+
+/// Every operator route and page, as (method, path): each answers on the management listener
+/// (a handler's answer, even a refusal, never the router's bare 404).
+const OPERATOR_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/login"),
+    ("GET", "/logout"),
+    ("GET", "/metrics"),
+    ("GET", "/nodes/1"),
+    ("GET", "/nodes/1/evidence.zip"),
+    ("GET", "/runs/1"),
+    ("GET", "/batches/B"),
+    ("GET", "/api/v1/nodes"),
+    ("POST", "/api/v1/nodes/import"),
+    ("POST", "/api/v1/nodes/mode"),
+    ("POST", "/api/v1/nodes/suite"),
+    ("POST", "/api/v1/nodes/batch"),
+    ("POST", "/api/v1/nodes/verify"),
+    ("POST", "/api/v1/nodes/destructive"),
+    ("GET", "/api/v1/batches/B"),
+    ("GET", "/api/v1/batches/B/workbook.xlsx"),
+    ("GET", "/api/v1/waivers"),
+    ("POST", "/api/v1/waivers"),
+    ("POST", "/api/v1/waivers/1/revoke"),
+    ("GET", "/api/v1/report"),
+    ("GET", "/api/v1/runs/1"),
+    ("GET", "/api/v1/runs/1/junit.xml"),
+    ("GET", "/api/v1/runs/1/logs"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_boot_network_reaches_no_operator_route_and_never_carries_the_admin_token() {
+    let server = Server::start("boot-listener-alone", Config::default()).await;
+    let admin = server.admin_token();
+    let client = reqwest::Client::new();
+    for (method, path) in OPERATOR_ROUTES {
+        let method: reqwest::Method = method.parse().unwrap();
+        // With the admin token even: the route is not there.
+        let r = client
+            .request(method.clone(), format!("{}{path}", server.base))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} {path} on the boot listener");
+        assert_eq!(r.text().await.unwrap(), "", "{method} {path}");
+        let there = server
+            .ops
+            .request(method.clone(), path)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            there.status() != 404 || !there.answer.body.is_empty(),
+            "{method} {path} is not a route of the management listener either"
+        );
+    }
+    // A registration with a token is refused on the boot network (the token would have
+    // crossed it; the refusal says where to go); an agent's own registration is taken.
+    let req = RegisterRequest {
+        identity: identity(1),
+        hostname: None,
+        suite_text: SUITE.into(),
+    };
+    let url = format!("{}/api/v1/register", server.base);
+    let r = client
+        .post(&url)
+        .bearer_auth(&admin)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.text().await.unwrap().contains("management listener only"),
+        "the refusal names where an operator registers"
+    );
+    register_with(&client, &server.base, &req).await;
+    register_admin(
+        &server.ops,
+        &RegisterRequest {
+            identity: identity(2),
+            ..req.clone()
+        },
+        &admin,
+    )
+    .await;
+
+    // With `registration: admin`, the boot network registers nothing at all.
+    let closed = Server::start(
+        "boot-listener-closed",
+        Config {
+            registration: kiln_collector::config::Registration::Admin,
+            ..Config::default()
+        },
+    )
+    .await;
+    let r = client
+        .post(format!("{}/api/v1/register", closed.base))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("registration: admin"));
+    register_admin(&closed.ops, &req, &closed.admin_token()).await;
 }

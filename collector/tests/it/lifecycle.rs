@@ -38,27 +38,28 @@ fn finished(verdict: Verdict) -> EventBody {
     EventBody::RunFinished { verdict }
 }
 
-async fn register_as(
-    client: &reqwest::Client,
-    base: &str,
-    identity: NodeIdentity,
-    admin: Option<&str>,
-) -> RegisterResponse {
+/// Registers node-7's run: the operator's (known node) or, without the admin token, an
+/// agent's own on the boot network (ad hoc).
+async fn register_as(server: &Server, identity: NodeIdentity, admin: bool) -> RegisterResponse {
     let req = RegisterRequest {
         identity,
         hostname: Some("node-7".into()),
         suite_text: SUITE.into(),
     };
-    register_with(client, base, &req, admin).await
+    if admin {
+        register_admin(&server.ops, &req, &server.admin_token()).await
+    } else {
+        register_with(&reqwest::Client::new(), &server.base, &req).await
+    }
 }
 
-async fn report(client: &reqwest::Client, base: &str, query: &str) -> Vec<Value> {
-    serde_json::from_str(&get_text(client, &format!("{base}/api/v1/report?{query}")).await).unwrap()
+async fn report(server: &Server, query: &str) -> Vec<Value> {
+    serde_json::from_str(&server.ops.text(&format!("/api/v1/report?{query}")).await).unwrap()
 }
 
 /// The raw JSON of a run, to compare byte for byte.
-async fn run_text(client: &reqwest::Client, base: &str, run_id: i64) -> String {
-    get_text(client, &format!("{base}/api/v1/runs/{run_id}")).await
+async fn run_text(server: &Server, run_id: i64) -> String {
+    server.ops.text(&format!("/api/v1/runs/{run_id}")).await
 }
 
 fn node7() -> NodeIdentity {
@@ -71,14 +72,12 @@ fn node7() -> NodeIdentity {
 
 /// node-7 (rack R12) fails with a DIMM fault.
 async fn failed_node7(client: &reqwest::Client, server: &Server) -> RegisterResponse {
-    let admin = server.admin_token();
     import_nodes(
-        client,
         server,
         "mac,rack,slot,hostname\n52:54:00:00:00:07,R12,U07,node-7\n",
     )
     .await;
-    let run = register_as(client, &server.base, node7(), Some(&admin)).await;
+    let run = register_as(server, node7(), true).await;
     let fault = kiln_protocol::wire::Fault::new("memory.mismatch", "DIMM B2 bit flip");
     let events = vec![
         ev(1, started()),
@@ -105,7 +104,7 @@ async fn a_forged_pass_from_an_unauthenticated_registration_never_touches_the_fa
     let client = reqwest::Client::new();
     let failed = failed_node7(&client, &server).await;
     // No token: the same MAC and serial, a run that "passes".
-    let forged = register_as(&client, &server.base, node7(), None).await;
+    let forged = register_as(&server, node7(), false).await;
     assert_ne!(forged.node_id, failed.node_id);
     let events = vec![
         ev(1, started()),
@@ -114,14 +113,14 @@ async fn a_forged_pass_from_an_unauthenticated_registration_never_touches_the_fa
     ];
     post_events(&client, &server.base, &forged, events).await;
 
-    let rows = report(&client, &server.base, "rack=R12").await;
+    let rows = report(&server, "rack=R12").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["node_id"], failed.node_id);
     assert_eq!(rows[0]["verdict"], "fail");
     assert_eq!(rows[0]["hostname"], "node-7");
     assert!(rows[0]["faults"].to_string().contains("DIMM B2 bit flip"));
     // The forged run sits on a node of its own, marked ad hoc, owning no MAC.
-    let all = report(&client, &server.base, "").await;
+    let all = report(&server, "").await;
     let ad_hoc: Vec<&Value> = all.iter().filter(|r| r["ad_hoc"] == true).collect();
     assert_eq!(ad_hoc.len(), 1);
     assert_eq!(ad_hoc[0]["node_id"], forged.node_id);
@@ -135,7 +134,7 @@ async fn a_forged_pass_from_an_unauthenticated_registration_never_touches_the_fa
     assert_eq!(ad_hoc[0]["verdict"], "unattested");
     assert!(ad_hoc[0]["rack"].is_null());
     // With the admin token, the lookup rule finds the known node again.
-    let admin = register_as(&client, &server.base, node7(), Some(&server.admin_token())).await;
+    let admin = register_as(&server, node7(), true).await;
     assert_eq!(admin.node_id, failed.node_id);
 }
 
@@ -146,7 +145,7 @@ async fn a_run_without_its_step_results_is_never_a_pass() {
     let run = register(&client, &server.base, 1, SUITE).await;
     let events = vec![ev(1, started()), ev(2, finished(Verdict::Pass))];
     post_events(&client, &server.base, &run, events).await;
-    let detail = run_json(&client, &server.base, run.run_id).await;
+    let detail = server.ops.run(run.run_id).await;
     assert_eq!(detail["verdict"], "incomplete", "{detail}");
     assert_eq!(detail["agent_verdict"], "pass");
     assert_eq!(
@@ -160,7 +159,7 @@ async fn a_finished_run_refuses_its_old_token_and_changes_nothing() {
     let server = Server::start("closed-run", Config::default()).await;
     let client = reqwest::Client::new();
     let run = failed_node7(&client, &server).await;
-    let before = run_text(&client, &server.base, run.run_id).await;
+    let before = run_text(&server, run.run_id).await;
     assert!(before.contains("\"verdict\":\"fail\""), "{before}");
 
     let rewrite = vec![ev(4, step(Outcome::Pass)), ev(5, finished(Verdict::Pass))];
@@ -190,7 +189,7 @@ async fn a_finished_run_refuses_its_old_token_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
-    assert_eq!(run_text(&client, &server.base, run.run_id).await, before);
+    assert_eq!(run_text(&server, run.run_id).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -209,7 +208,7 @@ async fn the_verdict_waits_for_a_missing_step_result_that_arrives_late() {
     .await;
     let ack: Value = r.json().await.unwrap();
     assert_eq!(ack["acked"], 1);
-    let detail = run_json(&client, &server.base, run.run_id).await;
+    let detail = server.ops.run(run.run_id).await;
     assert!(detail["verdict"].is_null(), "{detail}");
     assert_eq!(detail["stage"], "linux");
     // The gap is filled: now, and only now, the verdict.
@@ -222,7 +221,7 @@ async fn the_verdict_waits_for_a_missing_step_result_that_arrives_late() {
     .await;
     let ack: Value = r.json().await.unwrap();
     assert_eq!(ack["acked"], 3);
-    let detail = run_json(&client, &server.base, run.run_id).await;
+    let detail = server.ops.run(run.run_id).await;
     assert_eq!(detail["verdict"], "unattested", "{detail}");
     assert_eq!(
         detail["faults"],
@@ -245,21 +244,16 @@ async fn a_disagreement_with_the_agent_shows_in_report_page_and_junit() {
     )
     .await;
     let want = "agent reported pass, the collector computed incomplete";
-    let rows = report(&client, &server.base, "").await;
+    let rows = report(&server, "").await;
     assert!(rows[0]["faults"][0].as_str().unwrap().starts_with(want));
-    let csv = get_text(
-        &client,
-        &format!("{}/api/v1/report?format=csv", server.base),
-    )
-    .await;
+    let csv = server.ops.text("/api/v1/report?format=csv").await;
     assert!(csv.contains(want), "{csv}");
-    let page = get_text(&client, &format!("{}/runs/{}", server.base, run.run_id)).await;
+    let page = server.ops.text(&format!("/runs/{}", run.run_id)).await;
     assert!(page.contains(want), "{page}");
-    let junit = get_text(
-        &client,
-        &format!("{}/api/v1/runs/{}/junit.xml", server.base, run.run_id),
-    )
-    .await;
+    let junit = server
+        .ops
+        .text(&format!("/api/v1/runs/{}/junit.xml", run.run_id))
+        .await;
     assert!(
         junit.contains("<property name=\"verdict\" value=\"incomplete\"/>"),
         "{junit}"
@@ -274,12 +268,12 @@ async fn a_disagreement_with_the_agent_shows_in_report_page_and_junit() {
 async fn registration_never_moves_a_mac_or_renames_a_known_node_without_the_admin_token() {
     let server = Server::start("no-takeover", Config::default()).await;
     let client = reqwest::Client::new();
-    let known = register_as(&client, &server.base, node7(), Some(&server.admin_token())).await;
+    let known = register_as(&server, node7(), true).await;
     let mut other = node7();
     other.serial = Some("SN-other".into());
-    let forged = register_as(&client, &server.base, other, None).await;
+    let forged = register_as(&server, other, false).await;
     assert_ne!(forged.node_id, known.node_id);
-    let rows = report(&client, &server.base, "").await;
+    let rows = report(&server, "").await;
     let known_row = rows.iter().find(|r| r["node_id"] == known.node_id).unwrap();
     assert_eq!(known_row["macs"], "52:54:00:00:00:07");
     assert_eq!(known_row["serial"], "SN7");
@@ -386,9 +380,9 @@ async fn two_captures_never_run_for_one_node() {
     assert!(ipxe().await.contains("verification fail"));
     console.wait_open(0).await;
     // The operator re-arms it; run 2's memtest gets the only capture.
-    let client = reqwest::Client::new();
-    let r = client
-        .post(format!("{base}/api/v1/nodes/mode"))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/mode")
         .bearer_auth(server.admin_token())
         .json(&serde_json::json!({ "select": { "node": 1 }, "mode": "verify" }))
         .send()
@@ -398,8 +392,9 @@ async fn two_captures_never_run_for_one_node() {
     assert!(ipxe().await.contains("run 2: memtest86+"));
     console.wait_open(1).await;
     // An operator's re-arm in the middle of run 2 ends its capture too.
-    let r = client
-        .post(format!("{base}/api/v1/nodes/mode"))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/mode")
         .bearer_auth(server.admin_token())
         .json(&serde_json::json!({ "select": { "node": 1 }, "mode": "hold" }))
         .send()
@@ -408,7 +403,7 @@ async fn two_captures_never_run_for_one_node() {
     assert_eq!(r.status(), 200);
     console.wait_open(0).await;
     assert_eq!(console.most.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let run2 = run_json(&client, &base, 2).await;
+    let run2 = server.ops.run(2).await;
     assert_eq!(run2["verdict"], "incomplete", "{run2}");
 }
 
@@ -454,7 +449,7 @@ async fn a_bootstrap_token_used_twice_fails_the_run_as_a_security_event() {
             .unwrap()
             .contains("bootstrap token was already exchanged")
     );
-    let detail = run_json(&client, &server.base, 1).await;
+    let detail = server.ops.run(1).await;
     assert_eq!(detail["verdict"], "fail", "{detail}");
     assert!(
         detail["faults"]
@@ -524,12 +519,11 @@ async fn destroying_disks_on_network_boot_needs_the_operators_consent_which_is_r
         plan.allow_destructive
     };
     let set = |body: Value| {
-        let client = client.clone();
-        let url = format!("{}/api/v1/nodes/{}", server.base, "destructive");
+        let ops = server.ops.clone();
         let admin = admin.clone();
         async move {
-            let r = client
-                .post(url)
+            let r = ops
+                .post("/api/v1/nodes/destructive")
                 .bearer_auth(admin)
                 .json(&body)
                 .send()
@@ -539,8 +533,9 @@ async fn destroying_disks_on_network_boot_needs_the_operators_consent_which_is_r
         }
     };
     let rearm = || async {
-        let r = client
-            .post(format!("{}/api/v1/nodes/mode", server.base))
+        let r = server
+            .ops
+            .post("/api/v1/nodes/mode")
             .bearer_auth(&admin)
             .json(&serde_json::json!({ "select": { "node": 1 }, "mode": "verify" }))
             .send()
@@ -557,16 +552,18 @@ async fn destroying_disks_on_network_boot_needs_the_operators_consent_which_is_r
     rearm().await;
     assert!(!boot_plan().await);
     // Without the admin token nobody consents.
-    let r = client
-        .post(format!("{}/api/v1/nodes/destructive", server.base))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/destructive")
         .json(&serde_json::json!({ "select": { "node": 1 }, "allow": true }))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
     // `all: false` names no node: refused with the reason.
-    let r = client
-        .post(format!("{}/api/v1/nodes/destructive", server.base))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/destructive")
         .bearer_auth(&admin)
         .json(&serde_json::json!({ "select": { "all": false }, "allow": true }))
         .send()
@@ -575,7 +572,7 @@ async fn destroying_disks_on_network_boot_needs_the_operators_consent_which_is_r
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("selects no node"));
     // The node's page shows both changes, with who made them.
-    let page = get_text(&client, &format!("{}/nodes/1", server.base)).await;
+    let page = server.ops.text("/nodes/1").await;
     assert!(page.contains("destructive disk steps allowed"), "{page}");
     assert!(page.contains("destructive disk steps revoked"));
     assert!(page.contains("admin token "));

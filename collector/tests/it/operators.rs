@@ -10,14 +10,14 @@ use crate::common::*;
 fn operators_label_and_set_modes_from_the_command_line() {
     let data = scratch("nodes-cli");
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _server = spawn_kiln(&data, port);
+    let server = spawn_kiln(&data, port);
     let csv = data.join("nodes.csv");
     std::fs::write(&csv, "mac,rack,slot,hostname\n52:54:00:aa:00:01,R12,U01,r12-u01\n52:54:00:aa:00:02,R12,U02,r12-u02\n52:54:00:aa:00:03,R13,U01,r13-u01\n").unwrap();
     let token = data.join("admin.token");
     let kiln = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(args)
+            .args(server.ops.flags())
             .output()
             .unwrap()
     };
@@ -25,8 +25,6 @@ fn operators_label_and_set_modes_from_the_command_line() {
         "nodes",
         "import",
         csv.to_str().unwrap(),
-        "--server",
-        &base,
         "--token-file",
         token.to_str().unwrap(),
     ]);
@@ -43,8 +41,6 @@ fn operators_label_and_set_modes_from_the_command_line() {
         "hold",
         "--rack",
         "R12",
-        "--server",
-        &base,
         "--token-file",
         token.to_str().unwrap(),
     ]);
@@ -55,7 +51,8 @@ fn operators_label_and_set_modes_from_the_command_line() {
     );
     // Without the admin token: refused with the server's message, exit 2.
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["nodes", "mode", "local", "--all", "--server", &base])
+        .args(["nodes", "mode", "local", "--all"])
+        .args(server.ops.flags())
         .env_remove("KILN_ADMIN_TOKEN")
         .current_dir(&data)
         .output()
@@ -72,8 +69,6 @@ fn operators_label_and_set_modes_from_the_command_line() {
         "nodes",
         "import",
         csv.to_str().unwrap(),
-        "--server",
-        &base,
         "--token-file",
         token.to_str().unwrap(),
     ]);
@@ -83,9 +78,7 @@ fn operators_label_and_set_modes_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = kiln(&[
-        "report", "--server", &base, "--rack", "R12", "--format", "json",
-    ]);
+    let report = kiln(&["report", "--rack", "R12", "--format", "json"]);
     let rows: Vec<Value> = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["mode"] == "hold"));
@@ -95,8 +88,6 @@ fn operators_label_and_set_modes_from_the_command_line() {
         "allow-destructive",
         "--rack",
         "R12",
-        "--server",
-        &base,
         "--token-file",
         token.to_str().unwrap(),
     ]);
@@ -105,7 +96,7 @@ fn operators_label_and_set_modes_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = kiln(&["report", "--server", &base, "--format", "json"]);
+    let report = kiln(&["report", "--format", "json"]);
     let rows: Vec<Value> = serde_json::from_slice(&report.stdout).unwrap();
     let allowed: Vec<&Value> = rows
         .iter()
@@ -173,12 +164,12 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
         } else {
             full_run()
         };
-        let (client, base) = (client.clone(), server.base.clone());
+        let (client, base, ops) = (client.clone(), server.base.clone(), server.ops.clone());
         let (mac, console) = (
             macs[n as usize - 1].replace(':', "-"),
             &servers[n as usize - 1],
         );
-        async move { attested_run(&client, &base, &mac, console, events).await }
+        async move { attested_run(&client, &base, &ops, &mac, console, events).await }
     });
     for run in futures_util::future::join_all(finished).await {
         assert!(!run["verdict"].is_null(), "{run}");
@@ -188,8 +179,9 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
         });
     }
     let put = |node: i64, batch: &str| {
-        client
-            .post(format!("{}/api/v1/nodes/batch", server.base))
+        server
+            .ops
+            .post("/api/v1/nodes/batch")
             .bearer_auth(&admin)
             .json(&kiln_protocol::api::BatchRequest {
                 select: kiln_protocol::api::Selector::Node(node),
@@ -202,16 +194,18 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
     }
     assert_eq!(put(runs[3].node_id, "PO-2000").await.unwrap().status(), 200);
     // Without the admin token: refused.
-    let r = client
-        .post(format!("{}/api/v1/nodes/batch", server.base))
+    let r = server
+        .ops
+        .post("/api/v1/nodes/batch")
         .json(&serde_json::json!({"select": {"node": runs[0].node_id}, "batch": "X"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let summary: kiln_protocol::api::BatchSummary = client
-        .get(format!("{}/api/v1/batches/PO-1187", server.base))
+    let summary: kiln_protocol::api::BatchSummary = server
+        .ops
+        .get("/api/v1/batches/PO-1187")
         .send()
         .await
         .unwrap()
@@ -233,21 +227,16 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
         summary.failed[0].reason.contains("tool exited with 3"),
         "{summary:?}"
     );
-    let missing = client
-        .get(format!("{}/api/v1/batches/PO-0", server.base))
-        .send()
-        .await
-        .unwrap();
+    let missing = server.ops.get("/api/v1/batches/PO-0").send().await.unwrap();
     assert_eq!(missing.status(), 404);
 
     // The command line: a summary for people, exit 1 since a node failed; CSV of its nodes.
-    let base = server.base.clone();
+    let ops = server.ops.clone();
     let out = tokio::task::spawn_blocking(move || {
         let report = |format: &str| {
             Command::new(env!("CARGO_BIN_EXE_kiln"))
-                .args([
-                    "report", "--batch", "PO-1187", "--format", format, "--server", &base,
-                ])
+                .args(["report", "--batch", "PO-1187", "--format", format])
+                .args(ops.flags())
                 .output()
                 .unwrap()
         };
@@ -274,12 +263,12 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
 
     // The workbook, written by the command line and read back by another library.
     let book_path = server.data.join("po-1187.xlsx");
-    let (base, path) = (server.base.clone(), book_path.clone());
+    let (ops, path) = (server.ops.clone(), book_path.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["report", "--batch", "PO-1187", "--format", "xlsx", "--out"])
             .arg(&path)
-            .args(["--server", &base])
+            .args(ops.flags())
             .output()
             .unwrap()
     })
@@ -318,12 +307,12 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
 
     // The failed node's RMA evidence: one ZIP, from the command line.
     let zip_path = server.data.join("evidence.zip");
-    let (base, path, failed) = (server.base.clone(), zip_path.clone(), runs[2].node_id);
+    let (ops, path, failed) = (server.ops.clone(), zip_path.clone(), runs[2].node_id);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["report", "--evidence", &failed.to_string(), "--out"])
             .arg(&path)
-            .args(["--server", &base])
+            .args(ops.flags())
             .output()
             .unwrap()
     })
@@ -359,14 +348,9 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
 /// The report `server` serves now, JSON and CSV, and its dashboard, checked byte for byte
 /// against ones built from its database at this moment, never kept; `what` names the moment.
 /// Gives the JSON report.
-async fn report_is_current(
-    client: &reqwest::Client,
-    server: &Server,
-    db: &rusqlite::Connection,
-    what: &str,
-) -> String {
-    let report = reports_are_current(client, server, db, what).await;
-    let page = get_text(client, &format!("{}/", server.base)).await;
+async fn report_is_current(server: &Server, db: &rusqlite::Connection, what: &str) -> String {
+    let report = reports_are_current(server, db, what).await;
+    let page = server.ops.text("/").await;
     let templates = kiln_collector::api::templates::Pages::new().unwrap();
     let built =
         kiln_collector::api::pages::render_dashboard(db, &templates, None, None, 1).unwrap();
@@ -379,20 +363,11 @@ async fn report_is_current(
 }
 
 /// [`report_is_current`] for the JSON and CSV report alone.
-async fn reports_are_current(
-    client: &reqwest::Client,
-    server: &Server,
-    db: &rusqlite::Connection,
-    what: &str,
-) -> String {
+async fn reports_are_current(server: &Server, db: &rusqlite::Connection, what: &str) -> String {
     let mut served = Vec::new();
     for csv in [false, true] {
-        let url = format!(
-            "{}/api/v1/report{}",
-            server.base,
-            if csv { "?format=csv" } else { "" }
-        );
-        let body = get_text(client, &url).await;
+        let path = format!("/api/v1/report{}", if csv { "?format=csv" } else { "" });
+        let body = server.ops.text(&path).await;
         let built = kiln_collector::api::reports::render_report(
             db,
             &kiln_collector::store::queries::Filter::default(),
@@ -420,11 +395,11 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
         db.query_row("SELECT rev FROM report_clock", [], |r| r.get(0))
             .unwrap()
     };
-    report_is_current(&client, &server, &db, "no nodes").await;
+    report_is_current(&server, &db, "no nodes").await;
     let one = register(&client, &server.base, 1, SUITE).await;
-    report_is_current(&client, &server, &db, "registered").await;
+    report_is_current(&server, &db, "registered").await;
     post_events(&client, &server.base, &one, full_run()).await;
-    report_is_current(&client, &server, &db, "a run passed").await;
+    report_is_current(&server, &db, "a run passed").await;
 
     // A second run in parts: a batch of log lines alone leaves the clock, and so the kept
     // report, as they were; the rest moves it.
@@ -433,18 +408,15 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     let end = events.split_off(3);
     let logs = events.split_off(2);
     post_events(&client, &server.base, &two, events).await;
-    let started = report_is_current(&client, &server, &db, "a run started").await;
+    let started = report_is_current(&server, &db, "a run started").await;
     let before = clock(&db);
     let r = post_events(&client, &server.base, &two, logs).await;
     assert_eq!(r.status(), 200);
     assert_eq!(clock(&db), before, "log lines moved the reports' clock");
-    assert_eq!(
-        report_is_current(&client, &server, &db, "log lines").await,
-        started
-    );
+    assert_eq!(report_is_current(&server, &db, "log lines").await, started);
     // Live progress alone: the kept report and page hold for the lag, showing the step as it
     // was; then the report has it put in, the same bytes a build gives (the CSV shows none).
-    let page = get_text(&client, &format!("{}/", server.base)).await;
+    let page = server.ops.text("/").await;
     let progress = vec![ev(
         4,
         kiln_protocol::wire::EventBody::Progress {
@@ -467,18 +439,18 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     assert_eq!(clock(&db), before, "live progress moved the main clock");
     assert_eq!(progress_clock(&db), moved + 1);
     assert_eq!(
-        get_text(&client, &format!("{}/api/v1/report", server.base)).await,
+        server.ops.text("/api/v1/report").await,
         started,
         "a kept report was built again for progress"
     );
     assert_eq!(
-        get_text(&client, &format!("{}/", server.base)).await,
+        server.ops.text("/").await,
         page,
         "a kept dashboard page was built again for progress"
     );
     let lag = kiln_collector::api::report_cache::PROGRESS_LAG as u64;
     tokio::time::sleep(std::time::Duration::from_millis(lag)).await;
-    let progressed = report_is_current(&client, &server, &db, "live progress").await;
+    let progressed = report_is_current(&server, &db, "live progress").await;
     assert!(progressed.contains("\"fraction\":0.5"), "{progressed}");
     let without_progress = |report: &str| {
         let mut rows: Vec<serde_json::Value> = serde_json::from_str(report).unwrap();
@@ -501,34 +473,30 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
         })
         .collect();
     post_events(&client, &server.base, &two, end).await;
-    let failed = report_is_current(&client, &server, &db, "a run failed").await;
+    let failed = report_is_current(&server, &db, "a run failed").await;
     assert_ne!(failed, started);
 
     // Waived, revoked, waived until a moment that comes while the report is kept.
     let waive = || {
-        client
-            .post(format!("{}/api/v1/waivers", server.base))
+        server
+            .ops
+            .post("/api/v1/waivers")
             .bearer_auth(&admin)
             .json(&serde_json::json!({"node": two.node_id, "code": "fan.speed", "reason": "spare"}))
             .send()
     };
     let waiver: kiln_protocol::api::Waiver = waive().await.unwrap().json().await.unwrap();
-    let waived = report_is_current(&client, &server, &db, "waived").await;
+    let waived = report_is_current(&server, &db, "waived").await;
     assert!(waived.contains("\"waiver\":{"), "{waived}");
-    let r = client
-        .post(format!(
-            "{}/api/v1/waivers/{}/revoke",
-            server.base, waiver.id
-        ))
+    let r = server
+        .ops
+        .post(&format!("/api/v1/waivers/{}/revoke", waiver.id))
         .bearer_auth(&admin)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        report_is_current(&client, &server, &db, "revoked").await,
-        failed
-    );
+    assert_eq!(report_is_current(&server, &db, "revoked").await, failed);
     let waiver: kiln_protocol::api::Waiver = waive().await.unwrap().json().await.unwrap();
     let until = kiln_collector::store::now_ms() + 1_500;
     db.execute(
@@ -537,7 +505,7 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     )
     .unwrap();
     assert_eq!(
-        report_is_current(&client, &server, &db, "waived until soon").await,
+        report_is_current(&server, &db, "waived until soon").await,
         waived
     );
     tokio::time::sleep(std::time::Duration::from_millis(
@@ -546,18 +514,17 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     .await;
     let before = clock(&db);
     assert_eq!(
-        report_is_current(&client, &server, &db, "the waiver ran out").await,
+        report_is_current(&server, &db, "the waiver ran out").await,
         failed
     );
     assert_eq!(clock(&db), before, "only the time changed");
 
     // Labelled from an inventory file.
     import_nodes(
-        &client,
         &server,
         "mac,rack,slot,hostname\n52:54:00:00:00:01,R12,U07,node-7\n",
     )
     .await;
-    let labelled = report_is_current(&client, &server, &db, "labelled").await;
+    let labelled = report_is_current(&server, &db, "labelled").await;
     assert!(labelled.contains("\"rack\":\"R12\""), "{labelled}");
 }

@@ -18,11 +18,12 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         hostname: Some("<script>alert(1)</script>".into()),
         suite_text: SUITE.into(),
     };
-    let run = register_with(&client, &server.base, &req, None).await;
+    let run = register_with(&client, &server.base, &req).await;
     let events = failed_run("exec.exit_code", "tool exited with 3");
     post_events(&client, &server.base, &run, events).await;
-    let page = client
-        .get(format!("{}/", server.base))
+    let page = server
+        .ops
+        .get("/")
         .send()
         .await
         .unwrap()
@@ -35,11 +36,9 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
     );
     assert!(!page.contains("<script>alert(1)"));
     assert!(page.contains("tool: tool exited with 3"));
-    let csv = client
-        .get(format!(
-            "{}/api/v1/report?format=csv&verdict=fail",
-            server.base
-        ))
+    let csv = server
+        .ops
+        .get("/api/v1/report?format=csv&verdict=fail")
         .send()
         .await
         .unwrap()
@@ -48,11 +47,9 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         .unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(csv.contains(",fail,tool: tool exited with 3"), "{csv}");
-    let none = client
-        .get(format!(
-            "{}/api/v1/report?format=csv&verdict=pass",
-            server.base
-        ))
+    let none = server
+        .ops
+        .get("/api/v1/report?format=csv&verdict=pass")
         .send()
         .await
         .unwrap()
@@ -82,9 +79,10 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         hostname: Some(" =2+3".into()),
         suite_text: SUITE.into(),
     };
-    register_with(&client, &server.base, &formula, None).await;
-    let csv = client
-        .get(format!("{}/api/v1/report?format=csv", server.base))
+    register_with(&client, &server.base, &formula).await;
+    let csv = server
+        .ops
+        .get("/api/v1/report?format=csv")
         .send()
         .await
         .unwrap()
@@ -93,17 +91,16 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         .unwrap();
     assert!(csv.contains(",' =2+3,"), "{csv}");
     assert!(!csv.contains(", =2+3,"), "{csv}");
-    let bad = client
-        .get(format!("{}/api/v1/report?since=soon", server.base))
+    let bad = server
+        .ops
+        .get("/api/v1/report?since=soon")
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let junit = client
-        .get(format!(
-            "{}/api/v1/runs/{}/junit.xml",
-            server.base, run.run_id
-        ))
+    let junit = server
+        .ops
+        .get(&format!("/api/v1/runs/{}/junit.xml", run.run_id))
         .send()
         .await
         .unwrap()
@@ -123,8 +120,9 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
     ] {
         assert!(junit.contains(property), "{property}: {junit}");
     }
-    let run_page = client
-        .get(format!("{}/runs/{}", server.base, run.run_id))
+    let run_page = server
+        .ops
+        .get(&format!("/runs/{}", run.run_id))
         .send()
         .await
         .unwrap()
@@ -134,8 +132,9 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
     assert!(run_page.contains("tool exited with 3"));
     assert!(run_page.contains("<h2>Provenance</h2>"), "{run_page}");
     assert!(run_page.contains("the suite as run"), "{run_page}");
-    let metrics = client
-        .get(format!("{}/metrics", server.base))
+    let metrics = server
+        .ops
+        .get("/metrics")
         .send()
         .await
         .unwrap()
@@ -183,8 +182,9 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Prometheus asks for OpenMetrics and gets it.
-    let open = client
-        .get(format!("{}/metrics", server.base))
+    let open = server
+        .ops
+        .get("/metrics")
         .header(
             "accept",
             "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
@@ -202,7 +202,39 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
 }
 
 /// Runs Debian's headless Chromium against `url`: the DOM after load, and a screenshot.
-fn chromium(url: &str, screenshot: &Path) -> String {
+/// What Chromium is told to trust of the collector's self-signed certificate: the SHA-256
+/// of its public key (SubjectPublicKeyInfo), in base64 — that key and no other.
+fn spki_pin(data: &Path) -> String {
+    use sha2::Digest;
+    let key = std::fs::read_to_string(data.join("tls/key.pem")).unwrap();
+    let spki =
+        rcgen::PublicKeyData::subject_public_key_info(&rcgen::KeyPair::from_pem(&key).unwrap());
+    let digest = sha2::Sha256::digest(spki);
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in digest.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    while !out.len().is_multiple_of(4) {
+        out.push('=');
+    }
+    out
+}
+
+/// Loads `path` from `server`'s management listener in headless Chromium, trusting that
+/// collector's key alone: the DOM, and a screenshot.
+fn chromium_page(server: &Server, path: &str, screenshot: &Path) -> String {
+    chromium(
+        &format!("{}{path}", server.ops.url),
+        &spki_pin(&server.data),
+        screenshot,
+    )
+}
+
+fn chromium(url: &str, spki: &str, screenshot: &Path) -> String {
     let profile = screenshot.with_extension("profile");
     let base = [
         "--headless",
@@ -219,6 +251,7 @@ fn chromium(url: &str, screenshot: &Path) -> String {
         let out = Command::new("chromium")
             .args(base)
             .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
             .arg(extra)
             .arg(url)
             .output()
@@ -244,7 +277,7 @@ async fn the_dashboard_renders_in_headless_chromium() {
         hostname: Some("rack12-node07".into()),
         suite_text: SUITE.into(),
     };
-    let run = register_with(&client, &server.base, &req, None).await;
+    let run = register_with(&client, &server.base, &req).await;
     let mut events = full_run();
     events[4] = ev(
         5,
@@ -254,13 +287,7 @@ async fn the_dashboard_renders_in_headless_chromium() {
     );
     post_events(&client, &server.base, &run, events).await;
     let shot = server.data.join("dashboard.png");
-    let url = format!("{}/", server.base);
-    let dom = tokio::task::spawn_blocking({
-        let shot = shot.clone();
-        move || chromium(&url, &shot)
-    })
-    .await
-    .unwrap();
+    let dom = tokio::task::block_in_place(|| chromium_page(&server, "/", &shot));
     assert!(dom.contains("rack12-node07"), "{dom}");
     assert!(dom.contains("data-verdict=\"fail\""), "{dom}");
     assert!(
@@ -284,12 +311,8 @@ async fn pages_take_the_read_token_from_a_login_cookie_and_short_tokens_are_refu
         ..Config::default()
     };
     let server = Server::start("read-token", config).await;
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     let get = |path: String, cookie: Option<String>| {
-        let mut r = client.get(format!("{}{path}", server.base));
+        let mut r = server.ops.get(&path);
         if let Some(c) = cookie {
             r = r.header("cookie", c);
         }
@@ -308,7 +331,9 @@ async fn pages_take_the_read_token_from_a_login_cookie_and_short_tokens_are_refu
     assert_eq!(login.status(), 303);
     let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Secure;"),
         "{cookie}"
     );
     // The cookie holds a session id, never the token; it expires.
@@ -334,8 +359,9 @@ async fn pages_take_the_read_token_from_a_login_cookie_and_short_tokens_are_refu
     );
     assert_eq!(get("/".into(), Some(pair)).await.unwrap().status(), 401);
     // The scheme is case-insensitive.
-    let r = client
-        .get(format!("{}/api/v1/report", server.base))
+    let r = server
+        .ops
+        .get("/api/v1/report")
         .header("authorization", format!("bearer {read}"))
         .send()
         .await
@@ -360,7 +386,6 @@ async fn pages_take_the_read_token_from_a_login_cookie_and_short_tokens_are_refu
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_pages_through_many_nodes() {
     let server = Server::start("dashboard-pages", Config::default()).await;
-    let client = reqwest::Client::new();
     let mut csv = String::from("mac,rack,slot,hostname\n");
     for i in 0..450u32 {
         csv.push_str(&format!(
@@ -369,11 +394,10 @@ async fn the_dashboard_pages_through_many_nodes() {
             i & 255
         ));
     }
-    import_nodes(&client, &server, &csv).await;
+    import_nodes(&server, &csv).await;
     let page = |n: u32| {
-        let url = format!("{}/?page={n}", server.base);
-        let client = client.clone();
-        async move { get_text(&client, &url).await }
+        let ops = server.ops.clone();
+        async move { ops.text(&format!("/?page={n}")).await }
     };
     let first = page(1).await;
     assert_eq!(first.matches("<tr data-node=").count(), 200);
@@ -442,7 +466,7 @@ async fn the_run_page_lists_every_dimm_slot_and_every_source_the_node_lacked() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
-    let page = get_text(&client, &format!("{}/runs/{}", server.base, run.run_id)).await;
+    let page = server.ops.text(&format!("/runs/{}", run.run_id)).await;
     for want in [
         "serial BB-0001",
         "asset ASSET-CH",
@@ -469,14 +493,14 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
     let admin = server.admin_token();
     // Labelled nodes in two racks of one batch: one fails, one passes, one never ran.
     let csv = "mac,rack,slot,hostname,batch\n52:54:00:00:00:01,R12,U07,r12-u07,PO-1187\n52:54:00:00:00:02,R12,U08,r12-u08,PO-1187\n52:54:00:00:00:03,R13,U01,r13-u01,PO-1187\n";
-    import_nodes(&client, &server, csv).await;
+    import_nodes(&server, csv).await;
     for (n, verdict) in [(1u8, Verdict::Fail), (2, Verdict::Pass)] {
         let req = RegisterRequest {
             identity: identity(n),
             hostname: None,
             suite_text: SUITE.into(),
         };
-        let run = register_with(&client, &server.base, &req, Some(&admin)).await;
+        let run = register_admin(&server.ops, &req, &admin).await;
         let mut events = full_run();
         if let EventBody::StepFinished { report } = &mut events[3].body {
             report.metrics.push(kiln_protocol::wire::Metric {
@@ -489,13 +513,7 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
         post_events(&client, &server.base, &run, events).await;
     }
     let shot = server.data.join("batch.png");
-    let url = format!("{}/batches/PO-1187", server.base);
-    let dom = tokio::task::spawn_blocking({
-        let shot = shot.clone();
-        move || chromium(&url, &shot)
-    })
-    .await
-    .unwrap();
+    let dom = tokio::task::block_in_place(|| chromium_page(&server, "/batches/PO-1187", &shot));
     // Two racks drawn; each node a linked box colored by its state.
     assert_eq!(dom.matches("<svg class=\"rack\"").count(), 2, "{dom}");
     // Node 2's run passed every step as an ad-hoc run: no console vouches for it.
@@ -518,8 +536,9 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
     // The dashboard links the batch; an unknown batch is a 404.
-    let page = client
-        .get(format!("{}/", server.base))
+    let page = server
+        .ops
+        .get("/")
         .send()
         .await
         .unwrap()
@@ -527,11 +546,7 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
         .await
         .unwrap();
     assert!(page.contains("href=\"/batches/PO-1187\""), "{page}");
-    let missing = client
-        .get(format!("{}/batches/PO-0", server.base))
-        .send()
-        .await
-        .unwrap();
+    let missing = server.ops.get("/batches/PO-0").send().await.unwrap();
     assert_eq!(missing.status(), 404);
     // Kept for a look: target/test-scratch/batch-page-*/batch.png
 }

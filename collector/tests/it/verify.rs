@@ -53,7 +53,6 @@ async fn verify_arms_resets_each_node_once_waits_for_every_verdict_and_ctrl_c_le
     let client = reqwest::Client::new();
     let admin = server.admin_token();
     import_nodes(
-        &client,
         &server,
         "52:54:00:00:00:01,R12,U01,r12-u01\n52:54:00:00:00:02,R12,U02,r12-u02\n",
     )
@@ -61,7 +60,7 @@ async fn verify_arms_resets_each_node_once_waits_for_every_verdict_and_ctrl_c_le
     let kiln = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(args)
-            .args(["--server", &server.base])
+            .args(server.ops.flags())
             .env("KILN_ADMIN_TOKEN", &admin)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -99,7 +98,7 @@ async fn verify_arms_resets_each_node_once_waits_for_every_verdict_and_ctrl_c_le
             hostname: None,
             suite_text: SUITE.into(),
         };
-        let run = register_with(&client, &server.base, &req, Some(&admin)).await;
+        let run = register_admin(&server.ops, &req, &admin).await;
         let mut events = full_run();
         events[4] = ev(5, EventBody::RunFinished { verdict });
         post_events(&client, &server.base, &run, events).await;
@@ -123,8 +122,9 @@ async fn verify_arms_resets_each_node_once_waits_for_every_verdict_and_ctrl_c_le
         1,
         "one reset per node with a driver"
     );
-    let nodes: serde_json::Value = client
-        .get(format!("{}/api/v1/nodes", server.base))
+    let nodes: serde_json::Value = server
+        .ops
+        .get("/api/v1/nodes")
         .send()
         .await
         .unwrap()

@@ -20,25 +20,33 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
     let client = reqwest::Client::new();
     let admin = server.admin_token();
     let events = failed_run("fan.speed", "fan 3 at 900 rpm");
-    let run = attested_run(&client, &server.base, "52-54-00-00-00-01", &console, events).await;
+    let run = attested_run(
+        &client,
+        &server.base,
+        &server.ops,
+        "52-54-00-00-00-01",
+        &console,
+        events,
+    )
+    .await;
     assert_eq!(run["verdict"], "fail", "{run}");
     let node = run["node_id"].as_i64().unwrap();
     let run_id = run["run_id"].as_i64().unwrap();
-    let (base, token) = (server.base.clone(), admin.clone());
+    let (ops, token) = (server.ops.clone(), admin.clone());
     let kiln = move |args: Vec<String>| {
-        let (base, token) = (base.clone(), token.clone());
+        let (ops, token) = (ops.clone(), token.clone());
         tokio::task::spawn_blocking(move || {
             Command::new(env!("CARGO_BIN_EXE_kiln"))
                 .args(&args)
-                .args(["--server", &base])
+                .args(ops.flags())
                 .env("KILN_ADMIN_TOKEN", token)
                 .output()
                 .unwrap()
         })
     };
-    let row = |client: reqwest::Client, base: String| async move {
-        let rows: Vec<kiln_protocol::api::ReportRow> = client
-            .get(format!("{base}/api/v1/report"))
+    let row = |ops: Ops| async move {
+        let rows: Vec<kiln_protocol::api::ReportRow> = ops
+            .get("/api/v1/report")
             .send()
             .await
             .unwrap()
@@ -53,9 +61,7 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
 
     // A waiver needs a reason and a node that exists; without the admin token, 401.
     let waive = |body: serde_json::Value, token: Option<String>| {
-        let mut r = client
-            .post(format!("{}/api/v1/waivers", server.base))
-            .json(&body);
+        let mut r = server.ops.post("/api/v1/waivers").json(&body);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -114,7 +120,7 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r = row(client.clone(), server.base.clone()).await;
+    let r = row(server.ops.clone()).await;
     assert_eq!(
         r.verdict,
         Some(kiln_protocol::verdict::Verdict::Fail),
@@ -126,8 +132,9 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
     let text = String::from_utf8_lossy(&table.stdout);
     assert_eq!(table.status.code(), Some(0), "{text}");
     assert!(text.contains("pass (1 waived)"), "{text}");
-    let csv = client
-        .get(format!("{}/api/v1/report?format=csv", server.base))
+    let csv = server
+        .ops
+        .get("/api/v1/report?format=csv")
         .send()
         .await
         .unwrap()
@@ -135,8 +142,9 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         .await
         .unwrap();
     assert!(csv.contains(",pass (1 waived),"), "{csv}");
-    let page = client
-        .get(format!("{}/", server.base))
+    let page = server
+        .ops
+        .get("/")
         .send()
         .await
         .unwrap()
@@ -147,8 +155,9 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         page.contains("pass (1 waived)") && !page.contains(">pass</span>"),
         "{page}"
     );
-    let junit = client
-        .get(format!("{}/api/v1/runs/{}/junit.xml", server.base, run_id))
+    let junit = server
+        .ops
+        .get(&format!("/api/v1/runs/{}/junit.xml", run_id))
         .send()
         .await
         .unwrap()
@@ -193,18 +202,20 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r = row(client.clone(), server.base.clone()).await;
+    let r = row(server.ops.clone()).await;
     assert_eq!(r.verdict_text(), "fail");
     assert!(r.failed());
-    let again = client
-        .post(format!("{}/api/v1/waivers/{id}/revoke", server.base))
+    let again = server
+        .ops
+        .post(&format!("/api/v1/waivers/{id}/revoke"))
         .bearer_auth(&admin)
         .send()
         .await
         .unwrap();
     assert_eq!(again.status(), 409);
-    let waivers: Vec<kiln_protocol::api::Waiver> = client
-        .get(format!("{}/api/v1/waivers", server.base))
+    let waivers: Vec<kiln_protocol::api::Waiver> = server
+        .ops
+        .get("/api/v1/waivers")
         .send()
         .await
         .unwrap()
@@ -255,10 +266,5 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         said.contains("linux.fail is a stage's catch-all") && said.contains("cannot be waived"),
         "{said}"
     );
-    assert_eq!(
-        row(client.clone(), server.base.clone())
-            .await
-            .verdict_text(),
-        "fail"
-    );
+    assert_eq!(row(server.ops.clone()).await.verdict_text(), "fail");
 }
