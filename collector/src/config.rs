@@ -189,7 +189,7 @@ pub struct NodeAccess {
     pub rack: Option<String>,
     /// Where its serial console is read (memtest86+ results come from there).
     #[serde(default)]
-    pub console: Option<crate::memtest::capture::Source>,
+    pub console: Option<Source>,
     /// How it is reset into the next stage.
     #[serde(default)]
     pub power: Option<crate::memtest::power::Power>,
@@ -210,6 +210,50 @@ impl Config {
                     .iter()
                     .find(|a| a.rack.is_some() && a.rack.as_deref() == rack)
             })
+    }
+}
+
+/// Where a node's serial console can be read. In YAML, a mapping with one of `tcp`,
+/// `command` (with an optional `env_file`) or `file`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawSource")]
+pub enum Source {
+    /// Raw serial over TCP (ser2net, console servers, QEMU `-serial tcp:`).
+    Tcp(String),
+    /// A command whose output is the console (e.g. `ipmitool … sol activate`); secrets come
+    /// from the environment file, never the command line.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// A file of `NAME=value` lines added to its environment.
+        #[serde(default)]
+        env_file: Option<PathBuf>,
+    },
+    /// A log file being written by something else; followed from its current end.
+    File(PathBuf),
+}
+
+/// The YAML form of [`Source`] (serde_yaml reads enums only from tags, which operators do not
+/// write).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    tcp: Option<String>,
+    command: Option<Vec<String>>,
+    env_file: Option<PathBuf>,
+    file: Option<PathBuf>,
+}
+
+impl TryFrom<RawSource> for Source {
+    type Error = String;
+
+    fn try_from(raw: RawSource) -> Result<Self, String> {
+        match (raw.tcp, raw.command, raw.file) {
+            (Some(addr), None, None) if raw.env_file.is_none() => Ok(Source::Tcp(addr)),
+            (None, Some(argv), None) if !argv.is_empty() => Ok(Source::Command { argv, env_file: raw.env_file }),
+            (None, None, Some(path)) if raw.env_file.is_none() => Ok(Source::File(path)),
+            _ => Err("expected exactly one of `tcp: HOST:PORT`, `command: [argv…]` (with optional `env_file`) or `file: PATH`".into()),
+        }
     }
 }
 
@@ -333,12 +377,7 @@ mod tests {
             "- mac: 52:54:00:00:00:01\n  console: {tcp: 127.0.0.1:4001}\n  power: {qmp: /tmp/n1.qmp}\n- rack: R12\n  console: {command: [ipmitool, sol, activate], env_file: /etc/kiln/bmc.env}\n  power: {ipmitool: {host: bmc, user: admin, password_file: /etc/kiln/pw}}\n",
         )
         .unwrap();
-        assert_eq!(
-            nodes[0].console,
-            Some(crate::memtest::capture::Source::Tcp(
-                "127.0.0.1:4001".into()
-            ))
-        );
+        assert_eq!(nodes[0].console, Some(Source::Tcp("127.0.0.1:4001".into())));
         assert!(matches!(
             nodes[1].power,
             Some(crate::memtest::power::Power::Ipmitool { .. })

@@ -9,23 +9,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::suite::Check;
-use crate::suite::{CHECK_KINDS, Expect, Memtest, Step, Suite};
+use crate::suite::{CHECK_KINDS, Expect, Memtest, Problems, Step, Suite};
+pub use crate::suite::{Check, Problem};
 use crate::units::HumanDuration;
 
 /// Highest memtest86+ test number (6.10 numbers its tests 0 to 10).
 pub const MEMTEST_MAX_TEST: u8 = 10;
 /// Longest a step or suite name may be.
 pub const MAX_NAME_LEN: usize = 64;
-
-/// A problem found after parsing, at a document path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Document path, e.g. `steps[2].disk.min_read_mbps`.
-    pub path: String,
-    /// What is wrong, and what was expected.
-    pub message: String,
-}
 
 /// A step ready to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,8 +182,8 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
             });
         }
     }
-    if !v.list.is_empty() {
-        return Err(v.list);
+    if !v.is_empty() {
+        return Err(v.into_list());
     }
     let memtest = suite.memtest.clone().filter(|m| m.enabled);
     Ok(Plan {
@@ -202,22 +193,7 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
     })
 }
 
-/// The problems found so far; each check kind adds its own through
-/// [`CheckSpec::validate`](crate::suite::CheckSpec::validate).
-#[derive(Debug, Default)]
-pub struct Problems {
-    list: Vec<Problem>,
-}
-
 impl Problems {
-    /// A problem at `path`: what is wrong, and what was expected.
-    pub fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.list.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
     fn name(&mut self, path: &str, name: &str) {
         let ok_chars = name
             .chars()
@@ -236,16 +212,6 @@ impl Problems {
             self.problem(
                 path,
                 format!("{name:?} has characters outside letters, digits, space, '.', '_' and '-'"),
-            );
-        }
-    }
-
-    /// A problem at `path` unless `pattern` compiles as a regular expression.
-    pub fn regex(&mut self, path: String, pattern: &str) {
-        if let Err(err) = regex_lite::Regex::new(pattern) {
-            self.problem(
-                path,
-                format!("invalid regular expression {pattern:?}: {err}"),
             );
         }
     }

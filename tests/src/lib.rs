@@ -1,6 +1,8 @@
 //! Shared helpers for the cross-crate integration tests (the tests live in `tests/`): QEMU
 //! nodes that network-boot from an in-process collector, bounded in time and killed on drop.
 
+pub mod modgraph;
+
 use std::path::{Path, PathBuf};
 use std::process::Child;
 

@@ -46,9 +46,7 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
         Console::Read => vec![kiln_collector::config::NodeAccess {
             mac: Some(mac.clone()),
             rack: None,
-            console: Some(kiln_collector::memtest::capture::Source::File(
-                console_log.clone(),
-            )),
+            console: Some(kiln_collector::config::Source::File(console_log.clone())),
             power: None,
         }],
         Console::NotRead => Vec::new(),

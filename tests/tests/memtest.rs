@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use kiln_collector::config::Source;
 use kiln_collector::config::{Config, NodeAccess};
 use kiln_collector::lab::qemu::NodeCommand;
-use kiln_collector::memtest::capture::Source;
 use kiln_collector::memtest::power::Power;
 use kiln_collector::server::Collector;
 use kiln_tests::{GdbStub, image_dir, scratch};

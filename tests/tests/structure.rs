@@ -1,16 +1,13 @@
-//! The shape of the code, checked: no import circle inside a crate, no source file over 800
-//! lines, no function over 120 lines outside tests (any that must be longer for a while is
-//! listed by name and may only shrink), and a README map of every source file.
-//!
-//! The module graph is read from the sources: a file's module path comes from its place under
-//! `src/`, and an edge goes from a file to the module a `crate::…` path in its code (not its
-//! comments, not its `#[cfg(test)]` part) names. A module's own ancestors and descendants are
-//! not edges: a parent declares its children, a child may use its parent.
+//! The shape of the code, checked: no import circle inside a crate (the module graph is
+//! read by [`kiln_tests::modgraph`], through re-exports, so no glob may hide a name's file),
+//! no source file over 800 lines, no function over 120 lines outside tests (any that must be
+//! longer for a while is listed by name and may only shrink), and a README map of every
+//! source file.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
 
-use kiln_tests::repo;
+use kiln_tests::modgraph::{Crate, circles, sources};
+use kiln_tests::{repo, scratch};
 
 const CRATES: [&str; 3] = ["protocol", "agent", "collector"];
 const MAX_FILE_LINES: usize = 800;
@@ -20,173 +17,104 @@ const MAX_FN_LINES: usize = 120;
 /// debt, written down (none today). Shorten one and lower (or drop) its entry.
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[];
 
-/// Every `.rs` file under `dir`.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
+/// Writes a crate of `files` (path under `src/`, text) and reads it.
+fn plant(name: &str, files: &[(&str, &str)]) -> Crate {
+    let src = scratch(name).join("src");
+    for (path, text) in files {
+        let file = src.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
     }
-    out.sort();
-    out
+    Crate::read(&src)
 }
 
-/// `src/a/b.rs` → `a::b`; `src/a/mod.rs` → `a`; `src/lib.rs` → `` (the crate root).
-fn module_path(src: &Path, file: &Path) -> String {
-    let rel = file.strip_prefix(src).unwrap().with_extension("");
-    let mut parts: Vec<String> = rel
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    if matches!(
-        parts.last().map(String::as_str),
-        Some("mod" | "lib" | "main")
-    ) {
-        parts.pop();
-    }
-    parts.join("::")
-}
-
-/// The code of a file without its comments and without its test module.
-fn code(text: &str) -> String {
-    let text = text.split("#[cfg(test)]").next().unwrap_or("");
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The `crate::…` paths a piece of code names.
-fn crate_paths(code: &str) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        let after = &rest[at + "crate::".len()..];
-        let path: String = after
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-            .collect();
-        let parts: Vec<String> = path
-            .split("::")
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect();
-        // `kiln_protocol::…` or `$crate::` are not this crate's paths.
-        let before = rest[..at].chars().last();
-        if !parts.is_empty() && !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$')
-        {
-            out.push(parts);
-        }
-        rest = after;
-    }
-    out
-}
-
-fn related(a: &str, b: &str) -> bool {
-    a == b
-        || a.is_empty()
-        || b.is_empty()
-        || a.starts_with(&format!("{b}::"))
-        || b.starts_with(&format!("{a}::"))
-}
-
-/// The crate's module graph: module → the modules it names.
-fn graph(krate: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let src = repo().join(krate).join("src");
-    let files = sources(&src);
-    let modules: BTreeMap<String, PathBuf> = files
-        .iter()
-        .map(|f| (module_path(&src, f), f.clone()))
-        .collect();
-    let mut edges = BTreeMap::new();
-    for (module, file) in &modules {
-        let text = std::fs::read_to_string(file).unwrap();
-        let mut to = BTreeSet::new();
-        for path in crate_paths(&code(&text)) {
-            // The longest prefix of the path that is a module of this crate.
-            if let Some(target) = (1..=path.len())
-                .rev()
-                .map(|k| path[..k].join("::"))
-                .find(|p| modules.contains_key(p))
-            {
-                if !related(module, &target) {
-                    to.insert(target);
-                }
-            }
-        }
-        edges.insert(module.clone(), to);
-    }
-    edges
-}
-
-/// Circles in the graph (strongly connected components of more than one module).
-fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
-    // Modules reachable from each module; two modules are in one circle when each reaches
-    // the other. The graphs are small (under a hundred modules).
-    let reach = |from: &str| {
-        let mut seen = BTreeSet::new();
-        let mut stack = vec![from.to_owned()];
-        while let Some(m) = stack.pop() {
-            for n in edges.get(&m).into_iter().flatten() {
-                if seen.insert(n.clone()) {
-                    stack.push(n.clone());
-                }
-            }
-        }
-        seen
-    };
-    let reaches: BTreeMap<&String, BTreeSet<String>> =
-        edges.keys().map(|m| (m, reach(m))).collect();
-    let mut out: Vec<Vec<String>> = Vec::new();
-    for m in edges.keys() {
-        let circle: Vec<String> = edges
-            .keys()
-            .filter(|n| *n == m || (reaches[m].contains(*n) && reaches[n].contains(m)))
-            .cloned()
-            .collect();
-        if circle.len() > 1 && !out.contains(&circle) {
-            out.push(circle);
-        }
-    }
-    out
+fn planted(name: &str, files: &[(&str, &str)]) -> Vec<Vec<String>> {
+    circles(&plant(name, files).graph())
 }
 
 #[test]
-fn the_circle_finder_finds_a_circle() {
-    // The check checked: a two-module circle and a parent/child pair (not a circle).
-    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    edges.insert("api".into(), ["boot".into()].into());
-    edges.insert("boot".into(), ["api".into()].into());
-    edges.insert("store".into(), BTreeSet::new());
-    assert_eq!(circles(&edges), [vec!["api".to_owned(), "boot".to_owned()]]);
-    assert!(related("store::queries", "store"));
+fn the_circle_finder_sees_circles_through_siblings_reexports_and_tests() {
+    let circle = |a: &str, b: &str| vec![vec![a.to_owned(), b.to_owned()]];
+    // Two siblings, each naming a name the other holds, through their parent's re-exports.
+    let parent =
+        "mod ends;\nmod start;\npub use ends::{close};\npub(crate) use start::{open as begin};\n";
     assert_eq!(
-        crate_paths(
-            "use crate::api::{AppState};\nlet x = kiln_protocol::wire::Fault; crate::store::now_ms()"
+        planted(
+            "circle-siblings",
+            &[
+                ("lib.rs", "pub mod life;\n"),
+                ("life/mod.rs", parent),
+                (
+                    "life/ends.rs",
+                    "use super::begin;\npub fn close() { begin() }\n"
+                ),
+                ("life/start.rs", "pub fn open() { crate::life::close() }\n"),
+            ],
         ),
-        [
-            vec!["api".to_owned()],
-            vec!["store".to_owned(), "now_ms".to_owned()]
-        ]
+        circle("life::ends", "life::start")
     );
+    // `self::` and grouped paths, a use in a test module: all seen.
+    assert_eq!(
+        planted(
+            "circle-tests",
+            &[
+                ("lib.rs", "pub mod a;\npub mod b;\n"),
+                ("a.rs", "use crate::{b::{self, Y}};\npub struct X;\n"),
+                (
+                    "b.rs",
+                    "pub struct Y;\n#[cfg(test)]\nmod tests {\n    use super::super::a::X;\n}\n"
+                ),
+            ],
+        ),
+        circle("a", "b")
+    );
+    // Not circles: a parent and its child; a path in a comment or a string; another crate's.
+    let none = plant(
+        "circle-none",
+        &[
+            ("lib.rs", "pub mod a;\npub mod b;\n"),
+            ("a/mod.rs", "mod c;\npub use c::Z;\nuse crate::b::Y;\n"),
+            ("a/c.rs", "use super::*;\npub struct Z;\n"),
+            (
+                "b.rs",
+                "// crate::a::Z\nconst S: &str = \"crate::a::Z\";\nconst C: char = '\"';\nuse kiln_protocol::a::Z;\npub struct Y;\n",
+            ),
+        ],
+    );
+    assert!(circles(&none.graph()).is_empty());
+    // A glob hides where a name comes from: it is listed.
+    assert_eq!(none.globs(), ["a::c: use super::*"]);
 }
 
 #[test]
-fn no_crate_has_an_import_circle() {
+fn no_crate_has_an_import_circle_or_a_glob_that_hides_one() {
+    let mut problems = Vec::new();
     for krate in CRATES {
-        let found = circles(&graph(krate));
-        assert!(
-            found.is_empty(),
-            "{krate}: modules that import each other (directly or around a circle): {found:?}"
-        );
+        let read = Crate::read(&repo().join(krate).join("src"));
+        let graph = read.graph();
+        for circle in circles(&graph) {
+            // Each step around it, so the one to cut can be chosen.
+            let steps: Vec<String> = circle
+                .iter()
+                .flat_map(|from| {
+                    graph[from]
+                        .iter()
+                        .filter(|to| circle.contains(to))
+                        .map(move |to| format!("{from} → {to}"))
+                })
+                .collect();
+            problems.push(format!(
+                "{krate}: modules that import each other: {}",
+                steps.join(", ")
+            ));
+        }
+        for glob in read.globs() {
+            problems.push(format!(
+                "{krate}: {glob} (name what you import or re-export: a glob hides which file holds it)"
+            ));
+        }
     }
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 #[test]

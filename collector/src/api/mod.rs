@@ -17,6 +17,7 @@ pub mod limits;
 mod operator;
 pub mod pages;
 pub mod report_cache;
+pub mod report_rows;
 pub mod reports;
 pub mod sessions;
 pub mod state;
@@ -33,8 +34,9 @@ use axum::routing::{get, post, put};
 use kiln_protocol::routes;
 use serde::de::DeserializeOwned;
 
-pub use auth::*;
-pub use error::*;
+use auth::open_run_only;
+pub use auth::{Admin, Reader, RunAuth, RunToken, Source};
+pub use error::{ApiError, closed, not_the_runs_token, too_many_unknown};
 pub use state::AppState;
 
 /// Largest request body accepted (an event batch is at most 1000 events).

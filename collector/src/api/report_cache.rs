@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use rusqlite::Connection;
 
-use super::reports::ReportRows;
+use super::report_rows::ReportRows;
 use crate::store::StoreError;
 use crate::store::queries::{self, Filter, ReportClock};
 

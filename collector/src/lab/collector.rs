@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::NodePlan;
+use crate::config::Source;
 use crate::config::{Config, NodeAccess};
 use crate::lifecycle::Mode;
-use crate::memtest::capture::Source;
 use crate::memtest::power::Power;
 use crate::server::Collector;
 use crate::store::queries::{self, Label, Selector};

@@ -26,7 +26,6 @@ use serde::Serialize;
 use inject::Injection;
 
 pub use report::table;
-use vm::die_with_parent;
 
 /// What the lab's nodes are made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -233,6 +232,19 @@ fn check_injections(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow
 /// A loopback port nothing listens on now, and one this process has not handed out before:
 /// the kernel may give a just-released port to the next `bind(:0)`, and two nodes on one
 /// console port is one QEMU that cannot start.
+/// Has the kernel stop the process `cmd` starts when the lab dies, even killed outright.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is one,
+    // and it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());

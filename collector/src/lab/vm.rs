@@ -2,7 +2,7 @@
 //! processes started and their BMCs, all stopped by PID however the lab ends.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Instant;
 
 use super::inject::Fault;
@@ -43,19 +43,6 @@ impl Drop for Rack {
             let _ = vm.child.kill();
             let _ = vm.child.wait();
         }
-    }
-}
-
-/// Has the kernel stop the process `cmd` starts when the lab dies, even killed outright.
-pub(super) fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is one,
-    // and it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
     }
 }
 
@@ -113,7 +100,7 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
         let log = opts.dir.join(format!("node-{}.qemu.log", i + 1));
         cmd.stderr(std::fs::File::create(&log)?);
         // If the lab itself is killed outright, the kernel still stops its VMs.
-        die_with_parent(&mut cmd);
+        super::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start qemu-system-x86_64: {e}"))?;

@@ -1,7 +1,12 @@
 //! The agent's side of a run: its session token, its plan, its inventory, and its events
 //! ingested in order — the last one closing the Linux stage with the collector's verdict.
 
-use super::*;
+use super::verdict::finish_linux;
+use super::{
+    Connection, Ended, EventBatch, EventBody, Inventory, Progress, Sql, Stage, StageState,
+    StoreError, Verdict, close_run, end_stage, exec, now_ms, params, row, stages, start_stage,
+};
+use rusqlite::OptionalExtension;
 
 /// A run's `verdict` column: none while the run is open.
 type VerdictColumn = Option<Sql<Verdict>>;
@@ -647,76 +652,4 @@ fn contiguous(tx: &Connection, run_id: i64, mut acked: i64) -> Result<i64, Store
         acked = seq;
     }
     Ok(acked)
-}
-
-/// Computes the Linux stage's verdict from what is stored, records the findings, and
-/// concludes the run.
-pub(super) fn finish_linux(tx: &Connection, run_id: i64) -> Result<Ended, StoreError> {
-    finish_linux_when(tx, run_id, super::attest::Waiting::ForTheConsole)
-}
-
-/// [`finish_linux`], unless the node's console is read and has not shown the run's
-/// attestation yet and `waiting` says to wait for it (the line and the final event travel
-/// different paths); then nothing changes and the console follower or the monitor finishes it.
-pub(super) fn finish_linux_when(
-    tx: &Connection,
-    run_id: i64,
-    waiting: super::attest::Waiting,
-) -> Result<Ended, StoreError> {
-    let stored = verdict::read(tx, run_id)?;
-    let mut computed = verdict::compute(&stored);
-    match super::attest::state(tx, run_id)? {
-        super::attest::State::Attested => {}
-        super::attest::State::Awaited if waiting == super::attest::Waiting::ForTheConsole => {
-            return Ok(Ended::default());
-        }
-        super::attest::State::Awaited => {
-            computed.verdict = computed.verdict.worst(Verdict::Error);
-            computed.findings.insert(
-                0,
-                "security: the node's console is read, but it never showed this run's attestation (the results may not come from the node in the rack)".into(),
-            );
-        }
-        // A run that did not pass needs no voucher to be believed; one that did is only
-        // `unattested` (and its faults can never all be waived: `run.unattested`).
-        super::attest::State::NoConsole if computed.verdict.is_good() => {
-            computed.verdict = Verdict::Unattested;
-            computed.findings.push(
-                "unattested: no console capture is configured for this node, so no console vouches that it ran these steps".into(),
-            );
-        }
-        super::attest::State::NoConsole => {}
-    }
-    let findings =
-        serde_json::to_string(&computed.findings).map_err(|source| StoreError::Corrupt {
-            what: "findings",
-            source,
-        })?;
-    let expect = computed
-        .expect
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|source| StoreError::Corrupt {
-            what: "outcome",
-            source,
-        })?;
-    // A node degraded against its peers says why as the collector's reason for its verdict.
-    let peer_reason = (!computed.peer_notes.is_empty()).then(|| computed.peer_notes.join("; "));
-    exec(
-        tx,
-        "UPDATE runs SET findings = ?2, expect = COALESCE(?3, expect), verdict_reason = COALESCE(verdict_reason, ?4) WHERE id = ?1",
-        params![run_id, findings, expect, peer_reason],
-    )?;
-    let mut ended = Ended::default();
-    let detail = computed
-        .findings
-        .first()
-        .map(String::as_str)
-        .or(peer_reason.as_deref());
-    if end_stage(tx, run_id, Stage::Linux, computed.verdict, detail)? {
-        ended.add(run_id, Stage::Linux);
-    }
-    conclude(tx, run_id)?;
-    Ok(ended)
 }

@@ -6,7 +6,9 @@
 //! another proof, or this run's line on another node's console, fails it as a security event.
 //! A run whose console is not read can at best be `unattested`.
 
-use super::*;
+use super::verdict::{Waiting, finish_linux_when};
+use super::{Connection, Ended, StoreError, Verdict, close_run, exec, now_ms, params, row};
+use rusqlite::OptionalExtension;
 
 use kiln_protocol::attest::Claim;
 
@@ -14,41 +16,6 @@ use kiln_protocol::attest::Claim;
 /// before the run is finished without it (the line was written long before; this covers a
 /// console reconnecting, never a step's worth of work).
 pub const GRACE_MS: i64 = 20_000;
-
-/// Whether finishing a run may wait for its console's attestation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waiting {
-    /// The console is read and has not shown it yet: leave the run open.
-    ForTheConsole,
-    /// Finish now, whatever the console showed.
-    No,
-}
-
-/// Where a run stands with its console.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// The console is read and showed the run's attestation.
-    Attested,
-    /// The console is read and has not shown it (yet).
-    Awaited,
-    /// No console is read for this run (none configured, or an ad-hoc run).
-    NoConsole,
-}
-
-/// Where `run_id` stands with its console.
-pub fn state(tx: &Connection, run_id: i64) -> Result<State, StoreError> {
-    let (watched, attested): (bool, Option<i64>) = row(
-        tx,
-        "SELECT console_watched, attested_ms FROM runs WHERE id = ?1",
-        [run_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok(match (watched, attested) {
-        (_, Some(_)) => State::Attested,
-        (true, None) => State::Awaited,
-        (false, None) => State::NoConsole,
-    })
-}
 
 /// Records that the node's console is read through the Linux stage just handed out for
 /// `run_id` (before anyone has the stage's token): from now on the run passes only attested.

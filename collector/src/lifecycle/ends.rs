@@ -1,7 +1,11 @@
 //! Runs that end without their agent's word: lost contact (the heartbeat monitor), a kernel
 //! panic seen on the console, the collector restarting; and the console tail kept for them.
 
-use super::*;
+use super::{
+    Connection, Ended, RunStage, Sql, Stage, StageState, StoreError, Verdict, close_run, exec,
+    fail_stage, now_ms, params, row,
+};
+use rusqlite::OptionalExtension;
 
 /// Fails every open Linux stage whose agent has been silent longer than its heartbeat
 /// timeout; returns the runs with the stages it ended.

@@ -1,7 +1,11 @@
 //! The memtest86+ stage's transitions: its verdict from the console capture (applied only
 //! while the stage is still the running one), its live progress, notes on it.
 
-use super::*;
+use super::{
+    Connection, Ended, Progress, RunStage, Sql, Stage, StageState, StoreError, Verdict, end_stage,
+    exec, fail_stage, now_ms, params,
+};
+use rusqlite::OptionalExtension;
 
 /// memtest86+'s finding for a run, from its console capture.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,16 +25,23 @@ pub mod peers;
 mod start;
 pub mod verdict;
 
-pub use agent::*;
-pub use ends::*;
-pub use memtest::*;
-pub use operator::*;
-pub use start::*;
+pub use agent::{
+    Bound, Exchange, Ingested, NewRunOwned, RunAccess, SessionRequest, StreamingRun, access,
+    exchange, ingest, open_run_with_session, plan, put_inventory, streaming_run,
+};
+use ends::with_console;
+pub use ends::{collector_started, console_tail, kernel_panicked, lost_contact};
+pub use memtest::{Applied, memtest_finished, memtest_progress, memtest_unwatchable, note_stage};
+pub use operator::{set_destructive, set_mode};
+pub use start::{
+    BootDecision, BootRequest, Caps, NewRun, Registered, Script, SuiteFile, boot, register,
+    room_for_ad_hoc, room_for_unknown, too_many_runs,
+};
 
 use kiln_protocol::suite::Memtest;
 use kiln_protocol::verdict::Verdict;
 use kiln_protocol::wire::{EventBatch, EventBody, Inventory, NodeIdentity};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 pub use crate::store::states::{Mode, RunStage, Sql, Stage, StageState};
 

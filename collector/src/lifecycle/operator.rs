@@ -1,7 +1,10 @@
 //! What an operator changes on nodes: their mode (verify, local, hold) and their consent to
 //! destructive disk steps on network boot.
 
-use super::*;
+use super::{
+    Connection, Ended, Mode, Selector, Sql, StoreError, Verdict, close_run, exec, now_ms, params,
+    select_sql,
+};
 
 /// An operator sets the mode of the selected nodes. A node's open run ends as incomplete (the
 /// operator interrupted it); setting `verify` arms the nodes for a new run at their next boot.

@@ -1,7 +1,12 @@
 //! How runs start: a node's boot (what `/ipxe` hands it, in one transaction with what
 //! the boot means for its runs) and an agent's ad-hoc registration.
 
-use super::*;
+use super::{
+    Connection, Ended, Memtest, Mode, NewRunOwned, NodeIdentity, RunStage, Sql, Stage, StageState,
+    StoreError, Verdict, close_run, conclude, exec, fail_stage, lookup, now_ms, params, put_suite,
+    row, stages, start_stage, with_console,
+};
+use rusqlite::OptionalExtension;
 
 /// A suite the caller read from `DATA/suites/` for a run about to start.
 #[derive(Debug, Clone)]

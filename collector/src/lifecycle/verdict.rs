@@ -9,6 +9,7 @@ use kiln_protocol::verdict::{Verdict, run_verdict};
 use kiln_protocol::wire::{Inventory, Outcome, StepReport};
 use rusqlite::{Connection, OptionalExtension};
 
+use super::{Ended, Stage, conclude, end_stage, exec, params, row};
 use crate::store::StoreError;
 
 /// What the collector concluded.
@@ -270,6 +271,113 @@ fn clock(plan: &kiln_protocol::Plan, stored: &Stored) -> Vec<String> {
         ));
     }
     found
+}
+
+/// Whether finishing a run may wait for its console's attestation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// The console is read and has not shown it yet: leave the run open.
+    ForTheConsole,
+    /// Finish now, whatever the console showed.
+    No,
+}
+
+/// Where a run stands with its console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The console is read and showed the run's attestation.
+    Attested,
+    /// The console is read and has not shown it (yet).
+    Awaited,
+    /// No console is read for this run (none configured, or an ad-hoc run).
+    NoConsole,
+}
+
+/// Where `run_id` stands with its console.
+pub fn state(tx: &Connection, run_id: i64) -> Result<State, StoreError> {
+    let (watched, attested): (bool, Option<i64>) = row(
+        tx,
+        "SELECT console_watched, attested_ms FROM runs WHERE id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(match (watched, attested) {
+        (_, Some(_)) => State::Attested,
+        (true, None) => State::Awaited,
+        (false, None) => State::NoConsole,
+    })
+}
+
+/// Computes the Linux stage's verdict from what is stored, records the findings, and
+/// concludes the run.
+pub(super) fn finish_linux(tx: &Connection, run_id: i64) -> Result<Ended, StoreError> {
+    finish_linux_when(tx, run_id, Waiting::ForTheConsole)
+}
+
+/// [`finish_linux`], unless the node's console is read and has not shown the run's
+/// attestation yet and `waiting` says to wait for it (the line and the final event travel
+/// different paths); then nothing changes and the console follower or the monitor finishes it.
+pub(super) fn finish_linux_when(
+    tx: &Connection,
+    run_id: i64,
+    waiting: Waiting,
+) -> Result<Ended, StoreError> {
+    let stored = read(tx, run_id)?;
+    let mut computed = compute(&stored);
+    match state(tx, run_id)? {
+        State::Attested => {}
+        State::Awaited if waiting == Waiting::ForTheConsole => {
+            return Ok(Ended::default());
+        }
+        State::Awaited => {
+            computed.verdict = computed.verdict.worst(Verdict::Error);
+            computed.findings.insert(
+                0,
+                "security: the node's console is read, but it never showed this run's attestation (the results may not come from the node in the rack)".into(),
+            );
+        }
+        // A run that did not pass needs no voucher to be believed; one that did is only
+        // `unattested` (and its faults can never all be waived: `run.unattested`).
+        State::NoConsole if computed.verdict.is_good() => {
+            computed.verdict = Verdict::Unattested;
+            computed.findings.push(
+                "unattested: no console capture is configured for this node, so no console vouches that it ran these steps".into(),
+            );
+        }
+        State::NoConsole => {}
+    }
+    let findings =
+        serde_json::to_string(&computed.findings).map_err(|source| StoreError::Corrupt {
+            what: "findings",
+            source,
+        })?;
+    let expect = computed
+        .expect
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|source| StoreError::Corrupt {
+            what: "outcome",
+            source,
+        })?;
+    // A node degraded against its peers says why as the collector's reason for its verdict.
+    let peer_reason = (!computed.peer_notes.is_empty()).then(|| computed.peer_notes.join("; "));
+    exec(
+        tx,
+        "UPDATE runs SET findings = ?2, expect = COALESCE(?3, expect), verdict_reason = COALESCE(verdict_reason, ?4) WHERE id = ?1",
+        params![run_id, findings, expect, peer_reason],
+    )?;
+    let mut ended = Ended::default();
+    let detail = computed
+        .findings
+        .first()
+        .map(String::as_str)
+        .or(peer_reason.as_deref());
+    if end_stage(tx, run_id, Stage::Linux, computed.verdict, detail)? {
+        ended.add(run_id, Stage::Linux);
+    }
+    conclude(tx, run_id)?;
+    Ok(ended)
 }
 
 #[cfg(test)]

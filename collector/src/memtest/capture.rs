@@ -3,61 +3,16 @@
 //! stall timeout), on the stage timeout, and on lost capture. Raw bytes are kept (bounded)
 //! for the node's page.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
 use super::power::{Power, deselect_keys};
 use super::screen::{MemtestScreen, Reading, Status};
+use crate::config::Source;
 
 /// Most raw console bytes kept per run; past this the oldest are dropped.
 pub const MAX_RAW: usize = 16 << 20;
-
-/// Where a node's serial console can be read. In YAML, a mapping with one of `tcp`,
-/// `command` (with an optional `env_file`) or `file`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawSource")]
-pub enum Source {
-    /// Raw serial over TCP (ser2net, console servers, QEMU `-serial tcp:`).
-    Tcp(String),
-    /// A command whose output is the console (e.g. `ipmitool … sol activate`); secrets come
-    /// from the environment file, never the command line.
-    Command {
-        /// Program and arguments.
-        argv: Vec<String>,
-        /// A file of `NAME=value` lines added to its environment.
-        #[serde(default)]
-        env_file: Option<PathBuf>,
-    },
-    /// A log file being written by something else; followed from its current end.
-    File(PathBuf),
-}
-
-/// The YAML form of [`Source`] (serde_yaml reads enums only from tags, which operators do not
-/// write).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    tcp: Option<String>,
-    command: Option<Vec<String>>,
-    env_file: Option<PathBuf>,
-    file: Option<PathBuf>,
-}
-
-impl TryFrom<RawSource> for Source {
-    type Error = String;
-
-    fn try_from(raw: RawSource) -> Result<Self, String> {
-        match (raw.tcp, raw.command, raw.file) {
-            (Some(addr), None, None) if raw.env_file.is_none() => Ok(Source::Tcp(addr)),
-            (None, Some(argv), None) if !argv.is_empty() => Ok(Source::Command { argv, env_file: raw.env_file }),
-            (None, None, Some(path)) if raw.env_file.is_none() => Ok(Source::File(path)),
-            _ => Err("expected exactly one of `tcp: HOST:PORT`, `command: [argv…]` (with optional `env_file`) or `file: PATH`".into()),
-        }
-    }
-}
 
 /// The stage's rules, from the suite.
 #[derive(Debug, Clone)]

@@ -5,8 +5,6 @@
 //! Cross-field rules live in [`crate::plan`], which turns a parsed [`Suite`] into a checked
 //! [`crate::plan::Plan`].
 
-use std::collections::BTreeMap;
-
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,9 +12,17 @@ use crate::units::{HumanDuration, Size, SizeSpec};
 
 mod checks;
 mod expect;
+mod problems;
 
-pub use checks::*;
-pub use expect::*;
+pub use checks::{
+    CHECK_KINDS, Check, CheckSpec, CpuCheck, CpuThresholds, DiskCheck, DiskThresholds, ExecCheck,
+    MemoryCheck, MemoryThresholds, NicCheck, NicThresholds, Step, Thresholds, WatchCheck,
+    WatchThresholds,
+};
+pub use expect::{
+    Expect, ExpectCpu, ExpectDisks, ExpectMemory, ExpectNics, ExpectPcie, ExpectSystem,
+};
+pub use problems::{Problem, Problems};
 
 /// A kiln suite: what a node must be (`expect`), whether memtest86+ runs before Linux
 /// (`memtest`), and the ordered checks the agent runs in the RAM image (`steps`).
@@ -439,16 +445,4 @@ fn default_max_output() -> Size {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pattern_and_workload_names_are_serdes() {
-        for p in Pattern::ALL {
-            assert_eq!(serde_json::to_value(p).unwrap(), p.name(), "{p:?}");
-        }
-        for w in Workload::ALL {
-            assert_eq!(serde_json::to_value(w).unwrap(), w.name(), "{w:?}");
-        }
-    }
-}
+mod tests;

@@ -6,7 +6,6 @@
 //! whole raw devices, and only after every safety rule in [`refusal`] passes.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,17 +21,20 @@ use crate::rng::{fresh_seed, splitmix64};
 use crate::stop::Stop;
 
 mod io;
+mod pass;
 mod pattern;
 mod safety;
 mod smart;
 mod uring;
 
-pub use io::*;
+pub use io::{DiskRun, Injection, NoInjection, default_queue_depth};
+pub use pass::BlockMismatch;
 #[cfg(test)]
 use pattern::expected_word;
 pub use pattern::{fill_block, verify_block};
-pub use safety::*;
-pub use smart::*;
+pub use safety::{System, refusal, resolve_target};
+use smart::smart;
+pub use smart::{read_ata, read_nvme, read_smart};
 
 /// The disk check kind.
 pub struct Disk;

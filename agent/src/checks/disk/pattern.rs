@@ -4,7 +4,7 @@
 //! AVX-512 and AVX2 as well and chosen at run time: at a few GB/s of I/O, the pattern is the
 //! disk check's CPU cost, and it runs on the thread that keeps the I/Os in flight.
 
-use super::*;
+use super::{BlockMismatch, splitmix64};
 
 /// The expected content of word `k` of block `b`: the block index, the seed, then a pattern of
 /// both.

@@ -2,7 +2,7 @@
 //! from the system's block devices, and every refusal rule (mounts, partitions, holders,
 //! signatures) checked before a byte is written.
 
-use super::*;
+use super::{DiskTarget, Path, read_trimmed};
 
 /// Where the kernel's views of disks live; tests point it at a fake tree.
 pub struct System {

@@ -1,7 +1,7 @@
 //! Disk health after the I/O: NVMe health log and ATA SMART read natively, `smartctl --json`
 //! as the fallback, each turned into faults and metrics.
 
-use super::*;
+use super::{CheckOutput, Fault, LogLevel, Path, StepContext};
 
 /// SMART / NVMe health, read natively (the NVMe health log by admin ioctl, SATA SMART by
 /// ATA PASS-THROUGH), else through `smartctl --json` when it is installed. What could not be

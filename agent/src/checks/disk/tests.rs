@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::stop::Interrupt;
+use std::os::unix::fs::FileExt;
 
 fn stop() -> Stop {
     Stop::new(Duration::from_secs(60), Interrupt::new())

@@ -7,8 +7,8 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{IoUring, opcode, types};
 
-use super::io::{Buffers, Direction, Pass, PassRun};
-use super::*;
+use super::pass::{Buffers, Direction, Pass, PassRun};
+use super::{Instant, fill_block, verify_block};
 
 /// A ring sized for one job's queue depth.
 pub(super) struct Ring {

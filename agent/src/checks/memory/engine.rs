@@ -2,7 +2,13 @@
 //! block by block (write, then read back and compare), every mismatch kept with its address,
 //! expected and actual word.
 
-use super::*;
+use super::simd::{Func, Isa, Table, Words, fill_block, invert_block, mix64, scan, stream_fence};
+use super::{
+    AtomicU64, BLOCK_WORDS, Duration, Fault, Instant, LockedRegion, MAX_DETAILED, MemoryCheck,
+    Mutex, Ordering, Pagemap, Pattern, Stop, WALK_SWEEPS, done_fraction, splitmix64,
+    sweeps_traffic,
+};
+use crate::os::affinity;
 
 /// A hook between a fill and its check, for tests to corrupt memory on purpose. Production
 /// code passes [`NoInjection`]; no suite field or flag reaches it.

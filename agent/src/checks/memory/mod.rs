@@ -22,9 +22,8 @@ mod engine;
 mod simd;
 
 use crate::rng::{fresh_seed, splitmix64};
-pub use engine::*;
+pub use engine::{Engine, EngineRun, Injection, Mismatch, NoInjection};
 pub use simd::Isa;
-use simd::*;
 
 /// The memory check kind.
 pub struct Memory;

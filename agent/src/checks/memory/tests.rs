@@ -1,5 +1,6 @@
 //! The memory engine and its patterns, with faults injected to prove each one is caught.
 
+use super::simd::{Func, Table, Words, mix64};
 use super::*;
 use crate::stop::Interrupt;
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use kiln_protocol::api::{BatchSummary, FailedNode, ParetoBar, StageTime, Yield};
 
-use super::*;
+use super::{Connection, Filter, Serialize, StepReport, StoreError, Verdict, node_rows, runs};
 
 /// Every batch with its number of nodes, by name.
 pub fn batches(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {

@@ -16,12 +16,20 @@ mod runs;
 mod series;
 mod waivers;
 
-pub use batches::*;
-pub use nodes::*;
-pub use provenance::*;
-pub use runs::*;
-pub use series::*;
-pub use waivers::*;
+pub use batches::{Distribution, batch_distributions, batch_summary, batches};
+pub use nodes::{
+    Filter, HistoryEntry, NodeRow, ReportClock, RowProgress, RunSummary, Tally, each_node_row,
+    next_waiver_expiry, node_access_keys, node_history, node_progress, node_rows, node_runs,
+    report_clock, selected_nodes, tally,
+};
+pub use provenance::{Provenance, provenance};
+use runs::{Failures, fault_lines};
+pub use runs::{
+    LogLine, MemtestResult, RunDetail, StageRow, memtest_result, run_detail, run_logs,
+    run_logs_before, verdict_why,
+};
+pub use series::{StepSeries, step_series};
+pub use waivers::{NotWaived, add_waiver, read_waivers, revoke_waiver};
 
 /// Stores a suite's text under its sha256 (once) and returns the digest.
 pub fn put_suite(conn: &Connection, name: &str, text: &str) -> Result<String, StoreError> {

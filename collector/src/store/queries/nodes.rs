@@ -1,7 +1,10 @@
 //! What pages and reports read about nodes: the dashboard's rows (filtered, paged, from the
 //! `nodes(rack, slot)` index) and the tally, each node's runs and history, its access keys.
 
-use super::*;
+use super::{
+    Connection, Failures, Mode, Progress, RunStage, Selector, Serialize, Sql, StoreError, Verdict,
+    fault_lines, now_ms, params, select_sql, waivers,
+};
 
 /// A node with its latest run, as reports and the dashboard show it (typed in `protocol`,
 /// which `kiln report` reads it back with).

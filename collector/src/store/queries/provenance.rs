@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::*;
+use super::{Connection, Serialize, StoreError, params};
+use rusqlite::OptionalExtension;
 
 /// A run's provenance.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -3,7 +3,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::*;
+use super::{
+    Connection, Inventory, Outcome, Provenance, RunStage, Serialize, Sql, Stage, StageState,
+    StepReport, StoreError, Verdict, params, provenance,
+};
+use rusqlite::OptionalExtension;
 
 /// Failed and errored steps of the runs in the JSON array ?1 (distinct ids), by run and step.
 /// The outcomes are written out, not bound, so that the partial index `steps_failed` serves

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use kiln_protocol::wire::EventBody;
 
-use super::*;
+use super::{Connection, Serialize, StoreError};
 
 /// Most points one drawn line keeps (evenly thinned beyond that).
 const MOST_POINTS: usize = 300;

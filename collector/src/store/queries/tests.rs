@@ -1,5 +1,8 @@
 //! The statements against a real SQLite database.
 
+use super::nodes::{NODE_PROGRESS_SQL, NODE_ROWS_SQL, ROWS_AT_ONCE, TALLY_SQL};
+use super::runs::{FAILED_STAGES_SQL, FAILED_STEPS_SQL};
+use super::waivers::waived;
 use super::*;
 
 /// The query plan's lines for `sql`.

@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use kiln_protocol::api::{Waived, Waiver};
 
-use super::*;
+use super::{Connection, StoreError, now_ms, params, runs};
+use rusqlite::OptionalExtension;
 
 /// Why a waiver was not recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
