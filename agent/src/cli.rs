@@ -462,9 +462,9 @@ fn boot(args: &BootArgs) -> u8 {
         );
         return EXIT_HARNESS;
     };
-    let write_after = |what: &str| {
+    let write_after = |what: kiln_protocol::wire::After| {
         if let Some(path) = &args.after_file {
-            let _ = std::fs::write(path, what);
+            let _ = std::fs::write(path, what.name());
         }
     };
     println!(
@@ -479,7 +479,7 @@ fn boot(args: &BootArgs) -> u8 {
             Ok(session) => (session.token, session.attest_key),
             Err(err) => {
                 eprintln!("kiln-agent: {err:#}");
-                write_after("hold");
+                write_after(kiln_protocol::wire::After::Hold);
                 return EXIT_HARNESS;
             }
         };
@@ -505,11 +505,11 @@ fn boot(args: &BootArgs) -> u8 {
         Ok(p) => p,
         Err(err) => {
             eprintln!("kiln-agent: {err:#}");
-            write_after("hold");
+            write_after(kiln_protocol::wire::After::Hold);
             return EXIT_HARNESS;
         }
     };
-    write_after(&plan_wire.after);
+    write_after(plan_wire.after);
     let plan = match kiln_protocol::load("suite", plan_wire.suite_text.as_bytes()) {
         Ok(plan) => plan,
         Err(err) => {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use kiln_protocol::api::Mode;
 use kiln_protocol::units::HumanDuration;
 use serde::Deserialize;
 
@@ -38,13 +39,13 @@ pub struct Config {
     pub default_suite: String,
     /// Mode given to a node seen for the first time.
     #[serde(default = "default_mode")]
-    pub unknown_nodes: String,
+    pub unknown_nodes: Mode,
     /// URL nodes reach the collector at, for boot scripts (default: from the Host header).
     #[serde(default)]
     pub public_url: Option<String>,
-    /// What a node does once verified: `exit` (boot its disk), `poweroff` or `hold`.
+    /// What a node does once verified.
     #[serde(default = "default_after")]
-    pub after_verify: String,
+    pub after_verify: AfterVerify,
     /// Serial consoles and power drivers, per node (by MAC) or per rack.
     #[serde(default)]
     pub nodes: Vec<NodeAccess>,
@@ -257,6 +258,19 @@ impl TryFrom<RawSource> for Source {
     }
 }
 
+kiln_protocol::words!(
+    /// What a verified node's next network boot does (`after_verify`), shown on its done
+    /// screen.
+    AfterVerify, "after_verify", {
+        /// Leave iPXE: the firmware boots the next device, the node's own disk.
+        Exit => "exit",
+        /// Power off.
+        Poweroff => "poweroff",
+        /// Wait at the boot prompt.
+        Hold => "hold",
+    }
+);
+
 /// Who may register ad-hoc runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -286,11 +300,11 @@ fn default_heartbeat() -> HumanDuration {
 fn default_suite() -> String {
     "smoke".into()
 }
-fn default_mode() -> String {
-    "verify".into()
+fn default_mode() -> Mode {
+    Mode::Verify
 }
-fn default_after() -> String {
-    "hold".into()
+fn default_after() -> AfterVerify {
+    AfterVerify::Hold
 }
 
 impl Default for Config {
@@ -337,13 +351,6 @@ impl Config {
             ),
             None => anyhow::anyhow!("{}: {e}", path.display()),
         })?;
-        if !["exit", "poweroff", "hold"].contains(&config.after_verify.as_str()) {
-            anyhow::bail!(
-                "{}: after_verify: {:?}; expected exit, poweroff or hold",
-                path.display(),
-                config.after_verify
-            );
-        }
         if let Some(url) = &config.public_url {
             let ok = url.starts_with("http://")
                 && url[7..]
@@ -355,13 +362,6 @@ impl Config {
                     path.display()
                 );
             }
-        }
-        if !["verify", "local", "hold"].contains(&config.unknown_nodes.as_str()) {
-            anyhow::bail!(
-                "{}: unknown_nodes: {:?}; expected verify, local or hold",
-                path.display(),
-                config.unknown_nodes
-            );
         }
         Ok(config)
     }
@@ -447,6 +447,14 @@ mod tests {
                 "attestation: maybe\n",
                 "unknown variant \"maybe\", expected \"required\" or \"optional\"",
             ),
+            (
+                "\nafter_verify: reboot\n",
+                "kiln.yaml:2:15: after_verify: unknown variant \"reboot\", expected one of \"exit\", \"poweroff\", \"hold\"",
+            ),
+            (
+                "unknown_nodes: Verify\n",
+                "kiln.yaml:1:16: unknown_nodes: unknown variant \"Verify\", expected one of \"verify\", \"local\", \"hold\"",
+            ),
         ] {
             std::fs::write(&file, text).unwrap();
             let err = Config::load(&file).unwrap_err().to_string();
@@ -454,7 +462,7 @@ mod tests {
         }
         std::fs::write(
             &file,
-            "header_timeout: 5s\nunauthenticated_rate: {per_second: 5, burst: 50}\nmax_unknown_nodes: 7\nmax_ad_hoc_nodes: 3\nad_hoc_bounds: {events: 500, log_bytes: 2MiB}\nattestation: optional\n",
+            "header_timeout: 5s\nunauthenticated_rate: {per_second: 5, burst: 50}\nmax_unknown_nodes: 7\nmax_ad_hoc_nodes: 3\nad_hoc_bounds: {events: 500, log_bytes: 2MiB}\nattestation: optional\nafter_verify: exit\nunknown_nodes: hold\n",
         )
         .unwrap();
         let config = Config::load(&file).unwrap();
@@ -474,6 +482,8 @@ mod tests {
         assert_eq!(config.header_timeout.get().as_secs(), 5);
         assert_eq!(config.unauthenticated_rate.burst, 50.0);
         assert_eq!(config.max_unknown_nodes, 7);
+        assert_eq!(config.after_verify, AfterVerify::Exit);
+        assert_eq!(config.unknown_nodes, Mode::Hold);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -56,15 +56,18 @@ impl Word for Verdict {
 }
 
 /// Declares an enum of words: serde's names, [`Word`], `name()`, `Display` and `FromStr`.
+/// The one way kiln writes a closed set of words (modes, stages, settings, formats); the
+/// collector adds SQL to the ones it stores.
+#[macro_export]
 macro_rules! words {
     ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
 
-        impl Word for $name {
+        impl $crate::api::Word for $name {
             const ALL: &'static [$name] = &[$($name::$variant),+];
             const WHAT: &'static str = $what;
             fn word(self) -> &'static str {
@@ -76,25 +79,25 @@ macro_rules! words {
 
         impl $name {
             /// Every variant, in order.
-            pub const ALL: &'static [$name] = <$name as Word>::ALL;
+            pub const ALL: &'static [$name] = <$name as $crate::api::Word>::ALL;
 
             /// The word.
             pub fn name(self) -> &'static str {
-                self.word()
+                $crate::api::Word::word(self)
             }
         }
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.word())
+                f.write_str($crate::api::Word::word(*self))
             }
         }
 
         impl std::str::FromStr for $name {
-            type Err = UnknownWord;
+            type Err = $crate::api::UnknownWord;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::from_word(s)
+                <Self as $crate::api::Word>::from_word(s)
             }
         }
     };
@@ -109,6 +112,16 @@ words!(
         Local => "local",
         /// Wait at the boot prompt.
         Hold => "hold",
+    }
+);
+
+words!(
+    /// A report's encoding, as `?format=` asks for it and `kiln report --format` fetches it.
+    ReportFormat, "report format", {
+        /// One JSON array of rows.
+        Json => "json",
+        /// One line per node, spreadsheet-safe.
+        Csv => "csv",
     }
 );
 

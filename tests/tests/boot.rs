@@ -53,7 +53,7 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
     };
     let config = Config {
         default_suite: "boot-test".into(),
-        after_verify: "poweroff".into(),
+        after_verify: kiln_collector::config::AfterVerify::Poweroff,
         nodes,
         ..Config::default()
     };

@@ -65,7 +65,7 @@ fn rig(name: &str) -> Rig {
     }];
     let config = Config {
         default_suite: "mt".into(),
-        after_verify: "hold".into(),
+        after_verify: kiln_collector::config::AfterVerify::Hold,
         nodes,
         ..Config::default()
     };

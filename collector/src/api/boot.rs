@@ -18,7 +18,7 @@ use serde::Deserialize;
 use kiln_protocol::verdict::Verdict;
 
 use crate::api::{ApiError, AppState};
-use crate::lifecycle::{self, BootDecision, BootRequest, Mode, Script, SuiteFile};
+use crate::lifecycle::{self, BootDecision, BootRequest, Script, SuiteFile};
 use crate::tokens;
 
 /// The built-in templates, written to `DATA/ipxe/` on first start and read from there after.
@@ -183,11 +183,7 @@ pub async fn node_ipxe(
     Query(q): Query<IpxeQuery>,
 ) -> Result<Response, ApiError> {
     let base = base_url(&state, &headers)?;
-    let unknown_mode: Mode = state
-        .config
-        .unknown_nodes
-        .parse()
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("kiln.yaml unknown_nodes: {e}")))?;
+    let unknown_mode = state.config.unknown_nodes;
     // A fresh bootstrap token; it becomes the run's only if the Linux stage is handed out.
     let token = tokens::mint()?;
     let mut req = BootRequest {
@@ -354,7 +350,7 @@ async fn done(
     render(
         &state.data,
         "done.ipxe",
-        context! { base, node_id, serial, run_id, verdict, why, action => state.config.after_verify.clone() },
+        context! { base, node_id, serial, run_id, verdict, why, action => state.config.after_verify.name() },
     )
     .await
 }

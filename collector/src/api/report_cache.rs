@@ -31,6 +31,7 @@ use rusqlite::Connection;
 use super::report_rows::ReportRows;
 use crate::store::StoreError;
 use crate::store::queries::{self, Filter, ReportClock};
+use kiln_protocol::api::ReportFormat;
 
 /// How long a kept dashboard page may show live progress older than the database's (ms): its
 /// refresh. At 10,000 nodes all mid-step the progress clock moves thousands of
@@ -45,8 +46,7 @@ const BYTES: usize = 64 << 20;
 /// Which body it is: the report as JSON or CSV, or a dashboard page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Json,
-    Csv,
+    Report(ReportFormat),
     Dashboard { page: usize },
 }
 
@@ -62,13 +62,13 @@ pub struct Key {
 impl Key {
     /// The key of a report with `filter` in CSV or JSON, or `None` for one that is never kept:
     /// filtered by time or down to one node or page.
-    pub fn report(filter: &Filter, csv: bool) -> Option<Key> {
+    pub fn report(filter: &Filter, format: ReportFormat) -> Option<Key> {
         let kept = filter.since_ms.is_none()
             && filter.node_id.is_none()
             && filter.limit.is_none()
             && filter.offset == 0;
         kept.then(|| Key {
-            kind: if csv { Kind::Csv } else { Kind::Json },
+            kind: Kind::Report(format),
             rack: filter.rack.clone(),
             batch: filter.batch.clone(),
             verdict: filter.verdict.clone(),
@@ -142,7 +142,7 @@ impl Entry {
             return Found::Nothing;
         }
         if self.clock.progress == clock.progress
-            || self.key.kind == Kind::Csv
+            || self.key.kind == Kind::Report(ReportFormat::Csv)
             || now_ms - self.progress_ms < PROGRESS_LAG
         {
             return Found::Body(self.body.clone());
@@ -281,7 +281,7 @@ mod tests {
                 rack: Some(rack.into()),
                 ..Filter::default()
             },
-            false,
+            ReportFormat::Json,
         )
         .unwrap()
     }
@@ -344,16 +344,16 @@ mod tests {
             since_ms: Some(1),
             ..Filter::default()
         };
-        assert!(Key::report(&by_age, false).is_none());
+        assert!(Key::report(&by_age, ReportFormat::Json).is_none());
         let page = Filter {
             limit: Some(10),
             ..Filter::default()
         };
-        assert!(Key::report(&page, true).is_none());
-        assert!(Key::report(&Filter::default(), true).is_some());
+        assert!(Key::report(&page, ReportFormat::Csv).is_none());
+        assert!(Key::report(&Filter::default(), ReportFormat::Csv).is_some());
         assert_ne!(
-            Key::report(&Filter::default(), true),
-            Key::report(&Filter::default(), false)
+            Key::report(&Filter::default(), ReportFormat::Csv),
+            Key::report(&Filter::default(), ReportFormat::Json)
         );
         assert_ne!(Key::dashboard(None, None, 1), Key::dashboard(None, None, 2));
     }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::report_rows::render_json;
 use super::{ApiError, AppState, Reader, report_cache};
 use bytes::Bytes;
+use kiln_protocol::api::ReportFormat;
 use kiln_protocol::verdict::Verdict;
 
 use crate::store::StoreError;
@@ -27,7 +28,7 @@ pub struct ReportQuery {
     /// Only runs started within this long (`7d`, `12h`).
     pub since: Option<String>,
     /// `json` (default) or `csv`.
-    pub format: Option<String>,
+    pub format: Option<ReportFormat>,
 }
 
 impl ReportQuery {
@@ -109,25 +110,19 @@ pub(super) async fn report(
     Query(query): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let filter = query.filter()?;
-    let format = query.format.unwrap_or_else(|| "json".to_owned());
-    let content_type = match format.as_str() {
-        "json" => "application/json",
-        "csv" => "text/csv; charset=utf-8",
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "format {other:?}; expected json or csv"
-            )));
-        }
+    let format = query.format.unwrap_or(ReportFormat::Json);
+    let content_type = match format {
+        ReportFormat::Json => "application/json",
+        ReportFormat::Csv => "text/csv; charset=utf-8",
     };
-    let csv = format == "csv";
     let cache = state.reports.clone();
     // Built on the reader thread, the whole report at the readers' priority; handed out again
     // while the reports' clock stands still (see `report_cache`).
     let body = state
         .db
-        .read(move |c| match report_cache::Key::report(&filter, csv) {
-            Some(key) if csv => cache.through(c, key, |c| {
-                Ok::<_, StoreError>(Bytes::from(render_report(c, &filter, csv)?).into())
+        .read(move |c| match report_cache::Key::report(&filter, format) {
+            Some(key) if format == ReportFormat::Csv => cache.through(c, key, |c| {
+                Ok::<_, StoreError>(Bytes::from(render_report(c, &filter, format)?).into())
             }),
             Some(key) => cache.through(c, key, |c| {
                 let (body, rows) = render_json(c, &filter)?;
@@ -136,7 +131,7 @@ pub(super) async fn report(
                     rows: Some(std::sync::Arc::new(rows)),
                 })
             }),
-            None => Ok(render_report(c, &filter, csv)?.into()),
+            None => Ok(render_report(c, &filter, format)?.into()),
         })
         .await?;
     Ok(([("content-type", content_type)], body).into_response())
@@ -271,9 +266,9 @@ pub(super) async fn batch_workbook(
 pub fn render_report(
     conn: &rusqlite::Connection,
     filter: &Filter,
-    csv: bool,
+    format: ReportFormat,
 ) -> Result<Vec<u8>, StoreError> {
-    if csv {
+    if format == ReportFormat::Csv {
         let mut out = CSV_HEADER.to_owned();
         queries::each_node_row(conn, filter, |row| {
             csv_row(&row, &mut out);

@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
-use kiln_protocol::api::{BatchSummary, ReportRow};
+use kiln_protocol::api::{BatchSummary, ReportFormat, ReportRow};
 
 use super::client::ServerArgs;
 
@@ -66,9 +66,9 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
             query.push((key, v.clone()));
         }
     }
-    let fetch = |format: &str| {
+    let fetch = |format: ReportFormat| {
         let mut query = query.clone();
-        query.push(("format", format.to_owned()));
+        query.push(("format", format.name().to_owned()));
         args.server.send(false, |client, base| {
             match reqwest::Url::parse_with_params(&format!("{base}/api/v1/report"), &query) {
                 Ok(url) => client.get(url),
@@ -79,10 +79,10 @@ pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
     };
     // The rows typed, always: the exit code is decided from them (a CSV's verdict column is
     // text for people, `pass (1 waived)`), whatever is printed.
-    let rows: Vec<ReportRow> = serde_json::from_str(&fetch("json")?)
+    let rows: Vec<ReportRow> = serde_json::from_str(&fetch(ReportFormat::Json)?)
         .map_err(|e| anyhow::anyhow!("the collector's report does not read as report rows: {e}"))?;
     match args.format {
-        Format::Csv => print!("{}", fetch("csv")?),
+        Format::Csv => print!("{}", fetch(ReportFormat::Csv)?),
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Table | Format::Xlsx => print!("{}", table(&rows)),
     }

@@ -41,7 +41,7 @@ impl LabCollector {
             })
             .collect();
         let config = Config {
-            after_verify: "hold".into(),
+            after_verify: crate::config::AfterVerify::Hold,
             nodes: access,
             heartbeat_timeout: kiln_protocol::units::HumanDuration(heartbeat),
             ..Config::default()

@@ -228,7 +228,7 @@ pub fn plan(
                     suite_text: r.get(1)?,
                     allow_destructive: r.get(2)?,
                     heartbeat_secs: r.get::<_, i64>(3)? as u64,
-                    after: "poweroff".into(),
+                    after: kiln_protocol::wire::After::Poweroff,
                 })
             },
         )

@@ -2,77 +2,30 @@
 //! are bound as parameters and read back through `FromStr`, so a misspelt state is a compile
 //! error here and a refused row there, never a silent mismatch.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 pub use kiln_protocol::api::{Mode, RunStage, Word};
 
-/// A name stored in the database that is none of its type's variants.
-pub use kiln_protocol::api::UnknownWord as UnknownName;
 
-/// Declares a state enum with its stored names, `Display`, `FromStr` and the SQL conversions.
-macro_rules! stored_names {
-    ($(#[$meta:meta])* $name:ident, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-        #[serde(rename_all = "lowercase")]
-        pub enum $name {
-            $($(#[$vmeta])* $variant),+
-        }
-
-        impl $name {
-            /// Every variant, in order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The stored (and displayed) name.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownName;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownName {
-                        what: $what,
-                        found: s.to_owned(),
-                        expected: [$($text),+].join(", "),
-                    }),
-                }
-            }
-        }
-
+/// The SQL conversions of words ([`kiln_protocol::words!`]) stored as themselves: bound as
+/// the word, read back through [`Word::from_word`], so a stranger is a refused row.
+macro_rules! stored_words {
+    ($($name:ident),+) => {$(
         impl ToSql for $name {
             fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.name()))
+                Ok(ToSqlOutput::from(self.word()))
             }
         }
 
         impl FromSql for $name {
             fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                value
-                    .as_str()?
-                    .parse()
-                    .map_err(|e: UnknownName| FromSqlError::Other(Box::new(e)))
+                Self::from_word(value.as_str()?).map_err(|e| FromSqlError::Other(Box::new(e)))
             }
         }
-    };
+    )+};
 }
 
-stored_names!(
+kiln_protocol::words!(
     /// A stage of a run, in the order a node goes through them.
     Stage, "stage", {
         /// memtest86+ before any OS loads.
@@ -82,7 +35,7 @@ stored_names!(
     }
 );
 
-stored_names!(
+kiln_protocol::words!(
     /// Where a stage is.
     StageState, "stage state", {
         /// Not handed to the node yet.
@@ -93,6 +46,8 @@ stored_names!(
         Done => "done",
     }
 );
+
+stored_words!(Stage, StageState);
 
 impl From<Stage> for RunStage {
     fn from(stage: Stage) -> Self {

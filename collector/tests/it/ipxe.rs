@@ -44,7 +44,7 @@ fn every_boot_script_matches_its_golden_copy_and_hostile_values_never_reach_one(
             .unwrap();
     let config = Config {
         default_suite: "plain".into(),
-        after_verify: "poweroff".into(),
+        after_verify: kiln_collector::config::AfterVerify::Poweroff,
         nodes: access,
         ..Config::default()
     };

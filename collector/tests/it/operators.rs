@@ -365,13 +365,13 @@ async fn report_is_current(server: &Server, db: &rusqlite::Connection, what: &st
 /// [`report_is_current`] for the JSON and CSV report alone.
 async fn reports_are_current(server: &Server, db: &rusqlite::Connection, what: &str) -> String {
     let mut served = Vec::new();
-    for csv in [false, true] {
-        let path = format!("/api/v1/report{}", if csv { "?format=csv" } else { "" });
+    for format in kiln_protocol::api::ReportFormat::ALL.iter().copied() {
+        let path = format!("/api/v1/report?format={format}");
         let body = server.ops.text(&path).await;
         let built = kiln_collector::api::reports::render_report(
             db,
             &kiln_collector::store::queries::Filter::default(),
-            csv,
+            format,
         )
         .unwrap();
         assert_eq!(

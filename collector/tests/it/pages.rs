@@ -98,6 +98,12 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    let (status, why) = server.ops_get("/api/v1/report?format=xml").await;
+    assert_eq!(status, 400);
+    assert!(
+        why.contains("unknown variant `xml`, expected `json` or `csv`"),
+        "{why}"
+    );
     let junit = server
         .ops
         .get(&format!("/api/v1/runs/{}/junit.xml", run.run_id))

@@ -544,9 +544,23 @@ pub struct RunPlan {
     pub allow_destructive: bool,
     /// Heartbeat interval the collector expects.
     pub heartbeat_secs: u64,
-    /// What to do when the run ends: `poweroff`, `reboot` or `hold`.
-    pub after: String,
+    /// What the image does when the agent is done.
+    pub after: After,
 }
+
+crate::words!(
+    /// What the RAM image does once its agent is done (the agent writes the word to its
+    /// `--after-file` for the image's init).
+    After, "after", {
+        /// Power the node off (the collector's choice for every run today: the operator's
+        /// `after_verify` applies at the node's next boot).
+        Poweroff => "poweroff",
+        /// Reboot it.
+        Reboot => "reboot",
+        /// Stay up at a shell, for a technician.
+        Hold => "hold",
+    }
+);
 
 /// Checks the bounds every node-supplied string must keep: length, and no control or
 /// invisible characters ([`crate::text::hidden`]).
