@@ -302,17 +302,30 @@ pub(crate) fn test_connection() -> Connection {
 mod tests {
     use super::*;
 
-    fn temp_db(name: &str) -> (Db, std::path::PathBuf) {
+    /// A database file in a directory of its own, removed with everything in it on drop.
+    struct TempFile {
+        path: std::path::PathBuf,
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn temp_db(name: &str) -> (Db, TempFile) {
         let dir = std::env::temp_dir().join(format!("kiln-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("kiln.sqlite");
-        (Db::open(&path).unwrap(), path)
+        (Db::open(&path).unwrap(), TempFile { path })
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_job_that_panics_fails_alone_and_every_thread_lives_on() {
-        let (db, _path) = temp_db("panic");
+        let (db, _file) = temp_db("panic");
         // More panics than there are readers: each would have ended a thread for good.
         for _ in 0..READERS * 2 {
             let err = db
@@ -362,7 +375,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn grouped_writes_commit_together_and_a_failing_one_leaves_the_rest() {
-        let (db, path) = temp_db("group");
+        let (db, file) = temp_db("group");
         let mut tasks = Vec::new();
         for i in 0..200i64 {
             let db = db.clone();
@@ -391,7 +404,7 @@ mod tests {
         }
         assert_eq!(failed, 20);
         // A separate connection sees exactly the 180 that succeeded: committed, durable.
-        let conn = Connection::open(&path).unwrap();
+        let conn = Connection::open(&file.path).unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM suites", [], |r| r.get(0))
             .unwrap();
@@ -405,7 +418,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn reads_start_idle_a_long_one_is_raised_and_the_wal_is_checkpointed_in_the_background() {
-        let (db, path) = temp_db("threads");
+        let (db, file) = temp_db("threads");
         fn nice() -> i32 {
             // SAFETY: no pointers; reads this thread's nice value.
             unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
@@ -469,7 +482,7 @@ mod tests {
         loop {
             // Opened afresh each time: an immutable connection assumes the file never changes.
             let file_only = Connection::open_with_flags(
-                format!("file:{}?immutable=1", path.display()),
+                format!("file:{}?immutable=1", file.path.display()),
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
             )
             .unwrap();
@@ -490,7 +503,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_read_never_waits_behind_a_write() {
-        let (db, _) = temp_db("reads");
+        let (db, _file) = temp_db("reads");
         // A write that holds the writer until the read below has finished: if reads queued
         // behind writes, the two would wait for each other and the read would time out.
         let (release, held) = std::sync::mpsc::channel::<()>();
