@@ -228,35 +228,13 @@ pub fn summary_table(report: &RunReport) -> String {
             first_problem(&s.outcome),
         ]);
     }
-    let header = ["step", "outcome", "metrics", "faults / notes"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count()).min(60);
-        }
-    }
-    let render = |cells: [&str; 4]| {
-        let mut line = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            let cell: String = cell.chars().take(if i == 3 { 200 } else { w }).collect();
-            line.push_str(&format!("{cell:<w$}  "));
-        }
-        line.trim_end().to_owned()
-    };
-    let mut out = render(header);
-    out.push('\n');
-    out.push_str(
-        &widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("  "),
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    let mut out = kiln_protocol::text::table(
+        &["step", "outcome", "metrics", "faults / notes"],
+        &rows,
+        60,
+        200,
     );
-    out.push('\n');
-    for row in &rows {
-        out.push_str(&render([&row[0], &row[1], &row[2], &row[3]]));
-        out.push('\n');
-    }
     let skipped = report.planned_steps.saturating_sub(report.steps.len());
     if skipped > 0 {
         out.push_str(&format!("({skipped} step(s) not run)\n"));

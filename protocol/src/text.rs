@@ -1,6 +1,7 @@
 //! What text from a node may hold, with no other part of the crate beneath it: the characters
 //! that change how text reads without showing ([`hidden`]), the check that refuses them, the
-//! clamp that replaces them, and [`visible`], which writes them out wherever text is shown.
+//! clamp that replaces them, [`visible`], which writes them out wherever text is shown, and
+//! [`table`], the one way kiln lays text out in columns for a terminal.
 
 /// Whether `c` changes how text around it reads without showing itself: a control
 /// character, a bidirectional override, embedding, isolate or mark (a hostname that shows as
@@ -77,4 +78,68 @@ pub fn visible(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Rows laid out in columns for a terminal: the header, a dashed line, then each row; every
+/// column as wide as its widest cell up to `widest` characters (longer cells cut there), two
+/// spaces apart; the last column left unpadded and cut only past `last` characters; every
+/// cell [`visible`], so stored text is shown and never obeyed.
+pub fn table(header: &[&str], rows: &[Vec<String>], widest: usize, last: usize) -> String {
+    let cells = |row: &[String]| -> Vec<String> { row.iter().map(|c| visible(c)).collect() };
+    let head: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let lines: Vec<Vec<String>> = std::iter::once(head)
+        .chain(rows.iter().map(|r| cells(r)))
+        .collect();
+    let mut widths = vec![0usize; header.len()];
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count()).min(widest);
+        }
+    }
+    let render = |line: &[String]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
+            if i + 1 == widths.len() {
+                out.extend(cell.chars().take(last));
+            } else {
+                let cut: String = cell.chars().take(*w).collect();
+                out.push_str(&format!("{cut:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = render(&lines[0]);
+    let dashes: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    out.push_str(&dashes.join("  "));
+    out.push('\n');
+    for line in &lines[1..] {
+        out.push_str(&render(line));
+    }
+    out
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_pads_cuts_and_shows_what_it_is_given() {
+        let rows = vec![
+            vec!["node-7".into(), "pass".into(), "".into()],
+            vec![
+                "a-very-long-hostname".into(),
+                "fail\u{1b}[31m".into(),
+                "fan 3 at 900 rpm; PSU 2 lost".into(),
+            ],
+        ];
+        let text = table(&["node", "verdict", "faults"], &rows, 10, 12);
+        assert_eq!(
+            text,
+            "node        verdict     faults\n\
+             ----------  ----------  ----------\n\
+             node-7      pass\n\
+             a-very-lon  fail\\x1b[3  fan 3 at 900\n"
+        );
+    }
 }

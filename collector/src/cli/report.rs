@@ -230,76 +230,34 @@ fn batch_text(s: &BatchSummary) -> String {
 
 pub(super) fn table(rows: &[ReportRow]) -> String {
     let s = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let mut lines: Vec<[String; 7]> = vec![
-        [
-            "node",
-            "rack/slot",
-            "serial",
-            "suite",
-            "stage",
-            "verdict",
-            "faults",
-        ]
-        .map(str::to_owned),
-    ];
-    for r in rows {
-        let mut name = r
-            .hostname
-            .clone()
-            .unwrap_or_else(|| format!("node {}", r.node_id));
-        if r.ad_hoc {
-            name.push_str(" (ad hoc)");
-        }
-        lines.push([
-            name,
-            format!("{}/{}", s(&r.rack), s(&r.slot)),
-            s(&r.serial),
-            s(&r.suite),
-            r.stage.map_or_else(|| "-".to_owned(), |st| st.to_string()),
-            r.verdict_text(),
-            r.faults.join("; "),
-        ]);
-    }
+    let lines: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut name = r
+                .hostname
+                .clone()
+                .unwrap_or_else(|| format!("node {}", r.node_id));
+            if r.ad_hoc {
+                name.push_str(" (ad hoc)");
+            }
+            vec![
+                name,
+                format!("{}/{}", s(&r.rack), s(&r.slot)),
+                s(&r.serial),
+                s(&r.suite),
+                r.stage.map_or_else(|| "-".to_owned(), |st| st.to_string()),
+                r.verdict_text(),
+                r.faults.join("; "),
+            ]
+        })
+        .collect();
     // Whatever a node stored, the operator's terminal shows it and does not obey it.
-    for line in &mut lines {
-        for cell in line.iter_mut() {
-            *cell = kiln_protocol::bounds::visible(cell);
-        }
-    }
-    let mut widths = [0usize; 7];
-    for line in &lines {
-        for (w, cell) in widths.iter_mut().zip(line) {
-            *w = (*w).max(cell.chars().count()).min(40);
-        }
-    }
-    let mut out = String::new();
-    for (i, line) in lines.iter().enumerate() {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(widths)
-            .enumerate()
-            .map(|(c, (cell, w))| {
-                if c == 6 {
-                    cell.clone()
-                } else {
-                    format!("{:<w$}", cell.chars().take(w).collect::<String>())
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-        if i == 0 {
-            out.push_str(
-                &widths
-                    .iter()
-                    .map(|w| "-".repeat(*w))
-                    .collect::<Vec<_>>()
-                    .join("  "),
-            );
-            out.push('\n');
-        }
-    }
-    out
+    kiln_protocol::text::table(
+        &["node", "rack/slot", "serial", "suite", "stage", "verdict", "faults"],
+        &lines,
+        40,
+        usize::MAX,
+    )
 }
 
 #[cfg(test)]

@@ -101,29 +101,34 @@ pub(super) fn list(args: WaiversArgs) -> anyhow::Result<u8> {
     let waivers: Vec<Waiver> = serde_json::from_str(&body).map_err(|e| {
         anyhow::anyhow!("the collector answered something unexpected ({e}): {body}")
     })?;
-    println!(
-        "id    node  code                      state     given                 by                      reason"
+    let rows: Vec<Vec<String>> = waivers
+        .iter()
+        .map(|w| {
+            let state = match (w.active, w.revoked_ms) {
+                (true, _) => "active",
+                (false, Some(_)) => "revoked",
+                (false, None) => "expired",
+            };
+            let ticket = w.ticket.as_deref().map(|t| format!(" (ticket {t})"));
+            vec![
+                w.id.to_string(),
+                w.node_id.to_string(),
+                w.code.clone(),
+                state.to_owned(),
+                kiln_protocol::junit::rfc3339(w.created_ms.max(0) as u64),
+                w.created_by.clone(),
+                w.reason.clone() + &ticket.unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        kiln_protocol::text::table(
+            &["id", "node", "code", "state", "given", "by", "reason"],
+            &rows,
+            40,
+            usize::MAX,
+        )
     );
-    for w in &waivers {
-        let state = match (w.active, w.revoked_ms) {
-            (true, _) => "active",
-            (false, Some(_)) => "revoked",
-            (false, None) => "expired",
-        };
-        println!(
-            "{:<5} {:<5} {:<25} {:<9} {:<21} {:<23} {}{}",
-            w.id,
-            w.node_id,
-            visible(&w.code),
-            state,
-            kiln_protocol::junit::rfc3339(w.created_ms.max(0) as u64),
-            visible(&w.created_by),
-            visible(&w.reason),
-            w.ticket
-                .as_deref()
-                .map(|t| format!(" (ticket {})", visible(t)))
-                .unwrap_or_default()
-        );
-    }
     Ok(super::EXIT_OK)
 }

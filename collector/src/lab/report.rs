@@ -84,25 +84,26 @@ pub(super) fn nodes(
 
 /// The report as a table.
 pub fn table(report: &LabReport) -> String {
-    let mut out = format!(
-        "{:<12} {:<11} {:<8} {:<6} {:<10} faults\n",
-        "node", "serial", "memtest", "steps", "verdict"
+    let rows: Vec<Vec<String>> = report
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.serial.clone(),
+                n.memtest.clone().unwrap_or_else(|| "-".into()),
+                n.steps.to_string(),
+                n.verdict.clone(),
+                n.faults.join("; "),
+            ]
+        })
+        .collect();
+    let mut out = kiln_protocol::text::table(
+        &["node", "serial", "memtest", "steps", "verdict", "faults"],
+        &rows,
+        40,
+        usize::MAX,
     );
-    out.push_str(&format!(
-        "{:-<12} {:-<11} {:-<8} {:-<6} {:-<10} {:-<6}\n",
-        "", "", "", "", "", ""
-    ));
-    for n in &report.nodes {
-        out.push_str(&format!(
-            "{:<12} {:<11} {:<8} {:<6} {:<10} {}\n",
-            n.name,
-            n.serial,
-            n.memtest.as_deref().unwrap_or("-"),
-            n.steps,
-            n.verdict,
-            n.faults.join("; ")
-        ));
-    }
     out.push_str(
         "\ntimings from VM start (s): node, memtest verdict, agent's first report, final verdict\n",
     );

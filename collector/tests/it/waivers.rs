@@ -182,9 +182,10 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
             && log.contains("vendor confirms fan 3 is a spare (ticket RMA-77)"),
         "{log}"
     );
+    // The header, its dashed line, then the waiver.
     let id: i64 = log
         .lines()
-        .nth(1)
+        .nth(2)
         .unwrap()
         .split_whitespace()
         .next()
