@@ -118,7 +118,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>], widest: usize, last: usize) 
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

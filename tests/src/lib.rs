@@ -2,6 +2,9 @@
 //! nodes that network-boot from an in-process collector, bounded in time and killed on drop.
 
 pub mod modgraph;
+mod paths;
+
+pub use paths::{repo, scratch};
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -9,12 +12,77 @@ use std::process::Child;
 use kiln_collector::lab::qemu::NodeCommand;
 use std::time::{Duration, Instant};
 
-/// The repository root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+/// A collector in this process on 127.0.0.1, both listeners, on a runtime of its own:
+/// nodes boot from `port`; runs are read from the management listener, pinned to its
+/// certificate. Stopped on drop.
+pub struct InProcess {
+    /// The runtime it serves on (tests block on their own reads here too).
+    pub rt: tokio::runtime::Runtime,
+    /// The boot listener's port.
+    pub port: u16,
+    ops: String,
+    pin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl InProcess {
+    /// Opens the collector on `data` with `config` and serves it.
+    pub fn start(config: kiln_collector::config::Config, data: &Path) -> InProcess {
+        let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        let listeners = rt
+            .block_on(kiln_collector::server::Listeners::loopback())
+            .expect("listeners on 127.0.0.1");
+        let port = listeners.boot.local_addr().map(|a| a.port()).unwrap_or(0);
+        let ops = listeners
+            .management
+            .local_addr()
+            .map(|a| format!("https://{a}"))
+            .unwrap_or_default();
+        let collector = kiln_collector::server::Collector::open(config, data)
+            .unwrap_or_else(|e| panic!("the collector does not open {}: {e:#}", data.display()));
+        let pin = collector.tls.fingerprint.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(collector.serve(listeners, async move {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            rt,
+            port,
+            ops,
+            pin,
+            stop: Some(stop),
+        }
+    }
+
+    /// The JSON the management listener answers to GET `path`.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let answer = self
+            .rt
+            .block_on(kiln_collector::tls::get_pinned(
+                &format!("{}{path}", self.ops),
+                &self.pin,
+            ))
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+        answer
+            .json()
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"))
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A port free on 127.0.0.1 at this moment.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
 }
 
 /// Where `.ci/test` builds the RAM image (`kiln image build --out …`), or `KILN_IMAGE_DIR`.
@@ -22,16 +90,6 @@ pub fn image_dir() -> PathBuf {
     std::env::var_os("KILN_IMAGE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/image-artifacts"))
-}
-
-/// A fresh scratch directory under `target/test-scratch`.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = repo()
-        .join("target/test-scratch")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::create_dir_all(&dir);
-    dir
 }
 
 /// How a virtual node is built.

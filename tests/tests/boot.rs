@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kiln_collector::config::Config;
-use kiln_collector::server::Collector;
+use kiln_tests::InProcess;
 use kiln_tests::{Node, NodeSpec, image_dir, scratch};
 use serde_json::Value;
 
@@ -58,18 +58,7 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
         ..Config::default()
     };
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let listeners = rt
-        .block_on(kiln_collector::server::Listeners::loopback())
-        .unwrap();
-    let port = listeners.boot.local_addr().unwrap().port();
-    let ops = format!("https://{}", listeners.management.local_addr().unwrap());
-    let collector = Collector::open(config, &data).unwrap();
-    let pin = collector.tls.fingerprint.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(collector.serve(listeners, async move {
-        let _ = stopped.await;
-    }));
+    let collector = InProcess::start(config, &data);
 
     let serial = format!("KILNTEST{n:02}");
     let spec = NodeSpec {
@@ -81,7 +70,8 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
         mem_mib: 512,
         console_log: console_log.clone(),
     };
-    let mut node = Node::start(&spec, port).expect("qemu-system-x86_64 is installed by .ci/setup");
+    let mut node =
+        Node::start(&spec, collector.port).expect("qemu-system-x86_64 is installed by .ci/setup");
     let powered_off = node.wait(BOOT_LIMIT);
     let console = std::fs::read_to_string(&spec.console_log).unwrap_or_default();
     let tail: String = console
@@ -98,16 +88,7 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
         "the guest did not finish within {BOOT_LIMIT:?}; console tail:\n{tail}"
     );
 
-    let ops_json = |path: String| {
-        rt.block_on(kiln_collector::tls::get_pinned(
-            &format!("{ops}{path}"),
-            &pin,
-        ))
-        .unwrap()
-        .json::<Value>()
-        .unwrap()
-    };
-    let nodes: Vec<Value> = serde_json::from_value(ops_json("/api/v1/nodes".into())).unwrap();
+    let nodes: Vec<Value> = serde_json::from_value(collector.json("/api/v1/nodes")).unwrap();
     let node_row = nodes
         .iter()
         .find(|r| r["serial"] == serial.as_str())
@@ -130,7 +111,7 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
             );
         }
     }
-    let run = ops_json(format!("/api/v1/runs/{}", node_row["run_id"]));
+    let run = collector.json(&format!("/api/v1/runs/{}", node_row["run_id"]));
     let inventory = &run["inventory"];
     assert_eq!(inventory["system"]["serial"], serial.as_str(), "{run}");
     assert_eq!(inventory["system"]["vendor"], "QEMU");
@@ -143,7 +124,7 @@ fn boot_and_check(name: &str, nic: &str, uefi: bool, n: u8, driver: &str, read: 
     assert!(run["log_lines"].as_i64().unwrap() > 0);
     // Root filesystem entirely in RAM: the agent saw no mounted disk, and /init said so.
     assert!(console.contains("kiln: RAM image up"), "{tail}");
-    let _ = stop.send(());
+    drop(collector);
     let _ = std::fs::remove_dir_all(Path::new(&data).join("artifacts"));
 }
 

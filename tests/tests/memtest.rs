@@ -8,39 +8,23 @@ use kiln_collector::config::Source;
 use kiln_collector::config::{Config, NodeAccess};
 use kiln_collector::lab::qemu::NodeCommand;
 use kiln_collector::memtest::power::Power;
-use kiln_collector::server::Collector;
-use kiln_tests::{GdbStub, image_dir, scratch};
+use kiln_tests::{GdbStub, InProcess, free_port, image_dir, scratch};
 use serde_json::Value;
 
 const SUITE: &str = "suite: mt\ndescription: memtest only.\nmemtest: {passes: 1, timeout: 8m, stall_timeout: 2m, skip_tests: [10]}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n";
 
 struct Rig {
-    rt: tokio::runtime::Runtime,
-    /// The management listener (runs are read there) and its certificate.
-    ops: String,
-    pin: String,
+    collector: InProcess,
     qemu: std::process::Child,
     qmp: std::path::PathBuf,
     gdb_port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
         let _ = self.qemu.kill();
         let _ = self.qemu.wait();
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn rig(name: &str) -> Rig {
@@ -69,21 +53,10 @@ fn rig(name: &str) -> Rig {
         nodes,
         ..Config::default()
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let listeners = rt
-        .block_on(kiln_collector::server::Listeners::loopback())
-        .unwrap();
-    let port = listeners.boot.local_addr().unwrap().port();
-    let ops = format!("https://{}", listeners.management.local_addr().unwrap());
-    let collector = Collector::open(config, &data).unwrap();
-    let pin = collector.tls.fingerprint.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(collector.serve(listeners, async move {
-        let _ = stopped.await;
-    }));
+    let collector = InProcess::start(config, &data);
     let gdb_port = free_port();
     let qemu = NodeCommand::new("tcg", 64)
-        .network(port, "virtio-net-pci", mac)
+        .network(collector.port, "virtio-net-pci", mac)
         .identity("serial=KILNMT01")
         .console_tcp(console)
         .qmp(&qmp)
@@ -92,25 +65,16 @@ fn rig(name: &str) -> Rig {
         .spawn()
         .expect("qemu-system-x86_64 is installed by .ci/setup");
     Rig {
-        rt,
-        ops,
-        pin,
+        collector,
         qemu,
         qmp,
         gdb_port,
-        stop: Some(stop),
     }
 }
 
 impl Rig {
     fn run(&self) -> Value {
-        self.rt.block_on(async {
-            kiln_collector::tls::get_pinned(&format!("{}/api/v1/runs/1", self.ops), &self.pin)
-                .await
-                .unwrap()
-                .json()
-                .unwrap()
-        })
+        self.collector.json("/api/v1/runs/1")
     }
 
     fn memtest_state(&self) -> Option<String> {
@@ -206,7 +170,8 @@ fn bits_flipped_in_guest_ram_fail_memtest_with_their_address() {
 fn a_reset_in_the_middle_of_memtest_fails_the_stage() {
     let rig = rig("memtest-reboot");
     rig.wait_for_memtest(Duration::from_secs(8));
-    rig.rt
+    rig.collector
+        .rt
         .block_on(kiln_collector::memtest::power::qmp(
             &rig.qmp,
             &[serde_json::json!({ "execute": "system_reset" })],

@@ -1,17 +1,12 @@
 //! The suite language end to end: shipped suites, committed schema and the field reference in docs/suites.md,
 //! and one refused suite per rule, each with its exact location and message.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use kiln_protocol::{MAX_SUITE_BYTES, SuiteError, load};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use kiln_tests::repo;
 
 fn load_path(path: &Path) -> Result<kiln_protocol::Plan, SuiteError> {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();

@@ -253,7 +253,15 @@ pub(super) fn table(rows: &[ReportRow]) -> String {
         .collect();
     // Whatever a node stored, the operator's terminal shows it and does not obey it.
     kiln_protocol::text::table(
-        &["node", "rack/slot", "serial", "suite", "stage", "verdict", "faults"],
+        &[
+            "node",
+            "rack/slot",
+            "serial",
+            "suite",
+            "stage",
+            "verdict",
+            "faults",
+        ],
         &lines,
         40,
         usize::MAX,

@@ -6,7 +6,6 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 
 pub use kiln_protocol::api::{Mode, RunStage, Word};
 
-
 /// The SQL conversions of words ([`kiln_protocol::words!`]) stored as themselves: bound as
 /// the word, read back through [`Word::from_word`], so a stranger is a refused row.
 macro_rules! stored_words {

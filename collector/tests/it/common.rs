@@ -14,12 +14,9 @@ use kiln_protocol::wire::{
 };
 use serde_json::Value;
 
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+#[path = "../../../tests/src/paths.rs"]
+mod paths;
+pub use paths::{repo, scratch};
 
 /// Debian's promtool: unpacked by `.ci/setup` into `.kiln-cache/promtool`, or on PATH.
 pub fn promtool() -> PathBuf {
@@ -39,15 +36,6 @@ pub fn promtool() -> PathBuf {
                 unpacked.display()
             )
         })
-}
-
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = repo()
-        .join("target/test-scratch")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 pub const SUITE: &str =
