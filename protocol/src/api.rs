@@ -198,8 +198,7 @@ pub struct ReportRow {
     /// The latest run was started under `attestation: optional`: `unattested` may ship.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attestation_optional: bool,
-    /// Live progress. Last, so that the collector can keep a report's rows and put new
-    /// progress at their ends (`api::reports::ReportRows`) instead of building them again.
+    /// Live progress of the running step.
     pub progress: Option<Progress>,
 }
 
@@ -213,6 +212,36 @@ pub struct Waived {
 }
 
 impl ReportRow {
+    /// Node `node_id` in `mode`, with no run and nothing else known: what tests start from
+    /// (`ReportRow { verdict: …, ..ReportRow::new(1, Mode::Verify) }`), so a new field is
+    /// added here and where rows are read, and nowhere else.
+    pub fn new(node_id: i64, mode: Mode) -> ReportRow {
+        ReportRow {
+            node_id,
+            hostname: None,
+            rack: None,
+            slot: None,
+            serial: None,
+            uuid: None,
+            macs: String::new(),
+            batch: None,
+            mode,
+            ad_hoc: false,
+            allow_destructive: false,
+            run_id: None,
+            suite: None,
+            stage: None,
+            verdict: None,
+            verdict_reason: None,
+            faults: Vec::new(),
+            started_ms: None,
+            finished_ms: None,
+            waiver: None,
+            attestation_optional: false,
+            progress: None,
+        }
+    }
+
     /// The state of the latest run: the verdict, `running` while a run has none, `not run`
     /// for a node that never ran (the raw verdict: waivers do not change it).
     pub fn state(&self) -> &'static str {

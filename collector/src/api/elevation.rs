@@ -120,28 +120,13 @@ mod tests {
 
     fn row(id: i64, rack: &str, slot: &str, verdict: Option<Verdict>, run: bool) -> ReportRow {
         ReportRow {
-            node_id: id,
             hostname: Some(format!("n{id}")),
             rack: Some(rack.into()),
             slot: Some(slot.into()),
-            batch: None,
-            serial: None,
-            uuid: None,
-            macs: String::new(),
-            mode: Mode::Verify,
-            ad_hoc: false,
-            allow_destructive: false,
             run_id: run.then_some(id),
-            suite: None,
             stage: run.then_some(RunStage::Linux),
             verdict,
-            verdict_reason: None,
-            progress: None,
-            faults: vec![],
-            started_ms: None,
-            finished_ms: None,
-            waiver: None,
-            attestation_optional: false,
+            ..ReportRow::new(id, Mode::Verify)
         }
     }
 

@@ -117,15 +117,20 @@ mod tests {
     #[test]
     fn rows_with_progress_put_in_are_the_rows_encoded_whole() {
         let row = |node_id, run_id| -> NodeRow {
-            serde_json::from_value(serde_json::json!({
-                "node_id": node_id, "hostname": "n\"1", "rack": "R1", "slot": null,
-                "serial": null, "uuid": null, "macs": "", "mode": "verify", "ad_hoc": false,
-                "allow_destructive": false, "run_id": run_id, "suite": "s", "stage": "linux",
-                "verdict": null, "verdict_reason": null, "faults": ["progress: 1"],
-                "started_ms": 1, "finished_ms": null, "progress": null,
-                "waiver": {"codes": ["a"], "all": false}
-            }))
-            .unwrap()
+            NodeRow {
+                hostname: Some("n\"1".into()),
+                rack: Some("R1".into()),
+                run_id,
+                suite: Some("s".into()),
+                stage: Some(kiln_protocol::api::RunStage::Linux),
+                faults: vec!["progress: 1".into()],
+                started_ms: Some(1),
+                waiver: Some(kiln_protocol::api::Waived {
+                    codes: vec!["a".into()],
+                    all: false,
+                }),
+                ..NodeRow::new(node_id, kiln_protocol::api::Mode::Verify)
+            }
         };
         let mut rows = ReportRows::default();
         let (one, two) = (row(1, Some(7)), row(2, None));

@@ -204,28 +204,13 @@ mod tests {
         faults: Vec<String>,
     ) -> (BatchSummary, ReportRow) {
         let row = ReportRow {
-            node_id: 1,
             hostname: Some(hostname.into()),
             rack: rack.map(str::to_owned),
-            slot: None,
             batch: Some("B".into()),
-            serial: None,
-            uuid: None,
-            macs: String::new(),
-            mode: Mode::Verify,
-            ad_hoc: false,
-            allow_destructive: false,
             run_id: Some(1),
-            suite: None,
-            stage: None,
             verdict: Some(Verdict::Fail),
-            verdict_reason: None,
-            progress: None,
             faults,
-            started_ms: None,
-            finished_ms: None,
-            waiver: None,
-            attestation_optional: false,
+            ..ReportRow::new(1, Mode::Verify)
         };
         let summary = BatchSummary {
             batch: "B".into(),

@@ -275,28 +275,13 @@ mod tests {
     #[test]
     fn the_table_shows_control_characters_instead_of_obeying_them() {
         let rows = vec![ReportRow {
-            node_id: 1,
             hostname: Some("n\u{1b}]52;c;ZXZpbA==\u{7}".into()),
-            rack: None,
-            slot: None,
-            batch: None,
             serial: Some("SN\r1".into()),
-            uuid: None,
-            macs: String::new(),
-            mode: kiln_protocol::api::Mode::Verify,
             ad_hoc: true,
-            allow_destructive: false,
             run_id: Some(1),
-            suite: None,
-            stage: None,
             verdict: Some(kiln_protocol::verdict::Verdict::Fail),
-            verdict_reason: None,
-            progress: None,
             faults: vec!["DIMM\u{1b}[2J B2".into()],
-            started_ms: None,
-            finished_ms: None,
-            waiver: None,
-            attestation_optional: false,
+            ..ReportRow::new(1, kiln_protocol::api::Mode::Verify)
         }];
         let text = table(&rows);
         assert!(

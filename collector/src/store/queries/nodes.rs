@@ -52,10 +52,14 @@ macro_rules! node_rows_from {
 /// Every node with its latest run (the dashboard, reports, the node page). The nodes are read
 /// once; everything per node is an index search (a test checks the query plan).
 pub(super) const NODE_ROWS_SQL: &str = concat!(
-    "SELECT n.id, n.hostname, n.rack, n.slot, n.serial, n.uuid, n.mode,
-                (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)),
-                r.id, r.suite_name, r.stage, r.verdict, r.verdict_reason, r.progress, r.started_ms, r.finished_ms, r.expect,
-                n.ad_hoc, n.claimed, r.findings, n.allow_destructive, n.batch, r.attestation_optional",
+    "SELECT n.id AS node_id, n.hostname AS hostname, n.rack AS rack, n.slot AS slot,
+                n.serial AS serial, n.uuid AS uuid, n.mode AS mode, n.batch AS batch,
+                n.ad_hoc AS ad_hoc, n.allow_destructive AS allow_destructive, n.claimed AS claimed,
+                (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)) AS macs,
+                r.id AS run_id, r.suite_name AS suite, r.stage AS stage, r.verdict AS verdict,
+                r.verdict_reason AS verdict_reason, r.progress AS progress,
+                r.started_ms AS started_ms, r.finished_ms AS finished_ms, r.expect AS expect,
+                r.findings AS findings, r.attestation_optional AS attestation_optional",
     node_rows_from!()
 );
 
@@ -139,6 +143,29 @@ pub fn tally(conn: &Connection) -> Result<Tally, StoreError> {
     Ok(tally)
 }
 
+/// A statement's columns by name, looked up once per statement rather than once per cell:
+/// rows are read by what a column is called, never by where it sits in the `SELECT`.
+struct Named(std::collections::HashMap<String, usize>);
+
+impl Named {
+    fn of(stmt: &rusqlite::Statement<'_>) -> Named {
+        Named(
+            stmt.column_names()
+                .into_iter()
+                .enumerate()
+                .map(|(i, name)| (name.to_owned(), i))
+                .collect(),
+        )
+    }
+
+    fn at(&self, name: &str) -> rusqlite::Result<usize> {
+        self.0
+            .get(name)
+            .copied()
+            .ok_or_else(|| rusqlite::Error::InvalidColumnName(name.to_owned()))
+    }
+}
+
 /// The MACs of an ad-hoc node's claim (`wire::NodeIdentity`), the rest of it skipped.
 #[derive(serde::Deserialize)]
 struct ClaimedMacs {
@@ -169,15 +196,15 @@ pub fn each_node_row(
     mut each: impl FnMut(NodeRow) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(NODE_ROWS_SQL)?;
+    let named = Named::of(&stmt);
     let rows = stmt.query_map(rusqlite::params_from_iter(filter_params(filter)), |r| {
-        let expect: Option<String> = r.get(16)?;
-        let findings: Option<String> = r.get(19)?;
+        let at = |name: &str| named.at(name);
         // An ad-hoc node shows the MACs it claimed, which it does not own (read only for a
         // node without MACs of its own, and only the MACs of the claim).
-        let macs = match r.get::<_, Option<String>>(7)? {
+        let macs = match r.get::<_, Option<String>>(at("macs")?)? {
             Some(own) => own,
             None => r
-                .get_ref(18)?
+                .get_ref(at("claimed")?)?
                 .as_str_or_null()?
                 .and_then(|c| serde_json::from_str::<ClaimedMacs>(c).ok())
                 .map(|c| c.macs.join(","))
@@ -185,31 +212,37 @@ pub fn each_node_row(
         };
         Ok((
             NodeRow {
-                node_id: r.get(0)?,
-                hostname: r.get(1)?,
-                rack: r.get(2)?,
-                slot: r.get(3)?,
-                serial: r.get(4)?,
-                uuid: r.get(5)?,
-                mode: r.get::<_, Sql<Mode>>(6)?.0,
+                node_id: r.get(at("node_id")?)?,
+                hostname: r.get(at("hostname")?)?,
+                rack: r.get(at("rack")?)?,
+                slot: r.get(at("slot")?)?,
+                serial: r.get(at("serial")?)?,
+                uuid: r.get(at("uuid")?)?,
+                mode: r.get::<_, Sql<Mode>>(at("mode")?)?.0,
                 macs,
-                ad_hoc: r.get(17)?,
-                allow_destructive: r.get(20)?,
-                batch: r.get(21)?,
-                run_id: r.get(8)?,
-                suite: r.get(9)?,
-                stage: r.get::<_, Option<Sql<RunStage>>>(10)?.map(|s| s.0),
-                verdict: r.get::<_, Option<Sql<Verdict>>>(11)?.map(|v| v.0),
-                verdict_reason: r.get(12)?,
-                progress: read_progress(r.get_ref(13)?.as_str_or_null()?),
+                ad_hoc: r.get(at("ad_hoc")?)?,
+                allow_destructive: r.get(at("allow_destructive")?)?,
+                batch: r.get(at("batch")?)?,
+                run_id: r.get(at("run_id")?)?,
+                suite: r.get(at("suite")?)?,
+                stage: r
+                    .get::<_, Option<Sql<RunStage>>>(at("stage")?)?
+                    .map(|s| s.0),
+                verdict: r
+                    .get::<_, Option<Sql<Verdict>>>(at("verdict")?)?
+                    .map(|v| v.0),
+                verdict_reason: r.get(at("verdict_reason")?)?,
+                progress: read_progress(r.get_ref(at("progress")?)?.as_str_or_null()?),
                 faults: Vec::new(),
-                started_ms: r.get(14)?,
-                finished_ms: r.get(15)?,
+                started_ms: r.get(at("started_ms")?)?,
+                finished_ms: r.get(at("finished_ms")?)?,
                 waiver: None,
-                attestation_optional: r.get::<_, Option<bool>>(22)?.unwrap_or(false),
+                attestation_optional: r
+                    .get::<_, Option<bool>>(at("attestation_optional")?)?
+                    .unwrap_or(false),
             },
-            expect,
-            findings,
+            r.get::<_, Option<String>>(at("expect")?)?,
+            r.get::<_, Option<String>>(at("findings")?)?,
         ))
     })?;
     let mut chunk = Vec::with_capacity(ROWS_AT_ONCE);
