@@ -180,9 +180,6 @@ pub struct ReportRow {
     pub run_id: Option<i64>,
     /// Its suite.
     pub suite: Option<String>,
-    /// The SHA-256 of its suite's text.
-    #[serde(default)]
-    pub suite_sha256: Option<String>,
     /// Its stage.
     pub stage: Option<RunStage>,
     /// Its verdict (none while running).
@@ -233,7 +230,6 @@ impl ReportRow {
             allow_destructive: false,
             run_id: None,
             suite: None,
-            suite_sha256: None,
             stage: None,
             verdict: None,
             verdict_reason: None,

@@ -56,7 +56,7 @@ pub(super) const NODE_ROWS_SQL: &str = concat!(
                 n.serial AS serial, n.uuid AS uuid, n.mode AS mode, n.batch AS batch,
                 n.ad_hoc AS ad_hoc, n.allow_destructive AS allow_destructive, n.claimed AS claimed,
                 (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)) AS macs,
-                r.id AS run_id, r.suite_name AS suite, r.suite_sha256 AS suite_sha256, r.stage AS stage, r.verdict AS verdict,
+                r.id AS run_id, r.suite_name AS suite, r.stage AS stage, r.verdict AS verdict,
                 r.verdict_reason AS verdict_reason, r.progress AS progress,
                 r.started_ms AS started_ms, r.finished_ms AS finished_ms, r.expect AS expect,
                 r.findings AS findings, r.attestation_optional AS attestation_optional",
@@ -225,7 +225,6 @@ pub fn each_node_row(
                 batch: r.get(at("batch")?)?,
                 run_id: r.get(at("run_id")?)?,
                 suite: r.get(at("suite")?)?,
-                suite_sha256: r.get(at("suite_sha256")?)?,
                 stage: r
                     .get::<_, Option<Sql<RunStage>>>(at("stage")?)?
                     .map(|s| s.0),
