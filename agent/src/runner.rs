@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_protocol::Plan;
-use kiln_protocol::verdict::{Verdict, evaluate, run_verdict};
+use kiln_protocol::verdict::{Verdict, run_verdict, step_outcome};
 use kiln_protocol::wire::{EventBody, Fault, Inventory, LogLevel, Outcome, StepReport};
 use serde::{Deserialize, Serialize};
 
@@ -124,12 +124,7 @@ pub fn run_on(
         ),
     );
     let expect = plan.expect().map(|expect| {
-        let faults = kiln_protocol::expect::evaluate(expect, &inventory);
-        let outcome = if faults.is_empty() {
-            Outcome::Pass
-        } else {
-            Outcome::Fail { faults }
-        };
+        let outcome = kiln_protocol::verdict::expect_outcome(expect, &inventory);
         sink.emit(EventBody::ExpectChecked {
             outcome: outcome.clone(),
         });
@@ -386,19 +381,16 @@ fn sel_after(
     };
     match crate::hw::sel::read(std::path::Path::new(crate::hw::sel::DEVICE)) {
         Ok(after) => {
-            let mut new = crate::hw::sel::new_entries(&before.events, &after);
-            if before.step != step.index as u32 {
-                // Counted from an earlier step's read: say so, not "during the step".
-                for f in &mut new {
-                    f.message = f.message.replace(
-                        "new during the step",
-                        &format!(
-                            "new since the log was last read (before step {})",
-                            before.step + 1
-                        ),
-                    );
-                }
-            }
+            // Counted from an earlier step's read: said so, not "during the step".
+            let since = if before.step == step.index as u32 {
+                "during the step".to_owned()
+            } else {
+                format!(
+                    "since the log was last read (before step {})",
+                    before.step + 1
+                )
+            };
+            let new = crate::hw::sel::new_entries(&before.events, &after, &since);
             *sel = Some(SelSnapshot {
                 events: after,
                 step: step.index as u32 + 1,
@@ -432,51 +424,15 @@ fn finish(
         degraded,
     } = output;
     faults.extend(kernel);
-    // A skipped check measured nothing: it is a skip only when the step set no threshold it
-    // needed (an unmeasured one fails it below, unless optional).
-    if let Some(reason) = skip {
-        let needed = step
-            .check
-            .pass_limits()
-            .into_iter()
-            .chain(step.check.degraded_limits())
-            .any(|(field, _)| !step.optional.contains(&field));
-        if faults.is_empty() && !needed {
-            return (Outcome::Skip { reason }, metrics);
-        }
+    let decided = step_outcome(step, faults, &metrics, skip, degraded);
+    for line in decided.notes {
         sink.emit(EventBody::Log {
             step: Some(step.index as u32),
             level: LogLevel::Warn,
-            line: format!("nothing measured: {reason}"),
+            line,
         });
     }
-    let (mut outcome, unmeasured) = evaluate(
-        faults,
-        &metrics,
-        &step.check.pass_limits(),
-        &step.check.degraded_limits(),
-        &step.optional,
-    );
-    for field in unmeasured {
-        sink.emit(EventBody::Log {
-            step: Some(step.index as u32),
-            level: LogLevel::Warn,
-            line: format!(
-                "threshold {field} not checked: its metric was not measured on this node (optional)"
-            ),
-        });
-    }
-    if !degraded.is_empty() {
-        outcome = match outcome {
-            Outcome::Pass => Outcome::Degraded { reasons: degraded },
-            Outcome::Degraded { mut reasons } => {
-                reasons.extend(degraded);
-                Outcome::Degraded { reasons }
-            }
-            other => other,
-        };
-    }
-    (outcome, metrics)
+    (decided.outcome, metrics)
 }
 
 #[cfg(test)]

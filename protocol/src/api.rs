@@ -271,9 +271,9 @@ impl ReportRow {
         } else {
             crate::attest::Attestation::Required
         };
+        let waived_all = self.waiver.as_ref().is_some_and(|w| w.all);
         self.verdict
-            .is_some_and(|v| !crate::attest::shippable(v, rule))
-            && !self.waiver.as_ref().is_some_and(|w| w.all)
+            .is_some_and(|v| !crate::verdict::ships(v, rule, waived_all))
     }
 }
 
@@ -335,45 +335,6 @@ pub const DEFAULT_WAIVER: std::time::Duration = std::time::Duration::from_secs(3
 
 /// The longest a waiver may hold.
 pub const MAX_WAIVER: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
-
-/// Whether `code` may be waived at all: only a code that names a component and what it found
-/// (`fan.speed`, `expect.memory.dimms`), compared exactly — never a pattern, a stage's
-/// catch-all (`linux.fail`, `memtest.fail`), a harness error (`cpu.error`), a threshold that
-/// could not be measured, a security event, the collector's own findings (a disagreement,
-/// lost contact, `unattested`): each of those means the suite was not carried out, and no
-/// operator's word makes that shippable. `Err` says why, for the operator.
-pub fn waivable(code: &str) -> Result<(), String> {
-    let segments: Vec<&str> = code.split('.').collect();
-    let shaped = (3..=80).contains(&code.len())
-        && segments.len() >= 2
-        && segments.iter().all(|s| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        });
-    if !shaped {
-        return Err(format!(
-            "{code:?} is not a fault code: expected a component and what it found, as reports show it (fan.speed), compared exactly"
-        ));
-    }
-    let first = segments[0];
-    let last = segments[segments.len() - 1];
-    let why = match (first, last) {
-        ("run" | "collector", _) => {
-            "is the collector's own finding about the run (lost contact, a disagreement, unattested)"
-        }
-        ("security", _) | (_, "security") => "is a security event",
-        ("unattested", _) | (_, "unattested") => "says no console vouched for the run",
-        ("threshold", _) | (_, "unmeasured") => "says a threshold could not be measured",
-        (_, "fail") => {
-            "is a stage's catch-all, standing for whatever ended it (a reboot, lost contact, a used token)"
-        }
-        (_, "error") => "is a harness error: the step measured less than its suite asked",
-        (_, "verdict" | "inventory") => "is the collector's own finding about the run",
-        _ => return Ok(()),
-    };
-    Err(format!("{code} {why}, and cannot be waived"))
-}
 
 /// A waiver as kept: never deleted, revoked at most once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -577,41 +538,6 @@ pub struct Imported {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_a_component_s_own_fault_code_can_be_waived() {
-        for ok in [
-            "fan.speed",
-            "expect.memory.dimms",
-            "memory.mismatch",
-            "kernel.machine_check",
-            "nvme.critical_warning",
-        ] {
-            assert_eq!(waivable(ok), Ok(()), "{ok}");
-        }
-        for (code, why) in [
-            ("linux.fail", "catch-all"),
-            ("memtest.fail", "catch-all"),
-            ("*", "not a fault code"),
-            ("*.fail", "not a fault code"),
-            ("fan.*", "not a fault code"),
-            ("Fan.Speed", "not a fault code"),
-            ("fan", "not a fault code"),
-            ("fan..speed", "not a fault code"),
-            (" fan.speed", "not a fault code"),
-            ("RUN.lost_contact", "not a fault code"),
-            ("run.lost_contact", "collector's own"),
-            ("run.unattested", "collector's own"),
-            ("collector.finding", "collector's own"),
-            ("security.reused_token", "security event"),
-            ("cpu.error", "harness error"),
-            ("threshold.gbps.unmeasured", "could not be measured"),
-            ("agent.verdict", "collector's own"),
-        ] {
-            let err = waivable(code).expect_err(code);
-            assert!(err.contains(why), "{code}: {err}");
-        }
-    }
 
     #[test]
     fn requests_read_as_operators_wrote_them() {

@@ -113,15 +113,16 @@ pub fn read(device: &Path) -> Result<Vec<SelEvent>, String> {
     Ok(out)
 }
 
-/// Faults for the entries in `after` that `before` did not have.
-pub fn new_entries(before: &[SelEvent], after: &[SelEvent]) -> Vec<Fault> {
+/// Faults for the entries in `after` that `before` did not have, each saying it is new
+/// `since` (`during the step`, or since an earlier read).
+pub fn new_entries(before: &[SelEvent], after: &[SelEvent], since: &str) -> Vec<Fault> {
     after
         .iter()
         .filter(|e| !before.contains(e))
         .map(|e| {
             Fault::new(
                 "ipmi.sel",
-                format!("BMC event log, new during the step: {}", e.text),
+                format!("BMC event log, new {since}: {}", e.text),
             )
             .with("record_id", e.record_id)
         })
@@ -170,7 +171,11 @@ mod tests {
     fn only_entries_added_during_the_step_are_its_faults() {
         let old = decode(&ecc_record(1)).unwrap();
         let new = decode(&ecc_record(2)).unwrap();
-        let faults = new_entries(std::slice::from_ref(&old), &[old.clone(), new]);
+        let faults = new_entries(
+            std::slice::from_ref(&old),
+            &[old.clone(), new],
+            "during the step",
+        );
         assert_eq!(faults.len(), 1);
         assert_eq!(faults[0].code, "ipmi.sel");
         assert!(

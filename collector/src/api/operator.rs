@@ -238,7 +238,7 @@ pub(super) async fn waive(
                 .into(),
         ));
     }
-    kiln_protocol::api::waivable(&req.code).map_err(ApiError::BadRequest)?;
+    kiln_protocol::verdict::waivable(&req.code).map_err(ApiError::BadRequest)?;
     if req.reason.trim().is_empty() {
         return Err(ApiError::BadRequest(
             "reason is empty; a waiver says why the node may ship with this fault".into(),

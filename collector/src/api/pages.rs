@@ -261,7 +261,7 @@ struct AmongPeers {
 /// The run's throughput metrics that have peers, placed among them.
 fn against_peers(
     run: &queries::RunDetail,
-    peers: &crate::lifecycle::peers::Peers,
+    peers: &kiln_protocol::verdict::peers::Peers,
 ) -> Vec<AmongPeers> {
     let mut out = Vec::new();
     for step in &run.steps {

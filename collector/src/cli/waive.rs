@@ -57,7 +57,7 @@ pub(super) fn waive(args: WaiveArgs) -> anyhow::Result<u8> {
         anyhow::bail!("--node, --fault and --reason are needed");
     };
     // The same rule the collector applies, said before anything is sent.
-    if let Err(why) = kiln_protocol::api::waivable(&code) {
+    if let Err(why) = kiln_protocol::verdict::waivable(&code) {
         anyhow::bail!("{why}");
     }
     let payload = WaiveRequest {

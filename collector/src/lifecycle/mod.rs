@@ -194,17 +194,7 @@ fn conclude(tx: &Connection, run_id: i64) -> Result<(), StoreError> {
     if stages.iter().any(|(state, _)| *state != StageState::Done) {
         return Ok(());
     }
-    let verdict = stages
-        .iter()
-        .map(|(_, v)| v.map_or(Verdict::Incomplete, |v| v.0))
-        .fold(
-            if stages.is_empty() {
-                Verdict::Incomplete
-            } else {
-                Verdict::Pass
-            },
-            Verdict::worst,
-        );
+    let verdict = kiln_protocol::verdict::of_stages(stages.iter().map(|(_, v)| v.map(|v| v.0)));
     exec(
         tx,
         "UPDATE runs SET verdict = ?2, finished_ms = ?3, stage = ?4, progress = NULL WHERE id = ?1 AND verdict IS NULL",

@@ -1,6 +1,14 @@
-//! How measurements become outcomes and outcomes become verdicts.
+//! How a verdict is reached, in one place: measurements against thresholds become a step's
+//! outcome ([`evaluate`], [`retested`]), a node's inventory against `expect:` an outcome too,
+//! outcomes a run's verdict ([`run_verdict`]), and, for the collector's stored verdict, the
+//! Linux stage from every fact it stored ([`linux`], with the node's [`peers`]) and a run from
+//! its stages. The agent calls these for its console and exit code, the collector for the
+//! verdict it stores; neither decides anything of its own.
 //!
 //! The one rule everything here keeps: an incomplete or broken run is never a pass.
+
+pub mod linux;
+pub mod peers;
 
 use crate::suite::{Intermittent, Limit, Retest};
 use crate::wire::{Attempt, Fault, Metric, Outcome, StepReport};
@@ -96,6 +104,91 @@ pub fn run_verdict<'a>(
     verdict
 }
 
+/// The outcome of `expect:` against a node's inventory: a fault for each mismatch, else a pass.
+pub fn expect_outcome(
+    expect: &crate::suite::Expect,
+    inventory: &crate::wire::Inventory,
+) -> Outcome {
+    let faults = crate::expect::evaluate(expect, inventory);
+    if faults.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail { faults }
+    }
+}
+
+/// A step's outcome, with what its log should say about how it was reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Lines for the step's log: a skip that could not stand, optional thresholds not checked.
+    pub notes: Vec<String>,
+}
+
+/// What a check found as `step`'s outcome: `faults` (its own and the kernel's during it),
+/// `metrics` against the step's thresholds ([`evaluate`]), the check's own `degraded`
+/// reasons, and its `skip` — which stands only when nothing failed and the step set no
+/// threshold it needed (otherwise the thresholds it could not measure fail it).
+pub fn step_outcome(
+    step: &crate::PlannedStep,
+    faults: Vec<Fault>,
+    metrics: &[Metric],
+    skip: Option<String>,
+    degraded: Vec<String>,
+) -> StepOutcome {
+    let mut notes = Vec::new();
+    if let Some(reason) = skip {
+        let needed = step
+            .check
+            .pass_limits()
+            .into_iter()
+            .chain(step.check.degraded_limits())
+            .any(|(field, _)| !step.optional.contains(&field));
+        if faults.is_empty() && !needed {
+            return StepOutcome {
+                outcome: Outcome::Skip { reason },
+                notes,
+            };
+        }
+        notes.push(format!("nothing measured: {reason}"));
+    }
+    let (mut outcome, unmeasured) = evaluate(
+        faults,
+        metrics,
+        &step.check.pass_limits(),
+        &step.check.degraded_limits(),
+        &step.optional,
+    );
+    notes.extend(unmeasured.into_iter().map(|field| {
+        format!(
+            "threshold {field} not checked: its metric was not measured on this node (optional)"
+        )
+    }));
+    if !degraded.is_empty() {
+        outcome = match outcome {
+            Outcome::Pass => Outcome::Degraded { reasons: degraded },
+            Outcome::Degraded { mut reasons } => {
+                reasons.extend(degraded);
+                Outcome::Degraded { reasons }
+            }
+            other => other,
+        };
+    }
+    StepOutcome { outcome, notes }
+}
+
+/// A run's verdict from its stages' (`None` for a stage without one): the worst of them, and
+/// never a pass without a stage.
+pub fn of_stages(stages: impl IntoIterator<Item = Option<Verdict>>) -> Verdict {
+    let mut any = false;
+    let verdict = stages.into_iter().fold(Verdict::Pass, |worst, stage| {
+        any = true;
+        worst.worst(stage.unwrap_or(Verdict::Incomplete))
+    });
+    if any { verdict } else { Verdict::Incomplete }
+}
+
 /// The outcome of a check from its faults and metrics against its thresholds: any fault or
 /// missed pass threshold fails; a missed degraded target degrades. A threshold whose metric
 /// was not measured fails the check too (a degraded-tier one degrades it) — nothing a suite
@@ -181,9 +274,91 @@ fn trim_number(value: f64) -> String {
     }
 }
 
+/// Whether a node may ship on its run's `verdict`: one that ships under the site's
+/// attestation `rule` ([`crate::attest::shippable`]), or a failure whose faults an operator
+/// waived every one of (`waived_all`; which codes may be waived is [`waivable`]).
+pub fn ships(verdict: Verdict, rule: crate::attest::Attestation, waived_all: bool) -> bool {
+    crate::attest::shippable(verdict, rule) || (verdict == Verdict::Fail && waived_all)
+}
+
+/// Whether `code` may be waived at all: only a code that names a component and what it found
+/// (`fan.speed`, `expect.memory.dimms`), compared exactly — never a pattern, a stage's
+/// catch-all (`linux.fail`, `memtest.fail`), a harness error (`cpu.error`), a threshold that
+/// could not be measured, a security event, the collector's own findings (a disagreement,
+/// lost contact, `unattested`): each of those means the suite was not carried out, and no
+/// operator's word makes that shippable. `Err` says why, for the operator.
+pub fn waivable(code: &str) -> Result<(), String> {
+    let segments: Vec<&str> = code.split('.').collect();
+    let shaped = (3..=80).contains(&code.len())
+        && segments.len() >= 2
+        && segments.iter().all(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        });
+    if !shaped {
+        return Err(format!(
+            "{code:?} is not a fault code: expected a component and what it found, as reports show it (fan.speed), compared exactly"
+        ));
+    }
+    let first = segments[0];
+    let last = segments[segments.len() - 1];
+    let why = match (first, last) {
+        ("run" | "collector", _) => {
+            "is the collector's own finding about the run (lost contact, a disagreement, unattested)"
+        }
+        ("security", _) | (_, "security") => "is a security event",
+        ("unattested", _) | (_, "unattested") => "says no console vouched for the run",
+        ("threshold", _) | (_, "unmeasured") => "says a threshold could not be measured",
+        (_, "fail") => {
+            "is a stage's catch-all, standing for whatever ended it (a reboot, lost contact, a used token)"
+        }
+        (_, "error") => "is a harness error: the step measured less than its suite asked",
+        (_, "verdict" | "inventory") => "is the collector's own finding about the run",
+        _ => return Ok(()),
+    };
+    Err(format!("{code} {why}, and cannot be waived"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_component_s_own_fault_code_can_be_waived() {
+        for ok in [
+            "fan.speed",
+            "expect.memory.dimms",
+            "memory.mismatch",
+            "kernel.machine_check",
+            "nvme.critical_warning",
+        ] {
+            assert_eq!(waivable(ok), Ok(()), "{ok}");
+        }
+        for (code, why) in [
+            ("linux.fail", "catch-all"),
+            ("memtest.fail", "catch-all"),
+            ("*", "not a fault code"),
+            ("*.fail", "not a fault code"),
+            ("fan.*", "not a fault code"),
+            ("Fan.Speed", "not a fault code"),
+            ("fan", "not a fault code"),
+            ("fan..speed", "not a fault code"),
+            (" fan.speed", "not a fault code"),
+            ("RUN.lost_contact", "not a fault code"),
+            ("run.lost_contact", "collector's own"),
+            ("run.unattested", "collector's own"),
+            ("collector.finding", "collector's own"),
+            ("security.reused_token", "security event"),
+            ("cpu.error", "harness error"),
+            ("threshold.gbps.unmeasured", "could not be measured"),
+            ("agent.verdict", "collector's own"),
+        ] {
+            let err = waivable(code).expect_err(code);
+            assert!(err.contains(why), "{code}: {err}");
+        }
+    }
+
     use crate::suite::Bound;
 
     fn limit(field: &str, value: f64) -> (String, Limit) {
