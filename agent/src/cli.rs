@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use kiln_protocol::verdict::Verdict;
+use kiln_protocol::wire::Inventory;
 
 use crate::checks::RunOptions;
+use crate::collector::{Collector, Session};
 use crate::console::{Console, summary_table};
-use crate::reporter::{Reporter, Target, Tee};
 use crate::runner::{EventSink, RunReport};
 use crate::stop::Interrupt;
 
@@ -254,7 +255,7 @@ fn run(args: &RunArgs) -> u8 {
         None => None,
         Some(base) => match connect(base, &inventory, &String::from_utf8_lossy(&text)) {
             Ok(session) => {
-                options.collector_token = Some(session.token.clone());
+                options.collector_token = Some(session.token().to_owned());
                 Some(session)
             }
             Err(err) => {
@@ -269,7 +270,7 @@ fn run(args: &RunArgs) -> u8 {
     };
     let span = tracing::info_span!(
         "run",
-        run_id = session.as_ref().map(|s| s.run_id),
+        run_id = session.as_ref().map(Session::run_id),
         suite = plan.name()
     );
     let report =
@@ -299,72 +300,19 @@ fn run(args: &RunArgs) -> u8 {
 /// up and says how many were not delivered.
 const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// A run reported to a collector: its inventory delivered, its events streamed, and at the
-/// end every event acknowledged (or the shortfall said). `run` (a host that registers itself)
-/// and `boot` (a node the collector booted) both go through it.
-struct Session {
-    reporter: Arc<Reporter>,
-    run_id: i64,
-    /// The run's session token (for the bandwidth endpoints).
-    token: String,
-}
-
-impl Session {
-    /// Delivers the inventory and starts streaming to `target`.
-    fn open(
-        target: Target,
-        inventory: &kiln_protocol::wire::Inventory,
-        patience: std::time::Duration,
-    ) -> anyhow::Result<Session> {
-        crate::reporter::post_inventory(&target, inventory, patience)?;
-        let (run_id, token) = (target.run_id, target.token.clone());
-        Ok(Session {
-            reporter: Arc::new(Reporter::start(target)?),
-            run_id,
-            token,
-        })
-    }
-
-    /// Where the run's events go: the console and the collector.
-    fn sink(&self, console: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
-        Arc::new(Tee(vec![console, self.reporter.clone()]))
-    }
-
-    /// Waits up to `patience` for every event to be acknowledged; false (and says how many
-    /// were not) otherwise.
-    fn close(self, patience: std::time::Duration) -> bool {
-        let left = self.reporter.flush(patience);
-        if left > 0 {
-            eprintln!(
-                "kiln-agent: {left} event(s) of run {} were not acknowledged by the collector",
-                self.run_id
-            );
-            return false;
-        }
-        println!("kiln-agent: reported run {}", self.run_id);
-        true
-    }
-}
-
 /// Registers this host's run with the collector at `base` and opens its session.
-fn connect(
-    base: &str,
-    inventory: &kiln_protocol::wire::Inventory,
-    suite_text: &str,
-) -> anyhow::Result<Session> {
+fn connect(base: &str, inventory: &Inventory, suite_text: &str) -> anyhow::Result<Session> {
     let patience = std::time::Duration::from_secs(60);
-    let registered = crate::reporter::register(base, inventory, suite_text, patience)?;
+    let collector = Collector::new(base)?;
+    let registered = collector.register(inventory, suite_text, patience)?;
     println!(
         "registered with {base} as node {}, run {}",
         registered.node_id, registered.run_id
     );
-    Session::open(
-        Target {
-            base: base.to_owned(),
-            run_id: registered.run_id,
-            token: registered.token,
-            heartbeat: std::time::Duration::from_secs(registered.heartbeat_secs),
-        },
+    collector.open(
+        registered.run_id,
+        &registered.token,
+        std::time::Duration::from_secs(registered.heartbeat_secs),
         inventory,
         patience,
     )
@@ -462,96 +410,22 @@ fn boot(args: &BootArgs) -> u8 {
         );
         return EXIT_HARNESS;
     };
-    let write_after = |what: kiln_protocol::wire::After| {
-        if let Some(path) = &args.after_file {
-            let _ = std::fs::write(path, what.name());
-        }
-    };
-    println!(
-        "kiln-agent {}: run {run_id} from {url}",
-        env!("CARGO_PKG_VERSION")
-    );
-    let patience = std::time::Duration::from_secs(600);
-    // The token on the command line is readable by every process in the image: it is only a
-    // bootstrap, good for one exchange; the session token stays in this process.
-    let (token, attest_key) =
-        match crate::reporter::exchange_session(&url, run_id, &bootstrap, patience) {
-            Ok(session) => (session.token, session.attest_key),
-            Err(err) => {
-                eprintln!("kiln-agent: {err:#}");
-                write_after(kiln_protocol::wire::After::Hold);
-                return EXIT_HARNESS;
-            }
-        };
-    // The node's own console vouches for the run: written now, and again before the last
-    // word (a console capture that reconnected in between still sees it). A run whose line
-    // the collector never reads does not pass, so a failure here is said, not hidden.
     let node_id = kiln_protocol::cmdline::value(&cmdline, "node")
         .and_then(|n| n.parse::<i64>().ok())
         .or_else(|| std::env::var("KILN_NODE").ok()?.parse().ok());
-    let attest = || match node_id {
-        Some(node) => {
-            let line = kiln_protocol::attest::line(&attest_key, run_id, node);
-            if let Err(err) = crate::os::attest::write_line(&args.console, &line) {
-                eprintln!("kiln-agent: {err:#}");
-            }
-        }
-        None => eprintln!(
-            "kiln-agent: no node id (kiln.node= on the kernel command line): the run cannot be attested"
-        ),
-    };
-    attest();
-    let plan_wire = match crate::reporter::fetch_plan(&url, run_id, &token, patience) {
-        Ok(p) => p,
-        Err(err) => {
-            eprintln!("kiln-agent: {err:#}");
-            write_after(kiln_protocol::wire::After::Hold);
-            return EXIT_HARNESS;
-        }
-    };
-    write_after(plan_wire.after);
-    let plan = match kiln_protocol::load("suite", plan_wire.suite_text.as_bytes()) {
-        Ok(plan) => plan,
-        Err(err) => {
-            eprintln!("kiln-agent: the run's suite is refused by this agent:\n{err}");
-            return EXIT_HARNESS;
-        }
-    };
-    let interrupt = Interrupt::new();
-    let _ = interrupt.install_handler();
-    let inventory = crate::inventory::collect();
-    let target = Target {
-        base: url.clone(),
+    let booted = crate::boot::Booted {
+        url,
         run_id,
-        token,
-        heartbeat: std::time::Duration::from_secs(plan_wire.heartbeat_secs),
+        node_id,
+        bootstrap,
+        after_file: args.after_file.clone(),
+        console: args.console.clone(),
     };
-    let session = match Session::open(target, &inventory, patience) {
-        Ok(s) => s,
+    match crate::boot::run(&booted) {
+        Ok(verdict) => exit_code(verdict),
         Err(err) => {
             eprintln!("kiln-agent: {err:#}");
-            return EXIT_HARNESS;
+            EXIT_HARNESS
         }
-    };
-    let console: Arc<dyn EventSink> = Arc::new(Console::new(true));
-    let options = RunOptions {
-        allow_destructive: plan_wire.allow_destructive,
-        collector: Some(url),
-        collector_token: Some(session.token.clone()),
-    };
-    let report = tracing::info_span!("run", run_id, suite = plan.name()).in_scope(|| {
-        crate::runner::run_on(
-            &plan,
-            &options,
-            &interrupt,
-            session.sink(console),
-            inventory,
-        )
-    });
-    println!("\n{}", summary_table(&report));
-    attest();
-    if !session.close(patience) {
-        return EXIT_HARNESS;
     }
-    exit_code(report.verdict)
 }

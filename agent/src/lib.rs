@@ -4,8 +4,10 @@
 //! plain threads pinned per CPU, and every event flows to sinks (the [`console`], reports).
 
 pub mod bandwidth;
+pub mod boot;
 pub mod checks;
 pub mod cli;
+pub mod collector;
 pub mod console;
 pub mod hw;
 pub mod inventory;

@@ -1,4 +1,5 @@
-//! Streams a run's events to the collector: spooled in memory (bounded — under pressure the
+//! Streams a run's events to the collector (the spool and the send loop; the rest of what the
+//! agent says to the collector is [`crate::collector`]'s): spooled in memory (bounded — under pressure the
 //! oldest log lines go first, replaced by a counted marker; outcomes are never dropped), sent
 //! in numbered batches, retried with backoff and jitter until acknowledged, and flushed before
 //! the agent exits. A collector restart mid-run loses nothing: unacknowledged batches are
@@ -12,9 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_protocol::routes;
-use kiln_protocol::wire::{
-    BatchAck, Event, EventBatch, EventBody, Inventory, RegisterRequest, RegisterResponse,
-};
+use kiln_protocol::wire::{BatchAck, Event, EventBatch, EventBody};
 
 use crate::runner::EventSink;
 
@@ -24,9 +23,9 @@ pub const SPOOL_LIMIT: usize = 20_000;
 const BATCH_EVENTS: usize = 500;
 /// Rough byte budget per batch (the collector accepts 4 MiB).
 const BATCH_BYTES: usize = 1 << 20;
-/// Backoff bounds between retries.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Backoff bounds between retries (the collector client's too).
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Where and as what to report.
 #[derive(Debug, Clone)]
@@ -63,7 +62,20 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Starts the sender thread for `target`.
+    /// Starts sending for `target` on `runtime` (the collector client's).
+    pub fn start_on(target: Target, runtime: &tokio::runtime::Handle) -> Reporter {
+        let shared = Arc::new(Shared {
+            spool: Mutex::new(Spool::default()),
+            wake: Condvar::new(),
+        });
+        runtime.spawn(send_loop(target, shared.clone()));
+        Reporter {
+            shared,
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts a sender thread of its own for `target`.
     pub fn start(target: Target) -> anyhow::Result<Reporter> {
         let shared = Arc::new(Shared {
             spool: Mutex::new(Spool::default()),
@@ -351,175 +363,9 @@ fn approx_size(body: &EventBody) -> usize {
 }
 
 /// `base` ± 50 %, so agents that lost the collector together do not come back in lockstep.
-fn jitter(base: Duration) -> Duration {
+pub(crate) fn jitter(base: Duration) -> Duration {
     let r = (crate::rng::fresh_seed() % 1000) as f64 / 1000.0;
     base.mul_f64(0.5 + r)
-}
-
-/// Sends a request until the collector answers with success, for up to `patience`: network
-/// errors and 5xx are retried with backoff and jitter; a 4xx is final and its message is
-/// returned. `what` names the request in errors.
-async fn until_answered<F, Fut>(
-    what: &str,
-    base: &str,
-    patience: Duration,
-    mut send: F,
-) -> anyhow::Result<reqwest::Response>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
-{
-    let started = Instant::now();
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        match send().await {
-            Ok(r) if r.status().is_success() => return Ok(r),
-            Ok(r) if r.status().is_client_error() => {
-                let status = r.status();
-                anyhow::bail!(
-                    "the collector refused the {what} ({status}): {}",
-                    r.text().await.unwrap_or_default()
-                );
-            }
-            Ok(r) if started.elapsed() > patience => {
-                anyhow::bail!("the collector keeps answering {} to the {what}", r.status())
-            }
-            Err(e) if started.elapsed() > patience => {
-                anyhow::bail!("cannot reach the collector at {base} for the {what}: {e}")
-            }
-            _ => {}
-        }
-        tokio::time::sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-fn short_runtime() -> anyhow::Result<(tokio::runtime::Runtime, reqwest::Client)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    Ok((runtime, client))
-}
-
-/// Registers an ad-hoc run for this host (`kiln-agent run --collector`), retrying for up to
-/// `patience`; returns the run and its token.
-pub fn register(
-    base: &str,
-    inventory: &Inventory,
-    suite_text: &str,
-    patience: Duration,
-) -> anyhow::Result<RegisterResponse> {
-    let mut inventory = inventory.clone();
-    inventory.clamp();
-    let request = RegisterRequest {
-        identity: crate::inventory::identity(&inventory),
-        hostname: crate::os::read_trimmed("/proc/sys/kernel/hostname")
-            .map(|h| kiln_protocol::bounds::clamp(&h, kiln_protocol::wire::MAX_FIELD_LEN, false)),
-        suite_text: suite_text.to_owned(),
-    };
-    let url = routes::url(base, routes::REGISTER, 0);
-    let (runtime, client) = short_runtime()?;
-    runtime.block_on(async {
-        let r = until_answered("registration", base, patience, || {
-            client.post(&url).json(&request).send()
-        })
-        .await?;
-        Ok(r.json().await?)
-    })
-}
-
-/// Posts the inventory of a run, retrying for up to `patience`.
-pub fn post_inventory(
-    target: &Target,
-    inventory: &Inventory,
-    patience: Duration,
-) -> anyhow::Result<()> {
-    let url = routes::url(&target.base, routes::INVENTORY, target.run_id);
-    // Within the protocol's bounds: odd firmware strings are cut, not refused.
-    let mut inventory = inventory.clone();
-    inventory.clamp();
-    let inventory = &inventory;
-    let (runtime, client) = short_runtime()?;
-    runtime.block_on(async {
-        until_answered("inventory", &target.base, patience, || {
-            client
-                .put(&url)
-                .bearer_auth(&target.token)
-                .json(inventory)
-                .send()
-        })
-        .await?;
-        Ok(())
-    })
-}
-
-/// Exchanges the bootstrap token from the kernel command line for the run's session token.
-/// Only failures to reach the collector are retried: the collector honours one exchange per
-/// boot, and a second one fails the run.
-pub fn exchange_session(
-    base: &str,
-    run_id: i64,
-    bootstrap: &str,
-    patience: Duration,
-) -> anyhow::Result<kiln_protocol::wire::SessionResponse> {
-    let url = routes::url(base, routes::SESSION, run_id);
-    let (runtime, client) = short_runtime()?;
-    runtime.block_on(async {
-        let started = Instant::now();
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            match client.post(&url).bearer_auth(bootstrap).send().await {
-                Ok(r) if r.status().is_success() => return Ok(r.json().await?),
-                Ok(r) => {
-                    let status = r.status();
-                    anyhow::bail!(
-                        "the collector refused the session exchange ({status}): {}",
-                        r.text().await.unwrap_or_default()
-                    )
-                }
-                // Not connected: the request never reached the collector, so asking again
-                // is not a second exchange.
-                Err(e) if e.is_connect() && started.elapsed() <= patience => {}
-                Err(e) => {
-                    anyhow::bail!("cannot reach the collector at {base} for the session: {e}")
-                }
-            }
-            tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
-    })
-}
-
-/// Fetches a network-booted run's plan, retrying for up to `patience`.
-pub fn fetch_plan(
-    base: &str,
-    run_id: i64,
-    token: &str,
-    patience: Duration,
-) -> anyhow::Result<kiln_protocol::wire::RunPlan> {
-    let url = routes::url(base, routes::PLAN, run_id);
-    let (runtime, client) = short_runtime()?;
-    runtime.block_on(async {
-        let r = until_answered("plan request", base, patience, || {
-            client.get(&url).bearer_auth(token).send()
-        })
-        .await?;
-        Ok(r.json().await?)
-    })
-}
-
-/// Sends every event to several sinks (the console and the reporter).
-pub struct Tee(pub Vec<Arc<dyn EventSink>>);
-
-impl EventSink for Tee {
-    fn emit(&self, body: EventBody) {
-        for sink in &self.0 {
-            sink.emit(body.clone());
-        }
-    }
 }
 
 #[cfg(test)]

@@ -435,6 +435,17 @@ fn finish(
     (decided.outcome, metrics)
 }
 
+/// Sends every event to several sinks (the console and the reporter).
+pub struct Tee(pub Vec<Arc<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn emit(&self, body: EventBody) {
+        for sink in &self.0 {
+            sink.emit(body.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,108 @@
+//! A network-booted node's run, in the RAM image: the bootstrap token exchanged for the
+//! session, the run attested on the node's console, the plan fetched, the inventory and every
+//! event delivered, the run attested again, the session closed. What the image does next is
+//! written for its init: the plan's word, or `hold` when the run could not start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_protocol::verdict::Verdict;
+use kiln_protocol::wire::After;
+
+use crate::checks::RunOptions;
+use crate::collector::Collector;
+use crate::console::{Console, summary_table};
+use crate::runner::EventSink;
+use crate::stop::Interrupt;
+
+/// How long each call waits for a collector that does not answer (a node booting with a
+/// hall may wait its turn).
+const PATIENCE: Duration = Duration::from_secs(600);
+
+/// What the boot found on the kernel command line (or in flags and the environment).
+#[derive(Debug, Clone)]
+pub struct Booted {
+    /// The collector's base URL.
+    pub url: String,
+    /// The run.
+    pub run_id: i64,
+    /// The node, when known: without it the run cannot be attested.
+    pub node_id: Option<i64>,
+    /// The bootstrap token, good for one exchange.
+    pub bootstrap: String,
+    /// Where the word for the image's init goes.
+    pub after_file: Option<PathBuf>,
+    /// The console the collector reads.
+    pub console: PathBuf,
+}
+
+/// Runs the booted run to its end: the verdict, or why the harness could not carry it out.
+pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
+    let after = |what: After| {
+        if let Some(path) = &booted.after_file {
+            let _ = std::fs::write(path, what.name());
+        }
+    };
+    println!(
+        "kiln-agent {}: run {} from {}",
+        env!("CARGO_PKG_VERSION"),
+        booted.run_id,
+        booted.url
+    );
+    let collector = Collector::new(&booted.url)?;
+    // The token on the command line is readable by every process in the image: it is only a
+    // bootstrap, good for one exchange; the session token stays in this process.
+    let session = collector
+        .exchange(booted.run_id, &booted.bootstrap, PATIENCE)
+        .inspect_err(|_| after(After::Hold))?;
+    // The node's own console vouches for the run: written now, and again before the last
+    // word (a console capture that reconnected in between still sees it). A run whose line
+    // the collector never reads does not pass, so a failure here is said, not hidden.
+    let attest = || match booted.node_id {
+        Some(node) => {
+            let line = kiln_protocol::attest::line(&session.attest_key, booted.run_id, node);
+            if let Err(err) = crate::os::attest::write_line(&booted.console, &line) {
+                eprintln!("kiln-agent: {err:#}");
+            }
+        }
+        None => eprintln!(
+            "kiln-agent: no node id (kiln.node= on the kernel command line): the run cannot be attested"
+        ),
+    };
+    attest();
+    let plan_wire = collector
+        .plan(booted.run_id, &session.token, PATIENCE)
+        .inspect_err(|_| after(After::Hold))?;
+    after(plan_wire.after);
+    let plan = kiln_protocol::load("suite", plan_wire.suite_text.as_bytes())
+        .map_err(|err| anyhow::anyhow!("the run's suite is refused by this agent:\n{err}"))?;
+    let interrupt = Interrupt::new();
+    let _ = interrupt.install_handler();
+    let inventory = crate::inventory::collect();
+    let run = collector.open(
+        booted.run_id,
+        &session.token,
+        Duration::from_secs(plan_wire.heartbeat_secs),
+        &inventory,
+        PATIENCE,
+    )?;
+    let console: Arc<dyn EventSink> = Arc::new(Console::new(true));
+    let options = RunOptions {
+        allow_destructive: plan_wire.allow_destructive,
+        collector: Some(booted.url.clone()),
+        collector_token: Some(run.token().to_owned()),
+    };
+    let report =
+        tracing::info_span!("run", run_id = booted.run_id, suite = plan.name()).in_scope(|| {
+            crate::runner::run_on(&plan, &options, &interrupt, run.sink(console), inventory)
+        });
+    println!("\n{}", summary_table(&report));
+    attest();
+    anyhow::ensure!(
+        run.close(PATIENCE),
+        "the collector did not acknowledge every event of run {}",
+        booted.run_id
+    );
+    Ok(report.verdict)
+}

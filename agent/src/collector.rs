@@ -1,0 +1,245 @@
+//! The agent's one client of the collector, on one runtime: a host's registration or a
+//! booted node's bootstrap exchange, the plan, the inventory, then the run's events (the
+//! [`reporter`](crate::reporter) streams them) until the session closes with every event
+//! acknowledged. Requests are retried with backoff and jitter within the caller's patience;
+//! a 4xx is final and its message is returned.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::routes;
+use kiln_protocol::wire::{Inventory, RegisterRequest, RegisterResponse, RunPlan, SessionResponse};
+
+use crate::reporter::{BACKOFF_MAX, BACKOFF_MIN, Reporter, Target, jitter};
+use crate::runner::{EventSink, Tee};
+
+/// A collector at `base`, reached through one HTTP client on one runtime.
+pub struct Collector {
+    base: String,
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Collector {
+    /// The client for the collector at `base` (nothing is sent yet).
+    pub fn new(base: &str) -> anyhow::Result<Collector> {
+        // One worker: the reporter's send loop runs on it while the steps run on threads of
+        // their own; the one-off calls block on it from the caller's thread.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("collector")
+            .enable_all()
+            .build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Collector {
+            base: base.trim_end_matches('/').to_owned(),
+            runtime,
+            http,
+        })
+    }
+
+    /// Its base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Registers an ad-hoc run for this host (`kiln-agent run --collector`), retrying for up
+    /// to `patience`; returns the run and its token.
+    pub fn register(
+        &self,
+        inventory: &Inventory,
+        suite_text: &str,
+        patience: Duration,
+    ) -> anyhow::Result<RegisterResponse> {
+        let mut inventory = inventory.clone();
+        inventory.clamp();
+        let request = RegisterRequest {
+            identity: crate::inventory::identity(&inventory),
+            hostname: crate::os::read_trimmed("/proc/sys/kernel/hostname").map(|h| {
+                kiln_protocol::bounds::clamp(&h, kiln_protocol::wire::MAX_FIELD_LEN, false)
+            }),
+            suite_text: suite_text.to_owned(),
+        };
+        let url = routes::url(&self.base, routes::REGISTER, 0);
+        self.runtime.block_on(async {
+            let r = self
+                .until_answered("registration", patience, || {
+                    self.http.post(&url).json(&request).send()
+                })
+                .await?;
+            Ok(r.json().await?)
+        })
+    }
+
+    /// Exchanges a booted node's bootstrap token (from the kernel command line) for the run's
+    /// session token and attestation key. Only failures to reach the collector are retried:
+    /// the collector honours one exchange per boot, and a second one fails the run.
+    pub fn exchange(
+        &self,
+        run_id: i64,
+        bootstrap: &str,
+        patience: Duration,
+    ) -> anyhow::Result<SessionResponse> {
+        let url = routes::url(&self.base, routes::SESSION, run_id);
+        self.runtime.block_on(async {
+            let started = Instant::now();
+            let mut backoff = BACKOFF_MIN;
+            loop {
+                match self.http.post(&url).bearer_auth(bootstrap).send().await {
+                    Ok(r) if r.status().is_success() => return Ok(r.json().await?),
+                    Ok(r) => {
+                        let status = r.status();
+                        anyhow::bail!(
+                            "the collector refused the session exchange ({status}): {}",
+                            r.text().await.unwrap_or_default()
+                        )
+                    }
+                    // Not connected: the request never reached the collector, so asking again
+                    // is not a second exchange.
+                    Err(e) if e.is_connect() && started.elapsed() <= patience => {}
+                    Err(e) => anyhow::bail!(
+                        "cannot reach the collector at {} for the session: {e}",
+                        self.base
+                    ),
+                }
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        })
+    }
+
+    /// A booted run's plan, retrying for up to `patience`.
+    pub fn plan(&self, run_id: i64, token: &str, patience: Duration) -> anyhow::Result<RunPlan> {
+        let url = routes::url(&self.base, routes::PLAN, run_id);
+        self.runtime.block_on(async {
+            let r = self
+                .until_answered("plan request", patience, || {
+                    self.http.get(&url).bearer_auth(token).send()
+                })
+                .await?;
+            Ok(r.json().await?)
+        })
+    }
+
+    /// Delivers the run's inventory and starts streaming its events: the session.
+    pub fn open(
+        self,
+        run_id: i64,
+        token: &str,
+        heartbeat: Duration,
+        inventory: &Inventory,
+        patience: Duration,
+    ) -> anyhow::Result<Session> {
+        let url = routes::url(&self.base, routes::INVENTORY, run_id);
+        // Within the protocol's bounds: odd firmware strings are cut, not refused.
+        let mut inventory = inventory.clone();
+        inventory.clamp();
+        self.runtime.block_on(async {
+            self.until_answered("inventory", patience, || {
+                self.http
+                    .put(&url)
+                    .bearer_auth(token)
+                    .json(&inventory)
+                    .send()
+            })
+            .await
+        })?;
+        let target = Target {
+            base: self.base.clone(),
+            run_id,
+            token: token.to_owned(),
+            heartbeat,
+        };
+        let reporter = Arc::new(Reporter::start_on(target, self.runtime.handle()));
+        Ok(Session {
+            reporter,
+            run_id,
+            token: token.to_owned(),
+            _collector: self,
+        })
+    }
+
+    /// Sends a request until the collector answers with success, for up to `patience`:
+    /// network errors and 5xx are retried with backoff and jitter; a 4xx is final and its
+    /// message is returned. `what` names the request in errors.
+    async fn until_answered<F, Fut>(
+        &self,
+        what: &str,
+        patience: Duration,
+        mut send: F,
+    ) -> anyhow::Result<reqwest::Response>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
+    {
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match send().await {
+                Ok(r) if r.status().is_success() => return Ok(r),
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    anyhow::bail!(
+                        "the collector refused the {what} ({status}): {}",
+                        r.text().await.unwrap_or_default()
+                    );
+                }
+                Ok(r) if started.elapsed() > patience => {
+                    anyhow::bail!("the collector keeps answering {} to the {what}", r.status())
+                }
+                Err(e) if started.elapsed() > patience => anyhow::bail!(
+                    "cannot reach the collector at {} for the {what}: {e}",
+                    self.base
+                ),
+                _ => {}
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// A run reported to a collector: its inventory delivered, its events streaming, and at the
+/// end every event acknowledged (or the shortfall said).
+pub struct Session {
+    reporter: Arc<Reporter>,
+    run_id: i64,
+    token: String,
+    // Keeps the runtime the reporter sends on.
+    _collector: Collector,
+}
+
+impl Session {
+    /// The run's id.
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    /// The run's session token (the bandwidth endpoints ask for it).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Where the run's events go: `console` and the collector.
+    pub fn sink(&self, console: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+        Arc::new(Tee(vec![console, self.reporter.clone()]))
+    }
+
+    /// Waits up to `patience` for every event to be acknowledged; false (and says how many
+    /// were not) otherwise.
+    pub fn close(self, patience: Duration) -> bool {
+        let left = self.reporter.flush(patience);
+        if left > 0 {
+            eprintln!(
+                "kiln-agent: {left} event(s) of run {} were not acknowledged by the collector",
+                self.run_id
+            );
+            return false;
+        }
+        println!("kiln-agent: reported run {}", self.run_id);
+        true
+    }
+}
