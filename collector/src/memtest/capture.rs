@@ -10,6 +10,7 @@ use tokio::io::AsyncReadExt;
 use super::power::{Power, deselect_keys};
 use super::screen::{MemtestScreen, Reading, Status};
 use crate::config::Source;
+use kiln_protocol::verdict::Verdict;
 
 /// Most raw console bytes kept per run; past this the oldest are dropped.
 pub const MAX_RAW: usize = 16 << 20;
@@ -438,7 +439,14 @@ pub async fn watch(
             }
         }
         let errors = reading.errors.unwrap_or(0);
-        if errors > 0 || reading.status == Some(Status::Failed) {
+        let seen_so_far = kiln_protocol::verdict::MemtestScreen {
+            errors,
+            failed: reading.status == Some(Status::Failed),
+            passes: reading.passes.unwrap_or(0),
+            passed: reading.status == Some(Status::Pass),
+        };
+        let verdict = kiln_protocol::verdict::memtest(seen_so_far, rules.passes);
+        if verdict == Some(Verdict::Fail) {
             // The verdict is certain now, but memtest86+ draws the error rows a moment after
             // the counter: wait (briefly) for them, so the fault names its address.
             let drawn = !reading.error_rows.is_empty()
@@ -450,7 +458,7 @@ pub async fn watch(
             }
             return finish(false, errors_found(&reading, errors), &screen, raw);
         }
-        if reading.passes.unwrap_or(0) >= rules.passes && reading.status == Some(Status::Pass) {
+        if verdict == Some(Verdict::Pass) {
             return finish(
                 true,
                 format!(

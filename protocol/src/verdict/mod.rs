@@ -178,6 +178,33 @@ pub fn step_outcome(
     StepOutcome { outcome, notes }
 }
 
+/// What memtest86+'s screen says so far, as the collector reads it off the serial console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemtestScreen {
+    /// The error counter.
+    pub errors: u64,
+    /// The screen says the test failed.
+    pub failed: bool,
+    /// Passes completed.
+    pub passes: u32,
+    /// The screen says the passes so far passed.
+    pub passed: bool,
+}
+
+/// The memtest stage's verdict from its screen once it is certain: a fail at the first error
+/// (or a failed status), a pass once `passes` passes completed with the status saying pass,
+/// `None` while neither. (Timeouts, stalls and a lost console end the stage as a fail too:
+/// a result that could not be read is never a pass.)
+pub fn memtest(screen: MemtestScreen, passes: u32) -> Option<Verdict> {
+    if screen.errors > 0 || screen.failed {
+        Some(Verdict::Fail)
+    } else if screen.passes >= passes && screen.passed {
+        Some(Verdict::Pass)
+    } else {
+        None
+    }
+}
+
 /// A run's verdict from its stages' (`None` for a stage without one): the worst of them, and
 /// never a pass without a stage.
 pub fn of_stages(stages: impl IntoIterator<Item = Option<Verdict>>) -> Verdict {
@@ -323,6 +350,33 @@ pub fn waivable(code: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memtest_passes_only_with_its_passes_done_and_fails_at_the_first_error() {
+        let screen = |errors, failed, passes, passed| MemtestScreen {
+            errors,
+            failed,
+            passes,
+            passed,
+        };
+        assert_eq!(memtest(screen(0, false, 1, true), 1), Some(Verdict::Pass));
+        assert_eq!(memtest(screen(0, false, 1, true), 2), None);
+        assert_eq!(memtest(screen(0, false, 2, false), 2), None);
+        assert_eq!(memtest(screen(1, false, 5, true), 1), Some(Verdict::Fail));
+        assert_eq!(memtest(screen(0, true, 0, false), 1), Some(Verdict::Fail));
+        assert_eq!(memtest(screen(0, false, 0, false), 1), None);
+    }
+
+    #[test]
+    fn a_run_is_the_worst_of_its_stages_and_none_is_never_a_pass() {
+        assert_eq!(of_stages([]), Verdict::Incomplete);
+        assert_eq!(of_stages([Some(Verdict::Pass)]), Verdict::Pass);
+        assert_eq!(of_stages([Some(Verdict::Pass), None]), Verdict::Incomplete);
+        assert_eq!(
+            of_stages([Some(Verdict::Fail), Some(Verdict::Degraded)]),
+            Verdict::Fail
+        );
+    }
 
     #[test]
     fn only_a_component_s_own_fault_code_can_be_waived() {
