@@ -15,3 +15,4 @@ pub mod store;
 pub mod suites;
 pub mod tls;
 pub mod tokens;
+pub mod tracker;

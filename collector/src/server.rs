@@ -98,6 +98,7 @@ impl Collector {
             limiter: Arc::new(crate::api::limits::RateLimiter::default()),
             reports: Arc::default(),
             sessions: Default::default(),
+            swarms: Default::default(),
         });
         Ok(Collector {
             state,

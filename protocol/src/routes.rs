@@ -12,6 +12,14 @@ pub const PLAN: &str = "/api/v1/runs/{id}/plan";
 pub const INVENTORY: &str = "/api/v1/runs/{id}/inventory";
 /// `POST`: a batch of events (`EventBatch`), answered with a `BatchAck`.
 pub const EVENTS: &str = "/api/v1/runs/{id}/events";
+/// The run's payload manifest (`GET`, session token).
+pub const PAYLOAD: &str = "/api/v1/runs/{id}/payload";
+/// Pieces the node may fetch now, and their sources (`POST`, session token).
+pub const PAYLOAD_GRANTS: &str = "/api/v1/runs/{id}/payload/grants";
+/// How a granted fetch ended (`POST`, session token).
+pub const PAYLOAD_DONE: &str = "/api/v1/runs/{id}/payload/done";
+/// One piece of the payload from the collector (`GET`, session token).
+pub const PAYLOAD_PIECE: &str = "/api/v1/runs/{id}/payload/pieces/{piece}";
 /// `GET`: N bytes for the NIC check (`?bytes=N`).
 pub const BANDWIDTH_DOWNLOAD: &str = "/bandwidth/download";
 /// `POST`: a body the NIC check uploads.

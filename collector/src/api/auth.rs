@@ -24,10 +24,15 @@ impl axum::extract::FromRequestParts<AppState> for RunToken {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(run_id) =
-            axum::extract::Path::<i64>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        // The run is the path's `id`, whatever else the path names (a piece, …).
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let run_id = params
+            .iter()
+            .find(|(name, _)| *name == "id")
+            .and_then(|(_, value)| value.parse::<i64>().ok())
+            .ok_or_else(|| ApiError::BadRequest("the path names no run id".into()))?;
         let token = tokens::bearer(&parts.headers).ok_or_else(|| {
             ApiError::Unauthorized(
                 "agent calls need their run's token (Authorization: Bearer …)".into(),

@@ -16,11 +16,13 @@ pub mod evidence;
 pub mod limits;
 mod operator;
 pub mod pages;
+pub mod payload;
 pub mod report_cache;
 pub mod report_rows;
 pub mod reports;
 pub mod sessions;
 pub mod state;
+pub mod swarms;
 pub mod templates;
 pub mod workbook;
 
@@ -57,6 +59,10 @@ pub fn boot_router(state: AppState) -> Router {
         .route(routes::PLAN, get(agent::plan))
         .route(routes::INVENTORY, put(agent::inventory))
         .route(routes::EVENTS, post(agent::events))
+        .route(routes::PAYLOAD, get(payload::get_manifest))
+        .route(routes::PAYLOAD_GRANTS, post(payload::grants))
+        .route(routes::PAYLOAD_DONE, post(payload::done))
+        .route(routes::PAYLOAD_PIECE, get(payload::piece))
         .route("/boot.ipxe", get(boot::boot_ipxe).layer(limited()))
         .route("/ipxe", get(boot::node_ipxe).layer(limited()))
         .route("/artifacts/", get(artifacts::list).layer(limited()))

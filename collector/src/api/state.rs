@@ -61,6 +61,8 @@ pub struct Shared {
     pub reports: Arc<super::report_cache::ReportCache>,
     /// Page sessions `/login` opened.
     pub sessions: super::sessions::Sessions,
+    /// Peer-assisted boot: the payload's tracker.
+    pub swarms: super::swarms::Swarms,
 }
 
 impl AppState {

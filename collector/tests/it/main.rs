@@ -14,5 +14,6 @@ mod ipxe;
 mod lifecycle;
 mod operators;
 mod pages;
+mod payload;
 mod verify;
 mod waivers;

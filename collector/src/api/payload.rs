@@ -1,0 +1,222 @@
+//! The payload routes of an open run (its session token): the manifest, the grants the
+//! tracker gives (a peer of the rack first, the collector last), how a grant ended, and the
+//! collector's own pieces. The payload is `DATA/artifacts/payload.img`, cut into pieces and
+//! hashed once per change of the file, on a blocking thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::response::IntoResponse;
+use kiln_protocol::payload::{
+    DoneRequest, Grant, GrantsRequest, Manifest, Outcome, PIECE_SIZE, Source,
+};
+
+use super::swarms::Inner;
+use super::{ApiError, AppState, Json, RunAuth};
+use crate::tracker::{self, Fetched, Tracker};
+
+/// The payload file, in the data directory's artifacts.
+pub const FILE: &str = "artifacts/payload.img";
+
+/// The manifest of the payload as it is now; 404 when this collector has none.
+async fn manifest(state: &AppState) -> Result<Arc<Manifest>, ApiError> {
+    let path = state.data.join(FILE);
+    let meta = tokio::fs::metadata(&path).await.map_err(|_| {
+        ApiError::NotFound("this collector serves no payload (no artifacts/payload.img)".into())
+    })?;
+    let stamp = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+    if let Some((kept, m)) = &state.swarms.lock().manifest {
+        if *kept == stamp {
+            return Ok(m.clone());
+        }
+    }
+    let made = tokio::task::spawn_blocking(move || -> std::io::Result<Manifest> {
+        Ok(Manifest::of(&std::fs::read(&path)?, PIECE_SIZE))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("{FILE}: {e}")))?;
+    let made = Arc::new(made);
+    let mut inner = state.swarms.lock();
+    // A new payload is a new swarm: nobody holds any of it yet.
+    inner.tracker = Some(Tracker::new(tracker::Settings::default()));
+    inner.addrs.clear();
+    inner.manifest = Some((stamp, made.clone()));
+    Ok(made)
+}
+
+/// `GET …/payload`: the manifest.
+pub(super) async fn get_manifest(
+    State(state): State<AppState>,
+    RunAuth(_run): RunAuth,
+) -> Result<axum::Json<Manifest>, ApiError> {
+    Ok(axum::Json((*manifest(&state).await?).clone()))
+}
+
+/// The node and rack of run `run_id`.
+async fn node_of(state: &AppState, run_id: i64) -> Result<(i64, Option<String>), ApiError> {
+    state
+        .db
+        .read(move |c| {
+            c.query_row(
+                "SELECT n.id, n.rack FROM runs r JOIN nodes n ON n.id = r.node_id WHERE r.id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(crate::store::StoreError::from)
+        })
+        .await
+        .map_err(ApiError::from)
+}
+
+/// Whether node `node`'s latest run is still open (a peer serves only while its run is).
+async fn serving(state: &AppState, node: i64) -> Result<bool, ApiError> {
+    let open: Option<bool> = state
+        .db
+        .read(move |c| {
+            use rusqlite::OptionalExtension;
+            c.query_row(
+                "SELECT r.verdict IS NULL FROM nodes n JOIN runs r ON r.id = n.latest_run WHERE n.id = ?1",
+                [node],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(crate::store::StoreError::from)
+        })
+        .await?;
+    Ok(open == Some(true))
+}
+
+/// `POST …/payload/grants`: what the node may fetch now.
+pub(super) async fn grants(
+    State(state): State<AppState>,
+    RunAuth(run_id): RunAuth,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Json(req): Json<GrantsRequest>,
+) -> Result<axum::Json<Vec<Grant>>, ApiError> {
+    let manifest = manifest(&state).await?;
+    req.have
+        .check(manifest.pieces.len())
+        .map_err(ApiError::BadRequest)?;
+    let (node, rack) = node_of(&state, run_id).await?;
+    let mut out = Vec::new();
+    // A peer whose run closed since it joined is dropped and asked again, a few times at most.
+    for _ in 0..8 {
+        let grant = {
+            let mut inner = state.swarms.lock();
+            let Inner { tracker, addrs, .. } = &mut *inner;
+            let tracker = tracker.get_or_insert_with(|| Tracker::new(Default::default()));
+            if !tracker.joined(node) {
+                tracker.join(
+                    node,
+                    &manifest.sha256,
+                    manifest.pieces.len(),
+                    rack.as_deref(),
+                    Some(req.have.clone()),
+                );
+                match req.port {
+                    Some(port) => {
+                        addrs.insert(node, SocketAddr::new(from.ip(), port).to_string());
+                    }
+                    None => tracker.exclude(node),
+                }
+            }
+            tracker
+                .next(node)
+                .map_err(|e| ApiError::Conflict(e.to_string()))?
+        };
+        let Some(grant) = grant else { break };
+        let from = match grant.source {
+            tracker::Source::Collector => Source::Collector,
+            tracker::Source::Peer(peer) => {
+                let addr = state.swarms.lock().addrs.get(&peer).cloned();
+                match addr {
+                    Some(addr) if serving(&state, peer).await? => Source::Peer { node: peer, addr },
+                    _ => {
+                        let mut inner = state.swarms.lock();
+                        if let Some(t) = inner.tracker.as_mut() {
+                            let _ = t.done(node, grant, Fetched::Broken);
+                            t.leave(peer);
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        out.push(Grant {
+            piece: grant.piece,
+            from,
+        });
+    }
+    Ok(axum::Json(out))
+}
+
+/// `POST …/payload/done`: how a granted fetch ended; a corrupt piece's peer is never granted
+/// again.
+pub(super) async fn done(
+    State(state): State<AppState>,
+    RunAuth(run_id): RunAuth,
+    Json(req): Json<DoneRequest>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let (node, _) = node_of(&state, run_id).await?;
+    let source = match req.grant.from {
+        Source::Collector => tracker::Source::Collector,
+        Source::Peer { node, .. } => tracker::Source::Peer(node),
+    };
+    let how = match req.outcome {
+        Outcome::Verified => Fetched::Verified,
+        Outcome::Broken => Fetched::Broken,
+        Outcome::Corrupt => Fetched::Corrupt,
+    };
+    let complete = {
+        let mut inner = state.swarms.lock();
+        let tracker = inner
+            .tracker
+            .as_mut()
+            .ok_or_else(|| ApiError::Conflict(format!("node {node} is fetching no payload")))?;
+        tracker
+            .done(
+                node,
+                tracker::Grant {
+                    piece: req.grant.piece,
+                    source,
+                },
+                how,
+            )
+            .map_err(|e| ApiError::Conflict(e.to_string()))?
+    };
+    if let (Outcome::Corrupt, tracker::Source::Peer(peer)) = (req.outcome, source) {
+        tracing::warn!(
+            run_id,
+            peer,
+            piece = req.grant.piece,
+            "a peer served a piece that failed its hash; it serves no more"
+        );
+    }
+    Ok(axum::Json(serde_json::json!({ "complete": complete })))
+}
+
+/// `GET …/payload/pieces/{piece}`: one piece from the collector.
+pub(super) async fn piece(
+    State(state): State<AppState>,
+    RunAuth(_run): RunAuth,
+    Path((_id, index)): Path<(i64, usize)>,
+) -> Result<axum::response::Response, ApiError> {
+    let manifest = manifest(&state).await?;
+    let (offset, len) = manifest
+        .piece_offset(index)
+        .and_then(|o| Ok((o, manifest.piece_len(index)?)))
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let path = state.data.join(FILE);
+    let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len as usize];
+        std::fs::File::open(&path)?.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("{FILE}: {e}")))?;
+    Ok(([("content-type", "application/octet-stream")], bytes).into_response())
+}

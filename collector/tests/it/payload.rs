@@ -1,0 +1,205 @@
+//! Peer-assisted boot through the real server: the manifest, grants from the tracker (the
+//! collector first, then a neighbour that holds the pieces), pieces checked against their
+//! SHA-256, a corrupt peer never granted again — and every hostile request refused.
+
+use kiln_collector::config::Config;
+use kiln_protocol::payload::{
+    DoneRequest, Grant, GrantsRequest, Manifest, Outcome, Pieces, Source,
+};
+use kiln_protocol::wire::{RegisterRequest, RegisterResponse};
+
+use crate::common::*;
+
+/// Two nodes of rack R1, registered by the operator, with a 10 MiB payload (3 pieces).
+async fn swarm(name: &str) -> (Server, Vec<u8>, RegisterResponse, RegisterResponse) {
+    let server = Server::start(name, Config::default()).await;
+    let payload: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::create_dir_all(server.data.join("artifacts")).unwrap();
+    std::fs::write(server.data.join("artifacts/payload.img"), &payload).unwrap();
+    import_nodes(
+        &server,
+        "mac,rack,slot,hostname\n52:54:00:00:00:01,R1,U1,n1\n52:54:00:00:00:02,R1,U2,n2\n",
+    )
+    .await;
+    let admin = server.admin_token();
+    let mut runs = Vec::new();
+    for n in 1..=2 {
+        let req = RegisterRequest {
+            identity: identity(n),
+            hostname: None,
+            suite_text: SUITE.into(),
+        };
+        runs.push(register_admin(&server.ops, &req, &admin).await);
+    }
+    let two = runs.pop().unwrap();
+    let one = runs.pop().unwrap();
+    (server, payload, one, two)
+}
+
+fn url(server: &Server, run: &RegisterResponse, rest: &str) -> String {
+    format!("{}/api/v1/runs/{}/payload{rest}", server.base, run.run_id)
+}
+
+async fn grants(server: &Server, run: &RegisterResponse, have: &Pieces, port: u16) -> Vec<Grant> {
+    let r = reqwest::Client::new()
+        .post(url(server, run, "/grants"))
+        .bearer_auth(&run.token)
+        .json(&GrantsRequest {
+            have: have.clone(),
+            port: Some(port),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+async fn done(
+    server: &Server,
+    run: &RegisterResponse,
+    grant: &Grant,
+    outcome: Outcome,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url(server, run, "/done"))
+        .bearer_auth(&run.token)
+        .json(&DoneRequest {
+            grant: grant.clone(),
+            outcome,
+        })
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_gets_the_payload_from_the_collector_then_its_neighbour_from_it() {
+    let (server, payload, one, two) = swarm("payload-swarm").await;
+    let client = reqwest::Client::new();
+    let manifest: Manifest = client
+        .get(url(&server, &one, ""))
+        .bearer_auth(&one.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(manifest, Manifest::of(&payload, 4 << 20));
+    // The first node: nothing anywhere but on the collector.
+    let mut have = Pieces::none(3);
+    let first = grants(&server, &one, &have, 9001).await;
+    assert_eq!(first.len(), 3, "{first:?}");
+    for g in &first {
+        assert_eq!(g.from, Source::Collector);
+        let bytes = client
+            .get(url(&server, &one, &format!("/pieces/{}", g.piece)))
+            .bearer_auth(&one.token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        manifest.verify(g.piece, &bytes).unwrap();
+        have.set(g.piece);
+        let r = done(&server, &one, g, Outcome::Verified).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert!(have.complete());
+    // Its neighbour: from it, at the address its session comes from.
+    let from_peer = grants(&server, &two, &Pieces::none(3), 9002).await;
+    assert!(!from_peer.is_empty());
+    let peer = Source::Peer {
+        node: one.node_id,
+        addr: "127.0.0.1:9001".into(),
+    };
+    assert!(from_peer.iter().all(|g| g.from == peer), "{from_peer:?}");
+    // A piece that failed its hash: that peer serves nobody any more.
+    assert_eq!(
+        done(&server, &two, &from_peer[0], Outcome::Corrupt)
+            .await
+            .status(),
+        200
+    );
+    for g in &from_peer[1..] {
+        done(&server, &two, g, Outcome::Broken).await;
+    }
+    let again = grants(&server, &two, &Pieces::none(3), 9002).await;
+    assert!(
+        !again.is_empty() && again.iter().all(|g| g.from == Source::Collector),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_tokens_pieces_beyond_and_grants_never_given_are_refused() {
+    let (server, _, one, two) = swarm("payload-hostile").await;
+    let client = reqwest::Client::new();
+    // Another run's manifest, grants or piece with this run's token: refused.
+    for (method, rest) in [("GET", ""), ("POST", "/grants"), ("GET", "/pieces/0")] {
+        let r = client
+            .request(method.parse().unwrap(), url(&server, &two, rest))
+            .bearer_auth(&one.token)
+            .json(&GrantsRequest {
+                have: Pieces::none(3),
+                port: None,
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{method} {rest}");
+    }
+    // A piece beyond the payload.
+    let r = client
+        .get(url(&server, &one, "/pieces/3"))
+        .bearer_auth(&one.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("piece 3 is beyond the payload's 3 pieces")
+    );
+    // A bitfield of another payload's size.
+    let r = client
+        .post(url(&server, &one, "/grants"))
+        .bearer_auth(&one.token)
+        .json(&GrantsRequest {
+            have: Pieces::none(9),
+            port: None,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("the payload has 3"));
+    // A grant never given, and one claimed from a peer that gave nothing.
+    grants(&server, &one, &Pieces::none(3), 9001).await;
+    let never = Grant {
+        piece: 2,
+        from: Source::Peer {
+            node: two.node_id,
+            addr: "127.0.0.1:1".into(),
+        },
+    };
+    let r = done(&server, &two, &never, Outcome::Verified).await;
+    assert_eq!(r.status(), 409, "{}", r.text().await.unwrap());
+    // A collector without a payload says so.
+    let bare = Server::start("payload-none", Config::default()).await;
+    let run = register(&client, &bare.base, 1, SUITE).await;
+    let r = client
+        .get(format!("{}/api/v1/runs/{}/payload", bare.base, run.run_id))
+        .bearer_auth(&run.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("serves no payload"));
+}
