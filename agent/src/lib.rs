@@ -12,6 +12,7 @@ pub mod console;
 pub mod hw;
 pub mod inventory;
 pub mod os;
+pub mod payload;
 pub mod report;
 pub mod reporter;
 pub mod rng;

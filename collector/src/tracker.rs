@@ -36,11 +36,15 @@ pub struct Grant {
 pub enum Fetched {
     /// The piece arrived and matched its hash: the node holds it now.
     Verified,
-    /// The transfer broke off (the source went away, a deadline passed): try again.
+    /// The transfer broke off (the source went away, a deadline passed): try again; a peer
+    /// that breaks off [`STRIKES`] times is not granted again.
     Broken,
     /// The bytes failed the piece's hash: the source is never granted again.
     Corrupt,
 }
+
+/// Broken transfers after which a peer is never granted again.
+pub const STRIKES: u32 = 3;
 
 /// How generous the tracker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +93,8 @@ struct Member {
     fetching: usize,
     serving: usize,
     excluded: bool,
+    /// Transfers from it that broke off or stalled.
+    strikes: u32,
 }
 
 /// Every node fetching or serving one payload.
@@ -178,6 +184,7 @@ impl Tracker {
                 fetching: 0,
                 serving: 0,
                 excluded: false,
+                strikes: 0,
             },
         );
         self.node_swarm.insert(node, image.to_owned());
@@ -322,8 +329,15 @@ impl Tracker {
             Source::Peer(peer) => {
                 if let Some(p) = swarm.members.get_mut(&peer) {
                     p.serving = p.serving.saturating_sub(1);
-                    if how == Fetched::Corrupt {
-                        p.excluded = true;
+                    match how {
+                        Fetched::Corrupt => p.excluded = true,
+                        // A peer that keeps breaking off (killed, stalled, its link gone) is
+                        // dropped as a source; one failure may be the fetcher's own.
+                        Fetched::Broken => {
+                            p.strikes += 1;
+                            p.excluded |= p.strikes >= STRIKES;
+                        }
+                        Fetched::Verified => {}
                     }
                 }
             }

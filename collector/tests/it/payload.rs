@@ -79,15 +79,7 @@ async fn done(
 async fn a_node_gets_the_payload_from_the_collector_then_its_neighbour_from_it() {
     let (server, payload, one, two) = swarm("payload-swarm").await;
     let client = reqwest::Client::new();
-    let manifest: Manifest = client
-        .get(url(&server, &one, ""))
-        .bearer_auth(&one.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let manifest = manifest_of(&server, &one).await;
     assert_eq!(manifest, Manifest::of(&payload, 4 << 20));
     // The first node: nothing anywhere but on the collector.
     let mut have = Pieces::none(3);
@@ -202,4 +194,115 @@ async fn foreign_tokens_pieces_beyond_and_grants_never_given_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("serves no payload"));
+}
+
+/// A piece server for `store` on 127.0.0.1: its port.
+async fn serve(store: std::sync::Arc<kiln_agent::payload::Store>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, kiln_agent::payload::router(store)).await });
+    port
+}
+
+/// A peer that answers every piece with bytes that are not it.
+async fn corrupt_peer() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        kiln_agent::payload::PIECE_ROUTE,
+        axum::routing::get(|| async { vec![0xA5u8; 4 << 20] }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// A peer that accepts and never answers.
+async fn stalling_peer() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    port
+}
+
+/// Node `run` fetches the payload through the real routes, serving on `port` meanwhile.
+async fn fetch(
+    server: &Server,
+    run: &RegisterResponse,
+    port: Option<u16>,
+    store: std::sync::Arc<kiln_agent::payload::Store>,
+) -> kiln_agent::payload::Fetched {
+    let http = reqwest::Client::new();
+    let run = kiln_agent::payload::Run {
+        http: &http,
+        base: &server.base,
+        run_id: run.run_id,
+        token: &run.token,
+        port,
+        deadline: std::time::Duration::from_millis(500),
+    };
+    kiln_agent::payload::fetch(&run, &store, std::time::Duration::from_secs(20))
+        .await
+        .unwrap()
+}
+
+async fn manifest_of(server: &Server, run: &RegisterResponse) -> Manifest {
+    reqwest::Client::new()
+        .get(url(server, run, ""))
+        .bearer_auth(&run.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_fetch_verified_pieces_from_each_other_and_the_collector_serves_once() {
+    let (server, payload, one, two) = swarm("payload-agents").await;
+    let manifest = manifest_of(&server, &one).await;
+    let first = std::sync::Arc::new(kiln_agent::payload::Store::new(manifest.clone()).unwrap());
+    let port = serve(first.clone()).await;
+    let got = fetch(&server, &one, Some(port), first.clone()).await;
+    assert_eq!(got.from_collector, payload.len() as u64);
+    assert_eq!(first.bytes().unwrap(), payload);
+    // The second node of the rack: every byte from its neighbour, none from the collector.
+    let second = std::sync::Arc::new(kiln_agent::payload::Store::new(manifest.clone()).unwrap());
+    let got = fetch(&server, &two, None, second.clone()).await;
+    assert_eq!(got.from_collector, 0, "{got:?}");
+    assert_eq!(
+        got.from_peers.get(&one.node_id),
+        Some(&(payload.len() as u64))
+    );
+    assert_eq!(second.bytes().unwrap(), payload);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_peer_is_caught_by_the_hash_and_a_stalling_one_by_the_deadline() {
+    for (name, corrupt) in [("payload-corrupt", true), ("payload-stall", false)] {
+        let (server, payload, bad, good) = swarm(name).await;
+        let manifest = manifest_of(&server, &bad).await;
+        // The bad node claims every piece and serves from a port of its own making.
+        let port = if corrupt {
+            corrupt_peer().await
+        } else {
+            stalling_peer().await
+        };
+        grants(&server, &bad, &Pieces::all(3), port).await;
+        let store = std::sync::Arc::new(kiln_agent::payload::Store::new(manifest.clone()).unwrap());
+        let got = fetch(&server, &good, None, store.clone()).await;
+        // No byte of it kept: every piece came, verified, from the collector.
+        assert_eq!(store.bytes().unwrap(), payload, "{name}");
+        assert_eq!(got.from_collector, payload.len() as u64, "{name}: {got:?}");
+        if corrupt {
+            assert_eq!(got.corrupt.first(), Some(&bad.node_id), "{got:?}");
+        } else {
+            assert!(got.broken >= 1, "{got:?}");
+        }
+    }
 }
