@@ -47,6 +47,10 @@ enum Command {
     /// run and token come from the flags, from KILN_URL/KILN_RUN/KILN_TOKEN, or from
     /// kiln.url=/kiln.run=/kiln.token= on the kernel command line.
     Boot(BootArgs),
+    /// Fetch a run's payload through the collector's grants, serving the pieces held to the
+    /// nodes still fetching; prints where the bytes came from as one JSON line, then serves
+    /// on until `--linger` ends (the boot-storm check runs hundreds of these).
+    FetchPayload(FetchArgs),
     /// Serve the bandwidth endpoints NIC steps measure against, for use without a collector.
     ServeBandwidth {
         /// Address to listen on.
@@ -87,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Check { files } => check(&files),
         Command::Run(args) => run(&args),
         Command::Boot(args) => boot(&args),
+        Command::FetchPayload(args) => fetch_payload(&args),
         Command::ServeBandwidth { listen, seconds } => serve_bandwidth(listen, seconds),
         Command::Inspect { raw } => inspect(raw),
         Command::Modules { dir } => modules(&dir),
@@ -369,6 +374,59 @@ fn serve_bandwidth(listen: std::net::SocketAddr, seconds: u64) -> u8 {
         Ok(()) => EXIT_PASS,
         Err(err) => {
             eprintln!("{err:#}");
+            EXIT_HARNESS
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct FetchArgs {
+    /// The collector's base URL (its boot listener).
+    #[arg(long)]
+    collector: String,
+    /// The run.
+    #[arg(long)]
+    run: i64,
+    /// The run's session token (else $KILN_SESSION_TOKEN: not on a command line others read).
+    #[arg(long)]
+    token: Option<String>,
+    /// Cap this node's link, each way, in Mb/s.
+    #[arg(long)]
+    mbps: Option<f64>,
+    /// The longest one piece may take, in seconds.
+    #[arg(long, default_value_t = 60)]
+    deadline: u64,
+    /// Serve the pieces this long after the last one arrived, in seconds.
+    #[arg(long, default_value_t = 0)]
+    linger: u64,
+}
+
+fn fetch_payload(args: &FetchArgs) -> u8 {
+    if args.mbps.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+        eprintln!("kiln-agent: --mbps must be a rate above 0");
+        return EXIT_HARNESS;
+    }
+    let Some(token) = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("KILN_SESSION_TOKEN").ok())
+    else {
+        eprintln!("kiln-agent: no session token (--token or KILN_SESSION_TOKEN)");
+        return EXIT_HARNESS;
+    };
+    let fetched = crate::payload::fetch_and_serve(&crate::payload::FetchSettings {
+        collector: args.collector.clone(),
+        run_id: args.run,
+        token,
+        mbps: args.mbps,
+        deadline: std::time::Duration::from_secs(args.deadline),
+        linger: std::time::Duration::from_secs(args.linger),
+    });
+    match fetched {
+        // Its line went out as soon as it was known, before the lingering.
+        Ok(_) => EXIT_PASS,
+        Err(err) => {
+            eprintln!("kiln-agent: {err:#}");
             EXIT_HARNESS
         }
     }

@@ -19,6 +19,46 @@ use kiln_protocol::routes;
 /// Where a peer serves piece N.
 pub const PIECE_ROUTE: &str = "/payload/pieces/{piece}";
 
+/// A link's rate, shared by every transfer through it: each transfer waits its bytes' time,
+/// and an idle link saves at most [`BURST`] of it (a site caps the collector's payload traffic so that the
+/// agents' reports on the same link are never starved; the boot-storm check caps each
+/// process as a node's link).
+pub struct Bucket {
+    bytes_per_s: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+/// What an idle link may send at once: a link has no store of time (a longer burst made 20
+/// capped processes finish a quarter sooner than their links allow).
+pub const BURST: Duration = Duration::from_millis(50);
+
+impl Bucket {
+    /// A link of `mbps` megabits per second.
+    pub fn mbps(mbps: f64) -> Arc<Bucket> {
+        Arc::new(Bucket {
+            bytes_per_s: mbps * 1e6 / 8.0,
+            state: Mutex::new((0.0, Instant::now())),
+        })
+    }
+
+    /// Waits until `n` bytes may pass.
+    pub async fn take(&self, n: usize) {
+        let wait = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (tokens, last) = &mut *state;
+            let now = Instant::now();
+            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.bytes_per_s)
+                .min(self.bytes_per_s * BURST.as_secs_f64());
+            *last = now;
+            *tokens -= n as f64;
+            (*tokens < 0.0).then(|| Duration::from_secs_f64(-*tokens / self.bytes_per_s))
+        };
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// The payload as it arrives: its bytes and which pieces are verified.
 pub struct Store {
     manifest: Manifest,
@@ -83,14 +123,20 @@ impl Store {
     }
 }
 
-/// The piece server: what this node holds, to its peers (read-only; nothing else).
-pub fn router(store: Arc<Store>) -> axum::Router {
+/// The piece server: what this node holds, to its peers (read-only; nothing else), through
+/// `up` when its link is capped.
+pub fn router(store: Arc<Store>, up: Option<Arc<Bucket>>) -> axum::Router {
     async fn piece(
-        State(store): State<Arc<Store>>,
+        State((store, up)): State<(Arc<Store>, Option<Arc<Bucket>>)>,
         Path(index): Path<usize>,
     ) -> axum::response::Response {
         match store.piece(index) {
-            Some(bytes) => ([("content-type", "application/octet-stream")], bytes).into_response(),
+            Some(bytes) => {
+                if let Some(up) = &up {
+                    up.take(bytes.len()).await;
+                }
+                ([("content-type", "application/octet-stream")], bytes).into_response()
+            }
             None => (
                 axum::http::StatusCode::NOT_FOUND,
                 format!("piece {index} is not held here"),
@@ -100,7 +146,7 @@ pub fn router(store: Arc<Store>) -> axum::Router {
     }
     axum::Router::new()
         .route(PIECE_ROUTE, axum::routing::get(piece))
-        .with_state(store)
+        .with_state((store, up))
 }
 
 /// Where this node's payload came from: bytes by source, and how long it took.
@@ -132,6 +178,8 @@ pub struct Run<'a> {
     pub port: Option<u16>,
     /// The longest one piece may take from any source.
     pub deadline: Duration,
+    /// This node's downlink, when capped.
+    pub down: Option<Arc<Bucket>>,
 }
 
 /// Fetches every piece of `store`'s payload through `run`'s grants; gives up after `patience`
@@ -186,13 +234,21 @@ pub async fn fetch(run: &Run<'_>, store: &Store, patience: Duration) -> anyhow::
             if outcome == Outcome::Verified {
                 last_progress = Instant::now();
             }
-            run.http
+            // The tracker may have forgotten the grant (a new payload, a restart): the piece,
+            // when verified, is kept all the same, and the next grants start afresh.
+            let said = run
+                .http
                 .post(routes::url(run.base, routes::PAYLOAD_DONE, run.run_id))
                 .bearer_auth(run.token)
                 .json(&DoneRequest { grant, outcome })
                 .send()
-                .await?
-                .error_for_status()?;
+                .await?;
+            if !said.status().is_success() {
+                tracing::warn!(
+                    status = said.status().as_u16(),
+                    "the collector did not take a fetch's end"
+                );
+            }
         }
     }
     report.secs = started.elapsed().as_secs_f64();
@@ -214,8 +270,87 @@ async fn one(run: &Run<'_>, grant: &Grant) -> anyhow::Result<bytes::Bytes> {
             PIECE_ROUTE.replace("{piece}", &grant.piece.to_string())
         )),
     };
-    let fetch = async { anyhow::Ok(request.send().await?.error_for_status()?.bytes().await?) };
+    let fetch = async {
+        let bytes = request.send().await?.error_for_status()?.bytes().await?;
+        if let Some(down) = &run.down {
+            down.take(bytes.len()).await;
+        }
+        anyhow::Ok(bytes)
+    };
     tokio::time::timeout(run.deadline, fetch)
         .await
         .map_err(|_| anyhow::anyhow!("piece {} stalled past {:?}", grant.piece, run.deadline))?
+}
+
+/// What `kiln-agent fetch-payload` is asked to do.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// The collector's boot listener.
+    pub collector: String,
+    /// The run.
+    pub run_id: i64,
+    /// Its session token.
+    pub token: String,
+    /// This node's link each way, when capped.
+    pub mbps: Option<f64>,
+    /// The longest one piece may take.
+    pub deadline: Duration,
+    /// How long to go on serving after the last piece.
+    pub linger: Duration,
+}
+
+/// Fetches the run's payload while serving what it holds on a port of its own, then serves on
+/// for `linger`: where the bytes came from, as one JSON line.
+pub fn fetch_and_serve(settings: &FetchSettings) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        let manifest: Manifest = http
+            .get(routes::url(
+                &settings.collector,
+                routes::PAYLOAD,
+                settings.run_id,
+            ))
+            .bearer_auth(&settings.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let store = Arc::new(Store::new(manifest)?);
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+        let port = listener.local_addr()?.port();
+        let link = settings.mbps.map(Bucket::mbps);
+        let up = settings.mbps.map(Bucket::mbps);
+        let server = tokio::spawn(axum::serve(listener, router(store.clone(), up)).into_future());
+        let run = Run {
+            http: &http,
+            base: &settings.collector,
+            run_id: settings.run_id,
+            token: &settings.token,
+            port: Some(port),
+            deadline: settings.deadline,
+            down: link,
+        };
+        let fetched = fetch(&run, &store, Duration::from_secs(300)).await?;
+        let line = serde_json::json!({
+            "run": settings.run_id,
+            "secs": fetched.secs,
+            "from_collector": fetched.from_collector,
+            "from_peers": fetched.from_peers.values().sum::<u64>(),
+            "peers": fetched.from_peers.len(),
+            "corrupt": fetched.corrupt,
+            "broken": fetched.broken,
+        })
+        .to_string();
+        println!("{line}");
+        tokio::time::sleep(settings.linger).await;
+        server.abort();
+        anyhow::Ok(line)
+    })
 }

@@ -16,11 +16,27 @@ use std::time::Duration;
 
 use kiln_collector::tracker::{Fetched, Grant, NodeId, Settings, Source, Tracker};
 
+#[path = "boot_storm/real.rs"]
+mod real;
+
 const RACK: usize = 40;
-const NODE_GBPS: f64 = 25.0;
-const OVERSUBSCRIPTION: f64 = 3.0;
-const COLLECTOR_GBPS: f64 = 50.0;
 const PIECE: u64 = 4 << 20;
+
+/// The fabric's links, in Gb/s.
+#[derive(Clone, Copy)]
+struct Links {
+    node: f64,
+    /// A rack's uplink over the sum of its nodes' links (3: oversubscribed 3:1).
+    oversubscription: f64,
+    collector: f64,
+}
+
+/// The hall the issue names: 25 Gb/s nodes, uplinks 3:1, the collector on 2 × 25 Gb/s.
+const HALL: Links = Links {
+    node: 25.0,
+    oversubscription: 3.0,
+    collector: 50.0,
+};
 const MIN_STEP: f64 = 0.000_25;
 const IMAGE: &str = "payload";
 
@@ -53,13 +69,13 @@ struct Fabric {
 }
 
 impl Fabric {
-    fn new(nodes: usize) -> Fabric {
+    fn new(nodes: usize, links: Links) -> Fabric {
         let racks = nodes.div_ceil(RACK);
-        let node = bytes_per_s(NODE_GBPS);
-        let rack = bytes_per_s(NODE_GBPS * RACK as f64 / OVERSUBSCRIPTION);
+        let node = bytes_per_s(links.node);
+        let rack = bytes_per_s(links.node * RACK as f64 / links.oversubscription);
         let mut capacity = vec![node; 2 * nodes];
         capacity.extend(std::iter::repeat_n(rack, 2 * racks));
-        capacity.push(bytes_per_s(COLLECTOR_GBPS));
+        capacity.push(bytes_per_s(links.collector));
         Fabric {
             capacity,
             nodes,
@@ -113,9 +129,9 @@ struct Storm {
     collector_bytes: u64,
 }
 
-fn storm(nodes: usize, payload: u64, settings: Settings) -> Storm {
+fn storm(nodes: usize, payload: u64, links: Links, settings: Settings) -> Storm {
     let pieces = payload.div_ceil(PIECE) as usize;
-    let fabric = Fabric::new(nodes);
+    let fabric = Fabric::new(nodes, links);
     let mut tracker = Tracker::new(settings);
     for n in 0..nodes {
         tracker.join(
@@ -210,11 +226,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() {
     let counts = env_list("KILN_STORM_NODES", &[100, 1000, 10_000]);
     let payload = env_list("KILN_STORM_MIB", &[512])[0] as u64 * (1 << 20);
-    let alone = storm(1, payload, Settings::default()).done_s[0];
+    if std::env::var_os(real::FETCHER).is_some() {
+        real::fetcher();
+        return;
+    }
+    let alone = storm(1, payload, HALL, Settings::default()).done_s[0];
     println!(
-        "boot storm: {} MiB payload in {} MiB pieces; racks of {RACK}, nodes {NODE_GBPS} Gb/s, rack uplinks {OVERSUBSCRIPTION}:1, collector {COLLECTOR_GBPS} Gb/s",
+        "boot storm: {} MiB payload in {} MiB pieces; racks of {RACK}, nodes {} Gb/s, rack uplinks {}:1, collector {} Gb/s",
         payload >> 20,
-        PIECE >> 20
+        PIECE >> 20,
+        HALL.node,
+        HALL.oversubscription,
+        HALL.collector
     );
     println!(
         "one node alone on an idle fabric: {:.3} s (target at 10,000 nodes: p99 ≤ 4× that, collector ≤ 1.5 copies per rack)",
@@ -238,7 +261,7 @@ fn main() {
             ),
         ] {
             let started = std::time::Instant::now();
-            let s = storm(nodes, payload, settings);
+            let s = storm(nodes, payload, HALL, settings);
             let mut t = s.done_s.clone();
             assert!(t.iter().all(|x| x.is_finite()), "a node never completed");
             t.sort_by(f64::total_cmp);
@@ -254,5 +277,9 @@ fn main() {
                 Duration::from_secs_f64(started.elapsed().as_secs_f64()),
             );
         }
+    }
+    let real_nodes = env_list("KILN_STORM_REAL", &[200])[0];
+    if real_nodes > 0 {
+        real::check(real_nodes, 64 << 20);
     }
 }

@@ -86,6 +86,10 @@ pub struct Config {
     /// or an operator's registrations, cannot fill the database).
     #[serde(default = "default_runs_per_node_per_day")]
     pub runs_per_node_per_day: u64,
+    /// The most the collector sends of the payload, in Mb/s over all nodes (unset: no cap):
+    /// peers carry the rest, and the agents' reports on the same link are never starved.
+    #[serde(default)]
+    pub payload_mbps: Option<f64>,
 }
 
 /// What one run may send: events and log bytes. Past either, the batch is refused (429 or
@@ -332,6 +336,7 @@ impl Default for Config {
             ad_hoc_bounds: RunBounds::ad_hoc(),
             attestation: kiln_protocol::attest::Attestation::Required,
             runs_per_node_per_day: default_runs_per_node_per_day(),
+            payload_mbps: None,
         }
     }
 }
@@ -351,6 +356,14 @@ impl Config {
             ),
             None => anyhow::anyhow!("{}: {e}", path.display()),
         })?;
+        if let Some(mbps) = config.payload_mbps {
+            if !(mbps.is_finite() && mbps > 0.0) {
+                anyhow::bail!(
+                    "{}: payload_mbps: {mbps}; expected a rate above 0 (leave it out for no cap)",
+                    path.display()
+                );
+            }
+        }
         if let Some(url) = &config.public_url {
             let ok = url.starts_with("http://")
                 && url[7..]
@@ -450,6 +463,14 @@ mod tests {
             (
                 "\nafter_verify: reboot\n",
                 "kiln.yaml:2:15: after_verify: unknown variant \"reboot\", expected one of \"exit\", \"poweroff\", \"hold\"",
+            ),
+            (
+                "payload_mbps: 0\n",
+                "payload_mbps: 0; expected a rate above 0",
+            ),
+            (
+                "payload_mbps: -5\n",
+                "payload_mbps: -5; expected a rate above 0",
             ),
             (
                 "unknown_nodes: Verify\n",

@@ -86,6 +86,7 @@ impl Collector {
                 "management: cert and key go together (or leave both out for a self-signed certificate)"
             ),
         };
+        let swarms = crate::api::swarms::Swarms::new(config.payload_mbps);
         let state = AppState::new(crate::api::state::Shared {
             db,
             config: Arc::new(config),
@@ -98,7 +99,7 @@ impl Collector {
             limiter: Arc::new(crate::api::limits::RateLimiter::default()),
             reports: Arc::default(),
             sessions: Default::default(),
-            swarms: Default::default(),
+            swarms,
         });
         Ok(Collector {
             state,

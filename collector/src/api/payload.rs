@@ -39,9 +39,16 @@ async fn manifest(state: &AppState) -> Result<Arc<Manifest>, ApiError> {
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("{FILE}: {e}")))?;
     let made = Arc::new(made);
     let mut inner = state.swarms.lock();
-    // A new payload is a new swarm: nobody holds any of it yet.
-    inner.tracker = Some(Tracker::new(tracker::Settings::default()));
-    inner.addrs.clear();
+    // Requests that found no manifest make it at once; only another payload (another digest)
+    // is a new swarm, in which nobody holds anything yet.
+    let same = inner
+        .manifest
+        .as_ref()
+        .is_some_and(|(_, kept)| kept.sha256 == made.sha256);
+    if !same {
+        inner.tracker = Some(Tracker::new(tracker::Settings::default()));
+        inner.addrs.clear();
+    }
     inner.manifest = Some((stamp, made.clone()));
     Ok(made)
 }
@@ -218,5 +225,8 @@ pub(super) async fn piece(
     .await
     .map_err(|e| ApiError::Internal(e.into()))?
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("{FILE}: {e}")))?;
+    if let Some(up) = &state.swarms.up {
+        up.take(bytes.len()).await;
+    }
     Ok(([("content-type", "application/octet-stream")], bytes).into_response())
 }

@@ -12,6 +12,18 @@ use crate::tracker::{self, Tracker};
 #[derive(Default)]
 pub struct Swarms {
     inner: Mutex<Inner>,
+    /// The collector's payload traffic, when `payload_mbps` caps it.
+    pub(super) up: Option<Arc<kiln_agent::payload::Bucket>>,
+}
+
+impl Swarms {
+    /// Swarms whose collector sends at most `mbps` of payload, when set.
+    pub fn new(mbps: Option<f64>) -> Swarms {
+        Swarms {
+            inner: Mutex::default(),
+            up: mbps.map(kiln_agent::payload::Bucket::mbps),
+        }
+    }
 }
 
 #[derive(Default)]

@@ -200,7 +200,9 @@ async fn foreign_tokens_pieces_beyond_and_grants_never_given_are_refused() {
 async fn serve(store: std::sync::Arc<kiln_agent::payload::Store>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, kiln_agent::payload::router(store)).await });
+    tokio::spawn(
+        async move { axum::serve(listener, kiln_agent::payload::router(store, None)).await },
+    );
     port
 }
 
@@ -244,6 +246,7 @@ async fn fetch(
         token: &run.token,
         port,
         deadline: std::time::Duration::from_millis(500),
+        down: None,
     };
     kiln_agent::payload::fetch(&run, &store, std::time::Duration::from_secs(20))
         .await
