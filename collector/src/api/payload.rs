@@ -193,6 +193,20 @@ pub(super) async fn done(
             )
             .map_err(|e| ApiError::Conflict(e.to_string()))?
     };
+    if req.outcome == Outcome::Verified {
+        let manifest = manifest(&state).await?;
+        let bytes = manifest
+            .piece_len(req.grant.piece)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))? as i64;
+        let from = match source {
+            tracker::Source::Collector => None,
+            tracker::Source::Peer(peer) => Some(peer),
+        };
+        state
+            .db
+            .call(move |c| crate::store::queries::payload_piece(c, run_id, from, bytes))
+            .await?;
+    }
     if let (Outcome::Corrupt, tracker::Source::Peer(peer)) = (req.outcome, source) {
         tracing::warn!(
             run_id,

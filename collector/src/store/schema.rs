@@ -214,6 +214,16 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE runs ADD COLUMN max_log_bytes INTEGER;",
     // 20: the site's attestation rule a run was started under (`optional`: unattested may ship).
     "ALTER TABLE runs ADD COLUMN attestation_optional INTEGER NOT NULL DEFAULT 0;",
+    // 21: where a run's payload came from: bytes and pieces by source (node 0: the collector).
+    "CREATE TABLE payload_sources (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        source_node INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        pieces INTEGER NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        PRIMARY KEY (run_id, source_node)
+     ) WITHOUT ROWID;",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

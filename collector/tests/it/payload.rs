@@ -283,6 +283,26 @@ async fn agents_fetch_verified_pieces_from_each_other_and_the_collector_serves_o
         Some(&(payload.len() as u64))
     );
     assert_eq!(second.bytes().unwrap(), payload);
+    // The operators see where each node's payload came from: in the run's JSON and on its page.
+    let first_run = server.ops.run(one.run_id).await;
+    assert_eq!(
+        first_run["payload"][0]["node"],
+        serde_json::Value::Null,
+        "{first_run}"
+    );
+    assert_eq!(first_run["payload"][0]["bytes"], payload.len() as u64);
+    let second_run = server.ops.run(two.run_id).await;
+    assert_eq!(
+        second_run["payload"][0]["node"], one.node_id,
+        "{second_run}"
+    );
+    assert_eq!(second_run["payload"][0]["pieces"], 3);
+    let page = server.ops.text(&format!("/runs/{}", two.run_id)).await;
+    assert!(
+        page.contains("Where its payload came from")
+            && page.contains(&format!("node {}", one.node_id)),
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -191,6 +191,47 @@ pub struct RunDetail {
     pub console: Vec<String>,
     /// What the verdict was reached with.
     pub provenance: Provenance,
+    /// Where its payload came from, when it fetched one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub payload: Vec<PayloadSource>,
+}
+
+/// Part of a run's payload, by where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PayloadSource {
+    /// The peer that served it; none for the collector.
+    pub node: Option<i64>,
+    /// Bytes.
+    pub bytes: i64,
+    /// Pieces.
+    pub pieces: i64,
+    /// When the first of them arrived.
+    pub first_ms: i64,
+    /// When the last did.
+    pub last_ms: i64,
+}
+
+/// Records that run `run_id` got a verified piece of `bytes` from `source` (a peer's node, or
+/// none for the collector).
+pub fn payload_piece(
+    conn: &Connection,
+    run_id: i64,
+    source: Option<i64>,
+    bytes: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO payload_sources (run_id, source_node, bytes, pieces, first_ms, last_ms)
+         VALUES (?1, ?2, ?3, 1, ?4, ?4)
+         ON CONFLICT (run_id, source_node) DO UPDATE SET
+           bytes = bytes + excluded.bytes, pieces = pieces + 1, last_ms = excluded.last_ms",
+    )?
+    .execute(params![
+        run_id,
+        source.unwrap_or(0),
+        bytes,
+        crate::store::now_ms()
+    ])?;
+    Ok(())
 }
 
 /// A stage of a run.
@@ -248,6 +289,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                             })
                             .unwrap_or_default(),
                         provenance: Provenance::default(),
+                        payload: Vec::new(),
                     },
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,
@@ -287,6 +329,20 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                 })
             })
         })
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT source_node, bytes, pieces, first_ms, last_ms FROM payload_sources WHERE run_id = ?1 ORDER BY source_node",
+    )?;
+    detail.payload = stmt
+        .query_map([run_id], |r| {
+            Ok(PayloadSource {
+                node: Some(r.get::<_, i64>(0)?).filter(|n| *n != 0),
+                bytes: r.get(1)?,
+                pieces: r.get(2)?,
+                first_ms: r.get(3)?,
+                last_ms: r.get(4)?,
+            })
+        })?
         .collect::<Result<_, _>>()?;
     detail.log_lines = conn.query_row(
         "SELECT count(*) FROM events WHERE run_id = ?1 AND kind = ?2",
