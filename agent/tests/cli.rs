@@ -386,64 +386,39 @@ fn a_failing_step_is_retested_and_called_intermittent_or_hard() {
 
 #[test]
 fn fetch_payload_refuses_a_rate_that_is_no_rate_and_a_missing_token() {
-    for (args, said) in [
-        (
-            vec![
-                "--collector",
-                "http://127.0.0.1:9",
-                "--run",
-                "1",
-                "--token",
-                "t",
-                "--mbps",
-                "0",
-            ],
-            "--mbps must be a rate above 0",
-        ),
-        (
-            vec![
-                "--collector",
-                "http://127.0.0.1:9",
-                "--run",
-                "1",
-                "--token",
-                "t",
-                "--mbps",
-                "NaN",
-            ],
-            "--mbps must be a rate above 0",
-        ),
-        (
-            vec!["--collector", "http://127.0.0.1:9", "--run", "1"],
-            "no session token",
-        ),
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
-            .arg("fetch-payload")
-            .args(&args)
-            .env_remove("KILN_SESSION_TOKEN")
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(said),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // A collector that is not there: a harness error that names it, not a hang.
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
-        .args([
+    let fetch = |extra: &[&str], token: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-agent"));
+        cmd.args([
             "fetch-payload",
             "--collector",
             "http://127.0.0.1:9",
             "--run",
             "1",
-            "--token",
-            "t",
         ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"));
+        .args(extra)
+        .env_remove("KILN_SESSION_TOKEN");
+        if token {
+            cmd.args(["--token", "t"]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (extra, token, said) in [
+        (&["--mbps", "0"][..], true, "--mbps must be a rate above 0"),
+        (
+            &["--mbps", "NaN"][..],
+            true,
+            "--mbps must be a rate above 0",
+        ),
+        (&[][..], false, "no session token"),
+        // A collector that is not there: a harness error that names it, not a hang.
+        (&[][..], true, "127.0.0.1:9"),
+    ] {
+        let (code, stderr) = fetch(extra, token);
+        assert_eq!(code, Some(2), "{extra:?}");
+        assert!(stderr.contains(said), "{extra:?}: {stderr}");
+    }
 }

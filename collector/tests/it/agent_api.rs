@@ -149,15 +149,7 @@ async fn tokens_are_required_and_scoped_to_their_run() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let nodes: Value = server
-        .ops
-        .get("/api/v1/nodes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: Value = server.ops.json("/api/v1/nodes").await;
     assert!(
         nodes
             .as_array()
@@ -556,15 +548,7 @@ async fn sequence_numbers_past_i64_and_an_empty_selection_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("selects no node"));
-    let rows: Vec<Value> = server
-        .ops
-        .get("/api/v1/report")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rows: Vec<Value> = server.ops.json("/api/v1/report").await;
     assert_eq!(rows[0]["mode"], "verify");
 }
 
@@ -626,13 +610,8 @@ fn an_over_long_line_and_too_many_metrics_are_clamped_by_the_agent_and_the_run_s
     let logs: Vec<Value> = rt.block_on(async {
         server
             .ops
-            .get(&format!("/api/v1/runs/{}/logs", run.run_id))
-            .send()
+            .json(&format!("/api/v1/runs/{}/logs", run.run_id))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     });
     let line = logs[0]["body"]["line"].as_str().unwrap();
     assert!(

@@ -202,30 +202,14 @@ async fn a_node_slower_than_its_peers_comes_out_degraded_with_their_median() {
     let median = peers[2];
     let slow = sorted[5];
     // Its run page places it among its peers; the batch page draws the batch's spread.
-    let page = server
-        .ops
-        .get(&format!("/runs/{}", slow["run_id"]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.ops.text(&format!("/runs/{}", slow["run_id"])).await;
     assert!(
         page.contains("<svg class=\"peers\" data-metric=\"mem.gbps\"")
             && page.contains("of 5 peers")
             && page.contains("<svg class=\"over-time\" data-step=\"0\""),
         "{page}"
     );
-    let batch = server
-        .ops
-        .get("/batches/B")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let batch = server.ops.text("/batches/B").await;
     assert!(
         batch.contains("<svg class=\"histogram\" data-metric=\"mem.gbps\"")
             && batch.contains("(6 runs,"),

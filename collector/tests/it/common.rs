@@ -135,15 +135,16 @@ impl Ops {
         self.get(path).send().await.unwrap().answer.text()
     }
 
+    /// The JSON of a GET of `path`, which must be a 200.
+    pub async fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let reply = self.get(path).send().await.unwrap();
+        assert_eq!(reply.status(), 200, "GET {path}: {}", reply.answer.text());
+        reply.answer.json().unwrap()
+    }
+
     /// A run as `GET /api/v1/runs/N` shows it.
     pub async fn run(&self, run_id: i64) -> Value {
-        let reply = self
-            .get(&format!("/api/v1/runs/{run_id}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.status(), 200, "{}", reply.answer.text());
-        reply.answer.json().unwrap()
+        self.json(&format!("/api/v1/runs/{run_id}")).await
     }
 
     /// [`Ops::text`] from a plain thread.

@@ -283,15 +283,7 @@ async fn ipxe_never_adds_identifiers_to_a_known_node_nor_lets_placeholders_name_
     let client = reqwest::Client::new();
     let base = &server.base;
     let nodes = || async {
-        let rows: Vec<Value> = server
-            .ops
-            .get("/api/v1/nodes")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rows: Vec<Value> = server.ops.json("/api/v1/nodes").await;
         rows
     };
     let uuid = "6f1a0c4e-0000-4000-8000-0000000000aa";

@@ -203,15 +203,8 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let summary: kiln_protocol::api::BatchSummary = server
-        .ops
-        .get("/api/v1/batches/PO-1187")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary: kiln_protocol::api::BatchSummary =
+        server.ops.json("/api/v1/batches/PO-1187").await;
     assert_eq!(
         (
             summary.yield_.nodes,

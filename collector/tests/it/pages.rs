@@ -21,15 +21,7 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
     let run = register_with(&client, &server.base, &req).await;
     let events = failed_run("exec.exit_code", "tool exited with 3");
     post_events(&client, &server.base, &run, events).await;
-    let page = server
-        .ops
-        .get("/")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.ops.text("/").await;
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;"),
         "hostname not escaped"
@@ -38,24 +30,14 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
     assert!(page.contains("tool: tool exited with 3"));
     let csv = server
         .ops
-        .get("/api/v1/report?format=csv&verdict=fail")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text("/api/v1/report?format=csv&verdict=fail")
+        .await;
     assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(csv.contains(",fail,tool: tool exited with 3"), "{csv}");
     let none = server
         .ops
-        .get("/api/v1/report?format=csv&verdict=pass")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text("/api/v1/report?format=csv&verdict=pass")
+        .await;
     assert_eq!(none.lines().count(), 1);
     // A hostname that reads backwards or hides a character is refused; one that a
     // spreadsheet would compute after its leading space is defused in the CSV.
@@ -80,15 +62,7 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
         suite_text: SUITE.into(),
     };
     register_with(&client, &server.base, &formula).await;
-    let csv = server
-        .ops
-        .get("/api/v1/report?format=csv")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = server.ops.text("/api/v1/report?format=csv").await;
     assert!(csv.contains(",' =2+3,"), "{csv}");
     assert!(!csv.contains(", =2+3,"), "{csv}");
     let bad = server
@@ -106,13 +80,8 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
     );
     let junit = server
         .ops
-        .get(&format!("/api/v1/runs/{}/junit.xml", run.run_id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text(&format!("/api/v1/runs/{}/junit.xml", run.run_id))
+        .await;
     assert!(junit.contains("failures=\"1\""), "{junit}");
     // Provenance travels with the verdict: the suite's digest, the collector and the agent.
     for property in [
@@ -126,27 +95,11 @@ async fn pages_and_reports_show_nodes_and_escape_what_nodes_send() {
     ] {
         assert!(junit.contains(property), "{property}: {junit}");
     }
-    let run_page = server
-        .ops
-        .get(&format!("/runs/{}", run.run_id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let run_page = server.ops.text(&format!("/runs/{}", run.run_id)).await;
     assert!(run_page.contains("tool exited with 3"));
     assert!(run_page.contains("<h2>Provenance</h2>"), "{run_page}");
     assert!(run_page.contains("the suite as run"), "{run_page}");
-    let metrics = server
-        .ops
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.ops.text("/metrics").await;
     let line = |prefix: &str, needle: &str| {
         metrics
             .lines()
@@ -542,15 +495,7 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
     // The dashboard links the batch; an unknown batch is a 404.
-    let page = server
-        .ops
-        .get("/")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.ops.text("/").await;
     assert!(page.contains("href=\"/batches/PO-1187\""), "{page}");
     let missing = server.ops.get("/batches/PO-0").send().await.unwrap();
     assert_eq!(missing.status(), 404);

@@ -122,15 +122,7 @@ async fn verify_arms_resets_each_node_once_waits_for_every_verdict_and_ctrl_c_le
         1,
         "one reset per node with a driver"
     );
-    let nodes: serde_json::Value = server
-        .ops
-        .get("/api/v1/nodes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: serde_json::Value = server.ops.json("/api/v1/nodes").await;
     assert!(
         nodes
             .as_array()

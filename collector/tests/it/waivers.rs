@@ -132,38 +132,17 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
     let text = String::from_utf8_lossy(&table.stdout);
     assert_eq!(table.status.code(), Some(0), "{text}");
     assert!(text.contains("pass (1 waived)"), "{text}");
-    let csv = server
-        .ops
-        .get("/api/v1/report?format=csv")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = server.ops.text("/api/v1/report?format=csv").await;
     assert!(csv.contains(",pass (1 waived),"), "{csv}");
-    let page = server
-        .ops
-        .get("/")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.ops.text("/").await;
     assert!(
         page.contains("pass (1 waived)") && !page.contains(">pass</span>"),
         "{page}"
     );
     let junit = server
         .ops
-        .get(&format!("/api/v1/runs/{}/junit.xml", run_id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text(&format!("/api/v1/runs/{}/junit.xml", run_id))
+        .await;
     assert!(
         junit.contains("<property name=\"verdict_shown\" value=\"pass (1 waived)\"/>")
             && junit.contains("<property name=\"waived\" value=\"fan.speed\"/>"),
@@ -214,15 +193,7 @@ async fn a_waived_fault_shows_as_pass_waived_everywhere_and_the_log_keeps_who_an
         .await
         .unwrap();
     assert_eq!(again.status(), 409);
-    let waivers: Vec<kiln_protocol::api::Waiver> = server
-        .ops
-        .get("/api/v1/waivers")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let waivers: Vec<kiln_protocol::api::Waiver> = server.ops.json("/api/v1/waivers").await;
     assert_eq!(waivers.len(), 1);
     assert!(!waivers[0].active && waivers[0].revoked_by.is_some());
     // A code the run does not have is refused with the ones it has; catch-alls and the
