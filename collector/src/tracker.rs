@@ -91,6 +91,8 @@ struct Member {
     have: Pieces,
     pending: Pieces,
     fetching: usize,
+    /// The grants it holds: piece, source, and when (the tracker's clock) it was given.
+    granted: Vec<(usize, Source, u64)>,
     serving: usize,
     excluded: bool,
     /// Transfers from it that broke off or stalled.
@@ -120,6 +122,8 @@ pub struct Tracker {
     swarms: HashMap<String, Swarm>,
     node_swarm: HashMap<NodeId, String>,
     seed: u64,
+    /// The time, in ms, as [`Tracker::expire`] last said it.
+    now_ms: u64,
 }
 
 impl Tracker {
@@ -130,6 +134,7 @@ impl Tracker {
             swarms: HashMap::new(),
             node_swarm: HashMap::new(),
             seed: 0x9e37_79b9_7f4a_7c15,
+            now_ms: 0,
         }
     }
 
@@ -182,6 +187,7 @@ impl Tracker {
                 pending: Pieces::none(swarm.count),
                 have,
                 fetching: 0,
+                granted: Vec::new(),
                 serving: 0,
                 excluded: false,
                 strikes: 0,
@@ -237,7 +243,7 @@ impl Tracker {
             .seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let seed = self.seed;
+        let (seed, now_ms) = (self.seed, self.now_ms);
         let image = self
             .node_swarm
             .get(&node)
@@ -284,7 +290,7 @@ impl Tracker {
             }
             let found = rarest(swarm, &mut m.have.could_give(&have, &pending));
             if let Some(piece) = found {
-                return Ok(Some(grant(swarm, node, piece, Source::Peer(peer))));
+                return Ok(Some(grant(swarm, node, piece, Source::Peer(peer), now_ms)));
             }
         }
         if swarm.collector_serving >= settings.collector {
@@ -293,7 +299,7 @@ impl Tracker {
         let Some(piece) = rarest(swarm, &mut swarm.full.could_give(&have, &pending)) else {
             return Ok(None);
         };
-        Ok(Some(grant(swarm, node, piece, Source::Collector)))
+        Ok(Some(grant(swarm, node, piece, Source::Collector, now_ms)))
     }
 
     /// How `node`'s granted fetch ended; `Ok(true)` once the node holds every piece.
@@ -312,11 +318,17 @@ impl Tracker {
             piece: grant.piece,
         };
         let me = swarm.members.get_mut(&node).ok_or(not_granted.clone())?;
-        if !me.pending.has(grant.piece) {
+        // Only a grant it holds, from the source it was given: a node cannot blame a peer it
+        // never fetched from, nor free a slot it never took.
+        let Some(at) = me
+            .granted
+            .iter()
+            .position(|(piece, source, _)| *piece == grant.piece && *source == grant.source)
+        else {
             return Err(not_granted);
-        }
-        me.pending.words[grant.piece / 64] &= !(1 << (grant.piece % 64));
-        me.fetching -= 1;
+        };
+        me.granted.swap_remove(at);
+        release(me, grant.piece);
         if how == Fetched::Verified && !me.have.has(grant.piece) {
             me.have.set(grant.piece);
             swarm.holders[grant.piece] += 1;
@@ -348,6 +360,39 @@ impl Tracker {
         Ok(complete)
     }
 
+    /// Sets the tracker's clock to `now_ms` and takes back every grant older than
+    /// `lifetime_ms`: a fetcher that crashed, or never says how its fetches ended, holds no
+    /// peer's slot (nor the collector's) for longer than that. Its late word is refused.
+    pub fn expire(&mut self, now_ms: u64, lifetime_ms: u64) {
+        self.now_ms = now_ms;
+        for swarm in self.swarms.values_mut() {
+            let mut freed: Vec<Source> = Vec::new();
+            for m in swarm.members.values_mut() {
+                let (old, kept): (Vec<_>, Vec<_>) = m
+                    .granted
+                    .drain(..)
+                    .partition(|(_, _, at)| now_ms.saturating_sub(*at) > lifetime_ms);
+                m.granted = kept;
+                for (piece, source, _) in old {
+                    release(m, piece);
+                    freed.push(source);
+                }
+            }
+            for source in freed {
+                match source {
+                    Source::Collector => {
+                        swarm.collector_serving = swarm.collector_serving.saturating_sub(1)
+                    }
+                    Source::Peer(peer) => {
+                        if let Some(p) = swarm.members.get_mut(&peer) {
+                            p.serving = p.serving.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Pieces each source served in `image`'s swarm (verified ones only).
     pub fn served(&self, image: &str) -> HashMap<Source, u64> {
         self.swarms
@@ -357,11 +402,18 @@ impl Tracker {
     }
 }
 
-/// Records `grant` in the swarm's counts.
-fn grant(swarm: &mut Swarm, node: NodeId, piece: usize, source: Source) -> Grant {
+/// A grant of `piece` to `me` ended (or expired): it may be asked for again.
+fn release(me: &mut Member, piece: usize) {
+    me.pending.words[piece / 64] &= !(1 << (piece % 64));
+    me.fetching = me.fetching.saturating_sub(1);
+}
+
+/// Records `grant` (given at `now_ms`) in the swarm's counts.
+fn grant(swarm: &mut Swarm, node: NodeId, piece: usize, source: Source, now_ms: u64) -> Grant {
     if let Some(me) = swarm.members.get_mut(&node) {
         me.pending.set(piece);
         me.fetching += 1;
+        me.granted.push((piece, source, now_ms));
     }
     match source {
         Source::Collector => swarm.collector_serving += 1,
@@ -458,6 +510,41 @@ mod tests {
         let served = t.served(IMAGE);
         let from_collector = served.get(&Source::Collector).copied().unwrap_or(0);
         assert!(from_collector < 6 * 8, "peers served some: {served:?}");
+    }
+
+    #[test]
+    fn a_node_cannot_blame_a_peer_it_never_fetched_from_and_a_silent_one_loses_its_grants() {
+        let mut t = tracker(1);
+        t.join(1, IMAGE, 4, Some("R1"), None);
+        t.join(2, IMAGE, 4, Some("R1"), None);
+        t.join(3, IMAGE, 4, Some("R1"), Some(Pieces::all(4)));
+        t.expire(1_000, 60_000);
+        let g = t.next(1).unwrap().unwrap();
+        assert_eq!(g.source, Source::Peer(3));
+        // The right piece from another source (a peer it would frame, or the collector): refused,
+        // and the peer stays a source.
+        for source in [Source::Peer(2), Source::Collector] {
+            let forged = Grant { source, ..g };
+            assert_eq!(
+                t.done(1, forged, Fetched::Corrupt),
+                Err(TrackerError::NotGranted {
+                    node: 1,
+                    piece: g.piece
+                })
+            );
+        }
+        // Node 1 goes silent: peer 3's one slot stays taken until the grant's lifetime ends.
+        assert_ne!(t.next(2).unwrap().unwrap().source, Source::Peer(3));
+        t.expire(1_000 + 60_001, 60_000);
+        // Its late word is refused, and peer 3 serves the next node that asks.
+        assert_eq!(
+            t.done(1, g, Fetched::Verified),
+            Err(TrackerError::NotGranted {
+                node: 1,
+                piece: g.piece
+            })
+        );
+        assert_eq!(t.next(2).unwrap().unwrap().source, Source::Peer(3));
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::tracker::{self, Fetched, Tracker};
 /// The payload file, in the data directory's artifacts.
 pub const FILE: &str = "artifacts/payload.img";
 
+/// How long a grant holds a source's slot when its fetcher never says how it ended (it
+/// crashed, or will not): far longer than a piece takes at any link a node still boots on.
+pub const GRANT_LIFETIME_MS: u64 = 5 * 60 * 1000;
+
 /// The manifest of the payload as it is now; 404 when this collector has none.
 async fn manifest(state: &AppState) -> Result<Arc<Manifest>, ApiError> {
     let path = state.data.join(FILE);
@@ -114,6 +118,7 @@ pub(super) async fn grants(
             let mut inner = state.swarms.lock();
             let Inner { tracker, addrs, .. } = &mut *inner;
             let tracker = tracker.get_or_insert_with(|| Tracker::new(Default::default()));
+            tracker.expire(crate::store::now_ms().max(0) as u64, GRANT_LIFETIME_MS);
             if !tracker.joined(node) {
                 tracker.join(
                     node,
