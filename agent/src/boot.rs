@@ -1,5 +1,6 @@
 //! A network-booted node's run, in the RAM image: the bootstrap token exchanged for the
-//! session, the run attested on the node's console, the plan fetched, the inventory and every
+//! session, the run attested on the node's console, the plan fetched, the payload fetched
+//! from peers and verified (and served on until the run ends), the inventory and every
 //! event delivered, the run attested again, the session closed. What the image does next is
 //! written for its init: the plan's word, or `hold` when the run could not start.
 
@@ -35,6 +36,8 @@ pub struct Booted {
     pub after_file: Option<PathBuf>,
     /// The console the collector reads.
     pub console: PathBuf,
+    /// Where the payload is unpacked (`/` in the image).
+    pub payload_root: PathBuf,
 }
 
 /// Runs the booted run to its end: the verdict, or why the harness could not carry it out.
@@ -88,15 +91,46 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
         PATIENCE,
     )?;
     let console: Arc<dyn EventSink> = Arc::new(Console::new(true));
+    let sink = run.sink(console);
+    // The payload before any step: what a step runs from it is verified piece by piece, and a
+    // run whose payload never arrived runs nothing (its steps have no result: never a pass).
+    // It is served to the nodes still fetching until this run ends.
+    let say = |level, line: String| {
+        sink.emit(kiln_protocol::wire::EventBody::Log {
+            step: None,
+            level,
+            line,
+        })
+    };
+    let _serving = match crate::payload::boot(
+        &booted.url,
+        booted.run_id,
+        &session.token,
+        &booted.payload_root,
+    ) {
+        Ok(Some(serving)) => {
+            println!("kiln-agent: {}", serving.summary());
+            say(kiln_protocol::wire::LogLevel::Info, serving.summary());
+            Some(serving)
+        }
+        Ok(None) => None,
+        Err(err) => {
+            let line =
+                format!("the payload could not be fetched and verified: {err:#}; no step runs");
+            eprintln!("kiln-agent: {line}");
+            say(kiln_protocol::wire::LogLevel::Error, line);
+            attest();
+            run.close(PATIENCE);
+            anyhow::bail!("the run's payload could not be fetched: {err:#}");
+        }
+    };
     let options = RunOptions {
         allow_destructive: plan_wire.allow_destructive,
         collector: Some(booted.url.clone()),
         collector_token: Some(run.token().to_owned()),
     };
-    let report =
-        tracing::info_span!("run", run_id = booted.run_id, suite = plan.name()).in_scope(|| {
-            crate::runner::run_on(&plan, &options, &interrupt, run.sink(console), inventory)
-        });
+    let report = tracing::info_span!("run", run_id = booted.run_id, suite = plan.name())
+        .in_scope(|| crate::runner::run_on(&plan, &options, &interrupt, sink, inventory));
     println!("\n{}", summary_table(&report));
     attest();
     anyhow::ensure!(

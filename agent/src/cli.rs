@@ -449,6 +449,9 @@ struct BootArgs {
     /// The console the run's attestation is written to (the one the collector reads).
     #[arg(long, value_name = "DEVICE", default_value = crate::os::attest::CONSOLE)]
     console: PathBuf,
+    /// Where the payload (when the collector serves one) is unpacked before any step runs.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    payload_root: PathBuf,
 }
 
 fn boot(args: &BootArgs) -> u8 {
@@ -478,6 +481,7 @@ fn boot(args: &BootArgs) -> u8 {
         bootstrap,
         after_file: args.after_file.clone(),
         console: args.console.clone(),
+        payload_root: args.payload_root.clone(),
     };
     match crate::boot::run(&booted) {
         Ok(verdict) => exit_code(verdict),

@@ -112,6 +112,14 @@ impl Store {
         Some(self.bytes.lock().unwrap_or_else(|e| e.into_inner())[offset..offset + len].to_vec())
     }
 
+    /// `f` over the whole payload, once every piece is verified (no copy: serving waits).
+    pub fn with_complete<T>(&self, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        if !self.have().complete() {
+            return None;
+        }
+        Some(f(&self.bytes.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+
     /// A copy of the whole payload, once every piece is verified.
     pub fn bytes(&self) -> Option<Vec<u8>> {
         let complete = self
@@ -353,4 +361,273 @@ pub fn fetch_and_serve(settings: &FetchSettings) -> anyhow::Result<String> {
         server.abort();
         anyhow::Ok(line)
     })
+}
+
+/// A booted node's payload: unpacked into its root, and served to the nodes still fetching
+/// until this is dropped (when the run ends).
+pub struct Serving {
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Where the bytes came from.
+    pub fetched: Fetched,
+    /// The payload's size.
+    pub bytes: u64,
+    /// Files unpacked.
+    pub files: usize,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Serving {
+    /// One line for the run's log.
+    pub fn summary(&self) -> String {
+        let peers: u64 = self.fetched.from_peers.values().sum();
+        let mut line = format!(
+            "payload: {:.1} MiB ({} files) in {:.1} s, {:.1} MiB from {} peer(s), {:.1} MiB from the collector",
+            self.bytes as f64 / 1048576.0,
+            self.files,
+            self.fetched.secs,
+            peers as f64 / 1048576.0,
+            self.fetched.from_peers.len(),
+            self.fetched.from_collector as f64 / 1048576.0,
+        );
+        if !self.fetched.corrupt.is_empty() {
+            line.push_str(&format!(
+                "; pieces failing their hash from node(s) {:?}, fetched again elsewhere",
+                self.fetched.corrupt
+            ));
+        }
+        if self.fetched.broken > 0 {
+            line.push_str(&format!(
+                "; {} fetch(es) broke off or stalled, retried",
+                self.fetched.broken
+            ));
+        }
+        line
+    }
+}
+
+/// How long one piece may take from any source in a booted node: a 4 MiB piece at the
+/// slowest link a node still boots on, with room to spare.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long a booted node waits for any piece before it gives up on the payload.
+pub const BOOT_PATIENCE: Duration = Duration::from_secs(600);
+
+/// The run's payload, when the collector serves one: fetched through the grants while this
+/// node serves what it holds, every piece verified, then unpacked into `root`. `None` when
+/// the collector has no payload (the stage is the whole image).
+pub fn boot(
+    base: &str,
+    run_id: i64,
+    token: &str,
+    root: &std::path::Path,
+) -> anyhow::Result<Option<Serving>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("payload")
+        .enable_all()
+        .build()?;
+    let fetched = runtime.block_on(async {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        let said = http
+            .get(routes::url(base, routes::PAYLOAD, run_id))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        if said.status() == reqwest::StatusCode::NOT_FOUND {
+            return anyhow::Ok(None);
+        }
+        let manifest: Manifest = said.error_for_status()?.json().await?;
+        let store = Arc::new(Store::new(manifest)?);
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(axum::serve(listener, router(store.clone(), None)).into_future());
+        let run = Run {
+            http: &http,
+            base,
+            run_id,
+            token,
+            port: Some(port),
+            deadline: BOOT_DEADLINE,
+            down: None,
+        };
+        let fetched = fetch(&run, &store, BOOT_PATIENCE).await?;
+        anyhow::Ok(Some((store, fetched)))
+    })?;
+    let Some((store, fetched)) = fetched else {
+        return Ok(None);
+    };
+    let (bytes, files) = store
+        .with_complete(|bytes| unpack(bytes, root).map(|files| (bytes.len() as u64, files)))
+        .ok_or_else(|| anyhow::anyhow!("the payload is not complete"))??;
+    Ok(Some(Serving {
+        runtime: Some(runtime),
+        fetched,
+        bytes,
+        files,
+    }))
+}
+
+/// Unpacks a verified payload archive into `root`; returns the files written. It never writes
+/// through a symbolic link nor replaces what the stage holds.
+pub fn unpack(archive: &[u8], root: &std::path::Path) -> anyhow::Result<usize> {
+    use kiln_protocol::newc::{Item, read};
+    use std::os::unix::fs::PermissionsExt;
+    let items = read(archive)?;
+    let mut files = 0;
+    for item in items {
+        let path = match &item {
+            Item::Dir { path, .. } | Item::File { path, .. } | Item::Symlink { path, .. } => *path,
+        };
+        let target = root.join(path);
+        // Every directory on the way must be a real one: a link there would carry the write
+        // outside the root.
+        let mut at = root.to_path_buf();
+        for part in std::path::Path::new(path)
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+        {
+            at.push(part);
+            let meta = std::fs::symlink_metadata(&at)
+                .map_err(|e| anyhow::anyhow!("payload: {}: {e}", at.display()))?;
+            anyhow::ensure!(
+                meta.is_dir() && !meta.file_type().is_symlink(),
+                "payload: {path} lies under {}, which is not a directory",
+                at.display()
+            );
+        }
+        let existing = std::fs::symlink_metadata(&target).ok();
+        match item {
+            Item::Dir { mode, .. } => match existing {
+                Some(m) if m.is_dir() => {}
+                Some(_) => {
+                    anyhow::bail!("payload: directory {path} would replace a file the stage holds")
+                }
+                None => {
+                    std::fs::create_dir(&target)
+                        .map_err(|e| anyhow::anyhow!("payload: {}: {e}", target.display()))?;
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+                }
+            },
+            Item::File { mode, data, .. } => {
+                anyhow::ensure!(
+                    existing.is_none(),
+                    "payload: {path} would replace a file the stage holds"
+                );
+                std::fs::write(&target, data)
+                    .map_err(|e| anyhow::anyhow!("payload: {}: {e}", target.display()))?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+                files += 1;
+            }
+            Item::Symlink { target: to, .. } => {
+                anyhow::ensure!(
+                    existing.is_none(),
+                    "payload: {path} would replace a file the stage holds"
+                );
+                std::os::unix::fs::symlink(to, &target)
+                    .map_err(|e| anyhow::anyhow!("payload: {}: {e}", target.display()))?;
+            }
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::newc::{push, trailer};
+
+    fn archive(entries: &[(u32, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (mode, name, data) in entries {
+            push(&mut out, 1, *mode, 1, (0, 0), name, data);
+        }
+        trailer(&mut out);
+        out
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-unpack-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_payload_unpacks_into_the_root_with_its_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = scratch("ok");
+        std::fs::create_dir(root.join("usr")).unwrap();
+        let bytes = archive(&[
+            (0o040755, "usr", b""),
+            (0o040755, "usr/bin", b""),
+            (0o100755, "usr/bin/fio", b"ELF"),
+            (0o120777, "usr/bin/fio2", b"fio"),
+        ]);
+        assert_eq!(unpack(&bytes, &root).unwrap(), 1);
+        assert_eq!(std::fs::read(root.join("usr/bin/fio")).unwrap(), b"ELF");
+        let mode = std::fs::metadata(root.join("usr/bin/fio"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read_link(root.join("usr/bin/fio2")).unwrap(),
+            std::path::Path::new("fio")
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_payload_never_writes_through_a_link_nor_over_the_stage() {
+        let root = scratch("hostile");
+        let outside = scratch("outside");
+        std::fs::create_dir(root.join("bin")).unwrap();
+        std::fs::write(root.join("bin/kiln-agent"), b"the stage's agent").unwrap();
+        let link = format!("{}", outside.display());
+        for (bytes, says) in [
+            (
+                archive(&[
+                    (0o120777, "etc", link.as_bytes()),
+                    (0o100644, "etc/passwd", b"x"),
+                ]),
+                "not a directory",
+            ),
+            (
+                archive(&[(0o100755, "bin/kiln-agent", b"evil")]),
+                "would replace",
+            ),
+            (
+                archive(&[(0o120777, "bin/kiln-agent", b"/tmp/x")]),
+                "would replace",
+            ),
+            (
+                archive(&[(0o040755, "bin/kiln-agent", b"")]),
+                "would replace",
+            ),
+            (archive(&[(0o100644, "../escape", b"x")]), "climbs out"),
+        ] {
+            let err = format!("{:#}", unpack(&bytes, &root).unwrap_err());
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        assert_eq!(
+            std::fs::read(root.join("bin/kiln-agent")).unwrap(),
+            b"the stage's agent"
+        );
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "a file landed outside the root"
+        );
+        std::fs::remove_dir_all(root).unwrap();
+        std::fs::remove_dir_all(outside).unwrap();
+    }
 }

@@ -198,6 +198,9 @@ pub struct ReportRow {
     /// The latest run was started under `attestation: optional`: `unattested` may ship.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attestation_optional: bool,
+    /// Where the latest run's payload came from, once it held all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<crate::payload::Tally>,
     /// Live progress of the running step.
     pub progress: Option<Progress>,
 }
@@ -238,6 +241,7 @@ impl ReportRow {
             finished_ms: None,
             waiver: None,
             attestation_optional: false,
+            payload: None,
             progress: None,
         }
     }

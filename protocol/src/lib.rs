@@ -14,6 +14,7 @@ pub mod junit;
 pub mod load;
 pub mod locate;
 pub mod mce;
+pub mod newc;
 pub mod payload;
 pub mod plan;
 pub mod readable;

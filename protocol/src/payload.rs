@@ -11,6 +11,22 @@ pub const PIECE_SIZE: u64 = 4 << 20;
 /// that lists more is refused before anything is allocated for it.
 pub const MAX_PIECES: usize = 16_384;
 
+/// Where a run's whole payload came from, as reports show it (stored when its last piece
+/// was verified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Bytes the collector served.
+    pub collector_bytes: u64,
+    /// Bytes peers served.
+    pub peer_bytes: u64,
+    /// How many peers served some.
+    pub peers: u32,
+    /// Pieces that failed their hash (each from a peer, fetched again elsewhere).
+    pub corrupt: u32,
+    /// Milliseconds from the first verified piece to the last.
+    pub ms: u64,
+}
+
 /// What the collector serves a run over its session: the payload's digest, size and pieces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -183,6 +183,7 @@ fn the_image_build_is_reproducible_and_within_its_size_target() {
         kernel_package: None,
         firmware: Vec::new(),
         packages: Vec::new(),
+        ballast_mib: 0,
     };
     let dir = scratch("image-twice");
     let first = kiln_collector::image::build(&inputs, &dir.join("a")).unwrap();

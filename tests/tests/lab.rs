@@ -10,11 +10,17 @@
 //!   machine check, BMC event log entry, PCIe AER error) or from power-on (the NIC's slot
 //!   narrowed, and a suite that wants two DIMMs), and each must fail naming its fault.
 //!
+//! - Bridge network with a payload: four nodes on one Linux bridge in a namespace of the
+//!   lab's, DHCP from dnsmasq, a 48 MiB payload fetched in verified pieces from each other
+//!   and the collector; a rogue host on the segment serving wrong bytes, and node 2 killed
+//!   as soon as it has served a piece. The other three must pass, having caught the rogue's
+//!   pieces by their hash, and the collector must have served at most two copies.
+//!
 //! Bounded: each lab gives up after 14 minutes and stops every process it started.
 
 use std::time::Duration;
 
-use kiln_collector::lab::{LabOptions, Profile, up};
+use kiln_collector::lab::{LabOptions, Network, Profile, up};
 use kiln_tests::{image_dir, repo, scratch};
 
 #[test]
@@ -51,6 +57,9 @@ fn two_lab_nodes_pass_and_fail_through_memtest_and_linux() {
         bars: false,
         profile: Default::default(),
         inject: Vec::new(),
+        network: Default::default(),
+        payload_mib: 0,
+        rogue_peer: false,
     };
     let report = up(&opts).unwrap();
 
@@ -202,6 +211,9 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
         bars: false,
         profile: Profile::Server,
         inject,
+        network: Default::default(),
+        payload_mib: 0,
+        rogue_peer: false,
     };
     let report = up(&opts).unwrap();
     let n = &report.nodes;
@@ -297,4 +309,85 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
         !dir.join("pids").exists(),
         "the lab left processes recorded"
     );
+}
+
+#[test]
+fn bridged_nodes_share_the_payload_past_a_rogue_peer_and_a_killed_one() {
+    let dir = scratch("lab-bridge");
+    let payload_mib = 48;
+    let opts = LabOptions {
+        dir: dir.clone(),
+        nodes: 4,
+        suite: repo().join("suites/lab-payload.yaml"),
+        suite_for: Vec::new(),
+        mem_mib: 256 + 2 * payload_mib,
+        disk_mib: 256,
+        uefi: false,
+        image: Some(image_dir()),
+        accel: "tcg".into(),
+        timeout: Duration::from_secs(14 * 60),
+        bars: false,
+        profile: Profile::Basic,
+        inject: vec!["2:kill-peer".parse().unwrap()],
+        network: Network::Bridge,
+        payload_mib,
+        rogue_peer: true,
+    };
+    let report = up(&opts).unwrap();
+    let n = &report.nodes;
+    assert!(
+        n[1].injected
+            .iter()
+            .any(|i| i.starts_with("kill-peer: killed")),
+        "node 2 was never killed: {:?}",
+        n[1]
+    );
+    assert_ne!(n[1].verdict, "pass", "{:?}", n[1]);
+    for node in [&n[0], &n[2], &n[3]] {
+        assert_eq!(node.verdict, "pass", "{node:?}");
+        assert_eq!(node.steps, "4/4", "{node:?}");
+    }
+    let payload = report.payload.as_ref().expect("the lab served a payload");
+    assert_eq!(payload.bytes >> 20, payload_mib as u64, "{payload:?}");
+    assert!(
+        payload.collector_copies() <= 2.0,
+        "the collector served {:.2} copies: {payload:?}",
+        payload.collector_copies()
+    );
+    assert!(
+        payload.peer_bytes > 0,
+        "no byte came from a peer: {payload:?}"
+    );
+    // Whoever the rogue was granted to caught it by the hash, and named it.
+    let caught: Vec<&str> = payload
+        .nodes
+        .iter()
+        .filter(|p| {
+            p.corrupt
+                .iter()
+                .any(|(peer, _)| peer.starts_with("the rogue peer"))
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    assert!(
+        !caught.is_empty(),
+        "no node was granted the rogue: {payload:?}"
+    );
+    // The rogue served no verified byte to anyone, and no node's bytes are short of the whole.
+    for p in &payload.nodes {
+        assert!(
+            p.peers
+                .iter()
+                .all(|(peer, _)| !peer.starts_with("the rogue")),
+            "{p:?}"
+        );
+        if p.name != "lab-node-2" {
+            let got = p.collector_bytes + p.peers.iter().map(|(_, b)| b).sum::<u64>();
+            assert_eq!(got, payload.bytes, "{p:?}");
+        }
+    }
+    // Nothing of the namespace is left.
+    let netns = std::path::Path::new("/run/netns").join(format!("kiln-lab-{}", std::process::id()));
+    assert!(!netns.exists(), "{} is left", netns.display());
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -198,27 +198,43 @@ pub(super) async fn done(
             )
             .map_err(|e| ApiError::Conflict(e.to_string()))?
     };
-    if req.outcome == Outcome::Verified {
-        let manifest = manifest(&state).await?;
-        let bytes = manifest
-            .piece_len(req.grant.piece)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))? as i64;
-        let from = match source {
-            tracker::Source::Collector => None,
-            tracker::Source::Peer(peer) => Some(peer),
-        };
-        state
-            .db
-            .call(move |c| crate::store::queries::payload_piece(c, run_id, from, bytes))
-            .await?;
-    }
-    if let (Outcome::Corrupt, tracker::Source::Peer(peer)) = (req.outcome, source) {
-        tracing::warn!(
-            run_id,
-            peer,
-            piece = req.grant.piece,
-            "a peer served a piece that failed its hash; it serves no more"
-        );
+    let peer = match source {
+        tracker::Source::Collector => None,
+        tracker::Source::Peer(peer) => Some(peer),
+    };
+    match (req.outcome, peer) {
+        (Outcome::Verified, _) => {
+            let manifest = manifest(&state).await?;
+            let bytes = manifest
+                .piece_len(req.grant.piece)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))? as i64;
+            state
+                .db
+                .call(move |c| {
+                    crate::store::queries::payload_piece(c, run_id, peer, bytes)?;
+                    if complete {
+                        crate::store::queries::payload_complete(c, run_id)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        (how, Some(peer)) => {
+            let corrupt = how == Outcome::Corrupt;
+            if corrupt {
+                tracing::warn!(
+                    run_id,
+                    peer,
+                    piece = req.grant.piece,
+                    "a peer served a piece that failed its hash; it serves no more"
+                );
+            }
+            state
+                .db
+                .call(move |c| crate::store::queries::payload_fault(c, run_id, peer, corrupt))
+                .await?;
+        }
+        (_, None) => {}
     }
     Ok(axum::Json(serde_json::json!({ "complete": complete })))
 }

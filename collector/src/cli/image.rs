@@ -58,6 +58,7 @@ pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
         kernel_package: args.kernel_package,
         firmware: args.firmware,
         packages: args.package,
+        ballast_mib: 0,
     };
     let built = build(&inputs, &args.out)?;
     let mut image_total = 0;
@@ -74,9 +75,16 @@ pub(super) fn run(cmd: ImageCommand) -> anyhow::Result<u8> {
         }
     }
     println!(
-        "kernel + initramfs: {:.1} MB (target ≤ 24 MB)",
+        "stage (kernel + initramfs): {:.1} MB (target ≤ 24 MB)",
         image_total as f64 / 1e6
     );
+    if !built
+        .files
+        .iter()
+        .any(|(p, _, _)| p.ends_with(crate::image::PAYLOAD))
+    {
+        println!("payload: none (nothing beyond the stage; nodes fetch nothing after boot)");
+    }
     let parts: Vec<String> = built
         .parts
         .iter()

@@ -30,16 +30,32 @@ pub(super) struct UpArgs {
     /// root ports, NVMe, SATA/AHCI, an IPMI BMC from OpenIPMI's ipmi_sim, a DIMM table).
     #[arg(long, default_value = "basic")]
     profile: crate::lab::Profile,
-    /// The suite the nodes run [default: suites/lab.yaml, suites/lab-server.yaml with
-    /// --profile server].
+    /// The suite the nodes run [default: suites/lab.yaml; suites/lab-server.yaml with
+    /// --profile server; suites/lab-payload.yaml with --payload-mib].
     #[arg(long)]
     suite: Option<PathBuf>,
     /// A different suite for one node: N=FILE (repeatable).
     #[arg(long, value_name = "N=FILE")]
     suite_for: Vec<String>,
-    /// Guest memory (MiB, or with a unit: 256M, 1G).
-    #[arg(long, default_value = "256M")]
-    mem: String,
+    /// Guest memory (MiB, or with a unit: 256M, 1G) [default: 256M, and twice the payload
+    /// more with --payload-mib: the payload is held while it is served, and unpacked].
+    #[arg(long)]
+    mem: Option<String>,
+    /// How the nodes are networked: `user` (each alone, reaching only the collector) or
+    /// `bridge` (all on one Linux bridge in a network namespace the lab makes and removes,
+    /// DHCP from dnsmasq: nodes reach each other as in a rack; needs root).
+    #[arg(long, default_value = "user")]
+    network: crate::lab::Network,
+    /// A payload of this many MiB the nodes fetch after boot, in verified pieces, from each
+    /// other and the collector (filler standing for a site's firmware and tools). Its
+    /// figures are printed at the end.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    payload_mib: u32,
+    /// Put a rogue host on the bridge network: it boots as an unknown node would, claims to
+    /// hold every piece of the payload and serves wrong bytes. The nodes must catch each
+    /// such piece by its hash and fetch it elsewhere; the report names it.
+    #[arg(long)]
+    rogue_peer: bool,
     /// Scratch disk size (256M, 1G).
     #[arg(long, default_value = "1G")]
     disk: String,
@@ -102,18 +118,28 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 "--nodes {}: expected 1 to 16",
                 args.nodes
             );
+            anyhow::ensure!(
+                args.payload_mib <= 4096,
+                "--payload-mib {}: at most 4096",
+                args.payload_mib
+            );
+            let mem_mib = match &args.mem {
+                Some(mem) => mib(mem)?,
+                None => 256 + 2 * args.payload_mib,
+            };
             std::fs::create_dir_all(&args.dir)?;
             let opts = LabOptions {
                 dir: args.dir.canonicalize()?,
                 nodes: args.nodes,
                 suite: args.suite.unwrap_or_else(|| {
-                    PathBuf::from(match args.profile {
-                        crate::lab::Profile::Basic => "suites/lab.yaml",
-                        crate::lab::Profile::Server => "suites/lab-server.yaml",
+                    PathBuf::from(match (args.profile, args.payload_mib) {
+                        (crate::lab::Profile::Server, _) => "suites/lab-server.yaml",
+                        (crate::lab::Profile::Basic, 0) => "suites/lab.yaml",
+                        (crate::lab::Profile::Basic, _) => "suites/lab-payload.yaml",
                     })
                 }),
                 suite_for,
-                mem_mib: mib(&args.mem)?,
+                mem_mib,
                 disk_mib: mib(&args.disk)?,
                 uefi: args.uefi,
                 image: args.image,
@@ -122,6 +148,9 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 bars: std::io::stdout().is_terminal(),
                 profile: args.profile,
                 inject: args.inject,
+                network: args.network,
+                payload_mib: args.payload_mib,
+                rogue_peer: args.rogue_peer,
             };
             let report = up(&opts)?;
             println!("\n{}", table(&report));

@@ -23,6 +23,11 @@ pub struct Archive {
 }
 
 impl Archive {
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Adds `path` (relative, no leading slash), creating missing parent directories (0755).
     pub fn add(&mut self, path: &str, entry: Entry) {
         let path = path.trim_start_matches('/').to_owned();
@@ -54,68 +59,59 @@ impl Archive {
                 Entry::Symlink(target) => (0o120777, target.as_bytes(), 1, (0, 0)),
                 Entry::CharDev(perm, major, minor) => (0o020000 | perm, &[], 1, (*major, *minor)),
             };
-            header(
+            kiln_protocol::newc::push(
                 &mut out,
                 ino as u32 + 1,
                 mode,
                 nlink,
-                data.len() as u32,
-                maj,
-                min,
+                (maj, min),
                 path,
+                data,
             );
-            out.extend_from_slice(data);
-            pad4(&mut out);
         }
-        header(&mut out, 0, 0, 1, 0, 0, 0, "TRAILER!!!");
+        kiln_protocol::newc::trailer(&mut out);
         out
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn header(
-    out: &mut Vec<u8>,
-    ino: u32,
-    mode: u32,
-    nlink: u32,
-    size: u32,
-    rmaj: u32,
-    rmin: u32,
-    name: &str,
-) {
-    let fields = [
-        ino,
-        mode,
-        0,
-        0,
-        nlink,
-        0,
-        size,
-        0,
-        0,
-        rmaj,
-        rmin,
-        name.len() as u32 + 1,
-        0,
-    ];
-    out.extend_from_slice(b"070701");
-    for f in fields {
-        out.extend_from_slice(format!("{f:08X}").as_bytes());
-    }
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    pad4(out);
-}
-
-fn pad4(out: &mut Vec<u8>) {
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_image_writes_the_agent_reads_back() {
+        use kiln_protocol::newc::{Item, read};
+        let mut a = Archive::default();
+        a.add("usr/bin/fio", Entry::File(0o755, b"ELF fio".to_vec()));
+        a.add("usr/lib/x", Entry::Symlink("libx.so.1".into()));
+        let bytes = a.to_bytes();
+        assert_eq!(
+            read(&bytes).unwrap(),
+            [
+                Item::Dir {
+                    path: "usr",
+                    mode: 0o755
+                },
+                Item::Dir {
+                    path: "usr/bin",
+                    mode: 0o755
+                },
+                Item::File {
+                    path: "usr/bin/fio",
+                    mode: 0o755,
+                    data: b"ELF fio"
+                },
+                Item::Dir {
+                    path: "usr/lib",
+                    mode: 0o755
+                },
+                Item::Symlink {
+                    path: "usr/lib/x",
+                    target: "libx.so.1"
+                },
+            ]
+        );
+    }
 
     #[test]
     fn entries_are_sorted_padded_and_parents_created() {

@@ -1,7 +1,10 @@
-//! `kiln image build`: the RAM image nodes boot — Debian's kernel, a static `kiln-agent`,
-//! busybox, the NIC and disk modules with their dependencies, and a small `/init` — packed as
-//! a reproducible gzip'd newc cpio; plus memtest86+ from Debian's package. Everything lands
-//! as plain files in the artifacts directory.
+//! `kiln image build`: the RAM image nodes boot, in two parts. The **stage** iPXE loads —
+//! Debian's kernel and an initramfs with a static `kiln-agent`, busybox, the NIC and disk
+//! modules with their firmware and a small `/init`, a reproducible gzip'd newc cpio — and the
+//! **payload** (`payload.img`, a plain newc cpio: every `--package` with its libraries) that
+//! the agent fetches after boot in verified pieces, from peers first ([`crate::tracker`]),
+//! and unpacks into its RAM root before any step runs. Plus memtest86+ from Debian's package.
+//! Everything lands as plain files in the artifacts directory.
 
 pub mod cpio;
 mod modules;
@@ -83,9 +86,18 @@ pub struct Inputs {
     /// Directories searched for the firmware files the modules declare, before the host's
     /// ([`HOST_FIRMWARE`]).
     pub firmware: Vec<PathBuf>,
-    /// Debian packages whose programs (with their libraries) the image carries.
+    /// Debian packages whose programs (with their libraries) the payload carries.
     pub packages: Vec<String>,
+    /// MiB of incompressible filler in the payload (`opt/kiln/ballast.bin`), so that a lab
+    /// boots with a payload the size of a real site's firmware and tools.
+    pub ballast_mib: u32,
 }
+
+/// The payload's file in the artifacts directory.
+pub const PAYLOAD: &str = "payload.img";
+
+/// Where the ballast lies in the payload.
+pub const BALLAST: &str = "opt/kiln/ballast.bin";
 
 /// What was built.
 #[derive(Debug, Clone)]
@@ -135,7 +147,11 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
     base_tree(&mut archive, inputs)?;
     let (module_bytes, firmware_bytes, missing_firmware) =
         modules_and_firmware(&mut archive, &modules, &inputs.firmware)?;
-    let added_packages = add_packages(&mut archive, inputs)?;
+    let mut payload = Archive::default();
+    let added_packages = add_packages(&mut payload, inputs)?;
+    if inputs.ballast_mib > 0 {
+        payload.add(BALLAST, Entry::File(0o644, ballast(inputs.ballast_mib)));
+    }
     archive.add(
         &format!("lib/modules/{}", "kiln.modules"),
         Entry::File(
@@ -158,12 +174,26 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<Built> {
         let src = memtest_root.join("boot").join(name);
         files.push(write(&out.join(name), &read(&src)?)?);
     }
+    let payload_bytes = if payload.is_empty() {
+        // A payload of an earlier build would be served with this image's stage.
+        match std::fs::remove_file(out.join(PAYLOAD)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                anyhow::bail!("cannot remove {}: {e}", out.join(PAYLOAD).display())
+            }
+            _ => 0,
+        }
+    } else {
+        let bytes = payload.to_bytes();
+        files.push(write(&out.join(PAYLOAD), &bytes)?);
+        bytes.len() as u64
+    };
     let parts = vec![
         ("kernel", read(&vmlinuz)?.len() as u64),
         ("kiln-agent", std::fs::metadata(&inputs.agent)?.len()),
         ("busybox", std::fs::metadata(&inputs.busybox)?.len()),
         ("modules", module_bytes),
         ("firmware", firmware_bytes),
+        ("payload", payload_bytes),
     ];
     Ok(Built {
         files,
@@ -294,6 +324,27 @@ fn add_packages(archive: &mut Archive, inputs: &Inputs) -> anyhow::Result<Vec<(S
         added_packages.push((package.clone(), bytes));
     }
     Ok(added_packages)
+}
+
+/// A payload of ballast alone, for an image built elsewhere.
+pub fn write_ballast(out: &Path, mib: u32) -> anyhow::Result<(PathBuf, u64, String)> {
+    let mut payload = Archive::default();
+    payload.add(BALLAST, Entry::File(0o644, ballast(mib)));
+    write(&out.join(PAYLOAD), &payload.to_bytes())
+}
+
+/// `mib` MiB that no compressor shrinks and every build repeats (a xorshift stream from a
+/// fixed seed).
+fn ballast(mib: u32) -> Vec<u8> {
+    let mut x: u64 = 0x6b69_6c6e_6261_6c6c;
+    let mut out = Vec::with_capacity((mib as usize) << 20);
+    while out.len() < (mib as usize) << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -1,4 +1,5 @@
-//! The lab's own collector: on 127.0.0.1 with a fresh data directory, every node's console
+//! The lab's own collector: its boot listener on 127.0.0.1 (or the bridge's collector
+//! address), a fresh data directory, every node's console
 //! and QMP power driver configured, the nodes labelled (rack `lab`), given their suites, set
 //! to verify and granted consent to destroy their own scratch disks.
 
@@ -18,7 +19,7 @@ use crate::store::queries::{self, Label, Selector};
 pub(super) struct LabCollector {
     pub(super) rt: tokio::runtime::Runtime,
     pub(super) db: crate::store::Db,
-    /// Its port on 127.0.0.1.
+    /// Its boot listener's port (on 127.0.0.1, or the bridge's collector address).
     pub(super) port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -30,6 +31,7 @@ impl LabCollector {
         plans: &[NodePlan],
         data: &Path,
         heartbeat: std::time::Duration,
+        boot_ip: std::net::Ipv4Addr,
     ) -> anyhow::Result<LabCollector> {
         let access: Vec<NodeAccess> = plans
             .iter()
@@ -44,13 +46,20 @@ impl LabCollector {
             after_verify: crate::config::AfterVerify::Hold,
             nodes: access,
             heartbeat_timeout: kiln_protocol::units::HumanDuration(heartbeat),
+            // A host the lab did not plan (the rogue peer) runs node 1's suite.
+            default_suite: plans.first().map_or_else(String::new, |p| p.suite.clone()),
             ..Config::default()
         };
 
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let listeners = rt.block_on(crate::server::Listeners::loopback())?;
+        let listeners = rt.block_on(async {
+            anyhow::Ok(crate::server::Listeners {
+                boot: tokio::net::TcpListener::bind((boot_ip, 0)).await?,
+                management: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            })
+        })?;
         let port = listeners.boot.local_addr()?.port();
         let collector = Collector::open(config, data)?;
         let db = collector.state.db.clone();

@@ -3,7 +3,8 @@
 //! controller's `smart_critical_warning`), a corrected or a fatal machine check (HMP `mce`),
 //! an event in the BMC's System Event Log (OpenIPMI `ipmi_sim`'s `sel_add`), a non-fatal
 //! PCIe AER error on the NIC (HMP `pcie_aer_inject_error`), and — at power-on — the NIC's slot
-//! narrowed to x1 at 2.5 GT/s (`x-width`/`x-speed` on its root port).
+//! narrowed to x1 at 2.5 GT/s (`x-width`/`x-speed` on its root port); and on the bridge
+//! network, a node killed while it serves the payload to others.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,16 +24,31 @@ pub enum Fault {
     Aer,
     /// The NIC's root port limited to x1 at 2.5 GT/s from power-on.
     NarrowSlot,
+    /// The node's VM killed outright as soon as it has served a piece of the payload to
+    /// another node: the nodes fetching from it must finish from others.
+    KillPeer,
+}
+
+/// When a fault goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// At power-on.
+    PowerOn,
+    /// While a named step runs.
+    Step,
+    /// Once the node serves its payload to others.
+    Serving,
 }
 
 impl Fault {
-    const ALL: [(Fault, &'static str); 6] = [
+    const ALL: [(Fault, &'static str); 7] = [
         (Fault::NvmeWarning, "nvme-warning"),
         (Fault::Mce, "mce"),
         (Fault::FatalMce, "mce-fatal"),
         (Fault::SelEntry, "sel"),
         (Fault::Aer, "aer"),
         (Fault::NarrowSlot, "narrow-slot"),
+        (Fault::KillPeer, "kill-peer"),
     ];
 
     /// The name used on the command line.
@@ -43,9 +59,18 @@ impl Fault {
             .map_or("?", |(_, n)| n)
     }
 
-    /// Whether the fault is set at power-on rather than while a step runs.
-    pub fn at_power_on(self) -> bool {
-        self == Fault::NarrowSlot
+    /// When the fault goes in.
+    pub fn when(self) -> When {
+        match self {
+            Fault::NarrowSlot => When::PowerOn,
+            Fault::KillPeer => When::Serving,
+            _ => When::Step,
+        }
+    }
+
+    /// Whether it needs the server profile's hardware (NVMe, BMC, root ports).
+    pub fn needs_server(self) -> bool {
+        self != Fault::KillPeer
     }
 }
 
@@ -67,7 +92,7 @@ impl FromStr for Injection {
     fn from_str(text: &str) -> Result<Self, String> {
         let usage = || {
             format!(
-                "expected NODE:FAULT@STEP (e.g. 3:mce@memory) or NODE:narrow-slot, FAULT one of {}; got {text:?}",
+                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:narrow-slot or NODE:kill-peer, FAULT one of {}; got {text:?}",
                 Fault::ALL.map(|(_, n)| n).join(", ")
             )
         };
@@ -83,12 +108,16 @@ impl FromStr for Injection {
             .find(|(_, n)| *n == fault)
             .map(|(f, _)| *f)
             .ok_or_else(usage)?;
-        match (fault.at_power_on(), &during) {
-            (true, Some(_)) => Err(format!(
+        match (fault.when(), &during) {
+            (When::PowerOn, Some(_)) => Err(format!(
                 "{text}: {} is set at power-on, not during a step",
                 fault.name()
             )),
-            (false, None) => Err(format!(
+            (When::Serving, Some(_)) => Err(format!(
+                "{text}: {} happens while the node serves its payload, not during a step",
+                fault.name()
+            )),
+            (When::Step, None) => Err(format!(
                 "{text}: say during which step {} is injected (NODE:{}@STEP)",
                 fault.name(),
                 fault.name()
@@ -127,7 +156,7 @@ pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
         // Not a correctable one: Linux 6.1 leaves correctable reporting off on devices whose
         // driver does not ask for it (virtio), so such an error never reaches the kernel.
         Fault::Aer => vec![hmp("pcie_aer_inject_error nic0 0x4000")],
-        Fault::SelEntry | Fault::NarrowSlot => Vec::new(),
+        Fault::SelEntry | Fault::NarrowSlot | Fault::KillPeer => Vec::new(),
     }
 }
 
@@ -152,6 +181,7 @@ mod tests {
             "1:nvme-warning@nvme",
             "7:narrow-slot",
             "2:sel@memory",
+            "3:kill-peer",
         ] {
             let i: Injection = text.parse().unwrap();
             assert_eq!(i.to_string(), text);
@@ -187,6 +217,12 @@ mod tests {
                 .parse::<Injection>()
                 .unwrap_err()
                 .contains("power-on")
+        );
+        assert!(
+            "3:kill-peer@memory"
+                .parse::<Injection>()
+                .unwrap_err()
+                .contains("serves its payload")
         );
     }
 

@@ -9,10 +9,12 @@
 //! `--profile server` gives each node what a rack server has ([`server`]) and `--inject`
 //! puts real faults into chosen nodes while a named step runs ([`inject`]).
 
+pub mod bridge;
 mod collector;
 pub mod inject;
 pub mod qemu;
 mod report;
+pub mod rogue;
 pub mod server;
 mod vm;
 mod watch;
@@ -49,6 +51,28 @@ impl std::str::FromStr for Profile {
     }
 }
 
+/// How the lab's nodes are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Each node alone on QEMU's restricted user network, reaching only the collector.
+    #[default]
+    User,
+    /// Every node on one Linux bridge in a namespace of the lab's, with DHCP from dnsmasq:
+    /// nodes reach each other as in a rack ([`bridge`]).
+    Bridge,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "user" => Ok(Network::User),
+            "bridge" => Ok(Network::Bridge),
+            _ => Err(format!("unknown network {s:?}: expected user or bridge")),
+        }
+    }
+}
+
 /// What `kiln lab up` is asked to do.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -78,6 +102,12 @@ pub struct LabOptions {
     pub profile: Profile,
     /// Faults to inject (server profile only).
     pub inject: Vec<Injection>,
+    /// How the nodes are networked.
+    pub network: Network,
+    /// MiB of payload the nodes fetch after boot (0: none beyond the image's own).
+    pub payload_mib: u32,
+    /// Put a rogue peer on the boot network, serving corrupted pieces ([`rogue`]).
+    pub rogue_peer: bool,
 }
 
 /// One node's result.
@@ -120,18 +150,21 @@ pub struct LabReport {
     pub image_bytes: u64,
     /// Whether every node passed.
     pub all_passed: bool,
+    /// Where the nodes' payload came from, when there was one.
+    pub payload: Option<report::Payload>,
     /// The collector's data directory (its SQLite file is there).
     pub data: PathBuf,
 }
 
 /// The Debian packages the lab needs, installed together (see `check_dependencies`).
-const LAB_PACKAGES: &str = "qemu-system-x86 qemu-utils ipxe-qemu busybox-static cpio ovmf openipmi";
+const LAB_PACKAGES: &str =
+    "qemu-system-x86 qemu-utils ipxe-qemu busybox-static cpio ovmf openipmi dnsmasq-base iproute2";
 
 /// Checks the lab's dependencies by command and by file, not by package name alone: a
 /// package apt removed to install another leaves its name in no list, only a command that
 /// no longer runs. The error names what is missing and asks for the whole set in one apt
 /// transaction, so apt resolves the versions together instead of trading one for another.
-pub fn check_dependencies(uefi: bool, profile: Profile) -> anyhow::Result<()> {
+pub fn check_dependencies(uefi: bool, profile: Profile, network: Network) -> anyhow::Result<()> {
     if !runs("apt-get", "--version") || !runs("dpkg", "--version") {
         anyhow::bail!(
             "the lab fetches the kernel and memtest86+ with apt-get download and dpkg -x: run it on Debian"
@@ -164,6 +197,14 @@ pub fn check_dependencies(uefi: bool, profile: Profile) -> anyhow::Result<()> {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("IPMI Simulator"));
     if profile == Profile::Server && !ipmi_sim {
         missing.push("command ipmi_sim (openipmi)");
+    }
+    if network == Network::Bridge {
+        if !runs("dnsmasq", "--version") {
+            missing.push("command dnsmasq (dnsmasq-base)");
+        }
+        if !runs("ip", "-V") {
+            missing.push("command ip (iproute2)");
+        }
     }
     anyhow::ensure!(
         missing.is_empty(),
@@ -200,10 +241,25 @@ struct NodePlan {
 /// not exist, the basic profile (no NVMe, BMC or root ports), a step the node's suite does
 /// not have.
 fn check_injections(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !opts.rogue_peer || (opts.network == Network::Bridge && opts.payload_mib > 0),
+        "--rogue-peer: a peer serves the payload only on the bridge network with a payload \
+         (--network bridge --payload-mib N)"
+    );
+    anyhow::ensure!(
+        !opts.rogue_peer || suites.first().is_some_and(|s| s.memtest.is_none()),
+        "--rogue-peer: the rogue boots straight into Linux with node 1's suite, which must have \
+         memtest off (suites/lab-payload.yaml)"
+    );
     for i in &opts.inject {
         anyhow::ensure!(
-            opts.profile == Profile::Server,
+            opts.profile == Profile::Server || !i.fault.needs_server(),
             "--inject {i}: faults are injected into server nodes only (--profile server)"
+        );
+        anyhow::ensure!(
+            i.fault.needs_server() || (opts.network == Network::Bridge && opts.payload_mib > 0),
+            "--inject {i}: a node serves the payload only on the bridge network with a payload \
+             (--network bridge --payload-mib N)"
         );
         anyhow::ensure!(
             (1..=opts.nodes).contains(&i.node),
@@ -277,22 +333,54 @@ fn lab_heartbeat(accel: &str) -> Duration {
 /// Runs the lab to the end and returns its report: the image, the nodes' plans, the
 /// collector, the VMs, the wait (with injections), the report from the collector's records.
 pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
-    check_dependencies(opts.uefi, opts.profile)?;
+    check_dependencies(opts.uefi, opts.profile, opts.network)?;
     down(&opts.dir);
     let data = opts.dir.join("data");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(data.join("artifacts"))?;
     std::fs::create_dir_all(data.join("suites"))?;
-    let image_bytes = prepare_image(opts.image.as_deref(), &data.join("artifacts"))?;
+    let image_bytes = prepare_image(
+        opts.image.as_deref(),
+        &data.join("artifacts"),
+        opts.payload_mib,
+    )?;
     let plans = plan_nodes(opts, &data)?;
-    let lab = collector::LabCollector::start(&plans, &data, lab_heartbeat(&opts.accel))?;
+    // Everything from here on starts inside the bridge's namespace, when there is one.
+    let mut bridge = match opts.network {
+        Network::User => None,
+        Network::Bridge => Some(bridge::Bridge::up(&opts.dir, plans.len())?),
+    };
+    let boot_ip = match opts.network {
+        Network::User => std::net::Ipv4Addr::LOCALHOST,
+        Network::Bridge => bridge::COLLECTOR_IP.parse()?,
+    };
+    let lab = collector::LabCollector::start(&plans, &data, lab_heartbeat(&opts.accel), boot_ip)?;
+    if let Some(bridge) = bridge.as_mut() {
+        let macs: Vec<String> = plans.iter().map(|p| p.mac.clone()).collect();
+        bridge.dhcp(&opts.dir, &macs, lab.port)?;
+    }
+    let rogue = match opts.rogue_peer {
+        true => Some(rogue::start(&format!("http://{boot_ip}:{}", lab.port))?),
+        false => None,
+    };
+    if let Some(r) = &rogue {
+        println!(
+            "kiln lab: a rogue peer ({}, run {}) claims every piece of the payload and serves wrong bytes",
+            rogue::MAC,
+            r.run_id
+        );
+    }
     let interrupted = lab.interrupt_flag();
     let mut rack = vm::start(opts, &plans, lab.port)?;
     println!(
-        "kiln lab: {} node(s) booting from http://127.0.0.1:{}/ (accel {})",
+        "kiln lab: {} node(s) booting from http://{boot_ip}:{}/ (accel {}, {} network)",
         plans.len(),
         lab.port,
-        opts.accel
+        opts.accel,
+        match opts.network {
+            Network::User => "user",
+            Network::Bridge => "bridge",
+        }
     );
     let started = Instant::now();
     let (result, injected) =
@@ -301,11 +389,21 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     drop(rack);
     vm::forget(&opts.dir);
     let nodes = report::nodes(&lab, &plans, &vm_starts, injected, started)?;
+    let payload = report::payload(&lab, &plans, &data)?;
+    drop(rogue);
     lab.stop();
+    if let Some(bridge) = bridge.take() {
+        let acks = bridge::Bridge::acks(&opts.dir);
+        drop(bridge);
+        println!(
+            "kiln lab: dnsmasq acknowledged {acks} DHCP lease(s); the bridge's namespace is gone"
+        );
+    }
     let report = LabReport {
         all_passed: nodes.iter().all(|n| n.verdict == "pass"),
         nodes,
         image_bytes,
+        payload,
         data,
     };
     std::fs::write(
@@ -317,7 +415,7 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
 }
 
 /// The image into `artifacts`: copied from `image`, or built. Returns kernel + initramfs bytes.
-fn prepare_image(image: Option<&Path>, artifacts: &Path) -> anyhow::Result<u64> {
+fn prepare_image(image: Option<&Path>, artifacts: &Path, payload_mib: u32) -> anyhow::Result<u64> {
     match image {
         Some(dir) => {
             for f in [
@@ -329,6 +427,19 @@ fn prepare_image(image: Option<&Path>, artifacts: &Path) -> anyhow::Result<u64> 
                 std::fs::copy(dir.join(f), artifacts.join(f))
                     .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(f).display()))?;
             }
+            let payload = dir.join(crate::image::PAYLOAD);
+            if payload.exists() {
+                anyhow::ensure!(
+                    payload_mib == 0,
+                    "--payload-mib {payload_mib}: {} has a payload of its own; build the image with \
+                     the lab (no --image) or drop --payload-mib",
+                    dir.display()
+                );
+                std::fs::copy(&payload, artifacts.join(crate::image::PAYLOAD))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", payload.display()))?;
+            } else if payload_mib > 0 {
+                crate::image::write_ballast(artifacts, payload_mib)?;
+            }
         }
         None => {
             let agent = crate::image::static_agent()?;
@@ -339,6 +450,7 @@ fn prepare_image(image: Option<&Path>, artifacts: &Path) -> anyhow::Result<u64> 
                 kernel_package: None,
                 firmware: Vec::new(),
                 packages: Vec::new(),
+                ballast_mib: payload_mib,
             };
             crate::image::build(&inputs, artifacts)?;
         }
@@ -410,6 +522,10 @@ fn plan_nodes(opts: &LabOptions, data: &Path) -> anyhow::Result<Vec<NodePlan>> {
 
 /// Stops processes a previous lab left (by the PIDs it recorded, and only QEMU ones).
 pub fn down(dir: &Path) -> usize {
+    processes_down(dir) + bridge::down(dir)
+}
+
+fn processes_down(dir: &Path) -> usize {
     let Ok(text) = std::fs::read_to_string(dir.join("pids")) else {
         return 0;
     };
@@ -447,6 +563,9 @@ mod tests {
             bars: false,
             profile,
             inject: inject.iter().map(|i| i.parse().unwrap()).collect(),
+            network: Network::User,
+            payload_mib: 0,
+            rogue_peer: false,
         }
     }
 
@@ -461,6 +580,11 @@ mod tests {
         assert!(check_injections(&options(Profile::Server, &["2:mce@memory"]), &suites).is_ok());
         for (profile, inject, says) in [
             (Profile::Basic, "1:mce@memory", "server nodes only"),
+            (
+                Profile::Basic,
+                "1:kill-peer",
+                "--network bridge --payload-mib",
+            ),
             (Profile::Server, "3:mce@memory", "nodes 1 to 2"),
             (
                 Profile::Server,

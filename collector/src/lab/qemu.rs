@@ -52,9 +52,14 @@ impl NodeCommand {
 
     /// That network with a NIC of `model` (`virtio-net-pci`, `e1000`) on it.
     pub fn network(self, port: u16, model: &str, mac: &str) -> NodeCommand {
+        self.nic(&Self::netdev(port), model, mac)
+    }
+
+    /// A NIC of `model` on the network `netdev` (a `-netdev` value with `id=n0`).
+    pub fn nic(self, netdev: &str, model: &str, mac: &str) -> NodeCommand {
         self.args([
             "-netdev".to_owned(),
-            Self::netdev(port),
+            netdev.to_owned(),
             "-device".to_owned(),
             format!("{model},netdev=n0,mac={mac}"),
         ])

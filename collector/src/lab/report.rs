@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use serde::Serialize;
+
 use kiln_protocol::verdict::Verdict;
 
 use super::collector::LabCollector;
@@ -82,6 +84,163 @@ pub(super) fn nodes(
     Ok(nodes)
 }
 
+/// Where the nodes' payload came from: the collector's bytes against the peers', per node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Payload {
+    /// The payload's size.
+    pub bytes: u64,
+    /// Bytes the collector served, all nodes together.
+    pub collector_bytes: u64,
+    /// Bytes peers served.
+    pub peer_bytes: u64,
+    /// Each node's.
+    pub nodes: Vec<NodePayload>,
+}
+
+impl Payload {
+    /// How many copies of the payload the collector served.
+    pub fn collector_copies(&self) -> f64 {
+        self.collector_bytes as f64 / self.bytes.max(1) as f64
+    }
+}
+
+/// One node's payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodePayload {
+    /// The node.
+    pub name: String,
+    /// Bytes from the collector.
+    pub collector_bytes: u64,
+    /// Bytes from each peer, by name.
+    pub peers: Vec<(String, u64)>,
+    /// Peers whose pieces failed their hash here, with how many.
+    pub corrupt: Vec<(String, i64)>,
+    /// Fetches that broke off or stalled, retried elsewhere.
+    pub broken: i64,
+    /// Seconds from its first verified piece to its last.
+    pub secs: f64,
+}
+
+/// The payload's figures from the collector's records; none when the lab served none.
+pub(super) fn payload(
+    lab: &LabCollector,
+    plans: &[NodePlan],
+    data: &std::path::Path,
+) -> anyhow::Result<Option<Payload>> {
+    let Ok(meta) = std::fs::metadata(data.join(crate::api::payload::FILE)) else {
+        return Ok(None);
+    };
+    let (rt, db) = (&lab.rt, &lab.db);
+    let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
+    let name_of = |node: i64| {
+        let row = rows.iter().find(|r| r.node_id == node);
+        match row.and_then(|r| plans.iter().find(|p| r.macs.contains(&p.mac))) {
+            Some(p) => p.name.clone(),
+            None if row.is_some_and(|r| r.macs.contains(super::rogue::MAC)) => {
+                format!("the rogue peer (node {node})")
+            }
+            None => format!("node {node} (not the lab's)"),
+        }
+    };
+    let mut out = Payload {
+        bytes: meta.len(),
+        collector_bytes: 0,
+        peer_bytes: 0,
+        nodes: Vec::new(),
+    };
+    for p in plans {
+        let Some(run_id) = rows
+            .iter()
+            .find(|r| r.macs.contains(&p.mac))
+            .and_then(|r| r.run_id)
+        else {
+            continue;
+        };
+        let Some(detail) = rt.block_on(db.read(move |c| queries::run_detail(c, run_id)))? else {
+            continue;
+        };
+        let mut node = NodePayload {
+            name: p.name.clone(),
+            collector_bytes: 0,
+            peers: Vec::new(),
+            corrupt: Vec::new(),
+            broken: 0,
+            secs: 0.0,
+        };
+        let (mut first, mut last) = (i64::MAX, 0);
+        for source in &detail.payload {
+            if source.pieces > 0 {
+                first = first.min(source.first_ms);
+                last = last.max(source.last_ms);
+            }
+            node.broken += source.broken;
+            match source.node {
+                None => node.collector_bytes += source.bytes as u64,
+                Some(peer) => {
+                    if source.bytes > 0 {
+                        node.peers.push((name_of(peer), source.bytes as u64));
+                    }
+                    if source.corrupt > 0 {
+                        node.corrupt.push((name_of(peer), source.corrupt));
+                    }
+                }
+            }
+        }
+        node.secs = if last >= first {
+            (last - first) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        out.collector_bytes += node.collector_bytes;
+        out.peer_bytes += node.peers.iter().map(|(_, b)| b).sum::<u64>();
+        out.nodes.push(node);
+    }
+    Ok(Some(out))
+}
+
+/// The payload's figures as lines.
+fn payload_lines(p: &Payload) -> String {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let mut out = format!(
+        "payload {:.0} MiB: the collector served {:.1} MiB ({:.2} copies), peers {:.1} MiB\n",
+        mib(p.bytes),
+        mib(p.collector_bytes),
+        p.collector_copies(),
+        mib(p.peer_bytes)
+    );
+    for n in &p.nodes {
+        let peers: Vec<String> = n
+            .peers
+            .iter()
+            .map(|(name, b)| format!("{name} {:.0}", mib(*b)))
+            .collect();
+        out.push_str(&format!(
+            "  {:<12} {:>5.1} s  collector {:>4.0} MiB  peers: {}\n",
+            n.name,
+            n.secs,
+            mib(n.collector_bytes),
+            if peers.is_empty() {
+                "-".to_owned()
+            } else {
+                peers.join(", ") + " MiB"
+            }
+        ));
+        for (peer, count) in &n.corrupt {
+            out.push_str(&format!(
+                "  {:<12} {count} piece(s) from {peer} failed the hash: fetched again elsewhere\n",
+                ""
+            ));
+        }
+        if n.broken > 0 {
+            out.push_str(&format!(
+                "  {:<12} {} fetch(es) broke off or stalled: fetched again elsewhere\n",
+                "", n.broken
+            ));
+        }
+    }
+    out
+}
+
 /// The report as a table.
 pub fn table(report: &LabReport) -> String {
     let rows: Vec<Vec<String>> = report
@@ -128,5 +287,8 @@ pub fn table(report: &LabReport) -> String {
         "image (kernel + initramfs): {:.1} MB\n",
         report.image_bytes as f64 / 1e6
     ));
+    if let Some(p) = &report.payload {
+        out.push_str(&payload_lines(p));
+    }
     out
 }

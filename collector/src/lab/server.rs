@@ -112,7 +112,7 @@ impl Drop for Bmc {
 /// `0100007F:PORT`, state 0A).
 fn listening(port: u16) -> bool {
     let want = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|table| {
+    std::fs::read_to_string("/proc/thread-self/net/tcp").is_ok_and(|table| {
         table.lines().skip(1).any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.len() > 3 && f[1] == want && f[3] == "0A"

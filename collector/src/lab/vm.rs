@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::inject::Fault;
 use super::qemu::NodeCommand;
-use super::{LabOptions, NodePlan, Profile, free_port, server};
+use super::{LabOptions, Network, NodePlan, Profile, free_port, server};
 
 /// One node's QEMU process.
 pub(super) struct Vm {
@@ -66,9 +66,13 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
         if opts.uefi {
             node = node.uefi();
         }
+        let netdev = match opts.network {
+            Network::User => NodeCommand::netdev(port),
+            Network::Bridge => super::bridge::netdev(i + 1),
+        };
         match opts.profile {
             Profile::Basic => {
-                node = node.network(port, "virtio-net-pci", &p.mac).args([
+                node = node.nic(&netdev, "virtio-net-pci", &p.mac).args([
                     "-drive".to_owned(),
                     format!("file={},if=virtio,format=qcow2", p.disks[0].display()),
                 ]);
@@ -88,7 +92,7 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
                 node = node.args(server::qemu_args(
                     i + 1,
                     &p.mac,
-                    &NodeCommand::netdev(port),
+                    &netdev,
                     &disks,
                     bmc.port,
                     narrow,

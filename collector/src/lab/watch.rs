@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::collector::LabCollector;
-use super::inject::{self, Fault, Injection};
+use super::inject::{self, Fault, Injection, When};
 use super::vm::Rack;
 use super::{LabOptions, NodePlan, server};
 use crate::lifecycle::RunStage;
@@ -64,8 +64,11 @@ pub(super) fn until_done(
                     let _ = vm.child.wait();
                 }
             }
+            // A node killed on purpose never has a verdict: its run stays open until its
+            // heartbeat window ends, and the lab does not wait for that.
+            let killed = injector.kill_if_serving(rt, db, n, p, row.map(|r| r.node_id), vm)?;
             let vm_gone = vm.child.try_wait().ok().flatten().is_some();
-            all_done &= verdict.is_some() && vm_gone;
+            all_done &= (verdict.is_some() || killed) && vm_gone;
             if exited && verdict.is_none() && vm.done_at.is_none() {
                 vm.done_at = Some(Instant::now());
             }
@@ -194,6 +197,9 @@ fn progress(
 /// The injections still to fire, and what each node has had done to it.
 struct Injector {
     pending: Vec<Injection>,
+    /// Nodes (from 0) to kill once they serve the payload, and those killed.
+    to_kill: Vec<usize>,
+    killed: Vec<bool>,
     injected: Vec<Vec<String>>,
     print: bool,
 }
@@ -201,18 +207,66 @@ struct Injector {
 impl Injector {
     fn new(all: &[Injection], nodes: usize, print: bool) -> Injector {
         let mut injected = vec![Vec::new(); nodes];
-        for j in all.iter().filter(|j| j.fault.at_power_on()) {
+        for j in all.iter().filter(|j| j.fault.when() == When::PowerOn) {
             injected[j.node - 1].push(format!("{}: at power-on", j.fault.name()));
         }
         Injector {
             pending: all
                 .iter()
-                .filter(|j| !j.fault.at_power_on())
+                .filter(|j| j.fault.when() == When::Step)
                 .cloned()
                 .collect(),
+            to_kill: all
+                .iter()
+                .filter(|j| j.fault.when() == When::Serving)
+                .map(|j| j.node - 1)
+                .collect(),
+            killed: vec![false; nodes],
             injected,
             print,
         }
+    }
+
+    /// Kills node `n`'s VM (from 0) when it is due to die serving and has served a piece:
+    /// the fetches from it still under way break off. Returns whether it was killed (now or
+    /// before).
+    fn kill_if_serving(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        db: &crate::store::Db,
+        n: usize,
+        plan: &NodePlan,
+        node_id: Option<i64>,
+        vm: &mut super::vm::Vm,
+    ) -> anyhow::Result<bool> {
+        if self.killed[n] {
+            return Ok(true);
+        }
+        let (Some(node), true) = (node_id, self.to_kill.contains(&n)) else {
+            return Ok(false);
+        };
+        let served: i64 = rt.block_on(db.read(move |c| {
+            Ok(c.query_row(
+                "SELECT coalesce(sum(pieces), 0) FROM payload_sources WHERE source_node = ?1",
+                [node],
+                |r| r.get(0),
+            )?)
+        }))?;
+        if served == 0 {
+            return Ok(false);
+        }
+        let _ = vm.child.kill();
+        let _ = vm.child.wait();
+        let line = format!(
+            "kill-peer: killed at {:.0}s, once it had served {served} piece(s)",
+            vm.started.elapsed().as_secs_f64()
+        );
+        if self.print {
+            println!("kiln lab: {}: {line}", plan.name);
+        }
+        self.injected[n].push(line);
+        self.killed[n] = true;
+        Ok(true)
     }
 
     /// Node `n` (from 0) shows `step` running: whatever is due during it goes in now.

@@ -224,6 +224,11 @@ const MIGRATIONS: &[&str] = &[
         last_ms INTEGER NOT NULL,
         PRIMARY KEY (run_id, source_node)
      ) WITHOUT ROWID;",
+    // 22: pieces that failed their hash or broke off, by source; a run's payload tally (JSON,
+    // written once, when its last piece is verified).
+    "ALTER TABLE payload_sources ADD COLUMN corrupt INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE payload_sources ADD COLUMN broken INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN payload TEXT;",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

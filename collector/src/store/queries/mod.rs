@@ -25,8 +25,8 @@ pub use nodes::{
 pub use provenance::{Provenance, provenance};
 use runs::{Failures, fault_lines};
 pub use runs::{
-    LogLine, MemtestResult, PayloadSource, RunDetail, StageRow, memtest_result, payload_piece,
-    run_detail, run_logs, run_logs_before, verdict_why,
+    LogLine, MemtestResult, PayloadSource, RunDetail, StageRow, memtest_result, payload_complete,
+    payload_fault, payload_piece, run_detail, run_logs, run_logs_before, verdict_why,
 };
 pub use series::{StepSeries, step_series};
 pub use waivers::{NotWaived, add_waiver, read_waivers, revoke_waiver};

@@ -59,7 +59,8 @@ pub(super) const NODE_ROWS_SQL: &str = concat!(
                 r.id AS run_id, r.suite_name AS suite, r.stage AS stage, r.verdict AS verdict,
                 r.verdict_reason AS verdict_reason, r.progress AS progress,
                 r.started_ms AS started_ms, r.finished_ms AS finished_ms, r.expect AS expect,
-                r.findings AS findings, r.attestation_optional AS attestation_optional",
+                r.findings AS findings, r.attestation_optional AS attestation_optional,
+                r.payload AS payload",
     node_rows_from!()
 );
 
@@ -240,6 +241,10 @@ pub fn each_node_row(
                 attestation_optional: r
                     .get::<_, Option<bool>>(at("attestation_optional")?)?
                     .unwrap_or(false),
+                payload: r
+                    .get_ref(at("payload")?)?
+                    .as_str_or_null()?
+                    .and_then(|p| serde_json::from_str(p).ok()),
             },
             r.get::<_, Option<String>>(at("expect")?)?,
             r.get::<_, Option<String>>(at("findings")?)?,

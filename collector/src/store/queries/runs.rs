@@ -209,6 +209,10 @@ pub struct PayloadSource {
     pub first_ms: i64,
     /// When the last did.
     pub last_ms: i64,
+    /// Its pieces that failed their hash.
+    pub corrupt: i64,
+    /// Its fetches that broke off or stalled.
+    pub broken: i64,
 }
 
 /// Records that run `run_id` got a verified piece of `bytes` from `source` (a peer's node, or
@@ -231,6 +235,60 @@ pub fn payload_piece(
         bytes,
         crate::store::now_ms()
     ])?;
+    Ok(())
+}
+
+/// Records that a fetch of run `run_id` from peer `source` failed: its piece failed the hash
+/// (`corrupt`) or the fetch broke off or stalled.
+pub fn payload_fault(
+    conn: &Connection,
+    run_id: i64,
+    source: i64,
+    corrupt: bool,
+) -> Result<(), StoreError> {
+    let now = crate::store::now_ms();
+    conn.prepare_cached(
+        "INSERT INTO payload_sources (run_id, source_node, bytes, pieces, first_ms, last_ms, corrupt, broken)
+         VALUES (?1, ?2, 0, 0, ?3, ?3, ?4, ?5)
+         ON CONFLICT (run_id, source_node) DO UPDATE SET
+           corrupt = corrupt + excluded.corrupt, broken = broken + excluded.broken",
+    )?
+    .execute(params![
+        run_id,
+        source,
+        now,
+        i64::from(corrupt),
+        i64::from(!corrupt)
+    ])?;
+    Ok(())
+}
+
+/// Stores run `run_id`'s payload tally, from its sources, once it holds every piece.
+pub fn payload_complete(conn: &Connection, run_id: i64) -> Result<(), StoreError> {
+    let tally = conn.query_row(
+        "SELECT coalesce(sum(CASE WHEN source_node = 0 THEN bytes END), 0),
+                coalesce(sum(CASE WHEN source_node != 0 THEN bytes END), 0),
+                count(CASE WHEN source_node != 0 AND bytes > 0 THEN 1 END),
+                coalesce(sum(corrupt), 0),
+                coalesce(max(last_ms) - min(CASE WHEN pieces > 0 THEN first_ms END), 0)
+         FROM payload_sources WHERE run_id = ?1",
+        [run_id],
+        |r| {
+            Ok(kiln_protocol::payload::Tally {
+                collector_bytes: r.get::<_, i64>(0)?.max(0) as u64,
+                peer_bytes: r.get::<_, i64>(1)?.max(0) as u64,
+                peers: r.get::<_, i64>(2)?.max(0) as u32,
+                corrupt: r.get::<_, i64>(3)?.max(0) as u32,
+                ms: r.get::<_, i64>(4)?.max(0) as u64,
+            })
+        },
+    )?;
+    let text = serde_json::to_string(&tally)
+        .map_err(|_| StoreError::Invariant("a payload tally serializes"))?;
+    conn.execute(
+        "UPDATE runs SET payload = ?2 WHERE id = ?1",
+        params![run_id, text],
+    )?;
     Ok(())
 }
 
@@ -331,7 +389,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
         })
         .collect::<Result<_, _>>()?;
     let mut stmt = conn.prepare_cached(
-        "SELECT source_node, bytes, pieces, first_ms, last_ms FROM payload_sources WHERE run_id = ?1 ORDER BY source_node",
+        "SELECT source_node, bytes, pieces, first_ms, last_ms, corrupt, broken FROM payload_sources WHERE run_id = ?1 ORDER BY source_node",
     )?;
     detail.payload = stmt
         .query_map([run_id], |r| {
@@ -341,6 +399,8 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                 pieces: r.get(2)?,
                 first_ms: r.get(3)?,
                 last_ms: r.get(4)?,
+                corrupt: r.get(5)?,
+                broken: r.get(6)?,
             })
         })?
         .collect::<Result<_, _>>()?;
