@@ -292,6 +292,27 @@ pub fn payload_complete(conn: &Connection, run_id: i64) -> Result<(), StoreError
     Ok(())
 }
 
+/// Where run `run_id`'s payload came from, by source.
+fn payload_sources(conn: &Connection, run_id: i64) -> Result<Vec<PayloadSource>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT source_node, bytes, pieces, first_ms, last_ms, corrupt, broken FROM payload_sources WHERE run_id = ?1 ORDER BY source_node",
+    )?;
+    let sources = stmt
+        .query_map([run_id], |r| {
+            Ok(PayloadSource {
+                node: Some(r.get::<_, i64>(0)?).filter(|n| *n != 0),
+                bytes: r.get(1)?,
+                pieces: r.get(2)?,
+                first_ms: r.get(3)?,
+                last_ms: r.get(4)?,
+                corrupt: r.get(5)?,
+                broken: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(sources)
+}
+
 /// A stage of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageRow {
@@ -388,22 +409,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
             })
         })
         .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT source_node, bytes, pieces, first_ms, last_ms, corrupt, broken FROM payload_sources WHERE run_id = ?1 ORDER BY source_node",
-    )?;
-    detail.payload = stmt
-        .query_map([run_id], |r| {
-            Ok(PayloadSource {
-                node: Some(r.get::<_, i64>(0)?).filter(|n| *n != 0),
-                bytes: r.get(1)?,
-                pieces: r.get(2)?,
-                first_ms: r.get(3)?,
-                last_ms: r.get(4)?,
-                corrupt: r.get(5)?,
-                broken: r.get(6)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    detail.payload = payload_sources(conn, run_id)?;
     detail.log_lines = conn.query_row(
         "SELECT count(*) FROM events WHERE run_id = ?1 AND kind = ?2",
         params![run_id, "log"],
