@@ -491,6 +491,9 @@ pub struct BatchSummary {
     pub stages: Vec<StageTime>,
     /// The failed nodes, in rack and slot order.
     pub failed: Vec<FailedNode>,
+    /// Where the nodes' payload came from, per rack (nodes that fetched one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payload: Vec<crate::payload::RackPayload>,
 }
 
 /// Body of `POST /api/v1/nodes/mode`.

@@ -27,6 +27,42 @@ pub struct Tally {
     pub ms: u64,
 }
 
+/// One rack's payload: how much the collector served against its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RackPayload {
+    /// The rack (none: nodes without one).
+    pub rack: Option<String>,
+    /// Nodes whose payload is complete.
+    pub nodes: usize,
+    /// Bytes from the collector.
+    pub collector_bytes: u64,
+    /// Bytes from peers.
+    pub peer_bytes: u64,
+    /// Pieces that failed their hash.
+    pub corrupt: u64,
+}
+
+/// The tallies of `nodes` (rack, tally) summed per rack, in rack order.
+pub fn by_rack<'a>(
+    nodes: impl IntoIterator<Item = (Option<&'a str>, &'a Tally)>,
+) -> Vec<RackPayload> {
+    let mut racks: std::collections::BTreeMap<Option<&str>, RackPayload> = Default::default();
+    for (rack, t) in nodes {
+        let r = racks.entry(rack).or_insert_with(|| RackPayload {
+            rack: rack.map(str::to_owned),
+            nodes: 0,
+            collector_bytes: 0,
+            peer_bytes: 0,
+            corrupt: 0,
+        });
+        r.nodes += 1;
+        r.collector_bytes += t.collector_bytes;
+        r.peer_bytes += t.peer_bytes;
+        r.corrupt += u64::from(t.corrupt);
+    }
+    racks.into_values().collect()
+}
+
 /// What the collector serves a run over its session: the payload's digest, size and pieces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,6 +339,32 @@ impl Pieces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn racks_add_up_their_nodes_and_nodes_without_a_rack_stand_apart() {
+        let t = |c, p, corrupt| Tally {
+            collector_bytes: c,
+            peer_bytes: p,
+            peers: 1,
+            corrupt,
+            ms: 1,
+        };
+        let (a, b, c) = (t(10, 30, 0), t(0, 40, 2), t(40, 0, 0));
+        let racks = by_rack([(Some("r2"), &a), (None, &c), (Some("r2"), &b)]);
+        assert_eq!(racks.len(), 2);
+        assert_eq!(racks[0].rack, None);
+        assert_eq!((racks[0].nodes, racks[0].collector_bytes), (1, 40));
+        assert_eq!(
+            (
+                racks[1].nodes,
+                racks[1].collector_bytes,
+                racks[1].peer_bytes,
+                racks[1].corrupt
+            ),
+            (2, 10, 70, 2)
+        );
+        assert!(by_rack([]).is_empty());
+    }
 
     #[test]
     fn pieces_verify_and_anything_else_is_refused() {

@@ -223,6 +223,7 @@ mod tests {
             pareto_components: vec![],
             stages: vec![],
             failed: vec![],
+            payload: vec![],
         };
         (summary, row)
     }

@@ -208,6 +208,7 @@ fn batch_text(s: &BatchSummary) -> String {
             );
         }
     }
+    out.push_str(&payload_lines(&s.payload));
     if !s.failed.is_empty() {
         let _ = writeln!(out, "\nfailed nodes:");
         for f in &s.failed {
@@ -224,6 +225,31 @@ fn batch_text(s: &BatchSummary) -> String {
                 v(&f.reason)
             );
         }
+    }
+    out
+}
+
+/// Per rack, the payload bytes the collector served against the peers'.
+fn payload_lines(racks: &[kiln_protocol::payload::RackPayload]) -> String {
+    let mut out = String::new();
+    if racks.is_empty() {
+        return out;
+    }
+    out.push_str("\npayload by rack (nodes that fetched it):\n");
+    let mib = |b: u64| b as f64 / 1048576.0;
+    for r in racks {
+        out.push_str(&format!(
+            "  {:<12} {:>4} node(s)  collector {:>9.1} MiB  peers {:>9.1} MiB{}\n",
+            kiln_protocol::bounds::visible(r.rack.as_deref().unwrap_or("-")),
+            r.nodes,
+            mib(r.collector_bytes),
+            mib(r.peer_bytes),
+            if r.corrupt > 0 {
+                format!("  {} piece(s) failed the hash", r.corrupt)
+            } else {
+                String::new()
+            }
+        ));
     }
     out
 }
@@ -252,6 +278,10 @@ pub(super) fn table(rows: &[ReportRow]) -> String {
         })
         .collect();
     // Whatever a node stored, the operator's terminal shows it and does not obey it.
+    let racks = kiln_protocol::payload::by_rack(
+        rows.iter()
+            .filter_map(|r| Some((r.rack.as_deref(), r.payload.as_ref()?))),
+    );
     kiln_protocol::text::table(
         &[
             "node",
@@ -265,7 +295,7 @@ pub(super) fn table(rows: &[ReportRow]) -> String {
         &lines,
         40,
         usize::MAX,
-    )
+    ) + &payload_lines(&racks)
 }
 
 #[cfg(test)]
@@ -293,5 +323,40 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("DIMM\\x1b[2J B2"), "{text}");
+    }
+
+    #[test]
+    fn the_table_ends_with_the_payload_by_rack_and_its_hostile_rack_names_shown_inert() {
+        let tally = |c, p| kiln_protocol::payload::Tally {
+            collector_bytes: c,
+            peer_bytes: p,
+            peers: 1,
+            corrupt: 1,
+            ms: 5,
+        };
+        let rows = [
+            ReportRow {
+                rack: Some("R\x1b[2J1".into()),
+                payload: Some(tally(1 << 20, 3 << 20)),
+                ..ReportRow::new(1, kiln_protocol::api::Mode::Verify)
+            },
+            ReportRow {
+                rack: Some("R\x1b[2J1".into()),
+                payload: Some(tally(0, 4 << 20)),
+                ..ReportRow::new(2, kiln_protocol::api::Mode::Verify)
+            },
+            ReportRow::new(3, kiln_protocol::api::Mode::Verify),
+        ];
+        let text = table(&rows);
+        let line = text
+            .lines()
+            .find(|l| l.contains("node(s)"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("   2 node(s)"), "{line}");
+        assert!(line.contains("collector       1.0 MiB"), "{line}");
+        assert!(line.contains("peers       7.0 MiB"), "{line}");
+        assert!(line.contains("2 piece(s) failed the hash"), "{line}");
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(!table(&rows[2..]).contains("payload by rack"));
     }
 }

@@ -100,10 +100,7 @@ pub fn start(base: &str) -> anyhow::Result<Rogue> {
         ),
     );
     runtime.spawn(axum::serve(listener, app).into_future());
-    let mut all = Pieces::none(manifest.pieces.len());
-    for i in 0..manifest.pieces.len() {
-        all.set(i);
-    }
+    let all = Pieces::all(manifest.pieces.len());
     runtime.block_on(async {
         http.post(routes::url(base, routes::PAYLOAD_GRANTS, run_id))
             .bearer_auth(&token)

@@ -20,7 +20,7 @@ async fn swarm(name: &str) -> (Server, Vec<u8>, RegisterResponse, RegisterRespon
     std::fs::write(server.data.join("artifacts/payload.img"), &payload).unwrap();
     import_nodes(
         &server,
-        "mac,rack,slot,hostname\n52:54:00:00:00:01,R1,U1,n1\n52:54:00:00:00:02,R1,U2,n2\n",
+        "mac,rack,slot,hostname,batch\n52:54:00:00:00:01,R1,U1,n1,B1\n52:54:00:00:00:02,R1,U2,n2,B1\n",
     )
     .await;
     let admin = server.admin_token();
@@ -303,6 +303,32 @@ async fn agents_fetch_verified_pieces_from_each_other_and_the_collector_serves_o
             && page.contains(&format!("node {}", one.node_id)),
         "{page}"
     );
+    // Per rack: the collector served one copy, the peer the other; in the report rows, the
+    // batch's JSON and its page.
+    let rows: Vec<serde_json::Value> = server.ops.json("/api/v1/report").await;
+    let len = payload.len() as u64;
+    let tallies: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let p = &r["payload"];
+            (
+                p["collector_bytes"].as_u64().unwrap(),
+                p["peer_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tallies, [(len, 0), (0, len)], "{rows:?}");
+    let batch: serde_json::Value = server.ops.json("/api/v1/batches/B1").await;
+    assert_eq!(
+        batch["payload"],
+        serde_json::json!([{ "rack": "R1", "nodes": 2, "collector_bytes": len, "peer_bytes": len, "corrupt": 0 }]),
+        "{batch}"
+    );
+    let page = server.ops.text("/batches/B1").await;
+    assert!(
+        page.contains("Payload by rack") && page.contains("10.0 MiB"),
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,5 +353,38 @@ async fn a_corrupt_peer_is_caught_by_the_hash_and_a_stalling_one_by_the_deadline
         } else {
             assert!(got.broken >= 1, "{got:?}");
         }
+        // The collector stored it against the bad peer, and the good run's tally once whole.
+        let run: serde_json::Value = server
+            .ops
+            .json(&format!("/api/v1/runs/{}", good.run_id))
+            .await;
+        let from_bad = run["payload"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == bad.node_id)
+            .cloned()
+            .unwrap_or_default();
+        let (count, other) = if corrupt {
+            ("corrupt", "broken")
+        } else {
+            ("broken", "corrupt")
+        };
+        assert!(from_bad[count].as_i64() >= Some(1), "{name}: {run}");
+        assert_eq!(from_bad[other], 0, "{name}: {run}");
+        assert_eq!(from_bad["bytes"], 0, "{name}: {run}");
+        let rows: Vec<serde_json::Value> = server.ops.json("/api/v1/report").await;
+        let row = rows.iter().find(|r| r["run_id"] == good.run_id).unwrap();
+        assert_eq!(
+            row["payload"]["collector_bytes"],
+            payload.len() as u64,
+            "{name}: {row}"
+        );
+        assert_eq!(row["payload"]["peer_bytes"], 0, "{name}: {row}");
+        assert_eq!(
+            row["payload"]["corrupt"],
+            u64::from(corrupt) * from_bad["corrupt"].as_u64().unwrap(),
+            "{name}: {row}"
+        );
     }
 }

@@ -94,6 +94,10 @@ pub fn batch_summary(conn: &Connection, batch: &str) -> Result<Option<BatchSumma
         pareto_components,
         stages: stage_times(conn, &latest)?,
         failed,
+        payload: kiln_protocol::payload::by_rack(
+            rows.iter()
+                .filter_map(|r| Some((r.rack.as_deref(), r.payload.as_ref()?))),
+        ),
     }))
 }
 
