@@ -237,15 +237,22 @@ struct NodePlan {
     suite: String,
 }
 
+/// Refuses what needs peers on a network where there are none, before anything starts.
+fn check_options(opts: &LabOptions) -> anyhow::Result<()> {
+    let peers = opts.network == Network::Bridge && opts.payload_mib > 0;
+    let needs = "a node serves the payload only on the bridge network with a payload \
+                 (--network bridge --payload-mib N)";
+    anyhow::ensure!(!opts.rogue_peer || peers, "--rogue-peer: {needs}");
+    for i in opts.inject.iter().filter(|i| !i.fault.needs_server()) {
+        anyhow::ensure!(peers, "--inject {i}: {needs}");
+    }
+    Ok(())
+}
+
 /// Refuses injections the lab cannot carry out, before anything starts: a node that does
 /// not exist, the basic profile (no NVMe, BMC or root ports), a step the node's suite does
 /// not have.
 fn check_injections(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !opts.rogue_peer || (opts.network == Network::Bridge && opts.payload_mib > 0),
-        "--rogue-peer: a peer serves the payload only on the bridge network with a payload \
-         (--network bridge --payload-mib N)"
-    );
     anyhow::ensure!(
         !opts.rogue_peer || suites.first().is_some_and(|s| s.memtest.is_none()),
         "--rogue-peer: the rogue boots straight into Linux with node 1's suite, which must have \
@@ -255,11 +262,6 @@ fn check_injections(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow
         anyhow::ensure!(
             opts.profile == Profile::Server || !i.fault.needs_server(),
             "--inject {i}: faults are injected into server nodes only (--profile server)"
-        );
-        anyhow::ensure!(
-            i.fault.needs_server() || (opts.network == Network::Bridge && opts.payload_mib > 0),
-            "--inject {i}: a node serves the payload only on the bridge network with a payload \
-             (--network bridge --payload-mib N)"
         );
         anyhow::ensure!(
             (1..=opts.nodes).contains(&i.node),
@@ -333,6 +335,7 @@ fn lab_heartbeat(accel: &str) -> Duration {
 /// Runs the lab to the end and returns its report: the image, the nodes' plans, the
 /// collector, the VMs, the wait (with injections), the report from the collector's records.
 pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
+    check_options(opts)?;
     check_dependencies(opts.uefi, opts.profile, opts.network)?;
     down(&opts.dir);
     let data = opts.dir.join("data");
@@ -570,6 +573,22 @@ mod tests {
     }
 
     #[test]
+    fn peers_are_asked_for_only_where_nodes_can_reach_each_other() {
+        let mut opts = options(Profile::Basic, &["1:kill-peer"]);
+        let err = check_options(&opts).unwrap_err().to_string();
+        assert!(err.contains("--network bridge --payload-mib"), "{err}");
+        opts.network = Network::Bridge;
+        assert!(check_options(&opts).is_err(), "a bridge without a payload");
+        opts.payload_mib = 16;
+        check_options(&opts).unwrap();
+        opts.inject.clear();
+        opts.rogue_peer = true;
+        opts.network = Network::User;
+        let err = check_options(&opts).unwrap_err().to_string();
+        assert!(err.starts_with("--rogue-peer"), "{err}");
+    }
+
+    #[test]
     fn injections_the_lab_cannot_carry_out_are_refused_before_anything_starts() {
         let suite = kiln_protocol::load(
             "s.yaml",
@@ -580,11 +599,6 @@ mod tests {
         assert!(check_injections(&options(Profile::Server, &["2:mce@memory"]), &suites).is_ok());
         for (profile, inject, says) in [
             (Profile::Basic, "1:mce@memory", "server nodes only"),
-            (
-                Profile::Basic,
-                "1:kill-peer",
-                "--network bridge --payload-mib",
-            ),
             (Profile::Server, "3:mce@memory", "nodes 1 to 2"),
             (
                 Profile::Server,

@@ -154,6 +154,27 @@ fn lab_profile_and_injection_typos_are_refused_before_anything_starts() {
             "expected NODE:FAULT@STEP",
         ),
         (vec!["lab", "up", "--inject", "2:mce"], "during which step"),
+        (
+            vec!["lab", "up", "--network", "switch"],
+            "expected user or bridge",
+        ),
+        (vec!["lab", "up", "--payload-mib", "lots"], "invalid value"),
+        (vec!["lab", "up", "--payload-mib", "5000"], "at most 4096"),
+        (
+            vec!["lab", "up", "--rogue-peer", "--payload-mib", "8"],
+            "--network bridge --payload-mib N",
+        ),
+        (
+            vec![
+                "lab",
+                "up",
+                "--inject",
+                "2:kill-peer",
+                "--network",
+                "bridge",
+            ],
+            "--network bridge --payload-mib N",
+        ),
     ] {
         let out = kiln(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
