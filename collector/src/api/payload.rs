@@ -81,14 +81,17 @@ async fn node_of(state: &AppState, run_id: i64) -> Result<(i64, Option<String>),
         .map_err(ApiError::from)
 }
 
-/// Whether node `node`'s latest run is still open (a peer serves only while its run is).
+/// Whether node `node` may serve: its latest run is still open and no step of it has failed
+/// or errored so far (a node that is failing serves nobody, whatever the hashes would catch).
 async fn serving(state: &AppState, node: i64) -> Result<bool, ApiError> {
     let open: Option<bool> = state
         .db
         .read(move |c| {
             use rusqlite::OptionalExtension;
             c.query_row(
-                "SELECT r.verdict IS NULL FROM nodes n JOIN runs r ON r.id = n.latest_run WHERE n.id = ?1",
+                "SELECT r.verdict IS NULL
+                        AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.outcome IN ('fail', 'error'))
+                 FROM nodes n JOIN runs r ON r.id = n.latest_run WHERE n.id = ?1",
                 [node],
                 |r| r.get(0),
             )

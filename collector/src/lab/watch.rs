@@ -35,6 +35,15 @@ pub(super) fn until_done(
     let result = (|| loop {
         std::thread::sleep(Duration::from_millis(500));
         let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
+        let pieces = rt.block_on(db.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT run_id, sum(pieces) FROM payload_sources GROUP BY run_id",
+            )?;
+            let by_run = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
+            Ok(by_run)
+        }))?;
         let mut lines = Vec::new();
         let mut all_done = true;
         for (n, ((p, bar), vm)) in plans.iter().zip(&bars).zip(vms.iter_mut()).enumerate() {
@@ -52,7 +61,8 @@ pub(super) fn until_done(
             if let Some(step) = running {
                 injector.step_shows(rt, n, p, &step, vm.started, bmcs[n].as_mut());
             }
-            let (pos, msg) = progress(verdict, row, vm.started);
+            let fetched = row.and_then(|r| pieces.get(&r.run_id?).copied());
+            let (pos, msg) = progress(verdict, row, vm.started, fetched);
             bar.set_position(pos);
             bar.set_message(msg.clone());
             lines.push(format!("{}: {msg}", p.name));
@@ -161,6 +171,7 @@ fn progress(
     verdict: Option<kiln_protocol::verdict::Verdict>,
     row: Option<&queries::NodeRow>,
     vm_started: Instant,
+    payload_pieces: Option<i64>,
 ) -> (u64, String) {
     match (&verdict, row) {
         (Some(v), _) => (100, format!("done: {v}")),
@@ -188,7 +199,10 @@ fn progress(
                     pr.status.clone().unwrap_or_default()
                 ),
             ),
-            None => (20, "linux: booting the RAM image".into()),
+            None => match payload_pieces {
+                Some(n) => (20, format!("linux: payload, {n} piece(s) verified")),
+                None => (20, "linux: booting the RAM image".into()),
+            },
         },
         _ => (0, "booting (iPXE)".into()),
     }

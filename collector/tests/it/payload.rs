@@ -388,3 +388,22 @@ async fn a_corrupt_peer_is_caught_by_the_hash_and_a_stalling_one_by_the_deadline
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_run_is_failing_serves_nobody() {
+    let (server, payload, one, two) = swarm("payload-failing").await;
+    let manifest = manifest_of(&server, &one).await;
+    let first = std::sync::Arc::new(kiln_agent::payload::Store::new(manifest.clone()).unwrap());
+    let port = serve(first.clone()).await;
+    fetch(&server, &one, Some(port), first.clone()).await;
+    // Its step fails; the run goes on (no final event yet).
+    let events = failed_run("memory.mismatch", "bit 3 flipped")[..4].to_vec();
+    let r = post_events(&reqwest::Client::new(), &server.base, &one, events).await;
+    assert_eq!(r.status(), 200);
+    assert!(server.ops.run(one.run_id).await["verdict"].is_null());
+    let second = std::sync::Arc::new(kiln_agent::payload::Store::new(manifest).unwrap());
+    let got = fetch(&server, &two, None, second.clone()).await;
+    assert!(got.from_peers.is_empty(), "{got:?}");
+    assert_eq!(got.from_collector, payload.len() as u64, "{got:?}");
+    assert_eq!(second.bytes().unwrap(), payload);
+}
