@@ -35,15 +35,7 @@ pub(super) fn until_done(
     let result = (|| loop {
         std::thread::sleep(Duration::from_millis(500));
         let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
-        let pieces = rt.block_on(db.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT run_id, sum(pieces) FROM payload_sources GROUP BY run_id",
-            )?;
-            let by_run = stmt
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
-                .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
-            Ok(by_run)
-        }))?;
+        let pieces = rt.block_on(db.read(payload_pieces))?;
         let mut lines = Vec::new();
         let mut all_done = true;
         for (n, ((p, bar), vm)) in plans.iter().zip(&bars).zip(vms.iter_mut()).enumerate() {
@@ -164,6 +156,18 @@ fn progress_bars(draw: bool, plans: &[NodePlan]) -> (MultiProgress, Vec<Progress
         })
         .collect();
     (multi, bars)
+}
+
+/// Verified payload pieces so far, by run.
+fn payload_pieces(
+    c: &rusqlite::Connection,
+) -> Result<std::collections::HashMap<i64, i64>, crate::store::StoreError> {
+    let mut stmt =
+        c.prepare_cached("SELECT run_id, sum(pieces) FROM payload_sources GROUP BY run_id")?;
+    let by_run = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(by_run)
 }
 
 /// Where a node is, as a bar position (memtest86+ 0–19 %, Linux 20–99 %) and a message.
