@@ -68,12 +68,18 @@ enum Command {
         dir: PathBuf,
     },
     /// Print what this node is made of and what its disks report, as JSON: the inventory
-    /// (SMBIOS identity, sockets and DIMM slots included, and the sources it lacks) and each
-    /// whole disk's native health (NVMe health log, SATA SMART). Reads only.
+    /// (SMBIOS identity, sockets and DIMM slots included, and the sources it lacks), each
+    /// whole disk's native health (NVMe health log, SATA SMART), and with `--lldp` each NIC's
+    /// switch port. Reads only.
     Inspect {
         /// Add the raw NVMe log page and SMART blocks, in hex, for a bug report.
         #[arg(long)]
         raw: bool,
+        /// Listen this many seconds for LLDP on every NIC with a link (all at once; a
+        /// switch announces every 30 s) and show what each switch port said (needs
+        /// CAP_NET_RAW). At most 300.
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=300))]
+        lldp: Option<u64>,
     },
     /// Check suite files with the same loader `run` uses; exits 0 when good, 2 when refused.
     Check {
@@ -93,7 +99,7 @@ pub fn main() -> ExitCode {
         Command::Boot(args) => boot(&args),
         Command::FetchPayload(args) => fetch_payload(&args),
         Command::ServeBandwidth { listen, seconds } => serve_bandwidth(listen, seconds),
-        Command::Inspect { raw } => inspect(raw),
+        Command::Inspect { raw, lldp } => inspect(raw, lldp),
         Command::Modules { dir } => modules(&dir),
     };
     ExitCode::from(code)
@@ -143,9 +149,12 @@ fn modules(dir: &std::path::Path) -> u8 {
     }
 }
 
-fn inspect(raw: bool) -> u8 {
+fn inspect(raw: bool, lldp: Option<u64>) -> u8 {
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let inventory = crate::inventory::collect();
+    let mut inventory = crate::inventory::collect();
+    if let Some(secs) = lldp {
+        crate::inventory::hear_lldp(&mut inventory, std::time::Duration::from_secs(secs));
+    }
     let disks: Vec<serde_json::Value> = inventory
         .disks
         .iter()

@@ -57,6 +57,7 @@ pub fn collect() -> Inventory {
             }
         },
         absent,
+        lldp_listened_s: None,
     }
 }
 
@@ -204,6 +205,32 @@ fn disks(sys: &str) -> Vec<DiskInfo> {
         .collect()
 }
 
+/// Listens for LLDP on every NIC with a link, all at once, for up to `timeout` (stopping
+/// once each has heard its switch port), and records what each heard; an interface that
+/// could not be listened on is said in `absent`.
+pub fn hear_lldp(inv: &mut Inventory, timeout: std::time::Duration) {
+    let names: Vec<String> = inv
+        .nics
+        .iter()
+        .filter(|n| n.link_up)
+        .map(|n| n.name.clone())
+        .collect();
+    for (name, heard) in crate::os::lldp::listen(&names, timeout) {
+        let Some(nic) = inv.nics.iter_mut().find(|n| n.name == name) else {
+            continue;
+        };
+        match heard {
+            crate::os::lldp::Heard::Neighbor(n) => nic.lldp = Some(n),
+            crate::os::lldp::Heard::Nothing(Some(why)) => inv
+                .absent
+                .push(format!("LLDP on {name}: no frame that parsed ({why})")),
+            crate::os::lldp::Heard::Nothing(None) => {}
+            crate::os::lldp::Heard::Unreadable(why) => inv.absent.push(format!("LLDP: {why}")),
+        }
+    }
+    inv.lldp_listened_s = Some(timeout.as_secs() as u32);
+}
+
 fn nics(sys: &str) -> Vec<NicInfo> {
     physical_interfaces(sys)
         .into_iter()
@@ -216,6 +243,7 @@ fn nics(sys: &str) -> Vec<NicInfo> {
             pci: i.bus,
             mtu: i.mtu,
             link_up: i.link_up,
+            lldp: None,
         })
         .collect()
 }

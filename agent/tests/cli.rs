@@ -422,3 +422,25 @@ fn fetch_payload_refuses_a_rate_that_is_no_rate_and_a_missing_token() {
         assert!(stderr.contains(said), "{extra:?}: {stderr}");
     }
 }
+
+#[test]
+fn inspect_listens_for_lldp_only_when_asked_and_only_within_its_bounds() {
+    for (args, says) in [
+        (vec!["inspect", "--lldp", "0"], "not in 1..=300"),
+        (vec!["inspect", "--lldp", "301"], "not in 1..=300"),
+        (vec!["inspect", "--lldp", "soon"], "invalid digit"),
+    ] {
+        let out = agent(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // Asked: the inventory says it listened (this host's NICs have no switch to hear).
+    let out = agent(&["inspect", "--lldp", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["inventory"]["lldp_listened_s"], 1);
+    let out = agent(&["inspect"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["inventory"].get("lldp_listened_s").is_none());
+}

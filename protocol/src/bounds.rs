@@ -280,6 +280,11 @@ impl Inventory {
             for v in [&n.driver, &n.pci].into_iter().flatten() {
                 field("nic field", v)?;
             }
+            if let Some(l) = &n.lldp {
+                for v in l.texts() {
+                    field("nic lldp field", v)?;
+                }
+            }
         }
         Ok(())
     }
@@ -371,6 +376,11 @@ impl Inventory {
             }
             for v in [&mut n.driver, &mut n.pci].into_iter().flatten() {
                 clamp_field(v);
+            }
+            if let Some(l) = &mut n.lldp {
+                for v in l.texts_mut() {
+                    clamp_field(v);
+                }
             }
         }
     }
@@ -546,6 +556,15 @@ mod tests {
         assert!(inv.validate().is_err());
         inv.clamp();
         assert_eq!(inv.nics[0].mac, "00:00:00:00:00:00");
+        // What a switch said is the agent's word too: bounded like the rest.
+        inv.nics[0].lldp = Some(crate::lldp::Neighbor {
+            port_id: "Eth\u{1b}[2J".into(),
+            system_name: Some("x".repeat(100_000)),
+            ..Default::default()
+        });
+        assert!(inv.validate().unwrap_err().contains("nic lldp field"));
+        inv.clamp();
+        assert!(inv.validate().is_ok(), "{:?}", inv.validate());
         // The readers added for real servers: every string checked, every list bounded.
         inv.system.chassis_asset_tag = Some("tag\u{7}".into());
         assert!(

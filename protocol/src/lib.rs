@@ -11,6 +11,7 @@ pub mod cmdline;
 pub mod expect;
 pub mod identity;
 pub mod junit;
+pub mod lldp;
 pub mod load;
 pub mod locate;
 pub mod mce;

@@ -1,10 +1,11 @@
 //! Thin, checked wrappers over the Linux interfaces the checks read: sysfs and procfs files,
-//! CPU affinity, locked anonymous memory, the pagemap, the kernel log, and the console the
-//! run's attestation is written to.
+//! CPU affinity, locked anonymous memory, the pagemap, the kernel log, LLDP off the wire, and
+//! the console the run's attestation is written to.
 
 pub mod affinity;
 pub mod attest;
 pub mod kmsg;
+pub mod lldp;
 pub mod locked;
 pub mod mce;
 pub mod modules;

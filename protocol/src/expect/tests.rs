@@ -41,6 +41,7 @@ fn node() -> Inventory {
         sel: vec![],
         pcie: vec![],
         absent: vec![],
+        lldp_listened_s: None,
     }
 }
 

@@ -51,6 +51,10 @@ pub struct Inventory {
     /// found"): what could not be looked at is said, never left out silently.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
+    /// How long the agent listened for LLDP on every NIC with a link (none: it did not
+    /// listen); a NIC with a link and no `lldp` heard nothing in that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lldp_listened_s: Option<u32>,
 }
 
 /// DMI system identity; any field may be unknown on odd hardware or in VMs.
@@ -225,6 +229,10 @@ pub struct NicInfo {
     pub mtu: u32,
     /// Carrier present.
     pub link_up: bool,
+    /// What the switch port it is cabled to announced over LLDP, when the agent listened
+    /// and heard it ([`Inventory::lldp_listened_s`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lldp: Option<crate::lldp::Neighbor>,
 }
 
 /// A measured value.
