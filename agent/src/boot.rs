@@ -82,7 +82,14 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
         .map_err(|err| anyhow::anyhow!("the run's suite is refused by this agent:\n{err}"))?;
     let interrupt = Interrupt::new();
     let _ = interrupt.install_handler();
-    let inventory = crate::inventory::collect();
+    let mut inventory = crate::inventory::collect();
+    // The site's map has this node's cables: hear what each switch port says first.
+    if let Some(secs) = plan_wire.lldp_secs {
+        crate::inventory::hear_lldp(
+            &mut inventory,
+            Duration::from_secs(u64::from(secs.min(300))),
+        );
+    }
     let run = collector.open(
         booted.run_id,
         &session.token,

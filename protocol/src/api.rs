@@ -542,6 +542,19 @@ pub struct Imported {
     pub created: usize,
 }
 
+/// One cable of the site's map, as `GET /api/v1/cabling` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CableLine {
+    /// The node (host name, else `node N`).
+    pub node: String,
+    /// Its interface (kernel name, MAC or PCI address).
+    pub interface: String,
+    /// The switch, by system name.
+    pub switch: String,
+    /// The switch's port.
+    pub port: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,8 @@ pub const BATCH_WORKBOOK: &str = "/api/v1/batches/{name}/workbook.xlsx";
 /// `POST` (admin): waive a fault code of a node (`WaiveRequest`), answered with the `Waiver`;
 /// `GET` (reader): the waiver log, `?node=N` for one node's.
 pub const WAIVERS: &str = "/api/v1/waivers";
+/// `GET`: the site's cabling map; `POST` (admin, CSV `node,interface,switch,port`): replace it.
+pub const CABLING: &str = "/api/v1/cabling";
 /// `POST` (admin): revoke a waiver (kept, marked revoked with when and by whom).
 pub const WAIVER_REVOKE: &str = "/api/v1/waivers/{id}/revoke";
 /// `GET` (reader): a node's RMA evidence for its latest run, as a ZIP.

@@ -9,6 +9,7 @@ mod agent;
 pub mod artifacts;
 pub mod auth;
 pub mod boot;
+mod cabling;
 pub mod digests;
 pub mod elevation;
 pub mod error;
@@ -114,6 +115,7 @@ fn operator_routes(state: &AppState) -> Router<AppState> {
         .route(routes::NODES_VERIFY, post(operator::verify))
         .route(routes::BATCH, get(reports::batch))
         .route(routes::WAIVERS, post(operator::waive).get(reports::waivers))
+        .route(routes::CABLING, post(cabling::import).get(cabling::list))
         .route(routes::WAIVER_REVOKE, post(operator::revoke_waiver))
         .route(routes::BATCH_WORKBOOK, get(reports::batch_workbook))
         .route(routes::NODES_DESTRUCTIVE, post(operator::destructive))

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cabling;
 mod client;
 mod image;
 mod lab;
@@ -49,6 +50,10 @@ enum Command {
     /// Label nodes, set their mode, assign suites and batches.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
+    /// The site's cabling map (each node's interface and its switch port), checked against
+    /// what every run hears over LLDP.
+    #[command(subcommand)]
+    Cabling(cabling::CablingCommand),
     /// Let a node ship with a fault code (admin): kept with why, who and until when; reports
     /// then show `pass (1 waived)`, never plain pass. `--revoke ID` takes one back.
     Waive(waive::WaiveArgs),
@@ -78,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args).map(|()| EXIT_OK),
         Command::Report(args) => report::run(args),
         Command::Nodes(cmd) => nodes::run(cmd),
+        Command::Cabling(cmd) => cabling::run(cmd),
         Command::Waive(args) => waive::waive(args),
         Command::Waivers(args) => waive::list(args),
         Command::Verify(args) => verify::verify(args),

@@ -229,10 +229,20 @@ pub fn plan(
                     allow_destructive: r.get(2)?,
                     heartbeat_secs: r.get::<_, i64>(3)? as u64,
                     after: kiln_protocol::wire::After::Poweroff,
+                    lldp_secs: None,
                 })
             },
         )
         .optional()?;
+    let plan = match plan {
+        Some(mut p) => {
+            if crate::store::queries::has_cabling(&tx, p.node_id)? {
+                p.lldp_secs = Some(kiln_protocol::wire::LLDP_LISTEN_SECS);
+            }
+            Some(p)
+        }
+        None => None,
+    };
     if plan.is_some() {
         exec(
             &tx,

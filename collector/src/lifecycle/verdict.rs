@@ -65,7 +65,39 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Facts, StoreError> {
         }
     }
     stored.peers = super::peers::read(tx, run_id, stored.inventory.as_ref())?;
+    stored.cabling = cabling(tx, run_id, stored.inventory.as_ref())?;
     Ok(stored)
+}
+
+/// The run's node's lines of the cabling map, with the other nodes' lines for the ports its
+/// cables landed on; none when the map has nothing for it.
+fn cabling(
+    tx: &Connection,
+    run_id: i64,
+    inventory: Option<&kiln_protocol::wire::Inventory>,
+) -> Result<Option<kiln_protocol::verdict::cabling::Map>, StoreError> {
+    use crate::store::queries::{cables_of, elsewhere};
+    let node: i64 = tx.query_row("SELECT node_id FROM runs WHERE id = ?1", [run_id], |r| {
+        r.get(0)
+    })?;
+    let cables = cables_of(tx, node)?;
+    if cables.is_empty() {
+        return Ok(None);
+    }
+    let heard: Vec<(String, String)> = inventory
+        .map(|inv| {
+            inv.nics
+                .iter()
+                .filter_map(|n| n.lldp.as_ref())
+                .map(|l| (l.switch().to_owned(), l.port_id.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(kiln_protocol::verdict::cabling::Map {
+        cables,
+        others: elsewhere(tx, node, &heard)?,
+        silence: Default::default(),
+    }))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {

@@ -229,6 +229,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE payload_sources ADD COLUMN corrupt INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE payload_sources ADD COLUMN broken INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE runs ADD COLUMN payload TEXT;",
+    // 23: the site's cabling map: each node's interface and the switch port it goes to.
+    "CREATE TABLE cabling (
+        node_id INTEGER NOT NULL REFERENCES nodes(id),
+        interface TEXT NOT NULL,
+        switch TEXT NOT NULL,
+        port TEXT NOT NULL,
+        PRIMARY KEY (node_id, interface)
+     ) WITHOUT ROWID;
+     CREATE INDEX cabling_port ON cabling(switch, port);",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

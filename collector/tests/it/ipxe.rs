@@ -436,6 +436,8 @@ const OPERATOR_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/waivers"),
     ("POST", "/api/v1/waivers"),
     ("POST", "/api/v1/waivers/1/revoke"),
+    ("GET", "/api/v1/cabling"),
+    ("POST", "/api/v1/cabling"),
     ("GET", "/api/v1/report"),
     ("GET", "/api/v1/runs/1"),
     ("GET", "/api/v1/runs/1/junit.xml"),

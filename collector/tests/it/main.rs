@@ -8,6 +8,7 @@ mod agent_api;
 mod agents;
 mod attest;
 mod bounds;
+mod cabling;
 mod cli;
 mod common;
 mod ipxe;

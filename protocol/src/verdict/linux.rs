@@ -49,6 +49,8 @@ pub struct Facts {
     pub served_ms: Option<i64>,
     /// When the collector received the agent's final event.
     pub final_ms: Option<i64>,
+    /// The node's lines of the site's cabling map, when it has any.
+    pub cabling: Option<super::cabling::Map>,
 }
 
 /// The verdict of the Linux stage from what was stored. Pure, so every rule is unit-tested.
@@ -150,6 +152,7 @@ pub fn compute(stored: &Facts) -> Computed {
             verdict = verdict.worst(Verdict::Incomplete);
         }
     }
+    let (expect, mut verdict) = with_cabling(stored, expect, verdict);
     // Against its peers, a passing node can only become degraded: never better, never worse
     // than that (a slow node is not a broken one).
     let peer_notes = super::peers::compare(&plan, &stored.steps, &stored.peers);
@@ -162,6 +165,24 @@ pub fn compute(stored: &Facts) -> Computed {
         expect,
         peer_notes,
     }
+}
+
+/// The cabling map, checked by the collector alone (the agent never sees the map): its faults
+/// fail the run beside `expect:`'s, after the agent's word was compared (its pass is no
+/// disagreement).
+fn with_cabling(
+    stored: &Facts,
+    expect: Option<Outcome>,
+    verdict: Verdict,
+) -> (Option<Outcome>, Verdict) {
+    let Some(map) = &stored.cabling else {
+        return (expect, verdict);
+    };
+    let none = Inventory::default();
+    let inventory = stored.inventory.as_ref().unwrap_or(&none);
+    let cabling = super::cabling::outcome(&map.cables, inventory, map.silence, &map.others);
+    let verdict = verdict.worst(run_verdict(1, [&cabling], true));
+    (super::cabling::fold(expect, cabling), verdict)
 }
 
 /// The collector's own clock against the plan: each good result must arrive no sooner after

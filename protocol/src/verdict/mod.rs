@@ -7,6 +7,7 @@
 //!
 //! The one rule everything here keeps: an incomplete or broken run is never a pass.
 
+pub mod cabling;
 pub mod linux;
 pub mod peers;
 

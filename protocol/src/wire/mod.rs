@@ -554,7 +554,15 @@ pub struct RunPlan {
     pub heartbeat_secs: u64,
     /// What the image does when the agent is done.
     pub after: After,
+    /// Listen this long for LLDP on every NIC with a link before the inventory is sent (the
+    /// site's cabling map has lines for this node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lldp_secs: Option<u32>,
 }
+
+/// How long an agent listens for LLDP when the collector asks: a switch's 30-second
+/// interval, and a little more.
+pub const LLDP_LISTEN_SECS: u32 = 35;
 
 crate::words!(
     /// What the RAM image does once its agent is done (the agent writes the word to its

@@ -10,6 +10,7 @@ use super::states::{Mode, RunStage, Sql, Stage, StageState};
 use super::{StoreError, now_ms};
 
 mod batches;
+mod cabling;
 mod nodes;
 mod provenance;
 mod runs;
@@ -17,6 +18,7 @@ mod series;
 mod waivers;
 
 pub use batches::{Distribution, batch_distributions, batch_summary, batches};
+pub use cabling::{MapLine, cables_of, cabling_map, elsewhere, has_cabling, import_cabling};
 pub use nodes::{
     Filter, HistoryEntry, NodeRow, ReportClock, RowProgress, RunSummary, Tally, each_node_row,
     next_waiver_expiry, node_access_keys, node_history, node_progress, node_rows, node_runs,

@@ -117,7 +117,15 @@ pub(super) fn fault_lines(
     if let Some(Outcome::Fail { faults }) =
         expect.and_then(|e| serde_json::from_str::<Outcome>(e).ok())
     {
-        lines.extend(faults.into_iter().map(|f| format!("expect: {}", f.message)));
+        // The cabling map's faults travel with expect:'s, and say which they are.
+        lines.extend(faults.into_iter().map(|f| {
+            let from = if f.code.starts_with("cabling.") {
+                "cabling"
+            } else {
+                "expect"
+            };
+            format!("{from}: {}", f.message)
+        }));
     }
     for report in failures.steps {
         match report.outcome {
