@@ -16,6 +16,10 @@
 //!   as soon as it has served a piece. The other three must pass, having caught the rogue's
 //!   pieces by their hash, and the collector must have served at most two copies.
 //!
+//! - Bridge network, the cabling checked: three nodes, the lab's lldpd as the switch and
+//!   the lab's map imported; nodes 2 and 3 have their cables crossed (each VM on the
+//!   other's tap). Node 1 passes; 2 and 3 fail, each naming the other and both ports.
+//!
 //! Bounded: each lab gives up after 14 minutes and stops every process it started.
 
 use std::time::Duration;
@@ -389,5 +393,44 @@ fn bridged_nodes_share_the_payload_past_a_rogue_peer_and_a_killed_one() {
     // Nothing of the namespace is left.
     let netns = std::path::Path::new("/run/netns").join(format!("kiln-lab-{}", std::process::id()));
     assert!(!netns.exists(), "{} is left", netns.display());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn crossed_cables_on_the_bridge_fail_both_nodes_each_naming_the_other() {
+    let dir = scratch("lab-cables");
+    let opts = LabOptions {
+        dir: dir.clone(),
+        nodes: 3,
+        suite: repo().join("suites/lab-payload.yaml"),
+        suite_for: Vec::new(),
+        mem_mib: 272,
+        disk_mib: 256,
+        uefi: false,
+        image: Some(image_dir()),
+        accel: "tcg".into(),
+        timeout: Duration::from_secs(14 * 60),
+        bars: false,
+        profile: Profile::Basic,
+        inject: vec!["2:swap-cable=3".parse().unwrap()],
+        network: Network::Bridge,
+        payload_mib: 8,
+        rogue_peer: false,
+    };
+    let report = up(&opts).unwrap();
+    let n = &report.nodes;
+    assert_eq!(n[0].verdict, "pass", "{:?}", n[0]);
+    for (node, other, found, wanted) in [(&n[1], 3, 3, 2), (&n[2], 2, 2, 3)] {
+        assert_eq!(node.verdict, "fail", "{node:?}");
+        assert_eq!(node.steps, "4/4", "every step passed: {node:?}");
+        assert_eq!(
+            node.faults,
+            [format!(
+                "cabling: eth0 ({}) is swapped with lab-node-{other} 52:54:00:6b:00:{other:02x}: it is cabled to leaf-lab-a Ethernet1/{found}; the map says Ethernet1/{wanted}",
+                node.mac
+            )],
+            "{node:?}"
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -1,7 +1,8 @@
 //! `--network bridge`: the lab's nodes on one L2 segment, as in a rack. The lab makes a
 //! network namespace of its own and, inside it, a Linux bridge (the rack's switch), one tap
 //! per node on it, and a veth pair whose far end is the collector's link (10.77.0.1) —
-//! `dnsmasq` answers DHCP there and points iPXE at the collector. The lab's thread enters
+//! `dnsmasq` answers DHCP there and points iPXE at the collector, and `lldpd` is the switch
+//! announcing each tap as its port. The lab's thread enters
 //! the namespace before it starts the collector, the BMCs and the VMs, so nothing it starts
 //! reaches or is reached from any other network; it leaves and deletes the namespace (taps,
 //! bridge and veths go with it) when the lab ends, however it ends.
@@ -19,6 +20,14 @@ pub fn node_ip(i: usize) -> String {
     format!("10.77.0.{}", 100 + i)
 }
 
+/// The lab switch's LLDP system name.
+pub const SWITCH: &str = "leaf-lab-a";
+
+/// The switch port tap `i` is (from 1), as LLDP names it.
+pub fn port(i: usize) -> String {
+    format!("Ethernet1/{i}")
+}
+
 /// Node `i`'s tap (from 1).
 pub fn tap(i: usize) -> String {
     format!("tap{i}")
@@ -32,6 +41,7 @@ pub fn netdev(i: usize) -> String {
 /// The namespace, entered; left and deleted on drop.
 pub struct Bridge {
     name: String,
+    lldpd: Option<Child>,
     /// Where its name is recorded for `kiln lab down`.
     record: std::path::PathBuf,
     home: File,
@@ -82,6 +92,7 @@ impl Bridge {
             .map_err(|e| anyhow::anyhow!("{e:#}; the bridge network needs root (CAP_NET_ADMIN)"))?;
         let bridge = Bridge {
             name,
+            lldpd: None,
             record: dir.join("netns"),
             home,
             dnsmasq: None,
@@ -156,6 +167,39 @@ impl Bridge {
         Ok(())
     }
 
+    /// Starts `lldpd` as the rack's switch: it announces itself as [`SWITCH`] on every tap,
+    /// tap N as port `Ethernet1/N` (what [`port`] names), every 5 s.
+    pub fn switch(&mut self, dir: &Path, nodes: usize) -> anyhow::Result<()> {
+        let mut conf =
+            format!("configure system hostname {SWITCH}\nconfigure lldp tx-interval 5\n");
+        for i in 1..=nodes {
+            conf.push_str(&format!(
+                "configure ports {} lldp portidsubtype local {} description \"lab port {i}\"\n",
+                tap(i),
+                port(i)
+            ));
+        }
+        let conf_file = dir.join("lldpd.conf");
+        std::fs::write(&conf_file, conf)?;
+        let taps: Vec<String> = (1..=nodes).map(tap).collect();
+        let mut cmd = Command::new("lldpd");
+        cmd.args(["-d", "-I", &taps.join(",")])
+            .arg("-O")
+            .arg(&conf_file)
+            .arg("-u")
+            .arg(dir.join("lldpd.socket"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("lldpd.log"))?);
+        super::die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start lldpd: {e} (apt-get install lldpd)"))?;
+        std::fs::write(dir.join("lldpd.pid"), format!("{}\n", child.id()))?;
+        self.lldpd = Some(child);
+        Ok(())
+    }
+
     /// How many DHCP leases dnsmasq acknowledged (from its log).
     pub fn acks(dir: &Path) -> usize {
         std::fs::read_to_string(dir.join("dnsmasq.log"))
@@ -168,7 +212,10 @@ impl Bridge {
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        if let Some(mut child) = self.dnsmasq.take() {
+        for mut child in [self.dnsmasq.take(), self.lldpd.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -183,17 +230,21 @@ impl Drop for Bridge {
 /// its dnsmasq (by the PID it recorded, when that process is a dnsmasq).
 pub fn down(dir: &Path) -> usize {
     let mut stopped = 0;
-    if let Ok(pid) = std::fs::read_to_string(dir.join("dnsmasq.pid")) {
+    for program in ["dnsmasq", "lldpd"] {
+        let record = dir.join(format!("{program}.pid"));
+        let Ok(pid) = std::fs::read_to_string(&record) else {
+            continue;
+        };
         if let Ok(pid) = pid.trim().parse::<i32>() {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline.starts_with(b"dnsmasq") {
+            if cmdline.starts_with(program.as_bytes()) {
                 // SAFETY: kill has no memory preconditions; the PID is one this lab recorded
-                // and was just seen to be a dnsmasq.
+                // and was just seen to be that program.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 stopped += 1;
             }
         }
-        let _ = std::fs::remove_file(dir.join("dnsmasq.pid"));
+        let _ = std::fs::remove_file(&record);
     }
     if let Ok(name) = std::fs::read_to_string(dir.join("netns")) {
         let name = name.trim();

@@ -110,6 +110,27 @@ impl LabCollector {
         })
     }
 
+    /// Imports the cabling map: each (node, interface, port of the lab's switch).
+    pub(super) fn import_cabling(&self, map: &[(String, String, String)]) -> anyhow::Result<()> {
+        let lines: Vec<queries::MapLine> = map
+            .iter()
+            .enumerate()
+            .map(|(i, (node, interface, port))| queries::MapLine {
+                line: i + 1,
+                node: node.clone(),
+                cable: kiln_protocol::verdict::cabling::Cable {
+                    interface: interface.clone(),
+                    switch: super::bridge::SWITCH.into(),
+                    port: port.clone(),
+                },
+            })
+            .collect();
+        self.rt
+            .block_on(self.db.call(move |c| queries::import_cabling(c, &lines)))?
+            .map_err(|e| anyhow::anyhow!("the lab's cabling map: {e}"))?;
+        Ok(())
+    }
+
     /// A flag Ctrl-C raises.
     pub(super) fn interrupt_flag(&self) -> Arc<AtomicBool> {
         let interrupted = Arc::new(AtomicBool::new(false));

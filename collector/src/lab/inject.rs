@@ -27,6 +27,9 @@ pub enum Fault {
     /// The node's VM killed outright as soon as it has served a piece of the payload to
     /// another node: the nodes fetching from it must finish from others.
     KillPeer,
+    /// The node's cable and another's crossed: each VM on the other's switch port (bridge
+    /// network; `N:swap-cable=M`).
+    SwapCable,
 }
 
 /// When a fault goes in.
@@ -41,7 +44,7 @@ pub enum When {
 }
 
 impl Fault {
-    const ALL: [(Fault, &'static str); 7] = [
+    const ALL: [(Fault, &'static str); 8] = [
         (Fault::NvmeWarning, "nvme-warning"),
         (Fault::Mce, "mce"),
         (Fault::FatalMce, "mce-fatal"),
@@ -49,6 +52,7 @@ impl Fault {
         (Fault::Aer, "aer"),
         (Fault::NarrowSlot, "narrow-slot"),
         (Fault::KillPeer, "kill-peer"),
+        (Fault::SwapCable, "swap-cable"),
     ];
 
     /// The name used on the command line.
@@ -62,7 +66,7 @@ impl Fault {
     /// When the fault goes in.
     pub fn when(self) -> When {
         match self {
-            Fault::NarrowSlot => When::PowerOn,
+            Fault::NarrowSlot | Fault::SwapCable => When::PowerOn,
             Fault::KillPeer => When::Serving,
             _ => When::Step,
         }
@@ -70,7 +74,7 @@ impl Fault {
 
     /// Whether it needs the server profile's hardware (NVMe, BMC, root ports).
     pub fn needs_server(self) -> bool {
-        self != Fault::KillPeer
+        !matches!(self, Fault::KillPeer | Fault::SwapCable)
     }
 }
 
@@ -83,6 +87,8 @@ pub struct Injection {
     pub fault: Fault,
     /// The step (by name) during which it is injected; `None` for power-on faults.
     pub during: Option<String>,
+    /// The other node of a swap (`swap-cable=M`).
+    pub partner: Option<usize>,
 }
 
 impl FromStr for Injection {
@@ -92,7 +98,7 @@ impl FromStr for Injection {
     fn from_str(text: &str) -> Result<Self, String> {
         let usage = || {
             format!(
-                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:narrow-slot or NODE:kill-peer, FAULT one of {}; got {text:?}",
+                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:narrow-slot, NODE:kill-peer or NODE:swap-cable=M, FAULT one of {}; got {text:?}",
                 Fault::ALL.map(|(_, n)| n).join(", ")
             )
         };
@@ -103,11 +109,33 @@ impl FromStr for Injection {
             Some(_) => return Err(usage()),
             None => (rest, None),
         };
+        let (fault, partner) = match fault.split_once('=') {
+            Some((f, m)) => (
+                f,
+                Some(
+                    m.parse::<usize>()
+                        .ok()
+                        .filter(|&m| m >= 1)
+                        .ok_or_else(usage)?,
+                ),
+            ),
+            None => (fault, None),
+        };
         let fault = Fault::ALL
             .iter()
             .find(|(_, n)| *n == fault)
             .map(|(f, _)| *f)
             .ok_or_else(usage)?;
+        if (fault == Fault::SwapCable) != partner.is_some() {
+            return Err(format!(
+                "{text}: swap-cable takes the other node (N:swap-cable=M), and no other fault does"
+            ));
+        }
+        if partner == Some(node) {
+            return Err(format!(
+                "{text}: a node's cable cannot be swapped with its own"
+            ));
+        }
         match (fault.when(), &during) {
             (When::PowerOn, Some(_)) => Err(format!(
                 "{text}: {} is set at power-on, not during a step",
@@ -126,6 +154,7 @@ impl FromStr for Injection {
                 node,
                 fault,
                 during,
+                partner,
             }),
         }
     }
@@ -133,9 +162,13 @@ impl FromStr for Injection {
 
 impl fmt::Display for Injection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.node, self.fault.name())?;
+        if let Some(m) = self.partner {
+            write!(f, "={m}")?;
+        }
         match &self.during {
-            Some(step) => write!(f, "{}:{}@{step}", self.node, self.fault.name()),
-            None => write!(f, "{}:{}", self.node, self.fault.name()),
+            Some(step) => write!(f, "@{step}"),
+            None => Ok(()),
         }
     }
 }
@@ -156,7 +189,7 @@ pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
         // Not a correctable one: Linux 6.1 leaves correctable reporting off on devices whose
         // driver does not ask for it (virtio), so such an error never reaches the kernel.
         Fault::Aer => vec![hmp("pcie_aer_inject_error nic0 0x4000")],
-        Fault::SelEntry | Fault::NarrowSlot | Fault::KillPeer => Vec::new(),
+        Fault::SelEntry | Fault::NarrowSlot | Fault::KillPeer | Fault::SwapCable => Vec::new(),
     }
 }
 
@@ -182,6 +215,7 @@ mod tests {
             "7:narrow-slot",
             "2:sel@memory",
             "3:kill-peer",
+            "2:swap-cable=3",
         ] {
             let i: Injection = text.parse().unwrap();
             assert_eq!(i.to_string(), text);
@@ -218,6 +252,16 @@ mod tests {
                 .unwrap_err()
                 .contains("power-on")
         );
+        for (bad, says) in [
+            ("2:swap-cable", "takes the other node"),
+            ("2:mce=3@memory", "no other fault does"),
+            ("2:swap-cable=2", "with its own"),
+            ("2:swap-cable=x", "expected NODE:FAULT"),
+            ("2:swap-cable=0", "expected NODE:FAULT"),
+        ] {
+            let err = bad.parse::<Injection>().unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
         assert!(
             "3:kill-peer@memory"
                 .parse::<Injection>()

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use inject::Injection;
+use inject::{Fault, Injection};
 
 pub use report::table;
 
@@ -157,8 +157,7 @@ pub struct LabReport {
 }
 
 /// The Debian packages the lab needs, installed together (see `check_dependencies`).
-const LAB_PACKAGES: &str =
-    "qemu-system-x86 qemu-utils ipxe-qemu busybox-static cpio ovmf openipmi dnsmasq-base iproute2";
+const LAB_PACKAGES: &str = "qemu-system-x86 qemu-utils ipxe-qemu busybox-static cpio ovmf openipmi dnsmasq-base iproute2 lldpd";
 
 /// Checks the lab's dependencies by command and by file, not by package name alone: a
 /// package apt removed to install another leaves its name in no list, only a command that
@@ -205,6 +204,9 @@ pub fn check_dependencies(uefi: bool, profile: Profile, network: Network) -> any
         if !runs("ip", "-V") {
             missing.push("command ip (iproute2)");
         }
+        if !runs("lldpd", "-v") {
+            missing.push("command lldpd (lldpd)");
+        }
     }
     anyhow::ensure!(
         missing.is_empty(),
@@ -239,14 +241,49 @@ struct NodePlan {
 
 /// Refuses what needs peers on a network where there are none, before anything starts.
 fn check_options(opts: &LabOptions) -> anyhow::Result<()> {
-    let peers = opts.network == Network::Bridge && opts.payload_mib > 0;
+    let bridge = opts.network == Network::Bridge;
+    let peers = bridge && opts.payload_mib > 0;
     let needs = "a node serves the payload only on the bridge network with a payload \
                  (--network bridge --payload-mib N)";
     anyhow::ensure!(!opts.rogue_peer || peers, "--rogue-peer: {needs}");
-    for i in opts.inject.iter().filter(|i| !i.fault.needs_server()) {
-        anyhow::ensure!(peers, "--inject {i}: {needs}");
+    let mut swapped = Vec::new();
+    for i in &opts.inject {
+        match i.fault {
+            Fault::KillPeer => anyhow::ensure!(peers, "--inject {i}: {needs}"),
+            Fault::SwapCable => {
+                anyhow::ensure!(
+                    bridge,
+                    "--inject {i}: cables are swapped on the bridge network only (--network bridge)"
+                );
+                let m = i.partner.unwrap_or(0);
+                anyhow::ensure!(
+                    (1..=opts.nodes).contains(&i.node) && (1..=opts.nodes).contains(&m),
+                    "--inject {i}: the lab has nodes 1 to {}",
+                    opts.nodes
+                );
+                anyhow::ensure!(
+                    !swapped.contains(&i.node) && !swapped.contains(&m),
+                    "--inject {i}: a node's cable is swapped once at most"
+                );
+                swapped.extend([i.node, m]);
+            }
+            _ => {}
+        }
     }
     Ok(())
+}
+
+/// The tap node `i` (from 1) is cabled to: its own, or its swap partner's.
+fn tap_of(opts: &LabOptions, i: usize) -> usize {
+    opts.inject
+        .iter()
+        .filter(|j| j.fault == Fault::SwapCable)
+        .find_map(|j| match (j.node, j.partner) {
+            (n, Some(m)) if n == i => Some(m),
+            (n, Some(m)) if m == i => Some(n),
+            _ => None,
+        })
+        .unwrap_or(i)
 }
 
 /// Refuses injections the lab cannot carry out, before anything starts: a node that does
@@ -361,6 +398,14 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
     if let Some(bridge) = bridge.as_mut() {
         let macs: Vec<String> = plans.iter().map(|p| p.mac.clone()).collect();
         bridge.dhcp(&opts.dir, &macs, lab.port)?;
+        bridge.switch(&opts.dir, plans.len())?;
+        // The map the site would import: node N's NIC on port N of the lab's switch.
+        let map: Vec<(String, String, String)> = plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), p.mac.clone(), bridge::port(i + 1)))
+            .collect();
+        lab.import_cabling(&map)?;
     }
     let rogue = match opts.rogue_peer {
         true => Some(rogue::start(&format!("http://{boot_ip}:{}", lab.port))?),
@@ -581,7 +626,20 @@ mod tests {
         assert!(check_options(&opts).is_err(), "a bridge without a payload");
         opts.payload_mib = 16;
         check_options(&opts).unwrap();
+        opts.inject = vec!["2:swap-cable=3".parse().unwrap()];
+        let err = check_options(&opts).unwrap_err().to_string();
+        assert!(err.contains("the lab has nodes 1 to 2"), "{err}");
+        opts.inject = vec![
+            "1:swap-cable=2".parse().unwrap(),
+            "2:swap-cable=1".parse().unwrap(),
+        ];
+        let err = check_options(&opts).unwrap_err().to_string();
+        assert!(err.contains("swapped once at most"), "{err}");
+        opts.inject.truncate(1);
+        check_options(&opts).unwrap();
+        assert_eq!((tap_of(&opts, 1), tap_of(&opts, 2)), (2, 1));
         opts.inject.clear();
+        assert_eq!(tap_of(&opts, 1), 1);
         opts.rogue_peer = true;
         opts.network = Network::User;
         let err = check_options(&opts).unwrap_err().to_string();

@@ -68,7 +68,7 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
         }
         let netdev = match opts.network {
             Network::User => NodeCommand::netdev(port),
-            Network::Bridge => super::bridge::netdev(i + 1),
+            Network::Bridge => super::bridge::netdev(super::tap_of(opts, i + 1)),
         };
         match opts.profile {
             Profile::Basic => {

@@ -226,7 +226,10 @@ impl Injector {
     fn new(all: &[Injection], nodes: usize, print: bool) -> Injector {
         let mut injected = vec![Vec::new(); nodes];
         for j in all.iter().filter(|j| j.fault.when() == When::PowerOn) {
-            injected[j.node - 1].push(format!("{}: at power-on", j.fault.name()));
+            injected[j.node - 1].push(format!("{j}: at power-on"));
+            if let Some(m) = j.partner {
+                injected[m - 1].push(format!("{j}: at power-on"));
+            }
         }
         Injector {
             pending: all
