@@ -83,8 +83,12 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
     let interrupt = Interrupt::new();
     let _ = interrupt.install_handler();
     let mut inventory = crate::inventory::collect();
-    // The site's map has this node's cables: hear what each switch port says first.
-    if let Some(secs) = plan_wire.lldp_secs {
+    // The site's map has this node's cables, or the suite asks what the switch ports say:
+    // hear it first.
+    if let Some(secs) = plan_wire
+        .lldp_secs
+        .or_else(|| crate::inventory::lldp_asked(&plan))
+    {
         crate::inventory::hear_lldp(
             &mut inventory,
             Duration::from_secs(u64::from(secs.min(300))),

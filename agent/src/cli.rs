@@ -263,7 +263,13 @@ fn run(args: &RunArgs) -> u8 {
         collector_token: None,
     };
     let console: Arc<dyn EventSink> = Arc::new(Console::new(args.plain));
-    let inventory = crate::inventory::collect();
+    let mut inventory = crate::inventory::collect();
+    if let Some(secs) = crate::inventory::lldp_asked(&plan) {
+        crate::inventory::hear_lldp(
+            &mut inventory,
+            std::time::Duration::from_secs(u64::from(secs)),
+        );
+    }
     // With a collector: register this host's run, deliver the inventory, stream every event.
     let session = match &args.collector {
         None => None,

@@ -205,6 +205,13 @@ fn disks(sys: &str) -> Vec<DiskInfo> {
         .collect()
 }
 
+/// How long to listen for LLDP when the suite's `expect.lldp` asks what switch ports say.
+pub fn lldp_asked(plan: &kiln_protocol::Plan) -> Option<u32> {
+    plan.expect()
+        .and_then(|e| e.lldp.as_ref())
+        .map(|_| kiln_protocol::wire::LLDP_LISTEN_SECS)
+}
+
 /// Listens for LLDP on every NIC with a link, all at once, for up to `timeout` (stopping
 /// once each has heard its switch port), and records what each heard; an interface that
 /// could not be listened on is said in `absent`.

@@ -125,6 +125,14 @@ const BAD_SUITES: &[(&str, &str)] = &[
         r#"5:5: expect.cpu: unknown field "min_logicals", expected one of "model", "min_logical", "flags""#,
     ),
     (
+        "unknown-field-expect-lldp.yaml",
+        r#"5:5: expect.lldp: unknown field "vlans", expected one of "optional", "vlan", "min_mtu""#,
+    ),
+    (
+        "expect-lldp-vlan-out-of-range.yaml",
+        r#"5:11: expect.lldp.vlan: invalid value: integer "70000", expected u16"#,
+    ),
+    (
         "disk-target-unknown-key.yaml",
         r#"7:15: steps[0].disk.target: unknown field "device", expected one of "path", "glob", "model""#,
     ),

@@ -96,7 +96,6 @@ fn cabling(
     Ok(Some(kiln_protocol::verdict::cabling::Map {
         cables,
         others: elsewhere(tx, node, &heard)?,
-        silence: Default::default(),
     }))
 }
 

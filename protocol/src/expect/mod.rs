@@ -4,7 +4,7 @@
 use regex_lite::Regex;
 
 use crate::suite::{
-    Expect, ExpectCpu, ExpectDisks, ExpectMemory, ExpectNics, ExpectPcie, ExpectSystem,
+    Expect, ExpectCpu, ExpectDisks, ExpectLldp, ExpectMemory, ExpectNics, ExpectPcie, ExpectSystem,
 };
 use crate::units::Size;
 use crate::wire::{
@@ -29,8 +29,70 @@ pub fn evaluate(expect: &Expect, inventory: &Inventory) -> Vec<Fault> {
     for (i, group) in expect.pcie.iter().enumerate() {
         pcie_group(i, group, &inventory.pcie, &mut faults);
     }
+    if let Some(lldp) = &expect.lldp {
+        switch_ports(lldp, inventory, &mut faults);
+    }
     faults.dedup();
     faults
+}
+
+/// `expect.lldp`: what every link's switch port announced.
+fn switch_ports(expect: &ExpectLldp, inventory: &Inventory, faults: &mut Vec<Fault>) {
+    let Some(secs) = inventory.lldp_listened_s else {
+        faults.push(Fault::new(
+            "expect.lldp.not_listened",
+            "the agent did not listen for LLDP, so expect.lldp could not be checked",
+        ));
+        return;
+    };
+    for nic in inventory.nics.iter().filter(|n| n.link_up) {
+        let Some(heard) = &nic.lldp else {
+            if !expect.optional {
+                faults.push(Fault::new(
+                    "expect.lldp.silent",
+                    format!("{}: no LLDP heard in {secs} s", nic.name),
+                ));
+            }
+            continue;
+        };
+        let port = format!("{} {}", heard.switch(), heard.port_id);
+        if let Some(vlan) = expect.vlan {
+            if heard.vlan != Some(vlan) {
+                let found = heard
+                    .vlan
+                    .map_or("announces no VLAN".into(), |v| format!("is on VLAN {v}"));
+                faults.push(
+                    Fault::new(
+                        "expect.lldp.vlan",
+                        format!(
+                            "{}: switch port {port} {found}; expected VLAN {vlan}",
+                            nic.name
+                        ),
+                    )
+                    .with("expected", vlan.to_string())
+                    .with(
+                        "found",
+                        heard.vlan.map(|v| v.to_string()).unwrap_or_default(),
+                    ),
+                );
+            }
+        }
+        if let Some(least) = expect.min_mtu {
+            match heard.mtu() {
+                Some(mtu) if u32::from(mtu) >= least => {}
+                found => faults.push(Fault::new(
+                    "expect.lldp.mtu",
+                    format!(
+                        "{}: switch port {port} {}; expected MTU ≥ {least}",
+                        nic.name,
+                        found.map_or("announces no maximum frame size".into(), |m| format!(
+                            "allows MTU {m}"
+                        ))
+                    ),
+                )),
+            }
+        }
+    }
 }
 
 /// `expect.system`: vendor and product patterns.

@@ -311,3 +311,83 @@ fn unknown_dimm_table_is_a_fault_not_a_pass() {
     };
     assert_eq!(evaluate(&expect, &inv)[0].code, "expect.memory.dimms");
 }
+
+#[test]
+fn switch_ports_must_announce_the_vlan_and_frame_size_asked_for() {
+    use crate::lldp::Neighbor;
+    use crate::suite::ExpectLldp;
+    let port = |vlan: Option<u16>, frame: Option<u16>| Neighbor {
+        chassis_id: "c".into(),
+        port_id: "Ethernet1/7".into(),
+        ttl_s: 120,
+        system_name: Some("leaf-r12-a".into()),
+        vlan,
+        max_frame_size: frame,
+        ..Default::default()
+    };
+    let nic = |name: &str, heard: Option<Neighbor>| crate::wire::NicInfo {
+        name: name.into(),
+        mac: "52:54:00:00:00:01".into(),
+        link_up: true,
+        lldp: heard,
+        ..Default::default()
+    };
+    let mut inv = node();
+    inv.lldp_listened_s = Some(35);
+    inv.nics = vec![
+        nic("eth0", Some(port(Some(120), Some(9022)))),
+        nic("eth1", Some(port(Some(121), Some(1522)))),
+        nic("eth2", None),
+    ];
+    let mut down = nic("eth3", None);
+    down.link_up = false;
+    inv.nics.push(down);
+    let expect = Expect {
+        lldp: Some(ExpectLldp {
+            optional: false,
+            vlan: Some(120),
+            min_mtu: Some(9000),
+        }),
+        ..Expect::default()
+    };
+    let said: Vec<String> = evaluate(&expect, &inv)
+        .into_iter()
+        .map(|f| format!("{}: {}", f.code, f.message))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "expect.lldp.vlan: eth1: switch port leaf-r12-a Ethernet1/7 is on VLAN 121; expected VLAN 120",
+            "expect.lldp.mtu: eth1: switch port leaf-r12-a Ethernet1/7 allows MTU 1500; expected MTU ≥ 9000",
+            "expect.lldp.silent: eth2: no LLDP heard in 35 s",
+        ]
+    );
+    // Optional: silence is allowed, a wrong VLAN is not; never listening is never a pass.
+    let optional = Expect {
+        lldp: Some(ExpectLldp {
+            optional: true,
+            ..expect.lldp.clone().unwrap()
+        }),
+        ..Expect::default()
+    };
+    assert_eq!(evaluate(&optional, &inv).len(), 2);
+    inv.lldp_listened_s = None;
+    assert_eq!(
+        evaluate(&optional, &inv)[0].code,
+        "expect.lldp.not_listened"
+    );
+    // A port that announces nothing of the kind is said so.
+    inv.lldp_listened_s = Some(35);
+    inv.nics = vec![nic("eth0", Some(port(None, None)))];
+    let said: Vec<String> = evaluate(&expect, &inv)
+        .into_iter()
+        .map(|f| f.message)
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "eth0: switch port leaf-r12-a Ethernet1/7 announces no VLAN; expected VLAN 120",
+            "eth0: switch port leaf-r12-a Ethernet1/7 announces no maximum frame size; expected MTU ≥ 9000",
+        ]
+    );
+}

@@ -32,6 +32,28 @@ pub struct Expect {
     /// devices when it says so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pcie: Vec<ExpectPcie>,
+    /// What the switch port of every NIC with a link announces over LLDP (the agent listens
+    /// for it, every interface at once, up to 35 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lldp: Option<ExpectLldp>,
+}
+
+/// LLDP as the switch ports announce it, for every NIC with a link.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectLldp {
+    /// A link where no LLDP is heard is no fault (switches that do not speak it); the
+    /// cabling map, `vlan` and `min_mtu` are then checked only where it was heard. By default
+    /// silence is a fault: an unverified cable is not a verified one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+    /// The port VLAN ID every link's switch port announces (IEEE 802.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// The least MTU every link's switch port allows (its IEEE 802.3 maximum frame size less
+    /// 22 bytes of Ethernet header, tag and FCS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_mtu: Option<u32>,
 }
 
 /// PCIe devices selected by class and/or driver, and the link each must have.

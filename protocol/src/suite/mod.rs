@@ -20,7 +20,7 @@ pub use checks::{
     WatchThresholds,
 };
 pub use expect::{
-    Expect, ExpectCpu, ExpectDisks, ExpectMemory, ExpectNics, ExpectPcie, ExpectSystem,
+    Expect, ExpectCpu, ExpectDisks, ExpectLldp, ExpectMemory, ExpectNics, ExpectPcie, ExpectSystem,
 };
 pub use problems::{Problem, Problems};
 

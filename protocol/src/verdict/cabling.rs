@@ -46,8 +46,16 @@ pub struct Map {
     pub cables: Vec<Cable>,
     /// Other nodes' lines for the ports this node's cables landed on.
     pub others: Vec<Elsewhere>,
-    /// Whether silence is a fault.
-    pub silence: Silence,
+}
+
+impl Silence {
+    /// What the suite says: `expect.lldp.optional` allows it.
+    pub fn of(plan: &crate::Plan) -> Silence {
+        match plan.expect().and_then(|e| e.lldp.as_ref()) {
+            Some(l) if l.optional => Silence::Allowed,
+            _ => Silence::Fault,
+        }
+    }
 }
 
 /// The `expect:` outcome with the cabling's folded in (the map's faults are the node's

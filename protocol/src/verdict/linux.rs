@@ -152,7 +152,8 @@ pub fn compute(stored: &Facts) -> Computed {
             verdict = verdict.worst(Verdict::Incomplete);
         }
     }
-    let (expect, mut verdict) = with_cabling(stored, expect, verdict);
+    let silence = super::cabling::Silence::of(&plan);
+    let (expect, mut verdict) = with_cabling(stored, expect, verdict, silence);
     // Against its peers, a passing node can only become degraded: never better, never worse
     // than that (a slow node is not a broken one).
     let peer_notes = super::peers::compare(&plan, &stored.steps, &stored.peers);
@@ -174,13 +175,14 @@ fn with_cabling(
     stored: &Facts,
     expect: Option<Outcome>,
     verdict: Verdict,
+    silence: super::cabling::Silence,
 ) -> (Option<Outcome>, Verdict) {
     let Some(map) = &stored.cabling else {
         return (expect, verdict);
     };
     let none = Inventory::default();
     let inventory = stored.inventory.as_ref().unwrap_or(&none);
-    let cabling = super::cabling::outcome(&map.cables, inventory, map.silence, &map.others);
+    let cabling = super::cabling::outcome(&map.cables, inventory, silence, &map.others);
     let verdict = verdict.worst(run_verdict(1, [&cabling], true));
     (super::cabling::fold(expect, cabling), verdict)
 }
