@@ -10,6 +10,7 @@ pub mod lab;
 pub mod lifecycle;
 pub mod memtest;
 pub mod metrics;
+pub mod pairing;
 pub mod server;
 pub mod store;
 pub mod suites;

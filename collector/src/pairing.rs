@@ -1,0 +1,360 @@
+//! Pairs for `nic: {target: peer}`: the collector matches the nodes that reached such a step
+//! so each pair measures its two NICs against each other at line rate — no collector link in
+//! the way. Pure (time is passed in), so every rule is tested over random racks and arrival
+//! orders, and the agent-facing routes only call it.
+//!
+//! The rules:
+//! - a node is in at most one pair at a time;
+//! - a waiting node is paired first come, first served, with a node that was not measured
+//!   yet and fits the policy (same rack, or another rack to load the uplinks);
+//! - a node measured once lingers as a *helper*: a node left without an unmeasured partner
+//!   (the odd one of a rack) pairs with the least-used idle helper once it has waited
+//!   [`Settings::grace`] — so late and odd nodes are measured in a later round;
+//! - a node nobody fits within [`Settings::pair_timeout`] times out (never a pass);
+//! - a helper is released after [`Settings::linger`] idle.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// A node, by its id.
+pub type NodeId = i64;
+
+/// Whom a node may pair with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// A node of its own rack (the rack's switch, at line rate).
+    #[default]
+    SameRack,
+    /// A node of another rack (the uplinks under load).
+    OtherRack,
+}
+
+/// Times, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Whom to pair with.
+    pub policy: Policy,
+    /// How long an unmeasured node waits for another unmeasured one before taking a helper.
+    pub grace_ms: u64,
+    /// How long a node may wait for any partner before it times out.
+    pub pair_timeout_ms: u64,
+    /// How long a measured node stays available as a helper.
+    pub linger_ms: u64,
+}
+
+/// What a node is told when it asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Ask again shortly.
+    Wait,
+    /// Measure against `partner` now (pair `pair`); both are told the same pair.
+    Pair { pair: u64, partner: NodeId },
+    /// Measured, and no one needs it as a helper any more: go on with the suite.
+    Released,
+    /// No partner fits within the step's `pair_timeout`.
+    TimedOut,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    rack: Option<String>,
+    since_ms: u64,
+    measured: bool,
+    pairs: u32,
+    in_pair: Option<u64>,
+    released: bool,
+}
+
+/// The pairs of one step of one suite.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    settings: Settings,
+    members: BTreeMap<NodeId, Member>,
+    /// Arrival order of nodes not yet measured (first come, first served).
+    queue: Vec<NodeId>,
+    pairs: HashMap<u64, (NodeId, NodeId)>,
+    next_pair: u64,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(settings: Settings) -> Scheduler {
+        Scheduler {
+            settings,
+            members: BTreeMap::new(),
+            queue: Vec::new(),
+            pairs: HashMap::new(),
+            next_pair: 1,
+        }
+    }
+
+    fn fits(&self, a: &Member, b: &Member) -> bool {
+        match self.settings.policy {
+            Policy::SameRack => a.rack == b.rack,
+            Policy::OtherRack => a.rack != b.rack,
+        }
+    }
+
+    /// Node `node` of `rack` asks at `now_ms` (its first ask enters it); what to do.
+    pub fn ask(&mut self, node: NodeId, rack: Option<&str>, now_ms: u64) -> Answer {
+        let me = self.members.entry(node).or_insert_with(|| Member {
+            rack: rack.map(str::to_owned),
+            since_ms: now_ms,
+            measured: false,
+            pairs: 0,
+            in_pair: None,
+            released: false,
+        });
+        if let Some(pair) = me.in_pair {
+            let (a, b) = self.pairs[&pair];
+            return Answer::Pair {
+                pair,
+                partner: if a == node { b } else { a },
+            };
+        }
+        if me.released {
+            return Answer::Released;
+        }
+        if me.measured {
+            if now_ms.saturating_sub(me.since_ms) >= self.settings.linger_ms {
+                me.released = true;
+                return Answer::Released;
+            }
+            return Answer::Wait;
+        }
+        if !self.queue.contains(&node) {
+            self.queue.push(node);
+        }
+        let waited = now_ms.saturating_sub(me.since_ms);
+        let me = me.clone();
+        // Another unmeasured node, first come first served.
+        let unmeasured = self.queue.iter().copied().find(|&other| {
+            other != node
+                && self.members[&other].in_pair.is_none()
+                && self.fits(&me, &self.members[&other])
+        });
+        // Else, after the grace, the least-used idle helper.
+        let helper = || {
+            self.members
+                .iter()
+                .filter(|(id, m)| {
+                    **id != node
+                        && m.measured
+                        && !m.released
+                        && m.in_pair.is_none()
+                        && self.fits(&me, m)
+                })
+                .min_by_key(|(id, m)| (m.pairs, **id))
+                .map(|(id, _)| *id)
+        };
+        let partner =
+            unmeasured.or_else(|| (waited >= self.settings.grace_ms).then(helper).flatten());
+        match partner {
+            Some(partner) => {
+                let pair = self.next_pair;
+                self.next_pair += 1;
+                self.pairs.insert(pair, (node, partner));
+                for id in [node, partner] {
+                    let m = self.members.get_mut(&id).expect("a member");
+                    m.in_pair = Some(pair);
+                    m.pairs += 1;
+                }
+                self.queue.retain(|id| *id != node && *id != partner);
+                Answer::Pair { pair, partner }
+            }
+            None if waited >= self.settings.pair_timeout_ms => {
+                self.queue.retain(|id| *id != node);
+                let m = self.members.get_mut(&node).expect("a member");
+                m.released = true;
+                Answer::TimedOut
+            }
+            None => Answer::Wait,
+        }
+    }
+
+    /// Pair `pair` measured (whatever it found) at `now_ms`: both nodes are measured, and
+    /// free — each lingers as a helper.
+    pub fn finished(&mut self, pair: u64, now_ms: u64) {
+        let Some((a, b)) = self.pairs.remove(&pair) else {
+            return;
+        };
+        for id in [a, b] {
+            if let Some(m) = self.members.get_mut(&id) {
+                m.in_pair = None;
+                m.measured = true;
+                m.since_ms = now_ms;
+            }
+        }
+    }
+
+    /// The nodes of pair `pair`, while it measures.
+    pub fn pair(&self, pair: u64) -> Option<(NodeId, NodeId)> {
+        self.pairs.get(&pair).copied()
+    }
+
+    /// How many pairs `node` took part in.
+    pub fn pairs_of(&self, node: NodeId) -> u32 {
+        self.members.get(&node).map_or(0, |m| m.pairs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn settings(policy: Policy) -> Settings {
+        Settings {
+            policy,
+            grace_ms: 2_000,
+            pair_timeout_ms: 600_000,
+            // As long as anyone may wait: a late node always finds a helper.
+            linger_ms: 600_000,
+        }
+    }
+
+    #[test]
+    fn two_nodes_of_a_rack_pair_and_an_odd_third_takes_a_helper_after_the_grace() {
+        let mut s = Scheduler::new(settings(Policy::SameRack));
+        assert_eq!(s.ask(1, Some("R1"), 0), Answer::Wait);
+        let Answer::Pair { pair, partner } = s.ask(2, Some("R1"), 10) else {
+            panic!()
+        };
+        assert_eq!(partner, 1);
+        assert_eq!(s.ask(1, Some("R1"), 20), Answer::Pair { pair, partner: 2 });
+        // The third waits for an unmeasured partner; the first two are busy.
+        assert_eq!(s.ask(3, Some("R1"), 30), Answer::Wait);
+        s.finished(pair, 1_000);
+        assert_eq!(
+            s.ask(3, Some("R1"), 1_500),
+            Answer::Wait,
+            "still in its grace"
+        );
+        let Answer::Pair { partner, .. } = s.ask(3, Some("R1"), 2_100) else {
+            panic!()
+        };
+        assert_eq!(partner, 1, "the least-used helper, lowest id first");
+        // A node of another rack never pairs with R1 under same-rack.
+        assert_eq!(s.ask(9, Some("R2"), 0), Answer::Wait);
+        assert_eq!(s.ask(9, Some("R2"), 700_000), Answer::TimedOut);
+        assert_eq!(s.ask(9, Some("R2"), 700_001), Answer::Released);
+        // The idle helper is released after its linger.
+        assert_eq!(s.ask(2, Some("R1"), 1_000 + 599_000), Answer::Wait);
+        assert_eq!(s.ask(2, Some("R1"), 1_000 + 600_000), Answer::Released);
+    }
+
+    /// Runs a whole step: nodes of `racks` arrive at `arrivals` (ms), each pair measures for
+    /// `measure_ms`, every node asks every 500 ms. Checks no node is ever in two pairs; returns
+    /// each node's answer at the end and the most pairs any node was in.
+    fn simulate(
+        policy: Policy,
+        racks: &[usize],
+        arrivals: &[u64],
+        measure_ms: u64,
+    ) -> (Vec<Answer>, u32, u64) {
+        let mut s = Scheduler::new(settings(policy));
+        let n = racks.len();
+        let mut last: Vec<Option<Answer>> = vec![None; n];
+        let mut running: Vec<(u64, u64)> = Vec::new(); // (pair, ends)
+        let mut t = 0u64;
+        let mut rounds_end = 0u64;
+        while t < 3_600_000 {
+            for (pair, end) in running.clone() {
+                if end <= t {
+                    s.finished(pair, t);
+                    running.retain(|(p, _)| *p != pair);
+                }
+            }
+            let mut busy: HashMap<NodeId, u64> = HashMap::new();
+            for i in 0..n {
+                if arrivals[i] > t || matches!(last[i], Some(Answer::Released | Answer::TimedOut)) {
+                    continue;
+                }
+                let rack = format!("R{}", racks[i]);
+                let a = s.ask(i as NodeId, Some(&rack), t);
+                if let Answer::Pair { pair, partner } = &a {
+                    // Never two pairs at once, and both ends agree.
+                    assert_eq!(
+                        s.pair(*pair)
+                            .map(|(x, y)| x == partner.to_owned() || y == partner.to_owned()),
+                        Some(true)
+                    );
+                    if let Some(other) = busy.insert(i as NodeId, *pair) {
+                        assert_eq!(other, *pair, "node {i} in two pairs");
+                    }
+                    if !running.iter().any(|(p, _)| p == pair) {
+                        running.push((*pair, t + measure_ms));
+                        rounds_end = rounds_end.max(t + measure_ms);
+                    }
+                }
+                last[i] = Some(a);
+            }
+            // Every pair measuring now is disjoint from every other.
+            let mut seen = std::collections::HashSet::new();
+            for (a, b) in s.pairs.values() {
+                assert!(
+                    a != b && seen.insert(*a) && seen.insert(*b),
+                    "a node in two pairs at once"
+                );
+            }
+            if last
+                .iter()
+                .all(|a| matches!(a, Some(Answer::Released | Answer::TimedOut)))
+            {
+                break;
+            }
+            t += 500;
+        }
+        let most = (0..n).map(|i| s.pairs_of(i as NodeId)).max().unwrap_or(0);
+        (
+            last.into_iter()
+                .map(|a| a.unwrap_or(Answer::Wait))
+                .collect(),
+            most,
+            rounds_end,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any rack layout (2 to 1,000 nodes, racks of 2 or more), any order, all at once:
+        /// every node measured, no node in more than 3 pairs, done within 3 rounds.
+        #[test]
+        fn everyone_is_measured_within_three_rounds(
+            sizes in proptest::collection::vec(2usize..40, 1..25),
+            order in any::<u64>(),
+        ) {
+            let mut racks: Vec<usize> = sizes.iter().enumerate().flat_map(|(r, k)| std::iter::repeat_n(r, *k)).collect();
+            racks.truncate(1_000);
+            // A random arrival order within the first second.
+            let arrivals: Vec<u64> = (0..racks.len()).map(|i| (order.wrapping_mul(i as u64 + 1) >> 7) % 1_000).collect();
+            let measure = 30_000;
+            let (answers, most, end) = simulate(Policy::SameRack, &racks, &arrivals, measure);
+            prop_assert!(answers.iter().all(|a| *a == Answer::Released), "{answers:?}");
+            prop_assert!(most <= 3, "a node in {most} pairs");
+            // Three measurement rounds, each with its grace and the polling step.
+            prop_assert!(end <= 1_000 + 3 * (measure + 2_000 + 1_000), "ended at {end}");
+        }
+
+        /// Arrivals spread over ten minutes, other-rack policy: every node measured, none in
+        /// two pairs at once (checked as it runs), none left waiting.
+        #[test]
+        fn spread_arrivals_across_racks_are_all_measured(
+            racks in proptest::collection::vec(0usize..6, 2..300),
+            seed in any::<u64>(),
+        ) {
+            prop_assume!(racks.iter().any(|r| *r != racks[0]));
+            let arrivals: Vec<u64> = (0..racks.len()).map(|i| seed.wrapping_mul(2 * i as u64 + 1).rotate_left(17) % 600_000).collect();
+            let (answers, _, _) = simulate(Policy::OtherRack, &racks, &arrivals, 20_000);
+            prop_assert!(answers.iter().all(|a| *a == Answer::Released), "{answers:?}");
+        }
+    }
+
+    #[test]
+    fn a_rack_of_one_times_out_and_is_never_measured() {
+        let (answers, most, _) = simulate(Policy::SameRack, &[0, 1, 1], &[0, 0, 0], 10_000);
+        assert_eq!(answers[0], Answer::TimedOut);
+        assert_eq!(answers[1..], [Answer::Released, Answer::Released]);
+        assert_eq!(most, 1);
+    }
+}
