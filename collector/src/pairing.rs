@@ -274,8 +274,7 @@ mod tests {
                 if let Answer::Pair { pair, partner } = &a {
                     // Never two pairs at once, and both ends agree.
                     assert_eq!(
-                        s.pair(*pair)
-                            .map(|(x, y)| x == partner.to_owned() || y == partner.to_owned()),
+                        s.pair(*pair).map(|(x, y)| x == *partner || y == *partner),
                         Some(true)
                     );
                     if let Some(other) = busy.insert(i as NodeId, *pair) {
