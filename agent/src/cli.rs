@@ -261,6 +261,7 @@ fn run(args: &RunArgs) -> u8 {
         allow_destructive: args.allow_destructive,
         collector: args.collector.clone(),
         collector_token: None,
+        run_id: None,
     };
     let console: Arc<dyn EventSink> = Arc::new(Console::new(args.plain));
     let mut inventory = crate::inventory::collect();
@@ -276,6 +277,7 @@ fn run(args: &RunArgs) -> u8 {
         Some(base) => match connect(base, &inventory, &String::from_utf8_lossy(&text)) {
             Ok(session) => {
                 options.collector_token = Some(session.token().to_owned());
+                options.run_id = Some(session.run_id());
                 Some(session)
             }
             Err(err) => {

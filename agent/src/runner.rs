@@ -324,6 +324,7 @@ fn run_check(
         )),
         Some(kind) => {
             let check = step.check.clone();
+            let step_index = step.index;
             let options = options.clone();
             let thread_stop = stop.clone();
             // Made here, inside the run's span, and entered on the step's thread: what the
@@ -339,6 +340,7 @@ fn run_check(
                 .spawn(move || {
                     let _step = span.enter();
                     let ctx = StepContext {
+                        step: step_index,
                         stop: thread_stop,
                         observer: &observer,
                         options: &options,

@@ -14,6 +14,30 @@
 //! - a helper is released after [`Settings::linger`] idle.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+/// What the pairing routes keep between requests: a scheduler per (suite digest, step), and
+/// where each node's bandwidth server listens.
+#[derive(Default)]
+pub struct Pairs {
+    inner: Mutex<Kept>,
+}
+
+/// [`Pairs`]' contents.
+#[derive(Default)]
+pub struct Kept {
+    /// The schedulers.
+    pub schedulers: HashMap<(String, u32), Scheduler>,
+    /// `IP:PORT` of each node's bandwidth server.
+    pub addrs: HashMap<NodeId, String>,
+}
+
+impl Pairs {
+    /// The contents, locked.
+    pub fn lock(&self) -> MutexGuard<'_, Kept> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// A node, by its id.
 pub type NodeId = i64;
@@ -94,8 +118,27 @@ impl Scheduler {
         }
     }
 
-    /// Node `node` of `rack` asks at `now_ms` (its first ask enters it); what to do.
+    /// Node `node` of `rack` asks at `now_ms` (its first ask enters it); what to do. Helpers
+    /// linger for late nodes.
     pub fn ask(&mut self, node: NodeId, rack: Option<&str>, now_ms: u64) -> Answer {
+        self.ask_with(node, rack, now_ms, true)
+    }
+
+    /// Whether `node` has asked already.
+    pub fn knows(&self, node: NodeId) -> bool {
+        self.members.contains_key(&node)
+    }
+
+    /// [`Scheduler::ask`], told whether more nodes may still come: when none can and nobody
+    /// unmeasured waits, a measured node is released at once instead of lingering.
+    pub fn ask_with(
+        &mut self,
+        node: NodeId,
+        rack: Option<&str>,
+        now_ms: u64,
+        more_coming: bool,
+    ) -> Answer {
+        let nobody_waits = self.queue.iter().all(|id| *id == node);
         let me = self.members.entry(node).or_insert_with(|| Member {
             rack: rack.map(str::to_owned),
             since_ms: now_ms,
@@ -115,7 +158,9 @@ impl Scheduler {
             return Answer::Released;
         }
         if me.measured {
-            if now_ms.saturating_sub(me.since_ms) >= self.settings.linger_ms {
+            if (!more_coming && nobody_waits)
+                || now_ms.saturating_sub(me.since_ms) >= self.settings.linger_ms
+            {
                 me.released = true;
                 return Answer::Released;
             }
@@ -189,6 +234,13 @@ impl Scheduler {
     /// The nodes of pair `pair`, while it measures.
     pub fn pair(&self, pair: u64) -> Option<(NodeId, NodeId)> {
         self.pairs.get(&pair).copied()
+    }
+
+    /// How long `node` has waited since it came or was last measured.
+    pub fn waited_ms(&self, node: NodeId, now_ms: u64) -> u64 {
+        self.members
+            .get(&node)
+            .map_or(0, |m| now_ms.saturating_sub(m.since_ms))
     }
 
     /// How many pairs `node` took part in.
@@ -347,6 +399,30 @@ mod tests {
             let (answers, _, _) = simulate(Policy::OtherRack, &racks, &arrivals, 20_000);
             prop_assert!(answers.iter().all(|a| *a == Answer::Released), "{answers:?}");
         }
+    }
+
+    #[test]
+    fn helpers_go_at_once_when_nobody_else_can_come() {
+        let mut s = Scheduler::new(settings(Policy::SameRack));
+        s.ask(1, None, 0);
+        let Answer::Pair { pair, .. } = s.ask(2, None, 0) else {
+            panic!()
+        };
+        s.finished(pair, 100);
+        assert_eq!(
+            s.ask_with(1, None, 200, true),
+            Answer::Wait,
+            "another may come"
+        );
+        // One unmeasured node waits: the helper stays for it.
+        assert_eq!(s.ask(3, None, 300), Answer::Wait);
+        assert_eq!(s.ask_with(2, None, 400, false), Answer::Wait);
+        assert!(matches!(
+            s.ask(3, None, 2_400),
+            Answer::Pair { partner: 1, .. }
+        ));
+        assert_eq!(s.ask_with(2, None, 2_500, false), Answer::Released);
+        assert!(s.knows(3) && !s.knows(4));
     }
 
     #[test]

@@ -100,6 +100,7 @@ impl Collector {
             reports: Arc::default(),
             sessions: Default::default(),
             swarms,
+            pairs: Default::default(),
         });
         Ok(Collector {
             state,

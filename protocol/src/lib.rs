@@ -16,6 +16,7 @@ pub mod load;
 pub mod locate;
 pub mod mce;
 pub mod newc;
+pub mod pair;
 pub mod payload;
 pub mod plan;
 pub mod readable;

@@ -20,6 +20,10 @@ pub const PAYLOAD_GRANTS: &str = "/api/v1/runs/{id}/payload/grants";
 pub const PAYLOAD_DONE: &str = "/api/v1/runs/{id}/payload/done";
 /// One piece of the payload from the collector (`GET`, session token).
 pub const PAYLOAD_PIECE: &str = "/api/v1/runs/{id}/payload/pieces/{piece}";
+/// `POST` (session token): a NIC step with `target: peer` asks for its partner.
+pub const PAIR: &str = "/api/v1/runs/{id}/pair";
+/// `POST` (session token): a pair finished measuring.
+pub const PAIR_DONE: &str = "/api/v1/runs/{id}/pair/done";
 /// `GET`: N bytes for the NIC check (`?bytes=N`).
 pub const BANDWIDTH_DOWNLOAD: &str = "/bandwidth/download";
 /// `POST`: a body the NIC check uploads.

@@ -133,6 +133,14 @@ const BAD_SUITES: &[(&str, &str)] = &[
         r#"5:11: expect.lldp.vlan: invalid value: integer "70000", expected u16"#,
     ),
     (
+        "nic-peer-unknown-policy.yaml",
+        r#"7:13: steps[0].nic.peer: unknown variant "same-row", expected "same-rack" or "other-rack""#,
+    ),
+    (
+        "nic-pair-timeout-without-peer.yaml",
+        "7:7: steps[0].nic.pair_timeout: pair_timeout without `target: peer`; it says how this node is paired",
+    ),
+    (
         "disk-target-unknown-key.yaml",
         r#"7:15: steps[0].disk.target: unknown field "device", expected one of "path", "glob", "model""#,
     ),

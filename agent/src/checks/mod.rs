@@ -11,6 +11,7 @@ pub mod disk;
 pub mod exec;
 pub mod memory;
 pub mod nic;
+pub mod pair;
 pub mod watch;
 
 use kiln_protocol::Check;
@@ -60,10 +61,14 @@ pub struct RunOptions {
     /// The run's session token, which the collector's bandwidth endpoints ask for. It goes
     /// to the collector only, never to a peer target.
     pub collector_token: Option<String>,
+    /// The run, when a collector has one (for `nic: {target: peer}`, which it pairs).
+    pub run_id: Option<i64>,
 }
 
 /// Everything a check may use while it runs.
 pub struct StepContext<'a> {
+    /// The step's index in the plan.
+    pub step: usize,
     /// When to stop.
     pub stop: Stop,
     /// Progress and logs.

@@ -148,8 +148,11 @@ impl CheckKind for Nic {
                 out.degraded.push(format!("{} runs half duplex", i.name));
             }
         }
+        if spec.target.as_deref() == Some("peer") {
+            paired(spec, &interfaces, ctx, &mut out)?;
+        }
         let base = match spec.target.as_deref() {
-            None => None,
+            None | Some("peer") => None,
             Some("collector") => match &ctx.options.collector {
                 Some(url) => Some((url.clone(), ctx.options.collector_token.clone())),
                 None => {
@@ -173,6 +176,8 @@ impl CheckKind for Nic {
                 );
                 throughput(&base, token.as_deref(), spec, streams, ctx, &mut out)?
             }
+            // Paired: measured above, the counters with it.
+            None if spec.target.as_deref() == Some("peer") => {}
             None => {
                 // Watch the counters for a short while so errors happening now show up.
                 let window = OBSERVE.min(spec.duration.get());
@@ -199,6 +204,24 @@ impl CheckKind for Nic {
         }
         Ok(out)
     }
+}
+
+/// `target: peer`: throughput against the partner the collector pairs this node with.
+fn paired(
+    spec: &kiln_protocol::suite::NicCheck,
+    interfaces: &[Interface],
+    ctx: &StepContext<'_>,
+    out: &mut CheckOutput,
+) -> anyhow::Result<()> {
+    let fastest = interfaces.iter().filter_map(|i| i.speed_mbps).max();
+    let cpus = crate::os::affinity::allowed_cpus().len();
+    let streams = spec
+        .streams
+        .map_or_else(|| default_streams(fastest, cpus).0, |n| n as usize);
+    // A partner's server asks for no token: the run's token never goes to a peer.
+    let measure =
+        |target: &str, out: &mut CheckOutput| throughput(target, None, spec, streams, ctx, out);
+    super::pair::run(spec, ctx, out, &measure)
 }
 
 /// Streams when the suite sets none: one per 10 Gb/s of the fastest link (a single TCP stream

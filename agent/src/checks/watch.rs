@@ -100,6 +100,7 @@ mod tests {
         });
         let options = RunOptions::default();
         let ctx = StepContext {
+            step: 0,
             stop,
             observer: seen,
             options: &options,

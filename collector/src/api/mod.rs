@@ -17,6 +17,7 @@ pub mod evidence;
 pub mod limits;
 mod operator;
 pub mod pages;
+mod pairs;
 pub mod payload;
 pub mod report_cache;
 pub mod report_rows;
@@ -62,6 +63,8 @@ pub fn boot_router(state: AppState) -> Router {
         .route(routes::EVENTS, post(agent::events))
         .route(routes::PAYLOAD, get(payload::get_manifest))
         .route(routes::PAYLOAD_GRANTS, post(payload::grants))
+        .route(routes::PAIR, post(pairs::ask))
+        .route(routes::PAIR_DONE, post(pairs::done))
         .route(routes::PAYLOAD_DONE, post(payload::done))
         .route(routes::PAYLOAD_PIECE, get(payload::piece))
         .route("/boot.ipxe", get(boot::boot_ipxe).layer(limited()))

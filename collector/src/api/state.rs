@@ -63,6 +63,8 @@ pub struct Shared {
     pub sessions: super::sessions::Sessions,
     /// Peer-assisted boot: the payload's tracker.
     pub swarms: super::swarms::Swarms,
+    /// NIC steps between nodes: who measures against whom.
+    pub pairs: crate::pairing::Pairs,
 }
 
 impl AppState {

@@ -15,6 +15,7 @@ mod ipxe;
 mod lifecycle;
 mod operators;
 mod pages;
+mod pairs;
 mod payload;
 mod verify;
 mod waivers;

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::problems::Problems;
 use super::{
-    Bound, ComparePeers, Direction, DiskTarget, Limit, MetricRange, Pattern, Retest, Workload,
-    all_patterns, all_workloads, default_block_size, default_cpu_duration, default_disk_size,
-    default_max_output, default_memory_size, default_nic_duration, one, yes, zero_exit,
+    Bound, ComparePeers, Direction, DiskTarget, Limit, MetricRange, Pattern, PeerPolicy, Retest,
+    Workload, all_patterns, all_workloads, default_block_size, default_cpu_duration,
+    default_disk_size, default_max_output, default_memory_size, default_nic_duration, one, yes,
+    zero_exit,
 };
 use crate::units::{HumanDuration, Size, SizeSpec};
 
@@ -497,10 +498,20 @@ check_kind! {
         /// Exact MTU each interface must have.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub mtu: Option<u32>,
-        /// Where to measure throughput: `collector` (its bandwidth endpoints) or an
-        /// `http://` URL of `kiln-agent serve-bandwidth`. No throughput test when left out.
+        /// Where to measure throughput: `collector` (its bandwidth endpoints), `peer` (another
+        /// node the collector pairs this one with: both measure against each other at once),
+        /// or an `http://` URL of `kiln-agent serve-bandwidth`. No throughput test when left
+        /// out.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub target: Option<String>,
+        /// With `target: peer`: a partner of the same rack (`same-rack`, the default) or of
+        /// another rack (`other-rack`, to load the uplinks).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub peer: Option<PeerPolicy>,
+        /// With `target: peer`: how long the node waits for a partner before the step fails
+        /// with that reason (default 10m).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pair_timeout: Option<HumanDuration>,
         /// How long each throughput direction runs.
         #[serde(default = "default_nic_duration")]
         pub duration: HumanDuration,
@@ -571,14 +582,28 @@ impl CheckSpec for NicCheck {
                 );
             }
         }
+        if self.target.as_deref() != Some("peer") {
+            for (field, set) in [
+                ("peer", self.peer.is_some()),
+                ("pair_timeout", self.pair_timeout.is_some()),
+            ] {
+                if set {
+                    problems.problem(
+                        format!("{at}.{field}"),
+                        format!("{field} without `target: peer`; it says how this node is paired"),
+                    );
+                }
+            }
+        }
         if let Some(target) = &self.target {
             if target != "collector"
+                && target != "peer"
                 && !target.starts_with("http://")
                 && !target.starts_with("https://")
             {
                 problems.problem(
                     format!("{at}.target"),
-                    format!("{target:?}; expected `collector` or an http:// URL"),
+                    format!("{target:?}; expected `collector`, `peer` or an http:// URL"),
                 );
             }
         } else if self.min_mbps.is_some() {

@@ -370,6 +370,17 @@ pub enum Direction {
     Both,
 }
 
+/// Whom a node is paired with for `nic: {target: peer}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerPolicy {
+    /// A node of its own rack: the rack's switch at line rate.
+    #[default]
+    SameRack,
+    /// A node of another rack: the rack's uplinks under load.
+    OtherRack,
+}
+
 /// Bounds for one metric an exec step reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

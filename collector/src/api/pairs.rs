@@ -1,0 +1,187 @@
+//! The pairing routes of an open run (its session token) for `nic: {target: peer}`: the
+//! agent asks with its step and its bandwidth server's port and is told to wait, whom to
+//! measure against, to go on, or that no partner came; it says when a pair is done. One
+//! [`Scheduler`] per suite and step decides ([`crate::pairing`]); this only reads the run's
+//! node, rack and step and keeps where each node's server listens.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use kiln_protocol::pair::{PairAnswer, PairDone, PairRequest};
+use kiln_protocol::suite::PeerPolicy;
+
+use super::{ApiError, AppState, Json, RunAuth};
+use crate::pairing::{Answer, Policy, Scheduler, Settings};
+
+/// How long a node waits for any partner unless its step says.
+pub const PAIR_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+/// How long an unmeasured node waits for another unmeasured one before a helper.
+pub const GRACE_MS: u64 = 2_000;
+
+/// What the run's step asks for, read from the store.
+struct Asking {
+    node: i64,
+    rack: Option<String>,
+    suite: String,
+    settings: Settings,
+}
+
+async fn asking(state: &AppState, run_id: i64, step: u32) -> Result<Asking, ApiError> {
+    let (node, rack, suite, text): (i64, Option<String>, String, String) = state
+        .db
+        .read(move |c| {
+            c.query_row(
+                "SELECT n.id, n.rack, r.suite_sha256, s.text FROM runs r JOIN nodes n ON n.id = r.node_id
+                 JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1 AND r.verdict IS NULL",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(crate::store::StoreError::from)
+        })
+        .await
+        .map_err(|_| ApiError::Conflict(format!("run {run_id} is not open")))?;
+    let plan = kiln_protocol::load("suite", text.as_bytes())
+        .map_err(|_| ApiError::Conflict("the run's stored suite no longer loads".into()))?;
+    let nic = plan
+        .steps
+        .get(step as usize)
+        .and_then(|s| match &s.check {
+            kiln_protocol::Check::Nic(n) if n.target.as_deref() == Some("peer") => Some(n),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "step {step} of the run's suite is no NIC check with `target: peer`"
+            ))
+        })?;
+    let timeout = nic
+        .pair_timeout
+        .map_or(PAIR_TIMEOUT_MS, |d| d.get().as_millis() as u64);
+    Ok(Asking {
+        node,
+        rack,
+        suite,
+        settings: Settings {
+            policy: match nic.peer.unwrap_or_default() {
+                PeerPolicy::SameRack => Policy::SameRack,
+                PeerPolicy::OtherRack => Policy::OtherRack,
+            },
+            grace_ms: GRACE_MS.min(timeout),
+            pair_timeout_ms: timeout,
+            // A measured node helps as long as anyone may still wait.
+            linger_ms: timeout,
+        },
+    })
+}
+
+/// The name reports use for node `node`.
+async fn name_of(state: &AppState, node: i64) -> Result<String, ApiError> {
+    Ok(state
+        .db
+        .read(move |c| {
+            c.query_row(
+                "SELECT coalesce(hostname, 'node ' || id) FROM nodes WHERE id = ?1",
+                [node],
+                |r| r.get(0),
+            )
+            .map_err(crate::store::StoreError::from)
+        })
+        .await?)
+}
+
+/// `POST …/pair`: what this node does now.
+pub(super) async fn ask(
+    State(state): State<AppState>,
+    RunAuth(run_id): RunAuth,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Json(req): Json<PairRequest>,
+) -> Result<axum::Json<PairAnswer>, ApiError> {
+    if req.port == 0 {
+        return Err(ApiError::BadRequest(
+            "port 0 is no port a partner can reach".into(),
+        ));
+    }
+    let a = asking(&state, run_id, req.step).await?;
+    let now = crate::store::now_ms().max(0) as u64;
+    let suite = a.suite.clone();
+    // The nodes whose open runs of this suite have not asked yet: they may still come.
+    let open: Vec<i64> = state
+        .db
+        .read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT node_id FROM runs WHERE verdict IS NULL AND suite_sha256 = ?1",
+            )?;
+            let nodes = stmt
+                .query_map([suite], |r| r.get(0))?
+                .collect::<Result<Vec<i64>, _>>()?;
+            Ok(nodes)
+        })
+        .await?;
+    let (answer, addr, helper, since) = {
+        let mut inner = state.pairs.lock();
+        inner
+            .addrs
+            .insert(a.node, SocketAddr::new(from.ip(), req.port).to_string());
+        let scheduler = inner
+            .schedulers
+            .entry((a.suite.clone(), req.step))
+            .or_insert_with(|| Scheduler::new(a.settings));
+        let more_coming = open.iter().any(|n| *n != a.node && !scheduler.knows(*n));
+        let answer = scheduler.ask_with(a.node, a.rack.as_deref(), now, more_coming);
+        let helper = scheduler.pairs_of(a.node) > 1 && matches!(answer, Answer::Pair { .. });
+        let since = scheduler.waited_ms(a.node, now);
+        let addr = match &answer {
+            Answer::Pair { partner, .. } => inner.addrs.get(partner).cloned(),
+            _ => None,
+        };
+        (answer, addr, helper, since)
+    };
+    Ok(axum::Json(match answer {
+        Answer::Wait => PairAnswer::Wait,
+        Answer::Released => PairAnswer::Released,
+        Answer::TimedOut => PairAnswer::TimedOut {
+            waited_s: since / 1000,
+        },
+        Answer::Pair { pair, partner } => PairAnswer::Pair {
+            pair,
+            node: partner,
+            name: name_of(&state, partner).await?,
+            addr: addr.ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "node {partner} was paired without an address"
+                ))
+            })?,
+            helper,
+        },
+    }))
+}
+
+/// `POST …/pair/done`: the pair measured; 409 for a pair this run's node is not in.
+pub(super) async fn done(
+    State(state): State<AppState>,
+    RunAuth(run_id): RunAuth,
+    Json(req): Json<PairDone>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let node: i64 = state
+        .db
+        .read(move |c| {
+            c.query_row("SELECT node_id FROM runs WHERE id = ?1", [run_id], |r| {
+                r.get(0)
+            })
+            .map_err(crate::store::StoreError::from)
+        })
+        .await?;
+    let now = crate::store::now_ms().max(0) as u64;
+    let mut inner = state.pairs.lock();
+    let scheduler = inner
+        .schedulers
+        .values_mut()
+        .find(|s| {
+            s.pair(req.pair)
+                .is_some_and(|(a, b)| a == node || b == node)
+        })
+        .ok_or_else(|| ApiError::Conflict(format!("node {node} is in no pair {} now", req.pair)))?;
+    scheduler.finished(req.pair, now);
+    Ok(axum::Json(serde_json::json!({ "done": req.pair })))
+}

@@ -1,0 +1,198 @@
+//! Nodes paired for `nic: {target: peer}` through the real server, with the agent's own NIC
+//! check: two nodes of a rack measure against each other at once, an odd third is measured
+//! against a helper, a node of a rack alone times out with that fault, and every hostile
+//! request is refused.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kiln_agent::checks::nic::Nic;
+use kiln_agent::checks::{CheckKind, CheckOutput, RunOptions, StepContext, StepObserver};
+use kiln_agent::stop::{Interrupt, Stop};
+use kiln_collector::config::Config;
+use kiln_protocol::wire::{LogLevel, RegisterRequest, RegisterResponse};
+
+use crate::common::*;
+
+const PEER_SUITE: &str = "suite: p\ndescription: d\nsteps:\n  - name: pair\n    timeout: 2m\n    nic:\n      interfaces: [lo]\n      link: false\n      target: peer\n      pair_timeout: 8s\n      duration: 1s\n";
+
+struct Lines(Mutex<Vec<String>>);
+
+impl StepObserver for Lines {
+    fn progress(&self, _fraction: f64, _status: &str) {}
+    fn log(&self, _level: LogLevel, line: &str) {
+        self.0.lock().unwrap().push(line.to_owned());
+    }
+}
+
+async fn run_of(server: &Server, n: u8) -> RegisterResponse {
+    let req = RegisterRequest {
+        identity: identity(n),
+        hostname: None,
+        suite_text: PEER_SUITE.into(),
+    };
+    register_admin(&server.ops, &req, &server.admin_token()).await
+}
+
+/// The agent's NIC check of the suite's one step, for `run`, on a thread of its own.
+fn nic_step(
+    base: String,
+    run: RegisterResponse,
+) -> std::thread::JoinHandle<(CheckOutput, Vec<String>)> {
+    std::thread::spawn(move || {
+        let plan = kiln_protocol::load("s", PEER_SUITE.as_bytes()).unwrap();
+        let options = RunOptions {
+            allow_destructive: false,
+            collector: Some(base),
+            collector_token: Some(run.token.clone()),
+            run_id: Some(run.run_id),
+        };
+        let lines = Lines(Mutex::new(Vec::new()));
+        let ctx = StepContext {
+            step: 0,
+            stop: Stop::new(Duration::from_secs(60), Interrupt::new()),
+            observer: &lines,
+            options: &options,
+        };
+        let out = Nic.run(&plan.steps[0].check, &ctx).unwrap();
+        (out, lines.0.into_inner().unwrap())
+    })
+}
+
+fn mbps(out: &CheckOutput) -> Option<f64> {
+    out.metrics
+        .iter()
+        .find(|m| m.name == "mbps")
+        .map(|m| m.value)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rack_pairs_its_nodes_the_odd_one_with_a_helper_and_a_lonely_node_times_out() {
+    let server = Server::start("pairs", Config::default()).await;
+    import_nodes(
+        &server,
+        "mac,rack,slot,hostname\n52:54:00:00:00:01,R1,U1,n1\n52:54:00:00:00:02,R1,U2,n2\n52:54:00:00:00:03,R1,U3,n3\n52:54:00:00:00:04,R2,U1,m1\n",
+    )
+    .await;
+    let runs = [
+        run_of(&server, 1).await,
+        run_of(&server, 2).await,
+        run_of(&server, 3).await,
+        run_of(&server, 4).await,
+    ];
+    let steps: Vec<_> = runs
+        .iter()
+        .map(|r| nic_step(server.base.clone(), r.clone()))
+        .collect();
+    let results: Vec<(CheckOutput, Vec<String>)> =
+        tokio::task::spawn_blocking(move || steps.into_iter().map(|h| h.join().unwrap()).collect())
+            .await
+            .unwrap();
+    for (i, (out, lines)) in results[..3].iter().enumerate() {
+        assert!(out.faults.is_empty(), "n{}: {:?}", i + 1, out.faults);
+        assert!(
+            mbps(out).is_some_and(|m| m > 1.0),
+            "n{}: {:?}",
+            i + 1,
+            out.metrics
+        );
+        let paired: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("paired with n"))
+            .collect();
+        assert!(!paired.is_empty(), "n{}: {lines:?}", i + 1);
+    }
+    // Three in a rack: one of them measured twice, the second time as a helper.
+    let helpers = results[..3]
+        .iter()
+        .filter(|(_, lines)| lines.iter().any(|l| l.contains("as a helper")))
+        .count();
+    assert_eq!(helpers, 1, "{results:?}");
+    // R2 has one node: nobody fits, and that is a fault, not a pass.
+    let (lonely, _) = &results[3];
+    assert_eq!(lonely.faults.len(), 1, "{:?}", lonely.faults);
+    assert_eq!(lonely.faults[0].code, "nic.no_partner");
+    assert!(mbps(lonely).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pairing_requests_that_are_not_a_runs_own_are_refused() {
+    let server = Server::start("pairs-hostile", Config::default()).await;
+    let one = run_of(&server, 1).await;
+    let other = register(&reqwest::Client::new(), &server.base, 2, SUITE).await;
+    let client = reqwest::Client::new();
+    let post = |run: &RegisterResponse, token: &str, path: &str, body: serde_json::Value| {
+        client
+            .post(format!("{}/api/v1/runs/{}/{path}", server.base, run.run_id))
+            .bearer_auth(token.to_owned())
+            .json(&body)
+            .send()
+    };
+    for (run, token, path, body, status, says) in [
+        (
+            &one,
+            other.token.as_str(),
+            "pair",
+            serde_json::json!({"step": 0, "port": 9}),
+            401,
+            "",
+        ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair",
+            serde_json::json!({"step": 5, "port": 9}),
+            400,
+            "no NIC check with `target: peer`",
+        ),
+        (
+            &other,
+            other.token.as_str(),
+            "pair",
+            serde_json::json!({"step": 0, "port": 9}),
+            400,
+            "no NIC check",
+        ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair",
+            serde_json::json!({"step": 0, "port": 0}),
+            400,
+            "port 0",
+        ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair",
+            serde_json::json!({"step": 0, "port": 70000}),
+            400,
+            "expected u16",
+        ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair",
+            serde_json::json!({"step": 0, "port": 9, "spy": 1}),
+            400,
+            "unknown field",
+        ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair/done",
+            serde_json::json!({"pair": 77}),
+            409,
+            "in no pair 77",
+        ),
+    ] {
+        let r = post(run, token, path, body.clone()).await.unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(
+            code == status || (status == 401 && code == 403),
+            "{path} {body}: {code} {text}"
+        );
+        assert!(text.contains(says), "{path} {body}: {text}");
+    }
+}
