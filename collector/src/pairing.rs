@@ -96,6 +96,8 @@ pub struct Scheduler {
     /// Arrival order of nodes not yet measured (first come, first served).
     queue: Vec<NodeId>,
     pairs: HashMap<u64, (NodeId, NodeId)>,
+    /// The end of a pair that said it is done while the other still measures.
+    done_by: HashMap<u64, NodeId>,
     next_pair: u64,
 }
 
@@ -107,6 +109,7 @@ impl Scheduler {
             members: BTreeMap::new(),
             queue: Vec::new(),
             pairs: HashMap::new(),
+            done_by: HashMap::new(),
             next_pair: 1,
         }
     }
@@ -148,6 +151,10 @@ impl Scheduler {
             released: false,
         });
         if let Some(pair) = me.in_pair {
+            // Done on this side: its server stays up until the partner is done too.
+            if self.done_by.get(&pair) == Some(&node) {
+                return Answer::Wait;
+            }
             let (a, b) = self.pairs[&pair];
             return Answer::Pair {
                 pair,
@@ -216,12 +223,25 @@ impl Scheduler {
         }
     }
 
-    /// Pair `pair` measured (whatever it found) at `now_ms`: both nodes are measured, and
-    /// free — each lingers as a helper.
-    pub fn finished(&mut self, pair: u64, now_ms: u64) {
-        let Some((a, b)) = self.pairs.remove(&pair) else {
-            return;
+    /// `node` of pair `pair` measured (whatever it found) at `now_ms`. Once both ends have
+    /// said so, both are measured and free — each lingers as a helper; until then the one
+    /// done waits, serving its partner. False when `node` is in no such pair.
+    pub fn finished(&mut self, pair: u64, node: NodeId, now_ms: u64) -> bool {
+        let Some(&(a, b)) = self.pairs.get(&pair) else {
+            return false;
         };
+        if node != a && node != b {
+            return false;
+        }
+        match self.done_by.get(&pair) {
+            Some(first) if *first != node => {}
+            _ => {
+                self.done_by.insert(pair, node);
+                return true;
+            }
+        }
+        self.done_by.remove(&pair);
+        self.pairs.remove(&pair);
         for id in [a, b] {
             if let Some(m) = self.members.get_mut(&id) {
                 m.in_pair = None;
@@ -229,6 +249,7 @@ impl Scheduler {
                 m.since_ms = now_ms;
             }
         }
+        true
     }
 
     /// The nodes of pair `pair`, while it measures.
@@ -275,7 +296,11 @@ mod tests {
         assert_eq!(s.ask(1, Some("R1"), 20), Answer::Pair { pair, partner: 2 });
         // The third waits for an unmeasured partner; the first two are busy.
         assert_eq!(s.ask(3, Some("R1"), 30), Answer::Wait);
-        s.finished(pair, 1_000);
+        assert!(s.finished(pair, 1, 900));
+        // Node 1 is done; node 2 still measures against it: node 1 waits, serving.
+        assert_eq!(s.ask(1, Some("R1"), 950), Answer::Wait);
+        assert!(!s.finished(pair, 3, 960), "not its pair");
+        assert!(s.finished(pair, 2, 1_000));
         assert_eq!(
             s.ask(3, Some("R1"), 1_500),
             Answer::Wait,
@@ -312,7 +337,9 @@ mod tests {
         while t < 3_600_000 {
             for (pair, end) in running.clone() {
                 if end <= t {
-                    s.finished(pair, t);
+                    let (a, b) = s.pair(pair).unwrap();
+                    s.finished(pair, a, t);
+                    s.finished(pair, b, t);
                     running.retain(|(p, _)| *p != pair);
                 }
             }
@@ -408,7 +435,8 @@ mod tests {
         let Answer::Pair { pair, .. } = s.ask(2, None, 0) else {
             panic!()
         };
-        s.finished(pair, 100);
+        s.finished(pair, 1, 100);
+        s.finished(pair, 2, 100);
         assert_eq!(
             s.ask_with(1, None, 200, true),
             Answer::Wait,

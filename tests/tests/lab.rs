@@ -16,9 +16,10 @@
 //!   as soon as it has served a piece. The other three must pass, having caught the rogue's
 //!   pieces by their hash, and the collector must have served at most two copies.
 //!
-//! - Bridge network, the cabling checked: three nodes, the lab's lldpd as the switch and
-//!   the lab's map imported; nodes 2 and 3 have their cables crossed (each VM on the
-//!   other's tap). Node 1 passes; 2 and 3 fail, each naming the other and both ports.
+//! - Bridge network, a rack: four nodes, the lab's lldpd as the switch and the lab's map
+//!   imported, every NIC measured against another node (`target: peer`); nodes 2 and 3 have
+//!   their cables crossed (each VM on the other's tap). Every node is paired and measured
+//!   both ways; 1 and 4 pass; 2 and 3 fail, each naming the other and both ports.
 //!
 //! Bounded: each lab gives up after 14 minutes and stops every process it started.
 
@@ -397,14 +398,14 @@ fn bridged_nodes_share_the_payload_past_a_rogue_peer_and_a_killed_one() {
 }
 
 #[test]
-fn crossed_cables_on_the_bridge_fail_both_nodes_each_naming_the_other() {
-    let dir = scratch("lab-cables");
+fn a_bridged_rack_pairs_its_nodes_and_crossed_cables_fail_naming_each_other() {
+    let dir = scratch("lab-rack");
     let opts = LabOptions {
         dir: dir.clone(),
-        nodes: 3,
-        suite: repo().join("suites/lab-payload.yaml"),
+        nodes: 4,
+        suite: repo().join("suites/lab-rack.yaml"),
         suite_for: Vec::new(),
-        mem_mib: 272,
+        mem_mib: 256,
         disk_mib: 256,
         uefi: false,
         image: Some(image_dir()),
@@ -414,15 +415,31 @@ fn crossed_cables_on_the_bridge_fail_both_nodes_each_naming_the_other() {
         profile: Profile::Basic,
         inject: vec!["2:swap-cable=3".parse().unwrap()],
         network: Network::Bridge,
-        payload_mib: 8,
+        payload_mib: 0,
         rogue_peer: false,
     };
     let report = up(&opts).unwrap();
     let n = &report.nodes;
-    assert_eq!(n[0].verdict, "pass", "{:?}", n[0]);
+    // Every node's NIC was measured against another node, both ways, at once.
+    for node in n {
+        assert_eq!(node.steps, "3/3", "every step passed: {node:?}");
+        assert_eq!(node.pairs.len(), 1, "{node:?}");
+        let line = &node.pairs[0];
+        assert!(
+            line.starts_with("nic-paired: with lab-node-")
+                && !line.contains(&format!("with {},", node.name)),
+            "{line}"
+        );
+        assert!(
+            !line.contains("download -") && !line.contains("upload -"),
+            "{line}"
+        );
+    }
+    for node in [&n[0], &n[3]] {
+        assert_eq!(node.verdict, "pass", "{node:?}");
+    }
     for (node, other, found, wanted) in [(&n[1], 3, 3, 2), (&n[2], 2, 2, 3)] {
         assert_eq!(node.verdict, "fail", "{node:?}");
-        assert_eq!(node.steps, "4/4", "every step passed: {node:?}");
         assert_eq!(
             node.faults,
             [format!(

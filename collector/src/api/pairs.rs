@@ -174,14 +174,15 @@ pub(super) async fn done(
         .await?;
     let now = crate::store::now_ms().max(0) as u64;
     let mut inner = state.pairs.lock();
-    let scheduler = inner
+    let finished = inner
         .schedulers
         .values_mut()
-        .find(|s| {
-            s.pair(req.pair)
-                .is_some_and(|(a, b)| a == node || b == node)
-        })
-        .ok_or_else(|| ApiError::Conflict(format!("node {node} is in no pair {} now", req.pair)))?;
-    scheduler.finished(req.pair, now);
+        .any(|s| s.finished(req.pair, node, now));
+    if !finished {
+        return Err(ApiError::Conflict(format!(
+            "node {node} is in no pair {} now",
+            req.pair
+        )));
+    }
     Ok(axum::Json(serde_json::json!({ "done": req.pair })))
 }

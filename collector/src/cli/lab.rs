@@ -31,7 +31,8 @@ pub(super) struct UpArgs {
     #[arg(long, default_value = "basic")]
     profile: crate::lab::Profile,
     /// The suite the nodes run [default: suites/lab.yaml; suites/lab-server.yaml with
-    /// --profile server; suites/lab-payload.yaml with --payload-mib].
+    /// --profile server; suites/lab-payload.yaml with --payload-mib; suites/lab-rack.yaml
+    /// on the bridge network (cabling over LLDP, NICs paired)].
     #[arg(long)]
     suite: Option<PathBuf>,
     /// A different suite for one node: N=FILE (repeatable).
@@ -132,10 +133,15 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 dir: args.dir.canonicalize()?,
                 nodes: args.nodes,
                 suite: args.suite.unwrap_or_else(|| {
-                    PathBuf::from(match (args.profile, args.payload_mib) {
-                        (crate::lab::Profile::Server, _) => "suites/lab-server.yaml",
-                        (crate::lab::Profile::Basic, 0) => "suites/lab.yaml",
-                        (crate::lab::Profile::Basic, _) => "suites/lab-payload.yaml",
+                    PathBuf::from(match (args.profile, args.payload_mib, args.network) {
+                        (crate::lab::Profile::Server, ..) => "suites/lab-server.yaml",
+                        (crate::lab::Profile::Basic, 1.., _) => "suites/lab-payload.yaml",
+                        (crate::lab::Profile::Basic, 0, crate::lab::Network::Bridge) => {
+                            "suites/lab-rack.yaml"
+                        }
+                        (crate::lab::Profile::Basic, 0, crate::lab::Network::User) => {
+                            "suites/lab.yaml"
+                        }
                     })
                 }),
                 suite_for,

@@ -139,6 +139,8 @@ pub struct LabNode {
     pub secs_to_verdict: Option<f64>,
     /// The faults injected into this node, each with when and how it went.
     pub injected: Vec<String>,
+    /// Its NIC steps against a peer: whom it was paired with, and each direction's figure.
+    pub pairs: Vec<String>,
 }
 
 /// The lab's result.

@@ -79,9 +79,48 @@ pub(super) fn nodes(
             secs_to_agent_report: secs(agent_started),
             secs_to_verdict: secs(row.and_then(|r| r.finished_ms)),
             injected,
+            pairs: match (run_id, &detail) {
+                (Some(id), Some(d)) => pairs(lab, id, &d.steps)?,
+                _ => Vec::new(),
+            },
         });
     }
     Ok(nodes)
+}
+
+/// The NIC steps measured against a peer: the partner (from the step's log) and both
+/// directions' figures, one line per step.
+fn pairs(
+    lab: &LabCollector,
+    run_id: i64,
+    steps: &[kiln_protocol::wire::StepReport],
+) -> anyhow::Result<Vec<String>> {
+    let logs = lab
+        .rt
+        .block_on(lab.db.read(move |c| queries::run_logs(c, run_id, 2_000)))?;
+    let mut out = Vec::new();
+    for step in steps.iter().filter(|s| s.kind == "nic") {
+        let partner = logs
+            .iter()
+            .filter(|l| l.step == Some(i64::from(step.step)))
+            .filter_map(|l| l.body["line"].as_str())
+            .find_map(|l| l.strip_prefix("paired with "))
+            .and_then(|l| l.split(" (").next());
+        let Some(partner) = partner else { continue };
+        let figure = |name: &str| {
+            step.metrics
+                .iter()
+                .find(|m| m.name == name)
+                .map_or("-".to_owned(), |m| format!("{:.0} Mb/s", m.value))
+        };
+        out.push(format!(
+            "{}: with {partner}, download {}, upload {}",
+            step.name,
+            figure("download_mbps"),
+            figure("upload_mbps")
+        ));
+    }
+    Ok(out)
 }
 
 /// Where the nodes' payload came from: the collector's bytes against the peers', per node.
@@ -275,6 +314,9 @@ pub fn table(report: &LabReport) -> String {
             s(n.secs_to_agent_report),
             s(n.secs_to_verdict)
         ));
+    }
+    for n in report.nodes.iter().filter(|n| !n.pairs.is_empty()) {
+        out.push_str(&format!("paired: {} {}\n", n.name, n.pairs.join("; ")));
     }
     for n in report.nodes.iter().filter(|n| !n.injected.is_empty()) {
         out.push_str(&format!(
