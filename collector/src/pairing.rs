@@ -86,6 +86,8 @@ struct Member {
     pairs: u32,
     in_pair: Option<u64>,
     released: bool,
+    /// Partners it must not be paired with again (a retest wants a third node).
+    exclude: Vec<NodeId>,
 }
 
 /// The pairs of one step of one suite.
@@ -114,10 +116,29 @@ impl Scheduler {
         }
     }
 
-    fn fits(&self, a: &Member, b: &Member) -> bool {
-        match self.settings.policy {
-            Policy::SameRack => a.rack == b.rack,
-            Policy::OtherRack => a.rack != b.rack,
+    fn fits(&self, a: (NodeId, &Member), b: (NodeId, &Member)) -> bool {
+        let rack = match self.settings.policy {
+            Policy::SameRack => a.1.rack == b.1.rack,
+            Policy::OtherRack => a.1.rack != b.1.rack,
+        };
+        rack && !a.1.exclude.contains(&b.0) && !b.1.exclude.contains(&a.0)
+    }
+
+    /// `node`'s pair missed its thresholds: it is measured again, against a third node —
+    /// never `partner` again, and a helper at once rather than after the grace.
+    pub fn retest(&mut self, node: NodeId, partner: NodeId, now_ms: u64) {
+        let Some(m) = self.members.get_mut(&node) else {
+            return;
+        };
+        if m.in_pair.is_some() {
+            return;
+        }
+        m.exclude.push(partner);
+        m.measured = false;
+        m.released = false;
+        m.since_ms = now_ms;
+        if !self.queue.contains(&node) {
+            self.queue.push(node);
         }
     }
 
@@ -149,6 +170,7 @@ impl Scheduler {
             pairs: 0,
             in_pair: None,
             released: false,
+            exclude: Vec::new(),
         });
         if let Some(pair) = me.in_pair {
             // Done on this side: its server stays up until the partner is done too.
@@ -182,7 +204,7 @@ impl Scheduler {
         let unmeasured = self.queue.iter().copied().find(|&other| {
             other != node
                 && self.members[&other].in_pair.is_none()
-                && self.fits(&me, &self.members[&other])
+                && self.fits((node, &me), (other, &self.members[&other]))
         });
         // Else, after the grace, the least-used idle helper.
         let helper = || {
@@ -193,13 +215,18 @@ impl Scheduler {
                         && m.measured
                         && !m.released
                         && m.in_pair.is_none()
-                        && self.fits(&me, m)
+                        && self.fits((node, &me), (**id, m))
                 })
                 .min_by_key(|(id, m)| (m.pairs, **id))
                 .map(|(id, _)| *id)
         };
-        let partner =
-            unmeasured.or_else(|| (waited >= self.settings.grace_ms).then(helper).flatten());
+        // A retest takes a helper at once: it wants a third node, not another newcomer.
+        let retesting = !me.exclude.is_empty();
+        let partner = unmeasured.or_else(|| {
+            (retesting || waited >= self.settings.grace_ms)
+                .then(helper)
+                .flatten()
+        });
         match partner {
             Some(partner) => {
                 let pair = self.next_pair;
@@ -328,6 +355,18 @@ mod tests {
         arrivals: &[u64],
         measure_ms: u64,
     ) -> (Vec<Answer>, u32, u64) {
+        simulate_with(policy, racks, arrivals, measure_ms, &|_, _| false)
+    }
+
+    /// [`simulate`], where a first pair of `a` and `b` for which `missed(a, b)` holds missed
+    /// its thresholds: both are retested, each against a third node.
+    fn simulate_with(
+        policy: Policy,
+        racks: &[usize],
+        arrivals: &[u64],
+        measure_ms: u64,
+        missed: &dyn Fn(NodeId, NodeId) -> bool,
+    ) -> (Vec<Answer>, u32, u64) {
         let mut s = Scheduler::new(settings(policy));
         let n = racks.len();
         let mut last: Vec<Option<Answer>> = vec![None; n];
@@ -340,6 +379,10 @@ mod tests {
                     let (a, b) = s.pair(pair).unwrap();
                     s.finished(pair, a, t);
                     s.finished(pair, b, t);
+                    if s.pairs_of(a) == 1 && s.pairs_of(b) == 1 && missed(a, b) {
+                        s.retest(a, b, t);
+                        s.retest(b, a, t);
+                    }
                     running.retain(|(p, _)| *p != pair);
                 }
             }
@@ -414,6 +457,23 @@ mod tests {
             prop_assert!(end <= 1_000 + 3 * (measure + 2_000 + 1_000), "ended at {end}");
         }
 
+        /// Pairs that miss are retested each against a third node (racks of 3 or more): still
+        /// every node measured, at most 3 pairs each, within three rounds.
+        #[test]
+        fn retests_fit_in_the_three_rounds(
+            sizes in proptest::collection::vec(3usize..40, 1..25),
+            order in any::<u64>(),
+            every in 2i64..9,
+        ) {
+            let racks: Vec<usize> = sizes.iter().enumerate().flat_map(|(r, k)| std::iter::repeat_n(r, *k)).collect();
+            let arrivals: Vec<u64> = (0..racks.len()).map(|i| (order.wrapping_mul(i as u64 + 1) >> 7) % 1_000).collect();
+            let measure = 30_000;
+            let (answers, most, end) = simulate_with(Policy::SameRack, &racks, &arrivals, measure, &|a, b| (a + b) % every == 0);
+            prop_assert!(answers.iter().all(|a| *a == Answer::Released), "{answers:?}");
+            prop_assert!(most <= 3, "a node in {most} pairs");
+            prop_assert!(end <= 1_000 + 3 * (measure + 2_000 + 1_000), "ended at {end}");
+        }
+
         /// Arrivals spread over ten minutes, other-rack policy: every node measured, none in
         /// two pairs at once (checked as it runs), none left waiting.
         #[test]
@@ -426,6 +486,43 @@ mod tests {
             let (answers, _, _) = simulate(Policy::OtherRack, &racks, &arrivals, 20_000);
             prop_assert!(answers.iter().all(|a| *a == Answer::Released), "{answers:?}");
         }
+    }
+
+    #[test]
+    fn a_pair_that_missed_is_retested_each_against_a_third_node() {
+        let mut s = Scheduler::new(settings(Policy::SameRack));
+        let pair_of = |s: &mut Scheduler, a: NodeId, b: NodeId, t: u64| {
+            s.ask(a, None, t);
+            let Answer::Pair { pair, partner } = s.ask(b, None, t) else {
+                panic!("{a} and {b} were not paired")
+            };
+            assert_eq!(partner, a);
+            for n in [a, b] {
+                s.finished(pair, n, t + 10);
+            }
+        };
+        pair_of(&mut s, 1, 2, 0);
+        pair_of(&mut s, 3, 4, 0);
+        // 1-2 missed: each is measured again, never against the other, and at once.
+        s.retest(1, 2, 100);
+        s.retest(2, 1, 100);
+        let Answer::Pair { partner: a, .. } = s.ask(1, None, 110) else {
+            panic!()
+        };
+        let Answer::Pair { partner: b, .. } = s.ask(2, None, 110) else {
+            panic!()
+        };
+        assert!(
+            [3, 4].contains(&a) && [3, 4].contains(&b) && a != b,
+            "{a} {b}"
+        );
+        assert_eq!(s.pairs_of(1), 2);
+        // A node whose only possible partner is excluded waits, then times out.
+        let mut s = Scheduler::new(settings(Policy::SameRack));
+        pair_of(&mut s, 1, 2, 0);
+        s.retest(1, 2, 100);
+        assert_eq!(s.ask(1, None, 200), Answer::Wait);
+        assert_eq!(s.ask(1, None, 700_000), Answer::TimedOut);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod cabling;
 pub mod linux;
+pub mod pairs;
 pub mod peers;
 
 use crate::suite::{Intermittent, Limit, Retest};
