@@ -317,14 +317,13 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
     );
 }
 
-#[test]
-fn bridged_nodes_share_the_payload_past_a_rogue_peer_and_a_killed_one() {
-    let dir = scratch("lab-bridge");
-    let payload_mib = 48;
-    let opts = LabOptions {
-        dir: dir.clone(),
+/// Four basic nodes on the bridge network running `suite` with a payload of `payload_mib`
+/// (memory for it besides) and one injection.
+fn bridged(dir: &std::path::Path, suite: &str, payload_mib: u32, inject: &str) -> LabOptions {
+    LabOptions {
+        dir: dir.to_owned(),
         nodes: 4,
-        suite: repo().join("suites/lab-payload.yaml"),
+        suite: repo().join(suite),
         suite_for: Vec::new(),
         mem_mib: 256 + 2 * payload_mib,
         disk_mib: 256,
@@ -334,10 +333,20 @@ fn bridged_nodes_share_the_payload_past_a_rogue_peer_and_a_killed_one() {
         timeout: Duration::from_secs(14 * 60),
         bars: false,
         profile: Profile::Basic,
-        inject: vec!["2:kill-peer".parse().unwrap()],
+        inject: vec![inject.parse().unwrap()],
         network: Network::Bridge,
         payload_mib,
+        rogue_peer: false,
+    }
+}
+
+#[test]
+fn bridged_nodes_share_the_payload_past_a_rogue_peer_and_a_killed_one() {
+    let dir = scratch("lab-bridge");
+    let payload_mib = 48;
+    let opts = LabOptions {
         rogue_peer: true,
+        ..bridged(&dir, "suites/lab-payload.yaml", payload_mib, "2:kill-peer")
     };
     let report = up(&opts).unwrap();
     let n = &report.nodes;
@@ -398,24 +407,7 @@ fn bridged_nodes_share_the_payload_past_a_rogue_peer_and_a_killed_one() {
 #[test]
 fn a_bridged_rack_pairs_its_nodes_and_crossed_cables_fail_naming_each_other() {
     let dir = scratch("lab-rack");
-    let opts = LabOptions {
-        dir: dir.clone(),
-        nodes: 4,
-        suite: repo().join("suites/lab-rack.yaml"),
-        suite_for: Vec::new(),
-        mem_mib: 256 + 2 * 64,
-        disk_mib: 256,
-        uefi: false,
-        image: Some(image_dir()),
-        accel: "tcg".into(),
-        timeout: Duration::from_secs(14 * 60),
-        bars: false,
-        profile: Profile::Basic,
-        inject: vec!["2:swap-cable=3".parse().unwrap()],
-        network: Network::Bridge,
-        payload_mib: 64,
-        rogue_peer: false,
-    };
+    let opts = bridged(&dir, "suites/lab-rack.yaml", 64, "2:swap-cable=3");
     let report = up(&opts).unwrap();
     let n = &report.nodes;
     // The payload reached every node, the collector serving at most two copies of it.

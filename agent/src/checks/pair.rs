@@ -115,6 +115,12 @@ pub fn run(
                     ctx.observer
                         .progress(1.0, "measured; helping nodes still to be measured");
                 }
+                // Released before its own measurement: what the suite asked was not measured.
+                PairAnswer::Released if !measured => {
+                    break Err(anyhow::anyhow!(
+                        "the collector released this node before it was measured against a partner"
+                    ));
+                }
                 PairAnswer::Released => break Ok(()),
                 PairAnswer::TimedOut { waited_s } => {
                     out.faults.push(

@@ -17,15 +17,7 @@ const MAX_LINES: usize = 200_000;
 pub fn parse_map(text: &str) -> Result<Vec<MapLine>, String> {
     let mut lines = Vec::new();
     let mut problems = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty()
-            || line.starts_with('#')
-            || (i == 0 && line.to_lowercase().starts_with("node,"))
-        {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    for (i, fields) in super::operator::csv_rows(text, "node,") {
         let [node, interface, switch, port] = fields.as_slice() else {
             problems.push(format!(
                 "line {}: {} fields; expected node,interface,switch,port",

@@ -16,20 +16,27 @@ use crate::store::queries::{self, Label, Selector};
 /// Most rows one import may carry.
 const MAX_ROWS: usize = 100_000;
 
+/// The rows of an operator's CSV with their index from 0: blank lines, `#` comments and a
+/// first line starting with `header` skipped, fields trimmed.
+pub(super) fn csv_rows<'a>(
+    text: &'a str,
+    header: &'a str,
+) -> impl Iterator<Item = (usize, Vec<&'a str>)> + 'a {
+    text.lines().enumerate().filter_map(move |(i, line)| {
+        let line = line.trim();
+        let skip = line.is_empty()
+            || line.starts_with('#')
+            || (i == 0 && line.to_lowercase().starts_with(header));
+        (!skip).then(|| (i, line.split(',').map(str::trim).collect()))
+    })
+}
+
 /// Parses `mac,rack,slot,hostname[,batch]` lines (a header line is allowed); every bad line
 /// is named.
 pub fn parse_labels(text: &str) -> Result<Vec<Label>, String> {
     let mut labels = Vec::new();
     let mut problems = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty()
-            || line.starts_with('#')
-            || (i == 0 && line.to_lowercase().starts_with("mac,"))
-        {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    for (i, fields) in csv_rows(text, "mac,") {
         let (mac, rack, slot, hostname, batch) = match fields.as_slice() {
             [mac, rack, slot, hostname] => (mac, rack, slot, hostname, None),
             [mac, rack, slot, hostname, batch] => (

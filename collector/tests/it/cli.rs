@@ -182,3 +182,20 @@ fn lab_profile_and_injection_typos_are_refused_before_anything_starts() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn cabling_import_names_a_file_it_cannot_read_before_asking_anyone() {
+    let out = kiln(&[
+        "cabling",
+        "import",
+        "/nonexistent/map.csv",
+        "--server",
+        "https://127.0.0.1:9",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/map.csv: cannot read"),
+        "{stderr}"
+    );
+}
