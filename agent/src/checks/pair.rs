@@ -16,6 +16,19 @@ use super::{CheckOutput, StepContext};
 /// How often a waiting node asks again.
 const POLL: Duration = Duration::from_millis(500);
 
+/// The bandwidth endpoints on a port of this node's own, until the sender is used or dropped.
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(u16, tokio::sync::oneshot::Sender<()>)> {
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("0.0.0.0:0"))?;
+    let port = listener.local_addr()?.port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(crate::bandwidth::serve(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok((port, stop_tx))
+}
+
 /// Pairs through the collector and measures; `measure` runs the throughput against the
 /// partner's server (the same code as against the collector) and records its metrics.
 pub fn run(
@@ -39,12 +52,7 @@ pub fn run(
         ))
         .enable_all()
         .build()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("0.0.0.0:0"))?;
-    let port = listener.local_addr()?.port();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    runtime.spawn(crate::bandwidth::serve(listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let (port, stop_tx) = serve(&runtime)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
