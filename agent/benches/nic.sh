@@ -14,7 +14,15 @@
 # of its rounds: over veth on a small VM single measurements of one tool swing by ±25 %, and
 # the best round of each would favour whichever tool swings more. The best rounds are printed
 # beside. Prints Mb/s and the ratios (target: kiln >= 0.9 of iperf3 -P N).
-# Run as root: bash agent/benches/nic.sh   (needs iproute2 and iperf3)
+#
+# Paired mode (`nic: {target: peer}`): a collector (`kiln serve`) in namespace A pairs two
+# agents, one per namespace, each posing as a node of its own (its own DMI identity bound over
+# /sys in a private mount namespace). Both measure against each other at once, so every phase
+# loads both directions of the veth: the figure is each phase's two directions added, against
+# `iperf3 --bidir -P N` (both directions at once) at its best configuration, alternating round
+# by round as above.
+# KILN_BENCH_MODES picks what runs: "single paired" (the default), or either alone.
+# Run as root: bash agent/benches/nic.sh   (needs iproute2, util-linux and iperf3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,6 +30,7 @@ SECS=${KILN_BENCH_SECS:-5}
 ROUNDS=${KILN_BENCH_ROUNDS:-5}
 # Streams for the multi-stream comparison: one per CPU unless told.
 STREAMS=${KILN_BENCH_STREAMS:-$(nproc)}
+MODES=${KILN_BENCH_MODES:-single paired}
 A=kiln-bench-a
 B=kiln-bench-b
 ADDR_A=10.231.77.1
@@ -41,17 +50,25 @@ trap cleanup EXIT
 command -v iperf3 >/dev/null || { echo "iperf3 is not installed: apt-get install iperf3"; exit 2; }
 cargo build --release --locked -q -p kiln-agent
 agent=$PWD/target/release/kiln-agent
+if [[ " $MODES " == *" paired "* ]]; then
+  cargo build --release --locked -q -p kiln-collector
+  kiln_bin=$PWD/target/release/kiln
+fi
 
 ip netns add "$A"
 ip netns add "$B"
 ip link add kb-a type veth peer name kb-b
 ip link set kb-a netns "$A"
 ip link set kb-b netns "$B"
-ip -n "$A" addr add "$ADDR_A/30" dev kb-a
-ip -n "$B" addr add "$ADDR_B/30" dev kb-b
-for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-ip -n "$A" link set kb-a up
-ip -n "$B" link set kb-b up
+# One name on both ends: the paired suite, the same text for both nodes, names its interface.
+ip -n "$A" link set kb-a name kb0
+ip -n "$B" link set kb-b name kb0
+ip -n "$A" addr add "$ADDR_A/30" dev kb0
+ip -n "$B" addr add "$ADDR_B/30" dev kb0
+for ns in "$A" "$B"; do
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set kb0 up
+done
 
 ip netns exec "$B" timeout 1800 "$agent" serve-bandwidth --listen "$ADDR_B:$PORT" --seconds 1800 >/dev/null &
 pids+=($!)
@@ -67,7 +84,7 @@ description: NIC throughput benchmark over a veth pair.
 steps:
   - name: nic
     nic:
-      interfaces: [kb-a]
+      interfaces: [kb0]
       target: http://$ADDR_B:$PORT
       duration: ${SECS}s
       direction: $2
@@ -92,9 +109,69 @@ configs=("" "-Z" "-Z -N -l 64K" "-l 1M")
 # Pinning needs a CPU for each side.
 [ "$(nproc)" -ge 2 ] && configs+=("-Z -N -l 64K -A 0,1")
 
+# Paired: one run of the one-step suite per namespace at once, each a node of its own.
+paired_suite() {
+  cat > "$work/pair.yaml" <<YAML
+suite: nic-pair-bench
+description: Paired NIC throughput benchmark over a veth pair.
+steps:
+  - name: nic
+    timeout: 5m
+    nic:
+      interfaces: [kb0]
+      link: false
+      target: peer
+      pair_timeout: 1m
+      duration: ${SECS}s
+      streams: $1
+YAML
+}
+node() { # namespace letter: the agent's run there, as node "$1", its report in $work/pair-$1.json
+  local ns=kiln-bench-$1 dmi=$work/dmi-$1
+  mkdir -p "$dmi" "$work/no-tables"
+  echo "KILNBENCH-$1" > "$dmi/product_serial"
+  echo "00000000-0000-4000-8000-00000000000${2}" > "$dmi/product_uuid"
+  ip netns exec "$ns" unshare -m sh -c "mount --bind '$dmi' /sys/class/dmi/id && \
+    { [ ! -d /sys/firmware/dmi/tables ] || mount --bind '$work/no-tables' /sys/firmware/dmi/tables; } && \
+    exec timeout 300 '$agent' run '$work/pair.yaml' --plain --collector http://$ADDR_A:8282 --report '$work/pair-$1.json'" \
+    > "$work/pair-$1.log" 2>&1
+}
+paired() { # streams -> "download-phase upload-phase" Mb/s, each both directions added
+  paired_suite "$1"
+  node a 1 & local a=$!
+  node b 2 & local b=$!
+  wait "$a" || { echo "paired run in A failed:" >&2; tail -20 "$work/pair-a.log" >&2; exit 1; }
+  wait "$b" || { echo "paired run in B failed:" >&2; tail -20 "$work/pair-b.log" >&2; exit 1; }
+  python3 -c "
+import json
+def m(f):
+    return {x['name']: x['value'] for x in json.load(open(f))['steps'][0]['metrics']}
+a, b = m('$work/pair-a.json'), m('$work/pair-b.json')
+print(a['download_mbps'] + b['download_mbps'], a['upload_mbps'] + b['upload_mbps'])"
+}
+iperf_bidir() { # streams [extra iperf3 options]: Mb/s both directions together
+  ip netns exec "$A" timeout 60 iperf3 -c "$ADDR_B" -p 5201 -t "$SECS" -P "$1" --bidir "${@:2}" -J \
+    | python3 -c "import json,sys; e=json.load(sys.stdin)['end']; print((e['sum_received']['bits_per_second']+e['sum_received_bidir_reverse']['bits_per_second'])/1e6)"
+}
+
 results=$work/results
 : > "$results"
-for round in $(seq "$ROUNDS"); do
+if [[ " $MODES " == *" paired "* ]]; then
+  mkdir -p "$work/collector"
+  ip netns exec "$A" timeout 1800 "$kiln_bin" serve --data "$work/collector" --listen "$ADDR_A:8282" \
+    --management 127.0.0.1:8443 > "$work/collector.log" 2>&1 &
+  pids+=($!)
+  sleep 2
+  for round in $(seq "$ROUNDS"); do
+    read -r down up < <(paired "$STREAMS")
+    echo "kiln-paired $STREAMS both $(python3 -c "print(($down + $up) / 2)") kiln" >> "$results"
+    for config in "${configs[@]}"; do
+      # shellcheck disable=SC2086 # the configuration is words
+      echo "iperf3-bidir $STREAMS both $(iperf_bidir "$STREAMS" $config) ${config// /_}" >> "$results"
+    done
+  done
+fi
+[[ " $MODES " == *" single "* ]] && for round in $(seq "$ROUNDS"); do
   for dir in download upload; do
     for n in "$STREAMS" 1; do
       echo "kiln $n $dir $(kiln "$n" "$dir") kiln" >> "$results"
@@ -125,6 +202,15 @@ def row(streams, way):
     print(f"{label:<10} {way:<8}  kiln {k:8.0f} Mb/s (best {kb:6.0f})   "
           f"iperf3 -P {streams:<3} {how or '(defaults)':<14} {i:8.0f} Mb/s (best {ib:6.0f})   "
           f"ratio {k/i:.2f} (of bests {kb/ib:.2f})")
+def paired():
+    (k, kb, _), (i, ib, how) = figures("kiln-paired", n, "both"), figures("iperf3-bidir", n, "both")
+    print(f"paired, {n} stream(s) each way, both directions at once: kiln agent to agent "
+          f"{k:8.0f} Mb/s (best {kb:6.0f})   iperf3 --bidir -P {n} {how or '(defaults)'} "
+          f"{i:8.0f} Mb/s (best {ib:6.0f})   ratio {k/i:.2f} (target >= 0.90; of bests {kb/ib:.2f})")
+if any(t == "kiln-paired" for t, *_ in samples):
+    paired()
+if not any(t == "kiln" for t, *_ in samples):
+    sys.exit(0)
 for streams in (n, "1"):
     for way in ("download", "upload"):
         row(streams, way)

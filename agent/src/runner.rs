@@ -424,9 +424,13 @@ fn finish(
         metrics,
         skip,
         degraded,
+        inconclusive,
     } = output;
     faults.extend(kernel);
-    let decided = step_outcome(step, faults, &metrics, skip, degraded);
+    let mut decided = step_outcome(step, faults, &metrics, skip, degraded);
+    if let Some(note) = inconclusive {
+        decided.outcome = kiln_protocol::verdict::pairs::excuse(decided.outcome, &note);
+    }
     for line in decided.notes {
         sink.emit(EventBody::Log {
             step: Some(step.index as u32),

@@ -11,7 +11,16 @@
 //!   (the odd one of a rack) pairs with the least-used idle helper once it has waited
 //!   [`Settings::grace`] — so late and odd nodes are measured in a later round;
 //! - a node nobody fits within [`Settings::pair_timeout`] times out (never a pass);
-//! - a helper is released after [`Settings::linger`] idle.
+//! - a pair whose figures missed the step's thresholds is judged by the shared rule
+//!   ([`kiln_protocol::verdict::pairs::blame`]): a member that missed with its only partner
+//!   is retested against a third node at once; one that missed with two carries the fault
+//!   and helps nobody; only a member that met them helps others;
+//! - the end done first serves its partner until the partner is done too, or for
+//!   [`Settings::stale_ms`] — then the partner is gone (its measurement a miss for the
+//!   survivor, who is retested) and never paired again;
+//! - a retest with no third node left to come is released: inconclusive, never a pass;
+//! - a helper is released after [`Settings::linger`] idle, or at once when no node can still
+//!   come, none waits and no pair measures (a pair that misses wants a third node).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -30,6 +39,27 @@ pub struct Kept {
     pub schedulers: HashMap<(String, u32), Scheduler>,
     /// `IP:PORT` of each node's bandwidth server.
     pub addrs: HashMap<NodeId, String>,
+}
+
+impl Kept {
+    /// The scheduler of `key`, made with `settings` if there is none; each numbers its pairs
+    /// in a range of its own, so a pair's number names one pair of one step.
+    pub fn scheduler(&mut self, key: (String, u32), settings: Settings) -> &mut Scheduler {
+        let made = self.schedulers.len() as u64;
+        self.schedulers.entry(key).or_insert_with(|| {
+            let mut s = Scheduler::new(settings);
+            s.next_pair = (made + 1) << 32 | 1;
+            s
+        })
+    }
+
+    /// The step (suite digest, index) whose scheduler has pair `pair` with `node` in it.
+    pub fn step_of(&self, pair: u64, node: NodeId) -> Option<(String, u32)> {
+        self.schedulers
+            .iter()
+            .find(|(_, s)| s.pair(pair).is_some_and(|(a, b)| a == node || b == node))
+            .map(|(key, _)| key.clone())
+    }
 }
 
 impl Pairs {
@@ -63,6 +93,19 @@ pub struct Settings {
     pub pair_timeout_ms: u64,
     /// How long a measured node stays available as a helper.
     pub linger_ms: u64,
+    /// How long the end of a pair done first waits for its partner to say so too.
+    pub stale_ms: u64,
+}
+
+/// What a pair is for the node told of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Its first measurement.
+    First,
+    /// Measured again, against a third node, after its pair missed.
+    Retest,
+    /// Measured and cleared: it loads the link for a partner's sake.
+    Helper,
 }
 
 /// What a node is told when it asks.
@@ -88,6 +131,27 @@ struct Member {
     released: bool,
     /// Partners it must not be paired with again (a retest wants a third node).
     exclude: Vec<NodeId>,
+    /// Each pair it finished: the partner, and whether its own figures met the thresholds.
+    results: Vec<(NodeId, bool)>,
+}
+
+impl Member {
+    /// What its measurements prove, by the rule both sides share.
+    fn standing(&self) -> kiln_protocol::verdict::pairs::Blame {
+        let measured: Vec<kiln_protocol::verdict::pairs::Measured> = self
+            .results
+            .iter()
+            .map(|(partner, met)| kiln_protocol::verdict::pairs::Measured {
+                partner: partner.to_string(),
+                met: *met,
+            })
+            .collect();
+        kiln_protocol::verdict::pairs::blame(&measured)
+    }
+
+    fn cleared(&self) -> bool {
+        self.results.iter().any(|(_, met)| *met)
+    }
 }
 
 /// The pairs of one step of one suite.
@@ -98,8 +162,9 @@ pub struct Scheduler {
     /// Arrival order of nodes not yet measured (first come, first served).
     queue: Vec<NodeId>,
     pairs: HashMap<u64, (NodeId, NodeId)>,
-    /// The end of a pair that said it is done while the other still measures.
-    done_by: HashMap<u64, NodeId>,
+    /// The end of a pair that said it is done while the other still measures: whether its
+    /// figures met the thresholds, and when.
+    done_first: HashMap<u64, (NodeId, bool, u64)>,
     next_pair: u64,
 }
 
@@ -111,7 +176,7 @@ impl Scheduler {
             members: BTreeMap::new(),
             queue: Vec::new(),
             pairs: HashMap::new(),
-            done_by: HashMap::new(),
+            done_first: HashMap::new(),
             next_pair: 1,
         }
     }
@@ -162,7 +227,22 @@ impl Scheduler {
         now_ms: u64,
         more_coming: bool,
     ) -> Answer {
-        let nobody_waits = self.queue.iter().all(|id| *id == node);
+        if let Some(pair) = self.members.get(&node).and_then(|m| m.in_pair) {
+            if let Some(&(first, met, at)) = self.done_first.get(&pair) {
+                if first == node {
+                    // Done on this side: its server stays up until the partner is done too.
+                    if now_ms.saturating_sub(at) < self.settings.stale_ms {
+                        return Answer::Wait;
+                    }
+                    self.done_first.remove(&pair);
+                    let (a, b) = self.pairs[&pair];
+                    let gone = if a == node { b } else { a };
+                    self.close(pair, &[(node, gone, met)], Some(gone), now_ms);
+                }
+            }
+        }
+        // Nobody waits, and no pair measures that may miss and want a third node.
+        let nobody_waits = self.queue.iter().all(|id| *id == node) && self.pairs.is_empty();
         let me = self.members.entry(node).or_insert_with(|| Member {
             rack: rack.map(str::to_owned),
             since_ms: now_ms,
@@ -171,12 +251,9 @@ impl Scheduler {
             in_pair: None,
             released: false,
             exclude: Vec::new(),
+            results: Vec::new(),
         });
         if let Some(pair) = me.in_pair {
-            // Done on this side: its server stays up until the partner is done too.
-            if self.done_by.get(&pair) == Some(&node) {
-                return Answer::Wait;
-            }
             let (a, b) = self.pairs[&pair];
             return Answer::Pair {
                 pair,
@@ -213,6 +290,7 @@ impl Scheduler {
                 .filter(|(id, m)| {
                     **id != node
                         && m.measured
+                        && m.cleared()
                         && !m.released
                         && m.in_pair.is_none()
                         && self.fits((node, &me), (**id, m))
@@ -246,37 +324,91 @@ impl Scheduler {
                 m.released = true;
                 Answer::TimedOut
             }
+            // A retest nobody can still answer: inconclusive, and waiting changes nothing.
+            None if retesting
+                && !more_coming
+                && !self.members.iter().any(|(id, m)| {
+                    *id != node && !m.released && self.fits((node, &me), (*id, m))
+                }) =>
+            {
+                self.queue.retain(|id| *id != node);
+                let m = self.members.get_mut(&node).expect("a member");
+                m.released = true;
+                Answer::Released
+            }
             None => Answer::Wait,
         }
     }
 
-    /// `node` of pair `pair` measured (whatever it found) at `now_ms`. Once both ends have
-    /// said so, both are measured and free — each lingers as a helper; until then the one
-    /// done waits, serving its partner. False when `node` is in no such pair.
-    pub fn finished(&mut self, pair: u64, node: NodeId, now_ms: u64) -> bool {
+    /// Pair `pair` ended with `results` (node, partner, whether the node's figures met the
+    /// thresholds); `gone` is an end that never said it was done. Each end is judged by its
+    /// measurements so far: a member that only missed with one partner is retested, one that
+    /// missed with two goes on carrying the fault, a cleared one lingers as a helper.
+    fn close(
+        &mut self,
+        pair: u64,
+        results: &[(NodeId, NodeId, bool)],
+        gone: Option<NodeId>,
+        now_ms: u64,
+    ) {
+        use kiln_protocol::verdict::pairs::Blame;
+        self.pairs.remove(&pair);
+        if let Some(m) = gone.and_then(|id| self.members.get_mut(&id)) {
+            m.in_pair = None;
+            m.released = true;
+        }
+        for &(node, partner, met) in results {
+            let Some(m) = self.members.get_mut(&node) else {
+                continue;
+            };
+            m.in_pair = None;
+            m.measured = true;
+            m.since_ms = now_ms;
+            m.results.push((partner, met));
+            match m.standing() {
+                Blame::Inconclusive { .. } => self.retest(node, partner, now_ms),
+                Blame::Fault { .. } => m.released = true,
+                Blame::Cleared | Blame::Unmeasured => {}
+            }
+        }
+    }
+
+    /// `node` of pair `pair` measured at `now_ms`, its figures meeting the step's thresholds
+    /// or not (`met`). Once both ends have said so the pair is judged ([`Scheduler::close`]);
+    /// until then the one done waits, serving its partner. A second word from the same end
+    /// changes nothing. False when `node` is in no such pair.
+    pub fn finished(&mut self, pair: u64, node: NodeId, met: bool, now_ms: u64) -> bool {
         let Some(&(a, b)) = self.pairs.get(&pair) else {
             return false;
         };
         if node != a && node != b {
             return false;
         }
-        match self.done_by.get(&pair) {
-            Some(first) if *first != node => {}
-            _ => {
-                self.done_by.insert(pair, node);
+        let (first, first_met) = match self.done_first.get(&pair) {
+            Some(&(first, first_met, _)) if first != node => (first, first_met),
+            Some(_) => return true,
+            None => {
+                self.done_first.insert(pair, (node, met, now_ms));
                 return true;
             }
-        }
-        self.done_by.remove(&pair);
-        self.pairs.remove(&pair);
-        for id in [a, b] {
-            if let Some(m) = self.members.get_mut(&id) {
-                m.in_pair = None;
-                m.measured = true;
-                m.since_ms = now_ms;
-            }
-        }
+        };
+        self.done_first.remove(&pair);
+        self.close(
+            pair,
+            &[(first, node, first_met), (node, first, met)],
+            None,
+            now_ms,
+        );
         true
+    }
+
+    /// What the pair `node` is in now is for it.
+    pub fn role(&self, node: NodeId) -> Role {
+        match self.members.get(&node) {
+            Some(m) if m.cleared() => Role::Helper,
+            Some(m) if !m.results.is_empty() => Role::Retest,
+            _ => Role::First,
+        }
     }
 
     /// The nodes of pair `pair`, while it measures.
@@ -309,6 +441,7 @@ mod tests {
             pair_timeout_ms: 600_000,
             // As long as anyone may wait: a late node always finds a helper.
             linger_ms: 600_000,
+            stale_ms: 120_000,
         }
     }
 
@@ -323,11 +456,11 @@ mod tests {
         assert_eq!(s.ask(1, Some("R1"), 20), Answer::Pair { pair, partner: 2 });
         // The third waits for an unmeasured partner; the first two are busy.
         assert_eq!(s.ask(3, Some("R1"), 30), Answer::Wait);
-        assert!(s.finished(pair, 1, 900));
+        assert!(s.finished(pair, 1, true, 900));
         // Node 1 is done; node 2 still measures against it: node 1 waits, serving.
         assert_eq!(s.ask(1, Some("R1"), 950), Answer::Wait);
-        assert!(!s.finished(pair, 3, 960), "not its pair");
-        assert!(s.finished(pair, 2, 1_000));
+        assert!(!s.finished(pair, 3, true, 960), "not its pair");
+        assert!(s.finished(pair, 2, true, 1_000));
         assert_eq!(
             s.ask(3, Some("R1"), 1_500),
             Answer::Wait,
@@ -377,12 +510,9 @@ mod tests {
             for (pair, end) in running.clone() {
                 if end <= t {
                     let (a, b) = s.pair(pair).unwrap();
-                    s.finished(pair, a, t);
-                    s.finished(pair, b, t);
-                    if s.pairs_of(a) == 1 && s.pairs_of(b) == 1 && missed(a, b) {
-                        s.retest(a, b, t);
-                        s.retest(b, a, t);
-                    }
+                    let met = !(s.pairs_of(a) == 1 && s.pairs_of(b) == 1 && missed(a, b));
+                    s.finished(pair, a, met, t);
+                    s.finished(pair, b, met, t);
                     running.retain(|(p, _)| *p != pair);
                 }
             }
@@ -498,14 +628,14 @@ mod tests {
             };
             assert_eq!(partner, a);
             for n in [a, b] {
-                s.finished(pair, n, t + 10);
+                s.finished(pair, n, a != 1, t + 10);
             }
         };
-        pair_of(&mut s, 1, 2, 0);
         pair_of(&mut s, 3, 4, 0);
         // 1-2 missed: each is measured again, never against the other, and at once.
-        s.retest(1, 2, 100);
-        s.retest(2, 1, 100);
+        pair_of(&mut s, 1, 2, 100);
+        assert_eq!(s.role(1), Role::Retest);
+        assert_eq!(s.role(3), Role::Helper);
         let Answer::Pair { partner: a, .. } = s.ask(1, None, 110) else {
             panic!()
         };
@@ -517,12 +647,111 @@ mod tests {
             "{a} {b}"
         );
         assert_eq!(s.pairs_of(1), 2);
-        // A node whose only possible partner is excluded waits, then times out.
+        // A node whose only possible partner is excluded waits while others may come, then
+        // times out; when none can come it goes at once.
         let mut s = Scheduler::new(settings(Policy::SameRack));
         pair_of(&mut s, 1, 2, 0);
-        s.retest(1, 2, 100);
         assert_eq!(s.ask(1, None, 200), Answer::Wait);
+        assert_eq!(s.ask_with(2, None, 300, false), Answer::Released);
         assert_eq!(s.ask(1, None, 700_000), Answer::TimedOut);
+    }
+
+    /// Node 2 is slow: it misses with 1, and with 3 on its retest; 1 meets with 4.
+    #[test]
+    fn the_slow_node_misses_twice_and_carries_it_and_its_partner_is_cleared() {
+        let mut s = Scheduler::new(settings(Policy::SameRack));
+        let paired = |s: &mut Scheduler, a: NodeId, b: NodeId, t: u64| {
+            let Answer::Pair { pair, partner } = s.ask(b, None, t) else {
+                panic!("{b} was not paired")
+            };
+            assert_eq!(partner, a, "{b} paired with {partner}, not {a}");
+            assert_eq!(s.ask(a, None, t), Answer::Pair { pair, partner: b });
+            pair
+        };
+        s.ask(3, None, 0);
+        let p34 = paired(&mut s, 3, 4, 0);
+        s.ask(1, None, 0);
+        let p12 = paired(&mut s, 1, 2, 0);
+        for (pair, node, met) in [
+            (p34, 3, true),
+            (p34, 4, true),
+            (p12, 1, false),
+            (p12, 2, false),
+        ] {
+            assert!(s.finished(pair, node, met, 1_000));
+        }
+        // A retest takes a helper at once, the least-used with the lowest id.
+        let p13 = paired(&mut s, 3, 1, 1_100);
+        let p24 = paired(&mut s, 4, 2, 1_100);
+        assert_eq!(s.role(1), Role::Retest);
+        for (pair, node, met) in [
+            (p13, 1, true),
+            (p13, 3, true),
+            (p24, 2, false),
+            (p24, 4, false),
+        ] {
+            assert!(s.finished(pair, node, met, 2_000));
+        }
+        use kiln_protocol::verdict::pairs::Blame;
+        assert_eq!(s.members[&1].standing(), Blame::Cleared);
+        assert_eq!(
+            s.members[&2].standing(),
+            Blame::Fault {
+                partners: vec!["1".into(), "4".into()]
+            }
+        );
+        // 4 missed with the slow node but met with 3 before: cleared, and never retested.
+        assert_eq!(s.members[&4].standing(), Blame::Cleared);
+        assert_eq!(s.ask_with(2, None, 2_100, false), Answer::Released);
+        // The faulty node helps nobody: a late node of the rack gets a cleared helper.
+        s.ask(5, None, 2_200);
+        let Answer::Pair { partner, .. } = s.ask(5, None, 4_300) else {
+            panic!()
+        };
+        assert_ne!(partner, 2);
+    }
+
+    #[test]
+    fn a_partner_that_never_says_it_is_done_is_gone_after_the_stale_time() {
+        let mut s = Scheduler::new(settings(Policy::SameRack));
+        for n in [1, 2, 3, 4] {
+            s.ask(n, None, 0);
+        }
+        for n in [1, 2, 3, 4] {
+            s.ask(n, None, 0);
+        }
+        let (pair, partner) = match s.ask(1, None, 0) {
+            Answer::Pair { pair, partner } => (pair, partner),
+            other => panic!("{other:?}"),
+        };
+        // 1 broke off (its partner died) and says so; the partner never does.
+        assert!(s.finished(pair, 1, false, 1_000));
+        assert_eq!(
+            s.ask(1, None, 100_000),
+            Answer::Wait,
+            "serving, within the stale time"
+        );
+        // Past it, the partner is gone and 1 is retested against a third node.
+        let helper_pair = [2, 3, 4]
+            .into_iter()
+            .filter(|n| *n != partner)
+            .find_map(|n| match s.ask(n, None, 1_000) {
+                Answer::Pair { pair, .. } => Some(pair),
+                _ => None,
+            })
+            .expect("the other pair");
+        let (x, y) = s.pair(helper_pair).unwrap();
+        s.finished(helper_pair, x, true, 1_000);
+        s.finished(helper_pair, y, true, 1_000);
+        let Answer::Pair { partner: third, .. } = s.ask(1, None, 121_001) else {
+            panic!("not retested")
+        };
+        assert!(third != partner && third != 1);
+        assert!(
+            !s.finished(pair, partner, true, 121_002),
+            "the gone partner's pair is over"
+        );
+        assert_eq!(s.ask(partner, None, 121_003), Answer::Released);
     }
 
     #[test]
@@ -532,8 +761,8 @@ mod tests {
         let Answer::Pair { pair, .. } = s.ask(2, None, 0) else {
             panic!()
         };
-        s.finished(pair, 1, 100);
-        s.finished(pair, 2, 100);
+        s.finished(pair, 1, true, 100);
+        s.finished(pair, 2, true, 100);
         assert_eq!(
             s.ask_with(1, None, 200, true),
             Answer::Wait,
@@ -542,11 +771,14 @@ mod tests {
         // One unmeasured node waits: the helper stays for it.
         assert_eq!(s.ask(3, None, 300), Answer::Wait);
         assert_eq!(s.ask_with(2, None, 400, false), Answer::Wait);
-        assert!(matches!(
-            s.ask(3, None, 2_400),
-            Answer::Pair { partner: 1, .. }
-        ));
-        assert_eq!(s.ask_with(2, None, 2_500, false), Answer::Released);
+        let Answer::Pair { pair, partner: 1 } = s.ask(3, None, 2_400) else {
+            panic!("3 took no helper")
+        };
+        // While 3 measures, 2 stays: if that pair misses, 3 wants a third node.
+        assert_eq!(s.ask_with(2, None, 2_500, false), Answer::Wait);
+        s.finished(pair, 1, true, 3_000);
+        s.finished(pair, 3, true, 3_000);
+        assert_eq!(s.ask_with(2, None, 3_100, false), Answer::Released);
         assert!(s.knows(3) && !s.knows(4));
     }
 

@@ -137,6 +137,10 @@ const BAD_SUITES: &[(&str, &str)] = &[
         r#"7:13: steps[0].nic.peer: unknown variant "same-row", expected "same-rack" or "other-rack""#,
     ),
     (
+        "nic-fallback-on-a-peer.yaml",
+        "7:7: steps[0].nic.fallback: \"peer\"; expected `collector` or an http:// URL (a node with no partner cannot fall back on a peer)",
+    ),
+    (
         "nic-pair-timeout-without-peer.yaml",
         "7:7: steps[0].nic.pair_timeout: pair_timeout without `target: peer`; it says how this node is paired",
     ),

@@ -30,6 +30,10 @@ pub struct CheckOutput {
     pub skip: Option<String>,
     /// Reasons to call the step degraded beyond the suite's thresholds (built-in targets).
     pub degraded: Vec<String>,
+    /// Why the figures prove nothing against the node (a pair with no third node to retest
+    /// against): missed thresholds degrade the step instead of failing it
+    /// ([`kiln_protocol::verdict::pairs::excuse`]).
+    pub inconclusive: Option<String>,
 }
 
 impl CheckOutput {

@@ -148,19 +148,13 @@ impl CheckKind for Nic {
                 out.degraded.push(format!("{} runs half duplex", i.name));
             }
         }
-        if spec.target.as_deref() == Some("peer") {
-            paired(spec, &interfaces, ctx, &mut out)?;
-        }
-        let base = match spec.target.as_deref() {
+        let target = match spec.target.as_deref() {
+            Some("peer") => paired(spec, &interfaces, ctx, &mut out)?,
+            other => other,
+        };
+        let base = match target {
             None | Some("peer") => None,
-            Some("collector") => match &ctx.options.collector {
-                Some(url) => Some((url.clone(), ctx.options.collector_token.clone())),
-                None => {
-                    ctx.observer.log(LogLevel::Warn, "throughput skipped: `target: collector` but this run has no collector (use --collector URL)");
-                    None
-                }
-            },
-            Some(url) => Some((url.to_owned(), None)),
+            Some(target) => target_base(target, ctx),
         };
         match base {
             Some((base, token)) => {
@@ -206,13 +200,30 @@ impl CheckKind for Nic {
     }
 }
 
+/// Where `target` (`collector` or a URL) measures, with the token it takes; none when the
+/// run has no collector (said in the step's log).
+fn target_base(target: &str, ctx: &StepContext<'_>) -> Option<(String, Option<String>)> {
+    if target != "collector" {
+        return Some((target.to_owned(), None));
+    }
+    match &ctx.options.collector {
+        Some(url) => Some((url.clone(), ctx.options.collector_token.clone())),
+        None => {
+            ctx.observer.log(LogLevel::Warn, "throughput skipped: `target: collector` but this run has no collector (use --collector URL)");
+            None
+        }
+    }
+}
+
 /// `target: peer`: throughput against the partner the collector pairs this node with.
-fn paired(
-    spec: &kiln_protocol::suite::NicCheck,
+/// Returns where to measure still: the suite's `fallback` when no partner came (else that is
+/// the fault `nic.no_partner`), nothing once paired.
+fn paired<'s>(
+    spec: &'s kiln_protocol::suite::NicCheck,
     interfaces: &[Interface],
     ctx: &StepContext<'_>,
     out: &mut CheckOutput,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<&'s str>> {
     let fastest = interfaces.iter().filter_map(|i| i.speed_mbps).max();
     let cpus = crate::os::affinity::allowed_cpus().len();
     let streams = spec
@@ -221,7 +232,25 @@ fn paired(
     // A partner's server asks for no token: the run's token never goes to a peer.
     let measure =
         |target: &str, out: &mut CheckOutput| throughput(target, None, spec, streams, ctx, out);
-    super::pair::run(spec, ctx, out, &measure)
+    let waited_s = match super::pair::run(spec, ctx, out, &measure)? {
+        super::pair::Paired::Judged => return Ok(None),
+        super::pair::Paired::NoPartner { waited_s } => waited_s,
+    };
+    if let Some(fallback) = spec.fallback.as_deref() {
+        ctx.observer.log(
+            LogLevel::Warn,
+            &format!("no partner reached this node within {waited_s} s: measuring against the suite's fallback, {fallback}"),
+        );
+        return Ok(Some(fallback));
+    }
+    out.faults.push(
+        Fault::new(
+            "nic.no_partner",
+            format!("no partner reached this node within {waited_s} s (pair_timeout)"),
+        )
+        .with("policy", format!("{:?}", spec.peer.unwrap_or_default())),
+    );
+    Ok(None)
 }
 
 /// Streams when the suite sets none: one per 10 Gb/s of the fastest link (a single TCP stream

@@ -2,19 +2,71 @@
 //! The node serves the bandwidth endpoints on a port of its own for the whole step, asks the
 //! collector for a partner, and when paired measures against the partner's server while the
 //! partner measures against its own — both directions loaded at once, no collector link in
-//! the way. Measured once, it stays a helper for an odd or late node until the collector
-//! releases it. No partner within `pair_timeout` is a fault, never a pass.
+//! the way. It tells the collector its figures, which the collector judges against the
+//! run's suite; a pair that missed is retested, each member against a third node, and the
+//! node's outcome follows the rule both sides share ([`kiln_protocol::verdict::pairs`]):
+//! cleared, carrying the fault, or inconclusive (`degraded`). Measured and cleared, it stays a
+//! helper for odd, late and retested nodes until the collector releases it.
 
 use std::time::{Duration, Instant};
 
-use kiln_protocol::pair::{PairAnswer, PairDone, PairRequest};
+use kiln_protocol::pair::{PairAnswer, PairDone, PairDoneReply, PairRequest, PairRole};
 use kiln_protocol::routes;
+use kiln_protocol::verdict::pairs::{Blame, Measured, blame};
 use kiln_protocol::wire::{Fault, LogLevel};
 
 use super::{CheckOutput, StepContext};
 
 /// How often a waiting node asks again.
 const POLL: Duration = Duration::from_millis(500);
+
+/// How the pairing ended.
+pub enum Paired {
+    /// Measured against one partner or more; the outcome is in the output.
+    Judged,
+    /// No partner came within the step's `pair_timeout`.
+    NoPartner {
+        /// How long it waited, in seconds.
+        waited_s: u64,
+    },
+}
+
+/// One measurement against a partner, as the collector judged it.
+struct Measurement {
+    partner: String,
+    met: bool,
+    figures: CheckOutput,
+}
+
+/// The collector's pairing routes for this run.
+struct Collector<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    http: reqwest::Client,
+    token: &'a str,
+    ask_url: String,
+    done_url: String,
+}
+
+impl Collector<'_> {
+    fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        self.runtime.block_on(async {
+            Ok(self
+                .http
+                .post(url)
+                .bearer_auth(self.token)
+                .json(body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<T>()
+                .await?)
+        })
+    }
+}
 
 /// The bandwidth endpoints on a port of this node's own, until the sender is used or dropped.
 fn serve(
@@ -36,7 +88,7 @@ pub fn run(
     ctx: &StepContext<'_>,
     out: &mut CheckOutput,
     measure: &dyn Fn(&str, &mut CheckOutput) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Paired> {
     let (Some(base), Some(token), Some(run_id)) = (
         ctx.options.collector.as_deref(),
         ctx.options.collector_token.as_deref(),
@@ -53,98 +105,176 @@ pub fn run(
         .enable_all()
         .build()?;
     let (port, stop_tx) = serve(&runtime)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let post = |url: &str, body: serde_json::Value| {
-        runtime.block_on(async {
-            http.post(url)
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await?
-                .error_for_status()?
-                .json::<serde_json::Value>()
-                .await
-        })
+    let collector = Collector {
+        runtime: &runtime,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        token,
+        ask_url: routes::url(base, routes::PAIR, run_id),
+        done_url: routes::url(base, routes::PAIR_DONE, run_id),
     };
-    let ask_url = routes::url(base, routes::PAIR, run_id);
-    let done_url = routes::url(base, routes::PAIR_DONE, run_id);
     let request = PairRequest {
         step: ctx.step as u32,
         port,
     };
     let started = Instant::now();
-    let mut measured = false;
-    let result =
-        loop {
-            if ctx.stop.should_stop() {
-                break Err(anyhow::anyhow!(
+    let mut measured: Vec<Measurement> = Vec::new();
+    let result = loop {
+        if ctx.stop.should_stop() {
+            break if measured.is_empty() {
+                Err(anyhow::anyhow!(
                     "no partner was measured against within the step's timeout"
+                ))
+            } else {
+                Ok(Paired::Judged)
+            };
+        }
+        let answer: PairAnswer = match collector.post(&collector.ask_url, &request) {
+            Ok(answer) => answer,
+            Err(err) => break Err(err.context("asking the collector for a partner")),
+        };
+        match answer {
+            PairAnswer::Wait => {
+                let waiting = match measured.last() {
+                    None => "waiting for a partner",
+                    Some(m) if !m.met => "waiting for a third node to retest against",
+                    Some(_) => "measured; helping nodes still to be measured",
+                };
+                ctx.observer.progress(
+                    if measured.is_empty() { 0.0 } else { 1.0 },
+                    &format!("{waiting} ({} s)", started.elapsed().as_secs()),
+                );
+                std::thread::sleep(POLL);
+            }
+            PairAnswer::Pair {
+                pair,
+                name,
+                addr,
+                role,
+                ..
+            } => match measure_pair(&collector, pair, &name, &addr, role, ctx, measure) {
+                // A helper loads the link for its partner's sake: its own standing is proven.
+                Ok(m) if role == PairRole::Helper => drop(m),
+                Ok(m) => measured.push(m),
+                Err(err) => break Err(err),
+            },
+            // Released before its own measurement: what the suite asked was not measured.
+            PairAnswer::Released if measured.is_empty() => {
+                break Err(anyhow::anyhow!(
+                    "the collector released this node before it was measured against a partner"
                 ));
             }
-            let answer: PairAnswer =
-                serde_json::from_value(post(&ask_url, serde_json::to_value(&request)?)?)?;
-            match answer {
-                PairAnswer::Wait => {
-                    if !measured {
-                        ctx.observer.progress(
-                            0.0,
-                            &format!("waiting for a partner ({} s)", started.elapsed().as_secs()),
-                        );
-                    }
-                    std::thread::sleep(POLL);
-                }
-                PairAnswer::Pair {
-                    pair,
-                    name,
-                    addr,
-                    helper,
-                    ..
-                } => {
-                    let target = format!("http://{addr}");
-                    ctx.observer.log(
-                    LogLevel::Info,
-                    &format!(
-                        "paired with {name} ({addr}){}: both measure against each other at once",
-                        if helper { ", as a helper for a node not measured yet" } else { "" }
-                    ),
-                );
-                    // A helper loads the link for its partner's sake; its own figures stay those
-                    // of its first pair.
-                    let mut scratch = CheckOutput::default();
-                    let sink = if measured { &mut scratch } else { &mut *out };
-                    let outcome = measure(&target, sink);
-                    let _ = post(&done_url, serde_json::to_value(PairDone { pair })?);
-                    if let Err(err) = outcome {
-                        break Err(err.context(format!("measuring against {name} ({addr})")));
-                    }
-                    measured = true;
-                    ctx.observer
-                        .progress(1.0, "measured; helping nodes still to be measured");
-                }
-                // Released before its own measurement: what the suite asked was not measured.
-                PairAnswer::Released if !measured => {
-                    break Err(anyhow::anyhow!(
-                        "the collector released this node before it was measured against a partner"
-                    ));
-                }
-                PairAnswer::Released => break Ok(()),
-                PairAnswer::TimedOut { waited_s } => {
-                    out.faults.push(
-                        Fault::new(
-                            "nic.no_partner",
-                            format!(
-                                "no partner reached this node within {waited_s} s (pair_timeout)"
-                            ),
-                        )
-                        .with("policy", format!("{:?}", spec.peer.unwrap_or_default())),
-                    );
-                    break Ok(());
-                }
+            PairAnswer::TimedOut { waited_s } if measured.is_empty() => {
+                break Ok(Paired::NoPartner { waited_s });
             }
-        };
+            PairAnswer::Released | PairAnswer::TimedOut { .. } => break Ok(Paired::Judged),
+        }
+    };
     let _ = stop_tx.send(());
     runtime.shutdown_timeout(Duration::from_secs(2));
+    if matches!(result, Ok(Paired::Judged)) {
+        judge(&measured, ctx, out);
+    }
     result
+}
+
+/// Measures against the partner of pair `pair` and tells the collector the figures. A
+/// measurement that broke off (the partner died, the link dropped) is a miss, not an error:
+/// the collector retests this node against a third.
+fn measure_pair(
+    collector: &Collector<'_>,
+    pair: u64,
+    name: &str,
+    addr: &str,
+    role: PairRole,
+    ctx: &StepContext<'_>,
+    measure: &dyn Fn(&str, &mut CheckOutput) -> anyhow::Result<()>,
+) -> anyhow::Result<Measurement> {
+    let why = match role {
+        PairRole::First => "",
+        PairRole::Retest => ", a third node to retest against: the first pair missed",
+        PairRole::Helper => ", as a helper for a node not measured yet",
+    };
+    ctx.observer.log(
+        LogLevel::Info,
+        &format!("paired with {name} ({addr}){why}: both measure against each other at once"),
+    );
+    let mut figures = CheckOutput::default();
+    if let Err(err) = measure(&format!("http://{addr}"), &mut figures) {
+        ctx.observer.log(
+            LogLevel::Warn,
+            &format!("measuring against {name} ({addr}) broke off, a miss: {err:#}"),
+        );
+        figures = CheckOutput::default();
+    }
+    let figure = |n: &str| {
+        figures
+            .metrics
+            .iter()
+            .find(|m| m.name == n)
+            .map(|m| m.value)
+    };
+    let done = PairDone {
+        pair,
+        download_mbps: figure("download_mbps"),
+        upload_mbps: figure("upload_mbps"),
+        mbps: figure("mbps"),
+    };
+    let reply: PairDoneReply = collector
+        .post(&collector.done_url, &done)
+        .map_err(|e| e.context(format!("telling the collector pair {pair} is done")))?;
+    ctx.observer.log(
+        if reply.met {
+            LogLevel::Info
+        } else {
+            LogLevel::Warn
+        },
+        &format!(
+            "against {name}: {} — {} the step's thresholds",
+            done.mbps
+                .map_or("nothing measured".to_owned(), |m| format!("{m:.0} Mb/s")),
+            if reply.met { "met" } else { "missed" }
+        ),
+    );
+    Ok(Measurement {
+        partner: name.to_owned(),
+        met: reply.met,
+        figures,
+    })
+}
+
+/// The step's figures and outcome from its measurements: those of the pair that met the
+/// thresholds (else the first), and the shared rule's blame.
+fn judge(measured: &[Measurement], ctx: &StepContext<'_>, out: &mut CheckOutput) {
+    let list: Vec<Measured> = measured
+        .iter()
+        .map(|m| Measured {
+            partner: m.partner.clone(),
+            met: m.met,
+        })
+        .collect();
+    let blame = blame(&list);
+    if let Some(chosen) = measured.iter().find(|m| m.met).or(measured.first()) {
+        out.metrics.extend(chosen.figures.metrics.iter().cloned());
+    }
+    let reason = blame.reason();
+    match blame {
+        Blame::Cleared => {
+            if list.iter().any(|m| !m.met) {
+                ctx.observer.log(
+                    LogLevel::Info,
+                    "cleared: a miss with one partner, its thresholds met with another",
+                );
+            }
+        }
+        Blame::Fault { partners } => out.faults.push(
+            Fault::new("nic.pair_blame", reason.unwrap_or_default())
+                .with("partners", partners.join(", ")),
+        ),
+        Blame::Inconclusive { .. } => out.inconclusive = reason,
+        Blame::Unmeasured => out
+            .faults
+            .push(Fault::new("nic.no_partner", reason.unwrap_or_default())),
+    }
 }

@@ -1,17 +1,20 @@
 //! The pairing routes of an open run (its session token) for `nic: {target: peer}`: the
 //! agent asks with its step and its bandwidth server's port and is told to wait, whom to
-//! measure against, to go on, or that no partner came; it says when a pair is done. One
-//! [`Scheduler`] per suite and step decides ([`crate::pairing`]); this only reads the run's
-//! node, rack and step and keeps where each node's server listens.
+//! measure against, to go on, or that no partner came; it says when a pair is done, with its
+//! figures, which the collector judges against the run's stored suite and stores. One
+//! [`Scheduler`] per suite and step decides ([`crate::pairing`]), retests included; this only
+//! reads the run's node, rack and step, stores the results and keeps where each node's
+//! server listens.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use kiln_protocol::pair::{PairAnswer, PairDone, PairRequest};
-use kiln_protocol::suite::PeerPolicy;
+use kiln_protocol::pair::{PairAnswer, PairDone, PairDoneReply, PairRequest, PairRole};
+use kiln_protocol::suite::{CheckSpec, PeerPolicy};
 
 use super::{ApiError, AppState, Json, RunAuth};
-use crate::pairing::{Answer, Policy, Scheduler, Settings};
+use crate::pairing::{Answer, Policy, Role, Settings};
+use crate::store::queries::{PairResult, record_pair};
 
 /// How long a node waits for any partner unless its step says.
 pub const PAIR_TIMEOUT_MS: u64 = 10 * 60 * 1000;
@@ -19,11 +22,16 @@ pub const PAIR_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 /// How long an unmeasured node waits for another unmeasured one before a helper.
 pub const GRACE_MS: u64 = 2_000;
 
+/// Past the step's own measuring time, how long the end of a pair done first waits for its
+/// partner's word before the partner counts as gone.
+pub const STALE_SLACK_MS: u64 = 60_000;
+
 /// What the run's step asks for, read from the store.
 struct Asking {
     node: i64,
     rack: Option<String>,
     suite: String,
+    step: kiln_protocol::PlannedStep,
     settings: Settings,
 }
 
@@ -43,9 +51,9 @@ async fn asking(state: &AppState, run_id: i64, step: u32) -> Result<Asking, ApiE
         .map_err(|_| ApiError::Conflict(format!("run {run_id} is not open")))?;
     let plan = kiln_protocol::load("suite", text.as_bytes())
         .map_err(|_| ApiError::Conflict("the run's stored suite no longer loads".into()))?;
-    let nic = plan
-        .steps
-        .get(step as usize)
+    let planned = plan.steps.get(step as usize).cloned();
+    let nic = planned
+        .as_ref()
         .and_then(|s| match &s.check {
             kiln_protocol::Check::Nic(n) if n.target.as_deref() == Some("peer") => Some(n),
             _ => None,
@@ -58,20 +66,24 @@ async fn asking(state: &AppState, run_id: i64, step: u32) -> Result<Asking, ApiE
     let timeout = nic
         .pair_timeout
         .map_or(PAIR_TIMEOUT_MS, |d| d.get().as_millis() as u64);
+    let measuring = nic.own_duration().unwrap_or_default().as_millis() as u64;
+    let settings = Settings {
+        policy: match nic.peer.unwrap_or_default() {
+            PeerPolicy::SameRack => Policy::SameRack,
+            PeerPolicy::OtherRack => Policy::OtherRack,
+        },
+        grace_ms: GRACE_MS.min(timeout),
+        pair_timeout_ms: timeout,
+        // A measured node helps as long as anyone may still wait.
+        linger_ms: timeout,
+        stale_ms: measuring + STALE_SLACK_MS,
+    };
     Ok(Asking {
         node,
         rack,
         suite,
-        settings: Settings {
-            policy: match nic.peer.unwrap_or_default() {
-                PeerPolicy::SameRack => Policy::SameRack,
-                PeerPolicy::OtherRack => Policy::OtherRack,
-            },
-            grace_ms: GRACE_MS.min(timeout),
-            pair_timeout_ms: timeout,
-            // A measured node helps as long as anyone may still wait.
-            linger_ms: timeout,
-        },
+        step: planned.expect("checked above"),
+        settings,
     })
 }
 
@@ -90,6 +102,22 @@ async fn name_of(state: &AppState, node: i64) -> Result<String, ApiError> {
         .await?)
 }
 
+/// The nodes whose open runs of suite `suite` may still reach the step.
+async fn open_nodes(state: &AppState, suite: String) -> Result<Vec<i64>, ApiError> {
+    Ok(state
+        .db
+        .read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT node_id FROM runs WHERE verdict IS NULL AND suite_sha256 = ?1",
+            )?;
+            let nodes = stmt
+                .query_map([suite], |r| r.get(0))?
+                .collect::<Result<Vec<i64>, _>>()?;
+            Ok(nodes)
+        })
+        .await?)
+}
+
 /// `POST …/pair`: what this node does now.
 pub(super) async fn ask(
     State(state): State<AppState>,
@@ -104,45 +132,45 @@ pub(super) async fn ask(
     }
     let a = asking(&state, run_id, req.step).await?;
     let now = crate::store::now_ms().max(0) as u64;
-    let suite = a.suite.clone();
-    // The nodes whose open runs of this suite have not asked yet: they may still come.
-    let open: Vec<i64> = state
-        .db
-        .read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT node_id FROM runs WHERE verdict IS NULL AND suite_sha256 = ?1",
-            )?;
-            let nodes = stmt
-                .query_map([suite], |r| r.get(0))?
-                .collect::<Result<Vec<i64>, _>>()?;
-            Ok(nodes)
-        })
-        .await?;
-    let (answer, addr, helper, since) = {
+    let open = open_nodes(&state, a.suite.clone()).await?;
+    let (answer, addr, role, since) = {
         let mut inner = state.pairs.lock();
         inner
             .addrs
             .insert(a.node, SocketAddr::new(from.ip(), req.port).to_string());
-        let scheduler = inner
-            .schedulers
-            .entry((a.suite.clone(), req.step))
-            .or_insert_with(|| Scheduler::new(a.settings));
+        let scheduler = inner.scheduler((a.suite.clone(), req.step), a.settings);
         let more_coming = open.iter().any(|n| *n != a.node && !scheduler.knows(*n));
         let answer = scheduler.ask_with(a.node, a.rack.as_deref(), now, more_coming);
-        let helper = scheduler.pairs_of(a.node) > 1 && matches!(answer, Answer::Pair { .. });
+        let role = scheduler.role(a.node);
         let since = scheduler.waited_ms(a.node, now);
         let addr = match &answer {
             Answer::Pair { partner, .. } => inner.addrs.get(partner).cloned(),
             _ => None,
         };
-        (answer, addr, helper, since)
+        (answer, addr, role, since)
     };
     Ok(axum::Json(match answer {
         Answer::Wait => PairAnswer::Wait,
         Answer::Released => PairAnswer::Released,
-        Answer::TimedOut => PairAnswer::TimedOut {
-            waited_s: since / 1000,
-        },
+        Answer::TimedOut => {
+            let timed_out = PairResult {
+                step: req.step,
+                pair: 0,
+                partner: None,
+                download_mbps: None,
+                upload_mbps: None,
+                mbps: None,
+                met: false,
+                at_ms: now as i64,
+            };
+            state
+                .db
+                .call(move |c| record_pair(c, run_id, &timed_out))
+                .await?;
+            PairAnswer::TimedOut {
+                waited_s: since / 1000,
+            }
+        }
         Answer::Pair { pair, partner } => PairAnswer::Pair {
             pair,
             node: partner,
@@ -152,17 +180,26 @@ pub(super) async fn ask(
                     "node {partner} was paired without an address"
                 ))
             })?,
-            helper,
+            role: match role {
+                Role::First => PairRole::First,
+                Role::Retest => PairRole::Retest,
+                Role::Helper => PairRole::Helper,
+            },
         },
     }))
 }
 
-/// `POST …/pair/done`: the pair measured; 409 for a pair this run's node is not in.
+/// `POST …/pair/done`: the pair measured, with this end's figures; they are judged against
+/// the run's stored suite and stored before the pair is closed. 400 for figures no NIC
+/// measures, 409 for a pair this run's node is not in.
 pub(super) async fn done(
     State(state): State<AppState>,
     RunAuth(run_id): RunAuth,
     Json(req): Json<PairDone>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<PairDoneReply>, ApiError> {
+    if let Some(why) = req.implausible() {
+        return Err(ApiError::BadRequest(why));
+    }
     let node: i64 = state
         .db
         .read(move |c| {
@@ -172,17 +209,43 @@ pub(super) async fn done(
             .map_err(crate::store::StoreError::from)
         })
         .await?;
+    let not_in = || ApiError::Conflict(format!("node {node} is in no pair {} now", req.pair));
+    let ((suite, step), partner) = {
+        let inner = state.pairs.lock();
+        let key = inner.step_of(req.pair, node).ok_or_else(not_in)?;
+        let (a, b) = inner.schedulers[&key].pair(req.pair).ok_or_else(not_in)?;
+        (key, if a == node { b } else { a })
+    };
+    let a = asking(&state, run_id, step).await?;
+    if a.suite != suite {
+        return Err(not_in());
+    }
+    let met = kiln_protocol::verdict::pairs::met(&a.step, req.mbps);
     let now = crate::store::now_ms().max(0) as u64;
+    let result = PairResult {
+        step,
+        pair: req.pair,
+        partner: Some((partner, name_of(&state, partner).await?)),
+        download_mbps: req.download_mbps,
+        upload_mbps: req.upload_mbps,
+        mbps: req.mbps,
+        met,
+        at_ms: now as i64,
+    };
+    state
+        .db
+        .call(move |c| record_pair(c, run_id, &result))
+        .await?;
     let mut inner = state.pairs.lock();
     let finished = inner
         .schedulers
-        .values_mut()
-        .any(|s| s.finished(req.pair, node, now));
+        .get_mut(&(suite, step))
+        .is_some_and(|s| s.finished(req.pair, node, met, now));
     if !finished {
-        return Err(ApiError::Conflict(format!(
-            "node {node} is in no pair {} now",
-            req.pair
-        )));
+        return Err(not_in());
     }
-    Ok(axum::Json(serde_json::json!({ "done": req.pair })))
+    Ok(axum::Json(PairDoneReply {
+        done: req.pair,
+        met,
+    }))
 }

@@ -75,10 +75,13 @@ pub(super) struct UpArgs {
     /// Working directory.
     #[arg(long, default_value = ".kiln-lab")]
     dir: PathBuf,
-    /// Inject a fault into a server node (repeatable): NODE:FAULT@STEP while that step runs,
-    /// FAULT one of nvme-warning, mce, mce-fatal, sel, aer; or NODE:narrow-slot (the NIC's
-    /// slot limited to x1 at 2.5 GT/s from power-on). E.g. `--inject 2:mce@memory`.
-    #[arg(long, value_name = "NODE:FAULT[@STEP]")]
+    /// Inject a fault (repeatable): into a server node, NODE:FAULT@STEP while that step runs,
+    /// FAULT one of nvme-warning, mce, mce-fatal, sel, aer, or NODE:narrow-slot (the NIC's
+    /// slot limited to x1 at 2.5 GT/s from power-on); on the bridge network, NODE:kill-peer
+    /// (killed once it serves the payload), NODE:swap-cable=M (two nodes' cables crossed) or
+    /// NODE:slow-nic=MBPS (its switch port limited to MBPS towards it). E.g.
+    /// `--inject 2:mce@memory`, `--inject 4:slow-nic=10`.
+    #[arg(long, value_name = "NODE:FAULT[@STEP|=VALUE]")]
     inject: Vec<crate::lab::inject::Injection>,
 }
 

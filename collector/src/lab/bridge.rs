@@ -50,18 +50,40 @@ pub struct Bridge {
 
 /// Runs `ip ARGS` (in whatever namespace this thread is in), naming the command on failure.
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
+    iproute2("ip", args)
+}
+
+/// Runs an iproute2 `program` with `args`, naming the command on failure.
+fn iproute2(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| anyhow::anyhow!("cannot run ip: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot run {program} (iproute2): {e}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "`ip {}` failed: {}",
+        "`{program} {}` failed: {}",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
+}
+
+/// Slows tap `i`'s traffic towards its node to `mbps` (a token bucket on the switch port,
+/// with 10 ms of burst): the node's receive side, which its partners' uploads and its own
+/// downloads cross. Its sending side stays as is: policing a port's ingress needs a kernel
+/// action module (`act_police`) that not every host has.
+pub fn limit(i: usize, mbps: u32) -> anyhow::Result<()> {
+    let burst = (u64::from(mbps) * 1_250).max(16_000).to_string();
+    let rate = format!("{mbps}mbit");
+    let tap = tap(i);
+    iproute2(
+        "tc",
+        &[
+            "qdisc", "replace", "dev", &tap, "root", "tbf", "rate", &rate, "burst", &burst,
+            "latency", "200ms",
+        ],
+    )
 }
 
 /// Moves the calling thread into the network namespace behind `ns` (a file of /proc or

@@ -4,7 +4,8 @@
 //! an event in the BMC's System Event Log (OpenIPMI `ipmi_sim`'s `sel_add`), a non-fatal
 //! PCIe AER error on the NIC (HMP `pcie_aer_inject_error`), and — at power-on — the NIC's slot
 //! narrowed to x1 at 2.5 GT/s (`x-width`/`x-speed` on its root port); and on the bridge
-//! network, a node killed while it serves the payload to others.
+//! network, a node killed while it serves the payload to others, two nodes' cables crossed,
+//! and a node's link slowed (`tc` on its switch port).
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,6 +31,9 @@ pub enum Fault {
     /// The node's cable and another's crossed: each VM on the other's switch port (bridge
     /// network; `N:swap-cable=M`).
     SwapCable,
+    /// The node's switch port rate-limited to the Mb/s given, towards the node (bridge
+    /// network; `N:slow-nic=MBPS`): a slow link its partners cannot tell from their own.
+    SlowNic,
 }
 
 /// When a fault goes in.
@@ -44,7 +48,7 @@ pub enum When {
 }
 
 impl Fault {
-    const ALL: [(Fault, &'static str); 8] = [
+    const ALL: [(Fault, &'static str); 9] = [
         (Fault::NvmeWarning, "nvme-warning"),
         (Fault::Mce, "mce"),
         (Fault::FatalMce, "mce-fatal"),
@@ -53,6 +57,7 @@ impl Fault {
         (Fault::NarrowSlot, "narrow-slot"),
         (Fault::KillPeer, "kill-peer"),
         (Fault::SwapCable, "swap-cable"),
+        (Fault::SlowNic, "slow-nic"),
     ];
 
     /// The name used on the command line.
@@ -66,7 +71,7 @@ impl Fault {
     /// When the fault goes in.
     pub fn when(self) -> When {
         match self {
-            Fault::NarrowSlot | Fault::SwapCable => When::PowerOn,
+            Fault::NarrowSlot | Fault::SwapCable | Fault::SlowNic => When::PowerOn,
             Fault::KillPeer => When::Serving,
             _ => When::Step,
         }
@@ -74,7 +79,7 @@ impl Fault {
 
     /// Whether it needs the server profile's hardware (NVMe, BMC, root ports).
     pub fn needs_server(self) -> bool {
-        !matches!(self, Fault::KillPeer | Fault::SwapCable)
+        !matches!(self, Fault::KillPeer | Fault::SwapCable | Fault::SlowNic)
     }
 }
 
@@ -89,7 +94,12 @@ pub struct Injection {
     pub during: Option<String>,
     /// The other node of a swap (`swap-cable=M`).
     pub partner: Option<usize>,
+    /// The rate of a slowed link, Mb/s (`slow-nic=MBPS`).
+    pub rate_mbps: Option<u32>,
 }
+
+/// The slowest and fastest rate `slow-nic` takes, Mb/s.
+pub const SLOW_NIC_MBPS: std::ops::RangeInclusive<u32> = 1..=100_000;
 
 impl FromStr for Injection {
     type Err = String;
@@ -98,7 +108,7 @@ impl FromStr for Injection {
     fn from_str(text: &str) -> Result<Self, String> {
         let usage = || {
             format!(
-                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:narrow-slot, NODE:kill-peer or NODE:swap-cable=M, FAULT one of {}; got {text:?}",
+                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:narrow-slot, NODE:kill-peer, NODE:swap-cable=M or NODE:slow-nic=MBPS, FAULT one of {}; got {text:?}",
                 Fault::ALL.map(|(_, n)| n).join(", ")
             )
         };
@@ -109,7 +119,7 @@ impl FromStr for Injection {
             Some(_) => return Err(usage()),
             None => (rest, None),
         };
-        let (fault, partner) = match fault.split_once('=') {
+        let (fault, value) = match fault.split_once('=') {
             Some((f, m)) => (
                 f,
                 Some(
@@ -126,11 +136,29 @@ impl FromStr for Injection {
             .find(|(_, n)| *n == fault)
             .map(|(f, _)| *f)
             .ok_or_else(usage)?;
-        if (fault == Fault::SwapCable) != partner.is_some() {
+        let takes = matches!(fault, Fault::SwapCable | Fault::SlowNic);
+        if takes != value.is_some() {
             return Err(format!(
-                "{text}: swap-cable takes the other node (N:swap-cable=M), and no other fault does"
+                "{text}: swap-cable takes the other node (N:swap-cable=M) and slow-nic its rate (N:slow-nic=MBPS); no other fault takes a value"
             ));
         }
+        let (partner, rate_mbps) = match fault {
+            Fault::SwapCable => (value, None),
+            Fault::SlowNic => {
+                let rate = value
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|r| SLOW_NIC_MBPS.contains(r))
+                    .ok_or_else(|| {
+                        format!(
+                            "{text}: a rate of {} to {} Mb/s",
+                            SLOW_NIC_MBPS.start(),
+                            SLOW_NIC_MBPS.end()
+                        )
+                    })?;
+                (None, Some(rate))
+            }
+            _ => (None, None),
+        };
         if partner == Some(node) {
             return Err(format!(
                 "{text}: a node's cable cannot be swapped with its own"
@@ -155,6 +183,7 @@ impl FromStr for Injection {
                 fault,
                 during,
                 partner,
+                rate_mbps,
             }),
         }
     }
@@ -165,6 +194,9 @@ impl fmt::Display for Injection {
         write!(f, "{}:{}", self.node, self.fault.name())?;
         if let Some(m) = self.partner {
             write!(f, "={m}")?;
+        }
+        if let Some(rate) = self.rate_mbps {
+            write!(f, "={rate}")?;
         }
         match &self.during {
             Some(step) => write!(f, "@{step}"),
@@ -189,7 +221,11 @@ pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
         // Not a correctable one: Linux 6.1 leaves correctable reporting off on devices whose
         // driver does not ask for it (virtio), so such an error never reaches the kernel.
         Fault::Aer => vec![hmp("pcie_aer_inject_error nic0 0x4000")],
-        Fault::SelEntry | Fault::NarrowSlot | Fault::KillPeer | Fault::SwapCable => Vec::new(),
+        Fault::SelEntry
+        | Fault::NarrowSlot
+        | Fault::KillPeer
+        | Fault::SwapCable
+        | Fault::SlowNic => Vec::new(),
     }
 }
 
@@ -216,6 +252,7 @@ mod tests {
             "2:sel@memory",
             "3:kill-peer",
             "2:swap-cable=3",
+            "4:slow-nic=20",
         ] {
             let i: Injection = text.parse().unwrap();
             assert_eq!(i.to_string(), text);
@@ -254,10 +291,15 @@ mod tests {
         );
         for (bad, says) in [
             ("2:swap-cable", "takes the other node"),
-            ("2:mce=3@memory", "no other fault does"),
             ("2:swap-cable=2", "with its own"),
             ("2:swap-cable=x", "expected NODE:FAULT"),
             ("2:swap-cable=0", "expected NODE:FAULT"),
+            ("2:slow-nic", "slow-nic its rate"),
+            ("2:slow-nic=0", "expected NODE:FAULT"),
+            ("2:slow-nic=100001", "a rate of 1 to 100000 Mb/s"),
+            ("2:slow-nic=99999999999999999999", "expected NODE:FAULT"),
+            ("2:slow-nic=20@nic", "at power-on"),
+            ("2:mce=3@memory", "no other fault takes a value"),
         ] {
             let err = bad.parse::<Injection>().unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

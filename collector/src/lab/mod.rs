@@ -269,6 +269,11 @@ fn check_options(opts: &LabOptions) -> anyhow::Result<()> {
                 );
                 swapped.extend([i.node, m]);
             }
+            Fault::SlowNic => anyhow::ensure!(
+                bridge && (1..=opts.nodes).contains(&i.node),
+                "--inject {i}: a link is slowed on the bridge network only (--network bridge), on one of nodes 1 to {}",
+                opts.nodes
+            ),
             _ => {}
         }
     }
@@ -401,6 +406,9 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         let macs: Vec<String> = plans.iter().map(|p| p.mac.clone()).collect();
         bridge.dhcp(&opts.dir, &macs, lab.port)?;
         bridge.switch(&opts.dir, plans.len())?;
+        for i in opts.inject.iter().filter(|i| i.fault == Fault::SlowNic) {
+            bridge::limit(tap_of(opts, i.node), i.rate_mbps.unwrap_or(1))?;
+        }
         // The map the site would import: node N's NIC on port N of the lab's switch.
         let map: Vec<(String, String, String)> = plans
             .iter()

@@ -88,39 +88,35 @@ pub(super) fn nodes(
     Ok(nodes)
 }
 
-/// The NIC steps measured against a peer: the partner (from the step's log) and both
-/// directions' figures, one line per step.
+/// The NIC steps measured against a peer, from the collector's judged pairs: one line per
+/// pair, with the partner, both directions' figures and whether they met the thresholds.
 fn pairs(
     lab: &LabCollector,
     run_id: i64,
     steps: &[kiln_protocol::wire::StepReport],
 ) -> anyhow::Result<Vec<String>> {
-    let logs = lab
+    let results = lab
         .rt
-        .block_on(lab.db.read(move |c| queries::run_logs(c, run_id, 2_000)))?;
-    let mut out = Vec::new();
-    for step in steps.iter().filter(|s| s.kind == "nic") {
-        let partner = logs
-            .iter()
-            .filter(|l| l.step == Some(i64::from(step.step)))
-            .filter_map(|l| l.body["line"].as_str())
-            .find_map(|l| l.strip_prefix("paired with "))
-            .and_then(|l| l.split(" (").next());
-        let Some(partner) = partner else { continue };
-        let figure = |name: &str| {
-            step.metrics
+        .block_on(lab.db.read(move |c| queries::pair_results(c, run_id)))?;
+    let figure = |v: Option<f64>| v.map_or("-".to_owned(), |m| format!("{m:.0} Mb/s"));
+    Ok(results
+        .iter()
+        .map(|r| {
+            let step = steps
                 .iter()
-                .find(|m| m.name == name)
-                .map_or("-".to_owned(), |m| format!("{:.0} Mb/s", m.value))
-        };
-        out.push(format!(
-            "{}: with {partner}, download {}, upload {}",
-            step.name,
-            figure("download_mbps"),
-            figure("upload_mbps")
-        ));
-    }
-    Ok(out)
+                .find(|s| s.step == r.step)
+                .map_or_else(|| format!("step {}", r.step + 1), |s| s.name.clone());
+            match &r.partner {
+                Some((_, partner)) => format!(
+                    "{step}: with {partner}, download {}, upload {} — {}",
+                    figure(r.download_mbps),
+                    figure(r.upload_mbps),
+                    if r.met { "met" } else { "missed" }
+                ),
+                None => format!("{step}: no partner came within pair_timeout"),
+            }
+        })
+        .collect())
 }
 
 /// Where the nodes' payload came from: the collector's bytes against the peers', per node.

@@ -66,6 +66,16 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Facts, StoreError> {
     }
     stored.peers = super::peers::read(tx, run_id, stored.inventory.as_ref())?;
     stored.cabling = cabling(tx, run_id, stored.inventory.as_ref())?;
+    for r in crate::store::queries::pair_results(tx, run_id)? {
+        let step = stored.pairs.entry(r.step).or_default();
+        match r.partner {
+            Some((_, name)) => step.measured.push(kiln_protocol::verdict::pairs::Measured {
+                partner: name,
+                met: r.met,
+            }),
+            None => step.timed_out = true,
+        }
+    }
     Ok(stored)
 }
 

@@ -238,6 +238,21 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node_id, interface)
      ) WITHOUT ROWID;
      CREATE INDEX cabling_port ON cabling(switch, port);",
+    // 24: each end's figures of each pair of a `target: peer` step (partner NULL: no partner
+    // came within the step's pair_timeout), and whether they met the step's thresholds.
+    "CREATE TABLE pair_results (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        step INTEGER NOT NULL,
+        pair INTEGER NOT NULL,
+        partner_node INTEGER,
+        partner_name TEXT,
+        download_mbps REAL,
+        upload_mbps REAL,
+        mbps REAL,
+        met INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (run_id, step, pair)
+     ) WITHOUT ROWID;",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

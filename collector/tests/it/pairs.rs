@@ -185,6 +185,38 @@ async fn pairing_requests_that_are_not_a_runs_own_are_refused() {
             409,
             "in no pair 77",
         ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair/done",
+            serde_json::json!({"pair": 77, "download_mbps": -5.0, "mbps": -5.0}),
+            400,
+            "is no throughput",
+        ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair/done",
+            serde_json::json!({"pair": 77, "download_mbps": 1.0e12}),
+            400,
+            "is no throughput",
+        ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair/done",
+            serde_json::json!({"pair": 77, "download_mbps": 10.0, "upload_mbps": 20.0, "mbps": 20.0}),
+            400,
+            "faster than the slower direction",
+        ),
+        (
+            &one,
+            one.token.as_str(),
+            "pair/done",
+            serde_json::json!({"pair": 77, "met": true}),
+            400,
+            "unknown field",
+        ),
     ] {
         let r = post(run, token, path, body.clone()).await.unwrap();
         let code = r.status().as_u16();
@@ -195,4 +227,109 @@ async fn pairing_requests_that_are_not_a_runs_own_are_refused() {
         );
         assert!(text.contains(says), "{path} {body}: {text}");
     }
+}
+
+const BOUNDED_SUITE: &str = "suite: p\ndescription: d\nsteps:\n  - name: pair\n    timeout: 2m\n    nic:\n      interfaces: [lo]\n      link: false\n      target: peer\n      pair_timeout: 1m\n      duration: 1s\n      min_mbps: 100\n";
+
+/// Node 2 is slow: its pair with node 1 misses, both are retested against the helpers of the
+/// pair that met; node 1 meets with a third node and is cleared, node 2 misses again and is
+/// released carrying it — the collector judging every figure against the stored suite.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pair_that_missed_is_retested_and_the_slow_node_alone_misses_twice() {
+    let server = Server::start("pairs-blame", Config::default()).await;
+    import_nodes(
+        &server,
+        "mac,rack,slot,hostname\n52:54:00:00:00:01,R1,U1,n1\n52:54:00:00:00:02,R1,U2,n2\n52:54:00:00:00:03,R1,U3,n3\n52:54:00:00:00:04,R1,U4,n4\n",
+    )
+    .await;
+    let mut runs = Vec::new();
+    for n in 1..=4 {
+        let req = RegisterRequest {
+            identity: identity(n),
+            hostname: None,
+            suite_text: BOUNDED_SUITE.into(),
+        };
+        runs.push(register_admin(&server.ops, &req, &server.admin_token()).await);
+    }
+    let client = reqwest::Client::new();
+    let post = |n: usize, path: &str, body: serde_json::Value| {
+        let run = runs[n - 1].clone();
+        let client = client.clone();
+        let url = format!("{}/api/v1/runs/{}/{path}", server.base, run.run_id);
+        async move {
+            let r = client
+                .post(url)
+                .bearer_auth(run.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let ask = |n: usize| post(n, "pair", serde_json::json!({"step": 0, "port": 9000 + n}));
+    let done = |n: usize, pair: &serde_json::Value, mbps: f64| {
+        post(
+            n,
+            "pair/done",
+            serde_json::json!({"pair": pair, "download_mbps": mbps, "upload_mbps": mbps, "mbps": mbps}),
+        )
+    };
+    assert_eq!(ask(3).await["answer"], "wait");
+    let p34 = ask(4).await;
+    assert_eq!(
+        (p34["name"].as_str(), p34["role"].as_str()),
+        (Some("n3"), Some("first"))
+    );
+    assert_eq!(ask(1).await["answer"], "wait");
+    let p12 = ask(2).await;
+    assert_eq!(p12["name"], "n1");
+    assert_eq!(ask(1).await["pair"], p12["pair"]);
+    assert_eq!(done(3, &p34["pair"], 900.0).await["met"], true);
+    assert_eq!(done(4, &p34["pair"], 900.0).await["met"], true);
+    assert_eq!(
+        done(1, &p12["pair"], 40.0).await["met"],
+        false,
+        "below min_mbps"
+    );
+    assert_eq!(done(2, &p12["pair"], 40.0).await["met"], false);
+    // Both retested at once, each against a helper, never against each other.
+    let r1 = ask(1).await;
+    let r2 = ask(2).await;
+    assert_eq!(
+        (r1["role"].as_str(), r2["role"].as_str()),
+        (Some("retest"), Some("retest"))
+    );
+    let (h1, h2) = (r1["name"].as_str().unwrap(), r2["name"].as_str().unwrap());
+    assert!(
+        h1 != h2 && ["n3", "n4"].contains(&h1) && ["n3", "n4"].contains(&h2),
+        "{r1} {r2}"
+    );
+    let helper = |name: &str| if name == "n3" { 3 } else { 4 };
+    assert_eq!(ask(helper(h1)).await["role"], "helper");
+    assert_eq!(done(1, &r1["pair"], 800.0).await["met"], true);
+    assert_eq!(done(helper(h1), &r1["pair"], 800.0).await["met"], true);
+    assert_eq!(done(2, &r2["pair"], 30.0).await["met"], false);
+    assert_eq!(done(helper(h2), &r2["pair"], 30.0).await["met"], false);
+    // The slow node missed with two partners: it goes, and helps nobody.
+    assert_eq!(ask(2).await["answer"], "released");
+    assert_eq!(
+        ask(1).await["answer"],
+        "released",
+        "cleared, and nobody else can come"
+    );
+    // A word on a closed pair is refused, and changes nothing.
+    let client = reqwest::Client::new();
+    let again = client
+        .post(format!(
+            "{}/api/v1/runs/{}/pair/done",
+            server.base, runs[1].run_id
+        ))
+        .bearer_auth(runs[1].token.clone())
+        .json(&serde_json::json!({"pair": r2["pair"], "mbps": 900.0, "download_mbps": 900.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 409);
 }

@@ -512,6 +512,10 @@ check_kind! {
         /// with that reason (default 10m).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub pair_timeout: Option<HumanDuration>,
+        /// With `target: peer`: where to measure instead when no partner comes within
+        /// `pair_timeout` (`collector` or an `http://` URL). Left out, no partner is a fault.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub fallback: Option<String>,
         /// How long each throughput direction runs.
         #[serde(default = "default_nic_duration")]
         pub duration: HumanDuration,
@@ -586,6 +590,7 @@ impl CheckSpec for NicCheck {
             for (field, set) in [
                 ("peer", self.peer.is_some()),
                 ("pair_timeout", self.pair_timeout.is_some()),
+                ("fallback", self.fallback.is_some()),
             ] {
                 if set {
                     problems.problem(
@@ -593,6 +598,17 @@ impl CheckSpec for NicCheck {
                         format!("{field} without `target: peer`; it says how this node is paired"),
                     );
                 }
+            }
+        }
+        if let Some(fallback) = &self.fallback {
+            if fallback != "collector"
+                && !fallback.starts_with("http://")
+                && !fallback.starts_with("https://")
+            {
+                problems.problem(
+                    format!("{at}.fallback"),
+                    format!("{fallback:?}; expected `collector` or an http:// URL (a node with no partner cannot fall back on a peer)"),
+                );
             }
         }
         if let Some(target) = &self.target {

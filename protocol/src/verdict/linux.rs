@@ -51,6 +51,8 @@ pub struct Facts {
     pub final_ms: Option<i64>,
     /// The node's lines of the site's cabling map, when it has any.
     pub cabling: Option<super::cabling::Map>,
+    /// What the collector judged of each `target: peer` step's pairs, by step index.
+    pub pairs: BTreeMap<u32, super::pairs::Stored>,
 }
 
 /// The verdict of the Linux stage from what was stored. Pure, so every rule is unit-tested.
@@ -86,7 +88,13 @@ pub fn compute(stored: &Facts) -> Computed {
                     planned.check.kind()
                 ));
             }
-            Some(report) => outcomes.push(report.outcome.clone()),
+            Some(report) => {
+                if let Some(why) = paired(planned, &report.outcome, stored) {
+                    broken = true;
+                    findings.push(why);
+                }
+                outcomes.push(report.outcome.clone());
+            }
         }
     }
     for index in stored.steps.keys() {
@@ -166,6 +174,19 @@ pub fn compute(stored: &Facts) -> Computed {
         expect,
         peer_notes,
     }
+}
+
+/// A `target: peer` step's good outcome against the pairs the collector judged itself.
+fn paired(planned: &crate::PlannedStep, outcome: &Outcome, stored: &Facts) -> Option<String> {
+    let crate::Check::Nic(nic) = &planned.check else {
+        return None;
+    };
+    if nic.target.as_deref() != Some("peer") {
+        return None;
+    }
+    let none = super::pairs::Stored::default();
+    let pairs = stored.pairs.get(&(planned.index as u32)).unwrap_or(&none);
+    super::pairs::unsupported(&planned.name, outcome, pairs, nic.fallback.is_some())
 }
 
 /// The cabling map, checked by the collector alone (the agent never sees the map): its faults

@@ -12,6 +12,7 @@ use super::{StoreError, now_ms};
 mod batches;
 mod cabling;
 mod nodes;
+mod pairs;
 mod provenance;
 mod runs;
 mod series;
@@ -24,6 +25,7 @@ pub use nodes::{
     next_waiver_expiry, node_access_keys, node_history, node_progress, node_rows, node_runs,
     report_clock, selected_nodes, tally,
 };
+pub use pairs::{PairResult, pair_results, record_pair};
 pub use provenance::{Provenance, provenance};
 use runs::{Failures, fault_lines};
 pub use runs::{
