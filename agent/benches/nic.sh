@@ -16,8 +16,8 @@
 # beside. Prints Mb/s and the ratios (target: kiln >= 0.9 of iperf3 -P N).
 #
 # Paired mode (`nic: {target: peer}`): a collector (`kiln serve`) in namespace A pairs two
-# agents, one per namespace, each posing as a node of its own (its own DMI identity bound over
-# /sys in a private mount namespace). Both measure against each other at once, so every phase
+# agents, one per namespace, each posing as a node of its own (an SMBIOS table with a serial of
+# its own bound over /sys/firmware in a private mount namespace). Both measure against each other at once, so every phase
 # loads both directions of the veth: the figure is each phase's two directions added, against
 # `iperf3 --bidir -P N` (both directions at once) at its best configuration, alternating round
 # by round as above.
@@ -126,13 +126,26 @@ steps:
       streams: $1
 YAML
 }
-node() { # namespace letter: the agent's run there, as node "$1", its report in $work/pair-$1.json
-  local ns=kiln-bench-$1 dmi=$work/dmi-$1
-  mkdir -p "$dmi" "$work/no-tables"
-  echo "KILNBENCH-$1" > "$dmi/product_serial"
-  echo "00000000-0000-4000-8000-00000000000${2}" > "$dmi/product_uuid"
-  ip netns exec "$ns" unshare -m sh -c "mount --bind '$dmi' /sys/class/dmi/id && \
-    { [ ! -d /sys/firmware/dmi/tables ] || mount --bind '$work/no-tables' /sys/firmware/dmi/tables; } && \
+# An SMBIOS table of one system (type 1) with serial KILNBENCH-$2 and its 3.0 entry point,
+# in $1/dmi/tables: what the agent reads for the node's identity.
+smbios() {
+  python3 - "$1" "$2" <<'PY'
+import os, struct, sys
+out, who = sys.argv[1], sys.argv[2]
+strings = [b"kiln", b"bench node", b"1", b"KILNBENCH-" + who.encode(), b"-", b"bench"]
+system = struct.pack("<BBHBBBB16sBBB", 1, 27, 1, 1, 2, 3, 4, bytes(16), 6, 5, 6)
+table = system + b"\0".join(strings) + b"\0\0" + struct.pack("<BBH", 127, 4, 0xFFFE) + b"\0\0"
+entry = bytearray(struct.pack("<5sBBBBBBBIQ", b"_SM3_", 0, 24, 3, 0, 0, 1, 0, len(table), 0))
+entry[5] = (-sum(entry)) & 0xFF
+os.makedirs(f"{out}/dmi/tables", exist_ok=True)
+open(f"{out}/dmi/tables/smbios_entry_point", "wb").write(entry)
+open(f"{out}/dmi/tables/DMI", "wb").write(table)
+PY
+}
+node() { # namespace letter, number: the agent's run there as a node of its own
+  local ns=kiln-bench-$1 fw=$work/fw-$1
+  smbios "$fw" "$1"
+  ip netns exec "$ns" unshare -m sh -c "mount --bind '$fw' /sys/firmware && \
     exec timeout 300 '$agent' run '$work/pair.yaml' --plain --collector http://$ADDR_A:8282 --report '$work/pair-$1.json'" \
     > "$work/pair-$1.log" 2>&1
 }

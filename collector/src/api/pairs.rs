@@ -156,7 +156,8 @@ pub(super) async fn ask(
             let timed_out = PairResult {
                 step: req.step,
                 pair: 0,
-                partner: None,
+                partner_node: None,
+                partner_name: None,
                 download_mbps: None,
                 upload_mbps: None,
                 mbps: None,
@@ -225,7 +226,8 @@ pub(super) async fn done(
     let result = PairResult {
         step,
         pair: req.pair,
-        partner: Some((partner, name_of(&state, partner).await?)),
+        partner_node: Some(partner),
+        partner_name: Some(name_of(&state, partner).await?),
         download_mbps: req.download_mbps,
         upload_mbps: req.upload_mbps,
         mbps: req.mbps,

@@ -106,8 +106,8 @@ fn pairs(
                 .iter()
                 .find(|s| s.step == r.step)
                 .map_or_else(|| format!("step {}", r.step + 1), |s| s.name.clone());
-            match &r.partner {
-                Some((_, partner)) => format!(
+            match &r.partner_name {
+                Some(partner) => format!(
                     "{step}: with {partner}, download {}, upload {} — {}",
                     figure(r.download_mbps),
                     figure(r.upload_mbps),

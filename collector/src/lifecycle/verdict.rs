@@ -68,12 +68,12 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Facts, StoreError> {
     stored.cabling = cabling(tx, run_id, stored.inventory.as_ref())?;
     for r in crate::store::queries::pair_results(tx, run_id)? {
         let step = stored.pairs.entry(r.step).or_default();
-        match r.partner {
-            Some((_, name)) => step.measured.push(kiln_protocol::verdict::pairs::Measured {
-                partner: name,
+        match (r.partner_node, r.partner_name) {
+            (Some(node), name) => step.measured.push(kiln_protocol::verdict::pairs::Measured {
+                partner: name.unwrap_or_else(|| format!("node {node}")),
                 met: r.met,
             }),
-            None => step.timed_out = true,
+            (None, _) => step.timed_out = true,
         }
     }
     Ok(stored)

@@ -332,4 +332,21 @@ async fn a_pair_that_missed_is_retested_and_the_slow_node_alone_misses_twice() {
         .await
         .unwrap();
     assert_eq!(again.status().as_u16(), 409);
+    // The run page names each partner, both directions, met or missed.
+    let page = server.ops.text(&format!("/runs/{}", runs[1].run_id)).await;
+    let pairs = &page[page.find("id=\"pairs\"").expect("a pairs table")..];
+    let pairs = &pairs[..pairs.find("</table>").unwrap()];
+    assert!(
+        pairs.contains(">n1</a>") && pairs.contains(&format!(">{h2}</a>")),
+        "{pairs}"
+    );
+    assert_eq!(pairs.matches(">missed<").count(), 2, "{pairs}");
+    assert!(
+        pairs.contains("40 Mb/s") && pairs.contains("30 Mb/s"),
+        "{pairs}"
+    );
+    assert!(
+        !pairs.contains("900 Mb/s"),
+        "the refused word changed nothing: {pairs}"
+    );
 }

@@ -13,8 +13,10 @@ pub struct PairResult {
     pub step: u32,
     /// The pair (0 for a timed-out wait).
     pub pair: u64,
-    /// The partner, by node id and name; none when no partner came.
-    pub partner: Option<(i64, String)>,
+    /// The partner, by node id; none when no partner came.
+    pub partner_node: Option<i64>,
+    /// Its name (host name, else `node N`).
+    pub partner_name: Option<String>,
     /// From the partner to this node, Mb/s.
     pub download_mbps: Option<f64>,
     /// From this node to the partner, Mb/s.
@@ -29,10 +31,6 @@ pub struct PairResult {
 
 /// Stores `result` for run `run_id`; the first word on a pair stands.
 pub fn record_pair(conn: &Connection, run_id: i64, r: &PairResult) -> Result<(), StoreError> {
-    let (partner_node, partner_name) = match &r.partner {
-        Some((id, name)) => (Some(*id), Some(name.as_str())),
-        None => (None, None),
-    };
     conn.execute(
         "INSERT OR IGNORE INTO pair_results (run_id, step, pair, partner_node, partner_name,
          download_mbps, upload_mbps, mbps, met, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -40,8 +38,8 @@ pub fn record_pair(conn: &Connection, run_id: i64, r: &PairResult) -> Result<(),
             run_id,
             r.step,
             r.pair as i64,
-            partner_node,
-            partner_name,
+            r.partner_node,
+            r.partner_name,
             r.download_mbps,
             r.upload_mbps,
             r.mbps,
@@ -60,12 +58,11 @@ pub fn pair_results(conn: &Connection, run_id: i64) -> Result<Vec<PairResult>, S
     )?;
     let rows = stmt
         .query_map([run_id], |r| {
-            let node: Option<i64> = r.get(2)?;
-            let name: Option<String> = r.get(3)?;
             Ok(PairResult {
                 step: r.get(0)?,
                 pair: r.get::<_, i64>(1)? as u64,
-                partner: node.map(|n| (n, name.unwrap_or_else(|| format!("node {n}")))),
+                partner_node: r.get(2)?,
+                partner_name: r.get(3)?,
                 download_mbps: r.get(4)?,
                 upload_mbps: r.get(5)?,
                 mbps: r.get(6)?,

@@ -202,6 +202,9 @@ pub struct RunDetail {
     /// Where its payload came from, when it fetched one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub payload: Vec<PayloadSource>,
+    /// Each pair of its `target: peer` steps: the partner, both directions, met or missed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<super::PairResult>,
 }
 
 /// Part of a run's payload, by where it came from.
@@ -377,6 +380,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                             .unwrap_or_default(),
                         provenance: Provenance::default(),
                         payload: Vec::new(),
+                        pairs: Vec::new(),
                     },
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,
@@ -418,6 +422,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
         })
         .collect::<Result<_, _>>()?;
     detail.payload = payload_sources(conn, run_id)?;
+    detail.pairs = super::pair_results(conn, run_id)?;
     detail.log_lines = conn.query_row(
         "SELECT count(*) FROM events WHERE run_id = ?1 AND kind = ?2",
         params![run_id, "log"],
