@@ -50,7 +50,8 @@ pub enum PairRole {
     First,
     /// Measured again against a third node: its first pair missed the step's thresholds.
     Retest,
-    /// Measured and cleared already: it loads the link for its partner's sake.
+    /// It loads the link for its partner's sake: measured and cleared already, or being
+    /// retested while its partner is not proven good (then only a met result counts for it).
     Helper,
 }
 

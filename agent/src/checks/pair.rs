@@ -154,8 +154,9 @@ pub fn run(
                 role,
                 ..
             } => match measure_pair(&collector, pair, &name, &addr, role, ctx, measure) {
-                // A helper loads the link for its partner's sake: its own standing is proven.
-                Ok(m) if role == PairRole::Helper => drop(m),
+                // A helper loads the link for its partner's sake: only a met result counts for
+                // it (its standing is proven, or its partner was not: a miss proves nothing).
+                Ok(m) if role == PairRole::Helper && !m.met => drop(m),
                 Ok(m) => measured.push(m),
                 Err(err) => break Err(err),
             },
