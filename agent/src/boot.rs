@@ -82,6 +82,9 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
         .map_err(|err| anyhow::anyhow!("the run's suite is refused by this agent:\n{err}"))?;
     let interrupt = Interrupt::new();
     let _ = interrupt.install_handler();
+    // Before the first step's AER reading: errors a driver left unreported are counted from
+    // here on, and what was latched before the run is not blamed on its first step.
+    let aer_lines = crate::hw::aer::prepare(std::path::Path::new("/sys"));
     let mut inventory = crate::inventory::collect();
     // The site's map has this node's cables, or the suite asks what the switch ports say:
     // hear it first.
@@ -113,6 +116,9 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
             line,
         })
     };
+    for line in aer_lines {
+        say(kiln_protocol::wire::LogLevel::Info, line);
+    }
     let _serving = match crate::payload::boot(
         &booted.url,
         booted.run_id,

@@ -251,9 +251,9 @@ fn run_step(
             None
         }
     };
-    // AER counters before the step: what grows during it is the step's fault.
+    // AER counters and status registers before the step: what grows during it is its fault.
     let sys = std::path::Path::new("/sys");
-    let aer_before = crate::hw::pcie::aer(sys);
+    let aer_before = crate::hw::aer::aer(sys);
     // The BMC's event log too, where the node has one.
     if sel.is_none() {
         *sel = crate::hw::sel::read(std::path::Path::new(crate::hw::sel::DEVICE))
@@ -269,10 +269,7 @@ fn run_step(
     }
     let result = run_check(step, options, &stop, observer);
     let mut kernel_faults = kmsg.map(KmsgWatch::finish).unwrap_or_default();
-    kernel_faults.extend(crate::hw::pcie::new_errors(
-        &aer_before,
-        &crate::hw::pcie::aer(sys),
-    ));
+    kernel_faults.extend(crate::hw::aer::step_errors(sys, &aer_before));
     kernel_faults.extend(sel_after(step, sel, &sink));
     let (outcome, metrics) = match (result, stop.reason()) {
         (_, Some(StopReason::Interrupted)) => (

@@ -1,7 +1,8 @@
 //! Native readers of what a server's firmware and devices report, with no tool in the image:
 //! the SMBIOS tables (system, board, chassis, CPU sockets, memory devices), NVMe and SATA
-//! health, PCIe links and their AER counters.
+//! health, PCIe links and their AER errors.
 
+pub mod aer;
 pub mod ata;
 pub mod edac;
 pub mod nvme;
@@ -23,5 +24,27 @@ pub fn disk_health(disk: &kiln_protocol::wire::DiskInfo) -> Result<(), String> {
             disk.name,
             disk.transport.as_deref().unwrap_or("unknown transport")
         ))
+    }
+}
+
+/// A throwaway sysfs tree for the PCIe readers' tests.
+#[cfg(test)]
+pub(crate) mod test_sysfs {
+    use std::path::{Path, PathBuf};
+
+    /// Writes `files` into device `addr`'s directory under `sys/bus/pci/devices`.
+    pub fn device(sys: &Path, addr: &str, files: &[(&str, &str)]) {
+        let d = sys.join("bus/pci/devices").join(addr);
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, text) in files {
+            std::fs::write(d.join(name), text).unwrap();
+        }
+    }
+
+    /// An empty tree named for the test.
+    pub fn sysfs(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-pcie-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
     }
 }

@@ -1,12 +1,10 @@
 //! PCIe devices from sysfs: each device's trained link (speed and width) against what it and
 //! its slot can do — a NIC or GPU trained at x8 instead of x16, or a generation lower, is a
-//! classic rack fault — and its AER error counters, read before and after each step so new
-//! correctable, non-fatal or fatal errors become faults of the step that ran.
+//! classic rack fault. Their AER errors are [`super::aer`]'s.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use kiln_protocol::wire::{Fault, PcieLink};
+use kiln_protocol::wire::PcieLink;
 
 /// Every PCIe device under `sys` (normally `/sys`) that reports a link.
 pub fn links(sys: &Path) -> Vec<PcieLink> {
@@ -74,83 +72,10 @@ fn speed(text: &str) -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-/// Each device's AER counters: (device, severity) → counter name → count.
-pub type AerCounts = BTreeMap<(String, &'static str), BTreeMap<String, u64>>;
-
-/// Reads every device's `aer_dev_{correctable,nonfatal,fatal}` under `sys`.
-pub fn aer(sys: &Path) -> AerCounts {
-    let mut out = AerCounts::new();
-    let Ok(entries) = std::fs::read_dir(sys.join("bus/pci/devices")) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        for severity in ["correctable", "nonfatal", "fatal"] {
-            let Ok(text) = std::fs::read_to_string(e.path().join(format!("aer_dev_{severity}")))
-            else {
-                continue;
-            };
-            let counts = text
-                .lines()
-                .filter_map(|l| {
-                    let (name, n) = l.rsplit_once(' ')?;
-                    Some((name.trim().to_owned(), n.trim().parse().ok()?))
-                })
-                .filter(|(name, _): &(String, u64)| !name.starts_with("TOTAL_"))
-                .collect();
-            out.insert(
-                (e.file_name().to_string_lossy().into_owned(), severity),
-                counts,
-            );
-        }
-    }
-    out
-}
-
-/// A fault for every device whose AER counters grew between `before` and `after`.
-pub fn new_errors(before: &AerCounts, after: &AerCounts) -> Vec<Fault> {
-    let mut faults = Vec::new();
-    for ((device, severity), counts) in after {
-        let old = before.get(&(device.clone(), *severity));
-        let grew: Vec<String> = counts
-            .iter()
-            .filter_map(|(name, &n)| {
-                let was = old.and_then(|o| o.get(name)).copied().unwrap_or(0);
-                (n > was).then(|| format!("{name} +{}", n - was))
-            })
-            .collect();
-        if !grew.is_empty() {
-            faults.push(
-                Fault::new(
-                    format!("pcie.aer.{severity}"),
-                    format!(
-                        "PCIe device {device}: new {severity} AER errors during the step: {}",
-                        grew.join(", ")
-                    ),
-                )
-                .with("device", device),
-            );
-        }
-    }
-    faults
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn device(sys: &Path, addr: &str, files: &[(&str, &str)]) {
-        let d = sys.join("bus/pci/devices").join(addr);
-        std::fs::create_dir_all(&d).unwrap();
-        for (name, text) in files {
-            std::fs::write(d.join(name), text).unwrap();
-        }
-    }
-
-    fn sysfs(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("kiln-pcie-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
+    use crate::hw::test_sysfs::{device, sysfs};
 
     #[test]
     fn links_report_trained_and_maximum_speed_and_width() {
@@ -216,38 +141,6 @@ mod tests {
         assert_eq!(
             (l[1].port_max_width, l[1].port_max_speed_gts),
             (Some(1), Some(2.5))
-        );
-        std::fs::remove_dir_all(&sys).unwrap();
-    }
-
-    #[test]
-    fn new_aer_errors_are_faults_naming_the_device_and_counter() {
-        let sys = sysfs("aer");
-        let aer_file = "RxErr 0\nBadTLP 0\nBadDLLP 0\nTOTAL_ERR_COR 0\n";
-        device(
-            &sys,
-            "0000:3b:00.0",
-            &[
-                ("aer_dev_correctable", aer_file),
-                ("aer_dev_fatal", "DLP 0\nTOTAL_ERR_FATAL 0\n"),
-            ],
-        );
-        let before = aer(&sys);
-        assert!(new_errors(&before, &aer(&sys)).is_empty());
-        device(
-            &sys,
-            "0000:3b:00.0",
-            &[(
-                "aer_dev_correctable",
-                "RxErr 0\nBadTLP 3\nBadDLLP 0\nTOTAL_ERR_COR 3\n",
-            )],
-        );
-        let faults = new_errors(&before, &aer(&sys));
-        assert_eq!(faults.len(), 1);
-        assert_eq!(faults[0].code, "pcie.aer.correctable");
-        assert_eq!(
-            faults[0].message,
-            "PCIe device 0000:3b:00.0: new correctable AER errors during the step: BadTLP +3"
         );
         std::fs::remove_dir_all(&sys).unwrap();
     }

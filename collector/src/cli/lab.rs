@@ -76,7 +76,7 @@ pub(super) struct UpArgs {
     #[arg(long, default_value = ".kiln-lab")]
     dir: PathBuf,
     /// Inject a fault (repeatable): into a server node, NODE:FAULT@STEP while that step runs,
-    /// FAULT one of nvme-warning, mce, mce-fatal, sel, aer, or NODE:narrow-slot (the NIC's
+    /// FAULT one of nvme-warning, mce, mce-fatal, sel, aer, aer-correctable, or NODE:narrow-slot (the NIC's
     /// slot limited to x1 at 2.5 GT/s from power-on); on the bridge network, NODE:kill-peer
     /// (killed once it serves the payload), NODE:swap-cable=M (two nodes' cables crossed) or
     /// NODE:slow-nic=MBPS (its switch port limited to MBPS towards it). E.g.
@@ -129,7 +129,14 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
             );
             let mem_mib = match &args.mem {
                 Some(mem) => mib(mem)?,
-                None => 256 + 2 * args.payload_mib,
+                // The server profile's suite asks for 256 MiB after the kernel's share.
+                None => {
+                    let base = match args.profile {
+                        crate::lab::Profile::Basic => 256,
+                        crate::lab::Profile::Server => 512,
+                    };
+                    base + 2 * args.payload_mib
+                }
             };
             std::fs::create_dir_all(&args.dir)?;
             let opts = LabOptions {

@@ -2,7 +2,7 @@
 //! interface the emulated hardware offers: an NVMe critical warning (QMP `qom-set` on the
 //! controller's `smart_critical_warning`), a corrected or a fatal machine check (HMP `mce`),
 //! an event in the BMC's System Event Log (OpenIPMI `ipmi_sim`'s `sel_add`), a non-fatal
-//! PCIe AER error on the NIC (HMP `pcie_aer_inject_error`), and — at power-on — the NIC's slot
+//! PCIe AER error on the NIC and a correctable one (HMP `pcie_aer_inject_error`), and — at power-on — the NIC's slot
 //! narrowed to x1 at 2.5 GT/s (`x-width`/`x-speed` on its root port); and on the bridge
 //! network, a node killed while it serves the payload to others, two nodes' cables crossed,
 //! and a node's link slowed (`tc` on its switch port).
@@ -23,6 +23,8 @@ pub enum Fault {
     SelEntry,
     /// An uncorrectable, non-fatal AER error (Completion Timeout) reported by the NIC.
     Aer,
+    /// A correctable AER error (Receiver Error) reported by the NIC.
+    AerCorrectable,
     /// The NIC's root port limited to x1 at 2.5 GT/s from power-on.
     NarrowSlot,
     /// The node's VM killed outright as soon as it has served a piece of the payload to
@@ -48,12 +50,13 @@ pub enum When {
 }
 
 impl Fault {
-    const ALL: [(Fault, &'static str); 9] = [
+    const ALL: [(Fault, &'static str); 10] = [
         (Fault::NvmeWarning, "nvme-warning"),
         (Fault::Mce, "mce"),
         (Fault::FatalMce, "mce-fatal"),
         (Fault::SelEntry, "sel"),
         (Fault::Aer, "aer"),
+        (Fault::AerCorrectable, "aer-correctable"),
         (Fault::NarrowSlot, "narrow-slot"),
         (Fault::KillPeer, "kill-peer"),
         (Fault::SwapCable, "swap-cable"),
@@ -218,9 +221,11 @@ pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
         // VAL|UC|EN|MISCV|ADDRV|PCC with MCG RIPV|MCIP, broadcast: the kernel panics.
         Fault::FatalMce => vec![hmp("mce -b 0 9 0xbd000000000000c0 0x5 0x2000000 0x86")],
         // Uncorrectable status bit 14, Completion Timeout, non-fatal by its default severity.
-        // Not a correctable one: Linux 6.1 leaves correctable reporting off on devices whose
-        // driver does not ask for it (virtio), so such an error never reaches the kernel.
         Fault::Aer => vec![hmp("pcie_aer_inject_error nic0 0x4000")],
+        // Correctable status bit 0, Receiver Error. Linux 6.1 leaves correctable reporting
+        // off on devices whose driver does not ask for it (virtio): the QEMU device drops
+        // the message unless the agent has turned reporting on, as it does at boot.
+        Fault::AerCorrectable => vec![hmp("pcie_aer_inject_error -c nic0 0x1")],
         Fault::SelEntry
         | Fault::NarrowSlot
         | Fault::KillPeer

@@ -331,6 +331,34 @@ fn check_injections(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow
     Ok(())
 }
 
+/// What the kernel and the RAM image keep of a guest's memory before the agent counts it
+/// (a 256 MiB guest reports about 206 MiB): a suite's `min_total` needs this much more.
+const GUEST_OVERHEAD_MIB: u64 = 64;
+
+/// Refuses a `--mem` no node's suite can pass with: its `expect.memory.min_total` and what
+/// the kernel keeps must fit, or every node fails for the lab's own setting.
+fn check_memory(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow::Result<()> {
+    for (i, suite) in suites.iter().enumerate() {
+        let Some(min) = suite
+            .expect()
+            .and_then(|e| e.memory.as_ref())
+            .and_then(|m| m.min_total)
+        else {
+            continue;
+        };
+        let need = min.bytes().div_ceil(1 << 20) + GUEST_OVERHEAD_MIB;
+        anyhow::ensure!(
+            u64::from(opts.mem_mib) >= need,
+            "--mem {}MiB: node {}'s suite {} expects memory.min_total {min}, and the kernel keeps \
+             about {GUEST_OVERHEAD_MIB} MiB: give the nodes at least --mem {need}M",
+            opts.mem_mib,
+            i + 1,
+            suite.name()
+        );
+    }
+    Ok(())
+}
+
 /// A loopback port nothing listens on now, and one this process has not handed out before:
 /// the kernel may give a just-released port to the next `bind(:0)`, and two nodes on one
 /// console port is one QEMU that cannot start.
@@ -575,6 +603,7 @@ fn plan_nodes(opts: &LabOptions, data: &Path) -> anyhow::Result<Vec<NodePlan>> {
         });
     }
     check_injections(opts, &suites)?;
+    check_memory(opts, &suites)?;
     Ok(plans)
 }
 
@@ -625,6 +654,30 @@ mod tests {
             payload_mib: 0,
             rogue_peer: false,
         }
+    }
+
+    #[test]
+    fn a_guest_too_small_for_its_suite_is_refused_before_anything_starts() {
+        let suite = kiln_protocol::load(
+            "suites/lab-server.yaml",
+            &std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../suites/lab-server.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let mut opts = options(Profile::Server, &[]);
+        check_memory(&opts, std::slice::from_ref(&suite)).unwrap();
+        opts.mem_mib = 256;
+        let err = check_memory(&opts, &[suite]).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "--mem 256MiB: node 1's suite lab-server expects memory.min_total 256MiB"
+            ),
+            "{err}"
+        );
+        assert!(err.ends_with("at least --mem 320M"), "{err}");
     }
 
     #[test]
