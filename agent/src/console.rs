@@ -140,6 +140,8 @@ impl EventSink for Console {
                 self.line(&format!("{who}: {tag}{line}"));
             }
             EventBody::LogsDropped { count } => self.line(&format!("({count} log lines dropped)")),
+            // Charted by the collector; a reading past a threshold is its step's fault.
+            EventBody::Sensors { .. } => {}
             EventBody::StepFinished { report } => {
                 let summary = format!("{} {}", report.outcome.name(), key_metrics(&report.metrics));
                 match state.bars.remove(&report.step) {

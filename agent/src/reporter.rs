@@ -358,6 +358,7 @@ fn approx_size(body: &EventBody) -> usize {
     match body {
         EventBody::Log { line, .. } => line.len() + 64,
         EventBody::StepFinished { report } => 512 + report.metrics.len() * 64,
+        EventBody::Sensors { readings, .. } => 64 + readings.len() * 96,
         _ => 128,
     }
 }

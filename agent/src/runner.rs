@@ -140,6 +140,7 @@ pub fn run_on(
         crate::hw::sel::read(std::path::Path::new(crate::hw::sel::DEVICE))
             .ok()
             .map(|events| SelSnapshot { events, step: 0 });
+    let sensors = BmcSensors::open(plan, &log);
     for step in &plan.steps {
         if interrupt.is_set() {
             break;
@@ -156,7 +157,7 @@ pub fn run_on(
             timeout_s = step.timeout.as_secs(),
             "step started"
         );
-        let report = run_retested(step, options, interrupt, &sink, &mut sel);
+        let report = run_retested(step, options, interrupt, &sink, &mut sel, &sensors);
         tracing::info!(
             step = step.index,
             outcome = report.outcome.name(),
@@ -197,8 +198,9 @@ fn run_retested(
     interrupt: &Interrupt,
     sink: &Arc<dyn EventSink>,
     sel: &mut Option<SelSnapshot>,
+    sensors: &BmcSensors,
 ) -> StepReport {
-    let report = run_step(step, options, interrupt, sink.clone(), sel);
+    let report = run_step(step, options, interrupt, sink.clone(), sel, sensors);
     let (Some(rule), Outcome::Fail { .. }) = (step.retest, &report.outcome) else {
         return report;
     };
@@ -213,9 +215,84 @@ fn run_retested(
                 rule.attempts
             ),
         });
-        attempts.push(run_step(step, options, interrupt, sink.clone(), sel));
+        attempts.push(run_step(
+            step,
+            options,
+            interrupt,
+            sink.clone(),
+            sel,
+            sensors,
+        ));
     }
     kiln_protocol::verdict::retested(attempts, rule)
+}
+
+/// The BMC's sensors for every step: the repository walked once, and the suite's limits.
+struct BmcSensors {
+    repo: Result<Arc<crate::hw::sensors::Repository>, String>,
+    limits: kiln_protocol::suite::Sensors,
+}
+
+impl BmcSensors {
+    /// Walks the repository of the BMC behind `/dev/ipmi0`, saying what it found.
+    fn open(plan: &Plan, log: &dyn Fn(LogLevel, String)) -> BmcSensors {
+        use crate::hw::sensors;
+        let device = std::path::Path::new(crate::hw::sel::DEVICE);
+        let limits = plan.suite.sensors.unwrap_or_default();
+        let repo = sensors::open(device).and_then(|mut bmc| {
+            sensors::repository(&mut bmc, Instant::now() + Duration::from_secs(120))
+        });
+        match &repo {
+            Ok(r) => {
+                log(
+                    LogLevel::Info,
+                    format!(
+                        "BMC sensors: {} charted, read every {}",
+                        r.sensors.len(),
+                        limits.interval
+                    ),
+                );
+                for p in &r.problems {
+                    log(LogLevel::Warn, format!("BMC sensors: {p}"));
+                }
+            }
+            Err(e) => log(LogLevel::Info, format!("BMC sensors not read: {e}")),
+        }
+        BmcSensors {
+            repo: repo.map(Arc::new),
+            limits,
+        }
+    }
+
+    /// Starts step `step`'s watch, when the BMC lists sensors.
+    fn watch(&self, step: u32, sink: &Arc<dyn EventSink>) -> Option<crate::hw::sensors::Watch> {
+        let repo = self.repo.as_ref().ok().filter(|r| !r.sensors.is_empty())?;
+        let bmc = crate::hw::sensors::open(std::path::Path::new(crate::hw::sel::DEVICE)).ok()?;
+        Some(crate::hw::sensors::Watch::start(
+            Box::new(bmc),
+            repo.clone(),
+            self.limits,
+            step,
+            {
+                let sink = sink.clone();
+                Arc::new(move |e| sink.emit(e))
+            },
+        ))
+    }
+
+    /// What step's watch found, or — with no watch — the suite's limits it could not hold.
+    fn finish(&self, watch: Option<crate::hw::sensors::Watch>) -> crate::hw::sensors::Found {
+        watch.map_or_else(
+            || crate::hw::sensors::Found {
+                faults: kiln_protocol::sensors::unmeasured(&self.limits, &[])
+                    .into_iter()
+                    .map(|line| Fault::new("sensors.unmeasured", line))
+                    .collect(),
+                metrics: Vec::new(),
+            },
+            crate::hw::sensors::Watch::finish,
+        )
+    }
 }
 
 /// The BMC's event log as read before step `step`.
@@ -230,6 +307,7 @@ fn run_step(
     interrupt: &Interrupt,
     sink: Arc<dyn EventSink>,
     sel: &mut Option<SelSnapshot>,
+    sensors: &BmcSensors,
 ) -> StepReport {
     let started = Instant::now();
     let stop = Stop::new(step.timeout, interrupt.clone());
@@ -267,8 +345,11 @@ fn run_step(
     if kmsg.is_none() {
         observer.log(LogLevel::Info, "kernel log (/dev/kmsg) not readable: machine-check and I/O error lines are not watched");
     }
+    let watch = sensors.watch(step.index as u32, &sink);
     let result = run_check(step, options, &stop, observer);
+    let bmc = sensors.finish(watch);
     let mut kernel_faults = kmsg.map(KmsgWatch::finish).unwrap_or_default();
+    kernel_faults.extend(bmc.faults);
     kernel_faults.extend(crate::hw::aer::step_errors(sys, &aer_before));
     kernel_faults.extend(sel_after(step, sel, &sink));
     let (outcome, metrics) = match (result, stop.reason()) {
@@ -293,7 +374,10 @@ fn run_step(
             },
             vec![],
         ),
-        (Ok(output), None) => finish(step, output, kernel_faults, &sink),
+        (Ok(mut output), None) => {
+            output.metrics.extend(bmc.metrics);
+            finish(step, output, kernel_faults, &sink)
+        }
     };
     StepReport {
         step: step.index as u32,

@@ -37,6 +37,9 @@ pub const MAX_DIMMS: usize = 512;
 pub const MAX_PCIE: usize = 1024;
 /// Most SEL entries an inventory carries (the newest).
 pub const MAX_SEL: usize = 64;
+/// Most sensor readings in one event (a BMC lists a few hundred at most; the rest are judged
+/// by the agent but not charted).
+pub const MAX_SENSORS: usize = 512;
 /// Most absent sources an inventory lists.
 pub const MAX_ABSENT: usize = 64;
 
@@ -410,6 +413,26 @@ impl EventBody {
             EventBody::Log { line, .. } => check("log line", line, MAX_LOG_LINE, true),
             EventBody::LogsDropped { .. } | EventBody::RunFinished { .. } => Ok(()),
             EventBody::StepFinished { report } => report.validate(),
+            EventBody::Sensors { readings, .. } => {
+                if readings.len() > MAX_SENSORS {
+                    return Err(format!(
+                        "{} sensor readings; at most {MAX_SENSORS}",
+                        readings.len()
+                    ));
+                }
+                for r in readings {
+                    field("sensor name", &r.name)?;
+                    for v in [Some(r.value), r.low, r.high].into_iter().flatten() {
+                        if !v.is_finite() || v.abs() > 1e9 {
+                            return Err(format!(
+                                "sensor {:?}: reading {v} is not a number a sensor gives",
+                                r.name
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -440,6 +463,18 @@ impl EventBody {
             EventBody::Log { line, .. } => *line = clamp(line, MAX_LOG_LINE, true),
             EventBody::LogsDropped { .. } | EventBody::RunFinished { .. } => {}
             EventBody::StepFinished { report } => report.clamp(),
+            EventBody::Sensors { readings, .. } => {
+                readings.truncate(MAX_SENSORS);
+                readings.retain(|r| {
+                    [Some(r.value), r.low, r.high]
+                        .into_iter()
+                        .flatten()
+                        .all(|v| v.is_finite() && v.abs() <= 1e9)
+                });
+                for r in readings {
+                    clamp_field(&mut r.name);
+                }
+            }
         }
     }
 }
@@ -538,6 +573,61 @@ mod tests {
         };
         assert_eq!(faults[0].code, "kiln.metrics_dropped");
         assert!(faults[0].message.contains("44 over the limit"));
+    }
+
+    #[test]
+    fn hostile_sensor_events_are_refused_and_clamped() {
+        use crate::sensors::{SensorClass, SensorReading};
+        let good = SensorReading {
+            name: "Inlet Temp".into(),
+            class: SensorClass::Inlet,
+            value: 24.0,
+            low: None,
+            high: Some(42.0),
+        };
+        let mut body = EventBody::Sensors {
+            step: Some(0),
+            readings: vec![good.clone(); MAX_SENSORS + 1],
+        };
+        assert!(body.validate().unwrap_err().contains("at most 512"));
+        body.clamp();
+        assert!(body.validate().is_ok());
+        for bad in [f64::NAN, f64::INFINITY, 1e12] {
+            let mut body = EventBody::Sensors {
+                step: None,
+                readings: vec![
+                    good.clone(),
+                    SensorReading {
+                        high: Some(bad),
+                        ..good.clone()
+                    },
+                ],
+            };
+            assert!(
+                body.validate()
+                    .unwrap_err()
+                    .contains("not a number a sensor gives")
+            );
+            body.clamp();
+            let EventBody::Sensors { readings, .. } = &body else {
+                unreachable!()
+            };
+            assert_eq!(
+                readings,
+                std::slice::from_ref(&good),
+                "the bad reading is dropped, the good kept"
+            );
+        }
+        let mut body = EventBody::Sensors {
+            step: None,
+            readings: vec![SensorReading {
+                name: "FAN\u{1b}[2J".into(),
+                ..good.clone()
+            }],
+        };
+        assert!(body.validate().is_err());
+        body.clamp();
+        assert!(body.validate().is_ok());
     }
 
     #[test]

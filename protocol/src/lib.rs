@@ -22,6 +22,7 @@ pub mod plan;
 pub mod readable;
 pub mod routes;
 pub mod schema;
+pub mod sensors;
 pub mod suite;
 pub mod text;
 pub mod units;

@@ -103,6 +103,9 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
     if let Some(memtest) = &suite.memtest {
         v.memtest(memtest);
     }
+    if let Some(sensors) = &suite.sensors {
+        v.sensors(sensors);
+    }
     let retests = std::iter::once(("retest".to_owned(), suite.retest)).chain(
         suite
             .steps
@@ -194,6 +197,30 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
 }
 
 impl Problems {
+    fn sensors(&mut self, s: &crate::suite::Sensors) {
+        let interval = s.interval.get();
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&interval) {
+            self.problem(
+                "sensors.interval",
+                format!("{}; expected 1s to 60s", s.interval),
+            );
+        }
+        for (key, value, range) in [
+            ("max_inlet_c", s.max_inlet_c, -40.0..=150.0),
+            ("max_cpu_c", s.max_cpu_c, -40.0..=150.0),
+            ("max_dimm_c", s.max_dimm_c, -40.0..=150.0),
+            ("min_fan_rpm", s.min_fan_rpm, 0.0..=100_000.0),
+            ("max_psu_watts", s.max_psu_watts, 0.0..=100_000.0),
+        ] {
+            if let Some(v) = value.filter(|v| !range.contains(v)) {
+                self.problem(
+                    format!("sensors.{key}"),
+                    format!("{v}; expected {} to {}", range.start(), range.end()),
+                );
+            }
+        }
+    }
+
     fn name(&mut self, path: &str, name: &str) {
         let ok_chars = name
             .chars()

@@ -195,7 +195,9 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
     std::fs::write(dir.join("two-dimms.yaml"), two_dimms).unwrap();
     let inject = [
         "2:nvme-warning@memory",
+        "2:fan-fail@memory",
         "3:mce@memory",
+        "3:psu-watts=900@memory",
         "4:mce-fatal@memory",
         "5:sel@memory",
         "6:aer@memory",
@@ -240,13 +242,29 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
         assert_eq!(n[i].verdict, "fail", "{:?}", n[i]);
         assert_eq!(n[i].faults, [want], "{:?}", n[i]);
     };
-    only(
+    // The BMC's sensors, set while the memory step ran: that step fails naming the sensor,
+    // its reading and its threshold (the BMC's for the fan, the suite's for the PSU), and so
+    // does every later step, the fan still stopped.
+    let has = |i: usize, want: &[&str]| {
+        assert_eq!(n[i].verdict, "fail", "{:?}", n[i]);
+        for w in want {
+            assert!(n[i].faults.iter().any(|f| f == w), "{w} not in {:?}", n[i]);
+        }
+    };
+    has(
         1,
-        "nvme: /dev/nvme0n1: NVMe critical warning 0x04: reliability degraded by media or internal errors",
+        &[
+            "memory: BMC sensor FAN1: 0 RPM, at or below its lower critical threshold 1000 RPM",
+            "nvme: /dev/nvme0n1: NVMe critical warning 0x04: reliability degraded by media or internal errors",
+            "sata: BMC sensor FAN1: 0 RPM, at or below its lower critical threshold 1000 RPM",
+        ],
     );
-    only(
+    has(
         2,
-        "memory: kernel: machine check on CPU 0, bank 1, status 0x9c0000000000009f, address 0x12345000 (corrected)",
+        &[
+            "memory: kernel: machine check on CPU 0, bank 1, status 0x9c0000000000009f, address 0x12345000 (corrected)",
+            "memory: BMC sensor PSU1 Input Power: 900 W, above the suite's max_psu_watts 800 W",
+        ],
     );
     // The fatal one: failed at once from the console, not after the heartbeat as lost contact.
     only(
@@ -294,6 +312,27 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
     // The clean node's inventory came from the native readers: the DIMM table, both
     // disks' health, the PCIe links with their slots, and no source absent.
     let db = rusqlite::Connection::open(report.data.join("kiln.sqlite")).unwrap();
+    // Its BMC's sensors were read while every step ran and stored as series.
+    let sweeps: Vec<String> = db
+        .prepare("SELECT body FROM events WHERE run_id = ?1 AND kind = 'sensors'")
+        .unwrap()
+        .query_map([n[0].run_id.unwrap()], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for step in 0..3 {
+        assert!(
+            sweeps
+                .iter()
+                .any(|s| s.contains(&format!("\"step\":{step},"))),
+            "no sensor readings during step {step}: {sweeps:?}"
+        );
+    }
+    assert!(
+        sweeps[0].contains(r#"{"name":"Inlet Temp","class":"inlet","value":24.0,"high":42.0}"#),
+        "{}",
+        sweeps[0]
+    );
     let inventory: String = db
         .query_row(
             "SELECT inventory FROM runs WHERE id = ?1",

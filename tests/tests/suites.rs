@@ -113,6 +113,18 @@ fn readme_field_reference_is_current() {
 /// prefix of the message; the rest lists what was expected).
 const BAD_SUITES: &[(&str, &str)] = &[
     (
+        "sensors-limit-out-of-range.yaml",
+        "5:3: sensors.max_inlet_c: 350; expected -40 to 150",
+    ),
+    (
+        "sensors-unknown-limit.yaml",
+        r#"4:3: sensors: unknown field "min_fan_rpms", expected one of "interval""#,
+    ),
+    (
+        "sensors-interval-too-long.yaml",
+        "4:3: sensors.interval: 2m; expected 1s to 60s",
+    ),
+    (
         "unknown-field-memory.yaml",
         r#"7:7: steps[0].memory: unknown field "pattens", expected one of "size", "passes""#,
     ),

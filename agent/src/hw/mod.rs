@@ -8,6 +8,7 @@ pub mod edac;
 pub mod nvme;
 pub mod pcie;
 pub mod sel;
+pub mod sensors;
 pub mod smbios;
 
 /// Whether a whole disk's health can be read natively: `Ok` when its NVMe health log or SATA

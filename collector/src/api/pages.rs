@@ -310,11 +310,14 @@ pub async fn run(
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
     page_auth(&state, &headers, q.token.as_deref())?;
-    let (detail, logs, peers, series) = state
+    let (detail, logs, peers, (series, sensors)) = state
         .db
         .read(move |c| {
             let detail = queries::run_detail(c, run_id)?;
-            let series = queries::step_series(c, run_id)?;
+            let series = (
+                queries::step_series(c, run_id)?,
+                queries::sensor_series(c, run_id)?,
+            );
             let peers = match &detail {
                 Some(d) => against_peers(
                     d,
@@ -331,7 +334,8 @@ pub async fn run(
     } else {
         minijinja::Value::from(())
     };
-    state
-        .pages
-        .render("run.html", context! { run, logs, peers, series, refresh })
+    state.pages.render(
+        "run.html",
+        context! { run, logs, peers, series, sensors, refresh },
+    )
 }

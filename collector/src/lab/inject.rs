@@ -3,7 +3,9 @@
 //! controller's `smart_critical_warning`), a corrected or a fatal machine check (HMP `mce`),
 //! an event in the BMC's System Event Log (OpenIPMI `ipmi_sim`'s `sel_add`), a non-fatal
 //! PCIe AER error on the NIC and a correctable one (HMP `pcie_aer_inject_error`), and — at power-on — the NIC's slot
-//! narrowed to x1 at 2.5 GT/s (`x-width`/`x-speed` on its root port); and on the bridge
+//! narrowed to x1 at 2.5 GT/s (`x-width`/`x-speed` on its root port); a BMC sensor set
+//! while a step runs (`ipmi_sim`'s `sensor_set_value`: a fan stopped, a PSU drawing more);
+//! and on the bridge
 //! network, a node killed while it serves the payload to others, two nodes' cables crossed,
 //! and a node's link slowed (`tc` on its switch port).
 
@@ -25,6 +27,10 @@ pub enum Fault {
     Aer,
     /// A correctable AER error (Receiver Error) reported by the NIC.
     AerCorrectable,
+    /// The BMC's FAN1 sensor reads 0 RPM, below its lower critical threshold.
+    FanFail,
+    /// The BMC's PSU input power sensor reads the watts given (`N:psu-watts=W@STEP`).
+    PsuWatts,
     /// The NIC's root port limited to x1 at 2.5 GT/s from power-on.
     NarrowSlot,
     /// The node's VM killed outright as soon as it has served a piece of the payload to
@@ -50,13 +56,15 @@ pub enum When {
 }
 
 impl Fault {
-    const ALL: [(Fault, &'static str); 10] = [
+    const ALL: [(Fault, &'static str); 12] = [
         (Fault::NvmeWarning, "nvme-warning"),
         (Fault::Mce, "mce"),
         (Fault::FatalMce, "mce-fatal"),
         (Fault::SelEntry, "sel"),
         (Fault::Aer, "aer"),
         (Fault::AerCorrectable, "aer-correctable"),
+        (Fault::FanFail, "fan-fail"),
+        (Fault::PsuWatts, "psu-watts"),
         (Fault::NarrowSlot, "narrow-slot"),
         (Fault::KillPeer, "kill-peer"),
         (Fault::SwapCable, "swap-cable"),
@@ -99,7 +107,13 @@ pub struct Injection {
     pub partner: Option<usize>,
     /// The rate of a slowed link, Mb/s (`slow-nic=MBPS`).
     pub rate_mbps: Option<u32>,
+    /// The PSU's input power, W (`psu-watts=W`).
+    pub watts: Option<u32>,
 }
+
+/// What the lab's PSU sensor can read, W: a raw byte in steps of
+/// [`super::server::PSU_WATTS_STEP`].
+pub const PSU_WATTS: std::ops::RangeInclusive<u32> = 10..=2550;
 
 /// The slowest and fastest rate `slow-nic` takes, Mb/s.
 pub const SLOW_NIC_MBPS: std::ops::RangeInclusive<u32> = 1..=100_000;
@@ -111,7 +125,7 @@ impl FromStr for Injection {
     fn from_str(text: &str) -> Result<Self, String> {
         let usage = || {
             format!(
-                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:narrow-slot, NODE:kill-peer, NODE:swap-cable=M or NODE:slow-nic=MBPS, FAULT one of {}; got {text:?}",
+                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:psu-watts=W@STEP, NODE:narrow-slot, NODE:kill-peer, NODE:swap-cable=M or NODE:slow-nic=MBPS, FAULT one of {}; got {text:?}",
                 Fault::ALL.map(|(_, n)| n).join(", ")
             )
         };
@@ -139,13 +153,30 @@ impl FromStr for Injection {
             .find(|(_, n)| *n == fault)
             .map(|(f, _)| *f)
             .ok_or_else(usage)?;
-        let takes = matches!(fault, Fault::SwapCable | Fault::SlowNic);
+        let takes = matches!(fault, Fault::SwapCable | Fault::SlowNic | Fault::PsuWatts);
         if takes != value.is_some() {
             return Err(format!(
-                "{text}: swap-cable takes the other node (N:swap-cable=M) and slow-nic its rate (N:slow-nic=MBPS); no other fault takes a value"
+                "{text}: swap-cable takes the other node (N:swap-cable=M), slow-nic its rate (N:slow-nic=MBPS) and psu-watts the power (N:psu-watts=W@STEP); no other fault takes a value"
             ));
         }
+        let watts = match fault {
+            Fault::PsuWatts => Some(
+                value
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|w| PSU_WATTS.contains(w) && w % super::server::PSU_WATTS_STEP == 0)
+                    .ok_or_else(|| {
+                        format!(
+                            "{text}: the lab's PSU sensor reads {} to {} W in steps of {}",
+                            PSU_WATTS.start(),
+                            PSU_WATTS.end(),
+                            super::server::PSU_WATTS_STEP
+                        )
+                    })?,
+            ),
+            _ => None,
+        };
         let (partner, rate_mbps) = match fault {
+            Fault::PsuWatts => (None, None),
             Fault::SwapCable => (value, None),
             Fault::SlowNic => {
                 let rate = value
@@ -187,6 +218,7 @@ impl FromStr for Injection {
                 during,
                 partner,
                 rate_mbps,
+                watts,
             }),
         }
     }
@@ -198,8 +230,8 @@ impl fmt::Display for Injection {
         if let Some(m) = self.partner {
             write!(f, "={m}")?;
         }
-        if let Some(rate) = self.rate_mbps {
-            write!(f, "={rate}")?;
+        if let Some(v) = self.rate_mbps.or(self.watts) {
+            write!(f, "={v}")?;
         }
         match &self.during {
             Some(step) => write!(f, "@{step}"),
@@ -227,6 +259,8 @@ pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
         // the message unless the agent has turned reporting on, as it does at boot.
         Fault::AerCorrectable => vec![hmp("pcie_aer_inject_error -c nic0 0x1")],
         Fault::SelEntry
+        | Fault::FanFail
+        | Fault::PsuWatts
         | Fault::NarrowSlot
         | Fault::KillPeer
         | Fault::SwapCable
@@ -258,6 +292,8 @@ mod tests {
             "3:kill-peer",
             "2:swap-cable=3",
             "4:slow-nic=20",
+            "2:fan-fail@memory",
+            "3:psu-watts=900@nvme",
         ] {
             let i: Injection = text.parse().unwrap();
             assert_eq!(i.to_string(), text);
@@ -305,6 +341,13 @@ mod tests {
             ("2:slow-nic=99999999999999999999", "expected NODE:FAULT"),
             ("2:slow-nic=20@nic", "at power-on"),
             ("2:mce=3@memory", "no other fault takes a value"),
+            ("2:fan-fail=3@memory", "no other fault takes a value"),
+            ("2:fan-fail", "during which step"),
+            ("2:psu-watts@memory", "psu-watts the power"),
+            ("2:psu-watts=5@memory", "10 to 2550 W in steps of 10"),
+            ("2:psu-watts=905@memory", "in steps of 10"),
+            ("2:psu-watts=2560@memory", "10 to 2550 W"),
+            ("2:psu-watts=900", "during which step"),
         ] {
             let err = bad.parse::<Injection>().unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

@@ -35,13 +35,18 @@ impl Bmc {
         )?;
         let emu = state.join("bmc.emu");
         // mc_add: IPMB 20h, device id 0, no device SDRs, revision 3, firmware 9.08, IPMI
-        // 2.0 support bits 9fh, manufacturer 1291h (as OpenIPMI's example); a 1000-entry SEL.
+        // 2.0 support bits 9fh, manufacturer 1291h (as OpenIPMI's example); a 1000-entry SEL;
+        // the sensors and their repository.
         std::fs::write(
             &emu,
-            "mc_setbmc 0x20\n\
-             mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\n\
-             sel_enable 0x20 1000 0x0a\n\
-             mc_enable 0x20\n",
+            format!(
+                "mc_setbmc 0x20\n\
+                 mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\n\
+                 sel_enable 0x20 1000 0x0a\n\
+                 {}\
+                 mc_enable 0x20\n",
+                sensor_lines()
+            ),
         )?;
         // Its console echo and complaints, for when it misbehaves.
         let log = state.join("ipmi_sim.log");
@@ -118,6 +123,149 @@ fn listening(port: u16) -> bool {
             f.len() > 3 && f[1] == want && f[3] == "0A"
         })
     })
+}
+
+/// One sensor of the lab's BMC: a linear threshold sensor, raw byte × `m` in its unit.
+struct LabSensor {
+    number: u8,
+    name: &'static str,
+    /// IPMI entity (table 43-13) and sensor type (table 42-3).
+    entity: u8,
+    sensor_type: u8,
+    /// IPMI base unit (table 43-15).
+    unit: u8,
+    m: u8,
+    /// The raw reading at power-on.
+    raw: u8,
+    /// Raw lower and upper critical thresholds, 0 for none.
+    low: u8,
+    high: u8,
+}
+
+/// The lab BMC's sensors: inlet and CPU temperature, two fans, a PSU's input power.
+const SENSORS: [LabSensor; 5] = [
+    LabSensor {
+        number: 1,
+        name: "Inlet Temp",
+        entity: 0x37,
+        sensor_type: 0x01,
+        unit: 1,
+        m: 1,
+        raw: 24,
+        low: 0,
+        high: 42,
+    },
+    LabSensor {
+        number: 2,
+        name: "CPU Temp",
+        entity: 0x03,
+        sensor_type: 0x01,
+        unit: 1,
+        m: 1,
+        raw: 45,
+        low: 0,
+        high: 95,
+    },
+    LabSensor {
+        number: FAN1,
+        name: "FAN1",
+        entity: 0x1d,
+        sensor_type: 0x04,
+        unit: 18,
+        m: 50,
+        raw: 96,
+        low: 20,
+        high: 0,
+    },
+    LabSensor {
+        number: 4,
+        name: "FAN2",
+        entity: 0x1d,
+        sensor_type: 0x04,
+        unit: 18,
+        m: 50,
+        raw: 98,
+        low: 20,
+        high: 0,
+    },
+    LabSensor {
+        number: PSU1,
+        name: "PSU1 Input Power",
+        entity: 0x0a,
+        sensor_type: 0x08,
+        unit: 6,
+        m: 10,
+        raw: 35,
+        low: 0,
+        high: 100,
+    },
+];
+
+/// FAN1's sensor number (`fan-fail` stops it).
+pub const FAN1: u8 = 3;
+/// The PSU input power sensor's number (`psu-watts` sets it).
+pub const PSU1: u8 = 5;
+/// Watts per raw step of the PSU sensor, and the most it reads.
+pub const PSU_WATTS_STEP: u32 = 10;
+
+/// `ipmi_sim` commands that add each sensor, set its thresholds and value, and add its full
+/// sensor record (IPMI 2.0 table 43-1) to the main SDR repository.
+fn sensor_lines() -> String {
+    let mut out = String::new();
+    for s in &SENSORS {
+        let n = s.number;
+        // Enabled thresholds, UNR…LNC from the left; values in the same order.
+        let enabled = format!("0{}00{}0", u8::from(s.high != 0), u8::from(s.low != 0));
+        out += &format!(
+            "sensor_add 0x20 0 {n} {:#04x} 0x01\n\
+             sensor_set_threshold 0x20 0 {n} settable {enabled} 0 {} 0 0 {} 0\n\
+             sensor_set_event_support 0x20 0 {n} enable scanning per-state 000000000000000 000000000000000 000000000000000 000000000000000\n\
+             sensor_set_value 0x20 0 {n} {} 0\n\
+             main_sdr_add 0x20 {}\n",
+            s.sensor_type,
+            s.high,
+            s.low,
+            s.raw,
+            full_record(s)
+                .iter()
+                .map(|b| format!("{b:#04x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    out
+}
+
+/// A full sensor record for `s`: owner 20h LUN 0, threshold type, unsigned, linear, M = `m`,
+/// the critical thresholds it has readable, an 8-bit ASCII name.
+fn full_record(s: &LabSensor) -> Vec<u8> {
+    let mut r = vec![0u8; 48];
+    r[2] = 0x51;
+    r[3] = 0x01;
+    r[5] = 0x20;
+    r[7] = s.number;
+    r[8] = s.entity;
+    r[9] = 1;
+    // Initialization: scanning and events enabled; capabilities: thresholds readable.
+    r[10] = 0x63;
+    r[11] = 0x48;
+    r[12] = s.sensor_type;
+    r[13] = 0x01;
+    r[18] = if s.low != 0 { 0x02 } else { 0 } | if s.high != 0 { 0x10 } else { 0 };
+    r[21] = s.unit;
+    r[24] = s.m;
+    r[34] = 0xff;
+    r[37] = s.high;
+    r[40] = s.low;
+    r[47] = 0xc0 | s.name.len() as u8;
+    r.extend_from_slice(s.name.as_bytes());
+    r[4] = (r.len() - 5) as u8;
+    r
+}
+
+/// The console line that sets sensor `number` to `raw`, with an event if it crosses.
+pub fn sensor_set_line(number: u8, raw: u8) -> String {
+    format!("sensor_set_value 0x20 0 {number} {raw} 1\n")
 }
 
 /// A server node's disks: NVMe and SATA scratch images.

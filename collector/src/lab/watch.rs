@@ -307,7 +307,7 @@ impl Injector {
         self.pending = rest;
         let mut bmc = bmc;
         for j in due {
-            let outcome = match fire(rt, j.fault, &plan.qmp, bmc.as_deref_mut()) {
+            let outcome = match fire(rt, &j, &plan.qmp, bmc.as_deref_mut()) {
                 Ok(answer) => answer,
                 Err(err) => format!("FAILED: {err:#}"),
             };
@@ -328,17 +328,36 @@ impl Injector {
 /// the emulator answered.
 fn fire(
     rt: &tokio::runtime::Runtime,
-    fault: Fault,
+    injection: &Injection,
     qmp: &Path,
     bmc: Option<&mut server::Bmc>,
 ) -> anyhow::Result<String> {
-    if fault == Fault::SelEntry {
+    let fault = injection.fault;
+    if matches!(fault, Fault::SelEntry | Fault::FanFail | Fault::PsuWatts) {
         let bmc = bmc.ok_or_else(|| anyhow::anyhow!("the node has no BMC"))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as u32);
-        bmc.command(&inject::sel_add_line(now))?;
-        return Ok("added to the BMC's event log".into());
+        let watts = injection.watts.unwrap_or(0);
+        let (line, said) = match fault {
+            Fault::FanFail => (
+                server::sensor_set_line(server::FAN1, 0),
+                "FAN1 set to 0 RPM".to_owned(),
+            ),
+            Fault::PsuWatts => (
+                server::sensor_set_line(
+                    server::PSU1,
+                    (watts / server::PSU_WATTS_STEP).min(255) as u8,
+                ),
+                format!("PSU1 input power set to {watts} W"),
+            ),
+            _ => (
+                inject::sel_add_line(now),
+                "added to the BMC's event log".to_owned(),
+            ),
+        };
+        bmc.command(&line)?;
+        return Ok(said);
     }
     let answers = rt.block_on(crate::memtest::power::qmp(
         qmp,

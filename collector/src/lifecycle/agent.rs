@@ -644,7 +644,7 @@ fn apply(
                 params![run_id, Sql(*verdict), event.seq as i64, now],
             )?;
         }
-        EventBody::Log { .. } | EventBody::LogsDropped { .. } => {}
+        EventBody::Log { .. } | EventBody::LogsDropped { .. } | EventBody::Sensors { .. } => {}
     }
     Ok(changed)
 }

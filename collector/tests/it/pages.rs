@@ -501,3 +501,61 @@ async fn a_batch_page_draws_its_racks_with_each_node_where_it_sits() {
     assert_eq!(missing.status(), 404);
     // Kept for a look: target/test-scratch/batch-page-*/batch.png
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_page_draws_each_bmc_sensor_over_the_run_escaped() {
+    use kiln_protocol::sensors::{SensorClass, SensorReading};
+    let server = Server::start("sensors-page", Config::default()).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 9, SUITE).await;
+    let sweep = |value: f64| EventBody::Sensors {
+        step: Some(0),
+        readings: vec![SensorReading {
+            name: "<b>FAN1</b>".into(),
+            class: SensorClass::Fan,
+            value,
+            low: Some(1000.0),
+            high: None,
+        }],
+    };
+    let mut events = full_run();
+    events.insert(2, ev(0, sweep(4800.0)));
+    events.insert(3, ev(0, sweep(0.0)));
+    for (i, e) in events.iter_mut().enumerate() {
+        e.seq = i as u64 + 1;
+        e.at_ms = 1000 * i as u64;
+    }
+    let r = post_events(&client, &server.base, &run, events).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let page = server.ops.text(&format!("/runs/{}", run.run_id)).await;
+    assert!(page.contains("<h2>BMC sensors</h2>"), "{page}");
+    assert!(
+        page.contains(r#"<svg class="sensor" data-sensor="&lt;b&gt;FAN1&lt;&#x2f;b&gt;""#)
+            && !page.contains("<b>FAN1</b>"),
+        "the sensor's name is escaped: {page}"
+    );
+    assert!(
+        page.contains("0 to 4800 RPM; critical below 1000 RPM"),
+        "{page}"
+    );
+    // A sensor reading no number could be is refused with the batch, nothing stored.
+    let run = register(&client, &server.base, 10, SUITE).await;
+    let bad = EventBody::Sensors {
+        step: None,
+        readings: vec![SensorReading {
+            name: "FAN1".into(),
+            class: SensorClass::Fan,
+            value: 1e300,
+            low: None,
+            high: None,
+        }],
+    };
+    let r = post_events(&client, &server.base, &run, vec![ev(1, bad)]).await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("not a number a sensor gives")
+    );
+}

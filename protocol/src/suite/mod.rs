@@ -13,6 +13,7 @@ use crate::units::{HumanDuration, Size, SizeSpec};
 mod checks;
 mod expect;
 mod problems;
+mod sensors;
 
 pub use checks::{
     CHECK_KINDS, Check, CheckSpec, CpuCheck, CpuThresholds, DiskCheck, DiskThresholds, ExecCheck,
@@ -23,6 +24,7 @@ pub use expect::{
     Expect, ExpectCpu, ExpectDisks, ExpectLldp, ExpectMemory, ExpectNics, ExpectPcie, ExpectSystem,
 };
 pub use problems::{Problem, Problems};
+pub use sensors::Sensors;
 
 /// A kiln suite: what a node must be (`expect`), whether memtest86+ runs before Linux
 /// (`memtest`), and the ordered checks the agent runs in the RAM image (`steps`).
@@ -49,6 +51,9 @@ pub struct Suite {
     /// Compare every step's throughput with the node's peers, unless a step says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare_peers: Option<ComparePeers>,
+    /// The BMC's sensors, read while every step runs, and limits on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensors: Option<Sensors>,
     /// The checks, run in order. Each step names exactly one check kind.
     pub steps: Vec<Step>,
 }

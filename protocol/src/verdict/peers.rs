@@ -2,7 +2,8 @@
 //! CPU model, as their latest finished runs measured them. A node more than the suite's
 //! `max_below_median_pct` worse than the peers' median is degraded, the reason saying by how
 //! much and of how many peers: below it in throughput (GB/s, MB/s, Mb/s, it/s: more is
-//! better), above it in latency and temperature (ms, °C: less is better). Too few peers and
+//! better), above it in latency, temperature and power drawn (ms, °C, W: less is better;
+//! the BMC's peaks under the same step's load are compared this way). Too few peers and
 //! there is nothing to compare against yet. (Which runs are peers is the collector's to read.)
 
 use std::collections::BTreeMap;
@@ -12,8 +13,8 @@ use crate::wire::StepReport;
 
 /// Units a peer comparison applies to where more is better: throughput.
 const THROUGHPUT: [&str; 4] = ["GB/s", "MB/s", "Mb/s", "it/s"];
-/// Units a peer comparison applies to where less is better: latency, temperature.
-const LESS_IS_BETTER: [&str; 2] = ["ms", "°C"];
+/// Units a peer comparison applies to where less is better: latency, temperature, power.
+const LESS_IS_BETTER: [&str; 3] = ["ms", "°C", "W"];
 
 /// Whether peers are compared in `unit`.
 pub fn compared(unit: &str) -> bool {

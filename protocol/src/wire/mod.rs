@@ -427,6 +427,14 @@ pub enum EventBody {
         /// How many.
         count: u64,
     },
+    /// One reading of the BMC's sensors, taken while `step` ran (or between steps).
+    Sensors {
+        /// The step running when they were read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u32>,
+        /// Every sensor read, at most [`crate::bounds::MAX_SENSORS`].
+        readings: Vec<crate::sensors::SensorReading>,
+    },
     /// A step ended.
     StepFinished {
         /// Its result.
@@ -449,6 +457,7 @@ impl EventBody {
             EventBody::Progress { .. } => "progress",
             EventBody::Log { .. } => "log",
             EventBody::LogsDropped { .. } => "logs_dropped",
+            EventBody::Sensors { .. } => "sensors",
             EventBody::StepFinished { .. } => "step_finished",
             EventBody::RunFinished { .. } => "run_finished",
         }
@@ -458,7 +467,7 @@ impl EventBody {
     pub fn step(&self) -> Option<u32> {
         match self {
             EventBody::StepStarted { step, .. } | EventBody::Progress { step, .. } => Some(*step),
-            EventBody::Log { step, .. } => *step,
+            EventBody::Log { step, .. } | EventBody::Sensors { step, .. } => *step,
             EventBody::StepFinished { report } => Some(report.step),
             _ => None,
         }
@@ -466,9 +475,13 @@ impl EventBody {
 }
 
 impl EventBody {
-    /// Whether a bounded spool may drop this event under pressure (only log lines; outcomes never).
+    /// Whether a bounded spool may drop this event under pressure (log lines, progress and
+    /// sensor series; outcomes never: a sensor's fault travels in its step's outcome).
     pub fn droppable(&self) -> bool {
-        matches!(self, EventBody::Log { .. } | EventBody::Progress { .. })
+        matches!(
+            self,
+            EventBody::Log { .. } | EventBody::Progress { .. } | EventBody::Sensors { .. }
+        )
     }
 }
 

@@ -50,6 +50,16 @@ fn each_event_kind_is_its_serde_tag() {
             line: "x".into(),
         },
         EventBody::LogsDropped { count: 3 },
+        EventBody::Sensors {
+            step: Some(3),
+            readings: vec![crate::sensors::SensorReading {
+                name: "FAN1".into(),
+                class: crate::sensors::SensorClass::Fan,
+                value: 4800.0,
+                low: Some(1000.0),
+                high: None,
+            }],
+        },
         EventBody::StepFinished { report },
         EventBody::RunFinished {
             verdict: Verdict::Pass,
@@ -58,7 +68,17 @@ fn each_event_kind_is_its_serde_tag() {
     let steps: Vec<Option<u32>> = bodies.iter().map(EventBody::step).collect();
     assert_eq!(
         steps,
-        [None, None, Some(0), Some(0), Some(1), None, Some(2), None]
+        [
+            None,
+            None,
+            Some(0),
+            Some(0),
+            Some(1),
+            None,
+            Some(3),
+            Some(2),
+            None
+        ]
     );
     for body in &bodies {
         let json = serde_json::to_value(body).unwrap();

@@ -151,7 +151,7 @@ pub struct Distribution {
 /// Bins of a distribution.
 const BINS: usize = 12;
 
-/// Every throughput, latency and temperature metric of the batch's latest finished runs,
+/// Every throughput, latency, temperature, power and fan metric of the batch's latest runs,
 /// binned: what the batch page draws as histograms.
 pub fn batch_distributions(
     conn: &Connection,
@@ -170,7 +170,8 @@ pub fn batch_distributions(
             continue;
         };
         for m in report.metrics {
-            if ["GB/s", "MB/s", "Mb/s", "it/s", "ms", "°C"].contains(&m.unit.as_str())
+            // The BMC's peaks (°C, W, the slowest fan's RPM) too: peers under the same load.
+            if ["GB/s", "MB/s", "Mb/s", "it/s", "ms", "°C", "W", "RPM"].contains(&m.unit.as_str())
                 && m.value.is_finite()
             {
                 values

@@ -15,6 +15,7 @@ mod nodes;
 mod pairs;
 mod provenance;
 mod runs;
+mod sensors;
 mod series;
 mod waivers;
 
@@ -32,6 +33,7 @@ pub use runs::{
     LogLine, MemtestResult, PayloadSource, RunDetail, StageRow, memtest_result, payload_complete,
     payload_fault, payload_piece, run_detail, run_logs, run_logs_before, verdict_why,
 };
+pub use sensors::{SensorSeries, sensor_series};
 pub use series::{StepSeries, step_series};
 pub use waivers::{NotWaived, add_waiver, read_waivers, revoke_waiver};
 
