@@ -146,6 +146,7 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
         collector: Some(booted.url.clone()),
         collector_token: Some(run.token().to_owned()),
         run_id: Some(booted.run_id),
+        cpus: None,
     };
     let report = tracing::info_span!("run", run_id = booted.run_id, suite = plan.name())
         .in_scope(|| crate::runner::run_on(&plan, &options, &interrupt, sink, inventory));

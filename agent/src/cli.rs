@@ -262,6 +262,7 @@ fn run(args: &RunArgs) -> u8 {
         collector: args.collector.clone(),
         collector_token: None,
         run_id: None,
+        cpus: None,
     };
     let console: Arc<dyn EventSink> = Arc::new(Console::new(args.plain));
     let mut inventory = crate::inventory::collect();

@@ -35,6 +35,25 @@ pub struct PlannedStep {
     pub retest: Option<crate::suite::Retest>,
     /// Compare with peers: the step's own, or the suite's.
     pub compare_peers: Option<crate::suite::ComparePeers>,
+    /// The `parallel:` group it runs in, when it is a member of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+}
+
+/// A `parallel:` group as its members carry it: its members are consecutive steps of the
+/// plan, from `first`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// The group's name (the written step's).
+    pub name: String,
+    /// Index of its first member.
+    pub first: usize,
+    /// How many members it has.
+    pub members: usize,
+    /// How long the members run together.
+    pub duration: Duration,
+    /// How a memory and a cpu member share the CPUs.
+    pub cpus: crate::suite::CpuShare,
 }
 
 /// A suite that passed every rule: what the agent runs and the collector records.
@@ -72,9 +91,21 @@ impl Plan {
             .max()
     }
 
-    /// Sum of the step timeouts: the longest the Linux stage may take.
+    /// Sum of the step timeouts, a `parallel:` group's counted once (its longest member's):
+    /// the longest the Linux stage may take.
     pub fn steps_budget(&self) -> Duration {
-        self.steps.iter().map(|s| s.timeout).sum()
+        let mut groups: std::collections::BTreeMap<usize, Duration> = Default::default();
+        let mut alone = Duration::ZERO;
+        for s in &self.steps {
+            match &s.group {
+                Some(g) => {
+                    let longest = groups.entry(g.first).or_default();
+                    *longest = (*longest).max(s.timeout);
+                }
+                None => alone += s.timeout,
+            }
+        }
+        alone + groups.values().sum::<Duration>()
     }
 
     /// Longest the whole verify cycle may take: steps plus the memtest stage.
@@ -154,37 +185,19 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
     if suite.steps.is_empty() {
         v.problem("steps", "no steps; expected at least one step");
     }
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut steps = Vec::new();
+    let mut planner = Planner {
+        suite: &suite,
+        names: HashMap::new(),
+        steps: Vec::new(),
+    };
     for (index, step) in suite.steps.iter().enumerate() {
         let at = format!("steps[{index}]");
-        v.name(&format!("{at}.name"), &step.name);
-        if let Some(first) = seen.insert(step.name.as_str(), index) {
-            seen.insert(step.name.as_str(), first);
-            v.problem(
-                format!("{at}.name"),
-                format!(
-                    "duplicate step name {:?} (steps[{first}] has it); expected unique names",
-                    step.name
-                ),
-            );
-        }
-        if let Some(check) = v.step(&at, step) {
-            let timeout = step
-                .timeout
-                .map_or_else(|| check.default_timeout(), HumanDuration::get);
-            v.optional(&at, &step.optional, &check);
-            steps.push(PlannedStep {
-                index,
-                name: step.name.clone(),
-                timeout,
-                check,
-                optional: step.optional.clone(),
-                retest: step.retest.or(suite.retest),
-                compare_peers: step.compare_peers.or(suite.compare_peers),
-            });
+        match &step.parallel {
+            None => planner.step(&mut v, &at, step, None),
+            Some(group) => planner.group(&mut v, &at, step, group),
         }
     }
+    let steps = planner.steps;
     if !v.is_empty() {
         return Err(v.into_list());
     }
@@ -194,6 +207,142 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
         memtest,
         steps,
     })
+}
+
+/// The plan's steps as they are checked: a group's members flattened into consecutive steps.
+struct Planner<'a> {
+    suite: &'a Suite,
+    /// Every name taken, with where.
+    names: HashMap<String, String>,
+    steps: Vec<PlannedStep>,
+}
+
+impl Planner<'_> {
+    /// Checks a step's name is well formed and not taken.
+    fn name(&mut self, v: &mut Problems, at: &str, name: &str) {
+        v.name(&format!("{at}.name"), name);
+        match self.names.get(name) {
+            Some(first) => v.problem(
+                format!("{at}.name"),
+                format!("duplicate step name {name:?} ({first} has it); expected unique names"),
+            ),
+            None => {
+                self.names.insert(name.to_owned(), at.to_owned());
+            }
+        }
+    }
+
+    /// Checks one written step and plans it, as a member of `group` when given.
+    fn step(&mut self, v: &mut Problems, at: &str, step: &Step, group: Option<&Group>) {
+        self.name(v, at, &step.name);
+        let Some(check) = v.step(at, step) else {
+            return;
+        };
+        v.optional(at, &step.optional, &check);
+        let single = step
+            .timeout
+            .map_or_else(|| check.default_timeout(), HumanDuration::get);
+        let (check, timeout) = match group {
+            // Its own run stretched to the group's, or runs repeated until then: either way
+            // the group's time plus one run's margin.
+            Some(g) => (check.lasting(g.duration), g.duration + single),
+            None => (check, single),
+        };
+        self.steps.push(PlannedStep {
+            index: self.steps.len(),
+            name: step.name.clone(),
+            timeout,
+            check,
+            optional: step.optional.clone(),
+            retest: if group.is_some() {
+                None
+            } else {
+                step.retest.or(self.suite.retest)
+            },
+            compare_peers: step.compare_peers.or(self.suite.compare_peers),
+            group: group.cloned(),
+        });
+    }
+
+    /// Checks a `parallel:` group and plans its members.
+    fn group(&mut self, v: &mut Problems, at: &str, step: &Step, p: &crate::suite::Parallel) {
+        self.name(v, at, &step.name);
+        if let Some(kind) = step.kinds().first() {
+            v.problem(
+                format!("{at}.{kind}"),
+                "a parallel group with a check kind; a step is one or the other",
+            );
+        }
+        for (key, set, why) in [
+            (
+                "timeout",
+                step.timeout.is_some(),
+                "each member times out on its own (the group's duration plus its margin)",
+            ),
+            (
+                "retest",
+                step.retest.is_some(),
+                "a group is not retested; its members run for the whole duration",
+            ),
+            (
+                "optional",
+                !step.optional.is_empty(),
+                "a group has no thresholds; say it on the member",
+            ),
+        ] {
+            if set {
+                v.problem(
+                    format!("{at}.{key}"),
+                    format!("{key} on a parallel group: {why}; leave it out"),
+                );
+            }
+        }
+        let steps_at = format!("{at}.parallel.steps");
+        if p.steps.len() < 2 {
+            v.problem(
+                &steps_at,
+                format!(
+                    "{} step(s); expected at least 2 (one step needs no group)",
+                    p.steps.len()
+                ),
+            );
+        }
+        let group = Group {
+            name: step.name.clone(),
+            first: self.steps.len(),
+            members: p.steps.len(),
+            duration: p.duration.get(),
+            cpus: p.cpus,
+        };
+        let mut kinds: HashMap<&str, usize> = HashMap::new();
+        for (j, member) in p.steps.iter().enumerate() {
+            let m_at = format!("{steps_at}[{j}]");
+            if member.parallel.is_some() {
+                v.problem(
+                    format!("{m_at}.parallel"),
+                    "a group inside a group; expected a step with one check kind",
+                );
+                continue;
+            }
+            if member.retest.is_some() {
+                v.problem(
+                    format!("{m_at}.retest"),
+                    "a member of a group is not retested on its own; leave it out",
+                );
+            }
+            for kind in member.kinds() {
+                if ["memory", "cpu"].contains(&kind) {
+                    if let Some(first) = kinds.insert(kind, j) {
+                        v.problem(
+                            format!("{m_at}.{kind}"),
+                            format!("a second {kind} member ({steps_at}[{first}] is one); a group has at most one, its workers take the CPUs it is given"),
+                        );
+                    }
+                }
+            }
+            self.step(v, &m_at, member, Some(&group));
+        }
+    }
 }
 
 impl Problems {
@@ -492,7 +641,19 @@ impl Problems {
 impl Plan {
     /// One line for `suite check`: name, steps by kind, and the time budget.
     pub fn summary(&self) -> String {
-        let kinds: Vec<&str> = self.steps.iter().map(|s| s.check.kind()).collect();
+        // A group's members as one entry: `combined: memory+cpu+disk`.
+        let mut kinds: Vec<String> = Vec::new();
+        for s in &self.steps {
+            match &s.group {
+                Some(g) if g.first != s.index => {
+                    if let Some(last) = kinds.last_mut() {
+                        *last = format!("{last}+{}", s.check.kind());
+                    }
+                }
+                Some(g) => kinds.push(format!("{}: {}", g.name, s.check.kind())),
+                None => kinds.push(s.check.kind().to_owned()),
+            }
+        }
         let version = self
             .suite
             .version

@@ -113,6 +113,34 @@ fn readme_field_reference_is_current() {
 /// prefix of the message; the rest lists what was expected).
 const BAD_SUITES: &[(&str, &str)] = &[
     (
+        "parallel-inside-parallel.yaml",
+        "11:11: steps[0].parallel.steps[1].parallel: a group inside a group",
+    ),
+    (
+        "parallel-member-name-taken.yaml",
+        r#"12:11: steps[1].parallel.steps[1].name: duplicate step name "cpu" (steps[0] has it)"#,
+    ),
+    (
+        "parallel-member-retest.yaml",
+        "10:11: steps[0].parallel.steps[0].retest: a member of a group is not retested on its own",
+    ),
+    (
+        "parallel-one-member.yaml",
+        "7:7: steps[0].parallel.steps: 1 step(s); expected at least 2",
+    ),
+    (
+        "parallel-two-memory-members.yaml",
+        "11:11: steps[0].parallel.steps[1].memory: a second memory member",
+    ),
+    (
+        "parallel-unknown-cpu-share.yaml",
+        r#"7:13: steps[0].parallel.cpus: unknown variant "half", expected "split" or "shared""#,
+    ),
+    (
+        "parallel-with-a-check-kind.yaml",
+        "5:5: steps[0].exec: a parallel group with a check kind; a step is one or the other",
+    ),
+    (
         "sensors-limit-out-of-range.yaml",
         "5:3: sensors.max_inlet_c: 350; expected -40 to 150",
     ),

@@ -50,7 +50,7 @@ impl CheckKind for Cpu {
                 }
                 list.iter().map(|c| *c as usize).collect()
             }
-            None => allowed,
+            None => ctx.options.cpus.clone().unwrap_or(allowed),
         };
         let duration = spec.duration.get();
         ctx.observer.log(

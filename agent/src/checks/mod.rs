@@ -67,6 +67,9 @@ pub struct RunOptions {
     pub collector_token: Option<String>,
     /// The run, when a collector has one (for `nic: {target: peer}`, which it pairs).
     pub run_id: Option<i64>,
+    /// The CPUs a memory or cpu check runs its workers on, when the runner gives it a share
+    /// (a `parallel:` group's split); every CPU the process may use when `None`.
+    pub cpus: Option<Vec<usize>>,
 }
 
 /// Everything a check may use while it runs.

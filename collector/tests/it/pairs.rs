@@ -46,6 +46,7 @@ fn nic_step(
             collector: Some(base),
             collector_token: Some(run.token.clone()),
             run_id: Some(run.run_id),
+            cpus: None,
         };
         let lines = Lines(Mutex::new(Vec::new()));
         let ctx = StepContext {

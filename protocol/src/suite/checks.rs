@@ -76,6 +76,9 @@ macro_rules! check_kinds {
                 #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub $key: Option<$ty>,
             )+
+            /// Steps run at the same time, in place of a check kind.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub parallel: Option<Box<super::Parallel>>,
             /// Run the step again when it fails (overrides the suite's `retest:`).
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub retest: Option<Retest>,
@@ -165,6 +168,28 @@ impl Check {
     /// How long the check runs by its own parameters, when they fix it.
     pub fn own_duration(&self) -> Option<Duration> {
         self.spec().own_duration()
+    }
+
+    /// Whether the kind runs for a duration it is given (memory, cpu, watch): in a group it
+    /// runs once for the group's; the others are repeated.
+    pub fn stretches(&self) -> bool {
+        matches!(self, Check::Memory(_) | Check::Cpu(_) | Check::Watch(_))
+    }
+
+    /// The check as a member of a `parallel:` group lasting `d`: a kind with a duration of
+    /// its own runs for `d` (memory keeps repeating passes, cpu and watch keep going); the
+    /// others are unchanged (the runner repeats them until `d` has passed).
+    pub fn lasting(self, d: Duration) -> Check {
+        let d = HumanDuration(d);
+        match self {
+            Check::Memory(m) => Check::Memory(MemoryCheck {
+                duration: Some(d),
+                ..m
+            }),
+            Check::Cpu(c) => Check::Cpu(CpuCheck { duration: d, ..c }),
+            Check::Watch(w) => Check::Watch(WatchCheck { duration: d, ..w }),
+            other => other,
+        }
     }
 
     /// The timeout when the suite gives none: the own duration plus half again (at least a

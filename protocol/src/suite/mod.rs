@@ -58,6 +58,40 @@ pub struct Suite {
     pub steps: Vec<Step>,
 }
 
+// `parallel:` groups: steps run at the same time, so the whole machine is under load at
+// once — what a burn-in exists for: a PSU or VRM that sags only at full draw, a fan that
+// cannot hold the CPUs with the DIMMs hot, a PCIe link that errs only once the board is warm.
+
+/// Steps run at the same time for `duration`, each with its own thresholds and outcome; the
+/// group fails when any of them does. A member whose kind has a duration (memory, cpu, watch)
+/// runs for the group's; the others (disk, nic, exec) run again, back to back, until it has
+/// passed. The machine's watchers (kernel log, machine checks, AER, the BMC's event log and
+/// sensors) watch the whole group and report through its first member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Parallel {
+    /// How long the members run together.
+    pub duration: HumanDuration,
+    /// How the CPUs are shared between a memory and a cpu member: `split` (the default) or
+    /// `shared`.
+    #[serde(default)]
+    pub cpus: CpuShare,
+    /// The members: two or more steps, none of them a group.
+    pub steps: Vec<Step>,
+}
+
+/// How a group's memory and cpu members share the CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuShare {
+    /// Memory workers on one half of the CPUs, CPU workers on the other, swapped at half
+    /// time: neither preempts the other, and every CPU runs both loads in turn.
+    #[default]
+    Split,
+    /// Both on every CPU, as each would alone: the scheduler shares them.
+    Shared,
+}
+
 /// Run a failing step again, to tell an intermittent fault (failed 1 of 3) from a hard one
 /// (3 of 3). Both fail the step unless `intermittent: degraded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -67,3 +67,56 @@ fn retest_and_peer_rules_out_of_range_are_refused_where_written() {
         "{text}"
     );
 }
+
+#[test]
+fn a_group_is_planned_as_consecutive_members_stretched_to_its_duration() {
+    let text = "suite: g\ndescription: Group.\nretest: {attempts: 2}\nsteps:\n  - name: first\n    exec: {argv: [true]}\n  - name: together\n    parallel:\n      duration: 1h\n      steps:\n        - name: mem\n          memory: {size: 10%, duration: 1m}\n        - name: cpu\n          cpu: {duration: 1m}\n        - name: disk\n          timeout: 5m\n          disk: {dir: /tmp, size: 1GiB}\n  - name: last\n    exec: {argv: [true]}\n";
+    let plan = crate::load("g.yaml", text.as_bytes()).expect("a valid group");
+    let names: Vec<(usize, &str)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.index, s.name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (0, "first"),
+            (1, "mem"),
+            (2, "cpu"),
+            (3, "disk"),
+            (4, "last")
+        ]
+    );
+    let hour = std::time::Duration::from_secs(3600);
+    let g = plan.steps[2].group.as_ref().expect("a member");
+    assert_eq!(
+        (g.name.as_str(), g.first, g.members, g.duration),
+        ("together", 1, 3, hour)
+    );
+    assert_eq!(g.cpus, CpuShare::Split);
+    assert!(plan.steps[0].group.is_none() && plan.steps[4].group.is_none());
+    // Memory and cpu run for the group's hour; the disk keeps its own run, repeated.
+    assert_eq!(plan.steps[1].check.own_duration(), Some(hour));
+    assert_eq!(plan.steps[2].check.own_duration(), Some(hour));
+    assert!(!plan.steps[3].check.stretches());
+    // Each member's timeout: the hour plus one run's margin (the disk's written 5m).
+    assert_eq!(
+        plan.steps[3].timeout,
+        hour + std::time::Duration::from_secs(300)
+    );
+    // The suite's retest is not a member's; a lone step keeps it.
+    assert!(plan.steps[1].retest.is_none());
+    assert!(plan.steps[0].retest.is_some());
+    // The budget counts the group once, at its longest member.
+    let longest = plan.steps[1..4].iter().map(|s| s.timeout).max().unwrap();
+    assert_eq!(
+        plan.steps_budget(),
+        plan.steps[0].timeout + longest + plan.steps[4].timeout
+    );
+    assert!(
+        plan.summary()
+            .contains("(exec, together: memory+cpu+disk, exec)"),
+        "{}",
+        plan.summary()
+    );
+}

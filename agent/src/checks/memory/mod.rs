@@ -78,7 +78,11 @@ impl CheckKind for Memory {
             ),
             _ => {}
         }
-        let cpus = affinity::allowed_cpus();
+        let cpus = ctx
+            .options
+            .cpus
+            .clone()
+            .unwrap_or_else(affinity::allowed_cpus);
         let threads = spec.threads.map_or(cpus.len(), |t| t as usize).max(1);
         let seed = spec.seed.unwrap_or_else(fresh_seed);
         ctx.observer.log(
