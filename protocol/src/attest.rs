@@ -124,14 +124,33 @@ fn slack(least: Duration) -> Duration {
 /// The least time the plan's steps up to and including `index` take, run in order: the sum of
 /// the durations their parameters fix, over the steps that did their work (`did_work(i)`: a
 /// pass, or a pass short of a `degraded:` target). A skipped, failed or errored step may end at
-/// once, and a step whose length depends on the node counts 0.
+/// once, and a step whose length depends on the node counts 0. A `parallel:` group's members
+/// ran at once: they count as their longest.
 pub fn least_elapsed(plan: &Plan, index: usize, did_work: impl Fn(usize) -> bool) -> Duration {
-    plan.steps
+    let mut total = Duration::ZERO;
+    // The group being summed: its first member and its longest so far.
+    let mut group: Option<(usize, Duration)> = None;
+    for s in plan
+        .steps
         .iter()
         .take(index.saturating_add(1))
         .filter(|s| did_work(s.index))
-        .filter_map(|s| s.check.own_duration())
-        .sum()
+    {
+        let own = s.check.own_duration().unwrap_or_default();
+        match (&s.group, &mut group) {
+            (Some(g), Some((first, longest))) if *first == g.first => {
+                *longest = (*longest).max(own);
+            }
+            (member, open) => {
+                total += open.take().map_or(Duration::ZERO, |(_, l)| l);
+                match member {
+                    Some(g) => group = Some((g.first, own)),
+                    None => total += own,
+                }
+            }
+        }
+    }
+    total + group.map_or(Duration::ZERO, |(_, l)| l)
 }
 
 /// Why a result that arrived `took` after its start cannot be true when the work takes at
@@ -236,5 +255,24 @@ mod tests {
         // A soak that was skipped (an optional check with nothing to look at) took no time.
         let not_first = |i| i != 0;
         assert_eq!(least_elapsed(&plan, 2, not_first), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_group_counts_once_at_its_longest_member() {
+        let plan = crate::load(
+            "t.yaml",
+            b"suite: t\ndescription: d\nsteps:\n  - name: soak\n    watch: {duration: 30s}\n  - name: g\n    parallel:\n      duration: 1m\n      steps:\n        - name: a\n          watch: {duration: 5s}\n        - name: b\n          exec: {argv: [true]}\n        - name: c\n          cpu: {}\n  - name: cool\n    watch: {duration: 10s}\n",
+        )
+        .unwrap();
+        let all = |_| true;
+        let s = Duration::from_secs;
+        // The soak, then the group's minute (not three), then the cool-down.
+        assert_eq!(least_elapsed(&plan, 1, all), s(90));
+        assert_eq!(least_elapsed(&plan, 2, all), s(90));
+        assert_eq!(least_elapsed(&plan, 3, all), s(90));
+        assert_eq!(least_elapsed(&plan, usize::MAX, all), s(100));
+        // Members that did no work take no time; the others still count once.
+        assert_eq!(least_elapsed(&plan, 4, |i| i != 1), s(100));
+        assert_eq!(least_elapsed(&plan, 4, |i| i != 1 && i != 3), s(40));
     }
 }

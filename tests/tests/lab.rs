@@ -235,7 +235,7 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
 
     // The clean node: every source read, nothing wrong.
     assert_eq!(n[0].verdict, "pass", "{:?}", n[0]);
-    assert_eq!(n[0].steps, "3/3", "{:?}", n[0]);
+    assert_eq!(n[0].steps, "7/7", "{:?}", n[0]);
     assert!(n[0].faults.is_empty(), "{:?}", n[0]);
 
     let only = |i: usize, want: &str| {
@@ -312,6 +312,34 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
     // The clean node's inventory came from the native readers: the DIMM table, both
     // disks' health, the PCIe links with their slots, and no source absent.
     let db = rusqlite::Connection::open(report.data.join("kiln.sqlite")).unwrap();
+    // Its combined group: every member ran, passed and was measured.
+    let members: Vec<(String, String, String)> = db
+        .prepare("SELECT name, outcome, report FROM steps WHERE run_id = ?1 AND name LIKE 'combined-%' ORDER BY step")
+        .unwrap()
+        .query_map([n[0].run_id.unwrap()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "combined-memory",
+            "combined-cpu",
+            "combined-sata",
+            "combined-nic"
+        ]
+    );
+    for (name, outcome, report) in &members {
+        assert_eq!(outcome, "pass", "{name}: {report}");
+        let metric = match name.as_str() {
+            "combined-memory" => "\"gbps\"",
+            "combined-cpu" => "\"ops_per_sec\"",
+            "combined-sata" => "\"write_mbps\"",
+            _ => "\"download_mbps\"",
+        };
+        assert!(report.contains(metric), "{name} has no {metric}: {report}");
+    }
     // Its BMC's sensors were read while every step ran and stored as series.
     let sweeps: Vec<String> = db
         .prepare("SELECT body FROM events WHERE run_id = ?1 AND kind = 'sensors'")

@@ -7,8 +7,10 @@
 //! CPUs, swapped at half time. Both are CPU-bound: on the same CPUs the scheduler would slice
 //! each core between a memory worker and a CPU worker, and each would run at half its rate
 //! while looking busy. Split, neither preempts the other, each check sees a steady core, and
-//! over the group every CPU runs both loads. Disk and NIC work is mostly the kernel's and
-//! stays unpinned.
+//! over the group every CPU runs both loads. Disk and NIC work is the kernel's (interrupts,
+//! TCP, block I/O) and stays unpinned; from four CPUs on, an eighth of them (at least one)
+//! is kept free of memory and CPU workers when the group has such a member, or a 100 Gb/s
+//! NIC would have no core left for its traffic.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,11 +99,19 @@ pub(super) fn run(
 }
 
 /// Each member's CPUs: with `split`, and both a memory and a cpu member on two CPUs or more,
-/// memory on the first half and cpu on the rest, swapped at half time.
+/// memory on the first half and cpu on the rest, swapped at half time — less the CPUs kept
+/// for the kernel's I/O when the group does I/O.
 fn shares(mode: CpuShare, members: &[PlannedStep], cpus: &[usize]) -> Vec<Share> {
     let has = |kind: &str| members.iter().any(|m| m.check.kind() == kind);
     let split = mode == CpuShare::Split && has("memory") && has("cpu") && cpus.len() >= 2;
-    let (a, b) = cpus.split_at(cpus.len().div_ceil(2));
+    let io = members.iter().any(|m| !m.check.stretches());
+    let kept = if io && cpus.len() >= 4 {
+        (cpus.len() / 8).max(1)
+    } else {
+        0
+    };
+    let workers = &cpus[..cpus.len() - kept];
+    let (a, b) = workers.split_at(workers.len().div_ceil(2));
     members
         .iter()
         .map(|m| match (split, m.check.kind()) {

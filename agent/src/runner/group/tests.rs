@@ -24,12 +24,20 @@ fn members(kinds: &[&str]) -> Vec<PlannedStep> {
 
 #[test]
 fn memory_and_cpu_split_the_cpus_and_swap_at_half_time() {
-    let m = members(&["memory", "cpu", "disk"]);
+    let m = members(&["memory", "cpu"]);
     let s = shares(CpuShare::Split, &m, &[0, 1, 2, 3]);
     assert_eq!(s[0], [Some(vec![0, 1]), Some(vec![2, 3])]);
     assert_eq!(s[1], [Some(vec![2, 3]), Some(vec![0, 1])]);
+    // With a disk member, an eighth of the CPUs (at least one) kept for the kernel's I/O.
+    let m = members(&["memory", "cpu", "disk"]);
+    let s = shares(CpuShare::Split, &m, &[0, 1, 2, 3]);
+    assert_eq!(s[0], [Some(vec![0, 1]), Some(vec![2])]);
+    assert_eq!(s[1], [Some(vec![2]), Some(vec![0, 1])]);
     assert_eq!(s[2], [None, None], "the disk floats");
-    // An odd count: memory takes the larger half.
+    let s = shares(CpuShare::Split, &m, &(0..64).collect::<Vec<_>>());
+    assert_eq!(s[0][0].as_ref().map(Vec::len), Some(28));
+    assert_eq!(s[1][0].as_ref().map(|c| (c[0], c.len())), Some((28, 28)));
+    // Fewer than four CPUs: none kept; an odd count gives memory the larger half.
     let s = shares(CpuShare::Split, &m, &[0, 1, 2]);
     assert_eq!(s[0], [Some(vec![0, 1]), Some(vec![2])]);
     assert_eq!(
