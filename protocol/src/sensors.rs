@@ -156,6 +156,38 @@ pub fn crossing(reading: &SensorReading, limits: &Sensors) -> Option<String> {
     }
 }
 
+/// Each sensor's lowest and highest reading over many sweeps: all a threshold can be crossed
+/// by, kept small (a 72-hour burn-in reads every sensor fifty thousand times).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extremes(std::collections::BTreeMap<String, (SensorReading, SensorReading)>);
+
+impl Extremes {
+    /// Takes one reading in.
+    pub fn add(&mut self, r: SensorReading) {
+        match self.0.get_mut(&r.name) {
+            Some((low, high)) => {
+                if r.value < low.value {
+                    *low = r.clone();
+                }
+                if r.value > high.value {
+                    *high = r;
+                }
+            }
+            None => {
+                self.0.insert(r.name.clone(), (r.clone(), r));
+            }
+        }
+    }
+
+    /// Every sensor's lowest and highest reading (one when they are the same).
+    pub fn readings(&self) -> Vec<&SensorReading> {
+        self.0
+            .values()
+            .flat_map(|(low, high)| std::iter::once(low).chain((low != high).then_some(high)))
+            .collect()
+    }
+}
+
 /// The suite's limits no reading in `read` could be held to: each names the limit and the
 /// class it needed. A limit the suite sets is a measurement it asks for.
 pub fn unmeasured(limits: &Sensors, read: &[SensorClass]) -> Vec<String> {
@@ -282,6 +314,21 @@ mod tests {
             crossing(&reading("CPU", SensorClass::Cpu, 99.0), &limits),
             None
         );
+    }
+
+    #[test]
+    fn extremes_keep_each_sensors_lowest_and_highest() {
+        let mut e = Extremes::default();
+        for v in [4800.0, 0.0, 4900.0, 4700.0] {
+            e.add(reading("FAN1", SensorClass::Fan, v));
+        }
+        e.add(reading("CPU", SensorClass::Cpu, 50.0));
+        let got: Vec<(&str, f64)> = e
+            .readings()
+            .iter()
+            .map(|r| (r.name.as_str(), r.value))
+            .collect();
+        assert_eq!(got, [("CPU", 50.0), ("FAN1", 0.0), ("FAN1", 4900.0)]);
     }
 
     #[test]

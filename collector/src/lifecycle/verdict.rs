@@ -66,6 +66,7 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Facts, StoreError> {
     }
     stored.peers = super::peers::read(tx, run_id, stored.inventory.as_ref())?;
     stored.cabling = cabling(tx, run_id, stored.inventory.as_ref())?;
+    stored.sensors = sensor_extremes(tx, run_id)?;
     for r in crate::store::queries::pair_results(tx, run_id)? {
         let step = stored.pairs.entry(r.step).or_default();
         match (r.partner_node, r.partner_name) {
@@ -77,6 +78,31 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Facts, StoreError> {
         }
     }
     Ok(stored)
+}
+
+/// The BMC's readings during each step of the run, folded to each sensor's extremes as they
+/// are read (a long burn-in stores tens of thousands of sweeps).
+fn sensor_extremes(
+    tx: &Connection,
+    run_id: i64,
+) -> Result<std::collections::BTreeMap<u32, kiln_protocol::sensors::Extremes>, StoreError> {
+    let mut out: std::collections::BTreeMap<u32, kiln_protocol::sensors::Extremes> =
+        Default::default();
+    let mut stmt = tx.prepare_cached(
+        "SELECT step, body FROM events WHERE run_id = ?1 AND kind = 'sensors' AND step IS NOT NULL",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![run_id])?;
+    while let Some(row) = rows.next()? {
+        let step: u32 = row.get(0)?;
+        let body: String = row.get(1)?;
+        if let kiln_protocol::wire::EventBody::Sensors { readings, .. } = decode("event", &body)? {
+            let extremes = out.entry(step).or_default();
+            for r in readings {
+                extremes.add(r);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The run's node's lines of the cabling map, with the other nodes' lines for the ports its

@@ -538,6 +538,15 @@ async fn the_run_page_draws_each_bmc_sensor_over_the_run_escaped() {
         page.contains("0 to 4800 RPM; critical below 1000 RPM"),
         "{page}"
     );
+    // The agent passed the step its fan stopped in: the collector, from what it stored, does not.
+    let detail = server.ops.run(run.run_id).await;
+    assert_eq!(detail["verdict"], "error", "{detail}");
+    assert!(
+        detail.to_string().contains(
+            "step 'tool' reported pass, but a BMC reading stored during it says: BMC sensor <b>FAN1</b>: 0 RPM, at or below its lower critical threshold 1000 RPM"
+        ),
+        "{detail}"
+    );
     // A sensor reading no number could be is refused with the batch, nothing stored.
     let run = register(&client, &server.base, 10, SUITE).await;
     let bad = EventBody::Sensors {

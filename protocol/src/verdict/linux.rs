@@ -53,6 +53,8 @@ pub struct Facts {
     pub cabling: Option<super::cabling::Map>,
     /// What the collector judged of each `target: peer` step's pairs, by step index.
     pub pairs: BTreeMap<u32, super::pairs::Stored>,
+    /// The extremes of the BMC sensor readings stored during each step, by step index.
+    pub sensors: BTreeMap<u32, crate::sensors::Extremes>,
 }
 
 /// The verdict of the Linux stage from what was stored. Pure, so every rule is unit-tested.
@@ -89,10 +91,9 @@ pub fn compute(stored: &Facts) -> Computed {
                 ));
             }
             Some(report) => {
-                if let Some(why) = paired(planned, &report.outcome, stored) {
-                    broken = true;
-                    findings.push(why);
-                }
+                let unborne = borne_out(&plan, planned, &report.outcome, stored);
+                broken |= !unborne.is_empty();
+                findings.extend(unborne);
                 outcomes.push(report.outcome.clone());
             }
         }
@@ -174,6 +175,49 @@ pub fn compute(stored: &Facts) -> Computed {
         expect,
         peer_notes,
     }
+}
+
+/// Why a step's outcome is not borne out by the figures the collector stored: its pairs, its
+/// BMC readings.
+fn borne_out(
+    plan: &crate::Plan,
+    planned: &crate::PlannedStep,
+    outcome: &Outcome,
+    stored: &Facts,
+) -> Vec<String> {
+    let mut why: Vec<String> = paired(planned, outcome, stored).into_iter().collect();
+    why.extend(sensed(plan, planned, outcome, stored));
+    why
+}
+
+/// A good outcome against the BMC readings stored while the step ran: each reading past a
+/// threshold (the BMC's, or the suite's) that the agent's pass left out. Readings the agent's
+/// spool dropped are not there to judge: a missing reading proves nothing either way.
+fn sensed(
+    plan: &crate::Plan,
+    planned: &crate::PlannedStep,
+    outcome: &Outcome,
+    stored: &Facts,
+) -> Vec<String> {
+    if !matches!(outcome, Outcome::Pass | Outcome::Degraded { .. }) {
+        return Vec::new();
+    }
+    let Some(extremes) = stored.sensors.get(&(planned.index as u32)) else {
+        return Vec::new();
+    };
+    let limits = plan.suite.sensors.unwrap_or_default();
+    extremes
+        .readings()
+        .into_iter()
+        .filter_map(|r| crate::sensors::crossing(r, &limits))
+        .map(|line| {
+            format!(
+                "step '{}' reported {}, but a BMC reading stored during it says: {line}",
+                planned.name,
+                outcome.name()
+            )
+        })
+        .collect()
 }
 
 /// A `target: peer` step's good outcome against the pairs the collector judged itself.
@@ -354,6 +398,47 @@ mod tests {
                 .any(|f| f.contains("implausible: step 'cool'")),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn a_pass_the_stored_bmc_readings_contradict_is_an_error() {
+        use crate::sensors::{Extremes, SensorClass, SensorReading};
+        let fan = |value: f64| SensorReading {
+            name: "FAN1".into(),
+            class: SensorClass::Fan,
+            value,
+            low: Some(1000.0),
+            high: None,
+        };
+        let run = |tool: Outcome, values: &[f64]| {
+            let mut facts = stored(
+                &[report(0, "tool", tool), report(1, "disk", Outcome::Pass)],
+                None,
+            );
+            let mut e = Extremes::default();
+            for v in values {
+                e.add(fan(*v));
+            }
+            facts.sensors.insert(0, e);
+            compute(&facts)
+        };
+        // Fans turning: nothing to say.
+        let c = run(Outcome::Pass, &[4800.0, 4700.0]);
+        assert!(c.findings.iter().all(|f| !f.contains("BMC")), "{c:?}");
+        // The fan stopped during a step its agent passed: the stored readings say otherwise.
+        let c = run(Outcome::Pass, &[4800.0, 0.0]);
+        assert_eq!(c.verdict, Verdict::Error);
+        assert!(
+            c.findings.contains(&"step 'tool' reported pass, but a BMC reading stored during it says: BMC sensor FAN1: 0 RPM, at or below its lower critical threshold 1000 RPM".to_owned()),
+            "{c:?}"
+        );
+        // Failed for it: consistent, a fail and no finding.
+        let failed = Outcome::Fail {
+            faults: vec![crate::wire::Fault::new("sensors.threshold", "FAN1")],
+        };
+        let c = run(failed, &[0.0]);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.findings.iter().all(|f| !f.contains("BMC")), "{c:?}");
     }
 
     #[test]
