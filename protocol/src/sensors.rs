@@ -156,6 +156,38 @@ pub fn crossing(reading: &SensorReading, limits: &Sensors) -> Option<String> {
     }
 }
 
+/// What a state sensor's asserted states say is wrong, if anything: a power supply's failure,
+/// lost input or configuration error (sensor type 08h, sensor-specific states), or redundancy
+/// lost or degraded (the generic redundancy states, event/reading type 0Bh). Only states that
+/// mean a fault: a single-supply server's "non-redundant: sufficient resources" is none.
+pub fn state_fault(sensor_type: u8, reading_type: u8, states: u16) -> Option<String> {
+    let on = |bit: u16| states & (1 << bit) != 0;
+    let named: &[(u16, &str)] = match (sensor_type, reading_type) {
+        (_, 0x0b) => &[
+            (1, "redundancy lost"),
+            (2, "redundancy degraded"),
+            (5, "non-redundant: insufficient resources"),
+            (6, "redundancy degraded from fully redundant"),
+            (7, "redundancy degraded from non-redundant"),
+        ],
+        (0x08, 0x6f) => &[
+            (1, "power supply failure detected"),
+            (2, "power supply predictive failure"),
+            (3, "power supply input lost (AC/DC)"),
+            (4, "power supply input lost or out of range"),
+            (5, "power supply input out of range, but present"),
+            (6, "power supply configuration error"),
+        ],
+        _ => return None,
+    };
+    let said: Vec<&str> = named
+        .iter()
+        .filter(|(bit, _)| on(*bit))
+        .map(|(_, what)| *what)
+        .collect();
+    (!said.is_empty()).then(|| said.join(", "))
+}
+
 /// Each sensor's lowest and highest reading over many sweeps: all a threshold can be crossed
 /// by, kept small (a 72-hour burn-in reads every sensor fifty thousand times).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -314,6 +346,24 @@ mod tests {
             crossing(&reading("CPU", SensorClass::Cpu, 99.0), &limits),
             None
         );
+    }
+
+    #[test]
+    fn only_states_that_mean_a_fault_are_one() {
+        assert_eq!(state_fault(0x09, 0x0b, 1 << 0), None, "fully redundant");
+        assert_eq!(state_fault(0x09, 0x0b, 1 << 3), None, "one supply, enough");
+        assert_eq!(
+            state_fault(0x09, 0x0b, 1 << 1).as_deref(),
+            Some("redundancy lost")
+        );
+        assert_eq!(state_fault(0x08, 0x6f, 1 << 0), None, "present");
+        assert_eq!(
+            state_fault(0x08, 0x6f, (1 << 0) | (1 << 1) | (1 << 3)).as_deref(),
+            Some("power supply failure detected, power supply input lost (AC/DC)")
+        );
+        // Other sensors' states are not judged here; every bit set is no panic.
+        assert_eq!(state_fault(0x0c, 0x6f, u16::MAX), None);
+        assert!(state_fault(0x08, 0x6f, u16::MAX).is_some());
     }
 
     #[test]

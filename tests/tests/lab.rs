@@ -198,6 +198,7 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
         "2:fan-fail@memory",
         "3:mce@memory",
         "3:psu-watts=900@memory",
+        "3:psu-redundancy-lost@memory",
         "4:mce-fatal@memory",
         "5:sel@memory",
         "6:aer@memory",
@@ -264,6 +265,7 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
         &[
             "memory: kernel: machine check on CPU 0, bank 1, status 0x9c0000000000009f, address 0x12345000 (corrected)",
             "memory: BMC sensor PSU1 Input Power: 900 W, above the suite's max_psu_watts 800 W",
+            "memory: BMC sensor PS Redundancy: redundancy lost",
         ],
     );
     // The fatal one: failed at once from the console, not after the heartbeat as lost contact.

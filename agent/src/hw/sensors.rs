@@ -112,13 +112,58 @@ enum Format {
 pub struct Repository {
     /// Every threshold sensor kiln charts, in record order.
     pub sensors: Vec<Sensor>,
+    /// Every state sensor kiln judges: power supplies and redundancy.
+    pub states: Vec<StateSensor>,
     /// One line per record refused (malformed) and, when the walk stopped early, why.
     pub problems: Vec<String>,
 }
 
-/// Decodes one SDR record (header included): `Ok(None)` for records that are not a linear
-/// threshold sensor in a unit kiln charts, `Err` for a malformed one.
-pub fn parse(record: &[u8]) -> Result<Option<Sensor>, String> {
+/// A state (discrete) sensor: a power supply's, or one reporting redundancy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSensor {
+    /// Its number on its owner.
+    pub number: u8,
+    /// Its owner's logical unit.
+    pub lun: u8,
+    /// Its name.
+    pub name: String,
+    sensor_type: u8,
+    reading_type: u8,
+}
+
+/// Decodes one SDR record's state sensor, when it is one kiln judges (a full or compact
+/// record of a power supply's states, or of redundancy): `Err` for a malformed record.
+pub fn parse_state(record: &[u8]) -> Result<Option<StateSensor>, String> {
+    let kind = header(record)?;
+    // The ID string's place: byte 47 of a full record, 31 of a compact one.
+    let id_at = match kind {
+        0x01 => 47,
+        0x02 => 31,
+        _ => return Ok(None),
+    };
+    if record.len() <= id_at {
+        return Err(format!(
+            "a sensor record of {} bytes; at least {}",
+            record.len(),
+            id_at + 1
+        ));
+    }
+    let (sensor_type, reading_type) = (record[12], record[13]);
+    if judged(sensor_type, reading_type).is_none() {
+        return Ok(None);
+    }
+    let number = record[7];
+    Ok(Some(StateSensor {
+        number,
+        lun: record[6] & 0x03,
+        name: id_string(record, id_at)?.unwrap_or_else(|| format!("sensor #{number}")),
+        sensor_type,
+        reading_type,
+    }))
+}
+
+/// A record's type, once its header is whole and its length byte agrees with its bytes.
+fn header(record: &[u8]) -> Result<u8, String> {
     let [_, _, _, kind, length, ..] = *record else {
         return Err(format!(
             "{} bytes, shorter than a record header",
@@ -131,6 +176,43 @@ pub fn parse(record: &[u8]) -> Result<Option<Sensor>, String> {
             record.len() - 5
         ));
     }
+    Ok(kind)
+}
+
+/// Whether kiln judges a state sensor of this type and reading type.
+fn judged(sensor_type: u8, reading_type: u8) -> Option<()> {
+    (reading_type == 0x0b || (sensor_type, reading_type) == (0x08, 0x6f)).then_some(())
+}
+
+/// The record's ID string at `at` (its type/length byte), when it is 8-bit ASCII and not
+/// empty; control characters become `?`.
+fn id_string(record: &[u8], at: usize) -> Result<Option<String>, String> {
+    let id = record[at];
+    let len = usize::from(id & 0x1f);
+    let Some(bytes) = record.get(at + 1..at + 1 + len) else {
+        return Err(format!(
+            "its ID string of {len} bytes runs past the record's end"
+        ));
+    };
+    let name: String = bytes
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect::<String>()
+        .trim()
+        .to_owned();
+    Ok((id >> 6 == 0b11 && !name.is_empty()).then_some(name))
+}
+
+/// Decodes one SDR record (header included): `Ok(None)` for records that are not a linear
+/// threshold sensor in a unit kiln charts, `Err` for a malformed one.
+pub fn parse(record: &[u8]) -> Result<Option<Sensor>, String> {
+    let kind = header(record)?;
     // Type 01h: full sensor record. Compact (02h) and others carry no conversion factors.
     if kind != 0x01 {
         return Ok(None);
@@ -141,35 +223,8 @@ pub fn parse(record: &[u8]) -> Result<Option<Sensor>, String> {
             record.len()
         ));
     }
-    let id = record[47];
-    let name_len = usize::from(id & 0x1f);
-    let Some(name_bytes) = record.get(48..48 + name_len) else {
-        return Err(format!(
-            "its ID string of {name_len} bytes runs past the record's end"
-        ));
-    };
-    let name = if id >> 6 == 0b11 {
-        name_bytes
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    b as char
-                } else {
-                    '?'
-                }
-            })
-            .collect::<String>()
-            .trim()
-            .to_owned()
-    } else {
-        String::new()
-    };
     let number = record[7];
-    let name = if name.is_empty() {
-        format!("sensor #{number}")
-    } else {
-        name
-    };
+    let name = id_string(record, 47)?.unwrap_or_else(|| format!("sensor #{number}"));
     let (entity, reading_type, units1, base_unit) = (record[8], record[13], record[20], record[21]);
     // Event/reading type 01h: threshold-based. Linearization 0: linear.
     if reading_type != 0x01 || record[23] & 0x7f != 0 {
@@ -276,7 +331,11 @@ pub fn repository(bmc: &mut dyn Bmc, deadline: Instant) -> Result<Repository, St
         };
         match parse(record) {
             Ok(Some(sensor)) => repo.sensors.push(sensor),
-            Ok(None) => {}
+            Ok(None) => match parse_state(record) {
+                Ok(Some(state)) => repo.states.push(state),
+                Ok(None) => {}
+                Err(e) => repo.problems.push(format!("SDR record {id:#06x}: {e}")),
+            },
             Err(e) => repo.problems.push(format!("SDR record {id:#06x}: {e}")),
         }
         let next = u16::from_le_bytes(*next);
@@ -348,14 +407,27 @@ fn get_sdr(
 
 /// Reads one sensor: its raw byte, or why there is none.
 pub fn read(bmc: &mut dyn Bmc, sensor: &Sensor) -> Result<u8, String> {
-    // Get Sensor Reading (sensor/event 04h, 2Dh).
+    reading(bmc, sensor.lun, sensor.number).map(|(raw, _)| raw)
+}
+
+/// Reads a state sensor: its asserted states (bit n: state offset n).
+pub fn read_states(bmc: &mut dyn Bmc, sensor: &StateSensor) -> Result<u16, String> {
+    reading(bmc, sensor.lun, sensor.number).map(|(_, states)| states)
+}
+
+/// Get Sensor Reading (sensor/event 04h, 2Dh): the raw reading and the state bits.
+fn reading(bmc: &mut dyn Bmc, lun: u8, number: u8) -> Result<(u8, u16), String> {
     let answer = bmc
-        .request(0x04, 0x2d, sensor.lun, &[sensor.number])
+        .request(0x04, 0x2d, lun, &[number])
         .map_err(|e| e.to_string())?;
     match answer.as_slice() {
         [_, flags, ..] if flags & 0x20 != 0 => Err("reading unavailable".into()),
         [_, flags, ..] if flags & 0x40 == 0 => Err("scanning disabled".into()),
-        [raw, _, ..] => Ok(*raw),
+        [raw, _, rest @ ..] => Ok((
+            *raw,
+            u16::from(rest.first().copied().unwrap_or(0))
+                | u16::from(rest.get(1).copied().unwrap_or(0) & 0x7f) << 8,
+        )),
         _ => Err(format!("an answer of {} bytes", answer.len())),
     }
 }
@@ -499,6 +571,30 @@ impl Sweeps {
                 .or_insert(reading.value);
             if out.len() < kiln_protocol::bounds::MAX_SENSORS {
                 out.push(reading);
+            }
+        }
+        for sensor in &repo.states {
+            if stop.load(Ordering::Relaxed) || Instant::now() >= until {
+                break;
+            }
+            match read_states(bmc, sensor) {
+                Ok(states) => {
+                    if let Some(what) = kiln_protocol::sensors::state_fault(
+                        sensor.sensor_type,
+                        sensor.reading_type,
+                        states,
+                    ) {
+                        self.crossed
+                            .entry(sensor.name.clone())
+                            .or_insert(format!("BMC sensor {}: {what}", sensor.name));
+                    }
+                }
+                Err(e) => {
+                    if self.failed.insert(sensor.name.clone()) {
+                        self.failures
+                            .push(format!("BMC sensor {}: no reading ({e})", sensor.name));
+                    }
+                }
             }
         }
         out

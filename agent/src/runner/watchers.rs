@@ -124,8 +124,9 @@ impl BmcSensors {
                 log(
                     LogLevel::Info,
                     format!(
-                        "BMC sensors: {} charted, read every {}",
+                        "BMC sensors: {} charted and {} state sensor(s) judged, read every {}",
                         r.sensors.len(),
+                        r.states.len(),
                         limits.interval
                     ),
                 );
@@ -143,7 +144,11 @@ impl BmcSensors {
 
     /// Starts step `step`'s watch, when the BMC lists sensors.
     fn watch(&self, step: u32, sink: &Arc<dyn EventSink>) -> Option<crate::hw::sensors::Watch> {
-        let repo = self.repo.as_ref().ok().filter(|r| !r.sensors.is_empty())?;
+        let repo = self
+            .repo
+            .as_ref()
+            .ok()
+            .filter(|r| !(r.sensors.is_empty() && r.states.is_empty()))?;
         let bmc = crate::hw::sensors::open(std::path::Path::new(crate::hw::sel::DEVICE)).ok()?;
         Some(crate::hw::sensors::Watch::start(
             Box::new(bmc),

@@ -76,8 +76,9 @@ pub(super) struct UpArgs {
     #[arg(long, default_value = ".kiln-lab")]
     dir: PathBuf,
     /// Inject a fault (repeatable): into a server node, NODE:FAULT@STEP while that step runs,
-    /// FAULT one of nvme-warning, mce, mce-fatal, sel, aer, aer-correctable, or NODE:narrow-slot (the NIC's
-    /// slot limited to x1 at 2.5 GT/s from power-on); on the bridge network, NODE:kill-peer
+    /// FAULT one of nvme-warning, mce, mce-fatal, sel, aer, aer-correctable, fan-fail,
+    /// psu-redundancy-lost; NODE:psu-watts=W@STEP (the BMC's PSU input power); NODE:narrow-slot
+    /// (the NIC's slot limited to x1 at 2.5 GT/s from power-on); on the bridge network, NODE:kill-peer
     /// (killed once it serves the payload), NODE:swap-cable=M (two nodes' cables crossed) or
     /// NODE:slow-nic=MBPS (its switch port limited to MBPS towards it). E.g.
     /// `--inject 2:mce@memory`, `--inject 4:slow-nic=10`.

@@ -31,6 +31,8 @@ pub enum Fault {
     FanFail,
     /// The BMC's PSU input power sensor reads the watts given (`N:psu-watts=W@STEP`).
     PsuWatts,
+    /// The BMC's power-supply redundancy sensor says redundancy is lost.
+    PsuRedundancyLost,
     /// The NIC's root port limited to x1 at 2.5 GT/s from power-on.
     NarrowSlot,
     /// The node's VM killed outright as soon as it has served a piece of the payload to
@@ -56,7 +58,7 @@ pub enum When {
 }
 
 impl Fault {
-    const ALL: [(Fault, &'static str); 12] = [
+    const ALL: [(Fault, &'static str); 13] = [
         (Fault::NvmeWarning, "nvme-warning"),
         (Fault::Mce, "mce"),
         (Fault::FatalMce, "mce-fatal"),
@@ -65,6 +67,7 @@ impl Fault {
         (Fault::AerCorrectable, "aer-correctable"),
         (Fault::FanFail, "fan-fail"),
         (Fault::PsuWatts, "psu-watts"),
+        (Fault::PsuRedundancyLost, "psu-redundancy-lost"),
         (Fault::NarrowSlot, "narrow-slot"),
         (Fault::KillPeer, "kill-peer"),
         (Fault::SwapCable, "swap-cable"),
@@ -261,6 +264,7 @@ pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
         Fault::SelEntry
         | Fault::FanFail
         | Fault::PsuWatts
+        | Fault::PsuRedundancyLost
         | Fault::NarrowSlot
         | Fault::KillPeer
         | Fault::SwapCable
@@ -294,6 +298,7 @@ mod tests {
             "4:slow-nic=20",
             "2:fan-fail@memory",
             "3:psu-watts=900@nvme",
+            "3:psu-redundancy-lost@memory",
         ] {
             let i: Injection = text.parse().unwrap();
             assert_eq!(i.to_string(), text);

@@ -201,6 +201,9 @@ const SENSORS: [LabSensor; 5] = [
     },
 ];
 
+/// The power supplies' redundancy sensor (`psu-redundancy-lost` sets its state 1).
+pub const PSU_REDUNDANCY: u8 = 6;
+
 /// FAN1's sensor number (`fan-fail` stops it).
 pub const FAN1: u8 = 3;
 /// The PSU input power sensor's number (`psu-watts` sets it).
@@ -226,14 +229,47 @@ fn sensor_lines() -> String {
             s.high,
             s.low,
             s.raw,
-            full_record(s)
-                .iter()
-                .map(|b| format!("{b:#04x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            bytes(&full_record(s))
         );
     }
+    // The supplies' redundancy: a state sensor (power unit 09h, redundancy states 0Bh) in a
+    // compact record, fully redundant (state 0) at power-on.
+    let name = "PS Redundancy";
+    let mut r = vec![0u8; 32];
+    r[2] = 0x51;
+    r[3] = 0x02;
+    r[5] = 0x20;
+    r[7] = PSU_REDUNDANCY;
+    r[8] = 0x13;
+    r[9] = 1;
+    r[10] = 0x63;
+    r[12] = 0x09;
+    r[13] = 0x0b;
+    r[31] = 0xc0 | name.len() as u8;
+    r.extend_from_slice(name.as_bytes());
+    r[4] = (r.len() - 5) as u8;
+    let n = PSU_REDUNDANCY;
+    out += &format!(
+        "sensor_add 0x20 0 {n} 0x09 0x0b\n\
+         sensor_set_event_support 0x20 0 {n} enable scanning per-state 000000000000000 000000000000000 000000000000000 000000000000000\n\
+         sensor_set_bit_clr_rest 0x20 0 {n} 0 1 0\n\
+         main_sdr_add 0x20 {}\n",
+        bytes(&r)
+    );
     out
+}
+
+fn bytes(record: &[u8]) -> String {
+    record
+        .iter()
+        .map(|b| format!("{b:#04x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The console line that asserts state `bit` of sensor `number` alone, with an event.
+pub fn sensor_state_line(number: u8, bit: u8) -> String {
+    format!("sensor_set_bit_clr_rest 0x20 0 {number} {bit} 1 1\n")
 }
 
 /// A full sensor record for `s`: owner 20h LUN 0, threshold type, unsigned, linear, M = `m`,

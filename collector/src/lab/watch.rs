@@ -333,7 +333,10 @@ fn fire(
     bmc: Option<&mut server::Bmc>,
 ) -> anyhow::Result<String> {
     let fault = injection.fault;
-    if matches!(fault, Fault::SelEntry | Fault::FanFail | Fault::PsuWatts) {
+    if matches!(
+        fault,
+        Fault::SelEntry | Fault::FanFail | Fault::PsuWatts | Fault::PsuRedundancyLost
+    ) {
         let bmc = bmc.ok_or_else(|| anyhow::anyhow!("the node has no BMC"))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -350,6 +353,10 @@ fn fire(
                     (watts / server::PSU_WATTS_STEP).min(255) as u8,
                 ),
                 format!("PSU1 input power set to {watts} W"),
+            ),
+            Fault::PsuRedundancyLost => (
+                server::sensor_state_line(server::PSU_REDUNDANCY, 1),
+                "PS Redundancy set to redundancy lost".to_owned(),
             ),
             _ => (
                 inject::sel_add_line(now),

@@ -65,8 +65,9 @@ impl Bmc for Scripted {
                 answer.extend(record.iter().skip(offset).take(want));
                 Ok(answer)
             }
+            // The state byte echoes the raw one: a state sensor's table entry is its states.
             (0x04, 0x2d) => match self.raw.get(&data[0]) {
-                Some(&raw) => Ok(vec![raw, 0xc0, 0x00]),
+                Some(&raw) => Ok(vec![raw, 0xc0, raw]),
                 None => Err(timed_out()),
             },
             _ => Err(BmcError::Completion(0xc1)),
@@ -114,6 +115,55 @@ fn a_repository_is_walked_and_its_readings_converted() {
     let psu = &repo.sensors[2];
     assert_eq!(psu.reading(45).value, 450.0);
     assert_eq!(psu.reading(45).high, Some(1200.0));
+}
+
+/// A compact sensor record (IPMI 2.0 table 43-2) of a state sensor: `sensor_type`, its
+/// event/reading type, an 8-bit ASCII name.
+fn compact(id: u16, number: u8, sensor_type: u8, reading_type: u8, name: &str) -> Vec<u8> {
+    let mut r = vec![0u8; 32];
+    r[0..2].copy_from_slice(&id.to_le_bytes());
+    r[2] = 0x51;
+    r[3] = 0x02;
+    r[5] = 0x20;
+    r[7] = number;
+    r[8] = 0x13;
+    r[12] = sensor_type;
+    r[13] = reading_type;
+    r[31] = 0xc0 | name.len() as u8;
+    r.extend_from_slice(name.as_bytes());
+    r[4] = (r.len() - 5) as u8;
+    r
+}
+
+#[test]
+fn a_power_supply_that_loses_redundancy_fails_the_step() {
+    let mut bmc = lab_bmc();
+    bmc.records.push(compact(3, 7, 0x09, 0x0b, "PS Redundancy"));
+    bmc.records.push(compact(4, 8, 0x0c, 0x6f, "DIMM States"));
+    bmc.raw.insert(7, 0b1);
+    let repo = repository(&mut bmc, later()).unwrap();
+    assert_eq!(
+        repo.states.len(),
+        1,
+        "only power supplies and redundancy are judged"
+    );
+    assert_eq!(repo.states[0].name, "PS Redundancy");
+    // Fully redundant: nothing. Lost: the step's fault.
+    assert_eq!(read_states(&mut bmc, &repo.states[0]), Ok(0b1));
+    bmc.raw.insert(7, 0b10);
+    let sink = Arc::new(Sink(std::sync::Mutex::new(Vec::new())));
+    let limits = Sensors::default();
+    let watch = Watch::start(Box::new(bmc), Arc::new(repo), limits, 0, sink.emit());
+    let found = watch.finish();
+    let lines: Vec<&str> = found.faults.iter().map(|f| f.message.as_str()).collect();
+    assert_eq!(lines, ["BMC sensor PS Redundancy: redundancy lost"]);
+    // A compact record cut short is named, not read past.
+    let mut cut = compact(0, 7, 0x09, 0x0b, "PS Redundancy")[..20].to_vec();
+    cut[4] = 15;
+    assert_eq!(
+        parse_state(&cut).unwrap_err(),
+        "a sensor record of 20 bytes; at least 32"
+    );
 }
 
 #[test]
