@@ -45,6 +45,7 @@ pub fn collect() -> Inventory {
         disks,
         nics: nics("/sys"),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
         pcie: crate::hw::pcie::links(std::path::Path::new("/sys")),
         sel: match crate::hw::sel::read(std::path::Path::new(crate::hw::sel::DEVICE)) {
             Ok(events) => {

@@ -222,6 +222,7 @@ impl Inventory {
             ("system.chassis_serial", &sys.chassis_serial),
             ("system.chassis_asset_tag", &sys.chassis_asset_tag),
             ("kernel", &self.kernel),
+            ("boot_id", &self.boot_id),
         ] {
             if let Some(v) = value {
                 field(name, v)?;
@@ -308,6 +309,7 @@ impl Inventory {
             &mut sys.chassis_serial,
             &mut sys.chassis_asset_tag,
             &mut self.kernel,
+            &mut self.boot_id,
         ]
         .into_iter()
         .flatten()

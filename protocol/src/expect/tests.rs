@@ -38,6 +38,7 @@ fn node() -> Inventory {
         }],
         nics: vec![],
         kernel: None,
+        boot_id: None,
         sel: vec![],
         pcie: vec![],
         absent: vec![],

@@ -8,6 +8,7 @@
 //! The one rule everything here keeps: an incomplete or broken run is never a pass.
 
 pub mod cabling;
+pub mod cycles;
 pub mod linux;
 pub mod pairs;
 pub mod peers;

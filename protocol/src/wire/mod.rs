@@ -40,6 +40,10 @@ pub struct Inventory {
     /// Running kernel release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): new on every boot, so two
+    /// inventories with different ones prove the node booted between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     /// The BMC's System Event Log as read at boot, decoded, newest last (at most the last
     /// 64 entries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
