@@ -398,7 +398,10 @@ fn get_sdr(
         let want = SDR_CHUNK.min((total - (out.len() - 2)) as u8);
         let piece = bmc.request(0x0a, 0x23, 0, &[res[0], res[1], lo, hi, offset, want])?;
         match piece.get(2..) {
-            Some(bytes) if !bytes.is_empty() => out.extend_from_slice(bytes),
+            // No more than asked: a BMC that answers more bytes is not read past the record.
+            Some(bytes) if !bytes.is_empty() => {
+                out.extend_from_slice(&bytes[..bytes.len().min(usize::from(want))]);
+            }
             _ => return Err(BmcError::Transport("Get SDR: an empty piece".into())),
         }
     }
