@@ -2,9 +2,10 @@
 //! machine in one run: memory (GB/s), CPU (it/s), disk (write and read MB/s to a file) and
 //! NIC (Mb/s each way over loopback to `kiln-agent serve-bandwidth`), each alone for
 //! `KILN_BENCH_SECS` (default 20 s), then all four together for as long, through the
-//! agent's own runner — the CPU split and the repeats as a suite gets them. Rounds alternate
-//! alone and together (`KILN_BENCH_ROUNDS`, default 2); each figure is the median of its
-//! rounds.
+//! agent's own runner — the CPU split and the repeats as a suite gets them — once with
+//! `cpus: split` (the default) and once with `cpus: shared`, so the split's effect is
+//! measured beside it. Rounds alternate alone, split and shared (`KILN_BENCH_ROUNDS`,
+//! default 2); each figure is the median of its rounds.
 //!
 //! Memory and CPU split the CPUs in the group (each gets half, swapped at half time), so
 //! their rates there are compared per CPU too: the group's figure over the CPUs it had,
@@ -102,10 +103,11 @@ fn main() {
     let members = members(&dir.display().to_string(), &url);
     let cpus = kiln_agent::os::affinity::allowed_cpus().len();
     println!(
-        "combined bench: {cpus} CPU(s), {secs} s each, {rounds} round(s); members alone, then together (cpus: split)"
+        "combined bench: {cpus} CPU(s), {secs} s each, {rounds} round(s); members alone, then together (cpus: split, then shared)"
     );
     let mut alone: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     let mut together: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    let mut shared: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for round in 1..=rounds {
         for (name, body, _) in &members {
             let body = body
@@ -122,19 +124,21 @@ fn main() {
             .iter()
             .map(|(name, body, _)| format!("        - name: {name}\n          {body}\n"))
             .collect();
-        let steps = format!(
-            "  - name: together\n    parallel:\n      duration: {secs}s\n      steps:\n{group}"
-        );
-        for (k, v) in measure(&steps) {
-            together.entry(k).or_default().push(v);
+        for (share, into) in [("split", &mut together), ("shared", &mut shared)] {
+            let steps = format!(
+                "  - name: together\n    parallel:\n      duration: {secs}s\n      cpus: {share}\n      steps:\n{group}"
+            );
+            for (k, v) in measure(&steps) {
+                into.entry(k).or_default().push(v);
+            }
         }
         println!("round {round} of {rounds} done");
     }
     let _ = stop.send(());
     let _ = rt.block_on(server);
     println!(
-        "\n{:<8} {:<14} {:>12} {:>12} {:>7} {:>14}",
-        "member", "metric", "alone", "in group", "ratio", "ratio per CPU"
+        "\n{:<8} {:<14} {:>12} {:>12} {:>7} {:>14} {:>12} {:>7}",
+        "member", "metric", "alone", "split", "ratio", "ratio per CPU", "shared", "ratio"
     );
     for (name, _, metrics) in &members {
         for metric in *metrics {
@@ -144,6 +148,7 @@ fn main() {
                 continue;
             };
             let (a, g) = (median(a.clone()), median(g.clone()));
+            let s = shared.get(&key).map_or(f64::NAN, |v| median(v.clone()));
             let ratio = g / a;
             // Memory and cpu had half the CPUs in the group.
             let given = if ["memory", "cpu"].contains(name) && cpus >= 2 {
@@ -152,8 +157,9 @@ fn main() {
                 1.0
             };
             println!(
-                "{name:<8} {metric:<14} {a:>12.1} {g:>12.1} {ratio:>7.2} {:>14.2}",
-                ratio / given
+                "{name:<8} {metric:<14} {a:>12.1} {g:>12.1} {ratio:>7.2} {:>14.2} {s:>12.1} {:>7.2}",
+                ratio / given,
+                s / a
             );
         }
     }
