@@ -40,8 +40,17 @@ pub struct Booted {
     pub payload_root: PathBuf,
 }
 
+/// What a boot of a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Ran the suite's steps to this verdict (the agent's; the collector computes its own).
+    Run(Verdict),
+    /// Reported the inventory of this power cycle's boot; the collector judges the cycles.
+    Cycle(kiln_protocol::wire::CycleBoot),
+}
+
 /// Runs the booted run to its end: the verdict, or why the harness could not carry it out.
-pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
+pub fn run(booted: &Booted) -> anyhow::Result<Done> {
     let after = |what: After| {
         if let Some(path) = &booted.after_file {
             let _ = std::fs::write(path, what.name());
@@ -78,6 +87,13 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
         .plan(booted.run_id, &session.token, PATIENCE)
         .inspect_err(|_| after(After::Hold))?;
     after(plan_wire.after);
+    if let Some(cycle) = plan_wire.cycle {
+        // A power cycle's boot: the same hardware must be found again; no step runs.
+        report_cycle(&collector, booted, &session.token, cycle)
+            .inspect_err(|_| after(After::Hold))?;
+        attest();
+        return Ok(Done::Cycle(cycle));
+    }
     let plan = kiln_protocol::load("suite", plan_wire.suite_text.as_bytes())
         .map_err(|err| anyhow::anyhow!("the run's suite is refused by this agent:\n{err}"))?;
     let interrupt = Interrupt::new();
@@ -85,18 +101,7 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
     // Before the first step's AER reading: errors a driver left unreported are counted from
     // here on, and what was latched before the run is not blamed on its first step.
     let aer_lines = crate::hw::aer::prepare(std::path::Path::new("/sys"));
-    let mut inventory = crate::inventory::collect();
-    // The site's map has this node's cables, or the suite asks what the switch ports say:
-    // hear it first.
-    if let Some(secs) = plan_wire
-        .lldp_secs
-        .or_else(|| crate::inventory::lldp_asked(&plan))
-    {
-        crate::inventory::hear_lldp(
-            &mut inventory,
-            Duration::from_secs(u64::from(secs.min(300))),
-        );
-    }
+    let inventory = first_inventory(&plan_wire, &plan);
     let run = collector.open(
         booted.run_id,
         &session.token,
@@ -157,5 +162,47 @@ pub fn run(booted: &Booted) -> anyhow::Result<Verdict> {
         "the collector did not acknowledge every event of run {}",
         booted.run_id
     );
-    Ok(report.verdict)
+    Ok(Done::Run(report.verdict))
+}
+
+/// A power cycle's boot: the inventory taken again and reported, for the collector to compare
+/// with the first boot's.
+fn report_cycle(
+    collector: &Collector,
+    booted: &Booted,
+    token: &str,
+    cycle: kiln_protocol::wire::CycleBoot,
+) -> anyhow::Result<()> {
+    println!(
+        "kiln-agent: power cycle {} of {}: taking the inventory again",
+        cycle.cycle, cycle.count
+    );
+    let inventory = crate::inventory::collect();
+    collector.report_cycle(booted.run_id, token, cycle.cycle, &inventory, PATIENCE)?;
+    println!(
+        "kiln-agent: power cycle {} of {} reported (boot id {})",
+        cycle.cycle,
+        cycle.count,
+        inventory.boot_id.as_deref().unwrap_or("unknown")
+    );
+    Ok(())
+}
+
+/// The inventory of the run's first boot; when the site's map has this node's cables, or the
+/// suite asks what the switch ports say, LLDP is heard first.
+fn first_inventory(
+    plan_wire: &kiln_protocol::wire::RunPlan,
+    plan: &kiln_protocol::Plan,
+) -> kiln_protocol::wire::Inventory {
+    let mut inventory = crate::inventory::collect();
+    if let Some(secs) = plan_wire
+        .lldp_secs
+        .or_else(|| crate::inventory::lldp_asked(plan))
+    {
+        crate::inventory::hear_lldp(
+            &mut inventory,
+            Duration::from_secs(u64::from(secs.min(300))),
+        );
+    }
+    inventory
 }

@@ -502,7 +502,8 @@ fn boot(args: &BootArgs) -> u8 {
         payload_root: args.payload_root.clone(),
     };
     match crate::boot::run(&booted) {
-        Ok(verdict) => exit_code(verdict),
+        Ok(crate::boot::Done::Run(verdict)) => exit_code(verdict),
+        Ok(crate::boot::Done::Cycle(_)) => EXIT_PASS,
         Err(err) => {
             eprintln!("kiln-agent: {err:#}");
             EXIT_HARNESS

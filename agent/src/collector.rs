@@ -124,6 +124,45 @@ impl Collector {
         })
     }
 
+    /// Reports a power cycle's boot: the node's inventory, taken again.
+    pub fn report_cycle(
+        &self,
+        run_id: i64,
+        token: &str,
+        cycle: u32,
+        inventory: &Inventory,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        let url =
+            routes::url(&self.base, routes::CYCLE, run_id).replace("{cycle}", &cycle.to_string());
+        self.put_inventory("cycle report", &url, token, inventory, patience)
+    }
+
+    /// PUTs `inventory` to `url`, within the protocol's bounds: odd firmware strings are cut,
+    /// not refused.
+    fn put_inventory(
+        &self,
+        what: &str,
+        url: &str,
+        token: &str,
+        inventory: &Inventory,
+        patience: Duration,
+    ) -> anyhow::Result<()> {
+        let mut inventory = inventory.clone();
+        inventory.clamp();
+        self.runtime.block_on(async {
+            self.until_answered(what, patience, || {
+                self.http
+                    .put(url)
+                    .bearer_auth(token)
+                    .json(&inventory)
+                    .send()
+            })
+            .await
+        })?;
+        Ok(())
+    }
+
     /// Delivers the run's inventory and starts streaming its events: the session.
     pub fn open(
         self,
@@ -134,19 +173,7 @@ impl Collector {
         patience: Duration,
     ) -> anyhow::Result<Session> {
         let url = routes::url(&self.base, routes::INVENTORY, run_id);
-        // Within the protocol's bounds: odd firmware strings are cut, not refused.
-        let mut inventory = inventory.clone();
-        inventory.clamp();
-        self.runtime.block_on(async {
-            self.until_answered("inventory", patience, || {
-                self.http
-                    .put(&url)
-                    .bearer_auth(token)
-                    .json(&inventory)
-                    .send()
-            })
-            .await
-        })?;
+        self.put_inventory("inventory", &url, token, inventory, patience)?;
         let target = Target {
             base: self.base.clone(),
             run_id,

@@ -196,7 +196,12 @@ fn disks(sys: &str) -> Vec<DiskInfo> {
                 path: format!("/dev/{name}"),
                 model: read_trimmed(format!("{dir}/device/model")),
                 serial: read_trimmed(format!("{dir}/device/serial"))
-                    .or_else(|| read_trimmed(format!("{dir}/serial"))),
+                    .or_else(|| read_trimmed(format!("{dir}/serial")))
+                    .or_else(|| {
+                        std::fs::read(format!("{dir}/device/vpd_pg80"))
+                            .ok()
+                            .and_then(|page| vpd_serial(&page))
+                    }),
                 size_bytes,
                 rotational: read_u64(format!("{dir}/queue/rotational")) == Some(1),
                 transport: transport.map(str::to_owned),
@@ -256,9 +261,48 @@ fn nics(sys: &str) -> Vec<NicInfo> {
         .collect()
 }
 
+/// The unit serial number of a SCSI disk's VPD page 80h, as sysfs keeps it (`vpd_pg80`):
+/// SATA disks behind libata and SAS disks have no `serial` attribute, and a power cycle's
+/// disk check needs their serials. `None` for anything that is not a well-formed page 80h
+/// holding a printable serial.
+pub fn vpd_serial(page: &[u8]) -> Option<String> {
+    let [_, 0x80, hi, lo, body @ ..] = page else {
+        return None;
+    };
+    let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+    let serial = body.get(..len)?;
+    let text = std::str::from_utf8(serial).ok()?;
+    let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    let printable = text.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+    (printable && !text.is_empty() && text.len() <= 64).then(|| text.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disk_serial_is_read_from_vpd_page_80h_and_hostile_pages_give_none() {
+        let page = |code: u8, len: u16, body: &[u8]| {
+            let mut p = vec![0, code];
+            p.extend(len.to_be_bytes());
+            p.extend(body);
+            p
+        };
+        assert_eq!(
+            vpd_serial(&page(0x80, 14, b"  KILNSCSI01\0\0\0")).as_deref(),
+            Some("KILNSCSI01")
+        );
+        // Another page, a length past the end, nothing but padding, control bytes, not
+        // UTF-8, too short for a header.
+        assert_eq!(vpd_serial(&page(0x83, 4, b"ABCD")), None);
+        assert_eq!(vpd_serial(&page(0x80, 200, b"ABCD")), None);
+        assert_eq!(vpd_serial(&page(0x80, 4, b"    ")), None);
+        assert_eq!(vpd_serial(&page(0x80, 4, b"A\x1bB\n")), None);
+        assert_eq!(vpd_serial(&page(0x80, 2, &[0xff, 0xfe])), None);
+        assert_eq!(vpd_serial(&[0, 0x80, 0]), None);
+        assert_eq!(vpd_serial(&page(0x80, 100, &[b'A'; 100])), None);
+    }
 
     #[test]
     fn this_host_has_cpus_and_memory() {

@@ -129,7 +129,12 @@ impl Collector {
                 "memtest stage failed: the collector restarted while it ran"
             );
         }
-        let monitor = tokio::spawn(monitor(db, self.state.captures.clone()));
+        let monitor = tokio::spawn(monitor(db.clone(), self.state.captures.clone()));
+        tokio::spawn(power_cycles(
+            db,
+            self.state.config.clone(),
+            self.state.captures.clone(),
+        ));
         let config = self.state.config.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -321,6 +326,77 @@ async fn monitor(db: Db, captures: Arc<Captures>) {
             Err(err) => {
                 tracing::error!(error = %err, "heartbeat monitor could not read the database")
             }
+        }
+    }
+}
+
+/// Sends the power cycles runs are owed, every second: each through its node's power driver;
+/// a node without one, or a driver that fails, fails its run's cycles stage.
+async fn power_cycles(db: Db, config: Arc<crate::config::Config>, captures: Arc<Captures>) {
+    use crate::memtest::power::Action;
+    use kiln_protocol::suite::CycleKind;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let due = match db
+            .call(|c| lifecycle::cycles::take_due(c, crate::store::now_ms()))
+            .await
+        {
+            Ok(due) => due,
+            Err(err) => {
+                tracing::error!(error = %err, "power cycles: cannot read the database");
+                continue;
+            }
+        };
+        for due in due {
+            let (db, config, captures) = (db.clone(), config.clone(), captures.clone());
+            tokio::spawn(async move {
+                let node_id = due.node_id;
+                let power = match db
+                    .read(move |c| crate::store::queries::node_access_keys(c, node_id))
+                    .await
+                {
+                    Ok(keys) => config
+                        .access_for(&keys.0, keys.1.as_deref())
+                        .and_then(|a| a.power.clone()),
+                    Err(err) => {
+                        tracing::error!(node_id, error = %err, "power cycles: node unreadable");
+                        None
+                    }
+                };
+                let action = match due.kind {
+                    CycleKind::Warm => Action::Warm,
+                    CycleKind::Cold => Action::Cold,
+                };
+                tracing::info!(
+                    run_id = due.run_id,
+                    node_id,
+                    cycle = due.cycle,
+                    action = action.name(),
+                    "power cycle"
+                );
+                let failed = match power {
+                    Some(power) => power
+                        .act(&format!("node {node_id}"), action)
+                        .await
+                        .err()
+                        .map(|e| format!("{} power driver: {e:#}", power.driver())),
+                    None => Some(format!(
+                        "no power driver is configured for node {node_id} (kiln.yaml `nodes:`)"
+                    )),
+                };
+                if let Some(why) = failed {
+                    tracing::error!(run_id = due.run_id, cycle = due.cycle, "{why}");
+                    let (run_id, cycle) = (due.run_id, due.cycle);
+                    match db
+                        .call(move |c| lifecycle::cycles::power_failed(c, run_id, cycle, &why))
+                        .await
+                    {
+                        Ok(ended) => captures.stop(&ended),
+                        Err(err) => tracing::error!(run_id, error = %err, "cannot fail the cycle"),
+                    }
+                }
+            });
         }
     }
 }

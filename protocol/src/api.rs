@@ -132,6 +132,8 @@ words!(
         Memtest => "memtest",
         /// In Linux (booting or running the suite).
         Linux => "linux",
+        /// Power cycles after the suite's steps.
+        Cycles => "cycles",
         /// Finished.
         Done => "done",
     }

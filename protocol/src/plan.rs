@@ -108,13 +108,19 @@ impl Plan {
         alone + groups.values().sum::<Duration>()
     }
 
-    /// Longest the whole verify cycle may take: steps plus the memtest stage.
+    /// Longest the whole verify cycle may take: steps, the memtest stage and every power
+    /// cycle.
     pub fn budget(&self) -> Duration {
         self.steps_budget()
             + self
                 .memtest
                 .as_ref()
                 .map_or(Duration::ZERO, |m| m.timeout.get())
+            + self
+                .suite
+                .cycles
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.boot_timeout.get() * c.count)
     }
 }
 
@@ -136,6 +142,9 @@ pub fn validate(suite: Suite) -> Result<Plan, Vec<Problem>> {
     }
     if let Some(sensors) = &suite.sensors {
         v.sensors(sensors);
+    }
+    if let Some(cycles) = &suite.cycles {
+        v.cycles(cycles);
     }
     let retests = std::iter::once(("retest".to_owned(), suite.retest)).chain(
         suite
@@ -367,6 +376,26 @@ impl Problems {
                     format!("{v}; expected {} to {}", range.start(), range.end()),
                 );
             }
+        }
+    }
+
+    fn cycles(&mut self, c: &crate::suite::Cycles) {
+        if !(1..=crate::suite::MAX_CYCLES).contains(&c.count) {
+            self.problem(
+                "cycles.count",
+                format!(
+                    "{} cycles; expected 1 to {}",
+                    c.count,
+                    crate::suite::MAX_CYCLES
+                ),
+            );
+        }
+        let timeout = c.boot_timeout.get();
+        if !(Duration::from_secs(60)..=Duration::from_secs(2 * 3600)).contains(&timeout) {
+            self.problem(
+                "cycles.boot_timeout",
+                format!("{}; expected 1m to 2h", c.boot_timeout),
+            );
         }
     }
 

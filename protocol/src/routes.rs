@@ -10,6 +10,9 @@ pub const SESSION: &str = "/api/v1/runs/{id}/session";
 pub const PLAN: &str = "/api/v1/runs/{id}/plan";
 /// `PUT`: the node's inventory (`Inventory`).
 pub const INVENTORY: &str = "/api/v1/runs/{id}/inventory";
+/// `PUT`: the inventory of a power cycle's boot (`Inventory`), once per cycle, with that
+/// boot's session token.
+pub const CYCLE: &str = "/api/v1/runs/{id}/cycles/{cycle}";
 /// `POST`: a batch of events (`EventBatch`), answered with a `BatchAck`.
 pub const EVENTS: &str = "/api/v1/runs/{id}/events";
 /// The run's payload manifest (`GET`, session token).

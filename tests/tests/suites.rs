@@ -113,6 +113,18 @@ fn readme_field_reference_is_current() {
 /// prefix of the message; the rest lists what was expected).
 const BAD_SUITES: &[(&str, &str)] = &[
     (
+        "cycles-boot-timeout-short.yaml",
+        "6:3: cycles.boot_timeout: 10s; expected 1m to 2h",
+    ),
+    (
+        "cycles-count-zero.yaml",
+        "4:3: cycles.count: 0 cycles; expected 1 to 100",
+    ),
+    (
+        "cycles-kind-unknown.yaml",
+        "5:9: cycles.kind: unknown variant \"lukewarm\", expected \"warm\" or \"cold\"",
+    ),
+    (
         "parallel-inside-parallel.yaml",
         "11:11: steps[0].parallel.steps[1].parallel: a group inside a group",
     ),

@@ -212,6 +212,30 @@ pub(super) async fn inventory(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `PUT /api/v1/runs/{id}/cycles/{cycle}`: a power cycle's boot reports the node's inventory.
+pub(super) async fn cycle(
+    State(state): State<AppState>,
+    RunAuth(run_id): RunAuth,
+    axum::extract::Path((_id, cycle)): axum::extract::Path<(i64, u32)>,
+    Json(inventory): Json<Inventory>,
+) -> Result<StatusCode, ApiError> {
+    inventory
+        .validate()
+        .map_err(|e| ApiError::BadRequest(format!("inventory: {e}")))?;
+    let (reported, ended) = state
+        .db
+        .call(move |c| lifecycle::cycles::report(c, run_id, cycle, &inventory))
+        .await?;
+    state.captures.stop(&ended);
+    match reported {
+        lifecycle::cycles::Reported::Stored => Ok(StatusCode::NO_CONTENT),
+        lifecycle::cycles::Reported::Refused(why) => Err(ApiError::Conflict(why)),
+        lifecycle::cycles::Reported::Closed => Err(ApiError::Conflict(format!(
+            "run {run_id} is finished; it accepts nothing more"
+        ))),
+    }
+}
+
 /// `POST /api/v1/runs/{id}/events`. The token is checked inside the ingest transaction (one
 /// database round trip per batch, which is what an agent does most); a batch that does not
 /// validate is answered only after the token is checked, so a stranger learns nothing from

@@ -60,6 +60,7 @@ pub fn boot_router(state: AppState) -> Router {
         .route(routes::SESSION, post(agent::session))
         .route(routes::PLAN, get(agent::plan))
         .route(routes::INVENTORY, put(agent::inventory))
+        .route(routes::CYCLE, put(agent::cycle))
         .route(routes::EVENTS, post(agent::events))
         .route(routes::PAYLOAD, get(payload::get_manifest))
         .route(routes::PAYLOAD_GRANTS, post(payload::grants))

@@ -230,6 +230,7 @@ pub fn plan(
                     heartbeat_secs: r.get::<_, i64>(3)? as u64,
                     after: kiln_protocol::wire::After::Poweroff,
                     lldp_secs: None,
+                    cycle: None,
                 })
             },
         )
@@ -238,6 +239,17 @@ pub fn plan(
         Some(mut p) => {
             if crate::store::queries::has_cabling(&tx, p.node_id)? {
                 p.lldp_secs = Some(kiln_protocol::wire::LLDP_LISTEN_SECS);
+            }
+            // Power cycles follow the steps: the node stays up for the collector to cycle it,
+            // and powers off after the last.
+            p.cycle = super::cycles::current_boot(&tx, run_id)?;
+            if let Some(c) = p.cycle {
+                p.lldp_secs = None;
+                if c.cycle < c.count {
+                    p.after = kiln_protocol::wire::After::Hold;
+                }
+            } else if super::cycles::pending(&tx, run_id)? {
+                p.after = kiln_protocol::wire::After::Hold;
             }
             Some(p)
         }

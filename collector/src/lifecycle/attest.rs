@@ -101,8 +101,19 @@ pub fn attestation(
                 "UPDATE runs SET attested_ms = COALESCE(attested_ms, ?2) WHERE id = ?1",
                 params![claim.run, now_ms()],
             )?;
+            let in_cycles: bool = row(
+                &tx,
+                "SELECT stage = ?2 FROM runs WHERE id = ?1",
+                params![
+                    claim.run,
+                    crate::store::states::Sql(crate::store::states::RunStage::Cycles)
+                ],
+                |r| r.get(0),
+            )?;
             // The final event may have come first: the verdict waited for this line.
-            let ended = if final_seq.is_some_and(|f| f <= acked) {
+            let ended = if in_cycles {
+                super::cycles::attested(&tx, claim.run)?
+            } else if final_seq.is_some_and(|f| f <= acked) {
                 finish_linux_when(&tx, claim.run, Waiting::No)?
             } else {
                 Ended::default()

@@ -73,13 +73,16 @@ impl Captures {
     /// Stops the captures of the stages `ended` lists, and the streams of the runs it closed.
     pub fn stop(&self, ended: &Ended) {
         for (run_id, stage) in &ended.0 {
-            if *stage == Stage::Linux {
+            // The Linux stage's streams and console tail end with the run: with its power
+            // cycles when it has them (the Linux stage is not reported ended then).
+            let last = matches!(stage, Stage::Linux | Stage::Cycles);
+            if last {
                 let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(tx) = streams.remove(run_id) {
                     let _ = tx.send(true);
                 }
             }
-            if *stage == Stage::Linux {
+            if last {
                 let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(tx) = tails.remove(run_id) {
                     let _ = tx.send(true);

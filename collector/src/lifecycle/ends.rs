@@ -3,7 +3,7 @@
 
 use super::{
     Connection, Ended, RunStage, Sql, Stage, StageState, StoreError, Verdict, close_run, exec,
-    fail_stage, now_ms, params, row,
+    fail_stage, now_ms, params, row, with_console,
 };
 use rusqlite::OptionalExtension;
 
@@ -14,6 +14,7 @@ pub fn lost_contact(conn: &mut Connection, now: i64) -> Result<(Vec<i64>, Ended)
     // A run whose agent has said its last word is silent by design; only its console's
     // attestation is still awaited, for a while.
     let mut ended = super::attest::give_up_waiting(&tx, now)?;
+    ended.extend(super::cycles::overdue(&tx, now)?);
     let lost: Vec<(i64, i64)> = {
         let mut stmt = tx.prepare(
             "SELECT id, heartbeat_secs FROM runs WHERE verdict IS NULL AND stage = ?2 AND last_seen_ms < ?1 - heartbeat_secs * 1000
@@ -69,27 +70,6 @@ pub fn kernel_panicked(
     )?;
     tx.commit()?;
     Ok(ended)
-}
-
-/// `reason`, with what the run's console tail shows when it shows a cause (a panic, a fatal
-/// machine check, a hung task, the OOM killer).
-pub(super) fn with_console(
-    tx: &Connection,
-    run_id: i64,
-    reason: String,
-) -> Result<String, StoreError> {
-    let tail: Option<Vec<u8>> = row(
-        tx,
-        "SELECT console_tail FROM runs WHERE id = ?1",
-        [run_id],
-        |r| r.get(0),
-    )
-    .optional()?
-    .flatten();
-    Ok(match tail.as_deref().and_then(crate::console::explain) {
-        Some(shown) => format!("{reason}; {shown}"),
-        None => reason,
-    })
 }
 
 /// Stores the last of `run_id`'s console (bounded by the caller), while the run is open.

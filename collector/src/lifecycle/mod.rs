@@ -5,6 +5,7 @@
 //! node (mode verify, armed) ──boot──▶ run: [memtest] ─▶ linux ─▶ done (verdict)
 //!   memtest: pending ─boot─▶ running ─capture verdict─▶ done(pass|fail)
 //!   linux:   pending ─boot (or agent start)─▶ running ─agent's final event, contiguous─▶ done
+//!   cycles:  pending ─linux passed─▶ running ─N power cycles, each boot reported─▶ done
 //!   any running stage ─unexpected reboot | lost contact | operator─▶ done(fail|incomplete)
 //! ```
 //!
@@ -17,6 +18,7 @@
 mod agent;
 pub mod attest;
 pub mod captures;
+pub mod cycles;
 mod ends;
 pub mod lookup;
 mod memtest;
@@ -29,7 +31,6 @@ pub use agent::{
     Bound, Exchange, Ingested, NewRunOwned, RunAccess, SessionRequest, StreamingRun, access,
     exchange, ingest, open_run_with_session, plan, put_inventory, streaming_run,
 };
-use ends::with_console;
 pub use ends::{collector_started, console_tail, kernel_panicked, lost_contact};
 pub use memtest::{Applied, memtest_finished, memtest_progress, memtest_unwatchable, note_stage};
 pub use operator::{set_destructive, set_mode};
@@ -41,7 +42,7 @@ pub use start::{
 use kiln_protocol::suite::Memtest;
 use kiln_protocol::verdict::Verdict;
 use kiln_protocol::wire::{EventBatch, EventBody, Inventory, NodeIdentity};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 pub use crate::store::states::{Mode, RunStage, Sql, Stage, StageState};
 
@@ -61,6 +62,34 @@ where
     F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 {
     conn.prepare_cached(sql)?.query_row(params, f)
+}
+
+/// `reason`, with what the run's console tail shows when it shows a cause (a panic, a fatal
+/// machine check, a hung task, the OOM killer).
+fn with_console(tx: &Connection, run_id: i64, reason: String) -> Result<String, StoreError> {
+    let tail: Option<Vec<u8>> = row(
+        tx,
+        "SELECT console_tail FROM runs WHERE id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .flatten();
+    Ok(match tail.as_deref().and_then(crate::console::explain) {
+        Some(shown) => format!("{reason}; {shown}"),
+        None => reason,
+    })
+}
+
+/// The plan of the suite a run was started with, as stored; `None` when it no longer loads.
+fn stored_plan(tx: &Connection, run_id: i64) -> Result<Option<kiln_protocol::Plan>, StoreError> {
+    let text: String = row(
+        tx,
+        "SELECT s.text FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )?;
+    Ok(kiln_protocol::load("suite", text.as_bytes()).ok())
 }
 
 /// Stages a transition ended, so their console captures can be stopped.

@@ -254,10 +254,11 @@ pub(super) fn start_run(
             )));
         }
     };
-    let stages: &[Stage] = if plan.memtest.is_some() {
-        &[Stage::Memtest, Stage::Linux]
-    } else {
-        &[Stage::Linux]
+    let stages: &[Stage] = match (plan.memtest.is_some(), plan.suite.cycles.is_some()) {
+        (true, true) => &[Stage::Memtest, Stage::Linux, Stage::Cycles],
+        (true, false) => &[Stage::Memtest, Stage::Linux],
+        (false, true) => &[Stage::Linux, Stage::Cycles],
+        (false, false) => &[Stage::Linux],
     };
     // The suite's `destructive: true` says a step may destroy data; only the operator's
     // consent for this node (`kiln nodes allow-destructive`) lets it.
@@ -321,7 +322,38 @@ pub(super) fn next_stage(
         match (stage, state) {
             (_, StageState::Done) => continue,
             (Stage::Linux, StageState::Running) => {
-                return linux_asked_again(tx, run_id, req, ended);
+                return linux_asked_again(tx, run_id, req, ended, Stage::Linux);
+            }
+            (Stage::Cycles, StageState::Running) => {
+                use super::cycles::{Asked, asked};
+                return match asked(
+                    tx,
+                    run_id,
+                    &req.bootstrap_hash,
+                    req.source.as_deref(),
+                    ended,
+                )? {
+                    Asked::Linux => Ok(Script::Linux { run_id }),
+                    Asked::Again => linux_asked_again(tx, run_id, req, ended, Stage::Cycles),
+                    Asked::Failed => Ok(Script::Done {
+                        run_id,
+                        verdict: Some(Verdict::Fail),
+                    }),
+                };
+            }
+            (Stage::Cycles, StageState::Pending) => {
+                // The Linux stage is done but its verdict never started the cycles: a boot
+                // now is none kiln asked for.
+                ended.extend(fail_stage(
+                    tx,
+                    run_id,
+                    Stage::Cycles,
+                    "unexpected reboot: the node asked for its boot script before its power cycles began",
+                )?);
+                return Ok(Script::Done {
+                    run_id,
+                    verdict: Some(Verdict::Fail),
+                });
             }
             (stage, StageState::Running) => {
                 // The node asked for its script while a stage was still running: it rebooted
@@ -340,15 +372,7 @@ pub(super) fn next_stage(
                 });
             }
             (Stage::Memtest, StageState::Pending) => {
-                let text: String = row(
-                    tx,
-                    "SELECT s.text FROM runs r JOIN suites s ON s.sha256 = r.suite_sha256 WHERE r.id = ?1",
-                    [run_id],
-                    |r| r.get(0),
-                )?;
-                let memtest = kiln_protocol::load("suite", text.as_bytes())
-                    .ok()
-                    .and_then(|plan| plan.memtest);
+                let memtest = super::stored_plan(tx, run_id)?.and_then(|plan| plan.memtest);
                 let Some(memtest) = memtest else {
                     ended.extend(fail_stage(
                         tx,
@@ -408,6 +432,7 @@ fn linux_asked_again(
     run_id: i64,
     req: &BootRequest,
     ended: &mut Ended,
+    stage: Stage,
 ) -> Result<Script, StoreError> {
     let (first, exchanged, served): (Option<String>, Option<i64>, Option<i64>) = row(
         tx,
@@ -429,11 +454,13 @@ fn linux_asked_again(
         with_console(
             tx,
             run_id,
-            "unexpected reboot: the node asked for its boot script while the linux stage was running".into(),
+            format!(
+                "unexpected reboot: the node asked for its boot script while the {stage} stage was running"
+            ),
         )?
     } else {
         format!(
-            "security: the linux stage was asked for a second time in this boot: handed out to {}, asked again from {}{}",
+            "security: the {stage} stage was asked for a second time in this boot: handed out to {}, asked again from {}{}",
             super::agent::source_name(first.as_deref()),
             super::agent::source_name(req.source.as_deref()),
             if exchanged.is_some() {
@@ -443,7 +470,7 @@ fn linux_asked_again(
             }
         )
     };
-    ended.extend(fail_stage(tx, run_id, Stage::Linux, &detail)?);
+    ended.extend(fail_stage(tx, run_id, stage, &detail)?);
     Ok(Script::Done {
         run_id,
         verdict: Some(Verdict::Fail),

@@ -6,7 +6,7 @@ use crate::store::test_connection;
 
 const MEMTEST_SUITE: &str = "suite: m\ndescription: d\nmemtest: {passes: 1}\nsteps:\n  - name: tool\n    exec: {argv: [true]}\n";
 
-fn identity(mac: Option<&str>, serial: Option<&str>) -> NodeIdentity {
+pub(super) fn identity(mac: Option<&str>, serial: Option<&str>) -> NodeIdentity {
     NodeIdentity {
         macs: mac.map(str::to_owned).into_iter().collect(),
         uuid: None,
@@ -14,7 +14,7 @@ fn identity(mac: Option<&str>, serial: Option<&str>) -> NodeIdentity {
     }
 }
 
-fn request(identity: NodeIdentity) -> BootRequest {
+pub(super) fn request(identity: NodeIdentity) -> BootRequest {
     BootRequest {
         identity,
         unknown_mode: Mode::Verify,
@@ -36,7 +36,7 @@ fn request(identity: NodeIdentity) -> BootRequest {
 }
 
 /// A session exchange from the node's own address.
-fn session(source: &str) -> SessionRequest {
+pub(super) fn session(source: &str) -> SessionRequest {
     SessionRequest {
         source: Some(source.into()),
         attest_key: "key".into(),
@@ -53,7 +53,7 @@ fn linux_only() -> SuiteFile {
     }
 }
 
-fn script(conn: &mut Connection, req: &BootRequest) -> (Script, Ended) {
+pub(super) fn script(conn: &mut Connection, req: &BootRequest) -> (Script, Ended) {
     match boot(conn, req).unwrap() {
         (BootDecision::Script { script, .. }, ended) => (script, ended),
         (other, _) => panic!("{other:?}"),
@@ -79,7 +79,10 @@ fn finding(pass: bool) -> Finding {
     }
 }
 
-fn run_state(conn: &Connection, run_id: i64) -> (RunStage, Option<Verdict>, Option<String>) {
+pub(super) fn run_state(
+    conn: &Connection,
+    run_id: i64,
+) -> (RunStage, Option<Verdict>, Option<String>) {
     row(
         conn,
         "SELECT stage, verdict, progress FROM runs WHERE id = ?1",
@@ -420,7 +423,7 @@ fn the_linux_stage_is_handed_out_once_per_boot() {
 }
 
 /// A batch with a run's whole story: started, its one step passed, finished.
-fn whole_run() -> EventBatch {
+pub(super) fn whole_run() -> EventBatch {
     use kiln_protocol::wire::{Event, Outcome, StepReport};
     let ev = |seq, body| Event {
         seq,

@@ -209,8 +209,14 @@ pub(super) fn finish_linux_when(
         .first()
         .map(String::as_str)
         .or(peer_reason.as_deref());
+    let cycles_follow = super::cycles::pending(tx, run_id)?;
     if end_stage(tx, run_id, Stage::Linux, computed.verdict, detail)? {
-        ended.add(run_id, Stage::Linux);
+        if cycles_follow {
+            // The console tail goes on through the power cycles.
+            ended.extend(super::cycles::after_linux(tx, run_id, computed.verdict)?);
+        } else {
+            ended.add(run_id, Stage::Linux);
+        }
     }
     conclude(tx, run_id)?;
     Ok(ended)

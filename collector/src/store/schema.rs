@@ -253,6 +253,38 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL,
         PRIMARY KEY (run_id, step, pair)
      ) WITHOUT ROWID;",
+    // 25: a run's power cycles, one row each: where it stands, when its power action went
+    // out and by when it must have reported, and what its boot reported.
+    "CREATE TABLE power_cycles (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        cycle INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        deadline_ms INTEGER,
+        powered_ms INTEGER,
+        served_ms INTEGER,
+        reported_ms INTEGER,
+        attested_ms INTEGER,
+        boot_id TEXT,
+        inventory TEXT,
+        PRIMARY KEY (run_id, cycle)
+     ) WITHOUT ROWID;
+     CREATE INDEX power_cycles_state ON power_cycles(state);
+     CREATE TABLE stages_with_cycles (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        name TEXT NOT NULL CHECK (name IN ('memtest', 'linux', 'cycles')),
+        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done')),
+        verdict TEXT,
+        detail TEXT,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        PRIMARY KEY (run_id, name)
+     );
+     INSERT INTO stages_with_cycles SELECT run_id, name, state, verdict, detail, started_ms, finished_ms FROM stages;
+     DROP TABLE stages;
+     ALTER TABLE stages_with_cycles RENAME TO stages;
+     CREATE INDEX stages_failed ON stages(run_id) WHERE verdict = 'fail' AND detail IS NOT NULL;",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

@@ -31,6 +31,8 @@ kiln_protocol::words!(
         Memtest => "memtest",
         /// The RAM image and the agent's suite.
         Linux => "linux",
+        /// Power cycles, each boot's inventory checked against the first's.
+        Cycles => "cycles",
     }
 );
 
@@ -46,13 +48,28 @@ kiln_protocol::words!(
     }
 );
 
-stored_words!(Stage, StageState);
+kiln_protocol::words!(
+    /// Where a power cycle is.
+    CycleState, "cycle state", {
+        /// Its power action is owed.
+        Due => "due",
+        /// Its power action went out; the node has not asked for its boot script yet.
+        Powering => "powering",
+        /// The node was handed its boot; its agent has not reported yet.
+        Booting => "booting",
+        /// Its agent reported the boot's inventory.
+        Reported => "reported",
+    }
+);
+
+stored_words!(Stage, StageState, CycleState);
 
 impl From<Stage> for RunStage {
     fn from(stage: Stage) -> Self {
         match stage {
             Stage::Memtest => RunStage::Memtest,
             Stage::Linux => RunStage::Linux,
+            Stage::Cycles => RunStage::Cycles,
         }
     }
 }

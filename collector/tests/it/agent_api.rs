@@ -755,3 +755,44 @@ async fn unknown_machines_are_capped_and_one_source_is_rate_limited() {
     let r = get(client.clone(), format!("{}/healthz", server.base)).await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cycle_report_route_refuses_hostile_and_out_of_turn_requests_with_reasons() {
+    let server = Server::start("cycles-route", Config::default()).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 1, SUITE).await;
+    let url = |cycle: &str| format!("{}/api/v1/runs/{}/cycles/{cycle}", server.base, run.run_id);
+    let inventory = serde_json::to_value(kiln_protocol::wire::Inventory::default()).unwrap();
+    let put = |url: String, token: &str, body: String| {
+        client
+            .put(url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Without the run's token nothing is read, not even the cycle number.
+    let r = put(url("1"), &"0".repeat(64), inventory.to_string())
+        .await
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 401 | 403), "{}", r.status());
+    for bad in ["abc", "-1", "99999999999", "1.5"] {
+        let r = put(url(bad), &run.token, inventory.to_string())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "cycle {bad:?}");
+    }
+    for body in ["{", "[]", "{\"boot_id\": 7}"] {
+        let r = put(url("1"), &run.token, body.into()).await.unwrap();
+        assert!(r.status().is_client_error(), "{body}: {}", r.status());
+    }
+    // A run without power cycles has none to report: refused, with why, and nothing changed.
+    let r = put(url("1"), &run.token, inventory.to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("no power cycle under way"), "{why}");
+    let detail = server.ops.run(run.run_id).await;
+    assert_eq!(detail["verdict"], Value::Null);
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::units::{HumanDuration, Size, SizeSpec};
 
 mod checks;
+mod cycles;
 mod expect;
 mod problems;
 mod sensors;
@@ -20,6 +21,7 @@ pub use checks::{
     MemoryCheck, MemoryThresholds, NicCheck, NicThresholds, Step, Thresholds, WatchCheck,
     WatchThresholds,
 };
+pub use cycles::{CycleKind, Cycles, MAX_CYCLES};
 pub use expect::{
     Expect, ExpectCpu, ExpectDisks, ExpectLldp, ExpectMemory, ExpectNics, ExpectPcie, ExpectSystem,
 };
@@ -54,6 +56,9 @@ pub struct Suite {
     /// The BMC's sensors, read while every step runs, and limits on them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensors: Option<Sensors>,
+    /// Power cycles after the steps, each boot checked against the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycles: Option<Cycles>,
     /// The checks, run in order. Each step names exactly one check kind.
     pub steps: Vec<Step>,
 }

@@ -124,6 +124,100 @@ pub fn boots(ids: &[Option<&str>]) -> Vec<String> {
     out
 }
 
+/// One power cycle as the collector stored it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Boot {
+    /// Its number, from 1.
+    pub cycle: u32,
+    /// The inventory its agent reported, once it did.
+    pub inventory: Option<Inventory>,
+    /// Where its boot stands with the node's console.
+    pub console: super::linux::Console,
+}
+
+/// What the stored cycles say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judged {
+    /// The latest cycle has not reported (or its console has not vouched for it) yet.
+    Waiting,
+    /// Every cycle so far found the first boot's hardware: power-cycle the node for this one.
+    Next(u32),
+    /// All `count` cycles found the first boot's hardware, each a boot of its own.
+    Pass,
+    /// What failed, one line each, naming the cycle.
+    Fail(Vec<String>),
+}
+
+/// Judges a run's power cycles from what was stored: the first boot's inventory and each
+/// cycle's, in order. Never a pass without `count` cycles, each reported, each vouched for
+/// by the console where it is read, each with a boot id of its own and no drift.
+pub fn judge(count: u32, first: Option<&Inventory>, boots: &[Boot]) -> Judged {
+    use super::linux::Console;
+    let Some(first) = first else {
+        return Judged::Fail(vec![
+            "the first boot reported no inventory: there is nothing to compare the cycles with"
+                .into(),
+        ]);
+    };
+    let mut lines = Vec::new();
+    let mut ids = vec![first.boot_id.as_deref()];
+    for (i, boot) in boots.iter().enumerate() {
+        let last = i + 1 == boots.len();
+        if boot.cycle as usize != i + 1 {
+            lines.push(format!(
+                "cycle {} was stored where cycle {} belongs: the record is not trustworthy",
+                boot.cycle,
+                i + 1
+            ));
+            break;
+        }
+        let Some(inventory) = &boot.inventory else {
+            if last {
+                break;
+            }
+            lines.push(format!("cycle {}: no inventory was reported", boot.cycle));
+            continue;
+        };
+        if boot.console == Console::Awaited && !last {
+            lines.push(format!(
+                "cycle {}: the node's console never showed this boot's attestation",
+                boot.cycle
+            ));
+        }
+        lines.extend(drift(boot.cycle, first, inventory));
+        ids.push(inventory.boot_id.as_deref());
+    }
+    lines.extend(boots_with_first(&ids));
+    let Some(latest) = boots.last() else {
+        return if lines.is_empty() {
+            Judged::Next(1)
+        } else {
+            Judged::Fail(lines)
+        };
+    };
+    if !lines.is_empty() {
+        return Judged::Fail(lines);
+    }
+    if latest.inventory.is_none() || latest.console == Console::Awaited {
+        return Judged::Waiting;
+    }
+    if latest.cycle >= count {
+        Judged::Pass
+    } else {
+        Judged::Next(latest.cycle + 1)
+    }
+}
+
+/// [`boots`], and a first boot without an id: the cycles cannot be told from it.
+fn boots_with_first(ids: &[Option<&str>]) -> Vec<String> {
+    let mut out = Vec::new();
+    if ids.len() > 1 && ids[0].is_none() {
+        out.push("the first boot reported no boot id: a cycle cannot be told from it".to_owned());
+    }
+    out.extend(boots(ids));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +304,107 @@ mod tests {
         // A first boot without an id proves nothing either way; the cycles after it do.
         assert!(boots(&[None, Some("b")]).is_empty());
         assert!(boots(&[]).is_empty());
+    }
+
+    fn boot(cycle: u32, id: Option<&str>, console: Console) -> Boot {
+        let mut inv = node();
+        inv.boot_id = id.map(str::to_owned);
+        Boot {
+            cycle,
+            inventory: id.map(|_| inv),
+            console,
+        }
+    }
+
+    use crate::verdict::linux::Console;
+
+    #[test]
+    fn cycles_pass_only_when_every_one_reported_a_new_boot_of_the_same_machine() {
+        let mut first = node();
+        first.boot_id = Some("a".into());
+        let read = Console::Attested;
+        assert_eq!(judge(3, Some(&first), &[]), Judged::Next(1));
+        assert_eq!(
+            judge(3, Some(&first), &[boot(1, Some("b"), read)]),
+            Judged::Next(2)
+        );
+        // Reported but not yet vouched for by the console, or not reported yet: wait.
+        assert_eq!(
+            judge(3, Some(&first), &[boot(1, Some("b"), Console::Awaited)]),
+            Judged::Waiting
+        );
+        assert_eq!(
+            judge(3, Some(&first), &[boot(1, None, read)]),
+            Judged::Waiting
+        );
+        let three = [
+            boot(1, Some("b"), read),
+            boot(2, Some("c"), Console::NotRead),
+            boot(3, Some("d"), read),
+        ];
+        assert_eq!(judge(3, Some(&first), &three), Judged::Pass);
+        // The same id twice: the second "cycle" was no boot.
+        let again = [boot(1, Some("b"), read), boot(2, Some("b"), read)];
+        assert_eq!(
+            judge(3, Some(&first), &again),
+            Judged::Fail(vec![
+                "cycle 2: boot id b is cycle 1's: the node did not boot again".into()
+            ])
+        );
+        // A disk gone in cycle 2 names the cycle and the serial.
+        let mut gone = boot(2, Some("c"), read);
+        gone.inventory.as_mut().unwrap().disks.clear();
+        let Judged::Fail(lines) = judge(3, Some(&first), &[boot(1, Some("b"), read), gone]) else {
+            panic!("a lost disk must fail")
+        };
+        assert_eq!(
+            lines,
+            ["cycle 2: disk S5XNNA0R is gone (was 3.5TiB as nvme0n1)"]
+        );
+    }
+
+    #[test]
+    fn hostile_or_broken_records_never_pass() {
+        let mut first = node();
+        first.boot_id = Some("a".into());
+        let read = Console::Attested;
+        assert!(matches!(judge(1, None, &[]), Judged::Fail(_)));
+        // Out of order, or a hole in the record.
+        assert!(matches!(
+            judge(2, Some(&first), &[boot(2, Some("b"), read)]),
+            Judged::Fail(_)
+        ));
+        assert!(matches!(
+            judge(
+                3,
+                Some(&first),
+                &[boot(1, None, read), boot(2, Some("c"), read)]
+            ),
+            Judged::Fail(_)
+        ));
+        // An earlier cycle the console never vouched for.
+        assert!(matches!(
+            judge(
+                3,
+                Some(&first),
+                &[
+                    boot(1, Some("b"), Console::Awaited),
+                    boot(2, Some("c"), read)
+                ]
+            ),
+            Judged::Fail(_)
+        ));
+        // No boot id at the first boot: nothing tells the cycles from it.
+        first.boot_id = None;
+        assert!(matches!(
+            judge(1, Some(&first), &[boot(1, Some("b"), read)]),
+            Judged::Fail(_)
+        ));
+        // More cycles reported than asked for still pass only if each is proven.
+        first.boot_id = Some("a".into());
+        assert_eq!(
+            judge(1, Some(&first), &[boot(1, Some("b"), read)]),
+            Judged::Pass
+        );
     }
 }

@@ -575,6 +575,20 @@ pub struct RunPlan {
     /// site's cabling map has lines for this node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lldp_secs: Option<u32>,
+    /// This boot is a power cycle of the run: the agent reports its inventory
+    /// ([`crate::routes::CYCLE`]) and runs no step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<CycleBoot>,
+}
+
+/// Which power cycle a boot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CycleBoot {
+    /// This boot's cycle, from 1.
+    pub cycle: u32,
+    /// Cycles in all.
+    pub count: u32,
 }
 
 /// How long an agent listens for LLDP when the collector asks: a switch's 30-second

@@ -23,8 +23,9 @@ pub(super) async fn act(
             )
         })?;
     let verb = match action {
-        Action::Reset => "cycle",
+        Action::Reset | Action::Cold => "cycle",
         Action::Off => "off",
+        Action::Warm => "reset",
     };
     let out = tokio::time::timeout(
         Duration::from_secs(30),

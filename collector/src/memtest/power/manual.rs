@@ -8,10 +8,10 @@ pub(super) fn act(node: &str, action: Action) {
         node,
         ?action,
         "manual power: an operator must {} this node now",
-        if action == Action::Reset {
-            "reset"
-        } else {
-            "power off"
+        match action {
+            Action::Reset | Action::Warm => "reset",
+            Action::Off => "power off",
+            Action::Cold => "power off, wait ten seconds and power on",
         }
     );
 }

@@ -111,10 +111,26 @@ impl TryFrom<RawPower> for Power {
 /// What to do to the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Hard reset (power cycle).
+    /// Move the node to its next boot (each driver's strongest reset).
     Reset,
     /// Power off.
     Off,
+    /// A warm power cycle: a reset with the power kept.
+    Warm,
+    /// A cold power cycle: power off, a pause, power on.
+    Cold,
+}
+
+impl Action {
+    /// The action's name, for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Reset => "reset",
+            Action::Off => "off",
+            Action::Warm => "warm",
+            Action::Cold => "cold",
+        }
+    }
 }
 
 impl Power {
@@ -163,11 +179,7 @@ impl Power {
                 Ok(())
             }
         };
-        let name = match action {
-            Action::Reset => "reset",
-            Action::Off => "off",
-        };
-        crate::metrics::METRICS.power(self.driver(), name, result.is_ok());
+        crate::metrics::METRICS.power(self.driver(), action.name(), result.is_ok());
         result
     }
 

@@ -1,5 +1,6 @@
 //! QEMU's monitor protocol: a reset is `system_reset`, an off is `quit`; key presses for
-//! memtest86+'s menu go the same way.
+//! memtest86+'s menu go the same way. QEMU has no power-off that keeps the machine, so a cold
+//! cycle stops the vCPUs, pauses, resets and resumes them.
 
 use std::time::Duration;
 
@@ -7,11 +8,21 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::Action;
 
+/// How long a cold cycle keeps the vCPUs stopped.
+const COLD_PAUSE: Duration = Duration::from_secs(3);
+
 /// Resets or stops the VM behind the QMP socket `path`.
 pub(super) async fn act(path: &std::path::Path, action: Action) -> anyhow::Result<()> {
     let command = match action {
-        Action::Reset => "system_reset",
+        Action::Reset | Action::Warm => "system_reset",
         Action::Off => "quit",
+        Action::Cold => {
+            qmp(path, &[serde_json::json!({ "execute": "stop" })]).await?;
+            tokio::time::sleep(COLD_PAUSE).await;
+            let reset = serde_json::json!({ "execute": "system_reset" });
+            let cont = serde_json::json!({ "execute": "cont" });
+            return qmp(path, &[reset, cont]).await.map(|_| ());
+        }
     };
     qmp(path, &[serde_json::json!({ "execute": command })])
         .await

@@ -31,8 +31,9 @@ pub(super) async fn act(node: &str, bmc: Bmc<'_>, action: Action) -> anyhow::Res
             )
         })?;
     let kind = match action {
-        Action::Reset => "ForceRestart",
+        Action::Reset | Action::Warm => "ForceRestart",
         Action::Off => "ForceOff",
+        Action::Cold => "PowerCycle",
     };
     redfish_reset(
         bmc.url,
