@@ -698,8 +698,13 @@ impl Plan {
             ),
             None => "memtest off".to_owned(),
         };
+        let cycles = self
+            .suite
+            .cycles
+            .map(|c| format!(", {} {} power cycle(s)", c.count, c.kind.name()))
+            .unwrap_or_default();
         format!(
-            "suite {:?}{version}: {} step{} ({}), budget {} (steps {}, {memtest})",
+            "suite {:?}{version}: {} step{} ({}), budget {} (steps {}, {memtest}{cycles})",
             self.name(),
             self.steps.len(),
             if self.steps.len() == 1 { "" } else { "s" },

@@ -10,6 +10,10 @@
 //!   machine check, BMC event log entry, PCIe AER error) or from power-on (the NIC's slot
 //!   narrowed, and a suite that wants two DIMMs), and each must fail naming its fault.
 //!
+//! - Power cycles: two server nodes cold-cycled three times through QMP. One must pass
+//!   with four boot ids; the other has its SCSI disk pulled before cycle 2 and must fail
+//!   naming cycle 2 and the disk's serial.
+//!
 //! - Bridge network with a payload: four nodes on one Linux bridge in a namespace of the
 //!   lab's, DHCP from dnsmasq, a 48 MiB payload fetched in verified pieces from each other
 //!   and the collector; a rogue host on the segment serving wrong bytes, and node 2 killed
@@ -397,6 +401,99 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
 
 /// Four basic nodes on the bridge network running `suite` with a payload of `payload_mib`
 /// (memory for it besides) and one injection.
+#[test]
+fn power_cycles_find_the_same_machine_and_name_the_disk_pulled_before_cycle_two() {
+    let image = image_dir();
+    assert!(
+        image.join("vmlinuz").exists(),
+        "no image in {}",
+        image.display()
+    );
+    let dir = scratch("lab-cycles-e2e");
+    let opts = LabOptions {
+        dir: dir.clone(),
+        nodes: 2,
+        suite: repo().join("suites/lab-cycles.yaml"),
+        suite_for: Vec::new(),
+        mem_mib: 512,
+        disk_mib: 256,
+        uefi: false,
+        image: Some(image),
+        accel: "tcg".into(),
+        timeout: Duration::from_secs(14 * 60),
+        bars: false,
+        profile: Profile::Server,
+        inject: vec!["2:drop-disk@cycle2".parse().unwrap()],
+        network: Default::default(),
+        payload_mib: 0,
+        rogue_peer: false,
+    };
+    let report = up(&opts).unwrap();
+    let n = &report.nodes;
+    assert_eq!(n[0].verdict, "pass", "{:?}", n[0]);
+    assert_eq!(n[1].verdict, "fail", "{:?}", n[1]);
+    assert_eq!(
+        n[1].faults,
+        ["cycles: cycle 2: disk KILNSCSI02 is gone (was 256MiB as sdb)"],
+        "{:?}",
+        n[1]
+    );
+    assert!(
+        n[1].injected
+            .iter()
+            .any(|i| i.starts_with("drop-disk during cycle2")),
+        "{:?}",
+        n[1]
+    );
+    let db = rusqlite::Connection::open(report.data.join("kiln.sqlite")).unwrap();
+    let run_of = |mac: &str| -> i64 {
+        db.query_row(
+            "SELECT r.id FROM runs r JOIN node_macs m ON m.node_id = r.node_id WHERE m.mac = ?1",
+            [mac],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let (clean, pulled) = (run_of("52:54:00:6b:00:01"), run_of("52:54:00:6b:00:02"));
+    // The clean node: the first boot and three cycles, four boot ids, each cycle vouched for
+    // by the node's own console.
+    let first: String = db
+        .query_row(
+            "SELECT json_extract(inventory, '$.boot_id') FROM runs WHERE id = ?1",
+            [clean],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let cycles: Vec<(String, Option<i64>)> = db
+        .prepare("SELECT boot_id, attested_ms FROM power_cycles WHERE run_id = ?1 ORDER BY cycle")
+        .unwrap()
+        .query_map([clean], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(cycles.len(), 3, "{cycles:?}");
+    let mut ids: Vec<&str> = cycles.iter().map(|(id, _)| id.as_str()).collect();
+    ids.push(&first);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        4,
+        "four boots, four boot ids: {cycles:?} and {first}"
+    );
+    assert!(cycles.iter().all(|(_, at)| at.is_some()), "{cycles:?}");
+    // The other stopped at cycle 2: nothing more was owed once it failed.
+    let reached: i64 = db
+        .query_row(
+            "SELECT max(cycle) FROM power_cycles WHERE run_id = ?1",
+            [pulled],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reached, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn bridged(dir: &std::path::Path, suite: &str, payload_mib: u32, inject: &[&str]) -> LabOptions {
     LabOptions {
         dir: dir.to_owned(),

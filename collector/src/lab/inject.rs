@@ -5,6 +5,7 @@
 //! PCIe AER error on the NIC and a correctable one (HMP `pcie_aer_inject_error`), and — at power-on — the NIC's slot
 //! narrowed to x1 at 2.5 GT/s (`x-width`/`x-speed` on its root port); a BMC sensor set
 //! while a step runs (`ipmi_sim`'s `sensor_set_value`: a fan stopped, a PSU drawing more);
+//! a disk removed between two power cycles (QMP `device_del` of a SCSI disk);
 //! and on the bridge
 //! network, a node killed while it serves the payload to others, two nodes' cables crossed,
 //! and a node's link slowed (`tc` on its switch port).
@@ -44,6 +45,8 @@ pub enum Fault {
     /// The node's switch port rate-limited to the Mb/s given, towards the node (bridge
     /// network; `N:slow-nic=MBPS`): a slow link its partners cannot tell from their own.
     SlowNic,
+    /// The node's SCSI disk removed before power cycle K (`N:drop-disk@cycleK`).
+    DropDisk,
 }
 
 /// When a fault goes in.
@@ -55,10 +58,12 @@ pub enum When {
     Step,
     /// Once the node serves its payload to others.
     Serving,
+    /// Before a power cycle (`@cycleK`).
+    Cycle,
 }
 
 impl Fault {
-    const ALL: [(Fault, &'static str); 13] = [
+    const ALL: [(Fault, &'static str); 14] = [
         (Fault::NvmeWarning, "nvme-warning"),
         (Fault::Mce, "mce"),
         (Fault::FatalMce, "mce-fatal"),
@@ -72,6 +77,7 @@ impl Fault {
         (Fault::KillPeer, "kill-peer"),
         (Fault::SwapCable, "swap-cable"),
         (Fault::SlowNic, "slow-nic"),
+        (Fault::DropDisk, "drop-disk"),
     ];
 
     /// The name used on the command line.
@@ -87,6 +93,7 @@ impl Fault {
         match self {
             Fault::NarrowSlot | Fault::SwapCable | Fault::SlowNic => When::PowerOn,
             Fault::KillPeer => When::Serving,
+            Fault::DropDisk => When::Cycle,
             _ => When::Step,
         }
     }
@@ -128,7 +135,7 @@ impl FromStr for Injection {
     fn from_str(text: &str) -> Result<Self, String> {
         let usage = || {
             format!(
-                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:psu-watts=W@STEP, NODE:narrow-slot, NODE:kill-peer, NODE:swap-cable=M or NODE:slow-nic=MBPS, FAULT one of {}; got {text:?}",
+                "expected NODE:FAULT@STEP (e.g. 3:mce@memory), NODE:psu-watts=W@STEP, NODE:drop-disk@cycleK, NODE:narrow-slot, NODE:kill-peer, NODE:swap-cable=M or NODE:slow-nic=MBPS, FAULT one of {}; got {text:?}",
                 Fault::ALL.map(|(_, n)| n).join(", ")
             )
         };
@@ -210,6 +217,11 @@ impl FromStr for Injection {
                 "{text}: {} happens while the node serves its payload, not during a step",
                 fault.name()
             )),
+            (When::Cycle, d) if d.as_deref().and_then(cycle_of).is_none() => Err(format!(
+                "{text}: say before which power cycle (from 1) {} goes in: NODE:{}@cycleK",
+                fault.name(),
+                fault.name()
+            )),
             (When::Step, None) => Err(format!(
                 "{text}: say during which step {} is injected (NODE:{}@STEP)",
                 fault.name(),
@@ -243,6 +255,17 @@ impl fmt::Display for Injection {
     }
 }
 
+/// The cycle an `@cycleK` names (K from 1 to the most a suite may ask for).
+pub fn cycle_of(during: &str) -> Option<u32> {
+    let k = during.strip_prefix("cycle")?;
+    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) || k.len() > 3 {
+        return None;
+    }
+    k.parse()
+        .ok()
+        .filter(|k| (1..=kiln_protocol::suite::MAX_CYCLES).contains(k))
+}
+
 /// The QMP commands that inject `fault` (none for the BMC's and the power-on faults).
 pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
     let hmp = |line: &str| serde_json::json!({ "execute": "human-monitor-command", "arguments": { "command-line": line } });
@@ -257,6 +280,10 @@ pub fn qmp_commands(fault: Fault) -> Vec<serde_json::Value> {
         Fault::FatalMce => vec![hmp("mce -b 0 9 0xbd000000000000c0 0x5 0x2000000 0x86")],
         // Uncorrectable status bit 14, Completion Timeout, non-fatal by its default severity.
         Fault::Aer => vec![hmp("pcie_aer_inject_error nic0 0x4000")],
+        Fault::DropDisk => vec![serde_json::json!({
+            "execute": "device_del",
+            "arguments": { "id": super::server::DROPPED_DISK }
+        })],
         // Correctable status bit 0, Receiver Error. Linux 6.1 leaves correctable reporting
         // off on devices whose driver does not ask for it (virtio): the QEMU device drops
         // the message unless the agent has turned reporting on, as it does at boot.
@@ -299,6 +326,8 @@ mod tests {
             "2:fan-fail@memory",
             "3:psu-watts=900@nvme",
             "3:psu-redundancy-lost@memory",
+            "2:drop-disk@cycle2",
+            "1:drop-disk@cycle100",
         ] {
             let i: Injection = text.parse().unwrap();
             assert_eq!(i.to_string(), text);
@@ -353,6 +382,18 @@ mod tests {
             ("2:psu-watts=905@memory", "in steps of 10"),
             ("2:psu-watts=2560@memory", "10 to 2550 W"),
             ("2:psu-watts=900", "during which step"),
+            ("2:drop-disk", "before which power cycle"),
+            ("2:drop-disk@memory", "before which power cycle"),
+            ("2:drop-disk@cycle", "before which power cycle"),
+            ("2:drop-disk@cycle0", "before which power cycle"),
+            ("2:drop-disk@cycle101", "before which power cycle"),
+            ("2:drop-disk@cycle-1", "before which power cycle"),
+            ("2:drop-disk@cycle+2", "before which power cycle"),
+            (
+                "2:drop-disk@cycle99999999999999999999",
+                "before which power cycle",
+            ),
+            ("2:drop-disk=3@cycle2", "no other fault takes a value"),
         ] {
             let err = bad.parse::<Injection>().unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");

@@ -312,8 +312,16 @@ fn check_injections(opts: &LabOptions, suites: &[kiln_protocol::Plan]) -> anyhow
             "--inject {i}: the lab has nodes 1 to {}",
             opts.nodes
         );
-        if let Some(step) = &i.during {
-            let suite = &suites[i.node - 1];
+        let suite = &suites[i.node - 1];
+        if let Some(k) = i.during.as_deref().and_then(inject::cycle_of) {
+            let count = suite.suite.cycles.map_or(0, |c| c.count);
+            anyhow::ensure!(
+                k <= count,
+                "--inject {i}: node {}'s suite {} has {count} power cycle(s), so no cycle {k} (suites/lab-cycles.yaml has three)",
+                i.node,
+                suite.name()
+            );
+        } else if let Some(step) = &i.during {
             anyhow::ensure!(
                 suite.steps.iter().any(|s| &s.name == step),
                 "--inject {i}: node {}'s suite {} has no step {step:?} (it has {})",
@@ -571,9 +579,16 @@ fn plan_nodes(opts: &LabOptions, data: &Path) -> anyhow::Result<Vec<NodePlan>> {
             text.as_bytes(),
         )?);
         std::fs::write(data.join("suites").join(format!("{suite_name}.yaml")), text)?;
-        let kinds: &[&str] = match opts.profile {
-            Profile::Basic => &[""],
-            Profile::Server => &["-nvme", "-sata"],
+        // A node its suite power-cycles gets a third disk, on virtio-scsi: the one
+        // `drop-disk` pulls. Only those: it could take /dev/sda from the SATA disk the
+        // server suite's steps write.
+        let cycled = suites
+            .last()
+            .is_some_and(|s: &kiln_protocol::Plan| s.suite.cycles.is_some());
+        let kinds: &[&str] = match (opts.profile, cycled) {
+            (Profile::Basic, _) => &[""],
+            (Profile::Server, false) => &["-nvme", "-sata"],
+            (Profile::Server, true) => &["-nvme", "-sata", "-scsi"],
         };
         let mut disks = Vec::new();
         for kind in kinds {
@@ -726,6 +741,12 @@ mod tests {
                 "1:sel@disk",
                 "has no step \"disk\" (it has memory)",
             ),
+            (
+                Profile::Server,
+                "1:drop-disk@cycle2",
+                "has 0 power cycle(s)",
+            ),
+            (Profile::Basic, "1:drop-disk@cycle1", "server nodes only"),
         ] {
             let err = check_injections(&options(profile, &[inject]), &suites)
                 .unwrap_err()

@@ -310,7 +310,14 @@ pub struct Disks {
     pub nvme: PathBuf,
     /// On the chipset's AHCI (serial KILNSATAnn).
     pub sata: PathBuf,
+    /// For a node its suite power-cycles: on a virtio-scsi controller as `scsi0` (serial
+    /// KILNSCSInn, product "KILN SCSI"). A SCSI disk leaves at once on `device_del`, with no
+    /// guest to ask, as a disk lost between two power cycles does.
+    pub scsi: Option<PathBuf>,
 }
+
+/// The QEMU id of the disk `drop-disk` removes.
+pub const DROPPED_DISK: &str = "scsi0";
 
 /// The QEMU arguments that make node `i` a server: machine, root ports, disks, NIC, BMC and
 /// DIMM table. `narrow_slot` limits the NIC's root port to x1 at 2.5 GT/s.
@@ -369,5 +376,17 @@ pub fn qemu_args(
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(disks.scsi.iter().flat_map(|scsi| {
+        [
+            "-device".to_owned(),
+            "virtio-scsi-pci,id=vscsi,bus=pcie.0".to_owned(),
+            "-drive".to_owned(),
+            format!("if=none,id=scsi,format=qcow2,file={}", scsi.display()),
+            "-device".to_owned(),
+            format!(
+                "scsi-hd,id={DROPPED_DISK},drive=scsi,bus=vscsi.0,serial=KILNSCSI{i:02},product=KILN SCSI"
+            ),
+        ]
+    }))
     .collect()
 }

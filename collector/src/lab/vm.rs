@@ -88,6 +88,7 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
                 let disks = server::Disks {
                     nvme: p.disks[0].clone(),
                     sata: p.disks[1].clone(),
+                    scsi: p.disks.get(2).cloned(),
                 };
                 node = node.args(server::qemu_args(
                     i + 1,

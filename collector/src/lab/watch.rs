@@ -42,17 +42,7 @@ pub(super) fn until_done(
             let row = rows.iter().find(|r| r.macs.contains(&p.mac));
             let exited = vm.child.try_wait().ok().flatten().is_some();
             let verdict = row.and_then(|r| r.verdict);
-            // A fault due while this step runs goes in once the step shows progress: its
-            // check is running then, after the agent took its before-the-step readings
-            // (kernel log, AER counters, BMC event log), so the fault is the step's.
-            let running = row
-                .filter(|r| verdict.is_none() && r.stage == Some(RunStage::Linux))
-                .and_then(|r| r.progress.as_ref())
-                .filter(|pr| pr.fraction > 0.0)
-                .map(|pr| pr.name.clone());
-            if let Some(step) = running {
-                injector.step_shows(rt, n, p, &step, vm.started, bmcs[n].as_mut());
-            }
+            injector.watch(rt, n, p, row, vm.started, bmcs[n].as_mut());
             let fetched = row.and_then(|r| pieces.get(&r.run_id?).copied());
             let (pos, msg) = progress(verdict, row, vm.started, fetched);
             bar.set_position(pos);
@@ -193,6 +183,13 @@ fn progress(
                 format!("memtest86+ starting ({}s)", vm_started.elapsed().as_secs()),
             ),
         },
+        (None, Some(r)) if r.stage == Some(RunStage::Cycles) => match &r.progress {
+            Some(pr) => (
+                99,
+                format!("{}: {}", pr.name, pr.status.clone().unwrap_or_default()),
+            ),
+            None => (99, "power cycles".into()),
+        },
         (None, Some(r)) if r.stage == Some(RunStage::Linux) => match &r.progress {
             Some(pr) => (
                 20 + (pr.fraction * 79.0) as u64,
@@ -234,7 +231,7 @@ impl Injector {
         Injector {
             pending: all
                 .iter()
-                .filter(|j| j.fault.when() == When::Step)
+                .filter(|j| matches!(j.fault.when(), When::Step | When::Cycle))
                 .cloned()
                 .collect(),
             to_kill: all
@@ -288,6 +285,43 @@ impl Injector {
         self.injected[n].push(line);
         self.killed[n] = true;
         Ok(true)
+    }
+
+    /// What node `n` (from 0) shows now: a fault due while a step runs goes in once the step
+    /// shows progress (its check is running then, after the agent took its before-the-step
+    /// readings: kernel log, AER counters, BMC event log, so the fault is the step's); one due
+    /// before a power cycle once that cycle is owed (the node still holds in the last boot,
+    /// or is already rebooting).
+    fn watch(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        n: usize,
+        plan: &NodePlan,
+        row: Option<&queries::NodeRow>,
+        vm_started: Instant,
+        bmc: Option<&mut server::Bmc>,
+    ) {
+        let Some(r) = row.filter(|r| r.verdict.is_none()) else {
+            return;
+        };
+        let Some(pr) = r.progress.as_ref() else {
+            return;
+        };
+        match r.stage {
+            Some(RunStage::Linux) if pr.fraction > 0.0 => {
+                self.step_shows(rt, n, plan, &pr.name, vm_started, bmc);
+            }
+            Some(RunStage::Cycles) => {
+                if let Some(k) = pr
+                    .name
+                    .strip_prefix("power cycle ")
+                    .and_then(|rest| rest.split(' ').next())
+                {
+                    self.step_shows(rt, n, plan, &format!("cycle{k}"), vm_started, None);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Node `n` (from 0) shows `step` running: whatever is due during it goes in now.
