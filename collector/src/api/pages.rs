@@ -310,13 +310,14 @@ pub async fn run(
     Query(q): Query<PageQuery>,
 ) -> Result<Html<String>, ApiError> {
     page_auth(&state, &headers, q.token.as_deref())?;
-    let (detail, logs, peers, (series, sensors)) = state
+    let (detail, logs, peers, (series, sensors, cycles)) = state
         .db
         .read(move |c| {
             let detail = queries::run_detail(c, run_id)?;
             let series = (
                 queries::step_series(c, run_id)?,
                 queries::sensor_series(c, run_id)?,
+                queries::power_cycles(c, run_id)?,
             );
             let peers = match &detail {
                 Some(d) => against_peers(
@@ -336,6 +337,6 @@ pub async fn run(
     };
     state.pages.render(
         "run.html",
-        context! { run, logs, peers, series, sensors, refresh },
+        context! { run, logs, peers, series, sensors, cycles, refresh },
     )
 }

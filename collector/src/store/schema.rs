@@ -310,6 +310,7 @@ pub const REPORT_TABLES: &[(&str, &[&str])] = &[
     ("steps", &[]),
     ("stages", &[]),
     ("waivers", &[]),
+    ("power_cycles", &[]),
 ];
 
 /// The column that moves only the progress clock (`report_clock.progress_rev`): a running

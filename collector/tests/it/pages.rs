@@ -568,3 +568,30 @@ async fn the_run_page_draws_each_bmc_sensor_over_the_run_escaped() {
             .contains("not a number a sensor gives")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_page_lists_each_power_cycle_with_its_boot_escaped() {
+    let server = Server::start("cycles-page", Config::default()).await;
+    let client = reqwest::Client::new();
+    let run = register(&client, &server.base, 9, SUITE).await;
+    // What the cycles stage stores; a boot id is the node's word, so it is escaped.
+    let db = rusqlite::Connection::open(server.data.join("kiln.sqlite")).unwrap();
+    db.execute_batch(&format!(
+        "INSERT INTO power_cycles (run_id, cycle, count, kind, state, powered_ms, served_ms, reported_ms, attested_ms, boot_id)
+           VALUES ({0}, 1, 2, 'cold', 'reported', 1000, 9500, 19000, 18000, 'c9eb8bb8-122f'),
+                  ({0}, 2, 2, 'cold', 'booting', 30000, 38000, NULL, NULL, '<script>x</script>');",
+        run.run_id
+    ))
+    .unwrap();
+    let page = server.ops.text(&format!("/runs/{}", run.run_id)).await;
+    assert!(page.contains("<h2>Power cycles</h2>"), "{page}");
+    assert!(
+        page.contains("<td>1</td><td>cold</td><td>reported</td><td><code>c9eb8bb8-122f</code></td><td>8.5 s</td><td>9.5 s</td><td>attested</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td>2</td><td>cold</td><td>booting</td>")
+            && !page.contains("<script>x</script>"),
+        "{page}"
+    );
+}

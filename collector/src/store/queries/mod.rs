@@ -11,6 +11,7 @@ use super::{StoreError, now_ms};
 
 mod batches;
 mod cabling;
+mod cycles;
 mod nodes;
 mod pairs;
 mod provenance;
@@ -21,6 +22,7 @@ mod waivers;
 
 pub use batches::{Distribution, batch_distributions, batch_summary, batches};
 pub use cabling::{MapLine, cables_of, cabling_map, elsewhere, has_cabling, import_cabling};
+pub use cycles::{CycleRow, power_cycles};
 pub use nodes::{
     Filter, HistoryEntry, NodeRow, ReportClock, RowProgress, RunSummary, Tally, each_node_row,
     next_waiver_expiry, node_access_keys, node_history, node_progress, node_rows, node_runs,
