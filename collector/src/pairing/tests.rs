@@ -130,17 +130,17 @@ fn simulate_with(
         t += 500;
     }
     let most = (0..n).map(|i| s.pairs_of(i as NodeId)).max().unwrap_or(0);
-    // Per rack, nodes retested (a miss among their results) and nodes proven good: the
-    // rack where the fewest proven nodes serve the most retests.
+    // Per rack, nodes retested (a miss among their results) and nodes proven by their first
+    // pair: the rack whose retests take the most waves.
     let mut per_rack: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     for (id, m) in &s.members {
         let r = per_rack.entry(racks[*id as usize]).or_default();
         r.0 += usize::from(m.results.iter().any(|x| !x.1));
-        r.1 += usize::from(m.cleared());
+        r.1 += usize::from(m.results.first().is_some_and(|x| x.1));
     }
-    let (retested, cleared) = per_rack
+    let (retested, first_proven) = per_rack
         .into_values()
-        .max_by_key(|(r, c)| r.div_ceil((*c).max(1)))
+        .max_by_key(|(r, p)| retest_waves(*r, *p))
         .unwrap_or_default();
     (
         last.into_iter()
@@ -148,8 +148,35 @@ fn simulate_with(
             .collect(),
         most,
         rounds_end,
-        (retested, cleared),
+        (retested, first_proven),
     )
+}
+
+/// How many waves `retested` retests take when `proven` nodes were proven by their first
+/// pair: each wave, every proven node serves one retest, and each node a retest proves serves
+/// from the next wave on. With none proven, the first helper is a rack's odd node, proven in
+/// the round after the first.
+fn retest_waves(retested: usize, proven: usize) -> u64 {
+    let (mut helpers, mut left, mut waves) = (proven.max(1), retested, 0);
+    while left > 0 {
+        let served = helpers.min(left);
+        left -= served;
+        helpers += served;
+        waves += 1;
+    }
+    waves + u64::from(proven == 0 && retested > 0)
+}
+
+#[test]
+fn retest_waves_grow_with_the_helpers_they_prove() {
+    assert_eq!(retest_waves(0, 10), 0);
+    assert_eq!(retest_waves(10, 10), 1);
+    assert_eq!(retest_waves(20, 10), 2);
+    assert_eq!(retest_waves(30, 10), 2);
+    assert_eq!(retest_waves(31, 10), 3);
+    // A rack whose every first pair missed: one helper, doubling each wave.
+    assert_eq!(retest_waves(36, 0), 7);
+    assert_eq!(retest_waves(1, 0), 2);
 }
 
 proptest! {
@@ -187,11 +214,12 @@ proptest! {
         let racks: Vec<usize> = sizes.iter().enumerate().flat_map(|(r, k)| std::iter::repeat_n(r, *k)).collect();
         let arrivals: Vec<u64> = (0..racks.len()).map(|i| (order.wrapping_mul(i as u64 + 1) >> 7) % 1_000).collect();
         let measure = 30_000;
-        let (answers, _, end, (retested, cleared)) = simulate_with(Policy::SameRack, &racks, &arrivals, measure, &|a, b| (a + b) % every == 0);
+        let (answers, _, end, (retested, proven)) = simulate_with(Policy::SameRack, &racks, &arrivals, measure, &|a, b| (a + b) % every == 0);
         prop_assert!(answers.iter().all(|a| *a == Answer::Released), "{answers:?}");
-        // Each wave of retests may wait for the wave before to prove its helpers.
-        let rounds = 4 + 2 * retested.div_ceil(cleared.max(1)) as u64;
-        prop_assert!(end <= 1_000 + rounds * (measure + 2_000 + 1_000), "ended at {end}, {retested} retested, {cleared} proven");
+        // Each wave of retests may wait for the wave before to prove its helpers; the
+        // helpers grow by the nodes each wave proves.
+        let rounds = 4 + 2 * retest_waves(retested, proven);
+        prop_assert!(end <= 1_000 + rounds * (measure + 2_000 + 1_000), "ended at {end}, {retested} retested, {proven} proven by their first pair");
     }
 
     /// Arrivals spread over ten minutes, other-rack policy: every node measured, none in
