@@ -12,6 +12,7 @@
 pub mod bridge;
 mod collector;
 pub mod inject;
+pub mod postgres;
 pub mod qemu;
 mod report;
 pub mod rogue;

@@ -17,5 +17,6 @@ mod operators;
 mod pages;
 mod pairs;
 mod payload;
+mod postgres;
 mod verify;
 mod waivers;

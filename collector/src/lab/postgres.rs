@@ -1,0 +1,283 @@
+//! A throwaway PostgreSQL cluster for the lab and the tests: Debian's server binaries
+//! (`initdb`, `postgres`), a data directory of the caller's, a Unix socket in a private
+//! directory and no TCP listener. The postmaster is this process's child, started and
+//! stopped by its PID — never a host service, never a shared server. As root, the cluster
+//! runs as Debian's `postgres` user (`initdb` refuses root), through `setpriv`, which execs
+//! the server so that its PID is still the child's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where Debian keeps each major version's server binaries.
+const DEBIAN_BIN: &str = "/usr/lib/postgresql";
+
+/// The port that names the socket file (`.s.PGSQL.5432`); nothing listens on TCP.
+const PORT: u16 = 5432;
+
+/// Longest a start or a stop may take.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The superuser and database the cluster is made with.
+pub const USER: &str = "kiln";
+
+/// A running cluster; stopped (fast shutdown, then immediate) when dropped.
+pub struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    owner: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+/// The directory of the newest installed major version's server binaries.
+pub fn server_bin() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_BIN)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "PostgreSQL's server is not installed ({DEBIAN_BIN}: {e}): `.ci/setup` installs Debian's postgresql"
+            )
+        })?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        anyhow::anyhow!("no PostgreSQL server under {DEBIAN_BIN}/*/bin: `.ci/setup` installs Debian's postgresql")
+    })
+}
+
+/// The `postgres` user's uid and gid, from the password database.
+fn postgres_user() -> anyhow::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"postgres") && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "running as root, and there is no `postgres` user to run the cluster as (initdb refuses root): Debian's postgresql-common creates it"
+            )
+        })
+}
+
+impl Cluster {
+    /// Makes a cluster in `dir/pgdata` (unless one is there) and starts it; returns once it
+    /// accepts connections, with the database [`USER`] created.
+    pub fn start(dir: &Path) -> anyhow::Result<Cluster> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let bin = server_bin()?;
+        std::fs::create_dir_all(dir)?;
+        // A short path of its own: a socket's path may not pass 107 bytes.
+        let socket = std::env::temp_dir().join(format!(
+            "kiln-pg-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&socket);
+        std::fs::create_dir_all(&socket)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let owner = root.then(postgres_user).transpose()?;
+        let data = dir.join("pgdata");
+        if let Some((uid, gid)) = owner {
+            for d in [dir, socket.as_path()] {
+                std::os::unix::fs::chown(d, Some(uid), Some(gid))?;
+            }
+        }
+        let mut cluster = Cluster {
+            bin,
+            log: dir.join("postgres.log"),
+            data,
+            socket,
+            owner,
+            child: None,
+        };
+        if !cluster.data.join("PG_VERSION").exists() {
+            cluster.initdb()?;
+        }
+        cluster.spawn()?;
+        cluster.ensure_database()?;
+        Ok(cluster)
+    }
+
+    /// A command running `program` of the server's binaries as the cluster's owner.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        match self.owner {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg(path);
+                c
+            }
+            None => Command::new(path),
+        }
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        let out = self
+            .command("initdb")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run initdb: {e}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "initdb -D {} failed: {}",
+            self.data.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// Starts the postmaster (every commit flushed: `fsync` and `synchronous_commit` on) and
+    /// waits until it answers.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-k")
+            .arg(&self.socket)
+            .args(["-p", &PORT.to_string(), "-c", "listen_addresses="])
+            .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
+            .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start postgres: {e}"))?;
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                anyhow::bail!(
+                    "postgres exited ({status}) before it accepted connections; its log {} says: {}",
+                    self.log.display(),
+                    self.log_tail()
+                );
+            }
+            if postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_ok() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < PATIENCE,
+                "postgres did not accept connections within {}s; its log says: {}",
+                PATIENCE.as_secs(),
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn ensure_database(&self) -> anyhow::Result<()> {
+        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)?;
+        let exists = c
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&USER])?
+            .is_some();
+        if !exists {
+            c.batch_execute(&format!("CREATE DATABASE {USER}"))?;
+        }
+        Ok(())
+    }
+
+    /// The connection URL of database `db`, over the cluster's socket.
+    pub fn url(&self, db: &str) -> String {
+        let host: String = self
+            .socket
+            .to_string_lossy()
+            .bytes()
+            .map(|b| match b {
+                b'/' => "%2F".to_owned(),
+                b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => (b as char).to_string(),
+                b => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("postgresql://{USER}@{host}:{PORT}/{db}")
+    }
+
+    /// The postmaster's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the postmaster as a crash would (`pg_ctl restart -m immediate`: SIGQUIT, no
+    /// checkpoint) and starts it again: what was committed must survive.
+    pub fn restart_immediate(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(libc::SIGQUIT, PATIENCE)?;
+        self.spawn()
+    }
+
+    /// Sends `signal` to the postmaster and waits up to `patience` for it to exit.
+    fn signal_and_wait(&mut self, signal: i32, patience: Duration) -> anyhow::Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        let pid = child.id() as i32;
+        // SAFETY: kill takes plain integers; the PID is our own child's, not yet reaped (so
+        // not reused).
+        unsafe { libc::kill(pid, signal) };
+        let started = Instant::now();
+        while started.elapsed() < patience {
+            if child.try_wait()?.is_some() {
+                self.child = None;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!(
+            "postgres (PID {pid}) did not exit within {}s of signal {signal}",
+            patience.as_secs()
+        )
+    }
+
+    /// Stops the cluster: a fast shutdown, else an immediate one, else SIGKILL.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let result = self
+            .signal_and_wait(libc::SIGINT, Duration::from_secs(20))
+            .or_else(|_| self.signal_and_wait(libc::SIGQUIT, Duration::from_secs(10)))
+            .or_else(|_| self.signal_and_wait(libc::SIGKILL, Duration::from_secs(10)));
+        let _ = std::fs::remove_dir_all(&self.socket);
+        result
+    }
+
+    /// The last lines of the server's log, for errors.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop() {
+            eprintln!("kiln: {err:#}");
+        }
+    }
+}
