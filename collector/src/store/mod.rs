@@ -12,6 +12,7 @@
 mod priority;
 pub mod queries;
 mod schema;
+pub mod sql;
 pub mod states;
 
 use std::path::Path;

@@ -1,0 +1,240 @@
+//! The same statements against SQLite and a throwaway PostgreSQL cluster must read the same;
+//! hostile values and statements fail naming what and where.
+
+use super::pg::{numeric, translate};
+use super::*;
+use crate::lab::postgres::{Cluster, USER};
+
+/// Each engine with a table in that engine's dialect; the statements after it are shared.
+fn engines(dir: &std::path::Path) -> (Cluster, Vec<Connection>) {
+    let cluster = Cluster::start(dir).unwrap();
+    let sqlite = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
+    sqlite
+        .execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, r REAL, s TEXT, b BLOB, UNIQUE (s))",
+        )
+        .unwrap();
+    let pg = Connection::postgres(&cluster.url(USER)).unwrap();
+    pg.execute_batch(
+        "DROP TABLE IF EXISTS t;
+         CREATE TABLE t (id BIGSERIAL PRIMARY KEY, n BIGINT, r DOUBLE PRECISION, s TEXT, b BYTEA, UNIQUE (s))",
+    )
+    .unwrap();
+    (cluster, vec![sqlite, pg])
+}
+
+#[test]
+fn both_engines_read_the_same_rows_from_the_same_statements() {
+    let dir = std::env::temp_dir().join(format!("kiln-sql-parity-{}", std::process::id()));
+    let (cluster, conns) = engines(&dir);
+    let mut seen = Vec::new();
+    for c in &conns {
+        let id: i64 = c
+            .query_row(
+                "INSERT INTO t (n, r, s, b) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                params![7i64, 2.5f64, "seven", vec![0u8, 255]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // A conflict changes nothing and says so.
+        let n = c
+            .execute(
+                "INSERT INTO t (n, s) VALUES (?1, ?2) ON CONFLICT (s) DO NOTHING",
+                params![8i64, "seven"],
+            )
+            .unwrap();
+        assert_eq!(n, 0);
+        c.execute(
+            "INSERT INTO t (n, r, s, b) VALUES (?1, ?2, ?3, ?4)",
+            params![Some(35i64), None::<f64>, None::<String>, None::<Vec<u8>>],
+        )
+        .unwrap();
+        // Booleans from comparisons, whole sums, an average, nulls, text and bytes.
+        let mut row = c
+            .query_row(
+                "SELECT CAST(sum(n) AS BIGINT), avg(r), max(s), count(*), sum(n) FROM t WHERE n >= ?1",
+                params![0i64],
+                |r| Ok(r.clone()),
+            )
+            .unwrap();
+        let first = c
+            .query_row(
+                "SELECT id = ?1, id <> ?1, b FROM t WHERE s = 'seven'",
+                params![id],
+                |r| Ok(r.clone()),
+            )
+            .unwrap();
+        row.0.extend(first.0);
+        seen.push(row);
+        let missing = c
+            .query_opt("SELECT n FROM t WHERE s = ?1", params!["nine"], |r| {
+                r.get::<i64>(0)
+            })
+            .unwrap();
+        assert_eq!(missing, None);
+        assert!(matches!(
+            c.query_row("SELECT n FROM t WHERE s = ?", params!["nine"], |r| r
+                .get::<i64>(0)),
+            Err(SqlError::NoRows)
+        ));
+        let flags: Vec<bool> = c
+            .query_map("SELECT n IS NULL FROM t ORDER BY id", params![], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(flags, [false, false]);
+    }
+    assert_eq!(seen[0], seen[1], "SQLite and PostgreSQL read differently");
+    assert_eq!(
+        seen[0],
+        Row(vec![
+            Value::Int(42),
+            Value::Real(2.5),
+            Value::Text("seven".into()),
+            Value::Int(2),
+            Value::Int(42),
+            Value::Int(1),
+            Value::Int(0),
+            Value::Blob(vec![0, 255]),
+        ])
+    );
+    drop(conns);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn savepoints_nest_and_roll_back_alike_on_both_engines() {
+    let dir = std::env::temp_dir().join(format!("kiln-sql-savepoints-{}", std::process::id()));
+    let (cluster, conns) = engines(&dir);
+    for c in &conns {
+        let tx = c.savepoint().unwrap();
+        tx.execute("INSERT INTO t (n) VALUES (1)", params![])
+            .unwrap();
+        {
+            let inner = tx.savepoint().unwrap();
+            inner
+                .execute("INSERT INTO t (n) VALUES (2)", params![])
+                .unwrap();
+            // Dropped without commit: rolled back, the outer transaction goes on.
+        }
+        {
+            let inner = tx.savepoint().unwrap();
+            inner
+                .execute("INSERT INTO t (n) VALUES (3)", params![])
+                .unwrap();
+            inner.commit().unwrap();
+        }
+        tx.commit().unwrap();
+        {
+            let dropped = c.savepoint().unwrap();
+            dropped
+                .execute("INSERT INTO t (n) VALUES (4)", params![])
+                .unwrap();
+        }
+        let ns: Vec<i64> = c
+            .query_map("SELECT n FROM t ORDER BY n", params![], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ns, [1, 3], "{:?}", c.kind());
+    }
+    drop(conns);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hostile_values_and_statements_fail_naming_what_and_where() {
+    let dir = std::env::temp_dir().join(format!("kiln-sql-hostile-{}", std::process::id()));
+    let (cluster, conns) = engines(&dir);
+    for c in &conns {
+        // A statement the engine refuses names itself.
+        let err = c
+            .execute("INSERT INTO nowhere VALUES (?1)", params![1i64])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("INSERT INTO nowhere"), "{err}");
+        // Text where a number is read, a number past its type, a boolean that is not 0 or 1.
+        c.execute("INSERT INTO t (n, s) VALUES (?1, ?2)", params![5i64, "x"])
+            .unwrap();
+        let err = c
+            .query_row("SELECT s FROM t", params![], |r| r.get::<i64>(0))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "column 0 holds text, expected an integer that fits i64"
+        );
+        let err = c
+            .query_row("SELECT n FROM t", params![], |r| r.get::<bool>(0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("other than 0 and 1"), "{err}");
+        // Quotes and question marks in a value are data, never SQL.
+        c.execute(
+            "INSERT INTO t (s) VALUES (?1)",
+            params!["'); DROP TABLE t; -- ?2"],
+        )
+        .unwrap();
+        let s: String = c
+            .query_row("SELECT s FROM t WHERE s LIKE '%DROP%'", params![], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(s, "'); DROP TABLE t; -- ?2");
+    }
+    // PostgreSQL types its parameters: an integer past a 32-bit column is refused, not cut.
+    let pg = &conns[1];
+    pg.execute_batch("CREATE TABLE small (n INTEGER)").unwrap();
+    let err = pg
+        .execute("INSERT INTO small VALUES (?1)", params![1i64 << 40])
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("INSERT INTO small"), "{err:#}");
+    drop(conns);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn parameters_are_renumbered_outside_quotes_only() {
+    assert_eq!(
+        translate("SELECT ?1, ?2 FROM t WHERE a = ?1"),
+        "SELECT $1, $2 FROM t WHERE a = $1"
+    );
+    assert_eq!(translate("VALUES (?, ?, ?)"), "VALUES ($1, $2, $3)");
+    assert_eq!(
+        translate("SELECT '?1', \"c?\" , ?3 , 'it''s ?'"),
+        "SELECT '?1', \"c?\" , $3 , 'it''s ?'"
+    );
+}
+
+#[test]
+fn numerics_read_as_whole_numbers_when_they_are() {
+    let numeric_of = |weight: i16, sign: u16, scale: u16, digits: &[u16]| {
+        let mut raw = Vec::new();
+        for w in [digits.len() as u16, weight as u16, sign, scale]
+            .into_iter()
+            .chain(digits.iter().copied())
+        {
+            raw.extend(w.to_be_bytes());
+        }
+        numeric(&raw).unwrap()
+    };
+    // 42, 123456789, -7, 0, 1.5
+    assert_eq!(numeric_of(0, 0, 0, &[42]), Value::Int(42));
+    assert_eq!(
+        numeric_of(2, 0, 0, &[1, 2345, 6789]),
+        Value::Int(123_456_789)
+    );
+    assert_eq!(numeric_of(0, 0x4000, 0, &[7]), Value::Int(-7));
+    assert_eq!(numeric_of(0, 0, 0, &[]), Value::Int(0));
+    assert_eq!(numeric_of(0, 0, 1, &[1, 5000]), Value::Real(1.5));
+    // Past i64: a float, never a wrapped integer.
+    assert!(
+        matches!(numeric_of(5, 0, 0, &[9999, 9999, 9999, 9999, 9999, 9999]), Value::Real(r) if r > 9e23)
+    );
+    // Hostile: a header longer than the bytes, a digit past 9999, an unknown sign.
+    assert!(numeric(&[0, 3, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+    assert!(numeric(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]).is_err());
+    assert!(numeric(&[0, 0, 0, 0, 0x12, 0x34, 0, 0]).is_err());
+    assert!(numeric(&[0, 1]).is_err());
+}
