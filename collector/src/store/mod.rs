@@ -9,6 +9,7 @@
 //! time ([`priority`]). A checkpointer thread copies the WAL into the database file in the
 //! background, so the writer's own checkpoints are short.
 
+pub mod leases;
 mod priority;
 pub mod queries;
 mod schema;
