@@ -10,9 +10,10 @@
 //! background, so the writer's own checkpoints are short.
 
 pub mod leases;
+pub mod pg_schema;
 mod priority;
 pub mod queries;
-mod schema;
+pub(crate) mod schema;
 pub mod sql;
 pub mod states;
 

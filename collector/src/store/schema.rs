@@ -7,6 +7,10 @@ use rusqlite::Connection;
 /// history: a database once migrated never sees one again, so their text never changes. The
 /// `CHECK` lists in migration 1 are the database's own guard on the lifecycle's enums; a test
 /// keeps the two in agreement.
+/// The schema version this kiln brings a database to (PostgreSQL's is the same,
+/// [`super::pg_schema::VERSION`]).
+pub const VERSION: usize = MIGRATIONS.len();
+
 const MIGRATIONS: &[&str] = &[
     // 1: nodes, their MACs, suites by content, runs, stages, events, steps.
     "
@@ -388,10 +392,9 @@ pub fn configure(conn: &Connection) -> anyhow::Result<()> {
 /// Brings the schema up to date.
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > MIGRATIONS.len() {
+    if version > VERSION {
         anyhow::bail!(
-            "the database is at schema version {version}, newer than this kiln ({}); refusing to touch it",
-            MIGRATIONS.len()
+            "the database is at schema version {version}, newer than this kiln ({VERSION}); refusing to touch it"
         );
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
