@@ -102,6 +102,8 @@ pub fn run(booted: &Booted) -> anyhow::Result<Done> {
     // here on, and what was latched before the run is not blamed on its first step.
     let aer_lines = crate::hw::aer::prepare(std::path::Path::new("/sys"));
     let inventory = first_inventory(&plan_wire, &plan);
+    // The payload and the steps measured against the collector use the one in use now.
+    let bases = collector.bases().clone();
     let run = collector.open(
         booted.run_id,
         &session.token,
@@ -125,7 +127,7 @@ pub fn run(booted: &Booted) -> anyhow::Result<Done> {
         say(kiln_protocol::wire::LogLevel::Info, line);
     }
     let _serving = match crate::payload::boot(
-        &booted.url,
+        bases.current().1,
         booted.run_id,
         &session.token,
         &booted.payload_root,
@@ -148,7 +150,7 @@ pub fn run(booted: &Booted) -> anyhow::Result<Done> {
     };
     let options = RunOptions {
         allow_destructive: plan_wire.allow_destructive,
-        collector: Some(booted.url.clone()),
+        collector: Some(bases.current().1.to_owned()),
         collector_token: Some(run.token().to_owned()),
         run_id: Some(booted.run_id),
         cpus: None,

@@ -2,7 +2,9 @@
 //! booted node's bootstrap exchange, the plan, the inventory, then the run's events (the
 //! [`reporter`](crate::reporter) streams them) until the session closes with every event
 //! acknowledged. Requests are retried with backoff and jitter within the caller's patience;
-//! a 4xx is final and its message is returned.
+//! a 4xx is final and its message is returned. Several collectors may serve the run (they
+//! share one database): a request that does not reach one, or that it answers with a 5xx
+//! (say, its database is gone), goes to the next ([`Bases`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,18 +12,20 @@ use std::time::{Duration, Instant};
 use kiln_protocol::routes;
 use kiln_protocol::wire::{Inventory, RegisterRequest, RegisterResponse, RunPlan, SessionResponse};
 
+pub use crate::reporter::Bases;
 use crate::reporter::{BACKOFF_MAX, BACKOFF_MIN, Reporter, Target, jitter};
 use crate::runner::{EventSink, Tee};
 
-/// A collector at `base`, reached through one HTTP client on one runtime.
+/// The collectors at `bases`, reached through one HTTP client on one runtime.
 pub struct Collector {
-    base: String,
+    bases: Arc<Bases>,
     runtime: tokio::runtime::Runtime,
     http: reqwest::Client,
 }
 
 impl Collector {
-    /// The client for the collector at `base` (nothing is sent yet).
+    /// The client for the collectors of `base` (one base URL, or several separated by
+    /// commas; nothing is sent yet).
     pub fn new(base: &str) -> anyhow::Result<Collector> {
         // One worker: the reporter's send loop runs on it while the steps run on threads of
         // their own; the one-off calls block on it from the caller's thread.
@@ -35,15 +39,20 @@ impl Collector {
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Collector {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: Bases::new(base)?,
             runtime,
             http,
         })
     }
 
-    /// Its base URL.
+    /// The base URL of the collector in use.
     pub fn base(&self) -> &str {
-        &self.base
+        self.bases.current().1
+    }
+
+    /// Every collector, and which is in use.
+    pub fn bases(&self) -> &Arc<Bases> {
+        &self.bases
     }
 
     /// Registers an ad-hoc run for this host (`kiln-agent run --collector`), retrying for up
@@ -63,11 +72,10 @@ impl Collector {
             }),
             suite_text: suite_text.to_owned(),
         };
-        let url = routes::url(&self.base, routes::REGISTER, 0);
         self.runtime.block_on(async {
             let r = self
-                .until_answered("registration", patience, || {
-                    self.http.post(&url).json(&request).send()
+                .until_answered("registration", patience, routes::REGISTER, 0, |url| {
+                    self.http.post(url).json(&request).send()
                 })
                 .await?;
             Ok(r.json().await?)
@@ -83,11 +91,11 @@ impl Collector {
         bootstrap: &str,
         patience: Duration,
     ) -> anyhow::Result<SessionResponse> {
-        let url = routes::url(&self.base, routes::SESSION, run_id);
         self.runtime.block_on(async {
             let started = Instant::now();
             let mut backoff = BACKOFF_MIN;
             loop {
+                let (place, url) = self.bases.url(routes::SESSION, run_id);
                 match self.http.post(&url).bearer_auth(bootstrap).send().await {
                     Ok(r) if r.status().is_success() => return Ok(r.json().await?),
                     Ok(r) => {
@@ -98,11 +106,13 @@ impl Collector {
                         )
                     }
                     // Not connected: the request never reached the collector, so asking again
-                    // is not a second exchange.
-                    Err(e) if e.is_connect() && started.elapsed() <= patience => {}
+                    // (the next collector) is not a second exchange.
+                    Err(e) if e.is_connect() && started.elapsed() <= patience => {
+                        self.bases.failed(place)
+                    }
                     Err(e) => anyhow::bail!(
                         "cannot reach the collector at {} for the session: {e}",
-                        self.base
+                        self.bases.at(place)
                     ),
                 }
                 tokio::time::sleep(jitter(backoff)).await;
@@ -113,11 +123,10 @@ impl Collector {
 
     /// A booted run's plan, retrying for up to `patience`.
     pub fn plan(&self, run_id: i64, token: &str, patience: Duration) -> anyhow::Result<RunPlan> {
-        let url = routes::url(&self.base, routes::PLAN, run_id);
         self.runtime.block_on(async {
             let r = self
-                .until_answered("plan request", patience, || {
-                    self.http.get(&url).bearer_auth(token).send()
+                .until_answered("plan request", patience, routes::PLAN, run_id, |url| {
+                    self.http.get(url).bearer_auth(token).send()
                 })
                 .await?;
             Ok(r.json().await?)
@@ -133,9 +142,8 @@ impl Collector {
         inventory: &Inventory,
         patience: Duration,
     ) -> anyhow::Result<()> {
-        let url =
-            routes::url(&self.base, routes::CYCLE, run_id).replace("{cycle}", &cycle.to_string());
-        self.put_inventory("cycle report", &url, token, inventory, patience)
+        let route = routes::CYCLE.replace("{cycle}", &cycle.to_string());
+        self.put_inventory("cycle report", &route, run_id, token, inventory, patience)
     }
 
     /// PUTs `inventory` to `url`, within the protocol's bounds: odd firmware strings are cut,
@@ -143,7 +151,8 @@ impl Collector {
     fn put_inventory(
         &self,
         what: &str,
-        url: &str,
+        route: &str,
+        run_id: i64,
         token: &str,
         inventory: &Inventory,
         patience: Duration,
@@ -151,7 +160,7 @@ impl Collector {
         let mut inventory = inventory.clone();
         inventory.clamp();
         self.runtime.block_on(async {
-            self.until_answered(what, patience, || {
+            self.until_answered(what, patience, route, run_id, |url| {
                 self.http
                     .put(url)
                     .bearer_auth(token)
@@ -172,10 +181,16 @@ impl Collector {
         inventory: &Inventory,
         patience: Duration,
     ) -> anyhow::Result<Session> {
-        let url = routes::url(&self.base, routes::INVENTORY, run_id);
-        self.put_inventory("inventory", &url, token, inventory, patience)?;
+        self.put_inventory(
+            "inventory",
+            routes::INVENTORY,
+            run_id,
+            token,
+            inventory,
+            patience,
+        )?;
         let target = Target {
-            base: self.base.clone(),
+            bases: self.bases.clone(),
             run_id,
             token: token.to_owned(),
             heartbeat,
@@ -196,16 +211,27 @@ impl Collector {
         &self,
         what: &str,
         patience: Duration,
+        route: &str,
+        run_id: i64,
         mut send: F,
     ) -> anyhow::Result<reqwest::Response>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(&str) -> Fut,
         Fut: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
     {
         let started = Instant::now();
         let mut backoff = BACKOFF_MIN;
         loop {
-            match send().await {
+            let (place, url) = self.bases.url(route, run_id);
+            let answer = send(&url).await;
+            // Not reached, or a collector that cannot serve (5xx): the next one gets the retry.
+            if answer
+                .as_ref()
+                .map_or(true, |r| r.status().is_server_error())
+            {
+                self.bases.failed(place);
+            }
+            match answer {
                 Ok(r) if r.status().is_success() => return Ok(r),
                 Ok(r) if r.status().is_client_error() => {
                     let status = r.status();
@@ -219,7 +245,7 @@ impl Collector {
                 }
                 Err(e) if started.elapsed() > patience => anyhow::bail!(
                     "cannot reach the collector at {} for the {what}: {e}",
-                    self.base
+                    self.bases.at(place)
                 ),
                 _ => {}
             }
@@ -268,5 +294,70 @@ impl Session {
         }
         println!("kiln-agent: reported run {}", self.run_id);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_goes_on_to_the_next_collector_and_a_4xx_is_final() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let live = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let plan = RunPlan {
+                run_id: 7,
+                node_id: 1,
+                suite_text: "suite".into(),
+                allow_destructive: false,
+                heartbeat_secs: 60,
+                after: kiln_protocol::wire::After::Poweroff,
+                lldp_secs: None,
+                cycle: None,
+            };
+            let app = axum::Router::new()
+                .route(
+                    routes::PLAN,
+                    axum::routing::get(move || async move { axum::Json(plan) }),
+                )
+                .route(
+                    routes::CYCLE,
+                    axum::routing::put(|| async {
+                        (axum::http::StatusCode::CONFLICT, "run 7 is finished")
+                    }),
+                );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            base
+        });
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let collector = Collector::new(&format!("{dead},{live}/")).unwrap();
+        assert_eq!(collector.bases().len(), 2);
+        let plan = collector.plan(7, "token", Duration::from_secs(30)).unwrap();
+        assert_eq!(plan.run_id, 7);
+        assert_eq!(collector.base(), live);
+        // A refusal is the answer, from whichever collector: no other is asked.
+        let err = collector
+            .report_cycle(
+                7,
+                "token",
+                1,
+                &Inventory::default(),
+                Duration::from_secs(30),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("409") && err.contains("run 7 is finished"),
+            "{err}"
+        );
+        assert_eq!(collector.base(), live);
+        // A list the command line could not have come from is refused before anything is sent.
+        assert!(Collector::new("http://a,,http://b").is_err());
+        drop(rt);
     }
 }

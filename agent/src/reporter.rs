@@ -9,6 +9,7 @@
 //! gap the collector would wait on.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,11 +28,68 @@ const BATCH_BYTES: usize = 1 << 20;
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// The collectors a run may talk to, in order, and the one in use. Shared by every request
+/// of the run and its event stream, so a collector found gone is skipped by all of them.
+#[derive(Debug)]
+pub struct Bases {
+    urls: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl Bases {
+    /// The collectors of `list` (`kiln.url=`: one base URL, or several separated by commas).
+    pub fn new(list: &str) -> anyhow::Result<Arc<Bases>> {
+        let urls = kiln_protocol::cmdline::urls(list).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Arc::new(Bases {
+            urls,
+            current: AtomicUsize::new(0),
+        }))
+    }
+
+    /// The collector in use, and its place (for [`Bases::failed`]).
+    pub fn current(&self) -> (usize, &str) {
+        let i = self.current.load(Ordering::Acquire) % self.urls.len();
+        (i, &self.urls[i])
+    }
+
+    /// The collector at `place` failed a request: the next one is used from now on (unless
+    /// another request moved on already).
+    pub fn failed(&self, place: usize) {
+        if self.urls.len() > 1 {
+            let next = (place + 1) % self.urls.len();
+            let _ = self
+                .current
+                .compare_exchange(place, next, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// `route` for `run_id` at the collector in use, with its place.
+    pub fn url(&self, route: &str, run_id: i64) -> (usize, String) {
+        let (i, base) = self.current();
+        (i, routes::url(base, route, run_id))
+    }
+
+    /// The collector at `place`.
+    pub fn at(&self, place: usize) -> &str {
+        &self.urls[place % self.urls.len()]
+    }
+
+    /// How many collectors there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Never: there is at least one.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+}
+
 /// Where and as what to report.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Collector base URL.
-    pub base: String,
+    /// The collectors, and the one in use.
+    pub bases: Arc<Bases>,
     /// Run id.
     pub run_id: i64,
     /// The run's bearer token.
@@ -181,8 +239,6 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
         Ok(c) => c,
         Err(_) => return,
     };
-    let url = routes::url(&target.base, routes::EVENTS, target.run_id);
-    let ping = routes::url(&target.base, routes::PLAN, target.run_id);
     let heartbeat = (target.heartbeat / 3).max(Duration::from_secs(1));
     let mut next_seq = 1u64;
     let mut inflight: Vec<Event> = Vec::new();
@@ -201,6 +257,7 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
                 Fill::Idle => {
                     if last_contact.elapsed() >= heartbeat {
                         // Nothing to say, but the collector must know the agent is alive.
+                        let (_, ping) = target.bases.url(routes::PLAN, target.run_id);
                         let alive = client.get(&ping).bearer_auth(&target.token).send().await;
                         if alive.is_ok_and(|r| r.status().is_success()) {
                             last_contact = Instant::now();
@@ -214,7 +271,14 @@ async fn send_loop(target: Target, shared: Arc<Shared>) {
         let batch = EventBatch {
             events: inflight.iter().take(batch_limit).cloned().collect(),
         };
-        match post_batch(&client, &url, &target.token, &batch).await {
+        let (place, url) = target.bases.url(routes::EVENTS, target.run_id);
+        let posted = post_batch(&client, &url, &target.token, &batch).await;
+        if matches!(posted, Err(Failure::Retry)) {
+            // Unacknowledged batches go to the next collector; each stores a sequence number
+            // once, whichever collector it came through.
+            target.bases.failed(place);
+        }
+        match posted {
             Ok(ack) => {
                 inflight.retain(|e| e.seq > ack.acked);
                 if inflight.is_empty() {
@@ -473,7 +537,7 @@ mod refused {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let base = rt.block_on(picky_collector(stored.clone()));
         let reporter = Reporter::start(Target {
-            base,
+            bases: Bases::new(&base).unwrap(),
             run_id: 1,
             token: "t".into(),
             heartbeat: Duration::from_secs(60),
@@ -507,5 +571,59 @@ mod refused {
         );
         assert_eq!(lines[2], "three");
         assert!(matches!(stored[3].body, EventBody::RunFinished { .. }));
+    }
+
+    /// A collector that answers every request 503 (its database is gone).
+    async fn unavailable_collector() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unreachable",
+            )
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    /// An address nothing listens on (bound, then let go).
+    fn dead_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    #[test]
+    fn events_go_on_to_the_next_collector_when_one_is_gone_or_unavailable() {
+        let stored = Arc::new(StdMutex::new(Vec::new()));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let live = rt.block_on(picky_collector(stored.clone()));
+        let unavailable = rt.block_on(unavailable_collector());
+        let bases = Bases::new(&format!("{},{unavailable},{live}", dead_address())).unwrap();
+        let reporter = Reporter::start(Target {
+            bases: bases.clone(),
+            run_id: 1,
+            token: "t".into(),
+            heartbeat: Duration::from_secs(60),
+        })
+        .unwrap();
+        for n in 0..50 {
+            reporter.emit(EventBody::Log {
+                step: None,
+                level: LogLevel::Info,
+                line: format!("line {n}"),
+            });
+        }
+        assert_eq!(reporter.flush(Duration::from_secs(60)), 0);
+        let stored = stored.lock().unwrap();
+        assert_eq!(stored.len(), 50);
+        assert!(
+            stored
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.seq == i as u64 + 1)
+        );
+        // The stream settled on the live one.
+        assert_eq!(bases.current().1, live);
     }
 }

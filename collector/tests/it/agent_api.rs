@@ -346,7 +346,7 @@ fn a_collector_killed_and_restarted_mid_run_loses_nothing() {
     let client = reqwest::Client::new();
     let run = rt.block_on(register(&client, &base, 7, SUITE));
     let reporter = kiln_agent::reporter::Reporter::start(kiln_agent::reporter::Target {
-        base: base.clone(),
+        bases: kiln_agent::collector::Bases::new(&base).unwrap(),
         run_id: run.run_id,
         token: run.token.clone(),
         heartbeat: Duration::from_secs(60),
@@ -559,7 +559,7 @@ fn an_over_long_line_and_too_many_metrics_are_clamped_by_the_agent_and_the_run_s
     let client = reqwest::Client::new();
     let run = rt.block_on(register(&client, &server.base, 1, SUITE));
     let reporter = kiln_agent::reporter::Reporter::start(kiln_agent::reporter::Target {
-        base: server.base.clone(),
+        bases: kiln_agent::collector::Bases::new(&server.base).unwrap(),
         run_id: run.run_id,
         token: run.token.clone(),
         heartbeat: Duration::from_secs(60),
