@@ -116,19 +116,20 @@ impl Collector {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let db = self.state.db.clone();
-        let (restarted, memtests) = db.call(lifecycle::collector_started).await?;
-        if restarted > 0 {
+        let restarted = db.call(lifecycle::collector_started).await?;
+        if restarted.reopened > 0 {
             tracing::info!(
-                runs = restarted,
+                runs = restarted.reopened,
                 "open runs get a fresh heartbeat window after the restart"
             );
         }
-        for run_id in memtests {
+        for run_id in restarted.memtests {
             tracing::warn!(
                 run_id,
                 "memtest stage failed: the collector restarted while it ran"
             );
         }
+        rerun(&db, &self.state.config, restarted.rearmed).await;
         let monitor = tokio::spawn(monitor(db.clone(), self.state.captures.clone()));
         tokio::spawn(power_cycles(
             db,
@@ -326,6 +327,37 @@ async fn monitor(db: Db, captures: Arc<Captures>) {
             Err(err) => {
                 tracing::error!(error = %err, "heartbeat monitor could not read the database")
             }
+        }
+    }
+}
+
+/// Resets the nodes re-armed after their memtest stage lost its reader, through their power
+/// drivers, so they boot into their new run; a node without one waits for a technician.
+async fn rerun(db: &Db, config: &crate::config::Config, nodes: Vec<i64>) {
+    use crate::memtest::power::Action;
+    for node_id in nodes {
+        let keys = db
+            .read(move |c| crate::store::queries::node_access_keys(c, node_id))
+            .await;
+        let power = keys.ok().and_then(|k| {
+            config
+                .access_for(&k.0, k.1.as_deref())
+                .and_then(|a| a.power.clone())
+        });
+        match power {
+            Some(power) => match power.act(&format!("node {node_id}"), Action::Reset).await {
+                Ok(()) => tracing::info!(
+                    node_id,
+                    "re-armed after its memtest reader was lost; reset to run again"
+                ),
+                Err(err) => {
+                    tracing::error!(node_id, error = %format!("{err:#}"), "re-armed, but the power driver failed: reset the node by hand")
+                }
+            },
+            None => tracing::warn!(
+                node_id,
+                "re-armed after its memtest reader was lost; no power driver: reset the node by hand"
+            ),
         }
     }
 }

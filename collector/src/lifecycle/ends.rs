@@ -82,10 +82,24 @@ pub fn console_tail(conn: &mut Connection, run_id: i64, tail: &[u8]) -> Result<(
     Ok(())
 }
 
+/// What a (re)start found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restarted {
+    /// Open runs given a fresh heartbeat window.
+    pub reopened: usize,
+    /// Runs whose memtest stage failed: its reader died with the collector.
+    pub memtests: Vec<i64>,
+    /// Nodes re-armed for a new run because of that (once per run, never for a repeat):
+    /// the caller resets them through their power drivers.
+    pub rearmed: Vec<i64>,
+}
+
 /// The collector (re)started: open runs get a fresh heartbeat window (the collector's own
 /// downtime is not the agents' silence), and memtest stages that were running fail — their
-/// consoles were not captured throughout, so their result cannot be trusted.
-pub fn collector_started(conn: &mut Connection) -> Result<(usize, Vec<i64>), StoreError> {
+/// consoles were not captured throughout, so their result cannot be trusted. Each such node
+/// is re-armed once, so the death costs the stage a restart and never a verdict: a run that
+/// was itself such a repeat is not repeated again.
+pub fn collector_started(conn: &mut Connection) -> Result<Restarted, StoreError> {
     let tx = conn.savepoint()?;
     let reopened = exec(
         &tx,
@@ -99,14 +113,38 @@ pub fn collector_started(conn: &mut Connection) -> Result<(usize, Vec<i64>), Sto
         stmt.query_map(params![Stage::Memtest, StageState::Running], |r| r.get(0))?
             .collect::<Result<_, _>>()?
     };
+    let mut rearmed = Vec::new();
     for run_id in &running {
-        let _ = fail_stage(
+        let (node_id, repeat): (i64, Option<i64>) = row(
             &tx,
-            *run_id,
-            Stage::Memtest,
-            "the collector restarted while memtest86+ ran: its console was not read throughout",
+            "SELECT node_id, rearm_of FROM runs WHERE id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let again = match repeat {
+            None => {
+                exec(
+                    &tx,
+                    "UPDATE nodes SET armed_ms = ?2, rearm_of = ?3 WHERE id = ?1 AND mode = ?4",
+                    params![node_id, now_ms(), run_id, Sql(super::Mode::Verify)],
+                )? > 0
+            }
+            Some(_) => false,
+        };
+        let detail = match (again, repeat) {
+            (true, _) => "the collector restarted while memtest86+ ran: its console was not read throughout; the node is re-armed once and runs again".to_owned(),
+            (false, Some(first)) => format!("the collector restarted while memtest86+ ran: its console was not read throughout; this run already repeated run {first}, so it is not repeated again"),
+            (false, None) => "the collector restarted while memtest86+ ran: its console was not read throughout".to_owned(),
+        };
+        let _ = fail_stage(&tx, *run_id, Stage::Memtest, &detail)?;
+        if again {
+            rearmed.push(node_id);
+        }
     }
     tx.commit()?;
-    Ok((reopened, running))
+    Ok(Restarted {
+        reopened,
+        memtests: running,
+        rearmed,
+    })
 }

@@ -31,7 +31,7 @@ pub use agent::{
     Bound, Exchange, Ingested, NewRunOwned, RunAccess, SessionRequest, StreamingRun, access,
     exchange, ingest, open_run_with_session, plan, put_inventory, streaming_run,
 };
-pub use ends::{collector_started, console_tail, kernel_panicked, lost_contact};
+pub use ends::{Restarted, collector_started, console_tail, kernel_panicked, lost_contact};
 pub use memtest::{Applied, memtest_finished, memtest_progress, memtest_unwatchable, note_stage};
 pub use operator::{set_destructive, set_mode};
 pub use start::{

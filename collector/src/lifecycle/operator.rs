@@ -40,7 +40,7 @@ pub fn set_mode(
         }
         exec(
             &tx,
-            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 ELSE armed_ms END WHERE id = ?1",
+            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 ELSE armed_ms END, rearm_of = NULL WHERE id = ?1",
             params![node_id, Sql(mode), now, Sql(Mode::Verify)],
         )?;
     }

@@ -306,6 +306,17 @@ pub(super) fn start_run(
             attestation: req.attestation,
         },
     )?;
+    // A repeat kiln armed itself (a memtest stage lost its reader) says which run it repeats.
+    exec(
+        tx,
+        "UPDATE runs SET rearm_of = (SELECT rearm_of FROM nodes WHERE id = ?2) WHERE id = ?1",
+        params![run_id, node_id],
+    )?;
+    exec(
+        tx,
+        "UPDATE nodes SET rearm_of = NULL WHERE id = ?1",
+        [node_id],
+    )?;
     tracing::info!(node_id, run_id, suite = %file.name, "started a verify run");
     Ok(Ok(run_id))
 }

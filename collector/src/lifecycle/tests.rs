@@ -582,3 +582,67 @@ fn a_read_console_that_never_shows_the_attestation_makes_the_run_an_error_after_
         "{findings}"
     );
 }
+
+#[test]
+fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
+    let mut conn = test_connection();
+    let node = request(identity(Some("52:54:00:00:00:01"), None));
+    let first = start_memtest(&mut conn, &node);
+    // The collector dies and comes back: the stage fails, and the node is armed again.
+    let restarted = collector_started(&mut conn).unwrap();
+    assert_eq!(restarted.memtests, [first]);
+    assert_eq!(restarted.rearmed.len(), 1);
+    let (_, verdict, _) = run_state(&conn, first);
+    assert_eq!(verdict, Some(Verdict::Fail));
+    let detail: String = conn
+        .query_row(
+            "SELECT detail FROM stages WHERE run_id = ?1 AND name = 'memtest'",
+            [first],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        detail.ends_with("the node is re-armed once and runs again"),
+        "{detail}"
+    );
+    // Its next boot starts the repeat, which says what it repeats.
+    let second = start_memtest(&mut conn, &node);
+    assert_ne!(second, first);
+    let repeats: Option<i64> = conn
+        .query_row("SELECT rearm_of FROM runs WHERE id = ?1", [second], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(repeats, Some(first));
+    // The collector dies again during the repeat: failed, and not repeated again.
+    let restarted = collector_started(&mut conn).unwrap();
+    assert_eq!(restarted.memtests, [second]);
+    assert!(restarted.rearmed.is_empty());
+    let detail: String = conn
+        .query_row(
+            "SELECT detail FROM stages WHERE run_id = ?1 AND name = 'memtest'",
+            [second],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        detail.contains(&format!("already repeated run {first}")),
+        "{detail}"
+    );
+    // Not armed: its next boot shows the verdict, no third run.
+    assert!(matches!(script(&mut conn, &node).0, Script::Done { run_id, .. } if run_id == second));
+    // An operator's own arm is a fresh run, not a repeat.
+    let _ = set_mode(
+        &mut conn,
+        &Selector::Mac("52:54:00:00:00:01".into()),
+        Mode::Verify,
+    )
+    .unwrap();
+    let third = start_memtest(&mut conn, &node);
+    let repeats: Option<i64> = conn
+        .query_row("SELECT rearm_of FROM runs WHERE id = ?1", [third], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(repeats, None);
+}

@@ -13,7 +13,11 @@ pub const BASELINE_VERSION: usize = 25;
 
 /// Migrations after the baseline, in order: entry `i` is version `BASELINE_VERSION + 1 + i`,
 /// the same as SQLite's migration of that number.
-const LATER: &[&str] = &[];
+const LATER: &[&str] = &[
+    // 26, as SQLite's: a node re-armed once after its memtest stage lost its reader.
+    "ALTER TABLE nodes ADD COLUMN rearm_of BIGINT;
+     ALTER TABLE runs ADD COLUMN rearm_of BIGINT;",
+];
 
 /// The version this kiln brings a PostgreSQL database to.
 pub const VERSION: usize = BASELINE_VERSION + LATER.len();

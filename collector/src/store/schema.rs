@@ -289,6 +289,11 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE stages;
      ALTER TABLE stages_with_cycles RENAME TO stages;
      CREATE INDEX stages_failed ON stages(run_id) WHERE verdict = 'fail' AND detail IS NOT NULL;",
+    // 26: a node re-armed once, automatically, after a memtest stage lost its reader (the
+    // collector died): the run it repeats, on the node until its next run starts, then on
+    // that run — so a repeat is never repeated.
+    "ALTER TABLE nodes ADD COLUMN rearm_of INTEGER;
+     ALTER TABLE runs ADD COLUMN rearm_of INTEGER;",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

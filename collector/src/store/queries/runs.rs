@@ -205,6 +205,10 @@ pub struct RunDetail {
     /// Each pair of its `target: peer` steps: the partner, both directions, met or missed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pairs: Vec<super::PairResult>,
+    /// The run this one repeats: kiln re-armed the node once because that run's memtest
+    /// stage lost its reader (the collector died).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<i64>,
 }
 
 /// Part of a run's payload, by where it came from.
@@ -345,7 +349,7 @@ pub struct StageRow {
 pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT node_id, suite_name, suite_sha256, image_digest, stage, verdict, verdict_reason, started_ms, finished_ms, expect, inventory, findings, agent_verdict, agent_started_ms, console_tail FROM runs WHERE id = ?1",
+            "SELECT node_id, suite_name, suite_sha256, image_digest, stage, verdict, verdict_reason, started_ms, finished_ms, expect, inventory, findings, agent_verdict, agent_started_ms, console_tail, rearm_of FROM runs WHERE id = ?1",
             [run_id],
             |r| {
                 Ok((
@@ -381,6 +385,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                         provenance: Provenance::default(),
                         payload: Vec::new(),
                         pairs: Vec::new(),
+                        repeats: r.get(15)?,
                     },
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,
