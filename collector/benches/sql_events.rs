@@ -88,7 +88,7 @@ fn sqlite(dir: &std::path::Path, name: &str) -> rusqlite::Connection {
     c
 }
 
-fn postgres(cluster: &Cluster) -> Connection {
+fn postgres(cluster: &Cluster) -> Connection<'static> {
     let c = Connection::postgres(&cluster.url(USER)).unwrap();
     c.execute_batch("DROP TABLE IF EXISTS events").unwrap();
     c.execute_batch(

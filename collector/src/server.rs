@@ -136,6 +136,12 @@ impl Collector {
             self.state.config.clone(),
             self.state.captures.clone(),
         ));
+        let boot_addr = listeners.boot.local_addr()?;
+        tokio::spawn(heartbeats(
+            self.state.db.clone(),
+            self.state.config.public_url.clone(),
+            boot_addr,
+        ));
         let config = self.state.config.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -327,6 +333,35 @@ async fn monitor(db: Db, captures: Arc<Captures>) {
             Err(err) => {
                 tracing::error!(error = %err, "heartbeat monitor could not read the database")
             }
+        }
+    }
+}
+
+/// This collector's heartbeat in the database, every lease round: the collectors sharing it
+/// see it live (`kiln collectors`), and the leases it holds stay its own. Its id is its host
+/// and boot port; its URL the configured `public_url`, else its boot address.
+async fn heartbeats(db: Db, public_url: Option<String>, boot: SocketAddr) {
+    use crate::store::{leases, sql};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "collector".to_owned());
+    let id = format!("{host}:{}", boot.port());
+    let url = public_url.unwrap_or_else(|| format!("http://{boot}"));
+    let mut tick = tokio::time::interval(leases::ROUND);
+    loop {
+        tick.tick().await;
+        let (id, url) = (id.clone(), url.clone());
+        let beat = db
+            .call(move |c| {
+                let c = sql::Connection::over(c);
+                let now = leases::clock(&c)?;
+                Ok(leases::heartbeat(&c, &id, &url, now)?)
+            })
+            .await;
+        if let Err(err) = beat {
+            tracing::error!(error = %err, "the collector's heartbeat could not be written");
         }
     }
 }

@@ -342,6 +342,23 @@ pub const DEFAULT_WAIVER: std::time::Duration = std::time::Duration::from_secs(3
 /// The longest a waiver may hold.
 pub const MAX_WAIVER: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 
+/// A collector as the database knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectorState {
+    /// Its id (host and boot port).
+    pub id: String,
+    /// Its boot-network URL.
+    pub url: String,
+    /// When it first registered.
+    pub started_ms: i64,
+    /// Its last heartbeat.
+    pub heartbeat_ms: i64,
+    /// Whether that heartbeat is younger than a lease.
+    pub live: bool,
+    /// The leases it holds: resource, epoch, expiry.
+    pub leases: Vec<(String, i64, i64)>,
+}
+
 /// A waiver as kept: never deleted, revoked at most once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiver {

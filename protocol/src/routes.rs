@@ -56,6 +56,9 @@ pub const BATCH_WORKBOOK: &str = "/api/v1/batches/{name}/workbook.xlsx";
 /// `POST` (admin): waive a fault code of a node (`WaiveRequest`), answered with the `Waiver`;
 /// `GET` (reader): the waiver log, `?node=N` for one node's.
 pub const WAIVERS: &str = "/api/v1/waivers";
+/// `GET` (read token): the collectors sharing the database, their heartbeats and leases
+/// (`Vec<CollectorState>`).
+pub const COLLECTORS: &str = "/api/v1/collectors";
 /// `GET`: the site's cabling map; `POST` (admin, CSV `node,interface,switch,port`): replace it.
 pub const CABLING: &str = "/api/v1/cabling";
 /// `POST` (admin): revoke a waiver (kept, marked revoked with when and by whom).

@@ -119,6 +119,7 @@ fn operator_routes(state: &AppState) -> Router<AppState> {
         .route(routes::NODES_VERIFY, post(operator::verify))
         .route(routes::BATCH, get(reports::batch))
         .route(routes::WAIVERS, post(operator::waive).get(reports::waivers))
+        .route(routes::COLLECTORS, get(reports::collectors))
         .route(routes::CABLING, post(cabling::import).get(cabling::list))
         .route(routes::WAIVER_REVOKE, post(operator::revoke_waiver))
         .route(routes::BATCH_WORKBOOK, get(reports::batch_workbook))

@@ -158,6 +158,25 @@ pub(super) async fn waivers(
     ))
 }
 
+/// `GET /api/v1/collectors`: the collectors sharing the database, their heartbeats (by the
+/// database's clock) and the leases each holds.
+pub(super) async fn collectors(
+    State(state): State<AppState>,
+    _reader: Reader,
+) -> Result<axum::Json<Vec<kiln_protocol::api::CollectorState>>, ApiError> {
+    use crate::store::{leases, sql};
+    Ok(axum::Json(
+        state
+            .db
+            .read(|c| {
+                let c = sql::Connection::over(c);
+                let now = leases::clock(&c)?;
+                Ok(leases::collectors(&c, now)?)
+            })
+            .await?,
+    ))
+}
+
 /// A batch's yield, failure pareto, stage times and failed nodes (JSON), or 404.
 pub(super) async fn batch(
     State(state): State<AppState>,

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod cabling;
 mod client;
+mod collectors;
 mod image;
 mod lab;
 mod memtest;
@@ -59,6 +60,9 @@ enum Command {
     Waive(waive::WaiveArgs),
     /// The waiver log: every waiver given, revoked or expired.
     Waivers(waive::WaiversArgs),
+    /// The collectors sharing the database: live or gone, last heartbeat, leases held; exits
+    /// 1 when one is gone.
+    Collectors(collectors::CollectorsArgs),
     /// Verify a rack (or batch, or node): arm, power-cycle each node through its driver, show
     /// them live until every verdict; exits 0 only if all passed. Ctrl-C leaves them running.
     Verify(verify::VerifyArgs),
@@ -86,6 +90,7 @@ pub fn main() -> ExitCode {
         Command::Cabling(cmd) => cabling::run(cmd),
         Command::Waive(args) => waive::waive(args),
         Command::Waivers(args) => waive::list(args),
+        Command::Collectors(args) => collectors::list(args),
         Command::Verify(args) => verify::verify(args),
         Command::Watch(args) => verify::watch(args),
         Command::Image(cmd) => image::run(cmd),

@@ -183,6 +183,34 @@ pub fn holds(
         .is_some())
 }
 
+/// Every collector the database knows, newest heartbeat first, with its leases.
+pub fn collectors(
+    conn: &Connection,
+    now: i64,
+) -> Result<Vec<kiln_protocol::api::CollectorState>, SqlError> {
+    let leases = held(conn)?;
+    conn.query_map(
+        "SELECT id, url, started_ms, heartbeat_ms FROM collectors ORDER BY heartbeat_ms DESC, id",
+        params![],
+        |r| {
+            let id: String = r.get(0)?;
+            let heartbeat_ms: i64 = r.get(3)?;
+            Ok(kiln_protocol::api::CollectorState {
+                leases: leases
+                    .iter()
+                    .filter(|(_, owner, _, _)| *owner == id)
+                    .map(|(resource, _, epoch, expires)| (resource.clone(), *epoch, *expires))
+                    .collect(),
+                url: r.get(1)?,
+                started_ms: r.get(2)?,
+                live: heartbeat_ms >= now - TTL_MS,
+                heartbeat_ms,
+                id,
+            })
+        },
+    )
+}
+
 /// The collectors whose heartbeat is younger than a lease, by id.
 pub fn live(conn: &Connection, now: i64) -> Result<Vec<String>, SqlError> {
     conn.query_map(

@@ -63,6 +63,9 @@ pub enum StoreError {
     /// SQLite refused.
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
+    /// A statement through the engine-neutral interface failed.
+    #[error("database error: {0}")]
+    Sql(#[from] sql::SqlError),
     /// The database thread is gone (the collector is shutting down).
     #[error("the database thread has stopped")]
     Closed,

@@ -17,6 +17,8 @@ const LATER: &[&str] = &[
     // 26, as SQLite's: a node re-armed once after its memtest stage lost its reader.
     "ALTER TABLE nodes ADD COLUMN rearm_of BIGINT;
      ALTER TABLE runs ADD COLUMN rearm_of BIGINT;",
+    // 27: collectors, leases and their history, in the subset both engines speak.
+    super::leases::SCHEMA,
 ];
 
 /// The version this kiln brings a PostgreSQL database to.

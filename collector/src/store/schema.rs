@@ -294,6 +294,9 @@ const MIGRATIONS: &[&str] = &[
     // that run — so a repeat is never repeated.
     "ALTER TABLE nodes ADD COLUMN rearm_of INTEGER;
      ALTER TABLE runs ADD COLUMN rearm_of INTEGER;",
+    // 27: the collectors and their heartbeats, and the leases on work one collector does at
+    // a time, with every epoch kept (the same text on PostgreSQL).
+    super::leases::SCHEMA,
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

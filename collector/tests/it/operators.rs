@@ -521,3 +521,55 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     let labelled = report_is_current(&server, &db, "labelled").await;
     assert!(labelled.contains("\"rack\":\"R12\""), "{labelled}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collector_heartbeats_into_the_database_and_lists_itself_for_readers_only() {
+    let read = "r".repeat(40);
+    let config = kiln_collector::config::Config {
+        read_token: Some(read.clone()),
+        ..kiln_collector::config::Config::default()
+    };
+    let server = Server::start("collectors", config).await;
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    // Without the read token: refused, nothing said.
+    let r = server
+        .ops
+        .get(kiln_protocol::routes::COLLECTORS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let list = || async {
+        let listed: Vec<kiln_protocol::api::CollectorState> = server
+            .ops
+            .get(kiln_protocol::routes::COLLECTORS)
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed
+    };
+    // The first heartbeat goes in at once; then every round.
+    let started = std::time::Instant::now();
+    let listed = loop {
+        let listed = list().await;
+        if !listed.is_empty() || started.elapsed() > std::time::Duration::from_secs(10) {
+            break listed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let me = &listed[0];
+    assert!(me.live, "{me:?}");
+    assert!(me.id.ends_with(&format!(":{port}")), "{me:?}");
+    assert_eq!(me.url, server.base);
+    assert!(me.leases.is_empty(), "{me:?}");
+    // The heartbeat moves on.
+    let first = me.heartbeat_ms;
+    tokio::time::sleep(kiln_collector::store::leases::ROUND * 2).await;
+    let again = list().await;
+    assert!(again[0].heartbeat_ms > first, "{again:?}");
+}

@@ -10,7 +10,7 @@ use super::*;
 use crate::lab::postgres::{Cluster, USER};
 
 /// SQLite in memory and a throwaway PostgreSQL database, each with the lease tables.
-fn engines(dir: &std::path::Path) -> (Cluster, Vec<Connection>) {
+fn engines(dir: &std::path::Path) -> (Cluster, Vec<Connection<'static>>) {
     let cluster = Cluster::start(dir).unwrap();
     let sqlite = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
     let pg = Connection::postgres(&cluster.url(USER)).unwrap();

@@ -32,7 +32,7 @@ fn sqlite_tables() -> (Tables, Vec<String>) {
             .query_map([], |r| {
                 let ty: String = r.get(2)?;
                 let class = match ty.as_str() {
-                    "INTEGER" => "integer",
+                    "INTEGER" | "BIGINT" => "integer",
                     "TEXT" => "text",
                     "REAL" => "real",
                     "BLOB" => "blob",

@@ -281,21 +281,23 @@ pub enum EngineKind {
     Postgres,
 }
 
-enum Engine {
+enum Engine<'a> {
     Sqlite(rusqlite::Connection),
+    /// A connection the store's threads own (the code not yet on this interface uses it too).
+    SqliteRef(&'a rusqlite::Connection),
     Postgres(RefCell<pg::Pg>),
 }
 
 /// A connection to either engine.
-pub struct Connection {
-    engine: Engine,
+pub struct Connection<'a> {
+    engine: Engine<'a>,
     /// Open transaction levels: 0 outside one, 1 in a transaction, more in savepoints.
     depth: Cell<u32>,
 }
 
-impl Connection {
+impl Connection<'static> {
     /// Wraps an open SQLite connection.
-    pub fn sqlite(conn: rusqlite::Connection) -> Connection {
+    pub fn sqlite(conn: rusqlite::Connection) -> Connection<'static> {
         Connection {
             engine: Engine::Sqlite(conn),
             depth: Cell::new(0),
@@ -303,7 +305,7 @@ impl Connection {
     }
 
     /// Connects to PostgreSQL at `url` (`postgresql://…`).
-    pub fn postgres(url: &str) -> Result<Connection, SqlError> {
+    pub fn postgres(url: &str) -> Result<Connection<'static>, SqlError> {
         let client = postgres::Client::connect(url, postgres::NoTls).map_err(|source| {
             SqlError::Postgres {
                 sql: "(connect)".into(),
@@ -315,59 +317,48 @@ impl Connection {
             depth: Cell::new(0),
         })
     }
+}
+
+impl<'a> Connection<'a> {
+    /// Speaks through a SQLite connection someone else owns; inside its open transaction, if
+    /// it has one (then [`Connection::savepoint`] opens savepoints in it).
+    pub fn over(conn: &'a rusqlite::Connection) -> Connection<'a> {
+        Connection {
+            engine: Engine::SqliteRef(conn),
+            depth: Cell::new(u32::from(!conn.is_autocommit())),
+        }
+    }
+
+    /// The SQLite connection, when this is SQLite.
+    fn sqlite_conn(&self) -> Option<&rusqlite::Connection> {
+        match &self.engine {
+            Engine::Sqlite(c) => Some(c),
+            Engine::SqliteRef(c) => Some(c),
+            Engine::Postgres(_) => None,
+        }
+    }
 
     /// Which engine this is.
     pub fn kind(&self) -> EngineKind {
         match self.engine {
-            Engine::Sqlite(_) => EngineKind::Sqlite,
+            Engine::Sqlite(_) | Engine::SqliteRef(_) => EngineKind::Sqlite,
             Engine::Postgres(_) => EngineKind::Postgres,
         }
     }
 
     /// Runs a statement; returns the rows it changed.
     pub fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, SqlError> {
-        match &self.engine {
-            Engine::Sqlite(c) => {
-                let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
-                let fail = |source| SqlError::Sqlite {
-                    sql: first_line(sql),
-                    source,
-                };
-                let mut stmt = c.prepare_cached(sql).map_err(fail)?;
-                let n = stmt
-                    .execute(rusqlite::params_from_iter(values.iter().map(sqlite_value)))
-                    .map_err(fail)?;
-                Ok(n as u64)
-            }
-            Engine::Postgres(p) => p.borrow_mut().execute(sql, params),
+        match (&self.engine, self.sqlite_conn()) {
+            (Engine::Postgres(p), _) => p.borrow_mut().execute(sql, params),
+            (_, c) => sqlite_execute(c, sql, params),
         }
     }
 
     /// Every row a query returns, read whole.
     pub fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, SqlError> {
-        match &self.engine {
-            Engine::Sqlite(c) => {
-                let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
-                let fail = |source| SqlError::Sqlite {
-                    sql: first_line(sql),
-                    source,
-                };
-                let mut stmt = c.prepare_cached(sql).map_err(fail)?;
-                let columns = stmt.column_count();
-                let mut rows = stmt
-                    .query(rusqlite::params_from_iter(values.iter().map(sqlite_value)))
-                    .map_err(fail)?;
-                let mut out = Vec::new();
-                while let Some(r) = rows.next().map_err(fail)? {
-                    let mut row = Vec::with_capacity(columns);
-                    for i in 0..columns {
-                        row.push(from_sqlite(r.get_ref(i).map_err(fail)?));
-                    }
-                    out.push(Row(row));
-                }
-                Ok(out)
-            }
-            Engine::Postgres(p) => p.borrow_mut().query(sql, params),
+        match (&self.engine, self.sqlite_conn()) {
+            (Engine::Postgres(p), _) => p.borrow_mut().query(sql, params),
+            (_, c) => sqlite_query(c, sql, params),
         }
     }
 
@@ -403,18 +394,20 @@ impl Connection {
 
     /// Runs statements separated by `;`, without parameters (schema, transaction control).
     pub fn execute_batch(&self, sql: &str) -> Result<(), SqlError> {
-        match &self.engine {
-            Engine::Sqlite(c) => c.execute_batch(sql).map_err(|source| SqlError::Sqlite {
-                sql: first_line(sql),
-                source,
-            }),
-            Engine::Postgres(p) => p.borrow_mut().batch(sql),
+        match (&self.engine, self.sqlite_conn()) {
+            (Engine::Postgres(p), _) => p.borrow_mut().batch(sql),
+            (_, c) => sqlite_of(c, sql)?
+                .execute_batch(sql)
+                .map_err(|source| SqlError::Sqlite {
+                    sql: first_line(sql),
+                    source,
+                }),
         }
     }
 
     /// Opens a transaction (or, inside one, a savepoint): committed by
     /// [`Savepoint::commit`], rolled back when dropped without it.
-    pub fn savepoint(&self) -> Result<Savepoint<'_>, SqlError> {
+    pub fn savepoint(&self) -> Result<Savepoint<'_, 'a>, SqlError> {
         let level = self.depth.get() + 1;
         self.execute_batch(&if level == 1 {
             "BEGIN".to_owned()
@@ -431,13 +424,13 @@ impl Connection {
 }
 
 /// An open transaction or savepoint; derefs to its connection.
-pub struct Savepoint<'c> {
-    conn: &'c Connection,
+pub struct Savepoint<'c, 'a> {
+    conn: &'c Connection<'a>,
     level: u32,
     done: bool,
 }
 
-impl Savepoint<'_> {
+impl Savepoint<'_, '_> {
     /// Makes what was done in it part of the enclosing transaction (or durable, outermost).
     pub fn commit(mut self) -> Result<(), SqlError> {
         self.done = true;
@@ -450,14 +443,14 @@ impl Savepoint<'_> {
     }
 }
 
-impl std::ops::Deref for Savepoint<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
+impl<'a> std::ops::Deref for Savepoint<'_, 'a> {
+    type Target = Connection<'a>;
+    fn deref(&self) -> &Connection<'a> {
         self.conn
     }
 }
 
-impl Drop for Savepoint<'_> {
+impl Drop for Savepoint<'_, '_> {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -475,6 +468,62 @@ impl Drop for Savepoint<'_> {
             tracing::error!(error = %err, "a rollback failed");
         }
     }
+}
+
+/// The SQLite connection a non-PostgreSQL engine always has.
+fn sqlite_of<'c>(
+    c: Option<&'c rusqlite::Connection>,
+    sql: &str,
+) -> Result<&'c rusqlite::Connection, SqlError> {
+    c.ok_or_else(|| SqlError::Sqlite {
+        sql: first_line(sql),
+        source: rusqlite::Error::InvalidQuery,
+    })
+}
+
+fn sqlite_fail(sql: &str) -> impl Fn(rusqlite::Error) -> SqlError + '_ {
+    move |source| SqlError::Sqlite {
+        sql: first_line(sql),
+        source,
+    }
+}
+
+fn sqlite_execute(
+    c: Option<&rusqlite::Connection>,
+    sql: &str,
+    params: &[&dyn ToValue],
+) -> Result<u64, SqlError> {
+    let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
+    let mut stmt = sqlite_of(c, sql)?
+        .prepare_cached(sql)
+        .map_err(sqlite_fail(sql))?;
+    let n = stmt
+        .execute(rusqlite::params_from_iter(values.iter().map(sqlite_value)))
+        .map_err(sqlite_fail(sql))?;
+    Ok(n as u64)
+}
+
+fn sqlite_query(
+    c: Option<&rusqlite::Connection>,
+    sql: &str,
+    params: &[&dyn ToValue],
+) -> Result<Vec<Row>, SqlError> {
+    let fail = sqlite_fail(sql);
+    let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
+    let mut stmt = sqlite_of(c, sql)?.prepare_cached(sql).map_err(&fail)?;
+    let columns = stmt.column_count();
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(values.iter().map(sqlite_value)))
+        .map_err(&fail)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(&fail)? {
+        let mut row = Vec::with_capacity(columns);
+        for i in 0..columns {
+            row.push(from_sqlite(r.get_ref(i).map_err(&fail)?));
+        }
+        out.push(Row(row));
+    }
+    Ok(out)
 }
 
 /// A cache of prepared statements by their text (PostgreSQL's; SQLite's is rusqlite's own).

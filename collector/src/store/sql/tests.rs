@@ -6,7 +6,7 @@ use super::*;
 use crate::lab::postgres::{Cluster, USER};
 
 /// Each engine with a table in that engine's dialect; the statements after it are shared.
-fn engines(dir: &std::path::Path) -> (Cluster, Vec<Connection>) {
+fn engines(dir: &std::path::Path) -> (Cluster, Vec<Connection<'static>>) {
     let cluster = Cluster::start(dir).unwrap();
     let sqlite = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
     sqlite
