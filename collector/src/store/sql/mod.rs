@@ -33,13 +33,59 @@ pub enum Value {
 
 impl Value {
     fn kind(&self) -> &'static str {
+        self.as_ref().kind()
+    }
+
+    /// The value, borrowed.
+    pub fn as_ref(&self) -> ValueRef<'_> {
         match self {
-            Value::Null => "NULL",
-            Value::Int(_) => "an integer",
-            Value::Real(_) => "a real",
-            Value::Text(_) => "text",
-            Value::Blob(_) => "a blob",
+            Value::Null => ValueRef::Null,
+            Value::Int(i) => ValueRef::Int(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
         }
+    }
+}
+
+/// A parameter's value, borrowed from what it binds (nothing is copied on the way to the
+/// engine).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// SQL NULL.
+    Null,
+    /// A whole number.
+    Int(i64),
+    /// A floating-point number.
+    Real(f64),
+    /// Text.
+    Text(&'a str),
+    /// Bytes.
+    Blob(&'a [u8]),
+}
+
+impl ValueRef<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            ValueRef::Null => "NULL",
+            ValueRef::Int(_) => "an integer",
+            ValueRef::Real(_) => "a real",
+            ValueRef::Text(_) => "text",
+            ValueRef::Blob(_) => "a blob",
+        }
+    }
+}
+
+impl rusqlite::ToSql for ValueRef<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef as V};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            ValueRef::Null => V::Null,
+            ValueRef::Int(i) => V::Integer(i),
+            ValueRef::Real(r) => V::Real(r),
+            ValueRef::Text(t) => V::Text(t.as_bytes()),
+            ValueRef::Blob(b) => V::Blob(b),
+        }))
     }
 }
 
@@ -89,15 +135,15 @@ fn first_line(sql: &str) -> String {
 
 /// What a Rust value binds as.
 pub trait ToValue {
-    /// The value.
-    fn to_value(&self) -> Value;
+    /// The value, borrowed from `self`.
+    fn to_value(&self) -> ValueRef<'_>;
 }
 
 macro_rules! int_to_value {
     ($($t:ty),+) => {$(
         impl ToValue for $t {
-            fn to_value(&self) -> Value {
-                Value::Int(i64::from(*self))
+            fn to_value(&self) -> ValueRef<'_> {
+                ValueRef::Int(i64::from(*self))
             }
         }
     )+};
@@ -105,63 +151,63 @@ macro_rules! int_to_value {
 int_to_value!(i64, i32, u32, u16, u8, i16, bool);
 
 impl ToValue for u64 {
-    fn to_value(&self) -> Value {
+    fn to_value(&self) -> ValueRef<'_> {
         // Counters past i64::MAX do not occur; saturate rather than wrap into negatives.
-        Value::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+        ValueRef::Int(i64::try_from(*self).unwrap_or(i64::MAX))
     }
 }
 
 impl ToValue for usize {
-    fn to_value(&self) -> Value {
-        Value::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+    fn to_value(&self) -> ValueRef<'_> {
+        ValueRef::Int(i64::try_from(*self).unwrap_or(i64::MAX))
     }
 }
 
 impl ToValue for f64 {
-    fn to_value(&self) -> Value {
-        Value::Real(*self)
+    fn to_value(&self) -> ValueRef<'_> {
+        ValueRef::Real(*self)
     }
 }
 
 impl ToValue for str {
-    fn to_value(&self) -> Value {
-        Value::Text(self.to_owned())
+    fn to_value(&self) -> ValueRef<'_> {
+        ValueRef::Text(self)
     }
 }
 
 impl ToValue for String {
-    fn to_value(&self) -> Value {
-        Value::Text(self.clone())
+    fn to_value(&self) -> ValueRef<'_> {
+        ValueRef::Text(self)
     }
 }
 
 impl ToValue for [u8] {
-    fn to_value(&self) -> Value {
-        Value::Blob(self.to_vec())
+    fn to_value(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self)
     }
 }
 
 impl ToValue for Vec<u8> {
-    fn to_value(&self) -> Value {
-        Value::Blob(self.clone())
+    fn to_value(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self)
     }
 }
 
 impl ToValue for Value {
-    fn to_value(&self) -> Value {
-        self.clone()
+    fn to_value(&self) -> ValueRef<'_> {
+        self.as_ref()
     }
 }
 
 impl<T: ToValue + ?Sized> ToValue for &T {
-    fn to_value(&self) -> Value {
+    fn to_value(&self) -> ValueRef<'_> {
         (**self).to_value()
     }
 }
 
 impl<T: ToValue> ToValue for Option<T> {
-    fn to_value(&self) -> Value {
-        self.as_ref().map_or(Value::Null, ToValue::to_value)
+    fn to_value(&self) -> ValueRef<'_> {
+        self.as_ref().map_or(ValueRef::Null, ToValue::to_value)
     }
 }
 
@@ -493,12 +539,12 @@ fn sqlite_execute(
     sql: &str,
     params: &[&dyn ToValue],
 ) -> Result<u64, SqlError> {
-    let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
+    let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
     let mut stmt = sqlite_of(c, sql)?
         .prepare_cached(sql)
         .map_err(sqlite_fail(sql))?;
     let n = stmt
-        .execute(rusqlite::params_from_iter(values.iter().map(sqlite_value)))
+        .execute(rusqlite::params_from_iter(values.iter()))
         .map_err(sqlite_fail(sql))?;
     Ok(n as u64)
 }
@@ -509,11 +555,11 @@ fn sqlite_query(
     params: &[&dyn ToValue],
 ) -> Result<Vec<Row>, SqlError> {
     let fail = sqlite_fail(sql);
-    let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
+    let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
     let mut stmt = sqlite_of(c, sql)?.prepare_cached(sql).map_err(&fail)?;
     let columns = stmt.column_count();
     let mut rows = stmt
-        .query(rusqlite::params_from_iter(values.iter().map(sqlite_value)))
+        .query(rusqlite::params_from_iter(values.iter()))
         .map_err(&fail)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(&fail)? {
@@ -528,16 +574,6 @@ fn sqlite_query(
 
 /// A cache of prepared statements by their text (PostgreSQL's; SQLite's is rusqlite's own).
 type Statements = HashMap<String, postgres::Statement>;
-
-fn sqlite_value(v: &Value) -> rusqlite::types::Value {
-    match v {
-        Value::Null => rusqlite::types::Value::Null,
-        Value::Int(i) => rusqlite::types::Value::Integer(*i),
-        Value::Real(r) => rusqlite::types::Value::Real(*r),
-        Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
-        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
-    }
-}
 
 fn from_sqlite(v: rusqlite::types::ValueRef<'_>) -> Value {
     use rusqlite::types::ValueRef;

@@ -7,7 +7,7 @@ use std::error::Error;
 use bytes::BytesMut;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
-use super::{Row, SqlError, Statements, ToValue, Value, first_line};
+use super::{Row, SqlError, Statements, ToValue, Value, ValueRef, first_line};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
@@ -46,7 +46,7 @@ impl Pg {
 
     pub(super) fn execute(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, SqlError> {
         let statement = self.prepared(sql)?;
-        let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
+        let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
         self.client
             .execute(&statement, &refs)
@@ -59,7 +59,7 @@ impl Pg {
         params: &[&dyn ToValue],
     ) -> Result<Vec<Row>, SqlError> {
         let statement = self.prepared(sql)?;
-        let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
+        let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
         let rows = self
             .client
@@ -124,31 +124,31 @@ pub(super) fn translate(sql: &str) -> String {
 
 /// A parameter as the server typed it: a whole number binds to any integer type (checked),
 /// a boolean, a float or text; every other value to its own kind.
-impl ToSql for Value {
+impl ToSql for ValueRef<'_> {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
         let mismatch =
             || -> BoxError { format!("{} does not bind to a {ty} parameter", self.kind()).into() };
         match (self, ty.clone()) {
-            (Value::Null, _) => Ok(IsNull::Yes),
-            (Value::Int(i), Type::INT8) => i.to_sql(ty, out),
-            (Value::Int(i), Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
-            (Value::Int(i), Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
-            (Value::Int(i), Type::BOOL) => match i {
+            (ValueRef::Null, _) => Ok(IsNull::Yes),
+            (ValueRef::Int(i), Type::INT8) => i.to_sql(ty, out),
+            (ValueRef::Int(i), Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
+            (ValueRef::Int(i), Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
+            (ValueRef::Int(i), Type::BOOL) => match i {
                 0 => false.to_sql(ty, out),
                 1 => true.to_sql(ty, out),
                 _ => Err(format!("{i} binds to a boolean parameter only as 0 or 1").into()),
             },
-            (Value::Int(i), Type::FLOAT8) => (*i as f64).to_sql(ty, out),
-            (Value::Int(i), Type::FLOAT4) => (*i as f32).to_sql(ty, out),
-            (Value::Int(i), Type::TEXT | Type::VARCHAR) => i.to_string().to_sql(ty, out),
-            (Value::Real(r), Type::FLOAT8) => r.to_sql(ty, out),
-            (Value::Real(r), Type::FLOAT4) => (*r as f32).to_sql(ty, out),
-            (Value::Real(r), Type::TEXT | Type::VARCHAR) => r.to_string().to_sql(ty, out),
+            (ValueRef::Int(i), Type::FLOAT8) => (*i as f64).to_sql(ty, out),
+            (ValueRef::Int(i), Type::FLOAT4) => (*i as f32).to_sql(ty, out),
+            (ValueRef::Int(i), Type::TEXT | Type::VARCHAR) => i.to_string().to_sql(ty, out),
+            (ValueRef::Real(r), Type::FLOAT8) => r.to_sql(ty, out),
+            (ValueRef::Real(r), Type::FLOAT4) => (*r as f32).to_sql(ty, out),
+            (ValueRef::Real(r), Type::TEXT | Type::VARCHAR) => r.to_string().to_sql(ty, out),
             (
-                Value::Text(t),
+                ValueRef::Text(t),
                 Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN,
-            ) => t.as_str().to_sql(&Type::TEXT, out),
-            (Value::Blob(b), Type::BYTEA) => b.as_slice().to_sql(ty, out),
+            ) => t.to_sql(&Type::TEXT, out),
+            (ValueRef::Blob(b), Type::BYTEA) => b.to_sql(ty, out),
             _ => Err(mismatch()),
         }
     }
