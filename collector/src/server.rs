@@ -101,6 +101,7 @@ impl Collector {
             sessions: Default::default(),
             swarms,
             pairs: Default::default(),
+            collector_id: Default::default(),
         });
         Ok(Collector {
             state,
@@ -137,8 +138,11 @@ impl Collector {
             self.state.captures.clone(),
         ));
         let boot_addr = listeners.boot.local_addr()?;
+        let id = collector_id(boot_addr);
+        let _ = self.state.collector_id.set(id.clone());
         tokio::spawn(heartbeats(
             self.state.db.clone(),
+            id,
             self.state.config.public_url.clone(),
             boot_addr,
         ));
@@ -337,17 +341,21 @@ async fn monitor(db: Db, captures: Arc<Captures>) {
     }
 }
 
-/// This collector's heartbeat in the database, every lease round: the collectors sharing it
-/// see it live (`kiln collectors`), and the leases it holds stay its own. Its id is its host
-/// and boot port; its URL the configured `public_url`, else its boot address.
-async fn heartbeats(db: Db, public_url: Option<String>, boot: SocketAddr) {
-    use crate::store::{leases, sql};
+/// This collector's id among those sharing a database: its host and boot port.
+fn collector_id(boot: SocketAddr) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "collector".to_owned());
-    let id = format!("{host}:{}", boot.port());
+    format!("{host}:{}", boot.port())
+}
+
+/// This collector's heartbeat in the database, every lease round: the collectors sharing it
+/// see it live (`kiln collectors`), and the leases it holds stay its own. Its id is its host
+/// and boot port; its URL the configured `public_url`, else its boot address.
+async fn heartbeats(db: Db, id: String, public_url: Option<String>, boot: SocketAddr) {
+    use crate::store::{leases, sql};
     let url = public_url.unwrap_or_else(|| format!("http://{boot}"));
     let mut tick = tokio::time::interval(leases::ROUND);
     loop {

@@ -287,6 +287,44 @@ pub async fn node_ipxe(
     Ok(script_response(text))
 }
 
+/// The collectors a node's agent may talk to, this one first: then every other live one
+/// sharing the database, so the agent goes on with the next when one dies. A URL that is not
+/// plainly a host, port and path is left out (it goes into an iPXE script), and so is every
+/// other collector when the database cannot say which are live.
+async fn collectors_for(state: &AppState, base: &str) -> Vec<String> {
+    use crate::store::{leases, sql};
+    let me = state.collector_id.get().cloned();
+    let listed = state
+        .db
+        .read(|c| {
+            let c = sql::Connection::over(c);
+            let now = leases::clock(&c)?;
+            Ok(leases::collectors(&c, now)?)
+        })
+        .await;
+    let plain = |url: &str| {
+        (url.starts_with("http://") || url.starts_with("https://"))
+            && url.len() <= 256
+            && url
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".:/-_[]".contains(c))
+    };
+    let mut urls = vec![base.to_owned()];
+    match listed {
+        Ok(listed) => urls.extend(
+            listed
+                .into_iter()
+                .filter(|c| c.live && Some(&c.id) != me.as_ref() && c.url != base && plain(&c.url))
+                .map(|c| c.url)
+                .take(kiln_protocol::cmdline::MAX_COLLECTORS - 1),
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "the other collectors are not listed for the node: the database did not say")
+        }
+    }
+    urls
+}
+
 /// The Linux stage's script: the RAM image with the run's bootstrap token. The node's console
 /// is followed from now, and whether it is read is recorded before the answer (and its token)
 /// leaves: from here the run passes only when that console shows its attestation.
@@ -305,7 +343,7 @@ async fn linux(
             .await?;
     }
     let cmdline = kiln_protocol::cmdline::BootArgs {
-        url: base.to_owned(),
+        url: collectors_for(state, base).await.join(","),
         run: run_id,
         token: token.to_owned(),
         node: node_id,

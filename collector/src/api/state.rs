@@ -65,6 +65,9 @@ pub struct Shared {
     pub swarms: super::swarms::Swarms,
     /// NIC steps between nodes: who measures against whom.
     pub pairs: crate::pairing::Pairs,
+    /// This collector's id among those sharing the database (its host and boot port), once
+    /// it serves.
+    pub collector_id: std::sync::OnceLock<String>,
 }
 
 impl AppState {

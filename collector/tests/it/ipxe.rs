@@ -522,3 +522,48 @@ async fn the_boot_network_reaches_no_operator_route_and_never_carries_the_admin_
     assert!(r.text().await.unwrap().contains("registration: admin"));
     register_admin(&closed.ops, &req, &closed.admin_token()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_linux_stage_names_every_live_collector_this_one_first_and_no_hostile_url() {
+    let config = Config {
+        default_suite: "armed".into(),
+        ..Config::default()
+    };
+    let server = Server::start("ipxe-collectors", config).await;
+    std::fs::write(server.data.join("suites/armed.yaml"), SUITE).unwrap();
+    // Other collectors sharing the database, as their heartbeats left them: one live, one
+    // gone, one live whose URL would be read by iPXE as a setting, one with a space.
+    let db = rusqlite::Connection::open(server.data.join("kiln.sqlite")).unwrap();
+    let now = kiln_collector::store::now_ms();
+    let old = now - 10 * kiln_collector::store::leases::TTL_MS;
+    db.execute_batch(&format!(
+        "INSERT INTO collectors (id, url, started_ms, heartbeat_ms) VALUES
+           ('b:8080', 'http://10.0.0.2:8080', 0, {now}),
+           ('c:8080', 'http://10.0.0.3:8080', 0, {old}),
+           ('d:8080', 'http://10.0.0.4/${{evil}}', 0, {now}),
+           ('e:8080', 'http://10.0.0.5 initrd=x', 0, {now});"
+    ))
+    .unwrap();
+    let script = get_text(
+        &reqwest::Client::new(),
+        &format!("{}/ipxe?mac=52-54-00-00-00-01", server.base),
+    )
+    .await;
+    let url = script
+        .split("kiln.url=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no kiln.url= in {script}"));
+    assert_eq!(
+        url,
+        format!("{},http://10.0.0.2:8080", server.base),
+        "{script}"
+    );
+    assert!(
+        !script.contains("evil") && !script.contains("10.0.0.5"),
+        "{script}"
+    );
+    // What the agent reads back: two collectors, this one first.
+    let urls = kiln_protocol::cmdline::urls(url).unwrap();
+    assert_eq!(urls, [server.base.clone(), "http://10.0.0.2:8080".into()]);
+}
