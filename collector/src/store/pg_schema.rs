@@ -271,8 +271,50 @@ pub fn migrate(conn: &Connection) -> anyhow::Result<usize> {
             .map_err(|e| anyhow::anyhow!("migration {version} failed: {e}"))?;
         tx.execute("UPDATE schema_version SET version = ?1", params![version])?;
     }
+    watch_reports(&tx)?;
     tx.commit()?;
     Ok(found)
+}
+
+/// The reports' clock on PostgreSQL, as [`super::schema::watch_reports`] keeps it on SQLite:
+/// every insert and delete into a table a report reads, and every update of a column a report
+/// shows, moves `report_clock.rev` in the same transaction; live progress moves
+/// `progress_rev` alone. Made anew at each start from the columns as they are then (under the
+/// migration's lock), so a column a later migration adds is watched without anyone
+/// remembering to.
+fn watch_reports(tx: &Connection) -> anyhow::Result<()> {
+    use super::schema::{REPORT_TABLES, watched_columns};
+    tx.execute_batch(
+        "CREATE OR REPLACE FUNCTION report_clock_tick() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN UPDATE report_clock SET rev = rev + 1 WHERE id = 1; RETURN NULL; END $$;
+         CREATE OR REPLACE FUNCTION report_clock_progress() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN UPDATE report_clock SET progress_rev = progress_rev + 1 WHERE id = 1; RETURN NULL; END $$;",
+    )?;
+    for (table, unseen) in REPORT_TABLES {
+        let columns: Vec<String> = tx.query_map(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ?1 ORDER BY ordinal_position",
+            params![*table],
+            |r| r.get(0),
+        )?;
+        let (watched, progress) = watched_columns(table, unseen, &columns)?;
+        let mut sql = String::new();
+        for kind in ["insert", "delete", "update", "progress"] {
+            sql += &format!("DROP TRIGGER IF EXISTS report_clock_{table}_{kind} ON {table};\n");
+        }
+        sql += &format!(
+            "CREATE TRIGGER report_clock_{table}_insert AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION report_clock_tick();
+             CREATE TRIGGER report_clock_{table}_delete AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION report_clock_tick();
+             CREATE TRIGGER report_clock_{table}_update AFTER UPDATE OF {} ON {table} FOR EACH ROW EXECUTE FUNCTION report_clock_tick();",
+            watched.join(", ")
+        );
+        if let Some(column) = progress {
+            sql += &format!(
+                "CREATE TRIGGER report_clock_{table}_progress AFTER UPDATE OF {column} ON {table} FOR EACH ROW EXECUTE FUNCTION report_clock_progress();"
+            );
+        }
+        tx.execute_batch(&sql)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

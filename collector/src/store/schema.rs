@@ -330,6 +330,28 @@ pub const REPORT_TABLES: &[(&str, &[&str])] = &[
 /// waiver depends on — a kept report may show it a little late (see `api::report_cache`).
 pub const REPORT_PROGRESS: (&str, &str) = ("runs", "progress");
 
+/// Of `table`'s `columns`, those whose update moves the reports' clock, and the one that moves
+/// the progress clock instead; an `unseen` column the table lacks is an error (a rename the
+/// list missed would otherwise watch it silently).
+pub(super) fn watched_columns<'c>(
+    table: &str,
+    unseen: &[&str],
+    columns: &'c [String],
+) -> anyhow::Result<(Vec<&'c str>, Option<&'static str>)> {
+    if let Some(missing) = unseen.iter().find(|c| !columns.iter().any(|n| n == *c)) {
+        anyhow::bail!(
+            "the reports' clock leaves {table}.{missing} unwatched, but {table} has no such column"
+        );
+    }
+    let progress = (table == REPORT_PROGRESS.0).then_some(REPORT_PROGRESS.1);
+    let watched = columns
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !unseen.contains(c) && Some(*c) != progress)
+        .collect();
+    Ok((watched, progress))
+}
+
 /// (Re)creates the triggers that move the reports' clock: on every insert and delete into
 /// [`REPORT_TABLES`] and every update of a column not listed there as unseen, but for
 /// [`REPORT_PROGRESS`], which moves the progress clock. Made anew at each start from the
@@ -350,17 +372,7 @@ pub fn watch_reports(conn: &mut Connection) -> anyhow::Result<()> {
             .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
-        if let Some(missing) = unseen.iter().find(|c| !columns.iter().any(|n| n == *c)) {
-            anyhow::bail!(
-                "the reports' clock leaves {table}.{missing} unwatched, but {table} has no such column"
-            );
-        }
-        let progress = (*table == REPORT_PROGRESS.0).then_some(REPORT_PROGRESS.1);
-        let watched: Vec<&str> = columns
-            .iter()
-            .map(String::as_str)
-            .filter(|c| !unseen.contains(c) && Some(*c) != progress)
-            .collect();
+        let (watched, progress) = watched_columns(table, unseen, &columns)?;
         if let Some(column) = progress {
             tx.execute_batch(&format!(
                 "CREATE TRIGGER report_clock_{table}_progress AFTER UPDATE OF {column} ON {table}

@@ -186,3 +186,62 @@ fn a_newer_database_is_refused_and_collectors_starting_together_migrate_once() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_reports_clock_moves_alike_on_both_engines() {
+    let dir = scratch("clock");
+    let cluster = Cluster::start(&dir).unwrap();
+    let pg = Connection::postgres(&cluster.url(USER)).unwrap();
+    migrate(&pg).unwrap();
+    // Started again: the triggers are made anew, not doubled.
+    migrate(&pg).unwrap();
+    let sqlite_raw = crate::store::test_connection();
+    let sqlite = Connection::over(&sqlite_raw);
+    let steps: [(&str, (i64, i64)); 7] = [
+        (
+            "INSERT INTO nodes (created_ms, last_seen_ms) VALUES (0, 0)",
+            (1, 0),
+        ),
+        // Columns no report shows: nothing moves.
+        ("UPDATE nodes SET last_seen_ms = 5 WHERE id = 1", (0, 0)),
+        // Not a table a report reads.
+        ("INSERT INTO suites VALUES ('s', 'n', 't', 0)", (0, 0)),
+        (
+            "INSERT INTO runs (node_id, suite_sha256, suite_name, token_hash, stage, heartbeat_secs, started_ms, last_seen_ms) VALUES (1, 's', 'n', 'h', 'linux', 1, 0, 0)",
+            // The run, and the node's latest run its trigger sets.
+            (2, 0),
+        ),
+        (
+            "UPDATE runs SET progress = 'p', acked_seq = 3 WHERE id = 1",
+            (0, 1),
+        ),
+        ("UPDATE runs SET verdict = 'pass' WHERE id = 1", (1, 0)),
+        // A delete of nothing moves nothing.
+        ("DELETE FROM waivers WHERE id = 99", (0, 0)),
+    ];
+    let clock = |c: &Connection| -> (i64, i64) {
+        c.query_row(
+            "SELECT rev, progress_rev FROM report_clock WHERE id = 1",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    for c in [&sqlite, &pg] {
+        for (sql, (rev, progress)) in steps {
+            let before = clock(c);
+            c.execute_batch(sql).unwrap();
+            let after = clock(c);
+            assert_eq!(
+                (after.0 - before.0, after.1 - before.1),
+                (rev, progress),
+                "{:?}: {sql}",
+                c.kind()
+            );
+        }
+    }
+    drop(sqlite);
+    drop(pg);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
