@@ -26,11 +26,17 @@
 //! report or dashboard built once in a round is handed out again; KILN_BENCH_PROGRESS=1 ends
 //! every batch with the step's progress instead, and every page load is a build.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "load/database.rs"]
+mod database;
+#[path = "load/server.rs"]
+mod server;
+use database::database_for;
+use server::Server;
 
 use kiln_protocol::wire::{
     Event, EventBatch, EventBody, LogLevel, NodeIdentity, RegisterRequest, RegisterResponse,
@@ -43,70 +49,8 @@ fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
         .unwrap_or_else(|| default.to_vec())
 }
 
-struct Server {
-    child: Child,
-    /// Its certificate's fingerprint, as its banner says (the same after a restart: it is
-    /// kept in the data directory).
-    pin: String,
-}
-
-impl Server {
-    /// `kiln serve` with its boot listener on `port` and its management listener on `ops`.
-    fn start(data: &Path, port: u16, ops: u16) -> Server {
-        // Every simulated agent comes from 127.0.0.1 and registers ad hoc: lift the per-source
-        // limits, the caps on unknown and ad-hoc nodes and an ad-hoc run's bounds, which are
-        // for a real boot network.
-        let config = data.join("kiln.yaml");
-        std::fs::write(
-            &config,
-            "unauthenticated_rate: {per_second: 1000000, burst: 1000000}\nmax_unknown_nodes: 10000000\nmax_ad_hoc_nodes: 10000000\nad_hoc_bounds: {events: 1000000000000, log_bytes: 1000TiB}\n",
-        )
-        .expect("bench config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args([
-                "serve",
-                "--config",
-                config.to_str().unwrap_or("kiln.yaml"),
-                "--data",
-                data.to_str().unwrap_or("."),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--management",
-                &format!("127.0.0.1:{ops}"),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kiln serve");
-        // Listening once it says so: "… (certificate sha256:…; data …)".
-        let mut banner = String::new();
-        let stdout = child.stdout.take().expect("kiln serve's stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut banner)
-            .expect("kiln serve's banner");
-        let pin = banner
-            .split("(certificate ")
-            .nth(1)
-            .and_then(|rest| rest.split(';').next())
-            .unwrap_or_else(|| panic!("kiln serve did not start: {banner:?}"))
-            .to_owned();
-        Server { child, pin }
-    }
-
-    fn kill9(&mut self) {
-        // Child::kill sends SIGKILL: no graceful shutdown, no final flush.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 fn main() {
+    database::choose();
     let rounds = env_list("KILN_BENCH_AGENTS", &[2000, 10000]);
     let batches = env_list("KILN_BENCH_BATCHES", &[7])[0];
     let per_batch = env_list("KILN_BENCH_EVENTS", &[20])[0];
@@ -557,7 +501,8 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
     let (port, ops_port) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{port}");
     let ops = format!("https://127.0.0.1:{ops_port}");
-    let mut server = Server::start(&data, port, ops_port);
+    let database = database_for(&data);
+    let mut server = Server::start(&data, port, ops_port, database.as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -684,6 +629,7 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
         let (killer, kept) = if kill {
             let done = done_batches.clone();
             let data = data.clone();
+            let database = database.clone();
             let killer = tokio::task::spawn_blocking(move || {
                 while done.load(Ordering::Relaxed) < total_batches / 2 {
                     std::thread::sleep(Duration::from_millis(5));
@@ -691,7 +637,11 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
                 let at = done.load(Ordering::Relaxed);
                 server.kill9();
                 std::thread::sleep(Duration::from_millis(500));
-                (Server::start(&data, port, ops_port), at)
+                let restarted = Server::start(&data, port, ops_port, database.as_deref());
+                // On PostgreSQL the database crashes too, later in the round: what the collector
+                // acknowledged before must survive it, and the collector resumes by itself.
+                database::crash_at(&done, total_batches * 3 / 4, total_batches);
+                (restarted, at)
             });
             (Some(killer), None)
         } else {
@@ -717,15 +667,21 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
     let page_times = page_loads.map(|h| h.join().expect("page loads"));
     drop(server);
 
-    // Every acknowledged event must be in the file.
-    let conn = rusqlite::Connection::open(data.join("kiln.sqlite")).expect("open sqlite");
+    // Every acknowledged event must be in the database.
+    let conn = match &database {
+        Some(url) => kiln_collector::store::Connection::postgres(url).expect("open PostgreSQL"),
+        None => kiln_collector::store::Connection::sqlite(
+            rusqlite::Connection::open(data.join("kiln.sqlite")).expect("open sqlite"),
+        ),
+    };
     let mut missing = 0u64;
-    let mut stmt = conn
-        .prepare("SELECT count(*) FROM events WHERE run_id = ?1 AND seq <= ?2")
-        .expect("prepare");
     for (run_id, acked) in &acked {
-        let stored: i64 = stmt
-            .query_row(rusqlite::params![run_id, *acked as i64], |r| r.get(0))
+        let stored: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE run_id = ?1 AND seq <= ?2",
+                [*run_id, *acked as i64],
+                |r| r.get(0),
+            )
             .expect("count");
         missing += acked.saturating_sub(stored as u64);
     }

@@ -90,6 +90,61 @@ pub struct Config {
     /// peers carry the rest, and the agents' reports on the same link are never starved.
     #[serde(default)]
     pub payload_mbps: Option<f64>,
+    /// Where runs are kept: `sqlite` (`DATA/kiln.sqlite`, one collector) or a PostgreSQL URL
+    /// (`postgresql://user@host/db`) that several collectors share.
+    #[serde(default)]
+    pub database: Database,
+}
+
+/// Where the collector keeps its runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Database {
+    /// `DATA/kiln.sqlite`, this collector's alone.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (its URL), which other collectors may share.
+    Postgres(String),
+}
+
+impl std::str::FromStr for Database {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Database, String> {
+        if text == "sqlite" {
+            return Ok(Database::Sqlite);
+        }
+        if text.starts_with("postgresql://") || text.starts_with("postgres://") {
+            // Checked now, so a typo is refused with the file's position, not at start-up.
+            return text
+                .parse::<postgres::Config>()
+                .map(|_| Database::Postgres(text.to_owned()))
+                .map_err(|e| format!("database: {e}"));
+        }
+        Err(format!(
+            "database: expected `sqlite` or a PostgreSQL URL (postgresql://user@host/db), got {text:?}"
+        ))
+    }
+}
+
+/// Where the value of the top-level key an error names (`KEY: …`) starts, 1-based.
+fn top_level_key_position(text: &str, message: &str) -> Option<(usize, usize)> {
+    let (key, _) = message.split_once(": ")?;
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    text.lines().enumerate().find_map(|(i, line)| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        let value = rest.len() - rest.trim_start().len();
+        Some((i + 1, key.len() + 2 + value))
+    })
+}
+
+impl<'de> Deserialize<'de> for Database {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Database, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// What one run may send: events and log bytes. Past either, the batch is refused (429 or
@@ -337,6 +392,7 @@ impl Default for Config {
             attestation: kiln_protocol::attest::Attestation::Required,
             runs_per_node_per_day: default_runs_per_node_per_day(),
             payload_mbps: None,
+            database: Database::Sqlite,
         }
     }
 }
@@ -346,15 +402,26 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-        let config: Config = serde_yaml::from_str(&text).map_err(|e| match e.location() {
-            Some(loc) => anyhow::anyhow!(
-                "{}:{}:{}: {}",
-                path.display(),
-                loc.line(),
-                loc.column(),
-                e.to_string().replace('`', "\"")
-            ),
-            None => anyhow::anyhow!("{}: {e}", path.display()),
+        let config: Config = serde_yaml::from_str(&text).map_err(|e| {
+            let message = e.to_string().replace('`', "\"");
+            // serde_yaml places a value its own parser took and the field's type refused at the
+            // document's start: the key's line says more.
+            let key = top_level_key_position(&text, &message);
+            match (key, e.location()) {
+                (Some((line, column)), Some(loc)) if loc.line() == 1 && loc.column() == 1 => {
+                    anyhow::anyhow!("{}:{line}:{column}: {message}", path.display())
+                }
+                (_, Some(loc)) => anyhow::anyhow!(
+                    "{}:{}:{}: {message}",
+                    path.display(),
+                    loc.line(),
+                    loc.column()
+                ),
+                (Some((line, column)), None) => {
+                    anyhow::anyhow!("{}:{line}:{column}: {message}", path.display())
+                }
+                (None, None) => anyhow::anyhow!("{}: {message}", path.display()),
+            }
         })?;
         if let Some(mbps) = config.payload_mbps {
             if !(mbps.is_finite() && mbps > 0.0) {
@@ -418,6 +485,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("expected exactly one of"), "{err}");
+    }
+
+    #[test]
+    fn the_database_is_sqlite_or_a_postgres_url_and_nothing_else() {
+        let read = |yaml: &str| serde_yaml::from_str::<Config>(yaml).map(|c| c.database);
+        assert_eq!(read("listen: 127.0.0.1:9000").unwrap(), Database::Sqlite);
+        assert_eq!(read("database: sqlite").unwrap(), Database::Sqlite);
+        assert_eq!(
+            read("database: postgresql://kiln@db.example/kiln").unwrap(),
+            Database::Postgres("postgresql://kiln@db.example/kiln".into())
+        );
+        for (bad, says) in [
+            (
+                "database: mysql://x",
+                "expected `sqlite` or a PostgreSQL URL",
+            ),
+            ("database: SQLite", "expected `sqlite` or a PostgreSQL URL"),
+            ("database: 5", "expected `sqlite`"),
+            ("database: [a]", "invalid type"),
+            ("database: postgresql://h:notaport/db", "database:"),
+        ] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        // Through the file, the error names where the value is.
+        let dir = std::env::temp_dir().join(format!("kiln-config-db-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kiln.yaml");
+        std::fs::write(&file, "listen: 127.0.0.1:9000\ndatabase:  mysql://x\n").unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{}:2:12: database: expected \"sqlite\"",
+                file.display()
+            )),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -57,7 +57,10 @@ impl Collector {
     pub fn open(config: Config, data: &Path) -> anyhow::Result<Collector> {
         std::fs::create_dir_all(data)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", data.display()))?;
-        let db = Db::open(&data.join("kiln.sqlite"))?;
+        let db = match &config.database {
+            crate::config::Database::Sqlite => Db::open(&data.join("kiln.sqlite"))?,
+            crate::config::Database::Postgres(url) => Db::open_postgres(url)?,
+        };
         let configured = match (&config.admin_token, std::env::var("KILN_ADMIN_TOKEN").ok()) {
             (Some(token), _) => Some(("admin_token in the configuration", token.clone())),
             (None, Some(token)) => Some(("KILN_ADMIN_TOKEN", token)),
@@ -117,7 +120,13 @@ impl Collector {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let db = self.state.db.clone();
-        let restarted = db.call(lifecycle::collector_started).await?;
+        let boot_addr = listeners.boot.local_addr()?;
+        let id = collector_id(boot_addr);
+        let _ = self.state.collector_id.set(id.clone());
+        let me = id.clone();
+        let restarted = db
+            .call(move |c| lifecycle::collector_started(c, &me))
+            .await?;
         if restarted.reopened > 0 {
             tracing::info!(
                 runs = restarted.reopened,
@@ -137,12 +146,13 @@ impl Collector {
             self.state.config.clone(),
             self.state.captures.clone(),
         ));
-        let boot_addr = listeners.boot.local_addr()?;
-        let id = collector_id(boot_addr);
-        let _ = self.state.collector_id.set(id.clone());
         tokio::spawn(heartbeats(
-            self.state.db.clone(),
-            id,
+            crate::memtest::stage::Deps {
+                db: self.state.db.clone(),
+                config: self.state.config.clone(),
+                captures: self.state.captures.clone(),
+                me: id,
+            },
             self.state.config.public_url.clone(),
             boot_addr,
         ));
@@ -353,23 +363,38 @@ fn collector_id(boot: SocketAddr) -> String {
 
 /// This collector's heartbeat in the database, every lease round: the collectors sharing it
 /// see it live (`kiln collectors`), and the leases it holds stay its own. Its id is its host
-/// and boot port; its URL the configured `public_url`, else its boot address.
-async fn heartbeats(db: Db, id: String, public_url: Option<String>, boot: SocketAddr) {
-    use crate::store::{leases, sql};
+/// and boot port; its URL the configured `public_url`, else its boot address. Then the round
+/// of console leases ([`crate::memtest::leases::round`]): the nodes it re-arms are reset.
+async fn heartbeats(
+    deps: crate::memtest::stage::Deps,
+    public_url: Option<String>,
+    boot: SocketAddr,
+) {
+    use crate::store::leases;
     let url = public_url.unwrap_or_else(|| format!("http://{boot}"));
     let mut tick = tokio::time::interval(leases::ROUND);
     loop {
         tick.tick().await;
-        let (id, url) = (id.clone(), url.clone());
-        let beat = db
+        let (id, url) = (deps.me.clone(), url.clone());
+        let beat = deps
+            .db
             .call(move |c| {
-                let c = sql::Connection::over(c);
-                let now = leases::clock(&c)?;
-                Ok(leases::heartbeat(&c, &id, &url, now)?)
+                let now = leases::clock(c)?;
+                Ok(leases::heartbeat(c, &id, &url, now)?)
             })
             .await;
         if let Err(err) = beat {
             tracing::error!(error = %err, "the collector's heartbeat could not be written");
+            continue;
+        }
+        match crate::memtest::leases::round(&deps).await {
+            Ok(taken) => {
+                for (node_id, run_id) in taken.tails {
+                    crate::memtest::stage::follow_tail_on(&deps, node_id, run_id).await;
+                }
+                rerun(&deps.db, &deps.config, taken.rearmed).await;
+            }
+            Err(err) => tracing::error!(error = %err, "the console lease round failed"),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod boot;
 mod lab;
+mod lab_collectors;
 mod memtest;
 mod structure;
 mod suites;

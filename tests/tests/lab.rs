@@ -70,6 +70,7 @@ fn two_lab_nodes_pass_and_fail_through_memtest_and_linux() {
         network: Default::default(),
         payload_mib: 0,
         rogue_peer: false,
+        collectors: Default::default(),
     };
     let report = up(&opts).unwrap();
 
@@ -228,6 +229,7 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
         network: Default::default(),
         payload_mib: 0,
         rogue_peer: false,
+        collectors: Default::default(),
     };
     let report = up(&opts).unwrap();
     let n = &report.nodes;
@@ -427,6 +429,7 @@ fn power_cycles_find_the_same_machine_and_name_the_disk_pulled_before_cycle_two(
         network: Default::default(),
         payload_mib: 0,
         rogue_peer: false,
+        collectors: Default::default(),
     };
     let report = up(&opts).unwrap();
     let n = &report.nodes;
@@ -512,6 +515,7 @@ fn bridged(dir: &std::path::Path, suite: &str, payload_mib: u32, inject: &[&str]
         network: Network::Bridge,
         payload_mib,
         rogue_peer: false,
+        collectors: Default::default(),
     }
 }
 
@@ -519,8 +523,16 @@ fn bridged(dir: &std::path::Path, suite: &str, payload_mib: u32, inject: &[&str]
 fn bridged_nodes_share_the_payload_past_a_rogue_peer_and_a_killed_one() {
     let dir = scratch("lab-bridge");
     let payload_mib = 48;
+    // Node 2 starts first (the lab holds the others until it has half the pieces) and stays
+    // up serving while they boot and fetch: its CPU step runs 90 s rather than 5 s.
+    let slow = dir.join("lab-payload-slow.yaml");
+    let text = std::fs::read_to_string(repo().join("suites/lab-payload.yaml")).unwrap();
+    assert_eq!(text.matches("duration: 5s").count(), 1);
+    std::fs::write(&slow, text.replace("duration: 5s", "duration: 90s")).unwrap();
     let opts = LabOptions {
         rogue_peer: true,
+        collectors: Default::default(),
+        suite_for: vec![(2, slow)],
         ..bridged(
             &dir,
             "suites/lab-payload.yaml",

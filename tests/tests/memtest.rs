@@ -121,21 +121,33 @@ fn bits_flipped_in_guest_ram_fail_memtest_with_their_address() {
     // memtest86+ needs a few seconds to draw its screen and start testing.
     rig.wait_for_memtest(Duration::from_secs(12));
     let mut gdb = GdbStub::connect(rig.gdb_port).unwrap();
-    // Flip bits in words inside the tested range (above 4 MB), a few times, so whichever test
-    // is running finds them on its next verify.
+    // Flip bits in words inside the tested range (above 4 MB) every few seconds until a verdict
+    // comes: a test that writes its pattern over a flip before verifying it never sees that
+    // one, so flipping only for a while lost the race now and then.
     let mut flipped = Vec::new();
-    for round in 0..6u64 {
-        for (i, addr) in [0x0210_0000u64, 0x0230_0008, 0x0250_0010]
-            .iter()
-            .enumerate()
-        {
-            let value = (0xA5u8 ^ (round as u8) ^ (i as u8)).to_le_bytes();
-            gdb.write_phys(addr + round * 0x1000, &value).unwrap();
-            flipped.push(addr + round * 0x1000);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let run = 'flipping: {
+        for round in 0..60u64 {
+            for (i, addr) in [0x0210_0000u64, 0x0230_0008, 0x0250_0010]
+                .iter()
+                .enumerate()
+            {
+                let value = (0xA5u8 ^ (round as u8) ^ (i as u8)).to_le_bytes();
+                // The guest may already have stopped once memtest failed.
+                if gdb.write_phys(addr + round * 0x1000, &value).is_err() {
+                    break 'flipping rig.wait_for_verdict(Duration::from_secs(60));
+                }
+                flipped.push(addr + round * 0x1000);
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            let run = rig.run();
+            if run["verdict"].is_string() {
+                break 'flipping run;
+            }
+            assert!(Instant::now() < deadline, "no verdict within 240 s: {run}");
         }
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    let run = rig.wait_for_verdict(Duration::from_secs(240));
+        rig.wait_for_verdict(Duration::from_secs(60))
+    };
     assert_eq!(run["verdict"], "fail", "{run}");
     let memtest = &run["memtest"];
     assert_eq!(memtest["pass"], false, "{memtest}");

@@ -292,14 +292,13 @@ pub async fn node_ipxe(
 /// plainly a host, port and path is left out (it goes into an iPXE script), and so is every
 /// other collector when the database cannot say which are live.
 async fn collectors_for(state: &AppState, base: &str) -> Vec<String> {
-    use crate::store::{leases, sql};
+    use crate::store::leases;
     let me = state.collector_id.get().cloned();
     let listed = state
         .db
         .read(|c| {
-            let c = sql::Connection::over(c);
-            let now = leases::clock(&c)?;
-            Ok(leases::collectors(&c, now)?)
+            let now = leases::clock(c)?;
+            Ok(leases::collectors(c, now)?)
         })
         .await;
     let plain = |url: &str| {
@@ -363,6 +362,7 @@ fn stage_deps(state: &AppState) -> crate::memtest::stage::Deps {
         db: state.db.clone(),
         config: state.config.clone(),
         captures: state.captures.clone(),
+        me: state.collector_id.get().cloned().unwrap_or_default(),
     }
 }
 

@@ -42,7 +42,11 @@ pub enum ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        ApiError::Internal(err.into())
+        match err {
+            // Said to the caller as it is: it passes once the database is back.
+            StoreError::Unavailable(_) => ApiError::Unavailable(err.to_string()),
+            err => ApiError::Internal(err.into()),
+        }
     }
 }
 

@@ -131,7 +131,7 @@ pub async fn dashboard(
 /// Dashboard page `page` (from 1) of the nodes in `rack` with `verdict`, built from the
 /// database (never from [`crate::api::report_cache`]).
 pub fn render_dashboard(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::sql::Connection,
     templates: &crate::api::templates::Pages,
     rack: Option<String>,
     verdict: Option<String>,
@@ -146,6 +146,7 @@ pub fn render_dashboard(
         ..Filter::default()
     };
     let mut rows = queries::node_rows(conn, &filter)?;
+    let consoles = console_readers(conn)?;
     let counts = queries::tally(conn)?;
     let batches = queries::batches(conn)?;
     let more = rows.len() > PAGE_ROWS;
@@ -159,9 +160,25 @@ pub fn render_dashboard(
     };
     let Html(html) = templates.render(
         "dashboard.html",
-        context! { rows, counts, batches, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
+        context! { rows, consoles, counts, batches, pages, filter => context! { rack, verdict }, refresh => REFRESH_SECS },
     )?;
     Ok(html.into())
+}
+
+/// Which collector reads each node's console now (an unexpired lease), by node id.
+fn console_readers(
+    conn: &crate::store::sql::Connection,
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    use crate::store::leases;
+    let now = leases::clock(conn).map_err(crate::store::StoreError::from)?;
+    Ok(leases::held(conn)
+        .map_err(crate::store::StoreError::from)?
+        .into_iter()
+        .filter(|(_, _, _, expires)| *expires >= now)
+        .filter_map(|(resource, owner, _, _)| {
+            Some((resource.strip_prefix("console:")?.to_owned(), owner))
+        })
+        .collect())
 }
 
 /// Query of the other pages.

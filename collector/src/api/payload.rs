@@ -87,7 +87,7 @@ async fn serving(state: &AppState, node: i64) -> Result<bool, ApiError> {
     let open: Option<bool> = state
         .db
         .read(move |c| {
-            use rusqlite::OptionalExtension;
+            use crate::store::sql::OptionalExtension;
             c.query_row(
                 "SELECT r.verdict IS NULL
                         AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.outcome IN ('fail', 'error'))

@@ -25,8 +25,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::store::sql::Connection;
 use bytes::Bytes;
-use rusqlite::Connection;
 
 use super::report_rows::ReportRows;
 use crate::store::StoreError;
@@ -176,7 +176,7 @@ impl ReportCache {
         key: Key,
         build: impl FnOnce(&Connection) -> Result<Built, E>,
     ) -> Result<Bytes, E> {
-        let snapshot = conn.unchecked_transaction().map_err(StoreError::from)?;
+        let snapshot = conn.snapshot().map_err(StoreError::from)?;
         let clock = queries::report_clock(&snapshot)?;
         let now = crate::store::now_ms();
         match self.lookup(&key, clock, now) {

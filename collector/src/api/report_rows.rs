@@ -7,7 +7,7 @@ use crate::store::queries::{self, Filter, NodeRow};
 
 /// The JSON report, and its rows apart from their live progress.
 pub fn render_json(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::sql::Connection,
     filter: &Filter,
 ) -> Result<(Vec<u8>, ReportRows), StoreError> {
     let mut rows = ReportRows {

@@ -73,7 +73,7 @@ impl ReportQuery {
 pub(super) async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state
         .db
-        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<i64>(0))?))
         .await?;
     Ok("ok\n")
 }
@@ -164,14 +164,13 @@ pub(super) async fn collectors(
     State(state): State<AppState>,
     _reader: Reader,
 ) -> Result<axum::Json<Vec<kiln_protocol::api::CollectorState>>, ApiError> {
-    use crate::store::{leases, sql};
+    use crate::store::leases;
     Ok(axum::Json(
         state
             .db
             .read(|c| {
-                let c = sql::Connection::over(c);
-                let now = leases::clock(&c)?;
-                Ok(leases::collectors(&c, now)?)
+                let now = leases::clock(c)?;
+                Ok(leases::collectors(c, now)?)
             })
             .await?,
     ))
@@ -283,7 +282,7 @@ pub(super) async fn batch_workbook(
 /// (never from [`report_cache`]), each row written out as it is read: no list of every node's
 /// row is held besides the text.
 pub fn render_report(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::sql::Connection,
     filter: &Filter,
     format: ReportFormat,
 ) -> Result<Vec<u8>, StoreError> {

@@ -12,7 +12,7 @@ use crate::lab::{LabOptions, down, table, up};
 pub(super) enum LabCommand {
     /// Boot N virtual nodes through memtest86+ and the RAM image, print the report; exits 0
     /// only if every node passed.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Stop whatever a previous lab left running (by the PIDs it recorded).
     Down {
         /// The lab's directory.
@@ -84,6 +84,14 @@ pub(super) struct UpArgs {
     /// `--inject 2:mce@memory`, `--inject 4:slow-nic=10`.
     #[arg(long, value_name = "NODE:FAULT[@STEP|=VALUE]")]
     inject: Vec<crate::lab::inject::Injection>,
+    /// How many collectors serve the lab: more than one share a PostgreSQL the lab starts
+    /// (and stops), behind one boot address that hands each connection to a live one.
+    #[arg(long, default_value_t = 1)]
+    collectors: usize,
+    /// Kill one collector with SIGKILL once every node is in this stage (`memtest`, or
+    /// `linux`: once every agent runs a step); needs --collectors 2 or more.
+    #[arg(long, value_name = "STAGE")]
+    kill_collector: Option<String>,
 }
 
 fn mib(text: &str) -> anyhow::Result<u32> {
@@ -139,6 +147,23 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                     base + 2 * args.payload_mib
                 }
             };
+            anyhow::ensure!(
+                (1..=4).contains(&args.collectors),
+                "--collectors {}: expected 1 to 4",
+                args.collectors
+            );
+            let kill_at = match args.kill_collector.as_deref() {
+                None => None,
+                Some("memtest") => Some(crate::lifecycle::RunStage::Memtest),
+                Some("linux") => Some(crate::lifecycle::RunStage::Linux),
+                Some(other) => {
+                    anyhow::bail!("--kill-collector {other:?}: expected memtest or linux")
+                }
+            };
+            anyhow::ensure!(
+                kill_at.is_none() || args.collectors >= 2,
+                "--kill-collector needs --collectors 2 or more: the lab's own collector cannot be killed outright"
+            );
             std::fs::create_dir_all(&args.dir)?;
             let opts = LabOptions {
                 dir: args.dir.canonicalize()?,
@@ -168,6 +193,11 @@ pub(super) fn run(cmd: LabCommand) -> anyhow::Result<u8> {
                 network: args.network,
                 payload_mib: args.payload_mib,
                 rogue_peer: args.rogue_peer,
+                collectors: crate::lab::Collectors {
+                    count: args.collectors,
+                    kill_at,
+                    kiln: None,
+                },
             };
             let report = up(&opts)?;
             println!("\n{}", table(&report));

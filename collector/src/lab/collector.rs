@@ -15,14 +15,35 @@ use crate::memtest::power::Power;
 use crate::server::Collector;
 use crate::store::queries::{self, Label, Selector};
 
-/// The running collector and the runtime it runs on.
+/// Where a guest on the user network reaches the lab's boot address (QEMU's forward).
+const GUEST_BASE: &str = "http://10.0.2.100";
+
+/// The running collector and the runtime it runs on; with several, the others (`kiln serve`
+/// children) and the PostgreSQL they share.
 pub(super) struct LabCollector {
     pub(super) rt: tokio::runtime::Runtime,
     pub(super) db: crate::store::Db,
-    /// Its boot listener's port (on 127.0.0.1, or the bridge's collector address).
+    /// The boot address's port (on 127.0.0.1, or the bridge's collector address): the
+    /// collector's own listener, or the proxy in front of several.
     pub(super) port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    others: std::sync::Mutex<Vec<Other>>,
+    /// Dropped after everything that uses it.
+    cluster: Option<crate::lab::postgres::Cluster>,
+}
+
+/// Another collector: `kiln serve` sharing the lab's PostgreSQL, killed when the lab ends.
+struct Other {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Other {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl LabCollector {
@@ -32,6 +53,7 @@ impl LabCollector {
         data: &Path,
         heartbeat: std::time::Duration,
         boot_ip: std::net::Ipv4Addr,
+        shared: &super::Collectors,
     ) -> anyhow::Result<LabCollector> {
         let access: Vec<NodeAccess> = plans
             .iter()
@@ -42,25 +64,35 @@ impl LabCollector {
                 power: Some(Power::Qmp(p.qmp.clone())),
             })
             .collect();
+        let dir = data.parent().unwrap_or(data);
+        let cluster = match shared.count {
+            0 | 1 => None,
+            _ => Some(crate::lab::postgres::Cluster::start(&dir.join("pg"))?),
+        };
         let config = Config {
             after_verify: crate::config::AfterVerify::Hold,
             nodes: access,
             heartbeat_timeout: kiln_protocol::units::HumanDuration(heartbeat),
             // A host the lab did not plan (the rogue peer) runs node 1's suite.
             default_suite: plans.first().map_or_else(String::new, |p| p.suite.clone()),
+            database: cluster
+                .as_ref()
+                .map_or(crate::config::Database::Sqlite, |c| {
+                    crate::config::Database::Postgres(c.url(crate::lab::postgres::USER))
+                }),
             ..Config::default()
+        };
+        let others = match &cluster {
+            Some(_) => (1..shared.count)
+                .map(|i| Other::start(dir, i + 1, &config, plans, shared.kiln.as_deref()))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => Vec::new(),
         };
 
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let listeners = rt.block_on(async {
-            anyhow::Ok(crate::server::Listeners {
-                boot: tokio::net::TcpListener::bind((boot_ip, 0)).await?,
-                management: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-            })
-        })?;
-        let port = listeners.boot.local_addr()?.port();
+        let (listeners, port) = boot_front(&rt, boot_ip, &others)?;
         let collector = Collector::open(config, data)?;
         let db = collector.state.db.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -107,7 +139,24 @@ impl LabCollector {
             port,
             stop: Some(stop_tx),
             server: Some(server),
+            others: std::sync::Mutex::new(others),
+            cluster,
         })
+    }
+
+    /// Kills the first other collector still running with SIGKILL; says which, or `None`
+    /// when there is none.
+    pub(super) fn kill_other(&self) -> Option<String> {
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        let other = others.first_mut()?;
+        let pid = other.child.id();
+        let _ = other.child.kill();
+        let _ = other.child.wait();
+        let port = other.port;
+        others.remove(0);
+        Some(format!(
+            "killed the collector on port {port} (PID {pid}) with SIGKILL"
+        ))
     }
 
     /// Imports the cabling map: each (node, interface, port of the lab's switch).
@@ -143,7 +192,8 @@ impl LabCollector {
         interrupted
     }
 
-    /// Stops serving and waits for the server to end.
+    /// Stops serving and waits for the server to end; then the other collectors and the
+    /// database they shared.
     pub(super) fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -151,5 +201,133 @@ impl LabCollector {
         if let Some(server) = self.server.take() {
             let _ = self.rt.block_on(server);
         }
+        self.others
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        drop(self.cluster.take());
+    }
+}
+
+/// The lab's collector's listeners, and the port of the boot address: its own listener's, or
+/// with other collectors a proxy's in front of them all (its own listener then on 127.0.0.1).
+fn boot_front(
+    rt: &tokio::runtime::Runtime,
+    boot_ip: std::net::Ipv4Addr,
+    others: &[Other],
+) -> anyhow::Result<(crate::server::Listeners, u16)> {
+    let own_ip = match others.is_empty() {
+        true => boot_ip,
+        false => std::net::Ipv4Addr::LOCALHOST,
+    };
+    let listeners = rt.block_on(async {
+        anyhow::Ok(crate::server::Listeners {
+            boot: tokio::net::TcpListener::bind((own_ip, 0)).await?,
+            management: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        })
+    })?;
+    let own = listeners.boot.local_addr()?;
+    let port = match others.is_empty() {
+        true => own.port(),
+        false => {
+            let front = rt.block_on(tokio::net::TcpListener::bind((boot_ip, 0)))?;
+            let port = front.local_addr()?.port();
+            let mut backends = vec![own];
+            backends.extend(
+                others
+                    .iter()
+                    .map(|o| std::net::SocketAddr::from(([127, 0, 0, 1], o.port))),
+            );
+            rt.spawn(super::proxy::serve(front, backends));
+            println!(
+                "kiln lab: {} collectors share PostgreSQL behind port {port}",
+                others.len() + 1
+            );
+            port
+        }
+    };
+    Ok((listeners, port))
+}
+
+impl Other {
+    /// `kiln serve` number `n` on a port of its own, with a data directory beside the lab's
+    /// (the same suites and artifacts) and `config`'s settings; ready once it says where it
+    /// listens.
+    fn start(
+        dir: &Path,
+        n: usize,
+        config: &Config,
+        plans: &[NodePlan],
+        kiln: Option<&Path>,
+    ) -> anyhow::Result<Other> {
+        use std::io::BufRead;
+        let data = dir.join(format!("data-{n}"));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(data.join("suites"))?;
+        let own = dir.join("data");
+        for entry in std::fs::read_dir(own.join("suites"))? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), data.join("suites").join(entry.file_name()))?;
+        }
+        std::os::unix::fs::symlink(own.join("artifacts"), data.join("artifacts"))?;
+        let crate::config::Database::Postgres(url) = &config.database else {
+            anyhow::bail!("another collector needs the lab's PostgreSQL");
+        };
+        // The nodes reach every collector the way they reach the lab's own: at the boot
+        // address, through the proxy (a collector's own address means nothing to a guest).
+        let mut yaml = format!(
+            "database: \"{url}\"\npublic_url: \"{GUEST_BASE}\"\nafter_verify: hold\nheartbeat_timeout: {}s\ndefault_suite: \"{}\"\nnodes:\n",
+            config.heartbeat_timeout.get().as_secs(),
+            config.default_suite
+        );
+        for p in plans {
+            yaml += &format!(
+                "- mac: \"{}\"\n  console: {{tcp: \"127.0.0.1:{}\"}}\n  power: {{qmp: \"{}\"}}\n",
+                p.mac,
+                p.console,
+                p.qmp.display()
+            );
+        }
+        let file = dir.join(format!("kiln-{n}.yaml"));
+        std::fs::write(&file, yaml)?;
+        let kiln = match kiln {
+            Some(k) => k.to_owned(),
+            None => std::env::current_exe()?,
+        };
+        let port = super::free_port()?;
+        let log = std::fs::File::create(dir.join(format!("collector-{n}.log")))?;
+        let mut cmd = std::process::Command::new(&kiln);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--management", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log);
+        super::die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {} serve: {e}", kiln.display()))?;
+        let mut banner = String::new();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("kiln serve's output"))?;
+        let mut reader = std::io::BufReader::new(stdout);
+        reader.read_line(&mut banner)?;
+        // Its output from here on goes nowhere; a thread drains it so it never blocks.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        let mut other = Other { child, port };
+        if !banner.contains(&format!("127.0.0.1:{port}")) {
+            let _ = other.child.kill();
+            anyhow::bail!(
+                "collector {n} did not start (it said {banner:?}); see {}",
+                dir.join(format!("collector-{n}.log")).display()
+            );
+        }
+        Ok(other)
     }
 }

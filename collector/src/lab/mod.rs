@@ -13,6 +13,7 @@ pub mod bridge;
 mod collector;
 pub mod inject;
 pub mod postgres;
+mod proxy;
 pub mod qemu;
 mod report;
 pub mod rogue;
@@ -25,6 +26,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::lifecycle::RunStage;
 
 use inject::{Fault, Injection};
 
@@ -109,6 +112,31 @@ pub struct LabOptions {
     pub payload_mib: u32,
     /// Put a rogue peer on the boot network, serving corrupted pieces ([`rogue`]).
     pub rogue_peer: bool,
+    /// How many collectors serve the lab, and whether one is killed.
+    pub collectors: Collectors,
+}
+
+/// Several collectors behind the lab's boot address, sharing a PostgreSQL the lab starts: the
+/// lab's own, in its process, and `count - 1` `kiln serve` children ([`proxy`] hands each
+/// connection to the next live one).
+#[derive(Debug, Clone)]
+pub struct Collectors {
+    /// How many (1: the lab's own alone, on SQLite).
+    pub count: usize,
+    /// Kill the first `kiln serve` child with SIGKILL once every node has reached this stage.
+    pub kill_at: Option<RunStage>,
+    /// The `kiln` binary the children run (default: this process's own).
+    pub kiln: Option<PathBuf>,
+}
+
+impl Default for Collectors {
+    fn default() -> Self {
+        Collectors {
+            count: 1,
+            kill_at: None,
+            kiln: None,
+        }
+    }
 }
 
 /// One node's result.
@@ -249,6 +277,11 @@ fn check_options(opts: &LabOptions) -> anyhow::Result<()> {
     let needs = "a node serves the payload only on the bridge network with a payload \
                  (--network bridge --payload-mib N)";
     anyhow::ensure!(!opts.rogue_peer || peers, "--rogue-peer: {needs}");
+    anyhow::ensure!(
+        opts.collectors.count <= 1 || !bridge,
+        "--collectors {}: several collectors serve the user network only for now (--network user)",
+        opts.collectors.count
+    );
     let mut swapped = Vec::new();
     for i in &opts.inject {
         match i.fault {
@@ -438,7 +471,13 @@ pub fn up(opts: &LabOptions) -> anyhow::Result<LabReport> {
         Network::User => std::net::Ipv4Addr::LOCALHOST,
         Network::Bridge => bridge::COLLECTOR_IP.parse()?,
     };
-    let lab = collector::LabCollector::start(&plans, &data, lab_heartbeat(&opts.accel), boot_ip)?;
+    let lab = collector::LabCollector::start(
+        &plans,
+        &data,
+        lab_heartbeat(&opts.accel),
+        boot_ip,
+        &opts.collectors,
+    )?;
     if let Some(bridge) = bridge.as_mut() {
         let macs: Vec<String> = plans.iter().map(|p| p.mac.clone()).collect();
         bridge.dhcp(&opts.dir, &macs, lab.port)?;
@@ -669,6 +708,7 @@ mod tests {
             network: Network::User,
             payload_mib: 0,
             rogue_peer: false,
+            collectors: Default::default(),
         }
     }
 

@@ -256,6 +256,17 @@ impl Cluster {
         )
     }
 
+    /// Shuts the server down (fast) and keeps its socket directory, so that [`Cluster::resume`]
+    /// brings it back at the same URL: a database that goes away for a while.
+    pub fn halt(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(libc::SIGINT, Duration::from_secs(20))
+    }
+
+    /// Starts a halted server again.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
     /// Stops the cluster: a fast shutdown, else an immediate one, else SIGKILL.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let result = self

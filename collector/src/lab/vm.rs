@@ -35,6 +35,9 @@ impl Vm {
 pub(super) struct Rack {
     pub(super) vms: Vec<Vm>,
     pub(super) bmcs: Vec<Option<server::Bmc>>,
+    /// Nodes (from 0) started paused (`-S`), to be let go once a node due to be killed
+    /// serving holds pieces they want: otherwise all fetch at once and it may never serve.
+    pub(super) held: Vec<usize>,
 }
 
 impl Drop for Rack {
@@ -52,7 +55,14 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
     let mut rack = Rack {
         vms: Vec::new(),
         bmcs: Vec::new(),
+        held: Vec::new(),
     };
+    let victims: Vec<usize> = opts
+        .inject
+        .iter()
+        .filter(|j| j.fault == Fault::KillPeer)
+        .map(|j| j.node - 1)
+        .collect();
     let mut pids = String::new();
     for (i, p) in plans.iter().enumerate() {
         let mut node = NodeCommand::new(&opts.accel, opts.mem_mib)
@@ -100,6 +110,10 @@ pub(super) fn start(opts: &LabOptions, plans: &[NodePlan], port: u16) -> anyhow:
                 ));
                 rack.bmcs.push(Some(bmc));
             }
+        }
+        if !victims.is_empty() && !victims.contains(&i) {
+            node = node.args(["-S".to_owned()]);
+            rack.held.push(i);
         }
         let mut cmd = node.command();
         let log = opts.dir.join(format!("node-{}.qemu.log", i + 1));

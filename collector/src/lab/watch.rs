@@ -27,21 +27,26 @@ pub(super) fn until_done(
 ) -> (anyhow::Result<()>, Vec<Vec<String>>) {
     let rt = &lab.rt;
     let db = &lab.db;
-    let Rack { vms, bmcs } = rack;
+    let Rack { vms, bmcs, held } = rack;
     // Live progress until every node has a verdict and its VM is gone.
     let (_multi, bars) = progress_bars(opts.bars, plans);
     let mut last_plain = Instant::now() - Duration::from_secs(60);
     let mut injector = Injector::new(&opts.inject, plans.len(), !opts.bars);
     let result = (|| loop {
         std::thread::sleep(Duration::from_millis(500));
-        let rows = rt.block_on(db.read(|c| queries::node_rows(c, &Filter::default())))?;
+        let (rows, rearmed) = rt.block_on(db.read(rows_and_rearmed))?;
         let pieces = rt.block_on(db.read(payload_pieces))?;
+        let ready = victims_ready(plans, opts.payload_mib, &injector.to_kill, &rows, &pieces);
+        release_held(rt, plans, held, ready, started)?;
+        kill_collector(opts, plans, lab, &rows, &mut injector, started);
         let mut lines = Vec::new();
         let mut all_done = true;
         for (n, ((p, bar), vm)) in plans.iter().zip(&bars).zip(vms.iter_mut()).enumerate() {
             let row = rows.iter().find(|r| r.macs.contains(&p.mac));
             let exited = vm.child.try_wait().ok().flatten().is_some();
-            let verdict = row.and_then(|r| r.verdict);
+            let verdict = row
+                .filter(|r| !rearmed.contains(&r.node_id))
+                .and_then(|r| r.verdict);
             injector.watch(rt, n, p, row, vm.started, bmcs[n].as_mut());
             let fetched = row.and_then(|r| pieces.get(&r.run_id?).copied());
             let (pos, msg) = progress(verdict, row, vm.started, fetched);
@@ -63,6 +68,10 @@ pub(super) fn until_done(
             all_done &= (verdict.is_some() || killed) && vm_gone;
             if exited && verdict.is_none() && vm.done_at.is_none() {
                 vm.done_at = Some(Instant::now());
+            }
+            // A run that ended and a repeat that started since: the node is busy again.
+            if !exited && verdict.is_none() {
+                vm.done_at = None;
             }
         }
         if !opts.bars && last_plain.elapsed() > Duration::from_secs(10) {
@@ -150,14 +159,111 @@ fn progress_bars(draw: bool, plans: &[NodePlan]) -> (MultiProgress, Vec<Progress
 
 /// Verified payload pieces so far, by run.
 fn payload_pieces(
-    c: &rusqlite::Connection,
+    c: &crate::store::sql::Connection,
 ) -> Result<std::collections::HashMap<i64, i64>, crate::store::StoreError> {
     let mut stmt =
         c.prepare_cached("SELECT run_id, sum(pieces) FROM payload_sources GROUP BY run_id")?;
     let by_run = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+        .query_map([], |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(by_run)
+}
+
+/// Every node's row, and the nodes re-armed after their memtest stage lost its reader: those
+/// run again, so a failed run of theirs is not their last word. One snapshot, so a repeat
+/// starting between the two reads cannot show the failed run as final.
+fn rows_and_rearmed(
+    c: &crate::store::Connection<'_>,
+) -> Result<(Vec<queries::NodeRow>, Vec<i64>), crate::store::StoreError> {
+    let snapshot = c.snapshot()?;
+    let rows = queries::node_rows(&snapshot, &Filter::default())?;
+    let rearmed: Vec<i64> =
+        snapshot.query_map("SELECT id FROM nodes WHERE rearm_of IS NOT NULL", [], |r| {
+            r.get(0)
+        })?;
+    Ok((rows, rearmed))
+}
+
+/// Kills another collector with SIGKILL (once) when every node has reached the stage the
+/// lab was asked to kill one in (in Linux, once every agent reports a step's progress: the
+/// stage is under way, its kernel loaded); each node's injections say so.
+fn kill_collector(
+    opts: &LabOptions,
+    plans: &[NodePlan],
+    lab: &LabCollector,
+    rows: &[queries::NodeRow],
+    injector: &mut Injector,
+    started: Instant,
+) {
+    let Some(stage) = opts.collectors.kill_at else {
+        return;
+    };
+    let all_there = plans.iter().all(|p| {
+        rows.iter()
+            .find(|r| r.macs.contains(&p.mac))
+            .is_some_and(|r| {
+                r.stage == Some(stage)
+                    && r.verdict.is_none()
+                    && (stage != RunStage::Linux || r.progress.is_some())
+            })
+    });
+    if !all_there || injector.collector_killed {
+        return;
+    }
+    injector.collector_killed = true;
+    let Some(what) = lab.kill_other() else {
+        return;
+    };
+    let line = format!(
+        "collector-kill: {what} at {:.0}s, every node in its {} stage",
+        started.elapsed().as_secs_f64(),
+        stage.name()
+    );
+    if injector.print {
+        println!("kiln lab: {line}");
+    }
+    for node in &mut injector.injected {
+        node.push(line.clone());
+    }
+}
+
+/// Whether every node due to be killed serving has verified half the payload's pieces.
+fn victims_ready(
+    plans: &[NodePlan],
+    payload_mib: u32,
+    victims: &[usize],
+    rows: &[queries::NodeRow],
+    pieces: &std::collections::HashMap<i64, i64>,
+) -> bool {
+    let half = ((u64::from(payload_mib) << 20) / kiln_protocol::payload::PIECE_SIZE / 2).max(1);
+    victims.iter().all(|&v| {
+        rows.iter()
+            .find(|r| r.macs.contains(&plans[v].mac))
+            .and_then(|r| pieces.get(&r.run_id?))
+            .is_some_and(|&n| n >= half as i64)
+    })
+}
+
+/// Lets the paused nodes go once the nodes due to be killed serving are `ready` (or after
+/// three minutes, so a victim that never fetches cannot hold the rack forever).
+fn release_held(
+    rt: &tokio::runtime::Runtime,
+    plans: &[NodePlan],
+    held: &mut Vec<usize>,
+    ready: bool,
+    started: Instant,
+) -> anyhow::Result<()> {
+    if held.is_empty() || (!ready && started.elapsed() < Duration::from_secs(180)) {
+        return Ok(());
+    }
+    for n in held.drain(..) {
+        rt.block_on(crate::memtest::power::qmp(
+            &plans[n].qmp,
+            &[serde_json::json!({ "execute": "cont" })],
+        ))
+        .map_err(|e| anyhow::anyhow!("cannot start the paused {}: {e}", plans[n].name))?;
+    }
+    Ok(())
 }
 
 /// Where a node is, as a bar position (memtest86+ 0–19 %, Linux 20–99 %) and a message.
@@ -217,6 +323,8 @@ struct Injector {
     killed: Vec<bool>,
     injected: Vec<Vec<String>>,
     print: bool,
+    /// Whether another collector was killed (`LabOptions::collectors`).
+    collector_killed: bool,
 }
 
 impl Injector {
@@ -242,6 +350,7 @@ impl Injector {
             killed: vec![false; nodes],
             injected,
             print,
+            collector_killed: false,
         }
     }
 

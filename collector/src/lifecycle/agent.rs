@@ -6,7 +6,7 @@ use super::{
     Connection, Ended, EventBatch, EventBody, Inventory, Progress, Sql, Stage, StageState,
     StoreError, Verdict, close_run, end_stage, exec, now_ms, params, row, stages, start_stage,
 };
-use rusqlite::OptionalExtension;
+use crate::store::sql::OptionalExtension;
 
 /// A run's `verdict` column: none while the run is open.
 type VerdictColumn = Option<Sql<Verdict>>;
@@ -141,7 +141,7 @@ pub enum Exchange {
 /// token. Once: a second exchange means another process (or machine) holds the bootstrap
 /// token, which fails the run as a security event — never a silent pass.
 pub fn exchange(
-    conn: &mut Connection,
+    conn: &Connection,
     run_id: i64,
     bootstrap_hash: &str,
     session_hash: &str,
@@ -213,7 +213,7 @@ pub fn exchange(
 
 /// The agent fetched its plan (or pinged): it is alive. `None` when the run is closed.
 pub fn plan(
-    conn: &mut Connection,
+    conn: &Connection,
     run_id: i64,
 ) -> Result<Option<kiln_protocol::wire::RunPlan>, StoreError> {
     let tx = conn.savepoint()?;
@@ -227,7 +227,7 @@ pub fn plan(
                     node_id: r.get(0)?,
                     suite_text: r.get(1)?,
                     allow_destructive: r.get(2)?,
-                    heartbeat_secs: r.get::<_, i64>(3)? as u64,
+                    heartbeat_secs: r.get::<i64>(3)? as u64,
                     after: kiln_protocol::wire::After::Poweroff,
                     lldp_secs: None,
                     cycle: None,
@@ -346,7 +346,7 @@ impl Sent {
 
 /// Ends `run_id` as an error for passing a bound (the batch that passed it was not stored).
 fn over_bound(
-    conn: &mut Connection,
+    conn: &Connection,
     run_id: i64,
     bound: Bound,
     reason: String,
@@ -358,11 +358,76 @@ fn over_bound(
     Ok((Ingested::OverBound(bound, reason), ended))
 }
 
+/// Stores a batch's events, each sequence number once; gives the ones stored now (an event
+/// sent again is stored already). On PostgreSQL one statement for the batch — a statement is
+/// a round trip there, and a batch holds tens of events; on SQLite, in process, a statement
+/// per event costs less than building the set.
+fn store_events(
+    tx: &Connection,
+    run_id: i64,
+    batch: &EventBatch,
+) -> Result<std::collections::HashSet<i64>, StoreError> {
+    let corrupt = |source| StoreError::Corrupt {
+        what: "event",
+        source,
+    };
+    let mut new = std::collections::HashSet::with_capacity(batch.events.len());
+    match tx.kind() {
+        crate::store::sql::EngineKind::Postgres => {
+            let rows = batch
+                .events
+                .iter()
+                .map(|e| {
+                    Ok(serde_json::json!({
+                        "seq": e.seq as i64,
+                        "at_ms": e.at_ms as i64,
+                        "kind": e.body.kind(),
+                        "step": e.body.step(),
+                        "body": serde_json::to_string(&e.body)?,
+                    }))
+                })
+                .collect::<Result<Vec<_>, serde_json::Error>>()
+                .map_err(corrupt)?;
+            let rows = serde_json::to_string(&rows).map_err(corrupt)?;
+            new.extend(tx.query_map(
+                "INSERT INTO events (run_id, seq, at_ms, kind, step, body)
+                 SELECT ?1, x.seq, x.at_ms, x.kind, x.step, x.body
+                   FROM json_to_recordset(CAST(CAST(?2 AS TEXT) AS json))
+                     AS x(seq BIGINT, at_ms BIGINT, kind TEXT, step BIGINT, body TEXT)
+                 ON CONFLICT DO NOTHING RETURNING seq",
+                params![run_id, rows],
+                |r| r.get::<i64>(0),
+            )?);
+        }
+        crate::store::sql::EngineKind::Sqlite => {
+            for event in &batch.events {
+                let body = serde_json::to_string(&event.body).map_err(corrupt)?;
+                let inserted = exec(
+                    tx,
+                    "INSERT INTO events (run_id, seq, at_ms, kind, step, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                    params![
+                        run_id,
+                        event.seq as i64,
+                        event.at_ms as i64,
+                        event.body.kind(),
+                        event.body.step(),
+                        body
+                    ],
+                )?;
+                if inserted > 0 {
+                    new.insert(event.seq as i64);
+                }
+            }
+        }
+    }
+    Ok(new)
+}
+
 /// Stores a batch, once per sequence number, applies what each new event means (agent start,
 /// step results, live progress), and once the agent's final event and everything before it
 /// are stored, computes the verdict. One transaction.
 pub fn ingest(
-    conn: &mut Connection,
+    conn: &Connection,
     run_id: i64,
     token_hash: &str,
     source: Option<&str>,
@@ -410,25 +475,12 @@ pub fn ingest(
     let mut finished = false;
     let mut stored = 0u64;
     let mut log_bytes = 0i64;
+    let mut new = store_events(&tx, run_id, batch)?;
     for event in &batch.events {
-        let body = serde_json::to_string(&event.body).map_err(|source| StoreError::Corrupt {
-            what: "event",
-            source,
-        })?;
-        let inserted = exec(
-            &tx,
-            "INSERT OR IGNORE INTO events (run_id, seq, at_ms, kind, step, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                run_id,
-                event.seq as i64,
-                event.at_ms as i64,
-                event.body.kind(),
-                event.body.step(),
-                body
-            ],
-        )?;
-        if inserted == 0 {
-            continue; // a resent event: stored already, its effects applied already
+        // Each stored event's effects once: a resent event is stored already, its effects
+        // applied already (and a sequence number twice in a batch is one event).
+        if !new.remove(&(event.seq as i64)) {
+            continue;
         }
         stored += 1;
         if let EventBody::Log { line, .. } = &event.body {
@@ -633,7 +685,7 @@ fn apply(
             // when the verdict is computed.
             exec(
                 tx,
-                "INSERT OR IGNORE INTO steps (run_id, step, name, kind, outcome, report, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO steps (run_id, step, name, kind, outcome, report, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                 params![
                     run_id,
                     report.step,
@@ -652,7 +704,7 @@ fn apply(
         EventBody::RunFinished { verdict } => {
             exec(
                 tx,
-                "UPDATE runs SET agent_verdict = ?2, final_seq = min(COALESCE(final_seq, ?3), ?3), final_ms = COALESCE(final_ms, ?4) WHERE id = ?1",
+                "UPDATE runs SET agent_verdict = ?2, final_seq = CASE WHEN final_seq < ?3 THEN final_seq ELSE ?3 END, final_ms = COALESCE(final_ms, ?4) WHERE id = ?1",
                 params![run_id, Sql(*verdict), event.seq as i64, now],
             )?;
         }

@@ -8,7 +8,7 @@
 
 use super::verdict::{Waiting, finish_linux_when};
 use super::{Connection, Ended, StoreError, Verdict, close_run, exec, now_ms, params, row};
-use rusqlite::OptionalExtension;
+use crate::store::sql::OptionalExtension;
 
 use kiln_protocol::attest::Claim;
 
@@ -42,7 +42,7 @@ pub enum Attested {
 
 /// The console of `console_run`'s node showed `claim`. One transaction.
 pub fn attestation(
-    conn: &mut Connection,
+    conn: &Connection,
     console_run: i64,
     claim: &Claim,
 ) -> Result<(Attested, Ended), StoreError> {

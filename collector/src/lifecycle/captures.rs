@@ -17,6 +17,9 @@ pub struct Captures {
     running: Mutex<HashMap<i64, watch::Sender<bool>>>,
     tails: Mutex<HashMap<i64, watch::Sender<bool>>>,
     streams: Mutex<HashMap<i64, watch::Sender<bool>>>,
+    /// Each run whose console this collector reads under a lease: its node and the lease's
+    /// epoch (`crate::memtest::leases`).
+    leased: Mutex<HashMap<i64, (i64, i64)>>,
 }
 
 impl Captures {
@@ -95,6 +98,40 @@ impl Captures {
                 }
             }
         }
+    }
+
+    /// Notes that `run_id`'s console (node `node_id`'s) is read under the lease `epoch`.
+    pub fn lease(&self, run_id: i64, node_id: i64, epoch: i64) {
+        self.leases().insert(run_id, (node_id, epoch));
+    }
+
+    /// Forgets `run_id`'s lease; gives its node and epoch when there was one.
+    pub fn unlease(&self, run_id: i64) -> Option<(i64, i64)> {
+        self.leases().remove(&run_id)
+    }
+
+    /// Every run read under a lease: (run, node, epoch).
+    pub fn leased(&self) -> Vec<(i64, i64, i64)> {
+        self.leases()
+            .iter()
+            .map(|(run, (node, epoch))| (*run, *node, *epoch))
+            .collect()
+    }
+
+    /// Stops whatever reads `run_id`'s console (its memtest capture, its console tail):
+    /// the lease it was read under is gone.
+    pub fn drop_run(&self, run_id: i64) {
+        if let Some(tx) = self.lock().remove(&run_id) {
+            let _ = tx.send(true);
+        }
+        let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = tails.remove(&run_id) {
+            let _ = tx.send(true);
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (i64, i64)>> {
+        self.leased.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The capture of `run_id` ended by itself.

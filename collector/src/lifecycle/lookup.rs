@@ -5,8 +5,8 @@
 //! (a node imported or seen only by its serial). Ad-hoc nodes — created by unauthenticated
 //! registration — are never found by it: they can only ever be themselves.
 
+use crate::store::sql::{Connection, OptionalExtension, params};
 use kiln_protocol::wire::NodeIdentity;
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::{StoreError, now_ms};
 
@@ -36,7 +36,7 @@ pub fn named(
             tx.query_row(
                 "SELECT id FROM nodes WHERE uuid = ?1 AND ad_hoc = 0",
                 [uuid],
-                |r| r.get::<_, i64>(0),
+                |r| r.get::<i64>(0),
             )
             .optional()?,
         );
@@ -46,7 +46,7 @@ pub fn named(
             tx.query_row(
                 "SELECT m.node_id FROM node_macs m JOIN nodes n ON n.id = m.node_id WHERE m.mac = ?1 AND n.ad_hoc = 0",
                 [mac],
-                |r| r.get::<_, i64>(0),
+                |r| r.get::<i64>(0),
             )
             .optional()?,
         );
@@ -143,11 +143,12 @@ pub fn find_or_register(
             (id, false)
         }
         None => {
-            tx.execute(
-                "INSERT INTO nodes (uuid, serial, hostname, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+            let id = tx.query_row(
+                "INSERT INTO nodes (uuid, serial, hostname, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?4) RETURNING id",
                 params![identity.uuid, identity.serial, hostname, now],
+                |r| r.get(0),
             )?;
-            (tx.last_insert_rowid(), true)
+            (id, true)
         }
     };
     for mac in &identity.macs {
@@ -177,9 +178,9 @@ pub fn register_ad_hoc(
         what: "identity",
         source,
     })?;
-    tx.execute(
-        "INSERT INTO nodes (serial, hostname, created_ms, last_seen_ms, ad_hoc, claimed) VALUES (?1, ?2, ?3, ?3, 1, ?4)",
+    Ok(tx.query_row(
+        "INSERT INTO nodes (serial, hostname, created_ms, last_seen_ms, ad_hoc, claimed) VALUES (?1, ?2, ?3, ?3, 1, ?4) RETURNING id",
         params![identity.serial, hostname, now_ms(), claimed],
-    )?;
-    Ok(tx.last_insert_rowid())
+        |r| r.get(0),
+    )?)
 }

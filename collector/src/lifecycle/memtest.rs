@@ -5,7 +5,7 @@ use super::{
     Connection, Ended, Progress, RunStage, Sql, Stage, StageState, StoreError, Verdict, end_stage,
     exec, fail_stage, now_ms, params,
 };
-use rusqlite::OptionalExtension;
+use crate::store::sql::OptionalExtension;
 
 /// memtest86+'s finding for a run, from its console capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub enum Applied {
 /// Records memtest86+'s finding, if the run is open and its memtest stage still running: a
 /// pass moves the run on to Linux; a fail ends the run.
 pub fn memtest_finished(
-    conn: &mut Connection,
+    conn: &Connection,
     run_id: i64,
     finding: &crate::memtest::capture::Finding,
 ) -> Result<(Applied, Ended), StoreError> {
@@ -45,7 +45,9 @@ pub fn memtest_finished(
         })?;
     exec(
         &tx,
-        "INSERT OR REPLACE INTO memtest_results (run_id, pass, detail, reading, screen, raw, secs, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO memtest_results (run_id, pass, detail, reading, screen, raw, secs, finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (run_id) DO UPDATE SET pass = excluded.pass, detail = excluded.detail, reading = excluded.reading,
+           screen = excluded.screen, raw = excluded.raw, secs = excluded.secs, finished_ms = excluded.finished_ms",
         params![
             run_id,
             finding.pass,
@@ -85,7 +87,7 @@ pub fn memtest_finished(
 /// The memtest stage cannot be watched (no console): it fails at once, since a result that
 /// cannot be read is never a pass.
 pub fn memtest_unwatchable(
-    conn: &mut Connection,
+    conn: &Connection,
     run_id: i64,
     reason: &str,
 ) -> Result<Ended, StoreError> {

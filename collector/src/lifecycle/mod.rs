@@ -31,7 +31,9 @@ pub use agent::{
     Bound, Exchange, Ingested, NewRunOwned, RunAccess, SessionRequest, StreamingRun, access,
     exchange, ingest, open_run_with_session, plan, put_inventory, streaming_run,
 };
-pub use ends::{Restarted, collector_started, console_tail, kernel_panicked, lost_contact};
+pub use ends::{
+    Restarted, collector_started, console_tail, kernel_panicked, lost_contact, reader_lost,
+};
 pub use memtest::{Applied, memtest_finished, memtest_progress, memtest_unwatchable, note_stage};
 pub use operator::{set_destructive, set_mode};
 pub use start::{
@@ -39,29 +41,29 @@ pub use start::{
     room_for_ad_hoc, room_for_unknown, too_many_runs,
 };
 
+use crate::store::sql::{Connection, OptionalExtension, Params, Row, SqlError, params};
 use kiln_protocol::suite::Memtest;
 use kiln_protocol::verdict::Verdict;
 use kiln_protocol::wire::{EventBatch, EventBody, Inventory, NodeIdentity};
-use rusqlite::{Connection, OptionalExtension, params};
 
 pub use crate::store::states::{Mode, RunStage, Sql, Stage, StageState};
 
 use crate::store::queries::{Progress, Selector, put_suite, select_sql};
 use crate::store::{StoreError, now_ms};
 
-/// Runs a statement through the connection's statement cache (transitions run thousands of
-/// times a second under load; parsing their SQL each time is most of the cost).
-fn exec<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute(params)
+/// Runs a statement (each engine caches its prepared statements by text: transitions run
+/// thousands of times a second under load, and parsing their SQL each time is most of the cost).
+fn exec<P: Params>(conn: &Connection, sql: &str, params: P) -> Result<usize, SqlError> {
+    conn.execute(sql, params)
 }
 
-/// One row of a cached statement.
-fn row<T, P, F>(conn: &Connection, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+/// One row of a statement.
+fn row<T, P, F>(conn: &Connection, sql: &str, params: P, f: F) -> Result<T, SqlError>
 where
-    P: rusqlite::Params,
-    F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    P: Params,
+    F: FnOnce(&Row) -> Result<T, SqlError>,
 {
-    conn.prepare_cached(sql)?.query_row(params, f)
+    conn.query_row(sql, params, f)
 }
 
 /// `reason`, with what the run's console tail shows when it shows a cause (a panic, a fatal

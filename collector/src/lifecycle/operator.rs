@@ -10,7 +10,7 @@ use super::{
 /// operator interrupted it); setting `verify` arms the nodes for a new run at their next boot.
 /// Returns how many nodes, and the stages it ended.
 pub fn set_mode(
-    conn: &mut Connection,
+    conn: &Connection,
     selector: &Selector,
     mode: Mode,
 ) -> Result<(usize, Ended), StoreError> {
@@ -40,7 +40,7 @@ pub fn set_mode(
         }
         exec(
             &tx,
-            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 ELSE armed_ms END, rearm_of = NULL WHERE id = ?1",
+            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN CAST(?3 AS BIGINT) ELSE armed_ms END, rearm_of = NULL WHERE id = ?1",
             params![node_id, Sql(mode), now, Sql(Mode::Verify)],
         )?;
     }
@@ -51,7 +51,7 @@ pub fn set_mode(
 /// An operator allows (or revokes) destructive disk steps on the selected nodes; each change is
 /// written to the node's history with when and `who`. Returns how many nodes.
 pub fn set_destructive(
-    conn: &mut Connection,
+    conn: &Connection,
     selector: &Selector,
     allow: bool,
     who: &str,

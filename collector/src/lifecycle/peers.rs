@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::sql::{Connection, OptionalExtension, params};
 use kiln_protocol::verdict::peers::{Peers, compared};
 use kiln_protocol::wire::{Inventory, StepReport};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::StoreError;
 
@@ -39,9 +39,9 @@ pub fn read(
     )?;
     let rows = stmt.query_map(params![batch, node], |r| {
         Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, String>(2)?,
+            r.get::<i64>(0)?,
+            r.get::<Option<String>>(1)?,
+            r.get::<String>(2)?,
         ))
     })?;
     let same = |other: &Inventory| {

@@ -6,7 +6,7 @@ use super::{
     StoreError, Verdict, close_run, conclude, exec, fail_stage, lookup, now_ms, params, put_suite,
     row, stages, start_stage, with_console,
 };
-use rusqlite::OptionalExtension;
+use crate::store::sql::OptionalExtension;
 
 /// A suite the caller read from `DATA/suites/` for a run about to start.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ pub enum BootDecision {
 /// A node network-boots and asks for its script: finds or registers it by the lookup rule,
 /// starts a run when it is armed, hands out the next pending stage, and fails a stage that
 /// was still running (the node rebooted unexpectedly). One transaction.
-pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, Ended), StoreError> {
+pub fn boot(conn: &Connection, req: &BootRequest) -> Result<(BootDecision, Ended), StoreError> {
     let tx = conn.savepoint()?;
     let mut ended = Ended::default();
     let now = now_ms();
@@ -135,7 +135,7 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
     if new {
         exec(
             &tx,
-            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN ?3 END WHERE id = ?1",
+            "UPDATE nodes SET mode = ?2, armed_ms = CASE WHEN ?2 = ?4 THEN CAST(?3 AS BIGINT) END WHERE id = ?1",
             params![node_id, Sql(req.unknown_mode), now, Sql(Mode::Verify)],
         )?;
     }
@@ -151,7 +151,7 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
         [node_id],
         |r| {
             Ok((
-                r.get::<_, Sql<Mode>>(0)?.0,
+                r.get::<Sql<Mode>>(0)?.0,
                 r.get(1)?,
                 r.get(2)?,
                 r.get(3)?,
@@ -182,7 +182,7 @@ pub fn boot(conn: &mut Connection, req: &BootRequest) -> Result<(BootDecision, E
                         .query_row(
                             "SELECT id, verdict FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL ORDER BY id DESC LIMIT 1",
                             [node_id],
-                            |r| Ok((r.get(0)?, r.get::<_, Sql<Verdict>>(1)?.0)),
+                            |r| Ok((r.get(0)?, r.get::<Sql<Verdict>>(1)?.0)),
                         )
                         .optional()?;
                     // Armed = an operator (or the unknown-node policy) asked for a new run,
@@ -544,12 +544,12 @@ pub(super) fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, Store
     let sha = put_suite(tx, run.suite_name, run.suite_text)?;
     let now = now_ms();
     let first = run.stages.first().copied().unwrap_or(Stage::Linux);
-    exec(tx,
+    let id: i64 = row(tx,
         "INSERT INTO runs (node_id, suite_sha256, suite_name, image_digest, token_hash, stage, allow_destructive, heartbeat_secs, started_ms, last_seen_ms, collector_version, artifacts, max_events, max_log_bytes, attestation_optional)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING id",
         params![run.node_id, sha, run.suite_name, run.image_digest, run.token_hash, Sql(RunStage::from(first)), run.allow_destructive, run.heartbeat_secs as i64, now, env!("CARGO_PKG_VERSION"), run.artifacts, run.bounds.events as i64, run.bounds.log_bytes.0 as i64, run.attestation == kiln_protocol::attest::Attestation::Optional],
+        |r| r.get(0),
     )?;
-    let id = tx.last_insert_rowid();
     for stage in run.stages {
         exec(
             tx,
@@ -565,7 +565,7 @@ pub(super) fn create_run(tx: &Connection, run: &NewRun<'_>) -> Result<i64, Store
 /// by the lookup rule (or registered). Returns (node, run), or `None` when a new node would be
 /// one unknown node too many.
 pub fn register(
-    conn: &mut Connection,
+    conn: &Connection,
     identity: &NodeIdentity,
     hostname: Option<&str>,
     admin: bool,

@@ -53,7 +53,7 @@ fn linux_only() -> SuiteFile {
     }
 }
 
-pub(super) fn script(conn: &mut Connection, req: &BootRequest) -> (Script, Ended) {
+pub(super) fn script(conn: &Connection, req: &BootRequest) -> (Script, Ended) {
     match boot(conn, req).unwrap() {
         (BootDecision::Script { script, .. }, ended) => (script, ended),
         (other, _) => panic!("{other:?}"),
@@ -61,7 +61,7 @@ pub(super) fn script(conn: &mut Connection, req: &BootRequest) -> (Script, Ended
 }
 
 /// Boots the node into a new run's memtest stage; returns the run.
-fn start_memtest(conn: &mut Connection, req: &BootRequest) -> i64 {
+fn start_memtest(conn: &Connection, req: &BootRequest) -> i64 {
     match script(conn, req).0 {
         Script::Memtest { run_id, .. } => run_id,
         other => panic!("expected memtest, got {other:?}"),
@@ -89,8 +89,8 @@ pub(super) fn run_state(
         [run_id],
         |r| {
             Ok((
-                r.get::<_, Sql<RunStage>>(0)?.0,
-                r.get::<_, Option<Sql<Verdict>>>(1)?.map(|v| v.0),
+                r.get::<Sql<RunStage>>(0)?.0,
+                r.get::<Option<Sql<Verdict>>>(1)?.map(|v| v.0),
                 r.get(2)?,
             ))
         },
@@ -100,16 +100,16 @@ pub(super) fn run_state(
 
 /// A run in its Linux stage, and the console of a node that died of a fatal machine check
 /// (QEMU 7.2, captured).
-fn linux_run_and_fatal_mce_console() -> (rusqlite::Connection, i64, Vec<u8>) {
+fn linux_run_and_fatal_mce_console() -> (crate::store::sql::Connection<'static>, i64, Vec<u8>) {
     let mce = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/console/qemu-7.2-fatal-mce.log"),
     )
     .unwrap();
-    let mut conn = test_connection();
+    let conn = test_connection();
     let mut req = request(identity(Some("52:54:00:00:00:01"), None));
     req.suite = Some(linux_only());
-    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+    let (Script::Linux { run_id }, _) = script(&conn, &req) else {
         panic!("expected linux")
     };
     (conn, run_id, mce)
@@ -117,8 +117,8 @@ fn linux_run_and_fatal_mce_console() -> (rusqlite::Connection, i64, Vec<u8>) {
 
 #[test]
 fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
-    let (mut conn, run_id, mce) = linux_run_and_fatal_mce_console();
-    let ended = kernel_panicked(&mut conn, run_id, &mce).unwrap();
+    let (conn, run_id, mce) = linux_run_and_fatal_mce_console();
+    let ended = kernel_panicked(&conn, run_id, &mce).unwrap();
     assert_eq!(ended.0, vec![(run_id, Stage::Linux)]);
     let (_, verdict, _) = run_state(&conn, run_id);
     assert_eq!(verdict, Some(Verdict::Fail));
@@ -136,7 +136,7 @@ fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
     assert_eq!(tail, mce);
     // A closed run is not closed again, nor its reason rewritten.
     assert!(
-        kernel_panicked(&mut conn, run_id, b"Kernel panic - not syncing: other")
+        kernel_panicked(&conn, run_id, b"Kernel panic - not syncing: other")
             .unwrap()
             .0
             .is_empty()
@@ -153,9 +153,9 @@ fn a_kernel_panic_on_the_console_fails_the_run_at_once_and_only_once() {
 
 #[test]
 fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
-    let (mut conn, run_id, mce) = linux_run_and_fatal_mce_console();
-    console_tail(&mut conn, run_id, &mce).unwrap();
-    let (lost, _) = lost_contact(&mut conn, now_ms() + 3_600_000).unwrap();
+    let (conn, run_id, mce) = linux_run_and_fatal_mce_console();
+    console_tail(&conn, run_id, &mce).unwrap();
+    let (lost, _) = lost_contact(&conn, now_ms() + 3_600_000).unwrap();
     assert_eq!(lost, vec![run_id]);
     let (_, verdict, _) = run_state(&conn, run_id);
     assert_eq!(verdict, Some(Verdict::Fail));
@@ -171,7 +171,7 @@ fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
         "lost contact: no word from the agent for over 60s; the console shows machine check on CPU 0, bank 9, status 0xbd000000000000c0, address 0x2000000 (Uncorrected error without MCA Recovery); kernel panic: Fatal local machine check"
     );
     // A closed run's tail is not written over.
-    console_tail(&mut conn, run_id, b"later").unwrap();
+    console_tail(&conn, run_id, b"later").unwrap();
     let kept: Vec<u8> = conn
         .query_row(
             "SELECT console_tail FROM runs WHERE id = ?1",
@@ -185,12 +185,12 @@ fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
     let mut req = request(identity(Some("52:54:00:00:00:01"), None));
     req.suite = Some(linux_only());
     req.bootstrap_hash = "h2".into();
-    let _ = set_mode(&mut conn, &Selector::All(true), Mode::Verify).unwrap();
-    let (Script::Linux { run_id: second }, _) = script(&mut conn, &req) else {
+    let _ = set_mode(&conn, &Selector::All(true), Mode::Verify).unwrap();
+    let (Script::Linux { run_id: second }, _) = script(&conn, &req) else {
         panic!("expected a second linux run")
     };
     console_tail(
-        &mut conn,
+        &conn,
         second,
         b"[ 5.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n",
     )
@@ -201,7 +201,7 @@ fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
         [second],
     )
     .unwrap();
-    let _ = script(&mut conn, &req);
+    let _ = script(&conn, &req);
     let reason: String = conn
         .query_row(
             "SELECT detail FROM stages WHERE run_id = ?1 AND name = 'linux'",
@@ -218,10 +218,10 @@ fn lost_contact_and_an_unexpected_reboot_say_what_the_console_showed() {
 
 #[test]
 fn a_boot_asks_for_the_suite_file_before_it_changes_anything() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let mut req = request(identity(Some("52:54:00:00:00:01"), None));
     req.suite = None;
-    let (decision, _) = boot(&mut conn, &req).unwrap();
+    let (decision, _) = boot(&conn, &req).unwrap();
     assert_eq!(decision, BootDecision::NeedSuite("m".into()));
     let runs: i64 = conn
         .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
@@ -231,20 +231,20 @@ fn a_boot_asks_for_the_suite_file_before_it_changes_anything() {
 
 #[test]
 fn a_bootstrap_token_used_twice_fails_the_run() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let mut req = request(identity(Some("52:54:00:00:00:01"), None));
     req.suite = Some(linux_only());
-    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+    let (Script::Linux { run_id }, _) = script(&conn, &req) else {
         panic!("expected linux")
     };
     assert_eq!(
-        exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1"))
+        exchange(&conn, run_id, "h1", "s1", &session("10.0.0.1"))
             .unwrap()
             .0,
         Exchange::Issued
     );
     assert_eq!(
-        exchange(&mut conn, run_id, "h1", "s2", &session("10.0.0.1"))
+        exchange(&conn, run_id, "h1", "s2", &session("10.0.0.1"))
             .unwrap()
             .0,
         Exchange::Reused
@@ -269,11 +269,11 @@ fn a_bootstrap_token_used_twice_fails_the_run() {
 
 #[test]
 fn a_stale_capture_finding_is_dropped_and_ends_nothing() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let req = request(identity(Some("52:54:00:00:00:01"), None));
-    let run_id = start_memtest(&mut conn, &req);
+    let run_id = start_memtest(&conn, &req);
     // The node reboots in the middle of memtest86+: the stage fails and its capture stops.
-    let (done, ended) = script(&mut conn, &req);
+    let (done, ended) = script(&conn, &req);
     assert_eq!(
         done,
         Script::Done {
@@ -283,7 +283,7 @@ fn a_stale_capture_finding_is_dropped_and_ends_nothing() {
     );
     assert!(ended.0.contains(&(run_id, Stage::Memtest)));
     // The old capture's late "pass" changes nothing and may not reset the node.
-    let (applied, ended) = memtest_finished(&mut conn, run_id, &finding(true)).unwrap();
+    let (applied, ended) = memtest_finished(&conn, run_id, &finding(true)).unwrap();
     assert_eq!(applied, Applied::Stale);
     assert!(ended.0.is_empty());
     assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Fail));
@@ -295,9 +295,9 @@ fn a_stale_capture_finding_is_dropped_and_ends_nothing() {
 
 #[test]
 fn progress_belongs_to_its_stage() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let req = request(identity(Some("52:54:00:00:00:01"), None));
-    let run_id = start_memtest(&mut conn, &req);
+    let run_id = start_memtest(&conn, &req);
     let reading = Progress {
         step: 0,
         name: "memtest86+".into(),
@@ -306,14 +306,14 @@ fn progress_belongs_to_its_stage() {
     };
     memtest_progress(&conn, run_id, &reading).unwrap();
     assert!(run_state(&conn, run_id).2.unwrap().contains("test #9"));
-    let (applied, _) = memtest_finished(&mut conn, run_id, &finding(true)).unwrap();
+    let (applied, _) = memtest_finished(&conn, run_id, &finding(true)).unwrap();
     assert_eq!(applied, Applied::Yes);
     // Linux is booting: memtest's reading is gone, and a late one is not written.
     assert_eq!(run_state(&conn, run_id), (RunStage::Linux, None, None));
     memtest_progress(&conn, run_id, &reading).unwrap();
     assert_eq!(run_state(&conn, run_id).2, None);
     // The node reboots into Linux and gets the image with this boot's token.
-    assert_eq!(script(&mut conn, &req).0, Script::Linux { run_id });
+    assert_eq!(script(&conn, &req).0, Script::Linux { run_id });
     // What the run was reached with is kept: the artifacts' digests, the collector's version.
     let detail = crate::store::queries::run_detail(&conn, run_id)
         .unwrap()
@@ -333,13 +333,13 @@ fn progress_belongs_to_its_stage() {
 
 #[test]
 fn a_node_known_only_by_its_serial_keeps_its_mode() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let req = request(identity(None, Some("SN-9")));
-    let (decision, _) = boot(&mut conn, &req).unwrap();
+    let (decision, _) = boot(&conn, &req).unwrap();
     let BootDecision::Script { node_id, .. } = decision else {
         panic!()
     };
-    let (_, ended) = set_mode(&mut conn, &Selector::Node(node_id), Mode::Hold).unwrap();
+    let (_, ended) = set_mode(&conn, &Selector::Node(node_id), Mode::Hold).unwrap();
     // The open run ended with the operator's reason.
     assert!(ended.0.contains(&(1, Stage::Memtest)), "{ended:?}");
     let reason: String = conn
@@ -351,7 +351,7 @@ fn a_node_known_only_by_its_serial_keeps_its_mode() {
         reason,
         "the operator set the node's mode to hold before the run finished"
     );
-    let (decision, _) = boot(&mut conn, &req).unwrap();
+    let (decision, _) = boot(&conn, &req).unwrap();
     assert_eq!(
         decision,
         BootDecision::Script {
@@ -368,46 +368,46 @@ fn a_node_known_only_by_its_serial_keeps_its_mode() {
 
 #[test]
 fn an_operator_re_arm_ends_the_open_run_as_incomplete() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let req = request(identity(Some("52:54:00:00:00:01"), None));
-    let run_id = start_memtest(&mut conn, &req);
-    let (n, ended) = set_mode(&mut conn, &Selector::All(true), Mode::Verify).unwrap();
+    let run_id = start_memtest(&conn, &req);
+    let (n, ended) = set_mode(&conn, &Selector::All(true), Mode::Verify).unwrap();
     assert_eq!(n, 1);
     assert!(ended.0.contains(&(run_id, Stage::Memtest)));
     assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Incomplete));
     // `all: false` selects nothing.
-    let (n, _) = set_mode(&mut conn, &Selector::All(false), Mode::Hold).unwrap();
+    let (n, _) = set_mode(&conn, &Selector::All(false), Mode::Hold).unwrap();
     assert_eq!(n, 0);
     // The next boot starts a new run.
-    let next = start_memtest(&mut conn, &req);
+    let next = start_memtest(&conn, &req);
     assert_ne!(next, run_id);
 }
 
 #[test]
 fn the_linux_stage_is_handed_out_once_per_boot() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let mut req = request(identity(Some("52:54:00:00:00:01"), None));
     req.suite = Some(linux_only());
-    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+    let (Script::Linux { run_id }, _) = script(&conn, &req) else {
         panic!("expected linux")
     };
     // The bootstrap token is no session token, and is good for one exchange.
     assert_eq!(access(&conn, run_id, "h1").unwrap(), RunAccess::Denied);
     assert_eq!(
-        exchange(&mut conn, run_id, "h2", "s1", &session("10.0.0.1"))
+        exchange(&conn, run_id, "h2", "s1", &session("10.0.0.1"))
             .unwrap()
             .0,
         Exchange::Denied
     );
     assert_eq!(
-        exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1"))
+        exchange(&conn, run_id, "h1", "s1", &session("10.0.0.1"))
             .unwrap()
             .0,
         Exchange::Issued
     );
     assert_eq!(access(&conn, run_id, "s1").unwrap(), RunAccess::Open);
     req.bootstrap_hash = "h2".into();
-    let (again, _) = script(&mut conn, &req);
+    let (again, _) = script(&conn, &req);
     assert_eq!(
         again,
         Script::Done {
@@ -466,11 +466,11 @@ pub(super) fn whole_run() -> EventBatch {
 
 /// A node booted into a new run's Linux stage (no memtest): the connection, its request,
 /// the run.
-fn linux_stage() -> (Connection, BootRequest, i64) {
-    let mut conn = test_connection();
+fn linux_stage() -> (Connection<'static>, BootRequest, i64) {
+    let conn = test_connection();
     let mut req = request(identity(Some("52:54:00:00:00:01"), None));
     req.suite = Some(linux_only());
-    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+    let (Script::Linux { run_id }, _) = script(&conn, &req) else {
         panic!("expected linux")
     };
     (conn, req, run_id)
@@ -478,18 +478,18 @@ fn linux_stage() -> (Connection, BootRequest, i64) {
 
 #[test]
 fn after_memtest_a_second_source_asking_for_linux_fails_the_run_as_a_security_event() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let node = request(identity(Some("52:54:00:00:00:01"), None));
-    let run_id = start_memtest(&mut conn, &node);
-    let (applied, _) = memtest_finished(&mut conn, run_id, &finding(true)).unwrap();
+    let run_id = start_memtest(&conn, &node);
+    let (applied, _) = memtest_finished(&conn, run_id, &finding(true)).unwrap();
     assert_eq!(applied, Applied::Yes);
     // The attacker asks first, after memtest86+ passed, and exchanges the token.
     let mut attacker = node.clone();
     attacker.source = Some("10.0.0.66".into());
-    assert_eq!(script(&mut conn, &attacker).0, Script::Linux { run_id });
+    assert_eq!(script(&conn, &attacker).0, Script::Linux { run_id });
     let from_attacker = session("10.0.0.66");
     assert_eq!(
-        exchange(&mut conn, run_id, "h1", "s1", &from_attacker)
+        exchange(&conn, run_id, "h1", "s1", &from_attacker)
             .unwrap()
             .0,
         Exchange::Issued
@@ -497,7 +497,7 @@ fn after_memtest_a_second_source_asking_for_linux_fails_the_run_as_a_security_ev
     // The real node's request fails the run, naming both.
     let mut real = node.clone();
     real.bootstrap_hash = "h2".into();
-    let (answer, ended) = script(&mut conn, &real);
+    let (answer, ended) = script(&conn, &real);
     assert_eq!(
         answer,
         Script::Done {
@@ -521,24 +521,24 @@ fn after_memtest_a_second_source_asking_for_linux_fails_the_run_as_a_security_ev
 
 #[test]
 fn ipxe_retrying_from_the_same_address_before_the_exchange_gets_the_stage_again_with_a_new_token() {
-    let (mut conn, mut req, run_id) = linux_stage();
+    let (conn, mut req, run_id) = linux_stage();
     req.bootstrap_hash = "h2".into();
-    assert_eq!(script(&mut conn, &req).0, Script::Linux { run_id });
+    assert_eq!(script(&conn, &req).0, Script::Linux { run_id });
     // The first answer's token is dead; the second's works.
     assert_eq!(
-        exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1"))
+        exchange(&conn, run_id, "h1", "s1", &session("10.0.0.1"))
             .unwrap()
             .0,
         Exchange::Denied
     );
     assert_eq!(
-        exchange(&mut conn, run_id, "h2", "s1", &session("10.0.0.1"))
+        exchange(&conn, run_id, "h2", "s1", &session("10.0.0.1"))
             .unwrap()
             .0,
         Exchange::Issued
     );
     // A session used from another address fails the run.
-    let (ingested, _) = ingest(&mut conn, run_id, "s1", Some("10.0.0.9"), &whole_run()).unwrap();
+    let (ingested, _) = ingest(&conn, run_id, "s1", Some("10.0.0.9"), &whole_run()).unwrap();
     assert_eq!(ingested, Ingested::Closed(Verdict::Fail));
     let reason: String = conn
         .query_row(
@@ -555,20 +555,20 @@ fn ipxe_retrying_from_the_same_address_before_the_exchange_gets_the_stage_again_
 
 #[test]
 fn a_read_console_that_never_shows_the_attestation_makes_the_run_an_error_after_the_grace() {
-    let (mut conn, _, run_id) = linux_stage();
+    let (conn, _, run_id) = linux_stage();
     attest::console_watched(&conn, run_id).unwrap();
-    let _ = exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1")).unwrap();
-    let (ingested, _) = ingest(&mut conn, run_id, "s1", Some("10.0.0.1"), &whole_run()).unwrap();
+    let _ = exchange(&conn, run_id, "h1", "s1", &session("10.0.0.1")).unwrap();
+    let (ingested, _) = ingest(&conn, run_id, "s1", Some("10.0.0.1"), &whole_run()).unwrap();
     assert!(matches!(ingested, Ingested::Acked { acked: 3, .. }));
     // Every event is in, but the console has not vouched: the run waits.
     assert_eq!(run_state(&conn, run_id).1, None);
     let now = now_ms();
-    let (lost, _) = lost_contact(&mut conn, now + attest::GRACE_MS / 2).unwrap();
+    let (lost, _) = lost_contact(&conn, now + attest::GRACE_MS / 2).unwrap();
     assert!(lost.is_empty());
     assert_eq!(run_state(&conn, run_id).1, None);
     // Past the grace (the agent silent longer than its heartbeat too): an error that says
     // why, not lost contact.
-    let _ = lost_contact(&mut conn, now + attest::GRACE_MS + 120_000).unwrap();
+    let _ = lost_contact(&conn, now + attest::GRACE_MS + 120_000).unwrap();
     assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Error));
     let findings: String = conn
         .query_row("SELECT findings FROM runs WHERE id = ?1", [run_id], |r| {
@@ -584,12 +584,52 @@ fn a_read_console_that_never_shows_the_attestation_makes_the_run_an_error_after_
 }
 
 #[test]
+fn a_restart_leaves_the_stages_another_live_collector_reads_and_ends_its_own_leases() {
+    use crate::store::leases::{self, Acquired};
+    let conn = test_connection();
+    let first = start_memtest(&conn, &request(identity(Some("52:54:00:00:00:01"), None)));
+    let second = start_memtest(&conn, &request(identity(Some("52:54:00:00:00:02"), None)));
+    let node_of = |run: i64| -> i64 {
+        conn.query_row("SELECT node_id FROM runs WHERE id = ?1", [run], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let now = crate::store::now_ms();
+    // This collector read the first node's console before it died; another live one reads
+    // the second's.
+    let mine = format!("console:{}", node_of(first));
+    let theirs = format!("console:{}", node_of(second));
+    assert!(matches!(
+        leases::acquire(&conn, &mine, "a:1", now),
+        Ok(Acquired::New(1))
+    ));
+    assert!(matches!(
+        leases::acquire(&conn, &theirs, "b:1", now),
+        Ok(Acquired::New(1))
+    ));
+    let restarted = collector_started(&conn, "a:1").unwrap();
+    assert_eq!(restarted.memtests, [first]);
+    assert_eq!(
+        run_state(&conn, second).1,
+        None,
+        "another collector's stage was failed"
+    );
+    let held: Vec<(String, String)> = leases::held(&conn)
+        .unwrap()
+        .into_iter()
+        .map(|(r, o, _, _)| (r, o))
+        .collect();
+    assert_eq!(held, [(theirs, "b:1".to_owned())]);
+}
+
+#[test]
 fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
-    let mut conn = test_connection();
+    let conn = test_connection();
     let node = request(identity(Some("52:54:00:00:00:01"), None));
-    let first = start_memtest(&mut conn, &node);
+    let first = start_memtest(&conn, &node);
     // The collector dies and comes back: the stage fails, and the node is armed again.
-    let restarted = collector_started(&mut conn).unwrap();
+    let restarted = collector_started(&conn, "a:1").unwrap();
     assert_eq!(restarted.memtests, [first]);
     assert_eq!(restarted.rearmed.len(), 1);
     let (_, verdict, _) = run_state(&conn, first);
@@ -606,7 +646,7 @@ fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
         "{detail}"
     );
     // Its next boot starts the repeat, which says what it repeats.
-    let second = start_memtest(&mut conn, &node);
+    let second = start_memtest(&conn, &node);
     assert_ne!(second, first);
     let repeats: Option<i64> = conn
         .query_row("SELECT rearm_of FROM runs WHERE id = ?1", [second], |r| {
@@ -615,7 +655,7 @@ fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
         .unwrap();
     assert_eq!(repeats, Some(first));
     // The collector dies again during the repeat: failed, and not repeated again.
-    let restarted = collector_started(&mut conn).unwrap();
+    let restarted = collector_started(&conn, "a:1").unwrap();
     assert_eq!(restarted.memtests, [second]);
     assert!(restarted.rearmed.is_empty());
     let detail: String = conn
@@ -630,15 +670,15 @@ fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
         "{detail}"
     );
     // Not armed: its next boot shows the verdict, no third run.
-    assert!(matches!(script(&mut conn, &node).0, Script::Done { run_id, .. } if run_id == second));
+    assert!(matches!(script(&conn, &node).0, Script::Done { run_id, .. } if run_id == second));
     // An operator's own arm is a fresh run, not a repeat.
     let _ = set_mode(
-        &mut conn,
+        &conn,
         &Selector::Mac("52:54:00:00:00:01".into()),
         Mode::Verify,
     )
     .unwrap();
-    let third = start_memtest(&mut conn, &node);
+    let third = start_memtest(&conn, &node);
     let repeats: Option<i64> = conn
         .query_row("SELECT rearm_of FROM runs WHERE id = ?1", [third], |r| {
             r.get(0)

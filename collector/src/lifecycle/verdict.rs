@@ -2,9 +2,9 @@
 //! suite, the steps' results, inventory, times, peers, the console's word) and writes the
 //! verdict [`kiln_protocol::verdict::linux`] computes from them. No rule is decided here.
 
+use crate::store::sql::{Connection, OptionalExtension};
 use kiln_protocol::verdict::linux::{self, Console, Facts, compute};
 use kiln_protocol::wire::StepReport;
-use rusqlite::{Connection, OptionalExtension};
 
 use super::{Ended, Stage, conclude, end_stage, exec, params, row};
 use crate::store::StoreError;
@@ -37,7 +37,7 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Facts, StoreError> {
     let mut stmt =
         tx.prepare_cached("SELECT report, received_ms FROM steps WHERE run_id = ?1 ORDER BY step")?;
     for row in stmt.query_map([run_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+        Ok((r.get::<String>(0)?, r.get::<Option<i64>>(1)?))
     })? {
         let (report, received) = row?;
         let report: StepReport = decode("step", &report)?;
@@ -50,12 +50,14 @@ pub fn read(tx: &Connection, run_id: i64) -> Result<Facts, StoreError> {
         "SELECT step FROM events WHERE run_id = ?1 AND kind = ?2 GROUP BY step HAVING count(*) > 1",
     )?;
     stored.repeated = stmt
-        .query_map(rusqlite::params![run_id, "step_finished"], |r| r.get(0))?
+        .query_map(crate::store::sql::params![run_id, "step_finished"], |r| {
+            r.get(0)
+        })?
         .collect::<Result<_, _>>()?;
     let agent: Option<String> = tx
         .query_row(
             "SELECT body FROM events WHERE run_id = ?1 AND kind = ?2 ORDER BY seq LIMIT 1",
-            rusqlite::params![run_id, "run_finished"],
+            crate::store::sql::params![run_id, "run_finished"],
             |r| r.get(0),
         )
         .optional()?;
@@ -91,7 +93,7 @@ fn sensor_extremes(
     let mut stmt = tx.prepare_cached(
         "SELECT step, body FROM events WHERE run_id = ?1 AND kind = 'sensors' AND step IS NOT NULL",
     )?;
-    let mut rows = stmt.query(rusqlite::params![run_id])?;
+    let mut rows = stmt.query(crate::store::sql::params![run_id])?;
     while let Some(row) = rows.next()? {
         let step: u32 = row.get(0)?;
         let body: String = row.get(1)?;

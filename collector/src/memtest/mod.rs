@@ -3,6 +3,7 @@
 //! results off it.
 
 pub mod capture;
+pub mod leases;
 pub mod power;
 pub mod screen;
 pub mod stage;

@@ -13,21 +13,13 @@ use super::power::Action;
 use crate::lifecycle::{self, Applied, Stage};
 use crate::store::queries;
 
-/// What the stage needs from the collector (not its HTTP layer): the database, the
-/// configuration (each node's console and power driver) and the capture registry.
-pub struct Deps {
-    /// The database.
-    pub db: crate::store::Db,
-    /// The configuration.
-    pub config: std::sync::Arc<crate::config::Config>,
-    /// Running console captures.
-    pub captures: std::sync::Arc<crate::lifecycle::captures::Captures>,
-}
+pub use super::leases::Deps;
 
 /// Follows the console of `node_id` through `run_id`'s Linux stage when no memtest86+ stage
 /// started that already (a suite without one): a run that dies in Linux then fails with
 /// what its console showed, and the agent's attestation is read there. A node without a
-/// configured console has nothing to follow. Returns whether the node's console is followed.
+/// configured console has nothing to follow. Returns whether the node's console is followed
+/// (by this collector, or by the one that holds its lease).
 pub async fn follow_linux(state: &Deps, node_id: i64, run_id: i64) -> bool {
     let keys = match state
         .db
@@ -40,50 +32,75 @@ pub async fn follow_linux(state: &Deps, node_id: i64, run_id: i64) -> bool {
             return false;
         }
     };
-    let Some(console) = state
+    let configured = state
         .config
         .access_for(&keys.0, keys.1.as_deref())
-        .and_then(|a| a.console.clone())
-    else {
+        .is_some_and(|a| a.console.is_some());
+    if !configured {
         return false;
-    };
-    if let Some(stop) = state.captures.register_tail_once(run_id) {
-        tokio::spawn(follow_tail(
-            console,
-            stop,
-            state.db.clone(),
-            state.captures.clone(),
-            run_id,
-            TAIL_LIMIT,
-        ));
+    }
+    match super::leases::take(state, node_id).await {
+        Ok(epoch) => {
+            state.captures.lease(run_id, node_id, epoch);
+            follow_tail_on(state, node_id, run_id).await;
+        }
+        // Its reader follows it; if that one dies, a lease round moves it.
+        Err(why) => tracing::info!(run_id, "{why}"),
     }
     true
 }
 
-/// Starts watching `run_id`'s memtest stage on `node_id`'s console; `Err` says why it cannot
-/// be watched (then the stage fails at once: a result that cannot be read is never a pass).
-pub async fn start(
-    state: &Deps,
-    node_id: i64,
-    run_id: i64,
-    memtest: &Memtest,
-) -> Result<(), String> {
+/// Follows `node_id`'s console tail for `run_id` (under the lease this collector holds) unless
+/// it is followed here already; the lease is given up when the tail ends with the run.
+pub async fn follow_tail_on(state: &Deps, node_id: i64, run_id: i64) {
     let keys = state
         .db
         .read(move |c| queries::node_access_keys(c, node_id))
-        .await
-        .map_err(|e| format!("cannot read node {node_id}: {e}"))?;
-    let access = state.config.access_for(&keys.0, keys.1.as_deref()).cloned();
-    let Some(console) = access.as_ref().and_then(|a| a.console.clone()) else {
-        return Err(format!(
-            "no serial console is configured for node {node_id} (kiln.yaml `nodes:`): memtest86+ results cannot be read"
-        ));
+        .await;
+    let Some(console) = keys.ok().and_then(|keys| {
+        state
+            .config
+            .access_for(&keys.0, keys.1.as_deref())
+            .and_then(|a| a.console.clone())
+    }) else {
+        return;
     };
-    let power = access.and_then(|a| a.power);
-    // Readings as they change, written (at most every 2 s) as the run's live progress.
+    if let Some(stop) = state.captures.register_tail_once(run_id) {
+        spawn_tail(state, console, stop, run_id);
+    }
+}
+
+/// Follows a console tail, then gives up the lease it was read under.
+fn spawn_tail(
+    state: &Deps,
+    console: crate::config::Source,
+    stop: tokio::sync::watch::Receiver<bool>,
+    run_id: i64,
+) {
+    let deps = state.clone();
+    tokio::spawn(async move {
+        follow_tail(
+            console,
+            stop,
+            deps.db.clone(),
+            deps.captures.clone(),
+            run_id,
+            TAIL_LIMIT,
+        )
+        .await;
+        super::leases::give_up(&deps, run_id).await;
+    });
+}
+
+/// Writes memtest86+'s readings as they change (at most every 2 s) as `run_id`'s live
+/// progress; the capture sends them.
+fn spawn_progress(
+    db: &crate::store::Db,
+    run_id: i64,
+) -> tokio::sync::watch::Sender<Option<super::screen::Reading>> {
     let (live_tx, mut live_rx) =
         tokio::sync::watch::channel::<Option<super::screen::Reading>>(None);
-    let progress_db = state.db.clone();
+    let progress_db = db.clone();
     tokio::spawn(async move {
         while live_rx.changed().await.is_ok() {
             let reading = live_rx.borrow_and_update().clone();
@@ -107,6 +124,33 @@ pub async fn start(
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
     });
+    live_tx
+}
+
+/// Starts watching `run_id`'s memtest stage on `node_id`'s console; `Err` says why it cannot
+/// be watched (then the stage fails at once: a result that cannot be read is never a pass).
+pub async fn start(
+    state: &Deps,
+    node_id: i64,
+    run_id: i64,
+    memtest: &Memtest,
+) -> Result<(), String> {
+    let keys = state
+        .db
+        .read(move |c| queries::node_access_keys(c, node_id))
+        .await
+        .map_err(|e| format!("cannot read node {node_id}: {e}"))?;
+    let access = state.config.access_for(&keys.0, keys.1.as_deref()).cloned();
+    let Some(console) = access.as_ref().and_then(|a| a.console.clone()) else {
+        return Err(format!(
+            "no serial console is configured for node {node_id} (kiln.yaml `nodes:`): memtest86+ results cannot be read"
+        ));
+    };
+    let power = access.and_then(|a| a.power);
+    // Read only under the lease on the node's console: two collectors never read one.
+    let epoch = super::leases::take(state, node_id).await?;
+    state.captures.lease(run_id, node_id, epoch);
+    let live_tx = spawn_progress(&state.db, run_id);
     let rules = Rules {
         passes: memtest.passes,
         timeout: memtest.timeout.get(),
@@ -115,8 +159,8 @@ pub async fn start(
         live: Some(live_tx),
     };
     let stop = state.captures.register(run_id);
-    let db = state.db.clone();
-    let captures = state.captures.clone();
+    let deps = state.clone();
+    let (db, captures, me) = (state.db.clone(), state.captures.clone(), state.me.clone());
     let node = format!("node {node_id}");
     let tail_source = console.clone();
     tokio::spawn(async move {
@@ -125,33 +169,36 @@ pub async fn start(
         tracing::info!(run_id, pass = finding.pass, detail = %finding.detail, "memtest86+ verdict");
         let stored = finding.clone();
         let applied = db
-            .call(move |c| lifecycle::memtest_finished(c, run_id, &stored))
+            .call(move |c| {
+                // Stored only while the console is still this collector's, under the lease it
+                // was read under: a reader presumed dead never writes a verdict.
+                if !super::leases::still_holds(c, &me, node_id, epoch)? {
+                    return Ok((Applied::Stale, lifecycle::Ended::default()));
+                }
+                lifecycle::memtest_finished(c, run_id, &stored)
+            })
             .await;
         match applied {
             Ok((Applied::Yes, ended)) => {
                 captures.stop(&ended);
                 if finding.pass {
                     // Linux comes next: keep the last of its console, so a run that dies
-                    // there fails with what the console showed.
+                    // there fails with what the console showed (under the same lease).
                     let stop = captures.register_tail(run_id);
-                    let db = db.clone();
-                    tokio::spawn(follow_tail(
-                        tail_source,
-                        stop,
-                        db,
-                        captures.clone(),
-                        run_id,
-                        TAIL_LIMIT,
-                    ));
+                    spawn_tail(&deps, tail_source, stop, run_id);
+                } else {
+                    super::leases::give_up(&deps, run_id).await;
                 }
             }
             Ok((Applied::Stale, _)) => {
-                // The stage ended some other way (reboot, timeout, operator): this finding
-                // belongs to nothing running now, and must not reset the node.
+                // The stage ended some other way (reboot, timeout, operator, its console
+                // taken over): this finding belongs to nothing running now, and must not
+                // reset the node.
                 tracing::warn!(
                     run_id,
-                    "memtest86+ finding dropped: its stage is no longer running"
+                    "memtest86+ finding dropped: its stage is no longer running, or its console is no longer this collector's"
                 );
+                super::leases::give_up(&deps, run_id).await;
                 return;
             }
             Err(err) => {

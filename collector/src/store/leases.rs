@@ -88,7 +88,7 @@ pub fn heartbeat(conn: &Connection, me: &str, url: &str, now: i64) -> Result<u64
         params![me, now + TTL_MS, now],
     )?;
     tx.commit()?;
-    Ok(renewed)
+    Ok(renewed as u64)
 }
 
 /// Asks for `resource` for collector `me`: free or expired, it is ours under a new epoch (the
@@ -142,7 +142,8 @@ pub fn acquire(
     Ok(result)
 }
 
-/// Gives `resource` up, if `me` holds it under `epoch`; returns whether it did.
+/// Gives `resource` up, if `me` holds it under `epoch`; returns whether it did. The row stays,
+/// expired, so that the next owner's epoch follows this one's.
 pub fn release(
     conn: &Connection,
     resource: &str,
@@ -152,7 +153,7 @@ pub fn release(
 ) -> Result<bool, SqlError> {
     let tx = conn.savepoint()?;
     let gone = tx.execute(
-        "DELETE FROM leases WHERE resource = ?1 AND owner = ?2 AND epoch = ?3",
+        "UPDATE leases SET expires_ms = 0 WHERE resource = ?1 AND owner = ?2 AND epoch = ?3 AND expires_ms > 0",
         params![resource, me, epoch],
     )? > 0;
     if gone {
@@ -220,10 +221,10 @@ pub fn live(conn: &Connection, now: i64) -> Result<Vec<String>, SqlError> {
     )
 }
 
-/// The leases as they stand: resource, owner, epoch, expiry.
+/// The leases as they stand, released ones left out: resource, owner, epoch, expiry.
 pub fn held(conn: &Connection) -> Result<Vec<(String, String, i64, i64)>, SqlError> {
     conn.query_map(
-        "SELECT resource, owner, epoch, expires_ms FROM leases ORDER BY resource",
+        "SELECT resource, owner, epoch, expires_ms FROM leases WHERE expires_ms > 0 ORDER BY resource",
         params![],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )

@@ -11,6 +11,7 @@
 
 pub mod leases;
 pub mod pg_schema;
+mod postgres;
 mod priority;
 pub mod queries;
 pub(crate) mod schema;
@@ -20,15 +21,28 @@ pub mod states;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a write job hands back: its answer, sent once the group it ran in has committed
-/// (`true`) or failed to (`false`).
-type Reply = Box<dyn FnOnce(bool) + Send>;
+pub use sql::Connection;
 
-/// Work queued for the writer thread.
-type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+/// How a group of writes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    /// Durable.
+    Yes,
+    /// Refused (disk full, I/O error): nothing of it was stored.
+    No,
+    /// The database went away (PostgreSQL's server): nothing of it was stored.
+    Lost,
+}
+
+/// What a write job hands back: its answer, sent once the group it ran in has ended.
+type Reply = Box<dyn FnOnce(Committed) + Send>;
+
+/// Work queued for the writer thread: run on the group's transaction, or given none when the
+/// transaction could not begin (then it answers that it failed, and runs nothing).
+type Job = Box<dyn FnOnce(Option<&Connection<'_>>) -> Reply + Send>;
 
 /// Queue depth before callers wait (back-pressure instead of unbounded memory).
 const QUEUE: usize = 4096;
@@ -54,8 +68,9 @@ const READERS: usize = 4;
 /// 12–20 ms to 3–9 ms in calm windows.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// Work queued for a reader thread.
-type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+/// Work queued for a reader thread: given its connection, or none while the database is
+/// unreachable (it answers so, and runs nothing).
+type ReadJob = Box<dyn FnOnce(Option<&Connection<'_>>) + Send>;
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +81,10 @@ pub enum StoreError {
     /// A statement through the engine-neutral interface failed.
     #[error("database error: {0}")]
     Sql(#[from] sql::SqlError),
+    /// The database cannot be reached (PostgreSQL down or unreachable); the collector goes on
+    /// and reconnects by itself.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// The database thread is gone (the collector is shutting down).
     #[error("the database thread has stopped")]
     Closed,
@@ -123,7 +142,7 @@ impl Db {
     /// Opens (creating if needed) `path`, applies migrations and starts the writer thread and
     /// the read-only connections.
     pub fn open(path: &Path) -> anyhow::Result<Db> {
-        let mut conn = Connection::open(path)
+        let mut conn = rusqlite::Connection::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", path.display()))?;
         schema::configure(&conn)?;
         conn.set_prepared_statement_cache_capacity(128);
@@ -136,7 +155,7 @@ impl Db {
         // checkpointer ends when every one is gone.
         let (wake, wakes) = std::sync::mpsc::channel::<()>();
         for (i, clock) in priority::clocks(READERS)?.into_iter().enumerate() {
-            let reader = Connection::open_with_flags(
+            let reader = rusqlite::Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
@@ -150,6 +169,7 @@ impl Db {
             std::thread::Builder::new()
                 .name(format!("sqlite-reader-{i}"))
                 .spawn(move || {
+                    let reader = Connection::sqlite(reader);
                     clock.enter();
                     loop {
                         // One idle reader waits on the queue at a time; the lock is released
@@ -160,7 +180,7 @@ impl Db {
                             .blocking_recv();
                         match job {
                             Some(job) => {
-                                clock.job(|| job(&reader));
+                                clock.job(|| job(Some(&reader)));
                                 let _ = wake.send(());
                             }
                             None => break,
@@ -168,7 +188,7 @@ impl Db {
                     }
                 })?;
         }
-        let checkpoints = Connection::open(path)
+        let checkpoints = rusqlite::Connection::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", path.display()))?;
         schema::configure(&checkpoints)?;
         std::thread::Builder::new()
@@ -180,18 +200,18 @@ impl Db {
             .spawn(move || {
                 // Dropped when the writer ends: the checkpointer ends once the readers have too.
                 let _alive = wake;
+                let conn = Connection::sqlite(conn);
                 while let Some(first) = rx.blocking_recv() {
-                    let mut jobs = vec![first];
-                    while jobs.len() < GROUP {
-                        match rx.try_recv() {
-                            Ok(job) => jobs.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    write_group(&mut conn, jobs);
+                    write_group(&conn, gather(first, &mut rx));
                 }
             })?;
         Ok(Db { tx, reads })
+    }
+
+    /// Connects to the PostgreSQL database at `url` (`postgresql://…`), which other
+    /// collectors may share, migrates it and starts the writer and the readers.
+    pub fn open_postgres(url: &str) -> anyhow::Result<Db> {
+        postgres::open(url)
     }
 
     /// Runs the write `f` on the writer thread and returns its result once it is committed.
@@ -201,16 +221,20 @@ impl Db {
     pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             // A savepoint the job held is rolled back as the panic unwinds through it.
-            let result = unpanicked(|| f(conn));
+            let result = match conn {
+                Some(conn) => unpanicked(|| alone(conn, f)),
+                None => Err(unavailable()),
+            };
             Box::new(move |committed| {
-                let _ = reply.send(match result {
-                    Ok(_) if !committed => Err(StoreError::Commit),
-                    other => other,
+                let _ = reply.send(match (result, committed) {
+                    (Ok(_), Committed::No) => Err(StoreError::Commit),
+                    (Ok(_), Committed::Lost) => Err(unavailable()),
+                    (other, _) => other,
                 });
             })
         });
@@ -228,11 +252,14 @@ impl Db {
     pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: ReadJob = Box::new(move |conn| {
-            let _ = reply.send(unpanicked(|| f(conn)));
+            let _ = reply.send(match conn {
+                Some(conn) => unpanicked(|| f(conn)),
+                None => Err(unavailable()),
+            });
         });
         self.reads.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -249,7 +276,7 @@ impl Db {
 /// hook on the writer, pages loaded back to back at 100,000 events/s (alternating runs): the
 /// writer's own checkpoints took 218–278 ms per 14 s round without these passes and 121–147
 /// ms with them, those over 5 ms 15–16 and 7–8, the longest 15–18 ms and 8–9.
-fn checkpointer(conn: &Connection, wakes: &std::sync::mpsc::Receiver<()>) {
+fn checkpointer(conn: &rusqlite::Connection, wakes: &std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
     loop {
         match wakes.recv_timeout(CHECKPOINT_EVERY) {
@@ -264,24 +291,79 @@ fn checkpointer(conn: &Connection, wakes: &std::sync::mpsc::Receiver<()>) {
     }
 }
 
+/// Runs `f` so that its failure undoes only its own statements. SQLite leaves the group's
+/// transaction as it was after a failed statement, and a job that must stand or fall whole
+/// opens its own savepoint; PostgreSQL aborts the whole transaction at the first error, so
+/// there every job runs in a savepoint of its own.
+fn alone<R>(
+    conn: &Connection<'_>,
+    f: impl FnOnce(&Connection<'_>) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    match conn.kind() {
+        sql::EngineKind::Sqlite => f(conn),
+        sql::EngineKind::Postgres => {
+            let job = conn.savepoint()?;
+            let result = f(&job)?;
+            job.commit()?;
+            Ok(result)
+        }
+    }
+}
+
+/// The error of a request the database could not take.
+fn unavailable() -> StoreError {
+    StoreError::Unavailable("the collector cannot reach its database now; retry shortly".into())
+}
+
+/// Takes the jobs queued behind `first`, up to a group's worth.
+fn gather(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut jobs = vec![first];
+    while jobs.len() < GROUP {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs
+}
+
 /// Runs a group of write jobs in one transaction and answers each after the commit.
-fn write_group(conn: &mut Connection, jobs: Vec<Job>) {
+fn write_group(conn: &Connection<'_>, jobs: Vec<Job>) {
     let metrics = &crate::metrics::METRICS;
     let started = std::time::Instant::now();
     metrics.commit_jobs.observe(jobs.len() as f64);
-    let begun = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-    let replies: Vec<Reply> = jobs.into_iter().map(|job| job(conn)).collect();
-    let committed = begun && conn.execute_batch("COMMIT").is_ok();
+    let (replies, committed) = match conn.group() {
+        Ok(group) => {
+            let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Some(&group))).collect();
+            match group.commit() {
+                Ok(()) => (replies, Committed::Yes),
+                Err(e) => {
+                    tracing::error!(error = %e, "a group's commit failed");
+                    (replies, Committed::No)
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a group's transaction could not begin");
+            (
+                jobs.into_iter().map(|job| job(None)).collect(),
+                Committed::No,
+            )
+        }
+    };
+    let committed = match committed {
+        Committed::No if conn.is_closed() => Committed::Lost,
+        other => other,
+    };
     metrics
         .commit_seconds
         .observe(started.elapsed().as_secs_f64());
-    if !committed {
+    if committed != Committed::Yes {
         metrics.commit_failures.inc();
         tracing::error!(
             jobs = replies.len(),
             "a group of database writes could not be committed"
         );
-        let _ = conn.execute_batch("ROLLBACK");
     }
     for reply in replies {
         reply(committed);
@@ -297,11 +379,11 @@ pub fn now_ms() -> i64 {
 
 /// A migrated in-memory database, for unit tests of what runs on the database thread.
 #[cfg(test)]
-pub(crate) fn test_connection() -> Connection {
-    let mut conn = Connection::open_in_memory().expect("in-memory sqlite");
+pub(crate) fn test_connection() -> Connection<'static> {
+    let mut conn = rusqlite::Connection::open_in_memory().expect("in-memory sqlite");
     schema::configure(&conn).expect("configure");
     schema::migrate(&mut conn).expect("migrate");
-    conn
+    Connection::sqlite(conn)
 }
 
 #[cfg(test)]
@@ -410,13 +492,13 @@ mod tests {
         }
         assert_eq!(failed, 20);
         // A separate connection sees exactly the 180 that succeeded: committed, durable.
-        let conn = Connection::open(&file.path).unwrap();
+        let conn = rusqlite::Connection::open(&file.path).unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM suites", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 180);
         let sync: i64 = db
-            .call(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+            .call(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
             .await
             .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
@@ -487,7 +569,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             // Opened afresh each time: an immutable connection assumes the file never changes.
-            let file_only = Connection::open_with_flags(
+            let file_only = rusqlite::Connection::open_with_flags(
                 format!("file:{}?immutable=1", file.path.display()),
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
             )
@@ -529,8 +611,8 @@ mod tests {
                 .await
         });
         entered.await.unwrap();
-        let read = db
-            .read(|c| Ok(c.query_row("SELECT count(*) FROM suites", [], |r| r.get::<_, i64>(0))?));
+        let read =
+            db.read(|c| Ok(c.query_row("SELECT count(*) FROM suites", [], |r| r.get::<i64>(0))?));
         let n = tokio::time::timeout(std::time::Duration::from_secs(20), read)
             .await
             .expect("the read waited behind the write")

@@ -297,6 +297,20 @@ const MIGRATIONS: &[&str] = &[
     // 27: the collectors and their heartbeats, and the leases on work one collector does at
     // a time, with every epoch kept (the same text on PostgreSQL).
     super::leases::SCHEMA,
+    // 28: a node's history in the order it was written, on both engines (SQLite's rowid
+    // was that order, and PostgreSQL has none): a key of its own, the rowid carried over.
+    "CREATE TABLE node_history_keyed (
+        seq INTEGER PRIMARY KEY,
+        node_id INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+        at_ms INTEGER NOT NULL,
+        what TEXT NOT NULL,
+        who TEXT NOT NULL
+     );
+     INSERT INTO node_history_keyed (seq, node_id, at_ms, what, who)
+       SELECT rowid, node_id, at_ms, what, who FROM node_history;
+     DROP TABLE node_history;
+     ALTER TABLE node_history_keyed RENAME TO node_history;
+     CREATE INDEX node_history_node ON node_history(node_id, at_ms);",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report
@@ -323,6 +337,9 @@ pub const REPORT_TABLES: &[(&str, &[&str])] = &[
     ("stages", &[]),
     ("waivers", &[]),
     ("power_cycles", &[]),
+    // Who reads each console (the dashboard shows it): taken, taken over; a renewal alone
+    // moves nothing.
+    ("leases", &["expires_ms"]),
 ];
 
 /// The column that moves only the progress clock (`report_clock.progress_rev`): a running
@@ -434,9 +451,10 @@ mod tests {
 
     #[test]
     fn the_schema_accepts_exactly_the_lifecycle_states() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        configure(&conn).unwrap();
-        migrate(&mut conn).unwrap();
+        let mut raw = Connection::open_in_memory().unwrap();
+        configure(&raw).unwrap();
+        migrate(&mut raw).unwrap();
+        let conn = crate::store::sql::Connection::over(&raw);
         conn.execute_batch(
             "INSERT INTO suites VALUES ('s', 'n', 't', 0);
              INSERT INTO nodes (id, created_ms, last_seen_ms) VALUES (1, 0, 0);
@@ -456,7 +474,7 @@ mod tests {
             for state in StageState::ALL {
                 conn.execute(
                     "INSERT OR REPLACE INTO stages (run_id, name, state) VALUES (1, ?1, ?2)",
-                    rusqlite::params![stage, state],
+                    crate::store::sql::params![stage, state],
                 )
                 .unwrap();
             }

@@ -2,7 +2,7 @@
 //! are bound as parameters and read back through `FromStr`, so a misspelt state is a compile
 //! error here and a refused row there, never a silent mismatch.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use super::sql::{FromValue, ToValue, Value, ValueRef};
 
 pub use kiln_protocol::api::{Mode, RunStage, Word};
 
@@ -10,18 +10,28 @@ pub use kiln_protocol::api::{Mode, RunStage, Word};
 /// the word, read back through [`Word::from_word`], so a stranger is a refused row.
 macro_rules! stored_words {
     ($($name:ident),+) => {$(
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.word()))
+        impl ToValue for $name {
+            fn to_value(&self) -> ValueRef<'_> {
+                ValueRef::Text(self.word())
             }
         }
 
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                Self::from_word(value.as_str()?).map_err(|e| FromSqlError::Other(Box::new(e)))
+        impl FromValue for $name {
+            const WANT: &'static str = concat!("a ", stringify!($name), " word");
+            fn from_value(value: &Value) -> Result<Self, &'static str> {
+                read_word(value)
             }
         }
     )+};
+}
+
+/// A stored word read back, or what the column held instead.
+fn read_word<T: Word>(value: &Value) -> Result<T, &'static str> {
+    match value {
+        Value::Text(t) => T::from_word(t).map_err(|_| "a word it does not know"),
+        Value::Null => Err("NULL"),
+        _ => Err("a number or bytes"),
+    }
 }
 
 kiln_protocol::words!(
@@ -80,17 +90,16 @@ impl From<Stage> for RunStage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sql<T>(pub T);
 
-impl<T: Word> ToSql for Sql<T> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.0.word()))
+impl<T: Word> ToValue for Sql<T> {
+    fn to_value(&self) -> ValueRef<'_> {
+        ValueRef::Text(self.0.word())
     }
 }
 
-impl<T: Word> FromSql for Sql<T> {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        T::from_word(value.as_str()?)
-            .map(Sql)
-            .map_err(|e| FromSqlError::Other(Box::new(e)))
+impl<T: Word> FromValue for Sql<T> {
+    const WANT: &'static str = "a word";
+    fn from_value(value: &Value) -> Result<Self, &'static str> {
+        read_word(value).map(Sql)
     }
 }
 
@@ -119,14 +128,17 @@ mod tests {
 
     #[test]
     fn sql_reads_back_what_it_wrote_and_refuses_strangers() {
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let conn =
+            crate::store::sql::Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
         let back: Sql<Mode> = conn
             .query_row("SELECT ?1", [Sql(Mode::Hold)], |r| r.get(0))
             .unwrap();
         assert_eq!(back.0, Mode::Hold);
-        let stranger = conn.query_row("SELECT 'reboot'", [], |r| r.get::<_, Sql<Mode>>(0));
+        let stranger = conn.query_row("SELECT 'reboot'", [], |r| r.get::<Sql<Mode>>(0));
         assert!(stranger.is_err());
-        let stranger = conn.query_row("SELECT 'weird'", [], |r| r.get::<_, Stage>(0));
+        let stranger = conn.query_row("SELECT 'weird'", [], |r| r.get::<Stage>(0));
+        assert!(stranger.is_err());
+        let stranger = conn.query_row("SELECT 3", [], |r| r.get::<StageState>(0));
         assert!(stranger.is_err());
         let v: Sql<kiln_protocol::verdict::Verdict> = conn
             .query_row(

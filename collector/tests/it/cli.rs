@@ -158,6 +158,30 @@ fn lab_profile_and_injection_typos_are_refused_before_anything_starts() {
             vec!["lab", "up", "--network", "switch"],
             "expected user or bridge",
         ),
+        (
+            vec!["lab", "up", "--collectors", "0"],
+            "--collectors 0: expected 1 to 4",
+        ),
+        (
+            vec!["lab", "up", "--collectors", "9"],
+            "--collectors 9: expected 1 to 4",
+        ),
+        (
+            vec!["lab", "up", "--collectors", "-1"],
+            "unexpected argument",
+        ),
+        (
+            vec!["lab", "up", "--collectors", "2", "--kill-collector", "disk"],
+            "--kill-collector \"disk\": expected memtest or linux",
+        ),
+        (
+            vec!["lab", "up", "--kill-collector", "memtest"],
+            "--kill-collector needs --collectors 2 or more",
+        ),
+        (
+            vec!["lab", "up", "--collectors", "2", "--network", "bridge"],
+            "--collectors 2: several collectors serve the user network only for now",
+        ),
         (vec!["lab", "up", "--payload-mib", "lots"], "invalid value"),
         (vec!["lab", "up", "--payload-mib", "5000"], "at most 4096"),
         (

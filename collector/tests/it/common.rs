@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kiln_collector::config::Config;
+use kiln_collector::config::{Config, Database};
+use kiln_collector::lab::postgres::{Cluster, USER};
 use kiln_collector::server::Collector;
 use kiln_protocol::verdict::Verdict;
 use kiln_protocol::wire::{
@@ -52,12 +53,35 @@ pub struct Server {
     pub ops: Ops,
     pub data: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The cluster this collector keeps its runs in, when the tests run on PostgreSQL
+    /// (stopped, by its PID, when the server drops).
+    cluster: Option<Cluster>,
+}
+
+/// Whether these tests run on PostgreSQL (`KILN_TEST_DATABASE=postgres`) rather than SQLite.
+pub fn on_postgres() -> bool {
+    match std::env::var("KILN_TEST_DATABASE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("KILN_TEST_DATABASE={other}: expected sqlite or postgres"),
+    }
 }
 
 impl Server {
-    pub async fn start(name: &str, config: Config) -> Server {
+    pub async fn start(name: &str, mut config: Config) -> Server {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let data = scratch(name);
+        // A throwaway cluster of its own, beside the data directory.
+        let cluster = (on_postgres() && config.database == Database::Sqlite).then(|| {
+            let pg = data.with_extension("pg");
+            let _ = std::fs::remove_dir_all(&pg);
+            // Off the runtime: PostgreSQL's blocking client starts one of its own.
+            let cluster = std::thread::spawn(move || Cluster::start(&pg).unwrap())
+                .join()
+                .unwrap();
+            config.database = Database::Postgres(cluster.url(USER));
+            cluster
+        });
         let listeners = kiln_collector::server::Listeners::loopback().await.unwrap();
         let base = format!("http://{}", listeners.boot.local_addr().unwrap());
         let collector = Collector::open(config, &data).unwrap();
@@ -74,7 +98,34 @@ impl Server {
             ops,
             data,
             stop: Some(tx),
+            cluster,
         }
+    }
+
+    /// Runs `f` on a connection of the test's own to the collector's database, whichever it
+    /// is, on a thread of its own (PostgreSQL's blocking client may not run on the runtime's).
+    pub fn with_sql<T: Send>(
+        &self,
+        f: impl FnOnce(&kiln_collector::store::Connection<'_>) -> T + Send,
+    ) -> T {
+        use kiln_collector::store::Connection;
+        let url = self.cluster.as_ref().map(|c| c.url(USER));
+        let file = self.data.join("kiln.sqlite");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let conn = match url {
+                    Some(url) => Connection::postgres(&url).unwrap(),
+                    None => {
+                        let db = rusqlite::Connection::open(&file).unwrap();
+                        db.busy_timeout(Duration::from_secs(5)).unwrap();
+                        Connection::sqlite(db)
+                    }
+                };
+                f(&conn)
+            })
+            .join()
+            .unwrap()
+        })
     }
 
     /// GETs `path` from the management listener: its status and body.
@@ -228,6 +279,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+        if let Some(mut cluster) = self.cluster.take() {
+            let _ = cluster.stop();
+            let _ = std::fs::remove_dir_all(self.data.with_extension("pg"));
         }
     }
 }
@@ -393,25 +448,30 @@ impl Drop for Child_ {
 /// `kiln serve` on 127.0.0.1:`port` with its log in `DATA.log` (beside the data directory:
 /// the collector owns what is inside it).
 pub fn spawn_kiln(data: &Path, port: u16) -> Child_ {
+    spawn_kiln_with(data, port, None)
+}
+
+/// [`spawn_kiln`] with a `kiln.yaml` of its own.
+pub fn spawn_kiln_with(data: &Path, port: u16, config: Option<&Path>) -> Child_ {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(data.with_extension("log"))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "serve",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--management",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command.args([
+        "serve",
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--management",
+        "127.0.0.1:0",
+    ]);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     // Ready when it says where it listens — not when something answers on the port, which
     // could be another test's server that took the port first.
     let stdout = child.stdout.take().unwrap();

@@ -533,17 +533,16 @@ async fn the_linux_stage_names_every_live_collector_this_one_first_and_no_hostil
     std::fs::write(server.data.join("suites/armed.yaml"), SUITE).unwrap();
     // Other collectors sharing the database, as their heartbeats left them: one live, one
     // gone, one live whose URL would be read by iPXE as a setting, one with a space.
-    let db = rusqlite::Connection::open(server.data.join("kiln.sqlite")).unwrap();
     let now = kiln_collector::store::now_ms();
     let old = now - 10 * kiln_collector::store::leases::TTL_MS;
-    db.execute_batch(&format!(
+    let others = format!(
         "INSERT INTO collectors (id, url, started_ms, heartbeat_ms) VALUES
            ('b:8080', 'http://10.0.0.2:8080', 0, {now}),
            ('c:8080', 'http://10.0.0.3:8080', 0, {old}),
            ('d:8080', 'http://10.0.0.4/${{evil}}', 0, {now}),
            ('e:8080', 'http://10.0.0.5 initrd=x', 0, {now});"
-    ))
-    .unwrap();
+    );
+    server.with_sql(|db| db.execute_batch(&others).unwrap());
     let script = get_text(
         &reqwest::Client::new(),
         &format!("{}/ipxe?mac=52-54-00-00-00-01", server.base),

@@ -11,6 +11,7 @@ mod bounds;
 mod cabling;
 mod cli;
 mod common;
+mod failover;
 mod ipxe;
 mod lifecycle;
 mod operators;

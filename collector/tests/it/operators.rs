@@ -341,12 +341,13 @@ async fn a_batch_is_assigned_and_reported_with_its_yield_and_failures() {
 /// The report `server` serves now, JSON and CSV, and its dashboard, checked byte for byte
 /// against ones built from its database at this moment, never kept; `what` names the moment.
 /// Gives the JSON report.
-async fn report_is_current(server: &Server, db: &rusqlite::Connection, what: &str) -> String {
-    let report = reports_are_current(server, db, what).await;
+async fn report_is_current(server: &Server, what: &str) -> String {
+    let report = reports_are_current(server, what).await;
     let page = server.ops.text("/").await;
     let templates = kiln_collector::api::templates::Pages::new().unwrap();
-    let built =
-        kiln_collector::api::pages::render_dashboard(db, &templates, None, None, 1).unwrap();
+    let built = server.with_sql(|db| {
+        kiln_collector::api::pages::render_dashboard(db, &templates, None, None, 1).unwrap()
+    });
     assert_eq!(
         page,
         String::from_utf8_lossy(&built),
@@ -356,17 +357,19 @@ async fn report_is_current(server: &Server, db: &rusqlite::Connection, what: &st
 }
 
 /// [`report_is_current`] for the JSON and CSV report alone.
-async fn reports_are_current(server: &Server, db: &rusqlite::Connection, what: &str) -> String {
+async fn reports_are_current(server: &Server, what: &str) -> String {
     let mut served = Vec::new();
     for format in kiln_protocol::api::ReportFormat::ALL.iter().copied() {
         let path = format!("/api/v1/report?format={format}");
         let body = server.ops.text(&path).await;
-        let built = kiln_collector::api::reports::render_report(
-            db,
-            &kiln_collector::store::queries::Filter::default(),
-            format,
-        )
-        .unwrap();
+        let built = server.with_sql(|db| {
+            kiln_collector::api::reports::render_report(
+                db,
+                &kiln_collector::store::queries::Filter::default(),
+                format,
+            )
+            .unwrap()
+        });
         assert_eq!(
             body,
             String::from_utf8_lossy(&built),
@@ -382,17 +385,17 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     let server = Server::start("kept-report", kiln_collector::config::Config::default()).await;
     let client = reqwest::Client::new();
     let admin = server.admin_token();
-    let db = rusqlite::Connection::open(server.data.join("kiln.sqlite")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
-    let clock = |db: &rusqlite::Connection| -> i64 {
-        db.query_row("SELECT rev FROM report_clock", [], |r| r.get(0))
-            .unwrap()
+    let clock = |server: &Server| -> i64 {
+        server.with_sql(|db| {
+            db.query_row("SELECT rev FROM report_clock", [], |r| r.get(0))
+                .unwrap()
+        })
     };
-    report_is_current(&server, &db, "no nodes").await;
+    report_is_current(&server, "no nodes").await;
     let one = register(&client, &server.base, 1, SUITE).await;
-    report_is_current(&server, &db, "registered").await;
+    report_is_current(&server, "registered").await;
     post_events(&client, &server.base, &one, full_run()).await;
-    report_is_current(&server, &db, "a run passed").await;
+    report_is_current(&server, "a run passed").await;
 
     // A second run in parts: a batch of log lines alone leaves the clock, and so the kept
     // report, as they were; the rest moves it.
@@ -401,12 +404,12 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     let end = events.split_off(3);
     let logs = events.split_off(2);
     post_events(&client, &server.base, &two, events).await;
-    let started = report_is_current(&server, &db, "a run started").await;
-    let before = clock(&db);
+    let started = report_is_current(&server, "a run started").await;
+    let before = clock(&server);
     let r = post_events(&client, &server.base, &two, logs).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(clock(&db), before, "log lines moved the reports' clock");
-    assert_eq!(report_is_current(&server, &db, "log lines").await, started);
+    assert_eq!(clock(&server), before, "log lines moved the reports' clock");
+    assert_eq!(report_is_current(&server, "log lines").await, started);
     // Live progress alone: the kept report and page hold for the lag, showing the step as it
     // was; then the report has it put in, the same bytes a build gives (the CSV shows none).
     let page = server.ops.text("/").await;
@@ -418,19 +421,21 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
             status: None,
         },
     )];
-    let progress_clock = |db: &rusqlite::Connection| -> i64 {
-        db.query_row("SELECT progress_rev FROM report_clock", [], |r| r.get(0))
-            .unwrap()
+    let progress_clock = |server: &Server| -> i64 {
+        server.with_sql(|db| {
+            db.query_row("SELECT progress_rev FROM report_clock", [], |r| r.get(0))
+                .unwrap()
+        })
     };
-    let moved = progress_clock(&db);
+    let moved = progress_clock(&server);
     assert_eq!(
         post_events(&client, &server.base, &two, progress)
             .await
             .status(),
         200
     );
-    assert_eq!(clock(&db), before, "live progress moved the main clock");
-    assert_eq!(progress_clock(&db), moved + 1);
+    assert_eq!(clock(&server), before, "live progress moved the main clock");
+    assert_eq!(progress_clock(&server), moved + 1);
     assert_eq!(
         server.ops.text("/api/v1/report").await,
         started,
@@ -443,7 +448,7 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
     );
     let lag = kiln_collector::api::report_cache::PROGRESS_LAG as u64;
     tokio::time::sleep(std::time::Duration::from_millis(lag)).await;
-    let progressed = report_is_current(&server, &db, "live progress").await;
+    let progressed = report_is_current(&server, "live progress").await;
     assert!(progressed.contains("\"fraction\":0.5"), "{progressed}");
     let without_progress = |report: &str| {
         let mut rows: Vec<serde_json::Value> = serde_json::from_str(report).unwrap();
@@ -466,7 +471,7 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
         })
         .collect();
     post_events(&client, &server.base, &two, end).await;
-    let failed = report_is_current(&server, &db, "a run failed").await;
+    let failed = report_is_current(&server, "a run failed").await;
     assert_ne!(failed, started);
 
     // Waived, revoked, waived until a moment that comes while the report is kept.
@@ -479,7 +484,7 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
             .send()
     };
     let waiver: kiln_protocol::api::Waiver = waive().await.unwrap().json().await.unwrap();
-    let waived = report_is_current(&server, &db, "waived").await;
+    let waived = report_is_current(&server, "waived").await;
     assert!(waived.contains("\"waiver\":{"), "{waived}");
     let r = server
         .ops
@@ -489,28 +494,30 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(report_is_current(&server, &db, "revoked").await, failed);
+    assert_eq!(report_is_current(&server, "revoked").await, failed);
     let waiver: kiln_protocol::api::Waiver = waive().await.unwrap().json().await.unwrap();
     let until = kiln_collector::store::now_ms() + 1_500;
-    db.execute(
-        "UPDATE waivers SET expires_ms = ?2 WHERE id = ?1",
-        [waiver.id, until],
-    )
-    .unwrap();
+    server.with_sql(|db| {
+        db.execute(
+            "UPDATE waivers SET expires_ms = ?2 WHERE id = ?1",
+            [waiver.id, until],
+        )
+        .unwrap()
+    });
     assert_eq!(
-        report_is_current(&server, &db, "waived until soon").await,
+        report_is_current(&server, "waived until soon").await,
         waived
     );
     tokio::time::sleep(std::time::Duration::from_millis(
         (until - kiln_collector::store::now_ms()).max(0) as u64 + 100,
     ))
     .await;
-    let before = clock(&db);
+    let before = clock(&server);
     assert_eq!(
-        report_is_current(&server, &db, "the waiver ran out").await,
+        report_is_current(&server, "the waiver ran out").await,
         failed
     );
-    assert_eq!(clock(&db), before, "only the time changed");
+    assert_eq!(clock(&server), before, "only the time changed");
 
     // Labelled from an inventory file.
     import_nodes(
@@ -518,7 +525,7 @@ async fn a_kept_report_or_dashboard_is_always_the_one_the_database_gives_now() {
         "mac,rack,slot,hostname\n52:54:00:00:00:01,R12,U07,node-7\n",
     )
     .await;
-    let labelled = report_is_current(&server, &db, "labelled").await;
+    let labelled = report_is_current(&server, "labelled").await;
     assert!(labelled.contains("\"rack\":\"R12\""), "{labelled}");
 }
 

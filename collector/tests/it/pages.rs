@@ -575,14 +575,13 @@ async fn the_run_page_lists_each_power_cycle_with_its_boot_escaped() {
     let client = reqwest::Client::new();
     let run = register(&client, &server.base, 9, SUITE).await;
     // What the cycles stage stores; a boot id is the node's word, so it is escaped.
-    let db = rusqlite::Connection::open(server.data.join("kiln.sqlite")).unwrap();
-    db.execute_batch(&format!(
+    let cycles = format!(
         "INSERT INTO power_cycles (run_id, cycle, count, kind, state, powered_ms, served_ms, reported_ms, attested_ms, boot_id)
            VALUES ({0}, 1, 2, 'cold', 'reported', 1000, 9500, 19000, 18000, 'c9eb8bb8-122f'),
                   ({0}, 2, 2, 'cold', 'booting', 30000, 38000, NULL, NULL, '<script>x</script>');",
         run.run_id
-    ))
-    .unwrap();
+    );
+    server.with_sql(|db| db.execute_batch(&cycles).unwrap());
     let page = server.ops.text(&format!("/runs/{}", run.run_id)).await;
     assert!(page.contains("<h2>Power cycles</h2>"), "{page}");
     assert!(
@@ -592,6 +591,42 @@ async fn the_run_page_lists_each_power_cycle_with_its_boot_escaped() {
     assert!(
         page.contains("<td>2</td><td>cold</td><td>booting</td>")
             && !page.contains("<script>x</script>"),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_names_the_collector_reading_each_console_escaped() {
+    let server = Server::start("console-readers", Config::default()).await;
+    let client = reqwest::Client::new();
+    let one = register(&client, &server.base, 1, SUITE).await;
+    let two = register(&client, &server.base, 2, SUITE).await;
+    let now = kiln_collector::store::now_ms();
+    // Node 1's console is read under a live lease by a collector whose id is hostile; node 2's
+    // lease ran out (its reader died), so nobody reads it now.
+    let leases = format!(
+        "INSERT INTO leases (resource, owner, epoch, acquired_ms, expires_ms) VALUES
+           ('console:{}', '<b>east</b>:8080', 1, {now}, {}),
+           ('console:{}', 'west:8080', 1, 0, 1);",
+        one.node_id,
+        now + 60_000,
+        two.node_id
+    );
+    server.with_sql(|db| db.execute_batch(&leases).unwrap());
+    let page = server.ops.text("/").await;
+    assert!(
+        page.contains(
+            "<th title=\"the collector that reads the node's serial console now\">Console</th>"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains("<code>&lt;b&gt;east&lt;&#x2f;b&gt;:8080</code>")
+            || page.contains("<code>&lt;b&gt;east&lt;/b&gt;:8080</code>"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<b>east</b>") && !page.contains("west:8080"),
         "{page}"
     );
 }

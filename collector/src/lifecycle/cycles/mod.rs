@@ -12,11 +12,11 @@
 //! that does not come back by the deadline and a power driver that fails each fail the stage,
 //! naming the cycle. Nothing here is ever a pass without every cycle stored.
 
+use crate::store::sql::OptionalExtension;
 use kiln_protocol::suite::CycleKind;
 use kiln_protocol::verdict::cycles::{Boot, Judged, judge};
 use kiln_protocol::verdict::linux::Console;
 use kiln_protocol::wire::{CycleBoot, Inventory};
-use rusqlite::OptionalExtension;
 
 use super::{
     Connection, Ended, Stage, StageState, StoreError, Verdict, conclude, end_stage, exec,
@@ -71,7 +71,7 @@ pub(super) fn after_linux(
             start_stage(tx, run_id, Stage::Cycles)?;
             exec(
                 tx,
-                "INSERT OR IGNORE INTO power_cycles (run_id, cycle, count, kind, state) VALUES (?1, 1, ?2, ?3, ?4)",
+                "INSERT INTO power_cycles (run_id, cycle, count, kind, state) VALUES (?1, 1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![run_id, c.count, c.kind.name(), CycleState::Due],
             )?;
             progress(
@@ -126,7 +126,7 @@ fn progress(
 
 /// Takes every cycle whose power action is owed and marks it as powering, with the deadline
 /// by which its boot must have reported. One transaction; the caller then acts.
-pub fn take_due(conn: &mut Connection, now: i64) -> Result<Vec<Due>, StoreError> {
+pub fn take_due(conn: &Connection, now: i64) -> Result<Vec<Due>, StoreError> {
     let tx = conn.savepoint()?;
     let due: Vec<(i64, i64, u32, u32, String)> = {
         let mut stmt = tx.prepare_cached(
@@ -147,11 +147,23 @@ pub fn take_due(conn: &mut Connection, now: i64) -> Result<Vec<Due>, StoreError>
         };
         let timeout = settings(&tx, run_id)?
             .map_or(15 * 60 * 1000, |c| c.boot_timeout.get().as_millis() as i64);
-        exec(
+        // Claimed only while still due: collectors sharing a database each look for what is
+        // owed, and the one whose update lands sends the action; the others skip it.
+        let claimed = exec(
             &tx,
-            "UPDATE power_cycles SET state = ?3, powered_ms = ?4, deadline_ms = ?5 WHERE run_id = ?1 AND cycle = ?2",
-            params![run_id, cycle, CycleState::Powering, now, now + timeout],
+            "UPDATE power_cycles SET state = ?3, powered_ms = ?4, deadline_ms = ?5 WHERE run_id = ?1 AND cycle = ?2 AND state = ?6",
+            params![
+                run_id,
+                cycle,
+                CycleState::Powering,
+                now,
+                now + timeout,
+                CycleState::Due
+            ],
         )?;
+        if claimed == 0 {
+            continue;
+        }
         progress(
             &tx,
             run_id,
@@ -175,7 +187,7 @@ pub fn take_due(conn: &mut Connection, now: i64) -> Result<Vec<Due>, StoreError>
 
 /// A cycle's power action could not be carried out (`why`): the stage fails, naming it.
 pub fn power_failed(
-    conn: &mut Connection,
+    conn: &Connection,
     run_id: i64,
     cycle: u32,
     why: &str,
@@ -293,7 +305,7 @@ pub enum Reported {
 /// The agent of cycle `cycle`'s boot reports the node's inventory. Accepted once, for the
 /// cycle whose boot is under way; then the cycles are judged. One transaction.
 pub fn report(
-    conn: &mut Connection,
+    conn: &Connection,
     run_id: i64,
     cycle: u32,
     inventory: &Inventory,
@@ -429,7 +441,7 @@ fn advance(tx: &Connection, run_id: i64) -> Result<Ended, StoreError> {
         Judged::Next(cycle) => {
             exec(
                 tx,
-                "INSERT OR IGNORE INTO power_cycles (run_id, cycle, count, kind, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO power_cycles (run_id, cycle, count, kind, state) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 params![run_id, cycle, count, kind, CycleState::Due],
             )?;
             progress(tx, run_id, cycle, count, &format!("{kind} power cycle due"))?;

@@ -38,7 +38,7 @@ fn inventory_with(boot_id: &str, disk: bool) -> Inventory {
 }
 
 /// The node's console shows the attestation of the run's current session.
-fn console_shows(conn: &mut Connection, run_id: i64) -> Ended {
+fn console_shows(conn: &Connection, run_id: i64) -> Ended {
     let node: i64 = conn
         .query_row("SELECT node_id FROM runs WHERE id = ?1", [run_id], |r| {
             r.get(0)
@@ -56,8 +56,8 @@ fn console_shows(conn: &mut Connection, run_id: i64) -> Ended {
 
 /// A run of a suite with `cycles` power cycles whose Linux stage passed, attested by the
 /// read console: the connection, its boot request, the run.
-fn cycles_run(cycles: &str) -> (Connection, BootRequest, i64) {
-    let mut conn = test_connection();
+fn cycles_run(cycles: &str) -> (Connection<'static>, BootRequest, i64) {
+    let conn = test_connection();
     let mut req = request(identity(Some("52:54:00:00:00:01"), None));
     req.suite = Some(SuiteFile {
         name: "m".into(),
@@ -65,13 +65,13 @@ fn cycles_run(cycles: &str) -> (Connection, BootRequest, i64) {
             "suite: m\ndescription: d\ncycles: {cycles}\nsteps:\n  - name: tool\n    exec: {{argv: [true]}}\n"
         )),
     });
-    let (Script::Linux { run_id }, _) = script(&mut conn, &req) else {
+    let (Script::Linux { run_id }, _) = script(&conn, &req) else {
         panic!("expected linux")
     };
     attest::console_watched(&conn, run_id).unwrap();
-    let _ = exchange(&mut conn, run_id, "h1", "s1", &session("10.0.0.1")).unwrap();
+    let _ = exchange(&conn, run_id, "h1", "s1", &session("10.0.0.1")).unwrap();
     // The Linux boot stays up for the collector to cycle it.
-    let plan = plan(&mut conn, run_id).unwrap().unwrap();
+    let plan = plan(&conn, run_id).unwrap().unwrap();
     assert_eq!(plan.after, kiln_protocol::wire::After::Hold);
     assert_eq!(plan.cycle, None);
     assert!(put_inventory(&conn, run_id, &inventory_with("b0", true)).unwrap());
@@ -81,8 +81,8 @@ fn cycles_run(cycles: &str) -> (Connection, BootRequest, i64) {
         [run_id],
     )
     .unwrap();
-    let _ = ingest(&mut conn, run_id, "s1", Some("10.0.0.1"), &whole_run()).unwrap();
-    let ended = console_shows(&mut conn, run_id);
+    let _ = ingest(&conn, run_id, "s1", Some("10.0.0.1"), &whole_run()).unwrap();
+    let ended = console_shows(&conn, run_id);
     // The console tail goes on through the cycles.
     let linux: (String, Option<String>) = conn
         .query_row(
@@ -100,7 +100,7 @@ fn cycles_run(cycles: &str) -> (Connection, BootRequest, i64) {
 /// Cycle `k`: the power action goes out, the node boots, its agent exchanges its token and
 /// reports `inventory`, and (when `vouched`) its console shows the attestation.
 fn cycle(
-    conn: &mut Connection,
+    conn: &Connection,
     req: &mut BootRequest,
     run_id: i64,
     k: u32,
@@ -137,10 +137,10 @@ fn cycle(
 
 #[test]
 fn three_clean_power_cycles_pass_each_a_new_boot_and_the_last_powers_off() {
-    let (mut conn, mut req, run_id) = cycles_run("{count: 3, kind: cold}");
+    let (conn, mut req, run_id) = cycles_run("{count: 3, kind: cold}");
     for k in 1..=3 {
         let reported = cycle(
-            &mut conn,
+            &conn,
             &mut req,
             run_id,
             k,
@@ -169,9 +169,9 @@ fn three_clean_power_cycles_pass_each_a_new_boot_and_the_last_powers_off() {
 
 #[test]
 fn a_disk_gone_in_cycle_two_fails_naming_the_cycle_and_the_serial() {
-    let (mut conn, mut req, run_id) = cycles_run("{count: 3, kind: warm}");
-    cycle(&mut conn, &mut req, run_id, 1, &inventory_with("b1", true));
-    cycle(&mut conn, &mut req, run_id, 2, &inventory_with("b2", false));
+    let (conn, mut req, run_id) = cycles_run("{count: 3, kind: warm}");
+    cycle(&conn, &mut req, run_id, 1, &inventory_with("b1", true));
+    cycle(&conn, &mut req, run_id, 2, &inventory_with("b2", false));
     let (_, verdict, _) = run_state(&conn, run_id);
     assert_eq!(verdict, Some(Verdict::Fail));
     let detail = cycles_detail(&conn, run_id);
@@ -180,15 +180,15 @@ fn a_disk_gone_in_cycle_two_fails_naming_the_cycle_and_the_serial() {
         "cycle 2: disk KILNSCSI01 is gone (was 64MiB as sdb)"
     );
     // Nothing more is owed.
-    assert!(take_due(&mut conn, now_ms()).unwrap().is_empty());
+    assert!(take_due(&conn, now_ms()).unwrap().is_empty());
 }
 
 #[test]
 fn boots_kiln_did_not_cause_and_reports_out_of_turn_never_pass() {
     // A boot before the power action went out.
-    let (mut conn, mut req, run_id) = cycles_run("{count: 2, kind: warm}");
+    let (conn, mut req, run_id) = cycles_run("{count: 2, kind: warm}");
     req.bootstrap_hash = "early".into();
-    let (answer, _) = script(&mut conn, &req);
+    let (answer, _) = script(&conn, &req);
     assert_eq!(
         answer,
         Script::Done {
@@ -204,26 +204,26 @@ fn boots_kiln_did_not_cause_and_reports_out_of_turn_never_pass() {
     );
 
     // A report for another cycle, or the same boot id again, or a second report.
-    let (mut conn, mut req, run_id) = cycles_run("{count: 2, kind: warm}");
-    let _ = take_due(&mut conn, now_ms()).unwrap();
+    let (conn, mut req, run_id) = cycles_run("{count: 2, kind: warm}");
+    let _ = take_due(&conn, now_ms()).unwrap();
     req.bootstrap_hash = "boot1".into();
-    assert_eq!(script(&mut conn, &req).0, Script::Linux { run_id });
-    let _ = exchange(&mut conn, run_id, "boot1", "session1", &session("10.0.0.1")).unwrap();
-    let (wrong, _) = report(&mut conn, run_id, 2, &inventory_with("b1", true)).unwrap();
+    assert_eq!(script(&conn, &req).0, Script::Linux { run_id });
+    let _ = exchange(&conn, run_id, "boot1", "session1", &session("10.0.0.1")).unwrap();
+    let (wrong, _) = report(&conn, run_id, 2, &inventory_with("b1", true)).unwrap();
     assert!(
         matches!(wrong, Reported::Refused(ref why) if why.contains("cycle 2's inventory is not expected")),
         "{wrong:?}"
     );
-    let (first, _) = report(&mut conn, run_id, 1, &inventory_with("b1", true)).unwrap();
+    let (first, _) = report(&conn, run_id, 1, &inventory_with("b1", true)).unwrap();
     assert_eq!(first, Reported::Stored);
-    let (other, _) = report(&mut conn, run_id, 1, &inventory_with("b9", true)).unwrap();
+    let (other, _) = report(&conn, run_id, 1, &inventory_with("b9", true)).unwrap();
     assert!(matches!(other, Reported::Refused(_)));
     // The agent's retry of the same report is no second report.
-    let (retry, _) = report(&mut conn, run_id, 1, &inventory_with("b1", true)).unwrap();
+    let (retry, _) = report(&conn, run_id, 1, &inventory_with("b1", true)).unwrap();
     assert_eq!(retry, Reported::Stored);
-    let _ = console_shows(&mut conn, run_id);
+    let _ = console_shows(&conn, run_id);
     // Cycle 1's boot id again: the node never rebooted.
-    cycle(&mut conn, &mut req, run_id, 2, &inventory_with("b1", true));
+    cycle(&conn, &mut req, run_id, 2, &inventory_with("b1", true));
     let (_, verdict, _) = run_state(&conn, run_id);
     assert_eq!(verdict, Some(Verdict::Fail));
     let detail = cycles_detail(&conn, run_id);
@@ -233,12 +233,12 @@ fn boots_kiln_did_not_cause_and_reports_out_of_turn_never_pass() {
     );
 
     // A node that never comes back fails by its deadline, naming the cycle.
-    let (mut conn, _, run_id) = cycles_run("{count: 2, kind: cold, boot_timeout: 1m}");
+    let (conn, _, run_id) = cycles_run("{count: 2, kind: cold, boot_timeout: 1m}");
     let now = now_ms();
-    let _ = take_due(&mut conn, now).unwrap();
-    let _ = lost_contact(&mut conn, now + 30_000).unwrap();
+    let _ = take_due(&conn, now).unwrap();
+    let _ = lost_contact(&conn, now + 30_000).unwrap();
     assert_eq!(run_state(&conn, run_id).1, None);
-    let _ = lost_contact(&mut conn, now + 61_000).unwrap();
+    let _ = lost_contact(&conn, now + 61_000).unwrap();
     assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Fail));
     let detail = cycles_detail(&conn, run_id);
     assert!(
@@ -249,8 +249,8 @@ fn boots_kiln_did_not_cause_and_reports_out_of_turn_never_pass() {
     );
 
     // A power driver that fails.
-    let (mut conn, _, run_id) = cycles_run("{count: 1, kind: warm}");
-    let _ = take_due(&mut conn, now_ms()).unwrap();
-    let _ = power_failed(&mut conn, run_id, 1, "qmp power driver: no answer").unwrap();
+    let (conn, _, run_id) = cycles_run("{count: 1, kind: warm}");
+    let _ = take_due(&conn, now_ms()).unwrap();
+    let _ = power_failed(&conn, run_id, 1, "qmp power driver: no answer").unwrap();
     assert_eq!(run_state(&conn, run_id).1, Some(Verdict::Fail));
 }

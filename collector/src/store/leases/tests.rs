@@ -73,7 +73,14 @@ fn a_lease_has_one_owner_and_a_lost_one_is_fenced_out() {
             c.kind()
         );
         assert!(release(c, "console:7", "b", 2, later + 1).unwrap());
+        assert!(!release(c, "console:7", "b", 2, later + 1).unwrap());
         assert_eq!(held(c).unwrap(), []);
+        // Taken again after a release: the next epoch, a new line in the history.
+        assert_eq!(
+            acquire(c, "console:7", "a", later + 2).unwrap(),
+            Acquired::New(3)
+        );
+        assert!(release(c, "console:7", "a", 3, later + 3).unwrap());
         assert_eq!(live(c, later).unwrap(), ["a"]);
     }
     drop(conns);

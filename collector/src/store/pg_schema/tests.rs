@@ -40,8 +40,8 @@ fn sqlite_tables() -> (Tables, Vec<String>) {
                 };
                 let pk: i64 = r.get(5)?;
                 // A rowid key is NOT NULL in effect.
-                let not_null: bool = r.get::<_, bool>(3)? || pk > 0;
-                Ok((r.get::<_, String>(1)?, (class.to_owned(), not_null, pk > 0)))
+                let not_null: bool = r.get::<bool>(3)? || pk > 0;
+                Ok((r.get::<String>(1)?, (class.to_owned(), not_null, pk > 0)))
             })
             .unwrap()
             .collect::<Result<_, _>>()
@@ -195,8 +195,7 @@ fn the_reports_clock_moves_alike_on_both_engines() {
     migrate(&pg).unwrap();
     // Started again: the triggers are made anew, not doubled.
     migrate(&pg).unwrap();
-    let sqlite_raw = crate::store::test_connection();
-    let sqlite = Connection::over(&sqlite_raw);
+    let sqlite = crate::store::test_connection();
     let steps: [(&str, (i64, i64)); 7] = [
         (
             "INSERT INTO nodes (created_ms, last_seen_ms) VALUES (0, 0)",

@@ -116,9 +116,9 @@ fn stage_times(conn: &Connection, run_ids: &[i64]) -> Result<Vec<StageTime>, Sto
         .query_map([ids], |r| {
             Ok(StageTime {
                 stage: r.get(0)?,
-                runs: r.get::<_, i64>(1)? as usize,
-                mean_s: r.get::<_, f64>(2)? / 1000.0,
-                max_s: r.get::<_, f64>(3)? / 1000.0,
+                runs: r.get::<i64>(1)? as usize,
+                mean_s: r.get::<f64>(2)? / 1000.0,
+                max_s: r.get::<f64>(3)? / 1000.0,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -165,7 +165,7 @@ pub fn batch_distributions(
     )?;
     let mut values: std::collections::BTreeMap<(String, String, String), Vec<f64>> =
         std::collections::BTreeMap::new();
-    for report in stmt.query_map([batch], |r| r.get::<_, String>(0))? {
+    for report in stmt.query_map([batch], |r| r.get::<String>(0))? {
         let Ok(report) = serde_json::from_str::<StepReport>(&report?) else {
             continue;
         };

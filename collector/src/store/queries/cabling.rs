@@ -20,7 +20,7 @@ pub struct MapLine {
 /// Replaces the map with `lines`, or keeps the old one and says every line that names no
 /// node (or one ambiguously) and every port given twice. Returns the cables stored.
 pub fn import_cabling(
-    conn: &mut Connection,
+    conn: &Connection,
     lines: &[MapLine],
 ) -> Result<Result<usize, String>, StoreError> {
     let tx = conn.savepoint()?;
@@ -140,13 +140,13 @@ pub fn elsewhere(
     for (switch, port) in heard {
         let rows = stmt.query_map(params![switch, port, node_id], |r| {
             Ok((
-                r.get::<_, String>(1)?,
+                r.get::<String>(1)?,
                 Cable {
                     interface: r.get(2)?,
                     switch: r.get(3)?,
                     port: r.get(4)?,
                 },
-                r.get::<_, Option<String>>(5)?,
+                r.get::<Option<String>>(5)?,
             ))
         })?;
         for row in rows {

@@ -43,7 +43,7 @@ pub fn power_cycles(conn: &Connection, run_id: i64) -> Result<Vec<CycleRow>, Sto
                 boot_id: r.get(3)?,
                 secs_to_boot: secs(powered, served),
                 secs_to_report: secs(served, reported),
-                attested: r.get::<_, Option<i64>>(7)?.is_some(),
+                attested: r.get::<Option<i64>>(7)?.is_some(),
             })
         })?
         .collect::<Result<_, _>>()?;

@@ -1,9 +1,9 @@
 //! Every statement the collector runs, as plain functions on a connection. They are called
 //! inside [`super::Db::call`], on the database thread.
 
+use crate::store::sql::{Connection, OptionalExtension, params};
 use kiln_protocol::verdict::Verdict;
 use kiln_protocol::wire::{Inventory, Outcome, StepReport};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::states::{Mode, RunStage, Sql, Stage, StageState};
@@ -43,7 +43,7 @@ pub use waivers::{NotWaived, add_waiver, read_waivers, revoke_waiver};
 pub fn put_suite(conn: &Connection, name: &str, text: &str) -> Result<String, StoreError> {
     let sha = sha256_hex(text.as_bytes());
     conn.execute(
-        "INSERT OR IGNORE INTO suites (sha256, name, text, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO suites (sha256, name, text, created_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
         params![sha, name, text, now_ms()],
     )?;
     Ok(sha)
@@ -83,10 +83,7 @@ pub struct Label {
 }
 
 /// Labels nodes by MAC, registering the ones not seen yet; returns (updated, created).
-pub fn import_labels(
-    conn: &mut Connection,
-    labels: &[Label],
-) -> Result<(usize, usize), StoreError> {
+pub fn import_labels(conn: &Connection, labels: &[Label]) -> Result<(usize, usize), StoreError> {
     let tx = conn.savepoint()?;
     let (mut updated, mut created) = (0, 0);
     let now = now_ms();
@@ -107,11 +104,11 @@ pub fn import_labels(
                 updated += 1;
             }
             None => {
-                tx.execute(
-                    "INSERT INTO nodes (rack, slot, hostname, batch, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?5, ?4, ?4)",
+                let id: i64 = tx.query_row(
+                    "INSERT INTO nodes (rack, slot, hostname, batch, created_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?5, ?4, ?4) RETURNING id",
                     params![l.rack, l.slot, l.hostname, now, l.batch],
+                    |r| r.get(0),
                 )?;
-                let id = tx.last_insert_rowid();
                 tx.execute(
                     "INSERT INTO node_macs (mac, node_id) VALUES (?1, ?2)",
                     params![l.mac, id],
@@ -128,18 +125,18 @@ pub fn import_labels(
 pub use kiln_protocol::api::Selector;
 
 /// The `WHERE` clause (`?1` bound to the value) that selects what `selector` names.
-pub(crate) fn select_sql(selector: &Selector) -> (&'static str, rusqlite::types::Value) {
-    use rusqlite::types::Value;
+pub(crate) fn select_sql(selector: &Selector) -> (&'static str, crate::store::sql::Value) {
+    use crate::store::sql::Value;
     match selector {
         Selector::Rack(r) => ("rack = ?1", Value::Text(r.clone())),
         Selector::Mac(m) => (
             "id IN (SELECT node_id FROM node_macs WHERE mac = ?1)",
             Value::Text(m.clone()),
         ),
-        Selector::Node(id) => ("id = ?1", Value::Integer(*id)),
+        Selector::Node(id) => ("id = ?1", Value::Int(*id)),
         Selector::Batch(b) => ("batch = ?1", Value::Text(b.clone())),
         // `{"all": false}` selects nothing: only an explicit true means every node.
-        Selector::All(all) => ("?1 = 1", Value::Integer(i64::from(*all))),
+        Selector::All(all) => ("?1 = 1", Value::Int(i64::from(*all))),
     }
 }
 

@@ -5,6 +5,7 @@ use super::{
     Connection, Failures, Mode, Progress, RunStage, Selector, Serialize, Sql, StoreError, Verdict,
     fault_lines, now_ms, params, select_sql, waivers,
 };
+use crate::store::sql::SqlError;
 
 /// A node with its latest run, as reports and the dashboard show it (typed in `protocol`,
 /// which `kiln report` reads it back with).
@@ -38,12 +39,12 @@ pub struct Filter {
 macro_rules! node_rows_from {
     () => {
         " FROM nodes n LEFT JOIN runs r ON r.id = n.latest_run
-         WHERE (?1 IS NULL OR n.rack = ?1)
-           AND (?8 IS NULL OR n.batch = ?8)
-           AND (?5 IS NULL OR n.id = ?5)
-           AND (?2 IS NULL OR r.verdict = ?2)
+         WHERE (CAST(?1 AS TEXT) IS NULL OR n.rack = ?1)
+           AND (CAST(?8 AS TEXT) IS NULL OR n.batch = ?8)
+           AND (CAST(?5 AS BIGINT) IS NULL OR n.id = ?5)
+           AND (CAST(?2 AS TEXT) IS NULL OR r.verdict = ?2)
            AND (?4 = 0 OR (r.id IS NOT NULL AND r.verdict IS NULL))
-           AND (?3 IS NULL OR r.started_ms >= ?3)
+           AND (CAST(?3 AS BIGINT) IS NULL OR r.started_ms >= ?3)
          ORDER BY n.rack, n.slot, n.id
          LIMIT ?6 OFFSET ?7"
     };
@@ -55,7 +56,7 @@ pub(super) const NODE_ROWS_SQL: &str = concat!(
     "SELECT n.id AS node_id, n.hostname AS hostname, n.rack AS rack, n.slot AS slot,
                 n.serial AS serial, n.uuid AS uuid, n.mode AS mode, n.batch AS batch,
                 n.ad_hoc AS ad_hoc, n.allow_destructive AS allow_destructive, n.claimed AS claimed,
-                (SELECT group_concat(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac)) AS macs,
+                (SELECT string_agg(mac, ',') FROM (SELECT mac FROM node_macs WHERE node_id = n.id ORDER BY mac) AS m) AS macs,
                 r.id AS run_id, r.suite_name AS suite, r.stage AS stage, r.verdict AS verdict,
                 r.verdict_reason AS verdict_reason, r.progress AS progress,
                 r.started_ms AS started_ms, r.finished_ms AS finished_ms, r.expect AS expect,
@@ -69,8 +70,8 @@ pub(super) const NODE_ROWS_SQL: &str = concat!(
 pub(super) const NODE_PROGRESS_SQL: &str = concat!("SELECT r.id, r.progress", node_rows_from!());
 
 /// The parameters of [`node_rows_from`] for `filter`.
-fn filter_params(filter: &Filter) -> [rusqlite::types::Value; 8] {
-    use rusqlite::types::Value;
+fn filter_params(filter: &Filter) -> [crate::store::sql::Value; 8] {
+    use crate::store::sql::Value;
     // `running` is no verdict: it selects runs that have none yet.
     let running = filter.verdict.as_deref() == Some("running");
     let verdict = filter.verdict.clone().filter(|_| !running);
@@ -80,7 +81,8 @@ fn filter_params(filter: &Filter) -> [rusqlite::types::Value; 8] {
         Value::from(filter.since_ms),
         Value::from(running),
         Value::from(filter.node_id),
-        Value::from(filter.limit.map_or(-1, |l| l as i64)),
+        // No limit is the largest: SQLite reads -1 as none, PostgreSQL refuses it.
+        Value::from(filter.limit.map_or(i64::MAX, |l| l as i64)),
         Value::from(filter.offset as i64),
         Value::from(filter.batch.clone()),
     ]
@@ -98,8 +100,8 @@ pub type RowProgress = (Option<i64>, Option<Progress>);
 /// The live progress of every row `filter` selects, in report order, each with its run.
 pub fn node_progress(conn: &Connection, filter: &Filter) -> Result<Vec<RowProgress>, StoreError> {
     let mut stmt = conn.prepare_cached(NODE_PROGRESS_SQL)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(filter_params(filter)), |r| {
-        Ok((r.get(0)?, read_progress(r.get_ref(1)?.as_str_or_null()?)))
+    let rows = stmt.query_map(filter_params(filter), |r| {
+        Ok((r.get(0)?, read_progress(r.text(1)?)))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -128,10 +130,7 @@ pub fn tally(conn: &Connection) -> Result<Tally, StoreError> {
     let mut stmt = conn.prepare_cached(TALLY_SQL)?;
     let mut tally = Tally::default();
     for row in stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, Option<i64>>(0)?,
-            r.get::<_, Option<Sql<Verdict>>>(1)?,
-        ))
+        Ok((r.get::<Option<i64>>(0)?, r.get::<Option<Sql<Verdict>>>(1)?))
     })? {
         tally.total += 1;
         match row? {
@@ -149,21 +148,21 @@ pub fn tally(conn: &Connection) -> Result<Tally, StoreError> {
 struct Named(std::collections::HashMap<String, usize>);
 
 impl Named {
-    fn of(stmt: &rusqlite::Statement<'_>) -> Named {
-        Named(
-            stmt.column_names()
+    fn of(stmt: &crate::store::sql::Statement<'_, '_>) -> Result<Named, SqlError> {
+        Ok(Named(
+            stmt.column_names()?
                 .into_iter()
                 .enumerate()
-                .map(|(i, name)| (name.to_owned(), i))
+                .map(|(i, name)| (name, i))
                 .collect(),
-        )
+        ))
     }
 
-    fn at(&self, name: &str) -> rusqlite::Result<usize> {
+    fn at(&self, name: &str) -> Result<usize, SqlError> {
         self.0
             .get(name)
             .copied()
-            .ok_or_else(|| rusqlite::Error::InvalidColumnName(name.to_owned()))
+            .ok_or_else(|| SqlError::NoColumn(name.to_owned()))
     }
 }
 
@@ -197,16 +196,15 @@ pub fn each_node_row(
     mut each: impl FnMut(NodeRow) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(NODE_ROWS_SQL)?;
-    let named = Named::of(&stmt);
-    let rows = stmt.query_map(rusqlite::params_from_iter(filter_params(filter)), |r| {
+    let named = Named::of(&stmt)?;
+    let rows = stmt.query_map(filter_params(filter), |r| {
         let at = |name: &str| named.at(name);
         // An ad-hoc node shows the MACs it claimed, which it does not own (read only for a
         // node without MACs of its own, and only the MACs of the claim).
-        let macs = match r.get::<_, Option<String>>(at("macs")?)? {
+        let macs = match r.get::<Option<String>>(at("macs")?)? {
             Some(own) => own,
             None => r
-                .get_ref(at("claimed")?)?
-                .as_str_or_null()?
+                .text(at("claimed")?)?
                 .and_then(|c| serde_json::from_str::<ClaimedMacs>(c).ok())
                 .map(|c| c.macs.join(","))
                 .unwrap_or_default(),
@@ -219,35 +217,30 @@ pub fn each_node_row(
                 slot: r.get(at("slot")?)?,
                 serial: r.get(at("serial")?)?,
                 uuid: r.get(at("uuid")?)?,
-                mode: r.get::<_, Sql<Mode>>(at("mode")?)?.0,
+                mode: r.get::<Sql<Mode>>(at("mode")?)?.0,
                 macs,
                 ad_hoc: r.get(at("ad_hoc")?)?,
                 allow_destructive: r.get(at("allow_destructive")?)?,
                 batch: r.get(at("batch")?)?,
                 run_id: r.get(at("run_id")?)?,
                 suite: r.get(at("suite")?)?,
-                stage: r
-                    .get::<_, Option<Sql<RunStage>>>(at("stage")?)?
-                    .map(|s| s.0),
-                verdict: r
-                    .get::<_, Option<Sql<Verdict>>>(at("verdict")?)?
-                    .map(|v| v.0),
+                stage: r.get::<Option<Sql<RunStage>>>(at("stage")?)?.map(|s| s.0),
+                verdict: r.get::<Option<Sql<Verdict>>>(at("verdict")?)?.map(|v| v.0),
                 verdict_reason: r.get(at("verdict_reason")?)?,
-                progress: read_progress(r.get_ref(at("progress")?)?.as_str_or_null()?),
+                progress: read_progress(r.text(at("progress")?)?),
                 faults: Vec::new(),
                 started_ms: r.get(at("started_ms")?)?,
                 finished_ms: r.get(at("finished_ms")?)?,
                 waiver: None,
                 attestation_optional: r
-                    .get::<_, Option<bool>>(at("attestation_optional")?)?
+                    .get::<Option<bool>>(at("attestation_optional")?)?
                     .unwrap_or(false),
                 payload: r
-                    .get_ref(at("payload")?)?
-                    .as_str_or_null()?
+                    .text(at("payload")?)?
                     .and_then(|p| serde_json::from_str(p).ok()),
             },
-            r.get::<_, Option<String>>(at("expect")?)?,
-            r.get::<_, Option<String>>(at("findings")?)?,
+            r.get::<Option<String>>(at("expect")?)?,
+            r.get::<Option<String>>(at("findings")?)?,
         ))
     })?;
     let mut chunk = Vec::with_capacity(ROWS_AT_ONCE);
@@ -368,7 +361,7 @@ pub fn node_runs(conn: &Connection, node_id: i64) -> Result<Vec<RunSummary>, Sto
         Ok(RunSummary {
             run_id: r.get(0)?,
             suite: r.get(1)?,
-            verdict: r.get::<_, Option<Sql<Verdict>>>(2)?.map(|v| v.0),
+            verdict: r.get::<Option<Sql<Verdict>>>(2)?.map(|v| v.0),
             started_ms: r.get(3)?,
             finished_ms: r.get(4)?,
         })
@@ -390,7 +383,7 @@ pub struct HistoryEntry {
 /// A node's history, newest first.
 pub fn node_history(conn: &Connection, node_id: i64) -> Result<Vec<HistoryEntry>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT at_ms, what, who FROM node_history WHERE node_id = ?1 ORDER BY at_ms DESC, rowid DESC LIMIT 100",
+        "SELECT at_ms, what, who FROM node_history WHERE node_id = ?1 ORDER BY at_ms DESC, seq DESC LIMIT 100",
     )?;
     let rows = stmt.query_map([node_id], |r| {
         Ok(HistoryEntry {

@@ -1,7 +1,7 @@
 //! Each end's figures of each pair of a `target: peer` step, as the collector judged them:
 //! what the verdict checks a passing step against and what reports name the partners from.
 
-use rusqlite::{Connection, params};
+use crate::store::sql::{Connection, params};
 use serde::Serialize;
 
 use super::StoreError;
@@ -32,8 +32,8 @@ pub struct PairResult {
 /// Stores `result` for run `run_id`; the first word on a pair stands.
 pub fn record_pair(conn: &Connection, run_id: i64, r: &PairResult) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT OR IGNORE INTO pair_results (run_id, step, pair, partner_node, partner_name,
-         download_mbps, upload_mbps, mbps, met, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO pair_results (run_id, step, pair, partner_node, partner_name,
+         download_mbps, upload_mbps, mbps, met, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
         params![
             run_id,
             r.step,
@@ -60,7 +60,7 @@ pub fn pair_results(conn: &Connection, run_id: i64) -> Result<Vec<PairResult>, S
         .query_map([run_id], |r| {
             Ok(PairResult {
                 step: r.get(0)?,
-                pair: r.get::<_, i64>(1)? as u64,
+                pair: r.get::<i64>(1)? as u64,
                 partner_node: r.get(2)?,
                 partner_name: r.get(3)?,
                 download_mbps: r.get(4)?,

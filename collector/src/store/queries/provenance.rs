@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::{Connection, Serialize, StoreError, params};
-use rusqlite::OptionalExtension;
+use crate::store::sql::OptionalExtension;
 
 /// A run's provenance.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -95,7 +95,7 @@ pub fn provenance(
         conn.query_row(
             "SELECT who, at_ms FROM node_history WHERE node_id = ?1 AND at_ms <= ?2 AND what = 'destructive disk steps allowed' ORDER BY at_ms DESC LIMIT 1",
             params![node, started],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)),
         )
         .optional()?
         .map(|(who, at)| {
@@ -139,9 +139,7 @@ fn seeds(conn: &Connection, run_id: i64) -> Result<BTreeMap<String, String>, Sto
          WHERE e.run_id = ?1 AND e.kind = 'log' AND e.body LIKE '%seed 0x%' LIMIT 100",
     )?;
     let mut out = BTreeMap::new();
-    for row in stmt.query_map([run_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })? {
+    for row in stmt.query_map([run_id], |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)))? {
         let (step, body) = row?;
         let line = serde_json::from_str::<serde_json::Value>(&body)
             .ok()

@@ -7,7 +7,7 @@ use super::{
     Connection, Inventory, Outcome, Provenance, RunStage, Serialize, Sql, Stage, StageState,
     StepReport, StoreError, Verdict, params, provenance,
 };
-use rusqlite::OptionalExtension;
+use crate::store::sql::OptionalExtension;
 
 /// Failed and errored steps of the runs in the JSON array ?1 (distinct ids), by run and step.
 /// The outcomes are written out, not bound, so that the partial index `steps_failed` serves
@@ -53,7 +53,7 @@ impl Failures {
         let ids = serde_json::Value::from(run_ids).to_string();
         let mut stmt = conn.prepare_cached(FAILED_STEPS_SQL)?;
         for row in stmt.query_map(params![ids], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            Ok((r.get::<i64>(0)?, r.get::<String>(1)?))
         })? {
             let (run_id, report) = row?;
             let report: StepReport =
@@ -65,11 +65,7 @@ impl Failures {
         }
         let mut stmt = conn.prepare_cached(FAILED_STAGES_SQL)?;
         for row in stmt.query_map(params![ids], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Stage>(1)?,
-                r.get::<_, String>(2)?,
-            ))
+            Ok((r.get::<i64>(0)?, r.get::<Stage>(1)?, r.get::<String>(2)?))
         })? {
             let (run_id, stage, detail) = row?;
             out.by_run
@@ -242,7 +238,8 @@ pub fn payload_piece(
         "INSERT INTO payload_sources (run_id, source_node, bytes, pieces, first_ms, last_ms)
          VALUES (?1, ?2, ?3, 1, ?4, ?4)
          ON CONFLICT (run_id, source_node) DO UPDATE SET
-           bytes = bytes + excluded.bytes, pieces = pieces + 1, last_ms = excluded.last_ms",
+           bytes = payload_sources.bytes + excluded.bytes, pieces = payload_sources.pieces + 1,
+           last_ms = excluded.last_ms",
     )?
     .execute(params![
         run_id,
@@ -266,7 +263,8 @@ pub fn payload_fault(
         "INSERT INTO payload_sources (run_id, source_node, bytes, pieces, first_ms, last_ms, corrupt, broken)
          VALUES (?1, ?2, 0, 0, ?3, ?3, ?4, ?5)
          ON CONFLICT (run_id, source_node) DO UPDATE SET
-           corrupt = corrupt + excluded.corrupt, broken = broken + excluded.broken",
+           corrupt = payload_sources.corrupt + excluded.corrupt,
+           broken = payload_sources.broken + excluded.broken",
     )?
     .execute(params![
         run_id,
@@ -290,11 +288,11 @@ pub fn payload_complete(conn: &Connection, run_id: i64) -> Result<(), StoreError
         [run_id],
         |r| {
             Ok(kiln_protocol::payload::Tally {
-                collector_bytes: r.get::<_, i64>(0)?.max(0) as u64,
-                peer_bytes: r.get::<_, i64>(1)?.max(0) as u64,
-                peers: r.get::<_, i64>(2)?.max(0) as u32,
-                corrupt: r.get::<_, i64>(3)?.max(0) as u32,
-                ms: r.get::<_, i64>(4)?.max(0) as u64,
+                collector_bytes: r.get::<i64>(0)?.max(0) as u64,
+                peer_bytes: r.get::<i64>(1)?.max(0) as u64,
+                peers: r.get::<i64>(2)?.max(0) as u32,
+                corrupt: r.get::<i64>(3)?.max(0) as u32,
+                ms: r.get::<i64>(4)?.max(0) as u64,
             })
         },
     )?;
@@ -315,7 +313,7 @@ fn payload_sources(conn: &Connection, run_id: i64) -> Result<Vec<PayloadSource>,
     let sources = stmt
         .query_map([run_id], |r| {
             Ok(PayloadSource {
-                node: Some(r.get::<_, i64>(0)?).filter(|n| *n != 0),
+                node: Some(r.get::<i64>(0)?).filter(|n| *n != 0),
                 bytes: r.get(1)?,
                 pieces: r.get(2)?,
                 first_ms: r.get(3)?,
@@ -359,9 +357,9 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                         suite: r.get(1)?,
                         suite_sha256: r.get(2)?,
                         image_digest: r.get(3)?,
-                        stage: r.get::<_, Sql<RunStage>>(4)?.0,
-                        verdict: r.get::<_, Option<Sql<Verdict>>>(5)?.map(|v| v.0),
-                        agent_verdict: r.get::<_, Option<Sql<Verdict>>>(12)?.map(|v| v.0),
+                        stage: r.get::<Sql<RunStage>>(4)?.0,
+                        verdict: r.get::<Option<Sql<Verdict>>>(5)?.map(|v| v.0),
+                        agent_verdict: r.get::<Option<Sql<Verdict>>>(12)?.map(|v| v.0),
                         verdict_reason: r.get(6)?,
                         started_ms: r.get(7)?,
                         agent_started_ms: r.get(13)?,
@@ -375,7 +373,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                         log_lines: 0,
                         memtest: None,
                         console: r
-                            .get::<_, Option<Vec<u8>>>(14)?
+                            .get::<Option<Vec<u8>>>(14)?
                             .map(|raw| {
                                 let lines = crate::console::lines(&raw);
                                 let from = lines.len().saturating_sub(crate::console::SHOWN_LINES);
@@ -387,9 +385,9 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
                         pairs: Vec::new(),
                         repeats: r.get(15)?,
                     },
-                    r.get::<_, Option<String>>(9)?,
-                    r.get::<_, Option<String>>(10)?,
-                    r.get::<_, Option<String>>(11)?,
+                    r.get::<Option<String>>(9)?,
+                    r.get::<Option<String>>(10)?,
+                    r.get::<Option<String>>(11)?,
                 ))
             },
         )
@@ -405,7 +403,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
             Ok(StageRow {
                 name: r.get(0)?,
                 state: r.get(1)?,
-                verdict: r.get::<_, Option<Sql<Verdict>>>(2)?.map(|v| v.0),
+                verdict: r.get::<Option<Sql<Verdict>>>(2)?.map(|v| v.0),
                 detail: r.get(3)?,
                 started_ms: r.get(4)?,
                 finished_ms: r.get(5)?,
@@ -416,7 +414,7 @@ pub fn run_detail(conn: &Connection, run_id: i64) -> Result<Option<RunDetail>, S
     let mut stmt =
         conn.prepare_cached("SELECT report FROM steps WHERE run_id = ?1 ORDER BY step")?;
     let steps = stmt
-        .query_map([run_id], |r| r.get::<_, String>(0))?
+        .query_map([run_id], |r| r.get::<String>(0))?
         .map(|r| {
             r.map_err(StoreError::from).and_then(|t| {
                 serde_json::from_str(&t).map_err(|source| StoreError::Corrupt {
@@ -532,7 +530,7 @@ pub fn run_logs_before(
     before: i64,
 ) -> Result<Vec<LogLine>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, at_ms, step, body FROM (SELECT * FROM events WHERE run_id = ?1 AND kind IN (?3, ?4) AND seq < ?5 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+        "SELECT seq, at_ms, step, body FROM (SELECT * FROM events WHERE run_id = ?1 AND kind IN (?3, ?4) AND seq < ?5 ORDER BY seq DESC LIMIT ?2) AS latest ORDER BY seq",
     )?;
     let rows = stmt.query_map(params![run_id, limit, "log", "logs_dropped", before], |r| {
         let body: String = r.get(3)?;
@@ -580,10 +578,10 @@ pub(super) fn fault_codes(
     )?;
     let rows = stmt.query_map([ids], |r| {
         Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, Option<Sql<Verdict>>>(2)?.map(|v| v.0),
-            r.get::<_, Option<String>>(3)?,
+            r.get::<i64>(0)?,
+            r.get::<Option<String>>(1)?,
+            r.get::<Option<Sql<Verdict>>>(2)?.map(|v| v.0),
+            r.get::<Option<String>>(3)?,
         ))
     })?;
     for row in rows {

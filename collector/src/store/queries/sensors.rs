@@ -45,9 +45,7 @@ pub fn sensor_series(conn: &Connection, run_id: i64) -> Result<Vec<SensorSeries>
         "SELECT at_ms, body FROM events WHERE run_id = ?1 AND kind = 'sensors' ORDER BY seq",
     )?;
     let mut sweeps: Vec<Sweep> = Vec::new();
-    for row in stmt.query_map([run_id], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-    })? {
+    for row in stmt.query_map([run_id], |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?)))? {
         let (at, body) = row?;
         if let Ok(EventBody::Sensors { step, readings }) = serde_json::from_str(&body) {
             sweeps.push((at, step, readings));

@@ -37,9 +37,7 @@ pub fn step_series(conn: &Connection, run_id: i64) -> Result<Vec<StepSeries>, St
         "SELECT at_ms, body FROM events WHERE run_id = ?1 AND kind = 'progress' ORDER BY seq",
     )?;
     let mut by_step: BTreeMap<u32, Vec<Sample>> = BTreeMap::new();
-    for row in stmt.query_map([run_id], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-    })? {
+    for row in stmt.query_map([run_id], |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?)))? {
         let (at, body) = row?;
         if let Ok(EventBody::Progress {
             step,

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use kiln_protocol::api::{Waived, Waiver};
 
 use super::{Connection, StoreError, now_ms, params, runs};
-use rusqlite::OptionalExtension;
+use crate::store::sql::OptionalExtension;
 
 /// Why a waiver was not recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub enum NotWaived {
 
 /// Records a waiver of a code the run has, and its line in the node's history.
 pub fn add_waiver(
-    conn: &mut Connection,
+    conn: &Connection,
     req: &kiln_protocol::api::WaiveRequest,
     expires_ms: i64,
     who: &str,
@@ -43,7 +43,7 @@ pub fn add_waiver(
     }
     let run: Option<i64> = tx
         .query_row(
-            "SELECT id FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL AND (?2 IS NULL OR id = ?2) ORDER BY id DESC LIMIT 1",
+            "SELECT id FROM runs WHERE node_id = ?1 AND verdict IS NOT NULL AND (CAST(?2 AS BIGINT) IS NULL OR id = ?2) ORDER BY id DESC LIMIT 1",
             params![req.node, req.run],
             |r| r.get(0),
         )
@@ -61,11 +61,11 @@ pub fn add_waiver(
         }));
     }
     let now = now_ms();
-    tx.execute(
-        "INSERT INTO waivers (node_id, code, reason, ticket, created_ms, created_by, expires_ms, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    let id: i64 = tx.query_row(
+        "INSERT INTO waivers (node_id, code, reason, ticket, created_ms, created_by, expires_ms, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
         params![req.node, req.code, req.reason, req.ticket, now, who, expires_ms, run],
+        |r| r.get(0),
     )?;
-    let id = tx.last_insert_rowid();
     let what = format!(
         "waiver #{id}: {} waived — {}{}",
         req.code,
@@ -91,11 +91,7 @@ pub fn add_waiver(
 
 /// Revokes waiver `id` (once); `None` when there is no such waiver, `Some(false)` when it was
 /// revoked already.
-pub fn revoke_waiver(
-    conn: &mut Connection,
-    id: i64,
-    who: &str,
-) -> Result<Option<bool>, StoreError> {
+pub fn revoke_waiver(conn: &Connection, id: i64, who: &str) -> Result<Option<bool>, StoreError> {
     let tx = conn.savepoint()?;
     let found: Option<(i64, String, Option<i64>)> = tx
         .query_row(
@@ -131,7 +127,7 @@ pub fn read_waivers(
 ) -> Result<Vec<Waiver>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, node_id, code, reason, ticket, created_ms, created_by, expires_ms, revoked_ms, revoked_by, run_id
-         FROM waivers WHERE ?1 IS NULL OR node_id = ?1 ORDER BY id DESC LIMIT 10000",
+         FROM waivers WHERE CAST(?1 AS BIGINT) IS NULL OR node_id = ?1 ORDER BY id DESC LIMIT 10000",
     )?;
     let rows = stmt
         .query_map([node], |r| {
@@ -179,9 +175,9 @@ pub(super) fn waived(
         )?;
         for row in stmt.query_map(params![nodes, now], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?,
+                r.get::<i64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<Option<i64>>(2)?,
             ))
         })? {
             let (node, code, run) = row?;

@@ -12,82 +12,12 @@
 mod pg;
 #[cfg(test)]
 mod tests;
+mod value;
+
+pub use value::{FromValue, ToValue, Value, ValueRef};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-
-/// A value as both engines store it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    /// SQL NULL.
-    Null,
-    /// A whole number (integers, booleans as 0 and 1, whole `numeric`s).
-    Int(i64),
-    /// A floating-point number (or a `numeric` with a fraction).
-    Real(f64),
-    /// Text.
-    Text(String),
-    /// Bytes.
-    Blob(Vec<u8>),
-}
-
-impl Value {
-    fn kind(&self) -> &'static str {
-        self.as_ref().kind()
-    }
-
-    /// The value, borrowed.
-    pub fn as_ref(&self) -> ValueRef<'_> {
-        match self {
-            Value::Null => ValueRef::Null,
-            Value::Int(i) => ValueRef::Int(*i),
-            Value::Real(r) => ValueRef::Real(*r),
-            Value::Text(t) => ValueRef::Text(t),
-            Value::Blob(b) => ValueRef::Blob(b),
-        }
-    }
-}
-
-/// A parameter's value, borrowed from what it binds (nothing is copied on the way to the
-/// engine).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ValueRef<'a> {
-    /// SQL NULL.
-    Null,
-    /// A whole number.
-    Int(i64),
-    /// A floating-point number.
-    Real(f64),
-    /// Text.
-    Text(&'a str),
-    /// Bytes.
-    Blob(&'a [u8]),
-}
-
-impl ValueRef<'_> {
-    fn kind(&self) -> &'static str {
-        match self {
-            ValueRef::Null => "NULL",
-            ValueRef::Int(_) => "an integer",
-            ValueRef::Real(_) => "a real",
-            ValueRef::Text(_) => "text",
-            ValueRef::Blob(_) => "a blob",
-        }
-    }
-}
-
-impl rusqlite::ToSql for ValueRef<'_> {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        use rusqlite::types::{ToSqlOutput, ValueRef as V};
-        Ok(ToSqlOutput::Borrowed(match *self {
-            ValueRef::Null => V::Null,
-            ValueRef::Int(i) => V::Integer(i),
-            ValueRef::Real(r) => V::Real(r),
-            ValueRef::Text(t) => V::Text(t.as_bytes()),
-            ValueRef::Blob(b) => V::Blob(b),
-        }))
-    }
-}
 
 /// Why a statement failed; each names the statement (its first line) where it helps.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +32,7 @@ pub enum SqlError {
         source: rusqlite::Error,
     },
     /// PostgreSQL refused, or the connection failed.
-    #[error("PostgreSQL: {source}; in `{sql}`")]
+    #[error("PostgreSQL: {}; in `{sql}`", pg_says(source))]
     Postgres {
         /// The statement.
         sql: String,
@@ -123,6 +53,27 @@ pub enum SqlError {
     /// `query_row` found no row.
     #[error("no row")]
     NoRows,
+    /// A column asked for by a name the statement does not have.
+    #[error("no column named {0}")]
+    NoColumn(String),
+}
+
+/// What PostgreSQL said: the server's message with its SQLSTATE and detail, else the
+/// client's error (the connection) with its cause.
+fn pg_says(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut said = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                said += &format!(": {detail}");
+            }
+            said
+        }
+        None => match std::error::Error::source(err) {
+            Some(cause) => format!("{err}: {cause}"),
+            None => err.to_string(),
+        },
+    }
 }
 
 fn first_line(sql: &str) -> String {
@@ -130,167 +81,6 @@ fn first_line(sql: &str) -> String {
     match line.char_indices().nth(200) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line.to_owned(),
-    }
-}
-
-/// What a Rust value binds as.
-pub trait ToValue {
-    /// The value, borrowed from `self`.
-    fn to_value(&self) -> ValueRef<'_>;
-}
-
-macro_rules! int_to_value {
-    ($($t:ty),+) => {$(
-        impl ToValue for $t {
-            fn to_value(&self) -> ValueRef<'_> {
-                ValueRef::Int(i64::from(*self))
-            }
-        }
-    )+};
-}
-int_to_value!(i64, i32, u32, u16, u8, i16, bool);
-
-impl ToValue for u64 {
-    fn to_value(&self) -> ValueRef<'_> {
-        // Counters past i64::MAX do not occur; saturate rather than wrap into negatives.
-        ValueRef::Int(i64::try_from(*self).unwrap_or(i64::MAX))
-    }
-}
-
-impl ToValue for usize {
-    fn to_value(&self) -> ValueRef<'_> {
-        ValueRef::Int(i64::try_from(*self).unwrap_or(i64::MAX))
-    }
-}
-
-impl ToValue for f64 {
-    fn to_value(&self) -> ValueRef<'_> {
-        ValueRef::Real(*self)
-    }
-}
-
-impl ToValue for str {
-    fn to_value(&self) -> ValueRef<'_> {
-        ValueRef::Text(self)
-    }
-}
-
-impl ToValue for String {
-    fn to_value(&self) -> ValueRef<'_> {
-        ValueRef::Text(self)
-    }
-}
-
-impl ToValue for [u8] {
-    fn to_value(&self) -> ValueRef<'_> {
-        ValueRef::Blob(self)
-    }
-}
-
-impl ToValue for Vec<u8> {
-    fn to_value(&self) -> ValueRef<'_> {
-        ValueRef::Blob(self)
-    }
-}
-
-impl ToValue for Value {
-    fn to_value(&self) -> ValueRef<'_> {
-        self.as_ref()
-    }
-}
-
-impl<T: ToValue + ?Sized> ToValue for &T {
-    fn to_value(&self) -> ValueRef<'_> {
-        (**self).to_value()
-    }
-}
-
-impl<T: ToValue> ToValue for Option<T> {
-    fn to_value(&self) -> ValueRef<'_> {
-        self.as_ref().map_or(ValueRef::Null, ToValue::to_value)
-    }
-}
-
-/// What a column reads as.
-pub trait FromValue: Sized {
-    /// The Rust value, or what the column held instead.
-    fn from_value(value: &Value) -> Result<Self, &'static str>;
-    /// What it expects, for errors.
-    const WANT: &'static str;
-}
-
-macro_rules! int_from_value {
-    ($($t:ty),+) => {$(
-        impl FromValue for $t {
-            const WANT: &'static str = concat!("an integer that fits ", stringify!($t));
-            fn from_value(value: &Value) -> Result<Self, &'static str> {
-                match value {
-                    Value::Int(i) => <$t>::try_from(*i).map_err(|_| "an integer out of range"),
-                    other => Err(other.kind()),
-                }
-            }
-        }
-    )+};
-}
-int_from_value!(i64, i32, u32, u64, usize, u16, u8);
-
-impl FromValue for bool {
-    const WANT: &'static str = "a boolean (0 or 1)";
-    fn from_value(value: &Value) -> Result<Self, &'static str> {
-        match value {
-            Value::Int(0) => Ok(false),
-            Value::Int(1) => Ok(true),
-            Value::Int(_) => Err("an integer other than 0 and 1"),
-            other => Err(other.kind()),
-        }
-    }
-}
-
-impl FromValue for f64 {
-    const WANT: &'static str = "a number";
-    fn from_value(value: &Value) -> Result<Self, &'static str> {
-        match value {
-            Value::Real(r) => Ok(*r),
-            Value::Int(i) => Ok(*i as f64),
-            other => Err(other.kind()),
-        }
-    }
-}
-
-impl FromValue for String {
-    const WANT: &'static str = "text";
-    fn from_value(value: &Value) -> Result<Self, &'static str> {
-        match value {
-            Value::Text(t) => Ok(t.clone()),
-            other => Err(other.kind()),
-        }
-    }
-}
-
-impl FromValue for Vec<u8> {
-    const WANT: &'static str = "a blob";
-    fn from_value(value: &Value) -> Result<Self, &'static str> {
-        match value {
-            Value::Blob(b) => Ok(b.clone()),
-            other => Err(other.kind()),
-        }
-    }
-}
-
-impl FromValue for Value {
-    const WANT: &'static str = "any value";
-    fn from_value(value: &Value) -> Result<Self, &'static str> {
-        Ok(value.clone())
-    }
-}
-
-impl<T: FromValue> FromValue for Option<T> {
-    const WANT: &'static str = T::WANT;
-    fn from_value(value: &Value) -> Result<Self, &'static str> {
-        match value {
-            Value::Null => Ok(None),
-            v => T::from_value(v).map(Some),
-        }
     }
 }
 
@@ -310,6 +100,21 @@ impl Row {
     }
 }
 
+impl Row {
+    /// Column `i` as text without copying it; `None` for NULL.
+    pub fn text(&self, i: usize) -> Result<Option<&str>, SqlError> {
+        match self.0.get(i).unwrap_or(&Value::Null) {
+            Value::Null => Ok(None),
+            Value::Text(t) => Ok(Some(t)),
+            other => Err(SqlError::Type {
+                column: i,
+                want: "text",
+                got: other.kind(),
+            }),
+        }
+    }
+}
+
 /// Parameters: `params![a, b]` is `&[&dyn ToValue]`.
 #[macro_export]
 macro_rules! sql_params {
@@ -317,6 +122,113 @@ macro_rules! sql_params {
     ($($p:expr),+ $(,)?) => { &[$(&$p as &dyn $crate::store::sql::ToValue),+] as &[&dyn $crate::store::sql::ToValue] };
 }
 pub use sql_params as params;
+
+/// What a statement's parameters can be given as: `params![a, b]`, an array of one type
+/// (`[id]`, `[]`), or a slice of values.
+pub trait Params {
+    /// The values, borrowed.
+    fn values(&self) -> Vec<ValueRef<'_>>;
+}
+
+impl Params for [&dyn ToValue; 0] {
+    fn values(&self) -> Vec<ValueRef<'_>> {
+        Vec::new()
+    }
+}
+
+impl<T: ToValue> Params for &[T] {
+    fn values(&self) -> Vec<ValueRef<'_>> {
+        self.iter().map(ToValue::to_value).collect()
+    }
+}
+
+macro_rules! array_params {
+    ($($n:literal),+) => {$(
+        impl<T: ToValue> Params for [T; $n] {
+            fn values(&self) -> Vec<ValueRef<'_>> {
+                self.iter().map(ToValue::to_value).collect()
+            }
+        }
+    )+};
+}
+array_params!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);
+
+/// `query_row(…).optional()`: no row is `None`, every other error stays one.
+pub trait OptionalExtension<T> {
+    /// The row, `None` when there was none.
+    fn optional(self) -> Result<Option<T>, SqlError>;
+}
+
+impl<T> OptionalExtension<T> for Result<T, SqlError> {
+    fn optional(self) -> Result<Option<T>, SqlError> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(SqlError::NoRows) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A statement to run more than once, or in rusqlite's shape (`prepare_cached(…)?.query_map`);
+/// engines cache prepared statements by text anyway.
+pub struct Statement<'c, 'a> {
+    conn: &'c Connection<'a>,
+    sql: String,
+}
+
+impl Statement<'_, '_> {
+    /// Runs it; returns the rows it changed.
+    pub fn execute<P: Params>(&mut self, params: P) -> Result<usize, SqlError> {
+        self.conn.execute(&self.sql, params)
+    }
+
+    /// Each row mapped by `f`.
+    pub fn query_map<T, P: Params>(
+        &mut self,
+        params: P,
+        mut f: impl FnMut(&Row) -> Result<T, SqlError>,
+    ) -> Result<std::vec::IntoIter<Result<T, SqlError>>, SqlError> {
+        let rows = self.conn.query(&self.sql, params)?;
+        Ok(rows.iter().map(&mut f).collect::<Vec<_>>().into_iter())
+    }
+
+    /// The first row mapped by `f`; [`SqlError::NoRows`] when there is none.
+    pub fn query_row<T, P: Params>(
+        &mut self,
+        params: P,
+        f: impl FnOnce(&Row) -> Result<T, SqlError>,
+    ) -> Result<T, SqlError> {
+        self.conn.query_row(&self.sql, params, f)
+    }
+
+    /// The names of the columns it returns, in order.
+    pub fn column_names(&self) -> Result<Vec<String>, SqlError> {
+        self.conn.columns(&self.sql)
+    }
+
+    /// Its rows, read whole, to walk with [`Rows::next`].
+    pub fn query<P: Params>(&mut self, params: P) -> Result<Rows, SqlError> {
+        Ok(Rows {
+            rows: self.conn.query(&self.sql, params)?.into_iter(),
+            current: None,
+        })
+    }
+}
+
+/// Rows to walk one at a time.
+pub struct Rows {
+    rows: std::vec::IntoIter<Row>,
+    current: Option<Row>,
+}
+
+impl Rows {
+    /// The next row, `None` after the last.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<&Row>, SqlError> {
+        self.current = self.rows.next();
+        Ok(self.current.as_ref())
+    }
+}
 
 /// Which engine a connection speaks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,12 +264,16 @@ impl Connection<'static> {
 
     /// Connects to PostgreSQL at `url` (`postgresql://…`).
     pub fn postgres(url: &str) -> Result<Connection<'static>, SqlError> {
-        let client = postgres::Client::connect(url, postgres::NoTls).map_err(|source| {
-            SqlError::Postgres {
-                sql: "(connect)".into(),
-                source,
-            }
-        })?;
+        let fail = |source| SqlError::Postgres {
+            sql: "(connect)".into(),
+            source,
+        };
+        let mut config: postgres::Config = url.parse().map_err(fail)?;
+        // A server that does not answer is a database lost, said within seconds.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        let client = config.connect(postgres::NoTls).map_err(fail)?;
         Ok(Connection {
             engine: Engine::Postgres(RefCell::new(pg::Pg::new(client))),
             depth: Cell::new(0),
@@ -375,12 +291,26 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// The SQLite connection underneath, for what only SQLite has (query plans, hooks).
+    pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
+        self.sqlite_conn()
+    }
+
     /// The SQLite connection, when this is SQLite.
     fn sqlite_conn(&self) -> Option<&rusqlite::Connection> {
         match &self.engine {
             Engine::Sqlite(c) => Some(c),
             Engine::SqliteRef(c) => Some(c),
             Engine::Postgres(_) => None,
+        }
+    }
+
+    /// Whether the connection is gone (PostgreSQL's server closed it or died; a SQLite
+    /// connection never is).
+    pub fn is_closed(&self) -> bool {
+        match &self.engine {
+            Engine::Postgres(p) => p.borrow().is_closed(),
+            _ => false,
         }
     }
 
@@ -393,46 +323,78 @@ impl<'a> Connection<'a> {
     }
 
     /// Runs a statement; returns the rows it changed.
-    pub fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, SqlError> {
+    pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize, SqlError> {
+        let values = params.values();
         match (&self.engine, self.sqlite_conn()) {
-            (Engine::Postgres(p), _) => p.borrow_mut().execute(sql, params),
-            (_, c) => sqlite_execute(c, sql, params),
+            (Engine::Postgres(p), _) => p
+                .borrow_mut()
+                .execute(sql, &values)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            (_, c) => sqlite_execute(c, sql, &values),
         }
     }
 
     /// Every row a query returns, read whole.
-    pub fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, SqlError> {
+    pub fn query<P: Params>(&self, sql: &str, params: P) -> Result<Vec<Row>, SqlError> {
+        let values = params.values();
         match (&self.engine, self.sqlite_conn()) {
-            (Engine::Postgres(p), _) => p.borrow_mut().query(sql, params),
-            (_, c) => sqlite_query(c, sql, params),
+            (Engine::Postgres(p), _) => p.borrow_mut().query(sql, &values),
+            (_, c) => sqlite_query(c, sql, &values),
         }
     }
 
+    /// The names of the columns `sql` returns, in order.
+    pub fn columns(&self, sql: &str) -> Result<Vec<String>, SqlError> {
+        match (&self.engine, self.sqlite_conn()) {
+            (Engine::Postgres(p), _) => p.borrow_mut().columns(sql),
+            (_, c) => Ok(sqlite_of(c, sql)?
+                .prepare_cached(sql)
+                .map_err(sqlite_fail(sql))?
+                .column_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect()),
+        }
+    }
+
+    /// `sql` as a statement to run (rusqlite's shape; see [`Statement`]).
+    pub fn prepare_cached(&self, sql: &str) -> Result<Statement<'_, 'a>, SqlError> {
+        Ok(Statement {
+            conn: self,
+            sql: sql.to_owned(),
+        })
+    }
+
+    /// The same as [`Connection::prepare_cached`]: every statement is cached.
+    pub fn prepare(&self, sql: &str) -> Result<Statement<'_, 'a>, SqlError> {
+        self.prepare_cached(sql)
+    }
+
     /// Each row mapped by `f`.
-    pub fn query_map<T>(
+    pub fn query_map<T, P: Params>(
         &self,
         sql: &str,
-        params: &[&dyn ToValue],
+        params: P,
         f: impl FnMut(&Row) -> Result<T, SqlError>,
     ) -> Result<Vec<T>, SqlError> {
         self.query(sql, params)?.iter().map(f).collect()
     }
 
     /// The first row mapped by `f`, or `None` when there is none.
-    pub fn query_opt<T>(
+    pub fn query_opt<T, P: Params>(
         &self,
         sql: &str,
-        params: &[&dyn ToValue],
+        params: P,
         f: impl FnOnce(&Row) -> Result<T, SqlError>,
     ) -> Result<Option<T>, SqlError> {
         self.query(sql, params)?.first().map(f).transpose()
     }
 
     /// The first row mapped by `f`; [`SqlError::NoRows`] when there is none.
-    pub fn query_row<T>(
+    pub fn query_row<T, P: Params>(
         &self,
         sql: &str,
-        params: &[&dyn ToValue],
+        params: P,
         f: impl FnOnce(&Row) -> Result<T, SqlError>,
     ) -> Result<T, SqlError> {
         self.query_opt(sql, params, f)?.ok_or(SqlError::NoRows)
@@ -454,9 +416,31 @@ impl<'a> Connection<'a> {
     /// Opens a transaction (or, inside one, a savepoint): committed by
     /// [`Savepoint::commit`], rolled back when dropped without it.
     pub fn savepoint(&self) -> Result<Savepoint<'_, 'a>, SqlError> {
+        self.open_level("BEGIN")
+    }
+
+    /// Opens the writer's transaction for a group of jobs: on SQLite it takes the write lock
+    /// at once (`BEGIN IMMEDIATE`), so no statement in it waits for one half-way.
+    pub fn group(&self) -> Result<Savepoint<'_, 'a>, SqlError> {
+        self.open_level(match self.kind() {
+            EngineKind::Sqlite => "BEGIN IMMEDIATE",
+            EngineKind::Postgres => "BEGIN",
+        })
+    }
+
+    /// Opens a read transaction that sees one snapshot throughout (a page built from several
+    /// queries shows one moment); rolled back when dropped.
+    pub fn snapshot(&self) -> Result<Savepoint<'_, 'a>, SqlError> {
+        self.open_level(match self.kind() {
+            EngineKind::Sqlite => "BEGIN",
+            EngineKind::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        })
+    }
+
+    fn open_level(&self, begin: &str) -> Result<Savepoint<'_, 'a>, SqlError> {
         let level = self.depth.get() + 1;
         self.execute_batch(&if level == 1 {
-            "BEGIN".to_owned()
+            begin.to_owned()
         } else {
             format!("SAVEPOINT kiln_{level}")
         })?;
@@ -537,25 +521,21 @@ fn sqlite_fail(sql: &str) -> impl Fn(rusqlite::Error) -> SqlError + '_ {
 fn sqlite_execute(
     c: Option<&rusqlite::Connection>,
     sql: &str,
-    params: &[&dyn ToValue],
-) -> Result<u64, SqlError> {
-    let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
+    values: &[ValueRef<'_>],
+) -> Result<usize, SqlError> {
     let mut stmt = sqlite_of(c, sql)?
         .prepare_cached(sql)
         .map_err(sqlite_fail(sql))?;
-    let n = stmt
-        .execute(rusqlite::params_from_iter(values.iter()))
-        .map_err(sqlite_fail(sql))?;
-    Ok(n as u64)
+    stmt.execute(rusqlite::params_from_iter(values.iter()))
+        .map_err(sqlite_fail(sql))
 }
 
 fn sqlite_query(
     c: Option<&rusqlite::Connection>,
     sql: &str,
-    params: &[&dyn ToValue],
+    values: &[ValueRef<'_>],
 ) -> Result<Vec<Row>, SqlError> {
     let fail = sqlite_fail(sql);
-    let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
     let mut stmt = sqlite_of(c, sql)?.prepare_cached(sql).map_err(&fail)?;
     let columns = stmt.column_count();
     let mut rows = stmt

@@ -7,7 +7,7 @@ use std::error::Error;
 use bytes::BytesMut;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
-use super::{Row, SqlError, Statements, ToValue, Value, ValueRef, first_line};
+use super::{Row, SqlError, Statements, Value, ValueRef, first_line};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
@@ -44,9 +44,8 @@ impl Pg {
         Ok(statement)
     }
 
-    pub(super) fn execute(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, SqlError> {
+    pub(super) fn execute(&mut self, sql: &str, values: &[ValueRef<'_>]) -> Result<u64, SqlError> {
         let statement = self.prepared(sql)?;
-        let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
         self.client
             .execute(&statement, &refs)
@@ -56,10 +55,9 @@ impl Pg {
     pub(super) fn query(
         &mut self,
         sql: &str,
-        params: &[&dyn ToValue],
+        values: &[ValueRef<'_>],
     ) -> Result<Vec<Row>, SqlError> {
         let statement = self.prepared(sql)?;
-        let values: Vec<ValueRef<'_>> = params.iter().map(|p| p.to_value()).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
         let rows = self
             .client
@@ -77,6 +75,19 @@ impl Pg {
                     .map(Row)
             })
             .collect()
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    pub(super) fn columns(&mut self, sql: &str) -> Result<Vec<String>, SqlError> {
+        Ok(self
+            .prepared(sql)?
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect())
     }
 
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), SqlError> {

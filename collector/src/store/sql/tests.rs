@@ -153,6 +153,12 @@ fn hostile_values_and_statements_fail_naming_what_and_where() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("INSERT INTO nowhere"), "{err}");
+        // And says what the engine said: the server's own message and code on PostgreSQL.
+        assert!(
+            err.contains("no such table: nowhere")
+                || err.contains("relation \"nowhere\" does not exist (42P01)"),
+            "{err}"
+        );
         // Text where a number is read, a number past its type, a boolean that is not 0 or 1.
         c.execute("INSERT INTO t (n, s) VALUES (?1, ?2)", params![5i64, "x"])
             .unwrap();

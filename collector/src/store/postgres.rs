@@ -1,0 +1,261 @@
+//! The store on PostgreSQL, shared by several collectors: the same writer thread with its
+//! group commits and the same reader threads as on SQLite, each on a connection of its own.
+//! A connection the server dropped (a restart, a failover) is opened again by the thread
+//! that needs it, at most every [`RECONNECT_EVERY`]; until then its requests answer
+//! [`StoreError::Unavailable`](super::StoreError::Unavailable), which the API turns into a
+//! 503, and nothing is half-written: a group whose commit did not return is not acknowledged.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::sql::Connection;
+use super::{Db, Job, QUEUE, READERS, ReadJob, gather, pg_schema, priority, write_group};
+
+/// Least time between two attempts to connect again, so that a database that is down costs
+/// each request a quick 503 rather than a connection attempt.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+/// `url` with its password hidden, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(split) => split,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// A connection opened again when the server dropped it.
+struct Link {
+    url: String,
+    conn: Option<Connection<'static>>,
+    tried: Option<Instant>,
+}
+
+impl Link {
+    fn new(url: &str) -> Link {
+        Link {
+            url: url.to_owned(),
+            conn: None,
+            tried: None,
+        }
+    }
+
+    /// The connection, opened again if it was lost and the last attempt is old enough.
+    fn get(&mut self) -> Option<&Connection<'static>> {
+        if self.conn.as_ref().is_some_and(Connection::is_closed) {
+            tracing::warn!(url = %redact(&self.url), "lost the connection to PostgreSQL");
+            self.conn = None;
+        }
+        if self.conn.is_none() && self.tried.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY) {
+            self.tried = Some(Instant::now());
+            match Connection::postgres(&self.url) {
+                Ok(conn) => {
+                    tracing::info!(url = %redact(&self.url), "connected to PostgreSQL");
+                    self.conn = Some(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(url = %redact(&self.url), error = %e, "PostgreSQL is unreachable")
+                }
+            }
+        }
+        self.conn.as_ref()
+    }
+}
+
+/// Connects to `url`, brings its schema up to date (refusing a newer one) and starts the
+/// writer and the readers.
+pub(super) fn open(url: &str) -> anyhow::Result<Db> {
+    // On a thread of its own: the blocking client may not run on an async runtime's thread,
+    // and the collector opens its store from one.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let conn = Connection::postgres(url).map_err(|e| {
+                anyhow::anyhow!("cannot connect to the database {}: {e}", redact(url))
+            })?;
+            pg_schema::migrate(&conn)
+                .map_err(|e| anyhow::anyhow!("cannot migrate the database {}: {e:#}", redact(url)))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("migrating the database panicked"))?
+    })?;
+    let (reads, read_rx) = mpsc::channel::<ReadJob>(QUEUE);
+    let read_rx = Arc::new(Mutex::new(read_rx));
+    for (i, clock) in priority::clocks(READERS)?.into_iter().enumerate() {
+        let jobs = read_rx.clone();
+        let url = url.to_owned();
+        std::thread::Builder::new()
+            .name(format!("pg-reader-{i}"))
+            .spawn(move || {
+                let mut link = Link::new(&url);
+                clock.enter();
+                loop {
+                    let job = jobs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .blocking_recv();
+                    match job {
+                        Some(job) => clock.job(|| job(link.get())),
+                        None => break,
+                    }
+                }
+            })?;
+    }
+    // Each thread opens its own connection (one is not `Send`: a connection may borrow).
+    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+    let url = url.to_owned();
+    std::thread::Builder::new()
+        .name("pg-writer".into())
+        .spawn(move || {
+            let mut link = Link::new(&url);
+            while let Some(first) = rx.blocking_recv() {
+                let jobs = gather(first, &mut rx);
+                match link.get() {
+                    Some(conn) => write_group(conn, jobs),
+                    None => fail_group(jobs),
+                }
+            }
+        })?;
+    Ok(Db { tx, reads })
+}
+
+/// Answers every job of a group that found no database: unavailable, nothing stored.
+fn fail_group(jobs: Vec<Job>) {
+    crate::metrics::METRICS.commit_failures.inc();
+    for job in jobs {
+        job(None)(super::Committed::Lost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::StoreError;
+    use super::*;
+    use crate::lab::postgres::{Cluster, USER};
+
+    fn suites(db: &Db) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(db.read(|c| {
+            Ok(
+                c.query_map("SELECT sha256 FROM suites ORDER BY sha256", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        }))
+        .unwrap()
+    }
+
+    fn put(db: &Db, sha: &'static str) -> Result<(), StoreError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(db.call(move |c| {
+            c.execute(
+                "INSERT INTO suites (sha256, name, text, created_ms) VALUES (?1, 'n', 't', 0)",
+                [sha],
+            )?;
+            Ok(())
+        }))
+    }
+
+    /// One collector's store on a real PostgreSQL: writes in groups, a failing job alone
+    /// undone (PostgreSQL would abort the whole group), the database lost (503-worthy
+    /// errors, nothing stored) and back (resumed without a restart), a newer schema refused.
+    #[test]
+    fn the_store_on_postgres_survives_its_server_going_away_and_refuses_a_newer_schema() {
+        let dir = std::env::temp_dir().join(format!("kiln-pg-db-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cluster = Cluster::start(&dir).unwrap();
+        let url = cluster.url(USER);
+        let db = Db::open_postgres(&url).unwrap();
+        put(&db, "a").unwrap();
+        // A job whose statement fails is undone alone; the ones grouped with it stand.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let results: Vec<Result<(), StoreError>> = rt.block_on(async {
+            let jobs = (0..20).map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.call(move |c| {
+                        c.execute(
+                            "INSERT INTO suites (sha256, name, text, created_ms) VALUES (?1, 'n', 't', 0)",
+                            [format!("g{i:02}")],
+                        )?;
+                        if i % 5 == 0 {
+                            c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                })
+            });
+            let mut out = Vec::new();
+            for job in jobs.collect::<Vec<_>>() {
+                out.push(job.await.unwrap());
+            }
+            out
+        });
+        assert_eq!(results.iter().filter(|r| r.is_err()).count(), 4);
+        assert_eq!(suites(&db).len(), 1 + 16);
+        // The server dies: requests fail as unavailable, and nothing half-stored shows later.
+        cluster.halt().unwrap();
+        let lost = put(&db, "lost").unwrap_err();
+        assert!(matches!(lost, StoreError::Unavailable(_)), "{lost:?}");
+        let read = rt.block_on(db.read(|c| Ok(c.query("SELECT 1", [])?.len())));
+        assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+        let api: crate::api::error::ApiError = lost.into();
+        let response = axum::response::IntoResponse::into_response(api);
+        assert_eq!(response.status(), 503);
+        // Back: the same handle works again, without a restart of the collector.
+        cluster.resume().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = put(&db, "back") {
+            assert!(
+                Instant::now() < deadline,
+                "the store never reconnected: {e:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let after = suites(&db);
+        assert!(after.contains(&"back".to_owned()) && !after.contains(&"lost".to_owned()));
+        // A database of a newer schema is refused, and says so.
+        let admin = Connection::postgres(&url).unwrap();
+        admin
+            .execute("UPDATE schema_version SET version = version + 1", [])
+            .unwrap();
+        let err = Db::open_postgres(&url).err().unwrap().to_string();
+        assert!(err.contains("newer than this kiln"), "{err}");
+        drop(db);
+        cluster.stop().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn passwords_are_hidden_and_the_rest_is_kept() {
+        assert_eq!(
+            redact("postgresql://kiln:s3cret@db.example:5432/kiln"),
+            "postgresql://kiln:***@db.example:5432/kiln"
+        );
+        assert_eq!(
+            redact("postgresql://kiln@%2Ftmp%2Fx:5432/kiln"),
+            "postgresql://kiln@%2Ftmp%2Fx:5432/kiln"
+        );
+        // A password with an @ in it is hidden whole.
+        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("host=/tmp user=kiln"), "host=/tmp user=kiln");
+    }
+}

@@ -1,0 +1,147 @@
+//! The lab with two collectors on the PostgreSQL it starts, behind one boot address, four
+//! nodes under TCG: one collector is killed with SIGKILL while every node runs memtest86+.
+//! Every node must end with a verdict and pass; a memtest stage whose reader died is failed,
+//! re-run once and passes; no acknowledged event is missing; and the leases' history shows
+//! that no console ever had two readers at once.
+
+use std::time::Duration;
+
+use kiln_collector::lab::postgres::{Cluster, USER};
+use kiln_collector::lab::{Collectors, LabOptions, LabReport, up};
+use kiln_collector::lifecycle::RunStage;
+use kiln_collector::store::Connection;
+use kiln_tests::{image_dir, repo, scratch};
+
+fn two_collectors(
+    dir: &std::path::Path,
+    suite: std::path::PathBuf,
+    kill_at: RunStage,
+) -> LabOptions {
+    let kiln = repo().join("target/debug/kiln");
+    assert!(
+        kiln.exists(),
+        "no {}: `cargo build --bin kiln` (.ci/test does)",
+        kiln.display()
+    );
+    LabOptions {
+        dir: dir.to_owned(),
+        nodes: 4,
+        suite,
+        suite_for: Vec::new(),
+        mem_mib: 256,
+        disk_mib: 256,
+        uefi: false,
+        image: Some(image_dir()),
+        accel: "tcg".into(),
+        timeout: Duration::from_secs(14 * 60),
+        bars: false,
+        profile: Default::default(),
+        inject: Vec::new(),
+        network: Default::default(),
+        payload_mib: 0,
+        rogue_peer: false,
+        collectors: Collectors {
+            count: 2,
+            kill_at: Some(kill_at),
+            kiln: Some(kiln),
+        },
+    }
+}
+
+/// What the lab's database kept, read from its cluster started again on the same files:
+/// (the runs that repeat another and their verdicts, the runs whose events have a hole).
+struct Kept {
+    repeats: Vec<(i64, i64, Option<String>)>,
+    holes: Vec<i64>,
+    readers: Vec<(String, i64, String, i64, Option<i64>)>,
+}
+
+fn kept(dir: &std::path::Path) -> Kept {
+    let mut cluster = Cluster::start(&dir.join("pg")).unwrap();
+    let c = Connection::postgres(&cluster.url(USER)).unwrap();
+    let kept = Kept {
+        repeats: c
+            .query_map(
+                "SELECT id, rearm_of, verdict FROM runs WHERE rearm_of IS NOT NULL ORDER BY id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap(),
+        // Agents acknowledge a contiguous prefix of their events: a run whose stored
+        // sequence numbers skip one lost an acknowledged event.
+        holes: c
+            .query_map(
+                "SELECT run_id FROM events GROUP BY run_id HAVING count(*) <> max(seq)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap(),
+        readers: c
+            .query_map(
+                "SELECT resource, epoch, owner, acquired_ms, ended_ms FROM lease_history
+                  WHERE resource LIKE 'console:%' ORDER BY resource, epoch",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap(),
+    };
+    drop(c);
+    cluster.stop().unwrap();
+    kept
+}
+
+/// Every node passed and was told of the kill; no event is missing; one reader per console
+/// at a time, and more than one collector read consoles.
+fn every_node_passed_and_nothing_was_read_twice(report: &LabReport, kept: &Kept) {
+    for node in &report.nodes {
+        assert_eq!(node.verdict, "pass", "{node:?}");
+        assert!(
+            node.injected
+                .iter()
+                .any(|i| i.starts_with("collector-kill: killed the collector")),
+            "{node:?}"
+        );
+    }
+    assert!(
+        kept.holes.is_empty(),
+        "runs missing events: {:?}",
+        kept.holes
+    );
+    let owners: std::collections::BTreeSet<&String> = kept.readers.iter().map(|r| &r.2).collect();
+    assert!(
+        owners.len() >= 2,
+        "one collector read every console: {:?}",
+        kept.readers
+    );
+    for pair in kept.readers.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.0 == b.0 {
+            let ended =
+                a.4.unwrap_or_else(|| panic!("{a:?} never ended before {b:?}"));
+            assert!(
+                b.3 >= ended,
+                "two readers of {} at once: {a:?} and {b:?}",
+                a.0
+            );
+        }
+    }
+}
+
+#[test]
+fn a_collector_killed_during_memtest_costs_its_stages_one_rerun_and_no_verdict() {
+    let dir = scratch("lab-kill-memtest");
+    let opts = two_collectors(&dir, repo().join("suites/lab.yaml"), RunStage::Memtest);
+    let report = up(&opts).unwrap();
+    let kept = kept(&dir);
+    every_node_passed_and_nothing_was_read_twice(&report, &kept);
+    // The nodes whose console the dead collector read ran memtest86+ again, once, and passed.
+    assert!(!kept.repeats.is_empty(), "no memtest stage was re-run");
+    for (run, of, verdict) in &kept.repeats {
+        assert_eq!(
+            verdict.as_deref(),
+            Some("pass"),
+            "run {run}, repeating {of}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
