@@ -145,3 +145,29 @@ fn a_collector_killed_during_memtest_costs_its_stages_one_rerun_and_no_verdict()
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_collector_killed_during_the_linux_stage_loses_no_event_and_no_verdict() {
+    let dir = scratch("lab-kill-linux");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The lab's suite without its memtest86+ stage: every node is in Linux at once, its
+    // agent streaming to whichever collector the proxy gives it, when one is killed.
+    let lab = std::fs::read_to_string(repo().join("suites/lab.yaml")).unwrap();
+    let at = lab
+        .find("\nmemtest:\n")
+        .expect("suites/lab.yaml has a memtest stage");
+    let end = lab[at + 1..].find("\n\n").map_or(lab.len(), |e| at + 1 + e);
+    let suite = dir.join("lab-linux.yaml");
+    std::fs::write(
+        &suite,
+        format!("{}\nmemtest: {{enabled: false}}{}", &lab[..at], &lab[end..]),
+    )
+    .unwrap();
+    let opts = two_collectors(&dir, suite, RunStage::Linux);
+    let report = up(&opts).unwrap();
+    let kept = kept(&dir);
+    every_node_passed_and_nothing_was_read_twice(&report, &kept);
+    // No memtest stage ran, so none lost its reader: nothing was re-armed.
+    assert!(kept.repeats.is_empty(), "{:?}", kept.repeats);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

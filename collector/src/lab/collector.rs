@@ -65,6 +65,7 @@ impl LabCollector {
             })
             .collect();
         let dir = data.parent().unwrap_or(data);
+        log_to(&dir.join("collector-1.log"));
         let cluster = match shared.count {
             0 | 1 => None,
             _ => Some(crate::lab::postgres::Cluster::start(&dir.join("pg"))?),
@@ -207,6 +208,21 @@ impl LabCollector {
             .clear();
         drop(self.cluster.take());
     }
+}
+
+/// The lab's own collector logs to `path` (info and up, or as `RUST_LOG` says), as the
+/// others log beside it; a process that has its logging set up already keeps it.
+fn log_to(path: &Path) {
+    let Ok(file) = std::fs::File::create(path) else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .try_init();
 }
 
 /// The lab's collector's listeners, and the port of the boot address: its own listener's, or
