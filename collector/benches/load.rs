@@ -5,6 +5,8 @@
 //! for every event the collector acknowledged (`synchronous=FULL`: what is acknowledged
 //! survives power loss too). Then capacity: the 10,000 agents again, nothing killed, every
 //! agent always with a batch waiting (so its ack latency is the queue, not the service time).
+//! With `KILN_BENCH_DATABASE=postgres` (see `database`), the capacity round runs again on
+//! SQLite and the ratio of the two is printed, both from the same run.
 //! Then latency at a given load: the 10,000 agents send on a clock, together offering
 //! KILN_BENCH_RATE events/s (default 100,000), KILN_BENCH_REPEATS rounds (default 30: with
 //! fewer the interval of the pages' cost is too wide to decide), while managers load pages
@@ -62,7 +64,16 @@ fn main() {
     if let Some(&agents) = rounds.last() {
         // Capacity without the outage a kill makes (the agents' backoff after it counts in
         // the killed rounds' rate).
-        round(agents, batches, per_batch, Load::Saturated);
+        let (_, capacity) = round(agents, batches, per_batch, Load::Saturated);
+        if database::on_postgres() {
+            // SQLite's capacity on this host, in this run: the ratio #42 asks for.
+            let (_, sqlite) =
+                database::on_sqlite(|| round(agents, batches, per_batch, Load::Saturated));
+            println!(
+                "  capacity on PostgreSQL {capacity:.0} events/s, on SQLite {sqlite:.0} in the same run ({:.2}x)",
+                capacity / sqlite.max(1e-9)
+            );
+        }
         // Latency at the target rate rather than at saturation: each agent sends on a clock
         // while managers load pages in every other window of each round (see `Windows`);
         // every ack of those rounds pooled by the window it was sent in.
@@ -80,7 +91,7 @@ fn main() {
                     / Windows::LEN.as_secs_f64())
                 .ceil() as u128,
             };
-            let acks = round(
+            let (acks, _) = round(
                 agents,
                 batches,
                 per_batch,
@@ -144,7 +155,7 @@ fn main() {
             );
         }
         // The worst case once, for the record: pages back to back.
-        let hammered = round(
+        let (hammered, _) = round(
             agents,
             batches,
             per_batch,
@@ -473,7 +484,14 @@ enum Load {
 
 /// One round; returns its acks: when each was asked for (since the round's start) and how
 /// long it took.
-fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Duration, Duration)> {
+/// Runs a round; gives each acknowledgement (when its batch was sent, how long it took) and
+/// the events stored per second.
+fn round(
+    agents: usize,
+    batches: usize,
+    per_batch: usize,
+    load: Load,
+) -> (Vec<(Duration, Duration)>, f64) {
     let (pace, with_pages) = match load {
         Load::Paced { rate, pages } => (Some(rate), pages),
         Load::Killed | Load::Saturated => (None, Pages::None),
@@ -751,5 +769,5 @@ fn round(agents: usize, batches: usize, per_batch: usize, load: Load) -> Vec<(Du
         }
     }
     assert_eq!(missing, 0, "acknowledged events were lost");
-    acks
+    (acks, stored as f64 / elapsed.as_secs_f64())
 }

@@ -105,6 +105,7 @@ impl Collector {
             swarms,
             pairs: Default::default(),
             collector_id: Default::default(),
+            ingest: Default::default(),
         });
         Ok(Collector {
             state,

@@ -11,8 +11,27 @@ use std::time::Duration;
 pub static CLUSTER: std::sync::OnceLock<std::sync::Mutex<kiln_collector::lab::postgres::Cluster>> =
     std::sync::OnceLock::new();
 
+/// Set while a round runs on SQLite beside the PostgreSQL ones, for the ratio in one run.
+static ON_SQLITE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the bench runs on PostgreSQL.
+pub fn on_postgres() -> bool {
+    CLUSTER.get().is_some()
+}
+
+/// Runs `round` with its runs on SQLite, though the bench runs on PostgreSQL.
+pub fn on_sqlite<R>(round: impl FnOnce() -> R) -> R {
+    ON_SQLITE.store(true, Ordering::SeqCst);
+    let r = round();
+    ON_SQLITE.store(false, Ordering::SeqCst);
+    r
+}
+
 /// A fresh database for the round kept in `data`, when the bench runs on PostgreSQL.
 pub fn database_for(data: &Path) -> Option<String> {
+    if ON_SQLITE.load(Ordering::SeqCst) {
+        return None;
+    }
     let cluster = CLUSTER.get()?.lock().expect("cluster");
     let name: String = data
         .file_name()

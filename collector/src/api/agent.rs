@@ -251,10 +251,13 @@ pub(super) async fn events(
         state.require_run_hash(run_id, hash).await?;
         return Err(ApiError::BadRequest(message));
     }
-    let (ingested, ended) = state
-        .db
-        .call(move |c| lifecycle::ingest(c, run_id, &hash, source.as_deref(), &batch))
-        .await?;
+    let batch = lifecycle::BatchIn {
+        run_id,
+        token_hash: hash,
+        source,
+        batch,
+    };
+    let (ingested, ended) = state.ingest.ingest(&state.db, batch).await?;
     state.captures.stop(&ended);
     match ingested {
         Ingested::Acked { acked, stored } => {

@@ -14,6 +14,7 @@ pub mod digests;
 pub mod elevation;
 pub mod error;
 pub mod evidence;
+pub mod ingest;
 pub mod limits;
 mod operator;
 pub mod pages;

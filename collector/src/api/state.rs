@@ -68,6 +68,8 @@ pub struct Shared {
     /// This collector's id among those sharing the database (its host and boot port), once
     /// it serves.
     pub collector_id: std::sync::OnceLock<String>,
+    /// Agents' event batches on their way to the database.
+    pub ingest: super::ingest::IngestQueue,
 }
 
 impl AppState {

@@ -314,7 +314,7 @@ pub enum Bound {
 
 /// What a run has sent, and may.
 #[derive(Debug, Clone, Copy)]
-struct Sent {
+pub(super) struct Sent {
     events: i64,
     log_bytes: i64,
     max_events: Option<i64>,
@@ -324,7 +324,7 @@ struct Sent {
 impl Sent {
     /// The bound `events` more events and `log_bytes` more bytes of log lines would pass,
     /// and the reason the run ends with.
-    fn passed(&self, events: i64, log_bytes: i64) -> Option<(Bound, String)> {
+    pub(super) fn passed(&self, events: i64, log_bytes: i64) -> Option<(Bound, String)> {
         if let Some(max) = self.max_events.filter(|m| self.events + events > *m) {
             return Some((
                 Bound::Events,
@@ -358,15 +358,30 @@ fn over_bound(
     Ok((Ingested::OverBound(bound, reason), ended))
 }
 
-/// Stores a batch's events, each sequence number once; gives the ones stored now (an event
-/// sent again is stored already). On PostgreSQL one statement for the batch — a statement is
-/// a round trip there, and a batch holds tens of events; on SQLite, in process, a statement
-/// per event costs less than building the set.
+/// Most events stored earlier above the acknowledgement one batch reads on PostgreSQL: an
+/// agent that sends far ahead of a gap does not make every batch read all it sent. Fewer
+/// read acknowledge less, never more; the next batch goes on from there.
+pub(super) const ABOVE_READ: i64 = 1000;
+
+/// What storing a batch found.
+struct Stored {
+    /// The sequence numbers stored now (an event sent again is stored already).
+    new: std::collections::HashSet<i64>,
+    /// Every sequence number stored above the acknowledged one, in order, when the statement
+    /// that stored the batch read them too (PostgreSQL); else the caller asks.
+    above: Option<Vec<i64>>,
+}
+
+/// Stores a batch's events, each sequence number once. On PostgreSQL one statement for the
+/// batch, which also reads what was stored above `acked` before it — a statement is a round
+/// trip there, and a batch holds tens of events; on SQLite, in process, a statement per event
+/// costs less than building the set.
 fn store_events(
     tx: &Connection,
     run_id: i64,
+    acked: i64,
     batch: &EventBatch,
-) -> Result<std::collections::HashSet<i64>, StoreError> {
+) -> Result<Stored, StoreError> {
     let corrupt = |source| StoreError::Corrupt {
         what: "event",
         source,
@@ -389,15 +404,33 @@ fn store_events(
                 .collect::<Result<Vec<_>, serde_json::Error>>()
                 .map_err(corrupt)?;
             let rows = serde_json::to_string(&rows).map_err(corrupt)?;
-            new.extend(tx.query_map(
-                "INSERT INTO events (run_id, seq, at_ms, kind, step, body)
-                 SELECT ?1, x.seq, x.at_ms, x.kind, x.step, x.body
-                   FROM json_to_recordset(CAST(CAST(?2 AS TEXT) AS json))
-                     AS x(seq BIGINT, at_ms BIGINT, kind TEXT, step BIGINT, body TEXT)
-                 ON CONFLICT DO NOTHING RETURNING seq",
-                params![run_id, rows],
-                |r| r.get::<i64>(0),
-            )?);
+            // The outer SELECT does not see the rows its WITH inserts (one snapshot), so the
+            // two halves never name a sequence number twice.
+            let seqs: Vec<(i64, bool)> = tx.query_map(
+                "WITH stored AS (
+                   INSERT INTO events (run_id, seq, at_ms, kind, step, body)
+                   SELECT ?1, x.seq, x.at_ms, x.kind, x.step, x.body
+                     FROM json_to_recordset(CAST(CAST(?2 AS TEXT) AS json))
+                       AS x(seq BIGINT, at_ms BIGINT, kind TEXT, step BIGINT, body TEXT)
+                   ON CONFLICT DO NOTHING RETURNING seq)
+                 SELECT seq, 1 FROM stored
+                 UNION ALL (SELECT seq, 0 FROM events WHERE run_id = ?1 AND seq > ?3
+                            ORDER BY seq LIMIT ?4)",
+                params![run_id, rows, acked, ABOVE_READ],
+                |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)? == 1)),
+            )?;
+            new.extend(seqs.iter().filter(|s| s.1).map(|s| s.0));
+            let mut above: Vec<i64> = seqs
+                .into_iter()
+                .map(|s| s.0)
+                .filter(|&s| s > acked)
+                .collect();
+            above.sort_unstable();
+            above.dedup();
+            return Ok(Stored {
+                new,
+                above: Some(above),
+            });
         }
         crate::store::sql::EngineKind::Sqlite => {
             for event in &batch.events {
@@ -420,7 +453,7 @@ fn store_events(
             }
         }
     }
-    Ok(new)
+    Ok(Stored { new, above: None })
 }
 
 /// Stores a batch, once per sequence number, applies what each new event means (agent start,
@@ -475,7 +508,7 @@ pub fn ingest(
     let mut finished = false;
     let mut stored = 0u64;
     let mut log_bytes = 0i64;
-    let mut new = store_events(&tx, run_id, batch)?;
+    let Stored { mut new, above } = store_events(&tx, run_id, acked, batch)?;
     for event in &batch.events {
         // Each stored event's effects once: a resent event is stored already, its effects
         // applied already (and a sequence number twice in a batch is one event).
@@ -499,7 +532,10 @@ pub fn ingest(
     // writer runs one of these for every batch of every agent). Only then is `progress` named:
     // an UPDATE that sets it moves the reports' progress clock (`schema::watch_reports`), even
     // to the same value, and kept reports would be rebuilt after every batch of log lines.
-    acked = contiguous(&tx, run_id, acked)?;
+    acked = match above {
+        Some(above) => contiguous_in(&above, acked),
+        None => contiguous(&tx, run_id, acked)?,
+    };
     let progress = progress_changed.then_some(current);
     acknowledge(
         &tx,
@@ -570,37 +606,48 @@ fn acknowledge(
 }
 
 /// What a batch needs of its run, read in one statement.
-struct BatchRun {
-    acked: i64,
-    progress: Option<String>,
-    verdict: VerdictColumn,
-    token_hash: String,
-    final_seq: Option<i64>,
-    session_source: Option<String>,
-    sent: Sent,
+pub(super) struct BatchRun {
+    pub(super) acked: i64,
+    pub(super) progress: Option<String>,
+    pub(super) verdict: VerdictColumn,
+    pub(super) token_hash: String,
+    pub(super) final_seq: Option<i64>,
+    pub(super) session_source: Option<String>,
+    pub(super) sent: Sent,
+}
+
+impl BatchRun {
+    /// The columns of `runs` [`BatchRun::read`] reads.
+    pub(super) const COLUMNS: &str = "acked_seq, progress, verdict, token_hash, final_seq, session_source, events_stored, log_bytes, max_events, max_log_bytes";
+
+    /// A run's row, its [`BatchRun::COLUMNS`] from column `at` on.
+    pub(super) fn read(
+        r: &crate::store::sql::Row,
+        at: usize,
+    ) -> Result<BatchRun, crate::store::sql::SqlError> {
+        Ok(BatchRun {
+            acked: r.get(at)?,
+            progress: r.get(at + 1)?,
+            verdict: r.get(at + 2)?,
+            token_hash: r.get(at + 3)?,
+            final_seq: r.get(at + 4)?,
+            session_source: r.get(at + 5)?,
+            sent: Sent {
+                events: r.get(at + 6)?,
+                log_bytes: r.get(at + 7)?,
+                max_events: r.get(at + 8)?,
+                max_log_bytes: r.get(at + 9)?,
+            },
+        })
+    }
 }
 
 fn batch_run(tx: &Connection, run_id: i64) -> Result<Option<BatchRun>, StoreError> {
     Ok(row(
         tx,
-        "SELECT acked_seq, progress, verdict, token_hash, final_seq, session_source, events_stored, log_bytes, max_events, max_log_bytes FROM runs WHERE id = ?1",
+        &format!("SELECT {} FROM runs WHERE id = ?1", BatchRun::COLUMNS),
         [run_id],
-        |r| {
-            Ok(BatchRun {
-                acked: r.get(0)?,
-                progress: r.get(1)?,
-                verdict: r.get(2)?,
-                token_hash: r.get(3)?,
-                final_seq: r.get(4)?,
-                session_source: r.get(5)?,
-                sent: Sent {
-                    events: r.get(6)?,
-                    log_bytes: r.get(7)?,
-                    max_events: r.get(8)?,
-                    max_log_bytes: r.get(9)?,
-                },
-            })
-        },
+        |r| BatchRun::read(r, 0),
     )
     .optional()?)
 }
@@ -713,7 +760,19 @@ fn apply(
     Ok(changed)
 }
 
-/// The highest sequence number up to which every event of the run is stored, from `acked`.
+/// The highest sequence number up to which every event of the run is stored, from `acked`,
+/// given the sequence numbers stored above it, in order.
+pub(super) fn contiguous_in(above: &[i64], mut acked: i64) -> i64 {
+    for &seq in above {
+        if seq != acked + 1 {
+            break;
+        }
+        acked = seq;
+    }
+    acked
+}
+
+/// [`contiguous_in`], reading what is stored above `acked` up to the first gap.
 fn contiguous(tx: &Connection, run_id: i64, mut acked: i64) -> Result<i64, StoreError> {
     let mut stmt =
         tx.prepare_cached("SELECT seq FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq")?;

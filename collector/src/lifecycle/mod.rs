@@ -17,6 +17,7 @@
 
 mod agent;
 pub mod attest;
+mod batches;
 pub mod captures;
 pub mod cycles;
 mod ends;
@@ -31,6 +32,7 @@ pub use agent::{
     Bound, Exchange, Ingested, NewRunOwned, RunAccess, SessionRequest, StreamingRun, access,
     exchange, ingest, open_run_with_session, plan, put_inventory, streaming_run,
 };
+pub use batches::{BatchIn, BatchOut, ingest_many};
 pub use ends::{
     Restarted, collector_started, console_tail, kernel_panicked, lost_contact, reader_lost,
 };

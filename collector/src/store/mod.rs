@@ -116,6 +116,10 @@ pub enum StoreError {
     /// A job panicked (a bug): its request fails, its thread goes on with the next job.
     #[error("a database job panicked: {0}")]
     Panicked(String),
+    /// The job this request was written in with others failed (said in words): nothing of
+    /// it was stored.
+    #[error("the writes grouped with this one failed: {0}")]
+    Together(String),
 }
 
 /// Runs `f`, turning a panic into [`StoreError::Panicked`] with its message: one bad job must
@@ -136,6 +140,7 @@ fn unpanicked<R>(f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreEr
 pub struct Db {
     tx: mpsc::Sender<Job>,
     reads: mpsc::Sender<ReadJob>,
+    kind: sql::EngineKind,
 }
 
 impl Db {
@@ -205,7 +210,11 @@ impl Db {
                     write_group(&conn, gather(first, &mut rx));
                 }
             })?;
-        Ok(Db { tx, reads })
+        Ok(Db {
+            tx,
+            reads,
+            kind: sql::EngineKind::Sqlite,
+        })
     }
 
     /// Connects to the PostgreSQL database at `url` (`postgresql://…`), which other
@@ -233,13 +242,20 @@ impl Db {
             Box::new(move |committed| {
                 let _ = reply.send(match (result, committed) {
                     (Ok(_), Committed::No) => Err(StoreError::Commit),
-                    (Ok(_), Committed::Lost) => Err(unavailable()),
+                    // Whatever the job met, the database was gone: its error says that first
+                    // (on PostgreSQL the group's BEGIN goes with its first statement).
+                    (_, Committed::Lost) => Err(unavailable()),
                     (other, _) => other,
                 });
             })
         });
         self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The engine underneath.
+    pub fn kind(&self) -> sql::EngineKind {
+        self.kind
     }
 
     /// Write jobs waiting for the writer thread.

@@ -123,7 +123,11 @@ pub(super) fn open(url: &str) -> anyhow::Result<Db> {
                 }
             }
         })?;
-    Ok(Db { tx, reads })
+    Ok(Db {
+        tx,
+        reads,
+        kind: super::sql::EngineKind::Postgres,
+    })
 }
 
 /// Answers every job of a group that found no database: unavailable, nothing stored.

@@ -439,15 +439,20 @@ impl<'a> Connection<'a> {
 
     fn open_level(&self, begin: &str) -> Result<Savepoint<'_, 'a>, SqlError> {
         let level = self.depth.get() + 1;
-        self.execute_batch(&if level == 1 {
-            begin.to_owned()
-        } else {
-            format!("SAVEPOINT kiln_{level}")
-        })?;
+        let opening = match level {
+            1 => begin.to_owned(),
+            _ => format!("SAVEPOINT kiln_{level}"),
+        };
+        match &self.engine {
+            // Sent with the next statement: on PostgreSQL each is a round trip otherwise.
+            Engine::Postgres(p) => p.borrow_mut().defer(opening.clone()),
+            _ => self.execute_batch(&opening)?,
+        }
         self.depth.set(level);
         Ok(Savepoint {
             conn: self,
             level,
+            opening,
             done: false,
         })
     }
@@ -457,6 +462,8 @@ impl<'a> Connection<'a> {
 pub struct Savepoint<'c, 'a> {
     conn: &'c Connection<'a>,
     level: u32,
+    /// The statement that opened it (on PostgreSQL, perhaps not sent yet).
+    opening: String,
     done: bool,
 }
 
@@ -465,11 +472,31 @@ impl Savepoint<'_, '_> {
     pub fn commit(mut self) -> Result<(), SqlError> {
         self.done = true;
         self.conn.depth.set(self.level - 1);
-        self.conn.execute_batch(&if self.level == 1 {
-            "COMMIT".to_owned()
-        } else {
-            format!("RELEASE SAVEPOINT kiln_{}", self.level)
-        })
+        let close = match self.level {
+            1 => "COMMIT".to_owned(),
+            level => format!("RELEASE SAVEPOINT kiln_{level}"),
+        };
+        let Engine::Postgres(p) = &self.conn.engine else {
+            return self.conn.execute_batch(&close);
+        };
+        let mut p = p.borrow_mut();
+        if p.unsend(&self.opening) {
+            return Ok(());
+        }
+        if self.level > 1 {
+            p.defer(close);
+            return Ok(());
+        }
+        // A RELEASE still waiting goes with the COMMIT. PostgreSQL answers a COMMIT of a
+        // transaction a failed statement aborted with a silent ROLLBACK, so a statement that
+        // fails in an aborted one goes first: then the COMMIT is not run, the caller gets the
+        // error, and the transaction does not stay open behind it.
+        let committed = p.batch("SELECT 1; COMMIT");
+        if committed.is_err() {
+            p.discard();
+            let _ = p.batch("ROLLBACK");
+        }
+        committed
     }
 }
 
@@ -486,6 +513,21 @@ impl Drop for Savepoint<'_, '_> {
             return;
         }
         self.conn.depth.set(self.level - 1);
+        if let Engine::Postgres(p) = &self.conn.engine {
+            let mut p = p.borrow_mut();
+            if p.unsend(&self.opening) {
+                return;
+            }
+            if self.level > 1 {
+                p.defer(format!(
+                    "ROLLBACK TO SAVEPOINT kiln_{0}; RELEASE SAVEPOINT kiln_{0}",
+                    self.level
+                ));
+                return;
+            }
+            // Everything still waiting belongs to what is rolled back.
+            p.discard();
+        }
         let undo = if self.level == 1 {
             "ROLLBACK".to_owned()
         } else {

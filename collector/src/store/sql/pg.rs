@@ -11,10 +11,14 @@ use super::{Row, SqlError, Statements, Value, ValueRef, first_line};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
-/// A client and its prepared statements.
+/// A client, its prepared statements, and the transaction control not sent yet.
 pub(super) struct Pg {
     client: postgres::Client,
     statements: Statements,
+    /// `BEGIN`, `SAVEPOINT`, `RELEASE` and `ROLLBACK TO` waiting to go with the next
+    /// statement: each is a round trip of its own otherwise, and the writer opens a savepoint
+    /// or two for every job ([`Pg::defer`]).
+    pending: Vec<String>,
 }
 
 impl Pg {
@@ -22,7 +26,38 @@ impl Pg {
         Pg {
             client,
             statements: Statements::new(),
+            pending: Vec::new(),
         }
+    }
+
+    /// Transaction control to send before the next statement, in one round trip with it (a
+    /// batch) or just before it (a prepared statement).
+    pub(super) fn defer(&mut self, sql: String) {
+        self.pending.push(sql);
+    }
+
+    /// Takes back `opening` when it is the last thing waiting: the savepoint or transaction
+    /// it opened saw no statement, so closing it needs nothing sent.
+    pub(super) fn unsend(&mut self, opening: &str) -> bool {
+        let last = self.pending.last().is_some_and(|l| l == opening);
+        if last {
+            self.pending.pop();
+        }
+        last
+    }
+
+    /// Forgets what is waiting: the transaction it belongs to is being rolled back whole.
+    pub(super) fn discard(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Sends what is waiting, before a prepared statement.
+    fn flush(&mut self) -> Result<(), SqlError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let sql = std::mem::take(&mut self.pending).join("; ");
+        self.client.batch_execute(&sql).map_err(Self::fail(&sql))
     }
 
     fn fail(sql: &str) -> impl Fn(postgres::Error) -> SqlError + '_ {
@@ -33,6 +68,7 @@ impl Pg {
     }
 
     fn prepared(&mut self, sql: &str) -> Result<postgres::Statement, SqlError> {
+        self.flush()?;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -91,7 +127,12 @@ impl Pg {
     }
 
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), SqlError> {
-        self.client.batch_execute(sql).map_err(Self::fail(sql))
+        if self.pending.is_empty() {
+            return self.client.batch_execute(sql).map_err(Self::fail(sql));
+        }
+        self.pending.push(sql.to_owned());
+        let all = std::mem::take(&mut self.pending).join("; ");
+        self.client.batch_execute(&all).map_err(Self::fail(&all))
     }
 }
 

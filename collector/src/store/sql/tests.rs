@@ -142,6 +142,60 @@ fn savepoints_nest_and_roll_back_alike_on_both_engines() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// On PostgreSQL, transaction control waits to go with the next statement: a savepoint that
+/// saw none sends nothing, one rolled back after a failed statement lets the rest commit, and a
+/// transaction a failed statement aborted (no savepoint) is never reported committed.
+#[test]
+fn deferred_savepoints_behave_and_an_aborted_transaction_never_commits() {
+    let dir = std::env::temp_dir().join(format!("kiln-sql-deferred-{}", std::process::id()));
+    let (cluster, conns) = engines(&dir);
+    for c in &conns {
+        {
+            let tx = c.savepoint().unwrap();
+            tx.savepoint().unwrap().commit().unwrap();
+            drop(tx.savepoint().unwrap());
+            let outer = tx.savepoint().unwrap();
+            let inner = outer.savepoint().unwrap();
+            inner
+                .execute("INSERT INTO t (n) VALUES (10)", params![])
+                .unwrap();
+            inner.commit().unwrap();
+            outer.commit().unwrap();
+            {
+                let failed = tx.savepoint().unwrap();
+                let err = failed
+                    .execute("INSERT INTO no_such_table VALUES (1)", params![])
+                    .unwrap_err();
+                assert!(err.to_string().contains("no_such_table"), "{err}");
+            }
+            tx.execute("INSERT INTO t (n) VALUES (11)", params![])
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        if c.kind() == EngineKind::Postgres {
+            let tx = c.savepoint().unwrap();
+            tx.execute("INSERT INTO t (n) VALUES (12)", params![])
+                .unwrap();
+            assert!(
+                tx.execute("INSERT INTO no_such_table VALUES (1)", params![])
+                    .is_err()
+            );
+            let err = tx.commit().unwrap_err();
+            assert!(err.to_string().contains("aborted"), "{err}");
+        }
+        // The connection goes on, outside any transaction.
+        c.execute("INSERT INTO t (n) VALUES (13)", params![])
+            .unwrap();
+        let ns: Vec<i64> = c
+            .query_map("SELECT n FROM t ORDER BY n", params![], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ns, [10, 11, 13], "{:?}", c.kind());
+    }
+    drop(conns);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn hostile_values_and_statements_fail_naming_what_and_where() {
     let dir = std::env::temp_dir().join(format!("kiln-sql-hostile-{}", std::process::id()));
