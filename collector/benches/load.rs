@@ -53,6 +53,15 @@ fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
 
 fn main() {
     database::choose();
+    // PostgreSQL's cluster outlives a panic unless stopped here.
+    let rounds = std::panic::catch_unwind(all_rounds);
+    database::stop();
+    if let Err(panic) = rounds {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn all_rounds() {
     let rounds = env_list("KILN_BENCH_AGENTS", &[2000, 10000]);
     let batches = env_list("KILN_BENCH_BATCHES", &[7])[0];
     let per_batch = env_list("KILN_BENCH_EVENTS", &[20])[0];

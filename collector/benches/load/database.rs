@@ -66,6 +66,17 @@ pub fn choose() {
     }
 }
 
+/// Stops PostgreSQL's cluster, when the bench started one: it lives in a static, which is
+/// never dropped, and would outlive the bench.
+pub fn stop() {
+    if let Some(cluster) = CLUSTER.get() {
+        let mut cluster = cluster.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = cluster.stop() {
+            eprintln!("stopping the bench's PostgreSQL: {err:#}");
+        }
+    }
+}
+
 /// On PostgreSQL, once `done` reaches `at` batches (of `total`), restarts the cluster as after
 /// a crash; on SQLite, nothing.
 pub fn crash_at(done: &AtomicU64, at: u64, total: u64) {
