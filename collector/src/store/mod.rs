@@ -175,22 +175,10 @@ impl Db {
                 .name(format!("sqlite-reader-{i}"))
                 .spawn(move || {
                     let reader = Connection::sqlite(reader);
-                    clock.enter();
-                    loop {
-                        // One idle reader waits on the queue at a time; the lock is released
-                        // before the job runs.
-                        let job = jobs
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .blocking_recv();
-                        match job {
-                            Some(job) => {
-                                clock.job(|| job(Some(&reader)));
-                                let _ = wake.send(());
-                            }
-                            None => break,
-                        }
-                    }
+                    serve_reads(&jobs, &clock, |job| {
+                        job(Some(&reader));
+                        let _ = wake.send(());
+                    });
                 })?;
         }
         let checkpoints = rusqlite::Connection::open(path)
@@ -303,6 +291,27 @@ fn checkpointer(conn: &rusqlite::Connection, wakes: &std::sync::mpsc::Receiver<(
         }
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "a background checkpoint did not run");
+        }
+    }
+}
+
+/// A reader thread's loop, on either engine, until the store is dropped: one idle reader
+/// waits on the queue at a time (the lock is released before the job runs), and each job
+/// runs at the readers' priority.
+fn serve_reads(
+    jobs: &Mutex<mpsc::Receiver<ReadJob>>,
+    clock: &priority::Clock,
+    mut run: impl FnMut(ReadJob),
+) {
+    clock.enter();
+    loop {
+        let job = jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .blocking_recv();
+        match job {
+            Some(job) => clock.job(|| run(job)),
+            None => break,
         }
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::sql::Connection;
-use super::{Db, Job, QUEUE, READERS, ReadJob, gather, pg_schema, priority, write_group};
+use super::{
+    Db, Job, QUEUE, READERS, ReadJob, gather, pg_schema, priority, serve_reads, write_group,
+};
 
 /// Least time between two attempts to connect again, so that a database that is down costs
 /// each request a quick 503 rather than a connection attempt.
@@ -95,17 +97,7 @@ pub(super) fn open(url: &str) -> anyhow::Result<Db> {
             .name(format!("pg-reader-{i}"))
             .spawn(move || {
                 let mut link = Link::new(&url);
-                clock.enter();
-                loop {
-                    let job = jobs
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .blocking_recv();
-                    match job {
-                        Some(job) => clock.job(|| job(link.get())),
-                        None => break,
-                    }
-                }
+                serve_reads(&jobs, &clock, |job| job(link.get()));
             })?;
     }
     // Each thread opens its own connection (one is not `Send`: a connection may borrow).
