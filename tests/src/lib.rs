@@ -92,6 +92,31 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| repo().join("target/image-artifacts"))
 }
 
+/// The lab as the VM tests run it: `nodes` under TCG on the built RAM image, 256 MiB of RAM
+/// and disk each, at most 14 minutes, no progress bars, everything else as `kiln lab up` has
+/// it. A test names what it changes and takes the rest (`..lab_options(…)`).
+pub fn lab_options(dir: &Path, nodes: usize, suite: PathBuf) -> kiln_collector::lab::LabOptions {
+    kiln_collector::lab::LabOptions {
+        dir: dir.to_owned(),
+        nodes,
+        suite,
+        suite_for: Vec::new(),
+        mem_mib: 256,
+        disk_mib: 256,
+        uefi: false,
+        image: Some(image_dir()),
+        accel: "tcg".into(),
+        timeout: std::time::Duration::from_secs(14 * 60),
+        bars: false,
+        profile: Default::default(),
+        inject: Vec::new(),
+        network: Default::default(),
+        payload_mib: 0,
+        rogue_peer: false,
+        collectors: Default::default(),
+    }
+}
+
 /// How a virtual node is built.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {

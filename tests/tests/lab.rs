@@ -28,8 +28,6 @@
 //!
 //! Bounded: each lab gives up after 14 minutes and stops every process it started.
 
-use std::time::Duration;
-
 use kiln_collector::lab::{LabOptions, Network, Profile, up};
 use kiln_tests::{image_dir, repo, scratch};
 
@@ -54,23 +52,9 @@ fn two_lab_nodes_pass_and_fail_through_memtest_and_linux() {
     );
     std::fs::write(dir.join("needs-64-cpus.yaml"), greedy).unwrap();
     let opts = LabOptions {
-        dir: dir.clone(),
-        nodes: 2,
-        suite: repo().join("suites/lab.yaml"),
         suite_for: vec![(2, dir.join("needs-64-cpus.yaml"))],
-        mem_mib: 256,
         disk_mib: 1024,
-        uefi: false,
-        image: Some(image),
-        accel: "tcg".into(),
-        timeout: Duration::from_secs(14 * 60),
-        bars: false,
-        profile: Default::default(),
-        inject: Vec::new(),
-        network: Default::default(),
-        payload_mib: 0,
-        rogue_peer: false,
-        collectors: Default::default(),
+        ..kiln_tests::lab_options(&dir, 2, repo().join("suites/lab.yaml"))
     };
     let report = up(&opts).unwrap();
 
@@ -213,23 +197,11 @@ fn server_nodes_fail_naming_each_injected_fault_and_a_clean_one_passes() {
     .map(|i| i.parse().unwrap())
     .to_vec();
     let opts = LabOptions {
-        dir: dir.clone(),
-        nodes: 7,
-        suite: repo().join("suites/lab-server.yaml"),
         suite_for: vec![(7, dir.join("two-dimms.yaml"))],
         mem_mib: 512,
-        disk_mib: 256,
-        uefi: false,
-        image: Some(image),
-        accel: "tcg".into(),
-        timeout: Duration::from_secs(14 * 60),
-        bars: false,
         profile: Profile::Server,
         inject,
-        network: Default::default(),
-        payload_mib: 0,
-        rogue_peer: false,
-        collectors: Default::default(),
+        ..kiln_tests::lab_options(&dir, 7, repo().join("suites/lab-server.yaml"))
     };
     let report = up(&opts).unwrap();
     let n = &report.nodes;
@@ -413,23 +385,10 @@ fn power_cycles_find_the_same_machine_and_name_the_disk_pulled_before_cycle_two(
     );
     let dir = scratch("lab-cycles-e2e");
     let opts = LabOptions {
-        dir: dir.clone(),
-        nodes: 2,
-        suite: repo().join("suites/lab-cycles.yaml"),
-        suite_for: Vec::new(),
         mem_mib: 512,
-        disk_mib: 256,
-        uefi: false,
-        image: Some(image),
-        accel: "tcg".into(),
-        timeout: Duration::from_secs(14 * 60),
-        bars: false,
         profile: Profile::Server,
         inject: vec!["2:drop-disk@cycle2".parse().unwrap()],
-        network: Default::default(),
-        payload_mib: 0,
-        rogue_peer: false,
-        collectors: Default::default(),
+        ..kiln_tests::lab_options(&dir, 2, repo().join("suites/lab-cycles.yaml"))
     };
     let report = up(&opts).unwrap();
     let n = &report.nodes;
@@ -499,23 +458,12 @@ fn power_cycles_find_the_same_machine_and_name_the_disk_pulled_before_cycle_two(
 
 fn bridged(dir: &std::path::Path, suite: &str, payload_mib: u32, inject: &[&str]) -> LabOptions {
     LabOptions {
-        dir: dir.to_owned(),
-        nodes: 4,
-        suite: repo().join(suite),
-        suite_for: Vec::new(),
         mem_mib: 256 + 2 * payload_mib,
-        disk_mib: 256,
-        uefi: false,
-        image: Some(image_dir()),
-        accel: "tcg".into(),
-        timeout: Duration::from_secs(14 * 60),
-        bars: false,
         profile: Profile::Basic,
         inject: inject.iter().map(|i| i.parse().unwrap()).collect(),
         network: Network::Bridge,
         payload_mib,
-        rogue_peer: false,
-        collectors: Default::default(),
+        ..kiln_tests::lab_options(dir, 4, repo().join(suite))
     }
 }
 

@@ -1,16 +1,15 @@
 //! The lab with two collectors on the PostgreSQL it starts, behind one boot address, four
-//! nodes under TCG: one collector is killed with SIGKILL while every node runs memtest86+.
-//! Every node must end with a verdict and pass; a memtest stage whose reader died is failed,
-//! re-run once and passes; no acknowledged event is missing; and the leases' history shows
-//! that no console ever had two readers at once.
-
-use std::time::Duration;
+//! nodes under TCG: one collector is killed with SIGKILL while every node runs memtest86+, and
+//! in another run while every node's agent runs its steps in Linux. Every node must end with
+//! a verdict and pass; a memtest stage whose reader died is failed, re-run once and passes;
+//! no acknowledged event is missing; and the leases' history shows that no console ever had
+//! two readers at once.
 
 use kiln_collector::lab::postgres::{Cluster, USER};
 use kiln_collector::lab::{Collectors, LabOptions, LabReport, up};
 use kiln_collector::lifecycle::RunStage;
 use kiln_collector::store::Connection;
-use kiln_tests::{image_dir, repo, scratch};
+use kiln_tests::{repo, scratch};
 
 fn two_collectors(
     dir: &std::path::Path,
@@ -24,27 +23,12 @@ fn two_collectors(
         kiln.display()
     );
     LabOptions {
-        dir: dir.to_owned(),
-        nodes: 4,
-        suite,
-        suite_for: Vec::new(),
-        mem_mib: 256,
-        disk_mib: 256,
-        uefi: false,
-        image: Some(image_dir()),
-        accel: "tcg".into(),
-        timeout: Duration::from_secs(14 * 60),
-        bars: false,
-        profile: Default::default(),
-        inject: Vec::new(),
-        network: Default::default(),
-        payload_mib: 0,
-        rogue_peer: false,
         collectors: Collectors {
             count: 2,
             kill_at: Some(kill_at),
             kiln: Some(kiln),
         },
+        ..kiln_tests::lab_options(dir, 4, suite)
     }
 }
 
