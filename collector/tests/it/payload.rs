@@ -231,12 +231,24 @@ async fn stalling_peer() -> u16 {
     port
 }
 
-/// Node `run` fetches the payload through the real routes, serving on `port` meanwhile.
+/// Node `run` fetches the payload through the real routes, serving on `port` meanwhile; a
+/// piece may take 10 s (a loaded CI host moves 4 MiB slowly in a debug build).
 async fn fetch(
     server: &Server,
     run: &RegisterResponse,
     port: Option<u16>,
     store: std::sync::Arc<kiln_agent::payload::Store>,
+) -> kiln_agent::payload::Fetched {
+    fetch_within(server, run, port, store, std::time::Duration::from_secs(10)).await
+}
+
+/// [`fetch`], a piece given up after `deadline`.
+async fn fetch_within(
+    server: &Server,
+    run: &RegisterResponse,
+    port: Option<u16>,
+    store: std::sync::Arc<kiln_agent::payload::Store>,
+    deadline: std::time::Duration,
 ) -> kiln_agent::payload::Fetched {
     let http = reqwest::Client::new();
     let run = kiln_agent::payload::Run {
@@ -245,7 +257,7 @@ async fn fetch(
         run_id: run.run_id,
         token: &run.token,
         port,
-        deadline: std::time::Duration::from_millis(500),
+        deadline,
         down: None,
     };
     kiln_agent::payload::fetch(&run, &store, std::time::Duration::from_secs(20))
@@ -344,7 +356,10 @@ async fn a_corrupt_peer_is_caught_by_the_hash_and_a_stalling_one_by_the_deadline
         };
         grants(&server, &bad, &Pieces::all(3), port).await;
         let store = std::sync::Arc::new(kiln_agent::payload::Store::new(manifest.clone()).unwrap());
-        let got = fetch(&server, &good, None, store.clone()).await;
+        // The stalling peer is caught by a short deadline; the corrupt one by the hash alone,
+        // so its pieces get all the time a loaded host needs (a timed-out one is "broken").
+        let deadline = std::time::Duration::from_millis(if corrupt { 10_000 } else { 500 });
+        let got = fetch_within(&server, &good, None, store.clone(), deadline).await;
         // No byte of it kept: every piece came, verified, from the collector.
         assert_eq!(store.bytes().unwrap(), payload, "{name}");
         assert_eq!(got.from_collector, payload.len() as u64, "{name}: {got:?}");
