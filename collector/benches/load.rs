@@ -5,8 +5,11 @@
 //! for every event the collector acknowledged (`synchronous=FULL`: what is acknowledged
 //! survives power loss too). Then capacity: the 10,000 agents again, nothing killed, every
 //! agent always with a batch waiting (so its ack latency is the queue, not the service time).
-//! With `KILN_BENCH_DATABASE=postgres` (see `database`), the capacity round runs again on
-//! SQLite and the ratio of the two is printed, both from the same run.
+//! With `KILN_BENCH_DATABASE=postgres` (see `database`), every round runs with one collector
+//! and again with two on the one database (KILN_BENCH_COLLECTORS=1,2), the agents spread over
+//! them and going on with the next after a failure, as `kiln-agent` does with its `kiln.url=`
+//! list (the first collector is the one killed); the capacity round runs again on SQLite and
+//! the ratios are printed, all from the same run.
 //! Then latency at a given load: the 10,000 agents send on a clock, together offering
 //! KILN_BENCH_RATE events/s (default 100,000), KILN_BENCH_REPEATS rounds (default 30: with
 //! fewer the interval of the pages' cost is too wide to decide), while managers load pages
@@ -24,7 +27,7 @@
 //! p99 ≤ 200 ms, acks no slower with pages.
 //! Run: `cargo bench -p kiln-collector --bench load` (KILN_BENCH_AGENTS=2000,10000
 //! KILN_BENCH_BATCHES=7 KILN_BENCH_EVENTS=20 KILN_BENCH_RATE=100000 KILN_BENCH_REPEATS=30;
-//! about 15 minutes). The agents send log lines, which change nothing the pages show, so a
+//! about 15 minutes; KILN_BENCH_ROUNDS=killed,capacity,paced picks the parts). The agents send log lines, which change nothing the pages show, so a
 //! report or dashboard built once in a round is handed out again; KILN_BENCH_PROGRESS=1 ends
 //! every batch with the step's progress instead, and every page load is a build.
 
@@ -33,12 +36,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "load/agent.rs"]
+mod agent;
 #[path = "load/database.rs"]
 mod database;
 #[path = "load/server.rs"]
 mod server;
+#[path = "load/windows.rs"]
+mod windows;
+use agent::Agent;
 use database::database_for;
 use server::Server;
+use windows::{Paired, Windows};
 
 use kiln_protocol::wire::{
     Event, EventBatch, EventBody, LogLevel, NodeIdentity, RegisterRequest, RegisterResponse,
@@ -67,120 +76,158 @@ fn all_rounds() {
     let per_batch = env_list("KILN_BENCH_EVENTS", &[20])[0];
     let rate = env_list("KILN_BENCH_RATE", &[100_000])[0] as f64;
     let repeats = env_list("KILN_BENCH_REPEATS", &[30])[0].max(1);
-    for agents in &rounds {
-        round(*agents, batches, per_batch, Load::Killed);
+    // Several collectors share one PostgreSQL database; SQLite is one collector's.
+    let collectors = match database::on_postgres() {
+        true => env_list("KILN_BENCH_COLLECTORS", &[1, 2]),
+        false => vec![1],
+    };
+    let parts =
+        std::env::var("KILN_BENCH_ROUNDS").unwrap_or_else(|_| "killed,capacity,paced".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    for agents in rounds.iter().filter(|_| part("killed")) {
+        for &n in &collectors {
+            round(n, *agents, batches, per_batch, Load::Killed);
+        }
     }
-    if let Some(&agents) = rounds.last() {
+    let Some(&agents) = rounds.last() else {
+        return;
+    };
+    if part("capacity") {
         // Capacity without the outage a kill makes (the agents' backoff after it counts in
         // the killed rounds' rate).
-        let (_, capacity) = round(agents, batches, per_batch, Load::Saturated);
+        let capacity: Vec<(usize, f64)> = collectors
+            .iter()
+            .map(|&n| (n, round(n, agents, batches, per_batch, Load::Saturated).1))
+            .collect();
         if database::on_postgres() {
             // SQLite's capacity on this host, in this run: the ratio #42 asks for.
             let (_, sqlite) =
-                database::on_sqlite(|| round(agents, batches, per_batch, Load::Saturated));
-            println!(
-                "  capacity on PostgreSQL {capacity:.0} events/s, on SQLite {sqlite:.0} in the same run ({:.2}x)",
-                capacity / sqlite.max(1e-9)
-            );
-        }
-        // Latency at the target rate rather than at saturation: each agent sends on a clock
-        // while managers load pages in every other window of each round (see `Windows`);
-        // every ack of those rounds pooled by the window it was sent in.
-        let (mut quiet, mut busy) = (Vec::new(), Vec::new());
-        let (mut quiet_windows, mut busy_windows) = (Vec::new(), Vec::new());
-        let mut by_round = Vec::new();
-        for repeat in 0..repeats {
-            // Pages in the odd windows, then in the even ones: each side gets early and late
-            // batches of a round alike (the database grows through it).
-            let windows = Windows {
-                odd: repeat % 2 == 0,
-                // The round's schedule: each agent's batches one interval apart.
-                count: (batches as f64 * (agents * per_batch) as f64
-                    / rate
-                    / Windows::LEN.as_secs_f64())
-                .ceil() as u128,
-            };
-            let (acks, _) = round(
-                agents,
-                batches,
-                per_batch,
-                Load::Paced {
-                    rate,
-                    pages: Pages::Managers(windows),
-                },
-            );
-            let split = windows.split(&acks);
-            by_round.push(
-                split
-                    .iter()
-                    .map(|(pages, l)| (*pages, ms(quantile(l, 0.99))))
-                    .collect::<Vec<_>>(),
-            );
-            for (pages, latencies) in split {
-                let p99 = quantile(&latencies, 0.99);
-                if pages {
-                    busy_windows.push(p99);
-                    busy.extend(latencies);
-                } else {
-                    quiet_windows.push(p99);
-                    quiet.extend(latencies);
-                }
+                database::on_sqlite(|| round(1, agents, batches, per_batch, Load::Saturated));
+            for (n, capacity) in capacity {
+                println!(
+                    "  capacity on PostgreSQL with {n} collector{} {capacity:.0} events/s, on SQLite {sqlite:.0} in the same run ({:.2}x)",
+                    if n == 1 { "" } else { "s" },
+                    capacity / sqlite.max(1e-9)
+                );
             }
         }
-        quiet.sort_unstable();
-        busy.sort_unstable();
-        for (name, p) in [("p50", 0.50), ("p99", 0.99)] {
-            let (b, q) = (ms(quantile(&busy, p)), ms(quantile(&quiet, p)));
-            println!(
-                "  ack {name} at {rate:.0} events/s over {repeats} rounds, pooled: {} acks sent while managers loaded pages {b:.1} ms, {} while none did {q:.1} ms ({:.2}x)",
-                busy.len(),
-                quiet.len(),
-                b / q.max(1e-9)
-            );
-        }
-        // A stall of the host (a few hundred ms, seen in rounds without any pages) lands in
-        // one window and moves the pooled p99 of whichever side it fell on; the median of the
-        // windows' own p99s is what the pages do to the tail, window after window.
-        busy_windows.sort_unstable();
-        quiet_windows.sort_unstable();
-        let (b, q) = (
-            ms(quantile(&busy_windows, 0.5)),
-            ms(quantile(&quiet_windows, 0.5)),
-        );
-        println!(
-            "  ack p99 at {rate:.0} events/s, median over windows: {} windows with managers loading pages {b:.1} ms, {} without {q:.1} ms ({:.2}x)",
-            busy_windows.len(),
-            quiet_windows.len(),
-            b / q.max(1e-9)
-        );
-        if let Some(p) = Paired::of(&by_round) {
-            println!(
-                "  ack p99 at {rate:.0} events/s, neighbouring windows paired: {} pairs, median ratio with pages / without {:.2}x (90 % interval {:.2}-{:.2}x, resampling the {} rounds; target <= 1.00)",
-                p.pairs,
-                p.ratio,
-                p.low,
-                p.high,
-                by_round.len()
-            );
-        }
-        // The worst case once, for the record: pages back to back.
-        let (hammered, _) = round(
+    }
+    for &n in collectors.iter().filter(|_| part("paced")) {
+        paced(n, agents, batches, per_batch, rate, repeats);
+    }
+}
+
+/// Latency at the target rate rather than at saturation: each agent sends on a clock while
+/// managers load pages in every other window of each round (see `Windows`); every ack of
+/// those rounds pooled by the window it was sent in.
+fn paced(
+    collectors: usize,
+    agents: usize,
+    batches: usize,
+    per_batch: usize,
+    rate: f64,
+    repeats: usize,
+) {
+    let who = match collectors {
+        1 => String::new(),
+        n => format!(" with {n} collectors"),
+    };
+    let (mut quiet, mut busy) = (Vec::new(), Vec::new());
+    let (mut quiet_windows, mut busy_windows) = (Vec::new(), Vec::new());
+    let mut by_round = Vec::new();
+    for repeat in 0..repeats {
+        // Pages in the odd windows, then in the even ones: each side gets early and late
+        // batches of a round alike (the database grows through it).
+        let windows = Windows {
+            odd: repeat % 2 == 0,
+            // The round's schedule: each agent's batches one interval apart.
+            count: (batches as f64 * (agents * per_batch) as f64
+                / rate
+                / Windows::LEN.as_secs_f64())
+            .ceil() as u128,
+        };
+        let (acks, _) = round(
+            collectors,
             agents,
             batches,
             per_batch,
             Load::Paced {
                 rate,
-                pages: Pages::Hammer,
+                pages: Pages::Managers(windows),
             },
         );
-        let mut hammered: Vec<Duration> = hammered.into_iter().map(|(_, d)| d).collect();
-        hammered.sort_unstable();
-        let (h, q) = (ms(quantile(&hammered, 0.99)), ms(quantile(&quiet, 0.99)));
+        let split = windows.split(&acks);
+        by_round.push(
+            split
+                .iter()
+                .map(|(pages, l)| (*pages, ms(quantile(l, 0.99))))
+                .collect::<Vec<_>>(),
+        );
+        for (pages, latencies) in split {
+            let p99 = quantile(&latencies, 0.99);
+            if pages {
+                busy_windows.push(p99);
+                busy.extend(latencies);
+            } else {
+                quiet_windows.push(p99);
+                quiet.extend(latencies);
+            }
+        }
+    }
+    quiet.sort_unstable();
+    busy.sort_unstable();
+    for (name, p) in [("p50", 0.50), ("p99", 0.99)] {
+        let (b, q) = (ms(quantile(&busy, p)), ms(quantile(&quiet, p)));
         println!(
-            "  ack p99 with pages loaded back to back (one round) {h:.1} ms, without {q:.1} ms ({:.2}x)",
-            h / q.max(1e-9)
+            "  ack {name} at {rate:.0} events/s{who} over {repeats} rounds, pooled: {} acks sent while managers loaded pages {b:.1} ms, {} while none did {q:.1} ms ({:.2}x)",
+            busy.len(),
+            quiet.len(),
+            b / q.max(1e-9)
         );
     }
+    // A stall of the host (a few hundred ms, seen in rounds without any pages) lands in
+    // one window and moves the pooled p99 of whichever side it fell on; the median of the
+    // windows' own p99s is what the pages do to the tail, window after window.
+    busy_windows.sort_unstable();
+    quiet_windows.sort_unstable();
+    let (b, q) = (
+        ms(quantile(&busy_windows, 0.5)),
+        ms(quantile(&quiet_windows, 0.5)),
+    );
+    println!(
+        "  ack p99 at {rate:.0} events/s{who}, median over windows: {} windows with managers loading pages {b:.1} ms, {} without {q:.1} ms ({:.2}x)",
+        busy_windows.len(),
+        quiet_windows.len(),
+        b / q.max(1e-9)
+    );
+    if let Some(p) = Paired::of(&by_round) {
+        println!(
+            "  ack p99 at {rate:.0} events/s{who}, neighbouring windows paired: {} pairs, median ratio with pages / without {:.2}x (90 % interval {:.2}-{:.2}x, resampling the {} rounds; target <= 1.00)",
+            p.pairs,
+            p.ratio,
+            p.low,
+            p.high,
+            by_round.len()
+        );
+    }
+    // The worst case once, for the record: pages back to back.
+    let (hammered, _) = round(
+        collectors,
+        agents,
+        batches,
+        per_batch,
+        Load::Paced {
+            rate,
+            pages: Pages::Hammer,
+        },
+    );
+    let mut hammered: Vec<Duration> = hammered.into_iter().map(|(_, d)| d).collect();
+    hammered.sort_unstable();
+    let (h, q) = (ms(quantile(&hammered, 0.99)), ms(quantile(&quiet, 0.99)));
+    println!(
+        "  ack p99{who} with pages loaded back to back (one round) {h:.1} ms, without {q:.1} ms ({:.2}x)",
+        h / q.max(1e-9)
+    );
 }
 
 fn ms(d: Duration) -> f64 {
@@ -272,210 +319,11 @@ async fn pages(
     out
 }
 
-/// The schedule of a paced round with managers: its time cut into windows of [`Windows::LEN`],
-/// managers loading pages in every other one (the odd ones or the even ones). Acks sent in a
-/// window with pages count as "with pages", the others as "without" — both from the same
-/// round, on the same database, under whatever else the machine is doing in those seconds (on
-/// a shared host the same setup swings by 2x from one ten-second round to the next, far more
-/// than the pages move it). The first [`Windows::WARM_UP`] windows (the agents connecting, and
-/// the backlog that leaves) count as neither; nor does a window's first [`Windows::SETTLE`]
-/// after one with pages, where a load started late in it may still be running.
-#[derive(Clone, Copy, PartialEq, Debug)]
-struct Windows {
-    /// Pages in the odd windows, else in the even ones (from the second window on).
-    odd: bool,
-    /// Windows in the round's schedule; acks asked for after it are resends.
-    count: u128,
-}
-
-impl Windows {
-    const LEN: Duration = Duration::from_secs(2);
-    const SETTLE: Duration = Duration::from_millis(500);
-    const WARM_UP: u128 = 2;
-
-    fn index(at: Duration) -> u128 {
-        at.as_millis() / Self::LEN.as_millis()
-    }
-
-    /// Whether managers load pages in window `i`.
-    fn pages_in(self, i: u128) -> bool {
-        i > 0 && (i % 2 == 1) == self.odd
-    }
-
-    /// Whether managers load pages at `at` into the round.
-    fn pages_at(self, at: Duration) -> bool {
-        self.pages_in(Self::index(at))
-    }
-
-    /// The acks (sent at, latency) of a round by window, each window's latencies sorted and
-    /// marked with whether pages were loading; the warm-up and the resends after the schedule
-    /// left out.
-    fn split(self, acks: &[(Duration, Duration)]) -> Vec<(bool, Vec<Duration>)> {
-        let mut windows: std::collections::BTreeMap<u128, Vec<Duration>> = Default::default();
-        for &(at, latency) in acks {
-            let i = Self::index(at);
-            let after_pages = i > 0 && !self.pages_in(i) && self.pages_in(i - 1);
-            let into = at.as_millis() % Self::LEN.as_millis();
-            let counted = (Self::WARM_UP..self.count).contains(&i);
-            if counted && !(after_pages && into < Self::SETTLE.as_millis()) {
-                windows.entry(i).or_default().push(latency);
-            }
-        }
-        windows
-            .into_iter()
-            .map(|(i, mut latencies)| {
-                latencies.sort_unstable();
-                (self.pages_in(i), latencies)
-            })
-            .collect()
-    }
-}
-
-/// What the pages do to the ack tail, window against neighbouring window: each window with
-/// pages paired with each window without next to it in the same round (2 s apart, so a swing of
-/// the host over tens of seconds falls on both sides of a pair alike), the ratio of their p99s,
-/// and the median of those ratios. The interval comes from resampling whole rounds (the pairs
-/// of a round share windows), so it says how far another set of rounds could put the median.
-struct Paired {
-    pairs: usize,
-    ratio: f64,
-    low: f64,
-    high: f64,
-}
-
-impl Paired {
-    /// From each round's windows in order: (pages loading, p99 in ms).
-    fn of(rounds: &[Vec<(bool, f64)>]) -> Option<Paired> {
-        let logs = |rounds: &[&Vec<(bool, f64)>]| -> Vec<f64> {
-            rounds
-                .iter()
-                .flat_map(|w| w.windows(2))
-                .filter(|pair| pair[0].0 != pair[1].0)
-                .map(|pair| {
-                    let (pages, none) = if pair[0].0 {
-                        (pair[0].1, pair[1].1)
-                    } else {
-                        (pair[1].1, pair[0].1)
-                    };
-                    (pages.max(1e-3) / none.max(1e-3)).ln()
-                })
-                .collect()
-        };
-        let median = |mut v: Vec<f64>| -> Option<f64> {
-            if v.is_empty() {
-                return None;
-            }
-            v.sort_by(f64::total_cmp);
-            let n = v.len();
-            Some(if n % 2 == 1 {
-                v[n / 2]
-            } else {
-                (v[n / 2 - 1] + v[n / 2]) / 2.0
-            })
-        };
-        let all: Vec<&Vec<(bool, f64)>> = rounds.iter().collect();
-        let every = logs(&all);
-        let pairs = every.len();
-        let ratio = median(every)?.exp();
-        // A fixed seed: the same windows give the same interval.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            // xorshift64*
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        };
-        let mut medians: Vec<f64> = (0..2000)
-            .filter_map(|_| {
-                let sample: Vec<&Vec<(bool, f64)>> = (0..all.len())
-                    .map(|_| all[(next() % all.len() as u64) as usize])
-                    .collect();
-                median(logs(&sample))
-            })
-            .collect();
-        medians.sort_by(f64::total_cmp);
-        let at =
-            |p: f64| medians[((medians.len() as f64 * p) as usize).min(medians.len() - 1)].exp();
-        Some(Paired {
-            pairs,
-            ratio,
-            low: at(0.05),
-            high: at(0.95),
-        })
-    }
-}
-
 fn quantile(sorted: &[Duration], p: f64) -> Duration {
     sorted
         .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
         .copied()
         .unwrap_or_default()
-}
-
-/// One simulated agent's connection to the collector: HTTP/1.1 kept alive, as `kiln-agent`
-/// holds one, opened again after an error (the collector killed and restarted). hyper's
-/// connection directly rather than reqwest's pooled client: the agents' side of this bench
-/// shares the collector's two CPUs, and a pool checkout, URL parse and header map per request
-/// for 10,000 agents would take CPU that real agents spend on machines of their own.
-struct Agent {
-    addr: std::net::SocketAddr,
-    path: String,
-    authorization: hyper::header::HeaderValue,
-    conn: Option<hyper::client::conn::http1::SendRequest<axum::body::Body>>,
-}
-
-impl Agent {
-    fn new(addr: std::net::SocketAddr, run_id: i64, token: &str) -> Agent {
-        Agent {
-            addr,
-            path: format!("/api/v1/runs/{run_id}/events"),
-            authorization: format!("Bearer {token}").parse().expect("token header"),
-            conn: None,
-        }
-    }
-
-    /// Posts one encoded batch; the acknowledgement, or `None` on any failure (connection
-    /// dropped, refused, an answer that is not an ack) — the caller backs off and resends.
-    async fn post(&mut self, body: bytes::Bytes) -> Option<kiln_protocol::wire::BatchAck> {
-        let answer = self.try_post(body).await;
-        if answer.is_none() {
-            self.conn = None;
-        }
-        answer
-    }
-
-    async fn try_post(&mut self, body: bytes::Bytes) -> Option<kiln_protocol::wire::BatchAck> {
-        use hyper::header;
-        if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
-            stream.set_nodelay(true).ok()?;
-            let (send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .ok()?;
-            tokio::spawn(conn);
-            self.conn = Some(send);
-        }
-        let conn = self.conn.as_mut()?;
-        conn.ready().await.ok()?;
-        let request = hyper::Request::post(self.path.as_str())
-            .header(header::HOST, "127.0.0.1")
-            .header(header::AUTHORIZATION, self.authorization.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::CONTENT_LENGTH, body.len())
-            .body(axum::body::Body::from(body))
-            .ok()?;
-        let response = tokio::time::timeout(Duration::from_secs(60), conn.send_request(request))
-            .await
-            .ok()?
-            .ok()?;
-        let ok = response.status().is_success();
-        let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 16)
-            .await
-            .ok()?;
-        ok.then(|| serde_json::from_slice(&bytes).ok()).flatten()
-    }
 }
 
 /// How a round loads the collector.
@@ -496,6 +344,7 @@ enum Load {
 /// Runs a round; gives each acknowledgement (when its batch was sent, how long it took) and
 /// the events stored per second.
 fn round(
+    collectors: usize,
     agents: usize,
     batches: usize,
     per_batch: usize,
@@ -517,6 +366,11 @@ fn round(
             if pace.is_some() { "-paced" } else { "" },
             if kill { "-killed" } else { "" }
         ));
+    let database = database_for(&data);
+    assert!(
+        collectors == 1 || database.is_some(),
+        "several collectors share a PostgreSQL database: KILN_BENCH_DATABASE=postgres"
+    );
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).expect("bench data dir");
     let free_port = || {
@@ -525,11 +379,27 @@ fn round(
             .map(|a| a.port())
             .expect("free port")
     };
-    let (port, ops_port) = (free_port(), free_port());
-    let base = format!("http://127.0.0.1:{port}");
-    let ops = format!("https://127.0.0.1:{ops_port}");
-    let database = database_for(&data);
-    let mut server = Server::start(&data, port, ops_port, database.as_deref());
+    // Each collector: its data directory (the first one's is the round's), its boot port and
+    // its management port.
+    let places: Vec<(PathBuf, u16, u16)> = (0..collectors)
+        .map(|k| {
+            let dir = match k {
+                0 => data.clone(),
+                k => data.join(format!("collector-{}", k + 1)),
+            };
+            std::fs::create_dir_all(&dir).expect("collector data dir");
+            (dir, free_port(), free_port())
+        })
+        .collect();
+    let bases: Vec<String> = places
+        .iter()
+        .map(|(_, port, _)| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let ops = format!("https://127.0.0.1:{}", places[0].2);
+    let mut servers: Vec<Server> = places
+        .iter()
+        .map(|(dir, port, ops)| Server::start(dir, *port, *ops, database.as_deref()))
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -545,7 +415,8 @@ fn round(
         let sem = Arc::new(tokio::sync::Semaphore::new(256));
         let tasks: Vec<_> = (0..agents)
             .map(|i| {
-                let (client, base, sem) = (client.clone(), base.clone(), sem.clone());
+                // Agents spread over the collectors, as the boot scripts put each first.
+                let (client, base, sem) = (client.clone(), bases[i % collectors].clone(), sem.clone());
                 tokio::spawn(async move {
                     let _permit = sem.acquire().await;
                     let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", (i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255);
@@ -583,7 +454,7 @@ fn round(
         // own, apart from the agents' runtime, at the lowest priority, so that what it costs to
         // receive and parse the pages (CPU a real collector never spends) is taken from idle
         // time rather than from the collector being measured.
-        let (ops, pin, stop) = (ops.clone(), server.pin.clone(), stop_pages.clone());
+        let (ops, pin, stop) = (ops.clone(), servers[0].pin.clone(), stop_pages.clone());
         std::thread::spawn(move || {
             // SAFETY: no pointers; PRIO_PROCESS with a thread id changes only this thread.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
@@ -598,20 +469,23 @@ fn round(
     let interval =
         pace.map(|rate| Duration::from_secs_f64(agents as f64 * per_batch as f64 / rate));
     let clock = tokio::time::Instant::from_std(started);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let addrs: Arc<[std::net::SocketAddr]> = places
+        .iter()
+        .map(|(_, port, _)| std::net::SocketAddr::from(([127, 0, 0, 1], *port)))
+        .collect();
     // KILN_BENCH_PROGRESS=1: every batch ends with the step's progress (the first begins the
     // step), so that what the pages show changes between any two loads and every report and
     // dashboard is built again, as on a site whose nodes are all mid-step.
     let progress = std::env::var("KILN_BENCH_PROGRESS").is_ok_and(|v| v == "1");
-    let (acked, server): (Vec<(i64, u64)>, Server) = rt.block_on(async {
+    let (acked, servers): (Vec<(i64, u64)>, Vec<Server>) = rt.block_on(async {
         let tasks: Vec<_> = runs
             .iter()
             .enumerate()
             .map(|(i, run)| {
                 let (done, lat) = (done_batches.clone(), latencies.clone());
-                let (run_id, token) = (run.run_id, run.token.clone());
+                let (run_id, token, addrs) = (run.run_id, run.token.clone(), addrs.clone());
                 tokio::spawn(async move {
-                    let mut agent = Agent::new(addr, run_id, &token);
+                    let mut agent = Agent::new(addrs, i % collectors, run_id, &token);
                     let mut acked = 0u64;
                     let mut seq = 1u64;
                     for k in 0..batches {
@@ -622,21 +496,43 @@ fn round(
                         let events: Vec<Event> = (0..per_batch as u64)
                             .map(|j| {
                                 let body = match (progress, k, j) {
-                                    (true, 0, 0) => EventBody::StepStarted { step: 0, name: "load".into(), kind: "exec".into() },
-                                    (true, _, j) if j + 1 == per_batch as u64 => EventBody::Progress { step: 0, fraction: (k + 1) as f64 / batches as f64, status: None },
-                                    _ => EventBody::Log { step: Some(0), level: LogLevel::Info, line: format!("load event {}", seq + j) },
+                                    (true, 0, 0) => EventBody::StepStarted {
+                                        step: 0,
+                                        name: "load".into(),
+                                        kind: "exec".into(),
+                                    },
+                                    (true, _, j) if j + 1 == per_batch as u64 => {
+                                        EventBody::Progress {
+                                            step: 0,
+                                            fraction: (k + 1) as f64 / batches as f64,
+                                            status: None,
+                                        }
+                                    }
+                                    _ => EventBody::Log {
+                                        step: Some(0),
+                                        level: LogLevel::Info,
+                                        line: format!("load event {}", seq + j),
+                                    },
                                 };
-                                Event { seq: seq + j, at_ms: 0, body }
+                                Event {
+                                    seq: seq + j,
+                                    at_ms: 0,
+                                    body,
+                                }
                             })
                             .collect();
                         seq += per_batch as u64;
                         // Encoded once, sent as often as it takes (the agent's spool keeps the batch).
-                        let body = bytes::Bytes::from(serde_json::to_vec(&EventBatch { events }).expect("encode batch"));
+                        let body = bytes::Bytes::from(
+                            serde_json::to_vec(&EventBatch { events }).expect("encode batch"),
+                        );
                         let mut backoff = Duration::from_millis(100);
                         loop {
                             let t = Instant::now();
                             if let Some(ack) = agent.post(body.clone()).await {
-                                lat.lock().expect("latencies").push((t - started, t.elapsed()));
+                                lat.lock()
+                                    .expect("latencies")
+                                    .push((t - started, t.elapsed()));
                                 acked = acked.max(ack.acked);
                                 if ack.acked >= seq - 1 {
                                     break;
@@ -652,47 +548,56 @@ fn round(
                 })
             })
             .collect();
-        // Kill -9 the collector when half the batches are in, restart it on the same data.
+        // Kill -9 the (first) collector when half the batches are in, restart it on the same
+        // data; with others, its agents go on with the next one meanwhile.
         let (killer, kept) = if kill {
             let done = done_batches.clone();
-            let data = data.clone();
+            let (dir, port, ops_port) = places[0].clone();
             let database = database.clone();
+            let mut servers = std::mem::take(&mut servers);
             let killer = tokio::task::spawn_blocking(move || {
                 while done.load(Ordering::Relaxed) < total_batches / 2 {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 let at = done.load(Ordering::Relaxed);
-                server.kill9();
+                servers[0].kill9();
                 std::thread::sleep(Duration::from_millis(500));
-                let restarted = Server::start(&data, port, ops_port, database.as_deref());
+                servers[0] = Server::start(&dir, port, ops_port, database.as_deref());
                 // On PostgreSQL the database crashes too, later in the round: what the collector
                 // acknowledged before must survive it, and the collector resumes by itself.
                 database::crash_at(&done, total_batches * 3 / 4, total_batches);
-                (restarted, at)
+                (servers, at)
             });
             (Some(killer), None)
         } else {
-            (None, Some(server))
+            (None, Some(servers))
         };
         let mut out = Vec::with_capacity(agents);
         for t in tasks {
             out.push(t.await.expect("agent task"));
         }
-        let server = match (killer, kept) {
+        let servers = match (killer, kept) {
             (Some(killer), _) => {
                 let (restarted, at) = killer.await.expect("killer");
-                println!("  killed the collector with SIGKILL after {at} of {total_batches} batches, restarted it");
+                println!(
+                    "  killed {} with SIGKILL after {at} of {total_batches} batches, restarted it",
+                    if collectors == 1 {
+                        "the collector"
+                    } else {
+                        "one collector"
+                    }
+                );
                 restarted
             }
-            (None, Some(server)) => server,
-            (None, None) => unreachable!("the server is either kept or restarted"),
+            (None, Some(servers)) => servers,
+            (None, None) => unreachable!("the servers are either kept or restarted"),
         };
-        (out, server)
+        (out, servers)
     });
     let elapsed = started.elapsed();
     stop_pages.store(true, Ordering::Relaxed);
     let page_times = page_loads.map(|h| h.join().expect("page loads"));
-    drop(server);
+    drop(servers);
 
     // Every acknowledged event must be in the database.
     let conn = match &database {
@@ -720,7 +625,11 @@ fn round(
     lat.sort_unstable();
     let q = |p: f64| quantile(&lat, p);
     println!(
-        "{agents} agents x {batches} batches x {per_batch} events{}: {stored} events stored in {:.1}s = {:.0} events/s; ack latency p50 {:.1} ms, p99 {:.1} ms; acknowledged events missing: {missing}",
+        "{agents} agents x {batches} batches x {per_batch} events{}{}: {stored} events stored in {:.1}s = {:.0} events/s; ack latency p50 {:.1} ms, p99 {:.1} ms; acknowledged events missing: {missing}",
+        match collectors {
+            1 => String::new(),
+            n => format!(", {n} collectors"),
+        },
         match (pace, with_pages) {
             (Some(rate), Pages::Managers(_)) => format!(
                 ", paced at {rate:.0} events/s offered, with managers loading pages every other {} s",

@@ -15,10 +15,10 @@ use crate::store::{Db, StoreError};
 /// Most batches one job carries.
 const MOST: usize = 256;
 
-/// Groups handed to the writer and not yet answered. While they are written, what arrives
+/// Groups handed to each writer and not yet answered. While they are written, what arrives
 /// waits here and goes as the next group: without a bound every batch would leave alone at
 /// once and wait at the writer instead.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 1;
 
 /// A batch waiting for its group, and where its answer goes.
 struct Waiting {
@@ -61,7 +61,7 @@ impl IngestQueue {
 /// The task that groups what waits and hands each group to the writer.
 fn gather(db: Db) -> mpsc::Sender<Waiting> {
     let (tx, mut rx) = mpsc::channel::<Waiting>(4 * MOST);
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT * db.ingest_writers()));
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -88,7 +88,10 @@ fn gather(db: Db) -> mpsc::Sender<Waiting> {
 async fn write(db: Db, group: Vec<Waiting>) {
     let (batches, replies): (Vec<BatchIn>, Vec<oneshot::Sender<BatchOut>>) =
         group.into_iter().map(|w| (w.batch, w.reply)).unzip();
-    match db.call(move |c| lifecycle::ingest_many(c, &batches)).await {
+    match db
+        .call_ingest(move |c| lifecycle::ingest_many(c, &batches))
+        .await
+    {
         Ok(answers) => {
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);

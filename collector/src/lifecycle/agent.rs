@@ -645,7 +645,11 @@ impl BatchRun {
 fn batch_run(tx: &Connection, run_id: i64) -> Result<Option<BatchRun>, StoreError> {
     Ok(row(
         tx,
-        &format!("SELECT {} FROM runs WHERE id = ?1", BatchRun::COLUMNS),
+        &format!(
+            "SELECT {} FROM runs WHERE id = ?1{}",
+            BatchRun::COLUMNS,
+            tx.for_update()
+        ),
         [run_id],
         |r| BatchRun::read(r, 0),
     )

@@ -88,14 +88,17 @@ fn plain(b: &BatchIn, run: &BatchRun) -> bool {
         })
 }
 
-/// The runs of `batches`, read in one statement.
+/// The runs of `batches`, read in one statement (locked in the order of their ids, as every
+/// group locks them: two groups never deadlock over them).
 fn read_runs(conn: &Connection, batches: &[BatchIn]) -> Result<HashMap<i64, BatchRun>, StoreError> {
     let ids = id_array(batches.iter().map(|b| b.run_id));
     // `= ANY` of an array: the primary key's index, not a scan of every run.
     let rows = conn.query(
         &format!(
-            "SELECT id, {} FROM runs WHERE id = ANY(CAST(CAST(?1 AS TEXT) AS BIGINT[]))",
-            BatchRun::COLUMNS
+            "SELECT id, {} FROM runs WHERE id = ANY(CAST(CAST(?1 AS TEXT) AS BIGINT[]))
+              ORDER BY id{}",
+            BatchRun::COLUMNS,
+            conn.for_update()
         ),
         params![ids],
     )?;

@@ -139,8 +139,17 @@ fn unpanicked<R>(f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreEr
 #[derive(Clone)]
 pub struct Db {
     tx: mpsc::Sender<Job>,
+    /// The agents' batches' own writers, on PostgreSQL ([`Db::call_ingest`]).
+    ingest: Option<Lane>,
     reads: mpsc::Sender<ReadJob>,
     kind: sql::EngineKind,
+}
+
+/// Writers beside the main one, each on a connection of its own, taking jobs from one queue.
+#[derive(Clone)]
+struct Lane {
+    tx: mpsc::Sender<Job>,
+    writers: usize,
 }
 
 impl Db {
@@ -200,6 +209,7 @@ impl Db {
             })?;
         Ok(Db {
             tx,
+            ingest: None,
             reads,
             kind: sql::EngineKind::Sqlite,
         })
@@ -220,25 +230,32 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            // A savepoint the job held is rolled back as the panic unwinds through it.
-            let result = match conn {
-                Some(conn) => unpanicked(|| alone(conn, f)),
-                None => Err(unavailable()),
-            };
-            Box::new(move |committed| {
-                let _ = reply.send(match (result, committed) {
-                    (Ok(_), Committed::No) => Err(StoreError::Commit),
-                    // Whatever the job met, the database was gone: its error says that first
-                    // (on PostgreSQL the group's BEGIN goes with its first statement).
-                    (_, Committed::Lost) => Err(unavailable()),
-                    (other, _) => other,
-                });
-            })
-        });
+        let (job, answer) = job(f);
         self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs the write `f` as [`Db::call`] does, but on PostgreSQL on one of the agents'
+    /// batches' own writers: each a connection of its own, so that one group's commit waits
+    /// for its flush while the next group's statements run, as the writers of several
+    /// collectors do. What `f` reads to change, it locks (`FOR UPDATE`), since another writer
+    /// may be at the same rows. On SQLite, one writer serves everything.
+    pub async fn call_ingest<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let Some(lane) = &self.ingest else {
+            return self.call(f).await;
+        };
+        let (job, answer) = job(f);
+        lane.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// How many writers [`Db::call_ingest`] spreads its jobs over.
+    pub fn ingest_writers(&self) -> usize {
+        self.ingest.as_ref().map_or(1, |lane| lane.writers)
     }
 
     /// The engine underneath.
@@ -333,6 +350,33 @@ fn alone<R>(
             Ok(result)
         }
     }
+}
+
+/// A write job running `f` in a savepoint of its own, and where its answer comes once its
+/// group has ended.
+fn job<R, F>(f: F) -> (Job, oneshot::Receiver<Result<R, StoreError>>)
+where
+    R: Send + 'static,
+    F: FnOnce(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
+{
+    let (reply, answer) = oneshot::channel();
+    let job: Job = Box::new(move |conn| {
+        // A savepoint the job held is rolled back as the panic unwinds through it.
+        let result = match conn {
+            Some(conn) => unpanicked(|| alone(conn, f)),
+            None => Err(unavailable()),
+        };
+        Box::new(move |committed| {
+            let _ = reply.send(match (result, committed) {
+                (Ok(_), Committed::No) => Err(StoreError::Commit),
+                // Whatever the job met, the database was gone: its error says that first
+                // (on PostgreSQL the group's BEGIN goes with its first statement).
+                (_, Committed::Lost) => Err(unavailable()),
+                (other, _) => other,
+            });
+        })
+    });
+    (job, answer)
 }
 
 /// The error of a request the database could not take.

@@ -1,5 +1,6 @@
 //! The store on PostgreSQL, shared by several collectors: the same writer thread with its
-//! group commits and the same reader threads as on SQLite, each on a connection of its own.
+//! group commits and the same reader threads as on SQLite, each on a connection of its own,
+//! and besides them a few writers of the agents' batches alone.
 //! A connection the server dropped (a restart, a failover) is opened again by the thread
 //! that needs it, at most every [`RECONNECT_EVERY`]; until then its requests answer
 //! [`StoreError::Unavailable`](super::StoreError::Unavailable), which the API turns into a
@@ -12,12 +13,18 @@ use tokio::sync::mpsc;
 
 use super::sql::Connection;
 use super::{
-    Db, Job, QUEUE, READERS, ReadJob, gather, pg_schema, priority, serve_reads, write_group,
+    Db, Job, Lane, QUEUE, READERS, ReadJob, gather, pg_schema, priority, serve_reads, write_group,
 };
 
 /// Least time between two attempts to connect again, so that a database that is down costs
 /// each request a quick 503 rather than a connection attempt.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+/// Writers of the agents' batches ([`Db::call_ingest`]), beside the main one. A group's commit
+/// is a round trip and a flush of the WAL the server does for every connection at once: while
+/// one writer waits for it, the others' statements run. Beyond a few, the server's CPU is
+/// what bounds them (see docs/benchmarks.md).
+const INGEST_WRITERS: usize = 4;
 
 /// `url` with its password hidden, for messages.
 pub(crate) fn redact(url: &str) -> String {
@@ -100,26 +107,47 @@ pub(super) fn open(url: &str) -> anyhow::Result<Db> {
                 serve_reads(&jobs, &clock, |job| job(link.get()));
             })?;
     }
-    // Each thread opens its own connection (one is not `Send`: a connection may borrow).
-    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-    let url = url.to_owned();
-    std::thread::Builder::new()
-        .name("pg-writer".into())
-        .spawn(move || {
-            let mut link = Link::new(&url);
-            while let Some(first) = rx.blocking_recv() {
-                let jobs = gather(first, &mut rx);
-                match link.get() {
-                    Some(conn) => write_group(conn, jobs),
-                    None => fail_group(jobs),
-                }
-            }
-        })?;
+    let tx = writers("pg-writer", url, 1)?;
+    let ingest = writers("pg-ingest", url, INGEST_WRITERS)?;
     Ok(Db {
         tx,
+        ingest: Some(Lane {
+            tx: ingest,
+            writers: INGEST_WRITERS,
+        }),
         reads,
         kind: super::sql::EngineKind::Postgres,
     })
+}
+
+/// Starts `count` writer threads named `name`, taking groups of jobs from one queue; each
+/// opens its own connection (one is not `Send`: a connection may borrow).
+fn writers(name: &str, url: &str, count: usize) -> anyhow::Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..count {
+        let (rx, url) = (rx.clone(), url.to_owned());
+        std::thread::Builder::new()
+            .name(format!("{name}-{i}"))
+            .spawn(move || {
+                let mut link = Link::new(&url);
+                loop {
+                    // One idle writer waits on the queue at a time, and takes what is there.
+                    let jobs = {
+                        let mut rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                        match rx.blocking_recv() {
+                            Some(first) => gather(first, &mut rx),
+                            None => return,
+                        }
+                    };
+                    match link.get() {
+                        Some(conn) => write_group(conn, jobs),
+                        None => fail_group(jobs),
+                    }
+                }
+            })?;
+    }
+    Ok(tx)
 }
 
 /// Answers every job of a group that found no database: unavailable, nothing stored.

@@ -322,6 +322,17 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// What ends a read of rows the transaction goes on to change: on PostgreSQL, where
+    /// another writer (this collector's or another's) may be at the same rows, `FOR UPDATE`
+    /// locks them until the commit, so that what was read is still so when it is written. On
+    /// SQLite the one writer holds the whole database already.
+    pub fn for_update(&self) -> &'static str {
+        match self.kind() {
+            EngineKind::Postgres => " FOR UPDATE",
+            EngineKind::Sqlite => "",
+        }
+    }
+
     /// Runs a statement; returns the rows it changed.
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize, SqlError> {
         let values = params.values();
