@@ -27,6 +27,11 @@ impl Collector {
     /// The client for the collectors of `base` (one base URL, or several separated by
     /// commas; nothing is sent yet).
     pub fn new(base: &str) -> anyhow::Result<Collector> {
+        Collector::with_timeout(base, Duration::from_secs(30))
+    }
+
+    /// [`Collector::new`] with requests given up after `timeout`.
+    fn with_timeout(base: &str, timeout: Duration) -> anyhow::Result<Collector> {
         // One worker: the reporter's send loop runs on it while the steps run on threads of
         // their own; the one-off calls block on it from the caller's thread.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -35,8 +40,8 @@ impl Collector {
             .enable_all()
             .build()?;
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5).min(timeout))
             .build()?;
         Ok(Collector {
             bases: Bases::new(base)?,
@@ -83,8 +88,12 @@ impl Collector {
     }
 
     /// Exchanges a booted node's bootstrap token (from the kernel command line) for the run's
-    /// session token and attestation key. Only failures to reach the collector are retried:
-    /// the collector honours one exchange per boot, and a second one fails the run.
+    /// session token and attestation key. The collector honours one exchange per boot, and a
+    /// second one fails the run; a collector that cannot be reached, that cannot serve (5xx:
+    /// its database is gone, nothing was done) or that does not answer in time (hung: the
+    /// kernel queues the connection all the same) gets no second try, the next one does.
+    /// Where the first had in fact exchanged before going silent, that second exchange fails
+    /// the run and says why — never a pass; giving up would fail it too, without trying.
     pub fn exchange(
         &self,
         run_id: i64,
@@ -96,8 +105,9 @@ impl Collector {
             let mut backoff = BACKOFF_MIN;
             loop {
                 let (place, url) = self.bases.url(routes::SESSION, run_id);
-                match self.http.post(&url).bearer_auth(bootstrap).send().await {
+                let why = match self.http.post(&url).bearer_auth(bootstrap).send().await {
                     Ok(r) if r.status().is_success() => return Ok(r.json().await?),
+                    Ok(r) if r.status().is_server_error() => format!("answered {}", r.status()),
                     Ok(r) => {
                         let status = r.status();
                         anyhow::bail!(
@@ -105,15 +115,15 @@ impl Collector {
                             r.text().await.unwrap_or_default()
                         )
                     }
-                    // Not connected: the request never reached the collector, so asking again
-                    // (the next collector) is not a second exchange.
-                    Err(e) if e.is_connect() && started.elapsed() <= patience => {
-                        self.bases.failed(place)
-                    }
-                    Err(e) => anyhow::bail!(
-                        "cannot reach the collector at {} for the session: {e}",
+                    Err(e) => e.to_string(),
+                };
+                self.bases.failed(place);
+                if started.elapsed() > patience {
+                    anyhow::bail!(
+                        "no collector gave the session within {} s; the last, {}: {why}",
+                        patience.as_secs(),
                         self.bases.at(place)
-                    ),
+                    );
                 }
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -358,6 +368,70 @@ mod tests {
         assert_eq!(collector.base(), live);
         // A list the command line could not have come from is refused before anything is sent.
         assert!(Collector::new("http://a,,http://b").is_err());
+        drop(rt);
+    }
+
+    /// The bootstrap exchange goes past a collector that hangs (its connection queued by the
+    /// kernel, never answered) and one that answers 503, to one that serves; a refusal (4xx)
+    /// is final; and with none to serve it gives up within its patience, naming the last.
+    #[test]
+    fn the_exchange_goes_past_a_hung_and_an_unavailable_collector() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let serve = |status: u16| {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let base = format!("http://{}", listener.local_addr().unwrap());
+                let app = axum::Router::new().route(
+                    routes::SESSION,
+                    axum::routing::post(move || async move {
+                        match status {
+                            200 => axum::Json(SessionResponse {
+                                token: "session".into(),
+                                heartbeat_secs: 60,
+                                attest_key: "key".into(),
+                            })
+                            .into_response(),
+                            s => (
+                                axum::http::StatusCode::from_u16(s).unwrap(),
+                                "the collector cannot reach its database now",
+                            )
+                                .into_response(),
+                        }
+                    }),
+                );
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                base
+            })
+        };
+        use axum::response::IntoResponse;
+        // Bound, never accepted: connecting succeeds, no answer ever comes.
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hung = format!("http://{}", hung.local_addr().unwrap());
+        let (unavailable, live, refusing) = (serve(503), serve(200), serve(403));
+        let collector = Collector::with_timeout(
+            &format!("{hung},{unavailable},{live}"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let session = collector
+            .exchange(7, "bootstrap", Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(session.token, "session");
+        assert_eq!(collector.base(), live);
+        let refused =
+            Collector::with_timeout(&format!("{refusing},{live}"), Duration::from_secs(1))
+                .unwrap()
+                .exchange(7, "bootstrap", Duration::from_secs(30))
+                .unwrap_err()
+                .to_string();
+        assert!(refused.contains("403"), "{refused}");
+        let none =
+            Collector::with_timeout(&format!("{hung},{unavailable}"), Duration::from_secs(1))
+                .unwrap()
+                .exchange(7, "bootstrap", Duration::from_secs(2))
+                .unwrap_err()
+                .to_string();
+        assert!(none.contains("no collector gave the session"), "{none}");
         drop(rt);
     }
 }
