@@ -103,7 +103,6 @@ impl Collector {
             reports: Arc::default(),
             sessions: Default::default(),
             swarms,
-            pairs: Default::default(),
             collector_id: Default::default(),
             ingest: Default::default(),
         });

@@ -2,9 +2,9 @@
 //! agent asks with its step and its bandwidth server's port and is told to wait, whom to
 //! measure against, to go on, or that no partner came; it says when a pair is done, with its
 //! figures, which the collector judges against the run's stored suite and stores. One
-//! [`Scheduler`] per suite and step decides ([`crate::pairing`]), retests included; this only
-//! reads the run's node, rack and step, stores the results and keeps where each node's
-//! server listens.
+//! [`Scheduler`](crate::pairing::Scheduler) per suite and step decides ([`crate::pairing`]),
+//! retests included, kept in the database so that every collector sharing it asks the same
+//! one ([`ask_pair`]); this only reads the run's node, rack and step and judges the figures.
 
 use std::net::SocketAddr;
 
@@ -14,7 +14,7 @@ use kiln_protocol::suite::{CheckSpec, PeerPolicy};
 
 use super::{ApiError, AppState, Json, RunAuth};
 use crate::pairing::{Answer, Policy, Role, Settings};
-use crate::store::queries::{PairResult, record_pair};
+use crate::store::queries::{Asked, PairAsk, PairResult, ask_pair, finish_pair, pair_of};
 
 /// How long a node waits for any partner unless its step says.
 pub const PAIR_TIMEOUT_MS: u64 = 10 * 60 * 1000;
@@ -102,22 +102,6 @@ async fn name_of(state: &AppState, node: i64) -> Result<String, ApiError> {
         .await?)
 }
 
-/// The nodes whose open runs of suite `suite` may still reach the step.
-async fn open_nodes(state: &AppState, suite: String) -> Result<Vec<i64>, ApiError> {
-    Ok(state
-        .db
-        .read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT node_id FROM runs WHERE verdict IS NULL AND suite_sha256 = ?1",
-            )?;
-            let nodes = stmt
-                .query_map([suite], |r| r.get(0))?
-                .collect::<Result<Vec<i64>, _>>()?;
-            Ok(nodes)
-        })
-        .await?)
-}
-
 /// `POST …/pair`: what this node does now.
 pub(super) async fn ask(
     State(state): State<AppState>,
@@ -132,46 +116,43 @@ pub(super) async fn ask(
     }
     let a = asking(&state, run_id, req.step).await?;
     let now = crate::store::now_ms().max(0) as u64;
-    let open = open_nodes(&state, a.suite.clone()).await?;
-    let (answer, addr, role, since) = {
-        let mut inner = state.pairs.lock();
-        inner
-            .addrs
-            .insert(a.node, SocketAddr::new(from.ip(), req.port).to_string());
-        let scheduler = inner.scheduler((a.suite.clone(), req.step), a.settings);
-        let more_coming = open.iter().any(|n| *n != a.node && !scheduler.knows(*n));
-        let answer = scheduler.ask_with(a.node, a.rack.as_deref(), now, more_coming);
-        let role = scheduler.role(a.node);
-        let since = scheduler.waited_ms(a.node, now);
-        let addr = match &answer {
-            Answer::Pair { partner, .. } => inner.addrs.get(partner).cloned(),
-            _ => None,
-        };
-        (answer, addr, role, since)
-    };
+    let Asking {
+        node,
+        rack,
+        suite,
+        settings,
+        ..
+    } = a;
+    let step = req.step;
+    let addr = SocketAddr::new(from.ip(), req.port).to_string();
+    let asked = state
+        .db
+        .call(move |c| {
+            let ask = PairAsk {
+                run_id,
+                node,
+                rack: rack.as_deref(),
+                suite: &suite,
+                step,
+                settings,
+                addr,
+            };
+            ask_pair(c, &ask, now)
+        })
+        .await?;
+    let Asked {
+        answer,
+        partner_addr: addr,
+        role,
+        waited_ms: since,
+    } = asked;
     Ok(axum::Json(match answer {
         Answer::Wait => PairAnswer::Wait,
         Answer::Released => PairAnswer::Released,
-        Answer::TimedOut => {
-            let timed_out = PairResult {
-                step: req.step,
-                pair: 0,
-                partner_node: None,
-                partner_name: None,
-                download_mbps: None,
-                upload_mbps: None,
-                mbps: None,
-                met: false,
-                at_ms: now as i64,
-            };
-            state
-                .db
-                .call(move |c| record_pair(c, run_id, &timed_out))
-                .await?;
-            PairAnswer::TimedOut {
-                waited_s: since / 1000,
-            }
-        }
+        // Stored as the node's result already, with the answer.
+        Answer::TimedOut => PairAnswer::TimedOut {
+            waited_s: since / 1000,
+        },
         Answer::Pair { pair, partner } => PairAnswer::Pair {
             pair,
             node: partner,
@@ -211,12 +192,12 @@ pub(super) async fn done(
         })
         .await?;
     let not_in = || ApiError::Conflict(format!("node {node} is in no pair {} now", req.pair));
-    let ((suite, step), partner) = {
-        let inner = state.pairs.lock();
-        let key = inner.step_of(req.pair, node).ok_or_else(not_in)?;
-        let (a, b) = inner.schedulers[&key].pair(req.pair).ok_or_else(not_in)?;
-        (key, if a == node { b } else { a })
-    };
+    let pair = req.pair;
+    let (suite, step, partner) = state
+        .db
+        .read(move |c| pair_of(c, pair, node))
+        .await?
+        .ok_or_else(not_in)?;
     let a = asking(&state, run_id, step).await?;
     if a.suite != suite {
         return Err(not_in());
@@ -234,15 +215,12 @@ pub(super) async fn done(
         met,
         at_ms: now as i64,
     };
-    state
+    // Judged against the run's stored suite, stored and closed on this side together: a pair
+    // another request closed meanwhile stores nothing.
+    let finished = state
         .db
-        .call(move |c| record_pair(c, run_id, &result))
+        .call(move |c| finish_pair(c, run_id, node, &result, now))
         .await?;
-    let mut inner = state.pairs.lock();
-    let finished = inner
-        .schedulers
-        .get_mut(&(suite, step))
-        .is_some_and(|s| s.finished(req.pair, node, met, now));
     if !finished {
         return Err(not_in());
     }

@@ -63,8 +63,6 @@ pub struct Shared {
     pub sessions: super::sessions::Sessions,
     /// Peer-assisted boot: the payload's tracker.
     pub swarms: super::swarms::Swarms,
-    /// NIC steps between nodes: who measures against whom.
-    pub pairs: crate::pairing::Pairs,
     /// This collector's id among those sharing the database (its host and boot port), once
     /// it serves.
     pub collector_id: std::sync::OnceLock<String>,

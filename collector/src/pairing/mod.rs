@@ -23,57 +23,14 @@
 //!   come, none waits and no pair measures (a pair that misses wants a third node).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
 
-/// What the pairing routes keep between requests: a scheduler per (suite digest, step), and
-/// where each node's bandwidth server listens.
-#[derive(Default)]
-pub struct Pairs {
-    inner: Mutex<Kept>,
-}
-
-/// [`Pairs`]' contents.
-#[derive(Default)]
-pub struct Kept {
-    /// The schedulers.
-    pub schedulers: HashMap<(String, u32), Scheduler>,
-    /// `IP:PORT` of each node's bandwidth server.
-    pub addrs: HashMap<NodeId, String>,
-}
-
-impl Kept {
-    /// The scheduler of `key`, made with `settings` if there is none; each numbers its pairs
-    /// in a range of its own, so a pair's number names one pair of one step.
-    pub fn scheduler(&mut self, key: (String, u32), settings: Settings) -> &mut Scheduler {
-        let made = self.schedulers.len() as u64;
-        self.schedulers.entry(key).or_insert_with(|| {
-            let mut s = Scheduler::new(settings);
-            s.next_pair = (made + 1) << 32 | 1;
-            s
-        })
-    }
-
-    /// The step (suite digest, index) whose scheduler has pair `pair` with `node` in it.
-    pub fn step_of(&self, pair: u64, node: NodeId) -> Option<(String, u32)> {
-        self.schedulers
-            .iter()
-            .find(|(_, s)| s.pair(pair).is_some_and(|(a, b)| a == node || b == node))
-            .map(|(key, _)| key.clone())
-    }
-}
-
-impl Pairs {
-    /// The contents, locked.
-    pub fn lock(&self) -> MutexGuard<'_, Kept> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+use serde::{Deserialize, Serialize};
 
 /// A node, by its id.
 pub type NodeId = i64;
 
 /// Whom a node may pair with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Policy {
     /// A node of its own rack (the rack's switch, at line rate).
     #[default]
@@ -83,7 +40,7 @@ pub enum Policy {
 }
 
 /// Times, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     /// Whom to pair with.
     pub policy: Policy,
@@ -121,7 +78,7 @@ pub enum Answer {
     TimedOut,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Member {
     rack: Option<String>,
     since_ms: u64,
@@ -154,8 +111,9 @@ impl Member {
     }
 }
 
-/// The pairs of one step of one suite.
-#[derive(Debug, Clone)]
+/// The pairs of one step of one suite. Kept in the database between requests (every
+/// collector asks the same one: [`crate::store::queries::ask_pair`]), hence serializable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scheduler {
     settings: Settings,
     members: BTreeMap<NodeId, Member>,
@@ -211,6 +169,19 @@ impl Scheduler {
     /// linger for late nodes.
     pub fn ask(&mut self, node: NodeId, rack: Option<&str>, now_ms: u64) -> Answer {
         self.ask_with(node, rack, now_ms, true)
+    }
+
+    /// An empty scheduler whose pairs are numbered in a range of `id`'s own (`id << 32` up),
+    /// so that a pair's number names one pair of one step, and the step by its number.
+    pub fn numbered(settings: Settings, id: i64) -> Scheduler {
+        let mut s = Scheduler::new(settings);
+        s.next_pair = (id as u64) << 32 | 1;
+        s
+    }
+
+    /// The `id` of the scheduler [`Scheduler::numbered`] gave pair `pair`.
+    pub fn id_of(pair: u64) -> i64 {
+        (pair >> 32) as i64
     }
 
     /// Whether `node` has asked already.

@@ -314,6 +314,20 @@ const MIGRATIONS: &[&str] = &[
     // 29: nothing here. PostgreSQL's events lose their foreign key to the run (a query per
     // event there); SQLite checks it in process, and dropping it would copy the whole table.
     "SELECT 1;",
+    // 30: the pairing of `target: peer` steps kept in the database, so that every collector
+    // sharing it pairs the same nodes: each step's scheduler, and each node's bandwidth
+    // server's address.
+    "CREATE TABLE pair_steps (
+        id INTEGER PRIMARY KEY,
+        suite_sha256 TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        UNIQUE (suite_sha256, step)
+     );
+     CREATE TABLE pair_addrs (
+        node_id INTEGER PRIMARY KEY REFERENCES nodes(id) ON DELETE CASCADE,
+        addr TEXT NOT NULL
+     );",
 ];
 
 /// The tables a report reads, each with the columns whose update changes nothing a report

@@ -1,7 +1,7 @@
 //! Nodes paired for `nic: {target: peer}` through the real server, with the agent's own NIC
 //! check: two nodes of a rack measure against each other at once, an odd third is measured
-//! against a helper, a node of a rack alone times out with that fault, and every hostile
-//! request is refused.
+//! against a helper, a node of a rack alone times out with that fault, two nodes asking two
+//! collectors on one database are paired all the same, and every hostile request is refused.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -60,6 +60,25 @@ fn nic_step(
     })
 }
 
+/// What the agents' NIC steps came to, each waited for off the runtime.
+async fn finished(
+    steps: Vec<std::thread::JoinHandle<(CheckOutput, Vec<String>)>>,
+) -> Vec<(CheckOutput, Vec<String>)> {
+    tokio::task::spawn_blocking(move || steps.into_iter().map(|h| h.join().unwrap()).collect())
+        .await
+        .unwrap()
+}
+
+/// Node `n`'s step measured its link without a fault.
+fn measured(n: usize, out: &CheckOutput) {
+    assert!(out.faults.is_empty(), "n{n}: {:?}", out.faults);
+    assert!(
+        mbps(out).is_some_and(|m| m > 1.0),
+        "n{n}: {:?}",
+        out.metrics
+    );
+}
+
 fn mbps(out: &CheckOutput) -> Option<f64> {
     out.metrics
         .iter()
@@ -81,22 +100,13 @@ async fn a_rack_pairs_its_nodes_the_odd_one_with_a_helper_and_a_lonely_node_time
         run_of(&server, 3).await,
         run_of(&server, 4).await,
     ];
-    let steps: Vec<_> = runs
+    let steps = runs
         .iter()
         .map(|r| nic_step(server.base.clone(), r.clone()))
         .collect();
-    let results: Vec<(CheckOutput, Vec<String>)> =
-        tokio::task::spawn_blocking(move || steps.into_iter().map(|h| h.join().unwrap()).collect())
-            .await
-            .unwrap();
+    let results = finished(steps).await;
     for (i, (out, lines)) in results[..3].iter().enumerate() {
-        assert!(out.faults.is_empty(), "n{}: {:?}", i + 1, out.faults);
-        assert!(
-            mbps(out).is_some_and(|m| m > 1.0),
-            "n{}: {:?}",
-            i + 1,
-            out.metrics
-        );
+        measured(i + 1, out);
         let paired: Vec<&String> = lines
             .iter()
             .filter(|l| l.starts_with("paired with n"))
@@ -114,6 +124,48 @@ async fn a_rack_pairs_its_nodes_the_odd_one_with_a_helper_and_a_lonely_node_time
     assert_eq!(lonely.faults.len(), 1, "{:?}", lonely.faults);
     assert_eq!(lonely.faults[0].code, "nic.no_partner");
     assert!(mbps(lonely).is_none());
+}
+
+/// Two collectors share one PostgreSQL, each node asks its own: the pairing is the database's,
+/// so they measure against each other (kept per collector, each would wait alone and time
+/// out).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_asking_two_collectors_on_one_database_are_paired() {
+    use kiln_collector::config::Database;
+    use kiln_collector::lab::postgres::{Cluster, USER};
+    let pg = scratch("pairs-shared-pg");
+    let dir = pg.clone();
+    let cluster = std::thread::spawn(move || Cluster::start(&dir).unwrap())
+        .join()
+        .unwrap();
+    let config = || Config {
+        database: Database::Postgres(cluster.url(USER)),
+        ..Config::default()
+    };
+    let a = Server::start("pairs-shared-a", config()).await;
+    let b = Server::start("pairs-shared-b", config()).await;
+    import_nodes(
+        &a,
+        "mac,rack,slot,hostname\n52:54:00:00:00:01,R1,U1,n1\n52:54:00:00:00:02,R1,U2,n2\n",
+    )
+    .await;
+    let steps = vec![
+        nic_step(a.base.clone(), run_of(&a, 1).await),
+        nic_step(b.base.clone(), run_of(&b, 2).await),
+    ];
+    let results = finished(steps).await;
+    for (i, (out, lines)) in results.iter().enumerate() {
+        measured(i + 1, out);
+        let partner = format!("paired with n{}", 2 - i);
+        assert!(
+            lines.iter().any(|l| l.starts_with(&partner)),
+            "n{}: {lines:?}",
+            i + 1
+        );
+    }
+    drop((a, b));
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&pg);
 }
 
 #[tokio::test(flavor = "multi_thread")]

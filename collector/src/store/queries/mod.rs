@@ -28,7 +28,9 @@ pub use nodes::{
     next_waiver_expiry, node_access_keys, node_history, node_progress, node_rows, node_runs,
     report_clock, selected_nodes, tally,
 };
-pub use pairs::{PairResult, pair_results, record_pair};
+pub use pairs::{
+    Asked, PairAsk, PairResult, ask_pair, finish_pair, pair_of, pair_results, record_pair,
+};
 pub use provenance::{Provenance, provenance};
 use runs::{Failures, fault_lines};
 pub use runs::{

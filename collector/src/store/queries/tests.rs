@@ -477,3 +477,75 @@ fn a_waiver_holds_for_its_own_run_until_it_expires_by_a_clock_the_test_sets() {
     assert!(log.iter().all(|w| !w.active), "{log:?}");
     assert_eq!(log[0].run_id, Some(1));
 }
+
+/// The pairing kept in the database: two nodes asking (through any collector) are paired and
+/// each told the other's address; a pair's end is stored once the pair holds that node, and
+/// closes it on that side; what is not held stores nothing; a scheduler that does not decode
+/// says so.
+#[test]
+fn pairing_in_the_database_pairs_stores_what_a_pair_holds_and_nothing_else() {
+    use crate::pairing::{Answer, Policy, Settings};
+    let conn = crate::store::test_connection();
+    for n in 1..=3 {
+        seed_node(&conn, n, "b", Some(None));
+    }
+    let settings = Settings {
+        policy: Policy::SameRack,
+        grace_ms: 0,
+        pair_timeout_ms: 60_000,
+        linger_ms: 60_000,
+        stale_ms: 60_000,
+    };
+    let ask = |node: i64, now: u64| {
+        let ask = PairAsk {
+            run_id: node,
+            node,
+            rack: Some("R1"),
+            suite: "s",
+            step: 0,
+            settings,
+            addr: format!("10.0.0.{node}:9"),
+        };
+        ask_pair(&conn, &ask, now).unwrap()
+    };
+    assert_eq!(ask(1, 0).answer, Answer::Wait);
+    let second = ask(2, 10);
+    let Answer::Pair { pair, partner: 1 } = second.answer else {
+        panic!("{second:?}")
+    };
+    assert_eq!(second.partner_addr.as_deref(), Some("10.0.0.1:9"));
+    // The same pair for the first node, read back from the database.
+    let first = ask(1, 20);
+    assert_eq!(first.answer, Answer::Pair { pair, partner: 2 });
+    assert_eq!(first.partner_addr.as_deref(), Some("10.0.0.2:9"));
+    assert_eq!(pair_of(&conn, pair, 1).unwrap(), Some(("s".into(), 0, 2)));
+    assert_eq!(pair_of(&conn, pair, 3).unwrap(), None);
+    assert_eq!(pair_of(&conn, pair + 1, 1).unwrap(), None);
+    assert_eq!(pair_of(&conn, 77 << 32 | 1, 1).unwrap(), None);
+    let result = |step: u32, partner: i64| PairResult {
+        step,
+        pair,
+        partner_node: Some(partner),
+        partner_name: None,
+        download_mbps: Some(900.0),
+        upload_mbps: Some(900.0),
+        mbps: Some(900.0),
+        met: true,
+        at_ms: 30,
+    };
+    // A node not in the pair, or the pair under another step: nothing stored.
+    assert!(!finish_pair(&conn, 3, 3, &result(0, 1), 30).unwrap());
+    assert!(!finish_pair(&conn, 1, 1, &result(1, 2), 30).unwrap());
+    assert!(pair_results(&conn, 3).unwrap().is_empty());
+    assert!(pair_results(&conn, 1).unwrap().is_empty());
+    assert!(finish_pair(&conn, 1, 1, &result(0, 2), 30).unwrap());
+    assert!(finish_pair(&conn, 2, 2, &result(0, 1), 40).unwrap());
+    assert_eq!(pair_results(&conn, 1).unwrap(), vec![result(0, 2)]);
+    // Closed: neither end is in it any more.
+    assert_eq!(pair_of(&conn, pair, 1).unwrap(), None);
+    assert!(!finish_pair(&conn, 2, 2, &result(0, 1), 50).unwrap());
+    conn.execute("UPDATE pair_steps SET state = '{'", [])
+        .unwrap();
+    let err = pair_of(&conn, pair, 1).unwrap_err().to_string();
+    assert!(err.contains("pairing scheduler"), "{err}");
+}
