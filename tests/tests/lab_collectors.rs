@@ -3,10 +3,11 @@
 //! in another run while every node's agent runs its steps in Linux. Every node must end with
 //! a verdict and pass; a memtest stage whose reader died is failed, re-run once and passes;
 //! no acknowledged event is missing; and the leases' history shows that no console ever had
-//! two readers at once.
+//! two readers at once. On the bridge network, two collectors serve a rack whose nodes share
+//! the payload, have their cables checked and pair their NICs, whichever collector each asks.
 
 use kiln_collector::lab::postgres::{Cluster, USER};
-use kiln_collector::lab::{Collectors, LabOptions, LabReport, up};
+use kiln_collector::lab::{Collectors, LabOptions, LabReport, Network, Profile, up};
 use kiln_collector::lifecycle::RunStage;
 use kiln_collector::store::Connection;
 use kiln_tests::{repo, scratch};
@@ -153,5 +154,46 @@ fn a_collector_killed_during_the_linux_stage_loses_no_event_and_no_verdict() {
     every_node_passed_and_nothing_was_read_twice(&report, &kept);
     // No memtest stage ran, so none lost its reader: nothing was re-armed.
     assert!(kept.repeats.is_empty(), "{:?}", kept.repeats);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Four nodes of a rack on the bridge network, two collectors behind its boot address (the
+/// proxy hands each connection to the next): the payload reaches every node, every cable is
+/// where the map says, and every node's NIC is measured against another node's — the pairing
+/// is the database's, so nodes that asked different collectors are paired all the same.
+#[test]
+fn two_collectors_on_the_bridge_serve_a_rack_that_pairs_its_nodes() {
+    let dir = scratch("lab-bridge-collectors");
+    let payload_mib = 64;
+    let opts = LabOptions {
+        collectors: Collectors {
+            kill_at: None,
+            ..two_collectors(&dir, repo().join("suites/lab-rack.yaml"), RunStage::Linux).collectors
+        },
+        mem_mib: 256 + 2 * payload_mib,
+        profile: Profile::Basic,
+        network: Network::Bridge,
+        payload_mib,
+        ..kiln_tests::lab_options(&dir, 4, repo().join("suites/lab-rack.yaml"))
+    };
+    let report = up(&opts).unwrap();
+    for node in &report.nodes {
+        assert_eq!(node.verdict, "pass", "{node:?}");
+        assert!(
+            !node.pairs.is_empty() && node.pairs.iter().all(|l| l.ends_with("met")),
+            "{node:?}"
+        );
+    }
+    let payload = report.payload.as_ref().expect("the lab served a payload");
+    for p in &payload.nodes {
+        let got = p.collector_bytes + p.peers.iter().map(|(_, b)| b).sum::<u64>();
+        assert_eq!(got, payload.bytes, "{p:?}");
+    }
+    let kept = kept(&dir);
+    assert!(
+        kept.holes.is_empty(),
+        "runs missing events: {:?}",
+        kept.holes
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -36,7 +36,7 @@ pub(super) struct LabCollector {
 /// Another collector: `kiln serve` sharing the lab's PostgreSQL, killed when the lab ends.
 struct Other {
     child: std::process::Child,
-    port: u16,
+    addr: std::net::SocketAddr,
 }
 
 impl Drop for Other {
@@ -70,7 +70,7 @@ impl LabCollector {
             0 | 1 => None,
             _ => Some(crate::lab::postgres::Cluster::start(&dir.join("pg"))?),
         };
-        let config = Config {
+        let mut config = Config {
             after_verify: crate::config::AfterVerify::Hold,
             nodes: access,
             heartbeat_timeout: kiln_protocol::units::HumanDuration(heartbeat),
@@ -83,56 +83,49 @@ impl LabCollector {
                 }),
             ..Config::default()
         };
-        let others = match &cluster {
-            Some(_) => (1..shared.count)
-                .map(|i| Other::start(dir, i + 1, &config, plans, shared.kiln.as_deref()))
-                .collect::<anyhow::Result<Vec<_>>>()?,
-            None => Vec::new(),
-        };
-
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let (listeners, port) = boot_front(&rt, boot_ip, &others)?;
+        let reach = Reach::of(boot_ip, cluster.is_some());
+        let listeners = rt.block_on(async {
+            anyhow::Ok(crate::server::Listeners {
+                boot: tokio::net::TcpListener::bind((reach.ip, 0)).await?,
+                management: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            })
+        })?;
+        let own = listeners.boot.local_addr()?;
+        if reach.direct {
+            config.public_url = Some(format!("http://{own}"));
+        }
+        let others = match &cluster {
+            Some(_) => (1..shared.count)
+                .map(|i| Other::start(dir, i + 1, &config, plans, shared.kiln.as_deref(), reach))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let port = match others.is_empty() {
+            true => own.port(),
+            false => {
+                // The boot address: a proxy in front of them all, for the first request.
+                let front = rt.block_on(tokio::net::TcpListener::bind((boot_ip, 0)))?;
+                let port = front.local_addr()?.port();
+                let mut backends = vec![own];
+                backends.extend(others.iter().map(|o| o.addr));
+                rt.spawn(super::proxy::serve(front, backends));
+                println!(
+                    "kiln lab: {} collectors share PostgreSQL behind port {port}",
+                    others.len() + 1
+                );
+                port
+            }
+        };
         let collector = Collector::open(config, data)?;
         let db = collector.state.db.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = rt.spawn(collector.serve(listeners, async move {
             let _ = stop_rx.await;
         }));
-        // Label the nodes, give each its suite, arm them.
-        let labels: Vec<Label> = plans
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Label {
-                mac: p.mac.clone(),
-                rack: "lab".into(),
-                slot: format!("{}", i + 1),
-                hostname: p.name.clone(),
-                // One delivery: `kiln report --batch lab` tells how it went.
-                batch: Some("lab".into()),
-            })
-            .collect();
-        let assignments: Vec<(String, String)> = plans
-            .iter()
-            .map(|p| (p.mac.clone(), p.suite.clone()))
-            .collect();
-        rt.block_on(db.call(move |c| {
-            queries::import_labels(c, &labels)?;
-            for (mac, suite) in &assignments {
-                queries::assign_suite(c, &Selector::Mac(mac.clone()), suite)?;
-                // A fresh lab database: no run is open, so nothing ends here.
-                let _ = crate::lifecycle::set_mode(c, &Selector::Mac(mac.clone()), Mode::Verify)?;
-                // The lab's scratch disks are its own to destroy.
-                crate::lifecycle::set_destructive(
-                    c,
-                    &Selector::Mac(mac.clone()),
-                    true,
-                    "kiln lab (its own scratch disks)",
-                )?;
-            }
-            Ok(())
-        }))?;
+        rt.block_on(arm(&db, plans))?;
 
         Ok(LabCollector {
             rt,
@@ -153,10 +146,10 @@ impl LabCollector {
         let pid = other.child.id();
         let _ = other.child.kill();
         let _ = other.child.wait();
-        let port = other.port;
+        let addr = other.addr;
         others.remove(0);
         Some(format!(
-            "killed the collector on port {port} (PID {pid}) with SIGKILL"
+            "killed the collector at {addr} (PID {pid}) with SIGKILL"
         ))
     }
 
@@ -210,6 +203,45 @@ impl LabCollector {
     }
 }
 
+/// Labels the lab's nodes (rack `lab`, one batch), gives each its suite and arms it, with
+/// consent to destroy its own scratch disks.
+async fn arm(db: &crate::store::Db, plans: &[NodePlan]) -> anyhow::Result<()> {
+    let labels: Vec<Label> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Label {
+            mac: p.mac.clone(),
+            rack: "lab".into(),
+            slot: format!("{}", i + 1),
+            hostname: p.name.clone(),
+            // One delivery: `kiln report --batch lab` tells how it went.
+            batch: Some("lab".into()),
+        })
+        .collect();
+    let assignments: Vec<(String, String)> = plans
+        .iter()
+        .map(|p| (p.mac.clone(), p.suite.clone()))
+        .collect();
+    db.call(move |c| {
+        queries::import_labels(c, &labels)?;
+        for (mac, suite) in &assignments {
+            queries::assign_suite(c, &Selector::Mac(mac.clone()), suite)?;
+            // A fresh lab database: no run is open, so nothing ends here.
+            let _ = crate::lifecycle::set_mode(c, &Selector::Mac(mac.clone()), Mode::Verify)?;
+            // The lab's scratch disks are its own to destroy.
+            crate::lifecycle::set_destructive(
+                c,
+                &Selector::Mac(mac.clone()),
+                true,
+                "kiln lab (its own scratch disks)",
+            )?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
 /// The lab's own collector logs to `path` (info and up, or as `RUST_LOG` says), as the
 /// others log beside it; a process that has its logging set up already keeps it.
 fn log_to(path: &Path) {
@@ -225,56 +257,49 @@ fn log_to(path: &Path) {
         .try_init();
 }
 
-/// The lab's collector's listeners, and the port of the boot address: its own listener's, or
-/// with other collectors a proxy's in front of them all (its own listener then on 127.0.0.1).
-fn boot_front(
-    rt: &tokio::runtime::Runtime,
-    boot_ip: std::net::Ipv4Addr,
-    others: &[Other],
-) -> anyhow::Result<(crate::server::Listeners, u16)> {
-    let own_ip = match others.is_empty() {
-        true => boot_ip,
-        false => std::net::Ipv4Addr::LOCALHOST,
-    };
-    let listeners = rt.block_on(async {
-        anyhow::Ok(crate::server::Listeners {
-            boot: tokio::net::TcpListener::bind((own_ip, 0)).await?,
-            management: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-        })
-    })?;
-    let own = listeners.boot.local_addr()?;
-    let port = match others.is_empty() {
-        true => own.port(),
-        false => {
-            let front = rt.block_on(tokio::net::TcpListener::bind((boot_ip, 0)))?;
-            let port = front.local_addr()?.port();
-            let mut backends = vec![own];
-            backends.extend(
-                others
-                    .iter()
-                    .map(|o| std::net::SocketAddr::from(([127, 0, 0, 1], o.port))),
-            );
-            rt.spawn(super::proxy::serve(front, backends));
-            println!(
-                "kiln lab: {} collectors share PostgreSQL behind port {port}",
-                others.len() + 1
-            );
-            port
+/// Where the lab's collectors listen and how the nodes reach each, when there are several.
+#[derive(Clone, Copy)]
+struct Reach {
+    /// The address each listens on.
+    ip: std::net::Ipv4Addr,
+    /// Whether the nodes reach each collector at its own address, as on a site (the bridge
+    /// network: the one that served a node's script is the one it talks to from then on, the
+    /// others its fallbacks), rather than only through the proxy at the boot address (the
+    /// user network: QEMU forwards one address to the host).
+    direct: bool,
+}
+
+impl Reach {
+    fn of(boot_ip: std::net::Ipv4Addr, several: bool) -> Reach {
+        match (several, boot_ip.is_loopback()) {
+            // One collector: it is the boot address.
+            (false, _) => Reach {
+                ip: boot_ip,
+                direct: false,
+            },
+            (true, true) => Reach {
+                ip: std::net::Ipv4Addr::LOCALHOST,
+                direct: false,
+            },
+            (true, false) => Reach {
+                ip: boot_ip,
+                direct: true,
+            },
         }
-    };
-    Ok((listeners, port))
+    }
 }
 
 impl Other {
     /// `kiln serve` number `n` on a port of its own, with a data directory beside the lab's
-    /// (the same suites and artifacts) and `config`'s settings; ready once it says where it
-    /// listens.
+    /// (the same suites and artifacts), `config`'s settings, listening and reached as
+    /// `reach` says; ready once it says where it listens.
     fn start(
         dir: &Path,
         n: usize,
         config: &Config,
         plans: &[NodePlan],
         kiln: Option<&Path>,
+        reach: Reach,
     ) -> anyhow::Result<Other> {
         use std::io::BufRead;
         let data = dir.join(format!("data-{n}"));
@@ -289,10 +314,14 @@ impl Other {
         let crate::config::Database::Postgres(url) = &config.database else {
             anyhow::bail!("another collector needs the lab's PostgreSQL");
         };
-        // The nodes reach every collector the way they reach the lab's own: at the boot
-        // address, through the proxy (a collector's own address means nothing to a guest).
+        let port = super::free_port()?;
+        let addr = std::net::SocketAddr::from((reach.ip, port));
+        let public = match reach.direct {
+            true => format!("http://{addr}"),
+            false => GUEST_BASE.to_owned(),
+        };
         let mut yaml = format!(
-            "database: \"{url}\"\npublic_url: \"{GUEST_BASE}\"\nafter_verify: hold\nheartbeat_timeout: {}s\ndefault_suite: \"{}\"\nnodes:\n",
+            "database: \"{url}\"\npublic_url: \"{public}\"\nafter_verify: hold\nheartbeat_timeout: {}s\ndefault_suite: \"{}\"\nnodes:\n",
             config.heartbeat_timeout.get().as_secs(),
             config.default_suite
         );
@@ -310,7 +339,6 @@ impl Other {
             Some(k) => k.to_owned(),
             None => std::env::current_exe()?,
         };
-        let port = super::free_port()?;
         let log = std::fs::File::create(dir.join(format!("collector-{n}.log")))?;
         let mut cmd = std::process::Command::new(&kiln);
         cmd.arg("serve")
@@ -318,7 +346,7 @@ impl Other {
             .arg(&file)
             .arg("--data")
             .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &addr.to_string()])
             .args(["--management", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
@@ -336,8 +364,8 @@ impl Other {
         reader.read_line(&mut banner)?;
         // Its output from here on goes nowhere; a thread drains it so it never blocks.
         std::thread::spawn(move || for _ in reader.lines() {});
-        let mut other = Other { child, port };
-        if !banner.contains(&format!("127.0.0.1:{port}")) {
+        let mut other = Other { child, addr };
+        if !banner.contains(&addr.to_string()) {
             let _ = other.child.kill();
             anyhow::bail!(
                 "collector {n} did not start (it said {banner:?}); see {}",

@@ -277,11 +277,6 @@ fn check_options(opts: &LabOptions) -> anyhow::Result<()> {
     let needs = "a node serves the payload only on the bridge network with a payload \
                  (--network bridge --payload-mib N)";
     anyhow::ensure!(!opts.rogue_peer || peers, "--rogue-peer: {needs}");
-    anyhow::ensure!(
-        opts.collectors.count <= 1 || !bridge,
-        "--collectors {}: several collectors serve the user network only for now (--network user)",
-        opts.collectors.count
-    );
     let mut swapped = Vec::new();
     for i in &opts.inject {
         match i.fault {
@@ -662,9 +657,9 @@ fn plan_nodes(opts: &LabOptions, data: &Path) -> anyhow::Result<Vec<NodePlan>> {
     Ok(plans)
 }
 
-/// Stops processes a previous lab left (by the PIDs it recorded, and only QEMU ones).
+/// Stops processes a previous lab left (by the PIDs it recorded, and only its own kinds).
 pub fn down(dir: &Path) -> usize {
-    processes_down(dir) + bridge::down(dir)
+    processes_down(dir) + bridge::down(dir) + postgres::down(&dir.join("pg"))
 }
 
 fn processes_down(dir: &Path) -> usize {

@@ -178,10 +178,6 @@ fn lab_profile_and_injection_typos_are_refused_before_anything_starts() {
             vec!["lab", "up", "--kill-collector", "memtest"],
             "--kill-collector needs --collectors 2 or more",
         ),
-        (
-            vec!["lab", "up", "--collectors", "2", "--network", "bridge"],
-            "--collectors 2: several collectors serve the user network only for now",
-        ),
         (vec!["lab", "up", "--payload-mib", "lots"], "invalid value"),
         (vec!["lab", "up", "--payload-mib", "5000"], "at most 4096"),
         (

@@ -60,3 +60,42 @@ fn a_data_directory_in_use_is_refused_with_the_servers_reason() {
     drop(first);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kiln lab down` stops the cluster a lab killed outright left running, by its
+/// `postmaster.pid` and only when that PID is a postgres on that data directory.
+#[test]
+fn a_cluster_left_running_is_stopped_by_its_recorded_pid_and_nothing_else_is() {
+    let dir = scratch("pg-left");
+    // Nothing recorded, or a PID that is not that cluster's postmaster: nothing is stopped.
+    assert_eq!(kiln_collector::lab::postgres::down(&dir), 0);
+    std::fs::create_dir_all(dir.join("pgdata")).unwrap();
+    std::fs::write(
+        dir.join("pgdata/postmaster.pid"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    assert_eq!(kiln_collector::lab::postgres::down(&dir), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let cluster = Cluster::start(&dir).unwrap();
+    let pid = cluster.pid().unwrap();
+    // The lab died without stopping it.
+    std::mem::forget(cluster);
+    assert_eq!(kiln_collector::lab::postgres::down(&dir), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Gone, or a zombie of this process (a zombie's command line is empty).
+    while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postgres {pid} still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    // The socket directory the forgotten cluster would have removed (this process's own).
+    let mine = format!("kiln-pg-{}-", std::process::id());
+    for entry in std::fs::read_dir("/tmp").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&mine) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
