@@ -137,8 +137,23 @@ pub fn collector_started(conn: &Connection, me: &str) -> Result<Restarted, Store
 
 /// Fails `run_id`'s running memtest stage because its console was not read throughout
 /// (`cause` says why, e.g. "the collector restarted"), and re-arms its node once: gives the
-/// node when it was re-armed (then its power driver must reset it).
+/// node when it was re-armed (then its power driver must reset it). A stage that is no longer
+/// running (its reader's verdict came in before the lease changed hands) is left alone: its
+/// run may be in Linux by now, and ending that would fail a good run for a race.
 pub fn reader_lost(tx: &Connection, run_id: i64, cause: &str) -> Result<Option<i64>, StoreError> {
+    let state: Option<StageState> = row(
+        tx,
+        &format!(
+            "SELECT state FROM stages WHERE run_id = ?1 AND name = ?2{}",
+            tx.for_update()
+        ),
+        params![run_id, Stage::Memtest],
+        |r| r.get(0),
+    )
+    .optional()?;
+    if state != Some(StageState::Running) {
+        return Ok(None);
+    }
     let (node_id, repeat): (i64, Option<i64>) = row(
         tx,
         "SELECT node_id, rearm_of FROM runs WHERE id = ?1",

@@ -686,3 +686,25 @@ fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
         .unwrap();
     assert_eq!(repeats, None);
 }
+
+/// A takeover that comes after the reader's own verdict (the lease changed hands a moment
+/// late) leaves the run alone: its memtest86+ passed, Linux comes next, nothing is re-armed.
+#[test]
+fn a_reader_lost_after_its_verdict_came_in_changes_nothing() {
+    let conn = test_connection();
+    let run = start_memtest(&conn, &request(identity(Some("52:54:00:00:00:01"), None)));
+    let _ = memtest_finished(&conn, run, &finding(true)).unwrap();
+    let before = run_state(&conn, run);
+    assert_eq!(before.1, None, "the run is open");
+    let cause = "the collector reading its console stopped renewing its lease";
+    assert_eq!(reader_lost(&conn, run, cause).unwrap(), None);
+    assert_eq!(run_state(&conn, run), before);
+    let rearmed: Option<i64> = conn
+        .query_row(
+            "SELECT n.rearm_of FROM nodes n JOIN runs r ON r.node_id = n.id WHERE r.id = ?1",
+            [run],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rearmed, None);
+}

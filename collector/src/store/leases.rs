@@ -167,7 +167,10 @@ pub fn release(
 }
 
 /// Whether `me` still holds `resource` under `epoch`, unexpired: asked inside the transaction
-/// that applies what was done under the lease, so a lost lease writes nothing.
+/// that applies what was done under the lease, so a lost lease writes nothing. On PostgreSQL
+/// the lease's row stays locked until that transaction ends: a takeover (which updates the
+/// row) waits for it, or it for the takeover and then finds the lease gone — never both
+/// writing at once.
 pub fn holds(
     conn: &Connection,
     resource: &str,
@@ -177,7 +180,10 @@ pub fn holds(
 ) -> Result<bool, SqlError> {
     Ok(conn
         .query_opt(
-            "SELECT 1 FROM leases WHERE resource = ?1 AND owner = ?2 AND epoch = ?3 AND expires_ms >= ?4",
+            &format!(
+                "SELECT 1 FROM leases WHERE resource = ?1 AND owner = ?2 AND epoch = ?3 AND expires_ms >= ?4{}",
+                conn.for_update()
+            ),
             params![resource, me, epoch, now],
             |_| Ok(()),
         )?
