@@ -164,7 +164,7 @@ mod tests {
     use super::*;
     use crate::lab::postgres::{Cluster, USER};
 
-    fn suites(db: &Db) -> Vec<String> {
+    fn suites(db: &Db) -> Result<Vec<String>, StoreError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -176,7 +176,6 @@ mod tests {
                 })?,
             )
         }))
-        .unwrap()
     }
 
     fn put(db: &Db, sha: &'static str) -> Result<(), StoreError> {
@@ -234,7 +233,7 @@ mod tests {
             out
         });
         assert_eq!(results.iter().filter(|r| r.is_err()).count(), 4);
-        assert_eq!(suites(&db).len(), 1 + 16);
+        assert_eq!(suites(&db).unwrap().len(), 1 + 16);
         // The server dies: requests fail as unavailable, and nothing half-stored shows later.
         cluster.halt().unwrap();
         let lost = put(&db, "lost").unwrap_err();
@@ -254,7 +253,17 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let after = suites(&db);
+        // Each reader reconnects by itself too, at its own next attempt.
+        let after = loop {
+            match suites(&db) {
+                Ok(after) => break after,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "a reader never reconnected: {e:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         assert!(after.contains(&"back".to_owned()) && !after.contains(&"lost".to_owned()));
         // A database of a newer schema is refused, and says so.
         let admin = Connection::postgres(&url).unwrap();
