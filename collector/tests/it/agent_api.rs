@@ -243,9 +243,22 @@ async fn bad_requests_get_a_status_and_a_message() {
         r#"{{"events": [{{"seq": 1, "at_ms": 0, "body": {{"type": "log", "level": "info", "line": "{}"}}}}]}}"#,
         "x".repeat(5 << 20)
     );
-    let r = send(huge).await.unwrap();
-    assert_eq!(r.status(), 413);
-    assert!(r.text().await.unwrap().contains("over the limit"));
+    // The collector answers 413 once it has read its limit, and closes: the rest of the body
+    // may still be on its way, and then the client sees the connection cut instead of the
+    // answer (a socket closed with unread data is reset). Either way the body was refused.
+    match send(huge).await {
+        Ok(r) => {
+            assert_eq!(r.status(), 413);
+            assert!(r.text().await.unwrap().contains("over the limit"));
+        }
+        Err(e) => {
+            let cut = format!("{e:?}");
+            assert!(
+                cut.contains("BrokenPipe") || cut.contains("ConnectionReset"),
+                "{cut}"
+            );
+        }
+    }
 
     // A suite the loader refuses is refused at registration, with its location.
     let req = RegisterRequest {
