@@ -5,6 +5,7 @@ use super::{
     Connection, Ended, RunStage, Sql, Stage, StageState, StoreError, Verdict, close_run, exec,
     fail_stage, now_ms, params, row, with_console,
 };
+use crate::store::leases::UNLEASED_GRACE_MS;
 use crate::store::sql::OptionalExtension;
 
 /// Fails every open Linux stage whose agent has been silent longer than its heartbeat
@@ -95,8 +96,11 @@ pub struct Restarted {
 /// consoles were not captured throughout, so their result cannot be trusted. Each such node
 /// is re-armed once, so the death costs the stage a restart and never a verdict: a run that
 /// was itself such a repeat is not repeated again. A stage whose console another live
-/// collector reads under its lease is that collector's, and left alone; the leases this
-/// collector (`me`, by its id) held before it restarted are ended.
+/// collector reads under its lease is that collector's, and left alone; so is one younger
+/// than [`UNLEASED_GRACE_MS`] that nobody leases yet (another collector may have just handed
+/// it to its node: the lease rounds judge it once the grace is over) unless this collector
+/// held its lease. The leases this collector (`me`, by its id) held before it restarted are
+/// ended.
 pub fn collector_started(conn: &Connection, me: &str) -> Result<Restarted, StoreError> {
     let tx = conn.savepoint()?;
     let now = crate::store::leases::clock(&tx)?;
@@ -110,8 +114,18 @@ pub fn collector_started(conn: &Connection, me: &str) -> Result<Restarted, Store
           WHERE r.verdict IS NULL AND s.name = ?1 AND s.state = ?2
             AND NOT EXISTS (SELECT 1 FROM leases l
                              WHERE l.resource = 'console:' || CAST(r.node_id AS TEXT)
-                               AND l.owner <> ?3 AND l.expires_ms >= ?4)",
-        params![Stage::Memtest, StageState::Running, me, now],
+                               AND l.owner <> ?3 AND l.expires_ms >= ?4)
+            AND (s.started_ms < ?5
+                 OR EXISTS (SELECT 1 FROM leases l
+                             WHERE l.resource = 'console:' || CAST(r.node_id AS TEXT)
+                               AND l.owner = ?3 AND l.expires_ms >= ?4))",
+        params![
+            Stage::Memtest,
+            StageState::Running,
+            me,
+            now,
+            now - UNLEASED_GRACE_MS
+        ],
         |r| r.get(0),
     )?;
     let mut rearmed = Vec::new();

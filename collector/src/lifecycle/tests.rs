@@ -628,6 +628,7 @@ fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
     let conn = test_connection();
     let node = request(identity(Some("52:54:00:00:00:01"), None));
     let first = start_memtest(&conn, &node);
+    read_under_lease(&conn, first, "a:1");
     // The collector dies and comes back: the stage fails, and the node is armed again.
     let restarted = collector_started(&conn, "a:1").unwrap();
     assert_eq!(restarted.memtests, [first]);
@@ -654,6 +655,7 @@ fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
         })
         .unwrap();
     assert_eq!(repeats, Some(first));
+    read_under_lease(&conn, second, "a:1");
     // The collector dies again during the repeat: failed, and not repeated again.
     let restarted = collector_started(&conn, "a:1").unwrap();
     assert_eq!(restarted.memtests, [second]);
@@ -685,6 +687,48 @@ fn a_memtest_stage_whose_reader_died_is_repeated_once_and_never_passes() {
         })
         .unwrap();
     assert_eq!(repeats, None);
+}
+
+/// Collector `owner` reads `run`'s console under its lease, as the one that hands a node its
+/// memtest stage does within moments.
+fn read_under_lease(conn: &Connection, run: i64, owner: &str) {
+    let node: i64 = conn
+        .query_row("SELECT node_id FROM runs WHERE id = ?1", [run], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let now = crate::store::now_ms();
+    let resource = format!("console:{node}");
+    let _ = crate::store::leases::acquire(conn, &resource, owner, now).unwrap();
+}
+
+/// Another collector handed the node its stage a moment ago and has not leased its console
+/// yet: a collector starting up now leaves it alone (the lease rounds judge it after the
+/// grace); once the grace is over with still nobody reading, the stage fails as a lost reader.
+#[test]
+fn a_restart_leaves_a_stage_just_handed_out_and_fails_one_nobody_read_past_the_grace() {
+    use crate::store::leases::UNLEASED_GRACE_MS;
+    let conn = test_connection();
+    let run = start_memtest(&conn, &request(identity(Some("52:54:00:00:00:01"), None)));
+    let restarted = collector_started(&conn, "b:1").unwrap();
+    assert!(restarted.memtests.is_empty(), "{restarted:?}");
+    assert!(restarted.rearmed.is_empty(), "{restarted:?}");
+    assert_eq!(
+        run_state(&conn, run).1,
+        None,
+        "a stage just handed out was failed"
+    );
+    let past = crate::store::now_ms() - UNLEASED_GRACE_MS - 1_000;
+    let _ = conn
+        .execute(
+            "UPDATE stages SET started_ms = ?2 WHERE run_id = ?1 AND name = 'memtest'",
+            params![run, past],
+        )
+        .unwrap();
+    let restarted = collector_started(&conn, "b:1").unwrap();
+    assert_eq!(restarted.memtests, [run]);
+    assert_eq!(restarted.rearmed.len(), 1);
+    assert_eq!(run_state(&conn, run).1, Some(Verdict::Fail));
 }
 
 /// A takeover that comes after the reader's own verdict (the lease changed hands a moment

@@ -28,10 +28,6 @@ pub struct Deps {
     pub me: String,
 }
 
-/// How long a stage runs before a console nobody leased counts as orphaned: the collector
-/// that handed the node its stage takes the lease within moments of doing so.
-const GRACE_MS: i64 = 10_000;
-
 /// The lease on `node_id`'s console.
 pub fn resource(node_id: i64) -> String {
     format!("console:{node_id}")
@@ -131,7 +127,7 @@ fn read_round(c: &crate::store::Connection<'_>, me: &str) -> Result<Round, Store
     let watched = c.query_map(
         "SELECT r.id, r.node_id, s.name FROM stages s JOIN runs r ON r.id = s.run_id
           WHERE r.verdict IS NULL AND s.state = ?1 AND s.started_ms < ?2",
-        crate::store::sql::params![StageState::Running, now - GRACE_MS],
+        crate::store::sql::params![StageState::Running, now - leases::UNLEASED_GRACE_MS],
         |r| {
             Ok(Watched {
                 run_id: r.get(0)?,

@@ -17,6 +17,11 @@ use super::sql::{Connection, EngineKind, SqlError, params};
 /// within this and one [`ROUND`].
 pub const TTL_MS: i64 = 25_000;
 
+/// How long a stage runs before a console nobody leased counts as orphaned: the collector
+/// that handed the node its stage takes the lease within moments of doing so, and until
+/// then neither another collector's lease round nor a collector starting up may call it lost.
+pub const UNLEASED_GRACE_MS: i64 = 10_000;
+
 /// How often a collector renews its leases, heartbeats and rebalances.
 pub const ROUND: std::time::Duration = std::time::Duration::from_secs(2);
 

@@ -10,6 +10,7 @@ mod attest;
 mod bounds;
 mod cabling;
 mod cli;
+mod clients;
 mod common;
 mod failover;
 mod ipxe;
