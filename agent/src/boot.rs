@@ -126,28 +126,24 @@ pub fn run(booted: &Booted) -> anyhow::Result<Done> {
     for line in aer_lines {
         say(kiln_protocol::wire::LogLevel::Info, line);
     }
-    let _serving = match crate::payload::boot(
-        bases.current().1,
-        booted.run_id,
-        &session.token,
-        &booted.payload_root,
-    ) {
-        Ok(Some(serving)) => {
-            println!("kiln-agent: {}", serving.summary());
-            say(kiln_protocol::wire::LogLevel::Info, serving.summary());
-            Some(serving)
-        }
-        Ok(None) => None,
-        Err(err) => {
-            let line =
-                format!("the payload could not be fetched and verified: {err:#}; no step runs");
-            eprintln!("kiln-agent: {line}");
-            say(kiln_protocol::wire::LogLevel::Error, line);
-            attest();
-            run.close(PATIENCE);
-            anyhow::bail!("the run's payload could not be fetched: {err:#}");
-        }
-    };
+    let _serving =
+        match crate::payload::boot(&bases, booted.run_id, &session.token, &booted.payload_root) {
+            Ok(Some(serving)) => {
+                println!("kiln-agent: {}", serving.summary());
+                say(kiln_protocol::wire::LogLevel::Info, serving.summary());
+                Some(serving)
+            }
+            Ok(None) => None,
+            Err(err) => {
+                let line =
+                    format!("the payload could not be fetched and verified: {err:#}; no step runs");
+                eprintln!("kiln-agent: {line}");
+                say(kiln_protocol::wire::LogLevel::Error, line);
+                attest();
+                run.close(PATIENCE);
+                anyhow::bail!("the run's payload could not be fetched: {err:#}");
+            }
+        };
     let options = RunOptions {
         allow_destructive: plan_wire.allow_destructive,
         collector: Some(bases.current().1.to_owned()),

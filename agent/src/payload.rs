@@ -3,7 +3,10 @@
 //! before it is kept — nothing unverified is ever served or run — and served, while the run is
 //! open, to the nodes still fetching. A source that stalls past the deadline or breaks off is
 //! reported and the piece asked for again; one that sends wrong bytes is reported as corrupt
-//! and the collector never grants it again.
+//! and the collector never grants it again. A collector that stops answering (refused, timed
+//! out, 5xx) is left for the next on the run's list, as the event reporter does; that one
+//! must serve the same payload (its manifest is compared), and its tracker takes the node as
+//! it is.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,8 @@ use kiln_protocol::payload::{
     DoneRequest, Grant, GrantsRequest, Manifest, Outcome, Pieces, Source,
 };
 use kiln_protocol::routes;
+
+use crate::reporter::Bases;
 
 /// Where a peer serves piece N.
 pub const PIECE_ROUTE: &str = "/payload/pieces/{piece}";
@@ -176,8 +181,8 @@ pub struct Fetched {
 pub struct Run<'a> {
     /// HTTP client.
     pub http: &'a reqwest::Client,
-    /// The collector's base URL.
-    pub base: &'a str,
+    /// The collectors, and the one in use.
+    pub bases: &'a Bases,
     /// The run.
     pub run_id: i64,
     /// Its session token.
@@ -196,25 +201,29 @@ pub async fn fetch(run: &Run<'_>, store: &Store, patience: Duration) -> anyhow::
     let started = Instant::now();
     let mut report = Fetched::default();
     let mut last_progress = Instant::now();
+    // The collector whose manifest the store holds.
+    let mut vouched = run.bases.current().0;
     while !store.have().complete() {
         anyhow::ensure!(
             last_progress.elapsed() < patience,
             "no piece of the payload arrived for {}s",
             patience.as_secs()
         );
-        let grants: Vec<Grant> = run
-            .http
-            .post(routes::url(run.base, routes::PAYLOAD_GRANTS, run.run_id))
-            .bearer_auth(run.token)
-            .json(&GrantsRequest {
-                have: store.have(),
-                port: run.port,
-            })
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let request = GrantsRequest {
+            have: store.have(),
+            port: run.port,
+        };
+        let (place, said) = to_collector(run.bases, run.token, |base| {
+            run.http
+                .post(routes::url(base, routes::PAYLOAD_GRANTS, run.run_id))
+                .json(&request)
+        })
+        .await?;
+        if place != vouched {
+            same_payload(run, store, place).await?;
+            vouched = place;
+        }
+        let grants: Vec<Grant> = said.error_for_status()?.json().await?;
         if grants.is_empty() {
             // Every source that could help is busy: ask again shortly.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -244,13 +253,13 @@ pub async fn fetch(run: &Run<'_>, store: &Store, patience: Duration) -> anyhow::
             }
             // The tracker may have forgotten the grant (a new payload, a restart): the piece,
             // when verified, is kept all the same, and the next grants start afresh.
-            let said = run
-                .http
-                .post(routes::url(run.base, routes::PAYLOAD_DONE, run.run_id))
-                .bearer_auth(run.token)
-                .json(&DoneRequest { grant, outcome })
-                .send()
-                .await?;
+            let done = DoneRequest { grant, outcome };
+            let (_, said) = to_collector(run.bases, run.token, |base| {
+                run.http
+                    .post(routes::url(base, routes::PAYLOAD_DONE, run.run_id))
+                    .json(&done)
+            })
+            .await?;
             if !said.status().is_success() {
                 tracing::warn!(
                     status = said.status().as_u16(),
@@ -263,13 +272,66 @@ pub async fn fetch(run: &Run<'_>, store: &Store, patience: Duration) -> anyhow::
     Ok(report)
 }
 
+/// Sends what `build` makes (with the run's token) to the collector in use, with its place
+/// on the list. A refused connection, a timeout or a 5xx moves the run on to the next
+/// collector, where the call is made again, once around the list; any other answer is the
+/// caller's to read.
+async fn to_collector(
+    bases: &Bases,
+    token: &str,
+    build: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> anyhow::Result<(usize, reqwest::Response)> {
+    let mut last = None;
+    for _ in 0..bases.len() {
+        let (place, base) = bases.current();
+        let why = match build(base).bearer_auth(token).send().await {
+            Ok(said) if !said.status().is_server_error() => return Ok((place, said)),
+            Ok(said) => format!("{base} answered {}", said.status()),
+            Err(err) => format!("{base}: {err}"),
+        };
+        tracing::warn!(
+            collector = base,
+            "{why}: the payload goes on with the next collector"
+        );
+        bases.failed(place);
+        last = Some(why);
+    }
+    Err(anyhow::anyhow!(
+        "no collector answered the payload call: {}",
+        last.unwrap_or_default()
+    ))
+}
+
+/// The collector at `place` serves the payload `store` is being filled with: a site whose
+/// collectors serve different payloads is refused, rather than every piece failing its hash.
+async fn same_payload(run: &Run<'_>, store: &Store, place: usize) -> anyhow::Result<()> {
+    let base = run.bases.at(place);
+    let theirs: Manifest = run
+        .http
+        .get(routes::url(base, routes::PAYLOAD, run.run_id))
+        .bearer_auth(run.token)
+        .send()
+        .await?
+        .error_for_status()
+        .map_err(|e| anyhow::anyhow!("the payload's manifest at {base}: {e}"))?
+        .json()
+        .await?;
+    anyhow::ensure!(
+        theirs.sha256 == store.manifest.sha256,
+        "collector {base} serves another payload (sha256 {}) than the one this node is fetching (sha256 {}): the site's collectors must serve one payload",
+        theirs.sha256,
+        store.manifest.sha256
+    );
+    Ok(())
+}
+
 /// One piece from its source, within the deadline.
 async fn one(run: &Run<'_>, grant: &Grant) -> anyhow::Result<bytes::Bytes> {
     let request = match &grant.from {
         Source::Collector => run
             .http
             .get(
-                routes::url(run.base, routes::PAYLOAD_PIECE, run.run_id)
+                routes::url(run.bases.current().1, routes::PAYLOAD_PIECE, run.run_id)
                     .replace("{piece}", &grant.piece.to_string()),
             )
             .bearer_auth(run.token),
@@ -293,7 +355,7 @@ async fn one(run: &Run<'_>, grant: &Grant) -> anyhow::Result<bytes::Bytes> {
 /// What `kiln-agent fetch-payload` is asked to do.
 #[derive(Debug, Clone)]
 pub struct FetchSettings {
-    /// The collector's boot listener.
+    /// The collectors' boot listeners: one base URL, or several separated by commas.
     pub collector: String,
     /// The run.
     pub run_id: i64,
@@ -318,18 +380,12 @@ pub fn fetch_and_serve(settings: &FetchSettings) -> anyhow::Result<String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
-        let manifest: Manifest = http
-            .get(routes::url(
-                &settings.collector,
-                routes::PAYLOAD,
-                settings.run_id,
-            ))
-            .bearer_auth(&settings.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let bases = Bases::new(&settings.collector)?;
+        let (_, said) = to_collector(&bases, &settings.token, |base| {
+            http.get(routes::url(base, routes::PAYLOAD, settings.run_id))
+        })
+        .await?;
+        let manifest: Manifest = said.error_for_status()?.json().await?;
         let store = Arc::new(Store::new(manifest)?);
         let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await?;
         let port = listener.local_addr()?.port();
@@ -338,7 +394,7 @@ pub fn fetch_and_serve(settings: &FetchSettings) -> anyhow::Result<String> {
         let server = tokio::spawn(axum::serve(listener, router(store.clone(), up)).into_future());
         let run = Run {
             http: &http,
-            base: &settings.collector,
+            bases: &bases,
             run_id: settings.run_id,
             token: &settings.token,
             port: Some(port),
@@ -423,7 +479,7 @@ pub const BOOT_PATIENCE: Duration = Duration::from_secs(600);
 /// node serves what it holds, every piece verified, then unpacked into `root`. `None` when
 /// the collector has no payload (the stage is the whole image).
 pub fn boot(
-    base: &str,
+    bases: &Bases,
     run_id: i64,
     token: &str,
     root: &std::path::Path,
@@ -437,11 +493,10 @@ pub fn boot(
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
-        let said = http
-            .get(routes::url(base, routes::PAYLOAD, run_id))
-            .bearer_auth(token)
-            .send()
-            .await?;
+        let (_, said) = to_collector(bases, token, |base| {
+            http.get(routes::url(base, routes::PAYLOAD, run_id))
+        })
+        .await?;
         if said.status() == reqwest::StatusCode::NOT_FOUND {
             return anyhow::Ok(None);
         }
@@ -452,7 +507,7 @@ pub fn boot(
         tokio::spawn(axum::serve(listener, router(store.clone(), None)).into_future());
         let run = Run {
             http: &http,
-            base,
+            bases,
             run_id,
             token,
             port: Some(port),

@@ -19,6 +19,7 @@ mod operators;
 mod pages;
 mod pairs;
 mod payload;
+mod payload_failover;
 mod postgres;
 mod verify;
 mod waivers;

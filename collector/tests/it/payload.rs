@@ -251,9 +251,10 @@ async fn fetch_within(
     deadline: std::time::Duration,
 ) -> kiln_agent::payload::Fetched {
     let http = reqwest::Client::new();
+    let bases = kiln_agent::reporter::Bases::new(&server.base).unwrap();
     let run = kiln_agent::payload::Run {
         http: &http,
-        base: &server.base,
+        bases: &bases,
         run_id: run.run_id,
         token: &run.token,
         port,
@@ -265,7 +266,7 @@ async fn fetch_within(
         .unwrap()
 }
 
-async fn manifest_of(server: &Server, run: &RegisterResponse) -> Manifest {
+pub(crate) async fn manifest_of(server: &Server, run: &RegisterResponse) -> Manifest {
     reqwest::Client::new()
         .get(url(server, run, ""))
         .bearer_auth(&run.token)
