@@ -53,11 +53,22 @@ use kiln_protocol::wire::{
     Event, EventBatch, EventBody, LogLevel, NodeIdentity, RegisterRequest, RegisterResponse,
 };
 
+/// The numbers of variable `name` (comma-separated), else `default`; a bench asked for
+/// something it cannot read stops and says so, rather than measuring something else.
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| default.to_vec())
+    let Ok(v) = std::env::var(name) else {
+        return default.to_vec();
+    };
+    let parsed: Vec<usize> = v
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: {x:?} is not a whole number"))
+        })
+        .collect();
+    assert!(!parsed.is_empty(), "{name} is empty");
+    parsed
 }
 
 fn main() {
@@ -83,6 +94,10 @@ fn all_rounds() {
     };
     let parts =
         std::env::var("KILN_BENCH_ROUNDS").unwrap_or_else(|_| "killed,capacity,paced".into());
+    const PARTS: [&str; 3] = ["killed", "capacity", "paced"];
+    if let Some(bad) = parts.split(',').map(str::trim).find(|p| !PARTS.contains(p)) {
+        panic!("KILN_BENCH_ROUNDS={parts}: no part {bad:?}; the parts are {PARTS:?}");
+    }
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     for agents in rounds.iter().filter(|_| part("killed")) {
         for &n in &collectors {

@@ -115,7 +115,6 @@ pub(super) async fn ask(
         ));
     }
     let a = asking(&state, run_id, req.step).await?;
-    let now = crate::store::now_ms().max(0) as u64;
     let Asking {
         node,
         rack,
@@ -137,6 +136,8 @@ pub(super) async fn ask(
                 settings,
                 addr,
             };
+            // The database's clock: every collector pairing this step reads the same one.
+            let now = crate::store::leases::clock(c)?.max(0) as u64;
             ask_pair(c, &ask, now)
         })
         .await?;
@@ -203,8 +204,7 @@ pub(super) async fn done(
         return Err(not_in());
     }
     let met = kiln_protocol::verdict::pairs::met(&a.step, req.mbps);
-    let now = crate::store::now_ms().max(0) as u64;
-    let result = PairResult {
+    let mut result = PairResult {
         step,
         pair: req.pair,
         partner_node: Some(partner),
@@ -213,13 +213,17 @@ pub(super) async fn done(
         upload_mbps: req.upload_mbps,
         mbps: req.mbps,
         met,
-        at_ms: now as i64,
+        at_ms: 0,
     };
     // Judged against the run's stored suite, stored and closed on this side together: a pair
     // another request closed meanwhile stores nothing.
     let finished = state
         .db
-        .call(move |c| finish_pair(c, run_id, node, &result, now))
+        .call(move |c| {
+            let now = crate::store::leases::clock(c)?.max(0);
+            result.at_ms = now;
+            finish_pair(c, run_id, node, &result, now as u64)
+        })
         .await?;
     if !finished {
         return Err(not_in());
