@@ -90,6 +90,8 @@ pub struct Metrics {
     pub commit_jobs: Histogram,
     /// Groups that could not be committed (nothing of them stored).
     pub commit_failures: Counter,
+    /// Write jobs PostgreSQL aborted for a deadlock or a serialization failure (each ran again).
+    pub write_conflicts: Counter,
     /// Runs failed because their agent went silent.
     pub lost_contacts: Counter,
     /// Power-driver calls.
@@ -121,6 +123,7 @@ impl Metrics {
             commit_seconds: latency_histogram(),
             commit_jobs: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             commit_failures: Counter::default(),
+            write_conflicts: Counter::default(),
             lost_contacts: Counter::default(),
             power_calls: Family::default(),
             power_failures: Family::default(),
@@ -171,6 +174,11 @@ impl Metrics {
             "db_commit_failures",
             "Groups of writes the database could not commit (nothing of them was stored)",
             m.commit_failures.clone(),
+        );
+        registry.register(
+            "db_write_conflicts",
+            "Write jobs PostgreSQL aborted for a deadlock with another writer; each ran again",
+            m.write_conflicts.clone(),
         );
         registry.register(
             "lost_contacts",

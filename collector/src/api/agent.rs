@@ -84,9 +84,9 @@ pub(super) async fn register(
                 admin,
                 caps,
                 |_| NewRunOwned {
-                    suite_name,
+                    suite_name: suite_name.clone(),
                     suite_text: req.suite_text.clone(),
-                    token_hash,
+                    token_hash: token_hash.clone(),
                     heartbeat_secs,
                     bounds,
                     attestation,

@@ -134,7 +134,7 @@ pub(super) async fn ask(
                 suite: &suite,
                 step,
                 settings,
-                addr,
+                addr: addr.clone(),
             };
             // The database's clock: every collector pairing this step reads the same one.
             let now = crate::store::leases::clock(c)?.max(0) as u64;

@@ -224,11 +224,12 @@ impl Db {
     /// Runs the write `f` on the writer thread and returns its result once it is committed.
     /// `f` runs inside the group's transaction: a job with several statements that must stand
     /// or fall together uses a savepoint (`conn.savepoint()`), which a failing job rolls back
-    /// without touching the rest of the group.
+    /// without touching the rest of the group. On PostgreSQL `f` runs again when a deadlock
+    /// with another writer aborted it, so what it does besides the database must bear that.
     pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
+        F: FnMut(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let (job, answer) = job(f);
         self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
@@ -243,7 +244,7 @@ impl Db {
     pub async fn call_ingest<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
+        F: FnMut(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
     {
         let Some(lane) = &self.ingest else {
             return self.call(f).await;
@@ -333,21 +334,42 @@ fn serve_reads(
     }
 }
 
+/// Times a job PostgreSQL aborts for a deadlock (or a serialization failure) is run again.
+const CONFLICT_TRIES: usize = 4;
+
 /// Runs `f` so that its failure undoes only its own statements. SQLite leaves the group's
 /// transaction as it was after a failed statement, and a job that must stand or fall whole
 /// opens its own savepoint; PostgreSQL aborts the whole transaction at the first error, so
-/// there every job runs in a savepoint of its own.
+/// there every job runs in a savepoint of its own. Several writers share PostgreSQL (this
+/// collector's and the others'), and one job's locks can cross another's: PostgreSQL then
+/// aborts one of them, whose savepoint is rolled back (its locks with it) and which runs
+/// again, so that a deadlock costs a moment and never the write.
 fn alone<R>(
     conn: &Connection<'_>,
-    f: impl FnOnce(&Connection<'_>) -> Result<R, StoreError>,
+    mut f: impl FnMut(&Connection<'_>) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
     match conn.kind() {
         sql::EngineKind::Sqlite => f(conn),
         sql::EngineKind::Postgres => {
-            let job = conn.savepoint()?;
-            let result = f(&job)?;
-            job.commit()?;
-            Ok(result)
+            let mut tries = 1;
+            loop {
+                let job = conn.savepoint()?;
+                match f(&job) {
+                    Ok(result) => {
+                        job.commit()?;
+                        return Ok(result);
+                    }
+                    Err(StoreError::Sql(e)) if e.is_conflict() && tries < CONFLICT_TRIES => {
+                        crate::metrics::METRICS.write_conflicts.inc();
+                        tracing::warn!(error = %e, tries, "a write met another's locks and was aborted; it runs again");
+                        // A moment for the other side to take what this one let go, lest
+                        // the retry take it first and meet the same cycle.
+                        std::thread::sleep(std::time::Duration::from_millis(20 * tries as u64));
+                        tries += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
 }
@@ -357,7 +379,7 @@ fn alone<R>(
 fn job<R, F>(f: F) -> (Job, oneshot::Receiver<Result<R, StoreError>>)
 where
     R: Send + 'static,
-    F: FnOnce(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
+    F: FnMut(&Connection<'_>) -> Result<R, StoreError> + Send + 'static,
 {
     let (reply, answer) = oneshot::channel();
     let job: Job = Box::new(move |conn| {
@@ -665,6 +687,7 @@ mod tests {
         // behind writes, the two would wait for each other and the read would time out.
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+        let mut entered_tx = Some(entered_tx);
         let writer = db.clone();
         let slow = tokio::spawn(async move {
             writer
@@ -673,7 +696,9 @@ mod tests {
                         "INSERT INTO suites (sha256, name, text, created_ms) VALUES ('x', 'n', 't', 0)",
                         [],
                     )?;
-                    let _ = entered_tx.send(());
+                    if let Some(tx) = entered_tx.take() {
+                        let _ = tx.send(());
+                    }
                     let _ = held.recv_timeout(std::time::Duration::from_secs(30));
                     Ok(())
                 })

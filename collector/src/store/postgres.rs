@@ -277,6 +277,76 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A job whose locks cross another writer's: PostgreSQL aborts it for the deadlock, its
+    /// savepoint is rolled back (its locks with it, so the other goes on), and it runs again
+    /// and is stored — a deadlock costs a moment, never the write.
+    #[test]
+    fn a_job_aborted_for_a_deadlock_runs_again_and_is_stored() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("kiln-pg-deadlock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cluster = Cluster::start(&dir).unwrap();
+        let url = cluster.url(USER);
+        let db = Db::open_postgres(&url).unwrap();
+        put(&db, "a").unwrap();
+        put(&db, "b").unwrap();
+        // Another writer holds b, and is slow to see deadlocks: the job's side sees it first.
+        let other = Connection::postgres(&url).unwrap();
+        other
+            .execute_batch(
+                "SET deadlock_timeout = '30s'; BEGIN; SELECT 1 FROM suites WHERE sha256 = 'b' FOR UPDATE",
+            )
+            .unwrap();
+        let tries = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = tries.clone();
+        let job = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(db.call(move |c| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                c.execute("UPDATE suites SET name = 'job' WHERE sha256 = 'a'", [])?;
+                c.execute("UPDATE suites SET name = 'job' WHERE sha256 = 'b'", [])?;
+                Ok(())
+            }))
+        });
+        // The job holds a and waits for b; the other writer now asks for a.
+        let waiting = |n: i64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen: i64 = other
+                    .query_row(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                if seen >= n {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "nobody waits for a lock");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        waiting(1);
+        other
+            .execute("UPDATE suites SET name = 'other' WHERE sha256 = 'a'", [])
+            .unwrap();
+        other.execute_batch("COMMIT").unwrap();
+        job.join()
+            .unwrap()
+            .expect("the job after its deadlock was stored");
+        // At least once more (a retry can race the other side back into the cycle).
+        assert!(tries.load(Ordering::SeqCst) >= 2, "the job ran again");
+        let names: Vec<String> = other
+            .query_map("SELECT name FROM suites ORDER BY sha256", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(names, ["job", "job"], "the job's write is the last");
+        cluster.stop().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn passwords_are_hidden_and_the_rest_is_kept() {
         assert_eq!(

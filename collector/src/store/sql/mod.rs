@@ -58,6 +58,21 @@ pub enum SqlError {
     NoColumn(String),
 }
 
+impl SqlError {
+    /// Whether PostgreSQL aborted the statement for a deadlock or a serialization failure:
+    /// nothing is wrong with it, and run again it may well go through.
+    pub fn is_conflict(&self) -> bool {
+        use postgres::error::SqlState;
+        match self {
+            SqlError::Postgres { source, .. } => source.code().is_some_and(|code| {
+                *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// What PostgreSQL said: the server's message with its SQLSTATE and detail, else the
 /// client's error (the connection) with its cause.
 fn pg_says(err: &postgres::Error) -> String {
