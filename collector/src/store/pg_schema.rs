@@ -308,18 +308,33 @@ pub fn migrate(conn: &Connection) -> anyhow::Result<usize> {
 /// `progress_rev` alone. Made anew at each start from the columns as they are then (under the
 /// migration's lock), so a column a later migration adds is watched without anyone
 /// remembering to.
+///
+/// The clock's row is one lock every writer takes, so it is taken last: the triggers are
+/// deferred to the commit (constraint triggers), and move each clock once per transaction.
+/// A writer holding it then waits for nothing else, and no writer's locks on runs can cross
+/// another's through it (a deadlock); nor does it hold it while its statements run.
 fn watch_reports(tx: &Connection) -> anyhow::Result<()> {
     use super::schema::{REPORT_TABLES, watched_columns};
+    const AT_COMMIT: &str = "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION";
     // SQLite's `json_each(?1)` over a JSON array of ids, which the statements shared by both
     // engines use to pass a list: here a function of the same name and column.
     let mut sql = String::from(
         "CREATE OR REPLACE FUNCTION json_each(ids TEXT) RETURNS TABLE (value BIGINT)
-         LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT CAST(e AS BIGINT) FROM jsonb_array_elements_text(CAST(ids AS jsonb)) AS e $$;
-         CREATE OR REPLACE FUNCTION report_clock_tick() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN UPDATE report_clock SET rev = rev + 1 WHERE id = 1; RETURN NULL; END $$;
-         CREATE OR REPLACE FUNCTION report_clock_progress() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN UPDATE report_clock SET progress_rev = progress_rev + 1 WHERE id = 1; RETURN NULL; END $$;\n",
+         LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT CAST(e AS BIGINT) FROM jsonb_array_elements_text(CAST(ids AS jsonb)) AS e $$;\n",
     );
+    // Each clock moves once a transaction, at the first of its deferred triggers to fire.
+    for (function, column) in [("tick", "rev"), ("progress", "progress_rev")] {
+        sql += &format!(
+            "CREATE OR REPLACE FUNCTION report_clock_{function}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_setting('kiln.{column}_moved', true) IS DISTINCT FROM 'yes' THEN
+                 UPDATE report_clock SET {column} = {column} + 1 WHERE id = 1;
+                 PERFORM set_config('kiln.{column}_moved', 'yes', true);
+               END IF;
+               RETURN NULL;
+             END $$;\n"
+        );
+    }
     for (table, unseen) in REPORT_TABLES {
         let columns: Vec<String> = tx.query_map(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ?1 ORDER BY ordinal_position",
@@ -331,14 +346,14 @@ fn watch_reports(tx: &Connection) -> anyhow::Result<()> {
             sql += &format!("DROP TRIGGER IF EXISTS report_clock_{table}_{kind} ON {table};\n");
         }
         sql += &format!(
-            "CREATE TRIGGER report_clock_{table}_insert AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION report_clock_tick();
-             CREATE TRIGGER report_clock_{table}_delete AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION report_clock_tick();
-             CREATE TRIGGER report_clock_{table}_update AFTER UPDATE OF {} ON {table} FOR EACH ROW EXECUTE FUNCTION report_clock_tick();\n",
+            "CREATE CONSTRAINT TRIGGER report_clock_{table}_insert AFTER INSERT ON {table} {AT_COMMIT} report_clock_tick();
+             CREATE CONSTRAINT TRIGGER report_clock_{table}_delete AFTER DELETE ON {table} {AT_COMMIT} report_clock_tick();
+             CREATE CONSTRAINT TRIGGER report_clock_{table}_update AFTER UPDATE OF {} ON {table} {AT_COMMIT} report_clock_tick();\n",
             watched.join(", ")
         );
         if let Some(column) = progress {
             sql += &format!(
-                "CREATE TRIGGER report_clock_{table}_progress AFTER UPDATE OF {column} ON {table} FOR EACH ROW EXECUTE FUNCTION report_clock_progress();\n"
+                "CREATE CONSTRAINT TRIGGER report_clock_{table}_progress AFTER UPDATE OF {column} ON {table} {AT_COMMIT} report_clock_progress();\n"
             );
         }
     }
