@@ -213,7 +213,7 @@ pub async fn fetch(run: &Run<'_>, store: &Store, patience: Duration) -> anyhow::
             have: store.have(),
             port: run.port,
         };
-        let (place, said) = to_collector(run.bases, run.token, |base| {
+        let (place, said) = to_collector(run.bases, run.token, run.deadline, |base| {
             run.http
                 .post(routes::url(base, routes::PAYLOAD_GRANTS, run.run_id))
                 .json(&request)
@@ -254,7 +254,7 @@ pub async fn fetch(run: &Run<'_>, store: &Store, patience: Duration) -> anyhow::
             // The tracker may have forgotten the grant (a new payload, a restart): the piece,
             // when verified, is kept all the same, and the next grants start afresh.
             let done = DoneRequest { grant, outcome };
-            let (_, said) = to_collector(run.bases, run.token, |base| {
+            let (_, said) = to_collector(run.bases, run.token, run.deadline, |base| {
                 run.http
                     .post(routes::url(base, routes::PAYLOAD_DONE, run.run_id))
                     .json(&done)
@@ -275,16 +275,22 @@ pub async fn fetch(run: &Run<'_>, store: &Store, patience: Duration) -> anyhow::
 /// Sends what `build` makes (with the run's token) to the collector in use, with its place
 /// on the list. A refused connection, a timeout or a 5xx moves the run on to the next
 /// collector, where the call is made again, once around the list; any other answer is the
-/// caller's to read.
+/// caller's to read. A collector that answers nothing within `deadline` counts as timed out.
 async fn to_collector(
     bases: &Bases,
     token: &str,
+    deadline: Duration,
     build: impl Fn(&str) -> reqwest::RequestBuilder,
 ) -> anyhow::Result<(usize, reqwest::Response)> {
     let mut last = None;
     for _ in 0..bases.len() {
         let (place, base) = bases.current();
-        let why = match build(base).bearer_auth(token).send().await {
+        let why = match build(base)
+            .bearer_auth(token)
+            .timeout(deadline)
+            .send()
+            .await
+        {
             Ok(said) if !said.status().is_server_error() => return Ok((place, said)),
             Ok(said) => format!("{base} answered {}", said.status()),
             Err(err) => format!("{base}: {err}"),
@@ -381,7 +387,7 @@ pub fn fetch_and_serve(settings: &FetchSettings) -> anyhow::Result<String> {
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         let bases = Bases::new(&settings.collector)?;
-        let (_, said) = to_collector(&bases, &settings.token, |base| {
+        let (_, said) = to_collector(&bases, &settings.token, settings.deadline, |base| {
             http.get(routes::url(base, routes::PAYLOAD, settings.run_id))
         })
         .await?;
@@ -493,7 +499,7 @@ pub fn boot(
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
-        let (_, said) = to_collector(bases, token, |base| {
+        let (_, said) = to_collector(bases, token, BOOT_DEADLINE, |base| {
             http.get(routes::url(base, routes::PAYLOAD, run_id))
         })
         .await?;

@@ -219,7 +219,7 @@ async fn corrupt_peer() -> u16 {
 }
 
 /// A peer that accepts and never answers.
-async fn stalling_peer() -> u16 {
+pub(crate) async fn stalling_peer() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {

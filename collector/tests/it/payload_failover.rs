@@ -9,7 +9,7 @@ use kiln_collector::lab::postgres::{Cluster, USER};
 use kiln_protocol::wire::{RegisterRequest, RegisterResponse};
 
 use crate::common::*;
-use crate::payload::manifest_of;
+use crate::payload::{manifest_of, stalling_peer};
 
 /// `mib` MiB of bytes that differ with `seed`.
 fn payload(mib: u32, seed: u32) -> Vec<u8> {
@@ -150,4 +150,28 @@ async fn collectors_serving_different_payloads_are_refused_by_name() {
     drop(b);
     drop(cluster);
     let _ = std::fs::remove_dir_all(&pg);
+}
+
+/// A collector that takes the connection and never answers holds the payload no longer than
+/// the deadline: the node goes on with the next.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_collector_is_left_after_the_deadline() {
+    let bytes = payload(6, 0);
+    let live = Server::start("payload-hung", Config::default()).await;
+    std::fs::create_dir_all(live.data.join("artifacts")).unwrap();
+    std::fs::write(live.data.join("artifacts/payload.img"), &bytes).unwrap();
+    let run = run_on(&live).await;
+    let store = kiln_agent::payload::Store::new(manifest_of(&live, &run).await).unwrap();
+    let hung = format!("http://127.0.0.1:{}", stalling_peer().await);
+    let bases = kiln_agent::reporter::Bases::new(&format!("{hung},{}", live.base)).unwrap();
+    let http = reqwest::Client::new();
+    let agent = agent(&http, &bases, &run, std::time::Duration::from_secs(2));
+    let fetch = kiln_agent::payload::fetch(&agent, &store, std::time::Duration::from_secs(20));
+    let got = tokio::time::timeout(std::time::Duration::from_secs(60), fetch)
+        .await
+        .expect("the fetch hung on the collector that never answers")
+        .expect("the payload from the live collector");
+    assert_eq!(store.bytes().unwrap(), bytes);
+    assert_eq!(got.from_collector, bytes.len() as u64, "{got:?}");
+    assert_eq!(bases.current().1, live.base);
 }
