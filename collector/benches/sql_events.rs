@@ -19,7 +19,7 @@
 
 use std::time::Instant;
 
-use kiln_collector::lab::postgres::{Cluster, USER};
+use kiln_collector::lab::postgres::{Cluster, Sizing, USER};
 use kiln_collector::store::sql::{Connection, params};
 
 fn setting(name: &str, default: usize) -> usize {
@@ -144,7 +144,7 @@ fn main() {
         }),
     ));
 
-    let cluster = Cluster::start(&dir.join("pg")).unwrap();
+    let cluster = Cluster::start_sized(&dir.join("pg"), Sizing::Site).unwrap();
     let pg = postgres(&cluster);
     rows.push((
         "PostgreSQL through store::sql, an insert per event",

@@ -57,9 +57,16 @@ pub fn choose() {
                 "/../target/bench-load-pg"
             ));
             let _ = std::fs::remove_dir_all(&dir);
-            let cluster = kiln_collector::lab::postgres::Cluster::start(&dir).expect("PostgreSQL");
+            let cluster = kiln_collector::lab::postgres::Cluster::start_sized(
+                &dir,
+                kiln_collector::lab::postgres::Sizing::Site,
+            )
+            .expect("PostgreSQL");
+            println!(
+                "on PostgreSQL (a cluster of its own, fsync and synchronous_commit on, {})",
+                cluster.settings().join(" ")
+            );
             let _ = CLUSTER.set(std::sync::Mutex::new(cluster));
-            println!("on PostgreSQL (a cluster of its own, fsync and synchronous_commit on)");
         }
         Ok("sqlite") | Err(_) => println!("on SQLite (synchronous=FULL)"),
         Ok(other) => panic!("KILN_BENCH_DATABASE={other}: expected sqlite or postgres"),

@@ -68,7 +68,10 @@ impl LabCollector {
         log_to(&dir.join("collector-1.log"));
         let cluster = match shared.count {
             0 | 1 => None,
-            _ => Some(crate::lab::postgres::Cluster::start(&dir.join("pg"))?),
+            _ => Some(crate::lab::postgres::Cluster::start_sized(
+                &dir.join("pg"),
+                crate::lab::postgres::Sizing::Site,
+            )?),
         };
         let mut config = Config {
             after_verify: crate::config::AfterVerify::Hold,

@@ -22,9 +22,59 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// The superuser and database the cluster is made with.
 pub const USER: &str = "kiln";
 
+/// How much of the machine a cluster takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sizing {
+    /// A test's: many run at once, each small (`shared_buffers` 64 MB).
+    Test,
+    /// The lab's and the benches': one cluster, set up as `docs/collector.md` tells a site to
+    /// run kiln's database, scaled to this machine's memory ([`Sizing::settings`]).
+    Site,
+}
+
+impl Sizing {
+    /// The server's settings beyond its defaults, for a machine of `mem_bytes` of memory.
+    /// A site's cluster keeps the working set of a burn-in in its own buffers — the events'
+    /// index and the runs every batch updates: with too few, each backend writes out the
+    /// pages it evicts, waiting for the WAL to be flushed first — and lets its checkpoints
+    /// come from the clock, not from the WAL's size.
+    pub fn settings(self, mem_bytes: u64) -> Vec<(&'static str, String)> {
+        const MIB: u64 = 1 << 20;
+        match self {
+            Sizing::Test => vec![("shared_buffers", "64MB".into())],
+            Sizing::Site => vec![
+                (
+                    "shared_buffers",
+                    format!("{}MB", (mem_bytes / 8 / MIB).clamp(128, 8192)),
+                ),
+                ("wal_buffers", "64MB".into()),
+                ("max_wal_size", "4GB".into()),
+            ],
+        }
+    }
+}
+
+/// This machine's memory (`MemTotal`), or 1 GiB where it cannot be read.
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_total(&m))
+        .unwrap_or(1 << 30)
+}
+
+/// `MemTotal` of a `/proc/meminfo`, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    let kib = kib.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// A running cluster; stopped (fast shutdown, then immediate) when dropped.
 pub struct Cluster {
     bin: PathBuf,
+    sizing: Sizing,
+    /// Off only for the test that a collector refuses such a server.
+    fsync: bool,
     data: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -72,9 +122,24 @@ fn postgres_user() -> anyhow::Result<(u32, u32)> {
 }
 
 impl Cluster {
-    /// Makes a cluster in `dir/pgdata` (unless one is there) and starts it; returns once it
-    /// accepts connections, with the database [`USER`] created.
+    /// A test's cluster ([`Sizing::Test`]) in `dir`: [`Cluster::start_sized`].
     pub fn start(dir: &Path) -> anyhow::Result<Cluster> {
+        Cluster::start_sized(dir, Sizing::Test)
+    }
+
+    /// Makes a cluster in `dir/pgdata` (unless one is there) and starts it, sized by
+    /// `sizing`; returns once it accepts connections, with the database [`USER`] created.
+    pub fn start_sized(dir: &Path, sizing: Sizing) -> anyhow::Result<Cluster> {
+        Cluster::start_flushing(dir, sizing, true)
+    }
+
+    /// A test's cluster that does not flush its commits (`fsync=off`): one kiln must refuse.
+    #[cfg(test)]
+    pub(crate) fn start_without_fsync(dir: &Path) -> anyhow::Result<Cluster> {
+        Cluster::start_flushing(dir, Sizing::Test, false)
+    }
+
+    fn start_flushing(dir: &Path, sizing: Sizing, fsync: bool) -> anyhow::Result<Cluster> {
         static N: AtomicU32 = AtomicU32::new(0);
         let bin = server_bin()?;
         std::fs::create_dir_all(dir)?;
@@ -97,6 +162,8 @@ impl Cluster {
         }
         let mut cluster = Cluster {
             bin,
+            sizing,
+            fsync,
             log: dir.join("postgres.log"),
             data,
             socket,
@@ -160,8 +227,17 @@ impl Cluster {
             .arg("-k")
             .arg(&self.socket)
             .args(["-p", &PORT.to_string(), "-c", "listen_addresses="])
-            .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
-            .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"])
+            .args([
+                "-c",
+                &format!("fsync={}", if self.fsync { "on" } else { "off" }),
+            ])
+            .args(["-c", "synchronous_commit=on"])
+            .args(["-c", "max_connections=200"])
+            .args(
+                self.settings()
+                    .into_iter()
+                    .flat_map(|s| ["-c".to_owned(), s]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -204,6 +280,16 @@ impl Cluster {
             c.batch_execute(&format!("CREATE DATABASE {USER}"))?;
         }
         Ok(())
+    }
+
+    /// The settings the server runs with beyond its defaults (fsync and synchronous commit
+    /// are always on), as `name=value`.
+    pub fn settings(&self) -> Vec<String> {
+        self.sizing
+            .settings(memory_bytes())
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect()
     }
 
     /// The connection URL of database `db`, over the cluster's socket.
@@ -313,6 +399,47 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if let Err(err) = self.stop() {
             eprintln!("kiln: {err:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A site's cluster takes an eighth of the machine's memory for its buffers, within
+    /// bounds; a test's stays small; a `/proc/meminfo` that makes no sense is not believed.
+    #[test]
+    fn a_site_cluster_is_sized_by_the_memory_and_odd_meminfo_is_not_believed() {
+        let buffers = |mem: u64| {
+            Sizing::Site
+                .settings(mem)
+                .into_iter()
+                .find(|(name, _)| *name == "shared_buffers")
+                .unwrap()
+                .1
+        };
+        assert_eq!(buffers(24 << 30), "3072MB");
+        assert_eq!(buffers(512 << 20), "128MB");
+        assert_eq!(buffers(0), "128MB");
+        assert_eq!(buffers(1 << 40), "8192MB");
+        assert_eq!(
+            Sizing::Test.settings(1 << 40),
+            vec![("shared_buffers", "64MB".to_owned())]
+        );
+        assert_eq!(
+            mem_total("MemFree: 1 kB\nMemTotal:       24576000 kB\n"),
+            Some(24_576_000 * 1024)
+        );
+        for hostile in [
+            "",
+            "MemTotal: kB",
+            "MemTotal: -5 kB",
+            "MemTotal: 12 MB",
+            "MemTotal: 99999999999999999999 kB",
+            "MemTotal: 18446744073709551615 kB",
+        ] {
+            assert_eq!(mem_total(hostile), None, "{hostile:?}");
         }
     }
 }

@@ -41,6 +41,26 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// Refuses a server that does not flush its commits (`fsync` off): an event acknowledged
+/// there could be lost in a crash, and kiln acknowledges only what is durable. (Each
+/// connection asks for synchronous commit itself, see `Connection::postgres`.)
+fn durable(conn: &Connection) -> anyhow::Result<()> {
+    let (fsync, commit): (String, String) = conn.query_row(
+        "SELECT current_setting('fsync'), current_setting('synchronous_commit')",
+        super::sql::params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    anyhow::ensure!(
+        fsync == "on",
+        "the server runs with fsync={fsync}: an acknowledged event could be lost in a crash; kiln needs fsync on"
+    );
+    anyhow::ensure!(
+        commit == "on",
+        "synchronous_commit is {commit} on kiln's connection, though it asked for on"
+    );
+    Ok(())
+}
+
 /// A connection opened again when the server dropped it.
 struct Link {
     url: String,
@@ -89,6 +109,7 @@ pub(super) fn open(url: &str) -> anyhow::Result<Db> {
             let conn = Connection::postgres(url).map_err(|e| {
                 anyhow::anyhow!("cannot connect to the database {}: {e}", redact(url))
             })?;
+            durable(&conn).map_err(|e| anyhow::anyhow!("the database {}: {e:#}", redact(url)))?;
             pg_schema::migrate(&conn)
                 .map_err(|e| anyhow::anyhow!("cannot migrate the database {}: {e:#}", redact(url)))
         })
@@ -190,6 +211,58 @@ mod tests {
             )?;
             Ok(())
         }))
+    }
+
+    /// kiln acknowledges only what is durable: its connections commit synchronously though
+    /// the database and the role say otherwise, and a server that does not flush its
+    /// commits (`fsync=off`) is refused before anything is written, naming the setting.
+    #[test]
+    fn a_collector_commits_synchronously_and_refuses_a_server_without_fsync() {
+        let dir = std::env::temp_dir().join(format!("kiln-pg-durable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cluster = Cluster::start(&dir).unwrap();
+        let url = cluster.url(USER);
+        let admin = Connection::postgres(&url).unwrap();
+        admin
+            .execute_batch(&format!(
+                "ALTER DATABASE {USER} SET synchronous_commit = off;
+                 ALTER ROLE {USER} SET synchronous_commit = off;"
+            ))
+            .unwrap();
+        // A plain session now commits without waiting for the flush; kiln's does not.
+        let mut plain = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let setting = |c: &mut postgres::Client| -> String {
+            c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0)
+        };
+        assert_eq!(setting(&mut plain), "off");
+        let kiln: String = Connection::postgres(&url)
+            .unwrap()
+            .query_row("SELECT current_setting('synchronous_commit')", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kiln, "on");
+        drop((admin, plain));
+        Db::open_postgres(&url).unwrap();
+        cluster.stop().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let mut unflushed = Cluster::start_without_fsync(&dir).unwrap();
+        let url = unflushed.url(USER);
+        let err = Db::open_postgres(&url).err().unwrap().to_string();
+        assert!(err.contains("fsync=off") && err.contains("lost"), "{err}");
+        // Refused before the schema: nothing was written.
+        let tables: i64 = Connection::postgres(&url)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
+        unflushed.stop().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// One collector's store on a real PostgreSQL: writes in groups, a failing job alone

@@ -288,7 +288,12 @@ impl Connection<'static> {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(5));
         }
-        let client = config.connect(postgres::NoTls).map_err(fail)?;
+        let mut client = config.connect(postgres::NoTls).map_err(fail)?;
+        // An acknowledgement promises a flushed commit, whatever the server, the database
+        // or the role was set up with.
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .map_err(fail)?;
         Ok(Connection {
             engine: Engine::Postgres(RefCell::new(pg::Pg::new(client))),
             depth: Cell::new(0),
