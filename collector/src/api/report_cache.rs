@@ -163,6 +163,11 @@ impl Entry {
 #[derive(Default)]
 pub struct ReportCache {
     entries: Mutex<Vec<Entry>>,
+    /// The keys being built, each with the lock its builder holds. A wall of dashboards
+    /// reloading together after the clock moved would otherwise build the same page once per
+    /// reader, side by side, on the CPUs the agents' acks need: a load that misses while its
+    /// key is being built waits for that build and looks again.
+    building: Mutex<Vec<(Key, Arc<Mutex<()>>)>>,
 }
 
 impl ReportCache {
@@ -192,11 +197,42 @@ impl ReportCache {
             }
             Found::Nothing => {}
         }
-        let until = queries::next_waiver_expiry(&snapshot, now)?;
-        let built = build(&snapshot)?;
-        let body = built.body.clone();
-        self.put(key, clock, now, until, built);
-        Ok(body)
+        let gate = self.gate(&key);
+        let result = {
+            let _building = gate.lock().unwrap_or_else(|e| e.into_inner());
+            // Built while this load waited, from the rows of this snapshot's clock: taken.
+            match self.get(&key, clock, now) {
+                Some(body) => Ok(body),
+                None => queries::next_waiver_expiry(&snapshot, now)
+                    .map_err(E::from)
+                    .and_then(|until| {
+                        let built = build(&snapshot)?;
+                        let body = built.body.clone();
+                        self.put(key.clone(), clock, now, until, built);
+                        Ok(body)
+                    }),
+            }
+        };
+        drop(gate);
+        // The lock goes with the last load that waited on it: keys come from requests.
+        self.building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, g)| k != &key || Arc::strong_count(g) > 1);
+        result
+    }
+
+    /// The lock of `key`'s build, shared by every load of it that misses meanwhile.
+    fn gate(&self, key: &Key) -> Arc<Mutex<()>> {
+        let mut building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        match building.iter().find(|(k, _)| k == key) {
+            Some((_, gate)) => gate.clone(),
+            None => {
+                let gate = Arc::new(Mutex::new(()));
+                building.push((key.clone(), gate.clone()));
+                gate
+            }
+        }
     }
 
     /// The body kept for `key` if it holds at `clock` and time `now_ms`.
@@ -288,6 +324,68 @@ mod tests {
 
     fn at(rev: i64) -> ReportClock {
         ReportClock { rev, progress: 0 }
+    }
+
+    /// Loads of one body that miss together build it once, the others waiting and taking
+    /// it; loads of different bodies build side by side; and nothing of a build's lock stays
+    /// behind (the keys come from requests).
+    #[test]
+    fn loads_that_miss_together_build_a_body_once_and_different_bodies_side_by_side() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cache = ReportCache::default();
+        let builds = AtomicUsize::new(0);
+        let start = std::sync::Barrier::new(8);
+        let bodies: Vec<Bytes> = std::thread::scope(|s| {
+            let loads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let conn = crate::store::test_connection();
+                        start.wait();
+                        cache
+                            .through(&conn, key("R1"), |_| {
+                                builds.fetch_add(1, Ordering::SeqCst);
+                                std::thread::sleep(std::time::Duration::from_millis(300));
+                                Ok::<_, StoreError>(Built::from(Bytes::from_static(b"[1]")))
+                            })
+                            .unwrap()
+                    })
+                })
+                .collect();
+            loads.into_iter().map(|l| l.join().unwrap()).collect()
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+        assert!(bodies.iter().all(|b| b.as_ref() == b"[1]"));
+        assert!(cache.building.lock().unwrap().is_empty());
+        // Two keys: each build waits (up to 10 s) to see the other running.
+        let inside = AtomicUsize::new(0);
+        let met: Vec<bool> = std::thread::scope(|s| {
+            let loads: Vec<_> = ["R2", "R3"]
+                .into_iter()
+                .map(|rack| {
+                    let (cache, inside) = (&cache, &inside);
+                    s.spawn(move || {
+                        let conn = crate::store::test_connection();
+                        let mut met = false;
+                        cache
+                            .through(&conn, key(rack), |_| {
+                                inside.fetch_add(1, Ordering::SeqCst);
+                                let until =
+                                    std::time::Instant::now() + std::time::Duration::from_secs(10);
+                                while !met && std::time::Instant::now() < until {
+                                    met = inside.load(Ordering::SeqCst) == 2;
+                                    std::thread::sleep(std::time::Duration::from_millis(5));
+                                }
+                                Ok::<_, StoreError>(Built::from(Bytes::from_static(b"[]")))
+                            })
+                            .unwrap();
+                        met
+                    })
+                })
+                .collect();
+            loads.into_iter().map(|l| l.join().unwrap()).collect()
+        });
+        assert_eq!(met, vec![true, true]);
+        assert!(cache.building.lock().unwrap().is_empty());
     }
 
     #[test]

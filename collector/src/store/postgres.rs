@@ -214,8 +214,9 @@ mod tests {
     }
 
     /// kiln acknowledges only what is durable: its connections commit synchronously though
-    /// the database and the role say otherwise, and a server that does not flush its
-    /// commits (`fsync=off`) is refused before anything is written, naming the setting.
+    /// the database and the role say otherwise (and run without JIT whatever they say), and
+    /// a server that does not flush its commits (`fsync=off`) is refused before anything is
+    /// written, naming the setting.
     #[test]
     fn a_collector_commits_synchronously_and_refuses_a_server_without_fsync() {
         let dir = std::env::temp_dir().join(format!("kiln-pg-durable-{}", std::process::id()));
@@ -226,7 +227,8 @@ mod tests {
         admin
             .execute_batch(&format!(
                 "ALTER DATABASE {USER} SET synchronous_commit = off;
-                 ALTER ROLE {USER} SET synchronous_commit = off;"
+                 ALTER ROLE {USER} SET synchronous_commit = off;
+                 ALTER DATABASE {USER} SET jit = on;"
             ))
             .unwrap();
         // A plain session now commits without waiting for the flush; kiln's does not.
@@ -235,13 +237,15 @@ mod tests {
             c.query_one("SHOW synchronous_commit", &[]).unwrap().get(0)
         };
         assert_eq!(setting(&mut plain), "off");
-        let kiln: String = Connection::postgres(&url)
+        let kiln: (String, String) = Connection::postgres(&url)
             .unwrap()
-            .query_row("SELECT current_setting('synchronous_commit')", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT current_setting('synchronous_commit'), current_setting('jit')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .unwrap();
-        assert_eq!(kiln, "on");
+        assert_eq!(kiln, ("on".to_owned(), "off".to_owned()));
         drop((admin, plain));
         Db::open_postgres(&url).unwrap();
         cluster.stop().unwrap();

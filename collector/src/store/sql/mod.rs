@@ -290,9 +290,10 @@ impl Connection<'static> {
         }
         let mut client = config.connect(postgres::NoTls).map_err(fail)?;
         // An acknowledgement promises a flushed commit, whatever the server, the database
-        // or the role was set up with.
+        // or the role was set up with. And no JIT: compiling a report's query each time it
+        // runs costs more than it saves (see docs/benchmarks.md).
         client
-            .batch_execute("SET synchronous_commit = on")
+            .batch_execute("SET synchronous_commit = on; SET jit = off")
             .map_err(fail)?;
         Ok(Connection {
             engine: Engine::Postgres(RefCell::new(pg::Pg::new(client))),
