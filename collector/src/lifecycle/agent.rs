@@ -363,6 +363,91 @@ fn over_bound(
 /// read acknowledge less, never more; the next batch goes on from there.
 pub(super) const ABOVE_READ: i64 = 1000;
 
+/// Events as the columns of their table, each bound as one array ([`EventColumns::store`]):
+/// the server takes them in its binary form, where rows in a JSON text cost it a parse of
+/// every row, and the collector a document to build.
+#[derive(Debug, Default)]
+pub(super) struct EventColumns {
+    run_ids: Vec<i64>,
+    seqs: Vec<i64>,
+    at_ms: Vec<i64>,
+    kinds: Vec<&'static str>,
+    steps: Vec<Option<i64>>,
+    bodies: Vec<String>,
+}
+
+impl EventColumns {
+    pub(super) fn with_capacity(n: usize) -> EventColumns {
+        EventColumns {
+            run_ids: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            at_ms: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            steps: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds `events` of run `run_id`.
+    pub(super) fn push(
+        &mut self,
+        run_id: i64,
+        events: &[kiln_protocol::wire::Event],
+    ) -> Result<(), serde_json::Error> {
+        for e in events {
+            self.bodies.push(serde_json::to_string(&e.body)?);
+            self.run_ids.push(run_id);
+            self.seqs.push(e.seq as i64);
+            self.at_ms.push(e.at_ms as i64);
+            self.kinds.push(e.body.kind());
+            self.steps.push(e.body.step().map(i64::from));
+        }
+        Ok(())
+    }
+
+    /// Stores the events on PostgreSQL, each sequence number of a run once, in one statement
+    /// that also reads what runs `ran` had stored above their acknowledgements `acked`
+    /// before it (at most [`ABOVE_READ`] each): `(run, seq, stored now)`. The outer SELECT
+    /// does not see the rows its WITH inserts (one snapshot), so the two halves never name a
+    /// sequence number twice.
+    pub(super) fn store(
+        &self,
+        tx: &Connection,
+        ran: &[i64],
+        acked: &[i64],
+    ) -> Result<Vec<(i64, i64, bool)>, StoreError> {
+        let bodies: Vec<&str> = self.bodies.iter().map(String::as_str).collect();
+        Ok(tx.query_map(
+            "WITH stored AS (
+               INSERT INTO events (run_id, seq, at_ms, kind, step, body)
+               SELECT * FROM unnest(CAST(?1 AS BIGINT[]), CAST(?2 AS BIGINT[]),
+                 CAST(?3 AS BIGINT[]), CAST(?4 AS TEXT[]), CAST(?5 AS BIGINT[]),
+                 CAST(?6 AS TEXT[]))
+               ON CONFLICT DO NOTHING RETURNING run_id, seq),
+             r AS (SELECT * FROM unnest(CAST(?7 AS BIGINT[]), CAST(?8 AS BIGINT[]))
+                     AS r(run_id, acked))
+             SELECT run_id, seq, 1 FROM stored
+             UNION ALL
+             SELECT r.run_id, o.seq, 0 FROM r CROSS JOIN LATERAL
+               (SELECT seq FROM events
+                 WHERE events.run_id = r.run_id AND events.seq > r.acked
+                 ORDER BY seq LIMIT ?9) AS o",
+            params![
+                self.run_ids,
+                self.seqs,
+                self.at_ms,
+                self.kinds,
+                self.steps,
+                bodies,
+                ran,
+                acked,
+                ABOVE_READ
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<i64>(2)? == 1)),
+        )?)
+    }
+}
+
 /// What storing a batch found.
 struct Stored {
     /// The sequence numbers stored now (an event sent again is stored already).
@@ -389,36 +474,13 @@ fn store_events(
     let mut new = std::collections::HashSet::with_capacity(batch.events.len());
     match tx.kind() {
         crate::store::sql::EngineKind::Postgres => {
-            let rows = batch
-                .events
-                .iter()
-                .map(|e| {
-                    Ok(serde_json::json!({
-                        "seq": e.seq as i64,
-                        "at_ms": e.at_ms as i64,
-                        "kind": e.body.kind(),
-                        "step": e.body.step(),
-                        "body": serde_json::to_string(&e.body)?,
-                    }))
-                })
-                .collect::<Result<Vec<_>, serde_json::Error>>()
-                .map_err(corrupt)?;
-            let rows = serde_json::to_string(&rows).map_err(corrupt)?;
-            // The outer SELECT does not see the rows its WITH inserts (one snapshot), so the
-            // two halves never name a sequence number twice.
-            let seqs: Vec<(i64, bool)> = tx.query_map(
-                "WITH stored AS (
-                   INSERT INTO events (run_id, seq, at_ms, kind, step, body)
-                   SELECT ?1, x.seq, x.at_ms, x.kind, x.step, x.body
-                     FROM json_to_recordset(CAST(CAST(?2 AS TEXT) AS json))
-                       AS x(seq BIGINT, at_ms BIGINT, kind TEXT, step BIGINT, body TEXT)
-                   ON CONFLICT DO NOTHING RETURNING seq)
-                 SELECT seq, 1 FROM stored
-                 UNION ALL (SELECT seq, 0 FROM events WHERE run_id = ?1 AND seq > ?3
-                            ORDER BY seq LIMIT ?4)",
-                params![run_id, rows, acked, ABOVE_READ],
-                |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)? == 1)),
-            )?;
+            let mut rows = EventColumns::with_capacity(batch.events.len());
+            rows.push(run_id, &batch.events).map_err(corrupt)?;
+            let seqs: Vec<(i64, bool)> = rows
+                .store(tx, &[run_id], &[acked])?
+                .into_iter()
+                .map(|(_, seq, now)| (seq, now))
+                .collect();
             new.extend(seqs.iter().filter(|s| s.1).map(|s| s.0));
             let mut above: Vec<i64> = seqs
                 .into_iter()

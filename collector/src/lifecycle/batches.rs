@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::agent::{ABOVE_READ, BatchRun, contiguous_in};
+use super::agent::{BatchRun, EventColumns, contiguous_in};
 use super::{Connection, Ended, EventBatch, EventBody, Ingested, StoreError, ingest, now_ms};
 use crate::store::sql::params;
 
@@ -91,11 +91,11 @@ fn plain(b: &BatchIn, run: &BatchRun) -> bool {
 /// The runs of `batches`, read in one statement (locked in the order of their ids, as every
 /// group locks them: two groups never deadlock over them).
 fn read_runs(conn: &Connection, batches: &[BatchIn]) -> Result<HashMap<i64, BatchRun>, StoreError> {
-    let ids = id_array(batches.iter().map(|b| b.run_id));
+    let ids: Vec<i64> = batches.iter().map(|b| b.run_id).collect();
     // `= ANY` of an array: the primary key's index, not a scan of every run.
     let rows = conn.query(
         &format!(
-            "SELECT id, {} FROM runs WHERE id = ANY(CAST(CAST(?1 AS TEXT) AS BIGINT[]))
+            "SELECT id, {} FROM runs WHERE id = ANY(CAST(?1 AS BIGINT[]))
               ORDER BY id{}",
             BatchRun::COLUMNS,
             conn.for_update()
@@ -109,12 +109,6 @@ fn read_runs(conn: &Connection, batches: &[BatchIn]) -> Result<HashMap<i64, Batc
     Ok(runs)
 }
 
-/// `ids` as a PostgreSQL array literal (`{1,2,3}`).
-fn id_array(ids: impl Iterator<Item = i64>) -> String {
-    let ids: Vec<String> = ids.map(|id| id.to_string()).collect();
-    format!("{{{}}}", ids.join(","))
-}
-
 /// Stores the plain batches `which` of `batches` and acknowledges them: two statements.
 fn store_plain(
     conn: &Connection,
@@ -126,44 +120,19 @@ fn store_plain(
         what: "event",
         source,
     };
-    let mut rows = Vec::new();
-    let mut acked = Vec::with_capacity(which.len());
+    let events = which.iter().map(|&i| batches[i].batch.events.len()).sum();
+    let mut rows = EventColumns::with_capacity(events);
+    let (mut ran, mut acked) = (
+        Vec::with_capacity(which.len()),
+        Vec::with_capacity(which.len()),
+    );
     for &i in which {
         let b = &batches[i];
-        acked.push(serde_json::json!({"run_id": b.run_id, "acked": runs[&b.run_id].acked}));
-        for e in &b.batch.events {
-            rows.push(serde_json::json!({
-                "run_id": b.run_id,
-                "seq": e.seq as i64,
-                "at_ms": e.at_ms as i64,
-                "kind": e.body.kind(),
-                "step": e.body.step(),
-                "body": serde_json::to_string(&e.body).map_err(corrupt)?,
-            }));
-        }
+        ran.push(b.run_id);
+        acked.push(runs[&b.run_id].acked);
+        rows.push(b.run_id, &b.batch.events).map_err(corrupt)?;
     }
-    let rows = serde_json::to_string(&rows).map_err(corrupt)?;
-    let acked = serde_json::to_string(&acked).map_err(corrupt)?;
-    // The outer SELECT does not see the rows its WITH inserts (one snapshot): the stored now
-    // and the stored before never name a sequence number twice.
-    let seqs: Vec<(i64, i64, bool)> = conn.query_map(
-        "WITH stored AS (
-           INSERT INTO events (run_id, seq, at_ms, kind, step, body)
-           SELECT x.run_id, x.seq, x.at_ms, x.kind, x.step, x.body
-             FROM json_to_recordset(CAST(CAST(?1 AS TEXT) AS json))
-               AS x(run_id BIGINT, seq BIGINT, at_ms BIGINT, kind TEXT, step BIGINT, body TEXT)
-           ON CONFLICT DO NOTHING RETURNING run_id, seq),
-         r AS (SELECT * FROM json_to_recordset(CAST(CAST(?2 AS TEXT) AS json))
-                 AS r(run_id BIGINT, acked BIGINT))
-         SELECT run_id, seq, 1 FROM stored
-         UNION ALL
-         SELECT r.run_id, o.seq, 0 FROM r CROSS JOIN LATERAL
-           (SELECT seq FROM events
-             WHERE events.run_id = r.run_id AND events.seq > r.acked
-             ORDER BY seq LIMIT ?3) AS o",
-        params![rows, acked, ABOVE_READ],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get::<i64>(2)? == 1)),
-    )?;
+    let seqs = rows.store(conn, &ran, &acked)?;
     let mut new: HashMap<i64, HashSet<i64>> = HashMap::new();
     let mut above: HashMap<i64, Vec<i64>> = HashMap::new();
     for (run_id, seq, now) in seqs {
@@ -174,7 +143,7 @@ fn store_plain(
     }
     let now = now_ms();
     let mut answers = Vec::with_capacity(which.len());
-    let mut updates = Vec::with_capacity(which.len());
+    let mut updates = RunUpdates::default();
     for &i in which {
         let b = &batches[i];
         let mut fresh = new.remove(&b.run_id).unwrap_or_default();
@@ -191,9 +160,10 @@ fn store_plain(
         seqs.sort_unstable();
         seqs.dedup();
         let acked = contiguous_in(&seqs, before);
-        updates.push(serde_json::json!({
-            "id": b.run_id, "acked": acked, "events": stored, "log_bytes": log_bytes,
-        }));
+        updates.ids.push(b.run_id);
+        updates.acked.push(acked);
+        updates.events.push(stored);
+        updates.log_bytes.push(log_bytes);
         answers.push((
             i,
             Ingested::Acked {
@@ -202,18 +172,31 @@ fn store_plain(
             },
         ));
     }
-    let updates = serde_json::to_string(&updates).map_err(corrupt)?;
-    let ids = id_array(which.iter().map(|&i| batches[i].run_id));
     conn.execute(
-        "UPDATE runs SET acked_seq = x.acked, last_seen_ms = ?2,
+        "UPDATE runs SET acked_seq = x.acked, last_seen_ms = ?5,
                 events_stored = runs.events_stored + x.events,
                 log_bytes = runs.log_bytes + x.log_bytes
-           FROM json_to_recordset(CAST(CAST(?1 AS TEXT) AS json))
-             AS x(id BIGINT, acked BIGINT, events BIGINT, log_bytes BIGINT)
-          WHERE runs.id = x.id AND runs.id = ANY(CAST(CAST(?3 AS TEXT) AS BIGINT[]))",
-        params![updates, now, ids],
+           FROM unnest(CAST(?1 AS BIGINT[]), CAST(?2 AS BIGINT[]), CAST(?3 AS BIGINT[]),
+                       CAST(?4 AS BIGINT[])) AS x(id, acked, events, log_bytes)
+          WHERE runs.id = x.id AND runs.id = ANY(CAST(?1 AS BIGINT[]))",
+        params![
+            updates.ids,
+            updates.acked,
+            updates.events,
+            updates.log_bytes,
+            now
+        ],
     )?;
     Ok(answers)
+}
+
+/// What the plain batches change in their runs, a column each.
+#[derive(Debug, Default)]
+struct RunUpdates {
+    ids: Vec<i64>,
+    acked: Vec<i64>,
+    events: Vec<i64>,
+    log_bytes: Vec<i64>,
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod pg;
 mod tests;
 mod value;
 
-pub use value::{FromValue, ToValue, Value, ValueRef};
+pub use value::{FromValue, List, ToValue, Value, ValueRef};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -7,7 +7,7 @@ use std::error::Error;
 use bytes::BytesMut;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
-use super::{Row, SqlError, Statements, Value, ValueRef, first_line};
+use super::{List, Row, SqlError, Statements, Value, ValueRef, first_line};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
@@ -201,6 +201,9 @@ impl ToSql for ValueRef<'_> {
                 Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN,
             ) => t.to_sql(&Type::TEXT, out),
             (ValueRef::Blob(b), Type::BYTEA) => b.to_sql(ty, out),
+            (ValueRef::List(List::Ints(v)), Type::INT8_ARRAY) => v.to_sql(ty, out),
+            (ValueRef::List(List::MaybeInts(v)), Type::INT8_ARRAY) => v.to_sql(ty, out),
+            (ValueRef::List(List::Texts(v)), Type::TEXT_ARRAY) => v.to_sql(ty, out),
             _ => Err(mismatch()),
         }
     }

@@ -255,6 +255,77 @@ fn hostile_values_and_statements_fail_naming_what_and_where() {
 }
 
 #[test]
+fn lists_bind_as_arrays_on_postgresql_and_are_refused_by_sqlite() {
+    let dir = std::env::temp_dir().join(format!("kiln-sql-lists-{}", std::process::id()));
+    let (cluster, conns) = engines(&dir);
+    let (sqlite, pg) = (&conns[0], &conns[1]);
+    // What an array literal or a JSON document would have to quote is plain data here.
+    let texts = vec![
+        "plain",
+        "{\"a\": [1, 2]}",
+        "comma, brace } quote \" backslash \\ NULL",
+        "",
+        "ünïcødé ✓",
+        "'); DROP TABLE t; -- ?2",
+    ];
+    let ns: Vec<i64> = vec![i64::MIN, -1, 0, 1, i64::MAX, 42];
+    let maybe: Vec<Option<i64>> = vec![Some(1), None, Some(-3), None, Some(5), Some(6)];
+    let stored = pg
+        .execute(
+            "INSERT INTO t (n, r, s)
+             SELECT * FROM unnest(CAST(?1 AS BIGINT[]), CAST(?2 AS BIGINT[]), CAST(?3 AS TEXT[]))",
+            params![ns, maybe, texts],
+        )
+        .unwrap();
+    assert_eq!(stored, 6);
+    let rows: Vec<(i64, Option<f64>, String)> = pg
+        .query_map("SELECT n, r, s FROM t ORDER BY id", params![], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    let want: Vec<(i64, Option<f64>, String)> = (0..6)
+        .map(|i| (ns[i], maybe[i].map(|m| m as f64), texts[i].to_owned()))
+        .collect();
+    assert_eq!(rows, want);
+    // An empty list is an empty array, and `= ANY` of it matches nothing.
+    let none: Vec<i64> = Vec::new();
+    let n: i64 = pg
+        .query_row(
+            "SELECT count(*) FROM t WHERE n = ANY(CAST(?1 AS BIGINT[]))",
+            params![none],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+    // A list where the server wants another type is refused, naming the statement.
+    let err = pg
+        .execute(
+            "INSERT INTO t (s) SELECT unnest(CAST(?1 AS TEXT[]))",
+            params![ns],
+        )
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("a list of integers"), "{err}");
+    assert!(err.contains("INSERT INTO t (s)"), "{err}");
+    // SQLite has no arrays: a list is refused before anything is stored.
+    let err = sqlite
+        .execute("INSERT INTO t (n) VALUES (?1)", params![ns])
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("a list of integers binds on PostgreSQL only"),
+        "{err}"
+    );
+    let n: i64 = sqlite
+        .query_row("SELECT count(*) FROM t", params![], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(conns);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn parameters_are_renumbered_outside_quotes_only() {
     assert_eq!(
         translate("SELECT ?1, ?2 FROM t WHERE a = ?1"),
