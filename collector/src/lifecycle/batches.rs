@@ -9,7 +9,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::agent::{BatchRun, EventColumns, contiguous_in};
+use super::agent::{BatchRun, contiguous_in};
+use super::event_rows::EventColumns;
 use super::{Connection, Ended, EventBatch, EventBody, Ingested, StoreError, ingest, now_ms};
 use crate::store::sql::params;
 

@@ -21,6 +21,7 @@ mod batches;
 pub mod captures;
 pub mod cycles;
 mod ends;
+mod event_rows;
 pub mod lookup;
 mod memtest;
 mod operator;
