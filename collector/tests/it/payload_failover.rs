@@ -1,8 +1,10 @@
 //! The payload when a collector goes away: two collectors on one PostgreSQL, a node fetching
 //! its payload from the first, which stops mid-way; the node goes on with the second (its
 //! tracker takes the node with what it holds) and the payload arrives whole, every piece
-//! verified. Collectors that serve different payloads are refused by name, not by a stream of
-//! pieces failing their hash.
+//! verified. A collector that hangs or answers 5xx is left for the next the same way; one that
+//! refuses the node (4xx) is an answer, and the node does not shop for another. Collectors
+//! that serve different payloads are refused by name, not by a stream of pieces failing their
+//! hash.
 
 use kiln_collector::config::{Config, Database};
 use kiln_collector::lab::postgres::{Cluster, USER};
@@ -152,26 +154,85 @@ async fn collectors_serving_different_payloads_are_refused_by_name() {
     let _ = std::fs::remove_dir_all(&pg);
 }
 
+/// What node n1's payload fetch came to with `first` ahead of a live collector on its list.
+struct Behind {
+    fetched: anyhow::Result<kiln_agent::payload::Fetched>,
+    sent: Vec<u8>,
+    stored: Option<Vec<u8>>,
+    /// The collector the node uses at the end, and the live one.
+    used: String,
+    live: String,
+}
+
+/// Node n1 fetches its payload (6 MiB) with `first` ahead of a live collector named `name`.
+async fn fetch_behind(name: &str, first: &str) -> Behind {
+    let sent = payload(6, 0);
+    let live = Server::start(name, Config::default()).await;
+    std::fs::create_dir_all(live.data.join("artifacts")).unwrap();
+    std::fs::write(live.data.join("artifacts/payload.img"), &sent).unwrap();
+    let run = run_on(&live).await;
+    let store = kiln_agent::payload::Store::new(manifest_of(&live, &run).await).unwrap();
+    let bases = kiln_agent::reporter::Bases::new(&format!("{first},{}", live.base)).unwrap();
+    let http = reqwest::Client::new();
+    let agent = agent(&http, &bases, &run, std::time::Duration::from_secs(2));
+    let fetch = kiln_agent::payload::fetch(&agent, &store, std::time::Duration::from_secs(20));
+    let fetched = tokio::time::timeout(std::time::Duration::from_secs(60), fetch)
+        .await
+        .expect("the fetch hung on the first collector");
+    Behind {
+        fetched,
+        sent,
+        stored: store.bytes(),
+        used: bases.current().1.to_owned(),
+        live: live.base.clone(),
+    }
+}
+
+/// The live collector served the whole payload, and the node uses it from now on.
+fn served_by_the_live_one(b: Behind) {
+    let got = b.fetched.expect("the payload from the live collector");
+    assert_eq!(b.stored.as_ref(), Some(&b.sent));
+    assert_eq!(got.from_collector, b.sent.len() as u64, "{got:?}");
+    assert_eq!(b.used, b.live);
+}
+
+/// A collector on 127.0.0.1 that answers every request with `status` and a reason.
+async fn answering(status: axum::http::StatusCode) -> String {
+    let app = axum::Router::new()
+        .fallback(move || async move { (status, "the database is unreachable") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
 /// A collector that takes the connection and never answers holds the payload no longer than
 /// the deadline: the node goes on with the next.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_collector_is_left_after_the_deadline() {
-    let bytes = payload(6, 0);
-    let live = Server::start("payload-hung", Config::default()).await;
-    std::fs::create_dir_all(live.data.join("artifacts")).unwrap();
-    std::fs::write(live.data.join("artifacts/payload.img"), &bytes).unwrap();
-    let run = run_on(&live).await;
-    let store = kiln_agent::payload::Store::new(manifest_of(&live, &run).await).unwrap();
     let hung = format!("http://127.0.0.1:{}", stalling_peer().await);
-    let bases = kiln_agent::reporter::Bases::new(&format!("{hung},{}", live.base)).unwrap();
-    let http = reqwest::Client::new();
-    let agent = agent(&http, &bases, &run, std::time::Duration::from_secs(2));
-    let fetch = kiln_agent::payload::fetch(&agent, &store, std::time::Duration::from_secs(20));
-    let got = tokio::time::timeout(std::time::Duration::from_secs(60), fetch)
-        .await
-        .expect("the fetch hung on the collector that never answers")
-        .expect("the payload from the live collector");
-    assert_eq!(store.bytes().unwrap(), bytes);
-    assert_eq!(got.from_collector, bytes.len() as u64, "{got:?}");
-    assert_eq!(bases.current().1, live.base);
+    let b = fetch_behind("payload-hung", &hung).await;
+    served_by_the_live_one(b);
+}
+
+/// A collector answering 503 (its database gone) is left for the next, which serves the
+/// whole payload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_answering_503_is_left_for_the_next() {
+    let down = answering(axum::http::StatusCode::SERVICE_UNAVAILABLE).await;
+    let b = fetch_behind("payload-503", &down).await;
+    served_by_the_live_one(b);
+}
+
+/// A refusal (403: this token is not welcome there) is an answer, not a failure of the
+/// collector: the node does not shop for a collector that would take it, and nothing is
+/// stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_refusing_the_node_is_not_left_for_the_next() {
+    let refusing = answering(axum::http::StatusCode::FORBIDDEN).await;
+    let b = fetch_behind("payload-403", &refusing).await;
+    let err = format!("{:#}", b.fetched.expect_err("a refused fetch"));
+    assert!(err.contains("403"), "{err}");
+    assert_eq!(b.used, refusing);
+    assert_eq!(b.stored, None);
 }
