@@ -84,6 +84,8 @@ pub struct Metrics {
     pub events_stored: Counter,
     /// Jobs waiting for the database writer (read at scrape).
     pub writer_queue: Gauge,
+    /// Groups of agents' batches the collector writes at once: its share of the database's.
+    pub ingest_groups: Gauge,
     /// Time of one group commit (`BEGIN` to `COMMIT`, jobs included).
     pub commit_seconds: Histogram,
     /// Jobs committed together in one group.
@@ -120,6 +122,7 @@ impl Metrics {
             event_ack_seconds: latency_histogram(),
             events_stored: Counter::default(),
             writer_queue: Gauge::default(),
+            ingest_groups: Gauge::default(),
             commit_seconds: latency_histogram(),
             commit_jobs: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             commit_failures: Counter::default(),
@@ -158,6 +161,11 @@ impl Metrics {
             "db_writer_queue_jobs",
             "Write jobs waiting for the database writer thread",
             m.writer_queue.clone(),
+        );
+        registry.register(
+            "db_ingest_groups",
+            "Groups of agents' event batches this collector writes at once: on PostgreSQL its share of what the database runs well at once, split among the live collectors",
+            m.ingest_groups.clone(),
         );
         registry.register_with_unit(
             "db_commit_duration",
@@ -238,13 +246,14 @@ impl Metrics {
     }
 
     /// Sets what is read at scrape: nodes, runs by (stage, verdict), captures (memtest
-    /// stages, console tails) and the writer's queue.
+    /// stages, console tails), the writer's queue and the ingest groups written at once.
     pub fn set_state(
         &self,
         nodes: i64,
         runs: &[(String, String, i64)],
         captures: (usize, usize),
         queued: usize,
+        ingest_groups: usize,
     ) {
         self.nodes.set(nodes);
         // Cleared first: a (stage, verdict) pair with no run left must not stay at its last
@@ -266,6 +275,7 @@ impl Metrics {
                 .set(n as i64);
         }
         self.writer_queue.set(queued as i64);
+        self.ingest_groups.set(ingest_groups as i64);
     }
 
     /// The exposition text and its content type: OpenMetrics when the scraper's `Accept`

@@ -362,7 +362,8 @@ fn collector_id(boot: SocketAddr) -> String {
 }
 
 /// This collector's heartbeat in the database, every lease round: the collectors sharing it
-/// see it live (`kiln collectors`), and the leases it holds stay its own. Its id is its host
+/// see it live (`kiln collectors`), and the leases it holds stay its own; it counts the live
+/// ones, for its share of the database's ingest ([`Db::set_sharers`]). Its id is its host
 /// and boot port; its URL the configured `public_url`, else its boot address. Then the round
 /// of console leases ([`crate::memtest::leases::round`]): the nodes it re-arms are reset.
 async fn heartbeats(
@@ -380,12 +381,16 @@ async fn heartbeats(
             .db
             .call(move |c| {
                 let now = leases::clock(c)?;
-                Ok(leases::heartbeat(c, &id, &url, now)?)
+                leases::heartbeat(c, &id, &url, now)?;
+                Ok(leases::live(c, now)?.len())
             })
             .await;
-        if let Err(err) = beat {
-            tracing::error!(error = %err, "the collector's heartbeat could not be written");
-            continue;
+        match beat {
+            Ok(live) => deps.db.set_sharers(live),
+            Err(err) => {
+                tracing::error!(error = %err, "the collector's heartbeat could not be written");
+                continue;
+            }
         }
         match crate::memtest::leases::round(&deps).await {
             Ok(taken) => {

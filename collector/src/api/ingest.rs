@@ -15,11 +15,6 @@ use crate::store::{Db, StoreError};
 /// Most batches one job carries.
 const MOST: usize = 256;
 
-/// Groups handed to each writer and not yet answered. While they are written, what arrives
-/// waits here and goes as the next group: without a bound every batch would leave alone at
-/// once and wait at the writer instead.
-const IN_FLIGHT: usize = 1;
-
 /// A batch waiting for its group, and where its answer goes.
 struct Waiting {
     batch: BatchIn,
@@ -58,13 +53,21 @@ impl IngestQueue {
     }
 }
 
-/// The task that groups what waits and hands each group to the writer.
+/// The task that groups what waits and hands each group to the writers.
+///
+/// Groups handed over and not yet answered are bounded by the collector's share
+/// ([`Db::ingest_share`]): while they are written, what arrives waits here and goes as the
+/// next group — without a bound every batch would leave alone at once and wait at a writer
+/// instead. The share changes as collectors join and leave, so each group takes
+/// `writers / share` of the writers' slots rather than one.
 fn gather(db: Db) -> mpsc::Sender<Waiting> {
     let (tx, mut rx) = mpsc::channel::<Waiting>(4 * MOST);
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT * db.ingest_writers()));
+    let writers = db.ingest_writers();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(writers));
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
+            let weight = (writers / db.ingest_share()).max(1);
+            let Ok(slot) = slots.clone().acquire_many_owned(weight as u32).await else {
                 return;
             };
             let mut group = vec![first];

@@ -84,7 +84,13 @@ pub(super) async fn metrics(
 ) -> Result<Response, ApiError> {
     let (nodes, runs) = state.db.read(queries::counts).await?;
     let metrics = &crate::metrics::METRICS;
-    metrics.set_state(nodes, &runs, state.captures.counts(), state.db.queued());
+    metrics.set_state(
+        nodes,
+        &runs,
+        state.captures.counts(),
+        state.db.queued(),
+        state.db.ingest_share(),
+    );
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());

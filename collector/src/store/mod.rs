@@ -150,6 +150,9 @@ pub struct Db {
 struct Lane {
     tx: mpsc::Sender<Job>,
     writers: usize,
+    /// The collectors sharing the database, this one included, as its last heartbeat saw
+    /// them ([`Db::set_sharers`]): one until then.
+    sharers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Db {
@@ -257,6 +260,38 @@ impl Db {
     /// How many writers [`Db::call_ingest`] spreads its jobs over.
     pub fn ingest_writers(&self) -> usize {
         self.ingest.as_ref().map_or(1, |lane| lane.writers)
+    }
+
+    /// Records how many collectors share the database, this one included (its heartbeat
+    /// counts them): each keeps its share of the groups in flight ([`Db::ingest_share`]).
+    /// On SQLite, nothing.
+    pub fn set_sharers(&self, collectors: usize) {
+        if let Some(lane) = &self.ingest {
+            let collectors = collectors.max(1);
+            let was = lane
+                .sharers
+                .swap(collectors, std::sync::atomic::Ordering::Relaxed);
+            if was != collectors {
+                tracing::info!(
+                    collectors,
+                    groups = self.ingest_share(),
+                    "collectors sharing the database changed: agents' batches written at once"
+                );
+            }
+        }
+    }
+
+    /// Groups of the agents' batches this collector writes at once: on PostgreSQL its share
+    /// of the [`postgres::SITE_IN_FLIGHT`] the database runs well at once, split among the
+    /// collectors sharing it — more only queue for the server's CPUs, and every ack waits
+    /// longer (docs/benchmarks.md); on SQLite one, its writer.
+    pub fn ingest_share(&self) -> usize {
+        self.ingest.as_ref().map_or(1, |lane| {
+            postgres::share(
+                lane.writers,
+                lane.sharers.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
     }
 
     /// The engine underneath.

@@ -26,6 +26,16 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 /// what bounds them (see docs/benchmarks.md).
 const INGEST_WRITERS: usize = 4;
 
+/// Groups of the agents' batches in flight on the database at once, over all the collectors
+/// sharing it; each keeps its share ([`Db::ingest_share`]), all of them when alone.
+pub(super) const SITE_IN_FLIGHT: usize = INGEST_WRITERS;
+
+/// Groups one collector of `writers` writes at once when `sharers` collectors share the
+/// database's [`SITE_IN_FLIGHT`]: its even share, at least one and no more than its writers.
+pub(super) fn share(writers: usize, sharers: usize) -> usize {
+    (SITE_IN_FLIGHT / sharers.max(1)).clamp(1, writers.max(1))
+}
+
 /// `url` with its password hidden, for messages.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -135,6 +145,7 @@ pub(super) fn open(url: &str) -> anyhow::Result<Db> {
         ingest: Some(Lane {
             tx: ingest,
             writers: INGEST_WRITERS,
+            sharers: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
         }),
         reads,
         kind: super::sql::EngineKind::Postgres,
@@ -184,6 +195,26 @@ mod tests {
     use super::super::StoreError;
     use super::*;
     use crate::lab::postgres::{Cluster, USER};
+
+    /// Each collector keeps its even share of the groups the database runs well at once: all
+    /// of them alone, half with another, one each with three or more (never none, whatever
+    /// the count a heartbeat read), and never more than it has writers.
+    #[test]
+    fn the_groups_in_flight_are_shared_among_the_live_collectors() {
+        let w = INGEST_WRITERS;
+        let shares: Vec<usize> = [0, 1, 2, 3, 4, 5, 1000, usize::MAX]
+            .iter()
+            .map(|&n| share(w, n))
+            .collect();
+        assert_eq!(shares, [4, 4, 2, 1, 1, 1, 1, 1]);
+        assert_eq!(share(2, 1), 2, "no more than its writers");
+        assert_eq!(share(0, 1), 1, "at least one");
+        let site: usize = [1, 2, 3, 4].iter().map(|&n| n * share(w, n)).max().unwrap();
+        assert_eq!(
+            site, SITE_IN_FLIGHT,
+            "up to four collectors, no more in flight"
+        );
+    }
 
     fn suites(db: &Db) -> Result<Vec<String>, StoreError> {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kiln_collector::lab::postgres::{Cluster, USER};
 use kiln_collector::store::Connection;
 
-use crate::common::{ConsoleServer, free_port, get_text, scratch, spawn_kiln_with};
+use crate::common::{ConsoleServer, Ops, free_port, get_text, scratch, spawn_kiln_with};
 
 /// Runs `f` on a connection of the test's own, off the runtime's threads.
 fn with_pg<T: Send>(url: &str, f: impl FnOnce(&Connection<'_>) -> T + Send) -> T {
@@ -28,6 +28,27 @@ async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
             return v;
         }
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits up to 10 s for a collector's `/metrics` to give `want` as its share of the groups
+/// of agents' batches the database writes at once.
+async fn ingest_groups(ops: &Ops, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = ops.text("/metrics").await;
+        let groups = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kiln_db_ingest_groups "))
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        if groups == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingest groups {groups:?}, not {want}, within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -90,6 +111,9 @@ async fn a_collector_killed_while_it_reads_memtest_is_taken_over_and_the_node_ru
     })
     .await;
     assert!(a_id.ends_with(&format!(":{port_a}")), "{a_id}");
+    // Each sees the other live and keeps half of what the database writes well at once.
+    ingest_groups(&a.ops, 2).await;
+    ingest_groups(&b.ops, 2).await;
     // A dies outright: no shutdown, no release.
     a.child.kill().unwrap();
     a.child.wait().unwrap();
@@ -118,6 +142,8 @@ async fn a_collector_killed_while_it_reads_memtest_is_taken_over_and_the_node_ru
     );
     // Within a lease's life, a round, and the stage's grace.
     assert!(took < Duration::from_secs(40), "taken over after {took:?}");
+    // A's heartbeat is as old as its lease: B, alone now, takes all of it.
+    ingest_groups(&b.ops, 4).await;
     let verdict: Option<String> = with_pg(&url, |c| {
         c.query_row("SELECT verdict FROM runs WHERE id = 1", [], |r| r.get(0))
             .unwrap()
