@@ -144,6 +144,31 @@ fn postgres_has_sqlites_schema_at_the_same_version() {
         )
         .unwrap();
     assert_eq!(latest, 2);
+    // Every batch updates its run: a group updates many runs in one transaction, and each
+    // new version finds room on its row's page (fillfactor), so it is a heap-only update and
+    // none of the runs' indexes grows. On full pages, they would move.
+    c.execute_batch(
+        "INSERT INTO runs (node_id, suite_sha256, suite_name, token_hash, stage, heartbeat_secs, started_ms, last_seen_ms)
+           SELECT 1, 's', 'n', 'token ' || g, 'linux', 1, 0, 0 FROM generate_series(1, 300) g;
+         CREATE TEMP TABLE pages AS SELECT id, (ctid::text::point)[0] AS page FROM runs;",
+    )
+    .unwrap();
+    let filled: i64 = c
+        .query_row("SELECT count(DISTINCT page) FROM pages", params![], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(filled > 4, "runs on {filled} pages: too few to fill one");
+    c.execute_batch("UPDATE runs SET acked_seq = acked_seq + 20, last_seen_ms = 1")
+        .unwrap();
+    let moved: i64 = c
+        .query_row(
+            "SELECT count(*) FROM runs JOIN pages USING (id) WHERE (runs.ctid::text::point)[0] <> pages.page",
+            params![],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(moved, 0, "runs moved to other pages when updated");
     drop(c);
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
