@@ -11,6 +11,8 @@ use std::time::Duration;
 /// shares the collector's two CPUs, and a pool checkout, URL parse and header map per request
 /// for 10,000 agents would take CPU that real agents spend on machines of their own.
 pub struct Agent {
+    /// The run it posts for.
+    pub run_id: i64,
     /// Every collector's address, as `kiln.url=` lists them; the agent goes on with the next
     /// after a failure, as `kiln-agent` does.
     addrs: Arc<[SocketAddr]>,
@@ -25,6 +27,7 @@ impl Agent {
     /// An agent of run `run_id` posting to `addrs[first]` first.
     pub fn new(addrs: Arc<[SocketAddr]>, first: usize, run_id: i64, token: &str) -> Agent {
         Agent {
+            run_id,
             addrs,
             at: first,
             path: format!("/api/v1/runs/{run_id}/events"),
@@ -44,19 +47,31 @@ impl Agent {
         answer
     }
 
-    async fn try_post(&mut self, body: bytes::Bytes) -> Option<kiln_protocol::wire::BatchAck> {
-        use hyper::header;
+    /// Opens the connection to the collector it posts to, unless one is open; whether one is.
+    pub async fn connect(&mut self) -> bool {
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(self.addrs[self.at])
+            self.conn = self.open().await;
+        }
+        self.conn.is_some()
+    }
+
+    async fn open(&self) -> Option<hyper::client::conn::http1::SendRequest<axum::body::Body>> {
+        let stream = tokio::net::TcpStream::connect(self.addrs[self.at])
+            .await
+            .ok()?;
+        stream.set_nodelay(true).ok()?;
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .ok()?;
-            stream.set_nodelay(true).ok()?;
-            let (send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .ok()?;
-            tokio::spawn(conn);
-            self.conn = Some(send);
+        tokio::spawn(conn);
+        Some(send)
+    }
+
+    async fn try_post(&mut self, body: bytes::Bytes) -> Option<kiln_protocol::wire::BatchAck> {
+        use hyper::header;
+        if !self.connect().await {
+            return None;
         }
         let conn = self.conn.as_mut()?;
         conn.ready().await.ok()?;
